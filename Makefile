@@ -1,0 +1,128 @@
+# libampr -- build, test, install.
+#
+#   make              libampr.a, libampr.so, the `ampr` CLI (build/)
+#   make test         cmocka unit and end-to-end tests
+#   make check-asan   the tests under AddressSanitizer + UBSan (build-asan/)
+#   make check-valgrind  the tests under valgrind memcheck
+#   make run          install missing packages, build, generate from the default model
+#   make bench        side-by-side tier benchmark
+#   make install      PREFIX=/usr/local DESTDIR=
+#
+# CUDA code in cuda/ is compiled when nvcc is found (override with CUDA=0/1).
+
+VERSION_MAJOR := $(shell sed -n 's/^\#define AMPR_VERSION_MAJOR \([0-9]*\).*/\1/p' include/ampr.h)
+VERSION_MINOR := $(shell sed -n 's/^\#define AMPR_VERSION_MINOR \([0-9]*\).*/\1/p' include/ampr.h)
+VERSION_PATCH := $(shell sed -n 's/^\#define AMPR_VERSION_PATCH \([0-9]*\).*/\1/p' include/ampr.h)
+VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
+
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+BINDIR ?= $(PREFIX)/bin
+DESTDIR ?=
+
+CC ?= cc
+B ?= build
+OPT ?= -O2
+SAN ?=
+WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+        -Wno-unused-parameter -Wvla -Wformat=2
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) -fPIC -fvisibility=hidden \
+               -pthread -Iinclude -Ilib $(SAN)
+LIBS := -ljansson -lpcre2-8 -lpthread -lm
+LDFLAGS_SAN := $(SAN)
+
+# SIMD kernels live in files named *_avx2.c / *_avx512.c and are only called
+# after a runtime CPU check (lib/quant/dispatch).
+AVX2_FLAGS := -mavx2 -mfma -mf16c
+AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c
+
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+ifeq ($(origin CUDA),undefined)
+  CUDA := $(if $(NVCC),1,0)
+endif
+
+LIB_SRCS := $(sort $(wildcard lib/*.c lib/*/*.c))
+LIB_OBJS := $(patsubst %.c,$(B)/%.o,$(LIB_SRCS))
+TEST_SRCS := $(sort $(wildcard tests/test_*.c))
+TEST_BINS := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRCS))
+TEST_SUPPORT := $(filter-out $(TEST_SRCS),$(wildcard tests/*.c))
+TOOL_SRCS := $(sort $(wildcard tools/*.c))
+
+STATIC := $(B)/libampr.a
+SONAME := libampr.so.$(VERSION_MAJOR)
+SHARED := $(B)/libampr.so.$(VERSION)
+CLI := $(B)/ampr
+
+.PHONY: all lib test check-asan check-valgrind run bench install uninstall clean examples
+
+all: lib $(CLI)
+lib: $(STATIC) $(SHARED) $(B)/ampr.pc
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(if $(findstring _avx512,$<),$(AVX512_FLAGS),$(if $(findstring _avx2,$<),$(AVX2_FLAGS))) -MMD -MP -c $< -o $@
+
+$(STATIC): $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(SHARED): $(LIB_OBJS) lib/ampr.map
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=lib/ampr.map -Wl,--no-undefined \
+	  $(LDFLAGS_SAN) -o $@ $(LIB_OBJS) $(LIBS)
+	ln -sf libampr.so.$(VERSION) $(B)/$(SONAME)
+	ln -sf $(SONAME) $(B)/libampr.so
+
+$(B)/ampr.pc: pkgconfig/ampr.pc.in include/ampr.h
+	@mkdir -p $(B)
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
+
+$(CLI): $(TOOL_SRCS) $(STATIC)
+	@mkdir -p $(B)
+	$(CC) $(CFLAGS_BASE) -o $@ $(TOOL_SRCS) $(STATIC) $(LIBS) $(LDFLAGS_SAN)
+
+$(B)/tests/%: tests/%.c $(TEST_SUPPORT) tests/testutil.h $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) -Wno-missing-prototypes -o $@ $< $(TEST_SUPPORT) $(STATIC) -lcmocka $(LIBS) $(LDFLAGS_SAN)
+
+# Tests find ../shared (real models, goldens) through AMPR_SHARED; tests that
+# need it skip themselves when it is absent.
+AMPR_SHARED ?= $(abspath ../shared)
+TEST_ENV := AMPR_SHARED=$(AMPR_SHARED) AMPR_CLI=$(abspath $(CLI)) AMPR_TMP=$(abspath $(B))/tmp
+test: $(TEST_BINS) $(CLI)
+	@mkdir -p $(B)/tmp
+	@$(TEST_ENV) tests/run_tests.sh $(TEST_RUNNER) $(TEST_BINS)
+
+check-asan:
+	$(MAKE) B=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test
+
+check-valgrind:
+	$(MAKE) B=build-vg OPT=-O1 TEST_RUNNER="valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect -q" test
+
+run: 
+	@tools/setup.sh
+	$(MAKE) all
+	@tools/run_default.sh $(CLI)
+
+bench: all
+	$(CLI) bench
+
+install: lib $(CLI)
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig
+	install -m 644 include/ampr.h $(DESTDIR)$(INCLUDEDIR)/ampr.h
+	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/libampr.a
+	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/libampr.so.$(VERSION)
+	ln -sf libampr.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libampr.so
+	install -m 644 $(B)/ampr.pc $(DESTDIR)$(LIBDIR)/pkgconfig/ampr.pc
+	install -m 755 $(CLI) $(DESTDIR)$(BINDIR)/ampr
+
+uninstall:
+	rm -f $(DESTDIR)$(INCLUDEDIR)/ampr.h $(DESTDIR)$(LIBDIR)/libampr.* \
+	  $(DESTDIR)$(LIBDIR)/pkgconfig/ampr.pc $(DESTDIR)$(BINDIR)/ampr
+
+clean:
+	rm -rf build build-asan build-vg
+
+-include $(LIB_OBJS:.o=.d)

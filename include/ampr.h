@@ -1,0 +1,329 @@
+/*
+ * ampr.h -- the public interface of libampr, and its reference manual.
+ *
+ * libampr loads a Llama-style checkpoint (GGUF v3, or a Hugging Face directory
+ * with config.json + *.safetensors + tokenizer.json) and serves it at several
+ * precisions at once: every context holds resident weight tiers (by default
+ * FP16, INT8 and NF4; F32 or BF16 may be named as the top tier), each with its
+ * own KV-cache arena. ampr_route() scores a prompt and picks a tier;
+ * ampr_generate() runs a request on a tier.
+ *
+ * Conventions, which hold for every function below unless it says otherwise:
+ *  - Every fallible call returns an ampr_status; AMPR_OK (0) is success.
+ *    ampr_strerror() gives static text for a status; ampr_errmsg() gives the
+ *    detailed message of the last failure on a context.
+ *  - The library never prints, exits or aborts.
+ *  - Structs passed in or out start with `uint32_t struct_size`; call the
+ *    matching _init() function first. Fields are only ever appended, so a
+ *    program built against an older header keeps working with a newer library.
+ *  - Memory the library allocates for the caller is freed with the library's
+ *    own function (ampr_result_free). Strings handed to callbacks are borrowed
+ *    and valid only during the call.
+ *  - Text is UTF-8 and passed with an explicit length, so it may contain NUL
+ *    bytes; a length of AMPR_NUL_TERMINATED means "use strlen".
+ *  - Thread safety: a context is read-only after ampr_open(); ampr_route(),
+ *    ampr_generate(), ampr_tokenize(), ampr_detokenize() and the info getters
+ *    may be called from several threads on one context at once. ampr_close()
+ *    must not race with any other call on the same context.
+ *
+ * Copyright (c) 2026 the libampr authors. MIT licence (see LICENSE).
+ */
+#ifndef AMPR_H
+#define AMPR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- version ------------------------------------------------------------ */
+
+#define AMPR_VERSION_MAJOR 0
+#define AMPR_VERSION_MINOR 1
+#define AMPR_VERSION_PATCH 0
+#define AMPR_VERSION_STRING "0.1.0"
+/* MAJOR*10000 + MINOR*100 + PATCH */
+#define AMPR_VERSION_NUMBER \
+    (AMPR_VERSION_MAJOR * 10000 + AMPR_VERSION_MINOR * 100 + AMPR_VERSION_PATCH)
+
+#if defined(_WIN32)
+#define AMPR_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define AMPR_API __attribute__((visibility("default")))
+#else
+#define AMPR_API
+#endif
+
+/* The version of the library actually loaded: "MAJOR.MINOR.PATCH". Static
+ * string, never NULL. */
+AMPR_API const char *ampr_version(void);
+/* Same as AMPR_VERSION_NUMBER, but of the loaded library. */
+AMPR_API uint32_t ampr_version_number(void);
+
+/* ---- status codes ------------------------------------------------------- */
+
+/* Numbers are stable: they are never reused or renumbered. The list also
+ * lives in lib/common/status.h (one X-macro generates the enum below's
+ * checks, ampr_strerror() and ampr_status_name()). */
+typedef enum ampr_status {
+    AMPR_OK = 0,
+    AMPR_ERR_INVALID_ARG = 1,     /* a NULL or out-of-range argument */
+    AMPR_ERR_NOMEM = 2,           /* an allocation failed */
+    AMPR_ERR_IO = 3,              /* a file could not be opened, read or mapped */
+    AMPR_ERR_CONFIG = 4,          /* the JSON config is malformed or has a bad key or value */
+    AMPR_ERR_MODEL_FORMAT = 5,    /* not a model file, or bad magic/version/structure */
+    AMPR_ERR_MODEL_TRUNCATED = 6, /* the file ends before its declared contents */
+    AMPR_ERR_MODEL_BOUNDS = 7,    /* a tensor lies outside the file or overlaps another */
+    AMPR_ERR_MODEL_SHAPE = 8,     /* a tensor has the wrong shape, or its size overflows */
+    AMPR_ERR_MODEL_DTYPE = 9,     /* a tensor type that is unknown or not allowed there */
+    AMPR_ERR_MODEL_MISSING = 10,  /* a required tensor or metadata key is absent */
+    AMPR_ERR_MODEL_HPARAMS = 11,  /* hyper-parameters that are absent, absurd or inconsistent */
+    AMPR_ERR_MODEL_NONFINITE = 12,/* a weight is NaN or infinite */
+    AMPR_ERR_MODEL_VOCAB = 13,    /* the tokenizer data is malformed (e.g. bad UTF-8) */
+    AMPR_ERR_UNSUPPORTED = 14,    /* valid input this build does not support */
+    AMPR_ERR_BAD_UTF8 = 15,       /* the prompt is not valid UTF-8 */
+    AMPR_ERR_PROMPT_EMPTY = 16,   /* the prompt tokenizes to nothing and no BOS is added */
+    AMPR_ERR_PROMPT_TOO_LONG = 17,/* the prompt does not fit the context window */
+    AMPR_ERR_KV_FULL = 18,        /* the tier's KV arena has no free pages for the request */
+    AMPR_ERR_CANCELLED = 19,      /* the token callback asked to stop (not a failure of the model) */
+    AMPR_ERR_TIER_UNAVAILABLE = 20,/* the requested tier is not resident in this context */
+    AMPR_ERR_BACKEND = 21,        /* the compute backend failed (CUDA, cuBLASLt, NCCL) */
+    AMPR_ERR_NO_DEVICE = 22,      /* a GPU was required but none is usable */
+    AMPR_ERR_BUFFER_TOO_SMALL = 23,/* an output buffer is too small; the needed size is reported */
+    AMPR_ERR_INTERNAL = 24        /* a bug in libampr: please report it */
+} ampr_status;
+
+/* Static English text describing a status; never NULL (unknown values give
+ * "unknown status"). Thread-safe. */
+AMPR_API const char *ampr_strerror(ampr_status status);
+/* The enumerator's name without the prefix, e.g. "KV_FULL"; never NULL. */
+AMPR_API const char *ampr_status_name(ampr_status status);
+
+/* ---- allocation hooks --------------------------------------------------- */
+
+/* Replace the allocator used for every allocation the library makes
+ * (including jansson's). All three must be given, or all three NULL to
+ * restore the C library's. Call before any ampr_open(), never while a
+ * context is alive. Not thread-safe. */
+typedef void *(*ampr_malloc_fn)(size_t size, void *user);
+typedef void *(*ampr_realloc_fn)(void *ptr, size_t size, void *user);
+typedef void (*ampr_free_fn)(void *ptr, void *user);
+AMPR_API ampr_status ampr_set_allocator(ampr_malloc_fn m, ampr_realloc_fn r,
+                                        ampr_free_fn f, void *user);
+
+/* ---- tiers -------------------------------------------------------------- */
+
+/* A tier is one resident copy of the weights at one precision. */
+typedef enum ampr_tier {
+    AMPR_TIER_AUTO = 0, /* let ampr_route() choose */
+    AMPR_TIER_FP16 = 1, /* IEEE half weights, FP32 accumulation */
+    AMPR_TIER_INT8 = 2, /* int8 weights (per output channel) x int8 activations (per token) */
+    AMPR_TIER_NF4 = 3,  /* bitsandbytes NF4, blocks of 64, weight-only */
+    AMPR_TIER_F32 = 4,  /* full precision (only when the config lists it) */
+    AMPR_TIER_BF16 = 5  /* bfloat16 weights (only when the config lists it) */
+} ampr_tier;
+#define AMPR_TIER_COUNT 6
+
+/* "auto", "fp16", "int8", "nf4", "f32", "bf16"; "?" for unknown. Static. */
+AMPR_API const char *ampr_tier_name(ampr_tier tier);
+/* Inverse of ampr_tier_name(); AMPR_ERR_INVALID_ARG for unknown names. */
+AMPR_API ampr_status ampr_tier_from_name(const char *name, ampr_tier *out);
+
+/* ---- opening a model ---------------------------------------------------- */
+
+typedef struct ampr_ctx ampr_ctx;
+
+/* Load progress: stage is a static string ("map", "tokenizer", "tier fp16",
+ * ...), fraction in [0,1]. Return nonzero to abort the open (which then
+ * fails with AMPR_ERR_CANCELLED). Called on the thread that called
+ * ampr_open_ex(). */
+typedef int (*ampr_progress_fn)(void *user, const char *stage, float fraction);
+
+typedef struct ampr_open_params {
+    uint32_t struct_size;      /* = sizeof(ampr_open_params), set by _init */
+    ampr_progress_fn progress; /* may be NULL */
+    void *progress_user;
+} ampr_open_params;
+AMPR_API void ampr_open_params_init(ampr_open_params *p);
+
+/* Open a model and build its tiers.
+ *
+ * model_path: a GGUF file, or a directory holding config.json, tokenizer.json
+ *   and model.safetensors (or model.safetensors.index.json + shards).
+ * config_json: a JSON object (NUL-terminated) or NULL for defaults. Keys (any
+ *   other key is rejected with AMPR_ERR_CONFIG):
+ *     "tiers":   ordered list, top tier first, of "f32","bf16","fp16","int8",
+ *                "nf4" (default ["fp16","int8","nf4"])
+ *     "threads": worker threads for the CPU backend (default: online CPUs, max 64)
+ *     "context_length": cap on the context window (default: the model's)
+ *     "kv": {"block_size": tokens per page (default 16),
+ *            "arena_tokens": tokens per tier arena (default context_length*4),
+ *            "arena_bytes": alternative to arena_tokens}
+ *     "device":  "cpu" (default) | "auto" | "cuda"
+ *     "router":  {"thresholds": [t_nf4, t_int8]} scores below t_nf4 go to the
+ *                lowest tier, below t_int8 to the middle one, else the top one
+ *
+ * On success *out is a new context. On failure *out is still set to a context
+ * that holds only the error (read it with ampr_errmsg(), free it with
+ * ampr_close()), except when even that could not be allocated, where *out is
+ * NULL. Thread-safe (separate contexts share nothing).
+ */
+AMPR_API ampr_status ampr_open(const char *model_path, const char *config_json,
+                               ampr_ctx **out);
+/* As ampr_open(), with a progress callback. params may be NULL. */
+AMPR_API ampr_status ampr_open_ex(const char *model_path, const char *config_json,
+                                  const ampr_open_params *params, ampr_ctx **out);
+
+/* Free a context and everything it owns. NULL is a no-op. */
+AMPR_API void ampr_close(ampr_ctx *ctx);
+
+/* The detail of the most recent failure of a call on ctx made by the calling
+ * thread (or of ampr_open() that produced ctx). Never NULL: "" when none,
+ * "no context" for NULL. Valid until the next failing call on ctx by this
+ * thread, or ampr_close(). */
+AMPR_API const char *ampr_errmsg(const ampr_ctx *ctx);
+
+/* ---- model and tier information ---------------------------------------- */
+
+typedef struct ampr_model_info {
+    uint32_t struct_size;
+    int32_t dim;            /* embedding width */
+    int32_t hidden_dim;     /* FFN width */
+    int32_t n_layers;
+    int32_t n_heads;        /* query heads */
+    int32_t n_kv_heads;     /* key/value heads (GQA when < n_heads) */
+    int32_t head_dim;
+    int32_t vocab_size;
+    int32_t context_length; /* usable context window (after the config's cap) */
+    uint64_t n_params;      /* parameters in the checkpoint */
+    int32_t bos_id, eos_id; /* -1 when the vocabulary has none */
+    int32_t n_tiers;        /* resident tiers */
+    ampr_tier tiers[AMPR_TIER_COUNT]; /* resident tiers, top first */
+    char format[16];        /* "gguf" or "hf" */
+} ampr_model_info;
+AMPR_API void ampr_model_info_init(ampr_model_info *info);
+AMPR_API ampr_status ampr_get_model_info(const ampr_ctx *ctx, ampr_model_info *info);
+
+typedef struct ampr_tier_info {
+    uint32_t struct_size;
+    ampr_tier tier;
+    uint64_t weight_bytes;    /* resident bytes of this tier's weights */
+    uint64_t kv_bytes;        /* bytes of this tier's KV arena */
+    int32_t kv_block_size;    /* tokens per KV page */
+    int32_t kv_pages_total;
+    int32_t kv_pages_used;    /* pages held by running requests right now */
+} ampr_tier_info;
+AMPR_API void ampr_tier_info_init(ampr_tier_info *info);
+/* AMPR_ERR_TIER_UNAVAILABLE when the tier is not resident. */
+AMPR_API ampr_status ampr_get_tier_info(const ampr_ctx *ctx, ampr_tier tier,
+                                        ampr_tier_info *info);
+
+/* ---- tokenization ------------------------------------------------------- */
+
+#define AMPR_NUL_TERMINATED ((size_t)-1)
+
+/* Tokenize text. When add_bos is nonzero and the vocabulary has a BOS token
+ * it comes first. Writes at most cap ids; *n_out receives the number of ids
+ * the text needs (also when cap is too small, which returns
+ * AMPR_ERR_BUFFER_TOO_SMALL). Invalid UTF-8 gives AMPR_ERR_BAD_UTF8. */
+AMPR_API ampr_status ampr_tokenize(ampr_ctx *ctx, const char *text, size_t len,
+                                   int add_bos, int32_t *ids, size_t cap,
+                                   size_t *n_out);
+/* Decode ids to UTF-8 text (special tokens such as BOS/EOS are skipped; an
+ * incomplete UTF-8 sequence at the end is kept as is). Writes at most cap
+ * bytes plus a NUL when room is left; *len_out receives the bytes needed. */
+AMPR_API ampr_status ampr_detokenize(ampr_ctx *ctx, const int32_t *ids, size_t n,
+                                     char *buf, size_t cap, size_t *len_out);
+
+/* ---- routing ------------------------------------------------------------ */
+
+#define AMPR_ROUTE_N_FEATURES 8
+
+typedef struct ampr_route_result {
+    uint32_t struct_size;
+    ampr_tier tier;      /* the tier chosen (one of the resident ones) */
+    float score;         /* complexity in [0,1]; higher needs more precision */
+    /* lexical density, code markers, math operators, digits, length,
+     * non-ASCII share, and two reserved (0) */
+    float features[AMPR_ROUTE_N_FEATURES];
+    char reason[160];    /* a one-line explanation, NUL-terminated */
+} ampr_route_result;
+AMPR_API void ampr_route_result_init(ampr_route_result *r);
+
+/* Score a prompt and choose a tier. system may be NULL; when given it is
+ * scored separately and weighs less. Thread-safe. */
+AMPR_API ampr_status ampr_route(ampr_ctx *ctx, const char *prompt, size_t len,
+                                const char *system, size_t system_len,
+                                ampr_route_result *out);
+
+/* ---- generation --------------------------------------------------------- */
+
+/* Called once per generated token with its text piece (borrowed; may be empty
+ * while a UTF-8 character is incomplete; never splits a character). Return 0
+ * to go on, nonzero to cancel: generation stops, and ampr_generate() returns
+ * AMPR_ERR_CANCELLED with the result so far. */
+typedef int (*ampr_token_fn)(void *user, const char *piece, size_t len,
+                             int32_t token_id);
+
+typedef struct ampr_gen_params {
+    uint32_t struct_size;
+    ampr_tier tier;            /* AMPR_TIER_AUTO (default) routes the prompt */
+    int32_t max_tokens;        /* new tokens at most (default 256; 0 = prefill only) */
+    float temperature;         /* 0 = greedy (default 0.8) */
+    int32_t top_k;             /* 0 = off (default 40) */
+    float top_p;               /* 1 = off (default 0.95) */
+    float repetition_penalty;  /* 1 = off (default 1.0) */
+    int32_t repetition_last_n; /* window for the penalty (default 64) */
+    uint64_t seed;             /* RNG seed (default 0x5eed) */
+    const char *const *stop;   /* stop strings (may be NULL) */
+    size_t n_stop;
+    int add_bos;               /* prepend BOS (default 1) */
+    int ignore_eos;            /* keep going past end-of-sequence (default 0) */
+    ampr_token_fn on_token;    /* streaming callback (may be NULL) */
+    void *user;                /* passed to on_token */
+} ampr_gen_params;
+AMPR_API void ampr_gen_params_init(ampr_gen_params *p);
+
+typedef enum ampr_finish {
+    AMPR_FINISH_LENGTH = 0,    /* max_tokens reached */
+    AMPR_FINISH_EOS = 1,       /* the model produced end-of-sequence */
+    AMPR_FINISH_STOP = 2,      /* a stop string was produced */
+    AMPR_FINISH_CANCELLED = 3, /* the callback asked to stop */
+    AMPR_FINISH_CONTEXT = 4,   /* the context window is full */
+    AMPR_FINISH_ERROR = 5      /* a failure after some output */
+} ampr_finish;
+
+/* A finished request. Allocated by the library; free with ampr_result_free. */
+typedef struct ampr_result {
+    uint32_t struct_size;
+    char *text;                /* generated text only (not the prompt), NUL-terminated */
+    size_t text_len;           /* bytes in text (it may contain NULs) */
+    int32_t *tokens;           /* generated token ids */
+    size_t n_tokens;
+    int32_t n_prompt_tokens;
+    ampr_finish finish;
+    ampr_tier tier_first;      /* the tier the request started on */
+    ampr_tier tier_final;      /* the tier that produced the last token */
+    int32_t escalated;         /* 1 if it moved to a higher tier */
+    int32_t escalation_token;  /* index of the first token after escalation, or -1 */
+    char escalation_reason[64];
+    double prefill_ms;         /* time to first token */
+    double decode_ms;          /* time for the remaining tokens */
+    double total_ms;
+} ampr_result;
+AMPR_API void ampr_result_free(ampr_result *r);
+
+/* Run one request. prompt has len bytes (AMPR_NUL_TERMINATED for strlen).
+ * params may be NULL for defaults. out may be NULL when only the streaming
+ * callback is wanted; otherwise *out receives a result also when the status
+ * is AMPR_ERR_CANCELLED (partial output) and NULL on other failures.
+ * Thread-safe: concurrent calls on one ctx are independent. */
+AMPR_API ampr_status ampr_generate(ampr_ctx *ctx, const char *prompt, size_t len,
+                                   const ampr_gen_params *params, ampr_result **out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* AMPR_H */

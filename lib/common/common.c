@@ -1,0 +1,201 @@
+/*
+ * common.c -- allocation hooks, error recording, half-precision conversion,
+ * UTF-8 validation and the clock shared by the rest of the library.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "common.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+/* ---- allocation --------------------------------------------------------- */
+
+static void *default_malloc(size_t n, void *u) { (void)u; return malloc(n); }
+static void *default_realloc(void *p, size_t n, void *u) { (void)u; return realloc(p, n); }
+static void default_free(void *p, void *u) { (void)u; free(p); }
+
+static ampr_malloc_fn g_malloc = default_malloc;
+static ampr_realloc_fn g_realloc = default_realloc;
+static ampr_free_fn g_free = default_free;
+static void *g_alloc_user;
+
+void *ampr__malloc(size_t n) { return g_malloc(n ? n : 1, g_alloc_user); }
+
+void *ampr__calloc(size_t count, size_t size) {
+    size_t total;
+    if (__builtin_mul_overflow(count, size, &total)) return NULL;
+    void *p = ampr__malloc(total);
+    if (p) memset(p, 0, total);
+    return p;
+}
+
+void *ampr__realloc(void *p, size_t n) { return g_realloc(p, n ? n : 1, g_alloc_user); }
+
+void ampr__free(void *p) {
+    if (p) g_free(p, g_alloc_user);
+}
+
+char *ampr__strndup(const char *s, size_t n) {
+    char *d = ampr__malloc(n + 1);
+    if (!d) return NULL;
+    memcpy(d, s, n);
+    d[n] = '\0';
+    return d;
+}
+
+void *ampr__alloc_array(size_t count, size_t size, ampr__err *err) {
+    size_t total;
+    if (__builtin_mul_overflow(count, size, &total)) {
+        ampr__fail(err, AMPR_ERR_NOMEM, "allocation of %zu x %zu bytes overflows", count, size);
+        return NULL;
+    }
+    void *p = ampr__calloc(count, size);
+    if (!p) ampr__fail(err, AMPR_ERR_NOMEM, "out of memory allocating %zu bytes", total);
+    return p;
+}
+
+/* jansson allocates through these once hooks are installed, so its memory is
+ * counted (and can be failed) like ours. */
+static void *json_malloc_hook(size_t n) { return ampr__malloc(n); }
+static void json_free_hook(void *p) { ampr__free(p); }
+
+AMPR_API ampr_status ampr_set_allocator(ampr_malloc_fn m, ampr_realloc_fn r,
+                                        ampr_free_fn f, void *user) {
+    if (!m && !r && !f) {
+        g_malloc = default_malloc;
+        g_realloc = default_realloc;
+        g_free = default_free;
+        g_alloc_user = NULL;
+        json_set_alloc_funcs(malloc, free);
+        return AMPR_OK;
+    }
+    if (!m || !r || !f) return AMPR_ERR_INVALID_ARG;
+    g_malloc = m;
+    g_realloc = r;
+    g_free = f;
+    g_alloc_user = user;
+    json_set_alloc_funcs(json_malloc_hook, json_free_hook);
+    return AMPR_OK;
+}
+
+/* ---- errors ------------------------------------------------------------- */
+
+ampr_status ampr__fail(ampr__err *err, ampr_status st, const char *fmt, ...) {
+    if (!err || err->status != AMPR_OK) return st;
+    err->status = st;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+void ampr__err_clear(ampr__err *err) {
+    err->status = AMPR_OK;
+    err->msg[0] = '\0';
+}
+
+/* ---- half precision ----------------------------------------------------- */
+
+float ampr__fp16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t man = h & 0x3ff;
+    uint32_t u;
+    if (exp == 0) {
+        if (man == 0) {
+            u = sign;
+        } else { /* subnormal: renormalise */
+            int e = -1;
+            do { e++; man <<= 1; } while (!(man & 0x400));
+            man &= 0x3ff;
+            u = sign | ((uint32_t)(127 - 15 - e) << 23) | (man << 13);
+        }
+    } else if (exp == 31) {
+        u = sign | 0x7f800000u | (man << 13);
+    } else {
+        u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t ampr__f32_to_fp16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000;
+    uint32_t abs = u & 0x7fffffffu;
+    if (abs >= 0x7f800000u) /* inf or nan */
+        return (uint16_t)(sign | 0x7c00 | (abs > 0x7f800000u ? 0x200 : 0));
+    if (abs >= 0x477ff000u) /* rounds to >= 65520: overflow to inf */
+        return (uint16_t)(sign | 0x7c00);
+    if (abs < 0x38800000u) { /* result is subnormal or zero */
+        if (abs < 0x33000000u) return (uint16_t)sign; /* < half the smallest subnormal */
+        uint32_t e = abs >> 23;
+        uint32_t man = (abs & 0x7fffff) | 0x800000;
+        uint32_t shift = 126 - e; /* 14..24 */
+        uint32_t q = man >> shift;
+        uint32_t rem = man & ((1u << shift) - 1);
+        uint32_t half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (q & 1))) q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t e = (abs >> 23) - 127 + 15;
+    uint32_t man = abs & 0x7fffff;
+    uint32_t q = (e << 10) | (man >> 13);
+    uint32_t rem = man & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (q & 1))) q++; /* may carry into exp: fine */
+    return (uint16_t)(sign | q);
+}
+
+uint16_t ampr__f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet nan */
+    u += 0x7fff + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+/* ---- time and text ------------------------------------------------------ */
+
+double ampr__now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+int ampr__utf8_seq_len(const unsigned char *s, size_t n) {
+    if (n == 0) return 0;
+    unsigned c = s[0];
+    if (c < 0x80) return 1;
+    int len;
+    unsigned min;
+    if ((c & 0xe0) == 0xc0) { len = 2; min = 0x80; c &= 0x1f; }
+    else if ((c & 0xf0) == 0xe0) { len = 3; min = 0x800; c &= 0x0f; }
+    else if ((c & 0xf8) == 0xf0) { len = 4; min = 0x10000; c &= 0x07; }
+    else return 0;
+    if ((size_t)len > n) return 0;
+    for (int i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        c = (c << 6) | (s[i] & 0x3f);
+    }
+    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff)) return 0;
+    return len;
+}
+
+int ampr__utf8_valid(const char *s, size_t n) {
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n) {
+        if (p[i] < 0x80) { i++; continue; }
+        int l = ampr__utf8_seq_len(p + i, n - i);
+        if (!l) return 0;
+        i += (size_t)l;
+    }
+    return 1;
+}

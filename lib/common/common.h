@@ -1,0 +1,89 @@
+/*
+ * common.h -- what every part of libampr shares: allocation through the
+ * user's hooks, error recording, checked arithmetic, small numeric helpers.
+ *
+ * Internal functions that can fail return ampr_status and take an
+ * `ampr__err *err` as their last argument; on failure they fill it with a
+ * message through ampr__fail(), which returns the status so that
+ * `return ampr__fail(err, AMPR_ERR_X, "...")` reads as one statement.
+ */
+#ifndef AMPR_COMMON_H
+#define AMPR_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "ampr.h"
+
+#define AMPR__ERRMSG_MAX 512
+
+typedef struct ampr__err {
+    ampr_status status;
+    char msg[AMPR__ERRMSG_MAX];
+} ampr__err;
+
+#if defined(__GNUC__)
+#define AMPR__PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define AMPR__UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define AMPR__PRINTF(a, b)
+#define AMPR__UNLIKELY(x) (x)
+#endif
+
+/* Record a failure (first failure wins: a later, more generic message does
+ * not overwrite the root cause). Returns st. err may be NULL. */
+ampr_status ampr__fail(ampr__err *err, ampr_status st, const char *fmt, ...)
+    AMPR__PRINTF(3, 4);
+void ampr__err_clear(ampr__err *err);
+
+/* Forward a failing status upward. */
+#define AMPR__TRY(expr)                                                         \
+    do {                                                                        \
+        ampr_status ampr__st_ = (expr);                                         \
+        if (AMPR__UNLIKELY(ampr__st_ != AMPR_OK)) return ampr__st_;             \
+    } while (0)
+
+/* Allocation: every byte the library allocates goes through these, so that
+ * ampr_set_allocator() hooks (and the OOM-injection tests) see all of it. */
+void *ampr__malloc(size_t n);
+void *ampr__calloc(size_t count, size_t size); /* overflow-checked */
+void *ampr__realloc(void *p, size_t n);
+void ampr__free(void *p);
+char *ampr__strndup(const char *s, size_t n);
+/* count*size, or NULL/ERR_NOMEM with a message on overflow or failure */
+void *ampr__alloc_array(size_t count, size_t size, ampr__err *err);
+
+/* Checked arithmetic: return 0 on overflow. */
+static inline int ampr__mul_ok(uint64_t a, uint64_t b, uint64_t *out) {
+    return !__builtin_mul_overflow(a, b, out);
+}
+static inline int ampr__add_ok(uint64_t a, uint64_t b, uint64_t *out) {
+    return !__builtin_add_overflow(a, b, out);
+}
+
+/* IEEE half and bfloat16 <-> float, portable (the SIMD kernels have their own). */
+float ampr__fp16_to_f32(uint16_t h);
+uint16_t ampr__f32_to_fp16(float f); /* round to nearest even */
+static inline float ampr__bf16_to_f32(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+uint16_t ampr__f32_to_bf16(float f); /* round to nearest even */
+
+/* Monotonic clock in milliseconds. */
+double ampr__now_ms(void);
+
+/* UTF-8: length of the valid sequence starting at s (1..4), or 0 if s does
+ * not start a valid, complete sequence within n bytes. */
+int ampr__utf8_seq_len(const unsigned char *s, size_t n);
+/* 1 if all n bytes are valid UTF-8. */
+int ampr__utf8_valid(const char *s, size_t n);
+
+#define AMPR__MIN(a, b) ((a) < (b) ? (a) : (b))
+#define AMPR__MAX(a, b) ((a) > (b) ? (a) : (b))
+#define AMPR__ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif

@@ -1,0 +1,68 @@
+/* testutil.c -- see testutil.h. */
+#define _GNU_SOURCE
+#include "testutil.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+const char *tu_shared(const char *rel) {
+    static char bufs[4][4096];
+    static int slot;
+    const char *root = getenv("AMPR_SHARED");
+    if (!root) root = "../shared";
+    char *b = bufs[slot++ & 3];
+    snprintf(b, sizeof bufs[0], "%s/%s", root, rel);
+    struct stat st;
+    return stat(b, &st) == 0 ? b : NULL;
+}
+
+char *tu_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) { free(buf); buf = NULL; }
+    fclose(f);
+    if (buf) { buf[n] = 0; if (len) *len = (size_t)n; }
+    return buf;
+}
+
+char *tu_tmpdir(const char *tag) {
+    const char *root = getenv("AMPR_TMP");
+    if (!root) root = "/tmp";
+    mkdir(root, 0755);
+    char *p = malloc(4096);
+    snprintf(p, 4096, "%s/%s-XXXXXX", root, tag);
+    if (!mkdtemp(p)) { free(p); return NULL; }
+    return p;
+}
+
+int tu_write_file(const char *path, const void *data, size_t len) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    size_t w = fwrite(data, 1, len, f);
+    return (fclose(f) == 0 && w == len) ? 0 : -1;
+}
+
+void tu_rmtree(const char *path) {
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            char sub[4096];
+            snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+            struct stat st;
+            if (lstat(sub, &st) == 0 && S_ISDIR(st.st_mode)) tu_rmtree(sub);
+            else unlink(sub);
+        }
+        closedir(d);
+    }
+    rmdir(path);
+}

@@ -1,0 +1,33 @@
+/*
+ * testutil.h -- helpers shared by the cmocka tests: where the shared test data
+ * is, reading files, temporary directories.
+ */
+#ifndef AMPR_TESTUTIL_H
+#define AMPR_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+/* Path under ../shared (env AMPR_SHARED), written to a static buffer per call
+ * slot (4 slots rotate). Returns NULL when the file does not exist. */
+const char *tu_shared(const char *rel);
+/* Skip the current test when the shared data is absent. */
+#define TU_SHARED_OR_SKIP(var, rel)          \
+    const char *var = tu_shared(rel);        \
+    do {                                     \
+        if (!var) { skip(); }                \
+    } while (0)
+
+/* Read a whole file (malloc'd, NUL-terminated); NULL on failure. */
+char *tu_read_file(const char *path, size_t *len);
+/* A fresh empty directory under $AMPR_TMP (or /tmp); malloc'd path. */
+char *tu_tmpdir(const char *tag);
+/* Write bytes to a file; 0 on success. */
+int tu_write_file(const char *path, const void *data, size_t len);
+/* Remove a directory tree (best effort). */
+void tu_rmtree(const char *path);
+
+#endif
