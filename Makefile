@@ -100,8 +100,8 @@ check-asan:
 check-valgrind:
 	$(MAKE) B=build-vg OPT=-O1 TEST_RUNNER="valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect -q" test
 
-run: 
-	@tools/setup.sh
+run:
+	@tools/install-deps.sh
 	$(MAKE) all
 	@tools/run_default.sh $(CLI)
 
