@@ -134,9 +134,61 @@ static void test_stories_gguf(void **state) {
     ampr__model_free(m);
 }
 
+static void test_stories_convert(void **state) {
+    (void)state;
+    TU_SHARED_OR_SKIP(bin, "models/stories260K/stories260K.bin");
+    TU_SHARED_OR_SKIP(tok, "models/stories260K/tok512.bin");
+    char *dir = tu_tmpdir("conv");
+    ampr__err err = {0};
+    ampr_status st = ampr__convert_llama2c(bin, tok, dir, &err);
+    if (st) fprintf(stderr, "%s\n", err.msg);
+    assert_int_equal(st, AMPR_OK);
+    ampr__model *m = NULL;
+    st = ampr__model_load(dir, 1, &m, &err);
+    if (st) fprintf(stderr, "%s\n", err.msg);
+    assert_int_equal(st, AMPR_OK);
+    assert_string_equal(m->format, "hf");
+    const ampr__hparams *hp = &m->hp;
+    assert_int_equal(hp->dim, 64);
+    assert_int_equal(hp->hidden_dim, 172);
+    assert_int_equal(hp->n_layers, 5);
+    assert_int_equal(hp->n_heads, 8);
+    assert_int_equal(hp->n_kv_heads, 4);
+    assert_int_equal(hp->head_dim, 8);
+    assert_int_equal(hp->vocab_size, 512);
+    assert_int_equal(hp->context_length, 512);
+    assert_int_equal(hp->rope_layout, AMPR__ROPE_HALF);
+    assert_true(hp->norm_eps == 1e-5f);
+    assert_true(hp->tied_embeddings);
+    assert_ptr_equal(m->output, m->tok_embd);
+    assert_int_equal(ampr__tok_n_vocab(m->tok), 512);
+    l2c c;
+    l2c_open(&c, bin);
+    expect_l2c_layers(m, &c, 1);
+    free(c.buf);
+    ampr__model_free(m);
+
+    /* tokenizer.json: byte-fallback BPE with U+2581 pieces and score-ranked merges */
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    char *tj = tu_read_file(path, NULL);
+    assert_non_null(tj);
+    assert_non_null(strstr(tj, "\"byte_fallback\": true"));
+    assert_non_null(strstr(tj, "\"<0x0A>\": 13"));
+    /* the first merge is the best-scored pair, "\u2581 t" (SentencePiece id 259) */
+    const char *merges = strstr(tj, "\"merges\": [");
+    assert_non_null(merges);
+    assert_non_null(strstr(merges, "\"\xe2\x96\x81 t\""));
+    assert_true(strstr(merges, "\"\xe2\x96\x81 t\"") < strstr(merges, "\"h e\""));
+    free(tj);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stories_gguf),
+        cmocka_unit_test(test_stories_convert),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

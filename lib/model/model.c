@@ -86,16 +86,7 @@ ampr_status ampr__model_new(const char *format, ampr__model **out, ampr__err *er
     return AMPR_OK;
 }
 
-ampr_status ampr__model_map(ampr__model *m, const char *path, size_t min_size,
-                            ampr__map *out, ampr__err *err) {
-    ampr__model_priv *p = m->priv;
-    if (p->n_maps == p->cap_maps) {
-        int cap = p->cap_maps ? 2 * p->cap_maps : 4;
-        ampr__map *nm = ampr__realloc(p->maps, (size_t)cap * sizeof *nm);
-        if (!nm) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory");
-        p->maps = nm;
-        p->cap_maps = cap;
-    }
+ampr_status ampr__map_file(const char *path, size_t min_size, ampr__map *out, ampr__err *err) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return ampr__fail(err, AMPR_ERR_IO, "cannot open %s: %s", path, strerror(errno));
@@ -117,10 +108,29 @@ ampr_status ampr__model_map(ampr__model *m, const char *path, size_t min_size,
     close(fd);
     if (base == MAP_FAILED)
         return ampr__fail(err, AMPR_ERR_IO, "cannot map %s: %s", path, strerror(errno));
-    ampr__map *mp = &p->maps[p->n_maps++];
-    mp->base = base;
-    mp->size = (size_t)st.st_size;
-    *out = *mp;
+    out->base = base;
+    out->size = (size_t)st.st_size;
+    return AMPR_OK;
+}
+
+void ampr__unmap(ampr__map *m) {
+    if (m->base) munmap((void *)m->base, m->size);
+    m->base = NULL;
+    m->size = 0;
+}
+
+ampr_status ampr__model_map(ampr__model *m, const char *path, size_t min_size,
+                            ampr__map *out, ampr__err *err) {
+    ampr__model_priv *p = m->priv;
+    if (p->n_maps == p->cap_maps) {
+        int cap = p->cap_maps ? 2 * p->cap_maps : 4;
+        ampr__map *nm = ampr__realloc(p->maps, (size_t)cap * sizeof *nm);
+        if (!nm) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory");
+        p->maps = nm;
+        p->cap_maps = cap;
+    }
+    AMPR__TRY(ampr__map_file(path, min_size, &p->maps[p->n_maps], err));
+    *out = p->maps[p->n_maps++];
     return AMPR_OK;
 }
 
@@ -547,7 +557,7 @@ void ampr__model_free(ampr__model *m) {
         for (size_t i = 0; i < p->n_tensors; i++) ampr__free((void *)p->tensors[i].name);
         ampr__free(p->tensors);
         ampr__free(p->by_name);
-        for (int i = 0; i < p->n_maps; i++) munmap((void *)p->maps[i].base, p->maps[i].size);
+        for (int i = 0; i < p->n_maps; i++) ampr__unmap(&p->maps[i]);
         ampr__free(p->maps);
         ampr__free(p);
     }

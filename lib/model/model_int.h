@@ -30,6 +30,10 @@ struct ampr__model_priv {
     const ampr__tensor **by_name; /* sorted by name, for lookups */
 };
 
+/* Map a whole file read-only (fewer than min_size bytes: TRUNCATED). */
+ampr_status ampr__map_file(const char *path, size_t min_size, ampr__map *out, ampr__err *err);
+void ampr__unmap(ampr__map *m);
+
 /* A model with no tensors yet; format is "gguf" or "hf". */
 ampr_status ampr__model_new(const char *format, ampr__model **out, ampr__err *err);
 /* Map path read-only and keep the mapping until ampr__model_free(). A file
@@ -89,6 +93,9 @@ size_t ampr__model_plan(const ampr__hparams *hp, ampr__dtype dt, int hf, ampr__w
 /* Produces the nbytes of tensor t into f. */
 typedef ampr_status (*ampr__wfill_fn)(void *ctx, const ampr__wtensor *t, FILE *f,
                                       ampr__err *err);
+/* Map a safetensors file into m and append its tensors (Hugging Face names
+ * renamed to canonical ones, unknown names kept). */
+ampr_status ampr__st_load(ampr__model *m, const char *path, ampr__err *err);
 /* Write a safetensors file holding ts[0..n) (offsets assigned here); the
  * tensor data comes from fill, in order. */
 ampr_status ampr__st_write(const char *path, ampr__wtensor *ts, size_t n, ampr__wfill_fn fill,
