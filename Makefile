@@ -22,6 +22,8 @@ BINDIR ?= $(PREFIX)/bin
 DESTDIR ?=
 
 CC ?= cc
+V ?= 0
+Q := $(if $(filter 1,$(V)),,@)
 B ?= build
 OPT ?= -O2
 SAN ?=
@@ -61,14 +63,17 @@ lib: $(STATIC) $(SHARED) $(B)/ampr.pc
 
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_BASE) $(if $(findstring _avx512,$<),$(AVX512_FLAGS),$(if $(findstring _avx2,$<),$(AVX2_FLAGS))) -MMD -MP -c $< -o $@
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS_BASE) $(if $(findstring _avx512,$<),$(AVX512_FLAGS),$(if $(findstring _avx2,$<),$(AVX2_FLAGS))) -MMD -MP -c $< -o $@
 
 $(STATIC): $(LIB_OBJS)
 	@rm -f $@
-	ar rcs $@ $^
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)ar rcs $@ $^
 
 $(SHARED): $(LIB_OBJS) lib/ampr.map
-	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=lib/ampr.map -Wl,--no-undefined \
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=lib/ampr.map -Wl,--no-undefined \
 	  $(LDFLAGS_SAN) -o $@ $(LIB_OBJS) $(LIBS)
 	ln -sf libampr.so.$(VERSION) $(B)/$(SONAME)
 	ln -sf $(SONAME) $(B)/libampr.so
@@ -80,11 +85,13 @@ $(B)/ampr.pc: pkgconfig/ampr.pc.in include/ampr.h
 
 $(CLI): $(TOOL_SRCS) tools/tools.h $(STATIC)
 	@mkdir -p $(B)
-	$(CC) $(CFLAGS_BASE) -Itools -o $@ $(TOOL_SRCS) $(STATIC) $(LIBS) $(LDFLAGS_SAN)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS_BASE) -Itools -o $@ $(TOOL_SRCS) $(STATIC) $(LIBS) $(LDFLAGS_SAN)
 
 $(B)/tests/%: tests/%.c $(TEST_SUPPORT) tests/testutil.h $(STATIC)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_BASE) -Wno-missing-prototypes -o $@ $< $(TEST_SUPPORT) $(STATIC) -lcmocka $(LIBS) $(LDFLAGS_SAN)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS_BASE) -Wno-missing-prototypes -o $@ $< $(TEST_SUPPORT) $(STATIC) -lcmocka $(LIBS) $(LDFLAGS_SAN)
 
 # Tests find ../shared (real models, goldens) through AMPR_SHARED; tests that
 # need it skip themselves when it is absent.

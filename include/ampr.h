@@ -159,6 +159,8 @@ AMPR_API void ampr_open_params_init(ampr_open_params *p);
  *     "threads": worker threads for the CPU backend (default: online CPUs, max 64)
  *     "context_length": cap on the context window (default: the model's)
  *     "kv": {"block_size": tokens per page (default 16),
+ *            "wait_ms": wait for free pages when the arena is full (default 0),
+ *            "dtype": "f16" or "f32" KV elements (default f32 on the f32 tier, else f16),
  *            "arena_tokens": tokens per tier arena (default context_length*4),
  *            "arena_bytes": alternative to arena_tokens}
  *     "device":  "cpu" (default) | "auto" | "cuda"

@@ -193,7 +193,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
     /* 2. tier, KV pages, scratch, sampler */
     st = choose_tier(c, prompt, len, p, &tier, err);
     if (st) goto done;
-    st = ampr__kv_seq_reserve(&r.seq, tier->kv, n_positions, err);
+    st = ampr__kv_seq_reserve_wait(&r.seq, tier->kv, n_positions, c->cfg.kv_wait_ms, err);
     if (st) goto done;
     st = ampr__scratch_new(c, AMPR__MIN(n_prompt, PREFILL_CHUNK), 0, &r.scratch, err);
     if (st) goto done;
