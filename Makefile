@@ -78,9 +78,9 @@ $(B)/ampr.pc: pkgconfig/ampr.pc.in include/ampr.h
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
 
-$(CLI): $(TOOL_SRCS) $(STATIC)
+$(CLI): $(TOOL_SRCS) tools/tools.h $(STATIC)
 	@mkdir -p $(B)
-	$(CC) $(CFLAGS_BASE) -o $@ $(TOOL_SRCS) $(STATIC) $(LIBS) $(LDFLAGS_SAN)
+	$(CC) $(CFLAGS_BASE) -Itools -o $@ $(TOOL_SRCS) $(STATIC) $(LIBS) $(LDFLAGS_SAN)
 
 $(B)/tests/%: tests/%.c $(TEST_SUPPORT) tests/testutil.h $(STATIC)
 	@mkdir -p $(dir $@)
@@ -100,8 +100,8 @@ check-asan:
 check-valgrind:
 	$(MAKE) B=build-vg OPT=-O1 TEST_RUNNER="valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect -q" test
 
-run: 
-	@tools/setup.sh
+run:
+	@tools/install-deps.sh
 	$(MAKE) all
 	@tools/run_default.sh $(CLI)
 

@@ -42,7 +42,7 @@ static ampr_status st_entry(ampr__model *m, const char *path, const char *key, j
         json_array_size(jo) != 2)
         return ampr__fail(err, AMPR_ERR_MODEL_FORMAT,
                           "%s: entry %s lacks dtype, shape or data_offsets", path, key);
-    ampr__dtype dt;
+    ampr__dtype dt = AMPR__DT_F32;
     AMPR__TRY(st_dtype(json_string_value(jd), key, &dt, err));
     size_t rank = json_array_size(js);
     if (rank < 1 || rank > 4)

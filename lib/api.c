@@ -1,0 +1,394 @@
+/*
+ * api.c -- the public entry points: argument checks, error recording, and
+ * dispatch into the modules. Nothing here computes; it checks and delegates.
+ *
+ * Error messages: internal calls fill an ampr__err; record() copies the
+ * message into thread-local storage tagged with the context, which is what
+ * ampr_errmsg() returns, so concurrent requests never see each other's
+ * messages.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "generate.h"
+
+/* ---- version, names, _init ---------------------------------------------- */
+
+AMPR_API const char *ampr_version(void) { return AMPR_VERSION_STRING; }
+AMPR_API uint32_t ampr_version_number(void) { return AMPR_VERSION_NUMBER; }
+
+static const char *const k_tier_names[AMPR_TIER_COUNT] = {"auto", "fp16", "int8", "nf4", "f32", "bf16"};
+
+AMPR_API const char *ampr_tier_name(ampr_tier tier) {
+    return ((unsigned)tier < AMPR_TIER_COUNT) ? k_tier_names[tier] : "?";
+}
+
+AMPR_API ampr_status ampr_tier_from_name(const char *name, ampr_tier *out) {
+    if (!name || !out) return AMPR_ERR_INVALID_ARG;
+    for (int i = 0; i < AMPR_TIER_COUNT; i++)
+        if (!strcmp(name, k_tier_names[i])) {
+            *out = (ampr_tier)i;
+            return AMPR_OK;
+        }
+    return AMPR_ERR_INVALID_ARG;
+}
+
+AMPR_API void ampr_open_params_init(ampr_open_params *p) {
+    if (!p) return;
+    memset(p, 0, sizeof *p);
+    p->struct_size = sizeof *p;
+}
+
+AMPR_API void ampr_model_info_init(ampr_model_info *info) {
+    if (!info) return;
+    memset(info, 0, sizeof *info);
+    info->struct_size = sizeof *info;
+}
+
+AMPR_API void ampr_tier_info_init(ampr_tier_info *info) {
+    if (!info) return;
+    memset(info, 0, sizeof *info);
+    info->struct_size = sizeof *info;
+}
+
+AMPR_API void ampr_route_result_init(ampr_route_result *r) {
+    if (!r) return;
+    memset(r, 0, sizeof *r);
+    r->struct_size = sizeof *r;
+}
+
+AMPR_API void ampr_gen_params_init(ampr_gen_params *p) {
+    if (!p) return;
+    memset(p, 0, sizeof *p);
+    p->struct_size = sizeof *p;
+    p->tier = AMPR_TIER_AUTO;
+    p->max_tokens = 256;
+    p->temperature = 0.8f;
+    p->top_k = 40;
+    p->top_p = 0.95f;
+    p->repetition_penalty = 1.0f;
+    p->repetition_last_n = 64;
+    p->seed = 0x5eed;
+    p->add_bos = 1;
+}
+
+/* ---- errors ------------------------------------------------------------- */
+
+static _Thread_local const ampr_ctx *tl_err_ctx;
+static _Thread_local char tl_err_msg[AMPR__ERRMSG_MAX];
+
+static ampr_status record(const ampr_ctx *c, ampr__err *e, ampr_status st) {
+    if (st == AMPR_OK || st == AMPR_ERR_CANCELLED) {
+        if (st == AMPR_ERR_CANCELLED && tl_err_ctx == c) tl_err_msg[0] = '\0';
+        return st;
+    }
+    tl_err_ctx = c;
+    snprintf(tl_err_msg, sizeof tl_err_msg, "%s", e->msg[0] ? e->msg : ampr_strerror(st));
+    return st;
+}
+
+AMPR_API const char *ampr_errmsg(const ampr_ctx *ctx) {
+    if (!ctx) return "no context";
+    if (tl_err_ctx == ctx) return tl_err_msg;
+    return ctx->open_err.msg;
+}
+
+/* ---- open / close ------------------------------------------------------- */
+
+static ampr_status build_rope(ampr_ctx *c, ampr__err *err) {
+    const ampr__hparams *hp = &c->hp;
+    int32_t half = hp->head_dim / 2;
+    size_t n = (size_t)hp->context_length * (size_t)half;
+    c->rope_cos = ampr__alloc_array(n, sizeof(float), err);
+    c->rope_sin = ampr__alloc_array(n, sizeof(float), err);
+    if (!c->rope_cos || !c->rope_sin) return AMPR_ERR_NOMEM;
+    for (int32_t i = 0; i < half; i++) {
+        /* the same fp32 arithmetic as the reference run.c */
+        float freq = 1.0f / powf(hp->rope_theta, (float)(2 * i) / (float)hp->head_dim);
+        if (hp->rope_llama3) { /* Llama 3.1 frequency scaling */
+            float lo_wl = (float)hp->rope_orig_context / hp->rope_low_freq_factor;
+            float hi_wl = (float)hp->rope_orig_context / hp->rope_high_freq_factor;
+            float wl = 2.0f * (float)M_PI / freq;
+            if (wl > lo_wl) {
+                freq /= hp->rope_factor;
+            } else if (wl >= hi_wl) {
+                float smooth = ((float)hp->rope_orig_context / wl - hp->rope_low_freq_factor) /
+                               (hp->rope_high_freq_factor - hp->rope_low_freq_factor);
+                freq = (1.0f - smooth) * freq / hp->rope_factor + smooth * freq;
+            }
+        }
+        for (int32_t p = 0; p < hp->context_length; p++) {
+            float val = (float)p * freq;
+            c->rope_cos[(size_t)p * half + i] = cosf(val);
+            c->rope_sin[(size_t)p * half + i] = sinf(val);
+        }
+    }
+    return AMPR_OK;
+}
+
+static ampr_status open_ctx(ampr_ctx *c, const char *path, const char *config,
+                            const ampr_open_params *params, ampr__err *err) {
+    ampr_progress_fn progress = params ? params->progress : NULL;
+    void *user = params ? params->progress_user : NULL;
+    if (!path) return ampr__fail(err, AMPR_ERR_INVALID_ARG, "model_path is NULL");
+    AMPR__TRY(ampr__config_parse(config, &c->cfg, err));
+    if (c->cfg.device == 2)
+        return ampr__fail(err, AMPR_ERR_NO_DEVICE,
+                          "config asks for \"device\": \"cuda\", but this build has no usable GPU");
+    if (progress && progress(user, "load", 0.0f))
+        return ampr__fail(err, AMPR_ERR_CANCELLED, "open cancelled by the progress callback");
+    AMPR__TRY(ampr__model_load(path, 1, &c->model, err));
+    c->hp = c->model->hp;
+    if (c->cfg.context_length > 0 && c->cfg.context_length < c->hp.context_length)
+        c->hp.context_length = c->cfg.context_length;
+    if (progress && progress(user, "load", 1.0f))
+        return ampr__fail(err, AMPR_ERR_CANCELLED, "open cancelled by the progress callback");
+
+    int threads = c->cfg.threads;
+    if (threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n < 1 ? 1 : n > 64 ? 64 : (int)n;
+    }
+    AMPR__TRY(ampr__pool_new(threads, &c->pool, err));
+    AMPR__TRY(build_rope(c, err));
+    AMPR__TRY(ampr__tiers_build(c, progress, user, err));
+    return AMPR_OK;
+}
+
+AMPR_API ampr_status ampr_open_ex(const char *model_path, const char *config_json,
+                                  const ampr_open_params *params, ampr_ctx **out) {
+    if (!out) return AMPR_ERR_INVALID_ARG;
+    *out = NULL;
+    ampr_ctx *c = ampr__calloc(1, sizeof *c);
+    if (!c) return AMPR_ERR_NOMEM;
+    pthread_mutex_init(&c->compute_lock, NULL);
+    if (params && params->struct_size < sizeof(uint32_t)) params = NULL;
+    ampr_status st = open_ctx(c, model_path, config_json, params, &c->open_err);
+    if (st != AMPR_OK) {
+        /* keep only the message: free everything else now */
+        ampr__tiers_free(c);
+        ampr__pool_free(c->pool);
+        c->pool = NULL;
+        ampr__model_free(c->model);
+        c->model = NULL;
+        ampr__free(c->rope_cos);
+        ampr__free(c->rope_sin);
+        c->rope_cos = c->rope_sin = NULL;
+        if (!c->open_err.msg[0]) snprintf(c->open_err.msg, sizeof c->open_err.msg, "%s", ampr_strerror(st));
+        c->open_err.status = st;
+    } else {
+        c->ready = 1;
+    }
+    *out = c;
+    return st;
+}
+
+AMPR_API ampr_status ampr_open(const char *model_path, const char *config_json, ampr_ctx **out) {
+    return ampr_open_ex(model_path, config_json, NULL, out);
+}
+
+AMPR_API void ampr_close(ampr_ctx *ctx) {
+    if (!ctx) return;
+    if (tl_err_ctx == ctx) tl_err_ctx = NULL;
+    ampr__tiers_free(ctx);
+    ampr__pool_free(ctx->pool);
+    ampr__model_free(ctx->model);
+    ampr__free(ctx->rope_cos);
+    ampr__free(ctx->rope_sin);
+    pthread_mutex_destroy(&ctx->compute_lock);
+    ampr__free(ctx);
+}
+
+/* A context whose open failed answers every call with this. */
+static ampr_status check_ready(const ampr_ctx *c, ampr__err *err) {
+    if (!c) return ampr__fail(err, AMPR_ERR_INVALID_ARG, "context is NULL");
+    if (!c->ready)
+        return ampr__fail(err, AMPR_ERR_INVALID_ARG, "context failed to open: %s", c->open_err.msg);
+    return AMPR_OK;
+}
+
+static int struct_ok(const void *p, size_t min) {
+    return p && *(const uint32_t *)p >= min;
+}
+
+/* ---- information -------------------------------------------------------- */
+
+AMPR_API ampr_status ampr_get_model_info(const ampr_ctx *ctx, ampr_model_info *info) {
+    ampr__err err = {0};
+    ampr_status st = check_ready(ctx, &err);
+    if (st) return record(ctx, &err, st);
+    if (!struct_ok(info, offsetof(ampr_model_info, format)))
+        return record(ctx, &err, ampr__fail(&err, AMPR_ERR_INVALID_ARG,
+                                            "info is NULL or not initialised with ampr_model_info_init"));
+    uint32_t size = info->struct_size;
+    ampr_model_info m;
+    memset(&m, 0, sizeof m);
+    const ampr__hparams *hp = &ctx->hp;
+    m.struct_size = size;
+    m.dim = hp->dim;
+    m.hidden_dim = hp->hidden_dim;
+    m.n_layers = hp->n_layers;
+    m.n_heads = hp->n_heads;
+    m.n_kv_heads = hp->n_kv_heads;
+    m.head_dim = hp->head_dim;
+    m.vocab_size = hp->vocab_size;
+    m.context_length = hp->context_length;
+    m.n_params = ctx->model->n_params;
+    m.bos_id = ampr__tok_bos(ctx->model->tok);
+    m.eos_id = ampr__tok_eos(ctx->model->tok);
+    m.n_tiers = ctx->n_tiers;
+    for (int i = 0; i < ctx->n_tiers; i++) m.tiers[i] = ctx->tiers[i].id;
+    snprintf(m.format, sizeof m.format, "%s", ctx->model->format);
+    memcpy(info, &m, AMPR__MIN(size, sizeof m));
+    return AMPR_OK;
+}
+
+AMPR_API ampr_status ampr_get_tier_info(const ampr_ctx *ctx, ampr_tier tier, ampr_tier_info *info) {
+    ampr__err err = {0};
+    ampr_status st = check_ready(ctx, &err);
+    if (st) return record(ctx, &err, st);
+    if (!struct_ok(info, offsetof(ampr_tier_info, kv_pages_used) + sizeof(int32_t)))
+        return record(ctx, &err, ampr__fail(&err, AMPR_ERR_INVALID_ARG,
+                                            "info is NULL or not initialised with ampr_tier_info_init"));
+    ampr__tier *t = ampr__ctx_tier((ampr_ctx *)ctx, tier);
+    if (!t)
+        return record(ctx, &err, ampr__fail(&err, AMPR_ERR_TIER_UNAVAILABLE,
+                                            "tier %s is not resident", ampr_tier_name(tier)));
+    info->tier = tier;
+    info->weight_bytes = t->weight_bytes;
+    info->kv_bytes = ampr__kv_bytes(t->kv);
+    info->kv_block_size = ampr__kv_block_size(t->kv);
+    info->kv_pages_total = ampr__kv_pages_total(t->kv);
+    info->kv_pages_used = ampr__kv_pages_used(t->kv);
+    return AMPR_OK;
+}
+
+/* ---- tokenization ------------------------------------------------------- */
+
+AMPR_API ampr_status ampr_tokenize(ampr_ctx *ctx, const char *text, size_t len, int add_bos,
+                                   int32_t *ids, size_t cap, size_t *n_out) {
+    ampr__err err = {0};
+    ampr_status st = check_ready(ctx, &err);
+    if (st) return record(ctx, &err, st);
+    if ((!text && len) || (!ids && cap) || !n_out)
+        return record(ctx, &err, ampr__fail(&err, AMPR_ERR_INVALID_ARG, "NULL text, ids or n_out"));
+    if (len == AMPR_NUL_TERMINATED) len = strlen(text);
+    int32_t *tmp = NULL;
+    size_t n = 0;
+    st = ampr__tok_encode(ctx->model->tok, text ? text : "", len, add_bos, &tmp, &n, &err);
+    if (st) return record(ctx, &err, st);
+    *n_out = n;
+    if (n > cap) {
+        ampr__free(tmp);
+        return record(ctx, &err, ampr__fail(&err, AMPR_ERR_BUFFER_TOO_SMALL,
+                                            "%zu ids needed, room for %zu", n, cap));
+    }
+    if (n) memcpy(ids, tmp, n * sizeof *ids);
+    ampr__free(tmp);
+    return AMPR_OK;
+}
+
+AMPR_API ampr_status ampr_detokenize(ampr_ctx *ctx, const int32_t *ids, size_t n, char *buf,
+                                     size_t cap, size_t *len_out) {
+    ampr__err err = {0};
+    ampr_status st = check_ready(ctx, &err);
+    if (st) return record(ctx, &err, st);
+    if ((!ids && n) || (!buf && cap) || !len_out)
+        return record(ctx, &err, ampr__fail(&err, AMPR_ERR_INVALID_ARG, "NULL ids, buf or len_out"));
+    const ampr__tokenizer *tok = ctx->model->tok;
+    int32_t nv = ampr__tok_n_vocab(tok);
+    ampr__detok d;
+    ampr__detok_init(&d);
+    char piece[AMPR__DETOK_MAX_PIECE + 16];
+    size_t total = 0;
+    for (size_t i = 0; i <= n; i++) {
+        size_t k;
+        if (i < n) {
+            if (ids[i] < 0 || ids[i] >= nv)
+                return record(ctx, &err, ampr__fail(&err, AMPR_ERR_INVALID_ARG,
+                                                    "ids[%zu] = %d is out of range", i, ids[i]));
+            k = ampr__detok_push(tok, &d, ids[i], piece, sizeof piece);
+        } else {
+            k = ampr__detok_flush(&d, piece, sizeof piece);
+        }
+        if (total + k <= cap) memcpy(buf + total, piece, k);
+        total += k;
+    }
+    *len_out = total;
+    if (total < cap) buf[total] = '\0';
+    if (total > cap)
+        return record(ctx, &err, ampr__fail(&err, AMPR_ERR_BUFFER_TOO_SMALL,
+                                            "%zu bytes needed, room for %zu", total, cap));
+    return AMPR_OK;
+}
+
+/* ---- routing and generation --------------------------------------------- */
+
+AMPR_API ampr_status ampr_route(ampr_ctx *ctx, const char *prompt, size_t len, const char *system,
+                                size_t system_len, ampr_route_result *out) {
+    ampr__err err = {0};
+    ampr_status st = check_ready(ctx, &err);
+    if (st) return record(ctx, &err, st);
+    if ((!prompt && len) || !struct_ok(out, sizeof(ampr_route_result)))
+        return record(ctx, &err, ampr__fail(&err, AMPR_ERR_INVALID_ARG,
+                                            "NULL prompt, or out not initialised with ampr_route_result_init"));
+    if (len == AMPR_NUL_TERMINATED) len = strlen(prompt);
+    if (system && system_len == AMPR_NUL_TERMINATED) system_len = strlen(system);
+    ampr__route(ctx, prompt ? prompt : "", len, system, system ? system_len : 0, out);
+    return AMPR_OK;
+}
+
+AMPR_API ampr_status ampr_generate(ampr_ctx *ctx, const char *prompt, size_t len,
+                                   const ampr_gen_params *params, ampr_result **out) {
+    ampr__err err = {0};
+    if (out) *out = NULL;
+    ampr_status st = check_ready(ctx, &err);
+    if (st) return record(ctx, &err, st);
+    if (!prompt && len && len != AMPR_NUL_TERMINATED)
+        return record(ctx, &err, ampr__fail(&err, AMPR_ERR_INVALID_ARG, "prompt is NULL"));
+    if (!prompt) { prompt = ""; len = 0; }
+    if (len == AMPR_NUL_TERMINATED) len = strlen(prompt);
+    ampr_gen_params p;
+    ampr_gen_params_init(&p);
+    if (params) {
+        if (params->struct_size < offsetof(ampr_gen_params, user) + sizeof(void *))
+            return record(ctx, &err, ampr__fail(&err, AMPR_ERR_INVALID_ARG,
+                                                "params not initialised with ampr_gen_params_init"));
+        memcpy(&p, params, AMPR__MIN((size_t)params->struct_size, sizeof p));
+        p.struct_size = sizeof p;
+    }
+    st = ampr__generate(ctx, prompt, len, &p, out, &err);
+    return record(ctx, &err, st);
+}
+
+AMPR_API ampr_status ampr_logits(ampr_ctx *ctx, ampr_tier tier, const int32_t *ids, size_t n,
+                                 float *logits, size_t cap) {
+    ampr__err err = {0};
+    ampr_status st = check_ready(ctx, &err);
+    if (st) return record(ctx, &err, st);
+    if ((!ids || !logits) && n)
+        return record(ctx, &err, ampr__fail(&err, AMPR_ERR_INVALID_ARG, "NULL ids or logits"));
+    ampr__tier *t = ampr__ctx_tier(ctx, tier);
+    if (!t)
+        return record(ctx, &err, ampr__fail(&err, AMPR_ERR_TIER_UNAVAILABLE,
+                                            "tier %s is not resident", ampr_tier_name(tier)));
+    if (n > (size_t)ctx->hp.context_length)
+        return record(ctx, &err, ampr__fail(&err, AMPR_ERR_PROMPT_TOO_LONG,
+                                            "%zu ids exceed the context window of %d", n,
+                                            ctx->hp.context_length));
+    if (cap / (size_t)ctx->hp.vocab_size < n)
+        return record(ctx, &err, ampr__fail(&err, AMPR_ERR_BUFFER_TOO_SMALL,
+                                            "logits needs %zu floats, room for %zu",
+                                            n * (size_t)ctx->hp.vocab_size, cap));
+    st = ampr__logits(ctx, t, ids, (int32_t)n, logits, &err);
+    return record(ctx, &err, st);
+}
+
+AMPR_API void ampr_result_free(ampr_result *r) {
+    if (!r) return;
+    ampr__free(r->text);
+    ampr__free(r->tokens);
+    ampr__free(r);
+}

@@ -1,0 +1,160 @@
+/*
+ * config.c -- the JSON configuration given to ampr_open(), parsed with
+ * jansson in this one place. Unknown keys, wrong types and out-of-range values
+ * are rejected with a message naming the key.
+ */
+#include <jansson.h>
+
+#include "engine.h"
+
+void ampr__config_defaults(ampr__config *c) {
+    memset(c, 0, sizeof *c);
+    c->n_tiers = 3;
+    c->tiers[0] = AMPR_TIER_FP16;
+    c->tiers[1] = AMPR_TIER_INT8;
+    c->tiers[2] = AMPR_TIER_NF4;
+    c->threads = 0;
+    c->kv_block_size = 16;
+    c->kv_dtype = -1;
+    c->device = 0;
+    ampr__router_defaults(&c->router);
+}
+
+/* Fail on any key of obj not in allowed (NULL-terminated). */
+static ampr_status check_keys(json_t *obj, const char *where, const char *const *allowed,
+                              ampr__err *err) {
+    const char *key;
+    json_t *val;
+    json_object_foreach(obj, key, val) {
+        int ok = 0;
+        for (const char *const *a = allowed; *a && !ok; a++) ok = !strcmp(*a, key);
+        if (!ok) return ampr__fail(err, AMPR_ERR_CONFIG, "config: unknown key \"%s\"%s", key, where);
+    }
+    return AMPR_OK;
+}
+
+static ampr_status get_int(json_t *obj, const char *key, int64_t lo, int64_t hi, int64_t *out,
+                           ampr__err *err) {
+    json_t *v = json_object_get(obj, key);
+    if (!v) return AMPR_OK;
+    if (!json_is_integer(v))
+        return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"%s\" must be an integer", key);
+    json_int_t x = json_integer_value(v);
+    if (x < lo || x > hi)
+        return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"%s\" = %lld is outside [%lld, %lld]", key,
+                          (long long)x, (long long)lo, (long long)hi);
+    *out = x;
+    return AMPR_OK;
+}
+
+static ampr_status parse_tiers(json_t *v, ampr__config *c, ampr__err *err) {
+    if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > 5)
+        return ampr__fail(err, AMPR_ERR_CONFIG,
+                          "config: \"tiers\" must be a list of 1 to 5 tier names, top first");
+    c->n_tiers = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(v, i, e) {
+        ampr_tier t;
+        if (!json_is_string(e) || ampr_tier_from_name(json_string_value(e), &t) != AMPR_OK ||
+            t == AMPR_TIER_AUTO)
+            return ampr__fail(err, AMPR_ERR_CONFIG,
+                              "config: tiers[%zu] must be one of \"f32\", \"bf16\", \"fp16\", "
+                              "\"int8\", \"nf4\"", i);
+        for (int k = 0; k < c->n_tiers; k++)
+            if (c->tiers[k] == t)
+                return ampr__fail(err, AMPR_ERR_CONFIG, "config: tier \"%s\" is listed twice",
+                                  json_string_value(e));
+        c->tiers[c->n_tiers++] = t;
+    }
+    return AMPR_OK;
+}
+
+static ampr_status parse_kv(json_t *kv, ampr__config *c, ampr__err *err) {
+    static const char *const keys[] = {"block_size", "arena_tokens", "arena_bytes", "dtype", NULL};
+    if (!json_is_object(kv)) return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"kv\" must be an object");
+    AMPR__TRY(check_keys(kv, " in \"kv\"", keys, err));
+    int64_t bs = c->kv_block_size;
+    AMPR__TRY(get_int(kv, "block_size", 1, 4096, &bs, err));
+    c->kv_block_size = (int32_t)bs;
+    AMPR__TRY(get_int(kv, "arena_tokens", 1, (int64_t)1 << 40, &c->kv_arena_tokens, err));
+    AMPR__TRY(get_int(kv, "arena_bytes", 1, (int64_t)1 << 50, &c->kv_arena_bytes, err));
+    if (c->kv_arena_tokens && c->kv_arena_bytes)
+        return ampr__fail(err, AMPR_ERR_CONFIG,
+                          "config: give \"kv.arena_tokens\" or \"kv.arena_bytes\", not both");
+    json_t *dt = json_object_get(kv, "dtype");
+    if (dt) {
+        const char *s = json_string_value(dt);
+        if (s && !strcmp(s, "f16")) c->kv_dtype = AMPR__KV_F16;
+        else if (s && !strcmp(s, "f32")) c->kv_dtype = AMPR__KV_F32;
+        else return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"kv.dtype\" must be \"f16\" or \"f32\"");
+    }
+    return AMPR_OK;
+}
+
+static ampr_status parse_router(json_t *r, ampr__config *c, ampr__err *err) {
+    static const char *const keys[] = {"thresholds", "system_weight", NULL};
+    if (!json_is_object(r))
+        return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"router\" must be an object");
+    AMPR__TRY(check_keys(r, " in \"router\"", keys, err));
+    json_t *th = json_object_get(r, "thresholds");
+    if (th) {
+        if (!json_is_array(th) || json_array_size(th) != 2 ||
+            !json_is_number(json_array_get(th, 0)) || !json_is_number(json_array_get(th, 1)))
+            return ampr__fail(err, AMPR_ERR_CONFIG,
+                              "config: \"router.thresholds\" must be two numbers [t_low, t_high]");
+        double a = json_number_value(json_array_get(th, 0)), b = json_number_value(json_array_get(th, 1));
+        if (!(a >= 0 && a <= b && b <= 1))
+            return ampr__fail(err, AMPR_ERR_CONFIG,
+                              "config: \"router.thresholds\" must satisfy 0 <= t_low <= t_high <= 1");
+        c->router.thresholds[0] = (float)a;
+        c->router.thresholds[1] = (float)b;
+    }
+    json_t *sw = json_object_get(r, "system_weight");
+    if (sw) {
+        double w = json_number_value(sw);
+        if (!json_is_number(sw) || w < 0 || w > 1)
+            return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"router.system_weight\" must be in [0, 1]");
+        c->router.system_weight = (float)w;
+    }
+    return AMPR_OK;
+}
+
+static ampr_status parse_root(json_t *root, ampr__config *c, ampr__err *err) {
+    static const char *const keys[] = {"tiers", "threads", "context_length", "kv", "device",
+                                       "router", NULL};
+    if (!json_is_object(root))
+        return ampr__fail(err, AMPR_ERR_CONFIG, "config: the top level must be a JSON object");
+    AMPR__TRY(check_keys(root, "", keys, err));
+    json_t *v;
+    if ((v = json_object_get(root, "tiers"))) AMPR__TRY(parse_tiers(v, c, err));
+    int64_t x = c->threads;
+    AMPR__TRY(get_int(root, "threads", 0, 256, &x, err));
+    c->threads = (int)x;
+    x = 0;
+    AMPR__TRY(get_int(root, "context_length", 1, (int64_t)1 << 24, &x, err));
+    c->context_length = (int32_t)x;
+    if ((v = json_object_get(root, "kv"))) AMPR__TRY(parse_kv(v, c, err));
+    if ((v = json_object_get(root, "router"))) AMPR__TRY(parse_router(v, c, err));
+    if ((v = json_object_get(root, "device"))) {
+        const char *s = json_string_value(v);
+        if (s && !strcmp(s, "cpu")) c->device = 0;
+        else if (s && !strcmp(s, "auto")) c->device = 1;
+        else if (s && !strcmp(s, "cuda")) c->device = 2;
+        else return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"device\" must be \"cpu\", \"auto\" or \"cuda\"");
+    }
+    return AMPR_OK;
+}
+
+ampr_status ampr__config_parse(const char *json, ampr__config *c, ampr__err *err) {
+    ampr__config_defaults(c);
+    if (!json) return AMPR_OK;
+    json_error_t je;
+    json_t *root = json_loads(json, JSON_REJECT_DUPLICATES, &je);
+    if (!root)
+        return ampr__fail(err, AMPR_ERR_CONFIG, "config: invalid JSON at line %d column %d: %s",
+                          je.line, je.column, je.text);
+    ampr_status st = parse_root(root, c, err);
+    json_decref(root);
+    return st;
+}

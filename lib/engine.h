@@ -1,0 +1,116 @@
+/*
+ * engine.h -- the inside of an ampr_ctx: the loaded checkpoint, its resident
+ * tiers (weights + KV arena each), the shared fp32 vectors, the thread pool,
+ * and the per-request state that the generate loop drives.
+ *
+ * Reading order for one ampr_generate() call:
+ *   api.c (checks, errors) -> generate.c (the request loop: tokenizer ->
+ *   router -> kv reserve -> forward.c -> sampler -> detokenize -> result).
+ */
+#ifndef AMPR_ENGINE_H
+#define AMPR_ENGINE_H
+
+#include <pthread.h>
+
+#include "common/common.h"
+#include "common/pool.h"
+#include "kv/kv.h"
+#include "model/model.h"
+#include "quant/quant.h"
+#include "router/router.h"
+
+/* ---- configuration (config.c parses the JSON given to ampr_open) -------- */
+
+typedef struct ampr__config {
+    int n_tiers;
+    ampr_tier tiers[AMPR_TIER_COUNT]; /* top first */
+    int threads;
+    int32_t context_length;           /* 0 = the model's */
+    int32_t kv_block_size;
+    int64_t kv_arena_tokens;          /* 0 = derive */
+    int64_t kv_arena_bytes;           /* 0 = derive */
+    int kv_dtype;                     /* -1 = per tier default, else ampr__kv_dtype */
+    int device;                       /* 0 cpu, 1 auto, 2 cuda */
+    ampr__router_config router;
+} ampr__config;
+
+void ampr__config_defaults(ampr__config *c);
+ampr_status ampr__config_parse(const char *json, ampr__config *c, ampr__err *err);
+
+/* ---- tiers -------------------------------------------------------------- */
+
+typedef struct ampr__tier_layer {
+    ampr__qmat wqkv;   /* [q_dim + 2*kv_dim][dim]: Q rows, then K, then V */
+    ampr__qmat wo;     /* [dim][q_dim] */
+    ampr__qmat w_gu;   /* [2*hidden][dim]: gate rows, then up rows */
+    ampr__qmat w_down; /* [dim][hidden] */
+} ampr__tier_layer;
+
+typedef struct ampr__tier {
+    ampr_tier id;
+    ampr__qtype qtype;
+    const ampr__qtraits *qt;
+    ampr__qmat embd;          /* [vocab][dim] */
+    ampr__qmat output;        /* [vocab][dim]; unused when output_is_embd */
+    int output_is_embd;
+    ampr__tier_layer *layers; /* n_layers */
+    ampr__kv_arena *kv;
+    uint64_t weight_bytes;
+} ampr__tier;
+
+struct ampr_ctx {
+    ampr__err open_err;       /* why ampr_open failed, if it did */
+    int ready;
+    ampr__model *model;
+    ampr__hparams hp;         /* the model's, context_length capped by the config */
+    ampr__config cfg;
+    float *norms;             /* fp32, shared by all tiers: [L][dim] attn, [L][dim] ffn, [dim] final */
+    float *rope_cos, *rope_sin; /* [context_length][head_dim/2] */
+    int n_tiers;
+    ampr__tier tiers[AMPR_TIER_COUNT]; /* top first */
+    ampr__pool *pool;
+    pthread_mutex_t compute_lock;   /* one forward step on the pool at a time */
+};
+
+static inline const float *ampr__attn_norm(const ampr_ctx *c, int l) {
+    return c->norms + (size_t)l * (size_t)c->hp.dim;
+}
+static inline const float *ampr__ffn_norm(const ampr_ctx *c, int l) {
+    return c->norms + ((size_t)c->hp.n_layers + (size_t)l) * (size_t)c->hp.dim;
+}
+static inline const float *ampr__final_norm(const ampr_ctx *c) {
+    return c->norms + 2 * (size_t)c->hp.n_layers * (size_t)c->hp.dim;
+}
+
+ampr__tier *ampr__ctx_tier(ampr_ctx *c, ampr_tier id); /* NULL if not resident */
+
+/* tier.c: build every configured tier from the checkpoint. */
+ampr_status ampr__tiers_build(ampr_ctx *c, ampr_progress_fn progress, void *user,
+                              ampr__err *err);
+void ampr__tiers_free(ampr_ctx *c);
+
+/* ---- the forward pass (forward.c) --------------------------------------- */
+
+/* Scratch for one request, sized for up to max_tokens tokens per call. */
+typedef struct ampr__scratch {
+    int32_t max_tokens;
+    float *x, *xb, *qkv, *att, *hb, *hb2; /* activations, [max_tokens][...] */
+    float *scores;                        /* [n_threads][context_length] */
+    void *act;                            /* prepared activations for the tier's matmul */
+    size_t act_bytes;
+    float *logits;                        /* [max_tokens][vocab] when all logits are asked */
+} ampr__scratch;
+
+ampr_status ampr__scratch_new(const ampr_ctx *c, int32_t max_tokens, int all_logits,
+                              ampr__scratch *s, ampr__err *err);
+void ampr__scratch_free(ampr__scratch *s);
+
+/* Run tokens[0..n) at positions seq->n_tokens.. through the tier, writing
+ * their K/V into seq (which must hold pages for them). Logits of the last
+ * token go to s->logits[0..vocab) or, with all_logits, every token's to
+ * s->logits[i*vocab..]. n <= s->max_tokens. */
+ampr_status ampr__forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
+                          const int32_t *tokens, int32_t n, int all_logits,
+                          ampr__scratch *s, ampr__err *err);
+
+#endif

@@ -1,0 +1,169 @@
+/*
+ * tier.c -- build the resident weight tiers of a context from its checkpoint.
+ *
+ * Each tier gets its own copy of every matrix in the tier's format, built by
+ * reading the checkpoint's rows as fp32 (whatever the stored type) and
+ * quantizing through the traits table. Q/K/V rows are fused into one matrix
+ * and gate/up into another, so a layer is four matmuls. Norm vectors stay
+ * fp32 and are shared (ctx->norms). Each tier also gets its KV arena.
+ */
+#include "../engine.h"
+
+#include <stdio.h>
+
+static ampr__qtype tier_qtype(ampr_tier t) {
+    switch (t) {
+    case AMPR_TIER_F32: return AMPR__Q_F32;
+    case AMPR_TIER_BF16: return AMPR__Q_BF16;
+    case AMPR_TIER_INT8: return AMPR__Q_INT8;
+    case AMPR_TIER_NF4: return AMPR__Q_NF4;
+    default: return AMPR__Q_F16;
+    }
+}
+
+/* Copy the rows of a 2-D checkpoint tensor into dst (fp32, row-major). */
+static void rows_f32(const ampr__tensor *t, float *dst) {
+    for (int64_t r = 0; r < t->ne[1]; r++) ampr__tensor_row_f32(t, r, dst + r * t->ne[0]);
+}
+
+/* Quantize the row-wise concatenation of up to three tensors. */
+static ampr_status build_mat(const ampr__qtraits *qt, const ampr__tensor *const *parts, int n_parts,
+                             float *tmp, ampr__qmat *dst, ampr__err *err) {
+    int64_t rows = 0, cols = parts[0]->ne[0];
+    for (int i = 0; i < n_parts; i++) {
+        rows_f32(parts[i], tmp + rows * cols);
+        rows += parts[i]->ne[1];
+    }
+    memset(dst, 0, sizeof *dst);
+    ampr_status st = qt->quantize(dst, tmp, rows, cols, err);
+    if (st != AMPR_OK)
+        return ampr__fail(err, st, "cannot build %s weights of %s (%lld x %lld)", qt->name,
+                          parts[0]->name, (long long)rows, (long long)cols);
+    return AMPR_OK;
+}
+
+static ampr_status build_kv(ampr_ctx *c, ampr__tier *t, ampr__err *err) {
+    const ampr__hparams *hp = &c->hp;
+    int kv_dtype = c->cfg.kv_dtype;
+    if (kv_dtype < 0) kv_dtype = t->id == AMPR_TIER_F32 ? AMPR__KV_F32 : AMPR__KV_F16;
+    int32_t bs = c->cfg.kv_block_size;
+    int64_t kv_dim = (int64_t)hp->n_kv_heads * hp->head_dim;
+    int64_t tokens = c->cfg.kv_arena_tokens;
+    if (c->cfg.kv_arena_bytes > 0) {
+        int64_t per_token = 2 * (int64_t)hp->n_layers * kv_dim * (kv_dtype == AMPR__KV_F16 ? 2 : 4);
+        tokens = c->cfg.kv_arena_bytes / per_token;
+    }
+    if (tokens <= 0) tokens = 4 * (int64_t)hp->context_length;
+    int64_t pages = tokens / bs;
+    if (pages < 1 || pages > INT32_MAX)
+        return ampr__fail(err, AMPR_ERR_CONFIG,
+                          "KV arena of %lld tokens gives %lld pages of %d tokens; need at least one",
+                          (long long)tokens, (long long)pages, bs);
+    return ampr__kv_arena_new(hp->n_layers, (int32_t)kv_dim, bs, (int32_t)pages,
+                              (ampr__kv_dtype)kv_dtype, &t->kv, err);
+}
+
+static ampr_status build_tier(ampr_ctx *c, ampr__tier *t, float *tmp, ampr_progress_fn progress,
+                              void *user, int tier_index, ampr__err *err) {
+    const ampr__model *m = c->model;
+    const ampr__hparams *hp = &c->hp;
+    t->qtype = tier_qtype(t->id);
+    t->qt = ampr__qtraits_get(t->qtype);
+    if (!t->qt)
+        return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "tier %s is not available in this build",
+                          ampr_tier_name(t->id));
+    t->layers = ampr__alloc_array((size_t)hp->n_layers, sizeof *t->layers, err);
+    if (!t->layers) return AMPR_ERR_NOMEM;
+
+    char stage[32];
+    snprintf(stage, sizeof stage, "tier %s", ampr_tier_name(t->id));
+    AMPR__TRY(build_mat(t->qt, &m->tok_embd, 1, tmp, &t->embd, err));
+    t->output_is_embd = m->output == m->tok_embd;
+    if (!t->output_is_embd) AMPR__TRY(build_mat(t->qt, &m->output, 1, tmp, &t->output, err));
+    for (int l = 0; l < hp->n_layers; l++) {
+        const ampr__layer *L = &m->layers[l];
+        ampr__tier_layer *T = &t->layers[l];
+        const ampr__tensor *qkv[3] = {L->wq, L->wk, L->wv};
+        const ampr__tensor *gu[2] = {L->w_gate, L->w_up};
+        AMPR__TRY(build_mat(t->qt, qkv, 3, tmp, &T->wqkv, err));
+        AMPR__TRY(build_mat(t->qt, &L->wo, 1, tmp, &T->wo, err));
+        AMPR__TRY(build_mat(t->qt, gu, 2, tmp, &T->w_gu, err));
+        AMPR__TRY(build_mat(t->qt, &L->w_down, 1, tmp, &T->w_down, err));
+        if (progress &&
+            progress(user, stage, (float)(tier_index * hp->n_layers + l + 1) /
+                                      (float)(c->cfg.n_tiers * hp->n_layers)))
+            return ampr__fail(err, AMPR_ERR_CANCELLED, "open cancelled by the progress callback");
+    }
+    uint64_t bytes = ampr__qmat_bytes(&t->embd) + ampr__qmat_bytes(&t->output);
+    for (int l = 0; l < hp->n_layers; l++) {
+        const ampr__tier_layer *T = &t->layers[l];
+        bytes += ampr__qmat_bytes(&T->wqkv) + ampr__qmat_bytes(&T->wo) +
+                 ampr__qmat_bytes(&T->w_gu) + ampr__qmat_bytes(&T->w_down);
+    }
+    t->weight_bytes = bytes;
+    return build_kv(c, t, err);
+}
+
+ampr_status ampr__tiers_build(ampr_ctx *c, ampr_progress_fn progress, void *user, ampr__err *err) {
+    const ampr__hparams *hp = &c->hp;
+    int64_t q_dim = (int64_t)hp->n_heads * hp->head_dim;
+    int64_t kv_dim = (int64_t)hp->n_kv_heads * hp->head_dim;
+    int64_t biggest = (int64_t)hp->vocab_size * hp->dim;
+    biggest = AMPR__MAX(biggest, (q_dim + 2 * kv_dim) * hp->dim);
+    biggest = AMPR__MAX(biggest, 2 * (int64_t)hp->hidden_dim * hp->dim);
+    biggest = AMPR__MAX(biggest, q_dim * hp->dim);
+    float *tmp = ampr__alloc_array((size_t)biggest, sizeof(float), err);
+    if (!tmp) return AMPR_ERR_NOMEM;
+
+    /* shared fp32 norms */
+    size_t nd = (size_t)hp->dim;
+    c->norms = ampr__alloc_array((2 * (size_t)hp->n_layers + 1) * nd, sizeof(float), err);
+    if (!c->norms) {
+        ampr__free(tmp);
+        return AMPR_ERR_NOMEM;
+    }
+    for (int l = 0; l < hp->n_layers; l++) {
+        ampr__tensor_row_f32(c->model->layers[l].attn_norm, 0, c->norms + (size_t)l * nd);
+        ampr__tensor_row_f32(c->model->layers[l].ffn_norm, 0,
+                             c->norms + ((size_t)hp->n_layers + (size_t)l) * nd);
+    }
+    ampr__tensor_row_f32(c->model->output_norm, 0, c->norms + 2 * (size_t)hp->n_layers * nd);
+
+    ampr_status st = AMPR_OK;
+    for (int i = 0; i < c->cfg.n_tiers && st == AMPR_OK; i++) {
+        ampr__tier *t = &c->tiers[i];
+        t->id = c->cfg.tiers[i];
+        c->n_tiers = i + 1;
+        st = build_tier(c, t, tmp, progress, user, i, err);
+    }
+    ampr__free(tmp);
+    return st;
+}
+
+void ampr__tiers_free(ampr_ctx *c) {
+    for (int i = 0; i < c->n_tiers; i++) {
+        ampr__tier *t = &c->tiers[i];
+        ampr__qmat_free(&t->embd);
+        ampr__qmat_free(&t->output);
+        if (t->layers) {
+            for (int l = 0; l < c->hp.n_layers; l++) {
+                ampr__qmat_free(&t->layers[l].wqkv);
+                ampr__qmat_free(&t->layers[l].wo);
+                ampr__qmat_free(&t->layers[l].w_gu);
+                ampr__qmat_free(&t->layers[l].w_down);
+            }
+        }
+        ampr__free(t->layers);
+        ampr__kv_arena_free(t->kv);
+        memset(t, 0, sizeof *t);
+    }
+    c->n_tiers = 0;
+    ampr__free(c->norms);
+    c->norms = NULL;
+}
+
+ampr__tier *ampr__ctx_tier(ampr_ctx *c, ampr_tier id) {
+    for (int i = 0; i < c->n_tiers; i++)
+        if (c->tiers[i].id == id) return &c->tiers[i];
+    return NULL;
+}

@@ -1,0 +1,318 @@
+/*
+ * generate.c -- the request loop behind ampr_generate(), top to bottom:
+ *
+ *   tokenize the prompt -> choose the tier (ampr_route unless fixed) ->
+ *   reserve KV pages in that tier's arena for prompt + max_tokens ->
+ *   prefill the prompt in chunks -> repeat { sample; detokenize (whole UTF-8
+ *   characters only); check stop strings; stream; forward one token } ->
+ *   release the pages -> build the result.
+ *
+ * Everything a request owns lives in `struct request`, so concurrent requests
+ * on one context share nothing but the read-only weights, the arenas' free
+ * lists (locked) and the thread pool (locked per forward step).
+ */
+#include <stdio.h>
+
+#include "generate.h"
+#include "sampler/sampler.h"
+
+#define PREFILL_CHUNK 256
+
+/* ---- routing ------------------------------------------------------------ */
+
+void ampr__route(ampr_ctx *c, const char *prompt, size_t len, const char *system,
+                 size_t system_len, ampr_route_result *out) {
+    const ampr__router_config *rc = &c->cfg.router;
+    float f[AMPR__F_COUNT];
+    ampr__router_features(prompt, len, f);
+    float score = ampr__router_score(rc, f);
+    float user_score = score;
+    if (system && system_len) {
+        float fs[AMPR__F_COUNT];
+        ampr__router_features(system, system_len, fs);
+        score = (1.0f - rc->system_weight) * score + rc->system_weight * ampr__router_score(rc, fs);
+    }
+    int idx; /* index into c->tiers (top first) */
+    const char *band;
+    if (score < rc->thresholds[0]) { idx = c->n_tiers - 1; band = "below t_low"; }
+    else if (score < rc->thresholds[1]) { idx = c->n_tiers >= 3 ? 1 : c->n_tiers - 1; band = "between t_low and t_high"; }
+    else { idx = 0; band = "at or above t_high"; }
+    memset((char *)out + sizeof(uint32_t), 0, sizeof *out - sizeof(uint32_t));
+    out->tier = c->tiers[idx].id;
+    out->score = score;
+    memcpy(out->features, f, sizeof f);
+    /* name the feature that contributed most */
+    int top = 0;
+    for (int i = 1; i < AMPR__F_COUNT; i++)
+        if (rc->weights[i] * f[i] > rc->weights[top] * f[top]) top = i;
+    static const char *const names[AMPR__F_COUNT] = {"lexical density", "code markers", "math operators",
+                                                     "digits", "length", "non-ASCII"};
+    snprintf(out->reason, sizeof out->reason,
+             "score %.3f (user %.3f) %s [%.2f, %.2f] -> %s; strongest feature: %s %.2f", score,
+             user_score, band, rc->thresholds[0], rc->thresholds[1], ampr_tier_name(out->tier),
+             names[top], f[top]);
+}
+
+/* ---- text buffer with streaming and stop strings ------------------------ */
+
+typedef struct textbuf {
+    char *s;
+    size_t len, cap;
+    size_t emitted; /* bytes already handed to the callback */
+} textbuf;
+
+static ampr_status text_append(textbuf *b, const char *p, size_t n, ampr__err *err) {
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *s = ampr__realloc(b->s, cap);
+        if (!s) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for generated text");
+        b->s = s;
+        b->cap = cap;
+    }
+    memcpy(b->s + b->len, p, n);
+    b->len += n;
+    b->s[b->len] = '\0';
+    return AMPR_OK;
+}
+
+/* First occurrence of any stop string that ends in the new bytes [from, len);
+ * returns its start, or -1. */
+static long find_stop(const textbuf *b, const ampr_gen_params *p, size_t from) {
+    long best = -1;
+    for (size_t k = 0; k < p->n_stop; k++) {
+        const char *st = p->stop[k];
+        size_t sl = st ? strlen(st) : 0;
+        if (!sl || sl > b->len) continue;
+        size_t start = from >= sl - 1 ? from - (sl - 1) : 0;
+        for (size_t i = start; i + sl <= b->len; i++)
+            if (!memcmp(b->s + i, st, sl)) {
+                if (best < 0 || (long)i < best) best = (long)i;
+                break;
+            }
+    }
+    return best;
+}
+
+/* Bytes at the end of the text that could still grow into a stop string. */
+static size_t stop_holdback(const textbuf *b, const ampr_gen_params *p) {
+    size_t hold = 0;
+    for (size_t k = 0; k < p->n_stop; k++) {
+        const char *st = p->stop[k];
+        size_t sl = st ? strlen(st) : 0;
+        for (size_t l = AMPR__MIN(sl - (sl > 0), b->len); l > hold; l--)
+            if (!memcmp(b->s + b->len - l, st, l)) { hold = l; break; }
+    }
+    return hold;
+}
+
+/* ---- the request -------------------------------------------------------- */
+
+struct request {
+    ampr__kv_seq seq;
+    ampr__scratch scratch;
+    ampr__sampler sampler;
+    int32_t *ids;     /* prompt then generated ids */
+    size_t n_ids, cap_ids;
+    textbuf text;
+};
+
+static void request_free(struct request *r) {
+    ampr__kv_seq_release(&r->seq);
+    ampr__scratch_free(&r->scratch);
+    ampr__sampler_free(&r->sampler);
+    ampr__free(r->ids);
+    ampr__free(r->text.s);
+}
+
+static ampr_status choose_tier(ampr_ctx *c, const char *prompt, size_t len, const ampr_gen_params *p,
+                               ampr__tier **out, ampr__err *err) {
+    ampr_tier id = p->tier;
+    if (id == AMPR_TIER_AUTO) {
+        ampr_route_result rr;
+        ampr_route_result_init(&rr);
+        ampr__route(c, prompt, len, NULL, 0, &rr);
+        id = rr.tier;
+    }
+    *out = ampr__ctx_tier(c, id);
+    if (!*out) {
+        if ((unsigned)id >= AMPR_TIER_COUNT)
+            return ampr__fail(err, AMPR_ERR_INVALID_ARG, "tier %d is not a tier", (int)id);
+        return ampr__fail(err, AMPR_ERR_TIER_UNAVAILABLE,
+                          "tier %s is not resident (the config's \"tiers\" list decides)",
+                          ampr_tier_name(id));
+    }
+    return AMPR_OK;
+}
+
+ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const ampr_gen_params *p,
+                           ampr_result **out, ampr__err *err) {
+    const ampr__hparams *hp = &c->hp;
+    const ampr__tokenizer *tok = c->model->tok;
+    double t0 = ampr__now_ms();
+    if (p->max_tokens < 0)
+        return ampr__fail(err, AMPR_ERR_INVALID_ARG, "max_tokens must be >= 0 (got %d)", p->max_tokens);
+    if (p->n_stop && !p->stop)
+        return ampr__fail(err, AMPR_ERR_INVALID_ARG, "n_stop is %zu but stop is NULL", p->n_stop);
+    if (!(p->temperature >= 0.0f) || !(p->top_p >= 0.0f) || !(p->repetition_penalty > 0.0f))
+        return ampr__fail(err, AMPR_ERR_INVALID_ARG,
+                          "temperature and top_p must be >= 0, repetition_penalty > 0");
+
+    struct request r;
+    memset(&r, 0, sizeof r);
+    ampr__tier *tier = NULL;
+    ampr_finish finish = AMPR_FINISH_LENGTH;
+    ampr_status st;
+    double t_first = 0;
+    int32_t n_prompt = 0;
+
+    /* 1. tokens */
+    st = ampr__tok_encode(tok, prompt, len, p->add_bos, &r.ids, &r.n_ids, err);
+    if (st) goto done;
+    if (r.n_ids == 0) {
+        st = ampr__fail(err, AMPR_ERR_PROMPT_EMPTY, "the prompt is empty and no BOS token is added");
+        goto done;
+    }
+    if (r.n_ids > (size_t)hp->context_length) {
+        st = ampr__fail(err, AMPR_ERR_PROMPT_TOO_LONG,
+                        "the prompt is %zu tokens; the context window is %d", r.n_ids,
+                        hp->context_length);
+        goto done;
+    }
+    n_prompt = (int32_t)r.n_ids;
+    int64_t want = (int64_t)n_prompt + p->max_tokens;
+    int32_t n_positions = (int32_t)AMPR__MIN(want, (int64_t)hp->context_length);
+    r.cap_ids = (size_t)n_positions + 1;
+    int32_t *grown = ampr__realloc(r.ids, r.cap_ids * sizeof(int32_t));
+    if (!grown) {
+        st = ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for %zu token ids", r.cap_ids);
+        goto done;
+    }
+    r.ids = grown;
+
+    /* 2. tier, KV pages, scratch, sampler */
+    st = choose_tier(c, prompt, len, p, &tier, err);
+    if (st) goto done;
+    st = ampr__kv_seq_reserve(&r.seq, tier->kv, n_positions, err);
+    if (st) goto done;
+    st = ampr__scratch_new(c, AMPR__MIN(n_prompt, PREFILL_CHUNK), 0, &r.scratch, err);
+    if (st) goto done;
+    st = ampr__sampler_init(&r.sampler, hp->vocab_size, p->temperature, p->top_k, p->top_p,
+                            p->repetition_penalty, p->repetition_last_n, p->seed, err);
+    if (st) goto done;
+
+    /* 3. prefill */
+    for (int32_t i = 0; i < n_prompt; i += PREFILL_CHUNK) {
+        int32_t n = AMPR__MIN(PREFILL_CHUNK, n_prompt - i);
+        st = ampr__forward(c, tier, &r.seq, r.ids + i, n, 0, &r.scratch, err);
+        if (st) goto done;
+    }
+    t_first = ampr__now_ms();
+
+    /* 4. decode */
+    ampr__detok dt;
+    ampr__detok_init(&dt);
+    dt.prev = r.ids[n_prompt - 1];
+    int32_t eos = ampr__tok_eos(tok);
+    char piece[AMPR__DETOK_MAX_PIECE + 16];
+    for (int32_t n_gen = 0;; n_gen++) {
+        if (n_gen >= p->max_tokens) { finish = AMPR_FINISH_LENGTH; break; }
+        if (r.seq.n_tokens >= hp->context_length) { finish = AMPR_FINISH_CONTEXT; break; }
+        int32_t next = ampr__sample(&r.sampler, r.scratch.logits, r.ids, r.n_ids);
+        if (next == eos && !p->ignore_eos) { finish = AMPR_FINISH_EOS; break; }
+        r.ids[r.n_ids++] = next;
+
+        size_t before = r.text.len;
+        size_t k = ampr__detok_push(tok, &dt, next, piece, sizeof piece);
+        st = text_append(&r.text, piece, k, err);
+        if (st) goto done;
+        long stop_at = p->n_stop ? find_stop(&r.text, p, before) : -1;
+        int stopping = stop_at >= 0;
+        if (stopping) {
+            r.text.len = (size_t)stop_at;
+            r.text.s[r.text.len] = '\0';
+        }
+        if (p->on_token) {
+            size_t upto = stopping ? r.text.len : r.text.len - stop_holdback(&r.text, p);
+            if (upto < r.text.emitted) upto = r.text.emitted;
+            int cancel = p->on_token(p->user, r.text.s + r.text.emitted, upto - r.text.emitted, next);
+            r.text.emitted = upto;
+            if (cancel) { finish = AMPR_FINISH_CANCELLED; break; }
+        }
+        if (stopping) { finish = AMPR_FINISH_STOP; break; }
+        if (n_gen + 1 >= p->max_tokens || r.seq.n_tokens >= hp->context_length) continue;
+        st = ampr__forward(c, tier, &r.seq, &next, 1, 0, &r.scratch, err);
+        if (st) goto done;
+    }
+    if (finish != AMPR_FINISH_STOP && finish != AMPR_FINISH_CANCELLED) {
+        size_t k = ampr__detok_flush(&dt, piece, sizeof piece);
+        st = text_append(&r.text, piece, k, err);
+        if (st) goto done;
+        if (p->on_token && r.text.len > r.text.emitted) {
+            p->on_token(p->user, r.text.s + r.text.emitted, r.text.len - r.text.emitted, -1);
+            r.text.emitted = r.text.len;
+        }
+    }
+    st = finish == AMPR_FINISH_CANCELLED ? AMPR_ERR_CANCELLED : AMPR_OK;
+
+done:
+    ampr__kv_seq_release(&r.seq); /* pages go back first, whatever happened */
+    if ((st == AMPR_OK || st == AMPR_ERR_CANCELLED) && out) {
+        size_t n_gen = r.n_ids - (size_t)n_prompt;
+        ampr_result *res = ampr__calloc(1, sizeof *res);
+        int32_t *gen = ampr__malloc((n_gen ? n_gen : 1) * sizeof(int32_t));
+        char *text = r.text.s ? r.text.s : ampr__strndup("", 0);
+        if (!res || !gen || !text) {
+            ampr__free(res);
+            ampr__free(gen);
+            if (!r.text.s) ampr__free(text);
+            st = ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for the result");
+        } else {
+            double t_end = ampr__now_ms();
+            memcpy(gen, r.ids + n_prompt, n_gen * sizeof(int32_t));
+            r.text.s = NULL;
+            res->struct_size = sizeof *res;
+            res->text = text;
+            res->text_len = r.text.len;
+            res->tokens = gen;
+            res->n_tokens = n_gen;
+            res->n_prompt_tokens = n_prompt;
+            res->finish = finish;
+            res->tier_first = res->tier_final = tier->id;
+            res->escalation_token = -1;
+            res->prefill_ms = t_first - t0;
+            res->decode_ms = t_end - t_first;
+            res->total_ms = t_end - t0;
+            *out = res;
+        }
+    }
+    request_free(&r);
+    return st;
+}
+
+/* ---- teacher-forced scoring --------------------------------------------- */
+
+ampr_status ampr__logits(ampr_ctx *c, ampr__tier *t, const int32_t *ids, int32_t n, float *logits,
+                         ampr__err *err) {
+    const ampr__hparams *hp = &c->hp;
+    if (n <= 0) return AMPR_OK;
+    if (n > hp->context_length)
+        return ampr__fail(err, AMPR_ERR_PROMPT_TOO_LONG, "%d ids exceed the context window of %d", n,
+                          hp->context_length);
+    ampr__kv_seq seq = {0};
+    ampr__scratch s;
+    memset(&s, 0, sizeof s);
+    int32_t chunk = AMPR__MIN(n, PREFILL_CHUNK);
+    ampr_status st = ampr__kv_seq_reserve(&seq, t->kv, n, err);
+    if (st == AMPR_OK) st = ampr__scratch_new(c, chunk, 1, &s, err);
+    for (int32_t i = 0; st == AMPR_OK && i < n; i += chunk) {
+        int32_t k = AMPR__MIN(chunk, n - i);
+        st = ampr__forward(c, t, &seq, ids + i, k, 1, &s, err);
+        if (st == AMPR_OK)
+            memcpy(logits + (size_t)i * (size_t)hp->vocab_size, s.logits,
+                   (size_t)k * (size_t)hp->vocab_size * sizeof(float));
+    }
+    ampr__scratch_free(&s);
+    ampr__kv_seq_release(&seq);
+    return st;
+}

@@ -1,0 +1,54 @@
+/*
+ * kv.h -- paged KV-cache arenas.
+ *
+ * Each tier owns one arena: a fixed pool of pages, each holding `block_size`
+ * token positions of keys and values for every layer. A sequence owns a block
+ * table (page ids in position order), so its KV needs no contiguous memory
+ * and pages go back to the free list the moment a request ends. Arenas are
+ * isolated: a tier that runs out of pages fails its own requests with
+ * AMPR_ERR_KV_FULL and cannot touch another tier's memory.
+ *
+ * Page layout, elements of type `dtype` (f32 or f16):
+ *   K: [n_pages][n_layers][block_size][kv_dim]   (and V the same)
+ * so one layer's keys for one page are a contiguous block_size x kv_dim tile.
+ */
+#ifndef AMPR_KV_H
+#define AMPR_KV_H
+
+#include "../common/common.h"
+
+typedef enum ampr__kv_dtype { AMPR__KV_F32 = 0, AMPR__KV_F16 = 1 } ampr__kv_dtype;
+
+typedef struct ampr__kv_arena ampr__kv_arena;
+
+typedef struct ampr__kv_seq {
+    ampr__kv_arena *arena;
+    int32_t *blocks;  /* page ids, position p lives in blocks[p / block_size] */
+    int32_t n_blocks;
+    int32_t n_tokens; /* positions whose K/V have been written */
+} ampr__kv_seq;
+
+ampr_status ampr__kv_arena_new(int32_t n_layers, int32_t kv_dim, int32_t block_size,
+                               int32_t n_pages, ampr__kv_dtype dtype, ampr__kv_arena **out,
+                               ampr__err *err);
+void ampr__kv_arena_free(ampr__kv_arena *a);
+
+int32_t ampr__kv_block_size(const ampr__kv_arena *a);
+int32_t ampr__kv_pages_total(const ampr__kv_arena *a);
+int32_t ampr__kv_pages_used(ampr__kv_arena *a); /* takes the arena lock */
+uint64_t ampr__kv_bytes(const ampr__kv_arena *a);
+ampr__kv_dtype ampr__kv_dtype_of(const ampr__kv_arena *a);
+size_t ampr__kv_elem_size(const ampr__kv_arena *a);
+
+/* Make seq hold pages for positions [0, n_positions). All or nothing: on
+ * AMPR_ERR_KV_FULL the sequence is unchanged. Thread-safe. */
+ampr_status ampr__kv_seq_reserve(ampr__kv_seq *seq, ampr__kv_arena *a, int32_t n_positions,
+                                 ampr__err *err);
+/* Give every page back; the seq is empty again. NULL-safe, idempotent. */
+void ampr__kv_seq_release(ampr__kv_seq *seq);
+
+/* Address of the K (or V) vector of layer l at position pos of seq. */
+void *ampr__kv_k(const ampr__kv_seq *seq, int32_t l, int32_t pos);
+void *ampr__kv_v(const ampr__kv_seq *seq, int32_t l, int32_t pos);
+
+#endif

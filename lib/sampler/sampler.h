@@ -1,0 +1,35 @@
+/*
+ * sampler.h -- choosing the next token from logits: greedy, temperature,
+ * top-k, top-p, repetition penalty, with a seeded RNG owned by the request.
+ */
+#ifndef AMPR_SAMPLER_H
+#define AMPR_SAMPLER_H
+
+#include "../common/common.h"
+
+typedef struct ampr__sampler {
+    float temperature;        /* <= 0: greedy */
+    int32_t top_k;            /* <= 0: off */
+    float top_p;              /* >= 1: off */
+    float repetition_penalty; /* 1: off */
+    int32_t repetition_last_n;
+    uint64_t rng;             /* xorshift64* state */
+    int32_t n_vocab;
+    /* scratch: candidate (id, value) pairs, sized n_vocab */
+    int32_t *ids;
+    float *vals;
+} ampr__sampler;
+
+ampr_status ampr__sampler_init(ampr__sampler *s, int32_t n_vocab, float temperature,
+                               int32_t top_k, float top_p, float repetition_penalty,
+                               int32_t repetition_last_n, uint64_t seed, ampr__err *err);
+void ampr__sampler_free(ampr__sampler *s);
+
+/* Pick the next token. logits (n_vocab) may be modified. history holds the
+ * ids seen so far (prompt + generated), used by the repetition penalty. */
+int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, size_t n_history);
+
+/* Index of the largest value (the first one on ties). */
+int32_t ampr__argmax(const float *v, int32_t n);
+
+#endif

@@ -1,0 +1,492 @@
+/*
+ * test_api.c -- the public API: misuse and errors, configuration, info,
+ * tokenization, and generation behaviour (limits, streaming, cancellation,
+ * stop strings, KV exhaustion, seeds, concurrency) on a model the test
+ * generates itself, plus the real stories260K where stop strings need
+ * meaningful text.
+ */
+#include "testutil.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ampr.h"
+#include "model/model.h"
+
+static char *tmp_dir;
+static char model_path[4096];
+
+static int setup(void **state) {
+    (void)state;
+    tmp_dir = tu_tmpdir("api");
+    if (!tmp_dir) return -1;
+    snprintf(model_path, sizeof model_path, "%s/rand.gguf", tmp_dir);
+    ampr__hparams hp = {0};
+    hp.dim = 64;
+    hp.hidden_dim = 128;
+    hp.n_layers = 2;
+    hp.n_heads = 4;
+    hp.n_kv_heads = 2;
+    hp.head_dim = 16;
+    hp.vocab_size = 320;
+    hp.context_length = 64;
+    hp.norm_eps = 1e-5f;
+    hp.rope_theta = 10000.0f;
+    ampr__err err = {0};
+    if (ampr__model_write_random(model_path, "gguf", &hp, AMPR__DT_F32, 1, 42, &err) != AMPR_OK) {
+        fprintf(stderr, "write_random: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    tu_rmtree(tmp_dir);
+    free(tmp_dir);
+    return 0;
+}
+
+static ampr_ctx *open_ok(const char *cfg) {
+    ampr_ctx *ctx = NULL;
+    ampr_status st = ampr_open(model_path, cfg, &ctx);
+    if (st != AMPR_OK) fail_msg("open: %s: %s", ampr_status_name(st), ampr_errmsg(ctx));
+    return ctx;
+}
+
+/* ---- names, versions, statuses ----------------------------------------- */
+
+static void test_version_and_status(void **state) {
+    (void)state;
+    assert_string_equal(ampr_version(), AMPR_VERSION_STRING);
+    assert_int_equal(ampr_version_number(), AMPR_VERSION_NUMBER);
+    for (int s = 0; s <= AMPR_ERR_INTERNAL; s++) {
+        assert_string_not_equal(ampr_strerror((ampr_status)s), "unknown status");
+        assert_string_not_equal(ampr_status_name((ampr_status)s), "UNKNOWN");
+    }
+    assert_string_equal(ampr_strerror((ampr_status)9999), "unknown status");
+    assert_string_equal(ampr_status_name(AMPR_ERR_KV_FULL), "ERR_KV_FULL");
+    for (int t = 0; t < AMPR_TIER_COUNT; t++) {
+        ampr_tier back;
+        assert_int_equal(ampr_tier_from_name(ampr_tier_name((ampr_tier)t), &back), AMPR_OK);
+        assert_int_equal(back, t);
+    }
+    ampr_tier x;
+    assert_int_equal(ampr_tier_from_name("int4", &x), AMPR_ERR_INVALID_ARG);
+    assert_string_equal(ampr_tier_name((ampr_tier)77), "?");
+}
+
+/* ---- open failures ------------------------------------------------------ */
+
+static void expect_open_fails(const char *path, const char *cfg, ampr_status want, const char *needle) {
+    ampr_ctx *ctx = NULL;
+    ampr_status st = ampr_open(path, cfg, &ctx);
+    assert_int_equal(st, want);
+    assert_non_null(ctx); /* a failed open still hands back a context with the message */
+    const char *msg = ampr_errmsg(ctx);
+    if (needle && !strstr(msg, needle)) fail_msg("message \"%s\" lacks \"%s\"", msg, needle);
+    /* every other call on it fails cleanly */
+    ampr_result *r = (ampr_result *)1;
+    assert_int_equal(ampr_generate(ctx, "x", 1, NULL, &r), AMPR_ERR_INVALID_ARG);
+    assert_null(r);
+    ampr_close(ctx);
+}
+
+static void test_open_errors(void **state) {
+    (void)state;
+    assert_int_equal(ampr_open(model_path, NULL, NULL), AMPR_ERR_INVALID_ARG);
+    expect_open_fails(NULL, NULL, AMPR_ERR_INVALID_ARG, "model_path");
+    expect_open_fails("/nonexistent/model.gguf", NULL, AMPR_ERR_IO, "/nonexistent/model.gguf");
+    expect_open_fails(model_path, "{", AMPR_ERR_CONFIG, "invalid JSON");
+    expect_open_fails(model_path, "[]", AMPR_ERR_CONFIG, "object");
+    expect_open_fails(model_path, "{\"bogus\": 1}", AMPR_ERR_CONFIG, "bogus");
+    expect_open_fails(model_path, "{\"tiers\": [\"int4\"]}", AMPR_ERR_CONFIG, "tiers[0]");
+    expect_open_fails(model_path, "{\"tiers\": [\"fp16\", \"fp16\"]}", AMPR_ERR_CONFIG, "twice");
+    expect_open_fails(model_path, "{\"tiers\": []}", AMPR_ERR_CONFIG, "tiers");
+    expect_open_fails(model_path, "{\"threads\": -1}", AMPR_ERR_CONFIG, "threads");
+    expect_open_fails(model_path, "{\"threads\": \"two\"}", AMPR_ERR_CONFIG, "integer");
+    expect_open_fails(model_path, "{\"kv\": {\"block_size\": 0}}", AMPR_ERR_CONFIG, "block_size");
+    expect_open_fails(model_path, "{\"kv\": {\"nope\": 0}}", AMPR_ERR_CONFIG, "nope");
+    expect_open_fails(model_path, "{\"kv\": {\"arena_tokens\": 4}}", AMPR_ERR_CONFIG, "pages");
+    expect_open_fails(model_path, "{\"threads\": 1, \"threads\": 2}", AMPR_ERR_CONFIG, "duplicate");
+    expect_open_fails(model_path, "{\"router\": {\"thresholds\": [0.9, 0.1]}}", AMPR_ERR_CONFIG, "thresholds");
+    expect_open_fails(model_path, "{\"device\": \"tpu\"}", AMPR_ERR_CONFIG, "device");
+    ampr_close(NULL);
+    assert_string_equal(ampr_errmsg(NULL), "no context");
+}
+
+static int cancel_open(void *user, const char *stage, float f) {
+    (void)stage;
+    (void)f;
+    return ++*(int *)user >= 2;
+}
+
+static void test_open_progress_cancel(void **state) {
+    (void)state;
+    int calls = 0;
+    ampr_open_params op;
+    ampr_open_params_init(&op);
+    op.progress = cancel_open;
+    op.progress_user = &calls;
+    ampr_ctx *ctx = NULL;
+    assert_int_equal(ampr_open_ex(model_path, "{\"tiers\": [\"f32\"]}", &op, &ctx), AMPR_ERR_CANCELLED);
+    assert_int_equal(calls, 2);
+    ampr_close(ctx);
+}
+
+/* ---- info --------------------------------------------------------------- */
+
+static void test_info(void **state) {
+    (void)state;
+    ampr_ctx *ctx = open_ok("{\"tiers\": [\"f32\", \"fp16\"], \"kv\": {\"arena_tokens\": 256}}");
+    ampr_model_info mi;
+    ampr_model_info_init(&mi);
+    assert_int_equal(ampr_get_model_info(ctx, &mi), AMPR_OK);
+    assert_int_equal(mi.dim, 64);
+    assert_int_equal(mi.n_layers, 2);
+    assert_int_equal(mi.n_heads, 4);
+    assert_int_equal(mi.n_kv_heads, 2);
+    assert_int_equal(mi.vocab_size, 320);
+    assert_int_equal(mi.context_length, 64);
+    assert_int_equal(mi.n_tiers, 2);
+    assert_int_equal(mi.tiers[0], AMPR_TIER_F32);
+    assert_int_equal(mi.tiers[1], AMPR_TIER_FP16);
+    assert_string_equal(mi.format, "gguf");
+    ampr_tier_info f32, f16;
+    ampr_tier_info_init(&f32);
+    ampr_tier_info_init(&f16);
+    assert_int_equal(ampr_get_tier_info(ctx, AMPR_TIER_F32, &f32), AMPR_OK);
+    assert_int_equal(ampr_get_tier_info(ctx, AMPR_TIER_FP16, &f16), AMPR_OK);
+    assert_true(f16.weight_bytes * 2 == f32.weight_bytes);
+    assert_int_equal(f32.kv_block_size, 16);
+    assert_int_equal(f32.kv_pages_total, 16);
+    assert_int_equal(f32.kv_pages_used, 0);
+    ampr_tier_info x;
+    ampr_tier_info_init(&x);
+    assert_int_equal(ampr_get_tier_info(ctx, AMPR_TIER_NF4, &x), AMPR_ERR_TIER_UNAVAILABLE);
+    assert_non_null(strstr(ampr_errmsg(ctx), "nf4"));
+    x.struct_size = 0;
+    assert_int_equal(ampr_get_tier_info(ctx, AMPR_TIER_F32, &x), AMPR_ERR_INVALID_ARG);
+    assert_int_equal(ampr_get_model_info(ctx, NULL), AMPR_ERR_INVALID_ARG);
+    ampr_close(ctx);
+}
+
+/* ---- tokenization ------------------------------------------------------- */
+
+static void test_tokenize(void **state) {
+    (void)state;
+    ampr_ctx *ctx = open_ok("{\"tiers\": [\"f32\"]}");
+    size_t n = 0;
+    int32_t ids[64];
+    assert_int_equal(ampr_tokenize(ctx, "hello", 5, 1, NULL, 0, &n), AMPR_ERR_BUFFER_TOO_SMALL);
+    assert_true(n >= 2);
+    size_t need = n;
+    assert_int_equal(ampr_tokenize(ctx, "hello", 5, 1, ids, 64, &n), AMPR_OK);
+    assert_int_equal(n, need);
+    assert_int_equal(ids[0], 1); /* BOS */
+    char buf[64];
+    size_t len = 0;
+    assert_int_equal(ampr_detokenize(ctx, ids, n, buf, sizeof buf, &len), AMPR_OK);
+    assert_int_equal(len, 5);
+    assert_string_equal(buf, "hello");
+    assert_int_equal(ampr_detokenize(ctx, ids, n, buf, 2, &len), AMPR_ERR_BUFFER_TOO_SMALL);
+    assert_int_equal(len, 5);
+    int32_t bad = 100000;
+    assert_int_equal(ampr_detokenize(ctx, &bad, 1, buf, sizeof buf, &len), AMPR_ERR_INVALID_ARG);
+    assert_int_equal(ampr_tokenize(ctx, "\xff\xfe", 2, 1, ids, 64, &n), AMPR_ERR_BAD_UTF8);
+    /* embedded NUL goes through the length-taking API */
+    assert_int_equal(ampr_tokenize(ctx, "a\0b", 3, 0, ids, 64, &n), AMPR_OK);
+    assert_int_equal(ampr_detokenize(ctx, ids, n, buf, sizeof buf, &len), AMPR_OK);
+    assert_int_equal(len, 3);
+    assert_memory_equal(buf, "a\0b", 3);
+    ampr_close(ctx);
+}
+
+/* ---- generation --------------------------------------------------------- */
+
+static ampr_gen_params greedy(int max_tokens) {
+    ampr_gen_params p;
+    ampr_gen_params_init(&p);
+    p.temperature = 0;
+    p.max_tokens = max_tokens;
+    p.ignore_eos = 1;
+    return p;
+}
+
+static void test_generate_limits(void **state) {
+    (void)state;
+    ampr_ctx *ctx = open_ok("{\"tiers\": [\"f32\"], \"context_length\": 32}");
+    ampr_gen_params p = greedy(10);
+    ampr_result *r = NULL;
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &r), AMPR_OK);
+    assert_int_equal(r->n_tokens, 10);
+    assert_int_equal(r->finish, AMPR_FINISH_LENGTH);
+    assert_int_equal(r->tier_first, AMPR_TIER_F32);
+    assert_int_equal(r->tier_final, AMPR_TIER_F32);
+    assert_int_equal(r->escalated, 0);
+    assert_true(r->n_prompt_tokens >= 2);
+    assert_true(strlen(r->text) <= r->text_len);
+    ampr_result_free(r);
+
+    p.max_tokens = 0; /* prefill only */
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &r), AMPR_OK);
+    assert_int_equal(r->n_tokens, 0);
+    assert_int_equal(r->text_len, 0);
+    assert_string_equal(r->text, "");
+    ampr_result_free(r);
+
+    p.max_tokens = 1000; /* runs into the context window */
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &r), AMPR_OK);
+    assert_int_equal(r->finish, AMPR_FINISH_CONTEXT);
+    assert_int_equal((int)r->n_tokens + r->n_prompt_tokens, 32);
+    ampr_result_free(r);
+
+    p = greedy(5);
+    p.add_bos = 0;
+    assert_int_equal(ampr_generate(ctx, "", 0, &p, &r), AMPR_ERR_PROMPT_EMPTY);
+    assert_null(r);
+    p.add_bos = 1; /* BOS alone is a valid prompt */
+    assert_int_equal(ampr_generate(ctx, "", 0, &p, &r), AMPR_OK);
+    ampr_result_free(r);
+
+    char longp[200];
+    memset(longp, 'z', sizeof longp - 1);
+    longp[sizeof longp - 1] = 0;
+    assert_int_equal(ampr_generate(ctx, longp, AMPR_NUL_TERMINATED, &p, &r), AMPR_ERR_PROMPT_TOO_LONG);
+    assert_non_null(strstr(ampr_errmsg(ctx), "context window"));
+    assert_int_equal(ampr_generate(ctx, "\xc3", 1, &p, &r), AMPR_ERR_BAD_UTF8);
+    p.tier = AMPR_TIER_NF4;
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &r), AMPR_ERR_TIER_UNAVAILABLE);
+    p.tier = (ampr_tier)42;
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &r), AMPR_ERR_INVALID_ARG);
+    p = greedy(-1);
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &r), AMPR_ERR_INVALID_ARG);
+    p = greedy(3);
+    p.struct_size = 4;
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &r), AMPR_ERR_INVALID_ARG);
+    assert_int_equal(ampr_generate(NULL, "abc", 3, NULL, &r), AMPR_ERR_INVALID_ARG);
+    /* the context still works after all of that */
+    p = greedy(4);
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &r), AMPR_OK);
+    assert_int_equal(r->n_tokens, 4);
+    ampr_result_free(r);
+    ampr_close(ctx);
+}
+
+typedef struct stream_state {
+    char text[4096];
+    size_t len;
+    int calls, cancel_after;
+} stream_state;
+
+static int collect(void *user, const char *piece, size_t len, int32_t id) {
+    (void)id;
+    stream_state *s = user;
+    assert_true(s->len + len < sizeof s->text);
+    memcpy(s->text + s->len, piece, len);
+    s->len += len;
+    s->calls++;
+    return s->cancel_after && s->calls >= s->cancel_after;
+}
+
+static void test_streaming_and_cancel(void **state) {
+    (void)state;
+    ampr_ctx *ctx = open_ok("{\"tiers\": [\"f32\"]}");
+    stream_state ss = {0};
+    ampr_gen_params p = greedy(20);
+    p.on_token = collect;
+    p.user = &ss;
+    ampr_result *r = NULL;
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &r), AMPR_OK);
+    assert_int_equal(ss.len, r->text_len);
+    assert_memory_equal(ss.text, r->text, r->text_len);
+    assert_true(ss.calls >= 20);
+    ampr_result_free(r);
+
+    stream_state cs = {0};
+    cs.cancel_after = 3;
+    p.user = &cs;
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &r), AMPR_ERR_CANCELLED);
+    assert_non_null(r);
+    assert_int_equal(r->finish, AMPR_FINISH_CANCELLED);
+    assert_int_equal(r->n_tokens, 3);
+    ampr_result_free(r);
+    /* without a result pointer too */
+    cs.calls = 0;
+    cs.len = 0;
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, NULL), AMPR_ERR_CANCELLED);
+    ampr_tier_info ti;
+    ampr_tier_info_init(&ti);
+    assert_int_equal(ampr_get_tier_info(ctx, AMPR_TIER_F32, &ti), AMPR_OK);
+    assert_int_equal(ti.kv_pages_used, 0);
+    ampr_close(ctx);
+}
+
+static void test_kv_full(void **state) {
+    (void)state;
+    /* 2 pages of 16 tokens */
+    ampr_ctx *ctx = open_ok("{\"tiers\": [\"f32\"], \"kv\": {\"arena_tokens\": 32, \"block_size\": 16}}");
+    ampr_gen_params p = greedy(40);
+    ampr_result *r = NULL;
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &r), AMPR_ERR_KV_FULL);
+    assert_null(r);
+    assert_non_null(strstr(ampr_errmsg(ctx), "KV arena full"));
+    ampr_tier_info ti;
+    ampr_tier_info_init(&ti);
+    assert_int_equal(ampr_get_tier_info(ctx, AMPR_TIER_F32, &ti), AMPR_OK);
+    assert_int_equal(ti.kv_pages_used, 0);
+    p = greedy(20); /* fits */
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &r), AMPR_OK);
+    assert_int_equal(r->n_tokens, 20);
+    ampr_result_free(r);
+    ampr_close(ctx);
+}
+
+static void test_sampling_seeds(void **state) {
+    (void)state;
+    ampr_ctx *ctx = open_ok("{\"tiers\": [\"f32\"]}");
+    ampr_gen_params p;
+    ampr_gen_params_init(&p);
+    p.max_tokens = 24;
+    p.temperature = 1.5f;
+    p.top_k = 0;
+    p.top_p = 1.0f;
+    p.ignore_eos = 1;
+    p.seed = 7;
+    ampr_result *a = NULL, *b = NULL, *c = NULL;
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &a), AMPR_OK);
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &b), AMPR_OK);
+    p.seed = 8;
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &c), AMPR_OK);
+    assert_int_equal(a->n_tokens, b->n_tokens);
+    assert_memory_equal(a->tokens, b->tokens, a->n_tokens * sizeof(int32_t));
+    assert_true(a->n_tokens != c->n_tokens ||
+                memcmp(a->tokens, c->tokens, a->n_tokens * sizeof(int32_t)) != 0);
+    ampr_result_free(a);
+    ampr_result_free(b);
+    ampr_result_free(c);
+    /* top-k 1 is greedy whatever the temperature */
+    ampr_gen_params g = greedy(16);
+    p.top_k = 1;
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &g, &a), AMPR_OK);
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &b), AMPR_OK);
+    assert_memory_equal(a->tokens, b->tokens, 16 * sizeof(int32_t));
+    ampr_result_free(a);
+    ampr_result_free(b);
+    /* a strong repetition penalty changes a greedy run on this model */
+    g.repetition_penalty = 5.0f;
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &g, &a), AMPR_OK);
+    ampr_result_free(a);
+    g.repetition_penalty = 0.0f;
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &g, &a), AMPR_ERR_INVALID_ARG);
+    ampr_close(ctx);
+}
+
+/* Stop strings on real text: the output ends right before the stop string,
+ * also when it spans token boundaries, and streaming never shows any of it. */
+static void test_stop_strings(void **state) {
+    (void)state;
+    TU_SHARED_OR_SKIP(path, "models/stories260K/stories260K.gguf");
+    ampr_ctx *ctx = NULL;
+    assert_int_equal(ampr_open(path, "{\"tiers\": [\"f32\"]}", &ctx), AMPR_OK);
+    ampr_gen_params p = greedy(100);
+    ampr_result *full = NULL, *r = NULL;
+    assert_int_equal(ampr_generate(ctx, "Once upon a time", AMPR_NUL_TERMINATED, &p, &full), AMPR_OK);
+    /* continuation: ", there was a little girl named Lily. She loved to play..." */
+    const char *stops[] = {"zzz", "girl na"};
+    stream_state ss = {0};
+    p.stop = stops;
+    p.n_stop = 2;
+    p.on_token = collect;
+    p.user = &ss;
+    assert_int_equal(ampr_generate(ctx, "Once upon a time", AMPR_NUL_TERMINATED, &p, &r), AMPR_OK);
+    assert_int_equal(r->finish, AMPR_FINISH_STOP);
+    const char *at = strstr(full->text, "girl na");
+    assert_non_null(at);
+    size_t want = (size_t)(at - full->text);
+    assert_int_equal(r->text_len, want);
+    assert_memory_equal(r->text, full->text, want);
+    assert_int_equal(ss.len, want);
+    assert_memory_equal(ss.text, full->text, want);
+    ampr_result_free(r);
+    ampr_result_free(full);
+    ampr_close(ctx);
+}
+
+/* ---- concurrency -------------------------------------------------------- */
+
+typedef struct job {
+    ampr_ctx *ctx;
+    const char *prompt;
+    ampr_result *res;
+    ampr_status st;
+} job;
+
+static void *run_job(void *arg) {
+    job *j = arg;
+    ampr_gen_params p = greedy(24);
+    j->st = ampr_generate(j->ctx, j->prompt, AMPR_NUL_TERMINATED, &p, &j->res);
+    return NULL;
+}
+
+static void test_concurrent_equals_serial(void **state) {
+    (void)state;
+    ampr_ctx *ctx = open_ok("{\"tiers\": [\"f32\", \"fp16\"], \"threads\": 2}");
+    const char *prompts[] = {"abc", "hello world", "zz top", "a b c d e f", "x", "the end"};
+    enum { N = 6 };
+    job serial[N], par[N];
+    for (int i = 0; i < N; i++) {
+        serial[i] = (job){ctx, prompts[i], NULL, 0};
+        run_job(&serial[i]);
+        assert_int_equal(serial[i].st, AMPR_OK);
+    }
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        par[i] = (job){ctx, prompts[i], NULL, 0};
+        pthread_create(&th[i], NULL, run_job, &par[i]);
+    }
+    for (int i = 0; i < N; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(par[i].st, AMPR_OK);
+        assert_int_equal(par[i].res->n_tokens, serial[i].res->n_tokens);
+        assert_memory_equal(par[i].res->tokens, serial[i].res->tokens,
+                            serial[i].res->n_tokens * sizeof(int32_t));
+        ampr_result_free(par[i].res);
+        ampr_result_free(serial[i].res);
+    }
+    ampr_close(ctx);
+}
+
+static void test_route(void **state) {
+    (void)state;
+    ampr_ctx *ctx = open_ok("{\"tiers\": [\"f32\", \"fp16\"]}");
+    ampr_route_result r;
+    ampr_route_result_init(&r);
+    assert_int_equal(ampr_route(ctx, "hi", 2, NULL, 0, &r), AMPR_OK);
+    assert_true(r.score >= 0 && r.score <= 1);
+    assert_true(r.tier == AMPR_TIER_F32 || r.tier == AMPR_TIER_FP16);
+    assert_true(strlen(r.reason) > 0);
+    r.struct_size = 0;
+    assert_int_equal(ampr_route(ctx, "hi", 2, NULL, 0, &r), AMPR_ERR_INVALID_ARG);
+    ampr_close(ctx);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_version_and_status),
+        cmocka_unit_test(test_open_errors),
+        cmocka_unit_test(test_open_progress_cancel),
+        cmocka_unit_test(test_info),
+        cmocka_unit_test(test_tokenize),
+        cmocka_unit_test(test_generate_limits),
+        cmocka_unit_test(test_streaming_and_cancel),
+        cmocka_unit_test(test_kv_full),
+        cmocka_unit_test(test_sampling_seeds),
+        cmocka_unit_test(test_stop_strings),
+        cmocka_unit_test(test_concurrent_equals_serial),
+        cmocka_unit_test(test_route),
+    };
+    return cmocka_run_group_tests_name("api", tests, setup, teardown);
+}
