@@ -406,6 +406,48 @@ static void test_hf_gpt2(void **state) {
     ampr__tok_free(t);
 }
 
+/* Cutting the text where no piece can span gives the same ids as merging it
+ * whole; the three Llama-2 vocabularies agree on real text. */
+static void test_spm_cut_exact(void **state) {
+    (void)state;
+    TU_SHARED_OR_SKIP(txtp, "text/tinyshakespeare.txt");
+    TU_SHARED_OR_SKIP(bin, "tokenizers/llama2/tokenizer.bin");
+    TU_SHARED_OR_SKIP(js, "tokenizers/phi3-mini-llama2-vocab/tokenizer.json");
+    size_t len;
+    char *txt = tu_read_file(txtp, &len);
+    if (len > 200000) len = 200000;
+    while (len && ((unsigned char)txt[len] & 0xc0) == 0x80) len--;
+    ampr__tokenizer *a = load_bin(bin, 32000), *c = load_json(js);
+    bin_spec b;
+    bin_spec_load(&b, bin, 32000, 0);
+    ampr__tokenizer *s = spec_tok(&b);
+    ampr__tokenizer *toks[3] = {a, s, c};
+    int32_t *ref = NULL;
+    size_t n_ref = 0;
+    for (int k = 0; k < 3; k++) {
+        int32_t *x, *y;
+        size_t nx, ny;
+        assert_int_equal(ampr__tok_encode_ex(toks[k], txt, len, AMPR__ENC_NO_SPECIAL, &x, &nx, NULL), AMPR_OK);
+        assert_int_equal(ampr__tok_encode_ex(toks[k], txt, len, AMPR__ENC_NO_SPECIAL | AMPR__ENC_NO_CUT,
+                                             &y, &ny, NULL), AMPR_OK);
+        assert_int_equal(nx, ny);
+        assert_memory_equal(x, y, nx * sizeof *x);
+        if (k == 0) { ref = x; n_ref = nx; }
+        else {
+            assert_int_equal(nx, n_ref);
+            assert_memory_equal(x, ref, nx * sizeof *x);
+            free(x);
+        }
+        free(y);
+    }
+    free(ref);
+    ampr__tok_free(a);
+    ampr__tok_free(s);
+    ampr__tok_free(c);
+    bin_spec_free(&b);
+    free(txt);
+}
+
 /* ---- encode edge cases ---------------------------------------------------- */
 
 static void test_encode_edges(void **state) {
@@ -644,6 +686,7 @@ int main(void) {
         cmocka_unit_test(test_spm_spec_llama2),
         cmocka_unit_test(test_hf_phi3),
         cmocka_unit_test(test_hf_gpt2),
+        cmocka_unit_test(test_spm_cut_exact),
         cmocka_unit_test(test_encode_edges),
         cmocka_unit_test(test_detok_stream),
         cmocka_unit_test(test_malformed),

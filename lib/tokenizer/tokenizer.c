@@ -74,6 +74,13 @@ struct ampr__tokenizer {
     uint8_t *lit_flags; /* n_vocab */
     uint32_t lit_start[257];
 
+    /* SPM: every pair of adjacent code points found inside a piece that
+     * merging can produce. Where the text has a pair not in this set no merge
+     * can ever span it, so the text is cut there and each chunk is merged on
+     * its own: the same result, with small cache-resident heaps. */
+    uint64_t *cpair_slots; /* key + 1; 0 empty; NULL: never cut */
+    uint32_t cpair_mask;
+
     pcre2_general_context *gctx;
     pcre2_code *re;
 };
@@ -191,6 +198,7 @@ void ampr__tok_free(ampr__tokenizer *t) {
     ampr__free(t->merge_slots);
     ampr__free(t->lit_ids);
     ampr__free(t->lit_flags);
+    ampr__free(t->cpair_slots);
     if (t->re) pcre2_code_free(t->re);
     if (t->gctx) pcre2_general_context_free(t->gctx);
     ampr__free(t);
@@ -350,6 +358,63 @@ static ampr_status build_literals(ampr__tokenizer *t, const ampr__tok_opts *o, a
         while (k < n && (unsigned char)t->text[t->off[t->lit_ids[k]]] == b) k++;
     }
     t->lit_start[256] = (uint32_t)n;
+    return AMPR_OK;
+}
+
+static uint64_t cpair_key(uint32_t a, uint32_t b) { return (((uint64_t)a << 21) | b) + 1; }
+
+static int cpair_has(const ampr__tokenizer *t, uint32_t a, uint32_t b) {
+    uint64_t k = cpair_key(a, b);
+    uint32_t i = hash_pair((int32_t)(k >> 32), (int32_t)(uint32_t)k) & t->cpair_mask;
+    for (;;) {
+        uint64_t v = t->cpair_slots[i];
+        if (v == 0) return 0;
+        if (v == k) return 1;
+        i = (i + 1) & t->cpair_mask;
+    }
+}
+
+/* May a merge (or a character of the text) produce this piece? SentencePiece
+ * only produces normal and user-defined pieces, run.c anything. */
+static int can_be_merged_into(const ampr__tokenizer *t, int32_t id) {
+    int32_t ty = t->types[id];
+    if (t->runc_compat) return 1;
+    return ty == AMPR__TT_NORMAL || ty == AMPR__TT_USER_DEFINED;
+}
+
+static ampr_status build_cpairs(ampr__tokenizer *t, ampr__err *err) {
+    if (t->use_ranks) {
+        /* byte tokens that merge would make the cut unsound: then never cut */
+        for (uint32_t i = 0; i <= t->merge_mask; i++) {
+            const merge_slot *m = &t->merge_slots[i];
+            if (m->left >= 0 &&
+                (t->types[m->left] == AMPR__TT_BYTE || t->types[m->right] == AMPR__TT_BYTE))
+                return AMPR_OK;
+        }
+    }
+    uint64_t total = 0;
+    for (int32_t id = 0; id < t->n_vocab; id++) total += t->len[id];
+    t->cpair_mask = pow2_at_least(total * 2 + 1) - 1;
+    t->cpair_slots = ampr__alloc_array((size_t)t->cpair_mask + 1, sizeof(uint64_t), err);
+    if (!t->cpair_slots) return AMPR_ERR_NOMEM;
+    memset(t->cpair_slots, 0, ((size_t)t->cpair_mask + 1) * sizeof(uint64_t));
+    for (int32_t id = 0; id < t->n_vocab; id++) {
+        if (!t->use_ranks && !can_be_merged_into(t, id)) continue;
+        const unsigned char *p = (const unsigned char *)t->text + t->off[id];
+        uint32_t n = t->len[id], prev = 0;
+        for (uint32_t i = 0; i < n;) {
+            int l = ampr__utf8_seq_len(p + i, n - i);
+            uint32_t cp = utf8_get(p + i, l);
+            if (i > 0) {
+                uint64_t k = cpair_key(prev, cp);
+                uint32_t h = hash_pair((int32_t)(k >> 32), (int32_t)(uint32_t)k) & t->cpair_mask;
+                while (t->cpair_slots[h] != 0 && t->cpair_slots[h] != k) h = (h + 1) & t->cpair_mask;
+                t->cpair_slots[h] = k;
+            }
+            prev = cp;
+            i += (uint32_t)l;
+        }
+    }
     return AMPR_OK;
 }
 
@@ -529,6 +594,7 @@ ampr_status ampr__tok_new_ex(const ampr__tok_spec *s, const ampr__tok_opts *o,
     }
     st = build_decode(t, err);
     if (st) goto fail;
+    if (s->kind == AMPR__TOK_SPM && (st = build_cpairs(t, err))) goto fail;
     st = build_literals(t, o, err);
     if (st) goto fail;
     if (s->kind == AMPR__TOK_BPE) {
@@ -604,6 +670,7 @@ typedef struct work {
     int32_t *ids;
     size_t n_ids, ids_cap;
     pcre2_match_data *md;
+    int cut; /* SPM: cut the text where no piece can span (see cpair_slots) */
 } work;
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem) {
@@ -657,14 +724,6 @@ static cand heap_pop(work *w) {
     return top;
 }
 
-/* May merge_target be produced from text? SentencePiece only merges into
- * normal and user-defined pieces; run.c into anything. */
-static int mergeable_type(const ampr__tokenizer *t, int32_t id) {
-    if (t->runc_compat) return 1;
-    int32_t ty = t->types[id];
-    return ty == AMPR__TT_NORMAL || ty == AMPR__TT_USER_DEFINED;
-}
-
 static void try_pair(work *w, int32_t l, int32_t r) {
     if (l < 0 || r < 0) return;
     const sym *a = &w->syms[l], *b = &w->syms[r];
@@ -679,7 +738,7 @@ static void try_pair(work *w, int32_t l, int32_t r) {
         c.result = m->result;
     } else {
         int32_t id = str_lookup(t, w->buf + a->start, (size_t)a->len + b->len);
-        if (id < 0 || !mergeable_type(t, id)) return;
+        if (id < 0 || !can_be_merged_into(t, id)) return;
         c.score = t->scores[id];
         c.result = id;
     }
@@ -758,7 +817,7 @@ static ampr_status spm_char(work *w, const char *c, size_t l, int literal) {
     else AMPR__TRY(buf_put(w, c, l));
     uint32_t n = (uint32_t)w->buf_n - start;
     int32_t id = str_lookup(t, w->buf + start, n);
-    if (id >= 0 && !mergeable_type(t, id)) id = -1;
+    if (id >= 0 && !can_be_merged_into(t, id)) id = -1;
     if (t->runc_compat) {
         /* run.c's vocabulary stores U+2581 as ' ': a literal U+2581 is unknown */
         int lit2581 = literal && l == 3 && memcmp(c, "\xe2\x96\x81", 3) == 0;
@@ -795,6 +854,7 @@ static ampr_status encode_spm(work *w, const char *s, size_t n, int prefix) {
         }
     }
     if (i == end) return AMPR_OK;
+    uint32_t prev_cp = 0x2581;
     if (prefix) AMPR__TRY(spm_char(w, " ", 1, 0));
     while (i < end) {
         int l = ampr__utf8_seq_len((const unsigned char *)s + i, end - i);
@@ -803,7 +863,14 @@ static ampr_status encode_spm(work *w, const char *s, size_t n, int prefix) {
             i++;
             continue;
         }
+        uint32_t cp = s[i] == ' ' ? 0x2581 : utf8_get((const unsigned char *)s + i, l);
+        if (w->n_syms > 0 && w->cut && !cpair_has(t, prev_cp, cp)) {
+            AMPR__TRY(merge_and_emit(w)); /* no piece spans this point: cut */
+            w->n_syms = 0;
+            w->buf_n = 0;
+        }
         AMPR__TRY(spm_char(w, s + i, (size_t)l, 1));
+        prev_cp = cp;
         i += (size_t)l;
     }
     return merge_and_emit(w);
@@ -904,6 +971,7 @@ ampr_status ampr__tok_encode_ex(const ampr__tokenizer *t, const char *text, size
     memset(&w, 0, sizeof w);
     w.t = t;
     w.err = err;
+    w.cut = t->cpair_slots != NULL && !(flags & AMPR__ENC_NO_CUT);
     ampr_status st = AMPR_OK;
     if (t->re) {
         w.md = pcre2_match_data_create_from_pattern(t->re, t->gctx);

@@ -99,7 +99,11 @@ ampr_status ampr__tok_encode(const ampr__tokenizer *tok, const char *text, size_
  * input and becomes that token, as llama.cpp with parse_special and HF
  * tokenizers do; AMPR__ENC_NO_SPECIAL treats all text as plain text, as
  * SentencePiece does. */
-enum { AMPR__ENC_ADD_BOS = 1, AMPR__ENC_NO_SPECIAL = 2 };
+enum {
+    AMPR__ENC_ADD_BOS = 1,
+    AMPR__ENC_NO_SPECIAL = 2,
+    AMPR__ENC_NO_CUT = 4 /* testing: SPM merges each segment whole (same ids, slower) */
+};
 ampr_status ampr__tok_encode_ex(const ampr__tokenizer *tok, const char *text, size_t n,
                                 unsigned flags, int32_t **ids, size_t *n_ids, ampr__err *err);
 
