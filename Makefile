@@ -48,7 +48,7 @@ LIB_SRCS := $(sort $(wildcard lib/*.c lib/*/*.c))
 LIB_OBJS := $(patsubst %.c,$(B)/%.o,$(LIB_SRCS))
 TEST_SRCS := $(sort $(wildcard tests/test_*.c))
 TEST_BINS := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRCS))
-TEST_SUPPORT := $(filter-out $(TEST_SRCS),$(wildcard tests/*.c))
+TEST_SUPPORT := tests/testutil.c
 TOOL_SRCS := $(sort $(wildcard tools/*.c))
 
 STATIC := $(B)/libampr.a
@@ -112,8 +112,15 @@ run:
 	$(MAKE) all
 	@tools/run_default.sh $(CLI)
 
-bench: all
-	$(CLI) bench
+$(B)/bench_quant: tests/bench_quant.c $(STATIC)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS_BASE) -O2 -Wno-missing-prototypes -o $@ $< $(STATIC) $(LIBS)
+
+# Side-by-side tier benchmark (BENCH_SHAPE=tiny|small|1b) and the kernel microbenchmark.
+BENCH_SHAPE ?= small
+bench: all $(B)/bench_quant
+	$(CLI) bench --shape $(BENCH_SHAPE)
+	$(B)/bench_quant
 
 install: lib $(CLI)
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig
