@@ -143,7 +143,7 @@ static int check_ids(const ampr__tokenizer *t, const char *text, size_t n, unsig
             w[k] = (int32_t)json_integer_value(json_array_get(want, k));
         print_ids("want", w, k);
     }
-    free(ids); /* ampr__malloc is the C allocator unless hooks are installed */
+    ampr__free(ids);
     return ok;
 }
 
@@ -252,7 +252,7 @@ static int run_roundtrip(const ampr__tokenizer *t, const char *path, int *n_tota
                     print_message("  ROUNDTRIP \"%.60s\" -> \"%.60s\"\n", s, dec);
                 }
                 free(dec);
-                free(ids);
+                ampr__free(ids);
             }
             json_decref(o);
         }
@@ -372,7 +372,7 @@ static void test_hf_phi3(void **state) {
     int found_end = 0;
     for (size_t i = 0; i < n_ids; i++) found_end |= ids[i] == 32007;
     assert_true(found_end);
-    free(ids);
+    ampr__free(ids);
     ampr__tok_free(t);
 }
 
@@ -402,7 +402,7 @@ static void test_hf_gpt2(void **state) {
     assert_int_equal(ids[0], 15496);
     assert_int_equal(ids[1], 50256);
     assert_int_equal(ids[2], 995);
-    free(ids);
+    ampr__free(ids);
     ampr__tok_free(t);
 }
 
@@ -436,11 +436,11 @@ static void test_spm_cut_exact(void **state) {
         else {
             assert_int_equal(nx, n_ref);
             assert_memory_equal(x, ref, nx * sizeof *x);
-            free(x);
+            ampr__free(x);
         }
-        free(y);
+        ampr__free(y);
     }
-    free(ref);
+    ampr__free(ref);
     ampr__tok_free(a);
     ampr__tok_free(s);
     ampr__tok_free(c);
@@ -502,7 +502,7 @@ static void test_bpe_spec_gpt2(void **state) {
     char *dec = decode_all(t, ids, n_ids, &dl);
     assert_string_equal(dec, "1234567");
     free(dec);
-    free(ids);
+    ampr__free(ids);
     ampr__tok_free(t);
     spec.pre = (ampr__tok_pre)99;
     assert_int_equal(ampr__tok_new(&spec, &t, &err), AMPR_ERR_UNSUPPORTED);
@@ -534,7 +534,7 @@ static void test_fuzz_smoke(void **state) {
             if (ampr__tok_encode(t, txt, sizeof txt - 1, 1, &ids, &n, NULL) == AMPR_OK) {
                 size_t dl;
                 free(decode_all(t, ids, n, &dl));
-                free(ids);
+                ampr__free(ids);
             }
             ampr__tok_free(t);
         }
@@ -560,7 +560,7 @@ static void test_fuzz_smoke(void **state) {
             if (ampr__tok_encode(t, "ab<x> ba\xc3\xa9", 10, 1, &ids, &n, NULL) == AMPR_OK) {
                 size_t dl;
                 free(decode_all(t, ids, n, &dl));
-                free(ids);
+                ampr__free(ids);
             }
             ampr__tok_free(t);
         }
@@ -577,7 +577,7 @@ static void test_fuzz_smoke(void **state) {
     assert_int_equal(ids[1], 2);
     assert_int_equal(ids[2], 3);
     assert_int_equal(ids[3], 2);
-    free(ids);
+    ampr__free(ids);
     ampr__tok_free(t);
 }
 
@@ -593,10 +593,10 @@ static void test_encode_edges(void **state) {
     assert_int_equal(ampr__tok_encode(t, "", 0, 1, &ids, &n, &err), AMPR_OK);
     assert_int_equal(n, 1);
     assert_int_equal(ids[0], 1);
-    free(ids);
+    ampr__free(ids);
     assert_int_equal(ampr__tok_encode(t, NULL, 0, 0, &ids, &n, &err), AMPR_OK);
     assert_int_equal(n, 0);
-    free(ids);
+    ampr__free(ids);
     assert_int_equal(ampr__tok_encode(t, "a\xff", 2, 1, &ids, &n, &err), AMPR_ERR_BAD_UTF8);
     assert_null(ids);
     assert_int_equal(ampr__tok_encode(t, "\xe2\x82", 2, 1, &ids, &n, &err), AMPR_ERR_BAD_UTF8);
@@ -611,7 +611,7 @@ static void test_encode_edges(void **state) {
     assert_int_equal(dl, 3);
     assert_memory_equal(dec, "a\0b", 3);
     free(dec);
-    free(ids);
+    ampr__free(ids);
     /* a long prompt is fast and exact to the bytes */
     size_t big = 200000;
     char *txt = malloc(big);
@@ -621,7 +621,7 @@ static void test_encode_edges(void **state) {
     assert_int_equal(dl, big);
     assert_memory_equal(dec, txt, big);
     free(dec);
-    free(ids);
+    ampr__free(ids);
     free(txt);
     ampr__tok_free(t);
 }
@@ -748,7 +748,7 @@ static void test_malformed(void **state) {
     assert_int_equal(ampr__tok_encode(t, "ab", 2, 0, &ids, &n, &err), AMPR_OK);
     assert_int_equal(n, 1);
     assert_int_equal(ids[0], 1);
-    free(ids);
+    ampr__free(ids);
     ampr__tok_free(t);
 
     /* tokenizer.json */
