@@ -163,38 +163,37 @@ void ampr__int8_act_prepare_avx512(const float *x, int64_t n, int64_t cols, void
  * into a weight, so the nibbles only have to be spread into lanes in element
  * order; the bits above the nibble are ignored by vpermps. */
 
-#define NR 4
-#define NT 4
+/* One weight row per tile (the dequantized vector feeds T tokens); a single
+ * token (decode) keeps 4 accumulators so the FMA latency is hidden. */
+#define NT 6
 INLINE void tile_nf4(const uint8_t *p, int64_t K, const ampr__nf4_absmax *am, int64_t b0,
-                     const float *x, float *y, int64_t ldy, const int R, const int T) {
-    __m512 acc[NR][NT];
-    UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) acc[r][t] =
+                     const float *x, float *y, int64_t ldy, const int T) {
+    const int NA = T == 1 ? 4 : 1;
+    __m512 acc[NT][4];
+    UNROLL for (int t = 0; t < T; t++) UNROLL for (int j = 0; j < NA; j++) acc[t][j] =
         _mm512_setzero_ps();
     const __m512 code = _mm512_loadu_ps(ampr__nf4_code);
     int64_t nbr = K / 64;
     for (int64_t kb = 0; kb < nbr; kb++) {
-        __m512 lut[NR];
-        __m256i ia[NR], ib[NR];
-        UNROLL for (int r = 0; r < R; r++) {
-            lut[r] = _mm512_mul_ps(code, _mm512_set1_ps(ampr__nf4_absmax_at(am, b0 + r * nbr + kb)));
-            __m256i v = _mm256_loadu_si256((const __m256i *)(p + r * K / 2 + kb * 32));
-            __m256i h = _mm256_srli_epi16(v, 4); /* low nibble of each byte: its high code */
-            ia[r] = _mm256_unpacklo_epi8(h, v);  /* elements 0..15 | 32..47 */
-            ib[r] = _mm256_unpackhi_epi8(h, v);  /* elements 16..31 | 48..63 */
-        }
+        __m512 lut = _mm512_mul_ps(code, _mm512_set1_ps(ampr__nf4_absmax_at(am, b0 + kb)));
+        __m256i v = _mm256_loadu_si256((const __m256i *)(p + kb * 32));
+        __m256i h = _mm256_srli_epi16(v, 4); /* low nibble of each byte: its high code */
+        __m256i ia = _mm256_unpacklo_epi8(h, v); /* elements 0..15 | 32..47 */
+        __m256i ib = _mm256_unpackhi_epi8(h, v); /* elements 16..31 | 48..63 */
         const float *xb = x + kb * 64;
         UNROLL for (int j = 0; j < 4; j++) {
-            UNROLL for (int r = 0; r < R; r++) {
-                __m256i src = (j & 1) ? ib[r] : ia[r];
-                __m128i e = (j & 2) ? _mm256_extracti128_si256(src, 1) : _mm256_castsi256_si128(src);
-                __m512 wv = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(e), lut[r]);
-                UNROLL for (int t = 0; t < T; t++) acc[r][t] =
-                    _mm512_fmadd_ps(wv, _mm512_loadu_ps(xb + t * K + j * 16), acc[r][t]);
-            }
+            __m256i src = (j & 1) ? ib : ia;
+            __m128i e = (j & 2) ? _mm256_extracti128_si256(src, 1) : _mm256_castsi256_si128(src);
+            __m512 wv = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(e), lut);
+            UNROLL for (int t = 0; t < T; t++) acc[t][j % NA] =
+                _mm512_fmadd_ps(wv, _mm512_loadu_ps(xb + t * K + j * 16), acc[t][j % NA]);
         }
     }
-    UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) y[t * ldy + r] =
-        _mm512_reduce_add_ps(acc[r][t]);
+    UNROLL for (int t = 0; t < T; t++) {
+        __m512 s = acc[t][0];
+        UNROLL for (int j = 1; j < NA; j++) s = _mm512_add_ps(s, acc[t][j]);
+        y[t * ldy] = _mm512_reduce_add_ps(s);
+    }
 }
 
 void ampr__nf4_matmul_avx512(const ampr__qmat *w, const float *x, const void *act, int64_t n,
@@ -204,7 +203,7 @@ void ampr__nf4_matmul_avx512(const ampr__qmat *w, const float *x, const void *ac
     const uint8_t *P = w->data;
     int64_t K = w->cols;
 #define nf4_TILE(r, t, R, T) \
-    tile_nf4(P + (r) * K / 2, K, &am, (r) * (K / 64), x + (t) * K, y + (t) * ldy + (r), ldy, R, T)
-    DRIVE(nf4_TILE, NR, NT)
+    tile_nf4(P + (r) * K / 2, K, &am, (r) * (K / 64), x + (t) * K, y + (t) * ldy + (r), ldy, T)
+    DRIVE(nf4_TILE, 1, NT)
 #undef nf4_TILE
 }
