@@ -125,9 +125,10 @@ ampr_status ampr__cuda_quant_act(ampr__cuda *c, const float *x, int32_t n, int32
 ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
                               float *y, int64_t ldy, ampr__err *err);
 /* Grow scratch for matmuls of up to max_n tokens, max_cols inputs and
- * max_rows outputs (and NF4 dequantization of up to max_rows*max_cols). */
+ * max_rows outputs, and NF4 prefill dequantization of matrices of up to
+ * nf4_elems weights (0: none). */
 ampr_status ampr__cuda_reserve(ampr__cuda *c, int32_t max_n, int64_t max_rows, int64_t max_cols,
-                               int nf4_prefill, ampr__err *err);
+                               int64_t nf4_elems, ampr__err *err);
 
 /* Paged KV view of one layer of one sequence. */
 typedef struct ampr__cuda_kv_view {
@@ -199,11 +200,12 @@ ampr_status ampr__cuda_seq_set_blocks(ampr__cuda_seq *s, const int32_t *blocks, 
 ampr_status ampr__cuda_forward(ampr__cuda_seq *s, const int32_t *tokens, int32_t n, int32_t p0,
                                int all_logits, ampr__err *err);
 const float *ampr__cuda_seq_logits(const ampr__cuda_seq *s);   /* device */
-/* Device int32 pair {token, position} the decode graph reads, and the
- * argmax the last forward/decode wrote. */
+/* The argmax of the last token's logits, written by every forward/decode
+ * (device int32). */
 int32_t *ampr__cuda_seq_argmax(const ampr__cuda_seq *s);       /* device */
 
-/* Decode one token: the token at d_state (see below) at its position. The
+/* Decode one token: the token and position set by ampr__cuda_decode_set()
+ * (or left by the previous greedy step), kept in device memory. The
  * first call captures a CUDA graph; later calls replay it. With greedy, the
  * graph ends by writing the argmax as the next token and advancing the
  * position, so repeated calls generate greedily with no host round trip.

@@ -258,14 +258,15 @@ static ampr_status grow(ampr__cuda *c, void **p, size_t *have, size_t need, cons
 static int64_t pad4(int64_t n) { return (n + 3) & ~(int64_t)3; }
 
 ampr_status ampr__cuda_reserve(ampr__cuda *c, int32_t max_n, int64_t max_rows, int64_t max_cols,
-                               int nf4_prefill, ampr__err *err) {
+                               int64_t nf4_elems, ampr__err *err) {
     size_t n = (size_t)pad4(max_n), rows = (size_t)max_rows, cols = (size_t)max_cols;
     AMPR__TRY(grow(c, (void **)&c->xh, &c->xh_bytes, n * cols * 2, "half activation", err));
     AMPR__TRY(grow(c, (void **)&c->xq, &c->xq_bytes, n * cols, "int8 activation", err));
     AMPR__TRY(grow(c, (void **)&c->xs, &c->xs_bytes, n * sizeof(float), "token scale", err));
     AMPR__TRY(grow(c, (void **)&c->acc, &c->acc_bytes, n * rows * 4, "int32 result", err));
-    if (nf4_prefill)
-        AMPR__TRY(grow(c, (void **)&c->wdq, &c->wdq_bytes, rows * cols * 2, "NF4 dequant", err));
+    if (nf4_elems > 0)
+        AMPR__TRY(grow(c, (void **)&c->wdq, &c->wdq_bytes, (size_t)nf4_elems * 2, "NF4 dequant",
+                       err));
     return AMPR_OK;
 }
 
@@ -411,7 +412,7 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
         AMPR__CU_LAUNCHED(err, "gemv");
         return AMPR_OK;
     }
-    AMPR__TRY(ampr__cuda_reserve(c, n, rows, cols, w->type == AMPR__Q_NF4, err));
+    AMPR__TRY(ampr__cuda_reserve(c, n, rows, cols, w->type == AMPR__Q_NF4 ? rows * cols : 0, err));
     if (w->type == AMPR__Q_INT8) {
         int64_t np = pad4(n);
         AMPR__TRY(ampr__cuda_quant_act(c, x, n, (int32_t)cols, c->xq, c->xs, err));
