@@ -121,7 +121,12 @@ ampr_status ampr__cuda_quant_act(ampr__cuda *c, const float *x, int32_t n, int32
  * half, fp32 accumulation; INT8: int8 x int8 -> int32, then the scales; NF4:
  * the weights are dequantized to half in scratch first). Plans are cached per
  * (format, rows, n, cols). Scratch grows on demand, except while the stream
- * is being captured (then it fails with AMPR_ERR_INTERNAL: reserve first). */
+ * is being captured (then it fails with AMPR_ERR_INTERNAL: reserve first);
+ * growing moves the scratch, so graphs captured before a growth are stale
+ * (ampr__cuda_seq_new reserves everything its graph needs up front).
+ * Alignment: x 16 bytes (GEMV loads; row i starts at x + i*cols, so cols %
+ * 8 == 0 for F16, % 16 for INT8, % 32 for NF4, or the cuBLASLt path is
+ * taken); y 256 bytes on the cuBLASLt path (AMPR_ERR_INVALID_ARG otherwise). */
 ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
                               float *y, int64_t ldy, ampr__err *err);
 /* Grow scratch for matmuls of up to max_n tokens, max_cols inputs and

@@ -16,7 +16,8 @@ NVCC_FLAGS := -std=c++17 -O3 -g -Iinclude -Ilib -Icuda $(CUDA_GENCODE) \
 
 CUDA_SRCS := $(sort $(wildcard cuda/*.cu))
 CUDA_OBJS := $(patsubst %.cu,$(B)/%.o,$(CUDA_SRCS))
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublasLt $(if $(filter 1,$(CUDA_HAVE_NCCL)),-lnccl)
+# nvcc host code needs the C++ runtime (static-init guards, personality)
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublasLt $(if $(filter 1,$(CUDA_HAVE_NCCL)),-lnccl) -lstdc++
 
 $(B)/cuda/%.o: cuda/%.cu cuda/ampr_cuda.h cuda/cuda_err.h include/ampr.h lib/common/common.h lib/quant/quant.h
 	@mkdir -p $(dir $@)

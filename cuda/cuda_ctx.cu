@@ -82,20 +82,12 @@ ampr_status ampr__cuda_open(int device, ampr__cuda **out, ampr__err *err) {
     return AMPR_OK;
 }
 
-static void plan_destroy(ampr__cuda_plan *p) {
-    if (!p->used) return;
-    cublasLtMatrixLayoutDestroy(p->a);
-    cublasLtMatrixLayoutDestroy(p->b);
-    cublasLtMatrixLayoutDestroy(p->cd);
-    cublasLtMatmulDescDestroy(p->op);
-    memset(p, 0, sizeof *p);
-}
 
 void ampr__cuda_close(ampr__cuda *c) {
     if (!c) return;
     cudaSetDevice(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
-    for (int i = 0; i < AMPR__CUDA_MAX_PLANS; i++) plan_destroy(&c->plans[i]);
+    for (int i = 0; i < AMPR__CUDA_MAX_PLANS; i++) ampr__cuda_plan_destroy(&c->plans[i]);
     if (c->lt) cublasLtDestroy(c->lt);
     cudaFree(c->lt_ws);
     cudaFree(c->xh);
@@ -119,6 +111,14 @@ int ampr__cuda_cc(const ampr__cuda *c) { return c->cc; }
 void *ampr__cuda_stream(ampr__cuda *c) { return (void *)c->stream; }
 void ampr__cuda_set_gemv_max(ampr__cuda *c, int n) {
     c->gemv_max = n < 0 ? 0 : (n > AMPR__CUDA_GEMV_MAX ? AMPR__CUDA_GEMV_MAX : n);
+}
+
+void ampr__cuda_plan_destroy(ampr__cuda_plan *p) {
+    if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+    if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+    if (p->cd) cublasLtMatrixLayoutDestroy(p->cd);
+    if (p->op) cublasLtMatmulDescDestroy(p->op);
+    memset(p, 0, sizeof *p);
 }
 
 int ampr__cuda_capturing(ampr__cuda *c) {

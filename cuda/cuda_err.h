@@ -93,6 +93,8 @@ struct ampr__cuda {
     size_t wdq_bytes;
 };
 
+/* Free a plan's descriptors (those that exist) and mark it unused. */
+void ampr__cuda_plan_destroy(ampr__cuda_plan *p);
 /* Is the context's stream being captured into a graph right now? */
 int ampr__cuda_capturing(ampr__cuda *c);
 

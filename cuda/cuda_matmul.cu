@@ -280,7 +280,7 @@ static ampr_status plan_make(ampr__cuda *c, ampr__cuda_plan *p, int kind, int64_
     cublasComputeType_t ct = is_i8 ? CUBLAS_COMPUTE_32I : CUBLAS_COMPUTE_32F;
     cudaDataType_t st = is_i8 ? CUDA_R_32I : CUDA_R_32F;
     memset(p, 0, sizeof *p);
-    p->used = 1; /* so that plan_destroy frees what was made, even on failure */
+    p->used = 1;
     p->kind = kind;
     p->m = m;
     p->n = n;
@@ -333,19 +333,12 @@ static ampr_status plan_get(ampr__cuda *c, int kind, int64_t m, int64_t n, int64
         c->plan_next = (c->plan_next + 1) % AMPR__CUDA_MAX_PLANS;
     }
     ampr__cuda_plan *p = &c->plans[slot];
-    /* an evicted plan may still be referenced by queued work only through its
-     * algo copy, which cublasLtMatmul reads at enqueue time: safe to drop */
-    cublasLtMatrixLayoutDestroy(p->a);
-    cublasLtMatrixLayoutDestroy(p->b);
-    cublasLtMatrixLayoutDestroy(p->cd);
-    cublasLtMatmulDescDestroy(p->op);
+    /* descriptors are read when cublasLtMatmul enqueues, so an evicted plan
+     * is not needed by work already queued */
+    ampr__cuda_plan_destroy(p);
     ampr_status st = plan_make(c, p, kind, m, n, k, ldc, err);
     if (st != AMPR_OK) {
-        cublasLtMatrixLayoutDestroy(p->a);
-        cublasLtMatrixLayoutDestroy(p->b);
-        cublasLtMatrixLayoutDestroy(p->cd);
-        cublasLtMatmulDescDestroy(p->op);
-        memset(p, 0, sizeof *p);
+        ampr__cuda_plan_destroy(p);
         return st;
     }
     *out = p;
@@ -375,7 +368,8 @@ ampr_status ampr__cuda_quant_act(ampr__cuda *c, const float *x, int32_t n, int32
     return AMPR_OK;
 }
 
-static int gemv_ok(const ampr__cuda_mat *w) {
+static int gemv_ok(const ampr__cuda_mat *w, const float *x) {
+    if ((uintptr_t)x % 16) return 0;
     switch (w->type) {
     case AMPR__Q_F16: return w->cols % 8 == 0;
     case AMPR__Q_INT8: return w->cols % 16 == 0;
@@ -392,7 +386,7 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
                           (long long)w->rows);
     int64_t rows = w->rows, cols = w->cols;
     unsigned gblocks = (unsigned)((rows + GEMV_WARPS - 1) / GEMV_WARPS);
-    if (n <= c->gemv_max && gemv_ok(w)) {
+    if (n <= c->gemv_max && gemv_ok(w, x)) {
         switch (w->type) {
         case AMPR__Q_F16:
             gemv_f16_kernel<<<gblocks, GEMV_WARPS * 32, 0, c->stream>>>(
@@ -412,6 +406,10 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
         AMPR__CU_LAUNCHED(err, "gemv");
         return AMPR_OK;
     }
+    /* cuBLASLt's heuristics assume 256-byte aligned matrices by default */
+    if ((uintptr_t)y % 256 || (uintptr_t)w->data % 256)
+        return ampr__fail(err, AMPR_ERR_INVALID_ARG,
+                          "CUDA matmul of %d tokens: y and W must be 256-byte aligned", n);
     AMPR__TRY(ampr__cuda_reserve(c, n, rows, cols, w->type == AMPR__Q_NF4 ? rows * cols : 0, err));
     if (w->type == AMPR__Q_INT8) {
         int64_t np = pad4(n);
