@@ -46,6 +46,13 @@ endif
 
 LIB_SRCS := $(sort $(wildcard lib/*.c lib/*/*.c))
 LIB_OBJS := $(patsubst %.c,$(B)/%.o,$(LIB_SRCS))
+
+# The CUDA backend (cuda/cuda.mk sets CUDA_OBJS and CUDA_LIBS).
+ifeq ($(CUDA),1)
+include cuda/cuda.mk
+LIB_OBJS += $(CUDA_OBJS)
+LIBS += $(CUDA_LIBS)
+endif
 TEST_SRCS := $(sort $(wildcard tests/test_*.c))
 TEST_BINS := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRCS))
 TEST_SUPPORT := tests/testutil.c
@@ -101,18 +108,19 @@ test: $(TEST_BINS) $(CLI)
 	@mkdir -p $(B)/tmp
 	@$(TEST_ENV) tests/run_tests.sh $(TEST_RUNNER) $(TEST_BINS)
 
+# The sanitizer and valgrind runs build the CPU library only (CUDA code cannot run here).
 check-asan:
-	$(MAKE) B=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test
+	$(MAKE) CUDA=0 B=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test
 
 check-valgrind:
-	$(MAKE) B=build-vg OPT=-O1 TEST_RUNNER="valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect -q" test
+	$(MAKE) CUDA=0 B=build-vg OPT=-O1 TEST_RUNNER="valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect -q" test
 
 run:
 	@tools/install-deps.sh
 	$(MAKE) all
 	@tools/run_default.sh $(CLI)
 
-$(B)/bench_quant: tests/bench_quant.c $(STATIC)
+$(B)/bench_quant: tests/bench/bench_quant.c $(STATIC)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(CFLAGS_BASE) -O2 -Wno-missing-prototypes -o $@ $< $(STATIC) $(LIBS)
 
