@@ -177,6 +177,7 @@ AMPR_API ampr_status ampr_open_ex(const char *model_path, const char *config_jso
         ampr__free(c->rope_cos);
         ampr__free(c->rope_sin);
         c->rope_cos = c->rope_sin = NULL;
+        ampr__config_free(&c->cfg);
         if (!c->open_err.msg[0]) snprintf(c->open_err.msg, sizeof c->open_err.msg, "%s", ampr_strerror(st));
         c->open_err.status = st;
     } else {
@@ -198,6 +199,7 @@ AMPR_API void ampr_close(ampr_ctx *ctx) {
     ampr__model_free(ctx->model);
     ampr__free(ctx->rope_cos);
     ampr__free(ctx->rope_sin);
+    ampr__config_free(&ctx->cfg);
     pthread_mutex_destroy(&ctx->compute_lock);
     ampr__free(ctx);
 }
