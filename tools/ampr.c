@@ -10,6 +10,7 @@
  *   ampr convert LLAMA2C.bin TOKENIZER.bin OUT_DIR
  *   ampr eval -m MODEL -f TEXT        per-tier perplexity, KL and top-1 vs FP16
  *   ampr bench [-m MODEL | --shape S] per-tier prefill/decode tokens/s, memory
+ *   ampr calibrate -m MODEL -f P -o C fit router + INT8 ranges, held-out table
  *   ampr gen-model OUT --shape S      write a model with random weights
  *
  * `run` writes the prompt and the generated text to stdout and nothing else;
@@ -46,6 +47,7 @@ static void usage(FILE *f) {
           "  ampr eval -m MODEL -f TEXT [--ctx N] [--max-tokens N] [--config JSON]\n"
           "  ampr bench [-m MODEL | --shape tiny|small|1b] [--tiers LIST] [--prompt N] [--gen N]\n"
           "             [--threads N]\n"
+          "  ampr calibrate -m MODEL -f PROMPTS.jsonl -o calib.json [--target-kl X] [--gen N]\n"
           "  ampr gen-model OUT [--shape tiny|small|1b] [--format gguf|hf] [--dtype f32|f16|bf16]\n"
           "  ampr version\n"
           "MODEL is a GGUF file or a Hugging Face directory (config.json, *.safetensors,\n"
@@ -294,6 +296,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "eval")) return ampr_tool_eval(argc - 2, argv + 2);
     if (!strcmp(cmd, "bench")) return ampr_tool_bench(argc - 2, argv + 2);
     if (!strcmp(cmd, "gen-model")) return ampr_tool_gen_model(argc - 2, argv + 2);
+    if (!strcmp(cmd, "calibrate")) return ampr_tool_calibrate(argc - 2, argv + 2);
     opts o;
     int rc = parse_opts(argc - 2, argv + 2, &o);
     if (rc) return rc;
