@@ -255,14 +255,47 @@ INLINE void tile_nf4(const uint8_t *p, int64_t K, const ampr__nf4_absmax *am, in
     }
 }
 
+/* Any other shape (cols % 64 != 0: rows start mid-block, maybe on a low
+ * nibble): dequantize the row in chunks with ampr__nf4_dequant_span, then
+ * multiply; the last < 8 columns scalar. */
+#define NG 256
+INLINE void tile_nf4_any(const uint8_t *P, int64_t K, const ampr__nf4_absmax *am, int64_t r,
+                         const float *x, float *y, int64_t ldy, const int T) {
+    __m256 acc[NT];
+    float buf[NG], tail[NT];
+    UNROLL for (int t = 0; t < T; t++) {
+        acc[t] = _mm256_setzero_ps();
+        tail[t] = 0.0f;
+    }
+    for (int64_t c0 = 0; c0 < K; c0 += NG) {
+        int64_t len = AMPR__MIN(NG, K - c0), c = 0;
+        ampr__nf4_dequant_span(P, am, r * K + c0, len, buf);
+        for (; c + 8 <= len; c += 8) {
+            __m256 wv = _mm256_loadu_ps(buf + c);
+            UNROLL for (int t = 0; t < T; t++) acc[t] =
+                _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * K + c0 + c), acc[t]);
+        }
+        for (; c < len; c++)
+            UNROLL for (int t = 0; t < T; t++) tail[t] += buf[c] * x[t * K + c0 + c];
+    }
+    UNROLL for (int t = 0; t < T; t++) y[t * ldy] = hsum8(acc[t]) + tail[t];
+}
+
 void ampr__nf4_matmul_avx2(const ampr__qmat *w, const float *x, const void *act, int64_t n,
                            float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    (void)act;
     ampr__nf4_absmax am;
     ampr__nf4_absmax_view(w, &am);
     const uint8_t *P = w->data;
     int64_t K = w->cols;
+    if (K % 64 == 0) {
 #define nf4_TILE(r, t, R, T) \
     tile_nf4(P + (r) * K / 2, K, &am, (r) * (K / 64), x + (t) * K, y + (t) * ldy + (r), ldy, T)
-    DRIVE(nf4_TILE, 1, NT)
+        DRIVE(nf4_TILE, 1, NT)
 #undef nf4_TILE
+    } else {
+#define nf4_TILE(r, t, R, T) tile_nf4_any(P, K, &am, r, x + (t) * K, y + (t) * ldy + (r), ldy, T)
+        DRIVE(nf4_TILE, 1, NT)
+#undef nf4_TILE
+    }
 }
