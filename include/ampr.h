@@ -380,7 +380,8 @@ AMPR_API void ampr_free(void *p);
  *  histograms (_bucket{le}, _sum, _count)
  *   ampr_time_to_first_token_seconds   start of the call to the first token
  *   ampr_inter_token_latency_seconds   between successive tokens (time per
- *       output token), one observation per token after the first
+ *       output token), one observation per token after the first; it
+ *       includes the time spent in the on_token callback
  *   ampr_e2e_request_latency_seconds   start to end of the call
  *   ampr_request_queue_time_seconds    waiting for free KV pages
  *   ampr_request_prefill_time_seconds  KV pages reserved to the first token
