@@ -623,6 +623,54 @@ static void test_histograms_and_reset(void **state) {
     ampr_close(ctx);
 }
 
+/* ---- out of memory ----------------------------------------------------------- */
+
+static atomic_int oom_after; /* allocations left before failing; -1: never fail */
+
+static void *oom_malloc(size_t n, void *user) {
+    (void)user;
+    if (atomic_load(&oom_after) >= 0 && atomic_fetch_sub(&oom_after, 1) <= 0) return NULL;
+    return malloc(n);
+}
+static void *oom_realloc(void *p, size_t n, void *user) {
+    (void)user;
+    if (atomic_load(&oom_after) >= 0 && atomic_fetch_sub(&oom_after, 1) <= 0) return NULL;
+    return realloc(p, n);
+}
+static void oom_free(void *p, void *user) {
+    (void)user;
+    free(p);
+}
+
+static void test_out_of_memory(void **state) {
+    (void)state;
+    atomic_store(&oom_after, -1);
+    assert_int_equal(ampr_set_allocator(oom_malloc, oom_realloc, oom_free, NULL), AMPR_OK);
+    ampr_ctx *ctx = open_ok("{\"tiers\": [\"fp16\"]}");
+    /* the first allocation, then later growths of the buffer, fail */
+    for (int k = 0; k < 4; k++) {
+        char *text = (char *)"x";
+        size_t len = 1;
+        atomic_store(&oom_after, k);
+        ampr_status st = ampr_metrics_text(ctx, &text, &len);
+        atomic_store(&oom_after, -1);
+        if (st == AMPR_OK) { /* the text fitted in k buffers */
+            assert_true(k > 0);
+            ampr_free(text);
+            continue;
+        }
+        assert_int_equal(st, AMPR_ERR_NOMEM);
+        assert_null(text);
+        assert_int_equal(len, 0);
+        assert_non_null(strstr(ampr_errmsg(ctx), "metrics"));
+    }
+    char *t = metrics(ctx);
+    check_format(t);
+    ampr_free(t); /* through the hooks */
+    ampr_close(ctx);
+    assert_int_equal(ampr_set_allocator(NULL, NULL, NULL, NULL), AMPR_OK);
+}
+
 /* ---- concurrency ----------------------------------------------------------- */
 
 typedef struct worker {
@@ -694,6 +742,7 @@ int main(void) {
         cmocka_unit_test(test_forced_kl_escalation),
         cmocka_unit_test(test_entropy_escalation),
         cmocka_unit_test(test_histograms_and_reset),
+        cmocka_unit_test(test_out_of_memory),
         cmocka_unit_test(test_concurrent),
     };
     return cmocka_run_group_tests_name("metrics", tests, setup, teardown);
