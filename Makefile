@@ -1,7 +1,9 @@
 # libampr -- build, test, install.
 #
 #   make              libampr.a, libampr.so, the `ampr` CLI (build/)
-#   make test         cmocka unit and end-to-end tests
+#   make test         cmocka unit and end-to-end tests, then check-promtool
+#   make check-promtool  `ampr run --metrics` through `promtool check metrics`
+#                     (skips when promtool, Debian package prometheus, is absent)
 #   make check-asan   the tests under AddressSanitizer + UBSan (build-asan/)
 #   make check-valgrind  the tests under valgrind memcheck
 #   make run          install missing packages, build, generate from the default model
@@ -63,7 +65,7 @@ SONAME := libampr.so.$(VERSION_MAJOR)
 SHARED := $(B)/libampr.so.$(VERSION)
 CLI := $(B)/ampr
 
-.PHONY: all lib test check-asan check-valgrind run bench install uninstall clean examples
+.PHONY: all lib test check-promtool check-asan check-valgrind run bench install uninstall clean examples
 
 all: lib $(CLI)
 lib: $(STATIC) $(SHARED) $(B)/ampr.pc
@@ -107,6 +109,11 @@ TEST_ENV := AMPR_SHARED=$(AMPR_SHARED) AMPR_CLI=$(abspath $(CLI)) AMPR_TMP=$(abs
 test: $(TEST_BINS) $(CLI)
 	@mkdir -p $(B)/tmp
 	@$(TEST_ENV) tests/run_tests.sh $(TEST_RUNNER) $(TEST_BINS)
+	@$(TEST_ENV) tests/test_promtool.sh
+
+check-promtool: $(CLI)
+	@mkdir -p $(B)/tmp
+	@$(TEST_ENV) tests/test_promtool.sh
 
 # The sanitizer and valgrind runs build the CPU library only (CUDA code cannot run here).
 check-asan:

@@ -16,6 +16,7 @@
 #include "common/pool.h"
 #include "fallback/fallback.h"
 #include "kv/kv.h"
+#include "metrics/metrics.h"
 #include "model/model.h"
 #include "quant/quant.h"
 #include "router/router.h"
@@ -96,6 +97,7 @@ struct ampr_ctx {
     ampr__tier tiers[AMPR_TIER_COUNT]; /* top first */
     ampr__pool *pool;
     pthread_mutex_t compute_lock;   /* one forward step on the pool at a time */
+    ampr__metrics metrics;          /* counters and histograms (lib/metrics), lock-free */
 };
 
 static inline const float *ampr__attn_norm(const ampr_ctx *c, int l) {
