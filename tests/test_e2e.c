@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "ampr.h"
 #include "engine.h"
 
@@ -215,6 +217,59 @@ static void test_prefill_equals_decode(void **state) {
     ampr_close(ctx);
 }
 
+/* Teacher-forced NLL on the 20 TinyStories windows of the reference file:
+ * the FP16 tier must be within 0.5% of run.c's mean (1.4258 nats/token), and
+ * every window's ids must be what our tokenizer makes of its text. */
+static void test_golden_nll(void **state) {
+    (void)state;
+    TU_SHARED_OR_SKIP(path, "models/stories260K/golden_nll_tinystories_train_head.json");
+    json_error_t je;
+    json_t *root = json_load_file(path, 0, &je);
+    assert_non_null(root);
+    json_t *fp32 = json_object_get(root, "fp32");
+    double ref_mean = json_number_value(json_object_get(fp32, "mean_nll"));
+    assert_true(ref_mean > 1.0);
+    ampr_ctx *ctx = NULL;
+    assert_int_equal(ampr_open(tu_shared("models/stories260K/stories260K.gguf"), "{\"tiers\": [\"fp16\"]}", &ctx),
+                     AMPR_OK);
+    int V = ctx->hp.vocab_size;
+    double total = 0;
+    long count = 0;
+    size_t i;
+    json_t *w;
+    json_array_foreach(json_object_get(fp32, "windows"), i, w) {
+        json_t *jids = json_object_get(w, "ids");
+        size_t n = json_array_size(jids);
+        int32_t *ids = malloc(n * sizeof *ids), *mine = malloc((n + 8) * sizeof *mine);
+        for (size_t k = 0; k < n; k++) ids[k] = (int32_t)json_integer_value(json_array_get(jids, k));
+        const char *text = json_string_value(json_object_get(w, "text"));
+        size_t got = 0;
+        assert_int_equal(ampr_tokenize(ctx, text, AMPR_NUL_TERMINATED, 1, mine, n + 8, &got), AMPR_OK);
+        assert_int_equal(got, n);
+        assert_memory_equal(mine, ids, n * sizeof *ids);
+        float *lg = malloc(n * (size_t)V * sizeof(float));
+        assert_int_equal(ampr_logits(ctx, AMPR_TIER_FP16, ids, n, lg, n * (size_t)V), AMPR_OK);
+        for (size_t t = 0; t + 1 < n; t++) {
+            const float *row = lg + t * (size_t)V;
+            double mx = row[0], z = 0;
+            for (int v = 1; v < V; v++) mx = fmax(mx, row[v]);
+            for (int v = 0; v < V; v++) z += exp(row[v] - mx);
+            total += mx + log(z) - row[ids[t + 1]];
+            count++;
+        }
+        free(lg);
+        free(ids);
+        free(mine);
+    }
+    assert_int_equal(count, json_integer_value(json_object_get(fp32, "n_predicted")));
+    double mean = total / (double)count;
+    print_message("fp16 tier mean NLL %.6f vs reference %.6f (%.3f%%)\n", mean, ref_mean,
+                  100.0 * fabs(mean - ref_mean) / ref_mean);
+    assert_true(fabs(mean - ref_mean) <= 0.005 * ref_mean);
+    json_decref(root);
+    ampr_close(ctx);
+}
+
 static int setup(void **state) {
     (void)state;
     const char *bin = tu_shared("models/stories260K/stories260K.bin");
@@ -254,6 +309,7 @@ int main(void) {
         cmocka_unit_test(test_hf_fp16_golden),
         cmocka_unit_test(test_hf_logits),
         cmocka_unit_test(test_prefill_equals_decode),
+        cmocka_unit_test(test_golden_nll),
     };
     return cmocka_run_group_tests_name("e2e", tests, setup, teardown);
 }
