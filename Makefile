@@ -48,6 +48,15 @@ endif
 
 LIB_SRCS := $(sort $(wildcard lib/*.c lib/*/*.c))
 LIB_OBJS := $(patsubst %.c,$(B)/%.o,$(LIB_SRCS))
+CFLAGS_BASE += -DAMPR_HAVE_CUDA=$(CUDA)
+
+# Switching CUDA=0/1 in one build folder rebuilds everything (the flag changes code).
+CONFIG_STAMP := $(B)/.config-cuda$(CUDA)
+$(CONFIG_STAMP):
+	@mkdir -p $(B)
+	@rm -f $(B)/.config-cuda*
+	@touch $@
+$(LIB_OBJS): $(CONFIG_STAMP)
 
 # The CUDA backend (cuda/cuda.mk sets CUDA_OBJS and CUDA_LIBS).
 ifeq ($(CUDA),1)

@@ -163,7 +163,12 @@ AMPR_API void ampr_open_params_init(ampr_open_params *p);
  *            "dtype": "f16" or "f32" KV elements (default f32 on the f32 tier, else f16),
  *            "arena_tokens": tokens per tier arena (default context_length*4),
  *            "arena_bytes": alternative to arena_tokens}
- *     "device":  "cpu" (default) | "auto" | "cuda"
+ *     "device":  "cpu" (default) | "auto" | "cuda". "auto" uses the CPU
+ *                backend and says why in ampr_model_info.device; "cuda" fails
+ *                with AMPR_ERR_NO_DEVICE when no GPU is usable and with
+ *                AMPR_ERR_UNSUPPORTED while generation on the GPU is not
+ *                wired in (the kernels in cuda/ are checked by
+ *                tests/gpu/check.sh)
  *     "router":  {"thresholds": [t_nf4, t_int8]} scores below t_nf4 go to the
  *                lowest tier, below t_int8 to the middle one, else the top one
  *     "fallback": {"enabled", "entropy_max", "min_tokens", "repeat_ngram",
@@ -208,6 +213,8 @@ typedef struct ampr_model_info {
     int32_t n_tiers;        /* resident tiers */
     ampr_tier tiers[AMPR_TIER_COUNT]; /* resident tiers, top first */
     char format[16];        /* "gguf" or "hf" */
+    char device[96];        /* the backend serving requests, e.g. "cpu", or
+                             * "cpu (auto: no CUDA device)" */
 } ampr_model_info;
 AMPR_API void ampr_model_info_init(ampr_model_info *info);
 AMPR_API ampr_status ampr_get_model_info(const ampr_ctx *ctx, ampr_model_info *info);

@@ -13,6 +13,9 @@
 
 #include "engine.h"
 #include "generate.h"
+#if AMPR_HAVE_CUDA
+#include "../cuda/ampr_cuda.h"
+#endif
 
 /* ---- version, names, _init ---------------------------------------------- */
 
@@ -129,15 +132,38 @@ static ampr_status build_rope(ampr_ctx *c, ampr__err *err) {
     return AMPR_OK;
 }
 
+/* "device": the CPU backend always works; "auto" falls back to it with a
+ * note, "cuda" insists. */
+static ampr_status choose_device(ampr_ctx *c, ampr__err *err) {
+    snprintf(c->device, sizeof c->device, "cpu");
+    if (c->cfg.device == 0) return AMPR_OK;
+    int n_dev = 0;
+    char why[AMPR__ERRMSG_MAX] = "this build has no CUDA backend (nvcc was not found)";
+#if AMPR_HAVE_CUDA
+    ampr__err derr = {0};
+    if (ampr__cuda_device_count(&n_dev, &derr) != AMPR_OK)
+        snprintf(why, sizeof why, "CUDA: %.400s", derr.msg);
+    else if (n_dev == 0)
+        snprintf(why, sizeof why, "no CUDA device or driver");
+    else
+        snprintf(why, sizeof why, "%d CUDA device(s) found, but generation on the GPU is not wired "
+                 "into ampr_generate yet", n_dev);
+#endif
+    if (c->cfg.device == 1) {
+        snprintf(c->device, sizeof c->device, "cpu (auto: %.80s)", why);
+        return AMPR_OK;
+    }
+    return ampr__fail(err, n_dev > 0 ? AMPR_ERR_UNSUPPORTED : AMPR_ERR_NO_DEVICE,
+                      "config asks for \"device\": \"cuda\": %s", why);
+}
+
 static ampr_status open_ctx(ampr_ctx *c, const char *path, const char *config,
                             const ampr_open_params *params, ampr__err *err) {
     ampr_progress_fn progress = params ? params->progress : NULL;
     void *user = params ? params->progress_user : NULL;
     if (!path) return ampr__fail(err, AMPR_ERR_INVALID_ARG, "model_path is NULL");
     AMPR__TRY(ampr__config_parse(config, &c->cfg, err));
-    if (c->cfg.device == 2)
-        return ampr__fail(err, AMPR_ERR_NO_DEVICE,
-                          "config asks for \"device\": \"cuda\", but this build has no usable GPU");
+    AMPR__TRY(choose_device(c, err));
     if (progress && progress(user, "load", 0.0f))
         return ampr__fail(err, AMPR_ERR_CANCELLED, "open cancelled by the progress callback");
     AMPR__TRY(ampr__model_load(path, 1, &c->model, err));
@@ -245,6 +271,7 @@ AMPR_API ampr_status ampr_get_model_info(const ampr_ctx *ctx, ampr_model_info *i
     m.n_tiers = ctx->n_tiers;
     for (int i = 0; i < ctx->n_tiers; i++) m.tiers[i] = ctx->tiers[i].id;
     snprintf(m.format, sizeof m.format, "%s", ctx->model->format);
+    snprintf(m.device, sizeof m.device, "%s", ctx->device);
     memcpy(info, &m, AMPR__MIN(size, sizeof m));
     return AMPR_OK;
 }

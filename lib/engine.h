@@ -87,6 +87,7 @@ typedef struct ampr__tier {
 
 struct ampr_ctx {
     ampr__err open_err;       /* why ampr_open failed, if it did */
+    char device[96];          /* the backend in use and why (ampr_model_info.device) */
     int ready;
     ampr__model *model;
     ampr__hparams hp;         /* the model's, context_length capped by the config */

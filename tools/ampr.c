@@ -245,9 +245,9 @@ static int cmd_info(const opts *o) {
     ampr_model_info mi;
     ampr_model_info_init(&mi);
     ampr_get_model_info(ctx, &mi);
-    printf("format: %s\nparams: %llu\ndim: %d\nhidden_dim: %d\nlayers: %d\nheads: %d\nkv_heads: %d\n"
+    printf("format: %s\ndevice: %s\nparams: %llu\ndim: %d\nhidden_dim: %d\nlayers: %d\nheads: %d\nkv_heads: %d\n"
            "head_dim: %d\nvocab: %d\ncontext: %d\nbos: %d\neos: %d\n",
-           mi.format, (unsigned long long)mi.n_params, mi.dim, mi.hidden_dim, mi.n_layers, mi.n_heads,
+           mi.format, mi.device, (unsigned long long)mi.n_params, mi.dim, mi.hidden_dim, mi.n_layers, mi.n_heads,
            mi.n_kv_heads, mi.head_dim, mi.vocab_size, mi.context_length, mi.bos_id, mi.eos_id);
     for (int i = 0; i < mi.n_tiers; i++) {
         ampr_tier_info ti;
