@@ -22,6 +22,8 @@ BINDIR ?= $(PREFIX)/bin
 DESTDIR ?=
 
 CC ?= cc
+V ?= 0
+Q := $(if $(filter 1,$(V)),,@)
 B ?= build
 OPT ?= -O2
 SAN ?=
@@ -46,7 +48,7 @@ LIB_SRCS := $(sort $(wildcard lib/*.c lib/*/*.c))
 LIB_OBJS := $(patsubst %.c,$(B)/%.o,$(LIB_SRCS))
 TEST_SRCS := $(sort $(wildcard tests/test_*.c))
 TEST_BINS := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRCS))
-TEST_SUPPORT := $(filter-out $(TEST_SRCS),$(wildcard tests/*.c))
+TEST_SUPPORT := tests/testutil.c
 TOOL_SRCS := $(sort $(wildcard tools/*.c))
 
 STATIC := $(B)/libampr.a
@@ -61,14 +63,17 @@ lib: $(STATIC) $(SHARED) $(B)/ampr.pc
 
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_BASE) $(if $(findstring _avx512,$<),$(AVX512_FLAGS),$(if $(findstring _avx2,$<),$(AVX2_FLAGS))) -MMD -MP -c $< -o $@
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS_BASE) $(if $(findstring _avx512,$<),$(AVX512_FLAGS),$(if $(findstring _avx2,$<),$(AVX2_FLAGS))) -MMD -MP -c $< -o $@
 
 $(STATIC): $(LIB_OBJS)
 	@rm -f $@
-	ar rcs $@ $^
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)ar rcs $@ $^
 
 $(SHARED): $(LIB_OBJS) lib/ampr.map
-	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=lib/ampr.map -Wl,--no-undefined \
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=lib/ampr.map -Wl,--no-undefined \
 	  $(LDFLAGS_SAN) -o $@ $(LIB_OBJS) $(LIBS)
 	ln -sf libampr.so.$(VERSION) $(B)/$(SONAME)
 	ln -sf $(SONAME) $(B)/libampr.so
@@ -78,13 +83,15 @@ $(B)/ampr.pc: pkgconfig/ampr.pc.in include/ampr.h
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
 
-$(CLI): $(TOOL_SRCS) $(STATIC)
+$(CLI): $(TOOL_SRCS) tools/tools.h $(STATIC)
 	@mkdir -p $(B)
-	$(CC) $(CFLAGS_BASE) -o $@ $(TOOL_SRCS) $(STATIC) $(LIBS) $(LDFLAGS_SAN)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS_BASE) -Itools -o $@ $(TOOL_SRCS) $(STATIC) $(LIBS) $(LDFLAGS_SAN)
 
 $(B)/tests/%: tests/%.c $(TEST_SUPPORT) tests/testutil.h $(STATIC)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_BASE) -Wno-missing-prototypes -o $@ $< $(TEST_SUPPORT) $(STATIC) -lcmocka $(LIBS) $(LDFLAGS_SAN)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS_BASE) -Wno-missing-prototypes -o $@ $< $(TEST_SUPPORT) $(STATIC) -lcmocka $(LIBS) $(LDFLAGS_SAN)
 
 # Tests find ../shared (real models, goldens) through AMPR_SHARED; tests that
 # need it skip themselves when it is absent.
@@ -100,13 +107,20 @@ check-asan:
 check-valgrind:
 	$(MAKE) B=build-vg OPT=-O1 TEST_RUNNER="valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect -q" test
 
-run: 
-	@tools/setup.sh
+run:
+	@tools/install-deps.sh
 	$(MAKE) all
 	@tools/run_default.sh $(CLI)
 
-bench: all
-	$(CLI) bench
+$(B)/bench_quant: tests/bench_quant.c $(STATIC)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS_BASE) -O2 -Wno-missing-prototypes -o $@ $< $(STATIC) $(LIBS)
+
+# Side-by-side tier benchmark (BENCH_SHAPE=tiny|small|1b) and the kernel microbenchmark.
+BENCH_SHAPE ?= small
+bench: all $(B)/bench_quant
+	$(CLI) bench --shape $(BENCH_SHAPE)
+	$(B)/bench_quant
 
 install: lib $(CLI)
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig

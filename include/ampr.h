@@ -159,6 +159,8 @@ AMPR_API void ampr_open_params_init(ampr_open_params *p);
  *     "threads": worker threads for the CPU backend (default: online CPUs, max 64)
  *     "context_length": cap on the context window (default: the model's)
  *     "kv": {"block_size": tokens per page (default 16),
+ *            "wait_ms": wait for free pages when the arena is full (default 0),
+ *            "dtype": "f16" or "f32" KV elements (default f32 on the f32 tier, else f16),
  *            "arena_tokens": tokens per tier arena (default context_length*4),
  *            "arena_bytes": alternative to arena_tokens}
  *     "device":  "cpu" (default) | "auto" | "cuda"
@@ -322,6 +324,18 @@ AMPR_API void ampr_result_free(ampr_result *r);
  * Thread-safe: concurrent calls on one ctx are independent. */
 AMPR_API ampr_status ampr_generate(ampr_ctx *ctx, const char *prompt, size_t len,
                                    const ampr_gen_params *params, ampr_result **out);
+
+/* ---- scoring ------------------------------------------------------------ */
+
+/* Teacher-forced forward pass over n ids on one tier (no AUTO): writes the
+ * logits of every position, row i (vocab_size floats) being the distribution
+ * of the token after ids[i]. logits must hold n * vocab_size floats (cap is
+ * their count; AMPR_ERR_BUFFER_TOO_SMALL otherwise). Uses KV pages of the
+ * tier's arena during the call (AMPR_ERR_KV_FULL if none are free); n must
+ * not exceed the context window. Thread-safe. Used by perplexity and
+ * divergence tools (`ampr eval`). */
+AMPR_API ampr_status ampr_logits(ampr_ctx *ctx, ampr_tier tier, const int32_t *ids, size_t n,
+                                 float *logits, size_t cap);
 
 #ifdef __cplusplus
 }

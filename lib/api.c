@@ -363,6 +363,29 @@ AMPR_API ampr_status ampr_generate(ampr_ctx *ctx, const char *prompt, size_t len
     return record(ctx, &err, st);
 }
 
+AMPR_API ampr_status ampr_logits(ampr_ctx *ctx, ampr_tier tier, const int32_t *ids, size_t n,
+                                 float *logits, size_t cap) {
+    ampr__err err = {0};
+    ampr_status st = check_ready(ctx, &err);
+    if (st) return record(ctx, &err, st);
+    if ((!ids || !logits) && n)
+        return record(ctx, &err, ampr__fail(&err, AMPR_ERR_INVALID_ARG, "NULL ids or logits"));
+    ampr__tier *t = ampr__ctx_tier(ctx, tier);
+    if (!t)
+        return record(ctx, &err, ampr__fail(&err, AMPR_ERR_TIER_UNAVAILABLE,
+                                            "tier %s is not resident", ampr_tier_name(tier)));
+    if (n > (size_t)ctx->hp.context_length)
+        return record(ctx, &err, ampr__fail(&err, AMPR_ERR_PROMPT_TOO_LONG,
+                                            "%zu ids exceed the context window of %d", n,
+                                            ctx->hp.context_length));
+    if (cap / (size_t)ctx->hp.vocab_size < n)
+        return record(ctx, &err, ampr__fail(&err, AMPR_ERR_BUFFER_TOO_SMALL,
+                                            "logits needs %zu floats, room for %zu",
+                                            n * (size_t)ctx->hp.vocab_size, cap));
+    st = ampr__logits(ctx, t, ids, (int32_t)n, logits, &err);
+    return record(ctx, &err, st);
+}
+
 AMPR_API void ampr_result_free(ampr_result *r) {
     if (!r) return;
     ampr__free(r->text);

@@ -71,7 +71,8 @@ static ampr_status parse_tiers(json_t *v, ampr__config *c, ampr__err *err) {
 }
 
 static ampr_status parse_kv(json_t *kv, ampr__config *c, ampr__err *err) {
-    static const char *const keys[] = {"block_size", "arena_tokens", "arena_bytes", "dtype", NULL};
+    static const char *const keys[] = {"block_size", "arena_tokens", "arena_bytes", "dtype",
+                                       "wait_ms", NULL};
     if (!json_is_object(kv)) return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"kv\" must be an object");
     AMPR__TRY(check_keys(kv, " in \"kv\"", keys, err));
     int64_t bs = c->kv_block_size;
@@ -79,6 +80,7 @@ static ampr_status parse_kv(json_t *kv, ampr__config *c, ampr__err *err) {
     c->kv_block_size = (int32_t)bs;
     AMPR__TRY(get_int(kv, "arena_tokens", 1, (int64_t)1 << 40, &c->kv_arena_tokens, err));
     AMPR__TRY(get_int(kv, "arena_bytes", 1, (int64_t)1 << 50, &c->kv_arena_bytes, err));
+    AMPR__TRY(get_int(kv, "wait_ms", 0, 24 * 3600 * 1000, &c->kv_wait_ms, err));
     if (c->kv_arena_tokens && c->kv_arena_bytes)
         return ampr__fail(err, AMPR_ERR_CONFIG,
                           "config: give \"kv.arena_tokens\" or \"kv.arena_bytes\", not both");

@@ -30,6 +30,7 @@ typedef struct ampr__config {
     int64_t kv_arena_tokens;          /* 0 = derive */
     int64_t kv_arena_bytes;           /* 0 = derive */
     int kv_dtype;                     /* -1 = per tier default, else ampr__kv_dtype */
+    int64_t kv_wait_ms;               /* how long a request waits for free pages (0: fail at once) */
     int device;                       /* 0 cpu, 1 auto, 2 cuda */
     ampr__router_config router;
 } ampr__config;

@@ -193,7 +193,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
     /* 2. tier, KV pages, scratch, sampler */
     st = choose_tier(c, prompt, len, p, &tier, err);
     if (st) goto done;
-    st = ampr__kv_seq_reserve(&r.seq, tier->kv, n_positions, err);
+    st = ampr__kv_seq_reserve_wait(&r.seq, tier->kv, n_positions, c->cfg.kv_wait_ms, err);
     if (st) goto done;
     st = ampr__scratch_new(c, AMPR__MIN(n_prompt, PREFILL_CHUNK), 0, &r.scratch, err);
     if (st) goto done;
@@ -287,5 +287,32 @@ done:
         }
     }
     request_free(&r);
+    return st;
+}
+
+/* ---- teacher-forced scoring --------------------------------------------- */
+
+ampr_status ampr__logits(ampr_ctx *c, ampr__tier *t, const int32_t *ids, int32_t n, float *logits,
+                         ampr__err *err) {
+    const ampr__hparams *hp = &c->hp;
+    if (n <= 0) return AMPR_OK;
+    if (n > hp->context_length)
+        return ampr__fail(err, AMPR_ERR_PROMPT_TOO_LONG, "%d ids exceed the context window of %d", n,
+                          hp->context_length);
+    ampr__kv_seq seq = {0};
+    ampr__scratch s;
+    memset(&s, 0, sizeof s);
+    int32_t chunk = AMPR__MIN(n, PREFILL_CHUNK);
+    ampr_status st = ampr__kv_seq_reserve(&seq, t->kv, n, err);
+    if (st == AMPR_OK) st = ampr__scratch_new(c, chunk, 1, &s, err);
+    for (int32_t i = 0; st == AMPR_OK && i < n; i += chunk) {
+        int32_t k = AMPR__MIN(chunk, n - i);
+        st = ampr__forward(c, t, &seq, ids + i, k, 1, &s, err);
+        if (st == AMPR_OK)
+            memcpy(logits + (size_t)i * (size_t)hp->vocab_size, s.logits,
+                   (size_t)k * (size_t)hp->vocab_size * sizeof(float));
+    }
+    ampr__scratch_free(&s);
+    ampr__kv_seq_release(&seq);
     return st;
 }

@@ -15,4 +15,8 @@ void ampr__route(ampr_ctx *c, const char *prompt, size_t len, const char *system
 ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const ampr_gen_params *p,
                            ampr_result **out, ampr__err *err);
 
+/* Teacher-forced logits of every position (see ampr_logits). */
+ampr_status ampr__logits(ampr_ctx *c, ampr__tier *t, const int32_t *ids, int32_t n, float *logits,
+                         ampr__err *err);
+
 #endif

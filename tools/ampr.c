@@ -8,6 +8,9 @@
  *   ampr info -m MODEL [--config JSON]
  *   ampr tokenize -m MODEL -p TEXT [--no-bos]
  *   ampr convert LLAMA2C.bin TOKENIZER.bin OUT_DIR
+ *   ampr eval -m MODEL -f TEXT        per-tier perplexity, KL and top-1 vs FP16
+ *   ampr bench [-m MODEL | --shape S] per-tier prefill/decode tokens/s, memory
+ *   ampr gen-model OUT --shape S      write a model with random weights
  *
  * `run` writes the prompt and the generated text to stdout and nothing else;
  * progress, the tier, timings and tokens/s go to stderr.
@@ -18,7 +21,9 @@
 #include <string.h>
 
 #include "ampr.h"
+#include "engine.h"
 #include "model/model.h"
+#include "tools.h"
 
 typedef struct opts {
     const char *model, *prompt, *system, *config, *tier;
@@ -38,6 +43,10 @@ static void usage(FILE *f) {
           "  ampr info -m MODEL [--config JSON]\n"
           "  ampr tokenize -m MODEL -p TEXT [--no-bos]\n"
           "  ampr convert LLAMA2C.bin TOKENIZER.bin OUT_DIR\n"
+          "  ampr eval -m MODEL -f TEXT [--ctx N] [--max-tokens N] [--config JSON]\n"
+          "  ampr bench [-m MODEL | --shape tiny|small|1b] [--tiers LIST] [--prompt N] [--gen N]\n"
+          "             [--threads N]\n"
+          "  ampr gen-model OUT [--shape tiny|small|1b] [--format gguf|hf] [--dtype f32|f16|bf16]\n"
           "  ampr version\n"
           "MODEL is a GGUF file or a Hugging Face directory (config.json, *.safetensors,\n"
           "tokenizer.json). Without --config and with an explicit --tier, only that tier\n"
@@ -282,6 +291,9 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(cmd, "convert")) return cmd_convert(argc - 2, argv + 2);
+    if (!strcmp(cmd, "eval")) return ampr_tool_eval(argc - 2, argv + 2);
+    if (!strcmp(cmd, "bench")) return ampr_tool_bench(argc - 2, argv + 2);
+    if (!strcmp(cmd, "gen-model")) return ampr_tool_gen_model(argc - 2, argv + 2);
     opts o;
     int rc = parse_opts(argc - 2, argv + 2, &o);
     if (rc) return rc;

@@ -4,7 +4,9 @@
  */
 #include "kv.h"
 
+#include <errno.h>
 #include <pthread.h>
+#include <time.h>
 
 struct ampr__kv_arena {
     int32_t n_layers, kv_dim, block_size, n_pages;
@@ -13,6 +15,7 @@ struct ampr__kv_arena {
     size_t page_stride; /* bytes of one page of K (or V) for all layers */
     unsigned char *k, *v;
     pthread_mutex_t mu;
+    pthread_cond_t freed; /* signalled when pages are released */
     int32_t *free_list; /* stack of free page ids */
     int32_t n_free;
 };
@@ -53,6 +56,7 @@ ampr_status ampr__kv_arena_new(int32_t n_layers, int32_t kv_dim, int32_t block_s
     for (int32_t i = 0; i < n_pages; i++) a->free_list[i] = n_pages - 1 - i;
     a->n_free = n_pages;
     pthread_mutex_init(&a->mu, NULL);
+    pthread_cond_init(&a->freed, NULL);
     *out = a;
     return AMPR_OK;
 }
@@ -60,6 +64,7 @@ ampr_status ampr__kv_arena_new(int32_t n_layers, int32_t kv_dim, int32_t block_s
 void ampr__kv_arena_free(ampr__kv_arena *a) {
     if (!a) return;
     pthread_mutex_destroy(&a->mu);
+    pthread_cond_destroy(&a->freed);
     ampr__free(a->k);
     ampr__free(a->v);
     ampr__free(a->free_list);
@@ -79,28 +84,48 @@ int32_t ampr__kv_pages_used(ampr__kv_arena *a) {
     return used;
 }
 
-ampr_status ampr__kv_seq_reserve(ampr__kv_seq *seq, ampr__kv_arena *a, int32_t n_positions,
-                                 ampr__err *err) {
+ampr_status ampr__kv_seq_reserve_wait(ampr__kv_seq *seq, ampr__kv_arena *a, int32_t n_positions,
+                                      int64_t wait_ms, ampr__err *err) {
     if (seq->arena && seq->arena != a)
         return ampr__fail(err, AMPR_ERR_INTERNAL, "sequence already belongs to another arena");
     int32_t need = (n_positions + a->block_size - 1) / a->block_size;
     if (need <= seq->n_blocks) return AMPR_OK;
+    int32_t more = need - seq->n_blocks;
+    if (more > a->n_pages) /* could never fit: waiting would not help */
+        return ampr__fail(err, AMPR_ERR_KV_FULL,
+                          "KV arena full: %d more pages of %d tokens needed, the arena has %d",
+                          more, a->block_size, a->n_pages);
     int32_t *blocks = ampr__realloc(seq->blocks, (size_t)need * sizeof(int32_t));
     if (!blocks) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for a block table");
     seq->blocks = blocks;
     seq->arena = a;
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += (time_t)(wait_ms / 1000);
+    deadline.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
     pthread_mutex_lock(&a->mu);
-    int32_t more = need - seq->n_blocks;
+    while (more > a->n_free && wait_ms > 0) {
+        if (pthread_cond_timedwait(&a->freed, &a->mu, &deadline) == ETIMEDOUT) break;
+    }
     if (more > a->n_free) {
         int32_t free_now = a->n_free;
         pthread_mutex_unlock(&a->mu);
         return ampr__fail(err, AMPR_ERR_KV_FULL,
-                          "KV arena full: %d more pages of %d tokens needed, %d of %d free",
-                          more, a->block_size, free_now, a->n_pages);
+                          "KV arena full: %d more pages of %d tokens needed, %d of %d free%s", more,
+                          a->block_size, free_now, a->n_pages, wait_ms > 0 ? " after waiting" : "");
     }
     for (int32_t i = 0; i < more; i++) seq->blocks[seq->n_blocks++] = a->free_list[--a->n_free];
     pthread_mutex_unlock(&a->mu);
     return AMPR_OK;
+}
+
+ampr_status ampr__kv_seq_reserve(ampr__kv_seq *seq, ampr__kv_arena *a, int32_t n_positions,
+                                 ampr__err *err) {
+    return ampr__kv_seq_reserve_wait(seq, a, n_positions, 0, err);
 }
 
 void ampr__kv_seq_release(ampr__kv_seq *seq) {
@@ -109,6 +134,7 @@ void ampr__kv_seq_release(ampr__kv_seq *seq) {
     if (a && seq->n_blocks > 0) {
         pthread_mutex_lock(&a->mu);
         for (int32_t i = seq->n_blocks - 1; i >= 0; i--) a->free_list[a->n_free++] = seq->blocks[i];
+        pthread_cond_broadcast(&a->freed);
         pthread_mutex_unlock(&a->mu);
     }
     ampr__free(seq->blocks);

@@ -44,6 +44,10 @@ size_t ampr__kv_elem_size(const ampr__kv_arena *a);
  * AMPR_ERR_KV_FULL the sequence is unchanged. Thread-safe. */
 ampr_status ampr__kv_seq_reserve(ampr__kv_seq *seq, ampr__kv_arena *a, int32_t n_positions,
                                  ampr__err *err);
+/* As above, but when the pages could become free (other sequences hold
+ * them), wait up to wait_ms milliseconds for releases before failing. */
+ampr_status ampr__kv_seq_reserve_wait(ampr__kv_seq *seq, ampr__kv_arena *a, int32_t n_positions,
+                                      int64_t wait_ms, ampr__err *err);
 /* Give every page back; the seq is empty again. NULL-safe, idempotent. */
 void ampr__kv_seq_release(ampr__kv_seq *seq);
 

@@ -1,122 +1,105 @@
 /*
- * quant.c -- the traits table and the reference (scalar) kernels of the
- * floating-point formats F32, F16 and BF16.
+ * quant.c -- the traits tables (one per SIMD level), the run-time choice of
+ * level, and the helpers every format shares.
+ *
+ * The level is chosen once per process (pthread_once): the best of
+ * avx512 > avx2 > scalar the CPU supports, lowered (never raised) by the
+ * environment variable AMPR_SIMD=scalar|avx2|avx512. The scalar kernels are
+ * the reference; the tests run every level the CPU has against them.
  */
-#include "quant.h"
+#include "quant_impl.h"
 
-#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
 
-/* ---- F32 ------------------------------------------------------------------ */
-
-static ampr_status f32_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
-                                ampr__err *err) {
-    float *w = ampr__alloc_array((size_t)(rows * cols), sizeof(float), err);
-    if (!w) return AMPR_ERR_NOMEM;
-    memcpy(w, src, (size_t)(rows * cols) * sizeof(float));
-    d->type = AMPR__Q_F32;
-    d->rows = rows;
-    d->cols = cols;
-    d->data = w;
-    d->data_bytes = (size_t)(rows * cols) * sizeof(float);
-    return AMPR_OK;
+static size_t no_act_bytes(int64_t n, int64_t cols) {
+    (void)n;
+    (void)cols;
+    return 0;
 }
 
-static void f32_dequant_row(const ampr__qmat *m, int64_t row, float *out) {
-    memcpy(out, (const float *)m->data + row * m->cols, (size_t)m->cols * sizeof(float));
-}
+#define ROW(T, NAME, BLOCK, Q, DQ, AB, AP, MM) [T] = {T, NAME, BLOCK, Q, DQ, AB, AP, MM}
 
-static void f32_matmul(const ampr__qmat *w, const float *x, const void *act, int64_t n,
-                       float *y, int64_t ldy, int64_t r0, int64_t r1) {
-    (void)act;
-    const float *W = w->data;
-    for (int64_t i = 0; i < n; i++) {
-        const float *xi = x + i * w->cols;
-        for (int64_t r = r0; r < r1; r++) {
-            const float *wr = W + r * w->cols;
-            float s = 0.0f;
-            for (int64_t c = 0; c < w->cols; c++) s += wr[c] * xi[c];
-            y[i * ldy + r] = s;
-        }
+#define TABLE(SFX)                                                                          \
+    {                                                                                       \
+        ROW(AMPR__Q_F32, "f32", 0, ampr__f32_quantize, ampr__f32_dequant_row, no_act_bytes, \
+            NULL, ampr__f32_matmul_##SFX),                                                  \
+        ROW(AMPR__Q_F16, "fp16", 0, ampr__f16_quantize, ampr__f16_dequant_row,              \
+            no_act_bytes, NULL, ampr__f16_matmul_##SFX),                                    \
+        ROW(AMPR__Q_BF16, "bf16", 0, ampr__bf16_quantize, ampr__bf16_dequant_row,           \
+            no_act_bytes, NULL, ampr__bf16_matmul_##SFX),                                   \
+        ROW(AMPR__Q_INT8, "int8", -1, ampr__int8_quantize, ampr__int8_dequant_row,          \
+            ampr__int8_act_bytes, ampr__int8_act_prepare_##SFX, ampr__int8_matmul_##SFX),   \
+        ROW(AMPR__Q_NF4, "nf4", 64, ampr__nf4_quantize, ampr__nf4_dequant_row,              \
+            no_act_bytes, NULL, ampr__nf4_matmul_##SFX),                                    \
+        ROW(AMPR__Q_NF4_DQ, "nf4dq", 64, ampr__nf4dq_quantize, ampr__nf4_dequant_row,       \
+            no_act_bytes, NULL, ampr__nf4_matmul_##SFX),                                    \
     }
-}
 
-/* ---- F16 and BF16 ----------------------------------------------------------- */
-
-static ampr_status half_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
-                                 ampr__qtype t, ampr__err *err) {
-    size_t n = (size_t)(rows * cols);
-    uint16_t *w = ampr__alloc_array(n, sizeof(uint16_t), err);
-    if (!w) return AMPR_ERR_NOMEM;
-    for (size_t i = 0; i < n; i++)
-        w[i] = t == AMPR__Q_F16 ? ampr__f32_to_fp16(src[i]) : ampr__f32_to_bf16(src[i]);
-    d->type = t;
-    d->rows = rows;
-    d->cols = cols;
-    d->data = w;
-    d->data_bytes = n * sizeof(uint16_t);
-    return AMPR_OK;
-}
-
-static ampr_status f16_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
-                                ampr__err *err) {
-    return half_quantize(d, src, rows, cols, AMPR__Q_F16, err);
-}
-static ampr_status bf16_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
-                                 ampr__err *err) {
-    return half_quantize(d, src, rows, cols, AMPR__Q_BF16, err);
-}
-
-static void f16_dequant_row(const ampr__qmat *m, int64_t row, float *out) {
-    const uint16_t *w = (const uint16_t *)m->data + row * m->cols;
-    for (int64_t c = 0; c < m->cols; c++) out[c] = ampr__fp16_to_f32(w[c]);
-}
-static void bf16_dequant_row(const ampr__qmat *m, int64_t row, float *out) {
-    const uint16_t *w = (const uint16_t *)m->data + row * m->cols;
-    for (int64_t c = 0; c < m->cols; c++) out[c] = ampr__bf16_to_f32(w[c]);
-}
-
-static void half_matmul(const ampr__qmat *w, const float *x, int64_t n, float *y, int64_t ldy,
-                        int64_t r0, int64_t r1) {
-    const uint16_t *W = w->data;
-    int is_bf = w->type == AMPR__Q_BF16;
-    for (int64_t i = 0; i < n; i++) {
-        const float *xi = x + i * w->cols;
-        for (int64_t r = r0; r < r1; r++) {
-            const uint16_t *wr = W + r * w->cols;
-            float s = 0.0f;
-            for (int64_t c = 0; c < w->cols; c++)
-                s += (is_bf ? ampr__bf16_to_f32(wr[c]) : ampr__fp16_to_f32(wr[c])) * xi[c];
-            y[i * ldy + r] = s;
-        }
-    }
-}
-static void f16_matmul(const ampr__qmat *w, const float *x, const void *act, int64_t n, float *y,
-                       int64_t ldy, int64_t r0, int64_t r1) {
-    (void)act;
-    half_matmul(w, x, n, y, ldy, r0, r1);
-}
-
-/* ---- the table ---------------------------------------------------------------- */
-
-static size_t no_act_bytes(int64_t n, int64_t cols) { (void)n; (void)cols; return 0; }
-
-static const ampr__qtraits k_traits[AMPR__Q_COUNT] = {
-    [AMPR__Q_F32] = {AMPR__Q_F32, "f32", 0, f32_quantize, f32_dequant_row, no_act_bytes, NULL,
-                     f32_matmul},
-    [AMPR__Q_F16] = {AMPR__Q_F16, "fp16", 0, f16_quantize, f16_dequant_row, no_act_bytes, NULL,
-                     f16_matmul},
-    [AMPR__Q_BF16] = {AMPR__Q_BF16, "bf16", 0, bf16_quantize, bf16_dequant_row, no_act_bytes,
-                      NULL, f16_matmul},
+static const ampr__qtraits k_traits[AMPR__SIMD_COUNT][AMPR__Q_COUNT] = {
+    [AMPR__SIMD_SCALAR] = TABLE(scalar),
+    [AMPR__SIMD_AVX2] = TABLE(avx2),
+    [AMPR__SIMD_AVX512] = TABLE(avx512),
 };
 
+/* ---- the run-time choice ------------------------------------------------------ */
+
+static ampr__simd g_max = AMPR__SIMD_SCALAR, g_level = AMPR__SIMD_SCALAR;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+static void simd_init(void) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
+    int avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+                 __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                 __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
+    g_max = avx512 ? AMPR__SIMD_AVX512 : avx2 ? AMPR__SIMD_AVX2 : AMPR__SIMD_SCALAR;
+#endif
+    g_level = g_max;
+    const char *env = getenv("AMPR_SIMD");
+    if (env)
+        for (int l = 0; l < AMPR__SIMD_COUNT; l++)
+            if (!strcmp(env, ampr__simd_name((ampr__simd)l)) && l < (int)g_level)
+                g_level = (ampr__simd)l;
+}
+
+ampr__simd ampr__quant_simd(void) {
+    pthread_once(&g_once, simd_init);
+    return g_level;
+}
+
+ampr__simd ampr__quant_simd_max(void) {
+    pthread_once(&g_once, simd_init);
+    return g_max;
+}
+
+const char *ampr__simd_name(ampr__simd level) {
+    switch (level) {
+    case AMPR__SIMD_SCALAR: return "scalar";
+    case AMPR__SIMD_AVX2: return "avx2";
+    case AMPR__SIMD_AVX512: return "avx512";
+    default: return "?";
+    }
+}
+
+const char *ampr__quant_simd_name(void) { return ampr__simd_name(ampr__quant_simd()); }
+
+const ampr__qtraits *ampr__qtraits_get_simd(ampr__qtype t, ampr__simd level) {
+    if ((int)t < 0 || t >= AMPR__Q_COUNT || (int)level < 0 || level > ampr__quant_simd_max())
+        return NULL;
+    return &k_traits[level][t];
+}
+
 const ampr__qtraits *ampr__qtraits_get(ampr__qtype t) {
-    if ((int)t < 0 || t >= AMPR__Q_COUNT || !k_traits[t].quantize) return NULL;
-    return &k_traits[t];
+    return ampr__qtraits_get_simd(t, ampr__quant_simd());
 }
 
 ampr_status ampr__qtype_from_name(const char *name, ampr__qtype *out) {
+    if (!name || !out) return AMPR_ERR_INVALID_ARG;
     for (int t = 0; t < AMPR__Q_COUNT; t++)
-        if (k_traits[t].name && !strcmp(k_traits[t].name, name)) {
+        if (!strcmp(k_traits[0][t].name, name)) {
             *out = (ampr__qtype)t;
             return AMPR_OK;
         }
@@ -134,5 +117,3 @@ void ampr__qmat_free(ampr__qmat *m) {
     ampr__free(m->extra);
     memset(m, 0, sizeof *m);
 }
-
-const char *ampr__quant_simd_name(void) { return "scalar"; }

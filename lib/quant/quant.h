@@ -19,6 +19,26 @@
  *   NF4   bitsandbytes NF4: blocks of 64 weights along the flattened matrix,
  *         one fp32 absmax per block, two 4-bit codes per byte, first element
  *         in the high nibble; weight-only (activations stay fp32).
+ *   NF4_DQ  NF4 with bitsandbytes' double quantization (compress_statistics):
+ *         the per-block absmax values are themselves stored as 8-bit codes of
+ *         bitsandbytes' signed dynamic map, blocks of 256, mean subtracted.
+ *
+ * Exact byte layouts (all little-endian, all arrays dense):
+ *   F32    data = float[rows][cols]
+ *   F16    data = uint16 (IEEE binary16)[rows][cols]
+ *   BF16   data = uint16 (bfloat16)[rows][cols]
+ *   INT8   data = int8[rows][cols], values in [-127, 127];
+ *          scales = float[rows], scale = absmax(row) / 127 (0 for a zero row);
+ *          q = nearbyintf(w * (127 / absmax)), clamped to [-127, 127];
+ *          W[r][c] ~= q[r][c] * scales[r].
+ *   NF4    cols must be a multiple of 64 (else AMPR_ERR_UNSUPPORTED), so every
+ *          row holds whole blocks; block b covers flattened weights
+ *          [64b, 64b + 64); data = uint8[rows*cols/2], byte j holds element 2j
+ *          in bits 7..4 and element 2j+1 in bits 3..0; scales = float[nb]
+ *          (nb = rows*cols/64) absmax per block; W ~= ampr__nf4_code[q] * absmax.
+ *   NF4_DQ data as NF4; scales = NULL; extra = ampr__nf4dq_header, followed by
+ *          float absmax2[nb2] (nb2 = ceil(nb/256)), then uint8 qabsmax[nb]:
+ *          absmax[b] = ampr__dynamic_map()[qabsmax[b]] * absmax2[b/256] + offset.
  */
 #ifndef AMPR_QUANT_H
 #define AMPR_QUANT_H
@@ -31,8 +51,17 @@ typedef enum ampr__qtype {
     AMPR__Q_BF16 = 2,
     AMPR__Q_INT8 = 3,
     AMPR__Q_NF4 = 4,
-    AMPR__Q_COUNT = 5
+    AMPR__Q_NF4_DQ = 5,
+    AMPR__Q_COUNT = 6
 } ampr__qtype;
+
+/* SIMD levels of the kernels, lowest first. */
+typedef enum ampr__simd {
+    AMPR__SIMD_SCALAR = 0, /* portable C: the reference */
+    AMPR__SIMD_AVX2 = 1,   /* AVX2 + FMA + F16C */
+    AMPR__SIMD_AVX512 = 2, /* AVX-512 F/BW/VL/DQ/VNNI (+ the AVX2 set) */
+    AMPR__SIMD_COUNT = 3
+} ampr__simd;
 
 typedef struct ampr__qmat {
     ampr__qtype type;
@@ -63,7 +92,17 @@ typedef struct ampr__qtraits {
                    float *y, int64_t ldy, int64_t r0, int64_t r1);
 } ampr__qtraits;
 
+/* The traits of t at the SIMD level chosen once per process (the best the CPU
+ * has, lowered by the environment variable AMPR_SIMD=scalar|avx2|avx512).
+ * NULL for an unknown t. Thread-safe. */
 const ampr__qtraits *ampr__qtraits_get(ampr__qtype t);
+/* The traits of t at a given level; NULL when the CPU lacks that level (tests
+ * and benchmarks compare every level against AMPR__SIMD_SCALAR). */
+const ampr__qtraits *ampr__qtraits_get_simd(ampr__qtype t, ampr__simd level);
+/* The level ampr__qtraits_get() uses, and the best one this CPU supports. */
+ampr__simd ampr__quant_simd(void);
+ampr__simd ampr__quant_simd_max(void);
+const char *ampr__simd_name(ampr__simd level);
 ampr_status ampr__qtype_from_name(const char *name, ampr__qtype *out);
 /* Bytes resident for m (data + scales + extra). */
 size_t ampr__qmat_bytes(const ampr__qmat *m);
@@ -71,5 +110,54 @@ void ampr__qmat_free(ampr__qmat *m);
 
 /* Which SIMD level the kernels dispatched to ("scalar", "avx2", "avx512"). */
 const char *ampr__quant_simd_name(void);
+
+/* ---- NF4 details (bitsandbytes-compatible) --------------------------------- */
+
+/* The 16 NF4 code values, in bitsandbytes' order (index = 4-bit code). */
+extern const float ampr__nf4_code[16];
+/* The 4-bit code bitsandbytes' decision tree gives x (x already divided by the
+ * block absmax): thresholds halfway between codes, x equal to a threshold goes
+ * to the lower code, NaN to code 0. */
+uint8_t ampr__nf4_encode(float x);
+/* Quantize n fp32 values (blocks of `block` along the array) exactly as
+ * bitsandbytes' quantize_4bit(quant_type="nf4"): absmax[ceil(n/block)],
+ * packed[ceil(n/2)] (high nibble first; a missing last element encodes 0.0).
+ * Each value is multiplied by 1/absmax in fp32 before encoding, as the
+ * bitsandbytes kernel does. */
+void ampr__nf4_quantize_flat(const float *x, size_t n, int64_t block, uint8_t *packed,
+                             float *absmax);
+/* bitsandbytes' create_dynamic_map(signed=True): 256 sorted fp32 values. */
+const float *ampr__dynamic_map(void);
+/* bitsandbytes' quantize_blockwise with the dynamic map: per block of
+ * `block` values an fp32 absmax, each value * (1/absmax) mapped to the nearest
+ * map entry by bitsandbytes' binary search (ties as its kernel does). */
+void ampr__dynamic_quantize(const float *x, size_t n, int64_t block, uint8_t *q,
+                            float *absmax);
+
+/* NF4_DQ: the start of qmat.extra. */
+typedef struct ampr__nf4dq_header {
+    float offset;      /* mean of the block absmax values, subtracted before coding */
+    uint32_t n_blocks; /* nb: NF4 blocks (of 64) */
+    uint32_t n_blocks2;/* nb2: absmax blocks (of 256) */
+    uint32_t reserved;
+} ampr__nf4dq_header;
+/* The fp32 absmax of NF4 block b of m (NF4 or NF4_DQ). */
+float ampr__nf4_block_absmax(const ampr__qmat *m, int64_t b);
+
+/* ---- SmoothQuant hook (INT8) ------------------------------------------------
+ * SmoothQuant moves activation outliers into the weights: with per-input-
+ * channel factors s[c] > 0, X W^T = (X diag(1/s)) (W diag(s))^T exactly in
+ * real arithmetic, and the smoothed activations quantize to int8 with much
+ * less error. Use:
+ *   1. calibrate act_absmax[c] = max |X[:, c]| over sample prompts;
+ *   2. ampr__smooth_factors(act_absmax, W, rows, cols, alpha = 0.5, s);
+ *   3. ampr__smooth_weights(W, rows, cols, s) before INT8 quantize();
+ *   4. at run time divide the activations by s: fold 1/s into the gain of
+ *      the RMSNorm that produces X (free), or call ampr__smooth_act().
+ * All matrices that consume the same X (q/k/v, or gate/up) must share s. */
+void ampr__smooth_factors(const float *act_absmax, const float *w, int64_t rows, int64_t cols,
+                          float alpha, float *s);
+void ampr__smooth_weights(float *w, int64_t rows, int64_t cols, const float *s);
+void ampr__smooth_act(float *x, int64_t n, int64_t cols, const float *s);
 
 #endif

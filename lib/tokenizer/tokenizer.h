@@ -59,6 +59,10 @@ typedef struct ampr__tok_spec {
     int32_t bos_id, eos_id, unk_id, pad_id; /* -1 when absent */
     int add_bos;                 /* default for callers that do not say */
     int add_space_prefix;        /* SPM: prepend one space (add_dummy_prefix) */
+    /* SPM: SentencePiece remove_extra_whitespaces (drop leading and trailing
+     * spaces, collapse runs of spaces to one); GGUF's
+     * tokenizer.ggml.remove_extra_whitespaces. 0 for Llama 2. (Appended field.) */
+    int remove_extra_ws;
 } ampr__tok_spec;
 
 ampr_status ampr__tok_new(const ampr__tok_spec *spec, ampr__tokenizer **out, ampr__err *err);
@@ -88,6 +92,20 @@ int32_t ampr__tok_type(const ampr__tokenizer *tok, int32_t id);
  * gives zero ids (plus BOS). */
 ampr_status ampr__tok_encode(const ampr__tokenizer *tok, const char *text, size_t n,
                              int add_bos, int32_t **ids, size_t *n_ids, ampr__err *err);
+
+/* As ampr__tok_encode with flags. By default (flags 0) the text of added and
+ * special tokens (CONTROL/USER_DEFINED from a spec, added_tokens of a
+ * tokenizer.json; never for a llama2.c vocabulary) is matched literally in the
+ * input and becomes that token, as llama.cpp with parse_special and HF
+ * tokenizers do; AMPR__ENC_NO_SPECIAL treats all text as plain text, as
+ * SentencePiece does. */
+enum {
+    AMPR__ENC_ADD_BOS = 1,
+    AMPR__ENC_NO_SPECIAL = 2,
+    AMPR__ENC_NO_CUT = 4 /* testing: SPM merges each segment whole (same ids, slower) */
+};
+ampr_status ampr__tok_encode_ex(const ampr__tokenizer *tok, const char *text, size_t n,
+                                unsigned flags, int32_t **ids, size_t *n_ids, ampr__err *err);
 
 /* Streaming decoder. Zero-initialise (or ampr__detok_init), then push ids one
  * by one; each push writes the bytes that became complete. */

@@ -1,0 +1,100 @@
+/*
+ * float.c -- the floating-point formats F32, F16 and BF16: conversion from
+ * fp32 and the scalar (reference) kernels. The SIMD kernels are in
+ * kern_avx2.c and kern_avx512.c.
+ */
+#include "quant_impl.h"
+
+ampr_status ampr__f32_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
+                               ampr__err *err) {
+    size_t n = (size_t)rows * (size_t)cols;
+    float *w = ampr__alloc_array(n, sizeof(float), err);
+    if (!w) return AMPR_ERR_NOMEM;
+    memcpy(w, src, n * sizeof(float));
+    d->type = AMPR__Q_F32;
+    d->rows = rows;
+    d->cols = cols;
+    d->data = w;
+    d->data_bytes = n * sizeof(float);
+    return AMPR_OK;
+}
+
+static ampr_status half_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
+                                 ampr__qtype t, ampr__err *err) {
+    size_t n = (size_t)rows * (size_t)cols;
+    uint16_t *w = ampr__alloc_array(n, sizeof(uint16_t), err);
+    if (!w) return AMPR_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++)
+        w[i] = t == AMPR__Q_F16 ? ampr__f32_to_fp16(src[i]) : ampr__f32_to_bf16(src[i]);
+    d->type = t;
+    d->rows = rows;
+    d->cols = cols;
+    d->data = w;
+    d->data_bytes = n * sizeof(uint16_t);
+    return AMPR_OK;
+}
+
+ampr_status ampr__f16_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
+                               ampr__err *err) {
+    return half_quantize(d, src, rows, cols, AMPR__Q_F16, err);
+}
+ampr_status ampr__bf16_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
+                                ampr__err *err) {
+    return half_quantize(d, src, rows, cols, AMPR__Q_BF16, err);
+}
+
+void ampr__f32_dequant_row(const ampr__qmat *m, int64_t row, float *out) {
+    memcpy(out, (const float *)m->data + row * m->cols, (size_t)m->cols * sizeof(float));
+}
+void ampr__f16_dequant_row(const ampr__qmat *m, int64_t row, float *out) {
+    const uint16_t *w = (const uint16_t *)m->data + row * m->cols;
+    for (int64_t c = 0; c < m->cols; c++) out[c] = ampr__fp16_to_f32(w[c]);
+}
+void ampr__bf16_dequant_row(const ampr__qmat *m, int64_t row, float *out) {
+    const uint16_t *w = (const uint16_t *)m->data + row * m->cols;
+    for (int64_t c = 0; c < m->cols; c++) out[c] = ampr__bf16_to_f32(w[c]);
+}
+
+/* The reference kernels accumulate in double so that they are a fixed point
+ * the SIMD kernels (fp32, other summation orders) are compared against. */
+void ampr__f32_matmul_scalar(const ampr__qmat *w, const float *x, const void *act, int64_t n,
+                             float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    const float *W = w->data;
+    for (int64_t i = 0; i < n; i++) {
+        const float *xi = x + i * w->cols;
+        for (int64_t r = r0; r < r1; r++) {
+            const float *wr = W + r * w->cols;
+            double s = 0.0;
+            for (int64_t c = 0; c < w->cols; c++) s += (double)wr[c] * xi[c];
+            y[i * ldy + r] = (float)s;
+        }
+    }
+}
+
+void ampr__f16_matmul_scalar(const ampr__qmat *w, const float *x, const void *act, int64_t n,
+                             float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    const uint16_t *W = w->data;
+    for (int64_t i = 0; i < n; i++) {
+        const float *xi = x + i * w->cols;
+        for (int64_t r = r0; r < r1; r++) {
+            const uint16_t *wr = W + r * w->cols;
+            double s = 0.0;
+            for (int64_t c = 0; c < w->cols; c++) s += (double)ampr__fp16_to_f32(wr[c]) * xi[c];
+            y[i * ldy + r] = (float)s;
+        }
+    }
+}
+
+void ampr__bf16_matmul_scalar(const ampr__qmat *w, const float *x, const void *act, int64_t n,
+                              float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    const uint16_t *W = w->data;
+    for (int64_t i = 0; i < n; i++) {
+        const float *xi = x + i * w->cols;
+        for (int64_t r = r0; r < r1; r++) {
+            const uint16_t *wr = W + r * w->cols;
+            double s = 0.0;
+            for (int64_t c = 0; c < w->cols; c++) s += (double)ampr__bf16_to_f32(wr[c]) * xi[c];
+            y[i * ldy + r] = (float)s;
+        }
+    }
+}

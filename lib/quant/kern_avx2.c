@@ -1,0 +1,269 @@
+/*
+ * kern_avx2.c -- AVX2 + FMA + F16C kernels of every format (compiled with
+ * -mavx2 -mfma -mf16c; only called after quant.c found those on the CPU).
+ *
+ * Every matmul is a register-tiled GEMM: a tile of R weight rows x T tokens
+ * keeps R*T accumulators in registers, so each weight vector (converted or
+ * dequantized once) is used T times and each activation vector R times.
+ * n = 1 (decode) runs the same tiles with T = 1, streaming the weights once.
+ * Tokens go in chunks of TC so the chunk's activations stay in L2 while the
+ * rows sweep over them.
+ */
+#include "quant_impl.h"
+
+#include <immintrin.h>
+#include <math.h>
+
+#define UNROLL _Pragma("GCC unroll 16")
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+INLINE int32_t hsum8i(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* Row-tile / token-tile loop shared by every format. TILE(r, t, R, T) computes
+ * rows r..r+R-1 for tokens t..t+T-1. */
+#define DRIVE(TILE, R, T)                                                         \
+    for (int64_t t0_ = 0; t0_ < n; t0_ += 8 * (T)) {                              \
+        int64_t t1_ = AMPR__MIN(n, t0_ + 8 * (T));                                \
+        int64_t r_ = r0;                                                          \
+        for (; r_ + (R) <= r1; r_ += (R)) {                                       \
+            int64_t t_ = t0_;                                                     \
+            for (; t_ + (T) <= t1_; t_ += (T)) TILE(r_, t_, R, T);                \
+            for (; t_ < t1_; t_++) TILE(r_, t_, R, 1);                            \
+        }                                                                         \
+        for (; r_ < r1; r_++) {                                                   \
+            int64_t t_ = t0_;                                                     \
+            for (; t_ + (T) <= t1_; t_ += (T)) TILE(r_, t_, 1, T);                \
+            for (; t_ < t1_; t_++) TILE(r_, t_, 1, 1);                            \
+        }                                                                         \
+    }
+
+/* ---- F32, F16, BF16 ------------------------------------------------------------ */
+
+INLINE __m256 ld_f32(const float *p) { return _mm256_loadu_ps(p); }
+INLINE __m256 ld_f16(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+INLINE __m256 ld_bf16(const uint16_t *p) {
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+INLINE float one_f32(const float *p) { return *p; }
+INLINE float one_f16(const uint16_t *p) { return ampr__fp16_to_f32(*p); }
+INLINE float one_bf16(const uint16_t *p) { return ampr__bf16_to_f32(*p); }
+
+#define FR 4
+#define FT 3
+#define DEF_FLOAT(FMT, WT)                                                                 \
+    INLINE void tile_##FMT(const WT *w, int64_t K, const float *x, float *y, int64_t ldy,  \
+                           const int R, const int T) {                                     \
+        __m256 acc[FR][FT];                                                                \
+        UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) acc[r][t] =  \
+            _mm256_setzero_ps();                                                           \
+        int64_t c = 0;                                                                     \
+        for (; c + 8 <= K; c += 8) {                                                       \
+            __m256 xv[FT];                                                                 \
+            UNROLL for (int t = 0; t < T; t++) xv[t] = _mm256_loadu_ps(x + t * K + c);     \
+            UNROLL for (int r = 0; r < R; r++) {                                           \
+                __m256 wv = ld_##FMT(w + r * K + c);                                       \
+                UNROLL for (int t = 0; t < T; t++) acc[r][t] =                             \
+                    _mm256_fmadd_ps(wv, xv[t], acc[r][t]);                                 \
+            }                                                                              \
+        }                                                                                  \
+        UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) {            \
+            float s = hsum8(acc[r][t]);                                                    \
+            for (int64_t k = c; k < K; k++) s += one_##FMT(w + r * K + k) * x[t * K + k];  \
+            y[t * ldy + r] = s;                                                            \
+        }                                                                                  \
+    }                                                                                      \
+    void ampr__##FMT##_matmul_avx2(const ampr__qmat *w, const float *x, const void *act,   \
+                                   int64_t n, float *y, int64_t ldy, int64_t r0, int64_t r1) { \
+        const WT *W = w->data;                                                             \
+        int64_t K = w->cols;                                                               \
+        DRIVE(FMT##_TILE, FR, FT)                                                          \
+    }
+
+#define f32_TILE(r, t, R, T) tile_f32(W + (r) * K, K, x + (t) * K, y + (t) * ldy + (r), ldy, R, T)
+#define f16_TILE(r, t, R, T) tile_f16(W + (r) * K, K, x + (t) * K, y + (t) * ldy + (r), ldy, R, T)
+#define bf16_TILE(r, t, R, T) \
+    tile_bf16(W + (r) * K, K, x + (t) * K, y + (t) * ldy + (r), ldy, R, T)
+
+DEF_FLOAT(f32, float)
+DEF_FLOAT(f16, uint16_t)
+DEF_FLOAT(bf16, uint16_t)
+
+/* ---- INT8 -------------------------------------------------------------------------
+ * vpmaddubsw multiplies unsigned by signed bytes; |w| * sign(x, w) = w * x, and
+ * both factors stay within 127 so the pairwise int16 sums cannot saturate. */
+
+#define IR 4
+#define IT 2
+INLINE void tile_int8(const int8_t *w, int64_t K, const int8_t *xq, int64_t kp, const float *ws,
+                      const float *xs, float *y, int64_t ldy, const int R, const int T) {
+    __m256i acc[IR][IT];
+    const __m256i ones = _mm256_set1_epi16(1);
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) acc[r][t] =
+        _mm256_setzero_si256();
+    int64_t c = 0;
+    for (; c + 32 <= K; c += 32) {
+        __m256i xv[IT];
+        UNROLL for (int t = 0; t < T; t++) xv[t] =
+            _mm256_loadu_si256((const __m256i *)(xq + t * kp + c));
+        UNROLL for (int r = 0; r < R; r++) {
+            __m256i wv = _mm256_loadu_si256((const __m256i *)(w + r * K + c));
+            __m256i aw = _mm256_abs_epi8(wv);
+            UNROLL for (int t = 0; t < T; t++) {
+                __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv[t], wv));
+                acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(p, ones));
+            }
+        }
+    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) {
+        int32_t s = hsum8i(acc[r][t]);
+        for (int64_t k = c; k < K; k++) s += (int32_t)w[r * K + k] * xq[t * kp + k];
+        y[t * ldy + r] = (float)s * ws[r] * xs[t];
+    }
+}
+
+void ampr__int8_matmul_avx2(const ampr__qmat *w, const float *x, const void *act, int64_t n,
+                            float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    const int8_t *W = w->data;
+    int64_t K = w->cols, kp = ampr__int8_kp(K);
+    void *a = (void *)act;
+    const float *xs = ampr__int8_act_scale(a);
+    const int8_t *xq = ampr__int8_act_q(a, n);
+#define int8_TILE(r, t, R, T)                                                                 \
+    tile_int8(W + (r) * K, K, xq + (t) * kp, kp, w->scales + (r), xs + (t), y + (t) * ldy + (r), \
+              ldy, R, T)
+    DRIVE(int8_TILE, IR, IT)
+#undef int8_TILE
+}
+
+void ampr__int8_act_prepare_avx2(const float *x, int64_t n, int64_t cols, void *act) {
+    int64_t kp = ampr__int8_kp(cols);
+    float *scale = ampr__int8_act_scale(act);
+    int32_t *sum = ampr__int8_act_sum(act, n);
+    int8_t *q = ampr__int8_act_q(act, n);
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t i = 0; i < n; i++) {
+        const float *xi = x + i * cols;
+        int8_t *qi = q + i * kp;
+        __m256 m = _mm256_setzero_ps();
+        int64_t c = 0;
+        for (; c + 8 <= cols; c += 8) m = _mm256_max_ps(m, _mm256_and_ps(absmask, _mm256_loadu_ps(xi + c)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float amax = _mm_cvtss_f32(m4);
+        for (; c < cols; c++) {
+            float v = xi[c] < 0 ? -xi[c] : xi[c];
+            if (v > amax) amax = v;
+        }
+        float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        __m256 vinv = _mm256_set1_ps(inv);
+        __m256i vs = _mm256_setzero_si256();
+        c = 0;
+        for (; c + 32 <= cols; c += 32) {
+            __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xi + c), vinv));
+            __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xi + c + 8), vinv));
+            __m256i d = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xi + c + 16), vinv));
+            __m256i e = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xi + c + 24), vinv));
+            vs = _mm256_add_epi32(vs, _mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(d, e)));
+            __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(d, e));
+            _mm256_storeu_si256((__m256i *)(qi + c), _mm256_permutevar8x32_epi32(p, perm));
+        }
+        int32_t s = hsum8i(vs);
+        for (; c < cols; c++) {
+            float v = nearbyintf(xi[c] * inv);
+            v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+            qi[c] = (int8_t)v;
+            s += qi[c];
+        }
+        for (; c < kp; c++) qi[c] = 0;
+        scale[i] = amax / 127.0f;
+        sum[i] = s;
+    }
+}
+
+/* ---- NF4 ----------------------------------------------------------------------------
+ * 64 weights (one block) are 32 bytes. Each 4-bit code k becomes the byte
+ * k * 0x11; sign-extended to int32 its low 3 bits pick one of 8 table entries
+ * (vpermps) and its sign bit (bit 3 of k) picks the table of codes 0..7 or
+ * 8..15 (vblendvps). The tables are pre-multiplied by the block's absmax. */
+
+#define NR 4
+#define NT 2
+INLINE void nf4_idx(const uint8_t *p, __m256i *i01, __m256i *i23) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)p);
+    const __m256i m0f = _mm256_set1_epi8(0x0f), mf0 = _mm256_set1_epi8((char)0xf0);
+    __m256i hi = _mm256_or_si256(_mm256_and_si256(v, mf0),
+                                 _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f));
+    __m256i lo = _mm256_or_si256(_mm256_and_si256(v, m0f),
+                                 _mm256_and_si256(_mm256_slli_epi16(v, 4), mf0));
+    /* in 128-bit lanes: unpacklo -> elements 0..15 | 32..47, unpackhi -> 16..31 | 48..63 */
+    __m256i a = _mm256_unpacklo_epi8(hi, lo), b = _mm256_unpackhi_epi8(hi, lo);
+    *i01 = _mm256_permute2x128_si256(a, b, 0x20); /* elements 0..31 */
+    *i23 = _mm256_permute2x128_si256(a, b, 0x31); /* elements 32..63 */
+}
+
+INLINE __m256 nf4_w(__m128i idx8, __m256 lut_lo, __m256 lut_hi) {
+    __m256i k = _mm256_cvtepi8_epi32(idx8);
+    __m256 lo = _mm256_permutevar8x32_ps(lut_lo, k), hi = _mm256_permutevar8x32_ps(lut_hi, k);
+    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(k));
+}
+
+INLINE void tile_nf4(const uint8_t *p, int64_t K, const ampr__nf4_absmax *am, int64_t b0,
+                     const float *x, float *y, int64_t ldy, const int R, const int T) {
+    __m256 acc[NR][NT];
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) acc[r][t] =
+        _mm256_setzero_ps();
+    const __m256 clo = _mm256_loadu_ps(ampr__nf4_code), chi = _mm256_loadu_ps(ampr__nf4_code + 8);
+    int64_t nbr = K / 64; /* blocks per row */
+    for (int64_t kb = 0; kb < nbr; kb++) {
+        __m256 llo[NR], lhi[NR];
+        __m256i ia[NR], ib[NR];
+        UNROLL for (int r = 0; r < R; r++) {
+            __m256 a = _mm256_set1_ps(ampr__nf4_absmax_at(am, b0 + r * nbr + kb));
+            llo[r] = _mm256_mul_ps(clo, a);
+            lhi[r] = _mm256_mul_ps(chi, a);
+            nf4_idx(p + r * K / 2 + kb * 32, &ia[r], &ib[r]);
+        }
+        const float *xb = x + kb * 64;
+        UNROLL for (int j = 0; j < 8; j++) {
+            UNROLL for (int r = 0; r < R; r++) {
+                __m256i src = j < 4 ? ia[r] : ib[r];
+                __m128i half = (j & 2) ? _mm256_extracti128_si256(src, 1) : _mm256_castsi256_si128(src);
+                if (j & 1) half = _mm_srli_si128(half, 8);
+                __m256 wv = nf4_w(half, llo[r], lhi[r]);
+                UNROLL for (int t = 0; t < T; t++) acc[r][t] =
+                    _mm256_fmadd_ps(wv, _mm256_loadu_ps(xb + t * K + j * 8), acc[r][t]);
+            }
+        }
+    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) y[t * ldy + r] =
+        hsum8(acc[r][t]);
+}
+
+void ampr__nf4_matmul_avx2(const ampr__qmat *w, const float *x, const void *act, int64_t n,
+                           float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    ampr__nf4_absmax am;
+    ampr__nf4_absmax_view(w, &am);
+    const uint8_t *P = w->data;
+    int64_t K = w->cols;
+#define nf4_TILE(r, t, R, T) \
+    tile_nf4(P + (r) * K / 2, K, &am, (r) * (K / 64), x + (t) * K, y + (t) * ldy + (r), ldy, R, T)
+    DRIVE(nf4_TILE, NR, NT)
+#undef nf4_TILE
+}

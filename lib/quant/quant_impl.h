@@ -1,0 +1,73 @@
+/*
+ * quant_impl.h -- what the files of lib/quant share and nobody else sees: the
+ * kernels of every SIMD level (one set per level, gathered into tables in
+ * quant.c) and the layout of INT8 prepared activations.
+ */
+#ifndef AMPR_QUANT_IMPL_H
+#define AMPR_QUANT_IMPL_H
+
+#include "quant.h"
+
+typedef void ampr__matmul_fn(const ampr__qmat *w, const float *x, const void *act, int64_t n,
+                             float *y, int64_t ldy, int64_t r0, int64_t r1);
+typedef void ampr__act_prepare_fn(const float *x, int64_t n, int64_t cols, void *act);
+
+/* Scalar (reference) kernels and format functions. */
+ampr_status ampr__f32_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
+                               ampr__err *err);
+ampr_status ampr__f16_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
+                               ampr__err *err);
+ampr_status ampr__bf16_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
+                                ampr__err *err);
+ampr_status ampr__int8_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
+                                ampr__err *err);
+ampr_status ampr__nf4_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
+                               ampr__err *err);
+ampr_status ampr__nf4dq_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
+                                 ampr__err *err);
+void ampr__f32_dequant_row(const ampr__qmat *m, int64_t row, float *out);
+void ampr__f16_dequant_row(const ampr__qmat *m, int64_t row, float *out);
+void ampr__bf16_dequant_row(const ampr__qmat *m, int64_t row, float *out);
+void ampr__int8_dequant_row(const ampr__qmat *m, int64_t row, float *out);
+void ampr__nf4_dequant_row(const ampr__qmat *m, int64_t row, float *out);
+size_t ampr__int8_act_bytes(int64_t n, int64_t cols);
+ampr__act_prepare_fn ampr__int8_act_prepare_scalar, ampr__int8_act_prepare_avx2,
+    ampr__int8_act_prepare_avx512;
+
+ampr__matmul_fn ampr__f32_matmul_scalar, ampr__f16_matmul_scalar, ampr__bf16_matmul_scalar,
+    ampr__int8_matmul_scalar, ampr__nf4_matmul_scalar;
+ampr__matmul_fn ampr__f32_matmul_avx2, ampr__f16_matmul_avx2, ampr__bf16_matmul_avx2,
+    ampr__int8_matmul_avx2, ampr__nf4_matmul_avx2;
+ampr__matmul_fn ampr__f32_matmul_avx512, ampr__f16_matmul_avx512, ampr__bf16_matmul_avx512,
+    ampr__int8_matmul_avx512, ampr__nf4_matmul_avx512;
+
+/* INT8 prepared activations for n tokens of `cols` values:
+ *   float  scale[n]      absmax/127 of each token (0 for a zero token)
+ *   int32  sum[n]        sum of the token's int8 values (for the VNNI offset)
+ *   int8   q[n][kp]      kp = cols rounded up to 64, zero padded
+ */
+static inline int64_t ampr__int8_kp(int64_t cols) { return (cols + 63) & ~(int64_t)63; }
+static inline float *ampr__int8_act_scale(void *act) { return act; }
+static inline int32_t *ampr__int8_act_sum(void *act, int64_t n) {
+    return (int32_t *)((char *)act + (size_t)n * sizeof(float));
+}
+static inline int8_t *ampr__int8_act_q(void *act, int64_t n) {
+    return (int8_t *)((char *)act + (size_t)n * (sizeof(float) + sizeof(int32_t)));
+}
+
+/* NF4 / NF4_DQ absmax access for kernels: either a plain array, or the double
+ * quantized form. */
+typedef struct ampr__nf4_absmax {
+    const float *plain;   /* NF4: scales */
+    const float *absmax2; /* NF4_DQ */
+    const uint8_t *q;     /* NF4_DQ */
+    const float *map;     /* NF4_DQ: the dynamic map */
+    float offset;
+} ampr__nf4_absmax;
+void ampr__nf4_absmax_view(const ampr__qmat *m, ampr__nf4_absmax *v);
+static inline float ampr__nf4_absmax_at(const ampr__nf4_absmax *v, int64_t b) {
+    if (v->plain) return v->plain[b];
+    return v->map[v->q[b]] * v->absmax2[b >> 8] + v->offset;
+}
+
+#endif

@@ -1,0 +1,147 @@
+/*
+ * bench_quant.c -- microbenchmark of the matmul kernels: per format and SIMD
+ * level, decode GEMV (n = 1) in GB/s of weight bytes read and prefill GEMM
+ * (n tokens) in GFLOP/s, at the TinyLlama-1.1B shapes, on 1 thread and on 2
+ * threads splitting the rows (as the forward pass does).
+ *
+ *   bench_quant [n_tokens (64)] [seconds per case (0.25)]
+ *
+ * The GEMV cycles through enough copies of the matrix (>= 160 MB) that the
+ * weights come from DRAM, not the 32 MB L3. INT8 times include act_prepare.
+ */
+#define _GNU_SOURCE
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "quant/quant.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+typedef struct job {
+    const ampr__qtraits *tr;
+    const ampr__qmat *w;
+    const float *x;
+    const void *act;
+    int64_t n;
+    float *y;
+    int64_t r0, r1;
+} job;
+
+static pthread_barrier_t g_bar;
+static job g_job2; /* the second thread's half */
+static volatile int g_quit;
+
+static void *worker(void *arg) {
+    (void)arg;
+    for (;;) {
+        pthread_barrier_wait(&g_bar);
+        if (g_quit) return NULL;
+        job *j = &g_job2;
+        j->tr->matmul(j->w, j->x, j->act, j->n, j->y, j->w->rows, j->r0, j->r1);
+        pthread_barrier_wait(&g_bar);
+    }
+}
+
+/* One matmul with `threads` threads (the caller is one of them). */
+static void matmul(const ampr__qtraits *tr, const ampr__qmat *w, const float *x, void *act,
+                   int64_t n, float *y, int threads) {
+    if (tr->act_prepare) tr->act_prepare(x, n, w->cols, act);
+    if (threads == 1) {
+        tr->matmul(w, x, act, n, y, w->rows, 0, w->rows);
+        return;
+    }
+    int64_t mid = (w->rows / 2 + 3) & ~(int64_t)3;
+    g_job2 = (job){tr, w, x, act, n, y, mid, w->rows};
+    pthread_barrier_wait(&g_bar);
+    tr->matmul(w, x, act, n, y, w->rows, 0, mid);
+    pthread_barrier_wait(&g_bar);
+}
+
+static void copy_qmat(ampr__qmat *d, const ampr__qmat *s) {
+    *d = *s;
+    d->data = malloc(s->data_bytes);
+    memcpy(d->data, s->data, s->data_bytes);
+    if (s->scales) {
+        d->scales = malloc(s->n_scales * sizeof(float));
+        memcpy(d->scales, s->scales, s->n_scales * sizeof(float));
+    }
+    if (s->extra) {
+        d->extra = malloc(s->extra_bytes);
+        memcpy(d->extra, s->extra, s->extra_bytes);
+    }
+}
+
+int main(int argc, char **argv) {
+    int64_t ntok = argc > 1 ? atoll(argv[1]) : 64;
+    double secs = argc > 2 ? atof(argv[2]) : 0.25;
+    static const int64_t shapes[][2] = {{2048, 2048}, {8192, 2048}, {2048, 8192}};
+    pthread_t th;
+    pthread_barrier_init(&g_bar, NULL, 2);
+    pthread_create(&th, NULL, worker, NULL);
+    printf("cpu max simd: %s; GEMV = n 1 (GB/s of weights), GEMM = n %lld (GFLOP/s)\n",
+           ampr__simd_name(ampr__quant_simd_max()), (long long)ntok);
+    printf("%-6s %-7s %-11s %10s %10s %10s %10s\n", "format", "simd", "rows x cols", "GEMV 1T",
+           "GEMV 2T", "GEMM 1T", "GEMM 2T");
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int64_t rows = shapes[s][0], cols = shapes[s][1];
+        float *src = malloc((size_t)(rows * cols) * sizeof(float));
+        for (int64_t i = 0; i < rows * cols; i++) src[i] = (float)sin((double)i * 0.7) * 0.05f;
+        float *x = malloc((size_t)(ntok * cols) * sizeof(float));
+        for (int64_t i = 0; i < ntok * cols; i++) x[i] = (float)cos((double)i * 0.3);
+        float *y = malloc((size_t)(ntok * rows) * sizeof(float));
+        for (int t = 0; t < AMPR__Q_COUNT; t++) {
+            ampr__qmat q = {0};
+            ampr__err err = {0};
+            if (ampr__qtraits_get((ampr__qtype)t)->quantize(&q, src, rows, cols, &err)) continue;
+            size_t bytes = ampr__qmat_bytes(&q);
+            int ncopies = (int)((160u << 20) / bytes) + 1;
+            if (ncopies > 64) ncopies = 64;
+            ampr__qmat *cp = calloc((size_t)ncopies, sizeof *cp);
+            cp[0] = q;
+            for (int c = 1; c < ncopies; c++) copy_qmat(&cp[c], &q);
+            for (int l = 0; l <= (int)ampr__quant_simd_max(); l++) {
+                const ampr__qtraits *tr = ampr__qtraits_get_simd((ampr__qtype)t, (ampr__simd)l);
+                size_t ab = tr->act_bytes(ntok, cols);
+                void *act = ab ? malloc(ab) : NULL;
+                double res[4];
+                for (int k = 0; k < 4; k++) {
+                    int gemm = k >= 2, threads = (k & 1) + 1;
+                    int64_t n = gemm ? ntok : 1;
+                    double t0 = now_s(), el;
+                    long reps = 0;
+                    do {
+                        const ampr__qmat *w = &cp[gemm ? 0 : reps % ncopies];
+                        matmul(tr, w, x, act, n, y, threads);
+                        reps++;
+                        el = now_s() - t0;
+                    } while (el < secs);
+                    res[k] = gemm ? 2.0 * (double)rows * (double)cols * (double)n * (double)reps / el / 1e9
+                                  : (double)bytes * (double)reps / el / 1e9;
+                }
+                printf("%-6s %-7s %5lldx%-5lld %10.2f %10.2f %10.2f %10.2f\n", tr->name,
+                       ampr__simd_name((ampr__simd)l), (long long)rows, (long long)cols, res[0],
+                       res[1], res[2], res[3]);
+                fflush(stdout);
+                free(act);
+            }
+            for (int c = 0; c < ncopies; c++) ampr__qmat_free(&cp[c]);
+            free(cp);
+        }
+        free(src);
+        free(x);
+        free(y);
+    }
+    g_quit = 1;
+    pthread_barrier_wait(&g_bar);
+    pthread_join(th, NULL);
+    pthread_barrier_destroy(&g_bar);
+    return 0;
+}

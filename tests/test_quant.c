@@ -1,0 +1,489 @@
+/*
+ * test_quant.c -- the weight formats: bitsandbytes-exact NF4 (hand-checked
+ * bytes), double quantization, INT8 round trips, every SIMD level the CPU has
+ * against the scalar reference, SmoothQuant, and a per-row vs per-group
+ * INT8 error report.
+ */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "quant/quant.h"
+
+/* ---- helpers ----------------------------------------------------------------- */
+
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+static double urand(void) { /* xorshift64*, in (0, 1) */
+    g_rng ^= g_rng >> 12;
+    g_rng ^= g_rng << 25;
+    g_rng ^= g_rng >> 27;
+    return ((double)((g_rng * 2685821657736338717ull) >> 11) + 0.5) / 9007199254740992.0;
+}
+static float nrand(void) { return (float)(sqrt(-2.0 * log(urand())) * cos(6.283185307179586 * urand())); }
+/* heavy tailed: Student t with 3 degrees of freedom */
+static float trand(void) {
+    double c = 0;
+    for (int i = 0; i < 3; i++) { double g = nrand(); c += g * g; }
+    return (float)(nrand() / sqrt(c / 3.0));
+}
+static float *rand_mat(int64_t n, int heavy, float scale) {
+    float *m = malloc((size_t)n * sizeof(float));
+    for (int64_t i = 0; i < n; i++) m[i] = (heavy ? trand() : nrand()) * scale;
+    return m;
+}
+
+static void quantize_or_fail(ampr__qtype t, const float *w, int64_t rows, int64_t cols,
+                             ampr__qmat *q) {
+    memset(q, 0, sizeof *q);
+    ampr__err err = {0};
+    const ampr__qtraits *tr = ampr__qtraits_get_simd(t, AMPR__SIMD_SCALAR);
+    assert_non_null(tr);
+    assert_int_equal(tr->quantize(q, w, rows, cols, &err), AMPR_OK);
+}
+
+/* Run one level's kernels: y (n x ldy). */
+static void run_matmul(const ampr__qtraits *tr, const ampr__qmat *q, const float *x, int64_t n,
+                       float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    size_t ab = tr->act_bytes(n, q->cols);
+    void *act = ab ? malloc(ab) : NULL;
+    if (tr->act_prepare) tr->act_prepare(x, n, q->cols, act);
+    tr->matmul(q, x, act, n, y, ldy, r0, r1);
+    free(act);
+}
+
+/* ---- NF4: the format, byte by byte --------------------------------------------- */
+
+static void test_nf4_code_table(void **state) {
+    (void)state;
+    static const double want[16] = {
+        -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+        -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+        0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+        0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0};
+    for (int i = 0; i < 16; i++) {
+        assert_true(ampr__nf4_code[i] == (float)want[i]);
+        assert_int_equal(ampr__nf4_encode(ampr__nf4_code[i]), i);
+    }
+    /* bitsandbytes' decision thresholds (fp32 literals of its kernel): the
+     * threshold itself goes to the lower code, the next float up to the upper */
+    static const float mid[15] = {
+        -0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f,
+        -0.33967943489551544f, -0.23460740596055984f, -0.13791173323988914f,
+        -0.045525018125772476f, 0.03979014977812767f, 0.1202552504837513f,
+        0.2035212516784668f, 0.2920137718319893f, 0.3893125355243683f,
+        0.5016634166240692f, 0.6427869200706482f, 0.8614784181118011f};
+    for (int i = 0; i < 15; i++) {
+        assert_true(fabs(mid[i] - (want[i] + want[i + 1]) / 2.0) < 1e-7);
+        assert_int_equal(ampr__nf4_encode(mid[i]), i);
+        assert_int_equal(ampr__nf4_encode(nextafterf(mid[i], 2.0f)), i + 1);
+        assert_int_equal(ampr__nf4_encode(nextafterf(mid[i], -2.0f)), i);
+    }
+    assert_int_equal(ampr__nf4_encode(-0.0f), 7);
+    assert_int_equal(ampr__nf4_encode(NAN), 0);
+}
+
+static void test_nf4_hand_vector(void **state) {
+    (void)state;
+    /* One block, absmax 2.0 (a power of two: x * (1/absmax) is exact). */
+    static const float mid[15] = {
+        -0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f,
+        -0.33967943489551544f, -0.23460740596055984f, -0.13791173323988914f,
+        -0.045525018125772476f, 0.03979014977812767f, 0.1202552504837513f,
+        0.2035212516784668f, 0.2920137718319893f, 0.3893125355243683f,
+        0.5016634166240692f, 0.6427869200706482f, 0.8614784181118011f};
+    float x[64];
+    for (int i = 0; i < 16; i++) x[i] = 2.0f * ampr__nf4_code[i]; /* codes 0..15 */
+    for (int i = 0; i < 15; i++) x[16 + i] = 2.0f * mid[i];       /* ties: codes 0..14 */
+    x[31] = 1.9f;                                                 /* 0.95 -> 15 */
+    x[32] = 0.2f;   /* 0.1: between 0.0796 and 0.1609, below their midpoint 0.1203 -> 8 */
+    x[33] = -1.9f;  /* -0.95 -> 0 */
+    x[34] = -0.0f;  /* -> 7 */
+    x[35] = 1e-30f; /* -> 7 */
+    x[36] = 0.25f;  /* 0.125 > 0.1203 -> 9 */
+    x[37] = -0.7f;  /* -0.35 <= -0.3397 -> 3 */
+    for (int i = 38; i < 64; i++) x[i] = 0.0f;
+    static const uint8_t want[32] = {
+        0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, /* exact codes, high nibble first */
+        0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, /* ties to the lower code */
+        0x80, 0x77, 0x93, 0x77, 0x77, 0x77, 0x77, 0x77,
+        0x77, 0x77, 0x77, 0x77, 0x77, 0x77, 0x77, 0x77};
+    uint8_t packed[32];
+    float absmax[1];
+    ampr__nf4_quantize_flat(x, 64, 64, packed, absmax);
+    assert_true(absmax[0] == 2.0f);
+    assert_memory_equal(packed, want, 32);
+
+    /* The same block as a 1 x 64 NF4 matrix: same bytes, dequantized codes. */
+    ampr__qmat q;
+    quantize_or_fail(AMPR__Q_NF4, x, 1, 64, &q);
+    assert_int_equal(q.data_bytes, 32);
+    assert_int_equal(q.n_scales, 1);
+    assert_memory_equal(q.data, want, 32);
+    float row[64];
+    ampr__qtraits_get(AMPR__Q_NF4)->dequant_row(&q, 0, row);
+    assert_true(row[1] == 2.0f * ampr__nf4_code[1]);
+    assert_true(row[16] == -2.0f && row[30] == 2.0f * ampr__nf4_code[14]);
+    ampr__qmat_free(&q);
+
+    /* Odd length: the missing last element encodes 0.0 (code 7); an all-zero
+     * block has absmax 0 and every weight reads back as 0. */
+    float y3[67];
+    for (int i = 0; i < 64; i++) y3[i] = 0.0f;
+    y3[64] = 1.0f; y3[65] = -1.0f; y3[66] = 0.5f;
+    uint8_t p3[34];
+    float a3[2];
+    ampr__nf4_quantize_flat(y3, 67, 64, p3, a3);
+    assert_true(a3[0] == 0.0f && a3[1] == 1.0f);
+    assert_int_equal(p3[32], 0xf0);
+    assert_int_equal(p3[33], 0xc7); /* 0.5 -> 12: below the 12/13 threshold 0.50166 */
+    for (int i = 0; i < 32; i++) assert_true(ampr__nf4_code[p3[i] >> 4] * a3[0] == 0.0f);
+}
+
+static void test_nf4_unsupported_cols(void **state) {
+    (void)state;
+    float w[100] = {0};
+    ampr__qmat q = {0};
+    ampr__err err = {0};
+    assert_int_equal(ampr__qtraits_get(AMPR__Q_NF4)->quantize(&q, w, 1, 100, &err),
+                     AMPR_ERR_UNSUPPORTED);
+    assert_int_equal(ampr__qtraits_get(AMPR__Q_NF4_DQ)->quantize(&q, w, 1, 100, &err),
+                     AMPR_ERR_UNSUPPORTED);
+    assert_null(q.data);
+}
+
+static void test_nf4_roundtrip(void **state) {
+    (void)state;
+    int64_t rows = 37, cols = 192;
+    float *w = rand_mat(rows * cols, 1, 0.02f);
+    ampr__qmat q;
+    quantize_or_fail(AMPR__Q_NF4, w, rows, cols, &q);
+    assert_int_equal(ampr__qmat_bytes(&q), (size_t)(rows * cols / 2 + rows * cols / 64 * 4));
+    float *row = malloc((size_t)cols * sizeof(float));
+    float half_gap = 0; /* half the largest gap between codes (between -1 and -0.696) */
+    for (int i = 0; i < 15; i++)
+        half_gap = fmaxf(half_gap, (ampr__nf4_code[i + 1] - ampr__nf4_code[i]) / 2.0f);
+    for (int64_t r = 0; r < rows; r++) {
+        ampr__qtraits_get(AMPR__Q_NF4)->dequant_row(&q, r, row);
+        for (int64_t c = 0; c < cols; c++) {
+            float a = q.scales[(r * cols + c) / 64];
+            assert_true(fabsf(row[c] - w[r * cols + c]) <= half_gap * a * 1.0001f);
+        }
+    }
+    free(row);
+    free(w);
+    ampr__qmat_free(&q);
+}
+
+/* ---- double quantization ------------------------------------------------------------- */
+
+static void test_dynamic_map(void **state) {
+    (void)state;
+    const float *m = ampr__dynamic_map();
+    int zeros = 0;
+    for (int i = 0; i < 256; i++) zeros += m[i] == 0.0f;
+    for (int i = 1; i < 256; i++) assert_true(m[i - 1] < m[i]);
+    assert_int_equal(zeros, 1);
+    assert_true(m[255] == 1.0f);
+    assert_true(m[127] == 0.0f);       /* 127 negatives below 0 */
+    assert_true(fabsf(m[128] - 5.5e-7f) < 1e-12f); /* 1e-6 * (0.1 + 1) / 2 */
+    assert_true(fabsf(m[0] + 0.99296875f) < 1e-6f); /* -(1 - 0.9/64/2) */
+    /* a map entry encodes to itself */
+    uint8_t q[256];
+    float a;
+    float v[256];
+    memcpy(v, m, sizeof v);
+    ampr__dynamic_quantize(v, 256, 256, q, &a);
+    assert_true(a == 1.0f);
+    for (int i = 0; i < 256; i++) assert_int_equal(q[i], i);
+}
+
+static void test_nf4_double_quant(void **state) {
+    (void)state;
+    int64_t rows = 300, cols = 128; /* 600 blocks: 3 absmax blocks, the last partial */
+    float *w = rand_mat(rows * cols, 1, 0.05f);
+    ampr__qmat q, p;
+    quantize_or_fail(AMPR__Q_NF4_DQ, w, rows, cols, &q);
+    quantize_or_fail(AMPR__Q_NF4, w, rows, cols, &p);
+    assert_int_equal(q.type, AMPR__Q_NF4_DQ);
+    assert_memory_equal(q.data, p.data, p.data_bytes); /* the same codes */
+    ampr__nf4dq_header h;
+    memcpy(&h, q.extra, sizeof h);
+    assert_int_equal(h.n_blocks, 600);
+    assert_int_equal(h.n_blocks2, 3);
+    assert_int_equal(q.extra_bytes, sizeof h + 3 * 4 + 600);
+    double mean = 0;
+    for (int b = 0; b < 600; b++) mean += p.scales[b];
+    mean /= 600;
+    assert_true(fabs(h.offset - mean) < 1e-6 * mean);
+    const float *a2 = (const float *)((const char *)q.extra + sizeof h);
+    /* the dynamic map's largest gap is 0.9/64 (top decade): half of it bounds the error */
+    for (int b = 0; b < 600; b++) {
+        float got = ampr__nf4_block_absmax(&q, b);
+        float bound = 0.9f / 64.0f / 2.0f * a2[b / 256] * 1.001f + 1e-7f;
+        assert_true(fabsf(got - p.scales[b]) <= bound);
+    }
+    assert_true(ampr__qmat_bytes(&q) < ampr__qmat_bytes(&p));
+    free(w);
+    ampr__qmat_free(&q);
+    ampr__qmat_free(&p);
+}
+
+/* ---- INT8 ------------------------------------------------------------------------------ */
+
+static void test_int8_roundtrip(void **state) {
+    (void)state;
+    int64_t rows = 19, cols = 77;
+    float *w = rand_mat(rows * cols, 1, 0.1f);
+    for (int64_t c = 0; c < cols; c++) w[3 * cols + c] = 0.0f; /* a zero row */
+    ampr__qmat q;
+    quantize_or_fail(AMPR__Q_INT8, w, rows, cols, &q);
+    assert_int_equal(q.n_scales, rows);
+    float *row = malloc((size_t)cols * sizeof(float));
+    for (int64_t r = 0; r < rows; r++) {
+        float amax = 0;
+        for (int64_t c = 0; c < cols; c++) amax = fmaxf(amax, fabsf(w[r * cols + c]));
+        assert_true(q.scales[r] == amax / 127.0f);
+        ampr__qtraits_get(AMPR__Q_INT8)->dequant_row(&q, r, row);
+        for (int64_t c = 0; c < cols; c++) {
+            int8_t v = ((const int8_t *)q.data)[r * cols + c];
+            assert_true(v != -128);
+            assert_true(fabsf(row[c] - w[r * cols + c]) <= q.scales[r] * 0.5001f);
+        }
+    }
+    free(row);
+    free(w);
+    ampr__qmat_free(&q);
+}
+
+static void test_int8_act_prepare_levels(void **state) {
+    (void)state;
+    int64_t n = 5, cols = 131;
+    float *x = rand_mat(n * cols, 1, 3.0f);
+    const ampr__qtraits *ref = ampr__qtraits_get_simd(AMPR__Q_INT8, AMPR__SIMD_SCALAR);
+    size_t ab = ref->act_bytes(n, cols);
+    assert_int_equal(ab, (size_t)n * (8 + 192));
+    unsigned char *a0 = malloc(ab), *a1 = malloc(ab);
+    ref->act_prepare(x, n, cols, a0);
+    for (int l = 1; l <= (int)ampr__quant_simd_max(); l++) {
+        const ampr__qtraits *tr = ampr__qtraits_get_simd(AMPR__Q_INT8, (ampr__simd)l);
+        memset(a1, 0x55, ab);
+        tr->act_prepare(x, n, cols, a1);
+        assert_memory_equal(a0, a1, ab);
+    }
+    free(a0);
+    free(a1);
+    free(x);
+}
+
+/* ---- every level against the scalar reference --------------------------------------------- */
+
+static void check_level(ampr__qtype t, ampr__simd level, int64_t rows, int64_t cols, int64_t n) {
+    float *w = rand_mat(rows * cols, 0, 0.05f);
+    float *x = rand_mat(n * cols, 1, 1.0f);
+    ampr__qmat q;
+    quantize_or_fail(t, w, rows, cols, &q);
+    const ampr__qtraits *ref = ampr__qtraits_get_simd(t, AMPR__SIMD_SCALAR);
+    const ampr__qtraits *tr = ampr__qtraits_get_simd(t, level);
+    assert_non_null(tr);
+    int64_t ldy = rows + 3;
+    float *y0 = malloc((size_t)(n * ldy) * sizeof(float));
+    float *y1 = malloc((size_t)(n * ldy) * sizeof(float));
+    for (int64_t i = 0; i < n * ldy; i++) y0[i] = y1[i] = -777.0f;
+    run_matmul(ref, &q, x, n, y0, ldy, 0, rows);
+    /* split the rows as threads would: [0, m) and [m, rows) */
+    int64_t m = rows / 3;
+    run_matmul(tr, &q, x, n, y1, ldy, 0, m);
+    run_matmul(tr, &q, x, n, y1, ldy, m, rows);
+    /* tolerance relative to sum |w x| (the dequantized w: the formats agree exactly on it) */
+    float *row = malloc((size_t)cols * sizeof(float));
+    for (int64_t r = 0; r < rows; r++) {
+        ref->dequant_row(&q, r, row);
+        for (int64_t i = 0; i < n; i++) {
+            double mag = 0;
+            for (int64_t c = 0; c < cols; c++) mag += fabs((double)row[c] * x[i * cols + c]);
+            double tol = 2e-6 * mag + 1e-7 * (double)cols / 64.0 + 1e-30;
+            double d = fabs((double)y0[i * ldy + r] - y1[i * ldy + r]);
+            if (!(d <= tol))
+                fail_msg("%s %s %lldx%lld n=%lld: y[%lld][%lld] %g vs %g", ref->name,
+                         ampr__simd_name(level), (long long)rows, (long long)cols, (long long)n,
+                         (long long)i, (long long)r, y1[i * ldy + r], y0[i * ldy + r]);
+        }
+    }
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t r = rows; r < ldy; r++) assert_true(y1[i * ldy + r] == -777.0f);
+    free(row);
+    free(y0);
+    free(y1);
+    free(w);
+    free(x);
+    ampr__qmat_free(&q);
+}
+
+static void test_levels_match_scalar(void **state) {
+    (void)state;
+    static const int64_t rows_v[] = {1, 3, 5, 13, 64, 67};
+    static const int64_t cols_any[] = {1, 7, 16, 33, 64, 100, 130, 257};
+    static const int64_t cols_64[] = {64, 128, 320};
+    static const int64_t n_v[] = {1, 3, 17, 50};
+    for (int l = 1; l <= (int)ampr__quant_simd_max(); l++)
+        for (int t = 0; t < AMPR__Q_COUNT; t++) {
+            int nf4 = t == AMPR__Q_NF4 || t == AMPR__Q_NF4_DQ;
+            const int64_t *cv = nf4 ? cols_64 : cols_any;
+            size_t nc = nf4 ? AMPR__ARRAY_LEN(cols_64) : AMPR__ARRAY_LEN(cols_any);
+            for (size_t a = 0; a < AMPR__ARRAY_LEN(rows_v); a++)
+                for (size_t b = 0; b < nc; b++)
+                    for (size_t c = 0; c < AMPR__ARRAY_LEN(n_v); c++)
+                        check_level((ampr__qtype)t, (ampr__simd)l, rows_v[a], cv[b], n_v[c]);
+        }
+}
+
+/* The scalar kernels against a plain fp64 product of the dequantized weights. */
+static void test_scalar_matches_dequant(void **state) {
+    (void)state;
+    int64_t rows = 9, cols = 128, n = 4;
+    float *w = rand_mat(rows * cols, 0, 0.05f);
+    float *x = rand_mat(n * cols, 0, 1.0f);
+    for (int t = 0; t < AMPR__Q_COUNT; t++) {
+        ampr__qmat q;
+        quantize_or_fail((ampr__qtype)t, w, rows, cols, &q);
+        const ampr__qtraits *tr = ampr__qtraits_get_simd((ampr__qtype)t, AMPR__SIMD_SCALAR);
+        float y[36], row[128];
+        run_matmul(tr, &q, x, n, y, rows, 0, rows);
+        for (int64_t r = 0; r < rows; r++) {
+            tr->dequant_row(&q, r, row);
+            for (int64_t i = 0; i < n; i++) {
+                double s = 0, mag = 0, e = 0;
+                for (int64_t c = 0; c < cols; c++) {
+                    s += (double)row[c] * x[i * cols + c];
+                    mag += fabs((double)row[c] * x[i * cols + c]);
+                }
+                /* INT8 also rounds the activations: up to half a step each */
+                if (t == AMPR__Q_INT8) {
+                    float amax = 0;
+                    for (int64_t c = 0; c < cols; c++) amax = fmaxf(amax, fabsf(x[i * cols + c]));
+                    for (int64_t c = 0; c < cols; c++) e += fabs(row[c]) * amax / 127.0 / 2.0;
+                }
+                assert_true(fabs(s - y[i * rows + r]) <= 1e-5 * mag + e + 1e-6);
+            }
+        }
+        ampr__qmat_free(&q);
+    }
+    free(w);
+    free(x);
+}
+
+static void test_names_and_dispatch(void **state) {
+    (void)state;
+    ampr__qtype t;
+    assert_int_equal(ampr__qtype_from_name("nf4dq", &t), AMPR_OK);
+    assert_int_equal(t, AMPR__Q_NF4_DQ);
+    assert_int_equal(ampr__qtype_from_name("int8", &t), AMPR_OK);
+    assert_int_equal(ampr__qtype_from_name("int3", &t), AMPR_ERR_INVALID_ARG);
+    assert_null(ampr__qtraits_get(AMPR__Q_COUNT));
+    assert_null(ampr__qtraits_get_simd(AMPR__Q_F16, AMPR__SIMD_COUNT));
+    const char *s = ampr__quant_simd_name();
+    assert_true(!strcmp(s, "scalar") || !strcmp(s, "avx2") || !strcmp(s, "avx512"));
+    assert_true(ampr__quant_simd() <= ampr__quant_simd_max());
+    print_message("simd: chosen %s, cpu max %s\n", s, ampr__simd_name(ampr__quant_simd_max()));
+}
+
+/* ---- SmoothQuant ------------------------------------------------------------------------ */
+
+static double int8_rel_err(const float *w, const float *x, int64_t rows, int64_t cols, int64_t n) {
+    ampr__qmat q;
+    quantize_or_fail(AMPR__Q_INT8, w, rows, cols, &q);
+    const ampr__qtraits *tr = ampr__qtraits_get(AMPR__Q_INT8);
+    float *y = malloc((size_t)(n * rows) * sizeof(float));
+    run_matmul(tr, &q, x, n, y, rows, 0, rows);
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t r = 0; r < rows; r++) {
+            double s = 0;
+            for (int64_t c = 0; c < cols; c++) s += (double)w[r * cols + c] * x[i * cols + c];
+            num += (s - y[i * rows + r]) * (s - y[i * rows + r]);
+            den += s * s;
+        }
+    free(y);
+    ampr__qmat_free(&q);
+    return sqrt(num / den);
+}
+
+static void test_smoothquant(void **state) {
+    (void)state;
+    int64_t rows = 64, cols = 256, n = 16;
+    float *w = rand_mat(rows * cols, 0, 0.05f);
+    float *x = rand_mat(n * cols, 0, 1.0f);
+    for (int64_t i = 0; i < n; i++) /* activation outliers in a few channels, as in LLMs */
+        for (int64_t c = 0; c < cols; c += 37) x[i * cols + c] *= 60.0f;
+    double before = int8_rel_err(w, x, rows, cols, n);
+    float amax[256], s[256];
+    for (int64_t c = 0; c < cols; c++) {
+        amax[c] = 0;
+        for (int64_t i = 0; i < n; i++) amax[c] = fmaxf(amax[c], fabsf(x[i * cols + c]));
+    }
+    ampr__smooth_factors(amax, w, rows, cols, 0.5f, s);
+    ampr__smooth_weights(w, rows, cols, s);
+    ampr__smooth_act(x, n, cols, s);
+    double after = int8_rel_err(w, x, rows, cols, n);
+    print_message("smoothquant: int8 relative error %.4f%% -> %.4f%%\n", 100 * before, 100 * after);
+    assert_true(after < before * 0.7);
+    free(w);
+    free(x);
+}
+
+/* ---- per-row vs per-group INT8 weight scales (a report) ------------------------------------- */
+
+static double group_err(const float *w, int64_t rows, int64_t cols, int64_t g) {
+    double num = 0, den = 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c0 = 0; c0 < cols; c0 += g) {
+            const float *p = w + r * cols + c0;
+            float amax = 0;
+            for (int64_t c = 0; c < g; c++) amax = fmaxf(amax, fabsf(p[c]));
+            float inv = amax > 0 ? 127.0f / amax : 0, sc = amax / 127.0f;
+            for (int64_t c = 0; c < g; c++) {
+                double e = p[c] - nearbyintf(p[c] * inv) * sc;
+                num += e * e;
+                den += (double)p[c] * p[c];
+            }
+        }
+    return sqrt(num / den);
+}
+
+static void test_int8_group_report(void **state) {
+    (void)state;
+    int64_t rows = 256, cols = 2048;
+    for (int heavy = 0; heavy < 2; heavy++) {
+        float *w = rand_mat(rows * cols, heavy, 0.02f);
+        double e_row = group_err(w, rows, cols, cols);
+        double e32 = group_err(w, rows, cols, 32), e64 = group_err(w, rows, cols, 64),
+               e128 = group_err(w, rows, cols, 128);
+        print_message("int8 weight rel. RMS error (%s, %lldx%lld): per-row %.3f%%, group128 "
+                      "%.3f%%, group64 %.3f%%, group32 %.3f%%\n",
+                      heavy ? "Student-t(3)" : "Gaussian", (long long)rows, (long long)cols,
+                      100 * e_row, 100 * e128, 100 * e64, 100 * e32);
+        assert_true(e32 <= e_row && e_row < (heavy ? 0.05 : 0.01));
+        free(w);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_nf4_code_table),
+        cmocka_unit_test(test_nf4_hand_vector),
+        cmocka_unit_test(test_nf4_unsupported_cols),
+        cmocka_unit_test(test_nf4_roundtrip),
+        cmocka_unit_test(test_dynamic_map),
+        cmocka_unit_test(test_nf4_double_quant),
+        cmocka_unit_test(test_int8_roundtrip),
+        cmocka_unit_test(test_int8_act_prepare_levels),
+        cmocka_unit_test(test_scalar_matches_dequant),
+        cmocka_unit_test(test_levels_match_scalar),
+        cmocka_unit_test(test_names_and_dispatch),
+        cmocka_unit_test(test_smoothquant),
+        cmocka_unit_test(test_int8_group_report),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,209 @@
+/*
+ * bench.c -- `ampr bench` and `ampr gen-model`.
+ *
+ * bench: for each resident tier, side by side in one run: resident weight
+ * bytes, prefill tokens/s (one batched forward over --prompt tokens), decode
+ * tokens/s (--gen single-token steps) and the weight bandwidth that decode
+ * achieves (bytes of weights read per token x tokens/s). The model is a file
+ * (-m) or generated with random weights at a named shape (--shape).
+ * Then the router's cost in ns per KiB of prompt.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ampr.h"
+#include "engine.h"
+#include "generate.h"
+#include "sampler/sampler.h"
+#include "tools.h"
+
+int ampr_tool_shape(const char *name, ampr__hparams *hp) {
+    memset(hp, 0, sizeof *hp);
+    hp->norm_eps = 1e-5f;
+    hp->rope_theta = 10000.0f;
+    if (!strcmp(name, "tiny")) { /* the size of stories260K, with GQA */
+        hp->dim = 64; hp->hidden_dim = 172; hp->n_layers = 5; hp->n_heads = 8; hp->n_kv_heads = 4;
+        hp->vocab_size = 512; hp->context_length = 512;
+    } else if (!strcmp(name, "small")) {
+        hp->dim = 512; hp->hidden_dim = 1536; hp->n_layers = 8; hp->n_heads = 8; hp->n_kv_heads = 4;
+        hp->vocab_size = 32000; hp->context_length = 2048;
+    } else if (!strcmp(name, "1b")) { /* the 1.1B Llama shape of the issue */
+        hp->dim = 2048; hp->hidden_dim = 8192; hp->n_layers = 16; hp->n_heads = 32; hp->n_kv_heads = 8;
+        hp->vocab_size = 32000; hp->context_length = 2048;
+    } else {
+        return -1;
+    }
+    hp->head_dim = hp->dim / hp->n_heads;
+    return 0;
+}
+
+int ampr_tool_gen_model(int argc, char **argv) {
+    const char *out = NULL, *shape = "tiny", *format = "gguf", *dtype = "f16";
+    uint64_t seed = 1;
+    for (int i = 0; i < argc; i++) {
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (argv[i][0] != '-') { out = argv[i]; continue; }
+        if (!v) { fprintf(stderr, "ampr gen-model: %s needs a value\n", argv[i]); return 2; }
+        if (!strcmp(argv[i], "--shape")) shape = v;
+        else if (!strcmp(argv[i], "--format")) format = v;
+        else if (!strcmp(argv[i], "--dtype")) dtype = v;
+        else if (!strcmp(argv[i], "--seed")) seed = strtoull(v, NULL, 10);
+        else { fprintf(stderr, "ampr gen-model: unknown option %s\n", argv[i]); return 2; }
+        i++;
+    }
+    ampr__hparams hp;
+    if (!out || ampr_tool_shape(shape, &hp) != 0) {
+        fputs("usage: ampr gen-model OUT [--shape tiny|small|1b] [--format gguf|hf] "
+              "[--dtype f32|f16|bf16] [--seed N]\n", stderr);
+        return 2;
+    }
+    ampr__dtype dt = !strcmp(dtype, "f32") ? AMPR__DT_F32 : !strcmp(dtype, "bf16") ? AMPR__DT_BF16 : AMPR__DT_F16;
+    ampr__err err = {0};
+    ampr_status st = ampr__model_write_random(out, format, &hp, dt, 1, seed, &err);
+    if (st != AMPR_OK) {
+        fprintf(stderr, "ampr gen-model: %s (%s)\n", err.msg, ampr_status_name(st));
+        return 1;
+    }
+    return 0;
+}
+
+/* bytes of weights a decode step reads: every matmul, not the embedding table */
+static uint64_t decode_bytes(const ampr_ctx *c, const ampr__tier *t) {
+    uint64_t b = ampr__qmat_bytes(t->output_is_embd ? &t->embd : &t->output);
+    for (int l = 0; l < c->hp.n_layers; l++) {
+        const ampr__tier_layer *L = &t->layers[l];
+        b += ampr__qmat_bytes(&L->wqkv) + ampr__qmat_bytes(&L->wo) + ampr__qmat_bytes(&L->w_gu) +
+             ampr__qmat_bytes(&L->w_down);
+    }
+    return b;
+}
+
+static int bench_tier(ampr_ctx *c, ampr__tier *t, int n_prompt, int n_gen, double *prefill_tps,
+                      double *decode_tps) {
+    ampr__err err = {0};
+    ampr__kv_seq seq = {0};
+    ampr__scratch s;
+    int32_t *toks = malloc((size_t)n_prompt * sizeof *toks);
+    uint64_t x = 12345;
+    for (int i = 0; i < n_prompt; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        toks[i] = (int32_t)((x >> 33) % (uint64_t)c->hp.vocab_size);
+    }
+    int rc = 1;
+    int chunk = n_prompt < 256 ? n_prompt : 256;
+    if (ampr__kv_seq_reserve(&seq, t->kv, n_prompt + n_gen, &err) == AMPR_OK &&
+        ampr__scratch_new(c, chunk, 0, &s, &err) == AMPR_OK) {
+        double t0 = ampr__now_ms();
+        int ok = 1;
+        for (int i = 0; i < n_prompt && ok; i += chunk) {
+            int k = n_prompt - i < chunk ? n_prompt - i : chunk;
+            ok = ampr__forward(c, t, &seq, toks + i, k, 0, &s, &err) == AMPR_OK;
+        }
+        double t1 = ampr__now_ms();
+        for (int i = 0; i < n_gen && ok; i++) {
+            int32_t next = ampr__argmax(s.logits, c->hp.vocab_size);
+            ok = ampr__forward(c, t, &seq, &next, 1, 0, &s, &err) == AMPR_OK;
+        }
+        double t2 = ampr__now_ms();
+        if (ok) {
+            *prefill_tps = n_prompt / ((t1 - t0) / 1e3);
+            *decode_tps = n_gen / ((t2 - t1) / 1e3);
+            rc = 0;
+        }
+        ampr__scratch_free(&s);
+    }
+    if (rc) fprintf(stderr, "ampr bench: %s\n", err.msg);
+    ampr__kv_seq_release(&seq);
+    free(toks);
+    return rc;
+}
+
+int ampr_tool_bench(int argc, char **argv) {
+    const char *model = NULL, *shape = NULL, *tiers = "fp16,int8,nf4";
+    int n_prompt = 128, n_gen = 32, threads = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) { fprintf(stderr, "ampr bench: %s needs a value\n", argv[i]); return 2; }
+        if (!strcmp(argv[i], "-m")) model = v;
+        else if (!strcmp(argv[i], "--shape")) shape = v;
+        else if (!strcmp(argv[i], "--tiers")) tiers = v;
+        else if (!strcmp(argv[i], "--prompt")) n_prompt = atoi(v);
+        else if (!strcmp(argv[i], "--gen")) n_gen = atoi(v);
+        else if (!strcmp(argv[i], "--threads")) threads = atoi(v);
+        else { fprintf(stderr, "ampr bench: unknown option %s\n", argv[i]); return 2; }
+        i++;
+    }
+    if (n_prompt < 1 || n_gen < 1) { fputs("ampr bench: --prompt and --gen must be >= 1\n", stderr); return 2; }
+    char tmp_model[4096] = "";
+    if (!model) {
+        ampr__hparams hp;
+        if (ampr_tool_shape(shape ? shape : "small", &hp) != 0) {
+            fprintf(stderr, "ampr bench: unknown shape %s (tiny, small, 1b)\n", shape);
+            return 2;
+        }
+        const char *dir = getenv("TMPDIR");
+        snprintf(tmp_model, sizeof tmp_model, "%s/ampr-bench-%s-%d.gguf", dir ? dir : "/tmp",
+                 shape ? shape : "small", (int)getpid());
+        fprintf(stderr, "ampr bench: writing a random %s model to %s\n", shape ? shape : "small", tmp_model);
+        ampr__err err = {0};
+        if (ampr__model_write_random(tmp_model, "gguf", &hp, AMPR__DT_F16, 1, 7, &err) != AMPR_OK) {
+            fprintf(stderr, "ampr bench: %s\n", err.msg);
+            return 1;
+        }
+        model = tmp_model;
+    }
+    /* tiers "a,b,c" -> JSON list */
+    char cfg[512], list[256] = "";
+    size_t k = 0;
+    for (const char *p = tiers; *p && k + 8 < sizeof list; p++) {
+        if (p == tiers || p[-1] == ',') k += (size_t)snprintf(list + k, sizeof list - k, "%s\"", k ? "," : "");
+        if (*p != ',') list[k++] = *p;
+        if (p[1] == ',' || p[1] == '\0') list[k++] = '"';
+        list[k] = '\0';
+    }
+    snprintf(cfg, sizeof cfg, "{\"tiers\": [%s], \"threads\": %d, \"kv\": {\"arena_tokens\": %d}}", list,
+             threads, n_prompt + n_gen + 16);
+    ampr_ctx *c = NULL;
+    double t0 = ampr__now_ms();
+    ampr_status st = ampr_open(model, cfg, &c);
+    double open_ms = ampr__now_ms() - t0;
+    if (tmp_model[0]) unlink(tmp_model);
+    if (st != AMPR_OK) {
+        fprintf(stderr, "ampr bench: cannot open: %s\n", ampr_errmsg(c));
+        ampr_close(c);
+        return 1;
+    }
+    printf("model: %s | dim %d, layers %d, heads %d/%d, ffn %d, vocab %d | threads %d | kernels %s\n",
+           shape ? shape : model, c->hp.dim, c->hp.n_layers, c->hp.n_heads, c->hp.n_kv_heads,
+           c->hp.hidden_dim, c->hp.vocab_size, ampr__pool_size(c->pool), ampr__quant_simd_name());
+    printf("open + quantize all tiers: %.0f ms; prefill %d tokens, decode %d tokens\n\n", open_ms, n_prompt, n_gen);
+    printf("| tier | weights MiB | prefill tok/s | decode tok/s | decode weight GB/s |\n");
+    printf("|------|------------:|--------------:|-------------:|-------------------:|\n");
+    int rc = 0;
+    for (int i = 0; i < c->n_tiers && !rc; i++) {
+        ampr__tier *t = &c->tiers[i];
+        double ptps = 0, dtps = 0;
+        rc = bench_tier(c, t, n_prompt, n_gen, &ptps, &dtps);
+        if (!rc)
+            printf("| %s | %.1f | %.1f | %.2f | %.2f |\n", ampr_tier_name(t->id),
+                   (double)t->weight_bytes / 1048576.0, ptps, dtps,
+                   (double)decode_bytes(c, t) * dtps / 1e9);
+    }
+    /* router cost */
+    static const char para[] = "Write a function in C that parses 3.5e+2 * (x - y) / 7; then explain it. ";
+    size_t n = 64 * 1024;
+    char *text = malloc(n);
+    for (size_t i = 0; i < n; i++) text[i] = para[i % (sizeof para - 1)];
+    ampr_route_result rr;
+    ampr_route_result_init(&rr);
+    int reps = 200;
+    double r0 = ampr__now_ms();
+    for (int r = 0; r < reps; r++) ampr_route(c, text, n, NULL, 0, &rr);
+    double ns_per_kib = (ampr__now_ms() - r0) * 1e6 / reps / (double)(n / 1024);
+    printf("\nrouter: %.0f ns per KiB of prompt (%zu KiB prompt, %d runs)\n", ns_per_kib, n / 1024, reps);
+    free(text);
+    ampr_close(c);
+    return rc;
+}
