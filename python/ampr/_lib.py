@@ -197,6 +197,8 @@ SIGNATURES = {
     "ampr_result_free": (None, [_P(Result)]),
     "ampr_generate": (c_status, [ctx_p, ctypes.c_char_p, ctypes.c_size_t, _P(GenParams),
                                  _P(_P(Result))]),
+    "ampr_logits": (c_status, [ctx_p, c_tier, _P(ctypes.c_int32), ctypes.c_size_t,
+                               _P(ctypes.c_float), ctypes.c_size_t]),
 }
 
 
@@ -222,7 +224,11 @@ class Library:
         return self.ampr_strerror(status).decode()
 
     def status_name(self, status):
-        return self.ampr_status_name(status).decode()
+        """The name without the AMPR_ERR_ prefix, as the header documents
+        ("KV_FULL"); libampr 0.1.0 returns "ERR_KV_FULL", so any "ERR_" is
+        dropped here."""
+        name = self.ampr_status_name(status).decode()
+        return name[4:] if name.startswith("ERR_") else name
 
 
 _loaded = {}

@@ -411,6 +411,22 @@ class Model:
             if out:
                 self._lib.ampr_result_free(out)
 
+    def logits(self, ids, tier):
+        """Teacher-forced logits (ampr_logits) of token ids on one resident
+        tier: a list of len(ids) rows of vocab_size floats, row i being the
+        distribution of the token after ids[i]."""
+        ids = list(ids)
+        t = self._tier(tier)
+        V = self.info.vocab_size
+        arr = (ctypes.c_int32 * max(len(ids), 1))(*ids)
+        out = (ctypes.c_float * max(len(ids) * V, 1))()
+        with self._use() as ctx:
+            st = self._lib.ampr_logits(ctx, t, arr, len(ids), out, len(ids) * V)
+            if st != L.AMPR_OK:
+                raise self._fail(ctx, st)
+        flat = memoryview(out).cast("B").cast("f")
+        return [flat[i * V:(i + 1) * V].tolist() for i in range(len(ids))]
+
     def stream(self, prompt, **kwargs):
         """Like generate(), but returns a Stream: an iterator over the pieces
         of text as they are produced (empty pieces are skipped). Leaving the

@@ -183,6 +183,15 @@ class TestModel(unittest.TestCase):
         r = self.gen(max_tokens=20)
         self.assertEqual(out, (PROMPT + r.text + "\n").encode())
 
+    def test_logits_agree_with_greedy(self):
+        ids = self.m.tokenize(PROMPT)
+        r = self.gen(max_tokens=8)
+        rows = self.m.logits(ids + r.tokens[:-1], TIER)
+        self.assertEqual(len(rows), len(ids) + 7)
+        self.assertEqual(len(rows[0]), self.m.info.vocab_size)
+        argmax = [max(range(len(row)), key=row.__getitem__) for row in rows[len(ids) - 1:]]
+        self.assertEqual(argmax, r.tokens)
+
     def test_sampling_is_seeded(self):
         a = self.gen(temperature=1.0, seed=7, max_tokens=30)
         b = self.gen(temperature=1.0, seed=7, max_tokens=30)
