@@ -457,48 +457,58 @@ _DONE = object()
 
 class _Job:
     """The side of a Stream that the generating thread holds (so the user's
-    Stream object can be collected, and cancel the job, when dropped)."""
+    Stream object can be collected, and cancel the job, when dropped).
 
-    def __init__(self, model, prompt, kwargs, queue_size):
-        self.q = queue.Queue(maxsize=queue_size)
+    The two sides run in lock step: the token callback hands a piece over
+    only when the consumer asks for the next one, so generation never runs
+    ahead of the loop, and a loop that stops asking (break) leaves the
+    callback waiting until Stream.close() sets `cancel`, which makes it
+    return "cancel" to the library. The result of a cancelled stream is
+    therefore what the loop received plus at most the one piece that was
+    being offered when it stopped."""
+
+    def __init__(self, model, prompt, kwargs):
+        self.q = queue.SimpleQueue()
+        self.want = threading.Semaphore(0)
         self.cancel = threading.Event()
         self.result = None
         self.error = None
         self.thread = threading.Thread(target=self.run, args=(model, prompt, kwargs),
                                        name="ampr-stream", daemon=True)
 
-    def put(self, item):
-        """Queue an item unless cancelled; returns False when cancelled."""
-        while not self.cancel.is_set():
-            try:
-                self.q.put(item, timeout=0.05)
+    def on_token(self, piece, token_id):
+        if not piece:
+            return self.cancel.is_set()
+        while not self.want.acquire(timeout=0.05):
+            if self.cancel.is_set():
                 return True
-            except queue.Full:
-                pass
+        if self.cancel.is_set():
+            return True
+        self.q.put(piece)
         return False
 
     def run(self, model, prompt, kwargs):
         try:
-            self.result = model.generate(prompt, on_token=lambda piece, _id: not self.put(piece),
-                                         **kwargs)
+            self.result = model.generate(prompt, on_token=self.on_token, **kwargs)
         except BaseException as e:
             self.error = e
         finally:
-            self.put(_DONE)
+            self.q.put(_DONE)
 
 
 class Stream:
     """Iterator of text pieces from one request; see Model.stream()."""
 
-    def __init__(self, model, prompt, kwargs, queue_size=4):
-        self._job = _Job(model, prompt, kwargs, queue_size)
+    def __init__(self, model, prompt, kwargs):
+        self._job = _Job(model, prompt, kwargs)
         self._started = False
         self._done = False
 
     @property
     def result(self):
-        """The Result once the stream has ended (finish "cancelled" when it
-        was closed early), else None."""
+        """The Result once the stream has ended, else None. After an early
+        close its finish is "cancelled" and its text is what the loop
+        received plus at most one more piece."""
         return self._job.result
 
     def __iter__(self):
@@ -510,16 +520,15 @@ class Stream:
         if not self._started:
             self._started = True
             self._job.thread.start()
-        while True:
-            item = self._job.q.get()
-            if item is _DONE:
-                self._done = True
-                self._job.thread.join()
-                if self._job.error is not None:
-                    raise self._job.error
-                raise StopIteration
-            if item:
-                return item
+        self._job.want.release()
+        item = self._job.q.get()
+        if item is _DONE:
+            self._done = True
+            self._job.thread.join()
+            if self._job.error is not None:
+                raise self._job.error
+            raise StopIteration
+        return item
 
     def close(self):
         """Cancel the request (if still running) and wait for it to end."""

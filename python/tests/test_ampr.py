@@ -236,6 +236,7 @@ class TestModel(unittest.TestCase):
         self.assertEqual(s.result.finish, "cancelled")
         self.assertLess(len(s.result.tokens), 200)
         self.assertTrue(s.result.text.startswith("".join(got)))
+        self.assertLessEqual(len(s.result.tokens), len(self.m.tokenize("".join(got), False)) + 2)
         self.assertEqual(self.m.tier_info(TIER).kv_pages_used, 0)
 
     def test_stream_dropped_cancels(self):
