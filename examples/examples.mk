@@ -38,6 +38,6 @@ $(B)/examples/%: examples/%.cpp examples/common.h include/ampr.h $(SHARED)
 # the file is reproducible across machines and worktrees.
 abi-baseline: $(SHARED)
 	@mkdir -p abi
-	abidw --headers-dir include --no-corpus-path --no-comp-dir-path --short-locs \
+	abidw --headers-dir include --drop-private-types --no-corpus-path --no-comp-dir-path --short-locs \
 	  --out-file abi/libampr.abi $(SHARED)
 	@echo "abi/libampr.abi written for $(SONAME); commit it with the major bump"
