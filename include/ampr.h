@@ -166,6 +166,10 @@ AMPR_API void ampr_open_params_init(ampr_open_params *p);
  *     "device":  "cpu" (default) | "auto" | "cuda"
  *     "router":  {"thresholds": [t_nf4, t_int8]} scores below t_nf4 go to the
  *                lowest tier, below t_int8 to the middle one, else the top one
+ *     "fallback": {"enabled", "entropy_max", "min_tokens", "repeat_ngram",
+ *                "repeat_count", "repeat_window", "check_every", "check_window",
+ *                "kl_max", "restart"} -- when a request on a lower tier escalates
+ *                to the top tier (see README, "Error fallback")
  *
  * On success *out is a new context. On failure *out is still set to a context
  * that holds only the error (read it with ampr_errmsg(), free it with
@@ -285,6 +289,9 @@ typedef struct ampr_gen_params {
     int ignore_eos;            /* keep going past end-of-sequence (default 0) */
     ampr_token_fn on_token;    /* streaming callback (may be NULL) */
     void *user;                /* passed to on_token */
+    int32_t fallback;          /* 1 (default): escalate to the top tier when the
+                                * quantization error estimate passes the config's
+                                * tolerance; 0: stay on the chosen tier */
 } ampr_gen_params;
 AMPR_API void ampr_gen_params_init(ampr_gen_params *p);
 

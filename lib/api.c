@@ -72,6 +72,7 @@ AMPR_API void ampr_gen_params_init(ampr_gen_params *p) {
     p->repetition_last_n = 64;
     p->seed = 0x5eed;
     p->add_bos = 1;
+    p->fallback = 1;
 }
 
 /* ---- errors ------------------------------------------------------------- */

@@ -18,6 +18,7 @@ void ampr__config_defaults(ampr__config *c) {
     c->kv_dtype = -1;
     c->device = 0;
     ampr__router_defaults(&c->router);
+    ampr__fallback_defaults(&c->fallback);
 }
 
 /* Fail on any key of obj not in allowed (NULL-terminated). */
@@ -122,9 +123,58 @@ static ampr_status parse_router(json_t *r, ampr__config *c, ampr__err *err) {
     return AMPR_OK;
 }
 
+static ampr_status get_float(json_t *obj, const char *key, double lo, double hi, float *out,
+                             ampr__err *err) {
+    json_t *v = json_object_get(obj, key);
+    if (!v) return AMPR_OK;
+    double x = json_number_value(v);
+    if (!json_is_number(v) || !(x >= lo && x <= hi))
+        return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"%s\" must be a number in [%g, %g]", key,
+                          lo, hi);
+    *out = (float)x;
+    return AMPR_OK;
+}
+
+static ampr_status get_i32(json_t *obj, const char *key, int32_t lo, int32_t hi, int32_t *out,
+                           ampr__err *err) {
+    int64_t x = *out;
+    AMPR__TRY(get_int(obj, key, lo, hi, &x, err));
+    *out = (int32_t)x;
+    return AMPR_OK;
+}
+
+static ampr_status get_bool(json_t *obj, const char *key, int *out, ampr__err *err) {
+    json_t *v = json_object_get(obj, key);
+    if (!v) return AMPR_OK;
+    if (!json_is_boolean(v))
+        return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"%s\" must be true or false", key);
+    *out = json_is_true(v);
+    return AMPR_OK;
+}
+
+static ampr_status parse_fallback(json_t *o, ampr__fallback_config *f, ampr__err *err) {
+    static const char *const keys[] = {"enabled", "entropy_max", "min_tokens", "repeat_ngram",
+                                       "repeat_count", "repeat_window", "check_every",
+                                       "check_window", "kl_max", "restart", NULL};
+    if (!json_is_object(o))
+        return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"fallback\" must be an object");
+    AMPR__TRY(check_keys(o, " in \"fallback\"", keys, err));
+    AMPR__TRY(get_bool(o, "enabled", &f->enabled, err));
+    AMPR__TRY(get_bool(o, "restart", &f->restart, err));
+    AMPR__TRY(get_float(o, "entropy_max", 0, 100, &f->entropy_max, err));
+    AMPR__TRY(get_float(o, "kl_max", 0, 100, &f->kl_max, err));
+    AMPR__TRY(get_i32(o, "min_tokens", 0, 1 << 20, &f->min_tokens, err));
+    AMPR__TRY(get_i32(o, "repeat_ngram", 0, 64, &f->repeat_ngram, err));
+    AMPR__TRY(get_i32(o, "repeat_count", 2, 1 << 20, &f->repeat_count, err));
+    AMPR__TRY(get_i32(o, "repeat_window", 1, 1 << 20, &f->repeat_window, err));
+    AMPR__TRY(get_i32(o, "check_every", 0, 1 << 20, &f->check_every, err));
+    AMPR__TRY(get_i32(o, "check_window", 1, 256, &f->check_window, err));
+    return AMPR_OK;
+}
+
 static ampr_status parse_root(json_t *root, ampr__config *c, ampr__err *err) {
     static const char *const keys[] = {"tiers", "threads", "context_length", "kv", "device",
-                                       "router", NULL};
+                                       "router", "fallback", NULL};
     if (!json_is_object(root))
         return ampr__fail(err, AMPR_ERR_CONFIG, "config: the top level must be a JSON object");
     AMPR__TRY(check_keys(root, "", keys, err));
@@ -138,6 +188,7 @@ static ampr_status parse_root(json_t *root, ampr__config *c, ampr__err *err) {
     c->context_length = (int32_t)x;
     if ((v = json_object_get(root, "kv"))) AMPR__TRY(parse_kv(v, c, err));
     if ((v = json_object_get(root, "router"))) AMPR__TRY(parse_router(v, c, err));
+    if ((v = json_object_get(root, "fallback"))) AMPR__TRY(parse_fallback(v, &c->fallback, err));
     if ((v = json_object_get(root, "device"))) {
         const char *s = json_string_value(v);
         if (s && !strcmp(s, "cpu")) c->device = 0;

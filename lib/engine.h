@@ -14,6 +14,7 @@
 
 #include "common/common.h"
 #include "common/pool.h"
+#include "fallback/fallback.h"
 #include "kv/kv.h"
 #include "model/model.h"
 #include "quant/quant.h"
@@ -33,6 +34,7 @@ typedef struct ampr__config {
     int64_t kv_wait_ms;               /* how long a request waits for free pages (0: fail at once) */
     int device;                       /* 0 cpu, 1 auto, 2 cuda */
     ampr__router_config router;
+    ampr__fallback_config fallback;
 } ampr__config;
 
 void ampr__config_defaults(ampr__config *c);
@@ -99,19 +101,21 @@ typedef struct ampr__scratch {
     float *scores;                        /* [n_threads][context_length] */
     void *act;                            /* prepared activations for the tier's matmul */
     size_t act_bytes;
-    float *logits;                        /* [max_tokens][vocab] when all logits are asked */
+    int32_t max_logits;
+    float *logits;                        /* [max_logits][vocab] */
 } ampr__scratch;
 
-ampr_status ampr__scratch_new(const ampr_ctx *c, int32_t max_tokens, int all_logits,
+/* max_logits: most rows of logits one call may ask for (1..max_tokens). */
+ampr_status ampr__scratch_new(const ampr_ctx *c, int32_t max_tokens, int32_t max_logits,
                               ampr__scratch *s, ampr__err *err);
 void ampr__scratch_free(ampr__scratch *s);
 
 /* Run tokens[0..n) at positions seq->n_tokens.. through the tier, writing
- * their K/V into seq (which must hold pages for them). Logits of the last
- * token go to s->logits[0..vocab) or, with all_logits, every token's to
- * s->logits[i*vocab..]. n <= s->max_tokens. */
+ * their K/V into seq (which must hold pages for them). The logits of the
+ * last n_logits tokens (1 <= n_logits <= n, <= s->max_logits) go to
+ * s->logits, one row of vocab floats each, in order. n <= s->max_tokens. */
 ampr_status ampr__forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
-                          const int32_t *tokens, int32_t n, int all_logits,
+                          const int32_t *tokens, int32_t n, int32_t n_logits,
                           ampr__scratch *s, ampr__err *err);
 
 #endif

@@ -109,19 +109,30 @@ static size_t stop_holdback(const textbuf *b, const ampr_gen_params *p) {
 /* ---- the request -------------------------------------------------------- */
 
 struct request {
-    ampr__kv_seq seq;
-    ampr__scratch scratch;
+    ampr__tier *tier;     /* the tier producing tokens now */
+    ampr__tier *top;      /* the escalation target (the context's top tier) */
+    ampr__kv_seq seq;     /* KV of `tier` */
+    ampr__kv_seq seq_top; /* KV of `top` while checking or after escalating */
+    ampr__scratch scratch;/* forward scratch; scratch.logits row 0 = next-token logits */
+    ampr__scratch check;  /* scratch for the top tier's catch-up passes */
     ampr__sampler sampler;
-    int32_t *ids;     /* prompt then generated ids */
+    int32_t *ids;         /* prompt then generated ids */
     size_t n_ids, cap_ids;
+    int32_t n_positions;  /* KV positions reserved per sequence */
+    float *ring;          /* [check_window][vocab] the tier's logits, by predicted index */
+    float ent_ema;        /* smoothed next-token entropy */
     textbuf text;
+    ampr__detok dt;
 };
 
 static void request_free(struct request *r) {
     ampr__kv_seq_release(&r->seq);
+    ampr__kv_seq_release(&r->seq_top);
     ampr__scratch_free(&r->scratch);
+    ampr__scratch_free(&r->check);
     ampr__sampler_free(&r->sampler);
     ampr__free(r->ids);
+    ampr__free(r->ring);
     ampr__free(r->text.s);
 }
 
@@ -145,10 +156,58 @@ static ampr_status choose_tier(ampr_ctx *c, const char *prompt, size_t len, cons
     return AMPR_OK;
 }
 
+/* Bring the top tier's sequence up to all r->ids, in batched passes, leaving
+ * the logits of the last n_logits positions in r->check.logits. */
+static ampr_status top_catch_up(ampr_ctx *c, struct request *r, int32_t n_logits, ampr__err *err) {
+    if (!r->check.logits) {
+        int32_t w = AMPR__MAX(1, c->cfg.fallback.check_window);
+        AMPR__TRY(ampr__scratch_new(c, PREFILL_CHUNK, AMPR__MIN(w, PREFILL_CHUNK), &r->check, err));
+    }
+    AMPR__TRY(ampr__kv_seq_reserve(&r->seq_top, r->top->kv, r->n_positions, err));
+    int32_t from = r->seq_top.n_tokens, to = (int32_t)r->n_ids;
+    n_logits = AMPR__MIN(n_logits, to - from);
+    int32_t split = to - n_logits; /* [from, split) without logits, [split, to) with */
+    for (int32_t i = from; i < split; i += PREFILL_CHUNK) {
+        int32_t k = AMPR__MIN(PREFILL_CHUNK, split - i);
+        AMPR__TRY(ampr__forward(c, r->top, &r->seq_top, r->ids + i, k, 1, &r->check, err));
+    }
+    return ampr__forward(c, r->top, &r->seq_top, r->ids + split, to - split, to - split, &r->check,
+                         err);
+}
+
+/* Continue the request on the top tier from here. r->check.logits' last row
+ * (row `row`) holds the top tier's next-token logits for the current position. */
+static void switch_to_top(ampr_ctx *c, struct request *r, int32_t row) {
+    memcpy(r->scratch.logits, r->check.logits + (size_t)row * (size_t)c->hp.vocab_size,
+           (size_t)c->hp.vocab_size * sizeof(float));
+    ampr__kv_seq_release(&r->seq);
+    r->seq = r->seq_top;
+    memset(&r->seq_top, 0, sizeof r->seq_top);
+    r->tier = r->top;
+}
+
+/* fallback.restart, non-streaming: throw the output away and start over on
+ * the top tier from the prompt (its KV for the prompt is reused). */
+static ampr_status restart_on_top(ampr_ctx *c, struct request *r, int32_t n_prompt,
+                                  const ampr_gen_params *p, ampr__err *err) {
+    r->n_ids = (size_t)n_prompt;
+    if (r->seq_top.n_tokens > n_prompt - 1) r->seq_top.n_tokens = n_prompt - 1;
+    AMPR__TRY(top_catch_up(c, r, 1, err));
+    switch_to_top(c, r, 0);
+    r->text.len = r->text.emitted = 0;
+    if (r->text.s) r->text.s[0] = '\0';
+    ampr__detok_init(&r->dt);
+    r->dt.prev = r->ids[n_prompt - 1];
+    ampr__sampler_reseed(&r->sampler, p->seed);
+    return AMPR_OK;
+}
+
 ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const ampr_gen_params *p,
                            ampr_result **out, ampr__err *err) {
     const ampr__hparams *hp = &c->hp;
+    const ampr__fallback_config *fb = &c->cfg.fallback;
     const ampr__tokenizer *tok = c->model->tok;
+    const int32_t V = hp->vocab_size;
     double t0 = ampr__now_ms();
     if (p->max_tokens < 0)
         return ampr__fail(err, AMPR_ERR_INVALID_ARG, "max_tokens must be >= 0 (got %d)", p->max_tokens);
@@ -160,11 +219,13 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
 
     struct request r;
     memset(&r, 0, sizeof r);
-    ampr__tier *tier = NULL;
     ampr_finish finish = AMPR_FINISH_LENGTH;
     ampr_status st;
     double t_first = 0;
-    int32_t n_prompt = 0;
+    int32_t n_prompt = 0, n_gen = 0;
+    ampr_tier tier_first = AMPR_TIER_AUTO;
+    int32_t escalation_token = -1;
+    char escalation_reason[64] = "";
 
     /* 1. tokens */
     st = ampr__tok_encode(tok, prompt, len, p->add_bos, &r.ids, &r.n_ids, err);
@@ -180,9 +241,8 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
         goto done;
     }
     n_prompt = (int32_t)r.n_ids;
-    int64_t want = (int64_t)n_prompt + p->max_tokens;
-    int32_t n_positions = (int32_t)AMPR__MIN(want, (int64_t)hp->context_length);
-    r.cap_ids = (size_t)n_positions + 1;
+    r.n_positions = (int32_t)AMPR__MIN((int64_t)n_prompt + p->max_tokens, (int64_t)hp->context_length);
+    r.cap_ids = (size_t)r.n_positions + 1;
     int32_t *grown = ampr__realloc(r.ids, r.cap_ids * sizeof(int32_t));
     if (!grown) {
         st = ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for %zu token ids", r.cap_ids);
@@ -190,40 +250,89 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
     }
     r.ids = grown;
 
-    /* 2. tier, KV pages, scratch, sampler */
-    st = choose_tier(c, prompt, len, p, &tier, err);
+    /* 2. tier (routing), KV pages, scratch, sampler */
+    st = choose_tier(c, prompt, len, p, &r.tier, err);
     if (st) goto done;
-    st = ampr__kv_seq_reserve_wait(&r.seq, tier->kv, n_positions, c->cfg.kv_wait_ms, err);
+    tier_first = r.tier->id;
+    r.top = &c->tiers[0];
+    int checking = p->fallback && fb->enabled && r.tier != r.top;
+    st = ampr__kv_seq_reserve_wait(&r.seq, r.tier->kv, r.n_positions, c->cfg.kv_wait_ms, err);
     if (st) goto done;
-    st = ampr__scratch_new(c, AMPR__MIN(n_prompt, PREFILL_CHUNK), 0, &r.scratch, err);
+    st = ampr__scratch_new(c, AMPR__MIN(n_prompt, PREFILL_CHUNK), 1, &r.scratch, err);
     if (st) goto done;
-    st = ampr__sampler_init(&r.sampler, hp->vocab_size, p->temperature, p->top_k, p->top_p,
+    st = ampr__sampler_init(&r.sampler, V, p->temperature, p->top_k, p->top_p,
                             p->repetition_penalty, p->repetition_last_n, p->seed, err);
     if (st) goto done;
+    if (checking && fb->check_every > 0) {
+        r.ring = ampr__alloc_array((size_t)fb->check_window * (size_t)V, sizeof(float), err);
+        if (!r.ring) { st = AMPR_ERR_NOMEM; goto done; }
+    }
 
     /* 3. prefill */
     for (int32_t i = 0; i < n_prompt; i += PREFILL_CHUNK) {
         int32_t n = AMPR__MIN(PREFILL_CHUNK, n_prompt - i);
-        st = ampr__forward(c, tier, &r.seq, r.ids + i, n, 0, &r.scratch, err);
+        st = ampr__forward(c, r.tier, &r.seq, r.ids + i, n, 1, &r.scratch, err);
         if (st) goto done;
     }
     t_first = ampr__now_ms();
 
-    /* 4. decode */
-    ampr__detok dt;
-    ampr__detok_init(&dt);
-    dt.prev = r.ids[n_prompt - 1];
+    /* 4. decode: r.scratch.logits always predicts ids[n_ids] */
+    ampr__detok_init(&r.dt);
+    r.dt.prev = r.ids[n_prompt - 1];
     int32_t eos = ampr__tok_eos(tok);
     char piece[AMPR__DETOK_MAX_PIECE + 16];
-    for (int32_t n_gen = 0;; n_gen++) {
+    for (n_gen = 0;; n_gen++) {
         if (n_gen >= p->max_tokens) { finish = AMPR_FINISH_LENGTH; break; }
         if (r.seq.n_tokens >= hp->context_length) { finish = AMPR_FINISH_CONTEXT; break; }
-        int32_t next = ampr__sample(&r.sampler, r.scratch.logits, r.ids, r.n_ids);
+        float *logits = r.scratch.logits;
+
+        /* 4a. early-warning signals on a lower tier */
+        if (checking && r.tier != r.top) {
+            float ent = ampr__entropy(logits, V, NULL);
+            r.ent_ema = n_gen == 0 ? ent : 0.75f * r.ent_ema + 0.25f * ent;
+            const char *why = NULL;
+            if (n_gen >= fb->min_tokens) {
+                if (fb->entropy_max > 0 && r.ent_ema > fb->entropy_max) why = "entropy";
+                else if (fb->repeat_ngram > 0 &&
+                         ampr__repeats(r.ids + n_prompt, (size_t)n_gen, fb->repeat_ngram,
+                                       fb->repeat_window) >= fb->repeat_count)
+                    why = "repetition";
+            }
+            if (why) {
+                st = top_catch_up(c, &r, 1, err);
+                if (st == AMPR_ERR_KV_FULL) { /* cannot escalate: carry on, stop checking */
+                    ampr__err_clear(err);
+                    st = AMPR_OK;
+                    checking = 0;
+                } else if (st) {
+                    goto done;
+                } else {
+                    snprintf(escalation_reason, sizeof escalation_reason, "%s (%.2f nats)", why, r.ent_ema);
+                    escalation_token = n_gen;
+                    switch_to_top(c, &r, 0);
+                    if (fb->restart && !p->on_token) {
+                        st = restart_on_top(c, &r, n_prompt, p, err);
+                        if (st) goto done;
+                        escalation_token = 0;
+                        n_gen = -1;
+                        continue;
+                    }
+                    logits = r.scratch.logits;
+                }
+            }
+            if (r.ring && r.tier != r.top)
+                memcpy(r.ring + (r.n_ids % (size_t)fb->check_window) * (size_t)V, logits,
+                       (size_t)V * sizeof(float));
+        }
+
+        /* 4b. the next token */
+        int32_t next = ampr__sample(&r.sampler, logits, r.ids, r.n_ids);
         if (next == eos && !p->ignore_eos) { finish = AMPR_FINISH_EOS; break; }
         r.ids[r.n_ids++] = next;
 
+        /* 4c. text: whole UTF-8 characters, stop strings, streaming */
         size_t before = r.text.len;
-        size_t k = ampr__detok_push(tok, &dt, next, piece, sizeof piece);
+        size_t k = ampr__detok_push(tok, &r.dt, next, piece, sizeof piece);
         st = text_append(&r.text, piece, k, err);
         if (st) goto done;
         long stop_at = p->n_stop ? find_stop(&r.text, p, before) : -1;
@@ -237,15 +346,52 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
             if (upto < r.text.emitted) upto = r.text.emitted;
             int cancel = p->on_token(p->user, r.text.s + r.text.emitted, upto - r.text.emitted, next);
             r.text.emitted = upto;
-            if (cancel) { finish = AMPR_FINISH_CANCELLED; break; }
+            if (cancel) { n_gen++; finish = AMPR_FINISH_CANCELLED; break; }
         }
-        if (stopping) { finish = AMPR_FINISH_STOP; break; }
-        if (n_gen + 1 >= p->max_tokens || r.seq.n_tokens >= hp->context_length) continue;
-        st = ampr__forward(c, tier, &r.seq, &next, 1, 0, &r.scratch, err);
+        if (stopping) { n_gen++; finish = AMPR_FINISH_STOP; break; }
+        if (n_gen + 1 >= p->max_tokens || r.seq.n_tokens + 1 >= hp->context_length) continue;
+
+        /* 4d. forward the new token */
+        st = ampr__forward(c, r.tier, &r.seq, &next, 1, 1, &r.scratch, err);
         if (st) goto done;
+
+        /* 4e. the verification check against the top tier */
+        if (checking && r.ring && r.tier != r.top && (n_gen + 1) % fb->check_every == 0) {
+            int32_t w = AMPR__MIN(fb->check_window, n_gen + 1);
+            st = top_catch_up(c, &r, w, err);
+            if (st == AMPR_ERR_KV_FULL) {
+                ampr__err_clear(err);
+                st = AMPR_OK;
+                checking = 0;
+                continue;
+            }
+            if (st) goto done;
+            /* row j of the check predicts index n_ids - w + 1 + j; the last
+             * row pairs with the tier's current logits */
+            double kl = 0;
+            for (int32_t j = 0; j < w; j++) {
+                size_t idx = r.n_ids - (size_t)w + 1 + (size_t)j;
+                const float *mine = j == w - 1 ? r.scratch.logits
+                                               : r.ring + (idx % (size_t)fb->check_window) * (size_t)V;
+                kl += ampr__kl(r.check.logits + (size_t)j * (size_t)V, mine, V);
+            }
+            kl /= w;
+            if (kl > fb->kl_max) {
+                snprintf(escalation_reason, sizeof escalation_reason, "kl-check (%.3f nats > %.3f)", kl,
+                         fb->kl_max);
+                escalation_token = n_gen + 1;
+                switch_to_top(c, &r, w - 1);
+                if (fb->restart && !p->on_token) {
+                    st = restart_on_top(c, &r, n_prompt, p, err);
+                    if (st) goto done;
+                    escalation_token = 0;
+                    n_gen = -1;
+                }
+            }
+        }
     }
     if (finish != AMPR_FINISH_STOP && finish != AMPR_FINISH_CANCELLED) {
-        size_t k = ampr__detok_flush(&dt, piece, sizeof piece);
+        size_t k = ampr__detok_flush(&r.dt, piece, sizeof piece);
         st = text_append(&r.text, piece, k, err);
         if (st) goto done;
         if (p->on_token && r.text.len > r.text.emitted) {
@@ -256,11 +402,13 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
     st = finish == AMPR_FINISH_CANCELLED ? AMPR_ERR_CANCELLED : AMPR_OK;
 
 done:
-    ampr__kv_seq_release(&r.seq); /* pages go back first, whatever happened */
+    /* pages go back first, whatever happened */
+    ampr__kv_seq_release(&r.seq);
+    ampr__kv_seq_release(&r.seq_top);
     if ((st == AMPR_OK || st == AMPR_ERR_CANCELLED) && out) {
-        size_t n_gen = r.n_ids - (size_t)n_prompt;
+        size_t n_out = r.n_ids - (size_t)n_prompt;
         ampr_result *res = ampr__calloc(1, sizeof *res);
-        int32_t *gen = ampr__malloc((n_gen ? n_gen : 1) * sizeof(int32_t));
+        int32_t *gen = ampr__malloc((n_out ? n_out : 1) * sizeof(int32_t));
         char *text = r.text.s ? r.text.s : ampr__strndup("", 0);
         if (!res || !gen || !text) {
             ampr__free(res);
@@ -269,17 +417,20 @@ done:
             st = ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for the result");
         } else {
             double t_end = ampr__now_ms();
-            memcpy(gen, r.ids + n_prompt, n_gen * sizeof(int32_t));
+            memcpy(gen, r.ids + n_prompt, n_out * sizeof(int32_t));
             r.text.s = NULL;
             res->struct_size = sizeof *res;
             res->text = text;
             res->text_len = r.text.len;
             res->tokens = gen;
-            res->n_tokens = n_gen;
+            res->n_tokens = n_out;
             res->n_prompt_tokens = n_prompt;
             res->finish = finish;
-            res->tier_first = res->tier_final = tier->id;
-            res->escalation_token = -1;
+            res->tier_first = tier_first;
+            res->tier_final = r.tier->id;
+            res->escalated = escalation_token >= 0;
+            res->escalation_token = escalation_token;
+            snprintf(res->escalation_reason, sizeof res->escalation_reason, "%s", escalation_reason);
             res->prefill_ms = t_first - t0;
             res->decode_ms = t_end - t_first;
             res->total_ms = t_end - t0;
@@ -304,10 +455,10 @@ ampr_status ampr__logits(ampr_ctx *c, ampr__tier *t, const int32_t *ids, int32_t
     memset(&s, 0, sizeof s);
     int32_t chunk = AMPR__MIN(n, PREFILL_CHUNK);
     ampr_status st = ampr__kv_seq_reserve(&seq, t->kv, n, err);
-    if (st == AMPR_OK) st = ampr__scratch_new(c, chunk, 1, &s, err);
+    if (st == AMPR_OK) st = ampr__scratch_new(c, chunk, chunk, &s, err);
     for (int32_t i = 0; st == AMPR_OK && i < n; i += chunk) {
         int32_t k = AMPR__MIN(chunk, n - i);
-        st = ampr__forward(c, t, &seq, ids + i, k, 1, &s, err);
+        st = ampr__forward(c, t, &seq, ids + i, k, k, &s, err);
         if (st == AMPR_OK)
             memcpy(logits + (size_t)i * (size_t)hp->vocab_size, s.logits,
                    (size_t)k * (size_t)hp->vocab_size * sizeof(float));

@@ -151,8 +151,8 @@ static void check_logits(int hf) {
         ampr__scratch s;
         ampr__tier *t = &ctx->tiers[0];
         assert_int_equal(ampr__kv_seq_reserve(&seq, t->kv, npos, &err), AMPR_OK);
-        assert_int_equal(ampr__scratch_new(ctx, npos, 1, &s, &err), AMPR_OK);
-        assert_int_equal(ampr__forward(ctx, t, &seq, toks, npos, 1, &s, &err), AMPR_OK);
+        assert_int_equal(ampr__scratch_new(ctx, npos, npos, &s, &err), AMPR_OK);
+        assert_int_equal(ampr__forward(ctx, t, &seq, toks, npos, npos, &s, &err), AMPR_OK);
         /* relative error of each position's logit vector: max |ours - ref| / max |ref| */
         for (int i = 0; i < npos; i++) {
             double mx = 0, diff = 0;
@@ -202,10 +202,10 @@ static void test_prefill_equals_decode(void **state) {
     ampr__scratch sa, sb;
     assert_int_equal(ampr__kv_seq_reserve(&a, t->kv, (int)n, &err), AMPR_OK);
     assert_int_equal(ampr__kv_seq_reserve(&b, t->kv, (int)n, &err), AMPR_OK);
-    assert_int_equal(ampr__scratch_new(ctx, (int)n, 0, &sa, &err), AMPR_OK);
-    assert_int_equal(ampr__scratch_new(ctx, 1, 0, &sb, &err), AMPR_OK);
-    assert_int_equal(ampr__forward(ctx, t, &a, toks, (int)n, 0, &sa, &err), AMPR_OK);
-    for (size_t i = 0; i < n; i++) assert_int_equal(ampr__forward(ctx, t, &b, &toks[i], 1, 0, &sb, &err), AMPR_OK);
+    assert_int_equal(ampr__scratch_new(ctx, (int)n, 1, &sa, &err), AMPR_OK);
+    assert_int_equal(ampr__scratch_new(ctx, 1, 1, &sb, &err), AMPR_OK);
+    assert_int_equal(ampr__forward(ctx, t, &a, toks, (int)n, 1, &sa, &err), AMPR_OK);
+    for (size_t i = 0; i < n; i++) assert_int_equal(ampr__forward(ctx, t, &b, &toks[i], 1, 1, &sb, &err), AMPR_OK);
     for (int v = 0; v < ctx->hp.vocab_size; v++)
         assert_true(fabs(sa.logits[v] - sb.logits[v]) <= 1e-4 * fmax(1.0, fabs(sb.logits[v])));
     ampr__scratch_free(&sa);

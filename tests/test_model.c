@@ -101,6 +101,9 @@ static void expect_l2c_layers(const ampr__model *m, const l2c *c, int permuted) 
     free(unp);
 }
 
+static ampr__model *load_ok(const char *path);
+static void expect_same_encoding(const ampr__tokenizer *a, const ampr__tokenizer *b);
+
 /* ---- stories260K ------------------------------------------------------------ */
 
 static void test_stories_gguf(void **state) {
@@ -172,6 +175,11 @@ static void test_stories_convert(void **state) {
     l2c_open(&c, bin);
     expect_l2c_layers(m, &c, 1);
     free(c.buf);
+    /* the converted tokenizer.json encodes like the GGUF vocabulary */
+    TU_SHARED_OR_SKIP(gguf, "models/stories260K/stories260K.gguf");
+    ampr__model *mg = load_ok(gguf);
+    expect_same_encoding(mg->tok, m->tok);
+    ampr__model_free(mg);
     ampr__model_free(m);
 
     /* tokenizer.json: byte-fallback BPE with U+2581 pieces and score-ranked merges */
@@ -277,6 +285,24 @@ static void expect_same_weights(const ampr__model *a, const ampr__model *b) {
     free(u);
 }
 
+/* Both tokenizers encode a few texts to the same ids. */
+static void expect_same_encoding(const ampr__tokenizer *a, const ampr__tokenizer *b) {
+    static const char *const texts[] = {"Once upon a time, there was a little girl.",
+                                        "  two  spaces\nand a newline", "caf\xc3\xa9 \xe2\x82\xac" "5",
+                                        "abc abd zzz qq"};
+    for (size_t i = 0; i < AMPR__ARRAY_LEN(texts); i++) {
+        ampr__err err = {0};
+        int32_t *x = NULL, *y = NULL;
+        size_t nx = 0, ny = 0;
+        assert_int_equal(ampr__tok_encode(a, texts[i], strlen(texts[i]), 1, &x, &nx, &err), 0);
+        assert_int_equal(ampr__tok_encode(b, texts[i], strlen(texts[i]), 1, &y, &ny, &err), 0);
+        assert_int_equal(nx, ny);
+        assert_memory_equal(x, y, nx * sizeof *x);
+        ampr__free(x);
+        ampr__free(y);
+    }
+}
+
 static void test_random_roundtrip(void **state) {
     (void)state;
     char *dir = tu_tmpdir("rand");
@@ -313,6 +339,7 @@ static void test_random_roundtrip(void **state) {
     assert_int_equal(mg->n_params, mh3->n_params);
     /* the same seed gives the same model in both formats */
     expect_same_weights(mg, mh);
+    expect_same_encoding(mg->tok, mh->tok);
     /* statistics: std about 0.02, norms about 1 */
     float row[64];
     ampr__tensor_row_f32(mg->layers[0].attn_norm, 0, row);

@@ -143,7 +143,7 @@ static int check_ids(const ampr__tokenizer *t, const char *text, size_t n, unsig
             w[k] = (int32_t)json_integer_value(json_array_get(want, k));
         print_ids("want", w, k);
     }
-    free(ids); /* ampr__malloc is the C allocator unless hooks are installed */
+    ampr__free(ids);
     return ok;
 }
 
@@ -252,7 +252,7 @@ static int run_roundtrip(const ampr__tokenizer *t, const char *path, int *n_tota
                     print_message("  ROUNDTRIP \"%.60s\" -> \"%.60s\"\n", s, dec);
                 }
                 free(dec);
-                free(ids);
+                ampr__free(ids);
             }
             json_decref(o);
         }
@@ -372,7 +372,7 @@ static void test_hf_phi3(void **state) {
     int found_end = 0;
     for (size_t i = 0; i < n_ids; i++) found_end |= ids[i] == 32007;
     assert_true(found_end);
-    free(ids);
+    ampr__free(ids);
     ampr__tok_free(t);
 }
 
@@ -402,7 +402,7 @@ static void test_hf_gpt2(void **state) {
     assert_int_equal(ids[0], 15496);
     assert_int_equal(ids[1], 50256);
     assert_int_equal(ids[2], 995);
-    free(ids);
+    ampr__free(ids);
     ampr__tok_free(t);
 }
 
@@ -436,16 +436,149 @@ static void test_spm_cut_exact(void **state) {
         else {
             assert_int_equal(nx, n_ref);
             assert_memory_equal(x, ref, nx * sizeof *x);
-            free(x);
+            ampr__free(x);
         }
-        free(y);
+        ampr__free(y);
     }
-    free(ref);
+    ampr__free(ref);
     ampr__tok_free(a);
     ampr__tok_free(s);
     ampr__tok_free(c);
     bin_spec_free(&b);
     free(txt);
+}
+
+/* A byte-level BPE spec as the GGUF loader builds it (tokens, types, merges). */
+static void test_bpe_spec_gpt2(void **state) {
+    (void)state;
+    TU_SHARED_OR_SKIP(js, "tokenizers/gpt2/tokenizer.json");
+    TU_SHARED_OR_SKIP(inp, "tokenizers/gpt2/ggml-vocab-gpt-2.gguf.inp");
+    TU_SHARED_OR_SKIP(outp, "tokenizers/gpt2/ggml-vocab-gpt-2.gguf.out");
+    json_error_t je;
+    json_t *root = json_load_file(js, 0, &je);
+    assert_non_null(root);
+    json_t *model = json_object_get(root, "model"), *vocab = json_object_get(model, "vocab");
+    json_t *merges = json_object_get(model, "merges");
+    int32_t nv = (int32_t)json_object_size(vocab);
+    const char **toks = calloc((size_t)nv, sizeof *toks);
+    int32_t *types = calloc((size_t)nv, sizeof *types);
+    const char *key;
+    json_t *val;
+    json_object_foreach(vocab, key, val) {
+        int32_t id = (int32_t)json_integer_value(val);
+        toks[id] = key;
+        types[id] = id == 50256 ? AMPR__TT_CONTROL : AMPR__TT_NORMAL;
+    }
+    int32_t nm = (int32_t)json_array_size(merges);
+    const char **ms = calloc((size_t)nm, sizeof *ms);
+    for (int32_t i = 0; i < nm; i++) ms[i] = json_string_value(json_array_get(merges, (size_t)i));
+    ampr__tok_spec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.kind = AMPR__TOK_BPE;
+    spec.pre = AMPR__PRE_GPT2;
+    spec.n_vocab = nv;
+    spec.tokens = toks;
+    spec.types = types;
+    spec.n_merges = nm;
+    spec.merges = ms;
+    spec.bos_id = spec.eos_id = 50256;
+    spec.unk_id = spec.pad_id = -1;
+    ampr__tokenizer *t = NULL;
+    ampr__err err = {0};
+    assert_int_equal(ampr__tok_new(&spec, &t, &err), AMPR_OK);
+    int n, f = run_ggml_vectors(t, inp, outp, 0, &n);
+    print_message("gpt2 BPE spec vs llama.cpp test vectors: %d/%d match\n", n - f, n);
+    assert_int_equal(f, 0);
+    ampr__tok_free(t);
+
+    /* the Llama 3 pre-tokenizer: digits go in threes, "'S" splits case-insensitively */
+    spec.pre = AMPR__PRE_LLAMA3;
+    assert_int_equal(ampr__tok_new(&spec, &t, &err), AMPR_OK);
+    int32_t *ids;
+    size_t n_ids;
+    assert_int_equal(ampr__tok_encode(t, "1234567", 7, 0, &ids, &n_ids, &err), AMPR_OK);
+    assert_int_equal(n_ids, 3); /* "123" "456" "7" are GPT-2 tokens */
+    size_t dl;
+    char *dec = decode_all(t, ids, n_ids, &dl);
+    assert_string_equal(dec, "1234567");
+    free(dec);
+    ampr__free(ids);
+    ampr__tok_free(t);
+    spec.pre = (ampr__tok_pre)99;
+    assert_int_equal(ampr__tok_new(&spec, &t, &err), AMPR_ERR_UNSUPPORTED);
+    free(toks);
+    free(types);
+    free(ms);
+    json_decref(root);
+}
+
+/* Random corruption of real inputs never crashes (ASan/valgrind watch). */
+static void test_fuzz_smoke(void **state) {
+    (void)state;
+    TU_SHARED_OR_SKIP(bin, "models/stories260K/tok512.bin");
+    size_t len;
+    char *orig = tu_read_file(bin, &len);
+    char *d = malloc(len);
+    uint64_t r = 88172645463325252ull;
+    for (int iter = 0; iter < 300; iter++) {
+        memcpy(d, orig, len);
+        for (int k = 0; k < 1 + iter % 8; k++) {
+            r ^= r << 13; r ^= r >> 7; r ^= r << 17;
+            d[r % len] = (char)(r >> 40);
+        }
+        ampr__tokenizer *t = NULL;
+        if (ampr__tok_from_llama2c(d, len, 512, &t, NULL) == AMPR_OK) {
+            int32_t *ids;
+            size_t n;
+            static const char txt[] = "Once upon a time, \xe2\x96\x81 there  was 3 \xf0\x9f\xa6\x99!";
+            if (ampr__tok_encode(t, txt, sizeof txt - 1, 1, &ids, &n, NULL) == AMPR_OK) {
+                size_t dl;
+                free(decode_all(t, ids, n, &dl));
+                ampr__free(ids);
+            }
+            ampr__tok_free(t);
+        }
+    }
+    free(d);
+    free(orig);
+    static const char js[] =
+        "{\"added_tokens\":[{\"id\":3,\"content\":\"<x>\",\"special\":true,\"rstrip\":true}],"
+        "\"pre_tokenizer\":{\"type\":\"ByteLevel\"},\"post_processor\":{\"type\":\"TemplateProcessing\","
+        "\"single\":[{\"SpecialToken\":{\"id\":\"<x>\"}},{\"Sequence\":{\"id\":\"A\"}}]},"
+        "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"ab\":2},\"merges\":[\"a b\"]}}";
+    char buf[sizeof js];
+    for (int iter = 0; iter < 3000; iter++) {
+        memcpy(buf, js, sizeof js);
+        for (int k = 0; k < 1 + iter % 3; k++) {
+            r ^= r << 13; r ^= r >> 7; r ^= r << 17;
+            buf[r % (sizeof js - 1)] = "{}[]\":,0129ab \\<>x-"[(r >> 33) % 19];
+        }
+        ampr__tokenizer *t = NULL;
+        if (ampr__tok_from_hf_json(buf, sizeof js - 1, &t, NULL) == AMPR_OK) {
+            int32_t *ids;
+            size_t n;
+            if (ampr__tok_encode(t, "ab<x> ba\xc3\xa9", 10, 1, &ids, &n, NULL) == AMPR_OK) {
+                size_t dl;
+                free(decode_all(t, ids, n, &dl));
+                ampr__free(ids);
+            }
+            ampr__tok_free(t);
+        }
+    }
+    ampr__tokenizer *t = NULL;
+    assert_int_equal(ampr__tok_from_hf_json(js, sizeof js - 1, &t, NULL), AMPR_OK);
+    assert_int_equal(ampr__tok_bos(t), 3);
+    assert_int_equal(ampr__tok_add_bos_default(t), 1);
+    int32_t *ids;
+    size_t n;
+    assert_int_equal(ampr__tok_encode(t, "ab<x>  ab", 9, 1, &ids, &n, NULL), AMPR_OK);
+    assert_int_equal(n, 4); /* BOS, "ab", <x> (eats the spaces), "ab" */
+    assert_int_equal(ids[0], 3);
+    assert_int_equal(ids[1], 2);
+    assert_int_equal(ids[2], 3);
+    assert_int_equal(ids[3], 2);
+    ampr__free(ids);
+    ampr__tok_free(t);
 }
 
 /* ---- encode edge cases ---------------------------------------------------- */
@@ -460,10 +593,10 @@ static void test_encode_edges(void **state) {
     assert_int_equal(ampr__tok_encode(t, "", 0, 1, &ids, &n, &err), AMPR_OK);
     assert_int_equal(n, 1);
     assert_int_equal(ids[0], 1);
-    free(ids);
+    ampr__free(ids);
     assert_int_equal(ampr__tok_encode(t, NULL, 0, 0, &ids, &n, &err), AMPR_OK);
     assert_int_equal(n, 0);
-    free(ids);
+    ampr__free(ids);
     assert_int_equal(ampr__tok_encode(t, "a\xff", 2, 1, &ids, &n, &err), AMPR_ERR_BAD_UTF8);
     assert_null(ids);
     assert_int_equal(ampr__tok_encode(t, "\xe2\x82", 2, 1, &ids, &n, &err), AMPR_ERR_BAD_UTF8);
@@ -478,7 +611,7 @@ static void test_encode_edges(void **state) {
     assert_int_equal(dl, 3);
     assert_memory_equal(dec, "a\0b", 3);
     free(dec);
-    free(ids);
+    ampr__free(ids);
     /* a long prompt is fast and exact to the bytes */
     size_t big = 200000;
     char *txt = malloc(big);
@@ -488,7 +621,7 @@ static void test_encode_edges(void **state) {
     assert_int_equal(dl, big);
     assert_memory_equal(dec, txt, big);
     free(dec);
-    free(ids);
+    ampr__free(ids);
     free(txt);
     ampr__tok_free(t);
 }
@@ -615,7 +748,7 @@ static void test_malformed(void **state) {
     assert_int_equal(ampr__tok_encode(t, "ab", 2, 0, &ids, &n, &err), AMPR_OK);
     assert_int_equal(n, 1);
     assert_int_equal(ids[0], 1);
-    free(ids);
+    ampr__free(ids);
     ampr__tok_free(t);
 
     /* tokenizer.json */
@@ -687,6 +820,8 @@ int main(void) {
         cmocka_unit_test(test_hf_phi3),
         cmocka_unit_test(test_hf_gpt2),
         cmocka_unit_test(test_spm_cut_exact),
+        cmocka_unit_test(test_bpe_spec_gpt2),
+        cmocka_unit_test(test_fuzz_smoke),
         cmocka_unit_test(test_encode_edges),
         cmocka_unit_test(test_detok_stream),
         cmocka_unit_test(test_malformed),

@@ -94,17 +94,17 @@ static int bench_tier(ampr_ctx *c, ampr__tier *t, int n_prompt, int n_gen, doubl
     int rc = 1;
     int chunk = n_prompt < 256 ? n_prompt : 256;
     if (ampr__kv_seq_reserve(&seq, t->kv, n_prompt + n_gen, &err) == AMPR_OK &&
-        ampr__scratch_new(c, chunk, 0, &s, &err) == AMPR_OK) {
+        ampr__scratch_new(c, chunk, 1, &s, &err) == AMPR_OK) {
         double t0 = ampr__now_ms();
         int ok = 1;
         for (int i = 0; i < n_prompt && ok; i += chunk) {
             int k = n_prompt - i < chunk ? n_prompt - i : chunk;
-            ok = ampr__forward(c, t, &seq, toks + i, k, 0, &s, &err) == AMPR_OK;
+            ok = ampr__forward(c, t, &seq, toks + i, k, 1, &s, &err) == AMPR_OK;
         }
         double t1 = ampr__now_ms();
         for (int i = 0; i < n_gen && ok; i++) {
             int32_t next = ampr__argmax(s.logits, c->hp.vocab_size);
-            ok = ampr__forward(c, t, &seq, &next, 1, 0, &s, &err) == AMPR_OK;
+            ok = ampr__forward(c, t, &seq, &next, 1, 1, &s, &err) == AMPR_OK;
         }
         double t2 = ampr__now_ms();
         if (ok) {

@@ -28,11 +28,12 @@
 
 /* ---- scratch ------------------------------------------------------------ */
 
-ampr_status ampr__scratch_new(const ampr_ctx *c, int32_t max_tokens, int all_logits,
+ampr_status ampr__scratch_new(const ampr_ctx *c, int32_t max_tokens, int32_t max_logits,
                               ampr__scratch *s, ampr__err *err) {
     const ampr__hparams *hp = &c->hp;
     memset(s, 0, sizeof *s);
     s->max_tokens = max_tokens;
+    s->max_logits = AMPR__MAX(1, AMPR__MIN(max_logits, max_tokens));
     size_t n = (size_t)max_tokens;
     size_t q_dim = (size_t)hp->n_heads * (size_t)hp->head_dim;
     size_t kv_dim = (size_t)hp->n_kv_heads * (size_t)hp->head_dim;
@@ -48,7 +49,7 @@ ampr_status ampr__scratch_new(const ampr_ctx *c, int32_t max_tokens, int all_log
     s->hb2 = ampr__alloc_array(n * (size_t)hp->hidden_dim, sizeof(float), err);
     s->scores = ampr__alloc_array((size_t)ampr__pool_size(c->pool) * (size_t)hp->context_length,
                                   sizeof(float), err);
-    s->logits = ampr__alloc_array((all_logits ? n : 1) * (size_t)hp->vocab_size, sizeof(float), err);
+    s->logits = ampr__alloc_array((size_t)s->max_logits * (size_t)hp->vocab_size, sizeof(float), err);
     s->act_bytes = act;
     s->act = act ? ampr__malloc(act) : NULL;
     if (!s->x || !s->xb || !s->qkv || !s->att || !s->hb || !s->hb2 || !s->scores || !s->logits ||
@@ -216,14 +217,14 @@ static void attn_task(void *arg, int task, int n_tasks) {
 /* ---- the pass ----------------------------------------------------------- */
 
 ampr_status ampr__forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, const int32_t *tokens,
-                          int32_t n, int all_logits, ampr__scratch *s, ampr__err *err) {
+                          int32_t n, int32_t n_logits, ampr__scratch *s, ampr__err *err) {
     const ampr__hparams *hp = &c->hp;
     int32_t dim = hp->dim, hd = hp->head_dim, hidden = hp->hidden_dim;
     int32_t q_dim = hp->n_heads * hd, kv_dim = hp->n_kv_heads * hd, qkv_dim = q_dim + 2 * kv_dim;
     int32_t p0 = seq->n_tokens;
-    if (n <= 0 || n > s->max_tokens)
-        return ampr__fail(err, AMPR_ERR_INTERNAL, "forward of %d tokens (scratch holds %d)", n,
-                          s->max_tokens);
+    if (n <= 0 || n > s->max_tokens || n_logits < 1 || n_logits > n || n_logits > s->max_logits)
+        return ampr__fail(err, AMPR_ERR_INTERNAL, "forward of %d tokens, %d logits (scratch: %d, %d)",
+                          n, n_logits, s->max_tokens, s->max_logits);
     if (p0 + n > hp->context_length)
         return ampr__fail(err, AMPR_ERR_PROMPT_TOO_LONG,
                           "positions %d..%d exceed the context window of %d", p0, p0 + n - 1,
@@ -271,7 +272,7 @@ ampr_status ampr__forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, const i
     }
 
     const ampr__qmat *out = t->output_is_embd ? &t->embd : &t->output;
-    int32_t first = all_logits ? 0 : n - 1, n_out = all_logits ? n : 1;
+    int32_t first = n - n_logits, n_out = n_logits;
     for (int32_t i = 0; i < n_out; i++)
         rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)(first + i) * dim, ampr__final_norm(c), dim,
                 hp->norm_eps);

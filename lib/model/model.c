@@ -254,8 +254,10 @@ static ampr_status bind(ampr__model *m, int kind, int layer, int64_t rows, int64
     ampr__tensor_name(kind, layer, 0, name, sizeof name);
     const ampr__tensor *t = ampr__model_find(m, name);
     if (!t) return ampr__fail(err, AMPR_ERR_MODEL_MISSING, "tensor %s is missing", name);
-    int want_dims = rows ? 2 : 1;
-    if (t->n_dims != want_dims || t->ne[0] != cols || (rows && t->ne[1] != rows))
+    /* Trailing dimensions of 1 are allowed (a [dim] norm stored as [dim, 1]). */
+    int extra = 0;
+    for (int d = rows ? 2 : 1; d < 4; d++) extra |= t->ne[d] != 1;
+    if (extra || t->n_dims < (rows ? 2 : 1) || t->ne[0] != cols || (rows && t->ne[1] != rows))
         return ampr__fail(err, AMPR_ERR_MODEL_SHAPE,
                           "tensor %s has shape [%lld, %lld] (%d dims), expected [%lld, %lld]",
                           name, (long long)t->ne[0], (long long)t->ne[1], t->n_dims,

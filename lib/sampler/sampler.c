@@ -17,11 +17,7 @@ ampr_status ampr__sampler_init(ampr__sampler *s, int32_t n_vocab, float temperat
     s->top_p = top_p;
     s->repetition_penalty = repetition_penalty;
     s->repetition_last_n = repetition_last_n;
-    /* splitmix64 of the seed, so that seed 0 is fine for xorshift */
-    uint64_t z = seed + 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    s->rng = (z ^ (z >> 31)) | 1;
+    ampr__sampler_reseed(s, seed);
     s->ids = ampr__alloc_array((size_t)n_vocab, sizeof(int32_t), err);
     s->vals = ampr__alloc_array((size_t)n_vocab, sizeof(float), err);
     if (!s->ids || !s->vals) {
@@ -29,6 +25,14 @@ ampr_status ampr__sampler_init(ampr__sampler *s, int32_t n_vocab, float temperat
         return AMPR_ERR_NOMEM;
     }
     return AMPR_OK;
+}
+
+void ampr__sampler_reseed(ampr__sampler *s, uint64_t seed) {
+    /* splitmix64 of the seed, so that seed 0 is fine for xorshift */
+    uint64_t z = seed + 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    s->rng = (z ^ (z >> 31)) | 1;
 }
 
 void ampr__sampler_free(ampr__sampler *s) {

@@ -24,6 +24,8 @@ ampr_status ampr__sampler_init(ampr__sampler *s, int32_t n_vocab, float temperat
                                int32_t top_k, float top_p, float repetition_penalty,
                                int32_t repetition_last_n, uint64_t seed, ampr__err *err);
 void ampr__sampler_free(ampr__sampler *s);
+/* Restart the RNG as ampr__sampler_init did for this seed. */
+void ampr__sampler_reseed(ampr__sampler *s, uint64_t seed);
 
 /* Pick the next token. logits (n_vocab) may be modified. history holds the
  * ids seen so far (prompt + generated), used by the repetition penalty. */

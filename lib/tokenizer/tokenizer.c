@@ -68,6 +68,7 @@ struct ampr__tokenizer {
     int runc_compat, space_prefix_first_only, ignore_merges, bpe_prefix_space;
     int32_t byte_id[256];      /* SPM: <0xNN> token, or -1 */
     int32_t byte_char_id[256]; /* BPE: id of the one-character piece of byte b, or -1 */
+    uint32_t byte_cp[256];     /* BPE: GPT-2's code point for byte b */
 
     /* literal tokens: ids sorted by first byte then length (longest first) */
     int32_t *lit_ids;
@@ -582,7 +583,8 @@ ampr_status ampr__tok_new_ex(const ampr__tok_spec *s, const ampr__tok_opts *o,
     if (s->kind == AMPR__TOK_BPE) {
         for (unsigned b = 0; b < 256; b++) {
             char u[4];
-            size_t l = utf8_put(u, byte_to_cp(b));
+            t->byte_cp[b] = byte_to_cp(b);
+            size_t l = utf8_put(u, t->byte_cp[b]);
             t->byte_char_id[b] = str_lookup(t, u, l);
         }
     }
@@ -885,7 +887,7 @@ static ampr_status encode_bpe_word(work *w, const char *s, size_t n) {
     if (t->ignore_merges) {
         for (size_t i = 0; i < n; i++) {
             char u[4];
-            size_t l = utf8_put(u, byte_to_cp((unsigned char)s[i]));
+            size_t l = utf8_put(u, t->byte_cp[(unsigned char)s[i]]);
             AMPR__TRY(buf_put(w, u, l));
         }
         int32_t id = str_lookup(t, w->buf, w->buf_n);

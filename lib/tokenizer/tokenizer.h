@@ -116,7 +116,11 @@ typedef struct ampr__detok {
 } ampr__detok;
 void ampr__detok_init(ampr__detok *d);
 /* Append the text of id to out[0..cap); returns the bytes written. cap must be
- * at least AMPR__DETOK_MAX_PIECE + 8. Special tokens write nothing. */
+ * at least AMPR__DETOK_MAX_PIECE + 8. Special tokens write nothing. Never
+ * writes past cap: bytes that do not fit are dropped, which can only happen
+ * for a token that decodes to more than AMPR__DETOK_MAX_PIECE bytes or whose
+ * invalid bytes expand to U+FFFD past that. SPM vocabularies strip one
+ * leading space from the first piece at stream start or right after BOS. */
 #define AMPR__DETOK_MAX_PIECE 256
 size_t ampr__detok_push(const ampr__tokenizer *tok, ampr__detok *d, int32_t id, char *out,
                         size_t cap);
