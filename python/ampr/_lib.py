@@ -141,6 +141,7 @@ class GenParams(_Sized):
         ("ignore_eos", ctypes.c_int),
         ("on_token", TOKEN_FN),
         ("user", ctypes.c_void_p),
+        ("fallback", ctypes.c_int32),
     ]
 
 
@@ -162,6 +163,18 @@ class Result(_Sized):
         ("decode_ms", ctypes.c_double),
         ("total_ms", ctypes.c_double),
     ]
+
+
+def new_struct(lib_init, cls):
+    """A `cls` filled by its C _init function. The _init functions write the
+    library's sizeof, which is larger than ours when the library is newer
+    (fields are appended), so they write into a generous scratch buffer and
+    our part is copied out, with struct_size set to the size we know."""
+    scratch = ctypes.create_string_buffer(max(4096, 2 * ctypes.sizeof(cls)))
+    lib_init(ctypes.cast(scratch, ctypes.POINTER(cls)))
+    obj = cls.from_buffer_copy(scratch.raw[:ctypes.sizeof(cls)])
+    obj.struct_size = min(obj.struct_size, ctypes.sizeof(cls))
+    return obj
 
 
 ctx_p = ctypes.c_void_p  # ampr_ctx * (opaque)

@@ -150,8 +150,7 @@ class Model:
             cfg = _as_bytes(config, "config")
         else:
             cfg = json.dumps(config).encode()
-        params = L.OpenParams()
-        lib.ampr_open_params_init(ctypes.byref(params))
+        params = L.new_struct(lib.ampr_open_params_init, L.OpenParams)
         state = None
         if progress is not None:
             state = _Progress(progress)
@@ -240,8 +239,7 @@ class Model:
     def info(self):
         """ModelInfo (cached: the model is read-only after open)."""
         if self._info is None:
-            mi = L.ModelInfo()
-            self._lib.ampr_model_info_init(ctypes.byref(mi))
+            mi = L.new_struct(self._lib.ampr_model_info_init, L.ModelInfo)
             with self._use() as ctx:
                 st = self._lib.ampr_get_model_info(ctx, ctypes.byref(mi))
                 if st != L.AMPR_OK:
@@ -257,8 +255,7 @@ class Model:
     def tier_info(self, tier):
         """TierInfo of a resident tier (name or number); TierUnavailableError
         otherwise. kv_pages_used is live, so this is not cached."""
-        ti = L.TierInfo()
-        self._lib.ampr_tier_info_init(ctypes.byref(ti))
+        ti = L.new_struct(self._lib.ampr_tier_info_init, L.TierInfo)
         t = self._tier(tier)
         with self._use() as ctx:
             st = self._lib.ampr_get_tier_info(ctx, t, ctypes.byref(ti))
@@ -313,8 +310,7 @@ class Model:
         features and a one-line reason."""
         data = _as_bytes(prompt, "prompt")
         sysb = None if system is None else _as_bytes(system, "system")
-        r = L.RouteResult()
-        self._lib.ampr_route_result_init(ctypes.byref(r))
+        r = L.new_struct(self._lib.ampr_route_result_init, L.RouteResult)
         with self._use() as ctx:
             st = self._lib.ampr_route(ctx, data, len(data), sysb, len(sysb) if sysb else 0,
                                       ctypes.byref(r))
@@ -328,11 +324,10 @@ class Model:
 
     def _params(self, tier="auto", max_tokens=None, temperature=None, top_k=None, top_p=None,
                 repetition_penalty=None, repetition_last_n=None, seed=None, stop=None,
-                add_bos=None, ignore_eos=None):
+                add_bos=None, ignore_eos=None, fallback=None):
         """ampr_gen_params from keyword arguments; None keeps the library's
         default. Returns (params, objects that must stay alive)."""
-        p = L.GenParams()
-        self._lib.ampr_gen_params_init(ctypes.byref(p))
+        p = L.new_struct(self._lib.ampr_gen_params_init, L.GenParams)
         p.tier = self._tier(tier)
         for name, v in (("max_tokens", max_tokens), ("temperature", temperature),
                         ("top_k", top_k), ("top_p", top_p),
@@ -344,6 +339,8 @@ class Model:
             p.add_bos = 1 if add_bos else 0
         if ignore_eos is not None:
             p.ignore_eos = 1 if ignore_eos else 0
+        if fallback is not None:
+            p.fallback = 1 if fallback else 0
         keep = []
         if stop:
             if isinstance(stop, (str, bytes)):
@@ -371,7 +368,7 @@ class Model:
 
     def generate(self, prompt, *, on_token=None, tier="auto", max_tokens=None, temperature=None,
                  top_k=None, top_p=None, repetition_penalty=None, repetition_last_n=None,
-                 seed=None, stop=None, add_bos=None, ignore_eos=None):
+                 seed=None, stop=None, add_bos=None, ignore_eos=None, fallback=None):
         """Run one request and return a Result.
 
         prompt is str or UTF-8 bytes. Sampling arguments left as None keep
@@ -381,12 +378,13 @@ class Model:
         prompt) or a tier name. on_token(piece, token_id), if given, is called
         for each piece of text as it is produced; a truthy return cancels the
         request, which then returns the partial Result with finish
-        "cancelled". An exception raised by on_token cancels the request and
+        "cancelled". fallback=False keeps the request on its tier (no
+        escalation to the top tier). An exception raised by on_token cancels the request and
         is re-raised here.
         """
         data = _as_bytes(prompt, "prompt")
         p, keep = self._params(tier, max_tokens, temperature, top_k, top_p, repetition_penalty,
-                               repetition_last_n, seed, stop, add_bos, ignore_eos)
+                               repetition_last_n, seed, stop, add_bos, ignore_eos, fallback)
         state = cb = None
         if on_token is not None:
             state = _Pieces(on_token)
