@@ -1,7 +1,9 @@
 # libampr -- build, test, install.
 #
 #   make              libampr.a, libampr.so, the `ampr` CLI (build/)
-#   make test         cmocka unit and end-to-end tests
+#   make test         cmocka unit and end-to-end tests, then check-promtool
+#   make check-promtool  `ampr run --metrics` through `promtool check metrics`
+#                     (skips when promtool, Debian package prometheus, is absent)
 #   make check-asan   the tests under AddressSanitizer + UBSan (build-asan/)
 #   make check-valgrind  the tests under valgrind memcheck
 #   make run          install missing packages, build, generate from the default model
@@ -46,6 +48,13 @@ endif
 
 LIB_SRCS := $(sort $(wildcard lib/*.c lib/*/*.c))
 LIB_OBJS := $(patsubst %.c,$(B)/%.o,$(LIB_SRCS))
+
+# The CUDA backend (cuda/cuda.mk sets CUDA_OBJS and CUDA_LIBS).
+ifeq ($(CUDA),1)
+include cuda/cuda.mk
+LIB_OBJS += $(CUDA_OBJS)
+LIBS += $(CUDA_LIBS)
+endif
 TEST_SRCS := $(sort $(wildcard tests/test_*.c))
 TEST_BINS := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRCS))
 TEST_SUPPORT := tests/testutil.c
@@ -56,7 +65,7 @@ SONAME := libampr.so.$(VERSION_MAJOR)
 SHARED := $(B)/libampr.so.$(VERSION)
 CLI := $(B)/ampr
 
-.PHONY: all lib test check-asan check-valgrind run bench install uninstall clean examples
+.PHONY: all lib test check-promtool check-asan check-valgrind run bench install uninstall clean examples
 
 all: lib $(CLI)
 lib: $(STATIC) $(SHARED) $(B)/ampr.pc
@@ -100,19 +109,25 @@ TEST_ENV := AMPR_SHARED=$(AMPR_SHARED) AMPR_CLI=$(abspath $(CLI)) AMPR_TMP=$(abs
 test: $(TEST_BINS) $(CLI)
 	@mkdir -p $(B)/tmp
 	@$(TEST_ENV) tests/run_tests.sh $(TEST_RUNNER) $(TEST_BINS)
+	@$(TEST_ENV) tests/test_promtool.sh
 
+check-promtool: $(CLI)
+	@mkdir -p $(B)/tmp
+	@$(TEST_ENV) tests/test_promtool.sh
+
+# The sanitizer and valgrind runs build the CPU library only (CUDA code cannot run here).
 check-asan:
-	$(MAKE) B=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test
+	$(MAKE) CUDA=0 B=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test
 
 check-valgrind:
-	$(MAKE) B=build-vg OPT=-O1 TEST_RUNNER="valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect -q" test
+	$(MAKE) CUDA=0 B=build-vg OPT=-O1 TEST_RUNNER="valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect -q" test
 
 run:
 	@tools/install-deps.sh
 	$(MAKE) all
 	@tools/run_default.sh $(CLI)
 
-$(B)/bench_quant: tests/bench_quant.c $(STATIC)
+$(B)/bench_quant: tests/bench/bench_quant.c $(STATIC)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(CFLAGS_BASE) -O2 -Wno-missing-prototypes -o $@ $< $(STATIC) $(LIBS)
 

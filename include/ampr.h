@@ -17,14 +17,14 @@
  *    matching _init() function first. Fields are only ever appended, so a
  *    program built against an older header keeps working with a newer library.
  *  - Memory the library allocates for the caller is freed with the library's
- *    own function (ampr_result_free). Strings handed to callbacks are borrowed
- *    and valid only during the call.
+ *    own function (ampr_result_free, ampr_free). Strings handed to callbacks
+ *    are borrowed and valid only during the call.
  *  - Text is UTF-8 and passed with an explicit length, so it may contain NUL
  *    bytes; a length of AMPR_NUL_TERMINATED means "use strlen".
  *  - Thread safety: a context is read-only after ampr_open(); ampr_route(),
- *    ampr_generate(), ampr_tokenize(), ampr_detokenize() and the info getters
- *    may be called from several threads on one context at once. ampr_close()
- *    must not race with any other call on the same context.
+ *    ampr_generate(), ampr_tokenize(), ampr_detokenize(), the info getters and
+ *    the metrics calls may be called from several threads on one context at
+ *    once. ampr_close() must not race with any other call on the same context.
  *
  * Copyright (c) 2026 the libampr authors. MIT licence (see LICENSE).
  */
@@ -343,6 +343,70 @@ AMPR_API ampr_status ampr_generate(ampr_ctx *ctx, const char *prompt, size_t len
  * divergence tools (`ampr eval`). */
 AMPR_API ampr_status ampr_logits(ampr_ctx *ctx, ampr_tier tier, const int32_t *ids, size_t n,
                                  float *logits, size_t cap);
+
+/* ---- metrics ------------------------------------------------------------ */
+
+/* Free memory the library allocated for the caller and handed over as a bare
+ * pointer (the text of ampr_metrics_text()). NULL is a no-op. Uses the
+ * allocator set with ampr_set_allocator(). Thread-safe. */
+AMPR_API void ampr_free(void *p);
+
+/* The context's metrics as Prometheus text exposition, format 0.0.4 (serve it
+ * with "Content-Type: text/plain; version=0.0.4"). *out receives a
+ * NUL-terminated string allocated by the library, to be freed with
+ * ampr_free(); *len (len may be NULL) its length without the NUL. On failure
+ * *out is NULL. AMPR_ERR_INVALID_ARG for a NULL ctx or out, or a context
+ * whose open failed; AMPR_ERR_NOMEM.
+ *
+ * Counters and histograms count from ampr_open() (or the last
+ * ampr_metrics_reset()); gauges are read when the text is made. Requests are
+ * labelled by the tier they started on, tokens by the tier that produced
+ * them. Every metric below carries the label tier="fp16"|"int8"|"nf4"|
+ * "f32"|"bf16" (one series per resident tier) unless it says otherwise:
+ *
+ *  counters
+ *   ampr_requests_total{tier,finish}   requests that reached a tier; finish is
+ *       length|eos|stop|cancelled|context, or error when the call failed
+ *   ampr_request_failures_total{status} failed ampr_generate() calls, by the
+ *       lowercase status name without "ERR_" (kv_full, invalid_arg, ...);
+ *       cancellations are not failures
+ *   ampr_route_decisions_total         tiers chosen by the router (ampr_route()
+ *       and ampr_generate() with AMPR_TIER_AUTO)
+ *   ampr_escalations_total{from_tier,to_tier,reason} requests that moved to
+ *       the top tier; reason is entropy|repetition|kl_check
+ *   ampr_prompt_tokens_total           prompt tokens (BOS included)
+ *   ampr_generation_tokens_total       output tokens, including any that a
+ *       fallback restart discards
+ *  histograms (_bucket{le}, _sum, _count)
+ *   ampr_time_to_first_token_seconds   start of the call to the first token
+ *   ampr_inter_token_latency_seconds   between successive tokens (time per
+ *       output token), one observation per token after the first; it
+ *       includes the time spent in the on_token callback
+ *   ampr_e2e_request_latency_seconds   start to end of the call
+ *   ampr_request_queue_time_seconds    waiting for free KV pages
+ *   ampr_request_prefill_time_seconds  KV pages reserved to the first token
+ *   ampr_request_decode_time_seconds   first token to last token
+ *   ampr_request_prompt_tokens         prompt tokens per request
+ *   ampr_request_generation_tokens     output tokens per request that did
+ *       not fail (ampr_result.n_tokens)
+ *  gauges
+ *   ampr_requests_running, ampr_requests_waiting (for KV pages)
+ *   ampr_kv_pages_used, ampr_kv_pages_capacity (not _total: that suffix
+ *   is for counters), ampr_kv_usage_ratio (0..1),
+ *   ampr_kv_cache_bytes, ampr_weight_bytes
+ *   ampr_build_info{version} (no tier label) always 1
+ *
+ * Recording costs a few relaxed atomic operations per token and takes no
+ * lock. Thread-safe: may run while requests are running; a histogram's
+ * _count always equals its +Inf bucket, though its _sum may lag by the
+ * observations in flight. */
+AMPR_API ampr_status ampr_metrics_text(ampr_ctx *ctx, char **out, size_t *len);
+
+/* Set every counter and histogram of ctx back to zero (gauges, which describe
+ * the present, stay). AMPR_ERR_INVALID_ARG for a NULL ctx or a context whose
+ * open failed. Thread-safe; observations made while it runs may survive it
+ * in part. */
+AMPR_API ampr_status ampr_metrics_reset(ampr_ctx *ctx);
 
 #ifdef __cplusplus
 }

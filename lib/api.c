@@ -165,6 +165,7 @@ AMPR_API ampr_status ampr_open_ex(const char *model_path, const char *config_jso
     ampr_ctx *c = ampr__calloc(1, sizeof *c);
     if (!c) return AMPR_ERR_NOMEM;
     pthread_mutex_init(&c->compute_lock, NULL);
+    ampr__metrics_init(&c->metrics);
     if (params && params->struct_size < sizeof(uint32_t)) params = NULL;
     ampr_status st = open_ctx(c, model_path, config_json, params, &c->open_err);
     if (st != AMPR_OK) {
@@ -177,6 +178,7 @@ AMPR_API ampr_status ampr_open_ex(const char *model_path, const char *config_jso
         ampr__free(c->rope_cos);
         ampr__free(c->rope_sin);
         c->rope_cos = c->rope_sin = NULL;
+        ampr__config_free(&c->cfg);
         if (!c->open_err.msg[0]) snprintf(c->open_err.msg, sizeof c->open_err.msg, "%s", ampr_strerror(st));
         c->open_err.status = st;
     } else {
@@ -198,6 +200,7 @@ AMPR_API void ampr_close(ampr_ctx *ctx) {
     ampr__model_free(ctx->model);
     ampr__free(ctx->rope_cos);
     ampr__free(ctx->rope_sin);
+    ampr__config_free(&ctx->cfg);
     pthread_mutex_destroy(&ctx->compute_lock);
     ampr__free(ctx);
 }
@@ -341,6 +344,12 @@ AMPR_API ampr_status ampr_route(ampr_ctx *ctx, const char *prompt, size_t len, c
     return AMPR_OK;
 }
 
+/* record() for ampr_generate(): also counts failures in the metrics. */
+static ampr_status generate_record(ampr_ctx *ctx, ampr__err *err, ampr_status st) {
+    ampr__metrics_failure(&ctx->metrics, st);
+    return record(ctx, err, st);
+}
+
 AMPR_API ampr_status ampr_generate(ampr_ctx *ctx, const char *prompt, size_t len,
                                    const ampr_gen_params *params, ampr_result **out) {
     ampr__err err = {0};
@@ -348,20 +357,20 @@ AMPR_API ampr_status ampr_generate(ampr_ctx *ctx, const char *prompt, size_t len
     ampr_status st = check_ready(ctx, &err);
     if (st) return record(ctx, &err, st);
     if (!prompt && len && len != AMPR_NUL_TERMINATED)
-        return record(ctx, &err, ampr__fail(&err, AMPR_ERR_INVALID_ARG, "prompt is NULL"));
+        return generate_record(ctx, &err, ampr__fail(&err, AMPR_ERR_INVALID_ARG, "prompt is NULL"));
     if (!prompt) { prompt = ""; len = 0; }
     if (len == AMPR_NUL_TERMINATED) len = strlen(prompt);
     ampr_gen_params p;
     ampr_gen_params_init(&p);
     if (params) {
         if (params->struct_size < offsetof(ampr_gen_params, user) + sizeof(void *))
-            return record(ctx, &err, ampr__fail(&err, AMPR_ERR_INVALID_ARG,
-                                                "params not initialised with ampr_gen_params_init"));
+            return generate_record(ctx, &err, ampr__fail(&err, AMPR_ERR_INVALID_ARG,
+                                                         "params not initialised with ampr_gen_params_init"));
         memcpy(&p, params, AMPR__MIN((size_t)params->struct_size, sizeof p));
         p.struct_size = sizeof p;
     }
     st = ampr__generate(ctx, prompt, len, &p, out, &err);
-    return record(ctx, &err, st);
+    return generate_record(ctx, &err, st);
 }
 
 AMPR_API ampr_status ampr_logits(ampr_ctx *ctx, ampr_tier tier, const int32_t *ids, size_t n,
@@ -393,3 +402,36 @@ AMPR_API void ampr_result_free(ampr_result *r) {
     ampr__free(r->tokens);
     ampr__free(r);
 }
+
+/* ---- metrics (lib/metrics) ------------------------------------------------ */
+
+AMPR_API ampr_status ampr_metrics_text(ampr_ctx *ctx, char **out, size_t *len) {
+    ampr__err err = {0};
+    if (out) *out = NULL;
+    if (len) *len = 0;
+    ampr_status st = check_ready(ctx, &err);
+    if (st) return record(ctx, &err, st);
+    if (!out) return record(ctx, &err, ampr__fail(&err, AMPR_ERR_INVALID_ARG, "out is NULL"));
+    /* gauges come from the arenas now; counters from ctx->metrics */
+    ampr__metrics_tier_gauges g[AMPR_TIER_COUNT];
+    for (int i = 0; i < ctx->n_tiers; i++) {
+        const ampr__tier *t = &ctx->tiers[i];
+        g[i].tier = t->id;
+        g[i].weight_bytes = t->weight_bytes;
+        g[i].kv_bytes = ampr__kv_bytes(t->kv);
+        g[i].kv_pages_used = ampr__kv_pages_used(t->kv);
+        g[i].kv_pages_total = ampr__kv_pages_total(t->kv);
+    }
+    st = ampr__metrics_expose(&ctx->metrics, g, ctx->n_tiers, out, len, &err);
+    return record(ctx, &err, st);
+}
+
+AMPR_API ampr_status ampr_metrics_reset(ampr_ctx *ctx) {
+    ampr__err err = {0};
+    ampr_status st = check_ready(ctx, &err);
+    if (st) return record(ctx, &err, st);
+    ampr__metrics_reset(&ctx->metrics);
+    return AMPR_OK;
+}
+
+AMPR_API void ampr_free(void *p) { ampr__free(p); }

@@ -4,6 +4,7 @@
  * are rejected with a message naming the key.
  */
 #include <jansson.h>
+#include <math.h>
 
 #include "engine.h"
 
@@ -96,7 +97,7 @@ static ampr_status parse_kv(json_t *kv, ampr__config *c, ampr__err *err) {
 }
 
 static ampr_status parse_router(json_t *r, ampr__config *c, ampr__err *err) {
-    static const char *const keys[] = {"thresholds", "system_weight", NULL};
+    static const char *const keys[] = {"thresholds", "system_weight", "weights", "bias", NULL};
     if (!json_is_object(r))
         return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"router\" must be an object");
     AMPR__TRY(check_keys(r, " in \"router\"", keys, err));
@@ -113,12 +114,32 @@ static ampr_status parse_router(json_t *r, ampr__config *c, ampr__err *err) {
         c->router.thresholds[0] = (float)a;
         c->router.thresholds[1] = (float)b;
     }
+    json_t *w = json_object_get(r, "weights");
+    if (w) {
+        if (!json_is_array(w) || json_array_size(w) != AMPR__F_COUNT)
+            return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"router.weights\" must be %d numbers",
+                              AMPR__F_COUNT);
+        for (int i = 0; i < AMPR__F_COUNT; i++) {
+            json_t *e = json_array_get(w, (size_t)i);
+            double x = json_number_value(e);
+            if (!json_is_number(e) || !isfinite(x) || fabs(x) > 1e4)
+                return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"router.weights\"[%d] is not a sane number", i);
+            c->router.weights[i] = (float)x;
+        }
+    }
+    json_t *b = json_object_get(r, "bias");
+    if (b) {
+        double x = json_number_value(b);
+        if (!json_is_number(b) || !isfinite(x) || fabs(x) > 1e4)
+            return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"router.bias\" must be a number");
+        c->router.bias = (float)x;
+    }
     json_t *sw = json_object_get(r, "system_weight");
     if (sw) {
-        double w = json_number_value(sw);
-        if (!json_is_number(sw) || w < 0 || w > 1)
+        double x = json_number_value(sw);
+        if (!json_is_number(sw) || x < 0 || x > 1)
             return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"router.system_weight\" must be in [0, 1]");
-        c->router.system_weight = (float)w;
+        c->router.system_weight = (float)x;
     }
     return AMPR_OK;
 }
@@ -172,13 +193,98 @@ static ampr_status parse_fallback(json_t *o, ampr__fallback_config *f, ampr__err
     return AMPR_OK;
 }
 
+void ampr__config_free(ampr__config *c) {
+    for (int m = 0; m < AMPR__MM_COUNT; m++) {
+        ampr__free(c->calib_stats.absmax[m]);
+        c->calib_stats.absmax[m] = NULL;
+        c->calib_len[m] = 0;
+    }
+}
+
+/* "int8": {"alpha": a, "act_absmax": {"qkv": [[...]...], "o": ..., "gu": ..., "down": ...}}
+ * Layer and width counts are checked against the model when tiers are built. */
+static ampr_status parse_int8_calib(json_t *o, ampr__config *c, const char *path, ampr__err *err) {
+    static const char *const names[AMPR__MM_COUNT] = {"qkv", "o", "gu", "down"};
+    json_t *alpha = json_object_get(o, "alpha"), *am = json_object_get(o, "act_absmax");
+    if (!json_is_number(alpha) || !json_is_object(am) || json_number_value(alpha) <= 0 ||
+        json_number_value(alpha) >= 1)
+        return ampr__fail(err, AMPR_ERR_CONFIG,
+                          "calibration %s: \"int8\" needs \"alpha\" in (0,1) and \"act_absmax\"", path);
+    c->smooth_alpha = (float)json_number_value(alpha);
+    for (int m = 0; m < AMPR__MM_COUNT; m++) {
+        json_t *layers = json_object_get(am, names[m]);
+        if (!json_is_array(layers) || json_array_size(layers) == 0)
+            return ampr__fail(err, AMPR_ERR_CONFIG, "calibration %s: act_absmax.%s must be a list of layers",
+                              path, names[m]);
+        size_t width = json_array_size(json_array_get(layers, 0)), total = 0;
+        if (width == 0 || width > (1u << 20) || json_array_size(layers) > (1u << 16))
+            return ampr__fail(err, AMPR_ERR_CONFIG, "calibration %s: act_absmax.%s has a bad shape", path,
+                              names[m]);
+        float *v = ampr__alloc_array(json_array_size(layers) * width, sizeof(float), err);
+        if (!v) return AMPR_ERR_NOMEM;
+        c->calib_stats.absmax[m] = v;
+        size_t i;
+        json_t *row;
+        json_array_foreach(layers, i, row) {
+            if (!json_is_array(row) || json_array_size(row) != width)
+                return ampr__fail(err, AMPR_ERR_CONFIG, "calibration %s: act_absmax.%s[%zu] has the wrong length",
+                                  path, names[m], i);
+            for (size_t j = 0; j < width; j++) {
+                double x = json_number_value(json_array_get(row, j));
+                if (!json_is_number(json_array_get(row, j)) || !(x >= 0) || !isfinite(x))
+                    return ampr__fail(err, AMPR_ERR_CONFIG, "calibration %s: act_absmax.%s[%zu][%zu] is not >= 0",
+                                      path, names[m], i, j);
+                v[total++] = (float)x;
+            }
+        }
+        c->calib_len[m] = total;
+    }
+    return AMPR_OK;
+}
+
+/* A file written by `ampr calibrate`: router weights and thresholds, the
+ * fallback tolerance, and INT8 activation ranges. Keys given directly in the
+ * config override the file's. */
+static ampr_status load_calibration(const char *path, ampr__config *c, ampr__err *err) {
+    json_error_t je;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    if (!root)
+        return ampr__fail(err, AMPR_ERR_CONFIG, "calibration file %s: %s (line %d)", path, je.text, je.line);
+    ampr_status st = AMPR_OK;
+    json_t *v;
+    if (!json_is_object(root) || json_integer_value(json_object_get(root, "version")) != 1)
+        st = ampr__fail(err, AMPR_ERR_CONFIG, "calibration file %s: not a version 1 calibration object", path);
+    if (!st && (v = json_object_get(root, "router"))) {
+        json_t *r = json_deep_copy(v);
+        json_object_del(r, "fitted");
+        st = r ? parse_router(r, c, err) : ampr__fail(err, AMPR_ERR_NOMEM, "out of memory");
+        json_decref(r);
+    }
+    if (!st && (v = json_object_get(root, "fallback")) && json_is_object(v)) {
+        json_t *k = json_object_get(v, "kl_max");
+        double x = json_number_value(k);
+        if (k && (!json_is_number(k) || !(x >= 0 && x <= 100)))
+            st = ampr__fail(err, AMPR_ERR_CONFIG, "calibration file %s: fallback.kl_max must be in [0, 100]", path);
+        else if (k)
+            c->fallback.kl_max = (float)x;
+    }
+    if (!st && (v = json_object_get(root, "int8"))) st = parse_int8_calib(v, c, path, err);
+    json_decref(root);
+    return st;
+}
+
 static ampr_status parse_root(json_t *root, ampr__config *c, ampr__err *err) {
     static const char *const keys[] = {"tiers", "threads", "context_length", "kv", "device",
-                                       "router", "fallback", NULL};
+                                       "router", "fallback", "calibration", NULL};
     if (!json_is_object(root))
         return ampr__fail(err, AMPR_ERR_CONFIG, "config: the top level must be a JSON object");
     AMPR__TRY(check_keys(root, "", keys, err));
     json_t *v;
+    if ((v = json_object_get(root, "calibration"))) {
+        if (!json_is_string(v))
+            return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"calibration\" must be a file path");
+        AMPR__TRY(load_calibration(json_string_value(v), c, err));
+    }
     if ((v = json_object_get(root, "tiers"))) AMPR__TRY(parse_tiers(v, c, err));
     int64_t x = c->threads;
     AMPR__TRY(get_int(root, "threads", 0, 256, &x, err));

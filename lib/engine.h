@@ -16,9 +16,21 @@
 #include "common/pool.h"
 #include "fallback/fallback.h"
 #include "kv/kv.h"
+#include "metrics/metrics.h"
 #include "model/model.h"
 #include "quant/quant.h"
 #include "router/router.h"
+
+/* The four matmuls of a layer, in order; their inputs are what calibration
+ * measures and what SmoothQuant factors apply to. */
+enum { AMPR__MM_QKV = 0, AMPR__MM_O = 1, AMPR__MM_GU = 2, AMPR__MM_DOWN = 3, AMPR__MM_COUNT = 4 };
+
+/* Activation statistics from a calibration run: per layer and matmul, the
+ * largest |x| seen on each input channel (width: dim, q_dim, dim, hidden). */
+typedef struct ampr__act_stats {
+    float *absmax[AMPR__MM_COUNT]; /* [n_layers][width] each */
+} ampr__act_stats;
+int32_t ampr__mm_width(const ampr__hparams *hp, int mm);
 
 /* ---- configuration (config.c parses the JSON given to ampr_open) -------- */
 
@@ -35,7 +47,13 @@ typedef struct ampr__config {
     int device;                       /* 0 cpu, 1 auto, 2 cuda */
     ampr__router_config router;
     ampr__fallback_config fallback;
+    /* from a calibration file ("calibration" key): SmoothQuant inputs for INT8 */
+    float smooth_alpha;               /* 0: no smoothing */
+    ampr__act_stats calib_stats;      /* owned; NULL arrays when absent */
+    size_t calib_len[AMPR__MM_COUNT]; /* floats in each calib_stats array */
 } ampr__config;
+
+void ampr__config_free(ampr__config *c);
 
 void ampr__config_defaults(ampr__config *c);
 ampr_status ampr__config_parse(const char *json, ampr__config *c, ampr__err *err);
@@ -47,7 +65,13 @@ typedef struct ampr__tier_layer {
     ampr__qmat wo;     /* [dim][q_dim] */
     ampr__qmat w_gu;   /* [2*hidden][dim]: gate rows, then up rows */
     ampr__qmat w_down; /* [dim][hidden] */
+    /* SmoothQuant factors s per input channel of each matmul (INT8 tier with
+     * a calibration file), else NULL: weights were built as W diag(s), so the
+     * forward pass divides that matmul's input by s. */
+    float *smooth[AMPR__MM_COUNT];
 } ampr__tier_layer;
+
+
 
 typedef struct ampr__tier {
     ampr_tier id;
@@ -73,6 +97,7 @@ struct ampr_ctx {
     ampr__tier tiers[AMPR_TIER_COUNT]; /* top first */
     ampr__pool *pool;
     pthread_mutex_t compute_lock;   /* one forward step on the pool at a time */
+    ampr__metrics metrics;          /* counters and histograms (lib/metrics), lock-free */
 };
 
 static inline const float *ampr__attn_norm(const ampr_ctx *c, int l) {
@@ -103,6 +128,7 @@ typedef struct ampr__scratch {
     size_t act_bytes;
     int32_t max_logits;
     float *logits;                        /* [max_logits][vocab] */
+    ampr__act_stats *stats;               /* when set, forward records activation ranges */
 } ampr__scratch;
 
 /* max_logits: most rows of logits one call may ask for (1..max_tokens). */

@@ -51,6 +51,7 @@ void ampr__route(ampr_ctx *c, const char *prompt, size_t len, const char *system
              "score %.3f (user %.3f) %s [%.2f, %.2f] -> %s; strongest feature: %s %.2f", score,
              user_score, band, rc->thresholds[0], rc->thresholds[1], ampr_tier_name(out->tier),
              names[top], f[top]);
+    ampr__metrics_route(&c->metrics, out->tier);
 }
 
 /* ---- text buffer with streaming and stop strings ------------------------ */
@@ -226,6 +227,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
     ampr_tier tier_first = AMPR_TIER_AUTO;
     int32_t escalation_token = -1;
     char escalation_reason[64] = "";
+    ampr__metrics_req mreq = ampr__metrics_req_begin(t0);
 
     /* 1. tokens */
     st = ampr__tok_encode(tok, prompt, len, p->add_bos, &r.ids, &r.n_ids, err);
@@ -254,10 +256,12 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
     st = choose_tier(c, prompt, len, p, &r.tier, err);
     if (st) goto done;
     tier_first = r.tier->id;
+    ampr__metrics_req_start(&c->metrics, &mreq, tier_first);
     r.top = &c->tiers[0];
     int checking = p->fallback && fb->enabled && r.tier != r.top;
     st = ampr__kv_seq_reserve_wait(&r.seq, r.tier->kv, r.n_positions, c->cfg.kv_wait_ms, err);
     if (st) goto done;
+    ampr__metrics_req_scheduled(&c->metrics, &mreq);
     st = ampr__scratch_new(c, AMPR__MIN(n_prompt, PREFILL_CHUNK), 1, &r.scratch, err);
     if (st) goto done;
     st = ampr__sampler_init(&r.sampler, V, p->temperature, p->top_k, p->top_p,
@@ -283,7 +287,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
     char piece[AMPR__DETOK_MAX_PIECE + 16];
     for (n_gen = 0;; n_gen++) {
         if (n_gen >= p->max_tokens) { finish = AMPR_FINISH_LENGTH; break; }
-        if (r.seq.n_tokens >= hp->context_length) { finish = AMPR_FINISH_CONTEXT; break; }
+        if (r.n_ids >= (size_t)hp->context_length) { finish = AMPR_FINISH_CONTEXT; break; }
         float *logits = r.scratch.logits;
 
         /* 4a. early-warning signals on a lower tier */
@@ -329,6 +333,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
         int32_t next = ampr__sample(&r.sampler, logits, r.ids, r.n_ids);
         if (next == eos && !p->ignore_eos) { finish = AMPR_FINISH_EOS; break; }
         r.ids[r.n_ids++] = next;
+        ampr__metrics_req_token(&c->metrics, &mreq, r.tier->id);
 
         /* 4c. text: whole UTF-8 characters, stop strings, streaming */
         size_t before = r.text.len;
@@ -349,7 +354,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
             if (cancel) { n_gen++; finish = AMPR_FINISH_CANCELLED; break; }
         }
         if (stopping) { n_gen++; finish = AMPR_FINISH_STOP; break; }
-        if (n_gen + 1 >= p->max_tokens || r.seq.n_tokens + 1 >= hp->context_length) continue;
+        if (n_gen + 1 >= p->max_tokens || r.n_ids >= (size_t)hp->context_length) continue;
 
         /* 4d. forward the new token */
         st = ampr__forward(c, r.tier, &r.seq, &next, 1, 1, &r.scratch, err);
@@ -437,6 +442,8 @@ done:
             *out = res;
         }
     }
+    ampr__metrics_req_end(&c->metrics, &mreq, st, finish, n_prompt, (int32_t)(r.n_ids - (size_t)n_prompt),
+                          r.tier ? r.tier->id : tier_first, escalation_reason);
     request_free(&r);
     return st;
 }

@@ -3,17 +3,20 @@
  *
  *   ampr run -m MODEL [-p PROMPT] [-n MAX_NEW] [--tier T] [--temp T] [--top-p P]
  *            [--top-k K] [--repeat-penalty R] [--seed S] [--stop STR]...
- *            [--threads N] [--config JSON]
+ *            [--threads N] [--config JSON] [--quiet] [--metrics]
  *   ampr route -m MODEL -p PROMPT [--system TEXT] [--config JSON]
  *   ampr info -m MODEL [--config JSON]
  *   ampr tokenize -m MODEL -p TEXT [--no-bos]
  *   ampr convert LLAMA2C.bin TOKENIZER.bin OUT_DIR
  *   ampr eval -m MODEL -f TEXT        per-tier perplexity, KL and top-1 vs FP16
  *   ampr bench [-m MODEL | --shape S] per-tier prefill/decode tokens/s, memory
+ *   ampr calibrate -m MODEL -f P -o C fit router + INT8 ranges, held-out table
  *   ampr gen-model OUT --shape S      write a model with random weights
  *
  * `run` writes the prompt and the generated text to stdout and nothing else;
- * progress, the tier, timings and tokens/s go to stderr.
+ * progress, the tier, timings and tokens/s go to stderr. --metrics adds the
+ * Prometheus text exposition (ampr_metrics_text) to stderr after the run;
+ * with --quiet it is all that stderr gets, unless something fails.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -27,7 +30,7 @@
 
 typedef struct opts {
     const char *model, *prompt, *system, *config, *tier;
-    int max_new, top_k, threads, no_bos, quiet;
+    int max_new, top_k, threads, no_bos, quiet, metrics;
     float temp, top_p, repeat_penalty;
     unsigned long long seed;
     const char *stop[16];
@@ -38,7 +41,7 @@ static void usage(FILE *f) {
     fputs("usage:\n"
           "  ampr run -m MODEL [-p PROMPT] [-n MAX_NEW] [--tier auto|f32|bf16|fp16|int8|nf4]\n"
           "           [--temp T] [--top-p P] [--top-k K] [--repeat-penalty R] [--seed S]\n"
-          "           [--stop STR]... [--threads N] [--config JSON] [--quiet]\n"
+          "           [--stop STR]... [--threads N] [--config JSON] [--quiet] [--metrics]\n"
           "  ampr route -m MODEL -p PROMPT [--system TEXT] [--config JSON]\n"
           "  ampr info -m MODEL [--config JSON]\n"
           "  ampr tokenize -m MODEL -p TEXT [--no-bos]\n"
@@ -46,6 +49,7 @@ static void usage(FILE *f) {
           "  ampr eval -m MODEL -f TEXT [--ctx N] [--max-tokens N] [--config JSON]\n"
           "  ampr bench [-m MODEL | --shape tiny|small|1b] [--tiers LIST] [--prompt N] [--gen N]\n"
           "             [--threads N]\n"
+          "  ampr calibrate -m MODEL -f PROMPTS.jsonl -o calib.json [--target-kl X] [--gen N]\n"
           "  ampr gen-model OUT [--shape tiny|small|1b] [--format gguf|hf] [--dtype f32|f16|bf16]\n"
           "  ampr version\n"
           "MODEL is a GGUF file or a Hugging Face directory (config.json, *.safetensors,\n"
@@ -103,6 +107,7 @@ static int parse_opts(int argc, char **argv, opts *o) {
         }
         else if (!strcmp(a, "--no-bos")) o->no_bos = 1;
         else if (!strcmp(a, "--quiet")) o->quiet = 1;
+        else if (!strcmp(a, "--metrics")) o->metrics = 1;
         else { fprintf(stderr, "ampr: unknown option %s\n", a); usage(stderr); return 2; }
 #undef NEED_VALUE
 #undef NEED_NUMBER
@@ -197,6 +202,18 @@ static int cmd_run(const opts *o) {
                 decode_tps, finish[res->finish]);
     }
     ampr_result_free(res);
+    if (o->metrics) {
+        char *text = NULL;
+        size_t text_len = 0;
+        st = ampr_metrics_text(ctx, &text, &text_len);
+        if (st == AMPR_OK) {
+            fwrite(text, 1, text_len, stderr);
+        } else {
+            fprintf(stderr, "ampr: metrics failed: %s (%s)\n", ampr_errmsg(ctx), ampr_status_name(st));
+            rc = 1;
+        }
+        ampr_free(text);
+    }
     ampr_close(ctx);
     return rc;
 }
@@ -294,6 +311,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "eval")) return ampr_tool_eval(argc - 2, argv + 2);
     if (!strcmp(cmd, "bench")) return ampr_tool_bench(argc - 2, argv + 2);
     if (!strcmp(cmd, "gen-model")) return ampr_tool_gen_model(argc - 2, argv + 2);
+    if (!strcmp(cmd, "calibrate")) return ampr_tool_calibrate(argc - 2, argv + 2);
     opts o;
     int rc = parse_opts(argc - 2, argv + 2, &o);
     if (rc) return rc;

@@ -15,6 +15,7 @@
 
 #include "ampr.h"
 #include "engine.h"
+#include "calib/calib.h"
 #include "generate.h"
 #include "sampler/sampler.h"
 #include "tools.h"
@@ -67,17 +68,6 @@ int ampr_tool_gen_model(int argc, char **argv) {
         return 1;
     }
     return 0;
-}
-
-/* bytes of weights a decode step reads: every matmul, not the embedding table */
-static uint64_t decode_bytes(const ampr_ctx *c, const ampr__tier *t) {
-    uint64_t b = ampr__qmat_bytes(t->output_is_embd ? &t->embd : &t->output);
-    for (int l = 0; l < c->hp.n_layers; l++) {
-        const ampr__tier_layer *L = &t->layers[l];
-        b += ampr__qmat_bytes(&L->wqkv) + ampr__qmat_bytes(&L->wo) + ampr__qmat_bytes(&L->w_gu) +
-             ampr__qmat_bytes(&L->w_down);
-    }
-    return b;
 }
 
 static int bench_tier(ampr_ctx *c, ampr__tier *t, int n_prompt, int n_gen, double *prefill_tps,
@@ -189,7 +179,7 @@ int ampr_tool_bench(int argc, char **argv) {
         if (!rc)
             printf("| %s | %.1f | %.1f | %.2f | %.2f |\n", ampr_tier_name(t->id),
                    (double)t->weight_bytes / 1048576.0, ptps, dtps,
-                   (double)decode_bytes(c, t) * dtps / 1e9);
+                   (double)ampr__tier_decode_bytes(c, t) * dtps / 1e9);
     }
     /* router cost */
     static const char para[] = "Write a function in C that parses 3.5e+2 * (x - y) / 7; then explain it. ";

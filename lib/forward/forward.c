@@ -109,6 +109,30 @@ static void matmul(ampr_ctx *c, const ampr__tier *t, const ampr__qmat *w, const 
     ampr__pool_run(c->pool, tasks, matmul_task, &j);
 }
 
+int32_t ampr__mm_width(const ampr__hparams *hp, int mm) {
+    switch (mm) {
+    case AMPR__MM_O: return hp->n_heads * hp->head_dim;
+    case AMPR__MM_DOWN: return hp->hidden_dim;
+    default: return hp->dim;
+    }
+}
+
+/* Before a layer's matmul: record activation ranges (calibration) and apply
+ * SmoothQuant's 1/s to the input (single-use buffers, so in place is safe). */
+static void mm_input(const ampr_ctx *c, const ampr__tier_layer *L, ampr__scratch *s, int32_t l,
+                     int mm, float *x, int32_t n) {
+    int32_t w = ampr__mm_width(&c->hp, mm);
+    if (s->stats && s->stats->absmax[mm]) {
+        float *mx = s->stats->absmax[mm] + (size_t)l * (size_t)w;
+        for (int32_t i = 0; i < n; i++)
+            for (int32_t j = 0; j < w; j++) {
+                float a = fabsf(x[(size_t)i * w + j]);
+                if (a > mx[j]) mx[j] = a;
+            }
+    }
+    if (L->smooth[mm]) ampr__smooth_act(x, n, w, L->smooth[mm]);
+}
+
 /* ---- elementwise pieces ----------------------------------------------------- */
 
 static void rmsnorm(float *o, const float *x, const float *w, int32_t size, float eps) {
@@ -245,6 +269,7 @@ ampr_status ampr__forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, const i
         for (int32_t i = 0; i < n; i++)
             rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, ampr__attn_norm(c, l), dim,
                     hp->norm_eps);
+        mm_input(c, L, s, l, AMPR__MM_QKV, s->xb, n);
         matmul(c, t, &L->wqkv, s->xb, n, s->qkv, qkv_dim, s);
         for (int32_t i = 0; i < n; i++) {
             float *q = s->qkv + (size_t)i * qkv_dim, *k = q + q_dim, *v = k + kv_dim;
@@ -255,18 +280,21 @@ ampr_status ampr__forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, const i
         attn_job aj = {c, seq, l, n, p0, s->qkv, s->att, s->scores};
         int tasks = AMPR__MIN(ampr__pool_size(c->pool), n * hp->n_heads);
         ampr__pool_run(c->pool, tasks, attn_task, &aj);
+        mm_input(c, L, s, l, AMPR__MM_O, s->att, n);
         matmul(c, t, &L->wo, s->att, n, s->xb, dim, s);
         for (size_t e = 0; e < (size_t)n * (size_t)dim; e++) s->x[e] += s->xb[e];
 
         for (int32_t i = 0; i < n; i++)
             rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, ampr__ffn_norm(c, l), dim,
                     hp->norm_eps);
+        mm_input(c, L, s, l, AMPR__MM_GU, s->xb, n);
         matmul(c, t, &L->w_gu, s->xb, n, s->hb, 2 * hidden, s);
         for (int32_t i = 0; i < n; i++) {
             const float *g = s->hb + (size_t)i * 2 * hidden, *u = g + hidden;
             float *o = s->hb2 + (size_t)i * hidden;
             for (int32_t e = 0; e < hidden; e++) o[e] = g[e] * (1.0f / (1.0f + expf(-g[e]))) * u[e];
         }
+        mm_input(c, L, s, l, AMPR__MM_DOWN, s->hb2, n);
         matmul(c, t, &L->w_down, s->hb2, n, s->xb, dim, s);
         for (size_t e = 0; e < (size_t)n * (size_t)dim; e++) s->x[e] += s->xb[e];
     }

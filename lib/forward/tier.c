@@ -26,13 +26,22 @@ static void rows_f32(const ampr__tensor *t, float *dst) {
     for (int64_t r = 0; r < t->ne[1]; r++) ampr__tensor_row_f32(t, r, dst + r * t->ne[0]);
 }
 
-/* Quantize the row-wise concatenation of up to three tensors. */
+/* Quantize the row-wise concatenation of up to three tensors. With act_absmax
+ * (calibrated input ranges), apply SmoothQuant first: the weights become
+ * W diag(s) and *smooth receives s (the forward pass divides inputs by it). */
 static ampr_status build_mat(const ampr__qtraits *qt, const ampr__tensor *const *parts, int n_parts,
-                             float *tmp, ampr__qmat *dst, ampr__err *err) {
+                             float *tmp, const float *act_absmax, float alpha, float **smooth,
+                             ampr__qmat *dst, ampr__err *err) {
     int64_t rows = 0, cols = parts[0]->ne[0];
     for (int i = 0; i < n_parts; i++) {
         rows_f32(parts[i], tmp + rows * cols);
         rows += parts[i]->ne[1];
+    }
+    if (act_absmax) {
+        *smooth = ampr__alloc_array((size_t)cols, sizeof(float), err);
+        if (!*smooth) return AMPR_ERR_NOMEM;
+        ampr__smooth_factors(act_absmax, tmp, rows, cols, alpha, *smooth);
+        ampr__smooth_weights(tmp, rows, cols, *smooth);
     }
     memset(dst, 0, sizeof *dst);
     ampr_status st = qt->quantize(dst, tmp, rows, cols, err);
@@ -77,18 +86,26 @@ static ampr_status build_tier(ampr_ctx *c, ampr__tier *t, float *tmp, ampr_progr
 
     char stage[32];
     snprintf(stage, sizeof stage, "tier %s", ampr_tier_name(t->id));
-    AMPR__TRY(build_mat(t->qt, &m->tok_embd, 1, tmp, &t->embd, err));
+    AMPR__TRY(build_mat(t->qt, &m->tok_embd, 1, tmp, NULL, 0, NULL, &t->embd, err));
     t->output_is_embd = m->output == m->tok_embd;
-    if (!t->output_is_embd) AMPR__TRY(build_mat(t->qt, &m->output, 1, tmp, &t->output, err));
+    if (!t->output_is_embd)
+        AMPR__TRY(build_mat(t->qt, &m->output, 1, tmp, NULL, 0, NULL, &t->output, err));
+    /* SmoothQuant applies to the INT8 tier when a calibration file gave ranges */
+    const ampr__act_stats *cs = &c->cfg.calib_stats;
+    int smooth = t->id == AMPR_TIER_INT8 && c->cfg.smooth_alpha > 0;
     for (int l = 0; l < hp->n_layers; l++) {
         const ampr__layer *L = &m->layers[l];
         ampr__tier_layer *T = &t->layers[l];
         const ampr__tensor *qkv[3] = {L->wq, L->wk, L->wv};
         const ampr__tensor *gu[2] = {L->w_gate, L->w_up};
-        AMPR__TRY(build_mat(t->qt, qkv, 3, tmp, &T->wqkv, err));
-        AMPR__TRY(build_mat(t->qt, &L->wo, 1, tmp, &T->wo, err));
-        AMPR__TRY(build_mat(t->qt, gu, 2, tmp, &T->w_gu, err));
-        AMPR__TRY(build_mat(t->qt, &L->w_down, 1, tmp, &T->w_down, err));
+        const float *am[AMPR__MM_COUNT] = {NULL, NULL, NULL, NULL};
+        for (int k = 0; smooth && k < AMPR__MM_COUNT; k++)
+            am[k] = cs->absmax[k] + (size_t)l * (size_t)ampr__mm_width(hp, k);
+        float a = c->cfg.smooth_alpha;
+        AMPR__TRY(build_mat(t->qt, qkv, 3, tmp, am[0], a, &T->smooth[0], &T->wqkv, err));
+        AMPR__TRY(build_mat(t->qt, &L->wo, 1, tmp, am[1], a, &T->smooth[1], &T->wo, err));
+        AMPR__TRY(build_mat(t->qt, gu, 2, tmp, am[2], a, &T->smooth[2], &T->w_gu, err));
+        AMPR__TRY(build_mat(t->qt, &L->w_down, 1, tmp, am[3], a, &T->smooth[3], &T->w_down, err));
         if (progress &&
             progress(user, stage, (float)(tier_index * hp->n_layers + l + 1) /
                                       (float)(c->cfg.n_tiers * hp->n_layers)))
@@ -130,6 +147,14 @@ ampr_status ampr__tiers_build(ampr_ctx *c, ampr_progress_fn progress, void *user
     ampr__tensor_row_f32(c->model->output_norm, 0, c->norms + 2 * (size_t)hp->n_layers * nd);
 
     ampr_status st = AMPR_OK;
+    if (c->cfg.smooth_alpha > 0) { /* the calibration must be of this model's shape */
+        for (int k = 0; k < AMPR__MM_COUNT && st == AMPR_OK; k++)
+            if (c->cfg.calib_len[k] != (size_t)hp->n_layers * (size_t)ampr__mm_width(hp, k))
+                st = ampr__fail(err, AMPR_ERR_CONFIG,
+                                "the calibration file was made for another model shape "
+                                "(%zu activation ranges for matmul %d, this model needs %d x %d)",
+                                c->cfg.calib_len[k], k, hp->n_layers, ampr__mm_width(hp, k));
+    }
     for (int i = 0; i < c->cfg.n_tiers && st == AMPR_OK; i++) {
         ampr__tier *t = &c->tiers[i];
         t->id = c->cfg.tiers[i];
@@ -151,6 +176,7 @@ void ampr__tiers_free(ampr_ctx *c) {
                 ampr__qmat_free(&t->layers[l].wo);
                 ampr__qmat_free(&t->layers[l].w_gu);
                 ampr__qmat_free(&t->layers[l].w_down);
+                for (int k = 0; k < AMPR__MM_COUNT; k++) ampr__free(t->layers[l].smooth[k]);
             }
         }
         ampr__free(t->layers);

@@ -203,8 +203,7 @@ void ampr__int8_act_prepare_avx2(const float *x, int64_t n, int64_t cols, void *
  * (vpermps) and its sign bit (bit 3 of k) picks the table of codes 0..7 or
  * 8..15 (vblendvps). The tables are pre-multiplied by the block's absmax. */
 
-#define NR 4
-#define NT 2
+#define NT 6
 INLINE void nf4_idx(const uint8_t *p, __m256i *i01, __m256i *i23) {
     __m256i v = _mm256_loadu_si256((const __m256i *)p);
     const __m256i m0f = _mm256_set1_epi8(0x0f), mf0 = _mm256_set1_epi8((char)0xf0);
@@ -224,46 +223,79 @@ INLINE __m256 nf4_w(__m128i idx8, __m256 lut_lo, __m256 lut_hi) {
     return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(k));
 }
 
+/* One weight row per tile (the dequantized vector feeds T tokens); a single
+ * token (decode) keeps 4 accumulators so the FMA latency is hidden. */
 INLINE void tile_nf4(const uint8_t *p, int64_t K, const ampr__nf4_absmax *am, int64_t b0,
-                     const float *x, float *y, int64_t ldy, const int R, const int T) {
-    __m256 acc[NR][NT];
-    UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) acc[r][t] =
+                     const float *x, float *y, int64_t ldy, const int T) {
+    const int NA = T == 1 ? 4 : 1;
+    __m256 acc[NT][4];
+    UNROLL for (int t = 0; t < T; t++) UNROLL for (int j = 0; j < NA; j++) acc[t][j] =
         _mm256_setzero_ps();
     const __m256 clo = _mm256_loadu_ps(ampr__nf4_code), chi = _mm256_loadu_ps(ampr__nf4_code + 8);
     int64_t nbr = K / 64; /* blocks per row */
     for (int64_t kb = 0; kb < nbr; kb++) {
-        __m256 llo[NR], lhi[NR];
-        __m256i ia[NR], ib[NR];
-        UNROLL for (int r = 0; r < R; r++) {
-            __m256 a = _mm256_set1_ps(ampr__nf4_absmax_at(am, b0 + r * nbr + kb));
-            llo[r] = _mm256_mul_ps(clo, a);
-            lhi[r] = _mm256_mul_ps(chi, a);
-            nf4_idx(p + r * K / 2 + kb * 32, &ia[r], &ib[r]);
-        }
+        __m256 a = _mm256_set1_ps(ampr__nf4_absmax_at(am, b0 + kb));
+        __m256 llo = _mm256_mul_ps(clo, a), lhi = _mm256_mul_ps(chi, a);
+        __m256i ia, ib;
+        nf4_idx(p + kb * 32, &ia, &ib);
         const float *xb = x + kb * 64;
         UNROLL for (int j = 0; j < 8; j++) {
-            UNROLL for (int r = 0; r < R; r++) {
-                __m256i src = j < 4 ? ia[r] : ib[r];
-                __m128i half = (j & 2) ? _mm256_extracti128_si256(src, 1) : _mm256_castsi256_si128(src);
-                if (j & 1) half = _mm_srli_si128(half, 8);
-                __m256 wv = nf4_w(half, llo[r], lhi[r]);
-                UNROLL for (int t = 0; t < T; t++) acc[r][t] =
-                    _mm256_fmadd_ps(wv, _mm256_loadu_ps(xb + t * K + j * 8), acc[r][t]);
-            }
+            __m256i src = j < 4 ? ia : ib;
+            __m128i half = (j & 2) ? _mm256_extracti128_si256(src, 1) : _mm256_castsi256_si128(src);
+            if (j & 1) half = _mm_srli_si128(half, 8);
+            __m256 wv = nf4_w(half, llo, lhi);
+            UNROLL for (int t = 0; t < T; t++) acc[t][j % NA] =
+                _mm256_fmadd_ps(wv, _mm256_loadu_ps(xb + t * K + j * 8), acc[t][j % NA]);
         }
     }
-    UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) y[t * ldy + r] =
-        hsum8(acc[r][t]);
+    UNROLL for (int t = 0; t < T; t++) {
+        __m256 s = acc[t][0];
+        UNROLL for (int j = 1; j < NA; j++) s = _mm256_add_ps(s, acc[t][j]);
+        y[t * ldy] = hsum8(s);
+    }
+}
+
+/* Any other shape (cols % 64 != 0: rows start mid-block, maybe on a low
+ * nibble): dequantize the row in chunks with ampr__nf4_dequant_span, then
+ * multiply; the last < 8 columns scalar. */
+#define NG 256
+INLINE void tile_nf4_any(const uint8_t *P, int64_t K, const ampr__nf4_absmax *am, int64_t r,
+                         const float *x, float *y, int64_t ldy, const int T) {
+    __m256 acc[NT];
+    float buf[NG], tail[NT];
+    UNROLL for (int t = 0; t < T; t++) {
+        acc[t] = _mm256_setzero_ps();
+        tail[t] = 0.0f;
+    }
+    for (int64_t c0 = 0; c0 < K; c0 += NG) {
+        int64_t len = AMPR__MIN(NG, K - c0), c = 0;
+        ampr__nf4_dequant_span(P, am, r * K + c0, len, buf);
+        for (; c + 8 <= len; c += 8) {
+            __m256 wv = _mm256_loadu_ps(buf + c);
+            UNROLL for (int t = 0; t < T; t++) acc[t] =
+                _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * K + c0 + c), acc[t]);
+        }
+        for (; c < len; c++)
+            UNROLL for (int t = 0; t < T; t++) tail[t] += buf[c] * x[t * K + c0 + c];
+    }
+    UNROLL for (int t = 0; t < T; t++) y[t * ldy] = hsum8(acc[t]) + tail[t];
 }
 
 void ampr__nf4_matmul_avx2(const ampr__qmat *w, const float *x, const void *act, int64_t n,
                            float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    (void)act;
     ampr__nf4_absmax am;
     ampr__nf4_absmax_view(w, &am);
     const uint8_t *P = w->data;
     int64_t K = w->cols;
+    if (K % 64 == 0) {
 #define nf4_TILE(r, t, R, T) \
-    tile_nf4(P + (r) * K / 2, K, &am, (r) * (K / 64), x + (t) * K, y + (t) * ldy + (r), ldy, R, T)
-    DRIVE(nf4_TILE, NR, NT)
+    tile_nf4(P + (r) * K / 2, K, &am, (r) * (K / 64), x + (t) * K, y + (t) * ldy + (r), ldy, T)
+        DRIVE(nf4_TILE, 1, NT)
 #undef nf4_TILE
+    } else {
+#define nf4_TILE(r, t, R, T) tile_nf4_any(P, K, &am, r, x + (t) * K, y + (t) * ldy + (r), ldy, T)
+        DRIVE(nf4_TILE, 1, NT)
+#undef nf4_TILE
+    }
 }

@@ -158,43 +158,83 @@ void ampr__int8_act_prepare_avx512(const float *x, int64_t n, int64_t cols, void
 }
 
 /* ---- NF4 ----------------------------------------------------------------------------
- * One block (64 weights) is 32 bytes. vpermps with a 16-entry table (the
- * codes times the block's absmax) turns the low 4 bits of each int32 lane
- * into a weight, so the nibbles only have to be spread into lanes in element
- * order; the bits above the nibble are ignored by vpermps. */
+ * Fast path (cols % 64 == 0, so every row is whole blocks and starts on a
+ * byte): 16 weights are 8 bytes. One broadcast load puts them in every qword;
+ * vpsrlvd shifts nibble j of dword h down to bits 0..3 of lane L = 2j + h, and
+ * vpermps with a 16-entry table (the codes times the block's absmax) reads
+ * only those 4 bits. That lane order is element 8*(L&1) + (L>>1) of the
+ * group, so act_prepare stores x permuted the same way, once per call.
+ * Per 16 weights: a load, a shift, a permute and one FMA per token.
+ *
+ * General path (any other shape, or no prepared activations): the row is
+ * dequantized in chunks by ampr__nf4_dequant_span (blocks and nibbles
+ * follow the flattened index) and multiplied with masked fp32 loads. */
 
-#define NR 4
-#define NT 4
+INLINE __m512i nf4_lane_shifts(void) {
+    /* lane L: 8 * (L >> 2) + (L & 2 ? 0 : 4) */
+    return _mm512_setr_epi32(4, 4, 0, 0, 12, 12, 8, 8, 20, 20, 16, 16, 28, 28, 24, 24);
+}
+
+void ampr__nf4_act_prepare_avx512(const float *x, int64_t n, int64_t cols, void *act) {
+    int64_t kp = ampr__nf4_kp(cols);
+    float *xp = act;
+    const __m512i perm = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t c = 0; c < kp; c += 16) {
+            __mmask16 k = cols - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cols - c)) - 1);
+            __m512 v = _mm512_maskz_loadu_ps(k, x + i * cols + c);
+            _mm512_storeu_ps(xp + i * kp + c, _mm512_permutexvar_ps(perm, v));
+        }
+}
+
+#define NT 6
+/* One weight row, T tokens; a single token keeps 4 accumulators. */
 INLINE void tile_nf4(const uint8_t *p, int64_t K, const ampr__nf4_absmax *am, int64_t b0,
-                     const float *x, float *y, int64_t ldy, const int R, const int T) {
-    __m512 acc[NR][NT];
-    UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) acc[r][t] =
+                     const float *xp, int64_t kp, float *y, int64_t ldy, const int T) {
+    const int NA = T == 1 ? 4 : 1;
+    __m512 acc[NT][4];
+    UNROLL for (int t = 0; t < T; t++) UNROLL for (int j = 0; j < NA; j++) acc[t][j] =
         _mm512_setzero_ps();
     const __m512 code = _mm512_loadu_ps(ampr__nf4_code);
+    const __m512i sh = nf4_lane_shifts();
     int64_t nbr = K / 64;
     for (int64_t kb = 0; kb < nbr; kb++) {
-        __m512 lut[NR];
-        __m256i ia[NR], ib[NR];
-        UNROLL for (int r = 0; r < R; r++) {
-            lut[r] = _mm512_mul_ps(code, _mm512_set1_ps(ampr__nf4_absmax_at(am, b0 + r * nbr + kb)));
-            __m256i v = _mm256_loadu_si256((const __m256i *)(p + r * K / 2 + kb * 32));
-            __m256i h = _mm256_srli_epi16(v, 4); /* low nibble of each byte: its high code */
-            ia[r] = _mm256_unpacklo_epi8(h, v);  /* elements 0..15 | 32..47 */
-            ib[r] = _mm256_unpackhi_epi8(h, v);  /* elements 16..31 | 48..63 */
-        }
-        const float *xb = x + kb * 64;
+        __m512 lut = _mm512_mul_ps(code, _mm512_set1_ps(ampr__nf4_absmax_at(am, b0 + kb)));
+        const uint8_t *pb = p + kb * 32;
+        const float *xb = xp + kb * 64;
         UNROLL for (int j = 0; j < 4; j++) {
-            UNROLL for (int r = 0; r < R; r++) {
-                __m256i src = (j & 1) ? ib[r] : ia[r];
-                __m128i e = (j & 2) ? _mm256_extracti128_si256(src, 1) : _mm256_castsi256_si128(src);
-                __m512 wv = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(e), lut[r]);
-                UNROLL for (int t = 0; t < T; t++) acc[r][t] =
-                    _mm512_fmadd_ps(wv, _mm512_loadu_ps(xb + t * K + j * 16), acc[r][t]);
-            }
+            int64_t q;
+            memcpy(&q, pb + 8 * j, 8);
+            __m512i idx = _mm512_srlv_epi32(_mm512_set1_epi64(q), sh);
+            __m512 wv = _mm512_permutexvar_ps(idx, lut);
+            UNROLL for (int t = 0; t < T; t++) acc[t][j % NA] =
+                _mm512_fmadd_ps(wv, _mm512_loadu_ps(xb + t * kp + j * 16), acc[t][j % NA]);
         }
     }
-    UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) y[t * ldy + r] =
-        _mm512_reduce_add_ps(acc[r][t]);
+    UNROLL for (int t = 0; t < T; t++) {
+        __m512 s = acc[t][0];
+        UNROLL for (int j = 1; j < NA; j++) s = _mm512_add_ps(s, acc[t][j]);
+        y[t * ldy] = _mm512_reduce_add_ps(s);
+    }
+}
+
+#define NG 256 /* general path: columns dequantized at a time */
+INLINE void tile_nf4_any(const uint8_t *P, int64_t K, const ampr__nf4_absmax *am, int64_t r,
+                         const float *x, float *y, int64_t ldy, const int T) {
+    __m512 acc[NT];
+    float buf[NG];
+    UNROLL for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t c0 = 0; c0 < K; c0 += NG) {
+        int64_t len = AMPR__MIN(NG, K - c0);
+        ampr__nf4_dequant_span(P, am, r * K + c0, len, buf);
+        for (int64_t c = 0; c < len; c += 16) {
+            __mmask16 m = len - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (len - c)) - 1);
+            __m512 wv = _mm512_maskz_loadu_ps(m, buf + c);
+            UNROLL for (int t = 0; t < T; t++) acc[t] =
+                _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + t * K + c0 + c), acc[t]);
+        }
+    }
+    UNROLL for (int t = 0; t < T; t++) y[t * ldy] = _mm512_reduce_add_ps(acc[t]);
 }
 
 void ampr__nf4_matmul_avx512(const ampr__qmat *w, const float *x, const void *act, int64_t n,
@@ -202,9 +242,17 @@ void ampr__nf4_matmul_avx512(const ampr__qmat *w, const float *x, const void *ac
     ampr__nf4_absmax am;
     ampr__nf4_absmax_view(w, &am);
     const uint8_t *P = w->data;
-    int64_t K = w->cols;
-#define nf4_TILE(r, t, R, T) \
-    tile_nf4(P + (r) * K / 2, K, &am, (r) * (K / 64), x + (t) * K, y + (t) * ldy + (r), ldy, R, T)
-    DRIVE(nf4_TILE, NR, NT)
+    int64_t K = w->cols, kp = ampr__nf4_kp(K);
+    const float *xp = act;
+    if (K % 64 == 0 && xp) {
+#define nf4_TILE(r, t, R, T)                                                                  \
+    tile_nf4(P + (r) * K / 2, K, &am, (r) * (K / 64), xp + (t) * kp, kp, y + (t) * ldy + (r), \
+             ldy, T)
+        DRIVE(nf4_TILE, 1, NT)
 #undef nf4_TILE
+    } else {
+#define nf4_TILE(r, t, R, T) tile_nf4_any(P, K, &am, r, x + (t) * K, y + (t) * ldy + (r), ldy, T)
+        DRIVE(nf4_TILE, 1, NT)
+#undef nf4_TILE
+    }
 }

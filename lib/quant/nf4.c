@@ -176,18 +176,18 @@ void ampr__dynamic_quantize(const float *x, size_t n, int64_t block, uint8_t *q,
 /* ---- the formats ------------------------------------------------------------- */
 
 static ampr_status nf4_check(int64_t rows, int64_t cols, ampr__err *err) {
-    if (rows <= 0 || cols <= 0 || cols % 64)
+    if (rows <= 0 || cols <= 0 || rows > INT64_MAX / cols)
         return ampr__fail(err, AMPR_ERR_UNSUPPORTED,
-                          "NF4 needs a positive row count and cols a multiple of 64 "
-                          "(got %lld x %lld)", (long long)rows, (long long)cols);
+                          "NF4 needs a positive row and column count (got %lld x %lld)",
+                          (long long)rows, (long long)cols);
     return AMPR_OK;
 }
 
 ampr_status ampr__nf4_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
                                ampr__err *err) {
     AMPR__TRY(nf4_check(rows, cols, err));
-    size_t n = (size_t)rows * (size_t)cols, nb = n / 64;
-    uint8_t *p = ampr__alloc_array(n / 2, 1, err);
+    size_t n = (size_t)rows * (size_t)cols, nb = (n + 63) / 64, bytes = (n + 1) / 2;
+    uint8_t *p = ampr__alloc_array(bytes, 1, err);
     if (!p) return AMPR_ERR_NOMEM;
     float *am = ampr__alloc_array(nb, sizeof(float), err);
     if (!am) {
@@ -199,7 +199,7 @@ ampr_status ampr__nf4_quantize(ampr__qmat *d, const float *src, int64_t rows, in
     d->rows = rows;
     d->cols = cols;
     d->data = p;
-    d->data_bytes = n / 2;
+    d->data_bytes = bytes;
     d->scales = am;
     d->n_scales = nb;
     return AMPR_OK;
@@ -208,7 +208,7 @@ ampr_status ampr__nf4_quantize(ampr__qmat *d, const float *src, int64_t rows, in
 ampr_status ampr__nf4dq_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
                                  ampr__err *err) {
     AMPR__TRY(nf4_check(rows, cols, err));
-    size_t n = (size_t)rows * (size_t)cols, nb = n / 64, nb2 = (nb + 255) / 256;
+    size_t n = (size_t)rows * (size_t)cols, nb = (n + 63) / 64, nb2 = (nb + 255) / 256;
     if (nb > UINT32_MAX) return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "NF4_DQ: matrix too large");
     ampr__qmat tmp = {0};
     AMPR__TRY(ampr__nf4_quantize(&tmp, src, rows, cols, err));
@@ -263,20 +263,35 @@ float ampr__nf4_block_absmax(const ampr__qmat *m, int64_t b) {
     return ampr__nf4_absmax_at(&v, b);
 }
 
-void ampr__nf4_dequant_row(const ampr__qmat *m, int64_t row, float *out) {
-    ampr__nf4_absmax v;
-    ampr__nf4_absmax_view(m, &v);
-    const uint8_t *p = (const uint8_t *)m->data + row * m->cols / 2;
-    int64_t b0 = row * m->cols / 64;
-    for (int64_t c = 0; c < m->cols; c++) {
-        uint8_t byte = p[c / 2];
-        uint8_t code = (c & 1) ? byte & 15 : byte >> 4;
-        out[c] = ampr__nf4_code[code] * ampr__nf4_absmax_at(&v, b0 + c / 64);
+void ampr__nf4_dequant_span(const uint8_t *P, const ampr__nf4_absmax *v, int64_t e0, int64_t count,
+                            float *out) {
+    int64_t e = e0, e1 = e0 + count;
+    while (e < e1) {
+        int64_t b = e / 64, be = AMPR__MIN(e1, (b + 1) * 64);
+        float a = ampr__nf4_absmax_at(v, b);
+        for (; e < be; e++) {
+            uint8_t byte = P[e / 2];
+            *out++ = ampr__nf4_code[(e & 1) ? byte & 15 : byte >> 4] * a;
+        }
     }
 }
 
+size_t ampr__nf4_act_bytes(int64_t n, int64_t cols) {
+    return (size_t)n * (size_t)ampr__nf4_kp(cols) * sizeof(float);
+}
+
+void ampr__nf4_dequant_row(const ampr__qmat *m, int64_t row, float *out) {
+    ampr__nf4_absmax v;
+    ampr__nf4_absmax_view(m, &v);
+    ampr__nf4_dequant_span(m->data, &v, row * m->cols, m->cols, out);
+}
+
+/* Any shape: row r is the flattened elements [r*K, (r+1)*K); it may start in
+ * the middle of a block and on a low nibble (odd K). Each row-block segment is
+ * summed in double, then scaled by the block's absmax. */
 void ampr__nf4_matmul_scalar(const ampr__qmat *w, const float *x, const void *act, int64_t n,
                              float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    (void)act;
     ampr__nf4_absmax v;
     ampr__nf4_absmax_view(w, &v);
     int64_t K = w->cols;
@@ -284,18 +299,16 @@ void ampr__nf4_matmul_scalar(const ampr__qmat *w, const float *x, const void *ac
     for (int64_t i = 0; i < n; i++) {
         const float *xi = x + i * K;
         for (int64_t r = r0; r < r1; r++) {
-            const uint8_t *p = P + r * K / 2;
-            int64_t b0 = r * K / 64;
+            int64_t e = r * K, e1 = e + K, base = r * K;
             double s = 0.0;
-            for (int64_t c0 = 0; c0 < K; c0 += 64) {
-                float a = ampr__nf4_absmax_at(&v, b0 + c0 / 64);
+            while (e < e1) {
+                int64_t b = e / 64, be = AMPR__MIN(e1, (b + 1) * 64);
                 double bs = 0.0;
-                for (int64_t c = c0; c < c0 + 64; c += 2) {
-                    uint8_t byte = p[c / 2];
-                    bs += (double)ampr__nf4_code[byte >> 4] * xi[c] +
-                          (double)ampr__nf4_code[byte & 15] * xi[c + 1];
+                for (; e < be; e++) {
+                    uint8_t byte = P[e / 2];
+                    bs += (double)ampr__nf4_code[(e & 1) ? byte & 15 : byte >> 4] * xi[e - base];
                 }
-                s += bs * a;
+                s += bs * ampr__nf4_absmax_at(&v, b);
             }
             y[i * ldy + r] = (float)s;
         }

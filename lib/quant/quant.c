@@ -18,6 +18,15 @@ static size_t no_act_bytes(int64_t n, int64_t cols) {
     return 0;
 }
 
+/* NF4 prepares activations only at the AVX-512 level (x permuted to the lane
+ * order of its kernel). */
+#define NF4_AB_scalar no_act_bytes
+#define NF4_AP_scalar NULL
+#define NF4_AB_avx2 no_act_bytes
+#define NF4_AP_avx2 NULL
+#define NF4_AB_avx512 ampr__nf4_act_bytes
+#define NF4_AP_avx512 ampr__nf4_act_prepare_avx512
+
 #define ROW(T, NAME, BLOCK, Q, DQ, AB, AP, MM) [T] = {T, NAME, BLOCK, Q, DQ, AB, AP, MM}
 
 #define TABLE(SFX)                                                                          \
@@ -31,9 +40,9 @@ static size_t no_act_bytes(int64_t n, int64_t cols) {
         ROW(AMPR__Q_INT8, "int8", -1, ampr__int8_quantize, ampr__int8_dequant_row,          \
             ampr__int8_act_bytes, ampr__int8_act_prepare_##SFX, ampr__int8_matmul_##SFX),   \
         ROW(AMPR__Q_NF4, "nf4", 64, ampr__nf4_quantize, ampr__nf4_dequant_row,              \
-            no_act_bytes, NULL, ampr__nf4_matmul_##SFX),                                    \
+            NF4_AB_##SFX, NF4_AP_##SFX, ampr__nf4_matmul_##SFX),                            \
         ROW(AMPR__Q_NF4_DQ, "nf4dq", 64, ampr__nf4dq_quantize, ampr__nf4_dequant_row,       \
-            no_act_bytes, NULL, ampr__nf4_matmul_##SFX),                                    \
+            NF4_AB_##SFX, NF4_AP_##SFX, ampr__nf4_matmul_##SFX),                            \
     }
 
 static const ampr__qtraits k_traits[AMPR__SIMD_COUNT][AMPR__Q_COUNT] = {

@@ -31,11 +31,15 @@
  *          scales = float[rows], scale = absmax(row) / 127 (0 for a zero row);
  *          q = nearbyintf(w * (127 / absmax)), clamped to [-127, 127];
  *          W[r][c] ~= q[r][c] * scales[r].
- *   NF4    cols must be a multiple of 64 (else AMPR_ERR_UNSUPPORTED), so every
- *          row holds whole blocks; block b covers flattened weights
- *          [64b, 64b + 64); data = uint8[rows*cols/2], byte j holds element 2j
- *          in bits 7..4 and element 2j+1 in bits 3..0; scales = float[nb]
- *          (nb = rows*cols/64) absmax per block; W ~= ampr__nf4_code[q] * absmax.
+ *   NF4    any rows x cols (n = rows*cols > 0). Blocks run over the flattened
+ *          row-major matrix, as in bitsandbytes: block b covers flattened
+ *          weights [64b, 64b + 64) (the last one may be partial), so when
+ *          cols % 64 != 0 a block spans two (or more) rows, and when cols is
+ *          odd a row may start on a low nibble. data = uint8[ceil(n/2)], byte
+ *          j holds element 2j in bits 7..4 and element 2j+1 in bits 3..0 (odd
+ *          n: the final low nibble is padding, the code of 0.0, i.e. 7);
+ *          scales = float[nb] (nb = ceil(n/64)) absmax per block;
+ *          W[r][c] ~= ampr__nf4_code[q[e]] * absmax[e / 64], e = r*cols + c.
  *   NF4_DQ data as NF4; scales = NULL; extra = ampr__nf4dq_header, followed by
  *          float absmax2[nb2] (nb2 = ceil(nb/256)), then uint8 qabsmax[nb]:
  *          absmax[b] = ampr__dynamic_map()[qabsmax[b]] * absmax2[b/256] + offset.

@@ -70,4 +70,17 @@ static inline float ampr__nf4_absmax_at(const ampr__nf4_absmax *v, int64_t b) {
     return v->map[v->q[b]] * v->absmax2[b >> 8] + v->offset;
 }
 
+/* Dequantize the flattened NF4 elements [e0, e0 + count) of the packed data
+ * P (any alignment: blocks and nibbles follow the flattened index). */
+void ampr__nf4_dequant_span(const uint8_t *P, const ampr__nf4_absmax *v, int64_t e0, int64_t count,
+                            float *out);
+
+/* NF4 prepared activations (AVX-512 level only): x permuted in groups of 16
+ * so that lane L of a group holds element 8*(L&1) + (L>>1), the order in
+ * which one broadcast 8-byte load of codes shifts into lanes; n rows of
+ * ampr__nf4_kp(cols) floats, zero padded. */
+static inline int64_t ampr__nf4_kp(int64_t cols) { return (cols + 15) & ~(int64_t)15; }
+size_t ampr__nf4_act_bytes(int64_t n, int64_t cols);
+ampr__act_prepare_fn ampr__nf4_act_prepare_avx512;
+
 #endif

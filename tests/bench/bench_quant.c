@@ -6,10 +6,17 @@
  *
  *   bench_quant [n_tokens (64)] [seconds per case (0.25)]
  *
+ * It lives in tests/bench/ because the Makefile links every C file directly in tests/ other
+ * than test_*.c into each test binary. Build:
+ *   gcc -std=c11 -O2 -Iinclude -Ilib -pthread tests/bench/bench_quant.c build/libampr.a \
+ *       -ljansson -lpcre2-8 -lm -o bench_quant
+ *
  * The GEMV cycles through enough copies of the matrix (>= 160 MB) that the
  * weights come from DRAM, not the 32 MB L3. INT8 times include act_prepare.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>

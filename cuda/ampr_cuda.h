@@ -1,0 +1,249 @@
+/*
+ * ampr_cuda.h -- the CUDA backend of libampr as a plain C interface.
+ *
+ * Everything here is internal (ampr__ prefix) and callable from C11. The
+ * backend holds one device context per GPU (ampr__cuda): a stream, a
+ * cuBLASLt handle with its workspace and a cache of matmul plans, and
+ * scratch buffers that grow on demand. Every op is enqueued on the
+ * context's stream and returns at once; ampr__cuda_sync() waits and reports
+ * asynchronous faults. Errors never print or abort: every CUDA, cuBLASLt and
+ * NCCL failure becomes an ampr_status (AMPR_ERR_BACKEND, AMPR_ERR_NO_DEVICE,
+ * AMPR_ERR_NOMEM) with a message in err (mapping: cuda/cuda_err.h).
+ *
+ * Thread safety: a context is used by one host thread at a time.
+ *
+ * Layouts mirror lib/quant and lib/kv bit for bit:
+ *   F16   IEEE half, row-major [rows][cols]
+ *   INT8  int8 row-major [rows][cols], one fp32 scale per row; activations are
+ *         quantized per token: s = absmax/127, q = roundf(x * (1/s)) clamped to
+ *         [-127,127] (q = 0 when absmax = 0); y = ((float)acc * wscale[r]) * s
+ *   NF4   bitsandbytes NF4, blocks of 64 along the flattened row-major matrix,
+ *         one fp32 absmax per block, first element in the high nibble
+ *   KV    K and V each [n_pages][n_layers][block_size][kv_dim], f32 or f16;
+ *         position p of a sequence lives in page blocks[p / block_size]
+ *
+ * Device positions and tokens: ops that depend on a token's position read it
+ * from device memory (d_pos[i]), so one captured CUDA graph serves every
+ * decode step.
+ */
+#ifndef AMPR_CUDA_H
+#define AMPR_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ampr.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "common/common.h"
+#include "quant/quant.h"
+
+typedef struct ampr__cuda ampr__cuda;
+
+typedef enum ampr__cuda_dtype { AMPR__CUDA_F32 = 0, AMPR__CUDA_F16 = 1 } ampr__cuda_dtype;
+
+/* ---- context ------------------------------------------------------------- */
+
+/* Number of usable GPUs; 0 (and AMPR_OK) when there is no driver or device. */
+ampr_status ampr__cuda_device_count(int *n, ampr__err *err);
+/* Open device `device`. AMPR_ERR_NO_DEVICE when there is no driver/GPU or the
+ * id is out of range. *out is NULL on failure. */
+ampr_status ampr__cuda_open(int device, ampr__cuda **out, ampr__err *err);
+void ampr__cuda_close(ampr__cuda *c); /* NULL-safe; waits for pending work */
+/* Wait for every op enqueued so far; reports asynchronous faults. */
+ampr_status ampr__cuda_sync(ampr__cuda *c, ampr__err *err);
+/* Name, compute capability, SM count (for reports). */
+const char *ampr__cuda_device_name(const ampr__cuda *c);
+int ampr__cuda_cc(const ampr__cuda *c); /* major*10 + minor */
+/* Decode paths: matmuls with n <= this many tokens use the fused GEMV kernels,
+ * larger ones cuBLASLt (default 8, at most 8; 0 forces cuBLASLt always). */
+void ampr__cuda_set_gemv_max(ampr__cuda *c, int n);
+/* The context's stream as a void* (a cudaStream_t), for callers that time. */
+void *ampr__cuda_stream(ampr__cuda *c);
+
+/* ---- buffers (plain cudaMalloc; never managed memory) ------------------- */
+
+ampr_status ampr__cuda_alloc(ampr__cuda *c, size_t bytes, void **dptr, ampr__err *err);
+void ampr__cuda_free(ampr__cuda *c, void *dptr); /* NULL-safe */
+/* Synchronous with respect to the host buffer: it may be reused on return. */
+ampr_status ampr__cuda_upload(ampr__cuda *c, void *dst, const void *src, size_t bytes,
+                              ampr__err *err);
+/* Waits for the stream, then copies. */
+ampr_status ampr__cuda_download(ampr__cuda *c, void *dst, const void *src, size_t bytes,
+                                ampr__err *err);
+ampr_status ampr__cuda_memset(ampr__cuda *c, void *dst, int value, size_t bytes, ampr__err *err);
+
+/* ---- weights --------------------------------------------------------------- */
+
+/* A weight matrix resident on the device, y = W x with W [rows][cols]. */
+typedef struct ampr__cuda_mat {
+    ampr__qtype type;     /* AMPR__Q_F16, AMPR__Q_INT8 or AMPR__Q_NF4 */
+    int64_t rows, cols;
+    void *data;           /* F16: half[rows*cols]; INT8: int8[rows*cols]; NF4: uint8[rows*cols/2] */
+    float *scales;        /* INT8: [rows]; NF4: [ceil(rows*cols/64)]; F16: NULL */
+} ampr__cuda_mat;
+
+/* Copy a CPU matrix (lib/quant layout) to the device. Requirements:
+ * F16 any shape; INT8 cols % 4 == 0 and rows % 4 == 0 (cuBLASLt IMMA);
+ * NF4 cols % 32 == 0 (one absmax per 16-byte load). Else AMPR_ERR_UNSUPPORTED. */
+ampr_status ampr__cuda_mat_upload(ampr__cuda *c, const ampr__qmat *src, ampr__cuda_mat *dst,
+                                  ampr__err *err);
+void ampr__cuda_mat_free(ampr__cuda *c, ampr__cuda_mat *m); /* NULL-safe, zeroes m */
+
+/* ---- ops (all enqueued on the context's stream) ---------------------------- */
+
+/* out[i][0..cols) = row d_tokens[i] of table, as fp32 or fp16. */
+ampr_status ampr__cuda_embed(ampr__cuda *c, const ampr__cuda_mat *table, const int32_t *d_tokens,
+                             int32_t n, void *out, ampr__cuda_dtype out_type, ampr__err *err);
+/* out[i] = x[i] * rsqrt(mean(x[i]^2) + eps) * w, for n rows of dim. */
+ampr_status ampr__cuda_rmsnorm(ampr__cuda *c, const float *x, const float *w, float *out,
+                               int32_t n, int32_t dim, float eps, ampr__err *err);
+/* Rotate n_heads heads of head_dim values in each of n rows (row stride ld)
+ * at position d_pos[i], in place. cos/sin: [context][head_dim/2].
+ * interleaved: pairs (2i, 2i+1); else half-split pairs (i, i + head_dim/2). */
+ampr_status ampr__cuda_rope(ampr__cuda *c, float *v, int64_t ld, int32_t n, int32_t n_heads,
+                            int32_t head_dim, const int32_t *d_pos, const float *cos_tab,
+                            const float *sin_tab, int interleaved, ampr__err *err);
+/* out[i][e] = silu(gu[i][e]) * gu[i][hidden + e]; gu is [n][2*hidden]. */
+ampr_status ampr__cuda_swiglu(ampr__cuda *c, const float *gu, float *out, int32_t n,
+                              int32_t hidden, ampr__err *err);
+/* x[e] += y[e] */
+ampr_status ampr__cuda_add(ampr__cuda *c, float *x, const float *y, int64_t count, ampr__err *err);
+/* Per-token int8 quantization (see the INT8 rule above): q [n][cols], s [n]. */
+ampr_status ampr__cuda_quant_act(ampr__cuda *c, const float *x, int32_t n, int32_t cols,
+                                 int8_t *q, float *s, ampr__err *err);
+/* y[i*ldy + r] = sum_c W[r][c] x[i][c] for i < n, r < rows. x is fp32
+ * [n][cols]. n <= gemv_max: fused GEMV kernels (fp32 activations; INT8
+ * quantizes them first); otherwise cuBLASLt (F16: activations rounded to
+ * half, fp32 accumulation; INT8: int8 x int8 -> int32, then the scales; NF4:
+ * the weights are dequantized to half in scratch first). Plans are cached per
+ * (format, rows, n, cols). Scratch grows on demand, except while the stream
+ * is being captured (then it fails with AMPR_ERR_INTERNAL: reserve first);
+ * growing moves the scratch, so graphs captured before a growth are stale
+ * (ampr__cuda_seq_new reserves everything its graph needs up front).
+ * Alignment: x 16 bytes (GEMV loads; row i starts at x + i*cols, so cols %
+ * 8 == 0 for F16, % 16 for INT8, % 32 for NF4, or the cuBLASLt path is
+ * taken); y 256 bytes on the cuBLASLt path (AMPR_ERR_INVALID_ARG otherwise). */
+ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
+                              float *y, int64_t ldy, ampr__err *err);
+/* Grow scratch for matmuls of up to max_n tokens, max_cols inputs and
+ * max_rows outputs, and NF4 prefill dequantization of matrices of up to
+ * nf4_elems weights (0: none). */
+ampr_status ampr__cuda_reserve(ampr__cuda *c, int32_t max_n, int64_t max_rows, int64_t max_cols,
+                               int64_t nf4_elems, ampr__err *err);
+
+/* Paged KV view of one layer of one sequence. */
+typedef struct ampr__cuda_kv_view {
+    void *k, *v;               /* arena base pointers (device) */
+    ampr__cuda_dtype dtype;    /* f32 or f16 */
+    int32_t n_layers, block_size, kv_dim;
+    int32_t layer;
+    const int32_t *d_blocks;   /* block table (device) */
+} ampr__cuda_kv_view;
+
+/* Store n rows of k and v (row stride ld, kv_dim values each) at positions
+ * d_pos[i] of layer kv->layer. */
+ampr_status ampr__cuda_kv_store(ampr__cuda *c, const ampr__cuda_kv_view *kv, const float *k,
+                                const float *v, int64_t ld, int32_t n, const int32_t *d_pos,
+                                ampr__err *err);
+/* Causal GQA attention: for each of n query rows (row stride ldq, n_heads *
+ * head_dim values) at position d_pos[i], attend over positions 0..d_pos[i] of
+ * the sequence (their K/V must be stored). out is [n][n_heads*head_dim].
+ * head_dim <= 256, n_heads % n_kv_heads == 0. */
+ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, const float *q,
+                                 int64_t ldq, int32_t n, const int32_t *d_pos, int32_t n_heads,
+                                 int32_t n_kv_heads, int32_t head_dim, float *out,
+                                 ampr__err *err);
+/* d_out[i] = argmax of x[i][0..cols) (lowest index on ties), for n rows. */
+ampr_status ampr__cuda_argmax(ampr__cuda *c, const float *x, int32_t n, int32_t cols,
+                              int32_t *d_out, ampr__err *err);
+
+/* ---- the device forward pass (cuda_forward.cu) --------------------------- */
+
+typedef struct ampr__cuda_hparams {
+    int32_t n_layers, dim, hidden_dim, n_heads, n_kv_heads, head_dim, vocab_size;
+    int32_t context_length;
+    float norm_eps;
+    int rope_interleaved;   /* 1: pairs (2i,2i+1); 0: half-split */
+} ampr__cuda_hparams;
+
+/* One tier's weights on the device, the lib/engine.h fused layout:
+ * wqkv [q+2kv][dim] (Q rows, K, V), wo [dim][q], w_gu [2*hidden][dim] (gate,
+ * up), w_down [dim][hidden], embd [vocab][dim], output [vocab][dim]. */
+typedef struct ampr__cuda_model ampr__cuda_model;
+
+/* layers: n_layers*4 matrices in the order wqkv, wo, w_gu, w_down.
+ * output NULL: tied to embd. norms: fp32 [L][dim] attn, [L][dim] ffn, [dim]
+ * final. rope_cos/sin: [context_length][head_dim/2]. All host memory. */
+ampr_status ampr__cuda_model_new(ampr__cuda *c, const ampr__cuda_hparams *hp,
+                                 const ampr__qmat *embd, const ampr__qmat *output,
+                                 const ampr__qmat *layers, const float *norms,
+                                 const float *rope_cos, const float *rope_sin,
+                                 ampr__cuda_model **out, ampr__err *err);
+void ampr__cuda_model_free(ampr__cuda_model *m);
+uint64_t ampr__cuda_model_bytes(const ampr__cuda_model *m);
+
+/* One sequence: its paged KV arena, block table, activations for up to
+ * max_tokens per call, logits and a captured decode graph. */
+typedef struct ampr__cuda_seq ampr__cuda_seq;
+
+ampr_status ampr__cuda_seq_new(ampr__cuda_model *m, int32_t max_tokens, int32_t block_size,
+                               int32_t n_pages, ampr__cuda_dtype kv_dtype,
+                               ampr__cuda_seq **out, ampr__err *err);
+void ampr__cuda_seq_free(ampr__cuda_seq *s);
+/* Page ids in position order (host array), copied to the device. */
+ampr_status ampr__cuda_seq_set_blocks(ampr__cuda_seq *s, const int32_t *blocks, int32_t n_blocks,
+                                      ampr__err *err);
+
+/* Run tokens[0..n) (host) at positions p0..p0+n-1, writing their K/V.
+ * Logits of the last token (all n with all_logits) go to the device buffer
+ * returned by ampr__cuda_seq_logits(); if d_argmax_out is set, also the
+ * argmax of the last token's logits (device int32). */
+ampr_status ampr__cuda_forward(ampr__cuda_seq *s, const int32_t *tokens, int32_t n, int32_t p0,
+                               int all_logits, ampr__err *err);
+const float *ampr__cuda_seq_logits(const ampr__cuda_seq *s);   /* device */
+/* The argmax of the last token's logits, written by every forward/decode
+ * (device int32). */
+int32_t *ampr__cuda_seq_argmax(const ampr__cuda_seq *s);       /* device */
+
+/* Decode one token: the token and position set by ampr__cuda_decode_set()
+ * (or left by the previous greedy step), kept in device memory. The
+ * first call captures a CUDA graph; later calls replay it. With greedy, the
+ * graph ends by writing the argmax as the next token and advancing the
+ * position, so repeated calls generate greedily with no host round trip.
+ * ampr__cuda_decode_set() puts a token and position in place. */
+ampr_status ampr__cuda_decode_set(ampr__cuda_seq *s, int32_t token, int32_t pos, ampr__err *err);
+ampr_status ampr__cuda_decode(ampr__cuda_seq *s, int greedy, int use_graph, ampr__err *err);
+
+/* ---- tensor parallelism (NCCL) ---------------------------------------------- */
+
+typedef struct ampr__cuda_comm ampr__cuda_comm;
+#define AMPR__CUDA_COMM_ID_BYTES 128 /* = sizeof(ncclUniqueId) */
+
+/* 1 when this build has NCCL. Without it every comm call is UNSUPPORTED. */
+int ampr__cuda_have_nccl(void);
+/* A fresh id for ampr__cuda_comm_init_rank (rank 0 makes it, others receive it). */
+ampr_status ampr__cuda_comm_id_new(unsigned char id[AMPR__CUDA_COMM_ID_BYTES], ampr__err *err);
+/* One rank per process (collective over n_ranks processes). */
+ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
+                                      const unsigned char id[AMPR__CUDA_COMM_ID_BYTES],
+                                      ampr__cuda_comm **out, ampr__err *err);
+/* One process driving n contexts (one per GPU): out[0..n). */
+ampr_status ampr__cuda_comm_init_all(ampr__cuda *const *ctxs, int n, ampr__cuda_comm **out,
+                                     ampr__err *err);
+void ampr__cuda_comm_free(ampr__cuda_comm *comm); /* NULL-safe */
+/* In-place sum over ranks of count fp32 values, on the comm's context stream. */
+ampr_status ampr__cuda_allreduce_sum(ampr__cuda_comm *comm, float *buf, size_t count,
+                                     ampr__err *err);
+/* The same for n comms of one process at once (grouped, no deadlock). */
+ampr_status ampr__cuda_allreduce_sum_group(ampr__cuda_comm *const *comms, float *const *bufs,
+                                           int n, size_t count, ampr__err *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

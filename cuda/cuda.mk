@@ -1,0 +1,24 @@
+# cuda/cuda.mk -- the CUDA backend, included by the top-level Makefile when
+# nvcc is found (CUDA=1). Uses $(B) and $(NVCC) from there.
+#
+# Objects: $(CUDA_OBJS) (add them to the library); link flags: $(CUDA_LIBS).
+# Machine code for sm_80 (A100) and sm_90a (H100/H200), plus compute_90 PTX
+# so newer GPUs can JIT it. NCCL is used when its header is found.
+
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_GENCODE ?= -gencode=arch=compute_80,code=sm_80 \
+                -gencode=arch=compute_90a,code=sm_90a \
+                -gencode=arch=compute_90,code=compute_90
+CUDA_HAVE_NCCL := $(if $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h),1,0)
+NVCC_FLAGS := -std=c++17 -O3 -g -Iinclude -Ilib -Icuda $(CUDA_GENCODE) \
+              -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra -Werror all-warnings \
+              $(if $(filter 1,$(CUDA_HAVE_NCCL)),-DAMPR_HAVE_NCCL)
+
+CUDA_SRCS := $(sort $(wildcard cuda/*.cu))
+CUDA_OBJS := $(patsubst %.cu,$(B)/%.o,$(CUDA_SRCS))
+# nvcc host code needs the C++ runtime (static-init guards, personality)
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublasLt $(if $(filter 1,$(CUDA_HAVE_NCCL)),-lnccl) -lstdc++
+
+$(B)/cuda/%.o: cuda/%.cu cuda/ampr_cuda.h cuda/cuda_err.h include/ampr.h lib/common/common.h lib/quant/quant.h
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -c $< -o $@

@@ -1,0 +1,230 @@
+/*
+ * cuda_ctx.cu -- device contexts, buffers, weight upload, and the error
+ * mapping declared in cuda_err.h.
+ */
+#include "cuda_err.h"
+
+#include <stdio.h>
+
+/* ---- error mapping (the one place) --------------------------------------- */
+
+ampr_status ampr__cuda_fail(ampr__err *err, cudaError_t e, const char *what, const char *file,
+                            int line) {
+    ampr_status st = AMPR_ERR_BACKEND;
+    if (e == cudaErrorMemoryAllocation) st = AMPR_ERR_NOMEM;
+    else if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver ||
+             e == cudaErrorInvalidDevice)
+        st = AMPR_ERR_NO_DEVICE;
+    return ampr__fail(err, st, "CUDA %s (%s) in %s at %s:%d", cudaGetErrorName(e),
+                      cudaGetErrorString(e), what, file, line);
+}
+
+ampr_status ampr__cublas_fail(ampr__err *err, cublasStatus_t s, const char *what,
+                              const char *file, int line) {
+    ampr_status st = s == CUBLAS_STATUS_ALLOC_FAILED ? AMPR_ERR_NOMEM : AMPR_ERR_BACKEND;
+    return ampr__fail(err, st, "cuBLASLt %s (%s) in %s at %s:%d", cublasLtGetStatusName(s),
+                      cublasLtGetStatusString(s), what, file, line);
+}
+
+/* ---- context ----------------------------------------------------------- */
+
+ampr_status ampr__cuda_device_count(int *n, ampr__err *err) {
+    *n = 0;
+    cudaError_t e = cudaGetDeviceCount(n);
+    if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver) {
+        (void)cudaGetLastError(); /* clear it: "no GPU" is an answer, not a fault */
+        *n = 0;
+        return AMPR_OK;
+    }
+    if (e != cudaSuccess) {
+        *n = 0;
+        return ampr__cuda_fail(err, e, "cudaGetDeviceCount", __FILE__, __LINE__);
+    }
+    return AMPR_OK;
+}
+
+static ampr_status ctx_init(ampr__cuda *c, int device, ampr__err *err) {
+    AMPR__CU(err, cudaSetDevice(device));
+    cudaDeviceProp p;
+    AMPR__CU(err, cudaGetDeviceProperties(&p, device));
+    c->cc = p.major * 10 + p.minor;
+    c->sm_count = p.multiProcessorCount;
+    snprintf(c->name, sizeof c->name, "%s", p.name);
+    if (c->cc < 80)
+        return ampr__fail(err, AMPR_ERR_UNSUPPORTED,
+                          "GPU %d (%s) has compute capability %d.%d; libampr needs 8.0 or newer",
+                          device, p.name, p.major, p.minor);
+    AMPR__CU(err, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    AMPR__CUBLAS(err, cublasLtCreate(&c->lt));
+    c->lt_ws_bytes = (size_t)32 << 20;
+    AMPR__CU(err, cudaMalloc(&c->lt_ws, c->lt_ws_bytes));
+    return AMPR_OK;
+}
+
+ampr_status ampr__cuda_open(int device, ampr__cuda **out, ampr__err *err) {
+    *out = NULL;
+    int n = 0;
+    AMPR__TRY(ampr__cuda_device_count(&n, err));
+    if (n == 0) return ampr__fail(err, AMPR_ERR_NO_DEVICE, "no CUDA device or driver");
+    if (device < 0 || device >= n)
+        return ampr__fail(err, AMPR_ERR_NO_DEVICE, "CUDA device %d does not exist (%d found)",
+                          device, n);
+    ampr__cuda *c = (ampr__cuda *)ampr__calloc(1, sizeof *c);
+    if (!c) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for a CUDA context");
+    c->device = device;
+    c->gemv_max = AMPR__CUDA_GEMV_MAX;
+    ampr_status st = ctx_init(c, device, err);
+    if (st != AMPR_OK) {
+        ampr__cuda_close(c);
+        return st;
+    }
+    *out = c;
+    return AMPR_OK;
+}
+
+
+void ampr__cuda_close(ampr__cuda *c) {
+    if (!c) return;
+    cudaSetDevice(c->device);
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    for (int i = 0; i < AMPR__CUDA_MAX_PLANS; i++) ampr__cuda_plan_destroy(&c->plans[i]);
+    if (c->lt) cublasLtDestroy(c->lt);
+    cudaFree(c->lt_ws);
+    cudaFree(c->xh);
+    cudaFree(c->xq);
+    cudaFree(c->xs);
+    cudaFree(c->acc);
+    cudaFree(c->wdq);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    (void)cudaGetLastError();
+    ampr__free(c);
+}
+
+ampr_status ampr__cuda_sync(ampr__cuda *c, ampr__err *err) {
+    AMPR__CU(err, cudaStreamSynchronize(c->stream));
+    AMPR__CU(err, cudaGetLastError());
+    return AMPR_OK;
+}
+
+const char *ampr__cuda_device_name(const ampr__cuda *c) { return c->name; }
+int ampr__cuda_cc(const ampr__cuda *c) { return c->cc; }
+void *ampr__cuda_stream(ampr__cuda *c) { return (void *)c->stream; }
+void ampr__cuda_set_gemv_max(ampr__cuda *c, int n) {
+    c->gemv_max = n < 0 ? 0 : (n > AMPR__CUDA_GEMV_MAX ? AMPR__CUDA_GEMV_MAX : n);
+}
+
+void ampr__cuda_plan_destroy(ampr__cuda_plan *p) {
+    if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+    if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+    if (p->cd) cublasLtMatrixLayoutDestroy(p->cd);
+    if (p->op) cublasLtMatmulDescDestroy(p->op);
+    memset(p, 0, sizeof *p);
+}
+
+int ampr__cuda_capturing(ampr__cuda *c) {
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(c->stream, &cs) != cudaSuccess) return 0;
+    return cs != cudaStreamCaptureStatusNone;
+}
+
+/* ---- buffers ----------------------------------------------------------- */
+
+ampr_status ampr__cuda_alloc(ampr__cuda *c, size_t bytes, void **dptr, ampr__err *err) {
+    *dptr = NULL;
+    AMPR__CU(err, cudaSetDevice(c->device));
+    AMPR__CU(err, cudaMalloc(dptr, bytes ? bytes : 1));
+    return AMPR_OK;
+}
+
+void ampr__cuda_free(ampr__cuda *c, void *dptr) {
+    if (!c || !dptr) return;
+    cudaFree(dptr);
+}
+
+ampr_status ampr__cuda_upload(ampr__cuda *c, void *dst, const void *src, size_t bytes,
+                              ampr__err *err) {
+    if (!bytes) return AMPR_OK;
+    AMPR__CU(err, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
+    /* src is host memory the caller may free or reuse at once */
+    AMPR__CU(err, cudaStreamSynchronize(c->stream));
+    return AMPR_OK;
+}
+
+ampr_status ampr__cuda_download(ampr__cuda *c, void *dst, const void *src, size_t bytes,
+                                ampr__err *err) {
+    if (!bytes) return AMPR_OK;
+    AMPR__CU(err, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    AMPR__CU(err, cudaStreamSynchronize(c->stream));
+    return AMPR_OK;
+}
+
+ampr_status ampr__cuda_memset(ampr__cuda *c, void *dst, int value, size_t bytes, ampr__err *err) {
+    AMPR__CU(err, cudaMemsetAsync(dst, value, bytes, c->stream));
+    return AMPR_OK;
+}
+
+/* ---- weights ----------------------------------------------------------- */
+
+static ampr_status mat_upload(ampr__cuda *c, const ampr__qmat *src, ampr__cuda_mat *d,
+                              ampr__err *err) {
+    uint64_t n = 0;
+    if (!ampr__mul_ok((uint64_t)src->rows, (uint64_t)src->cols, &n))
+        return ampr__fail(err, AMPR_ERR_MODEL_SHAPE, "matrix size overflows");
+    size_t data_bytes = 0, n_scales = 0;
+    switch (src->type) {
+    case AMPR__Q_F16:
+        data_bytes = (size_t)n * 2;
+        break;
+    case AMPR__Q_INT8:
+        if (src->cols % 4 || src->rows % 4)
+            return ampr__fail(err, AMPR_ERR_UNSUPPORTED,
+                              "INT8 matrix %lldx%lld: CUDA needs rows and cols multiples of 4",
+                              (long long)src->rows, (long long)src->cols);
+        data_bytes = (size_t)n;
+        n_scales = (size_t)src->rows;
+        break;
+    case AMPR__Q_NF4:
+        if (src->cols % 32)
+            return ampr__fail(err, AMPR_ERR_UNSUPPORTED,
+                              "NF4 matrix %lldx%lld: CUDA needs cols a multiple of 32",
+                              (long long)src->rows, (long long)src->cols);
+        data_bytes = (size_t)n / 2;
+        n_scales = (size_t)((n + 63) / 64);
+        break;
+    default:
+        return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "weight format %d has no CUDA kernels",
+                          (int)src->type);
+    }
+    if (src->data_bytes < data_bytes || src->n_scales < n_scales || (n_scales && !src->scales))
+        return ampr__fail(err, AMPR_ERR_INVALID_ARG,
+                          "matrix %lldx%lld holds %zu bytes and %zu scales, expected %zu and %zu",
+                          (long long)src->rows, (long long)src->cols, src->data_bytes,
+                          src->n_scales, data_bytes, n_scales);
+    d->type = src->type;
+    d->rows = src->rows;
+    d->cols = src->cols;
+    AMPR__TRY(ampr__cuda_alloc(c, data_bytes, &d->data, err));
+    AMPR__TRY(ampr__cuda_upload(c, d->data, src->data, data_bytes, err));
+    if (n_scales) {
+        void *s = NULL;
+        AMPR__TRY(ampr__cuda_alloc(c, n_scales * sizeof(float), &s, err));
+        d->scales = (float *)s;
+        AMPR__TRY(ampr__cuda_upload(c, d->scales, src->scales, n_scales * sizeof(float), err));
+    }
+    return AMPR_OK;
+}
+
+ampr_status ampr__cuda_mat_upload(ampr__cuda *c, const ampr__qmat *src, ampr__cuda_mat *dst,
+                                  ampr__err *err) {
+    memset(dst, 0, sizeof *dst);
+    ampr_status st = mat_upload(c, src, dst, err);
+    if (st != AMPR_OK) ampr__cuda_mat_free(c, dst);
+    return st;
+}
+
+void ampr__cuda_mat_free(ampr__cuda *c, ampr__cuda_mat *m) {
+    if (!m) return;
+    ampr__cuda_free(c, m->data);
+    ampr__cuda_free(c, m->scales);
+    memset(m, 0, sizeof *m);
+}

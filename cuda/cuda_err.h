@@ -1,0 +1,101 @@
+/*
+ * cuda_err.h -- the one place where CUDA runtime, cuBLASLt and NCCL errors
+ * become ampr_status values, and the internal state of a device context.
+ *
+ * Mapping:
+ *   out of memory (cudaErrorMemoryAllocation, CUBLAS_STATUS_ALLOC_FAILED)  -> AMPR_ERR_NOMEM
+ *   no driver or device (cudaErrorNoDevice, cudaErrorInsufficientDriver,
+ *     cudaErrorInvalidDevice)                                               -> AMPR_ERR_NO_DEVICE
+ *   anything else                                                           -> AMPR_ERR_BACKEND
+ * The message names the failing call, the error's name and text, and file:line.
+ */
+#ifndef AMPR_CUDA_ERR_H
+#define AMPR_CUDA_ERR_H
+
+#include <cublasLt.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "ampr_cuda.h"
+
+ampr_status ampr__cuda_fail(ampr__err *err, cudaError_t e, const char *what, const char *file,
+                            int line);
+ampr_status ampr__cublas_fail(ampr__err *err, cublasStatus_t s, const char *what,
+                              const char *file, int line);
+
+#define AMPR__CU(err, call)                                                          \
+    do {                                                                             \
+        cudaError_t ampr__e_ = (call);                                               \
+        if (ampr__e_ != cudaSuccess)                                                 \
+            return ampr__cuda_fail((err), ampr__e_, #call, __FILE__, __LINE__);      \
+    } while (0)
+
+/* After a kernel launch: launch-configuration errors are reported here, faults
+ * inside the kernel at the next synchronization. */
+#define AMPR__CU_LAUNCHED(err, name) AMPR__CU(err, cudaGetLastError())
+
+#define AMPR__CUBLAS(err, call)                                                      \
+    do {                                                                             \
+        cublasStatus_t ampr__s_ = (call);                                            \
+        if (ampr__s_ != CUBLAS_STATUS_SUCCESS)                                       \
+            return ampr__cublas_fail((err), ampr__s_, #call, __FILE__, __LINE__);    \
+    } while (0)
+
+#ifdef AMPR_HAVE_NCCL
+#include <nccl.h>
+ampr_status ampr__nccl_fail(ampr__err *err, ncclResult_t r, const char *what, const char *file,
+                            int line);
+#define AMPR__NCCL(err, call)                                                        \
+    do {                                                                             \
+        ncclResult_t ampr__r_ = (call);                                              \
+        if (ampr__r_ != ncclSuccess)                                                 \
+            return ampr__nccl_fail((err), ampr__r_, #call, __FILE__, __LINE__);      \
+    } while (0)
+#endif
+
+/* ---- context internals (shared by the files in cuda/) ------------------- */
+
+#define AMPR__CUDA_MAX_PLANS 128
+#define AMPR__CUDA_GEMV_MAX 8
+
+typedef struct ampr__cuda_plan {
+    int used;
+    int kind;                 /* ampr__qtype of the weights (NF4 runs as F16) */
+    int64_t m, n, k;          /* rows, tokens (padded), cols */
+    int64_t ldc;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, cd;
+    cublasLtMatmulAlgo_t algo;
+} ampr__cuda_plan;
+
+struct ampr__cuda {
+    int device;
+    int cc;                   /* major*10 + minor */
+    int sm_count;
+    char name[256];
+    cudaStream_t stream;
+    cublasLtHandle_t lt;
+    void *lt_ws;              /* cuBLASLt workspace */
+    size_t lt_ws_bytes;
+    ampr__cuda_plan plans[AMPR__CUDA_MAX_PLANS];
+    int plan_next;            /* round-robin victim when the cache is full */
+    int gemv_max;
+    /* matmul scratch, grown by ensure_scratch() */
+    __half *xh;               /* activations as half [n][cols] */
+    size_t xh_bytes;
+    int8_t *xq;               /* activations as int8 [npad][cols] */
+    size_t xq_bytes;
+    float *xs;                /* per-token scales [npad] */
+    size_t xs_bytes;
+    int32_t *acc;             /* int32 results [n][rows] */
+    size_t acc_bytes;
+    __half *wdq;              /* NF4 weights dequantized to half */
+    size_t wdq_bytes;
+};
+
+/* Free a plan's descriptors (those that exist) and mark it unused. */
+void ampr__cuda_plan_destroy(ampr__cuda_plan *p);
+/* Is the context's stream being captured into a graph right now? */
+int ampr__cuda_capturing(ampr__cuda *c);
+
+#endif

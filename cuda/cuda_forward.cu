@@ -1,0 +1,366 @@
+/*
+ * cuda_forward.cu -- the transformer forward pass on the device, the same op
+ * sequence as lib/forward/forward.c (see there for the shapes):
+ *
+ *   x = embd[tokens]
+ *   per layer: xb = rmsnorm(x)*attn_norm; qkv = Wqkv xb; rope(Q), rope(K);
+ *              K,V -> pages; att = attention; x += Wo att;
+ *              xb = rmsnorm(x)*ffn_norm; hb = Wgu xb; hb2 = silu(g)*u; x += Wdown hb2
+ *   logits = Wout (rmsnorm(x)*final_norm); argmax(last logits)
+ *
+ * Tokens and positions live in device memory, so a decode step can be
+ * captured once as a CUDA graph and replayed; a greedy graph also writes the
+ * argmax back as the next token and advances the position.
+ */
+#include "cuda_err.h"
+
+struct ampr__cuda_model {
+    ampr__cuda *c;
+    ampr__cuda_hparams hp;
+    ampr__qtype qtype;
+    ampr__cuda_mat embd, output; /* output unused when tied */
+    int tied;
+    ampr__cuda_mat *layers;      /* n_layers * 4: wqkv, wo, w_gu, w_down */
+    float *norms;                /* [L][dim] attn, [L][dim] ffn, [dim] final */
+    float *rope_cos, *rope_sin;  /* [context][head_dim/2] */
+    uint64_t bytes;
+};
+
+struct ampr__cuda_seq {
+    ampr__cuda_model *m;
+    int32_t max_tokens, block_size, n_pages;
+    ampr__cuda_dtype kv_dtype;
+    void *kc, *vc;               /* [n_pages][n_layers][block_size][kv_dim] */
+    int32_t *blocks;             /* [n_pages] */
+    float *x, *xb, *qkv, *att, *hb, *hb2; /* [max_tokens][...] */
+    float *logits;               /* [max_tokens][vocab] */
+    int32_t *tokens, *pos;       /* [max_tokens] */
+    int32_t *argmax;             /* [1] */
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    int graph_greedy;
+};
+
+static uint64_t mat_bytes(const ampr__cuda_mat *m) {
+    uint64_t n = (uint64_t)m->rows * (uint64_t)m->cols;
+    switch (m->type) {
+    case AMPR__Q_F16: return 2 * n;
+    case AMPR__Q_INT8: return n + 4 * (uint64_t)m->rows;
+    default: return n / 2 + 4 * ((n + 63) / 64);
+    }
+}
+
+/* ---- model --------------------------------------------------------------- */
+
+static ampr_status upload_f32(ampr__cuda *c, const float *src, size_t n, float **dst,
+                              ampr__err *err) {
+    void *p = NULL;
+    AMPR__TRY(ampr__cuda_alloc(c, n * sizeof(float), &p, err));
+    *dst = (float *)p;
+    return ampr__cuda_upload(c, p, src, n * sizeof(float), err);
+}
+
+static ampr_status check_shape(const ampr__qmat *w, int64_t rows, int64_t cols, const char *name,
+                               ampr__err *err) {
+    if (w->rows != rows || w->cols != cols)
+        return ampr__fail(err, AMPR_ERR_MODEL_SHAPE, "%s is %lldx%lld, expected %lldx%lld", name,
+                          (long long)w->rows, (long long)w->cols, (long long)rows,
+                          (long long)cols);
+    return AMPR_OK;
+}
+
+static ampr_status model_build(ampr__cuda_model *m, const ampr__qmat *embd,
+                               const ampr__qmat *output, const ampr__qmat *layers,
+                               const float *norms, const float *rope_cos, const float *rope_sin,
+                               ampr__err *err) {
+    const ampr__cuda_hparams *hp = &m->hp;
+    ampr__cuda *c = m->c;
+    int64_t q_dim = (int64_t)hp->n_heads * hp->head_dim;
+    int64_t kv_dim = (int64_t)hp->n_kv_heads * hp->head_dim;
+    AMPR__TRY(check_shape(embd, hp->vocab_size, hp->dim, "embd", err));
+    if (output) AMPR__TRY(check_shape(output, hp->vocab_size, hp->dim, "output", err));
+    m->qtype = embd->type;
+    AMPR__TRY(ampr__cuda_mat_upload(c, embd, &m->embd, err));
+    m->bytes += mat_bytes(&m->embd);
+    if (output) {
+        AMPR__TRY(ampr__cuda_mat_upload(c, output, &m->output, err));
+        m->bytes += mat_bytes(&m->output);
+    }
+    for (int32_t l = 0; l < hp->n_layers; l++) {
+        const ampr__qmat *L = layers + 4 * (size_t)l;
+        AMPR__TRY(check_shape(&L[0], q_dim + 2 * kv_dim, hp->dim, "wqkv", err));
+        AMPR__TRY(check_shape(&L[1], hp->dim, q_dim, "wo", err));
+        AMPR__TRY(check_shape(&L[2], 2 * (int64_t)hp->hidden_dim, hp->dim, "w_gu", err));
+        AMPR__TRY(check_shape(&L[3], hp->dim, hp->hidden_dim, "w_down", err));
+        for (int k = 0; k < 4; k++) {
+            if (L[k].type != m->qtype)
+                return ampr__fail(err, AMPR_ERR_INVALID_ARG, "layer %d mixes weight formats", l);
+            AMPR__TRY(ampr__cuda_mat_upload(c, &L[k], &m->layers[4 * (size_t)l + k], err));
+            m->bytes += mat_bytes(&m->layers[4 * (size_t)l + k]);
+        }
+    }
+    size_t nn = (2 * (size_t)hp->n_layers + 1) * (size_t)hp->dim;
+    size_t nr = (size_t)hp->context_length * (size_t)(hp->head_dim / 2);
+    AMPR__TRY(upload_f32(c, norms, nn, &m->norms, err));
+    AMPR__TRY(upload_f32(c, rope_cos, nr, &m->rope_cos, err));
+    AMPR__TRY(upload_f32(c, rope_sin, nr, &m->rope_sin, err));
+    m->bytes += 4 * (nn + 2 * nr);
+    return AMPR_OK;
+}
+
+ampr_status ampr__cuda_model_new(ampr__cuda *c, const ampr__cuda_hparams *hp,
+                                 const ampr__qmat *embd, const ampr__qmat *output,
+                                 const ampr__qmat *layers, const float *norms,
+                                 const float *rope_cos, const float *rope_sin,
+                                 ampr__cuda_model **out, ampr__err *err) {
+    *out = NULL;
+    if (hp->n_layers <= 0 || hp->dim <= 0 || hp->head_dim <= 0 || hp->head_dim % 2 ||
+        hp->n_kv_heads <= 0 || hp->n_heads % hp->n_kv_heads || hp->vocab_size <= 0 ||
+        hp->context_length <= 0 || hp->hidden_dim <= 0)
+        return ampr__fail(err, AMPR_ERR_MODEL_HPARAMS, "CUDA model: inconsistent hyper-parameters");
+    ampr__cuda_model *m = (ampr__cuda_model *)ampr__calloc(1, sizeof *m);
+    if (!m) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for a CUDA model");
+    m->c = c;
+    m->hp = *hp;
+    m->tied = output == NULL;
+    m->layers = (ampr__cuda_mat *)ampr__calloc(4 * (size_t)hp->n_layers, sizeof(ampr__cuda_mat));
+    ampr_status st = m->layers ? model_build(m, embd, output, layers, norms, rope_cos, rope_sin, err)
+                               : ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for a CUDA model");
+    if (st != AMPR_OK) {
+        ampr__cuda_model_free(m);
+        return st;
+    }
+    *out = m;
+    return AMPR_OK;
+}
+
+void ampr__cuda_model_free(ampr__cuda_model *m) {
+    if (!m) return;
+    ampr__cuda *c = m->c;
+    ampr__cuda_mat_free(c, &m->embd);
+    ampr__cuda_mat_free(c, &m->output);
+    if (m->layers)
+        for (size_t i = 0; i < 4 * (size_t)m->hp.n_layers; i++) ampr__cuda_mat_free(c, &m->layers[i]);
+    ampr__free(m->layers);
+    ampr__cuda_free(c, m->norms);
+    ampr__cuda_free(c, m->rope_cos);
+    ampr__cuda_free(c, m->rope_sin);
+    ampr__free(m);
+}
+
+uint64_t ampr__cuda_model_bytes(const ampr__cuda_model *m) { return m->bytes; }
+
+/* ---- sequence ---------------------------------------------------------------- */
+
+static ampr_status seq_alloc(ampr__cuda *c, size_t bytes, void *out, ampr__err *err) {
+    void *p = NULL;
+    AMPR__TRY(ampr__cuda_alloc(c, bytes, &p, err));
+    *(void **)out = p;
+    return ampr__cuda_memset(c, p, 0, bytes, err);
+}
+
+static ampr_status seq_build(ampr__cuda_seq *s, ampr__err *err) {
+    const ampr__cuda_hparams *hp = &s->m->hp;
+    ampr__cuda *c = s->m->c;
+    size_t n = (size_t)s->max_tokens;
+    size_t q_dim = (size_t)hp->n_heads * hp->head_dim, kv_dim = (size_t)hp->n_kv_heads * hp->head_dim;
+    size_t esz = s->kv_dtype == AMPR__CUDA_F16 ? 2 : 4;
+    size_t kv_elems = (size_t)s->n_pages * hp->n_layers * (size_t)s->block_size * kv_dim;
+    AMPR__TRY(seq_alloc(c, kv_elems * esz, &s->kc, err));
+    AMPR__TRY(seq_alloc(c, kv_elems * esz, &s->vc, err));
+    AMPR__TRY(seq_alloc(c, (size_t)s->n_pages * 4, &s->blocks, err));
+    AMPR__TRY(seq_alloc(c, n * hp->dim * 4, &s->x, err));
+    AMPR__TRY(seq_alloc(c, n * hp->dim * 4, &s->xb, err));
+    AMPR__TRY(seq_alloc(c, n * (q_dim + 2 * kv_dim) * 4, &s->qkv, err));
+    AMPR__TRY(seq_alloc(c, n * q_dim * 4, &s->att, err));
+    AMPR__TRY(seq_alloc(c, n * 2 * hp->hidden_dim * 4, &s->hb, err));
+    AMPR__TRY(seq_alloc(c, n * hp->hidden_dim * 4, &s->hb2, err));
+    AMPR__TRY(seq_alloc(c, n * hp->vocab_size * 4, &s->logits, err));
+    AMPR__TRY(seq_alloc(c, n * 4, &s->tokens, err));
+    AMPR__TRY(seq_alloc(c, n * 4, &s->pos, err));
+    AMPR__TRY(seq_alloc(c, 4, &s->argmax, err));
+    int64_t max_rows = AMPR__MAX((int64_t)(q_dim + 2 * kv_dim),
+                                 AMPR__MAX(2 * (int64_t)hp->hidden_dim, (int64_t)hp->vocab_size));
+    int64_t max_cols = AMPR__MAX((int64_t)hp->dim, AMPR__MAX((int64_t)q_dim, (int64_t)hp->hidden_dim));
+    int64_t nf4 = 0;
+    if (s->m->qtype == AMPR__Q_NF4 && s->max_tokens > c->gemv_max) {
+        nf4 = (int64_t)hp->vocab_size * hp->dim;
+        nf4 = AMPR__MAX(nf4, 2 * (int64_t)hp->hidden_dim * hp->dim);
+        nf4 = AMPR__MAX(nf4, (int64_t)(q_dim + 2 * kv_dim) * hp->dim);
+    }
+    AMPR__TRY(ampr__cuda_reserve(c, s->max_tokens, max_rows, max_cols, nf4, err));
+    return ampr__cuda_sync(c, err);
+}
+
+ampr_status ampr__cuda_seq_new(ampr__cuda_model *m, int32_t max_tokens, int32_t block_size,
+                               int32_t n_pages, ampr__cuda_dtype kv_dtype,
+                               ampr__cuda_seq **out, ampr__err *err) {
+    *out = NULL;
+    if (max_tokens <= 0 || block_size <= 0 || n_pages <= 0)
+        return ampr__fail(err, AMPR_ERR_INVALID_ARG, "CUDA sequence: bad sizes");
+    ampr__cuda_seq *s = (ampr__cuda_seq *)ampr__calloc(1, sizeof *s);
+    if (!s) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for a CUDA sequence");
+    s->m = m;
+    s->max_tokens = max_tokens;
+    s->block_size = block_size;
+    s->n_pages = n_pages;
+    s->kv_dtype = kv_dtype;
+    ampr_status st = seq_build(s, err);
+    if (st != AMPR_OK) {
+        ampr__cuda_seq_free(s);
+        return st;
+    }
+    *out = s;
+    return AMPR_OK;
+}
+
+void ampr__cuda_seq_free(ampr__cuda_seq *s) {
+    if (!s) return;
+    ampr__cuda *c = s->m->c;
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    if (s->exec) cudaGraphExecDestroy(s->exec);
+    if (s->graph) cudaGraphDestroy(s->graph);
+    void *bufs[] = {s->kc, s->vc, s->blocks, s->x, s->xb, s->qkv, s->att, s->hb, s->hb2,
+                    s->logits, s->tokens, s->pos, s->argmax};
+    for (size_t i = 0; i < AMPR__ARRAY_LEN(bufs); i++) ampr__cuda_free(c, bufs[i]);
+    ampr__free(s);
+}
+
+ampr_status ampr__cuda_seq_set_blocks(ampr__cuda_seq *s, const int32_t *blocks, int32_t n_blocks,
+                                      ampr__err *err) {
+    if (n_blocks < 0 || n_blocks > s->n_pages)
+        return ampr__fail(err, AMPR_ERR_INVALID_ARG, "%d blocks for an arena of %d pages",
+                          n_blocks, s->n_pages);
+    for (int32_t i = 0; i < n_blocks; i++)
+        if (blocks[i] < 0 || blocks[i] >= s->n_pages)
+            return ampr__fail(err, AMPR_ERR_INVALID_ARG, "page id %d out of range", blocks[i]);
+    return ampr__cuda_upload(s->m->c, s->blocks, blocks, (size_t)n_blocks * 4, err);
+}
+
+const float *ampr__cuda_seq_logits(const ampr__cuda_seq *s) { return s->logits; }
+int32_t *ampr__cuda_seq_argmax(const ampr__cuda_seq *s) { return s->argmax; }
+
+/* ---- the pass ---------------------------------------------------------------- */
+
+/* n tokens at s->tokens[0..n), positions s->pos[0..n); everything enqueued,
+ * nothing synchronized (so it can be captured). */
+static ampr_status run(ampr__cuda_seq *s, int32_t n, int all_logits, ampr__err *err) {
+    const ampr__cuda_model *m = s->m;
+    const ampr__cuda_hparams *hp = &m->hp;
+    ampr__cuda *c = m->c;
+    int32_t dim = hp->dim, hd = hp->head_dim, hidden = hp->hidden_dim;
+    int32_t q_dim = hp->n_heads * hd, kv_dim = hp->n_kv_heads * hd, qkv_dim = q_dim + 2 * kv_dim;
+    int64_t nd = (int64_t)n * dim;
+
+    AMPR__TRY(ampr__cuda_embed(c, &m->embd, s->tokens, n, s->x, AMPR__CUDA_F32, err));
+    for (int32_t l = 0; l < hp->n_layers; l++) {
+        const ampr__cuda_mat *L = m->layers + 4 * (size_t)l;
+        const float *attn_norm = m->norms + (size_t)l * dim;
+        const float *ffn_norm = m->norms + ((size_t)hp->n_layers + l) * dim;
+        ampr__cuda_kv_view kv = {s->kc, s->vc, s->kv_dtype, hp->n_layers, s->block_size, kv_dim,
+                                 l, s->blocks};
+        AMPR__TRY(ampr__cuda_rmsnorm(c, s->x, attn_norm, s->xb, n, dim, hp->norm_eps, err));
+        AMPR__TRY(ampr__cuda_matmul(c, &L[0], s->xb, n, s->qkv, qkv_dim, err));
+        AMPR__TRY(ampr__cuda_rope(c, s->qkv, qkv_dim, n, hp->n_heads, hd, s->pos, m->rope_cos,
+                                  m->rope_sin, hp->rope_interleaved, err));
+        AMPR__TRY(ampr__cuda_rope(c, s->qkv + q_dim, qkv_dim, n, hp->n_kv_heads, hd, s->pos,
+                                  m->rope_cos, m->rope_sin, hp->rope_interleaved, err));
+        AMPR__TRY(ampr__cuda_kv_store(c, &kv, s->qkv + q_dim, s->qkv + q_dim + kv_dim, qkv_dim, n,
+                                      s->pos, err));
+        AMPR__TRY(ampr__cuda_attention(c, &kv, s->qkv, qkv_dim, n, s->pos, hp->n_heads,
+                                       hp->n_kv_heads, hd, s->att, err));
+        AMPR__TRY(ampr__cuda_matmul(c, &L[1], s->att, n, s->xb, dim, err));
+        AMPR__TRY(ampr__cuda_add(c, s->x, s->xb, nd, err));
+        AMPR__TRY(ampr__cuda_rmsnorm(c, s->x, ffn_norm, s->xb, n, dim, hp->norm_eps, err));
+        AMPR__TRY(ampr__cuda_matmul(c, &L[2], s->xb, n, s->hb, 2 * (int64_t)hidden, err));
+        AMPR__TRY(ampr__cuda_swiglu(c, s->hb, s->hb2, n, hidden, err));
+        AMPR__TRY(ampr__cuda_matmul(c, &L[3], s->hb2, n, s->xb, dim, err));
+        AMPR__TRY(ampr__cuda_add(c, s->x, s->xb, nd, err));
+    }
+    int32_t first = all_logits ? 0 : n - 1, n_out = all_logits ? n : 1;
+    const float *final_norm = m->norms + 2 * (size_t)hp->n_layers * dim;
+    AMPR__TRY(ampr__cuda_rmsnorm(c, s->x + (size_t)first * dim, final_norm, s->xb, n_out, dim,
+                                 hp->norm_eps, err));
+    const ampr__cuda_mat *out = m->tied ? &m->embd : &m->output;
+    AMPR__TRY(ampr__cuda_matmul(c, out, s->xb, n_out, s->logits, hp->vocab_size, err));
+    return ampr__cuda_argmax(c, s->logits + (size_t)(n_out - 1) * hp->vocab_size, 1,
+                             hp->vocab_size, s->argmax, err);
+}
+
+ampr_status ampr__cuda_forward(ampr__cuda_seq *s, const int32_t *tokens, int32_t n, int32_t p0,
+                               int all_logits, ampr__err *err) {
+    const ampr__cuda_hparams *hp = &s->m->hp;
+    if (n <= 0 || n > s->max_tokens)
+        return ampr__fail(err, AMPR_ERR_INTERNAL, "CUDA forward of %d tokens (scratch holds %d)",
+                          n, s->max_tokens);
+    if (p0 < 0 || (int64_t)p0 + n > hp->context_length ||
+        (int64_t)p0 + n > (int64_t)s->n_pages * s->block_size)
+        return ampr__fail(err, AMPR_ERR_PROMPT_TOO_LONG, "positions %d..%d do not fit", p0,
+                          p0 + n - 1);
+    int32_t *host = (int32_t *)ampr__alloc_array((size_t)n, sizeof(int32_t), err);
+    if (!host) return AMPR_ERR_NOMEM;
+    ampr_status st = AMPR_OK;
+    for (int32_t i = 0; i < n && st == AMPR_OK; i++)
+        if (tokens[i] < 0 || tokens[i] >= hp->vocab_size)
+            st = ampr__fail(err, AMPR_ERR_INVALID_ARG, "token id %d out of range [0, %d)",
+                            tokens[i], hp->vocab_size);
+    if (st == AMPR_OK) st = ampr__cuda_upload(s->m->c, s->tokens, tokens, (size_t)n * 4, err);
+    for (int32_t i = 0; i < n; i++) host[i] = p0 + i;
+    if (st == AMPR_OK) st = ampr__cuda_upload(s->m->c, s->pos, host, (size_t)n * 4, err);
+    ampr__free(host);
+    if (st != AMPR_OK) return st;
+    return run(s, n, all_logits, err);
+}
+
+/* ---- decode ------------------------------------------------------------------- */
+
+__global__ void advance_kernel(int32_t *tokens, int32_t *pos, const int32_t *argmax) {
+    tokens[0] = argmax[0];
+    pos[0] += 1;
+}
+
+ampr_status ampr__cuda_decode_set(ampr__cuda_seq *s, int32_t token, int32_t pos, ampr__err *err) {
+    if (token < 0 || token >= s->m->hp.vocab_size || pos < 0 || pos >= s->m->hp.context_length ||
+        pos >= s->n_pages * s->block_size)
+        return ampr__fail(err, AMPR_ERR_INVALID_ARG, "decode token %d at position %d", token, pos);
+    AMPR__TRY(ampr__cuda_upload(s->m->c, s->tokens, &token, 4, err));
+    return ampr__cuda_upload(s->m->c, s->pos, &pos, 4, err);
+}
+
+static ampr_status decode_body(ampr__cuda_seq *s, int greedy, ampr__err *err) {
+    AMPR__TRY(run(s, 1, 0, err));
+    if (greedy) {
+        advance_kernel<<<1, 1, 0, s->m->c->stream>>>(s->tokens, s->pos, s->argmax);
+        AMPR__CU_LAUNCHED(err, "advance");
+    }
+    return AMPR_OK;
+}
+
+static ampr_status capture(ampr__cuda_seq *s, int greedy, ampr__err *err) {
+    ampr__cuda *c = s->m->c;
+    if (s->exec) cudaGraphExecDestroy(s->exec);
+    if (s->graph) cudaGraphDestroy(s->graph);
+    s->exec = NULL;
+    s->graph = NULL;
+    AMPR__CU(err, cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+    ampr_status st = decode_body(s, greedy, err);
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamEndCapture(c->stream, &g); /* always end the capture */
+    if (st != AMPR_OK) {
+        if (g) cudaGraphDestroy(g);
+        (void)cudaGetLastError();
+        return st;
+    }
+    if (e != cudaSuccess) return ampr__cuda_fail(err, e, "cudaStreamEndCapture", __FILE__, __LINE__);
+    s->graph = g;
+    AMPR__CU(err, cudaGraphInstantiate(&s->exec, s->graph, 0));
+    s->graph_greedy = greedy;
+    return AMPR_OK;
+}
+
+ampr_status ampr__cuda_decode(ampr__cuda_seq *s, int greedy, int use_graph, ampr__err *err) {
+    if (!use_graph) return decode_body(s, greedy, err);
+    if (!s->exec || s->graph_greedy != greedy) AMPR__TRY(capture(s, greedy, err));
+    AMPR__CU(err, cudaGraphLaunch(s->exec, s->m->c->stream));
+    return AMPR_OK;
+}

@@ -1,0 +1,439 @@
+/*
+ * cuda_matmul.cu -- y = W x for the three device weight formats.
+ *
+ * Decode (n <= gemv_max tokens): one fused GEMV kernel per format. One warp
+ * owns one output row; each lane reads 16 bytes of the row at a time
+ * (8 halves, 16 int8 or 32 NF4 codes), so a warp reads 512 contiguous bytes
+ * per step, and multiplies them with up to 8 tokens' activations.
+ *   F16:  fp32 activations, fp32 sums.
+ *   INT8: activations quantized per token first, int8 dot products (dp4a),
+ *         int32 sums, then ((float)acc * wscale[r]) * xscale[i].
+ *   NF4:  the 16-entry code table lives in shared memory; one absmax per
+ *         16-byte load (cols % 32 == 0, so 32 codes never straddle a block).
+ * Prefill (larger n): cuBLASLt. F16 rounds activations to half and
+ * accumulates in fp32; NF4 first dequantizes the weights to half in scratch;
+ * INT8 runs int8 x int8 -> int32 (IMMA, "TN" layout, tokens padded to a
+ * multiple of 4) and a small kernel applies the row and token scales.
+ *
+ * Row-major W [rows][cols] is, to column-major cuBLASLt, a cols x rows matrix
+ * A with lda = cols; we ask for op(A) = A^T. Row-major X [n][cols] is a
+ * cols x n matrix B (op N), and row-major Y [n][ldy] a rows x n matrix C with
+ * ldc = ldy: C = A^T B is exactly Y = X W^T.
+ */
+#include "cuda_err.h"
+
+/* bitsandbytes NF4 code values, code 0 .. 15 */
+__constant__ float k_nf4[16] = {
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
+    0.44070982251167297f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
+
+#define GEMV_WARPS 8
+
+/* ---- small kernels ------------------------------------------------------- */
+
+/* One block per token: s = absmax/127; q = roundf(x * (1/s)) in [-127,127]. */
+__global__ void quant_act_kernel(const float *__restrict__ x, int32_t cols, int8_t *__restrict__ q,
+                                 float *__restrict__ s) {
+    __shared__ float red[32];
+    const float *xr = x + (size_t)blockIdx.x * cols;
+    float m = 0.0f;
+    for (int32_t c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, fabsf(xr[c]));
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        int nw = (int)(blockDim.x >> 5);
+        m = (int)threadIdx.x < nw ? red[threadIdx.x] : 0.0f;
+        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        if (threadIdx.x == 0) red[0] = m;
+    }
+    __syncthreads();
+    float scale = red[0] / 127.0f;
+    float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    int8_t *qr = q + (size_t)blockIdx.x * cols;
+    for (int32_t c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = roundf(xr[c] * inv);
+        v = fminf(fmaxf(v, -127.0f), 127.0f);
+        qr[c] = (int8_t)v;
+    }
+    if (threadIdx.x == 0) s[blockIdx.x] = scale;
+}
+
+__global__ void f32_to_f16_kernel(const float *__restrict__ x, __half *__restrict__ y, size_t n) {
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (size_t)gridDim.x * blockDim.x)
+        y[e] = __float2half_rn(x[e]);
+}
+
+/* One thread per packed byte: elements 2b (high nibble) and 2b+1 (low). */
+__global__ void nf4_dequant_kernel(const uint8_t *__restrict__ w, const float *__restrict__ absmax,
+                                   __half *__restrict__ out, size_t n_bytes) {
+    for (size_t b = (size_t)blockIdx.x * blockDim.x + threadIdx.x; b < n_bytes;
+         b += (size_t)gridDim.x * blockDim.x) {
+        uint8_t v = w[b];
+        float a = absmax[(2 * b) / 64];
+        out[2 * b] = __float2half_rn(k_nf4[v >> 4] * a);
+        out[2 * b + 1] = __float2half_rn(k_nf4[v & 15] * a);
+    }
+}
+
+/* y[i*ldy + r] = ((float)acc[i*rows + r] * ws[r]) * xs[i] */
+__global__ void int8_scale_kernel(const int32_t *__restrict__ acc, const float *__restrict__ ws,
+                                  const float *__restrict__ xs, int64_t rows, int32_t n,
+                                  float *__restrict__ y, int64_t ldy) {
+    size_t total = (size_t)rows * (size_t)n;
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (size_t)gridDim.x * blockDim.x) {
+        int64_t i = (int64_t)(e / (size_t)rows), r = (int64_t)(e % (size_t)rows);
+        y[i * ldy + r] = ((float)acc[e] * ws[r]) * xs[i];
+    }
+}
+
+static unsigned grid_for(size_t n, unsigned block) {
+    size_t g = (n + block - 1) / block;
+    if (g > 65535u * 8u) g = 65535u * 8u;
+    return (unsigned)(g ? g : 1);
+}
+
+/* ---- fused GEMV kernels --------------------------------------------------- */
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ int warp_sum_i(int v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* acc[t] += dot(w8[0..8), x[t][c0..c0+8)) */
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+gemv_f16_kernel(const __half *__restrict__ W, int64_t rows, int64_t cols,
+                const float *__restrict__ x, int32_t n, float *__restrict__ y, int64_t ldy) {
+    int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (r >= rows) return;
+    const uint4 *wr = (const uint4 *)(W + r * cols);
+    int64_t chunks = cols / 8;
+    float acc[AMPR__CUDA_GEMV_MAX];
+#pragma unroll
+    for (int t = 0; t < AMPR__CUDA_GEMV_MAX; t++) acc[t] = 0.0f;
+#pragma unroll 4
+    for (int64_t j = lane; j < chunks; j += 32) {
+        uint4 wv = __ldg(wr + j);
+        const __half2 *h = (const __half2 *)&wv;
+        float2 w0 = __half22float2(h[0]), w1 = __half22float2(h[1]);
+        float2 w2 = __half22float2(h[2]), w3 = __half22float2(h[3]);
+#pragma unroll
+        for (int t = 0; t < AMPR__CUDA_GEMV_MAX; t++) {
+            if (t < n) {
+                const float4 *xv = (const float4 *)(x + (int64_t)t * cols + j * 8);
+                float4 a = __ldg(xv), b = __ldg(xv + 1);
+                acc[t] += w0.x * a.x + w0.y * a.y + w1.x * a.z + w1.y * a.w + w2.x * b.x +
+                          w2.y * b.y + w3.x * b.z + w3.y * b.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < AMPR__CUDA_GEMV_MAX; t++) {
+        if (t < n) {
+            float s = warp_sum(acc[t]);
+            if (lane == 0) y[(int64_t)t * ldy + r] = s;
+        }
+    }
+}
+
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+gemv_int8_kernel(const int8_t *__restrict__ W, const float *__restrict__ ws, int64_t rows,
+                 int64_t cols, const int8_t *__restrict__ xq, const float *__restrict__ xs,
+                 int32_t n, float *__restrict__ y, int64_t ldy) {
+    int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (r >= rows) return;
+    const int4 *wr = (const int4 *)(W + r * cols);
+    int64_t chunks = cols / 16;
+    int acc[AMPR__CUDA_GEMV_MAX];
+#pragma unroll
+    for (int t = 0; t < AMPR__CUDA_GEMV_MAX; t++) acc[t] = 0;
+#pragma unroll 4
+    for (int64_t j = lane; j < chunks; j += 32) {
+        int4 wv = __ldg(wr + j);
+#pragma unroll
+        for (int t = 0; t < AMPR__CUDA_GEMV_MAX; t++) {
+            if (t < n) {
+                int4 xv = __ldg((const int4 *)(xq + (int64_t)t * cols) + j);
+                int a = acc[t];
+                a = __dp4a(wv.x, xv.x, a);
+                a = __dp4a(wv.y, xv.y, a);
+                a = __dp4a(wv.z, xv.z, a);
+                a = __dp4a(wv.w, xv.w, a);
+                acc[t] = a;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < AMPR__CUDA_GEMV_MAX; t++) {
+        if (t < n) {
+            int s = warp_sum_i(acc[t]);
+            if (lane == 0) y[(int64_t)t * ldy + r] = ((float)s * ws[r]) * xs[t];
+        }
+    }
+}
+
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+gemv_nf4_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax, int64_t rows,
+                int64_t cols, const float *__restrict__ x, int32_t n, float *__restrict__ y,
+                int64_t ldy) {
+    __shared__ float code[16];
+    if (threadIdx.x < 16) code[threadIdx.x] = k_nf4[threadIdx.x];
+    __syncthreads();
+    int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (r >= rows) return;
+    const uint4 *wr = (const uint4 *)(W + r * cols / 2);
+    int64_t chunks = cols / 32;
+    float acc[AMPR__CUDA_GEMV_MAX];
+#pragma unroll
+    for (int t = 0; t < AMPR__CUDA_GEMV_MAX; t++) acc[t] = 0.0f;
+#pragma unroll 2
+    for (int64_t j = lane; j < chunks; j += 32) {
+        uint4 wv = __ldg(wr + j);
+        float a = __ldg(absmax + (r * cols + j * 32) / 64);
+        float w[32];
+        const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+        for (int b = 0; b < 16; b++) {
+            uint32_t byte = (words[b / 4] >> (8 * (b % 4))) & 0xffu; /* little-endian bytes */
+            w[2 * b] = code[byte >> 4];
+            w[2 * b + 1] = code[byte & 15u];
+        }
+#pragma unroll
+        for (int t = 0; t < AMPR__CUDA_GEMV_MAX; t++) {
+            if (t < n) {
+                const float4 *xv = (const float4 *)(x + (int64_t)t * cols + j * 32);
+                float s = 0.0f;
+#pragma unroll
+                for (int q = 0; q < 8; q++) {
+                    float4 v = __ldg(xv + q);
+                    s += w[4 * q] * v.x + w[4 * q + 1] * v.y + w[4 * q + 2] * v.z +
+                         w[4 * q + 3] * v.w;
+                }
+                acc[t] += a * s;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < AMPR__CUDA_GEMV_MAX; t++) {
+        if (t < n) {
+            float s = warp_sum(acc[t]);
+            if (lane == 0) y[(int64_t)t * ldy + r] = s;
+        }
+    }
+}
+
+/* ---- scratch ---------------------------------------------------------------- */
+
+static ampr_status grow(ampr__cuda *c, void **p, size_t *have, size_t need, const char *what,
+                        ampr__err *err) {
+    if (need <= *have) return AMPR_OK;
+    if (ampr__cuda_capturing(c))
+        return ampr__fail(err, AMPR_ERR_INTERNAL,
+                          "CUDA %s scratch must grow to %zu bytes during graph capture "
+                          "(call ampr__cuda_reserve first)",
+                          what, need);
+    need = (need + ((size_t)1 << 20) - 1) & ~(((size_t)1 << 20) - 1);
+    AMPR__CU(err, cudaStreamSynchronize(c->stream));
+    cudaFree(*p);
+    *p = NULL;
+    *have = 0;
+    AMPR__CU(err, cudaMalloc(p, need));
+    /* padded int8 token rows are read by cuBLASLt: keep them defined */
+    AMPR__CU(err, cudaMemsetAsync(*p, 0, need, c->stream));
+    *have = need;
+    return AMPR_OK;
+}
+
+static int64_t pad4(int64_t n) { return (n + 3) & ~(int64_t)3; }
+
+ampr_status ampr__cuda_reserve(ampr__cuda *c, int32_t max_n, int64_t max_rows, int64_t max_cols,
+                               int64_t nf4_elems, ampr__err *err) {
+    size_t n = (size_t)pad4(max_n), rows = (size_t)max_rows, cols = (size_t)max_cols;
+    AMPR__TRY(grow(c, (void **)&c->xh, &c->xh_bytes, n * cols * 2, "half activation", err));
+    AMPR__TRY(grow(c, (void **)&c->xq, &c->xq_bytes, n * cols, "int8 activation", err));
+    AMPR__TRY(grow(c, (void **)&c->xs, &c->xs_bytes, n * sizeof(float), "token scale", err));
+    AMPR__TRY(grow(c, (void **)&c->acc, &c->acc_bytes, n * rows * 4, "int32 result", err));
+    if (nf4_elems > 0)
+        AMPR__TRY(grow(c, (void **)&c->wdq, &c->wdq_bytes, (size_t)nf4_elems * 2, "NF4 dequant",
+                       err));
+    return AMPR_OK;
+}
+
+/* ---- cuBLASLt plans ------------------------------------------------------- */
+
+static ampr_status plan_make(ampr__cuda *c, ampr__cuda_plan *p, int kind, int64_t m, int64_t n,
+                             int64_t k, int64_t ldc, ampr__err *err) {
+    int is_i8 = kind == AMPR__Q_INT8;
+    cudaDataType_t ab = is_i8 ? CUDA_R_8I : CUDA_R_16F;
+    cudaDataType_t cd = is_i8 ? CUDA_R_32I : CUDA_R_32F;
+    cublasComputeType_t ct = is_i8 ? CUBLAS_COMPUTE_32I : CUBLAS_COMPUTE_32F;
+    cudaDataType_t st = is_i8 ? CUDA_R_32I : CUDA_R_32F;
+    memset(p, 0, sizeof *p);
+    p->used = 1;
+    p->kind = kind;
+    p->m = m;
+    p->n = n;
+    p->k = k;
+    p->ldc = ldc;
+    AMPR__CUBLAS(err, cublasLtMatmulDescCreate(&p->op, ct, st));
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    AMPR__CUBLAS(err, cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta,
+                                                     sizeof ta));
+    AMPR__CUBLAS(err, cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb,
+                                                     sizeof tb));
+    AMPR__CUBLAS(err, cublasLtMatrixLayoutCreate(&p->a, ab, (uint64_t)k, (uint64_t)m, k));
+    AMPR__CUBLAS(err, cublasLtMatrixLayoutCreate(&p->b, ab, (uint64_t)k, (uint64_t)n, k));
+    AMPR__CUBLAS(err, cublasLtMatrixLayoutCreate(&p->cd, cd, (uint64_t)m, (uint64_t)n, ldc));
+    cublasLtMatmulPreference_t pref = NULL;
+    AMPR__CUBLAS(err, cublasLtMatmulPreferenceCreate(&pref));
+    cublasLtMatmulHeuristicResult_t res;
+    memset(&res, 0, sizeof res);
+    int found = 0;
+    cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &c->lt_ws_bytes, sizeof c->lt_ws_bytes);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->a, p->b, p->cd, p->cd, pref, 1, &res,
+                                           &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        return ampr__cublas_fail(err, s, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
+    if (found < 1)
+        return ampr__fail(err, AMPR_ERR_BACKEND,
+                          "cuBLASLt has no %s algorithm for m=%lld n=%lld k=%lld",
+                          is_i8 ? "int8" : "fp16", (long long)m, (long long)n, (long long)k);
+    p->algo = res.algo;
+    return AMPR_OK;
+}
+
+static ampr_status plan_get(ampr__cuda *c, int kind, int64_t m, int64_t n, int64_t k, int64_t ldc,
+                            ampr__cuda_plan **out, ampr__err *err) {
+    for (int i = 0; i < AMPR__CUDA_MAX_PLANS; i++) {
+        ampr__cuda_plan *p = &c->plans[i];
+        if (p->used && p->kind == kind && p->m == m && p->n == n && p->k == k && p->ldc == ldc) {
+            *out = p;
+            return AMPR_OK;
+        }
+    }
+    int slot = -1;
+    for (int i = 0; i < AMPR__CUDA_MAX_PLANS && slot < 0; i++)
+        if (!c->plans[i].used) slot = i;
+    if (slot < 0) {
+        slot = c->plan_next;
+        c->plan_next = (c->plan_next + 1) % AMPR__CUDA_MAX_PLANS;
+    }
+    ampr__cuda_plan *p = &c->plans[slot];
+    /* descriptors are read when cublasLtMatmul enqueues, so an evicted plan
+     * is not needed by work already queued */
+    ampr__cuda_plan_destroy(p);
+    ampr_status st = plan_make(c, p, kind, m, n, k, ldc, err);
+    if (st != AMPR_OK) {
+        ampr__cuda_plan_destroy(p);
+        return st;
+    }
+    *out = p;
+    return AMPR_OK;
+}
+
+static ampr_status lt_matmul(ampr__cuda *c, int kind, const void *A, const void *B, void *C,
+                             int64_t m, int64_t n, int64_t k, int64_t ldc, ampr__err *err) {
+    ampr__cuda_plan *p = NULL;
+    AMPR__TRY(plan_get(c, kind, m, n, k, ldc, &p, err));
+    float fone = 1.0f, fzero = 0.0f;
+    int32_t ione = 1, izero = 0;
+    const void *alpha = kind == AMPR__Q_INT8 ? (const void *)&ione : (const void *)&fone;
+    const void *beta = kind == AMPR__Q_INT8 ? (const void *)&izero : (const void *)&fzero;
+    AMPR__CUBLAS(err, cublasLtMatmul(c->lt, p->op, alpha, A, p->a, B, p->b, beta, C, p->cd, C,
+                                     p->cd, &p->algo, c->lt_ws, c->lt_ws_bytes, c->stream));
+    return AMPR_OK;
+}
+
+/* ---- public entry points ------------------------------------------------------ */
+
+ampr_status ampr__cuda_quant_act(ampr__cuda *c, const float *x, int32_t n, int32_t cols,
+                                 int8_t *q, float *s, ampr__err *err) {
+    if (n <= 0) return AMPR_OK;
+    quant_act_kernel<<<(unsigned)n, 256, 0, c->stream>>>(x, cols, q, s);
+    AMPR__CU_LAUNCHED(err, "quant_act");
+    return AMPR_OK;
+}
+
+static int gemv_ok(const ampr__cuda_mat *w, const float *x) {
+    if ((uintptr_t)x % 16) return 0;
+    switch (w->type) {
+    case AMPR__Q_F16: return w->cols % 8 == 0;
+    case AMPR__Q_INT8: return w->cols % 16 == 0;
+    case AMPR__Q_NF4: return w->cols % 32 == 0;
+    default: return 0;
+    }
+}
+
+ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
+                              float *y, int64_t ldy, ampr__err *err) {
+    if (n <= 0) return AMPR_OK;
+    if (ldy < w->rows)
+        return ampr__fail(err, AMPR_ERR_INTERNAL, "matmul ldy %lld < rows %lld", (long long)ldy,
+                          (long long)w->rows);
+    int64_t rows = w->rows, cols = w->cols;
+    unsigned gblocks = (unsigned)((rows + GEMV_WARPS - 1) / GEMV_WARPS);
+    if (n <= c->gemv_max && gemv_ok(w, x)) {
+        switch (w->type) {
+        case AMPR__Q_F16:
+            gemv_f16_kernel<<<gblocks, GEMV_WARPS * 32, 0, c->stream>>>(
+                (const __half *)w->data, rows, cols, x, n, y, ldy);
+            break;
+        case AMPR__Q_INT8:
+            AMPR__TRY(ampr__cuda_reserve(c, n, 0, cols, 0, err));
+            AMPR__TRY(ampr__cuda_quant_act(c, x, n, (int32_t)cols, c->xq, c->xs, err));
+            gemv_int8_kernel<<<gblocks, GEMV_WARPS * 32, 0, c->stream>>>(
+                (const int8_t *)w->data, w->scales, rows, cols, c->xq, c->xs, n, y, ldy);
+            break;
+        default:
+            gemv_nf4_kernel<<<gblocks, GEMV_WARPS * 32, 0, c->stream>>>(
+                (const uint8_t *)w->data, w->scales, rows, cols, x, n, y, ldy);
+            break;
+        }
+        AMPR__CU_LAUNCHED(err, "gemv");
+        return AMPR_OK;
+    }
+    /* cuBLASLt's heuristics assume 256-byte aligned matrices by default */
+    if ((uintptr_t)y % 256 || (uintptr_t)w->data % 256)
+        return ampr__fail(err, AMPR_ERR_INVALID_ARG,
+                          "CUDA matmul of %d tokens: y and W must be 256-byte aligned", n);
+    AMPR__TRY(ampr__cuda_reserve(c, n, rows, cols, w->type == AMPR__Q_NF4 ? rows * cols : 0, err));
+    if (w->type == AMPR__Q_INT8) {
+        int64_t np = pad4(n);
+        AMPR__TRY(ampr__cuda_quant_act(c, x, n, (int32_t)cols, c->xq, c->xs, err));
+        AMPR__TRY(lt_matmul(c, AMPR__Q_INT8, w->data, c->xq, c->acc, rows, np, cols, rows, err));
+        size_t total = (size_t)rows * (size_t)n;
+        int8_scale_kernel<<<grid_for(total, 256), 256, 0, c->stream>>>(c->acc, w->scales, c->xs,
+                                                                        rows, n, y, ldy);
+        AMPR__CU_LAUNCHED(err, "int8_scale");
+        return AMPR_OK;
+    }
+    size_t nx = (size_t)n * (size_t)cols;
+    f32_to_f16_kernel<<<grid_for(nx, 256), 256, 0, c->stream>>>(x, c->xh, nx);
+    AMPR__CU_LAUNCHED(err, "f32_to_f16");
+    const void *A = w->data;
+    if (w->type == AMPR__Q_NF4) {
+        size_t nb = (size_t)rows * (size_t)cols / 2;
+        nf4_dequant_kernel<<<grid_for(nb, 256), 256, 0, c->stream>>>(
+            (const uint8_t *)w->data, w->scales, c->wdq, nb);
+        AMPR__CU_LAUNCHED(err, "nf4_dequant");
+        A = c->wdq;
+    } else if (w->type != AMPR__Q_F16) {
+        return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "no CUDA matmul for format %d",
+                          (int)w->type);
+    }
+    return lt_matmul(c, AMPR__Q_F16, A, c->xh, y, rows, n, cols, ldy, err);
+}
