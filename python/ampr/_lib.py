@@ -212,6 +212,9 @@ SIGNATURES = {
                                  _P(_P(Result))]),
     "ampr_logits": (c_status, [ctx_p, c_tier, _P(ctypes.c_int32), ctypes.c_size_t,
                                _P(ctypes.c_float), ctypes.c_size_t]),
+    "ampr_free": (None, [ctypes.c_void_p]),
+    "ampr_metrics_text": (c_status, [ctx_p, _P(ctypes.c_void_p), _P(ctypes.c_size_t)]),
+    "ampr_metrics_reset": (c_status, [ctx_p]),
 }
 
 

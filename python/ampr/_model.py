@@ -425,6 +425,26 @@ class Model:
         flat = memoryview(out).cast("B").cast("f")
         return [flat[i * V:(i + 1) * V].tolist() for i in range(len(ids))]
 
+    def metrics_text(self):
+        """The context's metrics in Prometheus text format 0.0.4 (str)."""
+        out = ctypes.c_void_p()
+        n = ctypes.c_size_t()
+        with self._use() as ctx:
+            st = self._lib.ampr_metrics_text(ctx, ctypes.byref(out), ctypes.byref(n))
+            if st != L.AMPR_OK:
+                raise self._fail(ctx, st)
+        try:
+            return ctypes.string_at(out, n.value).decode("utf-8", "replace")
+        finally:
+            self._lib.ampr_free(out)
+
+    def metrics_reset(self):
+        """Zero the counters and histograms (gauges stay)."""
+        with self._use() as ctx:
+            st = self._lib.ampr_metrics_reset(ctx)
+            if st != L.AMPR_OK:
+                raise self._fail(ctx, st)
+
     def stream(self, prompt, **kwargs):
         """Like generate(), but returns a Stream: an iterator over the pieces
         of text as they are produced (empty pieces are skipped). Leaving the

@@ -192,6 +192,13 @@ class TestModel(unittest.TestCase):
         argmax = [max(range(len(row)), key=row.__getitem__) for row in rows[len(ids) - 1:]]
         self.assertEqual(argmax, r.tokens)
 
+    def test_metrics(self):
+        self.gen(max_tokens=5)
+        text = self.m.metrics_text()
+        self.assertIn('ampr_requests_total{tier="%s"' % TIER, text)
+        self.m.metrics_reset()
+        self.assertIn("ampr_build_info", self.m.metrics_text())
+
     def test_sampling_is_seeded(self):
         a = self.gen(temperature=1.0, seed=7, max_tokens=30)
         b = self.gen(temperature=1.0, seed=7, max_tokens=30)
