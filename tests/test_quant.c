@@ -373,6 +373,81 @@ static void test_int8_act_prepare_levels(void **state) {
     free(x);
 }
 
+/* The INT8 activation rule documented in quant.h, pinned at every level:
+ * inv = 127/absmax (fp32), q = nearbyintf(x * inv) (ties to even), clamp,
+ * scale = absmax/127; an all-zero token gives scale 0 and q 0. */
+static void test_int8_act_rule(void **state) {
+    (void)state;
+    enum { C = 12, N = 3 };
+    /* token 0: absmax 127 -> inv 1 exactly: the ties show the rounding */
+    static const float t0[C] = {127.0f, 0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 3.49f, -127.0f,
+                                0.0f,   -0.0f, 126.5f};
+    static const int8_t q0[C] = {127, 0, 2, 2, 0, -2, -2, 3, -127, 0, 0, 126};
+    /* token 1: absmax 3 -> inv = 127/3 in fp32 = 42.33333206f */
+    static const float t1[C] = {3.0f, -3.0f, 1.0f, 0.0118110236f, 1.5f, -0.75f, 2.9f, 0.1f,
+                                -0.2f, 0.05f, 1e-3f, -1e-3f};
+    float x[N][C];
+    memcpy(x[0], t0, sizeof t0);
+    memcpy(x[1], t1, sizeof t1);
+    memset(x[2], 0, sizeof x[2]); /* token 2: all zero */
+    x[2][5] = -0.0f;
+    float inv1 = 127.0f / 3.0f;
+    assert_true(inv1 == 42.33333206f);
+    int8_t q1[C];
+    for (int c = 0; c < C; c++) q1[c] = (int8_t)nearbyintf(t1[c] * inv1);
+    assert_int_equal(q1[0], 127);
+    assert_int_equal(q1[1], -127);
+    assert_int_equal(q1[2], 42);   /* 42.333 */
+    assert_int_equal(q1[4], 64);   /* 63.4999... */
+    assert_int_equal(q1[5], -32);  /* -31.75 */
+    for (int l = 0; l <= (int)ampr__quant_simd_max(); l++) {
+        const ampr__qtraits *tr = ampr__qtraits_get_simd(AMPR__Q_INT8, (ampr__simd)l);
+        size_t ab = tr->act_bytes(N, C);
+        unsigned char *a = malloc(ab);
+        memset(a, 0x55, ab);
+        tr->act_prepare(&x[0][0], N, C, a);
+        const float *sc = (const float *)a;
+        const int32_t *sum = (const int32_t *)(a + N * sizeof(float));
+        const int8_t *q = (const int8_t *)(a + N * (sizeof(float) + sizeof(int32_t)));
+        assert_true(sc[0] == 1.0f && sc[1] == 3.0f / 127.0f && sc[2] == 0.0f);
+        assert_memory_equal(q, q0, C);
+        assert_memory_equal(q + 64, q1, C);
+        int32_t s0 = 0, s1 = 0;
+        for (int c = 0; c < C; c++) {
+            s0 += q0[c];
+            s1 += q1[c];
+        }
+        assert_int_equal(sum[0], s0);
+        assert_int_equal(sum[1], s1);
+        assert_int_equal(sum[2], 0);
+        for (int c = 0; c < 64; c++) {
+            if (c >= C) assert_int_equal(q[c], 0);
+            if (c >= C) assert_int_equal(q[64 + c], 0);
+            assert_int_equal(q[128 + c], 0);
+        }
+        free(a);
+    }
+    /* a value where x * inv and x / scale round differently: the kernels
+     * follow x * inv */
+    float sc1 = 3.0f / 127.0f, xd = 0;
+    for (int k = 0; k < 127 && xd == 0; k++)
+        for (int d = -3; d <= 3 && xd == 0; d++) {
+            float v = ((float)k + 0.5f) / inv1;
+            for (int j = 0; j < (d < 0 ? -d : d); j++) v = nextafterf(v, d < 0 ? 0.0f : 4.0f);
+            if (nearbyintf(v * inv1) != nearbyintf(v / sc1)) xd = v;
+        }
+    assert_true(xd != 0);
+    float xt[2] = {3.0f, xd};
+    for (int l = 0; l <= (int)ampr__quant_simd_max(); l++) {
+        const ampr__qtraits *tr = ampr__qtraits_get_simd(AMPR__Q_INT8, (ampr__simd)l);
+        unsigned char *a = malloc(tr->act_bytes(1, 2));
+        tr->act_prepare(xt, 1, 2, a);
+        const int8_t *q = (const int8_t *)(a + sizeof(float) + sizeof(int32_t));
+        assert_int_equal(q[1], (int)nearbyintf(xd * inv1));
+        free(a);
+    }
+}
+
 /* ---- every level against the scalar reference --------------------------------------------- */
 
 static void check_level(ampr__qtype t, ampr__simd level, int64_t rows, int64_t cols, int64_t n) {
@@ -576,6 +651,7 @@ int main(void) {
         cmocka_unit_test(test_nf4_double_quant),
         cmocka_unit_test(test_int8_roundtrip),
         cmocka_unit_test(test_int8_act_prepare_levels),
+        cmocka_unit_test(test_int8_act_rule),
         cmocka_unit_test(test_scalar_matches_dequant),
         cmocka_unit_test(test_levels_match_scalar),
         cmocka_unit_test(test_names_and_dispatch),
