@@ -448,6 +448,51 @@ static void test_int8_act_rule(void **state) {
     }
 }
 
+/* quantize() may use SIMD conversions (by the dispatched level): they must be
+ * bit-identical to the scalar element conversions, specials included. */
+static void test_quantize_bit_exact(void **state) {
+    (void)state;
+    int64_t rows = 7, cols = 203; /* not a multiple of 8, 16 or 32 */
+    int64_t n = rows * cols;
+    float *w = rand_mat(n, 1, 0.5f);
+    static const float special[] = {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, -70000.0f,
+                                    1e-8f, -3e-6f, 6.1e-5f, 5.96e-8f, 2.98e-8f, 1e30f,
+                                    INFINITY, -INFINITY, 1.00048828125f, 1.0009765625f,
+                                    3.3895314e38f, -1.0039062f};
+    for (size_t k = 0; k < AMPR__ARRAY_LEN(special); k++) w[3 + 11 * k] = special[k];
+    w[cols * 2 + 40] = NAN; /* one NaN: its vector takes the scalar conversion */
+    for (int64_t c = 0; c < cols; c++) w[5 * cols + c] *= 1e-6f; /* fp16 subnormals */
+    ampr__qmat q;
+    quantize_or_fail(AMPR__Q_F16, w, rows, cols, &q);
+    for (int64_t i = 0; i < n; i++)
+        if (((const uint16_t *)q.data)[i] != ampr__f32_to_fp16(w[i]))
+            fail_msg("f16 of %a: %04x vs %04x", (double)w[i], ((const uint16_t *)q.data)[i],
+                     ampr__f32_to_fp16(w[i]));
+    ampr__qmat_free(&q);
+    quantize_or_fail(AMPR__Q_BF16, w, rows, cols, &q);
+    for (int64_t i = 0; i < n; i++)
+        assert_int_equal(((const uint16_t *)q.data)[i], ampr__f32_to_bf16(w[i]));
+    ampr__qmat_free(&q);
+    w[cols * 2 + 40] = 0.25f;
+    for (size_t k = 0; k < AMPR__ARRAY_LEN(special); k++)
+        if (isinf(special[k]) || fabsf(special[k]) > 1e6f) w[3 + 11 * k] = 0.5f;
+    for (int64_t c = 0; c < cols; c++) w[6 * cols + c] = 0.0f; /* a zero row */
+    quantize_or_fail(AMPR__Q_INT8, w, rows, cols, &q);
+    for (int64_t r = 0; r < rows; r++) {
+        float amax = 0;
+        for (int64_t c = 0; c < cols; c++) amax = fmaxf(amax, fabsf(w[r * cols + c]));
+        float inv = amax > 0 ? 127.0f / amax : 0.0f;
+        assert_true(q.scales[r] == amax / 127.0f);
+        for (int64_t c = 0; c < cols; c++) {
+            float v = nearbyintf(w[r * cols + c] * inv);
+            v = v > 127 ? 127 : v < -127 ? -127 : v;
+            assert_int_equal(((const int8_t *)q.data)[r * cols + c], (int)v);
+        }
+    }
+    ampr__qmat_free(&q);
+    free(w);
+}
+
 /* ---- every level against the scalar reference --------------------------------------------- */
 
 static void check_level(ampr__qtype t, ampr__simd level, int64_t rows, int64_t cols, int64_t n) {
@@ -652,6 +697,7 @@ int main(void) {
         cmocka_unit_test(test_int8_roundtrip),
         cmocka_unit_test(test_int8_act_prepare_levels),
         cmocka_unit_test(test_int8_act_rule),
+        cmocka_unit_test(test_quantize_bit_exact),
         cmocka_unit_test(test_scalar_matches_dequant),
         cmocka_unit_test(test_levels_match_scalar),
         cmocka_unit_test(test_names_and_dispatch),
