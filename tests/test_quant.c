@@ -373,6 +373,126 @@ static void test_int8_act_prepare_levels(void **state) {
     free(x);
 }
 
+/* The INT8 activation rule documented in quant.h, pinned at every level:
+ * inv = 127/absmax (fp32), q = nearbyintf(x * inv) (ties to even), clamp,
+ * scale = absmax/127; an all-zero token gives scale 0 and q 0. */
+static void test_int8_act_rule(void **state) {
+    (void)state;
+    enum { C = 12, N = 3 };
+    /* token 0: absmax 127 -> inv 1 exactly: the ties show the rounding */
+    static const float t0[C] = {127.0f, 0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 3.49f, -127.0f,
+                                0.0f,   -0.0f, 126.5f};
+    static const int8_t q0[C] = {127, 0, 2, 2, 0, -2, -2, 3, -127, 0, 0, 126};
+    /* token 1: absmax 3 -> inv = 127/3 in fp32 = 42.33333206f */
+    static const float t1[C] = {3.0f, -3.0f, 1.0f, 0.0118110236f, 1.5f, -0.75f, 2.9f, 0.1f,
+                                -0.2f, 0.05f, 1e-3f, -1e-3f};
+    float x[N][C];
+    memcpy(x[0], t0, sizeof t0);
+    memcpy(x[1], t1, sizeof t1);
+    memset(x[2], 0, sizeof x[2]); /* token 2: all zero */
+    x[2][5] = -0.0f;
+    float inv1 = 127.0f / 3.0f;
+    assert_true(inv1 == 42.33333206f);
+    int8_t q1[C];
+    for (int c = 0; c < C; c++) q1[c] = (int8_t)nearbyintf(t1[c] * inv1);
+    assert_int_equal(q1[0], 127);
+    assert_int_equal(q1[1], -127);
+    assert_int_equal(q1[2], 42);   /* 42.333 */
+    assert_int_equal(q1[4], 64);   /* 63.4999... */
+    assert_int_equal(q1[5], -32);  /* -31.75 */
+    for (int l = 0; l <= (int)ampr__quant_simd_max(); l++) {
+        const ampr__qtraits *tr = ampr__qtraits_get_simd(AMPR__Q_INT8, (ampr__simd)l);
+        size_t ab = tr->act_bytes(N, C);
+        unsigned char *a = malloc(ab);
+        memset(a, 0x55, ab);
+        tr->act_prepare(&x[0][0], N, C, a);
+        const float *sc = (const float *)a;
+        const int32_t *sum = (const int32_t *)(a + N * sizeof(float));
+        const int8_t *q = (const int8_t *)(a + N * (sizeof(float) + sizeof(int32_t)));
+        assert_true(sc[0] == 1.0f && sc[1] == 3.0f / 127.0f && sc[2] == 0.0f);
+        assert_memory_equal(q, q0, C);
+        assert_memory_equal(q + 64, q1, C);
+        int32_t s0 = 0, s1 = 0;
+        for (int c = 0; c < C; c++) {
+            s0 += q0[c];
+            s1 += q1[c];
+        }
+        assert_int_equal(sum[0], s0);
+        assert_int_equal(sum[1], s1);
+        assert_int_equal(sum[2], 0);
+        for (int c = 0; c < 64; c++) {
+            if (c >= C) assert_int_equal(q[c], 0);
+            if (c >= C) assert_int_equal(q[64 + c], 0);
+            assert_int_equal(q[128 + c], 0);
+        }
+        free(a);
+    }
+    /* a value where x * inv and x / scale round differently: the kernels
+     * follow x * inv */
+    float sc1 = 3.0f / 127.0f, xd = 0;
+    for (int k = 0; k < 127 && xd == 0; k++)
+        for (int d = -3; d <= 3 && xd == 0; d++) {
+            float v = ((float)k + 0.5f) / inv1;
+            for (int j = 0; j < (d < 0 ? -d : d); j++) v = nextafterf(v, d < 0 ? 0.0f : 4.0f);
+            if (nearbyintf(v * inv1) != nearbyintf(v / sc1)) xd = v;
+        }
+    assert_true(xd != 0);
+    float xt[2] = {3.0f, xd};
+    for (int l = 0; l <= (int)ampr__quant_simd_max(); l++) {
+        const ampr__qtraits *tr = ampr__qtraits_get_simd(AMPR__Q_INT8, (ampr__simd)l);
+        unsigned char *a = malloc(tr->act_bytes(1, 2));
+        tr->act_prepare(xt, 1, 2, a);
+        const int8_t *q = (const int8_t *)(a + sizeof(float) + sizeof(int32_t));
+        assert_int_equal(q[1], (int)nearbyintf(xd * inv1));
+        free(a);
+    }
+}
+
+/* quantize() may use SIMD conversions (by the dispatched level): they must be
+ * bit-identical to the scalar element conversions, specials included. */
+static void test_quantize_bit_exact(void **state) {
+    (void)state;
+    int64_t rows = 7, cols = 203; /* not a multiple of 8, 16 or 32 */
+    int64_t n = rows * cols;
+    float *w = rand_mat(n, 1, 0.5f);
+    static const float special[] = {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, -70000.0f,
+                                    1e-8f, -3e-6f, 6.1e-5f, 5.96e-8f, 2.98e-8f, 1e30f,
+                                    INFINITY, -INFINITY, 1.00048828125f, 1.0009765625f,
+                                    3.3895314e38f, -1.0039062f};
+    for (size_t k = 0; k < AMPR__ARRAY_LEN(special); k++) w[3 + 11 * k] = special[k];
+    w[cols * 2 + 40] = NAN; /* one NaN: its vector takes the scalar conversion */
+    for (int64_t c = 0; c < cols; c++) w[5 * cols + c] *= 1e-6f; /* fp16 subnormals */
+    ampr__qmat q;
+    quantize_or_fail(AMPR__Q_F16, w, rows, cols, &q);
+    for (int64_t i = 0; i < n; i++)
+        if (((const uint16_t *)q.data)[i] != ampr__f32_to_fp16(w[i]))
+            fail_msg("f16 of %a: %04x vs %04x", (double)w[i], ((const uint16_t *)q.data)[i],
+                     ampr__f32_to_fp16(w[i]));
+    ampr__qmat_free(&q);
+    quantize_or_fail(AMPR__Q_BF16, w, rows, cols, &q);
+    for (int64_t i = 0; i < n; i++)
+        assert_int_equal(((const uint16_t *)q.data)[i], ampr__f32_to_bf16(w[i]));
+    ampr__qmat_free(&q);
+    w[cols * 2 + 40] = 0.25f;
+    for (size_t k = 0; k < AMPR__ARRAY_LEN(special); k++)
+        if (isinf(special[k]) || fabsf(special[k]) > 1e6f) w[3 + 11 * k] = 0.5f;
+    for (int64_t c = 0; c < cols; c++) w[6 * cols + c] = 0.0f; /* a zero row */
+    quantize_or_fail(AMPR__Q_INT8, w, rows, cols, &q);
+    for (int64_t r = 0; r < rows; r++) {
+        float amax = 0;
+        for (int64_t c = 0; c < cols; c++) amax = fmaxf(amax, fabsf(w[r * cols + c]));
+        float inv = amax > 0 ? 127.0f / amax : 0.0f;
+        assert_true(q.scales[r] == amax / 127.0f);
+        for (int64_t c = 0; c < cols; c++) {
+            float v = nearbyintf(w[r * cols + c] * inv);
+            v = v > 127 ? 127 : v < -127 ? -127 : v;
+            assert_int_equal(((const int8_t *)q.data)[r * cols + c], (int)v);
+        }
+    }
+    ampr__qmat_free(&q);
+    free(w);
+}
+
 /* ---- every level against the scalar reference --------------------------------------------- */
 
 static void check_level(ampr__qtype t, ampr__simd level, int64_t rows, int64_t cols, int64_t n) {
@@ -576,6 +696,8 @@ int main(void) {
         cmocka_unit_test(test_nf4_double_quant),
         cmocka_unit_test(test_int8_roundtrip),
         cmocka_unit_test(test_int8_act_prepare_levels),
+        cmocka_unit_test(test_int8_act_rule),
+        cmocka_unit_test(test_quantize_bit_exact),
         cmocka_unit_test(test_scalar_matches_dequant),
         cmocka_unit_test(test_levels_match_scalar),
         cmocka_unit_test(test_names_and_dispatch),

@@ -24,8 +24,16 @@ static ampr_status half_quantize(ampr__qmat *d, const float *src, int64_t rows, 
     size_t n = (size_t)rows * (size_t)cols;
     uint16_t *w = ampr__alloc_array(n, sizeof(uint16_t), err);
     if (!w) return AMPR_ERR_NOMEM;
-    for (size_t i = 0; i < n; i++)
-        w[i] = t == AMPR__Q_F16 ? ampr__f32_to_fp16(src[i]) : ampr__f32_to_bf16(src[i]);
+    if (ampr__quant_simd() >= AMPR__SIMD_AVX2) {
+        if (t == AMPR__Q_F16)
+            ampr__f32_to_f16_avx2(src, w, n);
+        else
+            ampr__f32_to_bf16_avx2(src, w, n);
+    } else if (t == AMPR__Q_F16) {
+        for (size_t i = 0; i < n; i++) w[i] = ampr__f32_to_fp16(src[i]);
+    } else {
+        for (size_t i = 0; i < n; i++) w[i] = ampr__f32_to_bf16(src[i]);
+    }
     d->type = t;
     d->rows = rows;
     d->cols = cols;

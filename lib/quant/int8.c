@@ -27,8 +27,13 @@ ampr_status ampr__int8_quantize(ampr__qmat *d, const float *src, int64_t rows, i
         ampr__free(q);
         return AMPR_ERR_NOMEM;
     }
+    int simd = ampr__quant_simd() >= AMPR__SIMD_AVX2;
     for (int64_t r = 0; r < rows; r++) {
         const float *w = src + r * cols;
+        if (simd) {
+            ampr__int8_quantize_row_avx2(w, cols, q + r * cols, &sc[r]);
+            continue;
+        }
         float amax = 0.0f;
         for (int64_t c = 0; c < cols; c++) amax = fmaxf(amax, fabsf(w[c]));
         float inv = amax > 0.0f ? 127.0f / amax : 0.0f;

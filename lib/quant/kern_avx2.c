@@ -299,3 +299,75 @@ void ampr__nf4_matmul_avx2(const ampr__qmat *w, const float *x, const void *act,
 #undef nf4_TILE
     }
 }
+
+/* ---- quantize helpers (called by float.c / int8.c when the level is >= AVX2) ----
+ * Bit-identical to the scalar conversions: F16C rounds to nearest even and
+ * overflows to inf exactly as ampr__f32_to_fp16; vectors holding a NaN are
+ * converted by the scalar function (its NaN encoding differs from F16C's). */
+
+void ampr__f32_to_f16_avx2(const float *src, uint16_t *dst, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(src + i);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q))) {
+            for (size_t k = i; k < i + 8; k++) dst[k] = ampr__f32_to_fp16(src[k]);
+            continue;
+        }
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+    for (; i < n; i++) dst[i] = ampr__f32_to_fp16(src[i]);
+}
+
+void ampr__f32_to_bf16_avx2(const float *src, uint16_t *dst, size_t n) {
+    size_t i = 0;
+    const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7fff),
+                  absm = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000),
+                  qbit = _mm256_set1_epi32(0x40);
+    for (; i + 16 <= n; i += 16) {
+        __m256i r[2];
+        UNROLL for (int h = 0; h < 2; h++) {
+            __m256i u = _mm256_loadu_si256((const __m256i *)(src + i + 8 * h));
+            __m256i hi = _mm256_srli_epi32(u, 16);
+            __m256i t = _mm256_add_epi32(u, _mm256_add_epi32(bias, _mm256_and_si256(hi, one)));
+            __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, absm), inf);
+            r[h] = _mm256_blendv_epi8(_mm256_srli_epi32(t, 16), _mm256_or_si256(hi, qbit), nan);
+        }
+        __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(r[0], r[1]), 0xd8);
+        _mm256_storeu_si256((__m256i *)(dst + i), p);
+    }
+    for (; i < n; i++) dst[i] = ampr__f32_to_bf16(src[i]);
+}
+
+/* One INT8 weight row: scale = absmax/127, q = clamp(nearbyintf(w * (127/absmax))). */
+void ampr__int8_quantize_row_avx2(const float *w, int64_t cols, int8_t *q, float *scale) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 m = _mm256_setzero_ps();
+    int64_t c = 0;
+    for (; c + 8 <= cols; c += 8) m = _mm256_max_ps(m, _mm256_and_ps(absmask, _mm256_loadu_ps(w + c)));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float amax = _mm_cvtss_f32(m4);
+    for (; c < cols; c++) amax = fmaxf(amax, fabsf(w[c]));
+    float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const __m256 vinv = _mm256_set1_ps(inv);
+    const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    c = 0;
+    for (; c + 32 <= cols; c += 32) {
+        __m256i v[4];
+        UNROLL for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(w + c + 8 * k), vinv));
+            v[k] = _mm256_min_epi32(_mm256_max_epi32(v[k], lo), hi);
+        }
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+        _mm256_storeu_si256((__m256i *)(q + c), _mm256_permutevar8x32_epi32(p, perm));
+    }
+    for (; c < cols; c++) {
+        float v = nearbyintf(w[c] * inv);
+        v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+        q[c] = (int8_t)v;
+    }
+    *scale = amax / 127.0f;
+}

@@ -31,6 +31,22 @@
  *          scales = float[rows], scale = absmax(row) / 127 (0 for a zero row);
  *          q = nearbyintf(w * (127 / absmax)), clamped to [-127, 127];
  *          W[r][c] ~= q[r][c] * scales[r].
+ *   INT8 activations (act_prepare, every SIMD level bit for bit; the CUDA
+ *          backend must reproduce this exactly). Per token i (a row of cols
+ *          fp32 values x[c]), all arithmetic in IEEE fp32, round to nearest
+ *          even (the default rounding mode):
+ *            absmax = max_c |x[c]|                       (exact)
+ *            inv    = absmax > 0 ? 127.0f / absmax : 0.0f (one fp32 division)
+ *            q[c]   = clamp(nearbyintf(x[c] * inv), -127, 127)
+ *                     (one fp32 multiply, then round half to EVEN: 0.5 -> 0,
+ *                     1.5 -> 2, -2.5 -> -2; NOT roundf, NOT x / scale)
+ *            scale  = absmax / 127.0f                    (one fp32 division)
+ *            sum    = sum_c q[c]                         (int32)
+ *          absmax == 0 (an all-zero token): inv = 0, every q = 0, scale = 0,
+ *          sum = 0. q is zero padded to kp = cols rounded up to 64. Tokens
+ *          holding inf or NaN give unspecified q. The matmul then computes
+ *          y[i][r] = (float)(sum_c qw[r][c] * q[c]) * w_scale[r] * scale
+ *          (int32 sum; the two fp32 multiplies left to right).
  *   NF4    any rows x cols (n = rows*cols > 0). Blocks run over the flattened
  *          row-major matrix, as in bitsandbytes: block b covers flattened
  *          weights [64b, 64b + 64) (the last one may be partial), so when

@@ -70,6 +70,12 @@ static inline float ampr__nf4_absmax_at(const ampr__nf4_absmax *v, int64_t b) {
     return v->map[v->q[b]] * v->absmax2[b >> 8] + v->offset;
 }
 
+/* Quantize helpers of the AVX2 level (bit-identical to the scalar code; the
+ * scalar quantize functions call them when ampr__quant_simd() >= AVX2). */
+void ampr__f32_to_f16_avx2(const float *src, uint16_t *dst, size_t n);
+void ampr__f32_to_bf16_avx2(const float *src, uint16_t *dst, size_t n);
+void ampr__int8_quantize_row_avx2(const float *w, int64_t cols, int8_t *q, float *scale);
+
 /* Dequantize the flattened NF4 elements [e0, e0 + count) of the packed data
  * P (any alignment: blocks and nibbles follow the flattened index). */
 void ampr__nf4_dequant_span(const uint8_t *P, const ampr__nf4_absmax *v, int64_t e0, int64_t count,

@@ -4,7 +4,8 @@
  * (n tokens) in GFLOP/s, at the TinyLlama-1.1B shapes, on 1 thread and on 2
  * threads splitting the rows (as the forward pass does).
  *
- *   bench_quant [n_tokens (64)] [seconds per case (0.25)]
+ *   bench_quant [n_tokens (64)] [seconds per case (0.25)] [formats (all), e.g. nf4,int8]
+ *   bench_quant quantize [rows (32000)] [cols (2048)]   time quantize() per format
  *
  * It lives in tests/bench/ because the Makefile links every C file directly in tests/ other
  * than test_*.c into each test binary. Build:
@@ -86,7 +87,46 @@ static void copy_qmat(ampr__qmat *d, const ampr__qmat *s) {
     }
 }
 
+/* quantize() of one rows x cols fp32 matrix per format (the dispatched level). */
+static int bench_quantize(int64_t rows, int64_t cols) {
+    float *src = malloc((size_t)(rows * cols) * sizeof(float));
+    if (!src) return 1;
+    for (int64_t i = 0; i < rows * cols; i++) src[i] = (float)sin((double)i * 0.7) * 0.05f;
+    printf("quantize %lldx%lld (simd %s)\n", (long long)rows, (long long)cols,
+           ampr__quant_simd_name());
+    for (int t = 0; t < AMPR__Q_COUNT; t++) {
+        const ampr__qtraits *tr = ampr__qtraits_get((ampr__qtype)t);
+        double best = 1e30;
+        for (int rep = 0; rep < 3; rep++) {
+            ampr__qmat q = {0};
+            ampr__err err = {0};
+            double t0 = now_s();
+            ampr_status st = tr->quantize(&q, src, rows, cols, &err);
+            double el = now_s() - t0;
+            ampr__qmat_free(&q);
+            if (st) break;
+            if (el < best) best = el;
+        }
+        printf("%-6s %8.3f s  (%.2f GB/s of fp32 input)\n", tr->name, best,
+               (double)(rows * cols) * 4.0 / best / 1e9);
+        fflush(stdout);
+    }
+    free(src);
+    return 0;
+}
+
+static int wanted(const char *list, const char *name) {
+    if (!list) return 1;
+    size_t n = strlen(name);
+    for (const char *p = list; (p = strstr(p, name)); p += n)
+        if ((p == list || p[-1] == ',') && (p[n] == ',' || p[n] == 0)) return 1;
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "quantize"))
+        return bench_quantize(argc > 2 ? atoll(argv[2]) : 32000, argc > 3 ? atoll(argv[3]) : 2048);
+    const char *formats = argc > 3 ? argv[3] : NULL;
     int64_t ntok = argc > 1 ? atoll(argv[1]) : 64;
     double secs = argc > 2 ? atof(argv[2]) : 0.25;
     static const int64_t shapes[][2] = {{2048, 2048}, {8192, 2048}, {2048, 8192}};
@@ -105,6 +145,7 @@ int main(int argc, char **argv) {
         for (int64_t i = 0; i < ntok * cols; i++) x[i] = (float)cos((double)i * 0.3);
         float *y = malloc((size_t)(ntok * rows) * sizeof(float));
         for (int t = 0; t < AMPR__Q_COUNT; t++) {
+            if (!wanted(formats, ampr__qtraits_get((ampr__qtype)t)->name)) continue;
             ampr__qmat q = {0};
             ampr__err err = {0};
             if (ampr__qtraits_get((ampr__qtype)t)->quantize(&q, src, rows, cols, &err)) continue;
