@@ -114,11 +114,14 @@ $(B)/tests/%: tests/%.c $(TEST_SUPPORT) tests/testutil.h $(STATIC)
 # Tests find ../shared (real models, goldens) through AMPR_SHARED; tests that
 # need it skip themselves when it is absent.
 AMPR_SHARED ?= $(abspath ../shared)
-TEST_ENV := AMPR_SHARED=$(AMPR_SHARED) AMPR_CLI=$(abspath $(CLI)) AMPR_TMP=$(abspath $(B))/tmp
-test: $(TEST_BINS) $(CLI)
+TEST_ENV := AMPR_SHARED=$(AMPR_SHARED) AMPR_CLI=$(abspath $(CLI)) AMPR_TMP=$(abspath $(B))/tmp \
+            AMPR_BUILD=$(abspath $(B))
+# Shell tests (examples, pkg-config consumers, ABI, docs, Python, promtool)
+# run after the cmocka binaries; run_tests.sh adds up both.
+TEST_SCRIPTS := $(sort $(wildcard tests/test_*.sh))
+test: $(TEST_BINS) $(CLI) lib examples
 	@mkdir -p $(B)/tmp
-	@$(TEST_ENV) tests/run_tests.sh $(TEST_RUNNER) $(TEST_BINS)
-	@$(TEST_ENV) tests/test_promtool.sh
+	@$(TEST_ENV) tests/run_tests.sh $(TEST_RUNNER) $(TEST_BINS) $(TEST_SCRIPTS)
 
 check-promtool: $(CLI)
 	@mkdir -p $(B)/tmp
@@ -153,7 +156,10 @@ install: lib $(CLI)
 	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/libampr.so.$(VERSION)
 	ln -sf libampr.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libampr.so
-	install -m 644 $(B)/ampr.pc $(DESTDIR)$(LIBDIR)/pkgconfig/ampr.pc
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' pkgconfig/ampr.pc.in \
+	    > $(DESTDIR)$(LIBDIR)/pkgconfig/ampr.pc
+	chmod 644 $(DESTDIR)$(LIBDIR)/pkgconfig/ampr.pc
 	install -m 755 $(CLI) $(DESTDIR)$(BINDIR)/ampr
 
 uninstall:
@@ -163,4 +169,5 @@ uninstall:
 clean:
 	rm -rf build build-asan build-vg
 
+include examples/examples.mk
 -include $(LIB_OBJS:.o=.d)

@@ -14,8 +14,13 @@
  *    detailed message of the last failure on a context.
  *  - The library never prints, exits or aborts.
  *  - Structs passed in or out start with `uint32_t struct_size`; call the
- *    matching _init() function first. Fields are only ever appended, so a
- *    program built against an older header keeps working with a newer library.
+ *    matching _init() macro first: it calls the exported _init_sized()
+ *    function with the size of the struct the caller was compiled with, which
+ *    fills defaults for exactly that many bytes and records it in
+ *    struct_size. Fields are only ever appended, so a program built against
+ *    an older header keeps working with a newer library (the library uses
+ *    defaults for fields past struct_size and never writes beyond it).
+ *    FFI callers (ctypes) call the _init_sized() functions directly.
  *  - Memory the library allocates for the caller is freed with the library's
  *    own function (ampr_result_free, ampr_free). Strings handed to callbacks
  *    are borrowed and valid only during the call.
@@ -98,7 +103,8 @@ typedef enum ampr_status {
 /* Static English text describing a status; never NULL (unknown values give
  * "unknown status"). Thread-safe. */
 AMPR_API const char *ampr_strerror(ampr_status status);
-/* The enumerator's name without the prefix, e.g. "KV_FULL"; never NULL. */
+/* The enumerator's name without the "AMPR_" prefix, e.g. "ERR_KV_FULL" or
+ * "OK"; "UNKNOWN" for unknown values; never NULL. */
 AMPR_API const char *ampr_status_name(ampr_status status);
 
 /* ---- allocation hooks --------------------------------------------------- */
@@ -146,7 +152,8 @@ typedef struct ampr_open_params {
     ampr_progress_fn progress; /* may be NULL */
     void *progress_user;
 } ampr_open_params;
-AMPR_API void ampr_open_params_init(ampr_open_params *p);
+AMPR_API void ampr_open_params_init_sized(ampr_open_params *p, size_t size);
+#define ampr_open_params_init(p) ampr_open_params_init_sized((p), sizeof *(p))
 
 /* Open a model and build its tiers.
  *
@@ -216,7 +223,8 @@ typedef struct ampr_model_info {
     char device[96];        /* the backend serving requests, e.g. "cpu", or
                              * "cpu (auto: no CUDA device)" */
 } ampr_model_info;
-AMPR_API void ampr_model_info_init(ampr_model_info *info);
+AMPR_API void ampr_model_info_init_sized(ampr_model_info *info, size_t size);
+#define ampr_model_info_init(info) ampr_model_info_init_sized((info), sizeof *(info))
 AMPR_API ampr_status ampr_get_model_info(const ampr_ctx *ctx, ampr_model_info *info);
 
 typedef struct ampr_tier_info {
@@ -228,7 +236,8 @@ typedef struct ampr_tier_info {
     int32_t kv_pages_total;
     int32_t kv_pages_used;    /* pages held by running requests right now */
 } ampr_tier_info;
-AMPR_API void ampr_tier_info_init(ampr_tier_info *info);
+AMPR_API void ampr_tier_info_init_sized(ampr_tier_info *info, size_t size);
+#define ampr_tier_info_init(info) ampr_tier_info_init_sized((info), sizeof *(info))
 /* AMPR_ERR_TIER_UNAVAILABLE when the tier is not resident. */
 AMPR_API ampr_status ampr_get_tier_info(const ampr_ctx *ctx, ampr_tier tier,
                                         ampr_tier_info *info);
@@ -263,10 +272,12 @@ typedef struct ampr_route_result {
     float features[AMPR_ROUTE_N_FEATURES];
     char reason[160];    /* a one-line explanation, NUL-terminated */
 } ampr_route_result;
-AMPR_API void ampr_route_result_init(ampr_route_result *r);
+AMPR_API void ampr_route_result_init_sized(ampr_route_result *r, size_t size);
+#define ampr_route_result_init(r) ampr_route_result_init_sized((r), sizeof *(r))
 
 /* Score a prompt and choose a tier. system may be NULL; when given it is
- * scored separately and weighs less. Thread-safe. */
+ * scored separately and weighs less. Both must be valid UTF-8
+ * (AMPR_ERR_BAD_UTF8). Thread-safe; costs microseconds. */
 AMPR_API ampr_status ampr_route(ampr_ctx *ctx, const char *prompt, size_t len,
                                 const char *system, size_t system_len,
                                 ampr_route_result *out);
@@ -300,7 +311,8 @@ typedef struct ampr_gen_params {
                                 * quantization error estimate passes the config's
                                 * tolerance; 0: stay on the chosen tier */
 } ampr_gen_params;
-AMPR_API void ampr_gen_params_init(ampr_gen_params *p);
+AMPR_API void ampr_gen_params_init_sized(ampr_gen_params *p, size_t size);
+#define ampr_gen_params_init(p) ampr_gen_params_init_sized((p), sizeof *(p))
 
 typedef enum ampr_finish {
     AMPR_FINISH_LENGTH = 0,    /* max_tokens reached */
@@ -329,7 +341,7 @@ typedef struct ampr_result {
     double decode_ms;          /* time for the remaining tokens */
     double total_ms;
 } ampr_result;
-AMPR_API void ampr_result_free(ampr_result *r);
+AMPR_API void ampr_result_free(ampr_result *r); /* NULL is a no-op */
 
 /* Run one request. prompt has len bytes (AMPR_NUL_TERMINATED for strlen).
  * params may be NULL for defaults. out may be NULL when only the streaming

@@ -38,44 +38,54 @@ AMPR_API ampr_status ampr_tier_from_name(const char *name, ampr_tier *out) {
     return AMPR_ERR_INVALID_ARG;
 }
 
-AMPR_API void ampr_open_params_init(ampr_open_params *p) {
-    if (!p) return;
-    memset(p, 0, sizeof *p);
-    p->struct_size = sizeof *p;
+/* The _init_sized functions: defaults for exactly `size` bytes of the
+ * caller's struct (which may be older and smaller, or newer and larger, than
+ * this library's), and struct_size = size. */
+static void init_sized(void *p, size_t size, const void *defaults, size_t lib_size) {
+    if (!p || size < sizeof(uint32_t)) return;
+    memset(p, 0, size);
+    memcpy(p, defaults, AMPR__MIN(size, lib_size));
+    *(uint32_t *)p = (uint32_t)(size > UINT32_MAX ? UINT32_MAX : size);
 }
 
-AMPR_API void ampr_model_info_init(ampr_model_info *info) {
-    if (!info) return;
-    memset(info, 0, sizeof *info);
-    info->struct_size = sizeof *info;
+AMPR_API void ampr_open_params_init_sized(ampr_open_params *p, size_t size) {
+    ampr_open_params d;
+    memset(&d, 0, sizeof d);
+    init_sized(p, size, &d, sizeof d);
 }
 
-AMPR_API void ampr_tier_info_init(ampr_tier_info *info) {
-    if (!info) return;
-    memset(info, 0, sizeof *info);
-    info->struct_size = sizeof *info;
+AMPR_API void ampr_model_info_init_sized(ampr_model_info *info, size_t size) {
+    ampr_model_info d;
+    memset(&d, 0, sizeof d);
+    init_sized(info, size, &d, sizeof d);
 }
 
-AMPR_API void ampr_route_result_init(ampr_route_result *r) {
-    if (!r) return;
-    memset(r, 0, sizeof *r);
-    r->struct_size = sizeof *r;
+AMPR_API void ampr_tier_info_init_sized(ampr_tier_info *info, size_t size) {
+    ampr_tier_info d;
+    memset(&d, 0, sizeof d);
+    init_sized(info, size, &d, sizeof d);
 }
 
-AMPR_API void ampr_gen_params_init(ampr_gen_params *p) {
-    if (!p) return;
-    memset(p, 0, sizeof *p);
-    p->struct_size = sizeof *p;
-    p->tier = AMPR_TIER_AUTO;
-    p->max_tokens = 256;
-    p->temperature = 0.8f;
-    p->top_k = 40;
-    p->top_p = 0.95f;
-    p->repetition_penalty = 1.0f;
-    p->repetition_last_n = 64;
-    p->seed = 0x5eed;
-    p->add_bos = 1;
-    p->fallback = 1;
+AMPR_API void ampr_route_result_init_sized(ampr_route_result *r, size_t size) {
+    ampr_route_result d;
+    memset(&d, 0, sizeof d);
+    init_sized(r, size, &d, sizeof d);
+}
+
+AMPR_API void ampr_gen_params_init_sized(ampr_gen_params *p, size_t size) {
+    ampr_gen_params d;
+    memset(&d, 0, sizeof d);
+    d.tier = AMPR_TIER_AUTO;
+    d.max_tokens = 256;
+    d.temperature = 0.8f;
+    d.top_k = 40;
+    d.top_p = 0.95f;
+    d.repetition_penalty = 1.0f;
+    d.repetition_last_n = 64;
+    d.seed = 0x5eed;
+    d.add_bos = 1;
+    d.fallback = 1;
+    init_sized(p, size, &d, sizeof d);
 }
 
 /* ---- errors ------------------------------------------------------------- */
@@ -367,6 +377,8 @@ AMPR_API ampr_status ampr_route(ampr_ctx *ctx, const char *prompt, size_t len, c
                                             "NULL prompt, or out not initialised with ampr_route_result_init"));
     if (len == AMPR_NUL_TERMINATED) len = strlen(prompt);
     if (system && system_len == AMPR_NUL_TERMINATED) system_len = strlen(system);
+    if (!ampr__utf8_valid(prompt ? prompt : "", len) || (system && !ampr__utf8_valid(system, system_len)))
+        return record(ctx, &err, ampr__fail(&err, AMPR_ERR_BAD_UTF8, "the prompt or system text is not valid UTF-8"));
     ampr__route(ctx, prompt ? prompt : "", len, system, system ? system_len : 0, out);
     return AMPR_OK;
 }

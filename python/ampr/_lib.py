@@ -99,6 +99,7 @@ class ModelInfo(_Sized):
         ("n_tiers", ctypes.c_int32),
         ("tiers", c_tier * AMPR_TIER_COUNT),
         ("format", ctypes.c_char * 16),
+        ("device", ctypes.c_char * 96),
     ]
 
 
@@ -165,15 +166,12 @@ class Result(_Sized):
     ]
 
 
-def new_struct(lib_init, cls):
-    """A `cls` filled by its C _init function. The _init functions write the
-    library's sizeof, which is larger than ours when the library is newer
-    (fields are appended), so they write into a generous scratch buffer and
-    our part is copied out, with struct_size set to the size we know."""
-    scratch = ctypes.create_string_buffer(max(4096, 2 * ctypes.sizeof(cls)))
-    lib_init(ctypes.cast(scratch, ctypes.POINTER(cls)))
-    obj = cls.from_buffer_copy(scratch.raw[:ctypes.sizeof(cls)])
-    obj.struct_size = min(obj.struct_size, ctypes.sizeof(cls))
+def new_struct(lib_init_sized, cls):
+    """A `cls` filled by its C _init_sized function, which writes defaults for
+    exactly the size of the struct this binding knows (older or newer than
+    the library's) and records that size in struct_size."""
+    obj = cls()
+    lib_init_sized(ctypes.byref(obj), ctypes.sizeof(cls))
     return obj
 
 
@@ -190,23 +188,23 @@ SIGNATURES = {
     "ampr_set_allocator": (c_status, [MALLOC_FN, REALLOC_FN, FREE_FN, ctypes.c_void_p]),
     "ampr_tier_name": (ctypes.c_char_p, [c_tier]),
     "ampr_tier_from_name": (c_status, [ctypes.c_char_p, _P(c_tier)]),
-    "ampr_open_params_init": (None, [_P(OpenParams)]),
+    "ampr_open_params_init_sized": (None, [_P(OpenParams), ctypes.c_size_t]),
     "ampr_open": (c_status, [ctypes.c_char_p, ctypes.c_char_p, _P(ctx_p)]),
     "ampr_open_ex": (c_status, [ctypes.c_char_p, ctypes.c_char_p, _P(OpenParams), _P(ctx_p)]),
     "ampr_close": (None, [ctx_p]),
     "ampr_errmsg": (ctypes.c_char_p, [ctx_p]),
-    "ampr_model_info_init": (None, [_P(ModelInfo)]),
+    "ampr_model_info_init_sized": (None, [_P(ModelInfo), ctypes.c_size_t]),
     "ampr_get_model_info": (c_status, [ctx_p, _P(ModelInfo)]),
-    "ampr_tier_info_init": (None, [_P(TierInfo)]),
+    "ampr_tier_info_init_sized": (None, [_P(TierInfo), ctypes.c_size_t]),
     "ampr_get_tier_info": (c_status, [ctx_p, c_tier, _P(TierInfo)]),
     "ampr_tokenize": (c_status, [ctx_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int,
                                  _P(ctypes.c_int32), ctypes.c_size_t, _P(ctypes.c_size_t)]),
     "ampr_detokenize": (c_status, [ctx_p, _P(ctypes.c_int32), ctypes.c_size_t,
                                    ctypes.c_char_p, ctypes.c_size_t, _P(ctypes.c_size_t)]),
-    "ampr_route_result_init": (None, [_P(RouteResult)]),
+    "ampr_route_result_init_sized": (None, [_P(RouteResult), ctypes.c_size_t]),
     "ampr_route": (c_status, [ctx_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
                               ctypes.c_size_t, _P(RouteResult)]),
-    "ampr_gen_params_init": (None, [_P(GenParams)]),
+    "ampr_gen_params_init_sized": (None, [_P(GenParams), ctypes.c_size_t]),
     "ampr_result_free": (None, [_P(Result)]),
     "ampr_generate": (c_status, [ctx_p, ctypes.c_char_p, ctypes.c_size_t, _P(GenParams),
                                  _P(_P(Result))]),

@@ -150,7 +150,7 @@ class Model:
             cfg = _as_bytes(config, "config")
         else:
             cfg = json.dumps(config).encode()
-        params = L.new_struct(lib.ampr_open_params_init, L.OpenParams)
+        params = L.new_struct(lib.ampr_open_params_init_sized, L.OpenParams)
         state = None
         if progress is not None:
             state = _Progress(progress)
@@ -239,7 +239,7 @@ class Model:
     def info(self):
         """ModelInfo (cached: the model is read-only after open)."""
         if self._info is None:
-            mi = L.new_struct(self._lib.ampr_model_info_init, L.ModelInfo)
+            mi = L.new_struct(self._lib.ampr_model_info_init_sized, L.ModelInfo)
             with self._use() as ctx:
                 st = self._lib.ampr_get_model_info(ctx, ctypes.byref(mi))
                 if st != L.AMPR_OK:
@@ -255,7 +255,7 @@ class Model:
     def tier_info(self, tier):
         """TierInfo of a resident tier (name or number); TierUnavailableError
         otherwise. kv_pages_used is live, so this is not cached."""
-        ti = L.new_struct(self._lib.ampr_tier_info_init, L.TierInfo)
+        ti = L.new_struct(self._lib.ampr_tier_info_init_sized, L.TierInfo)
         t = self._tier(tier)
         with self._use() as ctx:
             st = self._lib.ampr_get_tier_info(ctx, t, ctypes.byref(ti))
@@ -310,7 +310,7 @@ class Model:
         features and a one-line reason."""
         data = _as_bytes(prompt, "prompt")
         sysb = None if system is None else _as_bytes(system, "system")
-        r = L.new_struct(self._lib.ampr_route_result_init, L.RouteResult)
+        r = L.new_struct(self._lib.ampr_route_result_init_sized, L.RouteResult)
         with self._use() as ctx:
             st = self._lib.ampr_route(ctx, data, len(data), sysb, len(sysb) if sysb else 0,
                                       ctypes.byref(r))
@@ -327,7 +327,7 @@ class Model:
                 add_bos=None, ignore_eos=None, fallback=None):
         """ampr_gen_params from keyword arguments; None keeps the library's
         default. Returns (params, objects that must stay alive)."""
-        p = L.new_struct(self._lib.ampr_gen_params_init, L.GenParams)
+        p = L.new_struct(self._lib.ampr_gen_params_init_sized, L.GenParams)
         p.tier = self._tier(tier)
         for name, v in (("max_tokens", max_tokens), ("temperature", temperature),
                         ("top_k", top_k), ("top_p", top_p),
