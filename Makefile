@@ -99,7 +99,8 @@ $(SHARED): $(LIB_OBJS) lib/ampr.map
 $(B)/ampr.pc: pkgconfig/ampr.pc.in include/ampr.h
 	@mkdir -p $(B)
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
-	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
+	    -e 's|@LIBS_PRIVATE@|$(CUDA_LIBS)|g' $< > $@
 
 $(CLI): $(TOOL_SRCS) tools/tools.h $(STATIC)
 	@mkdir -p $(B)
@@ -157,7 +158,8 @@ install: lib $(CLI)
 	ln -sf libampr.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libampr.so
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
-	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' pkgconfig/ampr.pc.in \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
+	    -e 's|@LIBS_PRIVATE@|$(CUDA_LIBS)|g' pkgconfig/ampr.pc.in \
 	    > $(DESTDIR)$(LIBDIR)/pkgconfig/ampr.pc
 	chmod 644 $(DESTDIR)$(LIBDIR)/pkgconfig/ampr.pc
 	install -m 755 $(CLI) $(DESTDIR)$(BINDIR)/ampr

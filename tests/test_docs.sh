@@ -7,13 +7,15 @@
 hdr=$ROOT/include/ampr.h
 dir=$ROOT/docs/man3
 funcs=$(sed -n 's/^AMPR_API[^(]*[ *]\(ampr_[a-z0-9_]*\) *(.*/\1/p' "$hdr" | sort -u)
+# function-like macros of the API (the _init macros) may be named too
+macros=$(sed -n 's/^#define \(ampr_[a-z0-9_]*\)(.*/\1/p' "$hdr" | sort -u)
 # the NAME section: the lines between ".SH NAME" and the next ".SH"
 names=$(for f in "$dir"/*.3; do sed -n '/^\.SH NAME/,/^\.SH/{/^\.SH/d;p}' "$f"; done |
         sed 's/\\-.*//' | tr ',' '\n' | tr -d ' ' | sort -u)
 missing=$(comm -23 <(printf '%s\n' "$funcs") <(printf '%s\n' "$names"))
 if [ -z "$missing" ]; then pass "all $(printf '%s\n' "$funcs" | wc -l) AMPR_API functions have a man page"
 else fail "AMPR_API functions missing from every man page's NAME section:"; printf '  %s\n' $missing; fi
-extra=$(comm -13 <(printf '%s\n' "$funcs") <(printf '%s\n' "$names"))
+extra=$(comm -13 <(printf '%s\n' $funcs $macros | sort -u) <(printf '%s\n' "$names"))
 [ -z "$extra" ] && pass "man pages name no function the header lacks" \
     || { fail "man pages name functions not in ampr.h:"; printf '  %s\n' $extra; }
 for f in "$dir"/*.3; do
