@@ -344,6 +344,79 @@ static void test_kv_full(void **state) {
     ampr_close(ctx);
 }
 
+/* Arenas are isolated: a request holding every page of one tier's arena makes
+ * that tier answer KV_FULL while another tier serves normally. */
+typedef struct holder {
+    ampr_ctx *ctx;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int started, release;
+    ampr_status st;
+} holder;
+
+static int hold_cb(void *user, const char *piece, size_t len, int32_t id) {
+    (void)piece;
+    (void)len;
+    (void)id;
+    holder *h = user;
+    pthread_mutex_lock(&h->mu);
+    h->started = 1;
+    pthread_cond_broadcast(&h->cv);
+    while (!h->release) pthread_cond_wait(&h->cv, &h->mu);
+    pthread_mutex_unlock(&h->mu);
+    return 0;
+}
+
+static void *hold_pages(void *arg) {
+    holder *h = arg;
+    ampr_gen_params p = greedy(40); /* 3 + 40 positions: both pages of 32 */
+    p.tier = AMPR_TIER_F32;
+    p.on_token = hold_cb;
+    p.user = h;
+    h->st = ampr_generate(h->ctx, "abc", 3, &p, NULL);
+    return NULL;
+}
+
+static void test_kv_arenas_isolated(void **state) {
+    (void)state;
+    ampr_ctx *ctx = open_ok("{\"tiers\": [\"f32\", \"fp16\"], \"kv\": {\"arena_tokens\": 64, \"block_size\": 32}}");
+    holder h = {.ctx = ctx};
+    pthread_mutex_init(&h.mu, NULL);
+    pthread_cond_init(&h.cv, NULL);
+    pthread_t th;
+    pthread_create(&th, NULL, hold_pages, &h);
+    pthread_mutex_lock(&h.mu);
+    while (!h.started) pthread_cond_wait(&h.cv, &h.mu);
+    pthread_mutex_unlock(&h.mu);
+
+    ampr_tier_info ti;
+    ampr_tier_info_init(&ti);
+    assert_int_equal(ampr_get_tier_info(ctx, AMPR_TIER_F32, &ti), AMPR_OK);
+    assert_int_equal(ti.kv_pages_used, 2);
+    ampr_gen_params p = greedy(10);
+    p.tier = AMPR_TIER_F32;
+    ampr_result *r = NULL;
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &r), AMPR_ERR_KV_FULL);
+    p.tier = AMPR_TIER_FP16; /* the other arena is untouched */
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &r), AMPR_OK);
+    assert_int_equal(r->n_tokens, 10);
+    ampr_result_free(r);
+    assert_int_equal(ampr_get_tier_info(ctx, AMPR_TIER_FP16, &ti), AMPR_OK);
+    assert_int_equal(ti.kv_pages_used, 0);
+
+    pthread_mutex_lock(&h.mu);
+    h.release = 1;
+    pthread_cond_broadcast(&h.cv);
+    pthread_mutex_unlock(&h.mu);
+    pthread_join(th, NULL);
+    assert_int_equal(h.st, AMPR_OK);
+    assert_int_equal(ampr_get_tier_info(ctx, AMPR_TIER_F32, &ti), AMPR_OK);
+    assert_int_equal(ti.kv_pages_used, 0);
+    pthread_mutex_destroy(&h.mu);
+    pthread_cond_destroy(&h.cv);
+    ampr_close(ctx);
+}
+
 static void test_sampling_seeds(void **state) {
     (void)state;
     ampr_ctx *ctx = open_ok("{\"tiers\": [\"f32\"]}");
@@ -483,6 +556,7 @@ int main(void) {
         cmocka_unit_test(test_generate_limits),
         cmocka_unit_test(test_streaming_and_cancel),
         cmocka_unit_test(test_kv_full),
+        cmocka_unit_test(test_kv_arenas_isolated),
         cmocka_unit_test(test_sampling_seeds),
         cmocka_unit_test(test_stop_strings),
         cmocka_unit_test(test_concurrent_equals_serial),
