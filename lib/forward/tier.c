@@ -54,23 +54,27 @@ static ampr_status build_mat(const ampr__qtraits *qt, const ampr__tensor *const 
     return AMPR_OK;
 }
 
-/* One matrix of a layer, sharded over tp ranks (forward/tp.h). The full fp32
- * matrix (the fused parts, smoothed as a whole so every rank divides by the
- * same factors as tp = 1) is built once in tmp; rank r's shard is then copied
- * into shard and quantized on its own.
- *   by_rows: the n_parts parts are each split by rows, [p0 + r*len, +len) of
- *            every part (column-parallel: wqkv, w_gu); smooth s is replicated.
- *   else:    one part split by columns [c0 + r*len, +len) (row-parallel: wo,
- *            w_down); s is split the same way. */
-typedef struct shard_spec {
-    int by_rows;
-    int64_t off[3], len[3]; /* per part: first row/column of rank 0 and count per rank */
-} shard_spec;
+/* One matrix of a layer (mm), sharded over tp ranks as forward/tp.h plans.
+ * The full fp32 matrix (the fused parts, smoothed as a whole so every rank
+ * divides by the same factors as tp = 1) is built once in tmp; each rank's
+ * shard is then copied into shard and quantized on its own.
+ *   wqkv, w_gu (column-parallel): rows [off, off+len) of every part, all
+ *              columns; SmoothQuant factors s replicated.
+ *   wo, w_down (row-parallel): all rows, columns [off, off+len); s split the
+ *              same way. */
+static void shard_range(const ampr__tp_plan *p, int mm, int part, int64_t *off, int64_t *len) {
+    switch (mm) {
+    case AMPR__MM_QKV: *off = part == 0 ? p->q0 : p->kv0; *len = part == 0 ? p->q_len : p->kv_len; break;
+    case AMPR__MM_O: *off = p->q0; *len = p->q_len; break;
+    default: *off = p->ff0; *len = p->ff_len; break; /* gate, up rows; w_down columns */
+    }
+}
 
-static ampr_status build_sharded(const ampr__qtraits *qt, const ampr__tensor *const *parts,
-                                 int n_parts, const shard_spec *sp, int32_t tp, float *tmp,
-                                 float *shard, const float *act_absmax, float alpha,
+static ampr_status build_sharded(const ampr__qtraits *qt, const ampr__hparams *hp,
+                                 const ampr__tensor *const *parts, int n_parts, int32_t tp,
+                                 float *tmp, float *shard, const float *act_absmax, float alpha,
                                  ampr__tier_layer *shards, int mm, ampr__err *err) {
+    int by_rows = mm == AMPR__MM_QKV || mm == AMPR__MM_GU;
     int64_t rows = 0, cols = parts[0]->ne[0];
     int64_t part_row0[3];
     for (int i = 0; i < n_parts; i++) {
@@ -88,24 +92,27 @@ static ampr_status build_sharded(const ampr__qtraits *qt, const ampr__tensor *co
     ampr_status st = AMPR_OK;
     for (int32_t r = 0; r < tp && st == AMPR_OK; r++) {
         ampr__tier_layer *T = &shards[r];
+        ampr__tp_plan p = ampr__tp_plan_of(hp, tp, r);
+        int64_t off, len;
+        shard_range(&p, mm, 0, &off, &len);
         ampr__qmat *dst = mm == AMPR__MM_QKV ? &T->wqkv : mm == AMPR__MM_O ? &T->wo
                           : mm == AMPR__MM_GU ? &T->w_gu : &T->w_down;
         int64_t srows = 0, scols = cols;
-        if (sp->by_rows) {
+        if (by_rows) {
             for (int i = 0; i < n_parts; i++) {
-                const float *src = tmp + (part_row0[i] + sp->off[i] + r * sp->len[i]) * cols;
-                memcpy(shard + srows * cols, src, (size_t)(sp->len[i] * cols) * sizeof(float));
-                srows += sp->len[i];
+                shard_range(&p, mm, i, &off, &len);
+                const float *src = tmp + (part_row0[i] + off) * cols;
+                memcpy(shard + srows * cols, src, (size_t)(len * cols) * sizeof(float));
+                srows += len;
             }
         } else {
-            int64_t c0 = sp->off[0] + r * sp->len[0];
-            scols = sp->len[0];
+            scols = len;
             srows = rows;
             for (int64_t row = 0; row < rows; row++)
-                memcpy(shard + row * scols, tmp + row * cols + c0, (size_t)scols * sizeof(float));
+                memcpy(shard + row * scols, tmp + row * cols + off, (size_t)scols * sizeof(float));
         }
         if (s_full) {
-            int64_t n = sp->by_rows ? cols : scols, c0 = sp->by_rows ? 0 : sp->off[0] + r * sp->len[0];
+            int64_t n = by_rows ? cols : scols, c0 = by_rows ? 0 : off;
             T->smooth[mm] = ampr__alloc_array((size_t)n, sizeof(float), err);
             if (!T->smooth[mm]) {
                 st = AMPR_ERR_NOMEM;
@@ -182,18 +189,13 @@ static ampr_status build_tier(ampr_ctx *c, ampr__tier *t, float *tmp, float *sha
             AMPR__TRY(build_mat(t->qt, gu, 2, tmp, am[2], a, &T->smooth[2], &T->w_gu, err));
             AMPR__TRY(build_mat(t->qt, &L->w_down, 1, tmp, am[3], a, &T->smooth[3], &T->w_down, err));
         } else {
-            ampr__tp_plan p = ampr__tp_plan_of(hp, t->tp, 0); /* rank 0; rank r adds r * len */
-            shard_spec s_qkv = {1, {p.q0, p.kv0, p.kv0}, {p.q_len, p.kv_len, p.kv_len}};
-            shard_spec s_o = {0, {p.q0, 0, 0}, {p.q_len, 0, 0}};
-            shard_spec s_gu = {1, {p.ff0, p.ff0, 0}, {p.ff_len, p.ff_len, 0}};
-            shard_spec s_down = {0, {p.ff0, 0, 0}, {p.ff_len, 0, 0}};
-            AMPR__TRY(build_sharded(t->qt, qkv, 3, &s_qkv, t->tp, tmp, shard, am[0], a, T,
+            AMPR__TRY(build_sharded(t->qt, hp, qkv, 3, t->tp, tmp, shard, am[0], a, T,
                                     AMPR__MM_QKV, err));
-            AMPR__TRY(build_sharded(t->qt, &L->wo, 1, &s_o, t->tp, tmp, shard, am[1], a, T,
+            AMPR__TRY(build_sharded(t->qt, hp, &L->wo, 1, t->tp, tmp, shard, am[1], a, T,
                                     AMPR__MM_O, err));
-            AMPR__TRY(build_sharded(t->qt, gu, 2, &s_gu, t->tp, tmp, shard, am[2], a, T,
+            AMPR__TRY(build_sharded(t->qt, hp, gu, 2, t->tp, tmp, shard, am[2], a, T,
                                     AMPR__MM_GU, err));
-            AMPR__TRY(build_sharded(t->qt, &L->w_down, 1, &s_down, t->tp, tmp, shard, am[3], a, T,
+            AMPR__TRY(build_sharded(t->qt, hp, &L->w_down, 1, t->tp, tmp, shard, am[3], a, T,
                                     AMPR__MM_DOWN, err));
         }
         if (progress &&
