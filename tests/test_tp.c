@@ -12,7 +12,8 @@
 #include <string.h>
 
 #include "ampr.h"
-#include "model/model.h"
+#include "calib/calib.h"
+#include "engine.h"
 
 #define N_IDS 40
 #define N_GEN 24
@@ -208,6 +209,33 @@ static void test_kv_full(void **state) {
     ampr_close(ctx);
 }
 
+/* Calibration under TP: each rank records the activation ranges of its own
+ * columns of the wo / w_down inputs (rank 0 those of the replicated wqkv /
+ * w_gu inputs), so the ranges equal tp = 1's. */
+static void test_calib_ranges(void **state) {
+    (void)state;
+    int32_t ids[N_IDS];
+    ids_of(ids, N_IDS);
+    ampr__act_stats st[2];
+    for (int i = 0; i < 2; i++) {
+        ampr_ctx *ctx = open_tp(model_path, "[\"f32\"]", i == 0 ? 1 : 4);
+        ampr__err err = {0};
+        assert_int_equal(ampr__act_stats_new(&ctx->hp, &st[i], &err), AMPR_OK);
+        if (ampr__calib_ranges(ctx, &ctx->tiers[0], ids, N_IDS, &st[i], &err) != AMPR_OK)
+            fail_msg("calib: %s", err.msg);
+        ampr_close(ctx);
+    }
+    int32_t widths[AMPR__MM_COUNT] = {128, 128, 128, 256}; /* dim, q_dim, dim, hidden */
+    for (int m = 0; m < AMPR__MM_COUNT; m++) {
+        size_t n = 2 * (size_t)widths[m];
+        float mx = 0;
+        for (size_t j = 0; j < n; j++) mx = fmaxf(mx, st[0].absmax[m][j]);
+        assert_true(mx > 0);
+        assert_true(rel_diff(st[1].absmax[m], st[0].absmax[m], n) <= 1e-5);
+    }
+    for (int i = 0; i < 2; i++) ampr__act_stats_free(&st[i]);
+}
+
 /* stories260K (8 heads, 4 kv heads, hidden 172) still produces the reference
  * greedy text of llama2.c's run.c with tp 2 and 4. */
 static void test_stories_golden(void **state) {
@@ -256,6 +284,7 @@ int main(void) {
         cmocka_unit_test(test_tp_matches_tp1),
         cmocka_unit_test(test_bad_tp_size),
         cmocka_unit_test(test_kv_full),
+        cmocka_unit_test(test_calib_ranges),
         cmocka_unit_test(test_stories_golden),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
