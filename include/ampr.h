@@ -176,6 +176,17 @@ AMPR_API void ampr_open_params_init_sized(ampr_open_params *p, size_t size);
  *                AMPR_ERR_UNSUPPORTED while generation on the GPU is not
  *                wired in (the kernels in cuda/ are checked by
  *                tests/gpu/check.sh)
+ *     "tp_size": tensor-parallel ranks, 1 to 64 (default 1): attention heads,
+ *                KV heads and FFN hidden units are split evenly over the
+ *                ranks (column-parallel QKV and gate/up, row-parallel output
+ *                and down projections, each followed by an all-reduce); must
+ *                divide the model's n_heads, n_kv_heads and hidden_dim, else
+ *                AMPR_ERR_CONFIG. On the CPU backend the ranks are threads
+ *                and the all-reduce sums in rank order, so results are
+ *                deterministic; f32/bf16/fp16 logits equal tp_size 1 up to
+ *                float summation order, int8/nf4 shards are quantized with
+ *                their own scales. KV pages and their accounting are the
+ *                same for every tp_size.
  *     "router":  {"thresholds": [t_nf4, t_int8]} scores below t_nf4 go to the
  *                lowest tier, below t_int8 to the middle one, else the top one
  *     "fallback": {"enabled", "entropy_max", "min_tokens", "repeat_ngram",

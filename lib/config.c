@@ -7,6 +7,7 @@
 #include <math.h>
 
 #include "engine.h"
+#include "forward/tp.h"
 
 void ampr__config_defaults(ampr__config *c) {
     memset(c, 0, sizeof *c);
@@ -18,6 +19,7 @@ void ampr__config_defaults(ampr__config *c) {
     c->kv_block_size = 16;
     c->kv_dtype = -1;
     c->device = 0;
+    c->tp_size = 1;
     ampr__router_defaults(&c->router);
     ampr__fallback_defaults(&c->fallback);
 }
@@ -275,7 +277,7 @@ static ampr_status load_calibration(const char *path, ampr__config *c, ampr__err
 
 static ampr_status parse_root(json_t *root, ampr__config *c, ampr__err *err) {
     static const char *const keys[] = {"tiers", "threads", "context_length", "kv", "device",
-                                       "router", "fallback", "calibration", NULL};
+                                       "router", "fallback", "calibration", "tp_size", NULL};
     if (!json_is_object(root))
         return ampr__fail(err, AMPR_ERR_CONFIG, "config: the top level must be a JSON object");
     AMPR__TRY(check_keys(root, "", keys, err));
@@ -292,6 +294,9 @@ static ampr_status parse_root(json_t *root, ampr__config *c, ampr__err *err) {
     x = 0;
     AMPR__TRY(get_int(root, "context_length", 1, (int64_t)1 << 24, &x, err));
     c->context_length = (int32_t)x;
+    x = c->tp_size; /* divisibility by the model's heads is checked when tiers are built */
+    AMPR__TRY(get_int(root, "tp_size", 1, AMPR__TP_MAX, &x, err));
+    c->tp_size = (int)x;
     if ((v = json_object_get(root, "kv"))) AMPR__TRY(parse_kv(v, c, err));
     if ((v = json_object_get(root, "router"))) AMPR__TRY(parse_router(v, c, err));
     if ((v = json_object_get(root, "fallback"))) AMPR__TRY(parse_fallback(v, &c->fallback, err));

@@ -45,6 +45,7 @@ typedef struct ampr__config {
     int kv_dtype;                     /* -1 = per tier default, else ampr__kv_dtype */
     int64_t kv_wait_ms;               /* how long a request waits for free pages (0: fail at once) */
     int device;                       /* 0 cpu, 1 auto, 2 cuda */
+    int tp_size;                      /* tensor-parallel ranks (1: none); see forward/tp.h */
     ampr__router_config router;
     ampr__fallback_config fallback;
     /* from a calibration file ("calibration" key): SmoothQuant inputs for INT8 */
@@ -80,7 +81,8 @@ typedef struct ampr__tier {
     ampr__qmat embd;          /* [vocab][dim] */
     ampr__qmat output;        /* [vocab][dim]; unused when output_is_embd */
     int output_is_embd;
-    ampr__tier_layer *layers; /* n_layers */
+    int32_t tp;               /* tensor-parallel ranks the layers are sharded over (>= 1) */
+    ampr__tier_layer *layers; /* [n_layers][tp]: rank r's shard of layer l (forward/tp.h) */
     ampr__kv_arena *kv;
     uint64_t weight_bytes;
 } ampr__tier;
@@ -111,6 +113,10 @@ static inline const float *ampr__final_norm(const ampr_ctx *c) {
     return c->norms + 2 * (size_t)c->hp.n_layers * (size_t)c->hp.dim;
 }
 
+static inline const ampr__tier_layer *ampr__tier_shard(const ampr__tier *t, int32_t l, int32_t r) {
+    return &t->layers[(size_t)l * (size_t)t->tp + (size_t)r];
+}
+
 ampr__tier *ampr__ctx_tier(ampr_ctx *c, ampr_tier id); /* NULL if not resident */
 
 /* tier.c: build every configured tier from the checkpoint. */
@@ -120,6 +126,18 @@ void ampr__tiers_free(ampr_ctx *c);
 
 /* ---- the forward pass (forward.c) --------------------------------------- */
 
+/* One tensor-parallel rank's activations (widths are the rank's shard's). */
+typedef struct ampr__rank_scratch {
+    float *xb;     /* [max_tokens][dim] normed input (each rank its own copy) */
+    float *qkv;    /* [max_tokens][q_len + 2*kv_len] */
+    float *att;    /* [max_tokens][q_len] */
+    float *hb;     /* [max_tokens][2*ff_len] */
+    float *hb2;    /* [max_tokens][ff_len] */
+    float *part;   /* [max_tokens][dim] row-parallel partial sum, input of the all-reduce */
+    float *scores; /* [context_length] */
+    void *act;     /* prepared activations */
+} ampr__rank_scratch;
+
 /* Scratch for one request, sized for up to max_tokens tokens per call. */
 typedef struct ampr__scratch {
     int32_t max_tokens;
@@ -127,6 +145,8 @@ typedef struct ampr__scratch {
     float *scores;                        /* [n_threads][context_length] */
     void *act;                            /* prepared activations for the tier's matmul */
     size_t act_bytes;
+    int32_t tp;                           /* ranks (cfg.tp_size) */
+    ampr__rank_scratch *rank;             /* [tp] when tp > 1, else NULL */
     int32_t max_logits;
     float *logits;                        /* [max_logits][vocab] */
     ampr__act_stats *stats;               /* when set, forward records activation ranges */

@@ -46,7 +46,7 @@ ampr_status ampr__calib_ranges(ampr_ctx *c, ampr__tier *t, const int32_t *ids, i
 
 uint64_t ampr__tier_decode_bytes(const ampr_ctx *c, const ampr__tier *t) {
     uint64_t b = ampr__qmat_bytes(t->output_is_embd ? &t->embd : &t->output);
-    for (int l = 0; l < c->hp.n_layers; l++) {
+    for (size_t l = 0; l < (size_t)c->hp.n_layers * (size_t)t->tp; l++) { /* every rank's shard */
         const ampr__tier_layer *L = &t->layers[l];
         b += ampr__qmat_bytes(&L->wqkv) + ampr__qmat_bytes(&L->wo) + ampr__qmat_bytes(&L->w_gu) +
              ampr__qmat_bytes(&L->w_down);

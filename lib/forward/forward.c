@@ -21,8 +21,23 @@
  * Matmuls split output rows across the thread pool; attention splits
  * (token, head) pairs. Each output element is computed by one thread in a
  * fixed order, so results do not depend on the number of threads.
+ *
+ * Tensor parallelism (cfg.tp_size = tp > 1, plan in tp.h): the layers run on
+ * tp simulated ranks, one thread each (the caller is rank 0). Rank r holds
+ * the shards of its heads and hidden units and computes
+ *     qkv_r = xb . Wqkv_r^T;  attention over its heads (its KV slice);
+ *     part_r = att_r . Wo_r^T             (a partial sum of att . Wo^T)
+ *     x += all_reduce(part_0 .. part_{tp-1})
+ *     hb_r = xb . Wgu_r^T;  part_r = swiglu(hb_r) . Wdown_r^T;  x += all_reduce
+ * The CPU all-reduce sums the partials in rank order 0..tp-1 (deterministic),
+ * each rank adding a slice of x, between two barriers. Every rank keeps its
+ * own normed copy xb of the replicated x, as a GPU rank would. Embedding and
+ * logits run once, on the pool, before and after the ranks. With tp = 1 the
+ * same layer code runs as the single rank, its matmuls and attention on the
+ * pool.
  */
 #include "../engine.h"
+#include "tp.h"
 
 #include <math.h>
 
@@ -52,8 +67,28 @@ ampr_status ampr__scratch_new(const ampr_ctx *c, int32_t max_tokens, int32_t max
     s->logits = ampr__alloc_array((size_t)s->max_logits * (size_t)hp->vocab_size, sizeof(float), err);
     s->act_bytes = act;
     s->act = act ? ampr__malloc(act) : NULL;
+    int ranks_ok = 1;
+    s->tp = c->cfg.tp_size;
+    if (s->tp > 1) {
+        s->rank = ampr__alloc_array((size_t)s->tp, sizeof *s->rank, err);
+        ranks_ok = s->rank != NULL;
+        for (int32_t r = 0; r < s->tp && ranks_ok; r++) {
+            ampr__tp_plan p = ampr__tp_plan_of(hp, s->tp, r);
+            ampr__rank_scratch *rs = &s->rank[r];
+            rs->xb = ampr__alloc_array(n * (size_t)hp->dim, sizeof(float), err);
+            rs->qkv = ampr__alloc_array(n * (size_t)(p.q_len + 2 * p.kv_len), sizeof(float), err);
+            rs->att = ampr__alloc_array(n * (size_t)p.q_len, sizeof(float), err);
+            rs->hb = ampr__alloc_array(n * 2 * (size_t)p.ff_len, sizeof(float), err);
+            rs->hb2 = ampr__alloc_array(n * (size_t)p.ff_len, sizeof(float), err);
+            rs->part = ampr__alloc_array(n * (size_t)hp->dim, sizeof(float), err);
+            rs->scores = ampr__alloc_array((size_t)hp->context_length, sizeof(float), err);
+            rs->act = act ? ampr__malloc(act) : NULL;
+            ranks_ok = rs->xb && rs->qkv && rs->att && rs->hb && rs->hb2 && rs->part &&
+                       rs->scores && (!act || rs->act);
+        }
+    }
     if (!s->x || !s->xb || !s->qkv || !s->att || !s->hb || !s->hb2 || !s->scores || !s->logits ||
-        (act && !s->act)) {
+        (act && !s->act) || !ranks_ok) {
         ampr__scratch_free(s);
         return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for request scratch (%d tokens)",
                           max_tokens);
@@ -71,8 +106,40 @@ void ampr__scratch_free(ampr__scratch *s) {
     ampr__free(s->scores);
     ampr__free(s->act);
     ampr__free(s->logits);
+    for (int32_t r = 0; s->rank && r < s->tp; r++) {
+        ampr__rank_scratch *rs = &s->rank[r];
+        ampr__free(rs->xb);
+        ampr__free(rs->qkv);
+        ampr__free(rs->att);
+        ampr__free(rs->hb);
+        ampr__free(rs->hb2);
+        ampr__free(rs->part);
+        ampr__free(rs->scores);
+        ampr__free(rs->act);
+    }
+    ampr__free(s->rank);
     memset(s, 0, sizeof *s);
 }
+
+/* ---- one rank's view ------------------------------------------------------ */
+
+typedef struct tp_shared tp_shared;
+
+/* What one rank computes with; with tp = 1 the single rank is the whole model
+ * and its buffers are the scratch's own. */
+typedef struct rank_ctx {
+    ampr_ctx *c;
+    const ampr__tier *t;
+    ampr__kv_seq *seq;
+    ampr__act_stats *stats;
+    ampr__tp_plan plan;
+    int32_t n, p0;
+    ampr__pool *pool; /* helper threads for matmuls and attention; NULL: this thread alone */
+    float *x;         /* [n][dim] the residual stream, shared by all ranks */
+    float *xb, *qkv, *att, *hb, *hb2, *part, *scores; /* see ampr__rank_scratch */
+    void *act;
+    tp_shared *sh;    /* NULL when tp = 1 */
+} rank_ctx;
 
 /* ---- parallel matmul ---------------------------------------------------- */
 
@@ -95,18 +162,23 @@ static void matmul_task(void *arg, int i, int n_tasks) {
     if (r0 < r1) j->qt->matmul(j->w, j->x, j->act, j->n, j->y, j->ldy, r0, r1);
 }
 
-/* y[n][w->rows] (row stride ldy) = x[n][w->cols] . W^T */
-static void matmul(ampr_ctx *c, const ampr__tier *t, const ampr__qmat *w, const float *x,
-                   int64_t n, float *y, int64_t ldy, ampr__scratch *s) {
+/* y[n][w->rows] (row stride ldy) = x[n][w->cols] . W^T, on pool (or on this
+ * thread alone when pool is NULL); act: the prepared-activation buffer. */
+static void matmul(ampr__pool *pool, const ampr__tier *t, const ampr__qmat *w, const float *x,
+                   int64_t n, float *y, int64_t ldy, void *act_buf) {
     const void *act = NULL;
     if (t->qt->act_prepare) {
-        t->qt->act_prepare(x, n, w->cols, s->act);
-        act = s->act;
+        t->qt->act_prepare(x, n, w->cols, act_buf);
+        act = act_buf;
     }
     matmul_job j = {t->qt, w, x, act, n, y, ldy};
-    int tasks = ampr__pool_size(c->pool);
+    if (!pool) {
+        matmul_task(&j, 0, 1);
+        return;
+    }
+    int tasks = ampr__pool_size(pool);
     if ((int64_t)tasks * 16 > w->rows) tasks = (int)((w->rows + 15) / 16);
-    ampr__pool_run(c->pool, tasks, matmul_task, &j);
+    ampr__pool_run(pool, tasks, matmul_task, &j);
 }
 
 int32_t ampr__mm_width(const ampr__hparams *hp, int mm) {
@@ -118,19 +190,24 @@ int32_t ampr__mm_width(const ampr__hparams *hp, int mm) {
 }
 
 /* Before a layer's matmul: record activation ranges (calibration) and apply
- * SmoothQuant's 1/s to the input (single-use buffers, so in place is safe). */
-static void mm_input(const ampr_ctx *c, const ampr__tier_layer *L, ampr__scratch *s, int32_t l,
-                     int mm, float *x, int32_t n) {
-    int32_t w = ampr__mm_width(&c->hp, mm);
-    if (s->stats && s->stats->absmax[mm]) {
-        float *mx = s->stats->absmax[mm] + (size_t)l * (size_t)w;
+ * SmoothQuant's 1/s to the input (single-use buffers, so in place is safe).
+ * x is the rank's input, [n][w->cols]: for wo and w_down the columns
+ * [col0, col0 + cols) of the full input, for wqkv and w_gu all of it (then
+ * only rank 0 records, the other ranks see the same values). */
+static void mm_input(const rank_ctx *rc, const ampr__tier_layer *L, int32_t l, int mm,
+                     const ampr__qmat *w, float *x) {
+    int32_t full = ampr__mm_width(&rc->c->hp, mm), cols = (int32_t)w->cols, n = rc->n;
+    int32_t col0 = mm == AMPR__MM_O ? rc->plan.q0 : mm == AMPR__MM_DOWN ? rc->plan.ff0 : 0;
+    int record = rc->stats && rc->stats->absmax[mm] && (col0 > 0 || rc->plan.rank == 0);
+    if (record) {
+        float *mx = rc->stats->absmax[mm] + (size_t)l * (size_t)full + (size_t)col0;
         for (int32_t i = 0; i < n; i++)
-            for (int32_t j = 0; j < w; j++) {
-                float a = fabsf(x[(size_t)i * w + j]);
+            for (int32_t j = 0; j < cols; j++) {
+                float a = fabsf(x[(size_t)i * cols + j]);
                 if (a > mx[j]) mx[j] = a;
             }
     }
-    if (L->smooth[mm]) ampr__smooth_act(x, n, w, L->smooth[mm]);
+    if (L->smooth[mm]) ampr__smooth_act(x, n, cols, L->smooth[mm]);
 }
 
 /* ---- elementwise pieces ----------------------------------------------------- */
@@ -162,49 +239,60 @@ static void rope(const ampr_ctx *c, float *v, int32_t n_heads, int32_t pos) {
     }
 }
 
-static void kv_store(const ampr__kv_seq *seq, int32_t l, int32_t pos, const float *k,
-                     const float *v, int32_t kv_dim) {
-    void *kd = ampr__kv_k(seq, l, pos), *vd = ampr__kv_v(seq, l, pos);
+/* o[n][ff] = silu(gate) * up, from hb[n][2*ff] = gate | up */
+static void swiglu(float *o, const float *hb, int32_t n, int32_t ff) {
+    for (int32_t i = 0; i < n; i++) {
+        const float *g = hb + (size_t)i * 2 * ff, *u = g + ff;
+        float *oi = o + (size_t)i * ff;
+        for (int32_t e = 0; e < ff; e++) oi[e] = g[e] * (1.0f / (1.0f + expf(-g[e]))) * u[e];
+    }
+}
+
+/* Store a rank's K and V slices (width elements) of layer l at pos. */
+static void kv_store(const ampr__kv_seq *seq, int32_t rank, int32_t l, int32_t pos, const float *k,
+                     const float *v, int32_t width) {
+    void *kd = ampr__kv_k(seq, rank, l, pos), *vd = ampr__kv_v(seq, rank, l, pos);
     if (ampr__kv_dtype_of(seq->arena) == AMPR__KV_F32) {
-        memcpy(kd, k, (size_t)kv_dim * sizeof(float));
-        memcpy(vd, v, (size_t)kv_dim * sizeof(float));
+        memcpy(kd, k, (size_t)width * sizeof(float));
+        memcpy(vd, v, (size_t)width * sizeof(float));
     } else {
         uint16_t *kh = kd, *vh = vd;
-        for (int32_t i = 0; i < kv_dim; i++) {
+        for (int32_t i = 0; i < width; i++) {
             kh[i] = ampr__f32_to_fp16(k[i]);
             vh[i] = ampr__f32_to_fp16(v[i]);
         }
     }
 }
 
-/* ---- attention ---------------------------------------------------------- */
+/* ---- attention over a rank's heads --------------------------------------- */
 
 typedef struct attn_job {
     const ampr_ctx *c;
     const ampr__kv_seq *seq;
+    int32_t rank, n_heads, n_kv_heads; /* the rank's heads (plan), local indices */
     int32_t layer, n, p0;
-    const float *qkv; /* [n][q+2kv] */
-    float *att;       /* [n][q] */
+    const float *qkv; /* [n][q_len + 2*kv_len] */
+    float *att;       /* [n][q_len] */
     float *scores;    /* [tasks][context_length] */
 } attn_job;
 
 static void attn_task(void *arg, int task, int n_tasks) {
     const attn_job *j = arg;
     const ampr__hparams *hp = &j->c->hp;
-    int32_t hd = hp->head_dim, q_dim = hp->n_heads * hd, kv_dim = hp->n_kv_heads * hd;
-    int32_t group = hp->n_heads / hp->n_kv_heads;
+    int32_t hd = hp->head_dim, q_dim = j->n_heads * hd, kv_dim = j->n_kv_heads * hd;
+    int32_t group = hp->n_heads / hp->n_kv_heads; /* = j->n_heads / j->n_kv_heads */
     int f16 = ampr__kv_dtype_of(j->seq->arena) == AMPR__KV_F16;
     float scale = 1.0f / sqrtf((float)hd);
     float *sc = j->scores + (size_t)task * (size_t)hp->context_length;
-    int32_t items = j->n * hp->n_heads;
+    int32_t items = j->n * j->n_heads;
     for (int32_t it = task; it < items; it += n_tasks) {
-        int32_t i = it / hp->n_heads, h = it % hp->n_heads;
+        int32_t i = it / j->n_heads, h = it % j->n_heads;
         int32_t pos = j->p0 + i, kvh = h / group;
         const float *q = j->qkv + (size_t)i * (size_t)(q_dim + 2 * kv_dim) + (size_t)h * (size_t)hd;
         /* scores over positions 0..pos */
         float mx = -INFINITY;
         for (int32_t t = 0; t <= pos; t++) {
-            const void *kp = ampr__kv_k(j->seq, j->layer, t);
+            const void *kp = ampr__kv_k(j->seq, j->rank, j->layer, t);
             float s = 0.0f;
             if (f16) {
                 const uint16_t *k = (const uint16_t *)kp + (size_t)kvh * (size_t)hd;
@@ -226,7 +314,7 @@ static void attn_task(void *arg, int task, int n_tasks) {
         memset(o, 0, (size_t)hd * sizeof(float));
         for (int32_t t = 0; t <= pos; t++) {
             float a = sc[t] / sum;
-            const void *vp = ampr__kv_v(j->seq, j->layer, t);
+            const void *vp = ampr__kv_v(j->seq, j->rank, j->layer, t);
             if (f16) {
                 const uint16_t *v = (const uint16_t *)vp + (size_t)kvh * (size_t)hd;
                 for (int32_t d = 0; d < hd; d++) o[d] += a * ampr__fp16_to_f32(v[d]);
@@ -238,17 +326,176 @@ static void attn_task(void *arg, int task, int n_tasks) {
     }
 }
 
+static void attention(const rank_ctx *rc, int32_t l) {
+    const ampr__tp_plan *p = &rc->plan;
+    attn_job aj = {rc->c,  rc->seq, p->rank, p->n_heads, p->n_kv_heads, l,
+                   rc->n, rc->p0,  rc->qkv, rc->att,    rc->scores};
+    if (!rc->pool) {
+        attn_task(&aj, 0, 1);
+        return;
+    }
+    int tasks = AMPR__MIN(ampr__pool_size(rc->pool), rc->n * p->n_heads);
+    ampr__pool_run(rc->pool, tasks, attn_task, &aj);
+}
+
+/* ---- the CPU all-reduce ------------------------------------------------------ */
+
+struct tp_shared {
+    pthread_barrier_t barrier;
+    float *part[AMPR__TP_MAX]; /* each rank's partial sums, [n][dim] */
+};
+
+/* x += sum over ranks of part_r (rank order 0..tp-1, so every run and every
+ * rank gets the same bits). Rank r reduces elements [r*N/tp, (r+1)*N/tp);
+ * the first barrier waits for every partial, the second for every slice. */
+static void allreduce_add(const rank_ctx *rc) {
+    size_t total = (size_t)rc->n * (size_t)rc->c->hp.dim;
+    if (!rc->sh) {
+        for (size_t e = 0; e < total; e++) rc->x[e] += rc->part[e];
+        return;
+    }
+    size_t tp = (size_t)rc->plan.tp, r = (size_t)rc->plan.rank;
+    size_t e0 = total * r / tp, e1 = total * (r + 1) / tp;
+    pthread_barrier_wait(&rc->sh->barrier);
+    for (size_t e = e0; e < e1; e++) {
+        float acc = rc->sh->part[0][e];
+        for (size_t k = 1; k < tp; k++) acc += rc->sh->part[k][e];
+        rc->x[e] += acc;
+    }
+    pthread_barrier_wait(&rc->sh->barrier);
+}
+
+/* ---- one layer on one rank ------------------------------------------------- */
+
+static void layer_forward(const rank_ctx *rc, int32_t l) {
+    ampr_ctx *c = rc->c;
+    const ampr__hparams *hp = &c->hp;
+    const ampr__tp_plan *p = &rc->plan;
+    const ampr__tier_layer *L = ampr__tier_shard(rc->t, l, p->rank);
+    int32_t dim = hp->dim, n = rc->n, qkv_len = p->q_len + 2 * p->kv_len;
+
+    for (int32_t i = 0; i < n; i++)
+        rmsnorm(rc->xb + (size_t)i * dim, rc->x + (size_t)i * dim, ampr__attn_norm(c, l), dim,
+                hp->norm_eps);
+    mm_input(rc, L, l, AMPR__MM_QKV, &L->wqkv, rc->xb);
+    matmul(rc->pool, rc->t, &L->wqkv, rc->xb, n, rc->qkv, qkv_len, rc->act);
+    for (int32_t i = 0; i < n; i++) {
+        float *q = rc->qkv + (size_t)i * qkv_len, *k = q + p->q_len, *v = k + p->kv_len;
+        rope(c, q, p->n_heads, rc->p0 + i);
+        rope(c, k, p->n_kv_heads, rc->p0 + i);
+        kv_store(rc->seq, p->rank, l, rc->p0 + i, k, v, p->kv_len);
+    }
+    attention(rc, l);
+    mm_input(rc, L, l, AMPR__MM_O, &L->wo, rc->att);
+    matmul(rc->pool, rc->t, &L->wo, rc->att, n, rc->part, dim, rc->act);
+    allreduce_add(rc);
+
+    for (int32_t i = 0; i < n; i++)
+        rmsnorm(rc->xb + (size_t)i * dim, rc->x + (size_t)i * dim, ampr__ffn_norm(c, l), dim,
+                hp->norm_eps);
+    mm_input(rc, L, l, AMPR__MM_GU, &L->w_gu, rc->xb);
+    matmul(rc->pool, rc->t, &L->w_gu, rc->xb, n, rc->hb, 2 * (int64_t)p->ff_len, rc->act);
+    swiglu(rc->hb2, rc->hb, n, p->ff_len);
+    mm_input(rc, L, l, AMPR__MM_DOWN, &L->w_down, rc->hb2);
+    matmul(rc->pool, rc->t, &L->w_down, rc->hb2, n, rc->part, dim, rc->act);
+    allreduce_add(rc);
+}
+
+/* ---- simulated ranks ----------------------------------------------------------- */
+
+/* Rank threads wait at a gate until every one of them was started, so a
+ * failed pthread_create never leaves the others stuck in a barrier. */
+typedef struct rank_gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int state; /* 0 wait, 1 go, -1 give up */
+} rank_gate;
+
+typedef struct rank_thread {
+    rank_ctx rc;
+    rank_gate *gate;
+} rank_thread;
+
+static void rank_layers(const rank_ctx *rc) {
+    for (int32_t l = 0; l < rc->c->hp.n_layers; l++) layer_forward(rc, l);
+}
+
+static void *rank_main(void *arg) {
+    rank_thread *rt = arg;
+    pthread_mutex_lock(&rt->gate->mu);
+    while (rt->gate->state == 0) pthread_cond_wait(&rt->gate->cv, &rt->gate->mu);
+    int go = rt->gate->state == 1;
+    pthread_mutex_unlock(&rt->gate->mu);
+    if (go) rank_layers(&rt->rc);
+    return NULL;
+}
+
+static void gate_open(rank_gate *g, int state) {
+    pthread_mutex_lock(&g->mu);
+    g->state = state;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Run every layer on tp rank threads (rank 0 on the calling thread). */
+static ampr_status run_ranks(const rank_ctx *base, ampr__scratch *s, ampr__err *err) {
+    int32_t tp = s->tp;
+    tp_shared sh;
+    rank_gate gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+    rank_thread rt[AMPR__TP_MAX];
+    pthread_t th[AMPR__TP_MAX];
+    if (pthread_barrier_init(&sh.barrier, NULL, (unsigned)tp) != 0)
+        return ampr__fail(err, AMPR_ERR_NOMEM, "cannot create the tensor-parallel barrier");
+    for (int32_t r = 0; r < tp; r++) {
+        const ampr__rank_scratch *rs = &s->rank[r];
+        rank_ctx *rc = &rt[r].rc;
+        *rc = *base;
+        rc->plan = ampr__tp_plan_of(&base->c->hp, tp, r);
+        rc->pool = NULL;
+        rc->xb = rs->xb;
+        rc->qkv = rs->qkv;
+        rc->att = rs->att;
+        rc->hb = rs->hb;
+        rc->hb2 = rs->hb2;
+        rc->part = rs->part;
+        rc->scores = rs->scores;
+        rc->act = rs->act;
+        rc->sh = &sh;
+        rt[r].gate = &gate;
+        sh.part[r] = rs->part;
+    }
+    int32_t started = 1;
+    for (; started < tp; started++)
+        if (pthread_create(&th[started], NULL, rank_main, &rt[started]) != 0) break;
+    ampr_status st = AMPR_OK;
+    if (started < tp) {
+        gate_open(&gate, -1);
+        st = ampr__fail(err, AMPR_ERR_NOMEM, "cannot start tensor-parallel rank thread %d of %d",
+                        started, tp);
+    } else {
+        gate_open(&gate, 1);
+        rank_layers(&rt[0].rc);
+    }
+    for (int32_t r = 1; r < started; r++) pthread_join(th[r], NULL);
+    pthread_barrier_destroy(&sh.barrier);
+    pthread_mutex_destroy(&gate.mu);
+    pthread_cond_destroy(&gate.cv);
+    return st;
+}
+
 /* ---- the pass ----------------------------------------------------------- */
 
 ampr_status ampr__forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, const int32_t *tokens,
                           int32_t n, int32_t n_logits, ampr__scratch *s, ampr__err *err) {
     const ampr__hparams *hp = &c->hp;
-    int32_t dim = hp->dim, hd = hp->head_dim, hidden = hp->hidden_dim;
-    int32_t q_dim = hp->n_heads * hd, kv_dim = hp->n_kv_heads * hd, qkv_dim = q_dim + 2 * kv_dim;
+    int32_t dim = hp->dim;
     int32_t p0 = seq->n_tokens;
     if (n <= 0 || n > s->max_tokens || n_logits < 1 || n_logits > n || n_logits > s->max_logits)
         return ampr__fail(err, AMPR_ERR_INTERNAL, "forward of %d tokens, %d logits (scratch: %d, %d)",
                           n, n_logits, s->max_tokens, s->max_logits);
+    if (t->tp != s->tp || ampr__kv_ranks(seq->arena) != t->tp)
+        return ampr__fail(err, AMPR_ERR_INTERNAL, "tensor-parallel ranks differ: tier %d, scratch %d",
+                          t->tp, s->tp);
     if (p0 + n > hp->context_length)
         return ampr__fail(err, AMPR_ERR_PROMPT_TOO_LONG,
                           "positions %d..%d exceed the context window of %d", p0, p0 + n - 1,
@@ -264,39 +511,15 @@ ampr_status ampr__forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, const i
     pthread_mutex_lock(&c->compute_lock);
     for (int32_t i = 0; i < n; i++) t->qt->dequant_row(&t->embd, tokens[i], s->x + (size_t)i * dim);
 
-    for (int32_t l = 0; l < hp->n_layers; l++) {
-        const ampr__tier_layer *L = &t->layers[l];
-        for (int32_t i = 0; i < n; i++)
-            rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, ampr__attn_norm(c, l), dim,
-                    hp->norm_eps);
-        mm_input(c, L, s, l, AMPR__MM_QKV, s->xb, n);
-        matmul(c, t, &L->wqkv, s->xb, n, s->qkv, qkv_dim, s);
-        for (int32_t i = 0; i < n; i++) {
-            float *q = s->qkv + (size_t)i * qkv_dim, *k = q + q_dim, *v = k + kv_dim;
-            rope(c, q, hp->n_heads, p0 + i);
-            rope(c, k, hp->n_kv_heads, p0 + i);
-            kv_store(seq, l, p0 + i, k, v, kv_dim);
-        }
-        attn_job aj = {c, seq, l, n, p0, s->qkv, s->att, s->scores};
-        int tasks = AMPR__MIN(ampr__pool_size(c->pool), n * hp->n_heads);
-        ampr__pool_run(c->pool, tasks, attn_task, &aj);
-        mm_input(c, L, s, l, AMPR__MM_O, s->att, n);
-        matmul(c, t, &L->wo, s->att, n, s->xb, dim, s);
-        for (size_t e = 0; e < (size_t)n * (size_t)dim; e++) s->x[e] += s->xb[e];
-
-        for (int32_t i = 0; i < n; i++)
-            rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)i * dim, ampr__ffn_norm(c, l), dim,
-                    hp->norm_eps);
-        mm_input(c, L, s, l, AMPR__MM_GU, s->xb, n);
-        matmul(c, t, &L->w_gu, s->xb, n, s->hb, 2 * hidden, s);
-        for (int32_t i = 0; i < n; i++) {
-            const float *g = s->hb + (size_t)i * 2 * hidden, *u = g + hidden;
-            float *o = s->hb2 + (size_t)i * hidden;
-            for (int32_t e = 0; e < hidden; e++) o[e] = g[e] * (1.0f / (1.0f + expf(-g[e]))) * u[e];
-        }
-        mm_input(c, L, s, l, AMPR__MM_DOWN, s->hb2, n);
-        matmul(c, t, &L->w_down, s->hb2, n, s->xb, dim, s);
-        for (size_t e = 0; e < (size_t)n * (size_t)dim; e++) s->x[e] += s->xb[e];
+    /* the single rank of tp = 1: the whole model, on the pool, in the scratch */
+    rank_ctx rc = {c, t, seq, s->stats, ampr__tp_plan_of(hp, 1, 0), n, p0, c->pool, s->x, s->xb,
+                   s->qkv, s->att, s->hb, s->hb2, s->xb, s->scores, s->act, NULL};
+    ampr_status st = AMPR_OK;
+    if (t->tp == 1) rank_layers(&rc);
+    else st = run_ranks(&rc, s, err);
+    if (st != AMPR_OK) {
+        pthread_mutex_unlock(&c->compute_lock);
+        return st;
     }
 
     const ampr__qmat *out = t->output_is_embd ? &t->embd : &t->output;
@@ -304,7 +527,7 @@ ampr_status ampr__forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, const i
     for (int32_t i = 0; i < n_out; i++)
         rmsnorm(s->xb + (size_t)i * dim, s->x + (size_t)(first + i) * dim, ampr__final_norm(c), dim,
                 hp->norm_eps);
-    matmul(c, t, out, s->xb, n_out, s->logits, hp->vocab_size, s);
+    matmul(c->pool, t, out, s->xb, n_out, s->logits, hp->vocab_size, s->act);
     pthread_mutex_unlock(&c->compute_lock);
     seq->n_tokens = p0 + n;
     return AMPR_OK;

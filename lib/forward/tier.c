@@ -6,8 +6,11 @@
  * quantizing through the traits table. Q/K/V rows are fused into one matrix
  * and gate/up into another, so a layer is four matmuls. Norm vectors stay
  * fp32 and are shared (ctx->norms). Each tier also gets its KV arena.
+ * With tp_size > 1 every layer matrix is stored as tp per-rank shards cut from
+ * the same fp32 rows before quantization, as forward/tp.h plans.
  */
 #include "../engine.h"
+#include "tp.h"
 
 #include <stdio.h>
 
@@ -51,6 +54,82 @@ static ampr_status build_mat(const ampr__qtraits *qt, const ampr__tensor *const 
     return AMPR_OK;
 }
 
+/* One matrix of a layer (mm), sharded over tp ranks as forward/tp.h plans.
+ * The full fp32 matrix (the fused parts, smoothed as a whole so every rank
+ * divides by the same factors as tp = 1) is built once in tmp; each rank's
+ * shard is then copied into shard and quantized on its own.
+ *   wqkv, w_gu (column-parallel): rows [off, off+len) of every part, all
+ *              columns; SmoothQuant factors s replicated.
+ *   wo, w_down (row-parallel): all rows, columns [off, off+len); s split the
+ *              same way. */
+static void shard_range(const ampr__tp_plan *p, int mm, int part, int64_t *off, int64_t *len) {
+    switch (mm) {
+    case AMPR__MM_QKV: *off = part == 0 ? p->q0 : p->kv0; *len = part == 0 ? p->q_len : p->kv_len; break;
+    case AMPR__MM_O: *off = p->q0; *len = p->q_len; break;
+    default: *off = p->ff0; *len = p->ff_len; break; /* gate, up rows; w_down columns */
+    }
+}
+
+static ampr_status build_sharded(const ampr__qtraits *qt, const ampr__hparams *hp,
+                                 const ampr__tensor *const *parts, int n_parts, int32_t tp,
+                                 float *tmp, float *shard, const float *act_absmax, float alpha,
+                                 ampr__tier_layer *shards, int mm, ampr__err *err) {
+    int by_rows = mm == AMPR__MM_QKV || mm == AMPR__MM_GU;
+    int64_t rows = 0, cols = parts[0]->ne[0];
+    int64_t part_row0[3];
+    for (int i = 0; i < n_parts; i++) {
+        part_row0[i] = rows;
+        rows_f32(parts[i], tmp + rows * cols);
+        rows += parts[i]->ne[1];
+    }
+    float *s_full = NULL;
+    if (act_absmax) {
+        s_full = ampr__alloc_array((size_t)cols, sizeof(float), err);
+        if (!s_full) return AMPR_ERR_NOMEM;
+        ampr__smooth_factors(act_absmax, tmp, rows, cols, alpha, s_full);
+        ampr__smooth_weights(tmp, rows, cols, s_full);
+    }
+    ampr_status st = AMPR_OK;
+    for (int32_t r = 0; r < tp && st == AMPR_OK; r++) {
+        ampr__tier_layer *T = &shards[r];
+        ampr__tp_plan p = ampr__tp_plan_of(hp, tp, r);
+        int64_t off, len;
+        shard_range(&p, mm, 0, &off, &len);
+        ampr__qmat *dst = mm == AMPR__MM_QKV ? &T->wqkv : mm == AMPR__MM_O ? &T->wo
+                          : mm == AMPR__MM_GU ? &T->w_gu : &T->w_down;
+        int64_t srows = 0, scols = cols;
+        if (by_rows) {
+            for (int i = 0; i < n_parts; i++) {
+                shard_range(&p, mm, i, &off, &len);
+                const float *src = tmp + (part_row0[i] + off) * cols;
+                memcpy(shard + srows * cols, src, (size_t)(len * cols) * sizeof(float));
+                srows += len;
+            }
+        } else {
+            scols = len;
+            srows = rows;
+            for (int64_t row = 0; row < rows; row++)
+                memcpy(shard + row * scols, tmp + row * cols + off, (size_t)scols * sizeof(float));
+        }
+        if (s_full) {
+            int64_t n = by_rows ? cols : scols, c0 = by_rows ? 0 : off;
+            T->smooth[mm] = ampr__alloc_array((size_t)n, sizeof(float), err);
+            if (!T->smooth[mm]) {
+                st = AMPR_ERR_NOMEM;
+                break;
+            }
+            memcpy(T->smooth[mm], s_full + c0, (size_t)n * sizeof(float));
+        }
+        memset(dst, 0, sizeof *dst);
+        st = qt->quantize(dst, shard, srows, scols, err);
+        if (st != AMPR_OK)
+            st = ampr__fail(err, st, "cannot build %s weights of %s, rank %d of %d (%lld x %lld)",
+                            qt->name, parts[0]->name, r, tp, (long long)srows, (long long)scols);
+    }
+    ampr__free(s_full);
+    return st;
+}
+
 static ampr_status build_kv(ampr_ctx *c, ampr__tier *t, ampr__err *err) {
     const ampr__hparams *hp = &c->hp;
     int kv_dtype = c->cfg.kv_dtype;
@@ -69,10 +148,11 @@ static ampr_status build_kv(ampr_ctx *c, ampr__tier *t, ampr__err *err) {
                           "KV arena of %lld tokens gives %lld pages of %d tokens; need at least one",
                           (long long)tokens, (long long)pages, bs);
     return ampr__kv_arena_new(hp->n_layers, (int32_t)kv_dim, bs, (int32_t)pages,
-                              (ampr__kv_dtype)kv_dtype, &t->kv, err);
+                              (ampr__kv_dtype)kv_dtype, t->tp, &t->kv, err);
 }
 
-static ampr_status build_tier(ampr_ctx *c, ampr__tier *t, float *tmp, ampr_progress_fn progress,
+static ampr_status build_tier(ampr_ctx *c, ampr__tier *t, float *tmp, float *shard,
+                              ampr_progress_fn progress,
                               void *user, int tier_index, ampr__err *err) {
     const ampr__model *m = c->model;
     const ampr__hparams *hp = &c->hp;
@@ -81,7 +161,8 @@ static ampr_status build_tier(ampr_ctx *c, ampr__tier *t, float *tmp, ampr_progr
     if (!t->qt)
         return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "tier %s is not available in this build",
                           ampr_tier_name(t->id));
-    t->layers = ampr__alloc_array((size_t)hp->n_layers, sizeof *t->layers, err);
+    t->tp = c->cfg.tp_size;
+    t->layers = ampr__alloc_array((size_t)hp->n_layers * (size_t)t->tp, sizeof *t->layers, err);
     if (!t->layers) return AMPR_ERR_NOMEM;
 
     char stage[32];
@@ -95,24 +176,35 @@ static ampr_status build_tier(ampr_ctx *c, ampr__tier *t, float *tmp, ampr_progr
     int smooth = t->id == AMPR_TIER_INT8 && c->cfg.smooth_alpha > 0;
     for (int l = 0; l < hp->n_layers; l++) {
         const ampr__layer *L = &m->layers[l];
-        ampr__tier_layer *T = &t->layers[l];
+        ampr__tier_layer *T = &t->layers[(size_t)l * (size_t)t->tp];
         const ampr__tensor *qkv[3] = {L->wq, L->wk, L->wv};
         const ampr__tensor *gu[2] = {L->w_gate, L->w_up};
         const float *am[AMPR__MM_COUNT] = {NULL, NULL, NULL, NULL};
         for (int k = 0; smooth && k < AMPR__MM_COUNT; k++)
             am[k] = cs->absmax[k] + (size_t)l * (size_t)ampr__mm_width(hp, k);
         float a = c->cfg.smooth_alpha;
-        AMPR__TRY(build_mat(t->qt, qkv, 3, tmp, am[0], a, &T->smooth[0], &T->wqkv, err));
-        AMPR__TRY(build_mat(t->qt, &L->wo, 1, tmp, am[1], a, &T->smooth[1], &T->wo, err));
-        AMPR__TRY(build_mat(t->qt, gu, 2, tmp, am[2], a, &T->smooth[2], &T->w_gu, err));
-        AMPR__TRY(build_mat(t->qt, &L->w_down, 1, tmp, am[3], a, &T->smooth[3], &T->w_down, err));
+        if (t->tp == 1) {
+            AMPR__TRY(build_mat(t->qt, qkv, 3, tmp, am[0], a, &T->smooth[0], &T->wqkv, err));
+            AMPR__TRY(build_mat(t->qt, &L->wo, 1, tmp, am[1], a, &T->smooth[1], &T->wo, err));
+            AMPR__TRY(build_mat(t->qt, gu, 2, tmp, am[2], a, &T->smooth[2], &T->w_gu, err));
+            AMPR__TRY(build_mat(t->qt, &L->w_down, 1, tmp, am[3], a, &T->smooth[3], &T->w_down, err));
+        } else {
+            AMPR__TRY(build_sharded(t->qt, hp, qkv, 3, t->tp, tmp, shard, am[0], a, T,
+                                    AMPR__MM_QKV, err));
+            AMPR__TRY(build_sharded(t->qt, hp, &L->wo, 1, t->tp, tmp, shard, am[1], a, T,
+                                    AMPR__MM_O, err));
+            AMPR__TRY(build_sharded(t->qt, hp, gu, 2, t->tp, tmp, shard, am[2], a, T,
+                                    AMPR__MM_GU, err));
+            AMPR__TRY(build_sharded(t->qt, hp, &L->w_down, 1, t->tp, tmp, shard, am[3], a, T,
+                                    AMPR__MM_DOWN, err));
+        }
         if (progress &&
             progress(user, stage, (float)(tier_index * hp->n_layers + l + 1) /
                                       (float)(c->cfg.n_tiers * hp->n_layers)))
             return ampr__fail(err, AMPR_ERR_CANCELLED, "open cancelled by the progress callback");
     }
     uint64_t bytes = ampr__qmat_bytes(&t->embd) + ampr__qmat_bytes(&t->output);
-    for (int l = 0; l < hp->n_layers; l++) {
+    for (size_t l = 0; l < (size_t)hp->n_layers * (size_t)t->tp; l++) {
         const ampr__tier_layer *T = &t->layers[l];
         bytes += ampr__qmat_bytes(&T->wqkv) + ampr__qmat_bytes(&T->wo) +
                  ampr__qmat_bytes(&T->w_gu) + ampr__qmat_bytes(&T->w_down);
@@ -129,8 +221,15 @@ ampr_status ampr__tiers_build(ampr_ctx *c, ampr_progress_fn progress, void *user
     biggest = AMPR__MAX(biggest, (q_dim + 2 * kv_dim) * hp->dim);
     biggest = AMPR__MAX(biggest, 2 * (int64_t)hp->hidden_dim * hp->dim);
     biggest = AMPR__MAX(biggest, q_dim * hp->dim);
-    float *tmp = ampr__alloc_array((size_t)biggest, sizeof(float), err);
+    int32_t tp = c->cfg.tp_size;
+    if (!ampr__tp_fits(hp, tp))
+        return ampr__fail(err, AMPR_ERR_CONFIG,
+                          "config: \"tp_size\" = %d must divide n_heads (%d), n_kv_heads (%d) "
+                          "and hidden_dim (%d) of this model",
+                          tp, hp->n_heads, hp->n_kv_heads, hp->hidden_dim);
+    float *tmp = ampr__alloc_array((size_t)biggest * (tp > 1 ? 2 : 1), sizeof(float), err);
     if (!tmp) return AMPR_ERR_NOMEM;
+    float *shard = tp > 1 ? tmp + biggest : NULL; /* one rank's shard of a matrix */
 
     /* shared fp32 norms */
     size_t nd = (size_t)hp->dim;
@@ -159,7 +258,7 @@ ampr_status ampr__tiers_build(ampr_ctx *c, ampr_progress_fn progress, void *user
         ampr__tier *t = &c->tiers[i];
         t->id = c->cfg.tiers[i];
         c->n_tiers = i + 1;
-        st = build_tier(c, t, tmp, progress, user, i, err);
+        st = build_tier(c, t, tmp, shard, progress, user, i, err);
     }
     ampr__free(tmp);
     return st;
@@ -171,7 +270,7 @@ void ampr__tiers_free(ampr_ctx *c) {
         ampr__qmat_free(&t->embd);
         ampr__qmat_free(&t->output);
         if (t->layers) {
-            for (int l = 0; l < c->hp.n_layers; l++) {
+            for (size_t l = 0; l < (size_t)c->hp.n_layers * (size_t)t->tp; l++) {
                 ampr__qmat_free(&t->layers[l].wqkv);
                 ampr__qmat_free(&t->layers[l].wo);
                 ampr__qmat_free(&t->layers[l].w_gu);

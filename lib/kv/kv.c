@@ -10,6 +10,8 @@
 
 struct ampr__kv_arena {
     int32_t n_layers, kv_dim, block_size, n_pages;
+    int32_t n_ranks, rank_dim; /* rank_dim = kv_dim / n_ranks */
+    size_t rank_stride;        /* bytes of one rank's slice of a page (all layers) */
     ampr__kv_dtype dtype;
     size_t elem;        /* bytes per element */
     size_t page_stride; /* bytes of one page of K (or V) for all layers */
@@ -21,12 +23,15 @@ struct ampr__kv_arena {
 };
 
 ampr_status ampr__kv_arena_new(int32_t n_layers, int32_t kv_dim, int32_t block_size,
-                               int32_t n_pages, ampr__kv_dtype dtype, ampr__kv_arena **out,
-                               ampr__err *err) {
+                               int32_t n_pages, ampr__kv_dtype dtype, int32_t n_ranks,
+                               ampr__kv_arena **out, ampr__err *err) {
     *out = NULL;
     if (n_layers <= 0 || kv_dim <= 0 || block_size <= 0 || n_pages <= 0)
         return ampr__fail(err, AMPR_ERR_CONFIG, "KV arena needs positive sizes (pages %d, block %d)",
                           n_pages, block_size);
+    if (n_ranks <= 0 || kv_dim % n_ranks != 0)
+        return ampr__fail(err, AMPR_ERR_CONFIG, "KV arena: %d ranks do not divide kv_dim %d",
+                          n_ranks, kv_dim);
     size_t elem = dtype == AMPR__KV_F16 ? 2 : 4;
     uint64_t stride, total;
     if (!ampr__mul_ok((uint64_t)n_layers * (uint64_t)block_size, (uint64_t)kv_dim * elem, &stride) ||
@@ -41,6 +46,9 @@ ampr_status ampr__kv_arena_new(int32_t n_layers, int32_t kv_dim, int32_t block_s
     a->dtype = dtype;
     a->elem = elem;
     a->page_stride = (size_t)stride;
+    a->n_ranks = n_ranks;
+    a->rank_dim = kv_dim / n_ranks;
+    a->rank_stride = (size_t)stride / (size_t)n_ranks;
     a->k = ampr__malloc((size_t)total);
     a->v = ampr__malloc((size_t)total);
     a->free_list = ampr__calloc((size_t)n_pages, sizeof(int32_t));
@@ -76,6 +84,7 @@ int32_t ampr__kv_pages_total(const ampr__kv_arena *a) { return a->n_pages; }
 uint64_t ampr__kv_bytes(const ampr__kv_arena *a) { return 2 * (uint64_t)a->page_stride * (uint64_t)a->n_pages; }
 ampr__kv_dtype ampr__kv_dtype_of(const ampr__kv_arena *a) { return a->dtype; }
 size_t ampr__kv_elem_size(const ampr__kv_arena *a) { return a->elem; }
+int32_t ampr__kv_ranks(const ampr__kv_arena *a) { return a->n_ranks; }
 
 int32_t ampr__kv_pages_used(ampr__kv_arena *a) {
     pthread_mutex_lock(&a->mu);
@@ -141,17 +150,17 @@ void ampr__kv_seq_release(ampr__kv_seq *seq) {
     memset(seq, 0, sizeof *seq);
 }
 
-static inline size_t kv_offset(const ampr__kv_seq *seq, int32_t l, int32_t pos) {
+static inline size_t kv_offset(const ampr__kv_seq *seq, int32_t rank, int32_t l, int32_t pos) {
     const ampr__kv_arena *a = seq->arena;
     int32_t page = seq->blocks[pos / a->block_size];
     int32_t slot = pos % a->block_size;
-    return (size_t)page * a->page_stride +
-           ((size_t)l * (size_t)a->block_size + (size_t)slot) * (size_t)a->kv_dim * a->elem;
+    return (size_t)page * a->page_stride + (size_t)rank * a->rank_stride +
+           ((size_t)l * (size_t)a->block_size + (size_t)slot) * (size_t)a->rank_dim * a->elem;
 }
 
-void *ampr__kv_k(const ampr__kv_seq *seq, int32_t l, int32_t pos) {
-    return seq->arena->k + kv_offset(seq, l, pos);
+void *ampr__kv_k(const ampr__kv_seq *seq, int32_t rank, int32_t l, int32_t pos) {
+    return seq->arena->k + kv_offset(seq, rank, l, pos);
 }
-void *ampr__kv_v(const ampr__kv_seq *seq, int32_t l, int32_t pos) {
-    return seq->arena->v + kv_offset(seq, l, pos);
+void *ampr__kv_v(const ampr__kv_seq *seq, int32_t rank, int32_t l, int32_t pos) {
+    return seq->arena->v + kv_offset(seq, rank, l, pos);
 }

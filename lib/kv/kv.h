@@ -8,9 +8,15 @@
  * isolated: a tier that runs out of pages fails its own requests with
  * AMPR_ERR_KV_FULL and cannot touch another tier's memory.
  *
- * Page layout, elements of type `dtype` (f32 or f16):
- *   K: [n_pages][n_layers][block_size][kv_dim]   (and V the same)
- * so one layer's keys for one page are a contiguous block_size x kv_dim tile.
+ * Page layout, elements of type `dtype` (f32 or f16), for an arena shared by
+ * n_ranks tensor-parallel ranks (1 without TP; see forward/tp.h):
+ *   K: [n_pages][n_ranks][n_layers][block_size][kv_dim / n_ranks]   (V the same)
+ * so one layer's keys of one rank for one page are a contiguous
+ * block_size x (kv_dim / n_ranks) tile. A sequence has one block table for
+ * all ranks: page p holds every rank's slice of its positions, so reserving,
+ * releasing, AMPR_ERR_KV_FULL and page accounting do not depend on n_ranks.
+ * (On GPUs each rank keeps its own [n_pages][n_layers][block][kv_dim/n_ranks]
+ * pool, indexed by the same page ids; on the CPU the ranks share memory.)
  */
 #ifndef AMPR_KV_H
 #define AMPR_KV_H
@@ -28,9 +34,10 @@ typedef struct ampr__kv_seq {
     int32_t n_tokens; /* positions whose K/V have been written */
 } ampr__kv_seq;
 
+/* n_ranks >= 1 must divide kv_dim. */
 ampr_status ampr__kv_arena_new(int32_t n_layers, int32_t kv_dim, int32_t block_size,
-                               int32_t n_pages, ampr__kv_dtype dtype, ampr__kv_arena **out,
-                               ampr__err *err);
+                               int32_t n_pages, ampr__kv_dtype dtype, int32_t n_ranks,
+                               ampr__kv_arena **out, ampr__err *err);
 void ampr__kv_arena_free(ampr__kv_arena *a);
 
 int32_t ampr__kv_block_size(const ampr__kv_arena *a);
@@ -51,8 +58,11 @@ ampr_status ampr__kv_seq_reserve_wait(ampr__kv_seq *seq, ampr__kv_arena *a, int3
 /* Give every page back; the seq is empty again. NULL-safe, idempotent. */
 void ampr__kv_seq_release(ampr__kv_seq *seq);
 
-/* Address of the K (or V) vector of layer l at position pos of seq. */
-void *ampr__kv_k(const ampr__kv_seq *seq, int32_t l, int32_t pos);
-void *ampr__kv_v(const ampr__kv_seq *seq, int32_t l, int32_t pos);
+int32_t ampr__kv_ranks(const ampr__kv_arena *a);
+
+/* Address of rank's slice (kv_dim / n_ranks elements) of the K (or V) vector
+ * of layer l at position pos of seq. With one rank: the whole vector. */
+void *ampr__kv_k(const ampr__kv_seq *seq, int32_t rank, int32_t l, int32_t pos);
+void *ampr__kv_v(const ampr__kv_seq *seq, int32_t rank, int32_t l, int32_t pos);
 
 #endif
