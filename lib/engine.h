@@ -85,6 +85,16 @@ typedef struct ampr__tier {
     ampr__tier_layer *layers; /* [n_layers][tp]: rank r's shard of layer l (forward/tp.h) */
     ampr__kv_arena *kv;
     uint64_t weight_bytes;
+    /* Decode batching (generate.c): requests on this tier queue their
+     * next-token steps, and whichever finds the tier idle runs the whole
+     * queue as one batched forward pass. */
+    pthread_mutex_t batch_mu;
+    pthread_cond_t batch_cv;
+    struct ampr__step *queue, *queue_tail;
+    int batch_busy;
+    int batch_ready;               /* mutex and condition initialised */
+    uint64_t n_batches, n_batched; /* decode batches run, and steps in them (under batch_mu) */
+    struct ampr__scratch *batch_scratch; /* allocated by the first batch */
 } ampr__tier;
 
 struct ampr_ctx {
@@ -164,5 +174,12 @@ void ampr__scratch_free(ampr__scratch *s);
 ampr_status ampr__forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
                           const int32_t *tokens, int32_t n, int32_t n_logits,
                           ampr__scratch *s, ampr__err *err);
+
+/* One decode step for several sequences of the same tier at once: token i
+ * goes to seqs[i] at its next position; row i of s->logits gets its
+ * next-token logits. The weights are read once for the whole batch. */
+#define AMPR__BATCH_MAX 32
+ampr_status ampr__forward_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *const *seqs,
+                                const int32_t *tokens, int32_t n, ampr__scratch *s, ampr__err *err);
 
 #endif

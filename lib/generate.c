@@ -157,6 +157,87 @@ static ampr_status choose_tier(ampr_ctx *c, const char *prompt, size_t len, cons
     return AMPR_OK;
 }
 
+/* ---- batched decode steps ------------------------------------------------- */
+
+/* One request's next-token step, queued on its tier. */
+typedef struct ampr__step {
+    ampr__kv_seq *seq;
+    int32_t token;
+    float *logits; /* where its next-token logits go (vocab floats) */
+    ampr__err *err;
+    ampr_status st;
+    int done;
+    struct ampr__step *next;
+} ampr__step;
+
+/* Run items[0..n) as one forward pass; every item gets its status. */
+static void run_batch(ampr_ctx *c, ampr__tier *t, ampr__step **items, int32_t n) {
+    ampr__err berr = {0};
+    ampr_status st = AMPR_OK;
+    if (!t->batch_scratch) {
+        t->batch_scratch = ampr__calloc(1, sizeof *t->batch_scratch);
+        st = t->batch_scratch
+                 ? ampr__scratch_new(c, AMPR__BATCH_MAX, AMPR__BATCH_MAX, t->batch_scratch, &berr)
+                 : ampr__fail(&berr, AMPR_ERR_NOMEM, "out of memory for the decode batch");
+        if (st) {
+            ampr__free(t->batch_scratch);
+            t->batch_scratch = NULL;
+        }
+    }
+    ampr__kv_seq *seqs[AMPR__BATCH_MAX];
+    int32_t tokens[AMPR__BATCH_MAX];
+    for (int32_t i = 0; i < n; i++) {
+        seqs[i] = items[i]->seq;
+        tokens[i] = items[i]->token;
+    }
+    if (st == AMPR_OK) st = ampr__forward_batch(c, t, seqs, tokens, n, t->batch_scratch, &berr);
+    for (int32_t i = 0; i < n; i++) {
+        items[i]->st = st;
+        if (st == AMPR_OK)
+            memcpy(items[i]->logits, t->batch_scratch->logits + (size_t)i * (size_t)c->hp.vocab_size,
+                   (size_t)c->hp.vocab_size * sizeof(float));
+        else
+            ampr__fail(items[i]->err, st, "%s", berr.msg);
+    }
+}
+
+/* Feed one token to seq and get its next-token logits. Concurrent requests
+ * on the same tier share the step: the first to find the tier idle takes
+ * everything queued (up to AMPR__BATCH_MAX) and runs it as one batch, so the
+ * weights are read once for all of them; the others wait for their turn. */
+static ampr_status decode_step(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, int32_t token,
+                               float *logits, ampr__err *err) {
+    ampr__step me = {seq, token, logits, err, AMPR_OK, 0, NULL};
+    pthread_mutex_lock(&t->batch_mu);
+    if (t->queue_tail) t->queue_tail->next = &me;
+    else t->queue = &me;
+    t->queue_tail = &me;
+    while (!me.done) {
+        if (t->batch_busy) {
+            pthread_cond_wait(&t->batch_cv, &t->batch_mu);
+            continue;
+        }
+        t->batch_busy = 1;
+        ampr__step *items[AMPR__BATCH_MAX];
+        int32_t n = 0;
+        while (t->queue && n < AMPR__BATCH_MAX) {
+            items[n++] = t->queue;
+            t->queue = t->queue->next;
+        }
+        if (!t->queue) t->queue_tail = NULL;
+        pthread_mutex_unlock(&t->batch_mu);
+        run_batch(c, t, items, n);
+        pthread_mutex_lock(&t->batch_mu);
+        for (int32_t i = 0; i < n; i++) items[i]->done = 1;
+        t->n_batches++;
+        t->n_batched += (uint64_t)n;
+        t->batch_busy = 0;
+        pthread_cond_broadcast(&t->batch_cv);
+    }
+    pthread_mutex_unlock(&t->batch_mu);
+    return me.st;
+}
+
 /* Bring the top tier's sequence up to all r->ids, in batched passes, leaving
  * the logits of the last n_logits positions in r->check.logits. */
 static ampr_status top_catch_up(ampr_ctx *c, struct request *r, int32_t n_logits, ampr__err *err) {
@@ -357,7 +438,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
         if (n_gen + 1 >= p->max_tokens || r.n_ids >= (size_t)hp->context_length) continue;
 
         /* 4d. forward the new token */
-        st = ampr__forward(c, r.tier, &r.seq, &next, 1, 1, &r.scratch, err);
+        st = decode_step(c, r.tier, &r.seq, next, r.scratch.logits, err);
         if (st) goto done;
 
         /* 4e. the verification check against the top tier */

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "ampr.h"
+#include "engine.h"
 #include "model/model.h"
 
 static char *tmp_dir;
@@ -521,6 +522,14 @@ static void test_concurrent_equals_serial(void **state) {
         pthread_create(&th[i], NULL, run_job, &par[i]);
     }
     for (int i = 0; i < N; i++) pthread_join(th[i], NULL);
+    /* concurrent requests on one tier shared decode steps (batched forward) */
+    uint64_t batches = 0, steps = 0;
+    for (int t = 0; t < ctx->n_tiers; t++) {
+        batches += ctx->tiers[t].n_batches;
+        steps += ctx->tiers[t].n_batched;
+    }
+    print_message("decode steps %llu in %llu batches\n", (unsigned long long)steps, (unsigned long long)batches);
+    assert_true(steps > batches);
     for (int i = 0; i < N; i++) {
         assert_int_equal(par[i].st, AMPR_OK);
         assert_int_equal(par[i].res->n_tokens, serial[i].res->n_tokens);

@@ -130,10 +130,11 @@ typedef struct tp_shared tp_shared;
 typedef struct rank_ctx {
     ampr_ctx *c;
     const ampr__tier *t;
-    ampr__kv_seq *seq;
+    ampr__kv_seq *const *seqs; /* [n]: the sequence of each token */
+    const int32_t *pos;        /* [n]: the position of each token in its sequence */
     ampr__act_stats *stats;
     ampr__tp_plan plan;
-    int32_t n, p0;
+    int32_t n;
     ampr__pool *pool; /* helper threads for matmuls and attention; NULL: this thread alone */
     float *x;         /* [n][dim] the residual stream, shared by all ranks */
     float *xb, *qkv, *att, *hb, *hb2, *part, *scores; /* see ampr__rank_scratch */
@@ -268,9 +269,10 @@ static void kv_store(const ampr__kv_seq *seq, int32_t rank, int32_t l, int32_t p
 
 typedef struct attn_job {
     const ampr_ctx *c;
-    const ampr__kv_seq *seq;
+    ampr__kv_seq *const *seqs;
+    const int32_t *pos;
     int32_t rank, n_heads, n_kv_heads; /* the rank's heads (plan), local indices */
-    int32_t layer, n, p0;
+    int32_t layer, n;
     const float *qkv; /* [n][q_len + 2*kv_len] */
     float *att;       /* [n][q_len] */
     float *scores;    /* [tasks][context_length] */
@@ -281,18 +283,19 @@ static void attn_task(void *arg, int task, int n_tasks) {
     const ampr__hparams *hp = &j->c->hp;
     int32_t hd = hp->head_dim, q_dim = j->n_heads * hd, kv_dim = j->n_kv_heads * hd;
     int32_t group = hp->n_heads / hp->n_kv_heads; /* = j->n_heads / j->n_kv_heads */
-    int f16 = ampr__kv_dtype_of(j->seq->arena) == AMPR__KV_F16;
+    int f16 = ampr__kv_dtype_of(j->seqs[0]->arena) == AMPR__KV_F16;
     float scale = 1.0f / sqrtf((float)hd);
     float *sc = j->scores + (size_t)task * (size_t)hp->context_length;
     int32_t items = j->n * j->n_heads;
     for (int32_t it = task; it < items; it += n_tasks) {
         int32_t i = it / j->n_heads, h = it % j->n_heads;
-        int32_t pos = j->p0 + i, kvh = h / group;
+        const ampr__kv_seq *seq = j->seqs[i];
+        int32_t pos = j->pos[i], kvh = h / group;
         const float *q = j->qkv + (size_t)i * (size_t)(q_dim + 2 * kv_dim) + (size_t)h * (size_t)hd;
         /* scores over positions 0..pos */
         float mx = -INFINITY;
         for (int32_t t = 0; t <= pos; t++) {
-            const void *kp = ampr__kv_k(j->seq, j->rank, j->layer, t);
+            const void *kp = ampr__kv_k(seq, j->rank, j->layer, t);
             float s = 0.0f;
             if (f16) {
                 const uint16_t *k = (const uint16_t *)kp + (size_t)kvh * (size_t)hd;
@@ -314,7 +317,7 @@ static void attn_task(void *arg, int task, int n_tasks) {
         memset(o, 0, (size_t)hd * sizeof(float));
         for (int32_t t = 0; t <= pos; t++) {
             float a = sc[t] / sum;
-            const void *vp = ampr__kv_v(j->seq, j->rank, j->layer, t);
+            const void *vp = ampr__kv_v(seq, j->rank, j->layer, t);
             if (f16) {
                 const uint16_t *v = (const uint16_t *)vp + (size_t)kvh * (size_t)hd;
                 for (int32_t d = 0; d < hd; d++) o[d] += a * ampr__fp16_to_f32(v[d]);
@@ -328,8 +331,8 @@ static void attn_task(void *arg, int task, int n_tasks) {
 
 static void attention(const rank_ctx *rc, int32_t l) {
     const ampr__tp_plan *p = &rc->plan;
-    attn_job aj = {rc->c,  rc->seq, p->rank, p->n_heads, p->n_kv_heads, l,
-                   rc->n, rc->p0,  rc->qkv, rc->att,    rc->scores};
+    attn_job aj = {rc->c, rc->seqs, rc->pos, p->rank, p->n_heads, p->n_kv_heads, l,
+                   rc->n, rc->qkv,  rc->att, rc->scores};
     if (!rc->pool) {
         attn_task(&aj, 0, 1);
         return;
@@ -381,9 +384,9 @@ static void layer_forward(const rank_ctx *rc, int32_t l) {
     matmul(rc->pool, rc->t, &L->wqkv, rc->xb, n, rc->qkv, qkv_len, rc->act);
     for (int32_t i = 0; i < n; i++) {
         float *q = rc->qkv + (size_t)i * qkv_len, *k = q + p->q_len, *v = k + p->kv_len;
-        rope(c, q, p->n_heads, rc->p0 + i);
-        rope(c, k, p->n_kv_heads, rc->p0 + i);
-        kv_store(rc->seq, p->rank, l, rc->p0 + i, k, v, p->kv_len);
+        rope(c, q, p->n_heads, rc->pos[i]);
+        rope(c, k, p->n_kv_heads, rc->pos[i]);
+        kv_store(rc->seqs[i], p->rank, l, rc->pos[i], k, v, p->kv_len);
     }
     attention(rc, l);
     mm_input(rc, L, l, AMPR__MM_O, &L->wo, rc->att);
@@ -485,24 +488,30 @@ static ampr_status run_ranks(const rank_ctx *base, ampr__scratch *s, ampr__err *
 
 /* ---- the pass ----------------------------------------------------------- */
 
-ampr_status ampr__forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, const int32_t *tokens,
-                          int32_t n, int32_t n_logits, ampr__scratch *s, ampr__err *err) {
+/* The pass over a batch: token i belongs to seqs[i] at position pos[i]. Tokens
+ * of one sequence must come in position order; every K/V is written before
+ * any attention, so a sequence's later tokens in the batch see its earlier
+ * ones. Logits rows: the last n_logits tokens. */
+static ampr_status forward_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *const *seqs,
+                                 const int32_t *pos, const int32_t *tokens, int32_t n,
+                                 int32_t n_logits, ampr__scratch *s, ampr__err *err) {
     const ampr__hparams *hp = &c->hp;
     int32_t dim = hp->dim;
-    int32_t p0 = seq->n_tokens;
     if (n <= 0 || n > s->max_tokens || n_logits < 1 || n_logits > n || n_logits > s->max_logits)
         return ampr__fail(err, AMPR_ERR_INTERNAL, "forward of %d tokens, %d logits (scratch: %d, %d)",
                           n, n_logits, s->max_tokens, s->max_logits);
-    if (t->tp != s->tp || ampr__kv_ranks(seq->arena) != t->tp)
+    if (t->tp != s->tp)
         return ampr__fail(err, AMPR_ERR_INTERNAL, "tensor-parallel ranks differ: tier %d, scratch %d",
                           t->tp, s->tp);
-    if (p0 + n > hp->context_length)
-        return ampr__fail(err, AMPR_ERR_PROMPT_TOO_LONG,
-                          "positions %d..%d exceed the context window of %d", p0, p0 + n - 1,
-                          hp->context_length);
-    if ((int64_t)seq->n_blocks * ampr__kv_block_size(seq->arena) < (int64_t)p0 + n)
-        return ampr__fail(err, AMPR_ERR_INTERNAL, "sequence holds too few KV pages");
     for (int32_t i = 0; i < n; i++) {
+        const ampr__kv_seq *q = seqs[i];
+        if (q->arena != t->kv || ampr__kv_ranks(q->arena) != t->tp)
+            return ampr__fail(err, AMPR_ERR_INTERNAL, "sequence of token %d is not in this tier's arena", i);
+        if (pos[i] < 0 || pos[i] >= hp->context_length)
+            return ampr__fail(err, AMPR_ERR_PROMPT_TOO_LONG,
+                              "position %d exceeds the context window of %d", pos[i], hp->context_length);
+        if ((int64_t)q->n_blocks * ampr__kv_block_size(q->arena) <= (int64_t)pos[i])
+            return ampr__fail(err, AMPR_ERR_INTERNAL, "sequence holds too few KV pages");
         if (tokens[i] < 0 || tokens[i] >= hp->vocab_size)
             return ampr__fail(err, AMPR_ERR_INVALID_ARG, "token id %d out of range [0, %d)",
                               tokens[i], hp->vocab_size);
@@ -512,7 +521,7 @@ ampr_status ampr__forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, const i
     for (int32_t i = 0; i < n; i++) t->qt->dequant_row(&t->embd, tokens[i], s->x + (size_t)i * dim);
 
     /* the single rank of tp = 1: the whole model, on the pool, in the scratch */
-    rank_ctx rc = {c, t, seq, s->stats, ampr__tp_plan_of(hp, 1, 0), n, p0, c->pool, s->x, s->xb,
+    rank_ctx rc = {c, t, seqs, pos, s->stats, ampr__tp_plan_of(hp, 1, 0), n, c->pool, s->x, s->xb,
                    s->qkv, s->att, s->hb, s->hb2, s->xb, s->scores, s->act, NULL};
     ampr_status st = AMPR_OK;
     if (t->tp == 1) rank_layers(&rc);
@@ -529,6 +538,44 @@ ampr_status ampr__forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, const i
                 hp->norm_eps);
     matmul(c->pool, t, out, s->xb, n_out, s->logits, hp->vocab_size, s->act);
     pthread_mutex_unlock(&c->compute_lock);
-    seq->n_tokens = p0 + n;
+    for (int32_t i = 0; i < n; i++)
+        if (seqs[i]->n_tokens < pos[i] + 1) seqs[i]->n_tokens = pos[i] + 1;
     return AMPR_OK;
+}
+
+ampr_status ampr__forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, const int32_t *tokens,
+                          int32_t n, int32_t n_logits, ampr__scratch *s, ampr__err *err) {
+    if (n <= 0 || n > s->max_tokens)
+        return ampr__fail(err, AMPR_ERR_INTERNAL, "forward of %d tokens (scratch holds %d)", n,
+                          s->max_tokens);
+    if (seq->n_tokens + n > c->hp.context_length)
+        return ampr__fail(err, AMPR_ERR_PROMPT_TOO_LONG,
+                          "positions %d..%d exceed the context window of %d", seq->n_tokens,
+                          seq->n_tokens + n - 1, c->hp.context_length);
+    ampr__kv_seq **seqs = ampr__alloc_array((size_t)n, sizeof *seqs, err);
+    int32_t *pos = ampr__alloc_array((size_t)n, sizeof *pos, err);
+    ampr_status st = AMPR_ERR_NOMEM;
+    if (seqs && pos) {
+        for (int32_t i = 0; i < n; i++) {
+            seqs[i] = seq;
+            pos[i] = seq->n_tokens + i;
+        }
+        st = forward_batch(c, t, seqs, pos, tokens, n, n_logits, s, err);
+    }
+    ampr__free(seqs);
+    ampr__free(pos);
+    return st;
+}
+
+ampr_status ampr__forward_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *const *seqs,
+                                const int32_t *tokens, int32_t n, ampr__scratch *s, ampr__err *err) {
+    int32_t pos[AMPR__BATCH_MAX];
+    if (n <= 0 || n > AMPR__BATCH_MAX)
+        return ampr__fail(err, AMPR_ERR_INTERNAL, "decode batch of %d sequences", n);
+    for (int32_t i = 0; i < n; i++) pos[i] = seqs[i]->n_tokens;
+    for (int32_t i = 0; i < n; i++)
+        for (int32_t k = 0; k < i; k++)
+            if (seqs[k] == seqs[i])
+                return ampr__fail(err, AMPR_ERR_INTERNAL, "a sequence appears twice in a decode batch");
+    return forward_batch(c, t, seqs, pos, tokens, n, n, s, err);
 }

@@ -257,6 +257,9 @@ ampr_status ampr__tiers_build(ampr_ctx *c, ampr_progress_fn progress, void *user
     for (int i = 0; i < c->cfg.n_tiers && st == AMPR_OK; i++) {
         ampr__tier *t = &c->tiers[i];
         t->id = c->cfg.tiers[i];
+        pthread_mutex_init(&t->batch_mu, NULL);
+        pthread_cond_init(&t->batch_cv, NULL);
+        t->batch_ready = 1;
         c->n_tiers = i + 1;
         st = build_tier(c, t, tmp, shard, progress, user, i, err);
     }
@@ -280,6 +283,14 @@ void ampr__tiers_free(ampr_ctx *c) {
         }
         ampr__free(t->layers);
         ampr__kv_arena_free(t->kv);
+        if (t->batch_scratch) {
+            ampr__scratch_free(t->batch_scratch);
+            ampr__free(t->batch_scratch);
+        }
+        if (t->batch_ready) {
+            pthread_mutex_destroy(&t->batch_mu);
+            pthread_cond_destroy(&t->batch_cv);
+        }
         memset(t, 0, sizeof *t);
     }
     c->n_tiers = 0;
