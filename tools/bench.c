@@ -8,6 +8,7 @@
  * (-m) or generated with random weights at a named shape (--shape).
  * Then the router's cost in ns per KiB of prompt.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,9 +111,52 @@ static int bench_tier(ampr_ctx *c, ampr__tier *t, int n_prompt, int n_gen, doubl
     return rc;
 }
 
+typedef struct conc_job {
+    ampr_ctx *c;
+    ampr_tier tier;
+    int n_gen;
+    size_t tokens;
+    int ok;
+} conc_job;
+
+static void *conc_run(void *arg) {
+    conc_job *j = arg;
+    ampr_gen_params p;
+    ampr_gen_params_init(&p);
+    p.tier = j->tier;
+    p.temperature = 0;
+    p.max_tokens = j->n_gen;
+    p.ignore_eos = 1;
+    p.fallback = 0;
+    ampr_result *r = NULL;
+    j->ok = ampr_generate(j->c, "Once upon a time", AMPR_NUL_TERMINATED, &p, &r) == AMPR_OK;
+    j->tokens = r ? r->n_tokens : 0;
+    ampr_result_free(r);
+    return NULL;
+}
+
+/* Aggregate decode tokens/s of n concurrent requests on one tier. */
+static double concurrent_tps(ampr_ctx *c, ampr_tier tier, int n, int n_gen) {
+    conc_job jobs[64];
+    pthread_t th[64];
+    double t0 = ampr__now_ms();
+    for (int i = 0; i < n; i++) {
+        jobs[i] = (conc_job){c, tier, n_gen, 0, 0};
+        pthread_create(&th[i], NULL, conc_run, &jobs[i]);
+    }
+    size_t total = 0;
+    int ok = 1;
+    for (int i = 0; i < n; i++) {
+        pthread_join(th[i], NULL);
+        total += jobs[i].tokens;
+        ok &= jobs[i].ok;
+    }
+    return ok ? (double)total / ((ampr__now_ms() - t0) / 1e3) : 0;
+}
+
 int ampr_tool_bench(int argc, char **argv) {
     const char *model = NULL, *shape = NULL, *tiers = "fp16,int8,nf4";
-    int n_prompt = 128, n_gen = 32, threads = 0;
+    int n_prompt = 128, n_gen = 32, threads = 0, conc = 8;
     for (int i = 0; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) { fprintf(stderr, "ampr bench: %s needs a value\n", argv[i]); return 2; }
@@ -122,10 +166,14 @@ int ampr_tool_bench(int argc, char **argv) {
         else if (!strcmp(argv[i], "--prompt")) n_prompt = atoi(v);
         else if (!strcmp(argv[i], "--gen")) n_gen = atoi(v);
         else if (!strcmp(argv[i], "--threads")) threads = atoi(v);
+        else if (!strcmp(argv[i], "--concurrent")) conc = atoi(v);
         else { fprintf(stderr, "ampr bench: unknown option %s\n", argv[i]); return 2; }
         i++;
     }
-    if (n_prompt < 1 || n_gen < 1) { fputs("ampr bench: --prompt and --gen must be >= 1\n", stderr); return 2; }
+    if (n_prompt < 1 || n_gen < 1 || conc < 0 || conc > 64) {
+        fputs("ampr bench: --prompt and --gen must be >= 1, --concurrent in [0, 64]\n", stderr);
+        return 2;
+    }
     char tmp_model[4096] = "";
     if (!model) {
         ampr__hparams hp;
@@ -153,8 +201,9 @@ int ampr_tool_bench(int argc, char **argv) {
         if (p[1] == ',' || p[1] == '\0') list[k++] = '"';
         list[k] = '\0';
     }
+    int arena = (n_prompt + n_gen + 16) * (conc > 1 ? conc : 1) + 64 * (conc + 1);
     snprintf(cfg, sizeof cfg, "{\"tiers\": [%s], \"threads\": %d, \"kv\": {\"arena_tokens\": %d}}", list,
-             threads, n_prompt + n_gen + 16);
+             threads, arena);
     ampr_ctx *c = NULL;
     double t0 = ampr__now_ms();
     ampr_status st = ampr_open(model, cfg, &c);
@@ -180,6 +229,17 @@ int ampr_tool_bench(int argc, char **argv) {
             printf("| %s | %.1f | %.1f | %.2f | %.2f |\n", ampr_tier_name(t->id),
                    (double)t->weight_bytes / 1048576.0, ptps, dtps,
                    (double)ampr__tier_decode_bytes(c, t) * dtps / 1e9);
+    }
+    /* batched decode: aggregate tokens/s of concurrent requests on one tier */
+    if (!rc && conc > 1) {
+        printf("\n| tier | 1 request tok/s | %d concurrent requests, total tok/s | speed-up |\n", conc);
+        printf("|------|----------------:|-----------------------------------:|---------:|\n");
+        for (int i = 0; i < c->n_tiers; i++) {
+            double one = concurrent_tps(c, c->tiers[i].id, 1, n_gen);
+            double many = concurrent_tps(c, c->tiers[i].id, conc, n_gen);
+            printf("| %s | %.1f | %.1f | %.2fx |\n", ampr_tier_name(c->tiers[i].id), one, many,
+                   one > 0 ? many / one : 0);
+        }
     }
     /* router cost */
     static const char para[] = "Write a function in C that parses 3.5e+2 * (x - y) / 7; then explain it. ";
