@@ -167,7 +167,8 @@ AMPR_API void ampr_open_params_init_sized(ampr_open_params *p, size_t size);
  *     "context_length": cap on the context window (default: the model's)
  *     "kv": {"block_size": tokens per page (default 16),
  *            "wait_ms": wait for free pages when the arena is full (default 0),
- *            "dtype": "f16" or "f32" KV elements (default f32 on the f32 tier, else f16),
+ *            "dtype": "f32", "f16" or "q8" KV elements (default f32 on the f32 tier,
+ *                     else f16; q8 = int8 with one fp32 scale per head and position),
  *            "arena_tokens": tokens per tier arena (default context_length*4),
  *            "arena_bytes": alternative to arena_tokens}
  *     "device":  "cpu" (default) | "auto" | "cuda". "auto" uses the CPU

@@ -93,7 +93,8 @@ static ampr_status parse_kv(json_t *kv, ampr__config *c, ampr__err *err) {
         const char *s = json_string_value(dt);
         if (s && !strcmp(s, "f16")) c->kv_dtype = AMPR__KV_F16;
         else if (s && !strcmp(s, "f32")) c->kv_dtype = AMPR__KV_F32;
-        else return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"kv.dtype\" must be \"f16\" or \"f32\"");
+        else if (s && !strcmp(s, "q8")) c->kv_dtype = AMPR__KV_Q8;
+        else return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"kv.dtype\" must be \"f32\", \"f16\" or \"q8\"");
     }
     return AMPR_OK;
 }

@@ -249,13 +249,31 @@ static void swiglu(float *o, const float *hb, int32_t n, int32_t ff) {
     }
 }
 
+/* Q8 KV: width values as int8 per head of hd, then the per-head scales. */
+static void q8_store(void *dst, const float *x, int32_t width, int32_t hd) {
+    int8_t *q = dst;
+    unsigned char *scales = (unsigned char *)dst + width;
+    for (int32_t h = 0; h < width / hd; h++) {
+        const float *xh = x + (size_t)h * hd;
+        float mx = 0.0f;
+        for (int32_t d = 0; d < hd; d++) mx = fmaxf(mx, fabsf(xh[d]));
+        float scale = mx / 127.0f, inv = mx > 0 ? 127.0f / mx : 0.0f;
+        for (int32_t d = 0; d < hd; d++) q[(size_t)h * hd + d] = (int8_t)nearbyintf(xh[d] * inv);
+        memcpy(scales + (size_t)h * sizeof(float), &scale, sizeof scale);
+    }
+}
+
 /* Store a rank's K and V slices (width elements) of layer l at pos. */
 static void kv_store(const ampr__kv_seq *seq, int32_t rank, int32_t l, int32_t pos, const float *k,
-                     const float *v, int32_t width) {
+                     const float *v, int32_t width, int32_t seq_head_dim) {
     void *kd = ampr__kv_k(seq, rank, l, pos), *vd = ampr__kv_v(seq, rank, l, pos);
-    if (ampr__kv_dtype_of(seq->arena) == AMPR__KV_F32) {
+    ampr__kv_dtype dt = ampr__kv_dtype_of(seq->arena);
+    if (dt == AMPR__KV_F32) {
         memcpy(kd, k, (size_t)width * sizeof(float));
         memcpy(vd, v, (size_t)width * sizeof(float));
+    } else if (dt == AMPR__KV_Q8) {
+        q8_store(kd, k, width, seq_head_dim);
+        q8_store(vd, v, width, seq_head_dim);
     } else {
         uint16_t *kh = kd, *vh = vd;
         for (int32_t i = 0; i < width; i++) {
@@ -283,7 +301,7 @@ static void attn_task(void *arg, int task, int n_tasks) {
     const ampr__hparams *hp = &j->c->hp;
     int32_t hd = hp->head_dim, q_dim = j->n_heads * hd, kv_dim = j->n_kv_heads * hd;
     int32_t group = hp->n_heads / hp->n_kv_heads; /* = j->n_heads / j->n_kv_heads */
-    int f16 = ampr__kv_dtype_of(j->seqs[0]->arena) == AMPR__KV_F16;
+    ampr__kv_dtype dt = ampr__kv_dtype_of(j->seqs[0]->arena);
     float scale = 1.0f / sqrtf((float)hd);
     float *sc = j->scores + (size_t)task * (size_t)hp->context_length;
     int32_t items = j->n * j->n_heads;
@@ -297,9 +315,15 @@ static void attn_task(void *arg, int task, int n_tasks) {
         for (int32_t t = 0; t <= pos; t++) {
             const void *kp = ampr__kv_k(seq, j->rank, j->layer, t);
             float s = 0.0f;
-            if (f16) {
+            if (dt == AMPR__KV_F16) {
                 const uint16_t *k = (const uint16_t *)kp + (size_t)kvh * (size_t)hd;
                 for (int32_t d = 0; d < hd; d++) s += q[d] * ampr__fp16_to_f32(k[d]);
+            } else if (dt == AMPR__KV_Q8) {
+                const int8_t *k = (const int8_t *)kp + (size_t)kvh * (size_t)hd;
+                float ks;
+                memcpy(&ks, (const unsigned char *)kp + kv_dim + (size_t)kvh * sizeof(float), sizeof ks);
+                for (int32_t d = 0; d < hd; d++) s += q[d] * (float)k[d];
+                s *= ks;
             } else {
                 const float *k = (const float *)kp + (size_t)kvh * (size_t)hd;
                 for (int32_t d = 0; d < hd; d++) s += q[d] * k[d];
@@ -318,9 +342,15 @@ static void attn_task(void *arg, int task, int n_tasks) {
         for (int32_t t = 0; t <= pos; t++) {
             float a = sc[t] / sum;
             const void *vp = ampr__kv_v(seq, j->rank, j->layer, t);
-            if (f16) {
+            if (dt == AMPR__KV_F16) {
                 const uint16_t *v = (const uint16_t *)vp + (size_t)kvh * (size_t)hd;
                 for (int32_t d = 0; d < hd; d++) o[d] += a * ampr__fp16_to_f32(v[d]);
+            } else if (dt == AMPR__KV_Q8) {
+                const int8_t *v = (const int8_t *)vp + (size_t)kvh * (size_t)hd;
+                float vs;
+                memcpy(&vs, (const unsigned char *)vp + kv_dim + (size_t)kvh * sizeof(float), sizeof vs);
+                float av = a * vs;
+                for (int32_t d = 0; d < hd; d++) o[d] += av * (float)v[d];
             } else {
                 const float *v = (const float *)vp + (size_t)kvh * (size_t)hd;
                 for (int32_t d = 0; d < hd; d++) o[d] += a * v[d];
@@ -386,7 +416,7 @@ static void layer_forward(const rank_ctx *rc, int32_t l) {
         float *q = rc->qkv + (size_t)i * qkv_len, *k = q + p->q_len, *v = k + p->kv_len;
         rope(c, q, p->n_heads, rc->pos[i]);
         rope(c, k, p->n_kv_heads, rc->pos[i]);
-        kv_store(rc->seqs[i], p->rank, l, rc->pos[i], k, v, p->kv_len);
+        kv_store(rc->seqs[i], p->rank, l, rc->pos[i], k, v, p->kv_len, hp->head_dim);
     }
     attention(rc, l);
     mm_input(rc, L, l, AMPR__MM_O, &L->wo, rc->att);

@@ -138,7 +138,10 @@ static ampr_status build_kv(ampr_ctx *c, ampr__tier *t, ampr__err *err) {
     int64_t kv_dim = (int64_t)hp->n_kv_heads * hp->head_dim;
     int64_t tokens = c->cfg.kv_arena_tokens;
     if (c->cfg.kv_arena_bytes > 0) {
-        int64_t per_token = 2 * (int64_t)hp->n_layers * kv_dim * (kv_dtype == AMPR__KV_F16 ? 2 : 4);
+        int64_t per_head = kv_dtype == AMPR__KV_F32 ? 4 * (int64_t)hp->head_dim
+                           : kv_dtype == AMPR__KV_F16 ? 2 * (int64_t)hp->head_dim
+                                                      : (int64_t)hp->head_dim + 4;
+        int64_t per_token = 2 * (int64_t)hp->n_layers * (int64_t)hp->n_kv_heads * per_head;
         tokens = c->cfg.kv_arena_bytes / per_token;
     }
     if (tokens <= 0) tokens = 4 * (int64_t)hp->context_length;
@@ -147,7 +150,7 @@ static ampr_status build_kv(ampr_ctx *c, ampr__tier *t, ampr__err *err) {
         return ampr__fail(err, AMPR_ERR_CONFIG,
                           "KV arena of %lld tokens gives %lld pages of %d tokens; need at least one",
                           (long long)tokens, (long long)pages, bs);
-    return ampr__kv_arena_new(hp->n_layers, (int32_t)kv_dim, bs, (int32_t)pages,
+    return ampr__kv_arena_new(hp->n_layers, (int32_t)kv_dim, hp->head_dim, bs, (int32_t)pages,
                               (ampr__kv_dtype)kv_dtype, t->tp, &t->kv, err);
 }
 

@@ -15,6 +15,7 @@ struct ampr__kv_arena {
     ampr__kv_dtype dtype;
     size_t elem;        /* bytes per element */
     size_t page_stride; /* bytes of one page of K (or V) for all layers */
+    size_t pos_bytes;   /* bytes of one position of one rank and layer */
     unsigned char *k, *v;
     pthread_mutex_t mu;
     pthread_cond_t freed; /* signalled when pages are released */
@@ -22,9 +23,9 @@ struct ampr__kv_arena {
     int32_t n_free;
 };
 
-ampr_status ampr__kv_arena_new(int32_t n_layers, int32_t kv_dim, int32_t block_size,
-                               int32_t n_pages, ampr__kv_dtype dtype, int32_t n_ranks,
-                               ampr__kv_arena **out, ampr__err *err) {
+ampr_status ampr__kv_arena_new(int32_t n_layers, int32_t kv_dim, int32_t head_dim,
+                               int32_t block_size, int32_t n_pages, ampr__kv_dtype dtype,
+                               int32_t n_ranks, ampr__kv_arena **out, ampr__err *err) {
     *out = NULL;
     if (n_layers <= 0 || kv_dim <= 0 || block_size <= 0 || n_pages <= 0)
         return ampr__fail(err, AMPR_ERR_CONFIG, "KV arena needs positive sizes (pages %d, block %d)",
@@ -32,9 +33,15 @@ ampr_status ampr__kv_arena_new(int32_t n_layers, int32_t kv_dim, int32_t block_s
     if (n_ranks <= 0 || kv_dim % n_ranks != 0)
         return ampr__fail(err, AMPR_ERR_CONFIG, "KV arena: %d ranks do not divide kv_dim %d",
                           n_ranks, kv_dim);
-    size_t elem = dtype == AMPR__KV_F16 ? 2 : 4;
+    if (head_dim <= 0 || (kv_dim / n_ranks) % head_dim != 0)
+        return ampr__fail(err, AMPR_ERR_CONFIG, "KV arena: head_dim %d does not divide %d",
+                          head_dim, kv_dim / n_ranks);
+    size_t elem = dtype == AMPR__KV_F32 ? 4 : dtype == AMPR__KV_F16 ? 2 : 1;
+    /* bytes per position and rank: the elements, then Q8's per-head scales */
+    size_t pos_bytes = (size_t)(kv_dim / n_ranks) * elem +
+                       (dtype == AMPR__KV_Q8 ? (size_t)(kv_dim / n_ranks / head_dim) * sizeof(float) : 0);
     uint64_t stride, total;
-    if (!ampr__mul_ok((uint64_t)n_layers * (uint64_t)block_size, (uint64_t)kv_dim * elem, &stride) ||
+    if (!ampr__mul_ok((uint64_t)n_layers * (uint64_t)block_size, (uint64_t)pos_bytes * (uint64_t)n_ranks, &stride) ||
         !ampr__mul_ok(stride, (uint64_t)n_pages, &total) || total > SIZE_MAX / 2)
         return ampr__fail(err, AMPR_ERR_CONFIG, "KV arena of %d pages is too large", n_pages);
     ampr__kv_arena *a = ampr__calloc(1, sizeof *a);
@@ -48,6 +55,7 @@ ampr_status ampr__kv_arena_new(int32_t n_layers, int32_t kv_dim, int32_t block_s
     a->page_stride = (size_t)stride;
     a->n_ranks = n_ranks;
     a->rank_dim = kv_dim / n_ranks;
+    a->pos_bytes = pos_bytes;
     a->rank_stride = (size_t)stride / (size_t)n_ranks;
     a->k = ampr__malloc((size_t)total);
     a->v = ampr__malloc((size_t)total);
@@ -84,6 +92,7 @@ int32_t ampr__kv_pages_total(const ampr__kv_arena *a) { return a->n_pages; }
 uint64_t ampr__kv_bytes(const ampr__kv_arena *a) { return 2 * (uint64_t)a->page_stride * (uint64_t)a->n_pages; }
 ampr__kv_dtype ampr__kv_dtype_of(const ampr__kv_arena *a) { return a->dtype; }
 size_t ampr__kv_elem_size(const ampr__kv_arena *a) { return a->elem; }
+size_t ampr__kv_pos_bytes(const ampr__kv_arena *a) { return a->pos_bytes; }
 int32_t ampr__kv_ranks(const ampr__kv_arena *a) { return a->n_ranks; }
 
 int32_t ampr__kv_pages_used(ampr__kv_arena *a) {
@@ -155,7 +164,7 @@ static inline size_t kv_offset(const ampr__kv_seq *seq, int32_t rank, int32_t l,
     int32_t page = seq->blocks[pos / a->block_size];
     int32_t slot = pos % a->block_size;
     return (size_t)page * a->page_stride + (size_t)rank * a->rank_stride +
-           ((size_t)l * (size_t)a->block_size + (size_t)slot) * (size_t)a->rank_dim * a->elem;
+           ((size_t)l * (size_t)a->block_size + (size_t)slot) * a->pos_bytes;
 }
 
 void *ampr__kv_k(const ampr__kv_seq *seq, int32_t rank, int32_t l, int32_t pos) {

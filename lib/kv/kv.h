@@ -23,7 +23,10 @@
 
 #include "../common/common.h"
 
-typedef enum ampr__kv_dtype { AMPR__KV_F32 = 0, AMPR__KV_F16 = 1 } ampr__kv_dtype;
+/* AMPR__KV_Q8: each head's vector at each position is int8 (absmax/127 per
+ * head, round to nearest even) followed, after the rank's whole slice, by the
+ * per-head fp32 scales: a position holds [kv_dim/n_ranks int8][heads fp32]. */
+typedef enum ampr__kv_dtype { AMPR__KV_F32 = 0, AMPR__KV_F16 = 1, AMPR__KV_Q8 = 2 } ampr__kv_dtype;
 
 typedef struct ampr__kv_arena ampr__kv_arena;
 
@@ -34,10 +37,13 @@ typedef struct ampr__kv_seq {
     int32_t n_tokens; /* positions whose K/V have been written */
 } ampr__kv_seq;
 
-/* n_ranks >= 1 must divide kv_dim. */
-ampr_status ampr__kv_arena_new(int32_t n_layers, int32_t kv_dim, int32_t block_size,
-                               int32_t n_pages, ampr__kv_dtype dtype, int32_t n_ranks,
-                               ampr__kv_arena **out, ampr__err *err);
+/* n_ranks >= 1 must divide kv_dim; head_dim must divide kv_dim / n_ranks. */
+ampr_status ampr__kv_arena_new(int32_t n_layers, int32_t kv_dim, int32_t head_dim,
+                               int32_t block_size, int32_t n_pages, ampr__kv_dtype dtype,
+                               int32_t n_ranks, ampr__kv_arena **out, ampr__err *err);
+/* Bytes of K (or V) per position and rank (the element data, plus the
+ * per-head scales for AMPR__KV_Q8). */
+size_t ampr__kv_pos_bytes(const ampr__kv_arena *a);
 void ampr__kv_arena_free(ampr__kv_arena *a);
 
 int32_t ampr__kv_block_size(const ampr__kv_arena *a);
