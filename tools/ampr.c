@@ -194,10 +194,16 @@ static int cmd_run(const opts *o) {
     } else if (!o->quiet) {
         static const char *const finish[] = {"length", "eos", "stop", "cancelled", "context", "error"};
         double decode_tps = res->n_tokens > 1 ? (double)(res->n_tokens - 1) / (res->decode_ms / 1e3) : 0;
+        char tiers[160];
+        if (res->escalated)
+            snprintf(tiers, sizeof tiers, "%s -> %s at token %d (%s)", ampr_tier_name(res->tier_first),
+                     ampr_tier_name(res->tier_final), res->escalation_token, res->escalation_reason);
+        else
+            snprintf(tiers, sizeof tiers, "%s", ampr_tier_name(res->tier_final));
         fprintf(stderr,
                 "ampr: tier %s | prompt %d tokens, %.1f ms (%.1f tok/s) | generated %zu tokens, "
                 "%.1f ms (%.1f tok/s) | finish %s\n",
-                ampr_tier_name(res->tier_final), res->n_prompt_tokens, res->prefill_ms,
+                tiers, res->n_prompt_tokens, res->prefill_ms,
                 res->n_prompt_tokens / (res->prefill_ms / 1e3), res->n_tokens, res->decode_ms,
                 decode_tps, finish[res->finish]);
     }
