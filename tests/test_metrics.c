@@ -27,23 +27,9 @@ static int setup(void **state) {
     (void)state;
     tmp_dir = tu_tmpdir("metrics");
     if (!tmp_dir) return -1;
-    snprintf(model_path, sizeof model_path, "%s/rand.gguf", tmp_dir);
-    ampr__hparams hp = {0};
-    hp.dim = 64;
-    hp.hidden_dim = 128;
-    hp.n_layers = 2;
-    hp.n_heads = 4;
-    hp.n_kv_heads = 2;
-    hp.head_dim = 16;
-    hp.vocab_size = 320;
-    hp.context_length = 64;
-    hp.norm_eps = 1e-5f;
-    hp.rope_theta = 10000.0f;
-    ampr__err err = {0};
-    if (ampr__model_write_random(model_path, "gguf", &hp, AMPR__DT_F32, 1, 42, &err) != AMPR_OK) {
-        fprintf(stderr, "write_random: %s\n", err.msg);
-        return -1;
-    }
+    const char *path = tu_small_model(tmp_dir, 64, 42);
+    if (!path) return -1;
+    snprintf(model_path, sizeof model_path, "%s", path);
     return 0;
 }
 

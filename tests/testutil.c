@@ -1,6 +1,8 @@
 /* testutil.c -- see testutil.h. */
 #include "testutil.h"
 
+#include "model/model.h"
+
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,4 +66,26 @@ void tu_rmtree(const char *path) {
         closedir(d);
     }
     rmdir(path);
+}
+
+const char *tu_small_model(const char *dir, int context_length, uint64_t seed) {
+    static char path[4096];
+    snprintf(path, sizeof path, "%s/rand.gguf", dir);
+    ampr__hparams hp = {0};
+    hp.dim = 64;
+    hp.hidden_dim = 128;
+    hp.n_layers = 2;
+    hp.n_heads = 4;
+    hp.n_kv_heads = 2;
+    hp.head_dim = 16;
+    hp.vocab_size = 320;
+    hp.context_length = context_length;
+    hp.norm_eps = 1e-5f;
+    hp.rope_theta = 10000.0f;
+    ampr__err err = {0};
+    if (ampr__model_write_random(path, "gguf", &hp, AMPR__DT_F32, 1, seed, &err) != AMPR_OK) {
+        fprintf(stderr, "write_random: %s\n", err.msg);
+        return NULL;
+    }
+    return path;
 }

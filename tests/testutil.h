@@ -30,4 +30,10 @@ int tu_write_file(const char *path, const void *data, size_t len);
 /* Remove a directory tree (best effort). */
 void tu_rmtree(const char *path);
 
+/* The small random test model most tests share: dim 64, hidden 128, 2
+ * layers, 4 heads / 2 KV heads (GQA), head_dim 16, vocab 320, F32 weights,
+ * written as GGUF to dir/rand.gguf (path returned in a static buffer) with
+ * the given context length and seed; NULL on failure (reason on stderr). */
+const char *tu_small_model(const char *dir, int context_length, uint64_t seed);
+
 #endif
