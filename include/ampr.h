@@ -296,10 +296,15 @@ AMPR_API ampr_status ampr_route(ampr_ctx *ctx, const char *prompt, size_t len,
 
 /* ---- generation --------------------------------------------------------- */
 
-/* Called once per generated token with its text piece (borrowed; may be empty
- * while a UTF-8 character is incomplete; never splits a character). Return 0
- * to go on, nonzero to cancel: generation stops, and ampr_generate() returns
- * AMPR_ERR_CANCELLED with the result so far. */
+/* Called once per generated token with the text that became final (borrowed,
+ * valid during the call only). The piece never splits a UTF-8 character and
+ * may be empty: while a character is incomplete, or while the text could
+ * still turn into one of the stop strings (which are never streamed). After
+ * the last token, held-back text is delivered in one more call with token_id
+ * -1. The concatenated pieces equal ampr_result.text. Text already delivered
+ * is never retracted, also when the request escalates to another tier.
+ * Return 0 to go on, nonzero to cancel: generation stops, and
+ * ampr_generate() returns AMPR_ERR_CANCELLED with the result so far. */
 typedef int (*ampr_token_fn)(void *user, const char *piece, size_t len,
                              int32_t token_id);
 
