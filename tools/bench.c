@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "ampr.h"
+#include "backend/backend.h"
 #include "engine.h"
 #include "calib/calib.h"
 #include "generate.h"
@@ -90,12 +91,12 @@ static int bench_tier(ampr_ctx *c, ampr__tier *t, int n_prompt, int n_gen, doubl
         int ok = 1;
         for (int i = 0; i < n_prompt && ok; i += chunk) {
             int k = n_prompt - i < chunk ? n_prompt - i : chunk;
-            ok = ampr__forward(c, t, &seq, toks + i, k, 1, &s, &err) == AMPR_OK;
+            ok = ampr__backend_forward(c, t, &seq, toks + i, k, 1, &s, &err) == AMPR_OK;
         }
         double t1 = ampr__now_ms();
         for (int i = 0; i < n_gen && ok; i++) {
             int32_t next = ampr__argmax(s.logits, c->hp.vocab_size);
-            ok = ampr__forward(c, t, &seq, &next, 1, 1, &s, &err) == AMPR_OK;
+            ok = ampr__backend_forward(c, t, &seq, &next, 1, 1, &s, &err) == AMPR_OK;
         }
         double t2 = ampr__now_ms();
         if (ok) {

@@ -444,7 +444,7 @@ static void check_kv_attention(void) {
         }
         void *dk = dev_put(kb.data(), kb.size()), *dv = dev_put(vb.data(), vb.size());
         ampr__cuda_kv_view kv = {dk, dv, f16 ? AMPR__CUDA_F16 : AMPR__CUDA_F32, n_layers, bs,
-                                 kv_dim, layer, dblk};
+                                 kv_dim, layer, dblk, NULL, 0};
         auto off = [&](int32_t p) {
             return (((size_t)blocks[(size_t)(p / bs)] * n_layers + layer) * bs + p % bs) * kv_dim;
         };
