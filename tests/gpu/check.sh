@@ -134,7 +134,7 @@ rc=0
 [ "$e2e" = 1 ] || exit "$rc"
 
 AMPR=""
-if wait "$make_pid"; then
+if wait "$make_pid" && "$OUT/lib/ampr" version >/dev/null 2>&1; then
     AMPR="$OUT/lib/ampr"
     echo "check.sh: built $AMPR"
 else
@@ -172,8 +172,8 @@ done
 
 if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
     echo
-    echo "== ampr bench --shape 1b --device cuda (timeout 300 s) =="
-    timeout 300 "$AMPR" bench --shape 1b --device cuda --tiers fp16,int8,nf4 --prompt 128 --gen 32 \
+    echo "== ampr bench --shape 1b --device cuda (timeout 200 s) =="
+    timeout 200 "$AMPR" bench --shape 1b --device cuda --tiers fp16,int8,nf4 --prompt 128 --gen 32 \
         --concurrent 4 || echo "bench: exit $? (not a failure of the check)"
 fi
 [ "$e2e_fail" = 0 ] || rc=1
