@@ -15,10 +15,13 @@
  * Layouts mirror lib/quant and lib/kv bit for bit:
  *   F16   IEEE half, row-major [rows][cols]
  *   INT8  int8 row-major [rows][cols], one fp32 scale per row; activations are
- *         quantized per token: s = absmax/127, q = roundf(x * (1/s)) clamped to
- *         [-127,127] (q = 0 when absmax = 0); y = ((float)acc * wscale[r]) * s
- *   NF4   bitsandbytes NF4, blocks of 64 along the flattened row-major matrix,
- *         one fp32 absmax per block, first element in the high nibble
+ *         quantized per token exactly as the CPU (quant.h): inv = absmax > 0 ?
+ *         127/absmax : 0, q = clamp(round-half-even(x * inv), -127, 127),
+ *         s = absmax/127; y = ((float)acc * wscale[r]) * s (int32 acc, exact)
+ *   NF4   bitsandbytes NF4, blocks of 64 along the flattened row-major matrix
+ *         (any shape: blocks span rows when cols % 64 != 0, element e = r*cols+c
+ *         is byte e/2, high nibble when e is even, absmax[e/64]); NF4_DQ is
+ *         uploaded as NF4 with its absmax decoded on the host
  *   KV    K and V each [n_pages][n_layers][block_size][kv_dim], f32 or f16;
  *         position p of a sequence lives in page blocks[p / block_size]
  *
@@ -82,13 +85,13 @@ ampr_status ampr__cuda_memset(ampr__cuda *c, void *dst, int value, size_t bytes,
 typedef struct ampr__cuda_mat {
     ampr__qtype type;     /* AMPR__Q_F16, AMPR__Q_INT8 or AMPR__Q_NF4 */
     int64_t rows, cols;
-    void *data;           /* F16: half[rows*cols]; INT8: int8[rows*cols]; NF4: uint8[rows*cols/2] */
+    void *data;           /* F16: half[rows*cols]; INT8: int8[rows*cols]; NF4: uint8[ceil(rows*cols/2)] */
     float *scales;        /* INT8: [rows]; NF4: [ceil(rows*cols/64)]; F16: NULL */
 } ampr__cuda_mat;
 
-/* Copy a CPU matrix (lib/quant layout) to the device. Requirements:
- * F16 any shape; INT8 cols % 4 == 0 and rows % 4 == 0 (cuBLASLt IMMA);
- * NF4 cols % 32 == 0 (one absmax per 16-byte load). Else AMPR_ERR_UNSUPPORTED. */
+/* Copy a CPU matrix (lib/quant layout) to the device: F16, INT8, NF4 and
+ * NF4_DQ, any shape (odd shapes use the simple kernel; the fast GEMV needs
+ * cols % 8 / 16 / 32, cuBLASLt rows and cols % 64). Else AMPR_ERR_UNSUPPORTED. */
 ampr_status ampr__cuda_mat_upload(ampr__cuda *c, const ampr__qmat *src, ampr__cuda_mat *dst,
                                   ampr__err *err);
 void ampr__cuda_mat_free(ampr__cuda *c, ampr__cuda_mat *m); /* NULL-safe, zeroes m */
@@ -142,6 +145,10 @@ typedef struct ampr__cuda_kv_view {
     int32_t n_layers, block_size, kv_dim;
     int32_t layer;
     const int32_t *d_blocks;   /* block table (device) */
+    /* Several sequences at once: when d_row_seq is set, token/query row i
+     * uses row d_row_seq[i] of d_blocks, a [seqs][blocks_stride] table. */
+    const int32_t *d_row_seq;  /* device [n] or NULL (one table for all rows) */
+    int32_t blocks_stride;
 } ampr__cuda_kv_view;
 
 /* Store n rows of k and v (row stride ld, kv_dim values each) at positions
@@ -217,6 +224,44 @@ int32_t *ampr__cuda_seq_argmax(const ampr__cuda_seq *s);       /* device */
  * ampr__cuda_decode_set() puts a token and position in place. */
 ampr_status ampr__cuda_decode_set(ampr__cuda_seq *s, int32_t token, int32_t pos, ampr__err *err);
 ampr_status ampr__cuda_decode(ampr__cuda_seq *s, int greedy, int use_graph, ampr__err *err);
+
+/* ---- paged passes for the engine (lib/backend) ------------------------------
+ * The engine keeps its page accounting in the CPU arena (lib/kv: free list,
+ * block tables, AMPR_ERR_KV_FULL); each tier owns a device page pool indexed
+ * by the same page ids, and every pass uploads the block tables it needs. */
+
+typedef struct ampr__cuda_kvpool ampr__cuda_kvpool;
+/* K and V each [n_pages][n_layers][block_size][kv_dim] of dtype, zeroed. */
+ampr_status ampr__cuda_kvpool_new(ampr__cuda *c, int32_t n_layers, int32_t kv_dim,
+                                  int32_t block_size, int32_t n_pages, ampr__cuda_dtype dtype,
+                                  ampr__cuda_kvpool **out, ampr__err *err);
+void ampr__cuda_kvpool_free(ampr__cuda_kvpool *p); /* NULL-safe */
+uint64_t ampr__cuda_kvpool_bytes(const ampr__cuda_kvpool *p);
+
+/* SmoothQuant: divide the input of matmul mm (0 wqkv, 1 wo, 2 w_gu, 3 w_down)
+ * of layer `layer` by s[0..len) before the matmul (host array, copied). */
+ampr_status ampr__cuda_model_set_smooth(ampr__cuda_model *m, int32_t layer, int mm,
+                                        const float *s, int32_t len, ampr__err *err);
+
+/* Activation buffers for paged passes, grown on demand; one per context,
+ * used under the caller's lock. */
+typedef struct ampr__cuda_work ampr__cuda_work;
+ampr_status ampr__cuda_work_new(ampr__cuda *c, const ampr__cuda_hparams *hp,
+                                ampr__cuda_work **out, ampr__err *err);
+void ampr__cuda_work_free(ampr__cuda_work *w); /* NULL-safe */
+
+/* One pass over n tokens (host arrays): token i is tokens[i] at position
+ * pos[i] of sequence row_seq[i] (row_seq NULL: all of sequence 0), whose
+ * block table is blocks[row_seq[i] * stride .. + stride) (host, n_seqs rows;
+ * every position a token attends to must be covered). Every K/V is stored
+ * before any attention, so a sequence's later tokens see its earlier ones.
+ * The logits of the last n_logits tokens go to logits (host,
+ * [n_logits][vocab]); returns after the device finished. */
+ampr_status ampr__cuda_forward_paged(ampr__cuda_model *m, ampr__cuda_kvpool *kv,
+                                     ampr__cuda_work *w, const int32_t *tokens,
+                                     const int32_t *pos, const int32_t *row_seq, int32_t n,
+                                     const int32_t *blocks, int32_t n_seqs, int32_t stride,
+                                     int32_t n_logits, float *logits, ampr__err *err);
 
 /* ---- tensor parallelism (NCCL) ---------------------------------------------- */
 

@@ -176,31 +176,28 @@ static ampr_status mat_upload(ampr__cuda *c, const ampr__qmat *src, ampr__cuda_m
         data_bytes = (size_t)n * 2;
         break;
     case AMPR__Q_INT8:
-        if (src->cols % 4 || src->rows % 4)
-            return ampr__fail(err, AMPR_ERR_UNSUPPORTED,
-                              "INT8 matrix %lldx%lld: CUDA needs rows and cols multiples of 4",
-                              (long long)src->rows, (long long)src->cols);
         data_bytes = (size_t)n;
         n_scales = (size_t)src->rows;
         break;
     case AMPR__Q_NF4:
-        if (src->cols % 32)
-            return ampr__fail(err, AMPR_ERR_UNSUPPORTED,
-                              "NF4 matrix %lldx%lld: CUDA needs cols a multiple of 32",
-                              (long long)src->rows, (long long)src->cols);
-        data_bytes = (size_t)n / 2;
+    case AMPR__Q_NF4_DQ:
+        /* any shape: blocks of 64 run over the flattened matrix (quant.h) */
+        data_bytes = (size_t)((n + 1) / 2);
         n_scales = (size_t)((n + 63) / 64);
         break;
     default:
         return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "weight format %d has no CUDA kernels",
                           (int)src->type);
     }
-    if (src->data_bytes < data_bytes || src->n_scales < n_scales || (n_scales && !src->scales))
+    int dq = src->type == AMPR__Q_NF4_DQ;
+    if (src->data_bytes < data_bytes || (!dq && (src->n_scales < n_scales || (n_scales && !src->scales))))
         return ampr__fail(err, AMPR_ERR_INVALID_ARG,
                           "matrix %lldx%lld holds %zu bytes and %zu scales, expected %zu and %zu",
                           (long long)src->rows, (long long)src->cols, src->data_bytes,
                           src->n_scales, data_bytes, n_scales);
-    d->type = src->type;
+    if (dq && (!src->extra || src->extra_bytes < sizeof(ampr__nf4dq_header)))
+        return ampr__fail(err, AMPR_ERR_INVALID_ARG, "NF4_DQ matrix without its absmax codes");
+    d->type = dq ? AMPR__Q_NF4 : src->type; /* NF4_DQ runs as NF4: absmax decoded below */
     d->rows = src->rows;
     d->cols = src->cols;
     AMPR__TRY(ampr__cuda_alloc(c, data_bytes, &d->data, err));
@@ -209,7 +206,16 @@ static ampr_status mat_upload(ampr__cuda *c, const ampr__qmat *src, ampr__cuda_m
         void *s = NULL;
         AMPR__TRY(ampr__cuda_alloc(c, n_scales * sizeof(float), &s, err));
         d->scales = (float *)s;
-        AMPR__TRY(ampr__cuda_upload(c, d->scales, src->scales, n_scales * sizeof(float), err));
+        if (dq) {
+            float *host = (float *)ampr__alloc_array(n_scales, sizeof(float), err);
+            if (!host) return AMPR_ERR_NOMEM;
+            for (size_t b = 0; b < n_scales; b++) host[b] = ampr__nf4_block_absmax(src, (int64_t)b);
+            ampr_status st = ampr__cuda_upload(c, d->scales, host, n_scales * sizeof(float), err);
+            ampr__free(host);
+            AMPR__TRY(st);
+        } else {
+            AMPR__TRY(ampr__cuda_upload(c, d->scales, src->scales, n_scales * sizeof(float), err));
+        }
     }
     return AMPR_OK;
 }

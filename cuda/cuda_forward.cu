@@ -23,6 +23,7 @@ struct ampr__cuda_model {
     ampr__cuda_mat *layers;      /* n_layers * 4: wqkv, wo, w_gu, w_down */
     float *norms;                /* [L][dim] attn, [L][dim] ffn, [dim] final */
     float *rope_cos, *rope_sin;  /* [context][head_dim/2] */
+    float **smooth;              /* [n_layers*4] SmoothQuant 1/s divisors (device) or NULL */
     uint64_t bytes;
 };
 
@@ -46,7 +47,7 @@ static uint64_t mat_bytes(const ampr__cuda_mat *m) {
     switch (m->type) {
     case AMPR__Q_F16: return 2 * n;
     case AMPR__Q_INT8: return n + 4 * (uint64_t)m->rows;
-    default: return n / 2 + 4 * ((n + 63) / 64);
+    default: return (n + 1) / 2 + 4 * ((n + 63) / 64);
     }
 }
 
@@ -145,6 +146,9 @@ void ampr__cuda_model_free(ampr__cuda_model *m) {
     ampr__cuda_free(c, m->norms);
     ampr__cuda_free(c, m->rope_cos);
     ampr__cuda_free(c, m->rope_sin);
+    if (m->smooth)
+        for (size_t i = 0; i < 4 * (size_t)m->hp.n_layers; i++) ampr__cuda_free(c, m->smooth[i]);
+    ampr__free(m->smooth);
     ampr__free(m);
 }
 
@@ -258,7 +262,7 @@ static ampr_status run(ampr__cuda_seq *s, int32_t n, int all_logits, ampr__err *
         const float *attn_norm = m->norms + (size_t)l * dim;
         const float *ffn_norm = m->norms + ((size_t)hp->n_layers + l) * dim;
         ampr__cuda_kv_view kv = {s->kc, s->vc, s->kv_dtype, hp->n_layers, s->block_size, kv_dim,
-                                 l, s->blocks};
+                                 l, s->blocks, NULL, 0};
         AMPR__TRY(ampr__cuda_rmsnorm(c, s->x, attn_norm, s->xb, n, dim, hp->norm_eps, err));
         AMPR__TRY(ampr__cuda_matmul(c, &L[0], s->xb, n, s->qkv, qkv_dim, err));
         AMPR__TRY(ampr__cuda_rope(c, s->qkv, qkv_dim, n, hp->n_heads, hd, s->pos, m->rope_cos,
@@ -363,4 +367,243 @@ ampr_status ampr__cuda_decode(ampr__cuda_seq *s, int greedy, int use_graph, ampr
     if (!s->exec || s->graph_greedy != greedy) AMPR__TRY(capture(s, greedy, err));
     AMPR__CU(err, cudaGraphLaunch(s->exec, s->m->c->stream));
     return AMPR_OK;
+}
+
+/* ---- paged passes over a tier's KV page pool (the engine's backend) -------- */
+
+struct ampr__cuda_kvpool {
+    ampr__cuda *c;
+    void *k, *v;                 /* [n_pages][n_layers][block_size][kv_dim] */
+    int32_t n_pages, block_size, n_layers, kv_dim;
+    ampr__cuda_dtype dtype;
+    uint64_t bytes;
+};
+
+ampr_status ampr__cuda_kvpool_new(ampr__cuda *c, int32_t n_layers, int32_t kv_dim,
+                                  int32_t block_size, int32_t n_pages, ampr__cuda_dtype dtype,
+                                  ampr__cuda_kvpool **out, ampr__err *err) {
+    *out = NULL;
+    if (n_layers <= 0 || kv_dim <= 0 || block_size <= 0 || n_pages <= 0)
+        return ampr__fail(err, AMPR_ERR_INVALID_ARG, "CUDA KV pool: bad sizes");
+    ampr__cuda_kvpool *p = (ampr__cuda_kvpool *)ampr__calloc(1, sizeof *p);
+    if (!p) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for a CUDA KV pool");
+    p->c = c;
+    p->n_pages = n_pages;
+    p->block_size = block_size;
+    p->n_layers = n_layers;
+    p->kv_dim = kv_dim;
+    p->dtype = dtype;
+    size_t elems = (size_t)n_pages * (size_t)n_layers * (size_t)block_size * (size_t)kv_dim;
+    size_t bytes = elems * (dtype == AMPR__CUDA_F16 ? 2 : 4);
+    p->bytes = 2 * (uint64_t)bytes;
+    ampr_status st = seq_alloc(c, bytes, &p->k, err);
+    if (st == AMPR_OK) st = seq_alloc(c, bytes, &p->v, err);
+    if (st != AMPR_OK) {
+        ampr__cuda_kvpool_free(p);
+        return st;
+    }
+    *out = p;
+    return AMPR_OK;
+}
+
+void ampr__cuda_kvpool_free(ampr__cuda_kvpool *p) {
+    if (!p) return;
+    if (p->c->stream) cudaStreamSynchronize(p->c->stream);
+    ampr__cuda_free(p->c, p->k);
+    ampr__cuda_free(p->c, p->v);
+    ampr__free(p);
+}
+
+uint64_t ampr__cuda_kvpool_bytes(const ampr__cuda_kvpool *p) { return p ? p->bytes : 0; }
+
+ampr_status ampr__cuda_model_set_smooth(ampr__cuda_model *m, int32_t layer, int mm,
+                                        const float *s, int32_t len, ampr__err *err) {
+    if (layer < 0 || layer >= m->hp.n_layers || mm < 0 || mm > 3 || !s || len <= 0)
+        return ampr__fail(err, AMPR_ERR_INVALID_ARG, "CUDA smooth factors: bad arguments");
+    if (!m->smooth) {
+        m->smooth = (float **)ampr__calloc(4 * (size_t)m->hp.n_layers, sizeof(float *));
+        if (!m->smooth) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for smooth factors");
+    }
+    float **slot = &m->smooth[4 * (size_t)layer + (size_t)mm];
+    ampr__cuda_free(m->c, *slot);
+    *slot = NULL;
+    return upload_f32(m->c, s, (size_t)len, slot, err);
+}
+
+/* x[i][c] /= s[c] (IEEE division, as ampr__smooth_act) */
+__global__ void div_cols_kernel(float *x, const float *__restrict__ s, size_t total, int32_t cols) {
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (size_t)gridDim.x * blockDim.x)
+        x[e] = __fdiv_rn(x[e], s[e % (size_t)cols]);
+}
+
+struct ampr__cuda_work {
+    ampr__cuda *c;
+    ampr__cuda_hparams hp;
+    int32_t cap_tokens, cap_logits, cap_blocks; /* capacities of the buffers below */
+    float *x, *xb, *qkv, *att, *hb, *hb2;     /* [cap_tokens][...] */
+    float *logits;                            /* [cap_logits][vocab] */
+    int32_t *tokens, *pos, *row_seq;          /* [cap_tokens] */
+    int32_t *blocks;                          /* [cap_blocks] */
+};
+
+ampr_status ampr__cuda_work_new(ampr__cuda *c, const ampr__cuda_hparams *hp,
+                                ampr__cuda_work **out, ampr__err *err) {
+    *out = NULL;
+    ampr__cuda_work *w = (ampr__cuda_work *)ampr__calloc(1, sizeof *w);
+    if (!w) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for CUDA work buffers");
+    w->c = c;
+    w->hp = *hp;
+    *out = w;
+    return AMPR_OK;
+}
+
+static void work_release(ampr__cuda_work *w) {
+    void *bufs[] = {w->x, w->xb, w->qkv, w->att, w->hb, w->hb2, w->tokens, w->pos, w->row_seq};
+    for (size_t i = 0; i < AMPR__ARRAY_LEN(bufs); i++) ampr__cuda_free(w->c, bufs[i]);
+    w->x = w->xb = w->qkv = w->att = w->hb = w->hb2 = NULL;
+    w->tokens = w->pos = w->row_seq = NULL;
+    w->cap_tokens = 0;
+}
+
+void ampr__cuda_work_free(ampr__cuda_work *w) {
+    if (!w) return;
+    if (w->c->stream) cudaStreamSynchronize(w->c->stream);
+    work_release(w);
+    ampr__cuda_free(w->c, w->logits);
+    ampr__cuda_free(w->c, w->blocks);
+    ampr__free(w);
+}
+
+/* Grow the buffers to hold n tokens, n_logits logits rows and n_blocks table
+ * entries (rounded up, so growth is rare). */
+static ampr_status work_reserve(ampr__cuda_work *w, int32_t n, int32_t n_logits, int32_t n_blocks,
+                                ampr__err *err) {
+    const ampr__cuda_hparams *hp = &w->hp;
+    ampr__cuda *c = w->c;
+    if (n > w->cap_tokens) {
+        AMPR__CU(err, cudaStreamSynchronize(c->stream));
+        work_release(w);
+        size_t cap = (size_t)AMPR__MAX(n, 32);
+        size_t q_dim = (size_t)hp->n_heads * hp->head_dim, kv_dim = (size_t)hp->n_kv_heads * hp->head_dim;
+        AMPR__TRY(seq_alloc(c, cap * hp->dim * 4, &w->x, err));
+        AMPR__TRY(seq_alloc(c, cap * hp->dim * 4, &w->xb, err));
+        AMPR__TRY(seq_alloc(c, cap * (q_dim + 2 * kv_dim) * 4, &w->qkv, err));
+        AMPR__TRY(seq_alloc(c, cap * q_dim * 4, &w->att, err));
+        AMPR__TRY(seq_alloc(c, cap * 2 * (size_t)hp->hidden_dim * 4, &w->hb, err));
+        AMPR__TRY(seq_alloc(c, cap * (size_t)hp->hidden_dim * 4, &w->hb2, err));
+        AMPR__TRY(seq_alloc(c, cap * 4, &w->tokens, err));
+        AMPR__TRY(seq_alloc(c, cap * 4, &w->pos, err));
+        AMPR__TRY(seq_alloc(c, cap * 4, &w->row_seq, err));
+        w->cap_tokens = (int32_t)cap;
+    }
+    if (n_logits > w->cap_logits) {
+        AMPR__CU(err, cudaStreamSynchronize(c->stream));
+        ampr__cuda_free(c, w->logits);
+        w->logits = NULL;
+        w->cap_logits = 0;
+        int32_t cap = AMPR__MAX(n_logits, 32);
+        AMPR__TRY(seq_alloc(c, (size_t)cap * (size_t)hp->vocab_size * 4, &w->logits, err));
+        w->cap_logits = cap;
+    }
+    if (n_blocks > w->cap_blocks) {
+        AMPR__CU(err, cudaStreamSynchronize(c->stream));
+        ampr__cuda_free(c, w->blocks);
+        w->blocks = NULL;
+        w->cap_blocks = 0;
+        int32_t cap = AMPR__MAX(n_blocks, 1024);
+        AMPR__TRY(seq_alloc(c, (size_t)cap * 4, &w->blocks, err));
+        w->cap_blocks = cap;
+    }
+    return AMPR_OK;
+}
+
+static ampr_status smooth_div(ampr__cuda_model *m, int32_t l, int mm, float *x, int32_t n,
+                              int32_t cols, ampr__err *err) {
+    const float *s = m->smooth ? m->smooth[4 * (size_t)l + (size_t)mm] : NULL;
+    if (!s) return AMPR_OK;
+    size_t total = (size_t)n * (size_t)cols;
+    size_t g = (total + 255) / 256;
+    if (g > 65535u * 8u) g = 65535u * 8u;
+    div_cols_kernel<<<(unsigned)(g ? g : 1), 256, 0, m->c->stream>>>(x, s, total, cols);
+    AMPR__CU_LAUNCHED(err, "div_cols");
+    return AMPR_OK;
+}
+
+ampr_status ampr__cuda_forward_paged(ampr__cuda_model *m, ampr__cuda_kvpool *kv,
+                                     ampr__cuda_work *w, const int32_t *tokens,
+                                     const int32_t *pos, const int32_t *row_seq, int32_t n,
+                                     const int32_t *blocks, int32_t n_seqs, int32_t stride,
+                                     int32_t n_logits, float *logits, ampr__err *err) {
+    const ampr__cuda_hparams *hp = &m->hp;
+    ampr__cuda *c = m->c;
+    if (n <= 0 || n_logits < 1 || n_logits > n || n_seqs < 1 || stride < 1)
+        return ampr__fail(err, AMPR_ERR_INTERNAL, "CUDA paged forward: %d tokens, %d logits, %d seqs",
+                          n, n_logits, n_seqs);
+    if (kv->n_layers != hp->n_layers || kv->kv_dim != hp->n_kv_heads * hp->head_dim)
+        return ampr__fail(err, AMPR_ERR_INTERNAL, "CUDA KV pool does not fit the model");
+    for (int32_t i = 0; i < n; i++) {
+        int32_t sq = row_seq ? row_seq[i] : 0;
+        if (tokens[i] < 0 || tokens[i] >= hp->vocab_size)
+            return ampr__fail(err, AMPR_ERR_INVALID_ARG, "token id %d out of range [0, %d)",
+                              tokens[i], hp->vocab_size);
+        if (sq < 0 || sq >= n_seqs || pos[i] < 0 || pos[i] >= hp->context_length ||
+            pos[i] / kv->block_size >= stride)
+            return ampr__fail(err, AMPR_ERR_INTERNAL, "CUDA paged forward: row %d (seq %d, pos %d)",
+                              i, sq, pos[i]);
+    }
+    size_t n_blk = (size_t)n_seqs * (size_t)stride;
+    for (size_t b = 0; b < n_blk; b++)
+        if (blocks[b] < -1 || blocks[b] >= kv->n_pages)
+            return ampr__fail(err, AMPR_ERR_INTERNAL, "page id %d out of range [0, %d)", blocks[b],
+                              kv->n_pages);
+    if (n_blk > (size_t)INT32_MAX) return ampr__fail(err, AMPR_ERR_INTERNAL, "block table too large");
+    AMPR__TRY(work_reserve(w, n, n_logits, (int32_t)n_blk, err));
+    AMPR__TRY(ampr__cuda_upload(c, w->tokens, tokens, (size_t)n * 4, err));
+    AMPR__TRY(ampr__cuda_upload(c, w->pos, pos, (size_t)n * 4, err));
+    if (row_seq) AMPR__TRY(ampr__cuda_upload(c, w->row_seq, row_seq, (size_t)n * 4, err));
+    AMPR__TRY(ampr__cuda_upload(c, w->blocks, blocks, n_blk * 4, err));
+
+    int32_t dim = hp->dim, hd = hp->head_dim, hidden = hp->hidden_dim;
+    int32_t q_dim = hp->n_heads * hd, kv_dim = hp->n_kv_heads * hd, qkv_dim = q_dim + 2 * kv_dim;
+    int64_t nd = (int64_t)n * dim;
+    AMPR__TRY(ampr__cuda_embed(c, &m->embd, w->tokens, n, w->x, AMPR__CUDA_F32, err));
+    for (int32_t l = 0; l < hp->n_layers; l++) {
+        const ampr__cuda_mat *L = m->layers + 4 * (size_t)l;
+        const float *attn_norm = m->norms + (size_t)l * dim;
+        const float *ffn_norm = m->norms + ((size_t)hp->n_layers + l) * dim;
+        ampr__cuda_kv_view view = {kv->k, kv->v, kv->dtype, hp->n_layers, kv->block_size, kv_dim,
+                                   l, w->blocks, row_seq ? w->row_seq : NULL, stride};
+        AMPR__TRY(ampr__cuda_rmsnorm(c, w->x, attn_norm, w->xb, n, dim, hp->norm_eps, err));
+        AMPR__TRY(smooth_div(m, l, 0, w->xb, n, dim, err));
+        AMPR__TRY(ampr__cuda_matmul(c, &L[0], w->xb, n, w->qkv, qkv_dim, err));
+        AMPR__TRY(ampr__cuda_rope(c, w->qkv, qkv_dim, n, hp->n_heads, hd, w->pos, m->rope_cos,
+                                  m->rope_sin, hp->rope_interleaved, err));
+        AMPR__TRY(ampr__cuda_rope(c, w->qkv + q_dim, qkv_dim, n, hp->n_kv_heads, hd, w->pos,
+                                  m->rope_cos, m->rope_sin, hp->rope_interleaved, err));
+        AMPR__TRY(ampr__cuda_kv_store(c, &view, w->qkv + q_dim, w->qkv + q_dim + kv_dim, qkv_dim,
+                                      n, w->pos, err));
+        AMPR__TRY(ampr__cuda_attention(c, &view, w->qkv, qkv_dim, n, w->pos, hp->n_heads,
+                                       hp->n_kv_heads, hd, w->att, err));
+        AMPR__TRY(smooth_div(m, l, 1, w->att, n, q_dim, err));
+        AMPR__TRY(ampr__cuda_matmul(c, &L[1], w->att, n, w->xb, dim, err));
+        AMPR__TRY(ampr__cuda_add(c, w->x, w->xb, nd, err));
+        AMPR__TRY(ampr__cuda_rmsnorm(c, w->x, ffn_norm, w->xb, n, dim, hp->norm_eps, err));
+        AMPR__TRY(smooth_div(m, l, 2, w->xb, n, dim, err));
+        AMPR__TRY(ampr__cuda_matmul(c, &L[2], w->xb, n, w->hb, 2 * (int64_t)hidden, err));
+        AMPR__TRY(ampr__cuda_swiglu(c, w->hb, w->hb2, n, hidden, err));
+        AMPR__TRY(smooth_div(m, l, 3, w->hb2, n, hidden, err));
+        AMPR__TRY(ampr__cuda_matmul(c, &L[3], w->hb2, n, w->xb, dim, err));
+        AMPR__TRY(ampr__cuda_add(c, w->x, w->xb, nd, err));
+    }
+    int32_t first = n - n_logits;
+    const float *final_norm = m->norms + 2 * (size_t)hp->n_layers * dim;
+    AMPR__TRY(ampr__cuda_rmsnorm(c, w->x + (size_t)first * dim, final_norm, w->xb, n_logits, dim,
+                                 hp->norm_eps, err));
+    const ampr__cuda_mat *out = m->tied ? &m->embd : &m->output;
+    AMPR__TRY(ampr__cuda_matmul(c, out, w->xb, n_logits, w->logits, hp->vocab_size, err));
+    /* download waits for the stream and reports asynchronous faults */
+    AMPR__TRY(ampr__cuda_download(c, logits, w->logits,
+                                  (size_t)n_logits * (size_t)hp->vocab_size * sizeof(float), err));
+    return ampr__cuda_sync(c, err);
 }

@@ -33,7 +33,9 @@ __constant__ float k_nf4[16] = {
 
 /* ---- small kernels ------------------------------------------------------- */
 
-/* One block per token: s = absmax/127; q = roundf(x * (1/s)) in [-127,127]. */
+/* One block per token, the CPU rule (lib/quant/quant.h) bit for bit:
+ * inv = absmax > 0 ? 127/absmax : 0; q = clamp(rint_even(x * inv), -127, 127);
+ * s = absmax / 127. */
 __global__ void quant_act_kernel(const float *__restrict__ x, int32_t cols, int8_t *__restrict__ q,
                                  float *__restrict__ s) {
     __shared__ float red[32];
@@ -50,15 +52,15 @@ __global__ void quant_act_kernel(const float *__restrict__ x, int32_t cols, int8
         if (threadIdx.x == 0) red[0] = m;
     }
     __syncthreads();
-    float scale = red[0] / 127.0f;
-    float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    float absmax = red[0];
+    float inv = absmax > 0.0f ? __fdiv_rn(127.0f, absmax) : 0.0f;
     int8_t *qr = q + (size_t)blockIdx.x * cols;
     for (int32_t c = threadIdx.x; c < cols; c += blockDim.x) {
-        float v = roundf(xr[c] * inv);
-        v = fminf(fmaxf(v, -127.0f), 127.0f);
+        int v = __float2int_rn(__fmul_rn(xr[c], inv)); /* round half to even */
+        v = v < -127 ? -127 : v > 127 ? 127 : v;
         qr[c] = (int8_t)v;
     }
-    if (threadIdx.x == 0) s[blockIdx.x] = scale;
+    if (threadIdx.x == 0) s[blockIdx.x] = __fdiv_rn(absmax, 127.0f);
 }
 
 __global__ void f32_to_f16_kernel(const float *__restrict__ x, __half *__restrict__ y, size_t n) {
@@ -67,15 +69,17 @@ __global__ void f32_to_f16_kernel(const float *__restrict__ x, __half *__restric
         y[e] = __float2half_rn(x[e]);
 }
 
-/* One thread per packed byte: elements 2b (high nibble) and 2b+1 (low). */
+/* One thread per packed byte: elements 2b (high nibble) and 2b+1 (low) of
+ * the flattened matrix of n elements (odd n: the last low nibble is padding). */
 __global__ void nf4_dequant_kernel(const uint8_t *__restrict__ w, const float *__restrict__ absmax,
-                                   __half *__restrict__ out, size_t n_bytes) {
+                                   __half *__restrict__ out, size_t n) {
+    size_t n_bytes = (n + 1) / 2;
     for (size_t b = (size_t)blockIdx.x * blockDim.x + threadIdx.x; b < n_bytes;
          b += (size_t)gridDim.x * blockDim.x) {
         uint8_t v = w[b];
-        float a = absmax[(2 * b) / 64];
+        float a = absmax[(2 * b) / 64]; /* 2b and 2b+1 share a block (64 is even) */
         out[2 * b] = __float2half_rn(k_nf4[v >> 4] * a);
-        out[2 * b + 1] = __float2half_rn(k_nf4[v & 15] * a);
+        if (2 * b + 1 < n) out[2 * b + 1] = __float2half_rn(k_nf4[v & 15] * a);
     }
 }
 
@@ -233,6 +237,62 @@ gemv_nf4_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax,
     }
 }
 
+/* Any shape, any alignment, any n: one warp per (row, group of up to 8
+ * tokens), one element per lane per step. Element (r, c) of the flattened
+ * matrix is e = r*cols + c: NF4 byte e/2 (high nibble when e is even),
+ * absmax[e/64]. INT8 takes activations quantized by quant_act_kernel
+ * (xq [n][cols], xs [n]) and reproduces the CPU's int32 sum exactly. */
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+gemv_any_kernel(int fmt, const void *__restrict__ W, const float *__restrict__ sc, int64_t rows,
+                int64_t cols, const float *__restrict__ x, const int8_t *__restrict__ xq,
+                const float *__restrict__ xs, int32_t n, float *__restrict__ y, int64_t ldy) {
+    int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    int32_t t0 = (int32_t)blockIdx.y * AMPR__CUDA_GEMV_MAX;
+    int lane = threadIdx.x & 31;
+    if (r >= rows) return;
+    int32_t nt = min(n - t0, (int32_t)AMPR__CUDA_GEMV_MAX);
+    float acc[AMPR__CUDA_GEMV_MAX];
+    int iacc[AMPR__CUDA_GEMV_MAX];
+#pragma unroll
+    for (int t = 0; t < AMPR__CUDA_GEMV_MAX; t++) {
+        acc[t] = 0.0f;
+        iacc[t] = 0;
+    }
+    for (int64_t c = lane; c < cols; c += 32) {
+        int64_t e = r * cols + c;
+        if (fmt == AMPR__Q_INT8) {
+            int w = (int)((const int8_t *)W)[e];
+#pragma unroll
+            for (int t = 0; t < AMPR__CUDA_GEMV_MAX; t++)
+                if (t < nt) iacc[t] += w * (int)xq[(int64_t)(t0 + t) * cols + c];
+            continue;
+        }
+        float w;
+        if (fmt == AMPR__Q_F16) {
+            w = __half2float(((const __half *)W)[e]);
+        } else {
+            uint8_t b = ((const uint8_t *)W)[e >> 1];
+            unsigned code = (e & 1) ? (b & 15u) : (unsigned)(b >> 4);
+            w = k_nf4[code] * sc[e / 64];
+        }
+#pragma unroll
+        for (int t = 0; t < AMPR__CUDA_GEMV_MAX; t++)
+            if (t < nt) acc[t] += w * x[(int64_t)(t0 + t) * cols + c];
+    }
+#pragma unroll
+    for (int t = 0; t < AMPR__CUDA_GEMV_MAX; t++) {
+        if (t < nt) {
+            if (fmt == AMPR__Q_INT8) {
+                int s = warp_sum_i(iacc[t]);
+                if (lane == 0) y[(int64_t)(t0 + t) * ldy + r] = ((float)s * sc[r]) * xs[t0 + t];
+            } else {
+                float s = warp_sum(acc[t]);
+                if (lane == 0) y[(int64_t)(t0 + t) * ldy + r] = s;
+            }
+        }
+    }
+}
+
 /* ---- scratch ---------------------------------------------------------------- */
 
 static ampr_status grow(ampr__cuda *c, void **p, size_t *have, size_t need, const char *what,
@@ -378,6 +438,17 @@ static int gemv_ok(const ampr__cuda_mat *w, const float *x) {
     }
 }
 
+/* cuBLASLt for prefill only where it is known to be fast and supported:
+ * both dimensions multiples of 64 (IMMA and 16-byte rows), large matrices
+ * (small ones gain nothing and the fp32 kernel matches the CPU more
+ * closely), 256-byte aligned W and y. gemv_max = 0 forces it where allowed. */
+static int lt_ok(const ampr__cuda *c, const ampr__cuda_mat *w, int32_t n, const float *y) {
+    if (w->rows % 64 || w->cols % 64) return 0;
+    if ((uintptr_t)y % 256 || (uintptr_t)w->data % 256) return 0;
+    if (c->gemv_max == 0) return 1;
+    return n > c->gemv_max && w->rows >= 1024 && w->cols >= 1024;
+}
+
 ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
                               float *y, int64_t ldy, ampr__err *err) {
     if (n <= 0) return AMPR_OK;
@@ -386,6 +457,8 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
                           (long long)w->rows);
     int64_t rows = w->rows, cols = w->cols;
     unsigned gblocks = (unsigned)((rows + GEMV_WARPS - 1) / GEMV_WARPS);
+    if (w->type != AMPR__Q_F16 && w->type != AMPR__Q_INT8 && w->type != AMPR__Q_NF4)
+        return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "no CUDA matmul for format %d", (int)w->type);
     if (n <= c->gemv_max && gemv_ok(w, x)) {
         switch (w->type) {
         case AMPR__Q_F16:
@@ -406,10 +479,18 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
         AMPR__CU_LAUNCHED(err, "gemv");
         return AMPR_OK;
     }
-    /* cuBLASLt's heuristics assume 256-byte aligned matrices by default */
-    if ((uintptr_t)y % 256 || (uintptr_t)w->data % 256)
-        return ampr__fail(err, AMPR_ERR_INVALID_ARG,
-                          "CUDA matmul of %d tokens: y and W must be 256-byte aligned", n);
+    if (!lt_ok(c, w, n, y)) {
+        /* the simple kernel: odd shapes, small matrices, or gemv_max = 0 */
+        if (w->type == AMPR__Q_INT8) {
+            AMPR__TRY(ampr__cuda_reserve(c, n, 0, cols, 0, err));
+            AMPR__TRY(ampr__cuda_quant_act(c, x, n, (int32_t)cols, c->xq, c->xs, err));
+        }
+        dim3 grid(gblocks, (unsigned)((n + AMPR__CUDA_GEMV_MAX - 1) / AMPR__CUDA_GEMV_MAX));
+        gemv_any_kernel<<<grid, GEMV_WARPS * 32, 0, c->stream>>>(
+            (int)w->type, w->data, w->scales, rows, cols, x, c->xq, c->xs, n, y, ldy);
+        AMPR__CU_LAUNCHED(err, "gemv_any");
+        return AMPR_OK;
+    }
     AMPR__TRY(ampr__cuda_reserve(c, n, rows, cols, w->type == AMPR__Q_NF4 ? rows * cols : 0, err));
     if (w->type == AMPR__Q_INT8) {
         int64_t np = pad4(n);
@@ -426,9 +507,9 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
     AMPR__CU_LAUNCHED(err, "f32_to_f16");
     const void *A = w->data;
     if (w->type == AMPR__Q_NF4) {
-        size_t nb = (size_t)rows * (size_t)cols / 2;
-        nf4_dequant_kernel<<<grid_for(nb, 256), 256, 0, c->stream>>>(
-            (const uint8_t *)w->data, w->scales, c->wdq, nb);
+        size_t ne = (size_t)rows * (size_t)cols;
+        nf4_dequant_kernel<<<grid_for((ne + 1) / 2, 256), 256, 0, c->stream>>>(
+            (const uint8_t *)w->data, w->scales, c->wdq, ne);
         AMPR__CU_LAUNCHED(err, "nf4_dequant");
         A = c->wdq;
     } else if (w->type != AMPR__Q_F16) {

@@ -177,6 +177,13 @@ __device__ __forceinline__ size_t kv_off(const int32_t *blocks, int32_t n_layers
            (size_t)kv_dim;
 }
 
+/* The block table of query/token row i: row row_seq[i] of a [seqs][stride]
+ * table, or the single table when row_seq is NULL. */
+__device__ __forceinline__ const int32_t *row_blocks(const int32_t *blocks, const int32_t *row_seq,
+                                                     int32_t stride, int32_t i) {
+    return row_seq ? blocks + (size_t)row_seq[i] * (size_t)stride : blocks;
+}
+
 template <typename T> __device__ __forceinline__ T to_kv(float v);
 template <> __device__ __forceinline__ float to_kv<float>(float v) { return v; }
 template <> __device__ __forceinline__ __half to_kv<__half>(float v) { return __float2half_rn(v); }
@@ -187,12 +194,14 @@ template <typename T>
 __global__ void kv_store_kernel(T *kc, T *vc, const int32_t *__restrict__ blocks, int32_t n_layers,
                                 int32_t layer, int32_t bs, int32_t kv_dim,
                                 const float *__restrict__ k, const float *__restrict__ v,
-                                int64_t ld, int32_t n, const int32_t *__restrict__ pos) {
+                                int64_t ld, int32_t n, const int32_t *__restrict__ pos,
+                                const int32_t *__restrict__ row_seq, int32_t stride) {
     size_t total = (size_t)n * (size_t)kv_dim;
     for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
          e += (size_t)gridDim.x * blockDim.x) {
         int32_t i = (int32_t)(e / (size_t)kv_dim), d = (int32_t)(e % (size_t)kv_dim);
-        size_t o = kv_off(blocks, n_layers, layer, bs, kv_dim, pos[i]) + (size_t)d;
+        const int32_t *bt = row_blocks(blocks, row_seq, stride, i);
+        size_t o = kv_off(bt, n_layers, layer, bs, kv_dim, pos[i]) + (size_t)d;
         kc[o] = to_kv<T>(k[(int64_t)i * ld + d]);
         vc[o] = to_kv<T>(v[(int64_t)i * ld + d]);
     }
@@ -207,11 +216,11 @@ ampr_status ampr__cuda_kv_store(ampr__cuda *c, const ampr__cuda_kv_view *kv, con
     if (kv->dtype == AMPR__CUDA_F16)
         kv_store_kernel<__half><<<g, 256, 0, c->stream>>>(
             (__half *)kv->k, (__half *)kv->v, kv->d_blocks, kv->n_layers, kv->layer,
-            kv->block_size, kv->kv_dim, k, v, ld, n, d_pos);
+            kv->block_size, kv->kv_dim, k, v, ld, n, d_pos, kv->d_row_seq, kv->blocks_stride);
     else
         kv_store_kernel<float><<<g, 256, 0, c->stream>>>(
             (float *)kv->k, (float *)kv->v, kv->d_blocks, kv->n_layers, kv->layer,
-            kv->block_size, kv->kv_dim, k, v, ld, n, d_pos);
+            kv->block_size, kv->kv_dim, k, v, ld, n, d_pos, kv->d_row_seq, kv->blocks_stride);
     AMPR__CU_LAUNCHED(err, "kv_store");
     return AMPR_OK;
 }
@@ -231,13 +240,15 @@ attention_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
                  const int32_t *__restrict__ blocks, int32_t n_layers, int32_t layer, int32_t bs,
                  int32_t kv_dim, const float *__restrict__ q, int64_t ldq,
                  const int32_t *__restrict__ pos, int32_t n_heads, int32_t group, int32_t hd,
-                 float scale, float *__restrict__ out) {
+                 float scale, float *__restrict__ out, const int32_t *__restrict__ row_seq,
+                 int32_t stride) {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_o[ATT_WARPS][ATT_MAX_PER_LANE * 32];
     int32_t h = (int32_t)blockIdx.x, i = (int32_t)blockIdx.y;
     int32_t kvh = h / group;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int32_t p_end = pos[i];
+    const int32_t *bt = row_blocks(blocks, row_seq, stride, i);
     const float *qr = q + (int64_t)i * ldq + (int64_t)h * hd;
     float qv[ATT_MAX_PER_LANE], o[ATT_MAX_PER_LANE];
 #pragma unroll
@@ -248,7 +259,7 @@ attention_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
     }
     float m = -INFINITY, l = 0.0f;
     for (int32_t t = warp; t <= p_end; t += ATT_WARPS) {
-        size_t base = kv_off(blocks, n_layers, layer, bs, kv_dim, t) + (size_t)kvh * (size_t)hd;
+        size_t base = kv_off(bt, n_layers, layer, bs, kv_dim, t) + (size_t)kvh * (size_t)hd;
         float s = 0.0f;
 #pragma unroll
         for (int j = 0; j < ATT_MAX_PER_LANE; j++) {
@@ -307,11 +318,13 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
     if (kv->dtype == AMPR__CUDA_F16)
         attention_kernel<__half><<<grid, ATT_WARPS * 32, 0, c->stream>>>(
             (const __half *)kv->k, (const __half *)kv->v, kv->d_blocks, kv->n_layers, kv->layer,
-            kv->block_size, kv->kv_dim, q, ldq, d_pos, n_heads, group, head_dim, scale, out);
+            kv->block_size, kv->kv_dim, q, ldq, d_pos, n_heads, group, head_dim, scale, out,
+            kv->d_row_seq, kv->blocks_stride);
     else
         attention_kernel<float><<<grid, ATT_WARPS * 32, 0, c->stream>>>(
             (const float *)kv->k, (const float *)kv->v, kv->d_blocks, kv->n_layers, kv->layer,
-            kv->block_size, kv->kv_dim, q, ldq, d_pos, n_heads, group, head_dim, scale, out);
+            kv->block_size, kv->kv_dim, q, ldq, d_pos, n_heads, group, head_dim, scale, out,
+            kv->d_row_seq, kv->blocks_stride);
     AMPR__CU_LAUNCHED(err, "attention");
     return AMPR_OK;
 }

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <unistd.h>
 
+#include "backend/backend.h"
 #include "engine.h"
 #include "generate.h"
 #if AMPR_HAVE_CUDA
@@ -143,9 +144,11 @@ static ampr_status build_rope(ampr_ctx *c, ampr__err *err) {
 }
 
 /* "device": the CPU backend always works; "auto" falls back to it with a
- * note, "cuda" insists. */
-static ampr_status choose_device(ampr_ctx *c, ampr__err *err) {
+ * note, "cuda" insists. Before loading: decide whether to try the GPU
+ * (*want_cuda); the backend itself opens once the tiers exist (open_device). */
+static ampr_status choose_device(ampr_ctx *c, int *want_cuda, ampr__err *err) {
     snprintf(c->device, sizeof c->device, "cpu");
+    *want_cuda = 0;
     if (c->cfg.device == 0) return AMPR_OK;
     int n_dev = 0;
     char why[AMPR__ERRMSG_MAX] = "this build has no CUDA backend (nvcc was not found)";
@@ -155,9 +158,13 @@ static ampr_status choose_device(ampr_ctx *c, ampr__err *err) {
         snprintf(why, sizeof why, "CUDA: %.400s", derr.msg);
     else if (n_dev == 0)
         snprintf(why, sizeof why, "no CUDA device or driver");
-    else
-        snprintf(why, sizeof why, "%d CUDA device(s) found, but generation on the GPU is not wired "
-                 "into ampr_generate yet", n_dev);
+    else if (c->cfg.tp_size > 1)
+        snprintf(why, sizeof why, "\"tp_size\" = %d: tensor parallelism runs on the CPU only "
+                 "(not supported with \"device\": \"cuda\" yet)", c->cfg.tp_size);
+    else {
+        *want_cuda = 1;
+        return AMPR_OK;
+    }
 #endif
     if (c->cfg.device == 1) {
         snprintf(c->device, sizeof c->device, "cpu (auto: %.80s)", why);
@@ -167,13 +174,36 @@ static ampr_status choose_device(ampr_ctx *c, ampr__err *err) {
                       "config asks for \"device\": \"cuda\": %s", why);
 }
 
+/* After the tiers are built: put them on the GPU. "auto" keeps the CPU (with
+ * a note) when that fails; "cuda" fails the open. */
+static ampr_status open_device(ampr_ctx *c, int want_cuda, ampr__err *err) {
+    if (!want_cuda) return AMPR_OK;
+#if AMPR_HAVE_CUDA
+    ampr__err derr = {0};
+    char name[sizeof c->device];
+    ampr_status st = ampr__backend_cuda_open(c, 0, &c->backend, name, sizeof name, &derr);
+    if (st == AMPR_OK) {
+        snprintf(c->device, sizeof c->device, "%s", name);
+        return AMPR_OK;
+    }
+    if (c->cfg.device == 1) {
+        snprintf(c->device, sizeof c->device, "cpu (auto: %.70s)", derr.msg);
+        return AMPR_OK;
+    }
+    return ampr__fail(err, st, "config asks for \"device\": \"cuda\": %s", derr.msg);
+#else
+    return ampr__fail(err, AMPR_ERR_INTERNAL, "no CUDA backend in this build");
+#endif
+}
+
 static ampr_status open_ctx(ampr_ctx *c, const char *path, const char *config,
                             const ampr_open_params *params, ampr__err *err) {
     ampr_progress_fn progress = params ? params->progress : NULL;
     void *user = params ? params->progress_user : NULL;
     if (!path) return ampr__fail(err, AMPR_ERR_INVALID_ARG, "model_path is NULL");
     AMPR__TRY(ampr__config_parse(config, &c->cfg, err));
-    AMPR__TRY(choose_device(c, err));
+    int want_cuda = 0;
+    AMPR__TRY(choose_device(c, &want_cuda, err));
     if (progress && progress(user, "load", 0.0f))
         return ampr__fail(err, AMPR_ERR_CANCELLED, "open cancelled by the progress callback");
     AMPR__TRY(ampr__model_load(path, 1, &c->model, err));
@@ -191,6 +221,7 @@ static ampr_status open_ctx(ampr_ctx *c, const char *path, const char *config,
     AMPR__TRY(ampr__pool_new(threads, &c->pool, err));
     AMPR__TRY(build_rope(c, err));
     AMPR__TRY(ampr__tiers_build(c, progress, user, err));
+    AMPR__TRY(open_device(c, want_cuda, err));
     return AMPR_OK;
 }
 
@@ -206,6 +237,7 @@ AMPR_API ampr_status ampr_open_ex(const char *model_path, const char *config_jso
     ampr_status st = open_ctx(c, model_path, config_json, params, &c->open_err);
     if (st != AMPR_OK) {
         /* keep only the message: free everything else now */
+        ampr__backend_close(c);
         ampr__tiers_free(c);
         ampr__pool_free(c->pool);
         c->pool = NULL;
@@ -231,6 +263,7 @@ AMPR_API ampr_status ampr_open(const char *model_path, const char *config_json, 
 AMPR_API void ampr_close(ampr_ctx *ctx) {
     if (!ctx) return;
     if (tl_err_ctx == ctx) tl_err_ctx = NULL;
+    ampr__backend_close(ctx);
     ampr__tiers_free(ctx);
     ampr__pool_free(ctx->pool);
     ampr__model_free(ctx->model);

@@ -111,6 +111,7 @@ struct ampr_ctx {
     ampr__pool *pool;
     pthread_mutex_t compute_lock;   /* one forward step on the pool at a time */
     ampr__metrics metrics;          /* counters and histograms (lib/metrics), lock-free */
+    struct ampr__backend *backend;  /* device backend (lib/backend); NULL: the CPU forward */
 };
 
 static inline const float *ampr__attn_norm(const ampr_ctx *c, int l) {

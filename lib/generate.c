@@ -13,6 +13,7 @@
  */
 #include <stdio.h>
 
+#include "backend/backend.h"
 #include "generate.h"
 #include "sampler/sampler.h"
 
@@ -190,7 +191,7 @@ static void run_batch(ampr_ctx *c, ampr__tier *t, ampr__step **items, int32_t n)
         seqs[i] = items[i]->seq;
         tokens[i] = items[i]->token;
     }
-    if (st == AMPR_OK) st = ampr__forward_batch(c, t, seqs, tokens, n, t->batch_scratch, &berr);
+    if (st == AMPR_OK) st = ampr__backend_decode_batch(c, t, seqs, tokens, n, t->batch_scratch, &berr);
     for (int32_t i = 0; i < n; i++) {
         items[i]->st = st;
         if (st == AMPR_OK)
@@ -251,9 +252,9 @@ static ampr_status top_catch_up(ampr_ctx *c, struct request *r, int32_t n_logits
     int32_t split = to - n_logits; /* [from, split) without logits, [split, to) with */
     for (int32_t i = from; i < split; i += PREFILL_CHUNK) {
         int32_t k = AMPR__MIN(PREFILL_CHUNK, split - i);
-        AMPR__TRY(ampr__forward(c, r->top, &r->seq_top, r->ids + i, k, 1, &r->check, err));
+        AMPR__TRY(ampr__backend_forward(c, r->top, &r->seq_top, r->ids + i, k, 1, &r->check, err));
     }
-    return ampr__forward(c, r->top, &r->seq_top, r->ids + split, to - split, to - split, &r->check,
+    return ampr__backend_forward(c, r->top, &r->seq_top, r->ids + split, to - split, to - split, &r->check,
                          err);
 }
 
@@ -356,7 +357,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
     /* 3. prefill */
     for (int32_t i = 0; i < n_prompt; i += PREFILL_CHUNK) {
         int32_t n = AMPR__MIN(PREFILL_CHUNK, n_prompt - i);
-        st = ampr__forward(c, r.tier, &r.seq, r.ids + i, n, 1, &r.scratch, err);
+        st = ampr__backend_forward(c, r.tier, &r.seq, r.ids + i, n, 1, &r.scratch, err);
         if (st) goto done;
     }
     t_first = ampr__now_ms();
@@ -546,7 +547,7 @@ ampr_status ampr__logits(ampr_ctx *c, ampr__tier *t, const int32_t *ids, int32_t
     if (st == AMPR_OK) st = ampr__scratch_new(c, chunk, chunk, &s, err);
     for (int32_t i = 0; st == AMPR_OK && i < n; i += chunk) {
         int32_t k = AMPR__MIN(chunk, n - i);
-        st = ampr__forward(c, t, &seq, ids + i, k, k, &s, err);
+        st = ampr__backend_forward(c, t, &seq, ids + i, k, k, &s, err);
         if (st == AMPR_OK)
             memcpy(logits + (size_t)i * (size_t)hp->vocab_size, s.logits,
                    (size_t)k * (size_t)hp->vocab_size * sizeof(float));

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "ampr.h"
+#include "backend/backend.h"
 #include "engine.h"
 #include "calib/calib.h"
 #include "generate.h"
@@ -90,12 +91,12 @@ static int bench_tier(ampr_ctx *c, ampr__tier *t, int n_prompt, int n_gen, doubl
         int ok = 1;
         for (int i = 0; i < n_prompt && ok; i += chunk) {
             int k = n_prompt - i < chunk ? n_prompt - i : chunk;
-            ok = ampr__forward(c, t, &seq, toks + i, k, 1, &s, &err) == AMPR_OK;
+            ok = ampr__backend_forward(c, t, &seq, toks + i, k, 1, &s, &err) == AMPR_OK;
         }
         double t1 = ampr__now_ms();
         for (int i = 0; i < n_gen && ok; i++) {
             int32_t next = ampr__argmax(s.logits, c->hp.vocab_size);
-            ok = ampr__forward(c, t, &seq, &next, 1, 1, &s, &err) == AMPR_OK;
+            ok = ampr__backend_forward(c, t, &seq, &next, 1, 1, &s, &err) == AMPR_OK;
         }
         double t2 = ampr__now_ms();
         if (ok) {
@@ -155,7 +156,7 @@ static double concurrent_tps(ampr_ctx *c, ampr_tier tier, int n, int n_gen) {
 }
 
 int ampr_tool_bench(int argc, char **argv) {
-    const char *model = NULL, *shape = NULL, *tiers = "fp16,int8,nf4";
+    const char *model = NULL, *shape = NULL, *tiers = "fp16,int8,nf4", *device = "cpu";
     int n_prompt = 128, n_gen = 32, threads = 0, conc = 8;
     for (int i = 0; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -163,6 +164,7 @@ int ampr_tool_bench(int argc, char **argv) {
         if (!strcmp(argv[i], "-m")) model = v;
         else if (!strcmp(argv[i], "--shape")) shape = v;
         else if (!strcmp(argv[i], "--tiers")) tiers = v;
+        else if (!strcmp(argv[i], "--device")) device = v;
         else if (!strcmp(argv[i], "--prompt")) n_prompt = atoi(v);
         else if (!strcmp(argv[i], "--gen")) n_gen = atoi(v);
         else if (!strcmp(argv[i], "--threads")) threads = atoi(v);
@@ -193,7 +195,11 @@ int ampr_tool_bench(int argc, char **argv) {
         model = tmp_model;
     }
     /* tiers "a,b,c" -> JSON list */
-    char cfg[512], list[256] = "";
+    if (strcmp(device, "cpu") && strcmp(device, "cuda") && strcmp(device, "auto")) {
+        fputs("ampr bench: --device must be cpu, cuda or auto\n", stderr);
+        return 2;
+    }
+    char cfg[640], list[256] = "";
     size_t k = 0;
     for (const char *p = tiers; *p && k + 8 < sizeof list; p++) {
         if (p == tiers || p[-1] == ',') k += (size_t)snprintf(list + k, sizeof list - k, "%s\"", k ? "," : "");
@@ -202,8 +208,9 @@ int ampr_tool_bench(int argc, char **argv) {
         list[k] = '\0';
     }
     int arena = (n_prompt + n_gen + 16) * (conc > 1 ? conc : 1) + 64 * (conc + 1);
-    snprintf(cfg, sizeof cfg, "{\"tiers\": [%s], \"threads\": %d, \"kv\": {\"arena_tokens\": %d}}", list,
-             threads, arena);
+    snprintf(cfg, sizeof cfg,
+             "{\"tiers\": [%s], \"threads\": %d, \"kv\": {\"arena_tokens\": %d}, \"device\": \"%s\"}",
+             list, threads, arena, device);
     ampr_ctx *c = NULL;
     double t0 = ampr__now_ms();
     ampr_status st = ampr_open(model, cfg, &c);
@@ -217,6 +224,7 @@ int ampr_tool_bench(int argc, char **argv) {
     printf("model: %s | dim %d, layers %d, heads %d/%d, ffn %d, vocab %d | threads %d | kernels %s\n",
            shape ? shape : model, c->hp.dim, c->hp.n_layers, c->hp.n_heads, c->hp.n_kv_heads,
            c->hp.hidden_dim, c->hp.vocab_size, ampr__pool_size(c->pool), ampr__quant_simd_name());
+    printf("device: %s\n", c->device);
     printf("open + quantize all tiers: %.0f ms; prefill %d tokens, decode %d tokens\n\n", open_ms, n_prompt, n_gen);
     printf("| tier | weights MiB | prefill tok/s | decode tok/s | decode weight GB/s |\n");
     printf("|------|------------:|--------------:|-------------:|-------------------:|\n");

@@ -120,11 +120,6 @@ template <typename T> static std::vector<T> dev_get(const void *d, size_t n) {
 
 /* ---- CPU formats ------------------------------------------------------------------------ */
 
-static const float k_nf4[16] = {
-    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
-    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
-    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
-    0.44070982251167297f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
 
 /* A CPU matrix in one format, with its dequantized fp32 copy. */
 struct HostMat {
@@ -134,52 +129,28 @@ struct HostMat {
     std::vector<float> deq; /* rows*cols, what the format represents */
 };
 
+/* Build the format with the CPU library's own quantizer (lib/quant), so the
+ * device is checked against exactly what a CPU tier holds. */
 static void host_quantize(HostMat &m, ampr__qtype t, const float *w, int64_t rows, int64_t cols,
                           bool keep_deq = true) {
     size_t n = (size_t)(rows * cols);
-    memset(&m.q, 0, sizeof m.q);
-    if (keep_deq) m.deq.resize(n);
-    if (t == AMPR__Q_F16) {
-        m.data.resize(2 * n);
-        __half *h = (__half *)m.data.data();
-        for (size_t i = 0; i < n; i++) {
-            h[i] = __float2half_rn(w[i]);
-            if (keep_deq) m.deq[i] = __half2float(h[i]);
-        }
-    } else if (t == AMPR__Q_INT8) {
-        m.data.resize(n);
-        m.scales.resize((size_t)rows);
-        int8_t *q = (int8_t *)m.data.data();
-        for (int64_t r = 0; r < rows; r++) {
-            float mx = 0;
-            for (int64_t c = 0; c < cols; c++) mx = std::max(mx, fabsf(w[r * cols + c]));
-            float s = mx / 127.0f, inv = s > 0 ? 1.0f / s : 0.0f;
-            m.scales[(size_t)r] = s;
-            for (int64_t c = 0; c < cols; c++) {
-                float v = std::min(127.0f, std::max(-127.0f, roundf(w[r * cols + c] * inv)));
-                q[r * cols + c] = (int8_t)v;
-                if (keep_deq) m.deq[(size_t)(r * cols + c)] = (float)q[r * cols + c] * s;
-            }
-        }
-    } else {
-        m.data.assign(n / 2, 0);
-        size_t nb = (n + 63) / 64;
-        m.scales.resize(nb);
-        for (size_t b = 0; b < nb; b++) {
-            size_t e0 = b * 64, e1 = std::min(n, e0 + 64);
-            float mx = 0;
-            for (size_t e = e0; e < e1; e++) mx = std::max(mx, fabsf(w[e]));
-            m.scales[b] = mx;
-            for (size_t e = e0; e < e1; e++) {
-                float v = mx > 0 ? w[e] / mx : 0.0f;
-                int best = 0;
-                for (int k = 1; k < 16; k++)
-                    if (fabsf(k_nf4[k] - v) < fabsf(k_nf4[best] - v)) best = k;
-                m.data[e / 2] |= (uint8_t)((e & 1) ? best : best << 4);
-                if (keep_deq) m.deq[e] = k_nf4[best] * mx;
-            }
-        }
+    const ampr__qtraits *qt = ampr__qtraits_get(t);
+    ampr__qmat tmp;
+    memset(&tmp, 0, sizeof tmp);
+    ampr__err e = {};
+    if (!qt || qt->quantize(&tmp, w, rows, cols, &e) != AMPR_OK) {
+        printf("FATAL: CPU quantize %d %lldx%lld: %s\n", (int)t, (long long)rows, (long long)cols,
+               e.msg);
+        exit(1);
     }
+    m.data.assign((const uint8_t *)tmp.data, (const uint8_t *)tmp.data + tmp.data_bytes);
+    m.scales.assign(tmp.scales, tmp.scales + tmp.n_scales);
+    if (keep_deq) {
+        m.deq.resize(n);
+        for (int64_t r = 0; r < rows; r++) qt->dequant_row(&tmp, r, m.deq.data() + r * cols);
+    }
+    ampr__qmat_free(&tmp);
+    memset(&m.q, 0, sizeof m.q);
     m.q.type = t;
     m.q.rows = rows;
     m.q.cols = cols;
@@ -189,14 +160,14 @@ static void host_quantize(HostMat &m, ampr__qtype t, const float *w, int64_t row
     m.q.n_scales = m.scales.size();
 }
 
-/* per-token int8 quantization (the rule in ampr_cuda.h) */
+/* per-token int8 quantization, the CPU rule (lib/quant/quant.h) */
 static void host_quant_act(const float *x, int64_t cols, int8_t *q, float *s) {
     float mx = 0;
     for (int64_t c = 0; c < cols; c++) mx = std::max(mx, fabsf(x[c]));
-    float sc = mx / 127.0f, inv = sc > 0 ? 1.0f / sc : 0.0f;
-    *s = sc;
+    float inv = mx > 0 ? 127.0f / mx : 0.0f;
+    *s = mx / 127.0f;
     for (int64_t c = 0; c < cols; c++)
-        q[c] = (int8_t)std::min(127.0f, std::max(-127.0f, roundf(x[c] * inv)));
+        q[c] = (int8_t)std::min(127.0f, std::max(-127.0f, nearbyintf(x[c] * inv)));
 }
 
 /* y[i][r] = W x_i the way the CPU tier computes it */
@@ -378,7 +349,10 @@ static void check_embed_matmul(void) {
     ampr__cuda_free(g_c, dt);
 
     /* matmul: GEMV path (n <= 8), cuBLASLt path (n > 8, and n = 3 forced) */
-    struct Shape { int64_t rows, cols; } shapes[] = {{1004, 512}, {96, 2048}};
+    /* odd shapes: NF4 blocks spanning rows (cols % 64 != 0; stories260K's
+     * w_down is 64 x 172) and rows starting on a low nibble (odd cols) */
+    struct Shape { int64_t rows, cols; } shapes[] = {{1004, 512}, {96, 2048}, {1024, 1024},
+                                                     {64, 172}, {344, 64}, {7, 33}, {5, 67}};
     struct Case { int32_t n; int gemv_max; } cases[] = {{1, 8}, {3, 8}, {8, 8}, {3, 0}, {37, 8}};
     for (ampr__qtype t : k_fmts)
         for (const Shape &sh : shapes) {
@@ -405,11 +379,15 @@ static void check_embed_matmul(void) {
                         g2.push_back(gy[(size_t)(i * ldy + r)]);
                         r2.push_back(ref[(size_t)(i * ldy + r)]);
                     }
-                bool lt = cs.n > cs.gemv_max;
+                /* which path ampr__cuda_matmul takes (lt_ok in cuda_matmul.cu) */
+                bool gemv = cs.n <= cs.gemv_max;
+                bool lt = !gemv && sh.rows % 64 == 0 && sh.cols % 64 == 0 &&
+                          (cs.gemv_max == 0 || (sh.rows >= 1024 && sh.cols >= 1024));
                 /* cuBLASLt fp16 rounds activations (and NF4 weights) to half */
                 double tol = t == AMPR__Q_INT8 ? 1e-5 : (lt ? 3e-3 : 1e-5);
                 snprintf(name, sizeof name, "matmul %s %lldx%lld n=%d %s", fmt_name(t),
-                         (long long)sh.rows, (long long)sh.cols, cs.n, lt ? "cuBLASLt" : "GEMV");
+                         (long long)sh.rows, (long long)sh.cols, cs.n,
+                         lt ? "cuBLASLt" : gemv ? "GEMV" : "simple");
                 report(name, g2.data(), r2.data(), r2.size(), tol);
                 ampr__cuda_free(g_c, dx);
                 ampr__cuda_free(g_c, dy);
@@ -444,7 +422,7 @@ static void check_kv_attention(void) {
         }
         void *dk = dev_put(kb.data(), kb.size()), *dv = dev_put(vb.data(), vb.size());
         ampr__cuda_kv_view kv = {dk, dv, f16 ? AMPR__CUDA_F16 : AMPR__CUDA_F32, n_layers, bs,
-                                 kv_dim, layer, dblk};
+                                 kv_dim, layer, dblk, NULL, 0};
         auto off = [&](int32_t p) {
             return (((size_t)blocks[(size_t)(p / bs)] * n_layers + layer) * bs + p % bs) * kv_dim;
         };

@@ -5,6 +5,15 @@
 #   bash tests/gpu/check.sh               build for the GPU found, check, bench
 #   bash tests/gpu/check.sh --quick       checks only, no benchmarks
 #   bash tests/gpu/check.sh --build-only  build for sm_80 and sm_90a, no GPU needed
+#   bash tests/gpu/check.sh --prebuild    (here, no GPU needed) build .gpu/ampr: the CLI with
+#                                         CUDA, jansson and pcre2 linked statically, no NCCL,
+#                                         for a GPU machine that lacks those libraries
+#
+# End to end (after the op checks, unless --quick): with the model
+# ${AMPR_GPU_MODEL:-.gpu/stories260K.gguf} present, `ampr run` on every tier
+# with "device": "cuda" vs "device": "cpu" (greedy), then `ampr bench` of a
+# generated 1b-shape model on the GPU (skip with AMPR_GPU_NO_BENCH=1). The CLI
+# is built here with make (B=$OUT/lib) or, failing that, .gpu/ampr is used.
 #
 # Output goes to tests/gpu/build/ (override with AMPR_GPU_BUILD). Exit status: that
 # of the check (0 all PASS, 1 some FAIL, 2 no usable GPU), or of the build.
@@ -18,13 +27,27 @@ OUT=${AMPR_GPU_BUILD:-tests/gpu/build}
 mkdir -p "$OUT/obj"
 
 build_only=0
+prebuild=0
+quick=0
 args=()
 for a in "$@"; do
     case "$a" in
     --build-only) build_only=1 ;;
+    --prebuild) prebuild=1 ;;
+    --quick) quick=1; args+=("$a") ;;
     *) args+=("$a") ;;
     esac
 done
+
+if [ "$prebuild" = 1 ]; then
+    mkdir -p .gpu
+    make -j"$(nproc)" CUDA=1 CUDA_HAVE_NCCL=0 B=build-prebuild \
+        LIBS="-Wl,-Bstatic -ljansson -lpcre2-8 -Wl,-Bdynamic -lpthread -lm -L$CUDA_HOME/lib64 -lcudart -lcublasLt -lstdc++" \
+        build-prebuild/ampr
+    cp build-prebuild/ampr .gpu/ampr
+    echo "check.sh: built .gpu/ampr"; ldd .gpu/ampr || true
+    exit 0
+fi
 
 # Target: sm_90a on Hopper, sm_80 otherwise (sm_80 code runs on later GPUs
 # too); both when only building.
@@ -61,6 +84,10 @@ else
     C_SRCS="tests/gpu/shim.c"
     C_LIBS=""
 fi
+# the CPU formats come from the library itself (check.cu quantizes with them)
+Q_SRCS="lib/quant/float.c lib/quant/int8.c lib/quant/nf4.c lib/quant/quant.c"
+Q_AVX2="lib/quant/kern_avx2.c"
+Q_AVX512="lib/quant/kern_avx512.c"
 
 echo "check.sh: nvcc $("$NVCC" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), $GENCODE ${NCCL_DEF:+(NCCL)}"
 objs=()
@@ -71,18 +98,84 @@ for src in cuda/*.cu tests/gpu/check.cu; do
     "$NVCC" $NVFLAGS -Itests/gpu -c "$src" -o "$obj" &
     pids+=($!)
 done
-for src in $C_SRCS; do
+for src in $C_SRCS $Q_SRCS $Q_AVX2 $Q_AVX512; do
     obj="$OUT/obj/$(basename "$src" .c).o"
     objs+=("$obj")
-    gcc $CFLAGS -c "$src" -o "$obj" &
+    extra=""
+    case "$src" in
+    *_avx2.c) extra="-mavx2 -mfma -mf16c" ;;
+    *_avx512.c) extra="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c" ;;
+    esac
+    gcc $CFLAGS $extra -pthread -c "$src" -o "$obj" &
     pids+=($!)
 done
 fail=0
 for p in "${pids[@]}"; do wait "$p" || fail=1; done
 [ "$fail" = 0 ] || { echo "check.sh: build failed"; exit 3; }
-"$NVCC" $GENCODE -o "$OUT/check" "${objs[@]}" -L"$CUDA_HOME/lib64" -lcublasLt $NCCL_LIB $C_LIBS -lm
+"$NVCC" $GENCODE -o "$OUT/check" "${objs[@]}" -L"$CUDA_HOME/lib64" -lcublasLt $NCCL_LIB $C_LIBS -lm -lpthread
 echo "check.sh: built $OUT/check"
 [ "$build_only" = 1 ] && exit 0
 
 export LD_LIBRARY_PATH="$CUDA_HOME/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-exec "$OUT/check" "${args[@]+"${args[@]}"}"
+
+# The CLI for the end-to-end part, built in the background while the op checks run.
+MODEL=${AMPR_GPU_MODEL:-.gpu/stories260K.gguf}
+e2e=0
+[ "$quick" = 0 ] && [ -f "$MODEL" ] && e2e=1
+[ "$quick" = 0 ] && [ ! -f "$MODEL" ] && echo "check.sh: no model at $MODEL: end-to-end part skipped"
+make_pid=""
+if [ "$e2e" = 1 ]; then
+    make -j8 CUDA=1 B="$OUT/lib" CUDA_GENCODE="$GENCODE" "$OUT/lib/ampr" >"$OUT/make.log" 2>&1 &
+    make_pid=$!
+fi
+
+rc=0
+"$OUT/check" "${args[@]+"${args[@]}"}" || rc=$?
+[ "$e2e" = 1 ] || exit "$rc"
+
+AMPR=""
+if wait "$make_pid" && "$OUT/lib/ampr" version >/dev/null 2>&1; then
+    AMPR="$OUT/lib/ampr"
+    echo "check.sh: built $AMPR"
+else
+    echo "check.sh: make failed (last lines of $OUT/make.log):"; tail -5 "$OUT/make.log"
+    if [ -x .gpu/ampr ]; then AMPR=.gpu/ampr; echo "check.sh: using the prebuilt .gpu/ampr"; fi
+fi
+if [ -z "$AMPR" ]; then echo "FAIL: no ampr CLI for the end-to-end part"; exit 1; fi
+
+echo
+echo "== end to end: $MODEL, greedy, device cuda vs cpu =="
+PROMPT="Once upon a time"
+e2e_fail=0
+run_tier() { # device tier n -> text on stdout
+    timeout 120 "$AMPR" run -m "$MODEL" --config "{\"device\":\"$1\",\"tiers\":[\"fp16\",\"int8\",\"nf4\"]}" \
+        --tier "$2" -p "$PROMPT" -n "$3" --temp 0 --quiet 2>"$OUT/e2e-$1-$2-$3.err"
+}
+for tier in fp16 int8 nf4; do
+    for n in 20 60; do
+        cpu=$(run_tier cpu "$tier" "$n") || { echo "FAIL: cpu run $tier: $(tail -2 "$OUT/e2e-cpu-$tier-$n.err")"; e2e_fail=1; continue; }
+        gpu=$(run_tier cuda "$tier" "$n") || { echo "FAIL: cuda run $tier: $(tail -2 "$OUT/e2e-cuda-$tier-$n.err")"; e2e_fail=1; continue; }
+        if [ "$cpu" = "$gpu" ]; then
+            echo "e2e $tier -n $n: identical text (${#gpu} chars)  PASS"
+        else
+            pos=$(python3 -c 'import sys; a,b=sys.argv[1],sys.argv[2]; print(next((i for i in range(min(len(a),len(b))) if a[i]!=b[i]), min(len(a),len(b))))' "$cpu" "$gpu" 2>/dev/null || echo "?")
+            if [ "$tier" = fp16 ] && [ "$n" = 20 ]; then
+                echo "e2e $tier -n $n: texts differ at char $pos  FAIL"; e2e_fail=1
+            else
+                echo "e2e $tier -n $n: texts differ at char $pos (reported, not a failure)"
+            fi
+            printf '  cpu : %s\n  cuda: %s\n' "$cpu" "$gpu"
+        fi
+    done
+done
+"$AMPR" info -m "$MODEL" --config '{"device":"cuda","tiers":["fp16","int8","nf4"]}' 2>&1 | grep -i device || true
+
+if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
+    echo
+    echo "== ampr bench --shape 1b --device cuda (timeout 200 s) =="
+    timeout 200 "$AMPR" bench --shape 1b --device cuda --tiers fp16,int8,nf4 --prompt 128 --gen 32 \
+        --concurrent 4 || echo "bench: exit $? (not a failure of the check)"
+fi
+[ "$e2e_fail" = 0 ] || rc=1
+echo "check.sh: exit $rc"
+exit "$rc"

@@ -1,0 +1,28 @@
+/*
+ * backend.c -- dispatch from the request loop to the context's backend; the
+ * CPU backend is the forward pass in lib/forward (no state of its own).
+ */
+#include "backend.h"
+
+ampr_status ampr__backend_forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
+                                  const int32_t *tokens, int32_t n, int32_t n_logits,
+                                  ampr__scratch *s, ampr__err *err) {
+    ampr__backend *b = c->backend;
+    if (!b) return ampr__forward(c, t, seq, tokens, n, n_logits, s, err);
+    return b->ops->forward(b, c, t, seq, tokens, n, n_logits, s, err);
+}
+
+ampr_status ampr__backend_decode_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *const *seqs,
+                                       const int32_t *tokens, int32_t n, ampr__scratch *s,
+                                       ampr__err *err) {
+    ampr__backend *b = c->backend;
+    if (!b) return ampr__forward_batch(c, t, seqs, tokens, n, s, err);
+    return b->ops->decode_batch(b, c, t, seqs, tokens, n, s, err);
+}
+
+void ampr__backend_close(ampr_ctx *c) {
+    if (!c || !c->backend) return;
+    ampr__backend *b = c->backend;
+    c->backend = NULL;
+    b->ops->close(b);
+}

@@ -1,0 +1,60 @@
+/*
+ * backend.h -- the seam between the request loop (generate.c) and the device
+ * that runs the forward pass.
+ *
+ * A context has one backend, chosen at open ("device" in the config). The
+ * CPU backend is lib/forward/forward.c itself; the CUDA backend
+ * (backend_cuda.c over cuda/, only when built with AMPR_HAVE_CUDA) keeps
+ * every tier's weights and KV pages in device memory. Page accounting is the
+ * CPU arena's in both cases (lib/kv: free list, block tables, KV_FULL): a
+ * device backend mirrors pages by id, so the same ampr__kv_seq drives both.
+ *
+ * Every op has the contract of the CPU function it replaces (engine.h):
+ * forward = ampr__forward, decode_batch = ampr__forward_batch. Logits always
+ * come back to the host (s->logits), for sampling there.
+ */
+#ifndef AMPR_BACKEND_H
+#define AMPR_BACKEND_H
+
+#include "../engine.h"
+
+typedef struct ampr__backend ampr__backend;
+
+typedef struct ampr__backend_ops {
+    const char *name;
+    /* Make tier t resident (weights and a KV page pool mirroring t->kv). */
+    ampr_status (*tier_upload)(ampr__backend *b, ampr_ctx *c, ampr__tier *t, ampr__err *err);
+    /* n tokens of one sequence at positions seq->n_tokens..; the last
+     * n_logits rows of logits to s->logits. */
+    ampr_status (*forward)(ampr__backend *b, ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
+                           const int32_t *tokens, int32_t n, int32_t n_logits, ampr__scratch *s,
+                           ampr__err *err);
+    /* One next token for each of n sequences (distinct, same tier). */
+    ampr_status (*decode_batch)(ampr__backend *b, ampr_ctx *c, ampr__tier *t,
+                                ampr__kv_seq *const *seqs, const int32_t *tokens, int32_t n,
+                                ampr__scratch *s, ampr__err *err);
+    void (*close)(ampr__backend *b); /* frees everything the backend holds */
+} ampr__backend_ops;
+
+struct ampr__backend {
+    const ampr__backend_ops *ops;
+    void *impl; /* the backend's own state */
+};
+
+/* The request loop's entry points: ctx->backend when set, else the CPU. */
+ampr_status ampr__backend_forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
+                                  const int32_t *tokens, int32_t n, int32_t n_logits,
+                                  ampr__scratch *s, ampr__err *err);
+ampr_status ampr__backend_decode_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *const *seqs,
+                                       const int32_t *tokens, int32_t n, ampr__scratch *s,
+                                       ampr__err *err);
+void ampr__backend_close(ampr_ctx *c); /* NULL-safe; the context falls back to none */
+
+#if AMPR_HAVE_CUDA
+/* Open CUDA device `device`, upload every tier of c; *out NULL on failure.
+ * Fills name (for ampr_model_info.device). */
+ampr_status ampr__backend_cuda_open(ampr_ctx *c, int device, ampr__backend **out, char *name,
+                                    size_t name_len, ampr__err *err);
+#endif
+
+#endif
