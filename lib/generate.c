@@ -163,7 +163,8 @@ static ampr_status top_catch_up(ampr_ctx *c, struct request *r, int32_t n_logits
         int32_t w = AMPR__MAX(1, c->cfg.fallback.check_window);
         AMPR__TRY(ampr__scratch_new(c, PREFILL_CHUNK, AMPR__MIN(w, PREFILL_CHUNK), &r->check, err));
     }
-    AMPR__TRY(ampr__kv_seq_reserve(&r->seq_top, r->top->kv, r->n_positions, err));
+    AMPR__TRY(ampr__kv_seq_reserve_wait(&r->seq_top, r->top->kv, r->n_positions,
+                                        c->cfg.kv_wait_ms, err));
     int32_t from = r->seq_top.n_tokens, to = (int32_t)r->n_ids;
     n_logits = AMPR__MIN(n_logits, to - from);
     int32_t split = to - n_logits; /* [from, split) without logits, [split, to) with */
