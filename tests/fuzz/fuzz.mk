@@ -63,7 +63,8 @@ fuzz-run: fuzz
 	    fuzz_safetensors) ml=$(FUZZ_MAXLEN_fuzz_safetensors);; fuzz_llama2c_tok) ml=$(FUZZ_MAXLEN_fuzz_llama2c_tok);; \
 	    *) ml=8192;; esac; \
 	  echo "== $$t ($(FUZZ_SECONDS) s)"; \
-	  $(FUZZ_ENV) $(FUZZ_B)/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -max_len=$$ml \
+	  d=; if [ -f tests/fuzz/$$t.dict ]; then d=-dict=tests/fuzz/$$t.dict; fi; \
+	  $(FUZZ_ENV) $(FUZZ_B)/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -max_len=$$ml $$d \
 	    -rss_limit_mb=3072 -timeout=20 -print_final_stats=1 -artifact_prefix=$$c/ \
 	    $$w tests/fuzz/corpus/$$t 2>&1 | grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss|==[0-9]+==ERROR|SUMMARY|Done)' || true; \
 	  if ls $$c/* >/dev/null 2>&1; then echo "$$t: crash inputs in $$c"; exit 1; fi; \
