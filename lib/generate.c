@@ -392,9 +392,17 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
         }
     }
     if (finish != AMPR_FINISH_STOP && finish != AMPR_FINISH_CANCELLED) {
+        size_t before = r.text.len;
         size_t k = ampr__detok_flush(&r.dt, piece, sizeof piece);
         st = text_append(&r.text, piece, k, err);
         if (st) goto done;
+        /* the flushed bytes (U+FFFD for a dangling sequence) may complete a stop string */
+        long stop_at = k && p->n_stop ? find_stop(&r.text, p, before) : -1;
+        if (stop_at >= 0) {
+            r.text.len = AMPR__MAX((size_t)stop_at, r.text.emitted);
+            r.text.s[r.text.len] = '\0';
+            finish = AMPR_FINISH_STOP;
+        }
         if (p->on_token && r.text.len > r.text.emitted) {
             p->on_token(p->user, r.text.s + r.text.emitted, r.text.len - r.text.emitted, -1);
             r.text.emitted = r.text.len;
