@@ -315,7 +315,10 @@ ampr_status ampr__config_parse(const char *json, ampr__config *c, ampr__err *err
     ampr__config_defaults(c);
     if (!json) return AMPR_OK;
     json_error_t je;
-    json_t *root = json_loads(json, JSON_REJECT_DUPLICATES, &je);
+    int oom;
+    json_t *root = ampr__json_parse(json, strlen(json), JSON_REJECT_DUPLICATES, &je, &oom);
+    if (oom)
+        return ampr__fail(err, AMPR_ERR_NOMEM, "config: out of memory parsing the JSON");
     if (!root)
         return ampr__fail(err, AMPR_ERR_CONFIG, "config: invalid JSON at line %d column %d: %s",
                           je.line, je.column, je.text);

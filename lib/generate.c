@@ -246,7 +246,8 @@ static ampr_status top_catch_up(ampr_ctx *c, struct request *r, int32_t n_logits
         int32_t w = AMPR__MAX(1, c->cfg.fallback.check_window);
         AMPR__TRY(ampr__scratch_new(c, PREFILL_CHUNK, AMPR__MIN(w, PREFILL_CHUNK), &r->check, err));
     }
-    AMPR__TRY(ampr__kv_seq_reserve(&r->seq_top, r->top->kv, r->n_positions, err));
+    AMPR__TRY(ampr__kv_seq_reserve_wait(&r->seq_top, r->top->kv, r->n_positions,
+                                        c->cfg.kv_wait_ms, err));
     int32_t from = r->seq_top.n_tokens, to = (int32_t)r->n_ids;
     n_logits = AMPR__MIN(n_logits, to - from);
     int32_t split = to - n_logits; /* [from, split) without logits, [split, to) with */
@@ -478,9 +479,17 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
         }
     }
     if (finish != AMPR_FINISH_STOP && finish != AMPR_FINISH_CANCELLED) {
+        size_t before = r.text.len;
         size_t k = ampr__detok_flush(&r.dt, piece, sizeof piece);
         st = text_append(&r.text, piece, k, err);
         if (st) goto done;
+        /* the flushed bytes (U+FFFD for a dangling sequence) may complete a stop string */
+        long stop_at = k && p->n_stop ? find_stop(&r.text, p, before) : -1;
+        if (stop_at >= 0) {
+            r.text.len = AMPR__MAX((size_t)stop_at, r.text.emitted);
+            r.text.s[r.text.len] = '\0';
+            finish = AMPR_FINISH_STOP;
+        }
         if (p->on_token && r.text.len > r.text.emitted) {
             p->on_token(p->user, r.text.s + r.text.emitted, r.text.len - r.text.emitted, -1);
             r.text.emitted = r.text.len;

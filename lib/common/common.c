@@ -23,7 +23,15 @@ static ampr_realloc_fn g_realloc = default_realloc;
 static ampr_free_fn g_free = default_free;
 static void *g_alloc_user;
 
-void *ampr__malloc(size_t n) { return g_malloc(n ? n : 1, g_alloc_user); }
+static _Thread_local unsigned g_alloc_failures;
+
+unsigned ampr__alloc_failures(void) { return g_alloc_failures; }
+
+void *ampr__malloc(size_t n) {
+    void *p = g_malloc(n ? n : 1, g_alloc_user);
+    if (AMPR__UNLIKELY(!p)) g_alloc_failures++;
+    return p;
+}
 
 void *ampr__calloc(size_t count, size_t size) {
     size_t total;
@@ -33,7 +41,11 @@ void *ampr__calloc(size_t count, size_t size) {
     return p;
 }
 
-void *ampr__realloc(void *p, size_t n) { return g_realloc(p, n ? n : 1, g_alloc_user); }
+void *ampr__realloc(void *p, size_t n) {
+    void *q = g_realloc(p, n ? n : 1, g_alloc_user);
+    if (AMPR__UNLIKELY(!q)) g_alloc_failures++;
+    return q;
+}
 
 void ampr__free(void *p) {
     if (p) g_free(p, g_alloc_user);
@@ -59,9 +71,72 @@ void *ampr__alloc_array(size_t count, size_t size, ampr__err *err) {
 }
 
 /* jansson allocates through these once hooks are installed, so its memory is
- * counted (and can be failed) like ours. */
-static void *json_malloc_hook(size_t n) { return ampr__malloc(n); }
-static void json_free_hook(void *p) { ampr__free(p); }
+ * counted (and can be failed) like ours. During ampr__json_parse() a failed
+ * allocation is served from that parse's reserve (see ampr__json_parse). */
+typedef struct json_reserve {
+    unsigned char *base;
+    size_t size, used;
+} json_reserve;
+static _Thread_local json_reserve *g_json_reserve;
+
+static void *json_malloc_hook(size_t n) {
+    void *p = ampr__malloc(n);
+    json_reserve *r = g_json_reserve;
+    if (!p && r) {
+        size_t need = (n + 15) & ~(size_t)15;
+        if (need >= n && need <= r->size - r->used) {
+            p = r->base + r->used;
+            r->used += need;
+        }
+    }
+    return p;
+}
+static void json_free_hook(void *p) {
+    json_reserve *r = g_json_reserve;
+    if (r && (unsigned char *)p >= r->base && (unsigned char *)p < r->base + r->size) return;
+    ampr__free(p);
+}
+
+#define JSON_RESERVE_BYTES ((size_t)64 << 10)
+#define JSON_CHUNK 64
+
+typedef struct json_src {
+    const char *p;
+    size_t left;
+    unsigned failures0;
+} json_src;
+
+static size_t json_read(void *buf, size_t cap, void *data) {
+    json_src *s = data;
+    if (ampr__alloc_failures() != s->failures0) return (size_t)-1; /* stop the parse */
+    size_t n = AMPR__MIN(AMPR__MIN(s->left, cap), (size_t)JSON_CHUNK);
+    memcpy(buf, s->p, n);
+    s->p += n;
+    s->left -= n;
+    return n;
+}
+
+json_t *ampr__json_parse(const char *buf, size_t len, size_t flags, json_error_t *je,
+                         int *oom) {
+    *oom = 0;
+    json_reserve r = {ampr__malloc(JSON_RESERVE_BYTES), JSON_RESERVE_BYTES, 0};
+    if (!r.base) {
+        *oom = 1;
+        return NULL;
+    }
+    json_reserve *saved = g_json_reserve;
+    g_json_reserve = &r;
+    json_src src = {buf, len, ampr__alloc_failures()};
+    json_t *j = json_load_callback(json_read, &src, flags, je);
+    if (ampr__alloc_failures() != src.failures0) {
+        json_decref(j); /* frees into the reserve are no-ops */
+        j = NULL;
+        *oom = 1;
+    }
+    g_json_reserve = saved;
+    ampr__free(r.base);
+    return j;
+}
 
 AMPR_API ampr_status ampr_set_allocator(ampr_malloc_fn m, ampr_realloc_fn r,
                                         ampr_free_fn f, void *user) {

@@ -54,6 +54,21 @@ char *ampr__strndup(const char *s, size_t n);
 /* count*size, or NULL/ERR_NOMEM with a message on overflow or failure */
 void *ampr__alloc_array(size_t count, size_t size, ampr__err *err);
 
+/* How many allocations have failed on the calling thread so far. */
+unsigned ampr__alloc_failures(void);
+
+/* Parse len bytes of JSON with jansson (flags as for json_loadb). Use this,
+ * never json_load*: jansson 2.14 does not survive a failed allocation while
+ * lexing (it drops the byte being saved and may then read past its buffer),
+ * and reports other failed allocations as syntax errors. Here a failed
+ * allocation is served from a small reserve, the parse is stopped at the next
+ * 64-byte chunk, and *oom is set (the result is then NULL). Otherwise the
+ * result and *je are jansson's. */
+struct json_t;
+struct json_error_t;
+struct json_t *ampr__json_parse(const char *buf, size_t len, size_t flags,
+                                struct json_error_t *je, int *oom);
+
 /* Checked arithmetic: return 0 on overflow. */
 static inline int ampr__mul_ok(uint64_t a, uint64_t b, uint64_t *out) {
     return !__builtin_mul_overflow(a, b, out);

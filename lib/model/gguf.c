@@ -473,7 +473,7 @@ static ampr_status load(const char *path, int check_finite, ampr__model *m, ampr
     for (uint64_t i = 0; i < n_tensors && st == AMPR_OK; i++) {
         const char *name;
         uint64_t name_len;
-        uint32_t n_dims, type;
+        uint32_t n_dims = 0, type = 0;
         int64_t ne[4] = {1, 1, 1, 1};
         st = rd_str(&c, &name, &name_len, "a tensor name", err);
         if (st == AMPR_OK) st = rd_u32(&c, &n_dims, "a tensor info", err);

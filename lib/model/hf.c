@@ -68,8 +68,11 @@ static ampr_status load_json(const char *path, json_t **out, ampr__err *err) {
     *out = NULL;
     AMPR__TRY(read_file(path, (size_t)64 << 20, &buf, &len, err));
     json_error_t je;
-    json_t *j = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
+    int oom;
+    json_t *j = ampr__json_parse(buf, len, JSON_REJECT_DUPLICATES, &je, &oom);
     ampr__free(buf);
+    if (oom)
+        return ampr__fail(err, AMPR_ERR_NOMEM, "%s: out of memory parsing the JSON", path);
     if (!j)
         return ampr__fail(err, AMPR_ERR_MODEL_FORMAT, "%s: bad JSON at line %d: %s", path,
                           je.line, je.text);

@@ -96,7 +96,11 @@ ampr_status ampr__st_load(ampr__model *m, const char *path, ampr__err *err) {
                           "%s: header of %llu bytes but the file has %zu", path,
                           (unsigned long long)n, map.size);
     json_error_t je;
-    json_t *hdr = json_loadb((const char *)map.base + 8, (size_t)n, JSON_REJECT_DUPLICATES, &je);
+    int oom;
+    json_t *hdr = ampr__json_parse((const char *)map.base + 8, (size_t)n, JSON_REJECT_DUPLICATES, &je,
+                                   &oom);
+    if (oom)
+        return ampr__fail(err, AMPR_ERR_NOMEM, "%s: out of memory parsing the header", path);
     if (!hdr)
         return ampr__fail(err, AMPR_ERR_MODEL_FORMAT, "%s: bad header JSON: %s", path, je.text);
     ampr_status st = AMPR_OK;

@@ -11,6 +11,9 @@
 
 #include <pthread.h>
 #include <stdlib.h>
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <cpuid.h>
+#endif
 
 static size_t no_act_bytes(int64_t n, int64_t cols) {
     (void)n;
@@ -56,11 +59,19 @@ static const ampr__qtraits k_traits[AMPR__SIMD_COUNT][AMPR__Q_COUNT] = {
 static ampr__simd g_max = AMPR__SIMD_SCALAR, g_level = AMPR__SIMD_SCALAR;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+/* F16C from CPUID leaf 1 (clang 14's __builtin_cpu_supports does not know "f16c"). */
+static int cpu_has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+#endif
+
 static void simd_init(void) {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
     __builtin_cpu_init();
     int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c");
+               cpu_has_f16c();
     int avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
                  __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                  __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");

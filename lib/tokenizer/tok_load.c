@@ -504,7 +504,10 @@ ampr_status ampr__tok_from_hf_json(const char *json, size_t len, ampr__tokenizer
     *out = NULL;
     if (!json && len) return ampr__fail(err, AMPR_ERR_INVALID_ARG, "tokenizer.json: NULL text");
     json_error_t je;
-    json_t *root = json_loadb(json ? json : "", len, 0, &je);
+    int oom;
+    json_t *root = ampr__json_parse(json ? json : "", len, 0, &je, &oom);
+    if (oom)
+        return ampr__fail(err, AMPR_ERR_NOMEM, "tokenizer.json: out of memory parsing it");
     if (!root)
         return ampr__fail(err, AMPR_ERR_MODEL_VOCAB, "tokenizer.json: line %d column %d: %s",
                           je.line, je.column, je.text);
