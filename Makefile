@@ -169,7 +169,8 @@ uninstall:
 	  $(DESTDIR)$(LIBDIR)/pkgconfig/ampr.pc $(DESTDIR)$(BINDIR)/ampr
 
 clean:
-	rm -rf build build-asan build-vg
+	rm -rf build build-asan build-vg build-fuzz build-tsan build-prebuild
 
 include examples/examples.mk
+include tests/fuzz/fuzz.mk
 -include $(LIB_OBJS:.o=.d)

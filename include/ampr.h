@@ -353,7 +353,10 @@ typedef struct ampr_result {
     ampr_tier tier_final;      /* the tier that produced the last token */
     int32_t escalated;         /* 1 if it moved to a higher tier */
     int32_t escalation_token;  /* index of the first token after escalation, or -1 */
-    char escalation_reason[64];
+    char escalation_reason[64];/* why it escalated ("kl-check (...)", "entropy (...)",
+                                * "repetition (...)"); with escalated == 0, empty, or
+                                * "skipped at token N: ..." when the top tier's KV
+                                * arena had no room to escalate or check */
     double prefill_ms;         /* time to first token */
     double decode_ms;          /* time for the remaining tokens */
     double total_ms;

@@ -391,6 +391,8 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
                     ampr__err_clear(err);
                     st = AMPR_OK;
                     checking = 0;
+                    snprintf(escalation_reason, sizeof escalation_reason,
+                             "skipped at token %d: %s, top tier's KV arena full", n_gen, why);
                 } else if (st) {
                     goto done;
                 } else {
@@ -447,10 +449,12 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
         if (checking && r.ring && r.tier != r.top && (n_gen + 1) % fb->check_every == 0) {
             int32_t w = AMPR__MIN(fb->check_window, n_gen + 1);
             st = top_catch_up(c, &r, w, err);
-            if (st == AMPR_ERR_KV_FULL) {
+            if (st == AMPR_ERR_KV_FULL) { /* no check possible: carry on unchecked */
                 ampr__err_clear(err);
                 st = AMPR_OK;
                 checking = 0;
+                snprintf(escalation_reason, sizeof escalation_reason,
+                         "skipped at token %d: kl-check, top tier's KV arena full", n_gen + 1);
                 continue;
             }
             if (st) goto done;

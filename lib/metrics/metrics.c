@@ -215,7 +215,8 @@ void ampr__metrics_req_end(ampr__metrics *m, ampr__metrics_req *r, ampr_status s
         hist_observe(&m->hist[AMPR__MH_PREFILL][t], k_bounds_long, ms_to_ns(r->t_first - r->t_sched));
         hist_observe(&m->hist[AMPR__MH_DECODE][t], k_bounds_long, ms_to_ns(r->t_last - r->t_first));
     }
-    if (escalation_reason && escalation_reason[0] && tier_ok(tier_final))
+    /* a reason with no change of tier is a skipped escalation, not counted */
+    if (escalation_reason && escalation_reason[0] && tier_ok(tier_final) && tier_final != t)
         atomic_fetch_add_explicit(&m->escalations[t][tier_final][reason_index(escalation_reason)], 1,
                                   RELAXED);
 }
