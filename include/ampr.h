@@ -355,8 +355,8 @@ typedef struct ampr_result {
     int32_t escalation_token;  /* index of the first token after escalation, or -1 */
     char escalation_reason[64];/* why it escalated ("kl-check (...)", "entropy (...)",
                                 * "repetition (...)"); with escalated == 0, empty, or
-                                * "skipped at token N: ..." when the top tier's KV
-                                * arena had no room to escalate or check */
+                                * "skipped (top tier KV full) at N: ..." when the top
+                                * tier's KV arena had no room to escalate or check */
     double prefill_ms;         /* time to first token */
     double decode_ms;          /* time for the remaining tokens */
     double total_ms;

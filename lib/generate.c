@@ -392,7 +392,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
                     st = AMPR_OK;
                     checking = 0;
                     snprintf(escalation_reason, sizeof escalation_reason,
-                             "skipped at token %d: %s, top tier's KV arena full", n_gen, why);
+                             "skipped (top tier KV full) at %d: %.10s", n_gen, why);
                 } else if (st) {
                     goto done;
                 } else {
@@ -454,7 +454,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
                 st = AMPR_OK;
                 checking = 0;
                 snprintf(escalation_reason, sizeof escalation_reason,
-                         "skipped at token %d: kl-check, top tier's KV arena full", n_gen + 1);
+                         "skipped (top tier KV full) at %d: kl-check", n_gen + 1);
                 continue;
             }
             if (st) goto done;
