@@ -270,6 +270,44 @@ static void test_golden_nll(void **state) {
     ampr_close(ctx);
 }
 
+/* One ampr_open with the default tiers (fp16, int8, nf4) serves the same
+ * prompt on each: FP16 (f16 KV) still follows the reference for the first
+ * 60 tokens; INT8 and NF4 stay coherent TinyStories English (their first
+ * sentence is the reference's) and report their own tier. */
+static void test_default_tiers_same_prompt(void **state) {
+    (void)state;
+    TU_SHARED_OR_SKIP(path, "models/stories260K/stories260K.gguf");
+    ampr_ctx *ctx = NULL;
+    assert_int_equal(ampr_open(path, NULL, &ctx), AMPR_OK);
+    ampr_model_info mi;
+    ampr_model_info_init(&mi);
+    assert_int_equal(ampr_get_model_info(ctx, &mi), AMPR_OK);
+    assert_int_equal(mi.n_tiers, 3);
+    size_t glen = 0;
+    char *gold = tu_read_file(tu_shared("models/stories260K/golden_fp32/p1_once_upon.txt"), &glen);
+    assert_non_null(gold);
+    const char *g = gold + strlen("Once upon a time");
+    ampr_tier tiers[3] = {AMPR_TIER_FP16, AMPR_TIER_INT8, AMPR_TIER_NF4};
+    for (int i = 0; i < 3; i++) {
+        ampr_gen_params p;
+        ampr_gen_params_init(&p);
+        p.tier = tiers[i];
+        p.temperature = 0;
+        p.max_tokens = 60;
+        p.fallback = 0;
+        ampr_result *r = NULL;
+        assert_int_equal(ampr_generate(ctx, "Once upon a time", AMPR_NUL_TERMINATED, &p, &r), AMPR_OK);
+        assert_int_equal(r->tier_final, tiers[i]);
+        assert_int_equal(r->n_tokens, 60);
+        const char *first = ", there was a little girl named Lily.";
+        assert_memory_equal(r->text, first, strlen(first));
+        if (tiers[i] == AMPR_TIER_FP16) assert_memory_equal(r->text, g, r->text_len);
+        ampr_result_free(r);
+    }
+    free(gold);
+    ampr_close(ctx);
+}
+
 static int setup(void **state) {
     (void)state;
     const char *bin = tu_shared("models/stories260K/stories260K.bin");
@@ -310,6 +348,7 @@ int main(void) {
         cmocka_unit_test(test_hf_logits),
         cmocka_unit_test(test_prefill_equals_decode),
         cmocka_unit_test(test_golden_nll),
+        cmocka_unit_test(test_default_tiers_same_prompt),
     };
     return cmocka_run_group_tests_name("e2e", tests, setup, teardown);
 }
