@@ -370,7 +370,9 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
     char piece[AMPR__DETOK_MAX_PIECE + 16];
     for (n_gen = 0;; n_gen++) {
         if (n_gen >= p->max_tokens) { finish = AMPR_FINISH_LENGTH; break; }
-        if (r.n_ids >= (size_t)hp->context_length) { finish = AMPR_FINISH_CONTEXT; break; }
+        /* the logits in hand came from position n_ids - 1: once that was the
+         * window's last position, the token they give is the last one */
+        if (r.n_ids > (size_t)hp->context_length) { finish = AMPR_FINISH_CONTEXT; break; }
         float *logits = r.scratch.logits;
 
         /* 4a. early-warning signals on a lower tier */
@@ -439,7 +441,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
             if (cancel) { n_gen++; finish = AMPR_FINISH_CANCELLED; break; }
         }
         if (stopping) { n_gen++; finish = AMPR_FINISH_STOP; break; }
-        if (n_gen + 1 >= p->max_tokens || r.n_ids >= (size_t)hp->context_length) continue;
+        if (n_gen + 1 >= p->max_tokens || r.n_ids > (size_t)hp->context_length) continue;
 
         /* 4d. forward the new token */
         st = decode_step(c, r.tier, &r.seq, next, r.scratch.logits, err);

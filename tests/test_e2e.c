@@ -270,6 +270,68 @@ static void test_golden_nll(void **state) {
     ampr_close(ctx);
 }
 
+/* The second real model, aidreams260K (no GQA, its own vocabulary, 128-token
+ * context), converted from llama2.c by our converter: greedy ids equal
+ * run.c's for all six prompts (run.c does not stop at </s>, so neither do
+ * we here), and the text too where no </s> was printed. */
+static void test_aidreams_goldens(void **state) {
+    (void)state;
+    TU_SHARED_OR_SKIP(bin, "models/aidreams260K/aidreams260K.bin");
+    char bin_copy[4096], tok_copy[4096];
+    snprintf(bin_copy, sizeof bin_copy, "%s", bin);
+    snprintf(tok_copy, sizeof tok_copy, "%s", tu_shared("models/aidreams260K/tok512.bin"));
+    char *dir = tu_tmpdir("aidreams");
+    ampr__err err = {0};
+    assert_int_equal(ampr__convert_llama2c(bin_copy, tok_copy, dir, &err), AMPR_OK);
+    ampr_ctx *ctx = NULL;
+    assert_int_equal(ampr_open(dir, "{\"tiers\": [\"f32\"]}", &ctx), AMPR_OK);
+    for (size_t k = 0; k < sizeof k_prompts / sizeof k_prompts[0]; k++) {
+        const char *name = k_prompts[k][0], *prompt = k_prompts[k][1];
+        char rel[256];
+        snprintf(rel, sizeof rel, "models/aidreams260K/golden_fp32/%s.ids", name);
+        FILE *f = fopen(tu_shared(rel), "r");
+        assert_non_null(f);
+        golden g = {0};
+        while (g.n < 600 && fscanf(f, "%d %d %d", &g.pos[g.n], &g.token[g.n], &g.next[g.n]) == 3) g.n++;
+        fclose(f);
+        int32_t ids[128];
+        size_t n_ids = 0;
+        assert_int_equal(ampr_tokenize(ctx, prompt, AMPR_NUL_TERMINATED, 1, ids, 128, &n_ids), AMPR_OK);
+        for (size_t i = 0; i < n_ids; i++) assert_int_equal(ids[i], g.token[i]);
+        int n_gen = g.n - ((int)n_ids - 1);
+        ampr_gen_params p;
+        ampr_gen_params_init(&p);
+        p.tier = AMPR_TIER_F32;
+        p.temperature = 0;
+        p.max_tokens = n_gen;
+        p.ignore_eos = 1;
+        ampr_result *r = NULL;
+        assert_int_equal(ampr_generate(ctx, prompt, AMPR_NUL_TERMINATED, &p, &r), AMPR_OK);
+        assert_int_equal((int)r->n_tokens, n_gen);
+        int has_eos = 0;
+        for (int i = 0; i < n_gen; i++) {
+            if (r->tokens[i] != g.next[(int)n_ids - 1 + i])
+                fail_msg("aidreams %s: token %d is %d, reference %d", name, i, r->tokens[i],
+                         g.next[(int)n_ids - 1 + i]);
+            has_eos |= r->tokens[i] == 2;
+        }
+        snprintf(rel, sizeof rel, "models/aidreams260K/golden_fp32/%s.txt", name);
+        size_t glen = 0;
+        char *gold = tu_read_file(tu_shared(rel), &glen);
+        assert_non_null(gold);
+        if (!has_eos) {
+            size_t plen = strlen(prompt);
+            assert_true(glen == plen + r->text_len + 1);
+            assert_memory_equal(gold + plen, r->text, r->text_len);
+        }
+        free(gold);
+        ampr_result_free(r);
+    }
+    ampr_close(ctx);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 /* One ampr_open with the default tiers (fp16, int8, nf4) serves the same
  * prompt on each: FP16 (f16 KV) still follows the reference for the first
  * 60 tokens; INT8 and NF4 stay coherent TinyStories English (their first
@@ -349,6 +411,7 @@ int main(void) {
         cmocka_unit_test(test_prefill_equals_decode),
         cmocka_unit_test(test_golden_nll),
         cmocka_unit_test(test_default_tiers_same_prompt),
+        cmocka_unit_test(test_aidreams_goldens),
     };
     return cmocka_run_group_tests_name("e2e", tests, setup, teardown);
 }
