@@ -65,6 +65,28 @@ static void test_version_and_status(void **state) {
     assert_string_equal(ampr_tier_name((ampr_tier)77), "?");
 }
 
+/* A caller compiled against an older, smaller struct: _init_sized writes
+ * exactly its bytes, and the library uses defaults for the rest. */
+static void test_init_sized_old_callers(void **state) {
+    (void)state;
+    size_t old = offsetof(ampr_gen_params, fallback); /* before `fallback` was appended */
+    unsigned char buf[sizeof(ampr_gen_params) + 64];
+    memset(buf, 0xAB, sizeof buf);
+    ampr_gen_params_init_sized((ampr_gen_params *)buf, old);
+    for (size_t i = old; i < sizeof buf; i++) assert_int_equal(buf[i], 0xAB);
+    ampr_gen_params p;
+    memcpy(&p, buf, sizeof p);
+    assert_int_equal(p.struct_size, old);
+    assert_int_equal(p.max_tokens, 256);
+    /* a newer, larger caller: zeroes its tail, records its size */
+    memset(buf, 0xCD, sizeof buf);
+    ampr_model_info_init_sized((ampr_model_info *)buf, sizeof(ampr_model_info) + 32);
+    assert_int_equal(((ampr_model_info *)buf)->struct_size, sizeof(ampr_model_info) + 32);
+    for (size_t i = sizeof(ampr_model_info); i < sizeof(ampr_model_info) + 32; i++) assert_int_equal(buf[i], 0);
+    assert_int_equal(buf[sizeof(ampr_model_info) + 32], 0xCD);
+    ampr_gen_params_init_sized(NULL, 100); /* NULL: nothing */
+}
+
 /* ---- open failures ------------------------------------------------------ */
 
 static void expect_open_fails(const char *path, const char *cfg, ampr_status want, const char *needle) {
@@ -545,6 +567,7 @@ static void test_route(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_version_and_status),
+        cmocka_unit_test(test_init_sized_old_callers),
         cmocka_unit_test(test_open_errors),
         cmocka_unit_test(test_open_progress_cancel),
         cmocka_unit_test(test_info),
