@@ -70,7 +70,7 @@ static void test_version_and_status(void **state) {
 static void test_init_sized_old_callers(void **state) {
     (void)state;
     size_t old = offsetof(ampr_gen_params, fallback); /* before `fallback` was appended */
-    unsigned char buf[sizeof(ampr_gen_params) + 64];
+    unsigned char buf[sizeof(ampr_gen_params) + sizeof(ampr_model_info) + 64];
     memset(buf, 0xAB, sizeof buf);
     ampr_gen_params_init_sized((ampr_gen_params *)buf, old);
     for (size_t i = old; i < sizeof buf; i++) assert_int_equal(buf[i], 0xAB);
