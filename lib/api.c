@@ -405,14 +405,20 @@ AMPR_API ampr_status ampr_route(ampr_ctx *ctx, const char *prompt, size_t len, c
     ampr__err err = {0};
     ampr_status st = check_ready(ctx, &err);
     if (st) return record(ctx, &err, st);
-    if ((!prompt && len) || !struct_ok(out, sizeof(ampr_route_result)))
+    /* the first release's struct ends with reason[]; later fields are appended */
+    if ((!prompt && len) || !struct_ok(out, offsetof(ampr_route_result, reason) + sizeof out->reason))
         return record(ctx, &err, ampr__fail(&err, AMPR_ERR_INVALID_ARG,
                                             "NULL prompt, or out not initialised with ampr_route_result_init"));
     if (len == AMPR_NUL_TERMINATED) len = strlen(prompt);
     if (system && system_len == AMPR_NUL_TERMINATED) system_len = strlen(system);
     if (!ampr__utf8_valid(prompt ? prompt : "", len) || (system && !ampr__utf8_valid(system, system_len)))
         return record(ctx, &err, ampr__fail(&err, AMPR_ERR_BAD_UTF8, "the prompt or system text is not valid UTF-8"));
-    ampr__route(ctx, prompt ? prompt : "", len, system, system ? system_len : 0, out);
+    ampr_route_result r;
+    ampr_route_result_init(&r);
+    ampr__route(ctx, prompt ? prompt : "", len, system, system ? system_len : 0, &r);
+    uint32_t size = out->struct_size;
+    memcpy((char *)out + sizeof(uint32_t), (const char *)&r + sizeof(uint32_t),
+           AMPR__MIN((size_t)size, sizeof r) - sizeof(uint32_t));
     return AMPR_OK;
 }
 
