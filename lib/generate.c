@@ -3,13 +3,16 @@
  *
  *   tokenize the prompt -> choose the tier (ampr_route unless fixed) ->
  *   reserve KV pages in that tier's arena for prompt + max_tokens ->
- *   prefill the prompt in chunks -> repeat { sample; detokenize (whole UTF-8
- *   characters only); check stop strings; stream; forward one token } ->
+ *   prefill the prompt in chunks -> repeat { error signals (maybe escalate
+ *   to the top tier); sample; detokenize (whole UTF-8 characters only);
+ *   check stop strings; stream; decode step (batched with the other
+ *   requests on the tier); every check_every tokens the KL check } ->
  *   release the pages -> build the result.
  *
  * Everything a request owns lives in `struct request`, so concurrent requests
  * on one context share nothing but the read-only weights, the arenas' free
- * lists (locked) and the thread pool (locked per forward step).
+ * lists (locked), the tiers' decode queues (locked) and the thread pool
+ * (locked per forward pass).
  */
 #include <stdio.h>
 
