@@ -278,7 +278,7 @@ static ampr_status load_calibration(const char *path, ampr__config *c, ampr__err
 
 static ampr_status parse_root(json_t *root, ampr__config *c, ampr__err *err) {
     static const char *const keys[] = {"tiers", "threads", "context_length", "kv", "device",
-                                       "router", "fallback", "calibration", "tp_size", NULL};
+                                       "router", "fallback", "calibration", "nf4", "tp_size", NULL};
     if (!json_is_object(root))
         return ampr__fail(err, AMPR_ERR_CONFIG, "config: the top level must be a JSON object");
     AMPR__TRY(check_keys(root, "", keys, err));
@@ -301,6 +301,12 @@ static ampr_status parse_root(json_t *root, ampr__config *c, ampr__err *err) {
     if ((v = json_object_get(root, "kv"))) AMPR__TRY(parse_kv(v, c, err));
     if ((v = json_object_get(root, "router"))) AMPR__TRY(parse_router(v, c, err));
     if ((v = json_object_get(root, "fallback"))) AMPR__TRY(parse_fallback(v, &c->fallback, err));
+    if ((v = json_object_get(root, "nf4"))) {
+        static const char *const nkeys[] = {"double_quant", NULL};
+        if (!json_is_object(v)) return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"nf4\" must be an object");
+        AMPR__TRY(check_keys(v, " in \"nf4\"", nkeys, err));
+        AMPR__TRY(get_bool(v, "double_quant", &c->nf4_double_quant, err));
+    }
     if ((v = json_object_get(root, "device"))) {
         const char *s = json_string_value(v);
         if (s && !strcmp(s, "cpu")) c->device = 0;

@@ -182,6 +182,30 @@ static void test_info(void **state) {
     ampr_close(ctx);
 }
 
+/* NF4 with double quantization: the absmax values cost 8 bits, so the tier
+ * is smaller, and it still generates. */
+static void test_nf4_double_quant(void **state) {
+    (void)state;
+    ampr_ctx *a = open_ok("{\"tiers\": [\"nf4\"]}");
+    ampr_ctx *b = open_ok("{\"tiers\": [\"nf4\"], \"nf4\": {\"double_quant\": true}}");
+    ampr_tier_info ta, tb;
+    ampr_tier_info_init(&ta);
+    ampr_tier_info_init(&tb);
+    assert_int_equal(ampr_get_tier_info(a, AMPR_TIER_NF4, &ta), AMPR_OK);
+    assert_int_equal(ampr_get_tier_info(b, AMPR_TIER_NF4, &tb), AMPR_OK);
+    assert_true(tb.weight_bytes < ta.weight_bytes);
+    ampr_gen_params p = greedy(12);
+    ampr_result *r = NULL;
+    assert_int_equal(ampr_generate(b, "abc", 3, &p, &r), AMPR_OK);
+    assert_int_equal(r->n_tokens, 12);
+    ampr_result_free(r);
+    ampr_close(a);
+    ampr_close(b);
+    ampr_ctx *c = NULL;
+    assert_int_equal(ampr_open(model_path, "{\"nf4\": {\"double\": true}}", &c), AMPR_ERR_CONFIG);
+    ampr_close(c);
+}
+
 /* ---- tokenization ------------------------------------------------------- */
 
 static void test_tokenize(void **state) {
@@ -571,6 +595,7 @@ int main(void) {
         cmocka_unit_test(test_open_errors),
         cmocka_unit_test(test_open_progress_cancel),
         cmocka_unit_test(test_info),
+        cmocka_unit_test(test_nf4_double_quant),
         cmocka_unit_test(test_tokenize),
         cmocka_unit_test(test_generate_limits),
         cmocka_unit_test(test_streaming_and_cancel),

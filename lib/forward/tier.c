@@ -14,12 +14,12 @@
 
 #include <stdio.h>
 
-static ampr__qtype tier_qtype(ampr_tier t) {
+static ampr__qtype tier_qtype(const ampr_ctx *c, ampr_tier t) {
     switch (t) {
     case AMPR_TIER_F32: return AMPR__Q_F32;
     case AMPR_TIER_BF16: return AMPR__Q_BF16;
     case AMPR_TIER_INT8: return AMPR__Q_INT8;
-    case AMPR_TIER_NF4: return AMPR__Q_NF4;
+    case AMPR_TIER_NF4: return c->cfg.nf4_double_quant ? AMPR__Q_NF4_DQ : AMPR__Q_NF4;
     default: return AMPR__Q_F16;
     }
 }
@@ -159,7 +159,7 @@ static ampr_status build_tier(ampr_ctx *c, ampr__tier *t, float *tmp, float *sha
                               void *user, int tier_index, ampr__err *err) {
     const ampr__model *m = c->model;
     const ampr__hparams *hp = &c->hp;
-    t->qtype = tier_qtype(t->id);
+    t->qtype = tier_qtype(c, t->id);
     t->qt = ampr__qtraits_get(t->qtype);
     if (!t->qt)
         return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "tier %s is not available in this build",
