@@ -182,6 +182,8 @@ static void test_info(void **state) {
     ampr_close(ctx);
 }
 
+static ampr_gen_params greedy(int max_tokens);
+
 /* NF4 with double quantization: the absmax values cost 8 bits, so the tier
  * is smaller, and it still generates. */
 static void test_nf4_double_quant(void **state) {
