@@ -210,6 +210,23 @@ ampr_status ampr__calib_write(const char *path, const ampr__router_config *rc, f
         }
         bad |= json_object_set_new(int8, "act_absmax", am);
         am = NULL;
+        /* static per-tensor INT8 activation scales (absmax/127 over all
+         * channels), for backends that quantize activations statically; the
+         * CPU backend keeps dynamic per-token scales, which lose less */
+        json_t *ss = json_object();
+        for (int m = 0; ss && m < AMPR__MM_COUNT && !bad; m++) {
+            int32_t w = ampr__mm_width(hp, m);
+            float *v = ampr__calloc((size_t)hp->n_layers, sizeof(float));
+            if (!v) { bad = 1; break; }
+            for (int32_t l = 0; l < hp->n_layers; l++) {
+                float mx = 0;
+                for (int32_t j = 0; j < w; j++) mx = fmaxf(mx, st->absmax[m][(size_t)l * (size_t)w + (size_t)j]);
+                v[l] = mx / 127.0f;
+            }
+            bad |= json_object_set_new(ss, names[m], float_array(v, (size_t)hp->n_layers));
+            ampr__free(v);
+        }
+        bad |= !ss || json_object_set_new(int8, "static_scales", ss);
         bad |= json_object_set_new(root, "router", router);
         bad |= json_object_set_new(root, "fallback", fb);
         bad |= json_object_set_new(root, "int8", int8);
