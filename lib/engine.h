@@ -135,6 +135,11 @@ ampr__tier *ampr__ctx_tier(ampr_ctx *c, ampr_tier id); /* NULL if not resident *
 ampr_status ampr__tiers_build(ampr_ctx *c, ampr_progress_fn progress, void *user,
                               ampr__err *err);
 void ampr__tiers_free(ampr_ctx *c);
+/* tier_nf4.c: when qt is NF4 / NF4_DQ and the parts are NF4 checkpoint
+ * tensors that concatenate block-exactly, copy them into dst (*done = 1);
+ * otherwise leave dst alone (*done = 0) and let tier.c requantize. */
+ampr_status ampr__tier_nf4_copy(const ampr__qtraits *qt, const ampr__tensor *const *parts,
+                                int n_parts, ampr__qmat *dst, int *done, ampr__err *err);
 
 /* ---- the forward pass (forward.c) --------------------------------------- */
 

@@ -6,6 +6,8 @@
  * quantizing through the traits table. Q/K/V rows are fused into one matrix
  * and gate/up into another, so a layer is four matmuls. Norm vectors stay
  * fp32 and are shared (ctx->norms). Each tier also gets its KV arena.
+ * NF4 checkpoint tensors (bitsandbytes) go into NF4 tiers by copying when
+ * the fused blocks line up (tier_nf4.c; tp = 1 only).
  * With tp_size > 1 every layer matrix is stored as tp per-rank shards cut from
  * the same fp32 rows before quantization, as forward/tp.h plans.
  */
@@ -35,6 +37,12 @@ static void rows_f32(const ampr__tensor *t, float *dst) {
 static ampr_status build_mat(const ampr__qtraits *qt, const ampr__tensor *const *parts, int n_parts,
                              float *tmp, const float *act_absmax, float alpha, float **smooth,
                              ampr__qmat *dst, ampr__err *err) {
+    /* NF4 checkpoint (bitsandbytes) into an NF4 tier: copy, see tier_nf4.c */
+    if (!act_absmax) {
+        int done;
+        AMPR__TRY(ampr__tier_nf4_copy(qt, parts, n_parts, dst, &done, err));
+        if (done) return AMPR_OK;
+    }
     int64_t rows = 0, cols = parts[0]->ne[0];
     for (int i = 0; i < n_parts; i++) {
         rows_f32(parts[i], tmp + rows * cols);

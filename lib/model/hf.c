@@ -238,6 +238,7 @@ static ampr_status load_hf(const char *dir, int check_finite, ampr__model *m, am
     AMPR__TRY(st);
     AMPR__TRY(ampr__hparams_check(&m->hp, err));
     AMPR__TRY(load_weights(m, dir, err));
+    AMPR__TRY(ampr__bnb_resolve(m, err)); /* bitsandbytes 4-bit groups -> NF4 tensors */
 
     char *tj;
     size_t tlen;

@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #endif
 #include "model_int.h"
+#include "../quant/quant.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -28,6 +29,8 @@ const char *ampr__dtype_name(ampr__dtype t) {
     case AMPR__DT_F16: return "F16";
     case AMPR__DT_BF16: return "BF16";
     case AMPR__DT_Q8_0: return "Q8_0";
+    case AMPR__DT_NF4: return "NF4";
+    case AMPR__DT_U8: return "U8";
     }
     return "?";
 }
@@ -54,6 +57,23 @@ void ampr__tensor_row_f32(const ampr__tensor *t, int64_t r, float *out) {
             uint16_t h;
             memcpy(&h, row + 2 * i, 2);
             out[i] = t->dtype == AMPR__DT_F16 ? ampr__fp16_to_f32(h) : ampr__bf16_to_f32(h);
+        }
+        break;
+    }
+    case AMPR__DT_U8:
+        memset(out, 0, (size_t)n * sizeof *out); /* never in a finished model */
+        break;
+    case AMPR__DT_NF4: {
+        /* flattened elements [r*n, r*n + n): blocks and nibbles follow the
+         * flat index (a row may start mid-block or on a low nibble) */
+        int64_t e = r * n, e1 = e + n;
+        while (e < e1) {
+            int64_t b = e / 64, be = AMPR__MIN(e1, (b + 1) * 64);
+            float a = t->absmax[b];
+            for (; e < be; e++) {
+                uint8_t byte = p[e / 2];
+                *out++ = ampr__nf4_code[(e & 1) ? byte & 15 : byte >> 4] * a;
+            }
         }
         break;
     }
@@ -134,6 +154,22 @@ ampr_status ampr__model_map(ampr__model *m, const char *path, size_t min_size,
     return AMPR_OK;
 }
 
+ampr_status ampr__model_own(ampr__model *m, void *ptr, ampr__err *err) {
+    ampr__model_priv *p = m->priv;
+    if (p->n_owned == p->cap_owned) {
+        size_t cap = p->cap_owned ? 2 * p->cap_owned : 16;
+        void **no = ampr__realloc(p->owned, cap * sizeof *no);
+        if (!no) {
+            ampr__free(ptr);
+            return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory");
+        }
+        p->owned = no;
+        p->cap_owned = cap;
+    }
+    p->owned[p->n_owned++] = ptr;
+    return AMPR_OK;
+}
+
 ampr_status ampr__model_add_tensor(ampr__model *m, const char *name, size_t name_len,
                                    ampr__tensor **out, ampr__err *err) {
     ampr__model_priv *p = m->priv;
@@ -170,6 +206,8 @@ ampr_status ampr__tensor_size(const char *name, int n_dims, const int64_t *ne, a
     case AMPR__DT_F32: *nbytes = n * 4; break;
     case AMPR__DT_F16:
     case AMPR__DT_BF16: *nbytes = n * 2; break;
+    case AMPR__DT_U8: *nbytes = n; break;
+    case AMPR__DT_NF4: *nbytes = (n + 1) / 2; break;
     case AMPR__DT_Q8_0:
         if (ne[0] % 32 != 0)
             return ampr__fail(err, AMPR_ERR_MODEL_SHAPE,
@@ -298,6 +336,13 @@ static int tensor_finite(const ampr__tensor *t) {
             if ((u & 0x7c00u) == 0x7c00u) return 0;
         }
         return 1;
+    case AMPR__DT_NF4: {
+        uint64_t ne = (uint64_t)(t->ne[0] * t->ne[1]), nb = (ne + 63) / 64;
+        for (uint64_t b = 0; b < nb; b++)
+            if (!isfinite(t->absmax[b])) return 0;
+        return 1;
+    }
+    case AMPR__DT_U8: return 1;
     }
     return 0;
 }
@@ -561,6 +606,8 @@ void ampr__model_free(ampr__model *m) {
         ampr__free(p->by_name);
         for (int i = 0; i < p->n_maps; i++) ampr__unmap(&p->maps[i]);
         ampr__free(p->maps);
+        for (size_t i = 0; i < p->n_owned; i++) ampr__free(p->owned[i]);
+        ampr__free(p->owned);
         ampr__free(p);
     }
     if (m->tok) ampr__tok_free(m->tok);

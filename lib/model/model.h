@@ -22,7 +22,15 @@ typedef enum ampr__dtype {
     AMPR__DT_F32 = 0,
     AMPR__DT_F16 = 1,
     AMPR__DT_BF16 = 2,
-    AMPR__DT_Q8_0 = 3 /* GGUF Q8_0: blocks of 32 int8 with one fp16 scale (34 bytes) */
+    AMPR__DT_Q8_0 = 3, /* GGUF Q8_0: blocks of 32 int8 with one fp16 scale (34 bytes) */
+    /* bitsandbytes NF4 (blocksize 64) as loaded from a transformers +
+     * bitsandbytes 4-bit checkpoint (see bnb.c): data = packed codes
+     * uint8[ceil(n/2)] over the flattened row-major matrix (element 2j in the
+     * high nibble of byte j), absmax = float[ceil(n/64)] (double-quantized
+     * checkpoints are dequantized to fp32 at load, as bitsandbytes does). */
+    AMPR__DT_NF4 = 4,
+    /* raw bytes (safetensors U8): only while loading, never in a finished model */
+    AMPR__DT_U8 = 5
 } ampr__dtype;
 
 const char *ampr__dtype_name(ampr__dtype t);
@@ -34,6 +42,7 @@ typedef struct ampr__tensor {
     int64_t ne[4];     /* ne[0] innermost; unused dims are 1 */
     const void *data;  /* inside a mapping owned by the model */
     uint64_t nbytes;
+    const float *absmax; /* NF4: one fp32 absmax per block of 64; else NULL */
 } ampr__tensor;
 
 /* Read row r of a 2-D tensor (or the whole of a 1-D one, r = 0) as fp32.
@@ -118,5 +127,24 @@ ampr_status ampr__convert_llama2c(const char *bin_path, const char *tok_path,
 ampr_status ampr__model_write_random(const char *path, const char *format,
                                      const ampr__hparams *hp, ampr__dtype dtype,
                                      int n_shards, uint64_t seed, ampr__err *err);
+
+/* ---- bitsandbytes NF4 checkpoints (bnb.c) --------------------------------- */
+
+/* Write a Hugging Face directory whose Linear weights (q/k/v/o_proj,
+ * gate/up/down_proj) are stored as transformers + bitsandbytes 4-bit NF4
+ * (blocksize 64, quant_storage uint8; double_quant: compress_statistics,
+ * nested blocks of 256) by bitsandbytes' documented layout: per weight
+ * X.weight (U8 [ceil(n/2), 1]), X.weight.absmax (F32 [nb], or U8 [nb] when
+ * nested, with X.weight.nested_absmax F32 and X.weight.nested_quant_map
+ * F32[256]), X.weight.quant_map (F32[16]) and
+ * X.weight.quant_state.bitsandbytes__nf4 (U8: the JSON of quant_type,
+ * blocksize, dtype, shape[, nested_blocksize, nested_dtype, nested_offset]).
+ * Embeddings, norms and lm_head stay float (their source dtype, F32 for
+ * Q8_0 sources), as transformers leaves them. config.json gets a
+ * quantization_config. Q/K rows are permuted to the half-split RoPE layout
+ * when m has the interleaved one. tokenizer.json and tokenizer_config.json are
+ * copied from tok_dir (a Hugging Face directory). */
+ampr_status ampr__model_write_bnb_nf4(const ampr__model *m, const char *tok_dir,
+                                      const char *out_dir, int double_quant, ampr__err *err);
 
 #endif

@@ -28,7 +28,22 @@ struct ampr__model_priv {
     ampr__tensor *tensors; /* names owned (ampr__strndup) */
     size_t n_tensors, cap_tensors;
     const ampr__tensor **by_name; /* sorted by name, for lookups */
+    void **owned; /* allocations freed with the model (dequantized NF4 absmax) */
+    size_t n_owned, cap_owned;
 };
+
+/* Hand an ampr__malloc'd block to the model (freed by ampr__model_free; on
+ * failure it is freed here). */
+ampr_status ampr__model_own(ampr__model *m, void *ptr, ampr__err *err);
+/* bitsandbytes 4-bit groups: the safetensors reader keeps the companions of a
+ * quantized weight under the canonical name of the weight plus the suffix
+ * (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map",
+ * ".quant_state.bitsandbytes__nf4"); this returns the length of key without
+ * such a suffix, or 0 when it has none. */
+size_t ampr__bnb_suffix(const char *key);
+/* After all shards are read: turn each group into one AMPR__DT_NF4 tensor
+ * (validated) and drop the companions; any U8 tensor left over fails. */
+ampr_status ampr__bnb_resolve(ampr__model *m, ampr__err *err);
 
 /* Map a whole file read-only (fewer than min_size bytes: TRUNCATED). */
 ampr_status ampr__map_file(const char *path, size_t min_size, ampr__map *out, ampr__err *err);

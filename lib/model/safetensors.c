@@ -7,7 +7,8 @@
  * and is ignored. Shapes are outermost-first ([out, in]); ne[] is their
  * reverse.
  *
- * Reading validates every entry (dtype F32/F16/BF16, rank 1..4, positive
+ * Reading validates every entry (dtype F32/F16/BF16, or U8 for
+ * bitsandbytes 4-bit groups that bnb.c then resolves, rank 1..4, positive
  * dims, offsets inside the data, end - begin == elements * dtype size);
  * overlaps between tensors are caught by ampr__model_finish(). Writing is
  * streamed: the header is computed up front, the data produced tensor by
@@ -26,6 +27,7 @@ static ampr_status st_dtype(const char *s, const char *name, ampr__dtype *dt, am
     if (!strcmp(s, "F32")) *dt = AMPR__DT_F32;
     else if (!strcmp(s, "F16")) *dt = AMPR__DT_F16;
     else if (!strcmp(s, "BF16")) *dt = AMPR__DT_BF16;
+    else if (!strcmp(s, "U8")) *dt = AMPR__DT_U8; /* bitsandbytes 4-bit, see bnb.c */
     else
         return ampr__fail(err, AMPR_ERR_MODEL_DTYPE, "safetensors: tensor %s has dtype %.32s",
                           name, s);
@@ -71,8 +73,17 @@ static ampr_status st_entry(ampr__model *m, const char *path, const char *key, j
         return ampr__fail(err, AMPR_ERR_MODEL_SHAPE,
                           "%s: tensor %s spans %lld bytes, its shape needs %llu", path, key,
                           (long long)(e - b), (unsigned long long)nbytes);
-    char canon[AMPR__NAME_MAX];
+    char canon[AMPR__NAME_MAX], base[AMPR__NAME_MAX];
     const char *name = ampr__hf_to_canon(key, canon, sizeof canon) ? canon : key;
+    size_t bl = ampr__bnb_suffix(key);
+    if (bl && bl < sizeof base) { /* a bitsandbytes companion: canonical base + suffix */
+        memcpy(base, key, bl);
+        base[bl] = '\0';
+        char cb[AMPR__NAME_MAX];
+        if (ampr__hf_to_canon(base, cb, sizeof cb) &&
+            snprintf(canon, sizeof canon, "%s%s", cb, key + bl) < (int)sizeof canon)
+            name = canon;
+    }
     ampr__tensor *t;
     AMPR__TRY(ampr__model_add_tensor(m, name, strlen(name), &t, err));
     t->dtype = dt;
@@ -128,6 +139,7 @@ static const char *st_dtype_name(ampr__dtype dt) {
     case AMPR__DT_F32: return "F32";
     case AMPR__DT_F16: return "F16";
     case AMPR__DT_BF16: return "BF16";
+    case AMPR__DT_U8: return "U8";
     default: return NULL;
     }
 }

@@ -217,6 +217,8 @@ static uint32_t ggml_type(ampr__dtype dt) {
     case AMPR__DT_F16: return 1;
     case AMPR__DT_Q8_0: return 8;
     case AMPR__DT_BF16: return 30;
+    case AMPR__DT_NF4: /* no GGUF type; writers only plan F32/F16/BF16/Q8_0 */
+    case AMPR__DT_U8: return 0;
     }
     return 0;
 }

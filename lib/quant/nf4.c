@@ -205,40 +205,45 @@ ampr_status ampr__nf4_quantize(ampr__qmat *d, const float *src, int64_t rows, in
     return AMPR_OK;
 }
 
-ampr_status ampr__nf4dq_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
-                                 ampr__err *err) {
-    AMPR__TRY(nf4_check(rows, cols, err));
-    size_t n = (size_t)rows * (size_t)cols, nb = (n + 63) / 64, nb2 = (nb + 255) / 256;
+ampr_status ampr__nf4dq_from_nf4(ampr__qmat *d, ampr__err *err) {
+    size_t nb = d->n_scales, nb2 = (nb + 255) / 256;
+    if (d->type != AMPR__Q_NF4 || !d->scales)
+        return ampr__fail(err, AMPR_ERR_INTERNAL, "NF4_DQ: source is not an NF4 matrix");
     if (nb > UINT32_MAX) return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "NF4_DQ: matrix too large");
-    ampr__qmat tmp = {0};
-    AMPR__TRY(ampr__nf4_quantize(&tmp, src, rows, cols, err));
     size_t extra = sizeof(ampr__nf4dq_header) + nb2 * sizeof(float) + nb;
     unsigned char *e = ampr__alloc_array(extra, 1, err);
-    if (!e) {
-        ampr__qmat_free(&tmp);
-        return AMPR_ERR_NOMEM;
-    }
+    if (!e) return AMPR_ERR_NOMEM;
     /* offset = absmax.mean() (torch sums in fp32 pairwise; a double sum
      * rounded to fp32 agrees to within an ulp). */
     double sum = 0.0;
-    for (size_t b = 0; b < nb; b++) sum += tmp.scales[b];
+    for (size_t b = 0; b < nb; b++) sum += d->scales[b];
     float offset = (float)(sum / (double)nb);
-    for (size_t b = 0; b < nb; b++) tmp.scales[b] -= offset;
+    for (size_t b = 0; b < nb; b++) d->scales[b] -= offset;
     ampr__nf4dq_header h = {offset, (uint32_t)nb, (uint32_t)nb2, 0};
     memcpy(e, &h, sizeof h);
     float *a2 = (float *)(e + sizeof h);
     uint8_t *qa = e + sizeof h + nb2 * sizeof(float);
-    ampr__dynamic_quantize(tmp.scales, nb, 256, qa, a2);
-    ampr__free(tmp.scales);
+    ampr__dynamic_quantize(d->scales, nb, 256, qa, a2);
+    ampr__free(d->scales);
     d->type = AMPR__Q_NF4_DQ;
-    d->rows = rows;
-    d->cols = cols;
-    d->data = tmp.data;
-    d->data_bytes = tmp.data_bytes;
     d->scales = NULL;
     d->n_scales = 0;
     d->extra = e;
     d->extra_bytes = extra;
+    return AMPR_OK;
+}
+
+ampr_status ampr__nf4dq_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
+                                 ampr__err *err) {
+    AMPR__TRY(nf4_check(rows, cols, err));
+    ampr__qmat tmp = {0};
+    AMPR__TRY(ampr__nf4_quantize(&tmp, src, rows, cols, err));
+    ampr_status st = ampr__nf4dq_from_nf4(&tmp, err);
+    if (st != AMPR_OK) {
+        ampr__qmat_free(&tmp);
+        return st;
+    }
+    *d = tmp;
     return AMPR_OK;
 }
 
