@@ -8,6 +8,7 @@
  *   ampr info -m MODEL [--config JSON]
  *   ampr tokenize -m MODEL -p TEXT [--no-bos]
  *   ampr convert LLAMA2C.bin TOKENIZER.bin OUT_DIR
+ *   ampr convert --nf4 [--double-quant] HF_DIR OUT_DIR
  *   ampr eval -m MODEL -f TEXT        per-tier perplexity, KL and top-1 vs FP16
  *   ampr bench [-m MODEL | --shape S] per-tier prefill/decode tokens/s, memory
  *   ampr calibrate -m MODEL -f P -o C fit router + INT8 ranges, held-out table
@@ -22,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "ampr.h"
 #include "engine.h"
@@ -46,6 +48,7 @@ static void usage(FILE *f) {
           "  ampr info -m MODEL [--config JSON]\n"
           "  ampr tokenize -m MODEL -p TEXT [--no-bos]\n"
           "  ampr convert LLAMA2C.bin TOKENIZER.bin OUT_DIR\n"
+          "  ampr convert --nf4 [--double-quant] HF_DIR OUT_DIR   (bitsandbytes 4-bit NF4)\n"
           "  ampr eval -m MODEL -f TEXT [--ctx N] [--max-tokens N] [--config JSON]\n"
           "  ampr bench [-m MODEL | --shape tiny|small|1b] [--tiers LIST] [--prompt N] [--gen N]\n"
           "             [--threads N] [--concurrent N] [--device cpu|cuda|auto]\n"
@@ -287,7 +290,36 @@ static int cmd_tokenize(const opts *o) {
     return st == AMPR_OK ? 0 : 1;
 }
 
+/* ampr convert --nf4 [--double-quant] HF_DIR OUT_DIR: a bitsandbytes 4-bit
+ * NF4 checkpoint (see lib/model/bnb.c) from a Hugging Face directory. */
+static int cmd_convert_nf4(int argc, char **argv) {
+    int dq = 0;
+    if (argc == 3 && !strcmp(argv[0], "--double-quant")) {
+        dq = 1;
+        argc--;
+        argv++;
+    }
+    if (argc != 2) {
+        fputs("usage: ampr convert --nf4 [--double-quant] HF_DIR OUT_DIR\n", stderr);
+        return 2;
+    }
+    ampr__err err = {0};
+    ampr__model *m = NULL;
+    ampr_status st = ampr__model_load_hf(argv[0], 1, &m, &err);
+    if (st == AMPR_OK && mkdir(argv[1], 0755) != 0 && errno != EEXIST)
+        st = ampr__fail(&err, AMPR_ERR_IO, "cannot create %s", argv[1]);
+    if (st == AMPR_OK) st = ampr__model_write_bnb_nf4(m, argv[0], argv[1], dq, &err);
+    ampr__model_free(m);
+    if (st != AMPR_OK) {
+        fprintf(stderr, "ampr: convert failed: %s (%s)\n", err.msg, ampr_status_name(st));
+        return 1;
+    }
+    fprintf(stderr, "ampr: wrote %s\n", argv[1]);
+    return 0;
+}
+
 static int cmd_convert(int argc, char **argv) {
+    if (argc >= 1 && !strcmp(argv[0], "--nf4")) return cmd_convert_nf4(argc - 1, argv + 1);
     if (argc != 3) {
         fputs("usage: ampr convert LLAMA2C.bin TOKENIZER.bin OUT_DIR\n", stderr);
         return 2;
