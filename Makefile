@@ -122,7 +122,7 @@ TEST_ENV := AMPR_SHARED=$(AMPR_SHARED) AMPR_CLI=$(abspath $(CLI)) AMPR_TMP=$(abs
 TEST_SCRIPTS := $(sort $(wildcard tests/test_*.sh))
 test: $(TEST_BINS) $(CLI) lib examples
 	@mkdir -p $(B)/tmp
-	@$(TEST_ENV) tests/run_tests.sh $(TEST_RUNNER) $(TEST_BINS) $(TEST_SCRIPTS)
+	@$(TEST_ENV) tests/run_tests.sh "$(TEST_RUNNER)" $(TEST_BINS) $(TEST_SCRIPTS)
 
 check-promtool: $(CLI)
 	@mkdir -p $(B)/tmp
