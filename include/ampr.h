@@ -158,7 +158,8 @@ AMPR_API void ampr_open_params_init_sized(ampr_open_params *p, size_t size);
 /* Open a model and build its tiers.
  *
  * model_path: a GGUF file, or a directory holding config.json, tokenizer.json
- *   and model.safetensors (or model.safetensors.index.json + shards).
+ *   and model.safetensors (or model.safetensors.index.json + shards); linear
+ *   weights there may be bitsandbytes NF4 (their codes feed the NF4 tier).
  * config_json: a JSON object (NUL-terminated) or NULL for defaults. Keys (any
  *   other key is rejected with AMPR_ERR_CONFIG):
  *     "tiers":   ordered list, top tier first, of "f32","bf16","fp16","int8",
@@ -173,12 +174,13 @@ AMPR_API void ampr_open_params_init_sized(ampr_open_params *p, size_t size);
  *                     else f16; q8 = int8 with one fp32 scale per head and position),
  *            "arena_tokens": tokens per tier arena (default context_length*4),
  *            "arena_bytes": alternative to arena_tokens}
- *     "device":  "cpu" (default) | "auto" | "cuda". "auto" uses the CPU
- *                backend and says why in ampr_model_info.device; "cuda" fails
- *                with AMPR_ERR_NO_DEVICE when no GPU is usable and with
- *                AMPR_ERR_UNSUPPORTED while generation on the GPU is not
- *                wired in (the kernels in cuda/ are checked by
- *                tests/gpu/check.sh)
+ *     "device":  "cpu" (default) | "auto" | "cuda". "cuda" uploads every tier
+ *                to GPU 0 and generates there (built with nvcc only; fails
+ *                with AMPR_ERR_NO_DEVICE when no GPU is usable, and with
+ *                AMPR_ERR_UNSUPPORTED for tp_size > 1, q8 KV or f32/bf16
+ *                tiers). "auto" uses the GPU when that works, else the CPU,
+ *                and ampr_model_info.device says which and why. The GPU path
+ *                is checked by tests/gpu/check.sh on a machine with a GPU.
  *     "tp_size": tensor-parallel ranks, 1 to 64 (default 1): attention heads,
  *                KV heads and FFN hidden units are split evenly over the
  *                ranks (column-parallel QKV and gate/up, row-parallel output
@@ -190,12 +192,18 @@ AMPR_API void ampr_open_params_init_sized(ampr_open_params *p, size_t size);
  *                float summation order, int8/nf4 shards are quantized with
  *                their own scales. KV pages and their accounting are the
  *                same for every tp_size.
- *     "router":  {"thresholds": [t_nf4, t_int8]} scores below t_nf4 go to the
- *                lowest tier, below t_int8 to the middle one, else the top one
+ *     "router":  {"thresholds": [t_low, t_high]} scores below t_low go to the
+ *                lowest tier, below t_high to the middle one, else the top
+ *                one; "weights" (6 numbers) and "bias" of the scorer;
+ *                "system_weight" of a system prompt's score (default 0.25)
  *     "fallback": {"enabled", "entropy_max", "min_tokens", "repeat_ngram",
  *                "repeat_count", "repeat_window", "check_every", "check_window",
  *                "kl_max", "restart"} -- when a request on a lower tier escalates
- *                to the top tier (see README, "Error fallback")
+ *                to the top tier (see README, "Routing, error fallback and
+ *                calibration")
+ *     "calibration": path of a file written by `ampr calibrate` (router,
+ *                fallback.kl_max, INT8 SmoothQuant ranges); keys given in the
+ *                config itself override it
  *
  * On success *out is a new context. On failure *out is still set to a context
  * that holds only the error (read it with ampr_errmsg(), free it with
