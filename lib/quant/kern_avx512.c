@@ -84,7 +84,7 @@ DEF_FLOAT(bf16, uint16_t)
  * Masked-off tail lanes load w = 0 -> 128, against x = 0 padding: adds 0. */
 
 #define IR 4
-#define IT 4
+#define IT 6
 INLINE void tile_int8(const int8_t *w, int64_t K, const int8_t *xq, int64_t kp, const float *ws,
                       const float *xs, const int32_t *xsum, float *y, int64_t ldy, const int R,
                       const int T) {
@@ -94,12 +94,13 @@ INLINE void tile_int8(const int8_t *w, int64_t K, const int8_t *xq, int64_t kp, 
         _mm512_setzero_si512();
     for (int64_t c = 0; c < K; c += 64) {
         __mmask64 m = K - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - c)) - 1);
-        __m512i xv[IT];
-        UNROLL for (int t = 0; t < T; t++) xv[t] = _mm512_loadu_si512(xq + t * kp + c);
-        UNROLL for (int r = 0; r < R; r++) {
-            __m512i wv = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, w + r * K + c), flip);
-            UNROLL for (int t = 0; t < T; t++) acc[r][t] =
-                _mm512_dpbusd_epi32(acc[r][t], wv, xv[t]);
+        __m512i wv[IR];
+        UNROLL for (int r = 0; r < R; r++) wv[r] =
+            _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, w + r * K + c), flip);
+        UNROLL for (int t = 0; t < T; t++) {
+            __m512i xv = _mm512_loadu_si512(xq + t * kp + c);
+            UNROLL for (int r = 0; r < R; r++) acc[r][t] =
+                _mm512_dpbusd_epi32(acc[r][t], wv[r], xv);
         }
     }
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) {
