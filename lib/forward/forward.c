@@ -296,6 +296,38 @@ typedef struct attn_job {
     float *scores;    /* [tasks][context_length] */
 } attn_job;
 
+/* fp16 -> fp32, exactly ampr__fp16_to_f32 (an exact conversion), inline and
+ * branch-free but for inf/NaN: the 15 magnitude bits moved to fp32 position
+ * and scaled by 2^112 rebias normals and turn subnormals into normals. */
+static inline float h2f(uint16_t h) {
+    uint32_t u = (uint32_t)(h & 0x7fff) << 13;
+    float f;
+    if ((h & 0x7c00) == 0x7c00) {
+        u |= 0x7f800000u;
+        memcpy(&f, &u, sizeof f);
+    } else {
+        memcpy(&f, &u, sizeof f);
+        f *= 0x1p112f;
+    }
+    uint32_t v;
+    memcpy(&v, &f, sizeof v);
+    v |= (uint32_t)(h & 0x8000) << 16;
+    memcpy(&f, &v, sizeof f);
+    return f;
+}
+
+/* q . k over hd values in 8 interleaved partial sums (independent chains the
+ * compiler can keep in vector lanes), combined in a fixed order. */
+#define DOT8(EXPR)                                                                         \
+    do {                                                                                   \
+        float p_[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                           \
+        int32_t d = 0;                                                                     \
+        for (; d + 8 <= hd; d += 8)                                                        \
+            for (int k_ = 0; k_ < 8; k_++) p_[k_] += q[d + k_] * (EXPR(d + k_));           \
+        s = ((p_[0] + p_[4]) + (p_[1] + p_[5])) + ((p_[2] + p_[6]) + (p_[3] + p_[7]));     \
+        for (; d < hd; d++) s += q[d] * (EXPR(d));                                         \
+    } while (0)
+
 static void attn_task(void *arg, int task, int n_tasks) {
     const attn_job *j = arg;
     const ampr__hparams *hp = &j->c->hp;
@@ -317,16 +349,22 @@ static void attn_task(void *arg, int task, int n_tasks) {
             float s = 0.0f;
             if (dt == AMPR__KV_F16) {
                 const uint16_t *k = (const uint16_t *)kp + (size_t)kvh * (size_t)hd;
-                for (int32_t d = 0; d < hd; d++) s += q[d] * ampr__fp16_to_f32(k[d]);
+#define KE(i) h2f(k[i])
+                DOT8(KE);
+#undef KE
             } else if (dt == AMPR__KV_Q8) {
                 const int8_t *k = (const int8_t *)kp + (size_t)kvh * (size_t)hd;
                 float ks;
                 memcpy(&ks, (const unsigned char *)kp + kv_dim + (size_t)kvh * sizeof(float), sizeof ks);
-                for (int32_t d = 0; d < hd; d++) s += q[d] * (float)k[d];
+#define KE(i) (float)k[i]
+                DOT8(KE);
+#undef KE
                 s *= ks;
             } else {
                 const float *k = (const float *)kp + (size_t)kvh * (size_t)hd;
-                for (int32_t d = 0; d < hd; d++) s += q[d] * k[d];
+#define KE(i) k[i]
+                DOT8(KE);
+#undef KE
             }
             s *= scale;
             sc[t] = s;
@@ -344,7 +382,7 @@ static void attn_task(void *arg, int task, int n_tasks) {
             const void *vp = ampr__kv_v(seq, j->rank, j->layer, t);
             if (dt == AMPR__KV_F16) {
                 const uint16_t *v = (const uint16_t *)vp + (size_t)kvh * (size_t)hd;
-                for (int32_t d = 0; d < hd; d++) o[d] += a * ampr__fp16_to_f32(v[d]);
+                for (int32_t d = 0; d < hd; d++) o[d] += a * h2f(v[d]);
             } else if (dt == AMPR__KV_Q8) {
                 const int8_t *v = (const int8_t *)vp + (size_t)kvh * (size_t)hd;
                 float vs;
