@@ -94,6 +94,10 @@ INLINE void tile_int8(const int8_t *w, int64_t K, const int8_t *xq, int64_t kp, 
         _mm512_setzero_si512();
     for (int64_t c = 0; c < K; c += 64) {
         __mmask64 m = K - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - c)) - 1);
+        /* decode: rows are short streams; fetch the next R rows' line */
+        if (T == 1)
+            UNROLL for (int r = 0; r < R; r++)
+                _mm_prefetch((const char *)(w + (r + R) * K + c), _MM_HINT_T0);
         __m512i wv[IR];
         UNROLL for (int r = 0; r < R; r++) wv[r] =
             _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, w + r * K + c), flip);
