@@ -11,6 +11,17 @@
 #define UNROLL _Pragma("GCC unroll 16")
 #define INLINE static inline __attribute__((always_inline))
 
+/* The token tail of a chunk (1..T-1 tokens, T <= 6) in one tile, so that a
+ * small batch (batched decode) reads each weight once. */
+#define DRIVE_TAIL(TILE, r, t, R, T, nt)                                          \
+    switch (nt) {                                                                 \
+    case 0: break;                                                                \
+    case 1: TILE(r, t, R, 1); break;                                              \
+    case 2: if ((T) > 2) TILE(r, t, R, 2); break;                                 \
+    case 3: if ((T) > 3) TILE(r, t, R, 3); break;                                 \
+    case 4: if ((T) > 4) TILE(r, t, R, 4); break;                                 \
+    default: if ((T) > 5) TILE(r, t, R, 5); break;                                \
+    }
 #define DRIVE(TILE, R, T)                                                         \
     for (int64_t t0_ = 0; t0_ < n; t0_ += 8 * (T)) {                              \
         int64_t t1_ = AMPR__MIN(n, t0_ + 8 * (T));                                \
@@ -18,12 +29,12 @@
         for (; r_ + (R) <= r1; r_ += (R)) {                                       \
             int64_t t_ = t0_;                                                     \
             for (; t_ + (T) <= t1_; t_ += (T)) TILE(r_, t_, R, T);                \
-            for (; t_ < t1_; t_++) TILE(r_, t_, R, 1);                            \
+            DRIVE_TAIL(TILE, r_, t_, R, T, t1_ - t_)                              \
         }                                                                         \
         for (; r_ < r1; r_++) {                                                   \
             int64_t t_ = t0_;                                                     \
             for (; t_ + (T) <= t1_; t_ += (T)) TILE(r_, t_, 1, T);                \
-            for (; t_ < t1_; t_++) TILE(r_, t_, 1, 1);                            \
+            DRIVE_TAIL(TILE, r_, t_, 1, T, t1_ - t_)                              \
         }                                                                         \
     }
 
@@ -95,7 +106,7 @@ INLINE void tile_int8(const int8_t *w, int64_t K, const int8_t *xq, int64_t kp, 
     for (int64_t c = 0; c < K; c += 64) {
         __mmask64 m = K - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - c)) - 1);
         /* decode: rows are short streams; fetch the next R rows' line */
-        if (T == 1)
+        if (T <= 4)
             UNROLL for (int r = 0; r < R; r++)
                 _mm_prefetch((const char *)(w + (r + R) * K + c), _MM_HINT_T0);
         __m512i wv[IR];
