@@ -41,6 +41,12 @@
 
 #include <math.h>
 
+#include "../quant/quant.h"
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define ATTN_X86 1
+#endif
+
 /* ---- scratch ------------------------------------------------------------ */
 
 ampr_status ampr__scratch_new(const ampr_ctx *c, int32_t max_tokens, int32_t max_logits,
@@ -296,6 +302,82 @@ typedef struct attn_job {
     float *scores;    /* [tasks][context_length] */
 } attn_job;
 
+/* fp16 -> fp32, exactly ampr__fp16_to_f32 (an exact conversion), inline and
+ * branch-free: the 15 magnitude bits moved to fp32 position
+ * and scaled by 2^112 rebias normals and turn subnormals into normals. */
+static inline float h2f(uint16_t h) {
+    uint32_t u = (uint32_t)(h & 0x7fff) << 13, n;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    f *= 0x1p112f;
+    memcpy(&n, &f, sizeof n);
+    n = (h & 0x7c00) == 0x7c00 ? u | 0x7f800000u : n; /* inf, NaN */
+    n |= (uint32_t)(h & 0x8000) << 16;
+    memcpy(&f, &n, sizeof f);
+    return f;
+}
+
+/* q . k over hd values in 8 interleaved partial sums (independent chains the
+ * compiler can keep in vector lanes), combined in a fixed order. */
+#define DOT8(EXPR)                                                                         \
+    do {                                                                                   \
+        float p_[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                           \
+        int32_t d = 0;                                                                     \
+        for (; d + 8 <= hd; d += 8)                                                        \
+            for (int k_ = 0; k_ < 8; k_++) p_[k_] += q[d + k_] * (EXPR(d + k_));           \
+        s = ((p_[0] + p_[4]) + (p_[1] + p_[5])) + ((p_[2] + p_[6]) + (p_[3] + p_[7]));     \
+        for (; d < hd; d++) s += q[d] * (EXPR(d));                                         \
+    } while (0)
+
+#ifdef ATTN_X86
+/* AVX2 forms of DOT8 and of o += a * v, bit for bit the scalar ones: the 8
+ * partial sums are the 8 lanes (separate multiply and add, as the scalar code
+ * compiled without FP contraction), combined in the same order. */
+#define ATTN_AVX2 __attribute__((target("avx2,fma,f16c")))
+ATTN_AVX2 static inline float dot_combine(__m256 p, const float *q, int32_t d, int32_t hd,
+                                          float tail(const void *, int32_t), const void *k) {
+    float p_[8];
+    _mm256_storeu_ps(p_, p);
+    float s = ((p_[0] + p_[4]) + (p_[1] + p_[5])) + ((p_[2] + p_[6]) + (p_[3] + p_[7]));
+    for (; d < hd; d++) s += q[d] * tail(k, d);
+    return s;
+}
+static float tail_f16(const void *k, int32_t d) { return h2f(((const uint16_t *)k)[d]); }
+static float tail_f32(const void *k, int32_t d) { return ((const float *)k)[d]; }
+ATTN_AVX2 static float dot_f16_avx2(const float *q, const uint16_t *k, int32_t hd) {
+    __m256 p = _mm256_setzero_ps();
+    int32_t d = 0;
+    for (; d + 8 <= hd; d += 8)
+        p = _mm256_add_ps(p, _mm256_mul_ps(_mm256_loadu_ps(q + d),
+                                           _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d)))));
+    return dot_combine(p, q, d, hd, tail_f16, k);
+}
+ATTN_AVX2 static float dot_f32_avx2(const float *q, const float *k, int32_t hd) {
+    __m256 p = _mm256_setzero_ps();
+    int32_t d = 0;
+    for (; d + 8 <= hd; d += 8)
+        p = _mm256_add_ps(p, _mm256_mul_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + d)));
+    return dot_combine(p, q, d, hd, tail_f32, k);
+}
+ATTN_AVX2 static void axpy_f16_avx2(float *o, float a, const uint16_t *v, int32_t hd) {
+    __m256 av = _mm256_set1_ps(a);
+    int32_t d = 0;
+    for (; d + 8 <= hd; d += 8)
+        _mm256_storeu_ps(o + d, _mm256_add_ps(_mm256_loadu_ps(o + d),
+                                              _mm256_mul_ps(av, _mm256_cvtph_ps(_mm_loadu_si128(
+                                                                    (const __m128i *)(v + d))))));
+    for (; d < hd; d++) o[d] += a * h2f(v[d]);
+}
+ATTN_AVX2 static void axpy_f32_avx2(float *o, float a, const float *v, int32_t hd) {
+    __m256 av = _mm256_set1_ps(a);
+    int32_t d = 0;
+    for (; d + 8 <= hd; d += 8)
+        _mm256_storeu_ps(o + d, _mm256_add_ps(_mm256_loadu_ps(o + d),
+                                              _mm256_mul_ps(av, _mm256_loadu_ps(v + d))));
+    for (; d < hd; d++) o[d] += a * v[d];
+}
+#endif
+
 static void attn_task(void *arg, int task, int n_tasks) {
     const attn_job *j = arg;
     const ampr__hparams *hp = &j->c->hp;
@@ -304,6 +386,9 @@ static void attn_task(void *arg, int task, int n_tasks) {
     ampr__kv_dtype dt = ampr__kv_dtype_of(j->seqs[0]->arena);
     float scale = 1.0f / sqrtf((float)hd);
     float *sc = j->scores + (size_t)task * (size_t)hp->context_length;
+#ifdef ATTN_X86
+    int avx2 = ampr__quant_simd() >= AMPR__SIMD_AVX2;
+#endif
     int32_t items = j->n * j->n_heads;
     for (int32_t it = task; it < items; it += n_tasks) {
         int32_t i = it / j->n_heads, h = it % j->n_heads;
@@ -317,16 +402,36 @@ static void attn_task(void *arg, int task, int n_tasks) {
             float s = 0.0f;
             if (dt == AMPR__KV_F16) {
                 const uint16_t *k = (const uint16_t *)kp + (size_t)kvh * (size_t)hd;
-                for (int32_t d = 0; d < hd; d++) s += q[d] * ampr__fp16_to_f32(k[d]);
+#ifdef ATTN_X86
+                if (avx2)
+                    s = dot_f16_avx2(q, k, hd);
+                else
+#endif
+                {
+#define KE(i) h2f(k[i])
+                    DOT8(KE);
+#undef KE
+                }
             } else if (dt == AMPR__KV_Q8) {
                 const int8_t *k = (const int8_t *)kp + (size_t)kvh * (size_t)hd;
                 float ks;
                 memcpy(&ks, (const unsigned char *)kp + kv_dim + (size_t)kvh * sizeof(float), sizeof ks);
-                for (int32_t d = 0; d < hd; d++) s += q[d] * (float)k[d];
+#define KE(i) (float)k[i]
+                DOT8(KE);
+#undef KE
                 s *= ks;
             } else {
                 const float *k = (const float *)kp + (size_t)kvh * (size_t)hd;
-                for (int32_t d = 0; d < hd; d++) s += q[d] * k[d];
+#ifdef ATTN_X86
+                if (avx2)
+                    s = dot_f32_avx2(q, k, hd);
+                else
+#endif
+                {
+#define KE(i) k[i]
+                    DOT8(KE);
+#undef KE
+                }
             }
             s *= scale;
             sc[t] = s;
@@ -344,7 +449,13 @@ static void attn_task(void *arg, int task, int n_tasks) {
             const void *vp = ampr__kv_v(seq, j->rank, j->layer, t);
             if (dt == AMPR__KV_F16) {
                 const uint16_t *v = (const uint16_t *)vp + (size_t)kvh * (size_t)hd;
-                for (int32_t d = 0; d < hd; d++) o[d] += a * ampr__fp16_to_f32(v[d]);
+                #ifdef ATTN_X86
+                if (avx2) {
+                    axpy_f16_avx2(o, a, v, hd);
+                    continue;
+                }
+#endif
+                for (int32_t d = 0; d < hd; d++) o[d] += a * h2f(v[d]);
             } else if (dt == AMPR__KV_Q8) {
                 const int8_t *v = (const int8_t *)vp + (size_t)kvh * (size_t)hd;
                 float vs;
@@ -353,6 +464,12 @@ static void attn_task(void *arg, int task, int n_tasks) {
                 for (int32_t d = 0; d < hd; d++) o[d] += av * (float)v[d];
             } else {
                 const float *v = (const float *)vp + (size_t)kvh * (size_t)hd;
+#ifdef ATTN_X86
+                if (avx2) {
+                    axpy_f32_avx2(o, a, v, hd);
+                    continue;
+                }
+#endif
                 for (int32_t d = 0; d < hd; d++) o[d] += a * v[d];
             }
         }

@@ -11,6 +11,17 @@
 #define UNROLL _Pragma("GCC unroll 16")
 #define INLINE static inline __attribute__((always_inline))
 
+/* The token tail of a chunk (1..T-1 tokens, T <= 6) in one tile, so that a
+ * small batch (batched decode) reads each weight once. */
+#define DRIVE_TAIL(TILE, r, t, R, T, nt)                                          \
+    switch (nt) {                                                                 \
+    case 0: break;                                                                \
+    case 1: TILE(r, t, R, 1); break;                                              \
+    case 2: if ((T) > 2) TILE(r, t, R, 2); break;                                 \
+    case 3: if ((T) > 3) TILE(r, t, R, 3); break;                                 \
+    case 4: if ((T) > 4) TILE(r, t, R, 4); break;                                 \
+    default: if ((T) > 5) TILE(r, t, R, 5); break;                                \
+    }
 #define DRIVE(TILE, R, T)                                                         \
     for (int64_t t0_ = 0; t0_ < n; t0_ += 8 * (T)) {                              \
         int64_t t1_ = AMPR__MIN(n, t0_ + 8 * (T));                                \
@@ -18,12 +29,12 @@
         for (; r_ + (R) <= r1; r_ += (R)) {                                       \
             int64_t t_ = t0_;                                                     \
             for (; t_ + (T) <= t1_; t_ += (T)) TILE(r_, t_, R, T);                \
-            for (; t_ < t1_; t_++) TILE(r_, t_, R, 1);                            \
+            DRIVE_TAIL(TILE, r_, t_, R, T, t1_ - t_)                              \
         }                                                                         \
         for (; r_ < r1; r_++) {                                                   \
             int64_t t_ = t0_;                                                     \
             for (; t_ + (T) <= t1_; t_ += (T)) TILE(r_, t_, 1, T);                \
-            for (; t_ < t1_; t_++) TILE(r_, t_, 1, 1);                            \
+            DRIVE_TAIL(TILE, r_, t_, 1, T, t1_ - t_)                              \
         }                                                                         \
     }
 
@@ -84,7 +95,7 @@ DEF_FLOAT(bf16, uint16_t)
  * Masked-off tail lanes load w = 0 -> 128, against x = 0 padding: adds 0. */
 
 #define IR 4
-#define IT 4
+#define IT 6
 INLINE void tile_int8(const int8_t *w, int64_t K, const int8_t *xq, int64_t kp, const float *ws,
                       const float *xs, const int32_t *xsum, float *y, int64_t ldy, const int R,
                       const int T) {
@@ -94,12 +105,17 @@ INLINE void tile_int8(const int8_t *w, int64_t K, const int8_t *xq, int64_t kp, 
         _mm512_setzero_si512();
     for (int64_t c = 0; c < K; c += 64) {
         __mmask64 m = K - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - c)) - 1);
-        __m512i xv[IT];
-        UNROLL for (int t = 0; t < T; t++) xv[t] = _mm512_loadu_si512(xq + t * kp + c);
-        UNROLL for (int r = 0; r < R; r++) {
-            __m512i wv = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, w + r * K + c), flip);
-            UNROLL for (int t = 0; t < T; t++) acc[r][t] =
-                _mm512_dpbusd_epi32(acc[r][t], wv, xv[t]);
+        /* decode: rows are short streams; fetch the next R rows' line */
+        if (T <= 4)
+            UNROLL for (int r = 0; r < R; r++)
+                _mm_prefetch((const char *)(w + (r + R) * K + c), _MM_HINT_T0);
+        __m512i wv[IR];
+        UNROLL for (int r = 0; r < R; r++) wv[r] =
+            _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, w + r * K + c), flip);
+        UNROLL for (int t = 0; t < T; t++) {
+            __m512i xv = _mm512_loadu_si512(xq + t * kp + c);
+            UNROLL for (int r = 0; r < R; r++) acc[r][t] =
+                _mm512_dpbusd_epi32(acc[r][t], wv[r], xv);
         }
     }
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) {
@@ -187,35 +203,46 @@ void ampr__nf4_act_prepare_avx512(const float *x, int64_t n, int64_t cols, void 
         }
 }
 
-#define NT 6
-/* One weight row, T tokens; a single token keeps 4 accumulators. */
+#define NT 5
+#define NR 8
+/* R weight rows (R <= NR) x T tokens (T <= NT). Each row's 16 weights are
+ * decoded once and used for all T tokens. Every (row, token) output has one
+ * accumulator over the whole row, in column order, then the same horizontal
+ * reduction: its value does not depend on R, T, n, r0 or r1. */
 INLINE void tile_nf4(const uint8_t *p, int64_t K, const ampr__nf4_absmax *am, int64_t b0,
-                     const float *xp, int64_t kp, float *y, int64_t ldy, const int T) {
-    const int NA = T == 1 ? 4 : 1;
-    __m512 acc[NT][4];
-    UNROLL for (int t = 0; t < T; t++) UNROLL for (int j = 0; j < NA; j++) acc[t][j] =
+                     const float *xp, int64_t kp, float *y, int64_t ldy, const int R, const int T) {
+    __m512 acc[NR][NT];
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) acc[r][t] =
         _mm512_setzero_ps();
     const __m512 code = _mm512_loadu_ps(ampr__nf4_code);
     const __m512i sh = nf4_lane_shifts();
     int64_t nbr = K / 64;
     for (int64_t kb = 0; kb < nbr; kb++) {
-        __m512 lut = _mm512_mul_ps(code, _mm512_set1_ps(ampr__nf4_absmax_at(am, b0 + kb)));
+        __m512 lut[NR];
+        UNROLL for (int r = 0; r < R; r++) lut[r] =
+            _mm512_mul_ps(code, _mm512_set1_ps(ampr__nf4_absmax_at(am, b0 + r * nbr + kb)));
         const uint8_t *pb = p + kb * 32;
         const float *xb = xp + kb * 64;
+        /* decode reads R rows at once: keep the stream of the next R rows
+         * coming (rows are short, the hardware prefetcher sees R streams) */
+        if (T <= 2 && (kb & 1) == 0)
+            UNROLL for (int r = 0; r < R; r++)
+                _mm_prefetch((const char *)(pb + (r + R) * (K / 2)), _MM_HINT_T0);
         UNROLL for (int j = 0; j < 4; j++) {
-            int64_t q;
-            memcpy(&q, pb + 8 * j, 8);
-            __m512i idx = _mm512_srlv_epi32(_mm512_set1_epi64(q), sh);
-            __m512 wv = _mm512_permutexvar_ps(idx, lut);
-            UNROLL for (int t = 0; t < T; t++) acc[t][j % NA] =
-                _mm512_fmadd_ps(wv, _mm512_loadu_ps(xb + t * kp + j * 16), acc[t][j % NA]);
+            __m512 xv[NT];
+            UNROLL for (int t = 0; t < T; t++) xv[t] = _mm512_loadu_ps(xb + t * kp + j * 16);
+            UNROLL for (int r = 0; r < R; r++) {
+                int64_t q;
+                memcpy(&q, pb + r * (K / 2) + 8 * j, 8);
+                __m512i idx = _mm512_srlv_epi32(_mm512_set1_epi64(q), sh);
+                __m512 wv = _mm512_permutexvar_ps(idx, lut[r]);
+                UNROLL for (int t = 0; t < T; t++) acc[r][t] =
+                    _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+            }
         }
     }
-    UNROLL for (int t = 0; t < T; t++) {
-        __m512 s = acc[t][0];
-        UNROLL for (int j = 1; j < NA; j++) s = _mm512_add_ps(s, acc[t][j]);
-        y[t * ldy] = _mm512_reduce_add_ps(s);
-    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++)
+        y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
 #define NG 256 /* general path: columns dequantized at a time */
@@ -245,11 +272,34 @@ void ampr__nf4_matmul_avx512(const ampr__qmat *w, const float *x, const void *ac
     int64_t K = w->cols, kp = ampr__nf4_kp(K);
     const float *xp = act;
     if (K % 64 == 0 && xp) {
-#define nf4_TILE(r, t, R, T)                                                                  \
+#define NF4_T(r, t, R, T)                                                                    \
     tile_nf4(P + (r) * K / 2, K, &am, (r) * (K / 64), xp + (t) * kp, kp, y + (t) * ldy + (r), \
-             ldy, T)
-        DRIVE(nf4_TILE, 1, NT)
-#undef nf4_TILE
+             ldy, R, T)
+#define NF4_TAIL(r, t, R, nt)                                                                \
+    switch (nt) {                                                                            \
+    case 1: NF4_T(r, t, R, 1); break;                                                        \
+    case 2: NF4_T(r, t, R, 2); break;                                                        \
+    case 3: NF4_T(r, t, R, 3); break;                                                        \
+    default: NF4_T(r, t, R, 4); break;                                                       \
+    }
+        for (int64_t t0 = 0; t0 < n; t0 += 8 * NT) {
+            int64_t t1 = AMPR__MIN(n, t0 + 8 * NT);
+            int64_t r = r0;
+            if (t1 - t0 == 1) /* decode: 8 independent rows */
+                for (; r + 8 <= r1; r += 8) NF4_T(r, t0, 8, 1);
+            for (; r + 4 <= r1; r += 4) {
+                int64_t t = t0;
+                for (; t + NT <= t1; t += NT) NF4_T(r, t, 4, NT);
+                if (t < t1) NF4_TAIL(r, t, 4, t1 - t)
+            }
+            for (; r < r1; r++) {
+                int64_t t = t0;
+                for (; t + NT <= t1; t += NT) NF4_T(r, t, 1, NT);
+                if (t < t1) NF4_TAIL(r, t, 1, t1 - t)
+            }
+        }
+#undef NF4_TAIL
+#undef NF4_T
     } else {
 #define nf4_TILE(r, t, R, T) tile_nf4_any(P, K, &am, r, x + (t) * K, y + (t) * ldy + (r), ldy, T)
         DRIVE(nf4_TILE, 1, NT)
