@@ -16,32 +16,18 @@
 #include "engine.h"
 #include "model/model.h"
 
-static char *tmp_dir;
-static char model_path[4096];
 
 static int setup(void **state) {
     (void)state;
-    tmp_dir = tu_tmpdir("api");
-    if (!tmp_dir) return -1;
-    const char *path = tu_small_model(tmp_dir, 64, 42);
-    if (!path) return -1;
-    snprintf(model_path, sizeof model_path, "%s", path);
-    return 0;
+    return tu_fixture_setup("api", 64, 42);
 }
 
 static int teardown(void **state) {
     (void)state;
-    tu_rmtree(tmp_dir);
-    free(tmp_dir);
-    return 0;
+    return tu_fixture_teardown();
 }
 
-static ampr_ctx *open_ok(const char *cfg) {
-    ampr_ctx *ctx = NULL;
-    ampr_status st = ampr_open(model_path, cfg, &ctx);
-    if (st != AMPR_OK) fail_msg("open: %s: %s", ampr_status_name(st), ampr_errmsg(ctx));
-    return ctx;
-}
+static ampr_ctx *open_ok(const char *cfg) { return tu_open_ok(tu_model, cfg); }
 
 /* ---- names, versions, statuses ----------------------------------------- */
 
@@ -105,23 +91,23 @@ static void expect_open_fails(const char *path, const char *cfg, ampr_status wan
 
 static void test_open_errors(void **state) {
     (void)state;
-    assert_int_equal(ampr_open(model_path, NULL, NULL), AMPR_ERR_INVALID_ARG);
+    assert_int_equal(ampr_open(tu_model, NULL, NULL), AMPR_ERR_INVALID_ARG);
     expect_open_fails(NULL, NULL, AMPR_ERR_INVALID_ARG, "model_path");
     expect_open_fails("/nonexistent/model.gguf", NULL, AMPR_ERR_IO, "/nonexistent/model.gguf");
-    expect_open_fails(model_path, "{", AMPR_ERR_CONFIG, "invalid JSON");
-    expect_open_fails(model_path, "[]", AMPR_ERR_CONFIG, "object");
-    expect_open_fails(model_path, "{\"bogus\": 1}", AMPR_ERR_CONFIG, "bogus");
-    expect_open_fails(model_path, "{\"tiers\": [\"int4\"]}", AMPR_ERR_CONFIG, "tiers[0]");
-    expect_open_fails(model_path, "{\"tiers\": [\"fp16\", \"fp16\"]}", AMPR_ERR_CONFIG, "twice");
-    expect_open_fails(model_path, "{\"tiers\": []}", AMPR_ERR_CONFIG, "tiers");
-    expect_open_fails(model_path, "{\"threads\": -1}", AMPR_ERR_CONFIG, "threads");
-    expect_open_fails(model_path, "{\"threads\": \"two\"}", AMPR_ERR_CONFIG, "integer");
-    expect_open_fails(model_path, "{\"kv\": {\"block_size\": 0}}", AMPR_ERR_CONFIG, "block_size");
-    expect_open_fails(model_path, "{\"kv\": {\"nope\": 0}}", AMPR_ERR_CONFIG, "nope");
-    expect_open_fails(model_path, "{\"kv\": {\"arena_tokens\": 4}}", AMPR_ERR_CONFIG, "pages");
-    expect_open_fails(model_path, "{\"threads\": 1, \"threads\": 2}", AMPR_ERR_CONFIG, "duplicate");
-    expect_open_fails(model_path, "{\"router\": {\"thresholds\": [0.9, 0.1]}}", AMPR_ERR_CONFIG, "thresholds");
-    expect_open_fails(model_path, "{\"device\": \"tpu\"}", AMPR_ERR_CONFIG, "device");
+    expect_open_fails(tu_model, "{", AMPR_ERR_CONFIG, "invalid JSON");
+    expect_open_fails(tu_model, "[]", AMPR_ERR_CONFIG, "object");
+    expect_open_fails(tu_model, "{\"bogus\": 1}", AMPR_ERR_CONFIG, "bogus");
+    expect_open_fails(tu_model, "{\"tiers\": [\"int4\"]}", AMPR_ERR_CONFIG, "tiers[0]");
+    expect_open_fails(tu_model, "{\"tiers\": [\"fp16\", \"fp16\"]}", AMPR_ERR_CONFIG, "twice");
+    expect_open_fails(tu_model, "{\"tiers\": []}", AMPR_ERR_CONFIG, "tiers");
+    expect_open_fails(tu_model, "{\"threads\": -1}", AMPR_ERR_CONFIG, "threads");
+    expect_open_fails(tu_model, "{\"threads\": \"two\"}", AMPR_ERR_CONFIG, "integer");
+    expect_open_fails(tu_model, "{\"kv\": {\"block_size\": 0}}", AMPR_ERR_CONFIG, "block_size");
+    expect_open_fails(tu_model, "{\"kv\": {\"nope\": 0}}", AMPR_ERR_CONFIG, "nope");
+    expect_open_fails(tu_model, "{\"kv\": {\"arena_tokens\": 4}}", AMPR_ERR_CONFIG, "pages");
+    expect_open_fails(tu_model, "{\"threads\": 1, \"threads\": 2}", AMPR_ERR_CONFIG, "duplicate");
+    expect_open_fails(tu_model, "{\"router\": {\"thresholds\": [0.9, 0.1]}}", AMPR_ERR_CONFIG, "thresholds");
+    expect_open_fails(tu_model, "{\"device\": \"tpu\"}", AMPR_ERR_CONFIG, "device");
     ampr_close(NULL);
     assert_string_equal(ampr_errmsg(NULL), "no context");
 }
@@ -140,7 +126,7 @@ static void test_open_progress_cancel(void **state) {
     op.progress = cancel_open;
     op.progress_user = &calls;
     ampr_ctx *ctx = NULL;
-    assert_int_equal(ampr_open_ex(model_path, "{\"tiers\": [\"f32\"]}", &op, &ctx), AMPR_ERR_CANCELLED);
+    assert_int_equal(ampr_open_ex(tu_model, "{\"tiers\": [\"f32\"]}", &op, &ctx), AMPR_ERR_CANCELLED);
     assert_int_equal(calls, 2);
     ampr_close(ctx);
 }
@@ -204,7 +190,7 @@ static void test_nf4_double_quant(void **state) {
     ampr_close(a);
     ampr_close(b);
     ampr_ctx *c = NULL;
-    assert_int_equal(ampr_open(model_path, "{\"nf4\": {\"double\": true}}", &c), AMPR_ERR_CONFIG);
+    assert_int_equal(ampr_open(tu_model, "{\"nf4\": {\"double\": true}}", &c), AMPR_ERR_CONFIG);
     ampr_close(c);
 }
 

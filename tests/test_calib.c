@@ -15,8 +15,6 @@
 #include "ampr.h"
 #include "calib/calib.h"
 
-static char *tmp_dir;
-static const char *model;
 
 static double frand(uint64_t *s) {
     *s = *s * 6364136223846793005ull + 1442695040888963407ull;
@@ -54,7 +52,7 @@ static void test_fit_router(void **state) {
 static void test_file_round_trip(void **state) {
     (void)state;
     ampr_ctx *c = NULL;
-    assert_int_equal(ampr_open(model, "{\"tiers\": [\"f32\", \"int8\"]}", &c), AMPR_OK);
+    assert_int_equal(ampr_open(tu_model, "{\"tiers\": [\"f32\", \"int8\"]}", &c), AMPR_OK);
     ampr__act_stats st;
     ampr__err err = {0};
     assert_int_equal(ampr__act_stats_new(&c->hp, &st, &err), AMPR_OK);
@@ -70,14 +68,14 @@ static void test_file_round_trip(void **state) {
     rc.thresholds[1] = 0.75f;
     rc.weights[AMPR__F_MATH] = 7.5f;
     char path[4096];
-    snprintf(path, sizeof path, "%s/calib.json", tmp_dir);
+    snprintf(path, sizeof path, "%s/calib.json", tu_dir);
     assert_int_equal(ampr__calib_write(path, &rc, 0.25f, 0.5f, &st, &c->hp, 0.05, 10, &err), AMPR_OK);
     ampr__act_stats_free(&st);
     ampr_close(c);
 
     char cfg[4400];
     snprintf(cfg, sizeof cfg, "{\"tiers\": [\"f32\", \"int8\"], \"calibration\": \"%s\"}", path);
-    assert_int_equal(ampr_open(model, cfg, &c), AMPR_OK);
+    assert_int_equal(ampr_open(tu_model, cfg, &c), AMPR_OK);
     assert_true(fabsf(c->cfg.router.thresholds[0] - 0.125f) < 1e-6f);
     assert_true(fabsf(c->cfg.router.thresholds[1] - 0.75f) < 1e-6f);
     assert_true(fabsf(c->cfg.router.weights[AMPR__F_MATH] - 7.5f) < 1e-6f);
@@ -97,7 +95,7 @@ static void test_file_round_trip(void **state) {
     ampr_close(c);
     /* config keys override the file */
     snprintf(cfg, sizeof cfg, "{\"tiers\": [\"f32\"], \"calibration\": \"%s\", \"router\": {\"thresholds\": [0.2, 0.3]}}", path);
-    assert_int_equal(ampr_open(model, cfg, &c), AMPR_OK);
+    assert_int_equal(ampr_open(tu_model, cfg, &c), AMPR_OK);
     assert_true(fabsf(c->cfg.router.thresholds[0] - 0.2f) < 1e-6f);
     ampr_close(c);
 }
@@ -120,7 +118,7 @@ static void test_bad_files(void **state) {
     ampr__act_stats_free(&st);
     snprintf(cfg, sizeof cfg, "{\"tiers\": [\"int8\"], \"calibration\": \"%s\"}", path);
     ampr_ctx *c = NULL;
-    assert_int_equal(ampr_open(model, cfg, &c), AMPR_ERR_CONFIG);
+    assert_int_equal(ampr_open(tu_model, cfg, &c), AMPR_ERR_CONFIG);
     assert_non_null(strstr(ampr_errmsg(c), "another model shape"));
     ampr_close(c);
     /* broken or absent files */
@@ -130,10 +128,10 @@ static void test_bad_files(void **state) {
         snprintf(path, sizeof path, "%s/bad%zu.json", other, i);
         assert_int_equal(tu_write_file(path, bodies[i], strlen(bodies[i])), 0);
         snprintf(cfg, sizeof cfg, "{\"tiers\": [\"f32\"], \"calibration\": \"%s\"}", path);
-        assert_int_equal(ampr_open(model, cfg, &c), AMPR_ERR_CONFIG);
+        assert_int_equal(ampr_open(tu_model, cfg, &c), AMPR_ERR_CONFIG);
         ampr_close(c);
     }
-    assert_int_equal(ampr_open(model, "{\"calibration\": \"/nonexistent/calib.json\"}", &c), AMPR_ERR_CONFIG);
+    assert_int_equal(ampr_open(tu_model, "{\"calibration\": \"/nonexistent/calib.json\"}", &c), AMPR_ERR_CONFIG);
     ampr_close(c);
     tu_rmtree(other);
     free(other);
@@ -141,16 +139,12 @@ static void test_bad_files(void **state) {
 
 static int setup(void **state) {
     (void)state;
-    tmp_dir = tu_tmpdir("calib");
-    model = tmp_dir ? tu_small_model(tmp_dir, 64, 11) : NULL;
-    return model ? 0 : -1;
+    return tu_fixture_setup("calib", 64, 11);
 }
 
 static int teardown(void **state) {
     (void)state;
-    tu_rmtree(tmp_dir);
-    free(tmp_dir);
-    return 0;
+    return tu_fixture_teardown();
 }
 
 int main(void) {

@@ -15,31 +15,22 @@
 #include "ampr.h"
 #include "model/model.h"
 
-static char *tmp_dir;
-static char model_path[4096];
 
 static int setup(void **state) {
     (void)state;
-    tmp_dir = tu_tmpdir("fallback");
-    if (!tmp_dir) return -1;
-    const char *path = tu_small_model(tmp_dir, 128, 7);
-    if (!path) return -1;
-    snprintf(model_path, sizeof model_path, "%s", path);
-    return 0;
+    return tu_fixture_setup("fallback", 128, 7);
 }
 
 static int teardown(void **state) {
     (void)state;
-    tu_rmtree(tmp_dir);
-    free(tmp_dir);
-    return 0;
+    return tu_fixture_teardown();
 }
 
 static ampr_ctx *open_cfg(const char *fallback) {
     char cfg[512];
     snprintf(cfg, sizeof cfg, "{\"tiers\": [\"f32\", \"fp16\", \"nf4\"], \"fallback\": %s}", fallback);
     ampr_ctx *ctx = NULL;
-    ampr_status st = ampr_open(model_path, cfg, &ctx);
+    ampr_status st = ampr_open(tu_model, cfg, &ctx);
     if (st != AMPR_OK) fail_msg("open: %s", ampr_errmsg(ctx));
     return ctx;
 }
@@ -221,7 +212,7 @@ static void test_fallback_config_errors(void **state) {
         char cfg[256];
         snprintf(cfg, sizeof cfg, "{\"fallback\": %s}", bad[i]);
         ampr_ctx *ctx = NULL;
-        assert_int_equal(ampr_open(model_path, cfg, &ctx), AMPR_ERR_CONFIG);
+        assert_int_equal(ampr_open(tu_model, cfg, &ctx), AMPR_ERR_CONFIG);
         assert_non_null(strstr(ampr_errmsg(ctx), "config"));
         ampr_close(ctx);
     }

@@ -20,32 +20,18 @@
 #include "metrics/metrics.h"
 #include "model/model.h"
 
-static char *tmp_dir;
-static char model_path[4096];
 
 static int setup(void **state) {
     (void)state;
-    tmp_dir = tu_tmpdir("metrics");
-    if (!tmp_dir) return -1;
-    const char *path = tu_small_model(tmp_dir, 64, 42);
-    if (!path) return -1;
-    snprintf(model_path, sizeof model_path, "%s", path);
-    return 0;
+    return tu_fixture_setup("metrics", 64, 42);
 }
 
 static int teardown(void **state) {
     (void)state;
-    tu_rmtree(tmp_dir);
-    free(tmp_dir);
-    return 0;
+    return tu_fixture_teardown();
 }
 
-static ampr_ctx *open_ok(const char *cfg) {
-    ampr_ctx *ctx = NULL;
-    ampr_status st = ampr_open(model_path, cfg, &ctx);
-    if (st != AMPR_OK) fail_msg("open: %s: %s", ampr_status_name(st), ampr_errmsg(ctx));
-    return ctx;
-}
+static ampr_ctx *open_ok(const char *cfg) { return tu_open_ok(tu_model, cfg); }
 
 static ampr_gen_params greedy(ampr_tier tier, int max_tokens) {
     ampr_gen_params p;

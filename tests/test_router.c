@@ -58,14 +58,8 @@ static void test_features(void **state) {
     }
 }
 
-static char *tmp_dir;
-static const char *model;
 
-static ampr_ctx *open_tiers(const char *cfg) {
-    ampr_ctx *ctx = NULL;
-    if (ampr_open(model, cfg, &ctx) != AMPR_OK) fail_msg("open: %s", ampr_errmsg(ctx));
-    return ctx;
-}
+static ampr_ctx *open_tiers(const char *cfg) { return tu_open_ok(tu_model, cfg); }
 
 static ampr_tier route(ampr_ctx *ctx, const char *p, const char *sys, float *score) {
     ampr_route_result r;
@@ -141,16 +135,12 @@ static void test_route_cost(void **state) {
 
 static int setup(void **state) {
     (void)state;
-    tmp_dir = tu_tmpdir("router");
-    model = tmp_dir ? tu_small_model(tmp_dir, 64, 3) : NULL;
-    return model ? 0 : -1;
+    return tu_fixture_setup("router", 64, 3);
 }
 
 static int teardown(void **state) {
     (void)state;
-    tu_rmtree(tmp_dir);
-    free(tmp_dir);
-    return 0;
+    return tu_fixture_teardown();
 }
 
 int main(void) {

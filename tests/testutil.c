@@ -1,6 +1,7 @@
 /* testutil.c -- see testutil.h. */
 #include "testutil.h"
 
+#include "ampr.h"
 #include "model/model.h"
 
 #include <dirent.h>
@@ -88,4 +89,29 @@ const char *tu_small_model(const char *dir, int context_length, uint64_t seed) {
         return NULL;
     }
     return path;
+}
+
+char *tu_dir;
+char tu_model[4096];
+
+int tu_fixture_setup(const char *tag, int context_length, uint64_t seed) {
+    tu_dir = tu_tmpdir(tag);
+    const char *path = tu_dir ? tu_small_model(tu_dir, context_length, seed) : NULL;
+    if (!path) return -1;
+    snprintf(tu_model, sizeof tu_model, "%s", path);
+    return 0;
+}
+
+int tu_fixture_teardown(void) {
+    if (tu_dir) tu_rmtree(tu_dir);
+    free(tu_dir);
+    tu_dir = NULL;
+    return 0;
+}
+
+ampr_ctx *tu_open_ok(const char *path, const char *config) {
+    ampr_ctx *ctx = NULL;
+    ampr_status st = ampr_open(path, config, &ctx);
+    if (st != AMPR_OK) fail_msg("open %s: %s: %s", path, ampr_status_name(st), ampr_errmsg(ctx));
+    return ctx;
 }

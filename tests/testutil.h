@@ -36,4 +36,15 @@ void tu_rmtree(const char *path);
  * the given context length and seed; NULL on failure (reason on stderr). */
 const char *tu_small_model(const char *dir, int context_length, uint64_t seed);
 
+/* The fixture most test binaries share: a fresh temporary folder (tu_dir)
+ * holding the small random model (tu_model). Both return 0 on success, for
+ * use as cmocka group setup/teardown. */
+extern char *tu_dir;
+extern char tu_model[4096];
+int tu_fixture_setup(const char *tag, int context_length, uint64_t seed);
+int tu_fixture_teardown(void);
+
+/* ampr_open that fails the running test with the library's message. */
+struct ampr_ctx *tu_open_ok(const char *path, const char *config);
+
 #endif
