@@ -304,6 +304,17 @@ static ampr_status bind(ampr__model *m, int kind, int layer, int64_t rows, int64
     return AMPR_OK;
 }
 
+/* 1 if no 16-bit float at p, p + stride, ... (n bytes) has an all-ones
+ * exponent (exp_mask): fp16 and bf16 differ only in that mask. */
+static int halves_finite(const uint8_t *p, uint64_t n, uint64_t stride, uint16_t exp_mask) {
+    for (uint64_t i = 0; i + 2 <= n; i += stride) {
+        uint16_t u;
+        memcpy(&u, p + i, 2);
+        if ((u & exp_mask) == exp_mask) return 0;
+    }
+    return 1;
+}
+
 static int tensor_finite(const ampr__tensor *t) {
     const uint8_t *p = t->data;
     uint64_t n = t->nbytes;
@@ -315,27 +326,9 @@ static int tensor_finite(const ampr__tensor *t) {
             if ((u & 0x7f800000u) == 0x7f800000u) return 0;
         }
         return 1;
-    case AMPR__DT_F16:
-        for (uint64_t i = 0; i < n; i += 2) {
-            uint16_t u;
-            memcpy(&u, p + i, 2);
-            if ((u & 0x7c00u) == 0x7c00u) return 0;
-        }
-        return 1;
-    case AMPR__DT_BF16:
-        for (uint64_t i = 0; i < n; i += 2) {
-            uint16_t u;
-            memcpy(&u, p + i, 2);
-            if ((u & 0x7f80u) == 0x7f80u) return 0;
-        }
-        return 1;
-    case AMPR__DT_Q8_0:
-        for (uint64_t i = 0; i < n; i += 34) {
-            uint16_t u;
-            memcpy(&u, p + i, 2);
-            if ((u & 0x7c00u) == 0x7c00u) return 0;
-        }
-        return 1;
+    case AMPR__DT_F16: return halves_finite(p, n, 2, 0x7c00u);
+    case AMPR__DT_BF16: return halves_finite(p, n, 2, 0x7f80u);
+    case AMPR__DT_Q8_0: return halves_finite(p, n, 34, 0x7c00u); /* each block's fp16 scale */
     case AMPR__DT_NF4: {
         uint64_t ne = (uint64_t)(t->ne[0] * t->ne[1]), nb = (ne + 63) / 64;
         for (uint64_t b = 0; b < nb; b++)
