@@ -50,6 +50,9 @@ LIB_SRCS := $(sort $(wildcard lib/*.c lib/*/*.c))
 LIB_OBJS := $(patsubst %.c,$(B)/%.o,$(LIB_SRCS))
 CFLAGS_BASE += -DAMPR_HAVE_CUDA=$(CUDA)
 
+# `make` alone builds the library and the CLI (the stamp rule below comes first).
+.DEFAULT_GOAL := all
+
 # Switching CUDA=0/1 in one build folder rebuilds everything (the flag changes code).
 CONFIG_STAMP := $(B)/.config-cuda$(CUDA)
 $(CONFIG_STAMP):

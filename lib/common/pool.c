@@ -1,14 +1,32 @@
 /*
  * pool.c -- a fixed pool of worker threads (see pool.h).
  *
- * Workers sleep on a condition variable; ampr__pool_run() publishes a job
- * (fn, arg, n), bumps a generation counter and takes part in the work itself.
- * Items are claimed with an atomic counter, so uneven items balance out.
+ * ampr__pool_run() publishes a job (fn, arg, n), bumps a generation counter
+ * and takes part in the work itself. Items are claimed with an atomic counter,
+ * so uneven items balance out.
+ *
+ * A decode step is ~100 short jobs back to back (a few matmuls per layer), so
+ * waking a sleeping thread for each would cost more than the work: waiting
+ * threads first spin on the counters for up to SPIN_NS, and only then sleep
+ * on a condition variable. The publisher broadcasts only when a worker sleeps.
+ * Between requests the workers are asleep and cost nothing.
  */
 #include "pool.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <time.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define CPU_RELAX() __asm__ __volatile__("yield")
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+#define SPIN_NS 200000 /* 0.2 ms */
 
 struct ampr__pool {
     int n_threads; /* including the caller */
@@ -16,15 +34,36 @@ struct ampr__pool {
     int n_started;
     pthread_mutex_t mu;
     pthread_cond_t wake, done;
-    uint64_t generation;
-    int stop;
-    /* the current job */
+    atomic_uint_least64_t generation; /* written under mu */
+    atomic_int stop;
+    int sleepers; /* workers waiting on `wake` (under mu) */
+    /* the current job: written under mu before `generation` is bumped */
     ampr__pool_fn fn;
     void *arg;
     int n;
     atomic_int next;
-    int active; /* workers still inside the current job */
+    atomic_int active; /* workers still inside the current job */
 };
+
+static int64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Spin until `cond` holds or SPIN_NS have passed (the clock is read every 64 turns). */
+#define SPIN_UNTIL(cond)                                                          \
+    do {                                                                          \
+        int64_t t_end_ = 0;                                                       \
+        for (unsigned k_ = 0; !(cond); k_++) {                                    \
+            CPU_RELAX();                                                          \
+            if ((k_ & 63) == 63) {                                                \
+                int64_t t_ = mono_ns();                                           \
+                if (!t_end_) t_end_ = t_ + SPIN_NS;                               \
+                else if (t_ > t_end_) break;                                      \
+            }                                                                     \
+        }                                                                         \
+    } while (0)
 
 static void run_items(ampr__pool *p) {
     for (;;) {
@@ -37,17 +76,25 @@ static void run_items(ampr__pool *p) {
 static void *worker(void *vp) {
     ampr__pool *p = vp;
     uint64_t seen = 0;
-    pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->stop && p->generation == seen) pthread_cond_wait(&p->wake, &p->mu);
-        if (p->stop) break;
-        seen = p->generation;
-        pthread_mutex_unlock(&p->mu);
+        SPIN_UNTIL(atomic_load(&p->generation) != seen || atomic_load(&p->stop));
+        if (atomic_load(&p->generation) == seen && !atomic_load(&p->stop)) {
+            pthread_mutex_lock(&p->mu);
+            p->sleepers++;
+            while (!atomic_load(&p->stop) && atomic_load(&p->generation) == seen)
+                pthread_cond_wait(&p->wake, &p->mu);
+            p->sleepers--;
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (atomic_load(&p->stop)) break;
+        seen = atomic_load(&p->generation);
         run_items(p);
-        pthread_mutex_lock(&p->mu);
-        if (--p->active == 0) pthread_cond_signal(&p->done);
+        if (atomic_fetch_sub(&p->active, 1) == 1) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
@@ -81,7 +128,7 @@ ampr_status ampr__pool_new(int n_threads, ampr__pool **out, ampr__err *err) {
 void ampr__pool_free(ampr__pool *p) {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
-    p->stop = 1;
+    atomic_store(&p->stop, 1);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
     for (int i = 0; i < p->n_started; i++) pthread_join(p->threads[i], NULL);
@@ -105,12 +152,15 @@ void ampr__pool_run(ampr__pool *p, int n, ampr__pool_fn fn, void *arg) {
     p->arg = arg;
     p->n = n;
     atomic_store(&p->next, 0);
-    p->active = p->n_started;
-    p->generation++;
-    pthread_cond_broadcast(&p->wake);
+    atomic_store(&p->active, p->n_started);
+    atomic_fetch_add(&p->generation, 1);
+    if (p->sleepers) pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
     run_items(p);
-    pthread_mutex_lock(&p->mu);
-    while (p->active > 0) pthread_cond_wait(&p->done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    SPIN_UNTIL(atomic_load(&p->active) == 0);
+    if (atomic_load(&p->active) > 0) {
+        pthread_mutex_lock(&p->mu);
+        while (atomic_load(&p->active) > 0) pthread_cond_wait(&p->done, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+    }
 }

@@ -11,6 +11,8 @@
 #define UNROLL _Pragma("GCC unroll 16")
 #define INLINE static inline __attribute__((always_inline))
 
+#define RD 8 /* rows of a decode (n = 1) tile: RD streams in flight */
+
 /* The token tail of a chunk (1..T-1 tokens, T <= 6) in one tile, so that a
  * small batch (batched decode) reads each weight once. */
 #define DRIVE_TAIL(TILE, r, t, R, T, nt)                                          \
@@ -22,7 +24,12 @@
     case 4: if ((T) > 4) TILE(r, t, R, 4); break;                                 \
     default: if ((T) > 5) TILE(r, t, R, 5); break;                                \
     }
-#define DRIVE(TILE, R, T)                                                         \
+#define DRIVE(TILE, R, T, RDEC)                                                   \
+    if (n == 1) { /* decode: RDEC rows in flight, one stream each */              \
+        int64_t r_ = r0;                                                          \
+        for (; r_ + (RDEC) <= r1; r_ += (RDEC)) TILE(r_, 0, RDEC, 1);             \
+        for (; r_ < r1; r_++) TILE(r_, 0, 1, 1);                                  \
+    } else                                                                        \
     for (int64_t t0_ = 0; t0_ < n; t0_ += 8 * (T)) {                              \
         int64_t t1_ = AMPR__MIN(n, t0_ + 8 * (T));                                \
         int64_t r_ = r0;                                                          \
@@ -56,11 +63,21 @@ INLINE __m512 ld_bf16(const uint16_t *p, __mmask16 m) {
 #define DEF_FLOAT(FMT, WT)                                                                   \
     INLINE void tile_##FMT(const WT *w, int64_t K, const float *x, float *y, int64_t ldy,    \
                            const int R, const int T) {                                       \
-        __m512 acc[FR][FT];                                                                  \
+        __m512 acc[RD][FT];                                                                  \
         UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) acc[r][t] =    \
             _mm512_setzero_ps();                                                             \
-        for (int64_t c = 0; c < K; c += 16) {                                                \
-            __mmask16 m = K - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - c)) - 1); \
+        int64_t c = 0;                                                                       \
+        for (; c + 16 <= K; c += 16) {                                                       \
+            __m512 xv[FT];                                                                   \
+            UNROLL for (int t = 0; t < T; t++) xv[t] = _mm512_loadu_ps(x + t * K + c);       \
+            UNROLL for (int r = 0; r < R; r++) {                                             \
+                __m512 wv = ld_##FMT(w + r * K + c, (__mmask16)0xffff);                      \
+                UNROLL for (int t = 0; t < T; t++) acc[r][t] =                               \
+                    _mm512_fmadd_ps(wv, xv[t], acc[r][t]);                                   \
+            }                                                                                \
+        }                                                                                    \
+        if (c < K) {                                                                         \
+            __mmask16 m = (__mmask16)((1u << (K - c)) - 1);                                  \
             __m512 xv[FT];                                                                   \
             UNROLL for (int t = 0; t < T; t++) xv[t] = _mm512_maskz_loadu_ps(m, x + t * K + c); \
             UNROLL for (int r = 0; r < R; r++) {                                             \
@@ -76,7 +93,7 @@ INLINE __m512 ld_bf16(const uint16_t *p, __mmask16 m) {
                                      int64_t n, float *y, int64_t ldy, int64_t r0, int64_t r1) { \
         const WT *W = w->data;                                                               \
         int64_t K = w->cols;                                                                 \
-        DRIVE(FMT##_TILE, FR, FT)                                                            \
+        DRIVE(FMT##_TILE, FR, FT, RD)                                                            \
     }
 
 #define f32_TILE(r, t, R, T) tile_f32(W + (r) * K, K, x + (t) * K, y + (t) * ldy + (r), ldy, R, T)
@@ -103,12 +120,23 @@ INLINE void tile_int8(const int8_t *w, int64_t K, const int8_t *xq, int64_t kp, 
     const __m512i flip = _mm512_set1_epi8((char)0x80);
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) acc[r][t] =
         _mm512_setzero_si512();
-    for (int64_t c = 0; c < K; c += 64) {
-        __mmask64 m = K - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - c)) - 1);
-        /* decode: rows are short streams; fetch the next R rows' line */
+    int64_t c = 0;
+    for (; c + 64 <= K; c += 64) {
+        /* batched decode: rows are short streams; fetch the next R rows' line */
         if (T <= 4)
             UNROLL for (int r = 0; r < R; r++)
                 _mm_prefetch((const char *)(w + (r + R) * K + c), _MM_HINT_T0);
+        __m512i wv[IR];
+        UNROLL for (int r = 0; r < R; r++) wv[r] =
+            _mm512_xor_si512(_mm512_loadu_si512(w + r * K + c), flip);
+        UNROLL for (int t = 0; t < T; t++) {
+            __m512i xv = _mm512_loadu_si512(xq + t * kp + c);
+            UNROLL for (int r = 0; r < R; r++) acc[r][t] =
+                _mm512_dpbusd_epi32(acc[r][t], wv[r], xv);
+        }
+    }
+    if (c < K) {
+        __mmask64 m = ((__mmask64)1 << (K - c)) - 1;
         __m512i wv[IR];
         UNROLL for (int r = 0; r < R; r++) wv[r] =
             _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, w + r * K + c), flip);
@@ -124,6 +152,38 @@ INLINE void tile_int8(const int8_t *w, int64_t K, const int8_t *xq, int64_t kp, 
     }
 }
 
+/* Decode (one token): the rows one after another, so each thread reads one
+ * sequential stream (short rows read side by side are many short streams,
+ * which the hardware prefetcher follows poorly). Integer sums are exact, so
+ * splitting a row over four accumulators gives the tile's result bit for bit. */
+static void gemv_int8(const int8_t *W, int64_t K, const int8_t *xq, const float *ws, float xs,
+                      int32_t xsum, float *y, int64_t r0, int64_t r1) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (int64_t r = r0; r < r1; r++) {
+        const int8_t *w = W + r * K;
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+        int64_t c = 0;
+        for (; c + 256 <= K; c += 256) {
+            a0 = _mm512_dpbusd_epi32(a0, _mm512_xor_si512(_mm512_loadu_si512(w + c), flip),
+                                     _mm512_loadu_si512(xq + c));
+            a1 = _mm512_dpbusd_epi32(a1, _mm512_xor_si512(_mm512_loadu_si512(w + c + 64), flip),
+                                     _mm512_loadu_si512(xq + c + 64));
+            a2 = _mm512_dpbusd_epi32(a2, _mm512_xor_si512(_mm512_loadu_si512(w + c + 128), flip),
+                                     _mm512_loadu_si512(xq + c + 128));
+            a3 = _mm512_dpbusd_epi32(a3, _mm512_xor_si512(_mm512_loadu_si512(w + c + 192), flip),
+                                     _mm512_loadu_si512(xq + c + 192));
+        }
+        for (; c < K; c += 64) {
+            __mmask64 m = K - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - c)) - 1);
+            a0 = _mm512_dpbusd_epi32(a0, _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, w + c), flip),
+                                     _mm512_loadu_si512(xq + c));
+        }
+        __m512i a = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
+        int32_t s = _mm512_reduce_add_epi32(a) - 128 * xsum;
+        y[r] = (float)s * ws[r] * xs;
+    }
+}
+
 void ampr__int8_matmul_avx512(const ampr__qmat *w, const float *x, const void *act, int64_t n,
                               float *y, int64_t ldy, int64_t r0, int64_t r1) {
     const int8_t *W = w->data;
@@ -135,7 +195,11 @@ void ampr__int8_matmul_avx512(const ampr__qmat *w, const float *x, const void *a
 #define int8_TILE(r, t, R, T)                                                                 \
     tile_int8(W + (r) * K, K, xq + (t) * kp, kp, w->scales + (r), xs + (t), xsum + (t),       \
               y + (t) * ldy + (r), ldy, R, T)
-    DRIVE(int8_TILE, IR, IT)
+    if (n == 1) {
+        gemv_int8(W, K, xq, w->scales, xs[0], xsum[0], y, r0, r1);
+        return;
+    }
+    DRIVE(int8_TILE, IR, IT, IR)
 #undef int8_TILE
 }
 
@@ -302,7 +366,7 @@ void ampr__nf4_matmul_avx512(const ampr__qmat *w, const float *x, const void *ac
 #undef NF4_T
     } else {
 #define nf4_TILE(r, t, R, T) tile_nf4_any(P, K, &am, r, x + (t) * K, y + (t) * ldy + (r), ldy, T)
-        DRIVE(nf4_TILE, 1, NT)
+        DRIVE(nf4_TILE, 1, NT, 1)
 #undef nf4_TILE
     }
 }
