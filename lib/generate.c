@@ -14,7 +14,9 @@
  * lists (locked), the tiers' decode queues (locked) and the thread pool
  * (locked per forward pass).
  */
+#include <errno.h>
 #include <stdio.h>
+#include <time.h>
 
 #include "backend/backend.h"
 #include "generate.h"
@@ -205,10 +207,17 @@ static void run_batch(ampr_ctx *c, ampr__tier *t, ampr__step **items, int32_t n)
     }
 }
 
+/* How long the next leader waits for the members of the previous batch to
+ * queue their next steps (they are sampling their tokens meanwhile). */
+#define BATCH_GATHER_US 1000
+
 /* Feed one token to seq and get its next-token logits. Concurrent requests
  * on the same tier share the step: the first to find the tier idle takes
  * everything queued (up to AMPR__BATCH_MAX) and runs it as one batch, so the
- * weights are read once for all of them; the others wait for their turn. */
+ * weights are read once for all of them; the others wait for their turn.
+ * Before it starts, the leader gives the previous batch's members up to
+ * BATCH_GATHER_US to come back, so that a batch does not split into a batch
+ * of the quickest request and a batch of the rest. */
 static ampr_status decode_step(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, int32_t token,
                                float *logits, ampr__err *err) {
     ampr__step me = {seq, token, logits, err, AMPR_OK, 0, NULL};
@@ -216,10 +225,27 @@ static ampr_status decode_step(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, in
     if (t->queue_tail) t->queue_tail->next = &me;
     else t->queue = &me;
     t->queue_tail = &me;
+    t->n_queued++;
+    if (t->batch_busy == 0 && t->n_queued > 1) pthread_cond_broadcast(&t->batch_cv);
+    int gathered = 0;
     while (!me.done) {
         if (t->batch_busy) {
             pthread_cond_wait(&t->batch_cv, &t->batch_mu);
             continue;
+        }
+        if (!gathered && t->n_queued < AMPR__MIN(t->last_batch, AMPR__BATCH_MAX)) {
+            struct timespec deadline;
+            clock_gettime(CLOCK_REALTIME, &deadline);
+            deadline.tv_nsec += BATCH_GATHER_US * 1000L;
+            if (deadline.tv_nsec >= 1000000000L) {
+                deadline.tv_sec++;
+                deadline.tv_nsec -= 1000000000L;
+            }
+            gathered = 1;
+            while (!t->batch_busy && !me.done &&
+                   t->n_queued < AMPR__MIN(t->last_batch, AMPR__BATCH_MAX))
+                if (pthread_cond_timedwait(&t->batch_cv, &t->batch_mu, &deadline) == ETIMEDOUT) break;
+            continue; /* someone else may have started the batch meanwhile */
         }
         t->batch_busy = 1;
         ampr__step *items[AMPR__BATCH_MAX];
@@ -229,6 +255,8 @@ static ampr_status decode_step(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, in
             t->queue = t->queue->next;
         }
         if (!t->queue) t->queue_tail = NULL;
+        t->n_queued -= n;
+        t->last_batch = n;
         pthread_mutex_unlock(&t->batch_mu);
         run_batch(c, t, items, n);
         pthread_mutex_lock(&t->batch_mu);
