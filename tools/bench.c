@@ -112,6 +112,48 @@ static int bench_tier(ampr_ctx *c, ampr__tier *t, int n_prompt, int n_gen, doubl
     return rc;
 }
 
+/* ---- memory read bandwidth: the decode ceiling, measured in the same run -- */
+
+typedef struct bw_job {
+    const uint64_t *p;
+    size_t n_words;
+    uint64_t sums[256];
+} bw_job;
+
+static void bw_task(void *arg, int i, int n) {
+    bw_job *j = arg;
+    size_t per = j->n_words / (size_t)n;
+    const uint64_t *p = j->p + per * (size_t)i;
+    uint64_t a = 0, b = 0, c = 0, d = 0;
+    for (size_t k = 0; k + 4 <= per; k += 4) {
+        a += p[k];
+        b += p[k + 1];
+        c += p[k + 2];
+        d += p[k + 3];
+    }
+    j->sums[i] = a ^ b ^ c ^ d;
+}
+
+/* GB/s of reading 512 MiB with the context's threads, best of 5 passes. */
+static double read_bandwidth(ampr_ctx *c) {
+    size_t bytes = (size_t)512 << 20;
+    uint64_t *buf = malloc(bytes);
+    if (!buf) return 0;
+    memset(buf, 1, bytes);
+    bw_job j = {buf, bytes / 8, {0}};
+    int n = ampr__pool_size(c->pool);
+    if (n > 256) n = 256;
+    double best = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = ampr__now_ms();
+        ampr__pool_run(c->pool, n, bw_task, &j);
+        double gbs = (double)bytes / ((ampr__now_ms() - t0) / 1e3) / 1e9;
+        if (gbs > best) best = gbs;
+    }
+    free(buf);
+    return best;
+}
+
 typedef struct conc_job {
     ampr_ctx *c;
     ampr_tier tier;
@@ -226,17 +268,21 @@ int ampr_tool_bench(int argc, char **argv) {
            c->hp.hidden_dim, c->hp.vocab_size, ampr__pool_size(c->pool), ampr__quant_simd_name());
     printf("device: %s\n", c->device);
     printf("open + quantize all tiers: %.0f ms; prefill %d tokens, decode %d tokens\n\n", open_ms, n_prompt, n_gen);
-    printf("| tier | weights MiB | prefill tok/s | decode tok/s | decode weight GB/s |\n");
-    printf("|------|------------:|--------------:|-------------:|-------------------:|\n");
+    double bw = read_bandwidth(c);
+    printf("memory read bandwidth: %.1f GB/s (%d threads reading 512 MiB, best of 5)\n\n", bw,
+           ampr__pool_size(c->pool));
+    printf("| tier | weights MiB | prefill tok/s | decode tok/s | decode weight GB/s | of read bw |\n");
+    printf("|------|------------:|--------------:|-------------:|-------------------:|-----------:|\n");
     int rc = 0;
     for (int i = 0; i < c->n_tiers && !rc; i++) {
         ampr__tier *t = &c->tiers[i];
         double ptps = 0, dtps = 0;
         rc = bench_tier(c, t, n_prompt, n_gen, &ptps, &dtps);
-        if (!rc)
-            printf("| %s | %.1f | %.1f | %.2f | %.2f |\n", ampr_tier_name(t->id),
-                   (double)t->weight_bytes / 1048576.0, ptps, dtps,
-                   (double)ampr__tier_decode_bytes(c, t) * dtps / 1e9);
+        if (!rc) {
+            double gbs = (double)ampr__tier_decode_bytes(c, t) * dtps / 1e9;
+            printf("| %s | %.1f | %.1f | %.2f | %.2f | %.0f%% |\n", ampr_tier_name(t->id),
+                   (double)t->weight_bytes / 1048576.0, ptps, dtps, gbs, bw > 0 ? 100 * gbs / bw : 0);
+        }
     }
     /* batched decode: aggregate tokens/s of concurrent requests on one tier */
     if (!rc && conc > 1) {
