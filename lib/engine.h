@@ -94,7 +94,7 @@ typedef struct ampr__tier {
     struct ampr__step *queue, *queue_tail;
     int batch_busy;
     int32_t n_queued;              /* steps in the queue */
-    int32_t last_batch;            /* steps in the previous batch */
+    int32_t n_decoding;            /* requests generating on this tier (they queue steps) */
     int batch_ready;               /* mutex and condition initialised */
     uint64_t n_batches, n_batched; /* decode batches run, and steps in them (under batch_mu) */
     struct ampr__scratch *batch_scratch; /* allocated by the first batch */

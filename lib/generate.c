@@ -115,8 +115,11 @@ static size_t stop_holdback(const textbuf *b, const ampr_gen_params *p) {
 
 /* ---- the request -------------------------------------------------------- */
 
+static void decoders_add(ampr__tier *t, int d);
+
 struct request {
     ampr__tier *tier;     /* the tier producing tokens now */
+    ampr__tier *decoding; /* the tier counting it in n_decoding (decode batching) */
     ampr__tier *top;      /* the escalation target (the context's top tier) */
     ampr__kv_seq seq;     /* KV of `tier` */
     ampr__kv_seq seq_top; /* KV of `top` while checking or after escalating */
@@ -133,6 +136,8 @@ struct request {
 };
 
 static void request_free(struct request *r) {
+    decoders_add(r->decoding, -1);
+    r->decoding = NULL;
     ampr__kv_seq_release(&r->seq);
     ampr__kv_seq_release(&r->seq_top);
     ampr__scratch_free(&r->scratch);
@@ -207,17 +212,26 @@ static void run_batch(ampr_ctx *c, ampr__tier *t, ampr__step **items, int32_t n)
     }
 }
 
-/* How long the next leader waits for the members of the previous batch to
+/* How long a leader waits for the other requests generating on its tier to
  * queue their next steps (they are sampling their tokens meanwhile). */
 #define BATCH_GATHER_US 1000
+
+/* A request starts (d = 1) or stops (d = -1) generating on tier t. */
+static void decoders_add(ampr__tier *t, int d) {
+    if (!t) return;
+    pthread_mutex_lock(&t->batch_mu);
+    t->n_decoding += d;
+    if (!t->batch_busy) pthread_cond_broadcast(&t->batch_cv); /* a gathering leader re-checks */
+    pthread_mutex_unlock(&t->batch_mu);
+}
 
 /* Feed one token to seq and get its next-token logits. Concurrent requests
  * on the same tier share the step: the first to find the tier idle takes
  * everything queued (up to AMPR__BATCH_MAX) and runs it as one batch, so the
  * weights are read once for all of them; the others wait for their turn.
- * Before it starts, the leader gives the previous batch's members up to
- * BATCH_GATHER_US to come back, so that a batch does not split into a batch
- * of the quickest request and a batch of the rest. */
+ * Before it starts, the leader gives the other requests generating on the
+ * tier up to BATCH_GATHER_US to queue theirs, so that a batch does not split
+ * into a batch of the quickest request and a batch of the rest. */
 static ampr_status decode_step(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, int32_t token,
                                float *logits, ampr__err *err) {
     ampr__step me = {seq, token, logits, err, AMPR_OK, 0, NULL};
@@ -233,7 +247,7 @@ static ampr_status decode_step(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, in
             pthread_cond_wait(&t->batch_cv, &t->batch_mu);
             continue;
         }
-        if (!gathered && t->n_queued < AMPR__MIN(t->last_batch, AMPR__BATCH_MAX)) {
+        if (!gathered && t->n_queued < AMPR__MIN(t->n_decoding, AMPR__BATCH_MAX)) {
             struct timespec deadline;
             clock_gettime(CLOCK_REALTIME, &deadline);
             deadline.tv_nsec += BATCH_GATHER_US * 1000L;
@@ -243,7 +257,7 @@ static ampr_status decode_step(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, in
             }
             gathered = 1;
             while (!t->batch_busy && !me.done &&
-                   t->n_queued < AMPR__MIN(t->last_batch, AMPR__BATCH_MAX))
+                   t->n_queued < AMPR__MIN(t->n_decoding, AMPR__BATCH_MAX))
                 if (pthread_cond_timedwait(&t->batch_cv, &t->batch_mu, &deadline) == ETIMEDOUT) break;
             continue; /* someone else may have started the batch meanwhile */
         }
@@ -256,7 +270,6 @@ static ampr_status decode_step(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, in
         }
         if (!t->queue) t->queue_tail = NULL;
         t->n_queued -= n;
-        t->last_batch = n;
         pthread_mutex_unlock(&t->batch_mu);
         run_batch(c, t, items, n);
         pthread_mutex_lock(&t->batch_mu);
@@ -475,6 +488,11 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
         if (n_gen + 1 >= p->max_tokens || r.n_ids > (size_t)hp->context_length) continue;
 
         /* 4d. forward the new token */
+        if (r.decoding != r.tier) {
+            decoders_add(r.decoding, -1);
+            decoders_add(r.tier, 1);
+            r.decoding = r.tier;
+        }
         st = decode_step(c, r.tier, &r.seq, next, r.scratch.logits, err);
         if (st) goto done;
 

@@ -33,7 +33,12 @@ INLINE int32_t hsum8i(__m256i v) {
 
 /* Row-tile / token-tile loop shared by every format. TILE(r, t, R, T) computes
  * rows r..r+R-1 for tokens t..t+T-1. */
-#define DRIVE(TILE, R, T)                                                         \
+#define DRIVE(TILE, R, T, RDEC)                                                   \
+    if (n == 1) { /* decode: RDEC rows in flight, one stream each */              \
+        int64_t r_ = r0;                                                          \
+        for (; r_ + (RDEC) <= r1; r_ += (RDEC)) TILE(r_, 0, RDEC, 1);             \
+        for (; r_ < r1; r_++) TILE(r_, 0, 1, 1);                                  \
+    } else                                                                        \
     for (int64_t t0_ = 0; t0_ < n; t0_ += 8 * (T)) {                              \
         int64_t t1_ = AMPR__MIN(n, t0_ + 8 * (T));                                \
         int64_t r_ = r0;                                                          \
@@ -65,10 +70,11 @@ INLINE float one_bf16(const uint16_t *p) { return ampr__bf16_to_f32(*p); }
 
 #define FR 4
 #define FT 3
+#define FRD 8 /* rows of a decode (n = 1) tile */
 #define DEF_FLOAT(FMT, WT)                                                                 \
     INLINE void tile_##FMT(const WT *w, int64_t K, const float *x, float *y, int64_t ldy,  \
                            const int R, const int T) {                                     \
-        __m256 acc[FR][FT];                                                                \
+        __m256 acc[FRD][FT];                                                               \
         UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) acc[r][t] =  \
             _mm256_setzero_ps();                                                           \
         int64_t c = 0;                                                                     \
@@ -91,7 +97,7 @@ INLINE float one_bf16(const uint16_t *p) { return ampr__bf16_to_f32(*p); }
                                    int64_t n, float *y, int64_t ldy, int64_t r0, int64_t r1) { \
         const WT *W = w->data;                                                             \
         int64_t K = w->cols;                                                               \
-        DRIVE(FMT##_TILE, FR, FT)                                                          \
+        DRIVE(FMT##_TILE, FR, FT, FRD)                                                          \
     }
 
 #define f32_TILE(r, t, R, T) tile_f32(W + (r) * K, K, x + (t) * K, y + (t) * ldy + (r), ldy, R, T)
@@ -136,6 +142,38 @@ INLINE void tile_int8(const int8_t *w, int64_t K, const int8_t *xq, int64_t kp, 
     }
 }
 
+/* Decode (one token): the rows one after another, one sequential stream per
+ * thread (see kern_avx512.c); integer sums are exact, so two accumulators
+ * give the tile's result bit for bit. */
+static void gemv_int8(const int8_t *W, int64_t K, const int8_t *xq, const float *ws, float xs,
+                      float *y, int64_t r0, int64_t r1) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t r = r0; r < r1; r++) {
+        const int8_t *w = W + r * K;
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0;
+        int64_t c = 0;
+        for (; c + 64 <= K; c += 64) {
+            __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + c));
+            __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + c + 32));
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + c));
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + c + 32));
+            __m256i p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(w0), _mm256_sign_epi8(x0, w0));
+            __m256i p1 = _mm256_maddubs_epi16(_mm256_abs_epi8(w1), _mm256_sign_epi8(x1, w1));
+            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(p0, ones));
+            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(p1, ones));
+        }
+        for (; c + 32 <= K; c += 32) {
+            __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + c));
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + c));
+            __m256i p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(w0), _mm256_sign_epi8(x0, w0));
+            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(p0, ones));
+        }
+        int32_t s = hsum8i(_mm256_add_epi32(a0, a1));
+        for (; c < K; c++) s += (int32_t)w[c] * xq[c];
+        y[r] = (float)s * ws[r] * xs;
+    }
+}
+
 void ampr__int8_matmul_avx2(const ampr__qmat *w, const float *x, const void *act, int64_t n,
                             float *y, int64_t ldy, int64_t r0, int64_t r1) {
     const int8_t *W = w->data;
@@ -146,7 +184,11 @@ void ampr__int8_matmul_avx2(const ampr__qmat *w, const float *x, const void *act
 #define int8_TILE(r, t, R, T)                                                                 \
     tile_int8(W + (r) * K, K, xq + (t) * kp, kp, w->scales + (r), xs + (t), y + (t) * ldy + (r), \
               ldy, R, T)
-    DRIVE(int8_TILE, IR, IT)
+    if (n == 1) {
+        gemv_int8(W, K, xq, w->scales, xs[0], y, r0, r1);
+        return;
+    }
+    DRIVE(int8_TILE, IR, IT, IR)
 #undef int8_TILE
 }
 
@@ -291,11 +333,11 @@ void ampr__nf4_matmul_avx2(const ampr__qmat *w, const float *x, const void *act,
     if (K % 64 == 0) {
 #define nf4_TILE(r, t, R, T) \
     tile_nf4(P + (r) * K / 2, K, &am, (r) * (K / 64), x + (t) * K, y + (t) * ldy + (r), ldy, T)
-        DRIVE(nf4_TILE, 1, NT)
+        DRIVE(nf4_TILE, 1, NT, 1)
 #undef nf4_TILE
     } else {
 #define nf4_TILE(r, t, R, T) tile_nf4_any(P, K, &am, r, x + (t) * K, y + (t) * ldy + (r), ldy, T)
-        DRIVE(nf4_TILE, 1, NT)
+        DRIVE(nf4_TILE, 1, NT, 1)
 #undef nf4_TILE
     }
 }
