@@ -249,6 +249,34 @@ static void test_nf4_any_shape(void **state) {
     assert_null(q.data);
 }
 
+/* The dispatched NF4 quantizer (AVX-512 where the CPU has it) gives the scalar
+ * reference's bytes and absmax: random blocks, exact midpoints, an all-zero
+ * block, a NaN, huge and tiny values, and a tail that is not a whole block. */
+static void test_nf4_quantize_simd_matches_scalar(void **state) {
+    (void)state;
+    const size_t n = 64 * 40 + 33;
+    float *x = rand_mat((int64_t)n, 1, 0.05f);
+    for (int k = 0; k < 64; k++) x[64 + k] = 0.0f;                    /* block 1: zeros */
+    for (int k = 0; k < 15; k++) x[128 + k] = 0.5f * ampr__nf4_mid(k); /* block 2: ties */
+    x[128 + 20] = 0.5f;                                               /* its absmax */
+    x[256 + 3] = NAN;                                                 /* block 4 */
+    x[320 + 5] = 3e38f;
+    x[384 + 7] = 1e-38f;
+    uint8_t *a = malloc((n + 1) / 2), *b = malloc((n + 1) / 2);
+    size_t nb = (n + 63) / 64;
+    float *am = malloc(nb * sizeof(float)), *bm = malloc(nb * sizeof(float));
+    ampr__nf4_quantize_flat_scalar(x, n, 64, a, am);
+    ampr__nf4_quantize_flat(x, n, 64, b, bm);
+    printf("nf4 quantize at %s vs scalar\n", ampr__quant_simd_name());
+    assert_memory_equal(a, b, (n + 1) / 2);
+    assert_memory_equal(am, bm, nb * sizeof(float));
+    free(x);
+    free(a);
+    free(b);
+    free(am);
+    free(bm);
+}
+
 static void test_nf4_roundtrip(void **state) {
     (void)state;
     int64_t rows = 37, cols = 192;
@@ -706,6 +734,7 @@ int main(void) {
         cmocka_unit_test(test_nf4_code_table),
         cmocka_unit_test(test_nf4_hand_vector),
         cmocka_unit_test(test_nf4_any_shape),
+        cmocka_unit_test(test_nf4_quantize_simd_matches_scalar),
         cmocka_unit_test(test_nf4_roundtrip),
         cmocka_unit_test(test_dynamic_map),
         cmocka_unit_test(test_nf4_double_quant),

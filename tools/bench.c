@@ -72,46 +72,6 @@ int ampr_tool_gen_model(int argc, char **argv) {
     return 0;
 }
 
-static int bench_tier(ampr_ctx *c, ampr__tier *t, int n_prompt, int n_gen, double *prefill_tps,
-                      double *decode_tps) {
-    ampr__err err = {0};
-    ampr__kv_seq seq = {0};
-    ampr__scratch s;
-    int32_t *toks = malloc((size_t)n_prompt * sizeof *toks);
-    uint64_t x = 12345;
-    for (int i = 0; i < n_prompt; i++) {
-        x = x * 6364136223846793005ull + 1442695040888963407ull;
-        toks[i] = (int32_t)((x >> 33) % (uint64_t)c->hp.vocab_size);
-    }
-    int rc = 1;
-    int chunk = n_prompt < 256 ? n_prompt : 256;
-    if (ampr__kv_seq_reserve(&seq, t->kv, n_prompt + n_gen, &err) == AMPR_OK &&
-        ampr__scratch_new(c, chunk, 1, &s, &err) == AMPR_OK) {
-        double t0 = ampr__now_ms();
-        int ok = 1;
-        for (int i = 0; i < n_prompt && ok; i += chunk) {
-            int k = n_prompt - i < chunk ? n_prompt - i : chunk;
-            ok = ampr__backend_forward(c, t, &seq, toks + i, k, 1, &s, &err) == AMPR_OK;
-        }
-        double t1 = ampr__now_ms();
-        for (int i = 0; i < n_gen && ok; i++) {
-            int32_t next = ampr__argmax(s.logits, c->hp.vocab_size);
-            ok = ampr__backend_forward(c, t, &seq, &next, 1, 1, &s, &err) == AMPR_OK;
-        }
-        double t2 = ampr__now_ms();
-        if (ok) {
-            *prefill_tps = n_prompt / ((t1 - t0) / 1e3);
-            *decode_tps = n_gen / ((t2 - t1) / 1e3);
-            rc = 0;
-        }
-        ampr__scratch_free(&s);
-    }
-    if (rc) fprintf(stderr, "ampr bench: %s\n", err.msg);
-    ampr__kv_seq_release(&seq);
-    free(toks);
-    return rc;
-}
-
 /* ---- memory read bandwidth: the decode ceiling, measured in the same run -- */
 
 typedef struct bw_job {
@@ -152,6 +112,51 @@ static double read_bandwidth(ampr_ctx *c) {
     }
     free(buf);
     return best;
+}
+
+/* Prefill n_prompt random tokens, then decode n_gen; *bw is the memory read
+ * bandwidth measured between the two (it moves from minute to minute on a
+ * shared machine, so each tier is compared with its own). */
+static int bench_tier(ampr_ctx *c, ampr__tier *t, int n_prompt, int n_gen, double *prefill_tps,
+                      double *decode_tps, double *bw) {
+    ampr__err err = {0};
+    ampr__kv_seq seq = {0};
+    ampr__scratch s;
+    int32_t *toks = malloc((size_t)n_prompt * sizeof *toks);
+    uint64_t x = 12345;
+    for (int i = 0; i < n_prompt; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        toks[i] = (int32_t)((x >> 33) % (uint64_t)c->hp.vocab_size);
+    }
+    int rc = 1;
+    int chunk = n_prompt < 256 ? n_prompt : 256;
+    if (ampr__kv_seq_reserve(&seq, t->kv, n_prompt + n_gen, &err) == AMPR_OK &&
+        ampr__scratch_new(c, chunk, 1, &s, &err) == AMPR_OK) {
+        double t0 = ampr__now_ms();
+        int ok = 1;
+        for (int i = 0; i < n_prompt && ok; i += chunk) {
+            int k = n_prompt - i < chunk ? n_prompt - i : chunk;
+            ok = ampr__backend_forward(c, t, &seq, toks + i, k, 1, &s, &err) == AMPR_OK;
+        }
+        double t_prefill = ampr__now_ms() - t0;
+        *bw = read_bandwidth(c);
+        double t1 = ampr__now_ms();
+        for (int i = 0; i < n_gen && ok; i++) {
+            int32_t next = ampr__argmax(s.logits, c->hp.vocab_size);
+            ok = ampr__backend_forward(c, t, &seq, &next, 1, 1, &s, &err) == AMPR_OK;
+        }
+        double t2 = ampr__now_ms();
+        if (ok) {
+            *prefill_tps = n_prompt / (t_prefill / 1e3);
+            *decode_tps = n_gen / ((t2 - t1) / 1e3);
+            rc = 0;
+        }
+        ampr__scratch_free(&s);
+    }
+    if (rc) fprintf(stderr, "ampr bench: %s\n", err.msg);
+    ampr__kv_seq_release(&seq);
+    free(toks);
+    return rc;
 }
 
 typedef struct conc_job {
@@ -268,20 +273,19 @@ int ampr_tool_bench(int argc, char **argv) {
            c->hp.hidden_dim, c->hp.vocab_size, ampr__pool_size(c->pool), ampr__quant_simd_name());
     printf("device: %s\n", c->device);
     printf("open + quantize all tiers: %.0f ms; prefill %d tokens, decode %d tokens\n\n", open_ms, n_prompt, n_gen);
-    double bw = read_bandwidth(c);
-    printf("memory read bandwidth: %.1f GB/s (%d threads reading 512 MiB, best of 5)\n\n", bw,
-           ampr__pool_size(c->pool));
-    printf("| tier | weights MiB | prefill tok/s | decode tok/s | decode weight GB/s | of read bw |\n");
-    printf("|------|------------:|--------------:|-------------:|-------------------:|-----------:|\n");
+    printf("read bw: the memory read bandwidth of %d threads (512 MiB, best of 5 passes), measured\n"
+           "right before each tier's decode\n\n", ampr__pool_size(c->pool));
+    printf("| tier | weights MiB | prefill tok/s | decode tok/s | decode weight GB/s | read bw GB/s | share |\n");
+    printf("|------|------------:|--------------:|-------------:|-------------------:|-------------:|------:|\n");
     int rc = 0;
     for (int i = 0; i < c->n_tiers && !rc; i++) {
         ampr__tier *t = &c->tiers[i];
-        double ptps = 0, dtps = 0;
-        rc = bench_tier(c, t, n_prompt, n_gen, &ptps, &dtps);
+        double ptps = 0, dtps = 0, bw = 0;
+        rc = bench_tier(c, t, n_prompt, n_gen, &ptps, &dtps, &bw);
         if (!rc) {
             double gbs = (double)ampr__tier_decode_bytes(c, t) * dtps / 1e9;
-            printf("| %s | %.1f | %.1f | %.2f | %.2f | %.0f%% |\n", ampr_tier_name(t->id),
-                   (double)t->weight_bytes / 1048576.0, ptps, dtps, gbs, bw > 0 ? 100 * gbs / bw : 0);
+            printf("| %s | %.1f | %.1f | %.2f | %.2f | %.1f | %.0f%% |\n", ampr_tier_name(t->id),
+                   (double)t->weight_bytes / 1048576.0, ptps, dtps, gbs, bw, bw > 0 ? 100 * gbs / bw : 0);
         }
     }
     /* batched decode: aggregate tokens/s of concurrent requests on one tier */

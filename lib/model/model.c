@@ -51,6 +51,8 @@ void ampr__tensor_row_f32(const ampr__tensor *t, int64_t r, float *out) {
         memcpy(out, p + (size_t)r * (size_t)n * 4, (size_t)n * 4);
         break;
     case AMPR__DT_F16:
+        ampr__f16_to_f32_n(p + (size_t)r * (size_t)n * 2, out, (size_t)n);
+        break;
     case AMPR__DT_BF16: {
         const uint8_t *row = p + (size_t)r * (size_t)n * 2;
         for (int64_t i = 0; i < n; i++) {

@@ -106,3 +106,16 @@ void ampr__bf16_matmul_scalar(const ampr__qmat *w, const float *x, const void *a
         }
     }
 }
+
+void ampr__f16_to_f32_n(const void *src, float *dst, size_t n) {
+    const uint8_t *b = src;
+    if (((uintptr_t)src & 1) == 0 && ampr__quant_simd() >= AMPR__SIMD_AVX2) {
+        ampr__f16_to_f32_avx2((const uint16_t *)src, dst, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, b + 2 * i, 2);
+        dst[i] = ampr__fp16_to_f32(h);
+    }
+}

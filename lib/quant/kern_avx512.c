@@ -371,3 +371,56 @@ void ampr__nf4_matmul_avx512(const ampr__qmat *w, const float *x, const void *ac
 #undef nf4_TILE
     }
 }
+
+/* ---- NF4 quantization -----------------------------------------------------------
+ * Per block of 64: absmax (max of |x|; _mm512_max_ps returns its second operand
+ * when the first is NaN, so a NaN is skipped as fmaxf skips it), then each
+ * x * (1/absmax) is encoded by the same four "x > midpoint" comparisons as the
+ * scalar tree (a vector binary search over the 15 sorted midpoints; NaN fails
+ * every comparison and gets code 0), and two codes go into a byte, the first in
+ * the high nibble. */
+void ampr__nf4_quantize_blocks_avx512(const float *x, size_t n, uint8_t *packed, float *absmax) {
+    float midf[16];
+    for (int k = 0; k < 15; k++) midf[k] = ampr__nf4_mid(k);
+    midf[15] = INFINITY; /* never selected: the search index stays <= 14 */
+    const __m512 mid = _mm512_loadu_ps(midf);
+    const __m512i k1 = _mm512_set1_epi32(1), k3 = _mm512_set1_epi32(3), k7 = _mm512_set1_epi32(7);
+    const __m512i k2 = _mm512_set1_epi32(2), k4 = _mm512_set1_epi32(4), k8 = _mm512_set1_epi32(8);
+    const __m128i lo = _mm_set1_epi16(0x00f0);
+    for (size_t b = 0; b < n / 64; b++) {
+        const float *xb = x + b * 64;
+        __m512 v[4];
+        __m512 m = _mm512_setzero_ps();
+        UNROLL for (int j = 0; j < 4; j++) {
+            v[j] = _mm512_loadu_ps(xb + 16 * j);
+            m = _mm512_max_ps(_mm512_abs_ps(v[j]), m);
+        }
+        float amax = _mm512_reduce_max_ps(m);
+        absmax[b] = amax;
+        __m512 inv = _mm512_set1_ps(1.0f / amax);
+        uint8_t codes[64];
+        UNROLL for (int j = 0; j < 4; j++) {
+            __m512 y = _mm512_mul_ps(v[j], inv);
+            __m512i idx = _mm512_setzero_si512();
+            __mmask16 g = _mm512_cmp_ps_mask(y, _mm512_permutexvar_ps(k7, mid), _CMP_GT_OQ);
+            idx = _mm512_mask_add_epi32(idx, g, idx, k8);
+            g = _mm512_cmp_ps_mask(y, _mm512_permutexvar_ps(_mm512_add_epi32(idx, k3), mid),
+                                   _CMP_GT_OQ);
+            idx = _mm512_mask_add_epi32(idx, g, idx, k4);
+            g = _mm512_cmp_ps_mask(y, _mm512_permutexvar_ps(_mm512_add_epi32(idx, k1), mid),
+                                   _CMP_GT_OQ);
+            idx = _mm512_mask_add_epi32(idx, g, idx, k2);
+            g = _mm512_cmp_ps_mask(y, _mm512_permutexvar_ps(idx, mid), _CMP_GT_OQ);
+            idx = _mm512_mask_add_epi32(idx, g, idx, k1);
+            _mm_storeu_si128((__m128i *)(codes + 16 * j), _mm512_cvtepi32_epi8(idx));
+        }
+        /* 16-bit lane h = c0 | c1 << 8 (little-endian) -> byte c0 << 4 | c1 */
+        UNROLL for (int j = 0; j < 4; j += 2) {
+            __m128i a = _mm_loadu_si128((const __m128i *)(codes + 16 * j));
+            __m128i c = _mm_loadu_si128((const __m128i *)(codes + 16 * j + 16));
+            __m128i pa = _mm_or_si128(_mm_and_si128(_mm_slli_epi16(a, 4), lo), _mm_srli_epi16(a, 8));
+            __m128i pc = _mm_or_si128(_mm_and_si128(_mm_slli_epi16(c, 4), lo), _mm_srli_epi16(c, 8));
+            _mm_storeu_si128((__m128i *)(packed + b * 32 + 8 * j), _mm_packus_epi16(pa, pc));
+        }
+    }
+}

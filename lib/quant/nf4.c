@@ -50,6 +50,8 @@ static const float k_nf4_mid[15] = {
     0.5016634166240692f, 0.6427869200706482f, 0.8614784181118011f,
 };
 
+float ampr__nf4_mid(int k) { return k_nf4_mid[k]; }
+
 uint8_t ampr__nf4_encode(float x) {
     /* The same comparisons as bitsandbytes' balanced tree; a NaN fails every
      * "x > t" and lands on code 0, as there. */
@@ -70,6 +72,18 @@ uint8_t ampr__nf4_encode(float x) {
 
 void ampr__nf4_quantize_flat(const float *x, size_t n, int64_t block, uint8_t *packed,
                              float *absmax) {
+    if (block == 64 && ampr__quant_simd() >= AMPR__SIMD_AVX512) {
+        size_t whole = n & ~(size_t)63; /* whole blocks: even, so tails start on a byte */
+        ampr__nf4_quantize_blocks_avx512(x, whole, packed, absmax);
+        if (whole < n) ampr__nf4_quantize_flat_scalar(x + whole, n - whole, 64, packed + whole / 2,
+                                                      absmax + whole / 64);
+        return;
+    }
+    ampr__nf4_quantize_flat_scalar(x, n, block, packed, absmax);
+}
+
+void ampr__nf4_quantize_flat_scalar(const float *x, size_t n, int64_t block, uint8_t *packed,
+                                    float *absmax) {
     size_t nb = (n + (size_t)block - 1) / (size_t)block;
     memset(packed, 0, (n + 1) / 2);
     for (size_t b = 0; b < nb; b++) {

@@ -139,6 +139,12 @@ extern const float ampr__nf4_code[16];
  * block absmax): thresholds halfway between codes, x equal to a threshold goes
  * to the lower code, NaN to code 0. */
 uint8_t ampr__nf4_encode(float x);
+float ampr__nf4_mid(int k); /* midpoint k (0..14) between NF4 codes k and k + 1 */
+/* The scalar reference of ampr__nf4_quantize_flat (which uses SIMD when it can). */
+void ampr__nf4_quantize_flat_scalar(const float *x, size_t n, int64_t block, uint8_t *packed,
+                                    float *absmax);
+/* n IEEE halves (unaligned, little-endian) to floats, at the dispatched SIMD level. */
+void ampr__f16_to_f32_n(const void *src, float *dst, size_t n);
 /* Quantize n fp32 values (blocks of `block` along the array) exactly as
  * bitsandbytes' quantize_4bit(quant_type="nf4"): absmax[ceil(n/block)],
  * packed[ceil(n/2)] (high nibble first; a missing last element encodes 0.0).

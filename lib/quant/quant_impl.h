@@ -73,6 +73,10 @@ static inline float ampr__nf4_absmax_at(const ampr__nf4_absmax *v, int64_t b) {
 /* Quantize helpers of the AVX2 level (bit-identical to the scalar code; the
  * scalar quantize functions call them when ampr__quant_simd() >= AVX2). */
 void ampr__f32_to_f16_avx2(const float *src, uint16_t *dst, size_t n);
+void ampr__f16_to_f32_avx2(const uint16_t *src, float *dst, size_t n);
+/* NF4 quantization of whole 64-element blocks (n % 64 == 0), bit-identical to
+ * the scalar ampr__nf4_quantize_flat_scalar. */
+void ampr__nf4_quantize_blocks_avx512(const float *x, size_t n, uint8_t *packed, float *absmax);
 void ampr__f32_to_bf16_avx2(const float *src, uint16_t *dst, size_t n);
 void ampr__int8_quantize_row_avx2(const float *w, int64_t cols, int8_t *q, float *scale);
 
