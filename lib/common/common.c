@@ -2,7 +2,9 @@
  * common.c -- allocation hooks, error recording, half-precision conversion,
  * UTF-8 validation and the clock shared by the rest of the library.
  */
-#define _POSIX_C_SOURCE 200809L
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* madvise(MADV_HUGEPAGE) */
+#endif
 #include "common.h"
 
 #include <jansson.h>
@@ -10,11 +12,34 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <time.h>
 
 /* ---- allocation --------------------------------------------------------- */
 
-static void *default_malloc(size_t n, void *u) { (void)u; return malloc(n); }
+/* Weight matrices are large and streamed once per token: ask for transparent
+ * huge pages on their 2 MiB-aligned interior (fewer page faults while the
+ * tiers are built, fewer TLB misses in decode). Advisory: where the kernel has
+ * THP off, nothing changes. Only for the default allocator's own memory. */
+#define HUGE_MIN ((size_t)8 << 20)
+static void advise_huge(void *p, size_t n) {
+#ifdef MADV_HUGEPAGE
+    const uintptr_t two_mib = (uintptr_t)2 << 20;
+    uintptr_t a = ((uintptr_t)p + two_mib - 1) & ~(two_mib - 1);
+    uintptr_t b = ((uintptr_t)p + n) & ~(two_mib - 1);
+    if (b > a) (void)madvise((void *)a, b - a, MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
+static void *default_malloc(size_t n, void *u) {
+    (void)u;
+    void *p = malloc(n);
+    if (p && n >= HUGE_MIN) advise_huge(p, n);
+    return p;
+}
 static void *default_realloc(void *p, size_t n, void *u) { (void)u; return realloc(p, n); }
 static void default_free(void *p, void *u) { (void)u; free(p); }
 
