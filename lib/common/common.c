@@ -17,10 +17,11 @@
 
 /* ---- allocation --------------------------------------------------------- */
 
-/* Weight matrices are large and streamed once per token: ask for transparent
- * huge pages on their 2 MiB-aligned interior (fewer page faults while the
- * tiers are built, fewer TLB misses in decode). Advisory: where the kernel has
- * THP off, nothing changes. Only for the default allocator's own memory. */
+/* Weight matrices are large and written once, then streamed once per token:
+ * ask for transparent huge pages on their 2 MiB-aligned interior (far fewer
+ * page faults while the tiers are built: the 1.1B shape opens in 7 s instead of
+ * 13 s here; fewer TLB misses when they are read). Advisory: where the kernel
+ * has THP off, nothing changes. Only for the default allocator's own memory. */
 #define HUGE_MIN ((size_t)8 << 20)
 static void advise_huge(void *p, size_t n) {
 #ifdef MADV_HUGEPAGE
