@@ -24,30 +24,16 @@ ampr_status ampr__tier_nf4_copy(const ampr__qtraits *qt, const ampr__tensor *con
         if (i < n_parts - 1 && (t->ne[0] * t->ne[1]) % 64 != 0) return AMPR_OK;
         rows += t->ne[1];
     }
-    size_t n = (size_t)rows * (size_t)cols, nb = (n + 63) / 64, bytes = (n + 1) / 2;
-    uint8_t *p = ampr__alloc_array(bytes, 1, err);
-    if (!p) return AMPR_ERR_NOMEM;
-    float *am = ampr__alloc_array(nb, sizeof(float), err);
-    if (!am) {
-        ampr__free(p);
-        return AMPR_ERR_NOMEM;
-    }
+    AMPR__TRY(ampr__nf4_alloc(dst, rows, cols, err));
+    uint8_t *p = dst->data;
     size_t e0 = 0;
     for (int i = 0; i < n_parts; i++) {
         const ampr__tensor *t = parts[i];
         size_t ne = (size_t)(t->ne[0] * t->ne[1]);
         memcpy(p + e0 / 2, t->data, (ne + 1) / 2);
-        memcpy(am + e0 / 64, t->absmax, (ne + 63) / 64 * sizeof(float));
+        memcpy(dst->scales + e0 / 64, t->absmax, (ne + 63) / 64 * sizeof(float));
         e0 += ne;
     }
-    memset(dst, 0, sizeof *dst);
-    dst->type = AMPR__Q_NF4;
-    dst->rows = rows;
-    dst->cols = cols;
-    dst->data = p;
-    dst->data_bytes = bytes;
-    dst->scales = am;
-    dst->n_scales = nb;
     if (qt->type == AMPR__Q_NF4_DQ) {
         ampr_status st = ampr__nf4dq_from_nf4(dst, err);
         if (st != AMPR_OK) {

@@ -197,9 +197,7 @@ static ampr_status nf4_check(int64_t rows, int64_t cols, ampr__err *err) {
     return AMPR_OK;
 }
 
-ampr_status ampr__nf4_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
-                               ampr__err *err) {
-    AMPR__TRY(nf4_check(rows, cols, err));
+ampr_status ampr__nf4_alloc(ampr__qmat *d, int64_t rows, int64_t cols, ampr__err *err) {
     size_t n = (size_t)rows * (size_t)cols, nb = (n + 63) / 64, bytes = (n + 1) / 2;
     uint8_t *p = ampr__alloc_array(bytes, 1, err);
     if (!p) return AMPR_ERR_NOMEM;
@@ -208,7 +206,7 @@ ampr_status ampr__nf4_quantize(ampr__qmat *d, const float *src, int64_t rows, in
         ampr__free(p);
         return AMPR_ERR_NOMEM;
     }
-    ampr__nf4_quantize_flat(src, n, 64, p, am);
+    memset(d, 0, sizeof *d);
     d->type = AMPR__Q_NF4;
     d->rows = rows;
     d->cols = cols;
@@ -216,6 +214,14 @@ ampr_status ampr__nf4_quantize(ampr__qmat *d, const float *src, int64_t rows, in
     d->data_bytes = bytes;
     d->scales = am;
     d->n_scales = nb;
+    return AMPR_OK;
+}
+
+ampr_status ampr__nf4_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
+                               ampr__err *err) {
+    AMPR__TRY(nf4_check(rows, cols, err));
+    AMPR__TRY(ampr__nf4_alloc(d, rows, cols, err));
+    ampr__nf4_quantize_flat(src, (size_t)rows * (size_t)cols, 64, d->data, d->scales);
     return AMPR_OK;
 }
 
