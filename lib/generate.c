@@ -249,12 +249,7 @@ static ampr_status decode_step(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, in
         }
         if (!gathered && t->n_queued < AMPR__MIN(t->n_decoding, AMPR__BATCH_MAX)) {
             struct timespec deadline;
-            clock_gettime(CLOCK_REALTIME, &deadline);
-            deadline.tv_nsec += BATCH_GATHER_US * 1000L;
-            if (deadline.tv_nsec >= 1000000000L) {
-                deadline.tv_sec++;
-                deadline.tv_nsec -= 1000000000L;
-            }
+            ampr__deadline_in(&deadline, BATCH_GATHER_US);
             gathered = 1;
             while (!t->batch_busy && !me.done &&
                    t->n_queued < AMPR__MIN(t->n_decoding, AMPR__BATCH_MAX))

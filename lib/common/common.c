@@ -270,6 +270,16 @@ double ampr__now_ms(void) {
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+void ampr__deadline_in(struct timespec *deadline, int64_t us) {
+    clock_gettime(CLOCK_REALTIME, deadline);
+    deadline->tv_sec += (time_t)(us / 1000000);
+    deadline->tv_nsec += (long)(us % 1000000) * 1000L;
+    if (deadline->tv_nsec >= 1000000000L) {
+        deadline->tv_sec++;
+        deadline->tv_nsec -= 1000000000L;
+    }
+}
+
 int ampr__utf8_seq_len(const unsigned char *s, size_t n) {
     if (n == 0) return 0;
     unsigned c = s[0];

@@ -91,6 +91,11 @@ uint16_t ampr__f32_to_bf16(float f); /* round to nearest even */
 /* Monotonic clock in milliseconds. */
 double ampr__now_ms(void);
 
+/* *deadline = now + us microseconds on CLOCK_REALTIME, the clock
+ * pthread_cond_timedwait measures. */
+struct timespec;
+void ampr__deadline_in(struct timespec *deadline, int64_t us);
+
 /* UTF-8: length of the valid sequence starting at s (1..4), or 0 if s does
  * not start a valid, complete sequence within n bytes. */
 int ampr__utf8_seq_len(const unsigned char *s, size_t n);

@@ -118,13 +118,7 @@ ampr_status ampr__kv_seq_reserve_wait(ampr__kv_seq *seq, ampr__kv_arena *a, int3
     seq->blocks = blocks;
     seq->arena = a;
     struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += (time_t)(wait_ms / 1000);
-    deadline.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    ampr__deadline_in(&deadline, (int64_t)wait_ms * 1000);
     pthread_mutex_lock(&a->mu);
     while (more > a->n_free && wait_ms > 0) {
         if (pthread_cond_timedwait(&a->freed, &a->mu, &deadline) == ETIMEDOUT) break;
