@@ -11,6 +11,7 @@
 #ifndef AMPR_FUZZ_UTIL_H
 #define AMPR_FUZZ_UTIL_H
 
+#include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,14 +34,40 @@ static void fz_free(void *p, void *u) { (void)u; free(p); }
 
 static void fz_install_allocator(void) { ampr_set_allocator(fz_malloc, fz_realloc, fz_free, NULL); }
 
-/* A per-process scratch path under $TMPDIR (or /tmp): "<tmp>/ampr-fuzz-<pid>-<tag>". */
+/* A per-process scratch path under $TMPDIR (or /tmp): "<tmp>/ampr-fuzz-<pid>-<tag>".
+ * Every path handed out is removed when the process exits (libFuzzer ends a
+ * -max_total_time run with exit()): a file, or a directory with the files in it. */
+static char fz_tmp_paths[8][512];
+static int fz_tmp_count;
+
+static void fz_tmp_cleanup(void) {
+    for (int i = 0; i < fz_tmp_count && i < 8; i++) {
+        const char *p = fz_tmp_paths[i];
+        struct stat st;
+        if (stat(p, &st) != 0) continue;
+        if (S_ISDIR(st.st_mode)) {
+            DIR *d = opendir(p);
+            struct dirent *e;
+            while (d && (e = readdir(d)) != NULL) {
+                if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+                char f[1024];
+                snprintf(f, sizeof f, "%s/%s", p, e->d_name);
+                unlink(f);
+            }
+            if (d) closedir(d);
+            rmdir(p);
+        } else {
+            unlink(p);
+        }
+    }
+}
+
 static const char *fz_tmp_path(const char *tag) {
-    static char buf[8][512];
-    static int slot;
     const char *root = getenv("TMPDIR");
     if (!root || !*root) root = "/tmp";
-    char *b = buf[slot++ & 7];
-    snprintf(b, sizeof buf[0], "%s/ampr-fuzz-%d-%s", root, (int)getpid(), tag);
+    if (fz_tmp_count == 0) atexit(fz_tmp_cleanup);
+    char *b = fz_tmp_paths[fz_tmp_count++ & 7];
+    snprintf(b, sizeof fz_tmp_paths[0], "%s/ampr-fuzz-%d-%s", root, (int)getpid(), tag);
     return b;
 }
 
