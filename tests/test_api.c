@@ -194,6 +194,64 @@ static void test_nf4_double_quant(void **state) {
     ampr_close(c);
 }
 
+/* ampr_open builds each tier matrix over its thread pool (and copies F16
+ * checkpoint rows straight into the FP16 tier): every matrix must hold the
+ * bytes a one-thread ampr__quantize gives for the checkpoint's rows. The
+ * model's sizes are odd enough for NF4 blocks to span rows (cols 40). */
+static void expect_mat(const ampr__qmat *got, ampr__qtype type, const ampr__tensor *const *parts,
+                       int n_parts) {
+    int64_t rows = 0, cols = parts[0]->ne[0];
+    for (int i = 0; i < n_parts; i++) rows += parts[i]->ne[1];
+    float *x = malloc((size_t)(rows * cols) * sizeof(float));
+    for (int i = 0, r0 = 0; i < n_parts; r0 += (int)parts[i]->ne[1], i++)
+        for (int64_t r = 0; r < parts[i]->ne[1]; r++)
+            ampr__tensor_row_f32(parts[i], r, x + (r0 + r) * cols);
+    ampr__qmat want;
+    ampr__err err = {0};
+    assert_int_equal(ampr__quantize(ampr__qtraits_get(type), &want, x, rows, cols, NULL, &err),
+                     AMPR_OK);
+    assert_int_equal(got->type, want.type);
+    assert_int_equal(got->data_bytes, want.data_bytes);
+    assert_int_equal(got->n_scales, want.n_scales);
+    assert_memory_equal(got->data, want.data, want.data_bytes);
+    if (want.n_scales) assert_memory_equal(got->scales, want.scales, want.n_scales * sizeof(float));
+    ampr__qmat_free(&want);
+    free(x);
+}
+
+static void test_tiers_match_checkpoint(void **state) {
+    (void)state;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/f16.gguf", tu_dir);
+    ampr__hparams hp = {0};
+    hp.dim = 40, hp.hidden_dim = 104, hp.n_layers = 2, hp.n_heads = 5, hp.n_kv_heads = 1;
+    hp.head_dim = 8, hp.vocab_size = 300, hp.context_length = 32;
+    hp.norm_eps = 1e-5f, hp.rope_theta = 10000.0f;
+    ampr__err err = {0};
+    assert_int_equal(ampr__model_write_random(path, "gguf", &hp, AMPR__DT_F16, 1, 3, &err), AMPR_OK);
+    ampr_ctx *ctx = tu_open_ok(path, "{\"threads\": 3}");
+    const ampr__model *m = ctx->model;
+    assert_int_equal(m->layers[0].wq->dtype, AMPR__DT_F16);
+    static const ampr_tier ids[] = {AMPR_TIER_FP16, AMPR_TIER_INT8, AMPR_TIER_NF4};
+    static const ampr__qtype types[] = {AMPR__Q_F16, AMPR__Q_INT8, AMPR__Q_NF4};
+    for (int k = 0; k < 3; k++) {
+        const ampr__tier *t = ampr__ctx_tier(ctx, ids[k]);
+        assert_non_null(t);
+        expect_mat(&t->embd, types[k], &m->tok_embd, 1);
+        expect_mat(&t->output, types[k], &m->output, 1);
+        for (int l = 0; l < hp.n_layers; l++) {
+            const ampr__layer *L = &m->layers[l];
+            const ampr__tier_layer *T = ampr__tier_shard(t, l, 0);
+            const ampr__tensor *qkv[3] = {L->wq, L->wk, L->wv}, *gu[2] = {L->w_gate, L->w_up};
+            expect_mat(&T->wqkv, types[k], qkv, 3);
+            expect_mat(&T->wo, types[k], &L->wo, 1);
+            expect_mat(&T->w_gu, types[k], gu, 2);
+            expect_mat(&T->w_down, types[k], &L->w_down, 1);
+        }
+    }
+    ampr_close(ctx);
+}
+
 /* ---- tokenization ------------------------------------------------------- */
 
 static void test_tokenize(void **state) {
@@ -584,6 +642,7 @@ int main(void) {
         cmocka_unit_test(test_open_progress_cancel),
         cmocka_unit_test(test_info),
         cmocka_unit_test(test_nf4_double_quant),
+        cmocka_unit_test(test_tiers_match_checkpoint),
         cmocka_unit_test(test_tokenize),
         cmocka_unit_test(test_generate_limits),
         cmocka_unit_test(test_streaming_and_cancel),

@@ -39,8 +39,8 @@ static void check_exact(const ampr__model *a, const ampr__model *b, int dq) {
             for (int64_t r = 0; r < ta->ne[1]; r++) ampr__tensor_row_f32(ta, r, w + r * ta->ne[0]);
             ampr__qmat q = {0};
             ampr__err err = {0};
-            assert_int_equal((dq ? ampr__nf4dq_quantize : ampr__nf4_quantize)(
-                                 &q, w, ta->ne[1], ta->ne[0], &err),
+            assert_int_equal(ampr__quantize(ampr__qtraits_get(dq ? AMPR__Q_NF4_DQ : AMPR__Q_NF4), &q,
+                                            w, ta->ne[1], ta->ne[0], NULL, &err),
                              AMPR_OK);
             assert_int_equal(tb->nbytes, q.data_bytes);
             assert_memory_equal(tb->data, q.data, q.data_bytes);

@@ -85,15 +85,23 @@ char *ampr__strndup(const char *s, size_t n) {
     return d;
 }
 
-void *ampr__alloc_array(size_t count, size_t size, ampr__err *err) {
+static void *alloc_array(size_t count, size_t size, int zero, ampr__err *err) {
     size_t total;
     if (__builtin_mul_overflow(count, size, &total)) {
         ampr__fail(err, AMPR_ERR_NOMEM, "allocation of %zu x %zu bytes overflows", count, size);
         return NULL;
     }
-    void *p = ampr__calloc(count, size);
+    void *p = zero ? ampr__calloc(count, size) : ampr__malloc(total);
     if (!p) ampr__fail(err, AMPR_ERR_NOMEM, "out of memory allocating %zu bytes", total);
     return p;
+}
+
+void *ampr__alloc_array(size_t count, size_t size, ampr__err *err) {
+    return alloc_array(count, size, 1, err);
+}
+
+void *ampr__alloc_array_uninit(size_t count, size_t size, ampr__err *err) {
+    return alloc_array(count, size, 0, err);
 }
 
 /* jansson allocates through these once hooks are installed, so its memory is

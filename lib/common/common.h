@@ -53,6 +53,9 @@ void ampr__free(void *p);
 char *ampr__strndup(const char *s, size_t n);
 /* count*size, or NULL/ERR_NOMEM with a message on overflow or failure */
 void *ampr__alloc_array(size_t count, size_t size, ampr__err *err);
+/* The same without zeroing, for buffers the caller writes in full (weights:
+ * their pages are then first touched by the threads that fill them). */
+void *ampr__alloc_array_uninit(size_t count, size_t size, ampr__err *err);
 
 /* How many allocations have failed on the calling thread so far. */
 unsigned ampr__alloc_failures(void);

@@ -26,16 +26,48 @@ static ampr__qtype tier_qtype(const ampr_ctx *c, ampr_tier t) {
     }
 }
 
-/* Copy the rows of a 2-D checkpoint tensor into dst (fp32, row-major). */
-static void rows_f32(const ampr__tensor *t, float *dst) {
-    for (int64_t r = 0; r < t->ne[1]; r++) ampr__tensor_row_f32(t, r, dst + r * t->ne[0]);
+/* The rows of up to three 2-D checkpoint tensors (same column count), one
+ * after another, into dst (row-major), split over the pool: as fp32, or
+ * (f16_bits) the stored F16 values as they are. */
+typedef struct rows_job {
+    const ampr__tensor *const *parts;
+    int n_parts, f16_bits;
+    void *dst;
+    int64_t rows;
+} rows_job;
+
+static void rows_task(void *arg, int i, int n) {
+    const rows_job *j = arg;
+    int64_t r0 = j->rows * i / n, r1 = j->rows * (i + 1) / n, base = 0, cols = j->parts[0]->ne[0];
+    for (int p = 0; p < j->n_parts && r0 < r1; p++) {
+        const ampr__tensor *t = j->parts[p];
+        for (; r0 < r1 && r0 < base + t->ne[1]; r0++) {
+            if (j->f16_bits)
+                memcpy((uint16_t *)j->dst + r0 * cols, (const uint16_t *)t->data + (r0 - base) * cols,
+                       (size_t)cols * sizeof(uint16_t));
+            else
+                ampr__tensor_row_f32(t, r0 - base, (float *)j->dst + r0 * cols);
+        }
+        base += t->ne[1];
+    }
+}
+
+static int64_t parts_rows(ampr__pool *pool, const ampr__tensor *const *parts, int n_parts,
+                          void *dst, int f16_bits) {
+    rows_job j = {parts, n_parts, f16_bits, dst, 0};
+    for (int i = 0; i < n_parts; i++) j.rows += parts[i]->ne[1];
+    int64_t tasks = 4 * (int64_t)ampr__pool_size(pool);
+    if (tasks > j.rows) tasks = j.rows;
+    if (tasks > 0) ampr__pool_run(pool, (int)tasks, rows_task, &j);
+    return j.rows;
 }
 
 /* Quantize the row-wise concatenation of up to three tensors. With act_absmax
  * (calibrated input ranges), apply SmoothQuant first: the weights become
  * W diag(s) and *smooth receives s (the forward pass divides inputs by it). */
-static ampr_status build_mat(const ampr__qtraits *qt, const ampr__tensor *const *parts, int n_parts,
-                             float *tmp, const float *act_absmax, float alpha, float **smooth,
+static ampr_status build_mat(ampr__pool *pool, const ampr__qtraits *qt,
+                             const ampr__tensor *const *parts, int n_parts, float *tmp,
+                             const float *act_absmax, float alpha, float **smooth,
                              ampr__qmat *dst, ampr__err *err) {
     /* NF4 checkpoint (bitsandbytes) into an NF4 tier: copy, see tier_nf4.c */
     if (!act_absmax) {
@@ -43,19 +75,27 @@ static ampr_status build_mat(const ampr__qtraits *qt, const ampr__tensor *const 
         AMPR__TRY(ampr__tier_nf4_copy(qt, parts, n_parts, dst, &done, err));
         if (done) return AMPR_OK;
     }
-    int64_t rows = 0, cols = parts[0]->ne[0];
-    for (int i = 0; i < n_parts; i++) {
-        rows_f32(parts[i], tmp + rows * cols);
-        rows += parts[i]->ne[1];
+    /* F16 checkpoint into an F16 tier: the stored bits are the tier's (fp16 ->
+     * fp32 -> fp16 is exact for every finite value, and ampr_open's load
+     * rejects NaN and inf) */
+    int f16_bits = !act_absmax && qt->type == AMPR__Q_F16;
+    for (int i = 0; i < n_parts; i++) f16_bits &= parts[i]->dtype == AMPR__DT_F16;
+    if (f16_bits) {
+        int64_t rows = 0;
+        for (int i = 0; i < n_parts; i++) rows += parts[i]->ne[1];
+        memset(dst, 0, sizeof *dst);
+        AMPR__TRY(qt->alloc(dst, rows, parts[0]->ne[0], err));
+        parts_rows(pool, parts, n_parts, dst->data, 1);
+        return AMPR_OK;
     }
+    int64_t cols = parts[0]->ne[0], rows = parts_rows(pool, parts, n_parts, tmp, 0);
     if (act_absmax) {
         *smooth = ampr__alloc_array((size_t)cols, sizeof(float), err);
         if (!*smooth) return AMPR_ERR_NOMEM;
         ampr__smooth_factors(act_absmax, tmp, rows, cols, alpha, *smooth);
         ampr__smooth_weights(tmp, rows, cols, *smooth);
     }
-    memset(dst, 0, sizeof *dst);
-    ampr_status st = qt->quantize(dst, tmp, rows, cols, err);
+    ampr_status st = ampr__quantize(qt, dst, tmp, rows, cols, pool, err);
     if (st != AMPR_OK)
         return ampr__fail(err, st, "cannot build %s weights of %s (%lld x %lld)", qt->name,
                           parts[0]->name, (long long)rows, (long long)cols);
@@ -78,18 +118,15 @@ static void shard_range(const ampr__tp_plan *p, int mm, int part, int64_t *off, 
     }
 }
 
-static ampr_status build_sharded(const ampr__qtraits *qt, const ampr__hparams *hp,
+static ampr_status build_sharded(ampr__pool *pool, const ampr__qtraits *qt,
+                                 const ampr__hparams *hp,
                                  const ampr__tensor *const *parts, int n_parts, int32_t tp,
                                  float *tmp, float *shard, const float *act_absmax, float alpha,
                                  ampr__tier_layer *shards, int mm, ampr__err *err) {
     int by_rows = mm == AMPR__MM_QKV || mm == AMPR__MM_GU;
-    int64_t rows = 0, cols = parts[0]->ne[0];
-    int64_t part_row0[3];
-    for (int i = 0; i < n_parts; i++) {
-        part_row0[i] = rows;
-        rows_f32(parts[i], tmp + rows * cols);
-        rows += parts[i]->ne[1];
-    }
+    int64_t cols = parts[0]->ne[0], rows = parts_rows(pool, parts, n_parts, tmp, 0);
+    int64_t part_row0[3] = {0, 0, 0};
+    for (int i = 1; i < n_parts; i++) part_row0[i] = part_row0[i - 1] + parts[i - 1]->ne[1];
     float *s_full = NULL;
     if (act_absmax) {
         s_full = ampr__alloc_array((size_t)cols, sizeof(float), err);
@@ -128,8 +165,7 @@ static ampr_status build_sharded(const ampr__qtraits *qt, const ampr__hparams *h
             }
             memcpy(T->smooth[mm], s_full + c0, (size_t)n * sizeof(float));
         }
-        memset(dst, 0, sizeof *dst);
-        st = qt->quantize(dst, shard, srows, scols, err);
+        st = ampr__quantize(qt, dst, shard, srows, scols, pool, err);
         if (st != AMPR_OK)
             st = ampr__fail(err, st, "cannot build %s weights of %s, rank %d of %d (%lld x %lld)",
                             qt->name, parts[0]->name, r, tp, (long long)srows, (long long)scols);
@@ -178,10 +214,10 @@ static ampr_status build_tier(ampr_ctx *c, ampr__tier *t, float *tmp, float *sha
 
     char stage[32];
     snprintf(stage, sizeof stage, "tier %s", ampr_tier_name(t->id));
-    AMPR__TRY(build_mat(t->qt, &m->tok_embd, 1, tmp, NULL, 0, NULL, &t->embd, err));
+    AMPR__TRY(build_mat(c->pool, t->qt, &m->tok_embd, 1, tmp, NULL, 0, NULL, &t->embd, err));
     t->output_is_embd = m->output == m->tok_embd;
     if (!t->output_is_embd)
-        AMPR__TRY(build_mat(t->qt, &m->output, 1, tmp, NULL, 0, NULL, &t->output, err));
+        AMPR__TRY(build_mat(c->pool, t->qt, &m->output, 1, tmp, NULL, 0, NULL, &t->output, err));
     /* SmoothQuant applies to the INT8 tier when a calibration file gave ranges */
     const ampr__act_stats *cs = &c->cfg.calib_stats;
     int smooth = t->id == AMPR_TIER_INT8 && c->cfg.smooth_alpha > 0;
@@ -195,18 +231,18 @@ static ampr_status build_tier(ampr_ctx *c, ampr__tier *t, float *tmp, float *sha
             am[k] = cs->absmax[k] + (size_t)l * (size_t)ampr__mm_width(hp, k);
         float a = c->cfg.smooth_alpha;
         if (t->tp == 1) {
-            AMPR__TRY(build_mat(t->qt, qkv, 3, tmp, am[0], a, &T->smooth[0], &T->wqkv, err));
-            AMPR__TRY(build_mat(t->qt, &L->wo, 1, tmp, am[1], a, &T->smooth[1], &T->wo, err));
-            AMPR__TRY(build_mat(t->qt, gu, 2, tmp, am[2], a, &T->smooth[2], &T->w_gu, err));
-            AMPR__TRY(build_mat(t->qt, &L->w_down, 1, tmp, am[3], a, &T->smooth[3], &T->w_down, err));
+            AMPR__TRY(build_mat(c->pool, t->qt, qkv, 3, tmp, am[0], a, &T->smooth[0], &T->wqkv, err));
+            AMPR__TRY(build_mat(c->pool, t->qt, &L->wo, 1, tmp, am[1], a, &T->smooth[1], &T->wo, err));
+            AMPR__TRY(build_mat(c->pool, t->qt, gu, 2, tmp, am[2], a, &T->smooth[2], &T->w_gu, err));
+            AMPR__TRY(build_mat(c->pool, t->qt, &L->w_down, 1, tmp, am[3], a, &T->smooth[3], &T->w_down, err));
         } else {
-            AMPR__TRY(build_sharded(t->qt, hp, qkv, 3, t->tp, tmp, shard, am[0], a, T,
+            AMPR__TRY(build_sharded(c->pool, t->qt, hp, qkv, 3, t->tp, tmp, shard, am[0], a, T,
                                     AMPR__MM_QKV, err));
-            AMPR__TRY(build_sharded(t->qt, hp, &L->wo, 1, t->tp, tmp, shard, am[1], a, T,
+            AMPR__TRY(build_sharded(c->pool, t->qt, hp, &L->wo, 1, t->tp, tmp, shard, am[1], a, T,
                                     AMPR__MM_O, err));
-            AMPR__TRY(build_sharded(t->qt, hp, gu, 2, t->tp, tmp, shard, am[2], a, T,
+            AMPR__TRY(build_sharded(c->pool, t->qt, hp, gu, 2, t->tp, tmp, shard, am[2], a, T,
                                     AMPR__MM_GU, err));
-            AMPR__TRY(build_sharded(t->qt, hp, &L->w_down, 1, t->tp, tmp, shard, am[3], a, T,
+            AMPR__TRY(build_sharded(c->pool, t->qt, hp, &L->w_down, 1, t->tp, tmp, shard, am[3], a, T,
                                     AMPR__MM_DOWN, err));
         }
         if (progress &&

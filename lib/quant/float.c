@@ -5,50 +5,51 @@
  */
 #include "quant_impl.h"
 
-ampr_status ampr__f32_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
-                               ampr__err *err) {
+/* One buffer of rows x cols elements of esize bytes, not zeroed (fill
+ * writes every element). */
+static ampr_status float_alloc(ampr__qmat *d, int64_t rows, int64_t cols, ampr__qtype t,
+                               size_t esize, ampr__err *err) {
     size_t n = (size_t)rows * (size_t)cols;
-    float *w = ampr__alloc_array(n, sizeof(float), err);
+    void *w = ampr__alloc_array_uninit(n ? n : 1, esize, err);
     if (!w) return AMPR_ERR_NOMEM;
-    memcpy(w, src, n * sizeof(float));
-    d->type = AMPR__Q_F32;
-    d->rows = rows;
-    d->cols = cols;
-    d->data = w;
-    d->data_bytes = n * sizeof(float);
-    return AMPR_OK;
-}
-
-static ampr_status half_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
-                                 ampr__qtype t, ampr__err *err) {
-    size_t n = (size_t)rows * (size_t)cols;
-    uint16_t *w = ampr__alloc_array(n, sizeof(uint16_t), err);
-    if (!w) return AMPR_ERR_NOMEM;
-    if (ampr__quant_simd() >= AMPR__SIMD_AVX2) {
-        if (t == AMPR__Q_F16)
-            ampr__f32_to_f16_avx2(src, w, n);
-        else
-            ampr__f32_to_bf16_avx2(src, w, n);
-    } else if (t == AMPR__Q_F16) {
-        for (size_t i = 0; i < n; i++) w[i] = ampr__f32_to_fp16(src[i]);
-    } else {
-        for (size_t i = 0; i < n; i++) w[i] = ampr__f32_to_bf16(src[i]);
-    }
     d->type = t;
     d->rows = rows;
     d->cols = cols;
     d->data = w;
-    d->data_bytes = n * sizeof(uint16_t);
+    d->data_bytes = n * esize;
     return AMPR_OK;
 }
 
-ampr_status ampr__f16_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
-                               ampr__err *err) {
-    return half_quantize(d, src, rows, cols, AMPR__Q_F16, err);
+ampr_status ampr__f32_alloc(ampr__qmat *d, int64_t rows, int64_t cols, ampr__err *err) {
+    return float_alloc(d, rows, cols, AMPR__Q_F32, sizeof(float), err);
 }
-ampr_status ampr__bf16_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
-                                ampr__err *err) {
-    return half_quantize(d, src, rows, cols, AMPR__Q_BF16, err);
+ampr_status ampr__f16_alloc(ampr__qmat *d, int64_t rows, int64_t cols, ampr__err *err) {
+    return float_alloc(d, rows, cols, AMPR__Q_F16, sizeof(uint16_t), err);
+}
+ampr_status ampr__bf16_alloc(ampr__qmat *d, int64_t rows, int64_t cols, ampr__err *err) {
+    return float_alloc(d, rows, cols, AMPR__Q_BF16, sizeof(uint16_t), err);
+}
+
+void ampr__f32_fill(ampr__qmat *d, const float *src, int64_t r0, int64_t r1) {
+    size_t e0 = (size_t)r0 * (size_t)d->cols, n = (size_t)(r1 - r0) * (size_t)d->cols;
+    memcpy((float *)d->data + e0, src + e0, n * sizeof(float));
+}
+
+/* F16 and BF16 (by d->type). */
+void ampr__half_fill(ampr__qmat *d, const float *src, int64_t r0, int64_t r1) {
+    size_t e0 = (size_t)r0 * (size_t)d->cols, n = (size_t)(r1 - r0) * (size_t)d->cols;
+    const float *x = src + e0;
+    uint16_t *w = (uint16_t *)d->data + e0;
+    if (ampr__quant_simd() >= AMPR__SIMD_AVX2) {
+        if (d->type == AMPR__Q_F16)
+            ampr__f32_to_f16_avx2(x, w, n);
+        else
+            ampr__f32_to_bf16_avx2(x, w, n);
+    } else if (d->type == AMPR__Q_F16) {
+        for (size_t i = 0; i < n; i++) w[i] = ampr__f32_to_fp16(x[i]);
+    } else {
+        for (size_t i = 0; i < n; i++) w[i] = ampr__f32_to_bf16(x[i]);
+    }
 }
 
 void ampr__f32_dequant_row(const ampr__qmat *m, int64_t row, float *out) {

@@ -17,18 +17,31 @@ static inline int8_t q127(float v, float inv) {
     return (int8_t)q;
 }
 
-ampr_status ampr__int8_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
-                                ampr__err *err) {
+ampr_status ampr__int8_alloc(ampr__qmat *d, int64_t rows, int64_t cols, ampr__err *err) {
     size_t n = (size_t)rows * (size_t)cols;
-    int8_t *q = ampr__alloc_array(n ? n : 1, 1, err);
+    int8_t *q = ampr__alloc_array_uninit(n ? n : 1, 1, err);
     if (!q) return AMPR_ERR_NOMEM;
-    float *sc = ampr__alloc_array((size_t)rows ? (size_t)rows : 1, sizeof(float), err);
+    float *sc = ampr__alloc_array_uninit((size_t)rows ? (size_t)rows : 1, sizeof(float), err);
     if (!sc) {
         ampr__free(q);
         return AMPR_ERR_NOMEM;
     }
+    d->type = AMPR__Q_INT8;
+    d->rows = rows;
+    d->cols = cols;
+    d->data = q;
+    d->data_bytes = n;
+    d->scales = sc;
+    d->n_scales = (size_t)rows;
+    return AMPR_OK;
+}
+
+void ampr__int8_fill(ampr__qmat *d, const float *src, int64_t r0, int64_t r1) {
+    int64_t cols = d->cols;
+    int8_t *q = d->data;
+    float *sc = d->scales;
     int simd = ampr__quant_simd() >= AMPR__SIMD_AVX2;
-    for (int64_t r = 0; r < rows; r++) {
+    for (int64_t r = r0; r < r1; r++) {
         const float *w = src + r * cols;
         if (simd) {
             ampr__int8_quantize_row_avx2(w, cols, q + r * cols, &sc[r]);
@@ -40,14 +53,6 @@ ampr_status ampr__int8_quantize(ampr__qmat *d, const float *src, int64_t rows, i
         sc[r] = amax / 127.0f;
         for (int64_t c = 0; c < cols; c++) q[r * cols + c] = q127(w[c], inv);
     }
-    d->type = AMPR__Q_INT8;
-    d->rows = rows;
-    d->cols = cols;
-    d->data = q;
-    d->data_bytes = n;
-    d->scales = sc;
-    d->n_scales = (size_t)rows;
-    return AMPR_OK;
 }
 
 void ampr__int8_dequant_row(const ampr__qmat *m, int64_t row, float *out) {

@@ -197,11 +197,13 @@ static ampr_status nf4_check(int64_t rows, int64_t cols, ampr__err *err) {
     return AMPR_OK;
 }
 
+/* Not zeroed: the quantizer and the bitsandbytes copy (tier_nf4.c) write
+ * every byte. */
 ampr_status ampr__nf4_alloc(ampr__qmat *d, int64_t rows, int64_t cols, ampr__err *err) {
     size_t n = (size_t)rows * (size_t)cols, nb = (n + 63) / 64, bytes = (n + 1) / 2;
-    uint8_t *p = ampr__alloc_array(bytes, 1, err);
+    uint8_t *p = ampr__alloc_array_uninit(bytes, 1, err);
     if (!p) return AMPR_ERR_NOMEM;
-    float *am = ampr__alloc_array(nb, sizeof(float), err);
+    float *am = ampr__alloc_array_uninit(nb, sizeof(float), err);
     if (!am) {
         ampr__free(p);
         return AMPR_ERR_NOMEM;
@@ -217,12 +219,17 @@ ampr_status ampr__nf4_alloc(ampr__qmat *d, int64_t rows, int64_t cols, ampr__err
     return AMPR_OK;
 }
 
-ampr_status ampr__nf4_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
-                               ampr__err *err) {
+ampr_status ampr__nf4_alloc_checked(ampr__qmat *d, int64_t rows, int64_t cols, ampr__err *err) {
     AMPR__TRY(nf4_check(rows, cols, err));
-    AMPR__TRY(ampr__nf4_alloc(d, rows, cols, err));
-    ampr__nf4_quantize_flat(src, (size_t)rows * (size_t)cols, 64, d->data, d->scales);
-    return AMPR_OK;
+    return ampr__nf4_alloc(d, rows, cols, err);
+}
+
+/* Rows [r0, r1) are the flattened elements [r0*cols, r1*cols): whole blocks,
+ * since the caller aligns r0 (and r1 < rows) to 64 / gcd(cols, 64) rows. */
+void ampr__nf4_fill(ampr__qmat *d, const float *src, int64_t r0, int64_t r1) {
+    size_t e0 = (size_t)r0 * (size_t)d->cols, e1 = (size_t)r1 * (size_t)d->cols;
+    ampr__nf4_quantize_flat(src + e0, e1 - e0, 64, (uint8_t *)d->data + e0 / 2,
+                            d->scales + e0 / 64);
 }
 
 ampr_status ampr__nf4dq_from_nf4(ampr__qmat *d, ampr__err *err) {
@@ -250,20 +257,6 @@ ampr_status ampr__nf4dq_from_nf4(ampr__qmat *d, ampr__err *err) {
     d->n_scales = 0;
     d->extra = e;
     d->extra_bytes = extra;
-    return AMPR_OK;
-}
-
-ampr_status ampr__nf4dq_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
-                                 ampr__err *err) {
-    AMPR__TRY(nf4_check(rows, cols, err));
-    ampr__qmat tmp = {0};
-    AMPR__TRY(ampr__nf4_quantize(&tmp, src, rows, cols, err));
-    ampr_status st = ampr__nf4dq_from_nf4(&tmp, err);
-    if (st != AMPR_OK) {
-        ampr__qmat_free(&tmp);
-        return st;
-    }
-    *d = tmp;
     return AMPR_OK;
 }
 

@@ -30,22 +30,25 @@ static size_t no_act_bytes(int64_t n, int64_t cols) {
 #define NF4_AB_avx512 ampr__nf4_act_bytes
 #define NF4_AP_avx512 ampr__nf4_act_prepare_avx512
 
-#define ROW(T, NAME, BLOCK, Q, DQ, AB, AP, MM) [T] = {T, NAME, BLOCK, Q, DQ, AB, AP, MM}
+#define ROW(T, NAME, BLOCK, AL, FI, FN, DQ, AB, AP, MM) \
+    [T] = {T, NAME, BLOCK, AL, FI, FN, DQ, AB, AP, MM}
 
 #define TABLE(SFX)                                                                          \
     {                                                                                       \
-        ROW(AMPR__Q_F32, "f32", 0, ampr__f32_quantize, ampr__f32_dequant_row, no_act_bytes, \
-            NULL, ampr__f32_matmul_##SFX),                                                  \
-        ROW(AMPR__Q_F16, "fp16", 0, ampr__f16_quantize, ampr__f16_dequant_row,              \
-            no_act_bytes, NULL, ampr__f16_matmul_##SFX),                                    \
-        ROW(AMPR__Q_BF16, "bf16", 0, ampr__bf16_quantize, ampr__bf16_dequant_row,           \
-            no_act_bytes, NULL, ampr__bf16_matmul_##SFX),                                   \
-        ROW(AMPR__Q_INT8, "int8", -1, ampr__int8_quantize, ampr__int8_dequant_row,          \
-            ampr__int8_act_bytes, ampr__int8_act_prepare_##SFX, ampr__int8_matmul_##SFX),   \
-        ROW(AMPR__Q_NF4, "nf4", 64, ampr__nf4_quantize, ampr__nf4_dequant_row,              \
-            NF4_AB_##SFX, NF4_AP_##SFX, ampr__nf4_matmul_##SFX),                            \
-        ROW(AMPR__Q_NF4_DQ, "nf4dq", 64, ampr__nf4dq_quantize, ampr__nf4_dequant_row,       \
-            NF4_AB_##SFX, NF4_AP_##SFX, ampr__nf4_matmul_##SFX),                            \
+        ROW(AMPR__Q_F32, "f32", 0, ampr__f32_alloc, ampr__f32_fill, NULL,                   \
+            ampr__f32_dequant_row, no_act_bytes, NULL, ampr__f32_matmul_##SFX),             \
+        ROW(AMPR__Q_F16, "fp16", 0, ampr__f16_alloc, ampr__half_fill, NULL,                 \
+            ampr__f16_dequant_row, no_act_bytes, NULL, ampr__f16_matmul_##SFX),             \
+        ROW(AMPR__Q_BF16, "bf16", 0, ampr__bf16_alloc, ampr__half_fill, NULL,               \
+            ampr__bf16_dequant_row, no_act_bytes, NULL, ampr__bf16_matmul_##SFX),           \
+        ROW(AMPR__Q_INT8, "int8", -1, ampr__int8_alloc, ampr__int8_fill, NULL,              \
+            ampr__int8_dequant_row, ampr__int8_act_bytes, ampr__int8_act_prepare_##SFX,     \
+            ampr__int8_matmul_##SFX),                                                       \
+        ROW(AMPR__Q_NF4, "nf4", 64, ampr__nf4_alloc_checked, ampr__nf4_fill, NULL,          \
+            ampr__nf4_dequant_row, NF4_AB_##SFX, NF4_AP_##SFX, ampr__nf4_matmul_##SFX),     \
+        ROW(AMPR__Q_NF4_DQ, "nf4dq", 64, ampr__nf4_alloc_checked, ampr__nf4_fill,           \
+            ampr__nf4dq_from_nf4, ampr__nf4_dequant_row, NF4_AB_##SFX, NF4_AP_##SFX,        \
+            ampr__nf4_matmul_##SFX),                                                        \
     }
 
 static const ampr__qtraits k_traits[AMPR__SIMD_COUNT][AMPR__Q_COUNT] = {
@@ -136,4 +139,54 @@ void ampr__qmat_free(ampr__qmat *m) {
     ampr__free(m->scales);
     ampr__free(m->extra);
     memset(m, 0, sizeof *m);
+}
+
+/* ---- quantizing a whole matrix, rows split over a pool ------------------------ */
+
+typedef struct fill_job {
+    const ampr__qtraits *qt;
+    ampr__qmat *d;
+    const float *src;
+    int64_t units, align; /* rows come in units of align rows (the last may be short) */
+} fill_job;
+
+static void fill_task(void *arg, int i, int n) {
+    const fill_job *j = arg;
+    int64_t r0 = j->units * i / n * j->align;
+    int64_t r1 = AMPR__MIN(j->d->rows, j->units * (i + 1) / n * j->align);
+    if (r0 < r1) j->qt->fill(j->d, j->src, r0, r1);
+}
+
+static int64_t gcd64(int64_t a, int64_t b) {
+    while (b) {
+        int64_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+ampr_status ampr__quantize(const ampr__qtraits *qt, ampr__qmat *dst, const float *src,
+                           int64_t rows, int64_t cols, ampr__pool *pool, ampr__err *err) {
+    memset(dst, 0, sizeof *dst);
+    AMPR__TRY(qt->alloc(dst, rows, cols, err));
+    /* blocked formats run their blocks over the flattened matrix: a range of
+     * rows must start on a block boundary */
+    int64_t align = qt->block > 0 && cols > 0 ? qt->block / gcd64(cols, qt->block) : 1;
+    fill_job j = {qt, dst, src, (rows + align - 1) / align, align};
+    /* a few ranges per thread, so that a slow one (page faults) evens out */
+    int64_t tasks = pool ? 4 * (int64_t)ampr__pool_size(pool) : 1;
+    if (tasks > j.units) tasks = j.units;
+    if (tasks > 1)
+        ampr__pool_run(pool, (int)tasks, fill_task, &j);
+    else if (j.units > 0)
+        fill_task(&j, 0, 1);
+    if (qt->finish) {
+        ampr_status st = qt->finish(dst, err);
+        if (st != AMPR_OK) {
+            ampr__qmat_free(dst);
+            return st;
+        }
+    }
+    return AMPR_OK;
 }

@@ -64,6 +64,7 @@
 #define AMPR_QUANT_H
 
 #include "../common/common.h"
+#include "../common/pool.h"
 
 typedef enum ampr__qtype {
     AMPR__Q_F32 = 0,
@@ -98,10 +99,19 @@ typedef struct ampr__qtraits {
     ampr__qtype type;
     const char *name;
     int32_t block; /* weights sharing one scale (0: none, -1: a whole row) */
-    /* dst is zeroed by the caller; on success it owns new allocations.
-     * src is rows x cols fp32, row-major. */
-    ampr_status (*quantize)(ampr__qmat *dst, const float *src, int64_t rows, int64_t cols,
-                            ampr__err *err);
+    /* Quantization in three steps, so that threads can fill disjoint rows
+     * (ampr__quantize below drives them):
+     *   alloc   dst (zeroed by the caller) gets buffers for rows x cols; on
+     *           success it owns them (ampr__qmat_free);
+     *   fill    quantizes rows [r0, r1) of src (rows x cols fp32, row-major,
+     *           src = row 0); r0 and r1 are multiples of the row alignment
+     *           (block / gcd(cols, block) for blocked formats, else 1) or
+     *           r1 = rows; every byte of those rows' data and scales is written;
+     *   finish  once all rows are in (NF4_DQ: double-quantize the absmax
+     *           values), or NULL. On failure dst keeps its buffers. */
+    ampr_status (*alloc)(ampr__qmat *dst, int64_t rows, int64_t cols, ampr__err *err);
+    void (*fill)(ampr__qmat *dst, const float *src, int64_t r0, int64_t r1);
+    ampr_status (*finish)(ampr__qmat *dst, ampr__err *err);
     void (*dequant_row)(const ampr__qmat *m, int64_t row, float *out);
     /* bytes of prepared activations for n tokens of cols values (0: none) */
     size_t (*act_bytes)(int64_t n, int64_t cols);
@@ -124,6 +134,12 @@ ampr__simd ampr__quant_simd(void);
 ampr__simd ampr__quant_simd_max(void);
 const char *ampr__simd_name(ampr__simd level);
 ampr_status ampr__qtype_from_name(const char *name, ampr__qtype *out);
+/* Quantize src (rows x cols fp32, row-major) into dst (overwritten) in
+ * format qt: alloc, fill split into row ranges over pool (NULL: this thread
+ * alone; the result is the same byte for byte), finish. On failure dst is
+ * left empty and err says why. */
+ampr_status ampr__quantize(const ampr__qtraits *qt, ampr__qmat *dst, const float *src,
+                           int64_t rows, int64_t cols, ampr__pool *pool, ampr__err *err);
 /* Bytes resident for m (data + scales + extra). */
 size_t ampr__qmat_bytes(const ampr__qmat *m);
 void ampr__qmat_free(ampr__qmat *m);

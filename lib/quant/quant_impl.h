@@ -13,18 +13,17 @@ typedef void ampr__matmul_fn(const ampr__qmat *w, const float *x, const void *ac
 typedef void ampr__act_prepare_fn(const float *x, int64_t n, int64_t cols, void *act);
 
 /* Scalar (reference) kernels and format functions. */
-ampr_status ampr__f32_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
-                               ampr__err *err);
-ampr_status ampr__f16_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
-                               ampr__err *err);
-ampr_status ampr__bf16_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
-                                ampr__err *err);
-ampr_status ampr__int8_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
-                                ampr__err *err);
-ampr_status ampr__nf4_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
-                               ampr__err *err);
-ampr_status ampr__nf4dq_quantize(ampr__qmat *d, const float *src, int64_t rows, int64_t cols,
-                                 ampr__err *err);
+/* alloc / fill of the traits table (see quant.h); NF4_DQ allocates and fills
+ * as NF4, then its finish is ampr__nf4dq_from_nf4. */
+ampr_status ampr__f32_alloc(ampr__qmat *d, int64_t rows, int64_t cols, ampr__err *err);
+ampr_status ampr__f16_alloc(ampr__qmat *d, int64_t rows, int64_t cols, ampr__err *err);
+ampr_status ampr__bf16_alloc(ampr__qmat *d, int64_t rows, int64_t cols, ampr__err *err);
+ampr_status ampr__int8_alloc(ampr__qmat *d, int64_t rows, int64_t cols, ampr__err *err);
+ampr_status ampr__nf4_alloc_checked(ampr__qmat *d, int64_t rows, int64_t cols, ampr__err *err);
+void ampr__f32_fill(ampr__qmat *d, const float *src, int64_t r0, int64_t r1);
+void ampr__half_fill(ampr__qmat *d, const float *src, int64_t r0, int64_t r1);
+void ampr__int8_fill(ampr__qmat *d, const float *src, int64_t r0, int64_t r1);
+void ampr__nf4_fill(ampr__qmat *d, const float *src, int64_t r0, int64_t r1);
 void ampr__f32_dequant_row(const ampr__qmat *m, int64_t row, float *out);
 void ampr__f16_dequant_row(const ampr__qmat *m, int64_t row, float *out);
 void ampr__bf16_dequant_row(const ampr__qmat *m, int64_t row, float *out);

@@ -138,7 +138,7 @@ static void host_quantize(HostMat &m, ampr__qtype t, const float *w, int64_t row
     ampr__qmat tmp;
     memset(&tmp, 0, sizeof tmp);
     ampr__err e = {};
-    if (!qt || qt->quantize(&tmp, w, rows, cols, &e) != AMPR_OK) {
+    if (!qt || ampr__quantize(qt, &tmp, w, rows, cols, NULL, &e) != AMPR_OK) {
         printf("FATAL: CPU quantize %d %lldx%lld: %s\n", (int)t, (long long)rows, (long long)cols,
                e.msg);
         exit(1);
