@@ -196,8 +196,7 @@ static void test_nf4_double_quant(void **state) {
 
 /* ampr_open builds each tier matrix over its thread pool (and copies F16
  * checkpoint rows straight into the FP16 tier): every matrix must hold the
- * bytes a one-thread ampr__quantize gives for the checkpoint's rows. The
- * model's sizes are odd enough for NF4 blocks to span rows (cols 40). */
+ * bytes a one-thread ampr__quantize gives for the checkpoint's rows. */
 static void expect_mat(const ampr__qmat *got, ampr__qtype type, const ampr__tensor *const *parts,
                        int n_parts) {
     int64_t rows = 0, cols = parts[0]->ne[0];
@@ -219,13 +218,12 @@ static void expect_mat(const ampr__qmat *got, ampr__qtype type, const ampr__tens
     free(x);
 }
 
-static void test_tiers_match_checkpoint(void **state) {
-    (void)state;
+static void check_tiers(int32_t dim, int32_t hidden, int32_t n_heads, int32_t head_dim) {
     char path[4200];
-    snprintf(path, sizeof path, "%s/f16.gguf", tu_dir);
+    snprintf(path, sizeof path, "%s/f16-%d.gguf", tu_dir, dim);
     ampr__hparams hp = {0};
-    hp.dim = 40, hp.hidden_dim = 104, hp.n_layers = 2, hp.n_heads = 5, hp.n_kv_heads = 1;
-    hp.head_dim = 8, hp.vocab_size = 300, hp.context_length = 32;
+    hp.dim = dim, hp.hidden_dim = hidden, hp.n_layers = 2, hp.n_heads = n_heads, hp.n_kv_heads = 1;
+    hp.head_dim = head_dim, hp.vocab_size = 300, hp.context_length = 32;
     hp.norm_eps = 1e-5f, hp.rope_theta = 10000.0f;
     ampr__err err = {0};
     assert_int_equal(ampr__model_write_random(path, "gguf", &hp, AMPR__DT_F16, 1, 3, &err), AMPR_OK);
@@ -250,6 +248,12 @@ static void test_tiers_match_checkpoint(void **state) {
         }
     }
     ampr_close(ctx);
+}
+
+static void test_tiers_match_checkpoint(void **state) {
+    (void)state;
+    check_tiers(40, 104, 5, 8);  /* NF4 blocks span rows: ranges start on block boundaries */
+    check_tiers(64, 192, 4, 16); /* whole NF4 blocks per row */
 }
 
 /* ---- tokenization ------------------------------------------------------- */
