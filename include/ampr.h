@@ -165,7 +165,8 @@ AMPR_API void ampr_open_params_init_sized(ampr_open_params *p, size_t size);
  *     "tiers":   ordered list, top tier first, of "f32","bf16","fp16","int8",
  *                "nf4" (default ["fp16","int8","nf4"])
  *     "threads": worker threads for the CPU backend (default: online CPUs, max 64);
- *                they spin for up to 0.2 ms after each parallel job, then sleep
+ *                they also build the tiers during the open; they spin for up
+ *                to 0.2 ms after each parallel job, then sleep
  *     "nf4":     {"double_quant": true} quantizes NF4 absmax values to 8 bits
  *                (bitsandbytes' double quantization; default false)
  *     "context_length": cap on the context window (default: the model's)
