@@ -84,8 +84,9 @@ else
     C_SRCS="tests/gpu/shim.c"
     C_LIBS=""
 fi
-# the CPU formats come from the library itself (check.cu quantizes with them)
-Q_SRCS="lib/quant/float.c lib/quant/int8.c lib/quant/nf4.c lib/quant/quant.c"
+# the CPU formats come from the library itself (check.cu quantizes with them;
+# ampr__quantize can split the work over a pool)
+Q_SRCS="lib/quant/float.c lib/quant/int8.c lib/quant/nf4.c lib/quant/quant.c lib/common/pool.c"
 Q_AVX2="lib/quant/kern_avx2.c"
 Q_AVX512="lib/quant/kern_avx512.c"
 

@@ -28,6 +28,12 @@ void *ampr__calloc(size_t count, size_t size) { return calloc(count ? count : 1,
 void ampr__free(void *p) { free(p); }
 void *ampr__alloc_array(size_t count, size_t size, ampr__err *err) {
     uint64_t n;
+    void *p = ampr__mul_ok(count, size, &n) ? calloc(n ? (size_t)n : 1, 1) : NULL;
+    if (!p) ampr__fail(err, AMPR_ERR_NOMEM, "out of memory (%zu x %zu bytes)", count, size);
+    return p;
+}
+void *ampr__alloc_array_uninit(size_t count, size_t size, ampr__err *err) {
+    uint64_t n;
     void *p = ampr__mul_ok(count, size, &n) ? malloc(n ? (size_t)n : 1) : NULL;
     if (!p) ampr__fail(err, AMPR_ERR_NOMEM, "out of memory (%zu x %zu bytes)", count, size);
     return p;
