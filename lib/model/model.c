@@ -58,7 +58,7 @@ void ampr__tensor_row_f32(const ampr__tensor *t, int64_t r, float *out) {
         for (int64_t i = 0; i < n; i++) {
             uint16_t h;
             memcpy(&h, row + 2 * i, 2);
-            out[i] = t->dtype == AMPR__DT_F16 ? ampr__fp16_to_f32(h) : ampr__bf16_to_f32(h);
+            out[i] = ampr__bf16_to_f32(h);
         }
         break;
     }
