@@ -52,10 +52,15 @@ static void rows_task(void *arg, int i, int n) {
     }
 }
 
+static int64_t total_rows(const ampr__tensor *const *parts, int n_parts) {
+    int64_t rows = 0;
+    for (int i = 0; i < n_parts; i++) rows += parts[i]->ne[1];
+    return rows;
+}
+
 static int64_t parts_rows(ampr__pool *pool, const ampr__tensor *const *parts, int n_parts,
                           void *dst, int f16_bits) {
-    rows_job j = {parts, n_parts, f16_bits, dst, 0};
-    for (int i = 0; i < n_parts; i++) j.rows += parts[i]->ne[1];
+    rows_job j = {parts, n_parts, f16_bits, dst, total_rows(parts, n_parts)};
     int64_t tasks = 4 * (int64_t)ampr__pool_size(pool);
     if (tasks > j.rows) tasks = j.rows;
     if (tasks > 0) ampr__pool_run(pool, (int)tasks, rows_task, &j);
@@ -81,10 +86,8 @@ static ampr_status build_mat(ampr__pool *pool, const ampr__qtraits *qt,
     int f16_bits = !act_absmax && qt->type == AMPR__Q_F16;
     for (int i = 0; i < n_parts; i++) f16_bits &= parts[i]->dtype == AMPR__DT_F16;
     if (f16_bits) {
-        int64_t rows = 0;
-        for (int i = 0; i < n_parts; i++) rows += parts[i]->ne[1];
         memset(dst, 0, sizeof *dst);
-        AMPR__TRY(qt->alloc(dst, rows, parts[0]->ne[0], err));
+        AMPR__TRY(qt->alloc(dst, total_rows(parts, n_parts), parts[0]->ne[0], err));
         parts_rows(pool, parts, n_parts, dst->data, 1);
         return AMPR_OK;
     }
