@@ -611,7 +611,7 @@ static void test_concurrent_equals_serial(void **state) {
     /* Every round must reproduce the serial tokens. Concurrent requests on
      * one tier share decode steps (batched forward) when they overlap in
      * time; on a loaded machine one round's threads may happen to run one
-     * after another, so a few rounds get the chance to show it. */
+     * after another, so up to ROUNDS rounds get the chance to show it. */
     int shared = 0;
     for (int round = 0; round < ROUNDS && !shared; round++) {
         uint64_t batches0 = batch_sum(ctx, 0), steps0 = batch_sum(ctx, 1);
