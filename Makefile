@@ -85,7 +85,7 @@ lib: $(STATIC) $(SHARED) $(B)/ampr.pc
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC      $<")
-	$(Q)$(CC) $(CFLAGS_BASE) $(if $(findstring _avx512,$<),$(AVX512_FLAGS),$(if $(findstring _avx2,$<),$(AVX2_FLAGS))) -MMD -MP -c $< -o $@
+	$(Q)$(CC) $(CFLAGS_BASE) $(if $(findstring _avx512,$<),$(AVX512_FLAGS) $(if $(findstring _avx512bf16,$<),-mavx512bf16),$(if $(findstring _avx2,$<),$(AVX2_FLAGS))) -MMD -MP -c $< -o $@
 
 $(STATIC): $(LIB_OBJS)
 	@rm -f $@

@@ -302,10 +302,18 @@ static ampr_status parse_root(json_t *root, ampr__config *c, ampr__err *err) {
     if ((v = json_object_get(root, "router"))) AMPR__TRY(parse_router(v, c, err));
     if ((v = json_object_get(root, "fallback"))) AMPR__TRY(parse_fallback(v, &c->fallback, err));
     if ((v = json_object_get(root, "nf4"))) {
-        static const char *const nkeys[] = {"double_quant", NULL};
+        static const char *const nkeys[] = {"double_quant", "activations", NULL};
         if (!json_is_object(v)) return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"nf4\" must be an object");
         AMPR__TRY(check_keys(v, " in \"nf4\"", nkeys, err));
         AMPR__TRY(get_bool(v, "double_quant", &c->nf4_double_quant, err));
+        json_t *a = json_object_get(v, "activations");
+        if (a) {
+            const char *s = json_string_value(a);
+            if (s && !strcmp(s, "fp32")) c->nf4_bf16_act = 0;
+            else if (s && !strcmp(s, "bf16")) c->nf4_bf16_act = 1;
+            else return ampr__fail(err, AMPR_ERR_CONFIG,
+                                   "config: \"nf4\": \"activations\" must be \"fp32\" or \"bf16\"");
+        }
     }
     if ((v = json_object_get(root, "device"))) {
         const char *s = json_string_value(v);

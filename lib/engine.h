@@ -46,6 +46,7 @@ typedef struct ampr__config {
     int64_t kv_wait_ms;               /* how long a request waits for free pages (0: fail at once) */
     int device;                       /* 0 cpu, 1 auto, 2 cuda */
     int nf4_double_quant;             /* "nf4": {"double_quant": true}: absmax in 8 bits */
+    int nf4_bf16_act;                 /* "nf4": {"activations": "bf16"} */
     int tp_size;                      /* tensor-parallel ranks (1: none); see forward/tp.h */
     ampr__router_config router;
     ampr__fallback_config fallback;

@@ -597,9 +597,8 @@ static uint64_t batch_sum(const ampr_ctx *ctx, int steps) {
     return v;
 }
 
-static void test_concurrent_equals_serial(void **state) {
-    (void)state;
-    ampr_ctx *ctx = open_ok("{\"tiers\": [\"f32\", \"fp16\"], \"threads\": 2}");
+/* Six requests at once on ctx give the tokens each gets alone. */
+static void concurrent_equals_serial(ampr_ctx *ctx) {
     const char *prompts[] = {"abc", "hello world", "zz top", "a b c d e f", "x", "the end"};
     enum { N = 6, ROUNDS = 50 };
     job serial[N];
@@ -639,7 +638,35 @@ static void test_concurrent_equals_serial(void **state) {
     }
     assert_true(shared);
     for (int i = 0; i < N; i++) ampr_result_free(serial[i].res);
+}
+
+static void test_concurrent_equals_serial(void **state) {
+    (void)state;
+    ampr_ctx *ctx = open_ok("{\"tiers\": [\"f32\", \"fp16\"], \"threads\": 2}");
+    concurrent_equals_serial(ctx);
     ampr_close(ctx);
+}
+
+/* "nf4": {"activations": "bf16"}: the NF4 tier takes the AVX512_BF16 kernel
+ * where the CPU has it (else it keeps fp32 activations), and batched decode
+ * still gives each request its serial tokens. */
+static void test_nf4_bf16_activations(void **state) {
+    (void)state;
+    ampr_ctx *ctx = open_ok("{\"tiers\": [\"nf4\"], \"threads\": 2, "
+                            "\"nf4\": {\"activations\": \"bf16\", \"double_quant\": true}}");
+    const ampr__qtraits *bf = ampr__qtraits_nf4_bf16(AMPR__Q_NF4_DQ);
+    assert_int_equal(ctx->tiers[0].qtype, AMPR__Q_NF4_DQ);
+    assert_ptr_equal(ctx->tiers[0].qt, bf ? bf : ampr__qtraits_get(AMPR__Q_NF4_DQ));
+    print_message("nf4 activations: %s\n", bf ? "bf16" : "fp32 (no AVX512_BF16 here)");
+    concurrent_equals_serial(ctx);
+    ampr_close(ctx);
+    ctx = open_ok("{\"tiers\": [\"nf4\"], \"nf4\": {\"activations\": \"fp32\"}}");
+    assert_ptr_equal(ctx->tiers[0].qt, ampr__qtraits_get(AMPR__Q_NF4));
+    ampr_close(ctx);
+    expect_open_fails(tu_model, "{\"nf4\": {\"activations\": \"int8\"}}", AMPR_ERR_CONFIG,
+                      "activations");
+    expect_open_fails(tu_model, "{\"nf4\": {\"activations\": 16}}", AMPR_ERR_CONFIG,
+                      "activations");
 }
 
 static void test_route(void **state) {
@@ -664,6 +691,7 @@ int main(void) {
         cmocka_unit_test(test_open_progress_cancel),
         cmocka_unit_test(test_info),
         cmocka_unit_test(test_nf4_double_quant),
+        cmocka_unit_test(test_nf4_bf16_activations),
         cmocka_unit_test(test_tiers_match_checkpoint),
         cmocka_unit_test(test_tokenize),
         cmocka_unit_test(test_generate_limits),

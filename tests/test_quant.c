@@ -599,6 +599,98 @@ static void test_levels_match_scalar(void **state) {
         }
 }
 
+/* ---- NF4 with bf16 activations (config "nf4": {"activations": "bf16"}) ---------- */
+
+static float bf16_round(float f) { /* to nearest even, as vcvtneps2bf16 (normal values) */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* The bf16 kernel against an fp64 product of the bf16-rounded codes and
+ * activations (cols % 64 == 0), or against the fp32 kernels (other shapes,
+ * which it hands to them); within 2^-8 of the fp32 result everywhere; each
+ * token alone bit for bit as in its batch. */
+static void check_nf4_bf16(ampr__qtype t, int64_t rows, int64_t cols, int64_t n) {
+    const ampr__qtraits *tr = ampr__qtraits_nf4_bf16(t);
+    const ampr__qtraits *ref = ampr__qtraits_get_simd(t, AMPR__SIMD_SCALAR);
+    float *w = rand_mat(rows * cols, 0, 0.05f);
+    float *x = rand_mat(n * cols, 1, 1.0f);
+    ampr__qmat q;
+    quantize_or_fail(t, w, rows, cols, &q);
+    int64_t ldy = rows + 3, m = rows / 3;
+    float *y = malloc((size_t)(n * ldy) * sizeof(float));
+    float *yf = malloc((size_t)(n * ldy) * sizeof(float));
+    float *y1 = malloc((size_t)ldy * sizeof(float));
+    for (int64_t i = 0; i < n * ldy; i++) y[i] = -777.0f;
+    run_matmul(tr, &q, x, n, y, ldy, 0, m);
+    run_matmul(tr, &q, x, n, y, ldy, m, rows);
+    run_matmul(ref, &q, x, n, yf, ldy, 0, rows);
+    const uint8_t *P = q.data;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t r = 0; r < rows; r++) {
+            double s = 0, mag = 0;
+            for (int64_t c = 0; c < cols; c++) {
+                int64_t e = r * cols + c;
+                uint8_t byte = P[e / 2];
+                float code = ampr__nf4_code[(e & 1) ? byte & 15 : byte >> 4];
+                float a = ampr__nf4_block_absmax(&q, e / 64);
+                double xv = x[i * cols + c];
+                if (cols % 64 == 0) {
+                    double p = (double)bf16_round(code) * bf16_round(x[i * cols + c]) * a;
+                    s += p;
+                    mag += fabs(p);
+                } else
+                    mag += fabs((double)code * a * xv);
+            }
+            double got = y[i * ldy + r], tol = 2e-6 * mag + 1e-7 * (double)cols / 64.0 + 1e-30;
+            double want = cols % 64 == 0 ? s : yf[i * ldy + r];
+            if (!(fabs(got - want) <= tol))
+                fail_msg("%s bf16 %lldx%lld n=%lld: y[%lld][%lld] %.9g, want %.9g", ref->name,
+                         (long long)rows, (long long)cols, (long long)n, (long long)i,
+                         (long long)r, got, want);
+            if (!(fabs(got - yf[i * ldy + r]) <= mag / 256.0 + 1e-30))
+                fail_msg("%s bf16 %lldx%lld: y[%lld][%lld] %.9g, fp32 %.9g, sum|wx| %g", ref->name,
+                         (long long)rows, (long long)cols, (long long)i, (long long)r, got,
+                         yf[i * ldy + r], mag);
+        }
+    for (int64_t i = 0; i < n; i++) {
+        for (int64_t r = rows; r < ldy; r++) assert_true(y[i * ldy + r] == -777.0f);
+        run_matmul(tr, &q, x + i * cols, 1, y1, ldy, 0, rows);
+        for (int64_t r = 0; r < rows; r++)
+            if (memcmp(&y1[r], &y[i * ldy + r], sizeof(float)) != 0)
+                fail_msg("%s bf16 %lldx%lld n=%lld: y[%lld][%lld] %.9g alone, %.9g in the batch",
+                         ref->name, (long long)rows, (long long)cols, (long long)n, (long long)i,
+                         (long long)r, y1[r], y[i * ldy + r]);
+    }
+    free(y1);
+    free(yf);
+    free(y);
+    free(w);
+    free(x);
+    ampr__qmat_free(&q);
+}
+
+static void test_nf4_bf16_activations(void **state) {
+    (void)state;
+    /* not NF4 -> no bf16 traits, on any CPU */
+    assert_null(ampr__qtraits_nf4_bf16(AMPR__Q_INT8));
+    if (!ampr__qtraits_nf4_bf16(AMPR__Q_NF4)) {
+        assert_null(ampr__qtraits_nf4_bf16(AMPR__Q_NF4_DQ));
+        skip(); /* this CPU (or AMPR_SIMD) has no AVX512_BF16 */
+    }
+    static const int64_t rows_v[] = {1, 3, 13, 64, 67};
+    static const int64_t cols_v[] = {64, 128, 192, 320, 1024, 100, 172};
+    static const int64_t n_v[] = {1, 2, 5, 17, 50};
+    for (int t = AMPR__Q_NF4; t <= AMPR__Q_NF4_DQ; t++)
+        for (size_t a = 0; a < AMPR__ARRAY_LEN(rows_v); a++)
+            for (size_t b = 0; b < AMPR__ARRAY_LEN(cols_v); b++)
+                for (size_t c = 0; c < AMPR__ARRAY_LEN(n_v); c++)
+                    check_nf4_bf16((ampr__qtype)t, rows_v[a], cols_v[b], n_v[c]);
+}
+
 /* The scalar kernels against a plain fp64 product of the dequantized weights. */
 static void test_scalar_matches_dequant(void **state) {
     (void)state;
@@ -782,6 +874,7 @@ int main(void) {
         cmocka_unit_test(test_quantize_pool_matches_serial),
         cmocka_unit_test(test_scalar_matches_dequant),
         cmocka_unit_test(test_levels_match_scalar),
+        cmocka_unit_test(test_nf4_bf16_activations),
         cmocka_unit_test(test_names_and_dispatch),
         cmocka_unit_test(test_smoothquant),
         cmocka_unit_test(test_int8_group_report),

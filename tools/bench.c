@@ -204,6 +204,7 @@ static double concurrent_tps(ampr_ctx *c, ampr_tier tier, int n, int n_gen) {
 
 int ampr_tool_bench(int argc, char **argv) {
     const char *model = NULL, *shape = NULL, *tiers = "fp16,int8,nf4", *device = "cpu";
+    const char *nf4_act = "fp32";
     int n_prompt = 128, n_gen = 32, threads = 0, conc = 8;
     for (int i = 0; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -216,6 +217,7 @@ int ampr_tool_bench(int argc, char **argv) {
         else if (!strcmp(argv[i], "--gen")) n_gen = atoi(v);
         else if (!strcmp(argv[i], "--threads")) threads = atoi(v);
         else if (!strcmp(argv[i], "--concurrent")) conc = atoi(v);
+        else if (!strcmp(argv[i], "--nf4-act")) nf4_act = v;
         else { fprintf(stderr, "ampr bench: unknown option %s\n", argv[i]); return 2; }
         i++;
     }
@@ -246,7 +248,11 @@ int ampr_tool_bench(int argc, char **argv) {
         fputs("ampr bench: --device must be cpu, cuda or auto\n", stderr);
         return 2;
     }
-    char cfg[640], list[256] = "";
+    if (strcmp(nf4_act, "fp32") && strcmp(nf4_act, "bf16")) {
+        fputs("ampr bench: --nf4-act must be fp32 or bf16\n", stderr);
+        return 2;
+    }
+    char cfg[700], list[256] = "";
     size_t k = 0;
     for (const char *p = tiers; *p && k + 8 < sizeof list; p++) {
         if (p == tiers || p[-1] == ',') k += (size_t)snprintf(list + k, sizeof list - k, "%s\"", k ? "," : "");
@@ -256,8 +262,9 @@ int ampr_tool_bench(int argc, char **argv) {
     }
     int arena = (n_prompt + n_gen + 16) * (conc > 1 ? conc : 1) + 64 * (conc + 1);
     snprintf(cfg, sizeof cfg,
-             "{\"tiers\": [%s], \"threads\": %d, \"kv\": {\"arena_tokens\": %d}, \"device\": \"%s\"}",
-             list, threads, arena, device);
+             "{\"tiers\": [%s], \"threads\": %d, \"kv\": {\"arena_tokens\": %d}, \"device\": \"%s\", "
+             "\"nf4\": {\"activations\": \"%s\"}}",
+             list, threads, arena, device, nf4_act);
     ampr_ctx *c = NULL;
     double t0 = ampr__now_ms();
     ampr_status st = ampr_open(model, cfg, &c);
@@ -272,6 +279,13 @@ int ampr_tool_bench(int argc, char **argv) {
            shape ? shape : model, c->hp.dim, c->hp.n_layers, c->hp.n_heads, c->hp.n_kv_heads,
            c->hp.hidden_dim, c->hp.vocab_size, ampr__pool_size(c->pool), ampr__quant_simd_name());
     printf("device: %s\n", c->device);
+    for (int i = 0; i < c->n_tiers; i++)
+        if (c->tiers[i].id == AMPR_TIER_NF4)
+            printf("nf4 activations: %s\n",
+                   c->tiers[i].qt == ampr__qtraits_nf4_bf16(c->tiers[i].qtype)
+                       ? "bf16 (AVX512_BF16 kernel)"
+                       : !strcmp(nf4_act, "bf16") ? "fp32 (bf16 asked for; this CPU or AMPR_SIMD has no AVX512_BF16)"
+                                                 : "fp32");
     printf("open + quantize all tiers: %.0f ms; prefill %d tokens, decode %d tokens\n\n", open_ms, n_prompt, n_gen);
     printf("read bw: the memory read bandwidth of %d threads (512 MiB, best of 5 passes), measured\n"
            "right before each tier's decode\n\n", ampr__pool_size(c->pool));

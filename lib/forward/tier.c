@@ -208,6 +208,9 @@ static ampr_status build_tier(ampr_ctx *c, ampr__tier *t, float *tmp, float *sha
     const ampr__hparams *hp = &c->hp;
     t->qtype = tier_qtype(c, t->id);
     t->qt = ampr__qtraits_get(t->qtype);
+    /* bf16 activations where the CPU has the instructions; else fp32 */
+    if (t->id == AMPR_TIER_NF4 && c->cfg.nf4_bf16_act && ampr__qtraits_nf4_bf16(t->qtype))
+        t->qt = ampr__qtraits_nf4_bf16(t->qtype);
     if (!t->qt)
         return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "tier %s is not available in this build",
                           ampr_tier_name(t->id));

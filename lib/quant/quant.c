@@ -60,6 +60,7 @@ static const ampr__qtraits k_traits[AMPR__SIMD_COUNT][AMPR__Q_COUNT] = {
 /* ---- the run-time choice ------------------------------------------------------ */
 
 static ampr__simd g_max = AMPR__SIMD_SCALAR, g_level = AMPR__SIMD_SCALAR;
+static int g_bf16; /* AVX512_BF16 (with the AVX-512 level) */
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -67,6 +68,11 @@ static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static int cpu_has_f16c(void) {
     unsigned a, b, c, d;
     return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+/* AVX512_BF16: CPUID leaf 7, subleaf 1, EAX bit 5. */
+static int cpu_has_avx512bf16(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5));
 }
 #endif
 
@@ -79,6 +85,7 @@ static void simd_init(void) {
                  __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                  __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
     g_max = avx512 ? AMPR__SIMD_AVX512 : avx2 ? AMPR__SIMD_AVX2 : AMPR__SIMD_SCALAR;
+    g_bf16 = avx512 && cpu_has_avx512bf16();
 #endif
     g_level = g_max;
     const char *env = getenv("AMPR_SIMD");
@@ -117,6 +124,22 @@ const ampr__qtraits *ampr__qtraits_get_simd(ampr__qtype t, ampr__simd level) {
 
 const ampr__qtraits *ampr__qtraits_get(ampr__qtype t) {
     return ampr__qtraits_get_simd(t, ampr__quant_simd());
+}
+
+static const ampr__qtraits k_nf4_bf16[] = {
+    {AMPR__Q_NF4, "nf4", 64, ampr__nf4_alloc_checked, ampr__nf4_fill, NULL,
+     ampr__nf4_dequant_row, ampr__nf4_act_bytes_bf16, ampr__nf4_act_prepare_bf16,
+     ampr__nf4_matmul_bf16},
+    {AMPR__Q_NF4_DQ, "nf4dq", 64, ampr__nf4_alloc_checked, ampr__nf4_fill,
+     ampr__nf4dq_from_nf4, ampr__nf4_dequant_row, ampr__nf4_act_bytes_bf16,
+     ampr__nf4_act_prepare_bf16, ampr__nf4_matmul_bf16},
+};
+
+const ampr__qtraits *ampr__qtraits_nf4_bf16(ampr__qtype t) {
+    if (ampr__quant_simd() < AMPR__SIMD_AVX512 || !g_bf16) return NULL;
+    if (t == AMPR__Q_NF4) return &k_nf4_bf16[0];
+    if (t == AMPR__Q_NF4_DQ) return &k_nf4_bf16[1];
+    return NULL;
 }
 
 ampr_status ampr__qtype_from_name(const char *name, ampr__qtype *out) {

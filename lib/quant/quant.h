@@ -129,6 +129,12 @@ const ampr__qtraits *ampr__qtraits_get(ampr__qtype t);
 /* The traits of t at a given level; NULL when the CPU lacks that level (tests
  * and benchmarks compare every level against AMPR__SIMD_SCALAR). */
 const ampr__qtraits *ampr__qtraits_get_simd(ampr__qtype t, ampr__simd level);
+/* NF4 / NF4_DQ computed with bf16 activations (config "nf4": {"activations":
+ * "bf16"}; see kern_avx512bf16.c for what that computes): the same formats,
+ * bf16 act_prepare and matmul. NULL when t is not NF4 / NF4_DQ, or the level
+ * in use is below AVX-512, or the CPU lacks AVX512_BF16: then callers keep
+ * ampr__qtraits_get(t), i.e. fp32 activations. */
+const ampr__qtraits *ampr__qtraits_nf4_bf16(ampr__qtype t);
 /* The level ampr__qtraits_get() uses, and the best one this CPU supports. */
 ampr__simd ampr__quant_simd(void);
 ampr__simd ampr__quant_simd_max(void);

@@ -91,5 +91,9 @@ void ampr__nf4_dequant_span(const uint8_t *P, const ampr__nf4_absmax *v, int64_t
 static inline int64_t ampr__nf4_kp(int64_t cols) { return (cols + 15) & ~(int64_t)15; }
 size_t ampr__nf4_act_bytes(int64_t n, int64_t cols);
 ampr__act_prepare_fn ampr__nf4_act_prepare_avx512;
+/* kern_avx512bf16.c: NF4 with bf16 activations (AVX512_BF16 only) */
+size_t ampr__nf4_act_bytes_bf16(int64_t n, int64_t cols);
+ampr__act_prepare_fn ampr__nf4_act_prepare_bf16;
+ampr__matmul_fn ampr__nf4_matmul_bf16;
 
 #endif

@@ -88,7 +88,7 @@ fi
 # ampr__quantize can split the work over a pool)
 Q_SRCS="lib/quant/float.c lib/quant/int8.c lib/quant/nf4.c lib/quant/quant.c lib/common/pool.c"
 Q_AVX2="lib/quant/kern_avx2.c"
-Q_AVX512="lib/quant/kern_avx512.c"
+Q_AVX512="lib/quant/kern_avx512.c lib/quant/kern_avx512bf16.c"
 
 echo "check.sh: nvcc $("$NVCC" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), $GENCODE ${NCCL_DEF:+(NCCL)}"
 objs=()
@@ -106,6 +106,7 @@ for src in $C_SRCS $Q_SRCS $Q_AVX2 $Q_AVX512; do
     case "$src" in
     *_avx2.c) extra="-mavx2 -mfma -mf16c" ;;
     *_avx512.c) extra="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c" ;;
+    *_avx512bf16.c) extra="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mavx2 -mfma -mf16c" ;;
     esac
     gcc $CFLAGS $extra -pthread -c "$src" -o "$obj" &
     pids+=($!)
