@@ -240,29 +240,22 @@ void ampr__int8_act_prepare_avx2(const float *x, int64_t n, int64_t cols, void *
 }
 
 /* ---- NF4 ----------------------------------------------------------------------------
- * 64 weights (one block) are 32 bytes. Each 4-bit code k becomes the byte
- * k * 0x11; sign-extended to int32 its low 3 bits pick one of 8 table entries
- * (vpermps) and its sign bit (bit 3 of k) picks the table of codes 0..7 or
- * 8..15 (vblendvps). The tables are pre-multiplied by the block's absmax. */
+ * 64 weights (one block) are 32 bytes; 8 weights are 4 bytes. One broadcast
+ * load puts them in every dword, and vpsrlvd shifts lane j's code down to
+ * bits 0..3 (by 4 for element 0, the high nibble of byte 0; by 0 for element
+ * 1; 12, 8, ... for the next bytes), so lane j = element j. vpermps reads
+ * bits 0..2 and picks one of 8 table entries; the code's bit 3, moved to the
+ * sign bit by a shift of 28, picks the table of codes 0..7 or 8..15
+ * (vblendvps). The tables are pre-multiplied by the block's absmax. */
 
 #define NT 6
-INLINE void nf4_idx(const uint8_t *p, __m256i *i01, __m256i *i23) {
-    __m256i v = _mm256_loadu_si256((const __m256i *)p);
-    const __m256i m0f = _mm256_set1_epi8(0x0f), mf0 = _mm256_set1_epi8((char)0xf0);
-    __m256i hi = _mm256_or_si256(_mm256_and_si256(v, mf0),
-                                 _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f));
-    __m256i lo = _mm256_or_si256(_mm256_and_si256(v, m0f),
-                                 _mm256_and_si256(_mm256_slli_epi16(v, 4), mf0));
-    /* in 128-bit lanes: unpacklo -> elements 0..15 | 32..47, unpackhi -> 16..31 | 48..63 */
-    __m256i a = _mm256_unpacklo_epi8(hi, lo), b = _mm256_unpackhi_epi8(hi, lo);
-    *i01 = _mm256_permute2x128_si256(a, b, 0x20); /* elements 0..31 */
-    *i23 = _mm256_permute2x128_si256(a, b, 0x31); /* elements 32..63 */
-}
-
-INLINE __m256 nf4_w(__m128i idx8, __m256 lut_lo, __m256 lut_hi) {
-    __m256i k = _mm256_cvtepi8_epi32(idx8);
+INLINE __m256 nf4_w(const uint8_t *p, __m256 lut_lo, __m256 lut_hi) {
+    const __m256i sh = _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24);
+    int32_t q;
+    memcpy(&q, p, 4);
+    __m256i k = _mm256_srlv_epi32(_mm256_set1_epi32(q), sh);
     __m256 lo = _mm256_permutevar8x32_ps(lut_lo, k), hi = _mm256_permutevar8x32_ps(lut_hi, k);
-    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(k));
+    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(k, 28)));
 }
 
 /* One weight row per tile (the dequantized vector feeds T tokens); a single
@@ -278,14 +271,9 @@ INLINE void tile_nf4(const uint8_t *p, int64_t K, const ampr__nf4_absmax *am, in
     for (int64_t kb = 0; kb < nbr; kb++) {
         __m256 a = _mm256_set1_ps(ampr__nf4_absmax_at(am, b0 + kb));
         __m256 llo = _mm256_mul_ps(clo, a), lhi = _mm256_mul_ps(chi, a);
-        __m256i ia, ib;
-        nf4_idx(p + kb * 32, &ia, &ib);
         const float *xb = x + kb * 64;
         UNROLL for (int j = 0; j < 8; j++) {
-            __m256i src = j < 4 ? ia : ib;
-            __m128i half = (j & 2) ? _mm256_extracti128_si256(src, 1) : _mm256_castsi256_si128(src);
-            if (j & 1) half = _mm_srli_si128(half, 8);
-            __m256 wv = nf4_w(half, llo, lhi);
+            __m256 wv = nf4_w(p + kb * 32 + 4 * j, llo, lhi);
             UNROLL for (int t = 0; t < T; t++) acc[t][j % NA] =
                 _mm256_fmadd_ps(wv, _mm256_loadu_ps(xb + t * K + j * 8), acc[t][j % NA]);
         }
