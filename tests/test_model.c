@@ -440,6 +440,64 @@ static uint64_t tensor_offset(const blob *b, const char *name) {
     return off;
 }
 
+/* The load's scan for inf/NaN in 16-bit weights reads four halves per word,
+ * a 4 KiB chunk at a time, then a tail: one bad half anywhere (first and last
+ * lane of a word, across chunks, in the tail), as inf, -NaN or a signalling
+ * NaN, must be found, and the largest finite half must not be. */
+static void half_case(const char *path, const char *file, const char *buf, size_t len,
+                      size_t at, uint16_t v, ampr_status want) {
+    char *b = malloc(len);
+    memcpy(b, buf, len);
+    memcpy(b + at, &v, 2);
+    assert_int_equal(tu_write_file(file, b, len), 0);
+    free(b);
+    ampr__err err = {0};
+    ampr__model *m = NULL;
+    ampr_status st = ampr__model_load(path, 1, &m, &err);
+    if (st != want)
+        fail_msg("%s: half 0x%04x at byte %zu: status %d (%s), want %d", path, v, at, (int)st,
+                 err.msg, (int)want);
+    ampr__model_free(m);
+}
+
+static void test_half_nonfinite(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("halfnan");
+    char g16[4200], hbf[4200], file[4300];
+    snprintf(g16, sizeof g16, "%s/m16.gguf", dir);
+    snprintf(hbf, sizeof hbf, "%s/hfbf", dir);
+    ampr__hparams hp = small_hp();
+    ampr__err err = {0};
+    assert_int_equal(ampr__model_write_random(g16, "gguf", &hp, AMPR__DT_F16, 1, 5, &err), 0);
+    assert_int_equal(ampr__model_write_random(hbf, "hf", &hp, AMPR__DT_BF16, 1, 5, &err), 0);
+    for (int f = 0; f < 2; f++) {
+        const char *path = f ? hbf : g16;
+        if (f) snprintf(file, sizeof file, "%s/model.safetensors", hbf);
+        else snprintf(file, sizeof file, "%s", g16);
+        ampr__model *m = load_ok(path);
+        const ampr__tensor *t = m->tok_embd; /* 300 x 64 halves: 9 whole chunks + a tail */
+        assert_int_equal(t->dtype, f ? AMPR__DT_BF16 : AMPR__DT_F16);
+        assert_true(t->nbytes > 2 * 4096 && t->nbytes % 4096 != 0);
+        size_t len;
+        char *buf = tu_read_file(file, &len);
+        char *hit = memmem(buf, len, t->data, 64);
+        assert_non_null(hit);
+        size_t base = (size_t)(hit - buf), nb = (size_t)t->nbytes;
+        ampr__model_free(m);
+        const size_t at[] = {0, 6, 4094, 4096 + 2, 3 * 4096 + 6, nb / 4096 * 4096, nb - 2};
+        const uint16_t bad16[] = {0x7c00, 0xfe00, 0x7c01}, badbf[] = {0x7f80, 0xffc0, 0x7f81};
+        for (size_t i = 0; i < AMPR__ARRAY_LEN(at); i++) {
+            for (int k = 0; k < 3; k++)
+                half_case(path, file, buf, len, base + at[i], f ? badbf[k] : bad16[k],
+                          AMPR_ERR_MODEL_NONFINITE);
+            half_case(path, file, buf, len, base + at[i], f ? 0x7f7f : 0x7bff, AMPR_OK);
+        }
+        free(buf);
+    }
+    tu_rmtree(dir);
+    free(dir);
+}
+
 static void test_gguf_malformed(void **state) {
     (void)state;
     blob b;
@@ -783,6 +841,7 @@ int main(void) {
         cmocka_unit_test(test_stories_gguf),
         cmocka_unit_test(test_stories_convert),
         cmocka_unit_test(test_random_roundtrip),
+        cmocka_unit_test(test_half_nonfinite),
         cmocka_unit_test(test_gguf_malformed),
         cmocka_unit_test(test_hf_malformed),
         cmocka_unit_test(test_convert_malformed),
