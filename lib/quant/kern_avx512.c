@@ -347,22 +347,7 @@ void ampr__nf4_matmul_avx512(const ampr__qmat *w, const float *x, const void *ac
     case 3: NF4_T(r, t, R, 3); break;                                                        \
     default: NF4_T(r, t, R, 4); break;                                                       \
     }
-        for (int64_t t0 = 0; t0 < n; t0 += 8 * NT) {
-            int64_t t1 = AMPR__MIN(n, t0 + 8 * NT);
-            int64_t r = r0;
-            if (t1 - t0 == 1) /* decode: 8 independent rows */
-                for (; r + 8 <= r1; r += 8) NF4_T(r, t0, 8, 1);
-            for (; r + 4 <= r1; r += 4) {
-                int64_t t = t0;
-                for (; t + NT <= t1; t += NT) NF4_T(r, t, 4, NT);
-                if (t < t1) NF4_TAIL(r, t, 4, t1 - t)
-            }
-            for (; r < r1; r++) {
-                int64_t t = t0;
-                for (; t + NT <= t1; t += NT) NF4_T(r, t, 1, NT);
-                if (t < t1) NF4_TAIL(r, t, 1, t1 - t)
-            }
-        }
+        AMPR__NF4_WALK(NF4_T, NF4_TAIL, NT)
 #undef NF4_TAIL
 #undef NF4_T
     } else {

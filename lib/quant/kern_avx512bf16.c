@@ -74,8 +74,8 @@ INLINE __m512i code_table(void) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(c), c, 1);
 }
 
-#define BR 8 /* rows of a decode tile */
-#define BT 4 /* tokens of a prefill tile (of 4 rows) */
+#define BR 8 /* rows of a decode tile (AMPR__NF4_WALK) */
+#define BT 4 /* tokens of a prefill tile of 4 rows */
 
 /* R rows x T tokens: rows from p (row stride K/2 bytes), their first absmax
  * block b0 (K/64 per row), prepared tokens xa (stride K), outputs y. */
@@ -161,22 +161,7 @@ void ampr__nf4_matmul_bf16(const ampr__qmat *w, const float *x, const void *act,
     case 2: BF_T(r, t, R, 2); break;                                                         \
     default: BF_T(r, t, R, 3); break;                                                        \
     }
-    for (int64_t t0 = 0; t0 < n; t0 += 8 * BT) {
-        int64_t t1 = AMPR__MIN(n, t0 + 8 * BT);
-        int64_t r = r0;
-        if (t1 - t0 == 1) /* decode: 8 independent rows */
-            for (; r + BR <= r1; r += BR) BF_T(r, t0, BR, 1);
-        for (; r + 4 <= r1; r += 4) {
-            int64_t t = t0;
-            for (; t + BT <= t1; t += BT) BF_T(r, t, 4, BT);
-            if (t < t1) BF_TAIL(r, t, 4, t1 - t)
-        }
-        for (; r < r1; r++) {
-            int64_t t = t0;
-            for (; t + BT <= t1; t += BT) BF_T(r, t, 1, BT);
-            if (t < t1) BF_TAIL(r, t, 1, t1 - t)
-        }
-    }
+    AMPR__NF4_WALK(BF_T, BF_TAIL, BT)
 #undef BF_TAIL
 #undef BF_T
 }

@@ -91,6 +91,29 @@ void ampr__nf4_dequant_span(const uint8_t *P, const ampr__nf4_absmax *v, int64_t
 static inline int64_t ampr__nf4_kp(int64_t cols) { return (cols + 15) & ~(int64_t)15; }
 size_t ampr__nf4_act_bytes(int64_t n, int64_t cols);
 ampr__act_prepare_fn ampr__nf4_act_prepare_avx512;
+/* How the AVX-512 NF4 fast paths (fp32 and bf16 activations) walk a matmul
+ * of n tokens over rows [r0, r1) (names from the caller's scope): tokens in
+ * chunks of 8 * NTOK; a single token in tiles of 8 rows (8 streams in
+ * flight); else tiles of 4 rows x NTOK tokens, the last 1..NTOK-1 tokens by
+ * TAIL(r, t, R, nt), and rows left over one at a time. TILE(r, t, R, T)
+ * computes rows [r, r + R) for tokens [t, t + T). */
+#define AMPR__NF4_WALK(TILE, TAIL, NTOK)                                                     \
+    for (int64_t t0_ = 0; t0_ < n; t0_ += 8 * (NTOK)) {                                      \
+        int64_t t1_ = AMPR__MIN(n, t0_ + 8 * (NTOK)), r_ = r0;                                \
+        if (t1_ - t0_ == 1)                                                                  \
+            for (; r_ + 8 <= r1; r_ += 8) TILE(r_, t0_, 8, 1);                               \
+        for (; r_ + 4 <= r1; r_ += 4) {                                                      \
+            int64_t t_ = t0_;                                                                \
+            for (; t_ + (NTOK) <= t1_; t_ += (NTOK)) TILE(r_, t_, 4, NTOK);                  \
+            if (t_ < t1_) TAIL(r_, t_, 4, t1_ - t_)                                          \
+        }                                                                                    \
+        for (; r_ < r1; r_++) {                                                              \
+            int64_t t_ = t0_;                                                                \
+            for (; t_ + (NTOK) <= t1_; t_ += (NTOK)) TILE(r_, t_, 1, NTOK);                  \
+            if (t_ < t1_) TAIL(r_, t_, 1, t1_ - t_)                                          \
+        }                                                                                    \
+    }
+
 /* kern_avx512bf16.c: NF4 with bf16 activations (AVX512_BF16 only) */
 size_t ampr__nf4_act_bytes_bf16(int64_t n, int64_t cols);
 ampr__act_prepare_fn ampr__nf4_act_prepare_bf16;
