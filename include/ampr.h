@@ -46,9 +46,9 @@ extern "C" {
 /* ---- version ------------------------------------------------------------ */
 
 #define AMPR_VERSION_MAJOR 0
-#define AMPR_VERSION_MINOR 1
+#define AMPR_VERSION_MINOR 2
 #define AMPR_VERSION_PATCH 0
-#define AMPR_VERSION_STRING "0.1.0"
+#define AMPR_VERSION_STRING "0.2.0"
 /* MAJOR*10000 + MINOR*100 + PATCH */
 #define AMPR_VERSION_NUMBER \
     (AMPR_VERSION_MAJOR * 10000 + AMPR_VERSION_MINOR * 100 + AMPR_VERSION_PATCH)
@@ -267,6 +267,11 @@ typedef struct ampr_tier_info {
     int32_t kv_block_size;    /* tokens per KV page */
     int32_t kv_pages_total;
     int32_t kv_pages_used;    /* pages held by running requests right now */
+    char kernels[32];         /* the matmul kernels serving the tier: "scalar",
+                               * "avx2", "avx512", "avx512-bf16" (NF4 with
+                               * bf16 activations, see "nf4" in ampr_open)
+                               * or "cuda" (added in 0.2: absent from smaller
+                               * structs) */
 } ampr_tier_info;
 AMPR_API void ampr_tier_info_init_sized(ampr_tier_info *info, size_t size);
 #define ampr_tier_info_init(info) ampr_tier_info_init_sized((info), sizeof *(info))

@@ -330,12 +330,20 @@ AMPR_API ampr_status ampr_get_tier_info(const ampr_ctx *ctx, ampr_tier tier, amp
     if (!t)
         return record(ctx, &err, ampr__fail(&err, AMPR_ERR_TIER_UNAVAILABLE,
                                             "tier %s is not resident", ampr_tier_name(tier)));
-    info->tier = tier;
-    info->weight_bytes = t->weight_bytes;
-    info->kv_bytes = ampr__kv_bytes(t->kv);
-    info->kv_block_size = ampr__kv_block_size(t->kv);
-    info->kv_pages_total = ampr__kv_pages_total(t->kv);
-    info->kv_pages_used = ampr__kv_pages_used(t->kv);
+    uint32_t size = info->struct_size;
+    ampr_tier_info ti;
+    memset(&ti, 0, sizeof ti);
+    ti.struct_size = size;
+    ti.tier = tier;
+    ti.weight_bytes = t->weight_bytes;
+    ti.kv_bytes = ampr__kv_bytes(t->kv);
+    ti.kv_block_size = ampr__kv_block_size(t->kv);
+    ti.kv_pages_total = ampr__kv_pages_total(t->kv);
+    ti.kv_pages_used = ampr__kv_pages_used(t->kv);
+    const char *k = ctx->backend ? "cuda" : ampr__quant_simd_name();
+    snprintf(ti.kernels, sizeof ti.kernels, "%s%s", k,
+             !ctx->backend && t->qt == ampr__qtraits_nf4_bf16(t->qtype) ? "-bf16" : "");
+    memcpy(info, &ti, AMPR__MIN((size_t)size, sizeof ti));
     return AMPR_OK;
 }
 

@@ -658,10 +658,25 @@ static void test_nf4_bf16_activations(void **state) {
     assert_int_equal(ctx->tiers[0].qtype, AMPR__Q_NF4_DQ);
     assert_ptr_equal(ctx->tiers[0].qt, bf ? bf : ampr__qtraits_get(AMPR__Q_NF4_DQ));
     print_message("nf4 activations: %s\n", bf ? "bf16" : "fp32 (no AVX512_BF16 here)");
+    /* ampr_tier_info.kernels says which; a 0.1-sized struct is not written past its end */
+    char want[64];
+    snprintf(want, sizeof want, "%s%s", ampr__quant_simd_name(), bf ? "-bf16" : "");
+    ampr_tier_info ti;
+    ampr_tier_info_init(&ti);
+    assert_int_equal(ampr_get_tier_info(ctx, AMPR_TIER_NF4, &ti), AMPR_OK);
+    assert_string_equal(ti.kernels, want);
+    memset(&ti, 0x5a, sizeof ti);
+    ampr_tier_info_init_sized(&ti, offsetof(ampr_tier_info, kernels));
+    assert_int_equal(ampr_get_tier_info(ctx, AMPR_TIER_NF4, &ti), AMPR_OK);
+    assert_int_equal(ti.kv_block_size, 16);
+    for (size_t i = 0; i < sizeof ti.kernels; i++) assert_int_equal(ti.kernels[i], 0x5a);
     concurrent_equals_serial(ctx);
     ampr_close(ctx);
     ctx = open_ok("{\"tiers\": [\"nf4\"], \"nf4\": {\"activations\": \"fp32\"}}");
     assert_ptr_equal(ctx->tiers[0].qt, ampr__qtraits_get(AMPR__Q_NF4));
+    ampr_tier_info_init(&ti);
+    assert_int_equal(ampr_get_tier_info(ctx, AMPR_TIER_NF4, &ti), AMPR_OK);
+    assert_string_equal(ti.kernels, ampr__quant_simd_name());
     ampr_close(ctx);
     expect_open_fails(tu_model, "{\"nf4\": {\"activations\": \"int8\"}}", AMPR_ERR_CONFIG,
                       "activations");

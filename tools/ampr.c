@@ -262,9 +262,10 @@ static int cmd_info(const opts *o) {
         ampr_tier_info ti;
         ampr_tier_info_init(&ti);
         ampr_get_tier_info(ctx, mi.tiers[i], &ti);
-        printf("tier %s: weights %llu bytes, kv arena %llu bytes (%d pages of %d tokens)\n",
+        printf("tier %s: weights %llu bytes, kv arena %llu bytes (%d pages of %d tokens), "
+               "kernels %s\n",
                ampr_tier_name(ti.tier), (unsigned long long)ti.weight_bytes,
-               (unsigned long long)ti.kv_bytes, ti.kv_pages_total, ti.kv_block_size);
+               (unsigned long long)ti.kv_bytes, ti.kv_pages_total, ti.kv_block_size, ti.kernels);
     }
     ampr_close(ctx);
     return 0;

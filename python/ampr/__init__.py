@@ -19,7 +19,7 @@ from ._errors import *  # noqa: F401,F403  (the exception classes)
 from ._errors import AmprError, BY_STATUS
 from ._model import Model, Stream, ModelInfo, TierInfo, Route, Result, Timings
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def version(library=None):

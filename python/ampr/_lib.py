@@ -112,6 +112,7 @@ class TierInfo(_Sized):
         ("kv_block_size", ctypes.c_int32),
         ("kv_pages_total", ctypes.c_int32),
         ("kv_pages_used", ctypes.c_int32),
+        ("kernels", ctypes.c_char * 32),  # 0.2
     ]
 
 

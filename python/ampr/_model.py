@@ -60,6 +60,7 @@ class TierInfo:
     kv_block_size: int
     kv_pages_total: int
     kv_pages_used: int
+    kernels: str  # "avx512", "avx512-bf16", "avx2", "scalar" or "cuda"; "" from libampr 0.1
 
 
 @dataclass(frozen=True)
@@ -263,7 +264,8 @@ class Model:
                 raise self._fail(ctx, st)
         return TierInfo(tier=_tier_name(ti.tier), weight_bytes=ti.weight_bytes,
                         kv_bytes=ti.kv_bytes, kv_block_size=ti.kv_block_size,
-                        kv_pages_total=ti.kv_pages_total, kv_pages_used=ti.kv_pages_used)
+                        kv_pages_total=ti.kv_pages_total, kv_pages_used=ti.kv_pages_used,
+                        kernels=ti.kernels.decode())
 
     # ---- tokens -----------------------------------------------------------
 

@@ -136,6 +136,7 @@ class TestModel(unittest.TestCase):
         self.assertEqual(ti.tier, TIER)
         self.assertGreater(ti.weight_bytes, 0)
         self.assertEqual(ti.kv_pages_used, 0)
+        self.assertIn(ti.kernels, ("scalar", "avx2", "avx512", "avx512-bf16", "cuda"))
 
     def test_tokenize_roundtrip(self):
         ids = self.m.tokenize(PROMPT)
