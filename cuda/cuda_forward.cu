@@ -187,7 +187,8 @@ static ampr_status seq_build(ampr__cuda_seq *s, ampr__err *err) {
                                  AMPR__MAX(2 * (int64_t)hp->hidden_dim, (int64_t)hp->vocab_size));
     int64_t max_cols = AMPR__MAX((int64_t)hp->dim, AMPR__MAX((int64_t)q_dim, (int64_t)hp->hidden_dim));
     int64_t nf4 = 0;
-    if (s->m->qtype == AMPR__Q_NF4 && s->max_tokens > c->gemv_max) {
+    /* the uploaded type: NF4_DQ runs as NF4 on the device */
+    if (s->m->embd.type == AMPR__Q_NF4 && s->max_tokens > c->gemv_max) {
         nf4 = (int64_t)hp->vocab_size * hp->dim;
         nf4 = AMPR__MAX(nf4, 2 * (int64_t)hp->hidden_dim * hp->dim);
         nf4 = AMPR__MAX(nf4, (int64_t)(q_dim + 2 * kv_dim) * hp->dim);

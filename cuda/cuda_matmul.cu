@@ -66,7 +66,7 @@ __global__ void quant_act_kernel(const float *__restrict__ x, int32_t cols, int8
 __global__ void f32_to_f16_kernel(const float *__restrict__ x, __half *__restrict__ y, size_t n) {
     for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
          e += (size_t)gridDim.x * blockDim.x)
-        y[e] = __float2half_rn(x[e]);
+        y[e] = __float2half_rn(fminf(fmaxf(x[e], -65504.0f), 65504.0f)); /* saturate: no inf */
 }
 
 /* One thread per packed byte: elements 2b (high nibble) and 2b+1 (low) of
@@ -479,8 +479,23 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
         AMPR__CU_LAUNCHED(err, "gemv");
         return AMPR_OK;
     }
-    if (!lt_ok(c, w, n, y)) {
-        /* the simple kernel: odd shapes, small matrices, or gemv_max = 0 */
+    /* cuBLASLt where lt_ok() says so and it has a plan for the shape (made
+     * before anything is launched; cached); else the simple kernel, which
+     * takes any shape: odd shapes, small matrices, gemv_max = 0, or a shape
+     * without a cuBLASLt algorithm on this GPU (not while a graph is being
+     * captured: there a missing plan is an error, as a scratch growth is) */
+    int use_lt = lt_ok(c, w, n, y);
+    if (use_lt) {
+        int i8 = w->type == AMPR__Q_INT8;
+        ampr__cuda_plan *plan = NULL;
+        ampr__err perr = {AMPR_OK, {0}};
+        if (plan_get(c, i8 ? AMPR__Q_INT8 : AMPR__Q_F16, rows, i8 ? pad4(n) : n, cols,
+                     i8 ? rows : ldy, &plan, &perr) != AMPR_OK) {
+            if (ampr__cuda_capturing(c)) return ampr__fail(err, perr.status, "%s", perr.msg);
+            use_lt = 0;
+        }
+    }
+    if (!use_lt) {
         if (w->type == AMPR__Q_INT8) {
             AMPR__TRY(ampr__cuda_reserve(c, n, 0, cols, 0, err));
             AMPR__TRY(ampr__cuda_quant_act(c, x, n, (int32_t)cols, c->xq, c->xs, err));

@@ -895,7 +895,9 @@ int main(int argc, char **argv) {
     int n = 0;
     OK(ampr__cuda_device_count(&n, &g_err));
     if (n == 0) {
-        printf("no CUDA device: nothing to check\n");
+        int raw = 0;
+        cudaError_t e = cudaGetDeviceCount(&raw); /* say why: no GPU, or an old driver */
+        printf("no CUDA device: nothing to check (cudaGetDeviceCount: %s)\n", cudaGetErrorString(e));
         return 2;
     }
     ampr_status st = ampr__cuda_open(0, &g_c, &g_err);
