@@ -279,13 +279,13 @@ int ampr_tool_bench(int argc, char **argv) {
            shape ? shape : model, c->hp.dim, c->hp.n_layers, c->hp.n_heads, c->hp.n_kv_heads,
            c->hp.hidden_dim, c->hp.vocab_size, ampr__pool_size(c->pool), ampr__quant_simd_name());
     printf("device: %s\n", c->device);
-    for (int i = 0; i < c->n_tiers; i++)
-        if (c->tiers[i].id == AMPR_TIER_NF4)
-            printf("nf4 activations: %s\n",
-                   c->tiers[i].qt == ampr__qtraits_nf4_bf16(c->tiers[i].qtype)
-                       ? "bf16 (AVX512_BF16 kernel)"
-                       : !strcmp(nf4_act, "bf16") ? "fp32 (bf16 asked for; this CPU or AMPR_SIMD has no AVX512_BF16)"
-                                                 : "fp32");
+    ampr_tier_info nti;
+    ampr_tier_info_init(&nti);
+    if (ampr_get_tier_info(c, AMPR_TIER_NF4, &nti) == AMPR_OK)
+        printf("nf4 activations: %s\n",
+               strstr(nti.kernels, "-bf16") ? "bf16 (AVX512_BF16 kernel)"
+               : !strcmp(nf4_act, "bf16") ? "fp32 (bf16 asked for; this CPU or AMPR_SIMD has no AVX512_BF16)"
+                                          : "fp32");
     printf("open + quantize all tiers: %.0f ms; prefill %d tokens, decode %d tokens\n\n", open_ms, n_prompt, n_gen);
     printf("read bw: the memory read bandwidth of %d threads (512 MiB, best of 5 passes), measured\n"
            "right before each tier's decode\n\n", ampr__pool_size(c->pool));

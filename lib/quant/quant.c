@@ -61,6 +61,10 @@ static const ampr__qtraits k_traits[AMPR__SIMD_COUNT][AMPR__Q_COUNT] = {
 
 static ampr__simd g_max = AMPR__SIMD_SCALAR, g_level = AMPR__SIMD_SCALAR;
 static int g_bf16; /* AVX512_BF16 (with the AVX-512 level) */
+/* NF4 and NF4_DQ with bf16 activations: their AVX-512 rows (the format
+ * functions) with the activation kernels of kern_avx512bf16.c; set up once,
+ * with the level, when g_bf16 */
+static ampr__qtraits g_nf4_bf16[2];
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -87,6 +91,13 @@ static void simd_init(void) {
     g_max = avx512 ? AMPR__SIMD_AVX512 : avx2 ? AMPR__SIMD_AVX2 : AMPR__SIMD_SCALAR;
     g_bf16 = avx512 && cpu_has_avx512bf16();
 #endif
+    for (int i = 0; g_bf16 && i < 2; i++) {
+        ampr__qtraits *q = &g_nf4_bf16[i];
+        *q = k_traits[AMPR__SIMD_AVX512][AMPR__Q_NF4 + i];
+        q->act_bytes = ampr__nf4_act_bytes_bf16;
+        q->act_prepare = ampr__nf4_act_prepare_bf16;
+        q->matmul = ampr__nf4_matmul_bf16;
+    }
     g_level = g_max;
     const char *env = getenv("AMPR_SIMD");
     if (env)
@@ -126,20 +137,10 @@ const ampr__qtraits *ampr__qtraits_get(ampr__qtype t) {
     return ampr__qtraits_get_simd(t, ampr__quant_simd());
 }
 
-static const ampr__qtraits k_nf4_bf16[] = {
-    {AMPR__Q_NF4, "nf4", 64, ampr__nf4_alloc_checked, ampr__nf4_fill, NULL,
-     ampr__nf4_dequant_row, ampr__nf4_act_bytes_bf16, ampr__nf4_act_prepare_bf16,
-     ampr__nf4_matmul_bf16},
-    {AMPR__Q_NF4_DQ, "nf4dq", 64, ampr__nf4_alloc_checked, ampr__nf4_fill,
-     ampr__nf4dq_from_nf4, ampr__nf4_dequant_row, ampr__nf4_act_bytes_bf16,
-     ampr__nf4_act_prepare_bf16, ampr__nf4_matmul_bf16},
-};
-
 const ampr__qtraits *ampr__qtraits_nf4_bf16(ampr__qtype t) {
     if (ampr__quant_simd() < AMPR__SIMD_AVX512 || !g_bf16) return NULL;
-    if (t == AMPR__Q_NF4) return &k_nf4_bf16[0];
-    if (t == AMPR__Q_NF4_DQ) return &k_nf4_bf16[1];
-    return NULL;
+    if (t != AMPR__Q_NF4 && t != AMPR__Q_NF4_DQ) return NULL;
+    return &g_nf4_bf16[t - AMPR__Q_NF4];
 }
 
 ampr_status ampr__qtype_from_name(const char *name, ampr__qtype *out) {

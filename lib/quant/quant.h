@@ -189,11 +189,11 @@ typedef struct ampr__nf4dq_header {
     uint32_t n_blocks2;/* nb2: absmax blocks (of 256) */
     uint32_t reserved;
 } ampr__nf4dq_header;
-/* Turn an NF4 matrix into NF4_DQ in place (double-quantize its absmax
- * exactly as the NF4_DQ quantize does); on failure d is unchanged. */
 /* d = an NF4 matrix of rows x cols (the bitsandbytes layout) with room for
  * its packed codes and fp32 absmax values, contents not yet written. */
 ampr_status ampr__nf4_alloc(ampr__qmat *d, int64_t rows, int64_t cols, ampr__err *err);
+/* Turn an NF4 matrix into NF4_DQ in place (double-quantize its absmax; the
+ * NF4_DQ traits' finish); on failure d is unchanged. */
 ampr_status ampr__nf4dq_from_nf4(ampr__qmat *d, ampr__err *err);
 /* The fp32 absmax of NF4 block b of m (NF4 or NF4_DQ). */
 float ampr__nf4_block_absmax(const ampr__qmat *m, int64_t b);
