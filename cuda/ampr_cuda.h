@@ -10,7 +10,10 @@
  * NCCL failure becomes an ampr_status (AMPR_ERR_BACKEND, AMPR_ERR_NO_DEVICE,
  * AMPR_ERR_NOMEM) with a message in err (mapping: cuda/cuda_err.h).
  *
- * Thread safety: a context is used by one host thread at a time.
+ * Thread safety: a context is used by one host thread at a time. A thread
+ * that drives several contexts (tensor parallelism: one per rank, on one
+ * GPU or several) calls ampr__cuda_use(c) before enqueuing ops on c; the
+ * buffer functions and ampr__cuda_sync() select c's device themselves.
  *
  * Layouts mirror lib/quant and lib/kv bit for bit:
  *   F16   IEEE half, row-major [rows][cols]
@@ -56,10 +59,13 @@ ampr_status ampr__cuda_device_count(int *n, ampr__err *err);
  * id is out of range. *out is NULL on failure. */
 ampr_status ampr__cuda_open(int device, ampr__cuda **out, ampr__err *err);
 void ampr__cuda_close(ampr__cuda *c); /* NULL-safe; waits for pending work */
+/* Make c's GPU the calling thread's current device (cudaSetDevice). */
+ampr_status ampr__cuda_use(ampr__cuda *c, ampr__err *err);
 /* Wait for every op enqueued so far; reports asynchronous faults. */
 ampr_status ampr__cuda_sync(ampr__cuda *c, ampr__err *err);
 /* Name, compute capability, SM count (for reports). */
 const char *ampr__cuda_device_name(const ampr__cuda *c);
+int ampr__cuda_device(const ampr__cuda *c); /* the device id */
 int ampr__cuda_cc(const ampr__cuda *c); /* major*10 + minor */
 /* Decode paths: matmuls with n <= this many tokens use the fused GEMV kernels,
  * larger ones cuBLASLt (default 8, at most 8; 0 forces cuBLASLt always). */
@@ -250,15 +256,24 @@ ampr_status ampr__cuda_work_new(ampr__cuda *c, const ampr__cuda_hparams *hp,
                                 ampr__cuda_work **out, ampr__err *err);
 void ampr__cuda_work_free(ampr__cuda_work *w); /* NULL-safe */
 
-/* One pass over n tokens (host arrays): token i is tokens[i] at position
+/* One pass over n tokens (host arrays) on the n_ranks tensor-parallel ranks
+ * this process drives: rank i holds shard m[i] (its hparams are the shard's:
+ * n_heads, n_kv_heads and hidden_dim of the rank, forward/tp.h), its KV pool
+ * kv[i] and work buffers w[i]. After each row-parallel matmul (wo, w_down)
+ * the partial sums are all-reduced over the group with red (NULL when the
+ * group has one rank in all), then added to the residual stream, which every
+ * rank keeps whole. Logits come from rank 0 of this process.
+ * Token i is tokens[i] at position
  * pos[i] of sequence row_seq[i] (row_seq NULL: all of sequence 0), whose
  * block table is blocks[row_seq[i] * stride .. + stride) (host, n_seqs rows;
  * every position a token attends to must be covered). Every K/V is stored
  * before any attention, so a sequence's later tokens see its earlier ones.
  * The logits of the last n_logits tokens go to logits (host,
  * [n_logits][vocab]); returns after the device finished. */
-ampr_status ampr__cuda_forward_paged(ampr__cuda_model *m, ampr__cuda_kvpool *kv,
-                                     ampr__cuda_work *w, const int32_t *tokens,
+typedef struct ampr__cuda_reduce ampr__cuda_reduce;
+ampr_status ampr__cuda_forward_paged(ampr__cuda_model *const *m, ampr__cuda_kvpool *const *kv,
+                                     ampr__cuda_work *const *w, int n_ranks,
+                                     ampr__cuda_reduce *red, const int32_t *tokens,
                                      const int32_t *pos, const int32_t *row_seq, int32_t n,
                                      const int32_t *blocks, int32_t n_seqs, int32_t stride,
                                      int32_t n_logits, float *logits, ampr__err *err);
@@ -266,7 +281,7 @@ ampr_status ampr__cuda_forward_paged(ampr__cuda_model *m, ampr__cuda_kvpool *kv,
 /* ---- tensor parallelism (NCCL) ---------------------------------------------- */
 
 typedef struct ampr__cuda_comm ampr__cuda_comm;
-#define AMPR__CUDA_COMM_ID_BYTES 128 /* = sizeof(ncclUniqueId) */
+#define AMPR__CUDA_COMM_ID_BYTES (AMPR_TP_ID_LEN / 2) /* = sizeof(ncclUniqueId) */
 
 /* 1 when this build has NCCL. Without it every comm call is UNSUPPORTED. */
 int ampr__cuda_have_nccl(void);
@@ -286,6 +301,32 @@ ampr_status ampr__cuda_allreduce_sum(ampr__cuda_comm *comm, float *buf, size_t c
 /* The same for n comms of one process at once (grouped, no deadlock). */
 ampr_status ampr__cuda_allreduce_sum_group(ampr__cuda_comm *const *comms, float *const *bufs,
                                            int n, size_t count, ampr__err *err);
+
+/* The all-reduce of a tensor-parallel group (the sum after wo and w_down).
+ * Two kinds:
+ *   NCCL  ncclAllReduce on every rank's stream (grouped when one process
+ *         drives several ranks); the ranks' devices must differ.
+ *   copy  one process, ranks on any devices (the same GPU allowed, as the
+ *         GPU check uses to test sharding on one card; or a build without
+ *         NCCL): rank 0's stream gathers the partials with peer copies, sums
+ *         them in rank order 0..n-1 -- the CPU backend's order, so the sums
+ *         match it bit for bit -- and copies the result back to every rank;
+ *         events order the ranks' streams around it. */
+/* One process driving n >= 2 ranks; ctxs[i] is rank i (kept, not owned). */
+ampr_status ampr__cuda_reduce_local(ampr__cuda *const *ctxs, int n, int use_nccl,
+                                    ampr__cuda_reduce **out, ampr__err *err);
+/* Rank `rank` of n_ranks processes, one rank each (NCCL; id from
+ * ampr__cuda_comm_id_new on one of them, shared out of band). Collective: every
+ * rank must call it. */
+ampr_status ampr__cuda_reduce_rank(ampr__cuda *c, int n_ranks, int rank,
+                                   const unsigned char id[AMPR__CUDA_COMM_ID_BYTES],
+                                   ampr__cuda_reduce **out, ampr__err *err);
+void ampr__cuda_reduce_free(ampr__cuda_reduce *r); /* NULL-safe */
+/* bufs[i]: count fp32 values on local rank i's device; each becomes the sum
+ * over every rank of the group. Enqueued on the ranks' streams. */
+ampr_status ampr__cuda_reduce_sum(ampr__cuda_reduce *r, float *const *bufs, size_t count,
+                                  ampr__err *err);
+const char *ampr__cuda_reduce_kind(const ampr__cuda_reduce *r); /* "nccl" or "copy" */
 
 #ifdef __cplusplus
 }

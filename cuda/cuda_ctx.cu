@@ -100,13 +100,20 @@ void ampr__cuda_close(ampr__cuda *c) {
     ampr__free(c);
 }
 
+ampr_status ampr__cuda_use(ampr__cuda *c, ampr__err *err) {
+    AMPR__CU(err, cudaSetDevice(c->device));
+    return AMPR_OK;
+}
+
 ampr_status ampr__cuda_sync(ampr__cuda *c, ampr__err *err) {
+    AMPR__CU(err, cudaSetDevice(c->device));
     AMPR__CU(err, cudaStreamSynchronize(c->stream));
     AMPR__CU(err, cudaGetLastError());
     return AMPR_OK;
 }
 
 const char *ampr__cuda_device_name(const ampr__cuda *c) { return c->name; }
+int ampr__cuda_device(const ampr__cuda *c) { return c->device; }
 int ampr__cuda_cc(const ampr__cuda *c) { return c->cc; }
 void *ampr__cuda_stream(ampr__cuda *c) { return (void *)c->stream; }
 void ampr__cuda_set_gemv_max(ampr__cuda *c, int n) {
@@ -138,12 +145,14 @@ ampr_status ampr__cuda_alloc(ampr__cuda *c, size_t bytes, void **dptr, ampr__err
 
 void ampr__cuda_free(ampr__cuda *c, void *dptr) {
     if (!c || !dptr) return;
+    cudaSetDevice(c->device);
     cudaFree(dptr);
 }
 
 ampr_status ampr__cuda_upload(ampr__cuda *c, void *dst, const void *src, size_t bytes,
                               ampr__err *err) {
     if (!bytes) return AMPR_OK;
+    AMPR__CU(err, cudaSetDevice(c->device));
     AMPR__CU(err, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
     /* src is host memory the caller may free or reuse at once */
     AMPR__CU(err, cudaStreamSynchronize(c->stream));
@@ -153,12 +162,14 @@ ampr_status ampr__cuda_upload(ampr__cuda *c, void *dst, const void *src, size_t 
 ampr_status ampr__cuda_download(ampr__cuda *c, void *dst, const void *src, size_t bytes,
                                 ampr__err *err) {
     if (!bytes) return AMPR_OK;
+    AMPR__CU(err, cudaSetDevice(c->device));
     AMPR__CU(err, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
     AMPR__CU(err, cudaStreamSynchronize(c->stream));
     return AMPR_OK;
 }
 
 ampr_status ampr__cuda_memset(ampr__cuda *c, void *dst, int value, size_t bytes, ampr__err *err) {
+    AMPR__CU(err, cudaSetDevice(c->device));
     AMPR__CU(err, cudaMemsetAsync(dst, value, bytes, c->stream));
     return AMPR_OK;
 }

@@ -57,6 +57,7 @@ ampr_status ampr__nccl_fail(ampr__err *err, ncclResult_t r, const char *what, co
 
 #define AMPR__CUDA_MAX_PLANS 128
 #define AMPR__CUDA_GEMV_MAX 8
+#define AMPR__CUDA_MAX_RANKS 64 /* = AMPR__TP_MAX (lib/forward/tp.h) */
 
 typedef struct ampr__cuda_plan {
     int used;

@@ -409,6 +409,7 @@ ampr_status ampr__cuda_kvpool_new(ampr__cuda *c, int32_t n_layers, int32_t kv_di
 
 void ampr__cuda_kvpool_free(ampr__cuda_kvpool *p) {
     if (!p) return;
+    cudaSetDevice(p->c->device);
     if (p->c->stream) cudaStreamSynchronize(p->c->stream);
     ampr__cuda_free(p->c, p->k);
     ampr__cuda_free(p->c, p->v);
@@ -469,6 +470,7 @@ static void work_release(ampr__cuda_work *w) {
 
 void ampr__cuda_work_free(ampr__cuda_work *w) {
     if (!w) return;
+    cudaSetDevice(w->c->device);
     if (w->c->stream) cudaStreamSynchronize(w->c->stream);
     work_release(w);
     ampr__cuda_free(w->c, w->logits);
@@ -531,80 +533,145 @@ static ampr_status smooth_div(ampr__cuda_model *m, int32_t l, int mm, float *x, 
     return AMPR_OK;
 }
 
-ampr_status ampr__cuda_forward_paged(ampr__cuda_model *m, ampr__cuda_kvpool *kv,
-                                     ampr__cuda_work *w, const int32_t *tokens,
+/* The checks and uploads of one rank's inputs for a pass. */
+static ampr_status rank_inputs(ampr__cuda_model *m, ampr__cuda_kvpool *kv, ampr__cuda_work *w,
+                               const int32_t *tokens, const int32_t *pos, const int32_t *row_seq,
+                               int32_t n, const int32_t *blocks, size_t n_blk, int32_t n_logits,
+                               ampr__err *err) {
+    const ampr__cuda_hparams *hp = &m->hp;
+    ampr__cuda *c = m->c;
+    if (kv->c != c || w->c != c || kv->n_layers != hp->n_layers ||
+        kv->kv_dim != hp->n_kv_heads * hp->head_dim)
+        return ampr__fail(err, AMPR_ERR_INTERNAL, "CUDA KV pool does not fit the model");
+    AMPR__TRY(ampr__cuda_use(c, err));
+    AMPR__TRY(work_reserve(w, n, n_logits, (int32_t)n_blk, err));
+    AMPR__TRY(ampr__cuda_upload(c, w->tokens, tokens, (size_t)n * 4, err));
+    AMPR__TRY(ampr__cuda_upload(c, w->pos, pos, (size_t)n * 4, err));
+    if (row_seq) AMPR__TRY(ampr__cuda_upload(c, w->row_seq, row_seq, (size_t)n * 4, err));
+    AMPR__TRY(ampr__cuda_upload(c, w->blocks, blocks, n_blk * 4, err));
+    AMPR__TRY(ampr__cuda_use(c, err));
+    return ampr__cuda_embed(c, &m->embd, w->tokens, n, w->x, AMPR__CUDA_F32, err);
+}
+
+/* Attention half of layer l on one rank: x += w->xb (the reduced FFN output
+ * of layer l-1; not for layer 0), then w->xb = this rank's part of Wo att
+ * (all of it with one rank). */
+static ampr_status rank_attention(ampr__cuda_model *m, ampr__cuda_kvpool *kv, ampr__cuda_work *w,
+                                  int32_t l, int32_t n, int has_row_seq, int32_t stride,
+                                  ampr__err *err) {
+    const ampr__cuda_hparams *hp = &m->hp;
+    ampr__cuda *c = m->c;
+    int32_t dim = hp->dim, hd = hp->head_dim;
+    int32_t q_dim = hp->n_heads * hd, kv_dim = hp->n_kv_heads * hd, qkv_dim = q_dim + 2 * kv_dim;
+    const ampr__cuda_mat *L = m->layers + 4 * (size_t)l;
+    const float *attn_norm = m->norms + (size_t)l * dim;
+    ampr__cuda_kv_view view = {kv->k, kv->v, kv->dtype, hp->n_layers, kv->block_size, kv_dim,
+                               l, w->blocks, has_row_seq ? w->row_seq : NULL, stride};
+    AMPR__TRY(ampr__cuda_use(c, err));
+    if (l > 0) AMPR__TRY(ampr__cuda_add(c, w->x, w->xb, (int64_t)n * dim, err));
+    AMPR__TRY(ampr__cuda_rmsnorm(c, w->x, attn_norm, w->xb, n, dim, hp->norm_eps, err));
+    AMPR__TRY(smooth_div(m, l, 0, w->xb, n, dim, err));
+    AMPR__TRY(ampr__cuda_matmul(c, &L[0], w->xb, n, w->qkv, qkv_dim, err));
+    AMPR__TRY(ampr__cuda_rope(c, w->qkv, qkv_dim, n, hp->n_heads, hd, w->pos, m->rope_cos,
+                              m->rope_sin, hp->rope_interleaved, err));
+    AMPR__TRY(ampr__cuda_rope(c, w->qkv + q_dim, qkv_dim, n, hp->n_kv_heads, hd, w->pos,
+                              m->rope_cos, m->rope_sin, hp->rope_interleaved, err));
+    AMPR__TRY(ampr__cuda_kv_store(c, &view, w->qkv + q_dim, w->qkv + q_dim + kv_dim, qkv_dim, n,
+                                  w->pos, err));
+    AMPR__TRY(ampr__cuda_attention(c, &view, w->qkv, qkv_dim, n, w->pos, hp->n_heads,
+                                   hp->n_kv_heads, hd, w->att, err));
+    AMPR__TRY(smooth_div(m, l, 1, w->att, n, q_dim, err));
+    return ampr__cuda_matmul(c, &L[1], w->att, n, w->xb, dim, err);
+}
+
+/* FFN half of layer l on one rank: x += w->xb (the reduced attention output),
+ * then w->xb = this rank's part of Wdown swiglu(Wgu rmsnorm(x)). */
+static ampr_status rank_ffn(ampr__cuda_model *m, ampr__cuda_work *w, int32_t l, int32_t n,
+                            ampr__err *err) {
+    const ampr__cuda_hparams *hp = &m->hp;
+    ampr__cuda *c = m->c;
+    int32_t dim = hp->dim, hidden = hp->hidden_dim;
+    const ampr__cuda_mat *L = m->layers + 4 * (size_t)l;
+    const float *ffn_norm = m->norms + ((size_t)hp->n_layers + l) * dim;
+    AMPR__TRY(ampr__cuda_use(c, err));
+    AMPR__TRY(ampr__cuda_add(c, w->x, w->xb, (int64_t)n * dim, err));
+    AMPR__TRY(ampr__cuda_rmsnorm(c, w->x, ffn_norm, w->xb, n, dim, hp->norm_eps, err));
+    AMPR__TRY(smooth_div(m, l, 2, w->xb, n, dim, err));
+    AMPR__TRY(ampr__cuda_matmul(c, &L[2], w->xb, n, w->hb, 2 * (int64_t)hidden, err));
+    AMPR__TRY(ampr__cuda_swiglu(c, w->hb, w->hb2, n, hidden, err));
+    AMPR__TRY(smooth_div(m, l, 3, w->hb2, n, hidden, err));
+    return ampr__cuda_matmul(c, &L[3], w->hb2, n, w->xb, dim, err);
+}
+
+/* Sum every rank's w->xb over the group (nothing to do with one rank). */
+static ampr_status reduce_parts(ampr__cuda_work *const *w, int n_ranks, ampr__cuda_reduce *red,
+                                int32_t n, ampr__err *err) {
+    if (!red) return AMPR_OK;
+    float *bufs[AMPR__CUDA_MAX_RANKS];
+    for (int r = 0; r < n_ranks; r++) bufs[r] = w[r]->xb;
+    return ampr__cuda_reduce_sum(red, bufs, (size_t)n * (size_t)w[0]->hp.dim, err);
+}
+
+ampr_status ampr__cuda_forward_paged(ampr__cuda_model *const *m, ampr__cuda_kvpool *const *kv,
+                                     ampr__cuda_work *const *w, int n_ranks,
+                                     ampr__cuda_reduce *red, const int32_t *tokens,
                                      const int32_t *pos, const int32_t *row_seq, int32_t n,
                                      const int32_t *blocks, int32_t n_seqs, int32_t stride,
                                      int32_t n_logits, float *logits, ampr__err *err) {
-    const ampr__cuda_hparams *hp = &m->hp;
-    ampr__cuda *c = m->c;
+    if (n_ranks < 1 || n_ranks > AMPR__CUDA_MAX_RANKS || (n_ranks > 1 && !red))
+        return ampr__fail(err, AMPR_ERR_INTERNAL, "CUDA paged forward: %d ranks", n_ranks);
+    const ampr__cuda_hparams *hp = &m[0]->hp;
     if (n <= 0 || n_logits < 1 || n_logits > n || n_seqs < 1 || stride < 1)
         return ampr__fail(err, AMPR_ERR_INTERNAL, "CUDA paged forward: %d tokens, %d logits, %d seqs",
                           n, n_logits, n_seqs);
-    if (kv->n_layers != hp->n_layers || kv->kv_dim != hp->n_kv_heads * hp->head_dim)
-        return ampr__fail(err, AMPR_ERR_INTERNAL, "CUDA KV pool does not fit the model");
+    for (int r = 1; r < n_ranks; r++)
+        if (m[r]->hp.n_layers != hp->n_layers || m[r]->hp.dim != hp->dim ||
+            kv[r]->block_size != kv[0]->block_size || kv[r]->n_pages != kv[0]->n_pages)
+            return ampr__fail(err, AMPR_ERR_INTERNAL, "CUDA ranks disagree on the model's shape");
     for (int32_t i = 0; i < n; i++) {
         int32_t sq = row_seq ? row_seq[i] : 0;
         if (tokens[i] < 0 || tokens[i] >= hp->vocab_size)
             return ampr__fail(err, AMPR_ERR_INVALID_ARG, "token id %d out of range [0, %d)",
                               tokens[i], hp->vocab_size);
         if (sq < 0 || sq >= n_seqs || pos[i] < 0 || pos[i] >= hp->context_length ||
-            pos[i] / kv->block_size >= stride)
+            pos[i] / kv[0]->block_size >= stride)
             return ampr__fail(err, AMPR_ERR_INTERNAL, "CUDA paged forward: row %d (seq %d, pos %d)",
                               i, sq, pos[i]);
     }
     size_t n_blk = (size_t)n_seqs * (size_t)stride;
     for (size_t b = 0; b < n_blk; b++)
-        if (blocks[b] < -1 || blocks[b] >= kv->n_pages)
+        if (blocks[b] < -1 || blocks[b] >= kv[0]->n_pages)
             return ampr__fail(err, AMPR_ERR_INTERNAL, "page id %d out of range [0, %d)", blocks[b],
-                              kv->n_pages);
+                              kv[0]->n_pages);
     if (n_blk > (size_t)INT32_MAX) return ampr__fail(err, AMPR_ERR_INTERNAL, "block table too large");
-    AMPR__TRY(work_reserve(w, n, n_logits, (int32_t)n_blk, err));
-    AMPR__TRY(ampr__cuda_upload(c, w->tokens, tokens, (size_t)n * 4, err));
-    AMPR__TRY(ampr__cuda_upload(c, w->pos, pos, (size_t)n * 4, err));
-    if (row_seq) AMPR__TRY(ampr__cuda_upload(c, w->row_seq, row_seq, (size_t)n * 4, err));
-    AMPR__TRY(ampr__cuda_upload(c, w->blocks, blocks, n_blk * 4, err));
 
-    int32_t dim = hp->dim, hd = hp->head_dim, hidden = hp->hidden_dim;
-    int32_t q_dim = hp->n_heads * hd, kv_dim = hp->n_kv_heads * hd, qkv_dim = q_dim + 2 * kv_dim;
-    int64_t nd = (int64_t)n * dim;
-    AMPR__TRY(ampr__cuda_embed(c, &m->embd, w->tokens, n, w->x, AMPR__CUDA_F32, err));
+    /* Each step is enqueued on every rank before the next: the ranks' streams
+     * run side by side, meeting only in the all-reduces. */
+    for (int r = 0; r < n_ranks; r++)
+        AMPR__TRY(rank_inputs(m[r], kv[r], w[r], tokens, pos, row_seq, n, blocks, n_blk,
+                              r == 0 ? n_logits : 0, err));
     for (int32_t l = 0; l < hp->n_layers; l++) {
-        const ampr__cuda_mat *L = m->layers + 4 * (size_t)l;
-        const float *attn_norm = m->norms + (size_t)l * dim;
-        const float *ffn_norm = m->norms + ((size_t)hp->n_layers + l) * dim;
-        ampr__cuda_kv_view view = {kv->k, kv->v, kv->dtype, hp->n_layers, kv->block_size, kv_dim,
-                                   l, w->blocks, row_seq ? w->row_seq : NULL, stride};
-        AMPR__TRY(ampr__cuda_rmsnorm(c, w->x, attn_norm, w->xb, n, dim, hp->norm_eps, err));
-        AMPR__TRY(smooth_div(m, l, 0, w->xb, n, dim, err));
-        AMPR__TRY(ampr__cuda_matmul(c, &L[0], w->xb, n, w->qkv, qkv_dim, err));
-        AMPR__TRY(ampr__cuda_rope(c, w->qkv, qkv_dim, n, hp->n_heads, hd, w->pos, m->rope_cos,
-                                  m->rope_sin, hp->rope_interleaved, err));
-        AMPR__TRY(ampr__cuda_rope(c, w->qkv + q_dim, qkv_dim, n, hp->n_kv_heads, hd, w->pos,
-                                  m->rope_cos, m->rope_sin, hp->rope_interleaved, err));
-        AMPR__TRY(ampr__cuda_kv_store(c, &view, w->qkv + q_dim, w->qkv + q_dim + kv_dim, qkv_dim,
-                                      n, w->pos, err));
-        AMPR__TRY(ampr__cuda_attention(c, &view, w->qkv, qkv_dim, n, w->pos, hp->n_heads,
-                                       hp->n_kv_heads, hd, w->att, err));
-        AMPR__TRY(smooth_div(m, l, 1, w->att, n, q_dim, err));
-        AMPR__TRY(ampr__cuda_matmul(c, &L[1], w->att, n, w->xb, dim, err));
-        AMPR__TRY(ampr__cuda_add(c, w->x, w->xb, nd, err));
-        AMPR__TRY(ampr__cuda_rmsnorm(c, w->x, ffn_norm, w->xb, n, dim, hp->norm_eps, err));
-        AMPR__TRY(smooth_div(m, l, 2, w->xb, n, dim, err));
-        AMPR__TRY(ampr__cuda_matmul(c, &L[2], w->xb, n, w->hb, 2 * (int64_t)hidden, err));
-        AMPR__TRY(ampr__cuda_swiglu(c, w->hb, w->hb2, n, hidden, err));
-        AMPR__TRY(smooth_div(m, l, 3, w->hb2, n, hidden, err));
-        AMPR__TRY(ampr__cuda_matmul(c, &L[3], w->hb2, n, w->xb, dim, err));
-        AMPR__TRY(ampr__cuda_add(c, w->x, w->xb, nd, err));
+        for (int r = 0; r < n_ranks; r++)
+            AMPR__TRY(rank_attention(m[r], kv[r], w[r], l, n, row_seq != NULL, stride, err));
+        AMPR__TRY(reduce_parts(w, n_ranks, red, n, err));
+        for (int r = 0; r < n_ranks; r++) AMPR__TRY(rank_ffn(m[r], w[r], l, n, err));
+        AMPR__TRY(reduce_parts(w, n_ranks, red, n, err));
     }
-    int32_t first = n - n_logits;
-    const float *final_norm = m->norms + 2 * (size_t)hp->n_layers * dim;
-    AMPR__TRY(ampr__cuda_rmsnorm(c, w->x + (size_t)first * dim, final_norm, w->xb, n_logits, dim,
+    /* the residual stream is the same on every rank: rank 0 makes the logits */
+    ampr__cuda_model *m0 = m[0];
+    ampr__cuda_work *w0 = w[0];
+    ampr__cuda *c = m0->c;
+    int32_t dim = hp->dim, first = n - n_logits;
+    AMPR__TRY(ampr__cuda_use(c, err));
+    AMPR__TRY(ampr__cuda_add(c, w0->x, w0->xb, (int64_t)n * dim, err));
+    const float *final_norm = m0->norms + 2 * (size_t)hp->n_layers * dim;
+    AMPR__TRY(ampr__cuda_rmsnorm(c, w0->x + (size_t)first * dim, final_norm, w0->xb, n_logits, dim,
                                  hp->norm_eps, err));
-    const ampr__cuda_mat *out = m->tied ? &m->embd : &m->output;
-    AMPR__TRY(ampr__cuda_matmul(c, out, w->xb, n_logits, w->logits, hp->vocab_size, err));
+    const ampr__cuda_mat *out = m0->tied ? &m0->embd : &m0->output;
+    AMPR__TRY(ampr__cuda_matmul(c, out, w0->xb, n_logits, w0->logits, hp->vocab_size, err));
     /* download waits for the stream and reports asynchronous faults */
-    AMPR__TRY(ampr__cuda_download(c, logits, w->logits,
+    AMPR__TRY(ampr__cuda_download(c, logits, w0->logits,
                                   (size_t)n_logits * (size_t)hp->vocab_size * sizeof(float), err));
+    for (int r = 1; r < n_ranks; r++) AMPR__TRY(ampr__cuda_sync(m[r]->c, err));
     return ampr__cuda_sync(c, err);
 }

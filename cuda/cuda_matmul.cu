@@ -304,6 +304,7 @@ static ampr_status grow(ampr__cuda *c, void **p, size_t *have, size_t need, cons
                           "(call ampr__cuda_reserve first)",
                           what, need);
     need = (need + ((size_t)1 << 20) - 1) & ~(((size_t)1 << 20) - 1);
+    AMPR__CU(err, cudaSetDevice(c->device));
     AMPR__CU(err, cudaStreamSynchronize(c->stream));
     cudaFree(*p);
     *p = NULL;

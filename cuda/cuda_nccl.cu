@@ -6,6 +6,10 @@
  * as one group, see ampr__cuda_allreduce_sum_group), or one rank per process
  * (ncclCommInitRank with an id that rank 0 made and shared out of band).
  * Built without NCCL (no AMPR_HAVE_NCCL), every call is AMPR_ERR_UNSUPPORTED.
+ *
+ * Over these, ampr__cuda_reduce is what the forward pass calls: NCCL, or the
+ * copy all-reduce of one process's ranks (at the end of this file), which
+ * needs no NCCL and allows several ranks on one GPU.
  */
 #include "cuda_err.h"
 
@@ -62,7 +66,7 @@ ampr_status ampr__cuda_comm_init_all(ampr__cuda *const *ctxs, int n, ampr__cuda_
                                      ampr__err *err) {
     if (n <= 0 || n > 64) return ampr__fail(err, AMPR_ERR_INVALID_ARG, "%d devices", n);
     for (int i = 0; i < n; i++) out[i] = NULL;
-    int devs[64];
+    int devs[64] = {0};
     ncclComm_t comms[64];
     for (int i = 0; i < n; i++) devs[i] = ctxs[i]->device;
     AMPR__NCCL(err, ncclCommInitAll(comms, n, devs));
@@ -146,3 +150,162 @@ ampr_status ampr__cuda_allreduce_sum_group(ampr__cuda_comm *const *comms, float 
 }
 
 #endif
+
+/* ---- the all-reduce of a tensor-parallel group -------------------------------- */
+
+struct ampr__cuda_reduce {
+    int n;                               /* ranks this process drives */
+    int nccl;                            /* 1: comm[], 0: the copy all-reduce */
+    ampr__cuda *ctx[AMPR__CUDA_MAX_RANKS];
+    ampr__cuda_comm *comm[AMPR__CUDA_MAX_RANKS];
+    cudaEvent_t ev[AMPR__CUDA_MAX_RANKS]; /* copy: rank i's partial is ready / the sum is */
+    float *tmp;                          /* copy: on rank 0's device, (n-1) partials */
+    size_t tmp_count;
+};
+
+void ampr__cuda_reduce_free(ampr__cuda_reduce *r) {
+    if (!r) return;
+    for (int i = 0; i < r->n; i++) {
+        if (r->ctx[i] && r->ctx[i]->stream) {
+            cudaSetDevice(r->ctx[i]->device);
+            cudaStreamSynchronize(r->ctx[i]->stream);
+        }
+    }
+    for (int i = 0; i < r->n; i++) {
+        ampr__cuda_comm_free(r->comm[i]);
+        if (r->ev[i]) {
+            cudaSetDevice(r->ctx[i]->device);
+            cudaEventDestroy(r->ev[i]);
+        }
+    }
+    if (r->tmp) ampr__cuda_free(r->ctx[0], r->tmp);
+    (void)cudaGetLastError();
+    ampr__free(r);
+}
+
+static ampr_status reduce_alloc(int n, ampr__cuda_reduce **out, ampr__err *err) {
+    *out = NULL;
+    if (n < 1 || n > AMPR__CUDA_MAX_RANKS)
+        return ampr__fail(err, AMPR_ERR_INVALID_ARG, "%d tensor-parallel ranks in one process", n);
+    *out = (ampr__cuda_reduce *)ampr__calloc(1, sizeof **out);
+    if (!*out) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for an all-reduce");
+    (*out)->n = n;
+    return AMPR_OK;
+}
+
+static ampr_status reduce_local_init(ampr__cuda_reduce *r, ampr__cuda *const *ctxs, int use_nccl,
+                                     ampr__err *err) {
+    for (int i = 0; i < r->n; i++) r->ctx[i] = ctxs[i];
+    if (use_nccl) {
+        for (int i = 0; i < r->n; i++)
+            for (int j = 0; j < i; j++)
+                if (ctxs[i]->device == ctxs[j]->device)
+                    return ampr__fail(err, AMPR_ERR_UNSUPPORTED,
+                                      "NCCL needs a GPU per rank; ranks %d and %d share GPU %d "
+                                      "(the copy all-reduce allows that)",
+                                      j, i, ctxs[i]->device);
+        r->nccl = 1;
+        return ampr__cuda_comm_init_all(ctxs, r->n, r->comm, err);
+    }
+    for (int i = 0; i < r->n; i++) {
+        AMPR__CU(err, cudaSetDevice(ctxs[i]->device));
+        AMPR__CU(err, cudaEventCreateWithFlags(&r->ev[i], cudaEventDisableTiming));
+    }
+    return AMPR_OK;
+}
+
+ampr_status ampr__cuda_reduce_local(ampr__cuda *const *ctxs, int n, int use_nccl,
+                                    ampr__cuda_reduce **out, ampr__err *err) {
+    ampr__cuda_reduce *r = NULL;
+    AMPR__TRY(reduce_alloc(n, &r, err));
+    ampr_status st = reduce_local_init(r, ctxs, use_nccl, err);
+    if (st != AMPR_OK) {
+        ampr__cuda_reduce_free(r);
+        return st;
+    }
+    *out = r;
+    return AMPR_OK;
+}
+
+ampr_status ampr__cuda_reduce_rank(ampr__cuda *c, int n_ranks, int rank,
+                                   const unsigned char id[AMPR__CUDA_COMM_ID_BYTES],
+                                   ampr__cuda_reduce **out, ampr__err *err) {
+    ampr__cuda_reduce *r = NULL;
+    AMPR__TRY(reduce_alloc(1, &r, err));
+    r->nccl = 1;
+    r->ctx[0] = c;
+    ampr_status st = ampr__cuda_comm_init_rank(c, n_ranks, rank, id, &r->comm[0], err);
+    if (st != AMPR_OK) {
+        ampr__cuda_reduce_free(r);
+        return st;
+    }
+    *out = r;
+    return AMPR_OK;
+}
+
+const char *ampr__cuda_reduce_kind(const ampr__cuda_reduce *r) { return r->nccl ? "nccl" : "copy"; }
+
+/* acc[e] = ((acc[e] + parts[0][e]) + parts[1][e]) + ...: rank order, as the
+ * CPU's all-reduce (lib/forward/forward.c, allreduce_add). */
+__global__ void sum_ranks_kernel(float *acc, const float *__restrict__ parts, int n_parts,
+                                 size_t count) {
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < count;
+         e += (size_t)gridDim.x * blockDim.x) {
+        float s = acc[e];
+        for (int k = 0; k < n_parts; k++) s = __fadd_rn(s, parts[(size_t)k * count + e]);
+        acc[e] = s;
+    }
+}
+
+/* Rank 0's stream does all the copying: it waits for every partial, gathers
+ * them into tmp, sums, and writes the sum back to every rank; the other ranks'
+ * streams then wait for it. So no rank overwrites a buffer another stream
+ * still reads: rank i writes bufs[i] next only after the event, rank 0
+ * writes bufs[0] and tmp only on its own stream. */
+static ampr_status copy_sum(ampr__cuda_reduce *r, float *const *bufs, size_t count,
+                            ampr__err *err) {
+    ampr__cuda *c0 = r->ctx[0];
+    size_t bytes = count * sizeof(float), need = (size_t)(r->n - 1) * count;
+    if (need > r->tmp_count) {
+        AMPR__TRY(ampr__cuda_sync(c0, err)); /* tmp may still be read */
+        ampr__cuda_free(c0, r->tmp);
+        r->tmp = NULL;
+        r->tmp_count = 0;
+        void *p = NULL;
+        size_t cap = need < ((size_t)1 << 18) ? ((size_t)1 << 18) : need;
+        AMPR__TRY(ampr__cuda_alloc(c0, cap * sizeof(float), &p, err));
+        r->tmp = (float *)p;
+        r->tmp_count = cap;
+    }
+    for (int i = 1; i < r->n; i++) {
+        AMPR__CU(err, cudaSetDevice(r->ctx[i]->device));
+        AMPR__CU(err, cudaEventRecord(r->ev[i], r->ctx[i]->stream));
+    }
+    AMPR__CU(err, cudaSetDevice(c0->device));
+    for (int i = 1; i < r->n; i++) {
+        AMPR__CU(err, cudaStreamWaitEvent(c0->stream, r->ev[i], 0));
+        AMPR__CU(err, cudaMemcpyPeerAsync(r->tmp + (size_t)(i - 1) * count, c0->device, bufs[i],
+                                          r->ctx[i]->device, bytes, c0->stream));
+    }
+    size_t g = (count + 255) / 256;
+    if (g > 65535u * 8u) g = 65535u * 8u;
+    sum_ranks_kernel<<<(unsigned)(g ? g : 1), 256, 0, c0->stream>>>(bufs[0], r->tmp, r->n - 1,
+                                                                     count);
+    AMPR__CU_LAUNCHED(err, "sum_ranks");
+    for (int i = 1; i < r->n; i++)
+        AMPR__CU(err, cudaMemcpyPeerAsync(bufs[i], r->ctx[i]->device, bufs[0], c0->device, bytes,
+                                          c0->stream));
+    AMPR__CU(err, cudaEventRecord(r->ev[0], c0->stream));
+    for (int i = 1; i < r->n; i++) {
+        AMPR__CU(err, cudaSetDevice(r->ctx[i]->device));
+        AMPR__CU(err, cudaStreamWaitEvent(r->ctx[i]->stream, r->ev[0], 0));
+    }
+    return AMPR_OK;
+}
+
+ampr_status ampr__cuda_reduce_sum(ampr__cuda_reduce *r, float *const *bufs, size_t count,
+                                  ampr__err *err) {
+    if (!count) return AMPR_OK;
+    if (r->nccl) return ampr__cuda_allreduce_sum_group(r->comm, bufs, r->n, count, err);
+    return r->n > 1 ? copy_sum(r, bufs, count, err) : AMPR_OK;
+}

@@ -185,11 +185,12 @@ AMPR_API void ampr_open_params_init_sized(ampr_open_params *p, size_t size);
  *            "arena_tokens": tokens per tier arena (default context_length*4),
  *            "arena_bytes": alternative to arena_tokens}
  *     "device":  "cpu" (default) | "auto" | "cuda". "cuda" uploads every tier
- *                to GPU 0 and generates there (built with nvcc only; fails
- *                with AMPR_ERR_NO_DEVICE when no GPU is usable, and with
- *                AMPR_ERR_UNSUPPORTED for tp_size > 1, q8 KV or f32/bf16
- *                tiers). "auto" uses the GPU when that works, else the CPU,
- *                and ampr_model_info.device says which and why. The GPU path
+ *                to the GPU (GPU 0 unless "gpus" says; one GPU per rank with
+ *                "tp_size") and generates there (built with nvcc only;
+ *                fails with AMPR_ERR_NO_DEVICE when no GPU is usable, and
+ *                with AMPR_ERR_UNSUPPORTED for q8 KV or f32/bf16 tiers).
+ *                "auto" uses the GPU when that works, else the CPU, and
+ *                ampr_model_info.device says which and why. The GPU path
  *                is checked by tests/gpu/check.sh on a machine with a GPU.
  *     "tp_size": tensor-parallel ranks, 1 to 64 (default 1): attention heads,
  *                KV heads and FFN hidden units are split evenly over the
@@ -201,7 +202,31 @@ AMPR_API void ampr_open_params_init_sized(ampr_open_params *p, size_t size);
  *                deterministic; f32/bf16/fp16 logits equal tp_size 1 up to
  *                float summation order, int8/nf4 shards are quantized with
  *                their own scales. KV pages and their accounting are the
- *                same for every tp_size.
+ *                same for every tp_size. With "device": "cuda" the ranks are
+ *                GPUs (all in this process unless "tp_rank" is given).
+ *     "gpus":    GPU ids of this process's ranks: tp_size of them (default
+ *                0, 1, ..., tp_size-1), or one with "tp_rank" (default
+ *                tp_rank modulo the GPUs found). An id may repeat: those
+ *                ranks share the GPU (useful to test sharding on one card;
+ *                it needs the copy all-reduce).
+ *     "tp_allreduce": how the GPU ranks of one process sum the partial
+ *                results: "nccl" (ncclAllReduce; one GPU per rank), "copy"
+ *                (peer copies to the first rank's GPU, summed there in rank
+ *                order like the CPU backend, copied back; any GPUs, no NCCL
+ *                needed), or "auto" (default): NCCL when this build has it
+ *                and the GPUs differ, else copy.
+ *     "tp_rank", "tp_id": one rank per process, on several machines or
+ *                processes: this process is rank tp_rank of tp_size, holds
+ *                only that rank's shard on its GPU, and sums with the others
+ *                over NCCL; tp_id is the string ampr_tp_id_new() made in one
+ *                of the processes, the same for every rank. Needs "device":
+ *                "cuda" and NCCL. ampr_open() returns once every rank has
+ *                reached the GPU part of its open (a rank that never does
+ *                leaves the others waiting there).
+ *                Every forward pass is a collective: every rank must make
+ *                the same ampr_generate() / ampr_logits() calls, with the same
+ *                arguments (and seed), in the same order, one at a time; the
+ *                ranks then produce the same tokens.
  *     "router":  {"thresholds": [t_low, t_high]} scores below t_low go to the
  *                lowest tier, below t_high to the middle one, else the top
  *                one; "weights" (6 numbers) and "bias" of the scorer;
@@ -225,6 +250,20 @@ AMPR_API ampr_status ampr_open(const char *model_path, const char *config_json,
 /* As ampr_open(), with a progress callback. params may be NULL. */
 AMPR_API ampr_status ampr_open_ex(const char *model_path, const char *config_json,
                                   const ampr_open_params *params, ampr_ctx **out);
+
+/* Hex characters of a tensor-parallel group id, without the NUL. */
+#define AMPR_TP_ID_LEN 256
+
+/* A fresh id for a group of processes that serve one model together, one GPU
+ * each ("tp_rank" / "tp_id" in ampr_open()'s config). One process makes it
+ * and hands it to the others (a file, an environment variable, the
+ * network); the process that made it must stay alive until every rank has
+ * opened, because it answers the ranks' first contact (NCCL's bootstrap).
+ * Writes AMPR_TP_ID_LEN hex characters and a NUL to out. Needs no GPU.
+ * Errors: AMPR_ERR_INVALID_ARG (out NULL or out_len < AMPR_TP_ID_LEN + 1),
+ * AMPR_ERR_UNSUPPORTED (built without CUDA or NCCL), AMPR_ERR_BACKEND (NCCL
+ * failed, e.g. no usable network interface). Thread-safe. */
+AMPR_API ampr_status ampr_tp_id_new(char *out, size_t out_len);
 
 /* Free a context and everything it owns. NULL is a no-op. */
 AMPR_API void ampr_close(ampr_ctx *ctx);

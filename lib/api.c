@@ -158,9 +158,6 @@ static ampr_status choose_device(ampr_ctx *c, int *want_cuda, ampr__err *err) {
         snprintf(why, sizeof why, "CUDA: %.400s", derr.msg);
     else if (n_dev == 0)
         snprintf(why, sizeof why, "no CUDA device or driver");
-    else if (c->cfg.tp_size > 1)
-        snprintf(why, sizeof why, "\"tp_size\" = %d: tensor parallelism runs on the CPU only "
-                 "(not supported with \"device\": \"cuda\" yet)", c->cfg.tp_size);
     else {
         *want_cuda = 1;
         return AMPR_OK;
@@ -181,7 +178,7 @@ static ampr_status open_device(ampr_ctx *c, int want_cuda, ampr__err *err) {
 #if AMPR_HAVE_CUDA
     ampr__err derr = {0};
     char name[sizeof c->device];
-    ampr_status st = ampr__backend_cuda_open(c, 0, &c->backend, name, sizeof name, &derr);
+    ampr_status st = ampr__backend_cuda_open(c, &c->backend, name, sizeof name, &derr);
     if (st == AMPR_OK) {
         snprintf(c->device, sizeof c->device, "%s", name);
         return AMPR_OK;
@@ -254,6 +251,29 @@ AMPR_API ampr_status ampr_open_ex(const char *model_path, const char *config_jso
     }
     *out = c;
     return st;
+}
+
+AMPR_API ampr_status ampr_tp_id_new(char *out, size_t out_len) {
+    if (!out || out_len < AMPR_TP_ID_LEN + 1) {
+        if (out && out_len) out[0] = '\0';
+        return AMPR_ERR_INVALID_ARG;
+    }
+    out[0] = '\0';
+#if AMPR_HAVE_CUDA
+    unsigned char id[AMPR_TP_ID_LEN / 2];
+    ampr__err err = {0};
+    ampr_status st = ampr__cuda_comm_id_new(id, &err);
+    if (st != AMPR_OK) return st;
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof id; i++) {
+        out[2 * i] = hex[id[i] >> 4];
+        out[2 * i + 1] = hex[id[i] & 15];
+    }
+    out[AMPR_TP_ID_LEN] = '\0';
+    return AMPR_OK;
+#else
+    return AMPR_ERR_UNSUPPORTED;
+#endif
 }
 
 AMPR_API ampr_status ampr_open(const char *model_path, const char *config_json, ampr_ctx **out) {

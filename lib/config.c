@@ -20,6 +20,7 @@ void ampr__config_defaults(ampr__config *c) {
     c->kv_dtype = -1;
     c->device = 0;
     c->tp_size = 1;
+    c->tp_rank = -1;
     ampr__router_defaults(&c->router);
     ampr__fallback_defaults(&c->fallback);
 }
@@ -276,9 +277,80 @@ static ampr_status load_calibration(const char *path, ampr__config *c, ampr__err
     return st;
 }
 
+static int hex_digit(char ch) {
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    return -1;
+}
+
+/* "gpus", "tp_allreduce", "tp_rank", "tp_id": where the tensor-parallel ranks
+ * run (the CUDA backend; see ampr.h). Checked against each other here, against
+ * the GPUs found when the backend opens. */
+static ampr_status parse_tp(json_t *root, ampr__config *c, ampr__err *err) {
+    json_t *v;
+    if ((v = json_object_get(root, "gpus"))) {
+        if (!json_is_array(v) || json_array_size(v) < 1 || json_array_size(v) > AMPR__CFG_MAX_RANKS)
+            return ampr__fail(err, AMPR_ERR_CONFIG,
+                              "config: \"gpus\" must be a list of 1 to %d GPU ids", AMPR__CFG_MAX_RANKS);
+        size_t i;
+        json_t *g;
+        json_array_foreach(v, i, g) {
+            if (!json_is_integer(g) || json_integer_value(g) < 0 || json_integer_value(g) > 1023)
+                return ampr__fail(err, AMPR_ERR_CONFIG,
+                                  "config: \"gpus\"[%zu] must be a GPU id (an integer 0..1023)", i);
+            c->gpus[i] = (int32_t)json_integer_value(g);
+        }
+        c->n_gpus = (int)json_array_size(v);
+    }
+    if ((v = json_object_get(root, "tp_allreduce"))) {
+        const char *s = json_string_value(v);
+        if (s && !strcmp(s, "auto")) c->tp_allreduce = 0;
+        else if (s && !strcmp(s, "nccl")) c->tp_allreduce = 1;
+        else if (s && !strcmp(s, "copy")) c->tp_allreduce = 2;
+        else return ampr__fail(err, AMPR_ERR_CONFIG,
+                               "config: \"tp_allreduce\" must be \"auto\", \"nccl\" or \"copy\"");
+    }
+    json_t *rank = json_object_get(root, "tp_rank"), *id = json_object_get(root, "tp_id");
+    if (!rank != !id)
+        return ampr__fail(err, AMPR_ERR_CONFIG,
+                          "config: \"tp_rank\" and \"tp_id\" go together (one rank per process)");
+    if (rank) {
+        int64_t x = 0;
+        AMPR__TRY(get_int(root, "tp_rank", 0, AMPR__TP_MAX - 1, &x, err));
+        if (x >= c->tp_size)
+            return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"tp_rank\" %lld is not below \"tp_size\" %d",
+                              (long long)x, c->tp_size);
+        const char *s = json_string_value(id);
+        if (!s || strlen(s) != AMPR_TP_ID_LEN)
+            return ampr__fail(err, AMPR_ERR_CONFIG,
+                              "config: \"tp_id\" must be the %d hex characters of ampr_tp_id_new()",
+                              AMPR_TP_ID_LEN);
+        for (size_t i = 0; i < AMPR_TP_ID_LEN / 2; i++) {
+            int hi = hex_digit(s[2 * i]), lo = hex_digit(s[2 * i + 1]);
+            if (hi < 0 || lo < 0)
+                return ampr__fail(err, AMPR_ERR_CONFIG,
+                                  "config: \"tp_id\" has a non-hex character at %zu",
+                                  hi < 0 ? 2 * i : 2 * i + 1);
+            c->tp_id[i] = (unsigned char)(hi << 4 | lo);
+        }
+        c->tp_rank = (int)x;
+        if (c->device != 2)
+            return ampr__fail(err, AMPR_ERR_CONFIG,
+                              "config: \"tp_rank\" (one rank per process) needs \"device\": \"cuda\"");
+    }
+    int want = c->tp_rank >= 0 ? 1 : c->tp_size;
+    if (c->n_gpus && c->n_gpus != want)
+        return ampr__fail(err, AMPR_ERR_CONFIG,
+                          "config: \"gpus\" lists %d GPUs for %d rank%s in this process", c->n_gpus,
+                          want, want == 1 ? "" : "s");
+    return AMPR_OK;
+}
+
 static ampr_status parse_root(json_t *root, ampr__config *c, ampr__err *err) {
     static const char *const keys[] = {"tiers", "threads", "context_length", "kv", "device",
-                                       "router", "fallback", "calibration", "nf4", "tp_size", NULL};
+                                       "router", "fallback", "calibration", "nf4", "tp_size",
+                                       "gpus", "tp_allreduce", "tp_rank", "tp_id", NULL};
     if (!json_is_object(root))
         return ampr__fail(err, AMPR_ERR_CONFIG, "config: the top level must be a JSON object");
     AMPR__TRY(check_keys(root, "", keys, err));
@@ -322,7 +394,7 @@ static ampr_status parse_root(json_t *root, ampr__config *c, ampr__err *err) {
         else if (s && !strcmp(s, "cuda")) c->device = 2;
         else return ampr__fail(err, AMPR_ERR_CONFIG, "config: \"device\" must be \"cpu\", \"auto\" or \"cuda\"");
     }
-    return AMPR_OK;
+    return parse_tp(root, c, err); /* after "device" and "tp_size" */
 }
 
 ampr_status ampr__config_parse(const char *json, ampr__config *c, ampr__err *err) {

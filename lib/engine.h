@@ -25,6 +25,8 @@
  * measures and what SmoothQuant factors apply to. */
 enum { AMPR__MM_QKV = 0, AMPR__MM_O = 1, AMPR__MM_GU = 2, AMPR__MM_DOWN = 3, AMPR__MM_COUNT = 4 };
 
+#define AMPR__CFG_MAX_RANKS 64 /* = AMPR__TP_MAX (forward/tp.h) */
+
 /* Activation statistics from a calibration run: per layer and matmul, the
  * largest |x| seen on each input channel (width: dim, q_dim, dim, hidden). */
 typedef struct ampr__act_stats {
@@ -48,6 +50,11 @@ typedef struct ampr__config {
     int nf4_double_quant;             /* "nf4": {"double_quant": true}: absmax in 8 bits */
     int nf4_bf16_act;                 /* "nf4": {"activations": "bf16"} */
     int tp_size;                      /* tensor-parallel ranks (1: none); see forward/tp.h */
+    int n_gpus;                       /* "gpus": 0 = default */
+    int32_t gpus[AMPR__CFG_MAX_RANKS];/* GPU of each rank this process drives */
+    int tp_allreduce;                 /* 0 auto, 1 nccl, 2 copy (CUDA, several ranks) */
+    int tp_rank;                      /* -1, or this process's rank ("tp_rank", one per process) */
+    unsigned char tp_id[AMPR_TP_ID_LEN / 2]; /* "tp_id" decoded (with tp_rank) */
     ampr__router_config router;
     ampr__fallback_config fallback;
     /* from a calibration file ("calibration" key): SmoothQuant inputs for INT8 */

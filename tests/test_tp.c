@@ -190,6 +190,117 @@ static void test_bad_tp_size(void **state) {
     expect_config_error(model_path, "{\"tiers\": [\"f32\"], \"tp_size\": 1.5}", "tp_size");
 }
 
+/* A valid "tp_id": 256 hex characters (its bytes matter only to NCCL). */
+static const char *some_id(void) {
+    static char id[AMPR_TP_ID_LEN + 1];
+    for (int i = 0; i < AMPR_TP_ID_LEN; i++) id[i] = "0123456789abcdef"[(i * 7) % 16];
+    id[AMPR_TP_ID_LEN] = 0;
+    return id;
+}
+
+/* The keys that place ranks on GPUs are checked whatever the machine has. */
+static void test_gpu_keys(void **state) {
+    (void)state;
+    char cfg[1024];
+    const char *f = "\"tiers\": [\"f32\"]";
+    snprintf(cfg, sizeof cfg, "{%s, \"tp_size\": 2, \"gpus\": [0]}", f);
+    expect_config_error(model_path, cfg, "\"gpus\" lists 1 GPUs for 2 ranks");
+    snprintf(cfg, sizeof cfg, "{%s, \"gpus\": [0, 1]}", f);
+    expect_config_error(model_path, cfg, "\"gpus\" lists 2 GPUs for 1 rank in this process");
+    snprintf(cfg, sizeof cfg, "{%s, \"gpus\": []}", f);
+    expect_config_error(model_path, cfg, "\"gpus\" must be a list");
+    snprintf(cfg, sizeof cfg, "{%s, \"gpus\": 0}", f);
+    expect_config_error(model_path, cfg, "\"gpus\" must be a list");
+    snprintf(cfg, sizeof cfg, "{%s, \"tp_size\": 2, \"gpus\": [0, -1]}", f);
+    expect_config_error(model_path, cfg, "\"gpus\"[1]");
+    snprintf(cfg, sizeof cfg, "{%s, \"gpus\": [\"0\"]}", f);
+    expect_config_error(model_path, cfg, "\"gpus\"[0]");
+    snprintf(cfg, sizeof cfg, "{%s, \"tp_allreduce\": \"mpi\"}", f);
+    expect_config_error(model_path, cfg, "\"tp_allreduce\" must be");
+    snprintf(cfg, sizeof cfg, "{%s, \"device\": \"cuda\", \"tp_size\": 2, \"tp_rank\": 1}", f);
+    expect_config_error(model_path, cfg, "go together");
+    snprintf(cfg, sizeof cfg, "{%s, \"device\": \"cuda\", \"tp_size\": 2, \"tp_id\": \"%s\"}", f,
+             some_id());
+    expect_config_error(model_path, cfg, "go together");
+    snprintf(cfg, sizeof cfg, "{%s, \"device\": \"cuda\", \"tp_size\": 2, \"tp_rank\": 2, \"tp_id\": \"%s\"}",
+             f, some_id());
+    expect_config_error(model_path, cfg, "\"tp_rank\" 2 is not below \"tp_size\" 2");
+    snprintf(cfg, sizeof cfg, "{%s, \"device\": \"cuda\", \"tp_size\": 2, \"tp_rank\": 0, \"tp_id\": \"abc\"}", f);
+    expect_config_error(model_path, cfg, "256 hex characters");
+    char bad[AMPR_TP_ID_LEN + 1];
+    memcpy(bad, some_id(), sizeof bad);
+    bad[77] = 'g';
+    snprintf(cfg, sizeof cfg, "{%s, \"device\": \"cuda\", \"tp_size\": 2, \"tp_rank\": 0, \"tp_id\": \"%s\"}",
+             f, bad);
+    expect_config_error(model_path, cfg, "non-hex character at 77");
+    snprintf(cfg, sizeof cfg, "{%s, \"tp_size\": 2, \"tp_rank\": 0, \"tp_id\": \"%s\"}", f, some_id());
+    expect_config_error(model_path, cfg, "needs \"device\": \"cuda\"");
+    snprintf(cfg, sizeof cfg, "{%s, \"device\": \"auto\", \"tp_size\": 2, \"tp_rank\": 0, \"tp_id\": \"%s\"}",
+             f, some_id());
+    expect_config_error(model_path, cfg, "needs \"device\": \"cuda\"");
+}
+
+/* "device": "auto" with ranks on GPUs: on a machine without one the context
+ * opens on the CPU (and says why) with the same sharding; with a GPU (the
+ * GPU check runs this too) the ranks share GPU 0 and sum with the copy
+ * all-reduce, and the logits must match the CPU's ranks. */
+static void test_tp_auto_device(void **state) {
+    (void)state;
+    int32_t ids[N_IDS];
+    for (int i = 0; i < N_IDS; i++) ids[i] = (int32_t)((i * 37 + 11) % vocab);
+    size_t per = (size_t)N_IDS * (size_t)vocab;
+    float *ref = malloc(per * sizeof *ref), *got = malloc(per * sizeof *got);
+    assert_non_null(ref);
+    assert_non_null(got);
+    ampr_ctx *cpu = NULL, *ctx = NULL;
+    assert_int_equal(ampr_open(model_path, "{\"tiers\": [\"fp16\"], \"tp_size\": 2}", &cpu), AMPR_OK);
+    assert_int_equal(ampr_logits(cpu, AMPR_TIER_FP16, ids, N_IDS, ref, per), AMPR_OK);
+    assert_int_equal(ampr_open(model_path,
+                               "{\"tiers\": [\"fp16\"], \"tp_size\": 2, \"device\": \"auto\", "
+                               "\"gpus\": [0, 0], \"tp_allreduce\": \"copy\"}",
+                               &ctx),
+                     AMPR_OK);
+    ampr_model_info mi;
+    ampr_model_info_init(&mi);
+    assert_int_equal(ampr_get_model_info(ctx, &mi), AMPR_OK);
+    print_message("device: %s\n", mi.device);
+    assert_int_equal(ampr_logits(ctx, AMPR_TIER_FP16, ids, N_IDS, got, per), AMPR_OK);
+    if (!strncmp(mi.device, "cpu", 3)) {
+        assert_non_null(strstr(mi.device, "auto"));
+        assert_memory_equal(got, ref, per * sizeof *ref);
+    } else {
+        assert_non_null(strstr(mi.device, "(tp 2, copy)"));
+        assert_true(rel_diff(got, ref, per) <= 1e-3); /* fp16 activations on the GPU */
+    }
+    ampr_close(ctx);
+    ampr_close(cpu);
+    free(ref);
+    free(got);
+}
+
+/* ampr_tp_id_new: argument checks always; with CUDA (and NCCL) in the build a
+ * fresh id each call, without it UNSUPPORTED. */
+static void test_tp_id(void **state) {
+    (void)state;
+    char id[AMPR_TP_ID_LEN + 1], id2[AMPR_TP_ID_LEN + 1];
+    assert_int_equal(ampr_tp_id_new(NULL, sizeof id), AMPR_ERR_INVALID_ARG);
+    id[0] = 'x';
+    assert_int_equal(ampr_tp_id_new(id, AMPR_TP_ID_LEN), AMPR_ERR_INVALID_ARG);
+    assert_int_equal(id[0], 0);
+#if AMPR_HAVE_CUDA && !defined(AMPR_TEST_NO_NCCL)
+    ampr_status st = ampr_tp_id_new(id, sizeof id);
+    if (st == AMPR_ERR_UNSUPPORTED) skip(); /* built with nvcc but without NCCL's header */
+    assert_int_equal(st, AMPR_OK);
+    assert_int_equal(strlen(id), AMPR_TP_ID_LEN);
+    assert_int_equal(strspn(id, "0123456789abcdef"), AMPR_TP_ID_LEN);
+    assert_int_equal(ampr_tp_id_new(id2, sizeof id2), AMPR_OK);
+    assert_true(strcmp(id, id2) != 0);
+#else
+    assert_int_equal(ampr_tp_id_new(id, sizeof id), AMPR_ERR_UNSUPPORTED);
+    assert_int_equal(id[0], 0);
+#endif
+}
+
 /* KV exhaustion keeps its meaning under TP: the arena's pages are shared by
  * all ranks' slices, so a sequence too long for it fails the same way. */
 static void test_kv_full(void **state) {
@@ -283,6 +394,9 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tp_matches_tp1),
         cmocka_unit_test(test_bad_tp_size),
+        cmocka_unit_test(test_gpu_keys),
+        cmocka_unit_test(test_tp_auto_device),
+        cmocka_unit_test(test_tp_id),
         cmocka_unit_test(test_kv_full),
         cmocka_unit_test(test_calib_ranges),
         cmocka_unit_test(test_stories_golden),

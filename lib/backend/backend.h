@@ -51,10 +51,10 @@ ampr_status ampr__backend_decode_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq 
 void ampr__backend_close(ampr_ctx *c); /* NULL-safe; the context falls back to none */
 
 #if AMPR_HAVE_CUDA
-/* Open CUDA device `device`, upload every tier of c; *out NULL on failure.
- * Fills name (for ampr_model_info.device). */
-ampr_status ampr__backend_cuda_open(ampr_ctx *c, int device, ampr__backend **out, char *name,
-                                    size_t name_len, ampr__err *err);
+/* Open the GPUs of c's config ("gpus", "tp_size", "tp_rank"), upload every
+ * tier of c; *out NULL on failure. Fills name (for ampr_model_info.device). */
+ampr_status ampr__backend_cuda_open(ampr_ctx *c, ampr__backend **out, char *name, size_t name_len,
+                                    ampr__err *err);
 #endif
 
 #endif

@@ -10,9 +10,16 @@
  * pass uploads the block tables of its sequences (a few ints per page), runs,
  * and downloads the logits rows the caller asked for into s->logits.
  *
- * Not on the device (AMPR_ERR_UNSUPPORTED at open): tensor parallelism,
- * F32/BF16 tiers, the q8 KV element type. Calibration (lib/calib) calls the
- * CPU pass directly on its own sequence and keeps working.
+ * Tensor parallelism ("tp_size" > 1): this process drives n ranks, each an
+ * ampr__cuda context on its GPU ("gpus"; several ranks may share one) holding
+ * its shard of every tier (the CPU tier's shards, forward/tp.h) and a KV pool
+ * of its KV heads; the ranks meet in an all-reduce (cuda/cuda_nccl.cu) after
+ * wo and w_down. With "tp_rank" the process is one rank of a group spread
+ * over processes (n = 1, NCCL over the network).
+ *
+ * Not on the device (AMPR_ERR_UNSUPPORTED at open): F32/BF16 tiers, the q8
+ * KV element type. Calibration (lib/calib) calls the CPU pass directly on its
+ * own sequence and keeps working.
  */
 #include "backend.h"
 
@@ -21,16 +28,20 @@
 #include <stdio.h>
 
 #include "../../cuda/ampr_cuda.h"
+#include "../forward/tp.h"
 
 typedef struct cuda_tier {
-    ampr__cuda_model *model;
-    ampr__cuda_kvpool *kv;
+    ampr__cuda_model *model[AMPR__TP_MAX]; /* by local rank */
+    ampr__cuda_kvpool *kv[AMPR__TP_MAX];
 } cuda_tier;
 
 typedef struct cuda_backend {
-    ampr__cuda *cuda;
-    ampr__cuda_work *work;
-    ampr__cuda_hparams hp;
+    int n;                            /* ranks this process drives */
+    int rank0;                        /* the group rank of local rank 0 */
+    int tp;                           /* ranks in the whole group */
+    ampr__cuda *cuda[AMPR__TP_MAX];   /* one context per local rank */
+    ampr__cuda_work *work[AMPR__TP_MAX];
+    ampr__cuda_reduce *red;           /* NULL when tp == 1 */
     cuda_tier tiers[AMPR_TIER_COUNT]; /* by index into ctx->tiers */
     int32_t stride;                   /* block-table row: pages of a full context */
     int32_t *blocks;                  /* host [AMPR__BATCH_MAX][stride] */
@@ -40,32 +51,81 @@ typedef struct cuda_backend {
 
 static void cb_free(cuda_backend *cb) {
     if (!cb) return;
-    for (int i = 0; i < AMPR_TIER_COUNT; i++) {
-        ampr__cuda_kvpool_free(cb->tiers[i].kv);
-        ampr__cuda_model_free(cb->tiers[i].model);
+    for (int i = 0; i < AMPR_TIER_COUNT; i++)
+        for (int r = 0; r < cb->n; r++) {
+            ampr__cuda_kvpool_free(cb->tiers[i].kv[r]);
+            ampr__cuda_model_free(cb->tiers[i].model[r]);
+        }
+    ampr__cuda_reduce_free(cb->red);
+    for (int r = 0; r < cb->n; r++) {
+        ampr__cuda_work_free(cb->work[r]);
+        ampr__cuda_close(cb->cuda[r]);
     }
-    ampr__cuda_work_free(cb->work);
-    ampr__cuda_close(cb->cuda);
     ampr__free(cb->blocks);
     ampr__free(cb->pos);
     ampr__free(cb->row_seq);
     ampr__free(cb);
 }
 
+/* The device hyper-parameters of group rank g: its share of the heads and
+ * hidden units (all of them when tp == 1). */
+static ampr__cuda_hparams rank_hparams(const ampr__hparams *hp, int32_t tp, int32_t g) {
+    ampr__tp_plan p = ampr__tp_plan_of(hp, tp, g);
+    return (ampr__cuda_hparams){hp->n_layers, hp->dim, p.ff_len, p.n_heads, p.n_kv_heads,
+                                hp->head_dim, hp->vocab_size, hp->context_length, hp->norm_eps,
+                                hp->rope_layout == AMPR__ROPE_INTERLEAVED};
+}
+
 static int tier_index(const ampr_ctx *c, const ampr__tier *t) {
     return (int)(t - c->tiers);
 }
 
+/* Group rank g's shard of tier t onto local rank r's GPU: weights, SmoothQuant
+ * divisors (the shard's slice) and a KV pool of the rank's KV heads. */
+static ampr_status rank_upload(cuda_backend *cb, ampr_ctx *c, ampr__tier *t, cuda_tier *ct, int r,
+                               ampr__err *err) {
+    const ampr__hparams *hp = &c->hp;
+    int32_t g = cb->rank0 + r;
+    ampr__tp_plan plan = ampr__tp_plan_of(hp, cb->tp, g);
+    ampr__cuda_hparams rhp = rank_hparams(hp, cb->tp, g);
+    ampr__qmat *layers = ampr__alloc_array(4 * (size_t)hp->n_layers, sizeof *layers, err);
+    if (!layers) return AMPR_ERR_NOMEM;
+    for (int32_t l = 0; l < hp->n_layers; l++) {
+        const ampr__tier_layer *L = ampr__tier_shard(t, l, g);
+        layers[4 * (size_t)l + 0] = L->wqkv;
+        layers[4 * (size_t)l + 1] = L->wo;
+        layers[4 * (size_t)l + 2] = L->w_gu;
+        layers[4 * (size_t)l + 3] = L->w_down;
+    }
+    ampr_status st = ampr__cuda_model_new(cb->cuda[r], &rhp, &t->embd,
+                                          t->output_is_embd ? NULL : &t->output, layers, c->norms,
+                                          c->rope_cos, c->rope_sin, &ct->model[r], err);
+    ampr__free(layers);
+    /* the inputs of wo and w_down are the rank's columns (tier.c shards s so) */
+    const int32_t width[AMPR__MM_COUNT] = {hp->dim, plan.q_len, hp->dim, plan.ff_len};
+    for (int32_t l = 0; st == AMPR_OK && l < hp->n_layers; l++) {
+        const ampr__tier_layer *L = ampr__tier_shard(t, l, g);
+        for (int mm = 0; st == AMPR_OK && mm < AMPR__MM_COUNT; mm++)
+            if (L->smooth[mm])
+                st = ampr__cuda_model_set_smooth(ct->model[r], l, mm, L->smooth[mm], width[mm], err);
+    }
+    ampr__kv_dtype kd = ampr__kv_dtype_of(t->kv);
+    if (st == AMPR_OK)
+        st = ampr__cuda_kvpool_new(cb->cuda[r], hp->n_layers, plan.kv_len,
+                                   ampr__kv_block_size(t->kv), ampr__kv_pages_total(t->kv),
+                                   kd == AMPR__KV_F16 ? AMPR__CUDA_F16 : AMPR__CUDA_F32, &ct->kv[r],
+                                   err);
+    return st;
+}
+
 static ampr_status cuda_tier_upload(ampr__backend *b, ampr_ctx *c, ampr__tier *t, ampr__err *err) {
     cuda_backend *cb = b->impl;
-    const ampr__hparams *hp = &c->hp;
     int idx = tier_index(c, t);
     if (idx < 0 || idx >= AMPR_TIER_COUNT)
         return ampr__fail(err, AMPR_ERR_INTERNAL, "tier is not one of the context's");
-    if (t->tp != 1)
-        return ampr__fail(err, AMPR_ERR_UNSUPPORTED,
-                          "\"device\": \"cuda\" with \"tp_size\" > 1 is not supported yet "
-                          "(tensor parallelism runs on the CPU only)");
+    if (t->tp != cb->tp)
+        return ampr__fail(err, AMPR_ERR_INTERNAL, "tier %s is sharded over %d ranks, the GPUs %d",
+                          ampr_tier_name(t->id), t->tp, cb->tp);
     if (t->qtype != AMPR__Q_F16 && t->qtype != AMPR__Q_INT8 && t->qtype != AMPR__Q_NF4 &&
         t->qtype != AMPR__Q_NF4_DQ)
         return ampr__fail(err, AMPR_ERR_UNSUPPORTED,
@@ -76,32 +136,9 @@ static ampr_status cuda_tier_upload(ampr__backend *b, ampr_ctx *c, ampr__tier *t
         return ampr__fail(err, AMPR_ERR_UNSUPPORTED,
                           "tier %s: the q8 KV element type has no CUDA kernels (use f16 or f32)",
                           ampr_tier_name(t->id));
-    ampr__qmat *layers = ampr__alloc_array(4 * (size_t)hp->n_layers, sizeof *layers, err);
-    if (!layers) return AMPR_ERR_NOMEM;
-    for (int32_t l = 0; l < hp->n_layers; l++) {
-        const ampr__tier_layer *L = ampr__tier_shard(t, l, 0);
-        layers[4 * (size_t)l + 0] = L->wqkv;
-        layers[4 * (size_t)l + 1] = L->wo;
-        layers[4 * (size_t)l + 2] = L->w_gu;
-        layers[4 * (size_t)l + 3] = L->w_down;
-    }
-    cuda_tier *ct = &cb->tiers[idx];
-    ampr_status st = ampr__cuda_model_new(cb->cuda, &cb->hp, &t->embd,
-                                          t->output_is_embd ? NULL : &t->output, layers, c->norms,
-                                          c->rope_cos, c->rope_sin, &ct->model, err);
-    ampr__free(layers);
-    for (int32_t l = 0; st == AMPR_OK && l < hp->n_layers; l++) {
-        const ampr__tier_layer *L = ampr__tier_shard(t, l, 0);
-        for (int mm = 0; st == AMPR_OK && mm < AMPR__MM_COUNT; mm++)
-            if (L->smooth[mm])
-                st = ampr__cuda_model_set_smooth(ct->model, l, mm, L->smooth[mm],
-                                                 ampr__mm_width(hp, mm), err);
-    }
-    if (st == AMPR_OK)
-        st = ampr__cuda_kvpool_new(cb->cuda, hp->n_layers, hp->n_kv_heads * hp->head_dim,
-                                   ampr__kv_block_size(t->kv), ampr__kv_pages_total(t->kv),
-                                   kd == AMPR__KV_F16 ? AMPR__CUDA_F16 : AMPR__CUDA_F32, &ct->kv,
-                                   err);
+    ampr_status st = AMPR_OK;
+    for (int r = 0; st == AMPR_OK && r < cb->n; r++)
+        st = rank_upload(cb, c, t, &cb->tiers[idx], r, err);
     if (st != AMPR_OK)
         ampr__fail(err, st, "cannot put tier %s on the GPU", ampr_tier_name(t->id));
     return st;
@@ -148,7 +185,7 @@ static ampr_status cuda_forward(ampr__backend *b, ampr_ctx *c, ampr__tier *t, am
     if (n <= 0 || n_logits < 1 || n_logits > n || n_logits > s->max_logits)
         return ampr__fail(err, AMPR_ERR_INTERNAL, "forward of %d tokens, %d logits (scratch: %d)", n,
                           n_logits, s->max_logits);
-    if (!ct->model) return ampr__fail(err, AMPR_ERR_INTERNAL, "tier is not on the GPU");
+    if (!ct->model[0]) return ampr__fail(err, AMPR_ERR_INTERNAL, "tier is not on the GPU");
     if (s->stats)
         return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "activation statistics need the CPU pass");
     if (seq->n_tokens + n > c->hp.context_length)
@@ -160,8 +197,8 @@ static ampr_status cuda_forward(ampr__backend *b, ampr_ctx *c, ampr__tier *t, am
     if (st == AMPR_OK) st = put_table(cb, t, 0, seq, seq->n_tokens + n - 1, err);
     if (st == AMPR_OK) {
         for (int32_t i = 0; i < n; i++) cb->pos[i] = seq->n_tokens + i;
-        st = ampr__cuda_forward_paged(ct->model, ct->kv, cb->work, tokens, cb->pos, NULL, n,
-                                      cb->blocks, 1, cb->stride, n_logits, s->logits, err);
+        st = ampr__cuda_forward_paged(ct->model, ct->kv, cb->work, cb->n, cb->red, tokens, cb->pos,
+                                      NULL, n, cb->blocks, 1, cb->stride, n_logits, s->logits, err);
     }
     pthread_mutex_unlock(&c->compute_lock);
     if (st == AMPR_OK) seq->n_tokens += n;
@@ -175,7 +212,7 @@ static ampr_status cuda_decode_batch(ampr__backend *b, ampr_ctx *c, ampr__tier *
     cuda_tier *ct = &cb->tiers[tier_index(c, t)];
     if (n <= 0 || n > AMPR__BATCH_MAX || n > s->max_logits)
         return ampr__fail(err, AMPR_ERR_INTERNAL, "decode batch of %d sequences", n);
-    if (!ct->model) return ampr__fail(err, AMPR_ERR_INTERNAL, "tier is not on the GPU");
+    if (!ct->model[0]) return ampr__fail(err, AMPR_ERR_INTERNAL, "tier is not on the GPU");
     for (int32_t i = 0; i < n; i++) {
         for (int32_t k = 0; k < i; k++)
             if (seqs[k] == seqs[i])
@@ -193,8 +230,8 @@ static ampr_status cuda_decode_batch(ampr__backend *b, ampr_ctx *c, ampr__tier *
         st = put_table(cb, t, i, seqs[i], seqs[i]->n_tokens, err);
     }
     if (st == AMPR_OK)
-        st = ampr__cuda_forward_paged(ct->model, ct->kv, cb->work, tokens, cb->pos, cb->row_seq, n,
-                                      cb->blocks, n, cb->stride, n, s->logits, err);
+        st = ampr__cuda_forward_paged(ct->model, ct->kv, cb->work, cb->n, cb->red, tokens, cb->pos,
+                                      cb->row_seq, n, cb->blocks, n, cb->stride, n, s->logits, err);
     pthread_mutex_unlock(&c->compute_lock);
     if (st == AMPR_OK)
         for (int32_t i = 0; i < n; i++) seqs[i]->n_tokens += 1;
@@ -210,14 +247,53 @@ static void cuda_close(ampr__backend *b) {
 static const ampr__backend_ops cuda_ops = {"cuda", cuda_tier_upload, cuda_forward,
                                            cuda_decode_batch, cuda_close};
 
-ampr_status ampr__backend_cuda_open(ampr_ctx *c, int device, ampr__backend **out, char *name,
-                                    size_t name_len, ampr__err *err) {
+/* Which GPU each local rank runs on ("gpus", else 0..n-1, or tp_rank modulo
+ * the GPUs found for one rank per process), and the all-reduce between them. */
+static ampr_status open_ranks(cuda_backend *cb, const ampr__config *cfg, ampr__err *err) {
+    int n_dev = 0;
+    AMPR__TRY(ampr__cuda_device_count(&n_dev, err));
+    if (n_dev == 0) return ampr__fail(err, AMPR_ERR_NO_DEVICE, "no CUDA device or driver");
+    int dev[AMPR__TP_MAX];
+    for (int r = 0; r < cb->n; r++) {
+        dev[r] = cfg->n_gpus ? cfg->gpus[r] : cfg->tp_rank >= 0 ? cfg->tp_rank % n_dev : r;
+        if (dev[r] >= n_dev)
+            return ampr__fail(err, AMPR_ERR_NO_DEVICE,
+                              "rank %d wants GPU %d, %d found (\"gpus\" may list one GPU for "
+                              "several ranks)", cb->rank0 + r, dev[r], n_dev);
+    }
+    for (int r = 0; r < cb->n; r++) AMPR__TRY(ampr__cuda_open(dev[r], &cb->cuda[r], err));
+    if (cb->tp == 1) return AMPR_OK;
+    if (cfg->tp_rank >= 0)
+        return ampr__cuda_reduce_rank(cb->cuda[0], cb->tp, cb->rank0, cfg->tp_id, &cb->red, err);
+    int distinct = 1;
+    for (int r = 0; r < cb->n; r++)
+        for (int q = 0; q < r; q++) distinct &= dev[q] != dev[r];
+    int nccl = cfg->tp_allreduce == 1 ||
+               (cfg->tp_allreduce == 0 && distinct && ampr__cuda_have_nccl());
+    return ampr__cuda_reduce_local(cb->cuda, cb->n, nccl, &cb->red, err);
+}
+
+/* "cuda:0 NVIDIA H100 ..." or "cuda:0,1 NVIDIA H100 ... (tp 2, nccl)". */
+static void backend_name(const cuda_backend *cb, char *name, size_t name_len) {
+    char ids[64] = "";
+    size_t k = 0;
+    for (int r = 0; r < cb->n && k + 8 < sizeof ids; r++)
+        k += (size_t)snprintf(ids + k, sizeof ids - k, "%s%d", r ? "," : "",
+                              ampr__cuda_device(cb->cuda[r]));
+    const char *dn = ampr__cuda_device_name(cb->cuda[0]);
+    if (cb->tp == 1) snprintf(name, name_len, "cuda:%s %s", ids, dn);
+    else if (cb->n == cb->tp)
+        snprintf(name, name_len, "cuda:%s %s (tp %d, %s)", ids, dn, cb->tp,
+                 ampr__cuda_reduce_kind(cb->red));
+    else
+        snprintf(name, name_len, "cuda:%s %s (tp rank %d of %d, %s)", ids, dn, cb->rank0, cb->tp,
+                 ampr__cuda_reduce_kind(cb->red));
+}
+
+ampr_status ampr__backend_cuda_open(ampr_ctx *c, ampr__backend **out, char *name, size_t name_len,
+                                    ampr__err *err) {
     const ampr__hparams *hp = &c->hp;
     *out = NULL;
-    if (c->cfg.tp_size > 1)
-        return ampr__fail(err, AMPR_ERR_UNSUPPORTED,
-                          "\"device\": \"cuda\" with \"tp_size\" = %d is not supported yet "
-                          "(tensor parallelism runs on the CPU only)", c->cfg.tp_size);
     ampr__backend *b = ampr__calloc(1, sizeof *b);
     cuda_backend *cb = ampr__calloc(1, sizeof *cb);
     if (!b || !cb) {
@@ -227,25 +303,30 @@ ampr_status ampr__backend_cuda_open(ampr_ctx *c, int device, ampr__backend **out
     }
     b->ops = &cuda_ops;
     b->impl = cb;
-    cb->hp = (ampr__cuda_hparams){hp->n_layers, hp->dim, hp->hidden_dim, hp->n_heads,
-                                  hp->n_kv_heads, hp->head_dim, hp->vocab_size,
-                                  hp->context_length, hp->norm_eps,
-                                  hp->rope_layout == AMPR__ROPE_INTERLEAVED};
+    cb->tp = c->cfg.tp_size;
+    cb->n = c->cfg.tp_rank >= 0 ? 1 : cb->tp;
+    cb->rank0 = c->cfg.tp_rank >= 0 ? c->cfg.tp_rank : 0;
     int32_t bs = c->n_tiers > 0 ? ampr__kv_block_size(c->tiers[0].kv) : 1;
     for (int i = 1; i < c->n_tiers; i++) bs = AMPR__MIN(bs, ampr__kv_block_size(c->tiers[i].kv));
     cb->stride = (hp->context_length + bs - 1) / bs;
     cb->blocks = ampr__alloc_array((size_t)AMPR__BATCH_MAX * (size_t)cb->stride, sizeof(int32_t), err);
     ampr_status st = cb->blocks ? AMPR_OK : AMPR_ERR_NOMEM;
-    if (st == AMPR_OK) st = ampr__cuda_open(device, &cb->cuda, err);
-    if (st == AMPR_OK) st = ampr__cuda_work_new(cb->cuda, &cb->hp, &cb->work, err);
+    if (st == AMPR_OK && !ampr__tp_fits(hp, cb->tp))
+        st = ampr__fail(err, AMPR_ERR_CONFIG, "\"tp_size\" %d does not divide the model's heads",
+                        cb->tp);
+    if (st == AMPR_OK) st = open_ranks(cb, &c->cfg, err);
+    for (int r = 0; st == AMPR_OK && r < cb->n; r++) {
+        ampr__cuda_hparams rhp = rank_hparams(hp, cb->tp, cb->rank0 + r);
+        st = ampr__cuda_work_new(cb->cuda[r], &rhp, &cb->work[r], err);
+    }
     for (int i = 0; st == AMPR_OK && i < c->n_tiers; i++)
         st = cuda_tier_upload(b, c, &c->tiers[i], err);
-    if (st == AMPR_OK) st = ampr__cuda_sync(cb->cuda, err);
+    for (int r = 0; st == AMPR_OK && r < cb->n; r++) st = ampr__cuda_sync(cb->cuda[r], err);
     if (st != AMPR_OK) {
         cuda_close(b);
         return st;
     }
-    snprintf(name, name_len, "cuda:%d %s", device, ampr__cuda_device_name(cb->cuda));
+    backend_name(cb, name, name_len);
     *out = b;
     return AMPR_OK;
 }

@@ -190,6 +190,7 @@ SIGNATURES = {
     "ampr_tier_name": (ctypes.c_char_p, [c_tier]),
     "ampr_tier_from_name": (c_status, [ctypes.c_char_p, _P(c_tier)]),
     "ampr_open_params_init_sized": (None, [_P(OpenParams), ctypes.c_size_t]),
+    "ampr_tp_id_new": (c_status, [ctypes.c_char_p, ctypes.c_size_t]),
     "ampr_open": (c_status, [ctypes.c_char_p, ctypes.c_char_p, _P(ctx_p)]),
     "ampr_open_ex": (c_status, [ctypes.c_char_p, ctypes.c_char_p, _P(OpenParams), _P(ctx_p)]),
     "ampr_close": (None, [ctx_p]),

@@ -546,6 +546,62 @@ static void check_nccl(void) {
     ampr__cuda_close(ctx[1]);
 }
 
+/* The copy all-reduce (no NCCL): 2 and 4 ranks as separate contexts on GPU 0,
+ * each rank's buffer the rank-order fp32 sum, bit for bit (the CPU backend's
+ * order); three rounds in a row with a kernel on every rank in between, so a
+ * missing event between the streams shows as a wrong round. */
+static void check_copy_reduce(void) {
+    for (int n : {2, 4}) {
+        ampr__cuda *ctx[4] = {g_c, NULL, NULL, NULL};
+        for (int r = 1; r < n; r++) OK(ampr__cuda_open(0, &ctx[r], &g_err));
+        ampr__cuda_reduce *red = NULL;
+        OK(ampr__cuda_reduce_local(ctx, n, 0, &red, &g_err));
+        for (size_t cnt : {(size_t)5, (size_t)2048 * 7, (size_t)1 << 20}) {
+            std::vector<std::vector<float>> host((size_t)n);
+            float *bufs[4] = {NULL, NULL, NULL, NULL};
+            for (int r = 0; r < n; r++) {
+                host[(size_t)r] = rnd_vec(cnt, -1, 1);
+                void *p = NULL;
+                OK(ampr__cuda_alloc(ctx[r], cnt * 4, &p, &g_err));
+                OK(ampr__cuda_upload(ctx[r], p, host[(size_t)r].data(), cnt * 4, &g_err));
+                bufs[r] = (float *)p;
+            }
+            std::vector<float> want(cnt);
+            long bad = 0;
+            for (int round = 0; round < 3; round++) {
+                /* host: the rank-order sum; device: the same, then every rank
+                 * adds its own original values back (x += y) for the next round */
+                for (size_t e = 0; e < cnt; e++) {
+                    float a = round ? want[e] + host[0][e] : host[0][e];
+                    for (int r = 1; r < n; r++) a += round ? want[e] + host[(size_t)r][e] : host[(size_t)r][e];
+                    want[e] = a;
+                }
+                if (round) {
+                    for (int r = 0; r < n; r++) {
+                        void *orig = dev_put(host[(size_t)r].data(), cnt * 4);
+                        OK(ampr__cuda_use(ctx[r], &g_err));
+                        OK(ampr__cuda_add(ctx[r], bufs[r], (const float *)orig, (int64_t)cnt, &g_err));
+                        OK(ampr__cuda_sync(ctx[r], &g_err));
+                        ampr__cuda_free(g_c, orig);
+                    }
+                }
+                OK(ampr__cuda_reduce_sum(red, bufs, cnt, &g_err));
+                for (int r = 0; r < n; r++) {
+                    std::vector<float> got(cnt);
+                    OK(ampr__cuda_download(ctx[r], got.data(), bufs[r], cnt * 4, &g_err));
+                    for (size_t e = 0; e < cnt; e++) bad += memcmp(&got[e], &want[e], 4) != 0;
+                }
+            }
+            char name[80];
+            snprintf(name, sizeof name, "copy all-reduce, %d ranks on GPU 0, %zu floats x3", n, cnt);
+            report_exact(name, bad, (long)(3 * n * cnt));
+            for (int r = 0; r < n; r++) ampr__cuda_free(ctx[r], bufs[r]);
+        }
+        ampr__cuda_reduce_free(red);
+        for (int r = 1; r < n; r++) ampr__cuda_close(ctx[r]);
+    }
+}
+
 /* ---- whole model ------------------------------------------------------------------------ */
 
 struct HostModel {
@@ -912,6 +968,7 @@ int main(int argc, char **argv) {
     check_embed_matmul();
     check_kv_attention();
     check_nccl();
+    check_copy_reduce();
     check_forward();
     if (!quick) bench();
     ampr__cuda_close(g_c);

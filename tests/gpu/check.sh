@@ -178,6 +178,49 @@ for tier in fp16 int8 nf4; do
 done
 "$AMPR" info -m "$MODEL" --config '{"device":"cuda","tiers":["fp16","int8","nf4"]}' 2>&1 | grep -i device || true
 
+# Tensor parallelism: the GPU ranks against the CPU's simulated ranks (same
+# shards; the copy all-reduce sums in the CPU's rank order). On one GPU the
+# ranks share it; with two or more, NCCL ranks in one process and one rank per
+# process (tests/gpu/tp_procs.py) too.
+echo
+echo "== end to end: tensor parallelism, device cuda vs the CPU's ranks =="
+n_gpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+run_tp() { # device tp extra-json tier n tag -> text on stdout
+    timeout 120 "$AMPR" run -m "$MODEL" \
+        --config "{\"device\":\"$1\",\"tp_size\":$2,\"tiers\":[\"fp16\",\"int8\",\"nf4\"]$3}" \
+        --tier "$4" -p "$PROMPT" -n "$5" --temp 0 --quiet 2>"$OUT/e2e-tp-$6-$4.err"
+}
+compare_tp() { # label tier cpu-text gpu-text
+    if [ "$3" = "$4" ]; then
+        echo "e2e $1 $2 -n 20: identical text (${#4} chars)  PASS"
+    elif [ "$2" = fp16 ]; then
+        echo "e2e $1 $2 -n 20: texts differ  FAIL"; e2e_fail=1
+        printf '  cpu : %s\n  cuda: %s\n' "$3" "$4"
+    else
+        echo "e2e $1 $2 -n 20: texts differ (reported, not a failure)"
+        printf '  cpu : %s\n  cuda: %s\n' "$3" "$4"
+    fi
+}
+tp_cases=("2|,\"gpus\":[0,0]|tp2-gpu0x2" "4|,\"gpus\":[0,0,0,0]|tp4-gpu0x4")
+[ "${n_gpu:-0}" -ge 2 ] && tp_cases+=("2|,\"gpus\":[0,1],\"tp_allreduce\":\"nccl\"|tp2-nccl")
+for case in "${tp_cases[@]}"; do
+    IFS='|' read -r tp extra tag <<<"$case"
+    for tier in fp16 int8 nf4; do
+        cpu=$(run_tp cpu "$tp" "" "$tier" 20 "cpu$tp") || { echo "FAIL: cpu tp $tp $tier: $(tail -2 "$OUT/e2e-tp-cpu$tp-$tier.err")"; e2e_fail=1; continue; }
+        gpu=$(run_tp cuda "$tp" "$extra" "$tier" 20 "$tag") || { echo "FAIL: cuda $tag $tier: $(tail -2 "$OUT/e2e-tp-$tag-$tier.err")"; e2e_fail=1; continue; }
+        compare_tp "$tag" "$tier" "$cpu" "$gpu"
+    done
+done
+"$AMPR" info -m "$MODEL" --config '{"device":"cuda","tp_size":2,"gpus":[0,0],"tiers":["fp16"]}' 2>&1 | grep -i device || true
+if [ "${n_gpu:-0}" -ge 2 ] && [ "$AMPR" != .gpu/ampr ]; then
+    cpu=$(run_tp cpu 2 "" fp16 20 cpu2) || cpu="(cpu run failed)"
+    if timeout 180 python3 tests/gpu/tp_procs.py "$AMPR" "$OUT/lib" "$MODEL" "$PROMPT" 2 "$OUT" 2>"$OUT/e2e-tp-procs.err"; then
+        for r in 0 1; do compare_tp "tp2-process-rank$r" fp16 "$cpu" "$(cat "$OUT/tp-rank-$r.txt")"; done
+    else
+        echo "FAIL: one rank per process: $(tail -3 "$OUT/e2e-tp-procs.err")"; e2e_fail=1
+    fi
+fi
+
 if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
     echo
     echo "== ampr bench --shape 1b --device cuda (timeout 200 s) =="
