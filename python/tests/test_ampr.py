@@ -108,6 +108,18 @@ class TestLibrary(unittest.TestCase):
         self.assertTrue(ampr.strerror(18))
         self.assertEqual(lib.ampr_tier_name(1), b"fp16")
 
+    def test_tp_id_new(self):
+        # a CUDA + NCCL build makes an id (no GPU needed); a CPU-only one says so
+        _library()
+        try:
+            a, b = ampr.tp_id_new(), ampr.tp_id_new()
+        except ampr.UnsupportedError as e:
+            self.assertEqual(e.name, "UNSUPPORTED")
+            return
+        self.assertEqual(len(a), ampr.TP_ID_LEN)
+        self.assertTrue(all(ch in "0123456789abcdef" for ch in a))
+        self.assertNotEqual(a, b)
+
     def test_explicit_bad_path_is_an_error(self):
         with self.assertRaises(OSError):
             ampr.load_library("/nonexistent/libampr.so.0")
