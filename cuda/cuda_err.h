@@ -92,6 +92,7 @@ struct ampr__cuda {
     size_t acc_bytes;
     __half *wdq;              /* NF4 weights dequantized to half */
     size_t wdq_bytes;
+    uint64_t scratch_gen;     /* bumped whenever a scratch buffer above moves (graphs) */
 };
 
 /* Free a plan's descriptors (those that exist) and mark it unused. */

@@ -439,14 +439,36 @@ __global__ void div_cols_kernel(float *x, const float *__restrict__ s, size_t to
         x[e] = __fdiv_rn(x[e], s[e % (size_t)cols]);
 }
 
+/* A captured pass of the engine (single rank): replayed when the same model,
+ * pool, token count, logits count and table stride come again and no buffer
+ * it uses has moved since (the generation counters). */
+#define AMPR__CUDA_PASS_GRAPHS 64
+#define AMPR__CUDA_PASS_GRAPH_MAX_N 32 /* decode batches; longer passes run eagerly */
+typedef struct pass_graph {
+    const ampr__cuda_model *m;
+    const ampr__cuda_kvpool *kv;
+    int32_t n, n_logits, stride;
+    int has_row_seq;
+    int runs;                  /* eager runs so far: capture on the second */
+    uint64_t c_gen, w_gen;     /* generations when captured (or when capture failed) */
+    int failed;                /* capture failed at those generations: run eagerly */
+    cudaGraphExec_t exec;
+} pass_graph;
+
 struct ampr__cuda_work {
     ampr__cuda *c;
     ampr__cuda_hparams hp;
     int32_t cap_tokens, cap_logits, cap_blocks; /* capacities of the buffers below */
     float *x, *xb, *qkv, *att, *hb, *hb2;     /* [cap_tokens][...] */
     float *logits;                            /* [cap_logits][vocab] */
-    int32_t *tokens, *pos, *row_seq;          /* [cap_tokens] */
-    int32_t *blocks;                          /* [cap_blocks] */
+    /* one device allocation, uploaded in one copy from stage (host):
+     * tokens [cap_tokens] | pos [cap_tokens] | row_seq [cap_tokens] | blocks [cap_blocks] */
+    int32_t *ints, *stage;
+    int32_t *tokens, *pos, *row_seq, *blocks;
+    uint64_t gen;                             /* bumped whenever a buffer above moves */
+    int graphs;                               /* capture passes (AMPR_CUDA_GRAPHS != "0") */
+    pass_graph g[AMPR__CUDA_PASS_GRAPHS];
+    int g_next;                               /* round-robin victim when all are taken */
 };
 
 ampr_status ampr__cuda_work_new(ampr__cuda *c, const ampr__cuda_hparams *hp,
@@ -456,25 +478,38 @@ ampr_status ampr__cuda_work_new(ampr__cuda *c, const ampr__cuda_hparams *hp,
     if (!w) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for CUDA work buffers");
     w->c = c;
     w->hp = *hp;
+    const char *e = getenv("AMPR_CUDA_GRAPHS");
+    w->graphs = !(e && !strcmp(e, "0"));
     *out = w;
     return AMPR_OK;
 }
 
+static void graph_drop(pass_graph *g) {
+    if (g->exec) cudaGraphExecDestroy(g->exec);
+    memset(g, 0, sizeof *g);
+}
+
 static void work_release(ampr__cuda_work *w) {
-    void *bufs[] = {w->x, w->xb, w->qkv, w->att, w->hb, w->hb2, w->tokens, w->pos, w->row_seq};
+    void *bufs[] = {w->x, w->xb, w->qkv, w->att, w->hb, w->hb2};
     for (size_t i = 0; i < AMPR__ARRAY_LEN(bufs); i++) ampr__cuda_free(w->c, bufs[i]);
     w->x = w->xb = w->qkv = w->att = w->hb = w->hb2 = NULL;
-    w->tokens = w->pos = w->row_seq = NULL;
     w->cap_tokens = 0;
+}
+
+static void ints_release(ampr__cuda_work *w) {
+    ampr__cuda_free(w->c, w->ints);
+    ampr__free(w->stage);
+    w->ints = w->stage = w->tokens = w->pos = w->row_seq = w->blocks = NULL;
 }
 
 void ampr__cuda_work_free(ampr__cuda_work *w) {
     if (!w) return;
     cudaSetDevice(w->c->device);
     if (w->c->stream) cudaStreamSynchronize(w->c->stream);
+    for (int i = 0; i < AMPR__CUDA_PASS_GRAPHS; i++) graph_drop(&w->g[i]);
     work_release(w);
+    ints_release(w);
     ampr__cuda_free(w->c, w->logits);
-    ampr__cuda_free(w->c, w->blocks);
     ampr__free(w);
 }
 
@@ -484,9 +519,11 @@ static ampr_status work_reserve(ampr__cuda_work *w, int32_t n, int32_t n_logits,
                                 ampr__err *err) {
     const ampr__cuda_hparams *hp = &w->hp;
     ampr__cuda *c = w->c;
+    int ints_small = n > w->cap_tokens || n_blocks > w->cap_blocks;
     if (n > w->cap_tokens) {
         AMPR__CU(err, cudaStreamSynchronize(c->stream));
         work_release(w);
+        w->gen++;
         size_t cap = (size_t)AMPR__MAX(n, 32);
         size_t q_dim = (size_t)hp->n_heads * hp->head_dim, kv_dim = (size_t)hp->n_kv_heads * hp->head_dim;
         AMPR__TRY(seq_alloc(c, cap * hp->dim * 4, &w->x, err));
@@ -495,28 +532,33 @@ static ampr_status work_reserve(ampr__cuda_work *w, int32_t n, int32_t n_logits,
         AMPR__TRY(seq_alloc(c, cap * q_dim * 4, &w->att, err));
         AMPR__TRY(seq_alloc(c, cap * 2 * (size_t)hp->hidden_dim * 4, &w->hb, err));
         AMPR__TRY(seq_alloc(c, cap * (size_t)hp->hidden_dim * 4, &w->hb2, err));
-        AMPR__TRY(seq_alloc(c, cap * 4, &w->tokens, err));
-        AMPR__TRY(seq_alloc(c, cap * 4, &w->pos, err));
-        AMPR__TRY(seq_alloc(c, cap * 4, &w->row_seq, err));
         w->cap_tokens = (int32_t)cap;
+    }
+    if (ints_small) {
+        AMPR__CU(err, cudaStreamSynchronize(c->stream));
+        ints_release(w);
+        w->gen++;
+        int32_t cap_blocks = AMPR__MAX(AMPR__MAX(n_blocks, w->cap_blocks), 1024);
+        w->cap_blocks = 0;
+        size_t count = 3 * (size_t)w->cap_tokens + (size_t)cap_blocks;
+        w->stage = (int32_t *)ampr__calloc(count, sizeof(int32_t)); /* defined bytes */
+        if (!w->stage) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for CUDA inputs");
+        AMPR__TRY(seq_alloc(c, count * 4, &w->ints, err));
+        w->tokens = w->ints;
+        w->pos = w->ints + w->cap_tokens;
+        w->row_seq = w->ints + 2 * (size_t)w->cap_tokens;
+        w->blocks = w->ints + 3 * (size_t)w->cap_tokens;
+        w->cap_blocks = cap_blocks;
     }
     if (n_logits > w->cap_logits) {
         AMPR__CU(err, cudaStreamSynchronize(c->stream));
         ampr__cuda_free(c, w->logits);
         w->logits = NULL;
         w->cap_logits = 0;
+        w->gen++;
         int32_t cap = AMPR__MAX(n_logits, 32);
         AMPR__TRY(seq_alloc(c, (size_t)cap * (size_t)hp->vocab_size * 4, &w->logits, err));
         w->cap_logits = cap;
-    }
-    if (n_blocks > w->cap_blocks) {
-        AMPR__CU(err, cudaStreamSynchronize(c->stream));
-        ampr__cuda_free(c, w->blocks);
-        w->blocks = NULL;
-        w->cap_blocks = 0;
-        int32_t cap = AMPR__MAX(n_blocks, 1024);
-        AMPR__TRY(seq_alloc(c, (size_t)cap * 4, &w->blocks, err));
-        w->cap_blocks = cap;
     }
     return AMPR_OK;
 }
@@ -533,7 +575,8 @@ static ampr_status smooth_div(ampr__cuda_model *m, int32_t l, int mm, float *x, 
     return AMPR_OK;
 }
 
-/* The checks and uploads of one rank's inputs for a pass. */
+/* The checks and the upload of one rank's inputs for a pass: tokens,
+ * positions, row -> sequence map and block tables in one copy. */
 static ampr_status rank_inputs(ampr__cuda_model *m, ampr__cuda_kvpool *kv, ampr__cuda_work *w,
                                const int32_t *tokens, const int32_t *pos, const int32_t *row_seq,
                                int32_t n, const int32_t *blocks, size_t n_blk, int32_t n_logits,
@@ -545,12 +588,13 @@ static ampr_status rank_inputs(ampr__cuda_model *m, ampr__cuda_kvpool *kv, ampr_
         return ampr__fail(err, AMPR_ERR_INTERNAL, "CUDA KV pool does not fit the model");
     AMPR__TRY(ampr__cuda_use(c, err));
     AMPR__TRY(work_reserve(w, n, n_logits, (int32_t)n_blk, err));
-    AMPR__TRY(ampr__cuda_upload(c, w->tokens, tokens, (size_t)n * 4, err));
-    AMPR__TRY(ampr__cuda_upload(c, w->pos, pos, (size_t)n * 4, err));
-    if (row_seq) AMPR__TRY(ampr__cuda_upload(c, w->row_seq, row_seq, (size_t)n * 4, err));
-    AMPR__TRY(ampr__cuda_upload(c, w->blocks, blocks, n_blk * 4, err));
-    AMPR__TRY(ampr__cuda_use(c, err));
-    return ampr__cuda_embed(c, &m->embd, w->tokens, n, w->x, AMPR__CUDA_F32, err);
+    size_t cap = (size_t)w->cap_tokens;
+    memcpy(w->stage, tokens, (size_t)n * 4);
+    memcpy(w->stage + cap, pos, (size_t)n * 4);
+    if (row_seq) memcpy(w->stage + 2 * cap, row_seq, (size_t)n * 4);
+    else memset(w->stage + 2 * cap, 0, (size_t)n * 4);
+    memcpy(w->stage + 3 * cap, blocks, n_blk * 4);
+    return ampr__cuda_upload(c, w->ints, w->stage, (3 * cap + n_blk) * 4, err);
 }
 
 /* Attention half of layer l on one rank: x += w->xb (the reduced FFN output
@@ -612,6 +656,115 @@ static ampr_status reduce_parts(ampr__cuda_work *const *w, int n_ranks, ampr__cu
     return ampr__cuda_reduce_sum(red, bufs, (size_t)n * (size_t)w[0]->hp.dim, err);
 }
 
+/* Everything a pass enqueues after its inputs are on the devices: embedding,
+ * the layers with their all-reduces, the final norm and the logits matmul
+ * into w[0]->logits. No host synchronization and no allocation once the
+ * scratch is large enough, so a single-rank pass can be captured. */
+static ampr_status pass_body(ampr__cuda_model *const *m, ampr__cuda_kvpool *const *kv,
+                             ampr__cuda_work *const *w, int n_ranks, ampr__cuda_reduce *red,
+                             int32_t n, int has_row_seq, int32_t stride, int32_t n_logits,
+                             ampr__err *err) {
+    const ampr__cuda_hparams *hp = &m[0]->hp;
+    for (int r = 0; r < n_ranks; r++) {
+        AMPR__TRY(ampr__cuda_use(m[r]->c, err));
+        AMPR__TRY(ampr__cuda_embed(m[r]->c, &m[r]->embd, w[r]->tokens, n, w[r]->x, AMPR__CUDA_F32,
+                                   err));
+    }
+    /* Each step is enqueued on every rank before the next: the ranks' streams
+     * run side by side, meeting only in the all-reduces. */
+    for (int32_t l = 0; l < hp->n_layers; l++) {
+        for (int r = 0; r < n_ranks; r++)
+            AMPR__TRY(rank_attention(m[r], kv[r], w[r], l, n, has_row_seq, stride, err));
+        AMPR__TRY(reduce_parts(w, n_ranks, red, n, err));
+        for (int r = 0; r < n_ranks; r++) AMPR__TRY(rank_ffn(m[r], w[r], l, n, err));
+        AMPR__TRY(reduce_parts(w, n_ranks, red, n, err));
+    }
+    /* the residual stream is the same on every rank: rank 0 makes the logits */
+    ampr__cuda_model *m0 = m[0];
+    ampr__cuda_work *w0 = w[0];
+    ampr__cuda *c = m0->c;
+    int32_t dim = hp->dim, first = n - n_logits;
+    AMPR__TRY(ampr__cuda_use(c, err));
+    AMPR__TRY(ampr__cuda_add(c, w0->x, w0->xb, (int64_t)n * dim, err));
+    const float *final_norm = m0->norms + 2 * (size_t)hp->n_layers * dim;
+    AMPR__TRY(ampr__cuda_rmsnorm(c, w0->x + (size_t)first * dim, final_norm, w0->xb, n_logits, dim,
+                                 hp->norm_eps, err));
+    const ampr__cuda_mat *out = m0->tied ? &m0->embd : &m0->output;
+    return ampr__cuda_matmul(c, out, w0->xb, n_logits, w0->logits, hp->vocab_size, err);
+}
+
+/* The graph slot of a single-rank pass shape, or NULL (graphs off, long
+ * passes). A graph whose buffers moved since its capture is dropped here. */
+static pass_graph *graph_slot(ampr__cuda_work *w, const ampr__cuda_model *m,
+                              const ampr__cuda_kvpool *kv, int32_t n, int32_t n_logits,
+                              int32_t stride, int has_row_seq) {
+    if (!w->graphs || n > AMPR__CUDA_PASS_GRAPH_MAX_N) return NULL;
+    pass_graph *free_slot = NULL;
+    for (int i = 0; i < AMPR__CUDA_PASS_GRAPHS; i++) {
+        pass_graph *g = &w->g[i];
+        if (!g->m) {
+            if (!free_slot) free_slot = g;
+            continue;
+        }
+        if (g->m == m && g->kv == kv && g->n == n && g->n_logits == n_logits &&
+            g->stride == stride && g->has_row_seq == has_row_seq) {
+            if (g->exec && (g->c_gen != w->c->scratch_gen || g->w_gen != w->gen)) {
+                cudaGraphExecDestroy(g->exec); /* its pointers are stale */
+                g->exec = NULL;
+            }
+            return g;
+        }
+    }
+    pass_graph *g = free_slot;
+    if (!g) {
+        g = &w->g[w->g_next];
+        w->g_next = (w->g_next + 1) % AMPR__CUDA_PASS_GRAPHS;
+        graph_drop(g);
+    }
+    g->m = m;
+    g->kv = kv;
+    g->n = n;
+    g->n_logits = n_logits;
+    g->stride = stride;
+    g->has_row_seq = has_row_seq;
+    return g;
+}
+
+/* Capture pass_body on the rank's stream and instantiate it into g->exec. On
+ * any failure (a buffer that would have to grow, a cuBLASLt shape without an
+ * algorithm inside capture, ...) the capture is abandoned, the error cleared
+ * and g marked failed for the current buffer generations: the pass then runs
+ * eagerly, as it would without graphs. */
+static void graph_capture(pass_graph *g, ampr__cuda_model *const *m, ampr__cuda_kvpool *const *kv,
+                          ampr__cuda_work *const *w, int32_t n, int has_row_seq, int32_t stride,
+                          int32_t n_logits) {
+    ampr__cuda *c = m[0]->c;
+    ampr__err e;
+    memset(&e, 0, sizeof e);
+    g->failed = 1;
+    g->c_gen = c->scratch_gen;
+    g->w_gen = w[0]->gen;
+    if (cudaSetDevice(c->device) != cudaSuccess ||
+        cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return;
+    }
+    ampr_status st = pass_body(m, kv, w, 1, NULL, n, has_row_seq, stride, n_logits, &e);
+    cudaGraph_t graph = NULL;
+    cudaError_t ce = cudaStreamEndCapture(c->stream, &graph); /* always end the capture */
+    cudaGraphExec_t exec = NULL;
+    if (st == AMPR_OK && ce == cudaSuccess && graph &&
+        cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess &&
+        g->c_gen == c->scratch_gen && g->w_gen == w[0]->gen) {
+        g->exec = exec;
+        g->failed = 0;
+        exec = NULL;
+    }
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+}
+
 ampr_status ampr__cuda_forward_paged(ampr__cuda_model *const *m, ampr__cuda_kvpool *const *kv,
                                      ampr__cuda_work *const *w, int n_ranks,
                                      ampr__cuda_reduce *red, const int32_t *tokens,
@@ -645,30 +798,23 @@ ampr_status ampr__cuda_forward_paged(ampr__cuda_model *const *m, ampr__cuda_kvpo
                               kv[0]->n_pages);
     if (n_blk > (size_t)INT32_MAX) return ampr__fail(err, AMPR_ERR_INTERNAL, "block table too large");
 
-    /* Each step is enqueued on every rank before the next: the ranks' streams
-     * run side by side, meeting only in the all-reduces. */
     for (int r = 0; r < n_ranks; r++)
         AMPR__TRY(rank_inputs(m[r], kv[r], w[r], tokens, pos, row_seq, n, blocks, n_blk,
                               r == 0 ? n_logits : 0, err));
-    for (int32_t l = 0; l < hp->n_layers; l++) {
-        for (int r = 0; r < n_ranks; r++)
-            AMPR__TRY(rank_attention(m[r], kv[r], w[r], l, n, row_seq != NULL, stride, err));
-        AMPR__TRY(reduce_parts(w, n_ranks, red, n, err));
-        for (int r = 0; r < n_ranks; r++) AMPR__TRY(rank_ffn(m[r], w[r], l, n, err));
-        AMPR__TRY(reduce_parts(w, n_ranks, red, n, err));
-    }
-    /* the residual stream is the same on every rank: rank 0 makes the logits */
-    ampr__cuda_model *m0 = m[0];
+    ampr__cuda *c = m[0]->c;
     ampr__cuda_work *w0 = w[0];
-    ampr__cuda *c = m0->c;
-    int32_t dim = hp->dim, first = n - n_logits;
-    AMPR__TRY(ampr__cuda_use(c, err));
-    AMPR__TRY(ampr__cuda_add(c, w0->x, w0->xb, (int64_t)n * dim, err));
-    const float *final_norm = m0->norms + 2 * (size_t)hp->n_layers * dim;
-    AMPR__TRY(ampr__cuda_rmsnorm(c, w0->x + (size_t)first * dim, final_norm, w0->xb, n_logits, dim,
-                                 hp->norm_eps, err));
-    const ampr__cuda_mat *out = m0->tied ? &m0->embd : &m0->output;
-    AMPR__TRY(ampr__cuda_matmul(c, out, w0->xb, n_logits, w0->logits, hp->vocab_size, err));
+    pass_graph *g = n_ranks == 1 ? graph_slot(w0, m[0], kv[0], n, n_logits, stride, row_seq != NULL)
+                                 : NULL;
+    if (g && !g->exec && !(g->failed && g->c_gen == c->scratch_gen && g->w_gen == w0->gen) &&
+        g->runs >= 1)
+        graph_capture(g, m, kv, w, n, row_seq != NULL, stride, n_logits); /* failure: eager */
+    if (g && g->exec) {
+        AMPR__TRY(ampr__cuda_use(c, err));
+        AMPR__CU(err, cudaGraphLaunch(g->exec, c->stream));
+    } else {
+        AMPR__TRY(pass_body(m, kv, w, n_ranks, red, n, row_seq != NULL, stride, n_logits, err));
+        if (g) g->runs++;
+    }
     /* download waits for the stream and reports asynchronous faults */
     AMPR__TRY(ampr__cuda_download(c, logits, w0->logits,
                                   (size_t)n_logits * (size_t)hp->vocab_size * sizeof(float), err));

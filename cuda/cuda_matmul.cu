@@ -309,6 +309,7 @@ static ampr_status grow(ampr__cuda *c, void **p, size_t *have, size_t need, cons
     cudaFree(*p);
     *p = NULL;
     *have = 0;
+    c->scratch_gen++;
     AMPR__CU(err, cudaMalloc(p, need));
     /* padded int8 token rows are read by cuBLASLt: keep them defined */
     AMPR__CU(err, cudaMemsetAsync(*p, 0, need, c->stream));

@@ -178,6 +178,16 @@ for tier in fp16 int8 nf4; do
 done
 "$AMPR" info -m "$MODEL" --config '{"device":"cuda","tiers":["fp16","int8","nf4"]}' 2>&1 | grep -i device || true
 
+# Decode passes replay CUDA graphs (captured on a shape's second pass); with
+# AMPR_CUDA_GRAPHS=0 they run eagerly. The same kernels either way: the texts
+# must be identical.
+for tier in fp16 int8 nf4; do
+    g1=$(run_tier cuda "$tier" 60) || g1="(graph run failed)"
+    g0=$(AMPR_CUDA_GRAPHS=0 run_tier cuda "$tier" 60) || g0="(eager run failed)"
+    if [ "$g1" = "$g0" ]; then echo "e2e $tier -n 60: graphs == eager (${#g1} chars)  PASS"
+    else echo "e2e $tier -n 60: graphs != eager  FAIL"; printf '  graph: %s\n  eager: %s\n' "$g1" "$g0"; e2e_fail=1; fi
+done
+
 # Tensor parallelism: the GPU ranks against the CPU's simulated ranks (same
 # shards; the copy all-reduce sums in the CPU's rank order). On one GPU the
 # ranks share it; with two or more, NCCL ranks in one process and one rank per
@@ -226,6 +236,12 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
     echo "== ampr bench --shape 1b --device cuda (timeout 200 s) =="
     timeout 200 "$AMPR" bench --shape 1b --device cuda --tiers fp16,int8,nf4 --prompt 128 --gen 32 \
         --concurrent 4 || echo "bench: exit $? (not a failure of the check)"
+    if [ "$SECONDS" -lt 330 ]; then
+        echo
+        echo "== the same, NF4 only, without CUDA graphs (AMPR_CUDA_GRAPHS=0; timeout 100 s) =="
+        AMPR_CUDA_GRAPHS=0 timeout 100 "$AMPR" bench --shape 1b --device cuda --tiers nf4 --prompt 128 \
+            --gen 32 --concurrent 4 || echo "bench: exit $? (not a failure of the check)"
+    fi
 fi
 [ "$e2e_fail" = 0 ] || rc=1
 echo "check.sh: exit $rc"
