@@ -189,7 +189,8 @@ typedef struct ampr__cuda_hparams {
 typedef struct ampr__cuda_model ampr__cuda_model;
 
 /* layers: n_layers*4 matrices in the order wqkv, wo, w_gu, w_down.
- * output NULL: tied to embd. norms: fp32 [L][dim] attn, [L][dim] ffn, [dim]
+ * output NULL: tied to embd (tensor-parallel ranks that make no logits pass
+ * NULL too: ampr__cuda_forward_paged takes logits from its first rank only). norms: fp32 [L][dim] attn, [L][dim] ffn, [dim]
  * final. rope_cos/sin: [context_length][head_dim/2]. All host memory. */
 ampr_status ampr__cuda_model_new(ampr__cuda *c, const ampr__cuda_hparams *hp,
                                  const ampr__qmat *embd, const ampr__qmat *output,

@@ -204,6 +204,9 @@ AMPR_API void ampr_open_params_init_sized(ampr_open_params *p, size_t size);
  *                their own scales. KV pages and their accounting are the
  *                same for every tp_size. With "device": "cuda" the ranks are
  *                GPUs (all in this process unless "tp_rank" is given).
+ *     "gpus", "tp_allreduce", "tp_rank", "tp_id" place tensor-parallel ranks
+ *                on GPUs; the CPU backend ignores "gpus" and "tp_allreduce"
+ *                ("auto" falling back to the CPU keeps the context usable).
  *     "gpus":    GPU ids of this process's ranks: tp_size of them (default
  *                0, 1, ..., tp_size-1), or one with "tp_rank" (default
  *                tp_rank modulo the GPUs found). An id may repeat: those
@@ -213,20 +216,22 @@ AMPR_API void ampr_open_params_init_sized(ampr_open_params *p, size_t size);
  *                results: "nccl" (ncclAllReduce; one GPU per rank), "copy"
  *                (peer copies to the first rank's GPU, summed there in rank
  *                order like the CPU backend, copied back; any GPUs, no NCCL
- *                needed), or "auto" (default): NCCL when this build has it
- *                and the GPUs differ, else copy.
+ *                needed), or "auto" (default): NCCL when this build has it,
+ *                the GPUs differ and NCCL starts, else copy.
  *     "tp_rank", "tp_id": one rank per process, on several machines or
  *                processes: this process is rank tp_rank of tp_size, holds
  *                only that rank's shard on its GPU, and sums with the others
- *                over NCCL; tp_id is the string ampr_tp_id_new() made in one
- *                of the processes, the same for every rank. Needs "device":
- *                "cuda" and NCCL. ampr_open() returns once every rank has
- *                reached the GPU part of its open (a rank that never does
- *                leaves the others waiting there).
- *                Every forward pass is a collective: every rank must make
- *                the same ampr_generate() / ampr_logits() calls, with the same
- *                arguments (and seed), in the same order, one at a time; the
- *                ranks then produce the same tokens.
+ *                over NCCL ("tp_allreduce" does not apply; the host still
+ *                builds every rank's shards, as on the CPU backend, so host
+ *                memory and open time are tp_size 1's); tp_id is the string
+ *                ampr_tp_id_new() made in one of the processes, the same for
+ *                every rank. Needs "device": "cuda" and NCCL. ampr_open()
+ *                returns once every rank has reached the GPU part of its
+ *                open (a rank that never does leaves the others waiting
+ *                there). Every forward pass is a collective: every rank must
+ *                make the same ampr_generate() / ampr_logits() calls, with
+ *                the same arguments (and seed), in the same order, one at a
+ *                time; the ranks then produce the same tokens.
  *     "router":  {"thresholds": [t_low, t_high]} scores below t_low go to the
  *                lowest tier, below t_high to the middle one, else the top
  *                one; "weights" (6 numbers) and "bias" of the scorer;
@@ -258,7 +263,9 @@ AMPR_API ampr_status ampr_open_ex(const char *model_path, const char *config_jso
  * each ("tp_rank" / "tp_id" in ampr_open()'s config). One process makes it
  * and hands it to the others (a file, an environment variable, the
  * network); the process that made it must stay alive until every rank has
- * opened, because it answers the ranks' first contact (NCCL's bootstrap).
+ * opened, because it answers the ranks' first contact (NCCL's bootstrap):
+ * each call starts a listening thread there that lasts until the group has
+ * formed (or the process ends). One id serves one group's open.
  * Writes AMPR_TP_ID_LEN hex characters and a NUL to out. Needs no GPU.
  * Errors: AMPR_ERR_INVALID_ARG (out NULL or out_len < AMPR_TP_ID_LEN + 1),
  * AMPR_ERR_UNSUPPORTED (built without CUDA or NCCL), AMPR_ERR_BACKEND (NCCL

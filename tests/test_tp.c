@@ -241,9 +241,10 @@ static void test_gpu_keys(void **state) {
 }
 
 /* "device": "auto" with ranks on GPUs: on a machine without one the context
- * opens on the CPU (and says why) with the same sharding; with a GPU (the
- * GPU check runs this too) the ranks share GPU 0 and sum with the copy
- * all-reduce, and the logits must match the CPU's ranks. */
+ * opens on the CPU (and says why) with the same sharding; with a GPU (make
+ * test on a GPU machine; tests/gpu/check.sh compares the same thing end to
+ * end with the CLI) the ranks share GPU 0 and sum with the copy all-reduce,
+ * and the logits must match the CPU's ranks. */
 static void test_tp_auto_device(void **state) {
     (void)state;
     int32_t ids[N_IDS];

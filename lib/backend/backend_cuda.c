@@ -97,9 +97,11 @@ static ampr_status rank_upload(cuda_backend *cb, ampr_ctx *c, ampr__tier *t, cud
         layers[4 * (size_t)l + 2] = L->w_gu;
         layers[4 * (size_t)l + 3] = L->w_down;
     }
+    /* only a process's first rank makes logits: the others skip the output
+     * matrix (NULL reads as tied there, and is never used) */
     ampr_status st = ampr__cuda_model_new(cb->cuda[r], &rhp, &t->embd,
-                                          t->output_is_embd ? NULL : &t->output, layers, c->norms,
-                                          c->rope_cos, c->rope_sin, &ct->model[r], err);
+                                          t->output_is_embd || r > 0 ? NULL : &t->output, layers,
+                                          c->norms, c->rope_cos, c->rope_sin, &ct->model[r], err);
     ampr__free(layers);
     /* the inputs of wo and w_down are the rank's columns (tier.c shards s so) */
     const int32_t width[AMPR__MM_COUNT] = {hp->dim, plan.q_len, hp->dim, plan.ff_len};
@@ -268,9 +270,13 @@ static ampr_status open_ranks(cuda_backend *cb, const ampr__config *cfg, ampr__e
     int distinct = 1;
     for (int r = 0; r < cb->n; r++)
         for (int q = 0; q < r; q++) distinct &= dev[q] != dev[r];
-    int nccl = cfg->tp_allreduce == 1 ||
-               (cfg->tp_allreduce == 0 && distinct && ampr__cuda_have_nccl());
-    return ampr__cuda_reduce_local(cb->cuda, cb->n, nccl, &cb->red, err);
+    if (cfg->tp_allreduce == 1) return ampr__cuda_reduce_local(cb->cuda, cb->n, 1, &cb->red, err);
+    if (cfg->tp_allreduce == 0 && distinct && ampr__cuda_have_nccl()) {
+        /* "auto": NCCL where it comes up, else the copy all-reduce */
+        ampr__err nerr = {0};
+        if (ampr__cuda_reduce_local(cb->cuda, cb->n, 1, &cb->red, &nerr) == AMPR_OK) return AMPR_OK;
+    }
+    return ampr__cuda_reduce_local(cb->cuda, cb->n, 0, &cb->red, err);
 }
 
 /* "cuda:0 NVIDIA H100 ..." or "cuda:0,1 NVIDIA H100 ... (tp 2, nccl)". */

@@ -546,56 +546,81 @@ static void check_nccl(void) {
     ampr__cuda_close(ctx[1]);
 }
 
-/* The copy all-reduce (no NCCL): 2 and 4 ranks as separate contexts on GPU 0,
- * each rank's buffer the rank-order fp32 sum, bit for bit (the CPU backend's
- * order); three rounds in a row with a kernel on every rank in between, so a
- * missing event between the streams shows as a wrong round. */
+/* Burn about `cycles` GPU clocks on a stream: makes a stream late on purpose. */
+__global__ void spin_kernel(long long cycles) {
+    long long t0 = clock64();
+    while (clock64() - t0 < cycles) {
+    }
+}
+
+/* The copy all-reduce (no NCCL): 2 and 4 ranks as separate contexts on GPU 0
+ * (and 2 ranks on GPUs 0 and 1 when there are two), each rank's buffer the
+ * rank-order fp32 sum, bit for bit (the CPU backend's order); three rounds in
+ * a row. Nothing synchronizes the ranks' streams but the all-reduce itself:
+ * every rank >= 1 spins before writing its partial and rank 0 spins before
+ * the reduce, and the results are read back from the last rank first, so a
+ * missing event wait (rank 0 not waiting for a partial, a rank not waiting
+ * for the sum) reads stale data and fails the check. */
 static void check_copy_reduce(void) {
-    for (int n : {2, 4}) {
+    int ndev = 0;
+    OK(ampr__cuda_device_count(&ndev, &g_err));
+    struct { int n; int dev[4]; } cases[3] = {{2, {0, 0}}, {4, {0, 0, 0, 0}}, {2, {0, 1}}};
+    int n_cases = ndev >= 2 ? 3 : 2;
+    const long long spin = 2000000; /* ~1 ms */
+    for (int ci = 0; ci < n_cases; ci++) {
+        int n = cases[ci].n;
         ampr__cuda *ctx[4] = {g_c, NULL, NULL, NULL};
-        for (int r = 1; r < n; r++) OK(ampr__cuda_open(0, &ctx[r], &g_err));
+        for (int r = 1; r < n; r++) OK(ampr__cuda_open(cases[ci].dev[r], &ctx[r], &g_err));
         ampr__cuda_reduce *red = NULL;
         OK(ampr__cuda_reduce_local(ctx, n, 0, &red, &g_err));
         for (size_t cnt : {(size_t)5, (size_t)2048 * 7, (size_t)1 << 20}) {
             std::vector<std::vector<float>> host((size_t)n);
-            float *bufs[4] = {NULL, NULL, NULL, NULL};
+            float *bufs[4] = {NULL, NULL, NULL, NULL}, *orig[4] = {NULL, NULL, NULL, NULL};
             for (int r = 0; r < n; r++) {
                 host[(size_t)r] = rnd_vec(cnt, -1, 1);
-                void *p = NULL;
+                void *p = NULL, *q = NULL;
                 OK(ampr__cuda_alloc(ctx[r], cnt * 4, &p, &g_err));
+                OK(ampr__cuda_alloc(ctx[r], cnt * 4, &q, &g_err));
                 OK(ampr__cuda_upload(ctx[r], p, host[(size_t)r].data(), cnt * 4, &g_err));
+                OK(ampr__cuda_upload(ctx[r], q, host[(size_t)r].data(), cnt * 4, &g_err));
                 bufs[r] = (float *)p;
+                orig[r] = (float *)q;
             }
             std::vector<float> want(cnt);
             long bad = 0;
             for (int round = 0; round < 3; round++) {
-                /* host: the rank-order sum; device: the same, then every rank
-                 * adds its own original values back (x += y) for the next round */
+                /* host: the rank-order sum; device: the same, after every rank
+                 * added its original values to the last sum (x += y) */
                 for (size_t e = 0; e < cnt; e++) {
                     float a = round ? want[e] + host[0][e] : host[0][e];
-                    for (int r = 1; r < n; r++) a += round ? want[e] + host[(size_t)r][e] : host[(size_t)r][e];
+                    for (int r = 1; r < n; r++)
+                        a += round ? want[e] + host[(size_t)r][e] : host[(size_t)r][e];
                     want[e] = a;
                 }
-                if (round) {
-                    for (int r = 0; r < n; r++) {
-                        void *orig = dev_put(host[(size_t)r].data(), cnt * 4);
-                        OK(ampr__cuda_use(ctx[r], &g_err));
-                        OK(ampr__cuda_add(ctx[r], bufs[r], (const float *)orig, (int64_t)cnt, &g_err));
-                        OK(ampr__cuda_sync(ctx[r], &g_err));
-                        ampr__cuda_free(g_c, orig);
-                    }
-                }
-                OK(ampr__cuda_reduce_sum(red, bufs, cnt, &g_err));
                 for (int r = 0; r < n; r++) {
+                    OK(ampr__cuda_use(ctx[r], &g_err));
+                    cudaStream_t st = (cudaStream_t)ampr__cuda_stream(ctx[r]);
+                    if (r > 0) spin_kernel<<<1, 1, 0, st>>>(spin);
+                    if (round) OK(ampr__cuda_add(ctx[r], bufs[r], orig[r], (int64_t)cnt, &g_err));
+                }
+                OK(ampr__cuda_use(ctx[0], &g_err));
+                spin_kernel<<<1, 1, 0, (cudaStream_t)ampr__cuda_stream(ctx[0])>>>(spin);
+                OK(ampr__cuda_reduce_sum(red, bufs, cnt, &g_err));
+                for (int r = n - 1; r >= 0; r--) {
                     std::vector<float> got(cnt);
                     OK(ampr__cuda_download(ctx[r], got.data(), bufs[r], cnt * 4, &g_err));
                     for (size_t e = 0; e < cnt; e++) bad += memcmp(&got[e], &want[e], 4) != 0;
                 }
             }
-            char name[80];
-            snprintf(name, sizeof name, "copy all-reduce, %d ranks on GPU 0, %zu floats x3", n, cnt);
+            for (int r = 0; r < n; r++) OK(ampr__cuda_sync(ctx[r], &g_err));
+            char name[96];
+            snprintf(name, sizeof name, "copy all-reduce, %d ranks on GPU%s %s, %zu floats x3", n,
+                     ci == 2 ? "s" : "", ci == 2 ? "0,1" : "0", cnt);
             report_exact(name, bad, (long)(3 * n * cnt));
-            for (int r = 0; r < n; r++) ampr__cuda_free(ctx[r], bufs[r]);
+            for (int r = 0; r < n; r++) {
+                ampr__cuda_free(ctx[r], bufs[r]);
+                ampr__cuda_free(ctx[r], orig[r]);
+            }
         }
         ampr__cuda_reduce_free(red);
         for (int r = 1; r < n; r++) ampr__cuda_close(ctx[r]);

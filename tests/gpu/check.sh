@@ -133,7 +133,7 @@ e2e=0
 [ "$quick" = 0 ] && [ ! -f "$MODEL" ] && echo "check.sh: no model at $MODEL: end-to-end part skipped"
 make_pid=""
 if [ "$e2e" = 1 ]; then
-    make -j8 CUDA=1 B="$OUT/lib" CUDA_GENCODE="$GENCODE" "$OUT/lib/ampr" >"$OUT/make.log" 2>&1 &
+    make -j8 CUDA=1 B="$OUT/lib" CUDA_GENCODE="$GENCODE" lib "$OUT/lib/ampr" >"$OUT/make.log" 2>&1 &
     make_pid=$!
 fi
 
@@ -194,7 +194,15 @@ done
 # process (tests/gpu/tp_procs.py) too.
 echo
 echo "== end to end: tensor parallelism, device cuda vs the CPU's ranks =="
-n_gpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+# GPUs this process can use (CUDA_VISIBLE_DEVICES narrows what nvidia-smi lists)
+if [ -n "${CUDA_VISIBLE_DEVICES+x}" ]; then
+    n_gpu=$(printf '%s' "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c . || true)
+else
+    n_gpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+fi
+# NCCL cases need a CLI built here with NCCL (the prebuilt .gpu/ampr has none)
+have_nccl=0
+[ "$AMPR" != .gpu/ampr ] && [ -n "$NCCL_LIB" ] && have_nccl=1
 run_tp() { # device tp extra-json tier n tag -> text on stdout
     timeout 120 "$AMPR" run -m "$MODEL" \
         --config "{\"device\":\"$1\",\"tp_size\":$2,\"tiers\":[\"fp16\",\"int8\",\"nf4\"]$3}" \
@@ -212,7 +220,7 @@ compare_tp() { # label tier cpu-text gpu-text
     fi
 }
 tp_cases=("2|,\"gpus\":[0,0]|tp2-gpu0x2" "4|,\"gpus\":[0,0,0,0]|tp4-gpu0x4")
-[ "${n_gpu:-0}" -ge 2 ] && tp_cases+=("2|,\"gpus\":[0,1],\"tp_allreduce\":\"nccl\"|tp2-nccl")
+[ "${n_gpu:-0}" -ge 2 ] && [ "$have_nccl" = 1 ] && tp_cases+=("2|,\"gpus\":[0,1],\"tp_allreduce\":\"nccl\"|tp2-nccl")
 for case in "${tp_cases[@]}"; do
     IFS='|' read -r tp extra tag <<<"$case"
     for tier in fp16 int8 nf4; do
@@ -222,9 +230,10 @@ for case in "${tp_cases[@]}"; do
     done
 done
 "$AMPR" info -m "$MODEL" --config '{"device":"cuda","tp_size":2,"gpus":[0,0],"tiers":["fp16"]}' 2>&1 | grep -i device || true
-if [ "${n_gpu:-0}" -ge 2 ] && [ "$AMPR" != .gpu/ampr ]; then
+if [ "${n_gpu:-0}" -ge 2 ] && [ "$have_nccl" = 1 ]; then
     cpu=$(run_tp cpu 2 "" fp16 20 cpu2) || cpu="(cpu run failed)"
-    if timeout 180 python3 tests/gpu/tp_procs.py "$AMPR" "$OUT/lib" "$MODEL" "$PROMPT" 2 "$OUT" 2>"$OUT/e2e-tp-procs.err"; then
+    if AMPR_LIBRARY="$OUT/lib/libampr.so" timeout 180 python3 tests/gpu/tp_procs.py "$AMPR" "$OUT/lib" \
+        "$MODEL" "$PROMPT" 2 "$OUT" 2>"$OUT/e2e-tp-procs.err"; then
         for r in 0 1; do compare_tp "tp2-process-rank$r" fp16 "$cpu" "$(cat "$OUT/tp-rank-$r.txt")"; done
     else
         echo "FAIL: one rank per process: $(tail -3 "$OUT/e2e-tp-procs.err")"; e2e_fail=1

@@ -3,7 +3,8 @@
 rank per process: make a group id with ampr.tp_id_new() (this process stays up
 while the ranks meet, as ampr_tp_id_new requires), start `AMPR run` once per
 rank with "tp_rank" r on GPU r, greedy fp16, and write each rank's text to
-OUTDIR/tp-rank-R.txt. Exit 1 when a rank fails."""
+OUTDIR/tp-rank-R.txt (stderr to .err). Exit 1 when a rank fails; ranks still
+running at the end (one stuck in NCCL) are killed."""
 import glob
 import json
 import os
@@ -18,20 +19,29 @@ libs = sorted(glob.glob(os.path.join(libdir, "libampr.so*")))
 import ampr  # noqa: E402
 
 tp_id = ampr.tp_id_new(libs[0] if libs else None)
-procs = []
-for r in range(n):
-    cfg = {"device": "cuda", "tp_size": n, "tp_rank": r, "tp_id": tp_id, "gpus": [r],
-           "tiers": ["fp16", "int8", "nf4"]}
-    procs.append(subprocess.Popen(
-        [ampr_cli, "run", "-m", model, "--config", json.dumps(cfg), "--tier", "fp16",
-         "-p", prompt, "-n", "20", "--temp", "0", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-ok = True
-for r, p in enumerate(procs):
-    out, err = p.communicate(timeout=170)
-    if p.returncode != 0:
-        ok = False
-        sys.stderr.write("rank %d: exit %d: %s\n" % (r, p.returncode, err.strip()[-400:]))
-    with open(os.path.join(outdir, "tp-rank-%d.txt" % r), "w") as f:
-        f.write(out if p.returncode == 0 else "(rank %d failed)" % r)
+procs, outs, ok = [], [], False
+try:
+    for r in range(n):
+        cfg = {"device": "cuda", "tp_size": n, "tp_rank": r, "tp_id": tp_id, "gpus": [r],
+               "tiers": ["fp16", "int8", "nf4"]}
+        out = open(os.path.join(outdir, "tp-rank-%d.txt" % r), "w")
+        err = open(os.path.join(outdir, "tp-rank-%d.err" % r), "w")
+        outs += [out, err]
+        procs.append(subprocess.Popen(
+            [ampr_cli, "run", "-m", model, "--config", json.dumps(cfg), "--tier", "fp16",
+             "-p", prompt, "-n", "20", "--temp", "0", "--quiet"], stdout=out, stderr=err))
+    ok = True
+    for r, p in enumerate(procs):
+        rc = p.wait(timeout=170)
+        if rc != 0:
+            ok = False
+            with open(os.path.join(outdir, "tp-rank-%d.err" % r)) as f:
+                sys.stderr.write("rank %d: exit %d: %s\n" % (r, rc, f.read().strip()[-400:]))
+finally:
+    for p in procs:  # a rank left waiting in NCCL must not hold its GPU
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    for f in outs:
+        f.close()
 sys.exit(0 if ok else 1)
