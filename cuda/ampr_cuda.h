@@ -70,6 +70,11 @@ int ampr__cuda_cc(const ampr__cuda *c); /* major*10 + minor */
 /* Decode paths: matmuls with n <= this many tokens use the fused GEMV kernels,
  * larger ones cuBLASLt (default 8, at most 8; 0 forces cuBLASLt always). */
 void ampr__cuda_set_gemv_max(ampr__cuda *c, int n);
+/* Device-to-device copy bandwidth of c's GPU in GB/s, counting the bytes read
+ * and written (the figure decode speed is compared with): best of reps
+ * copies of `bytes`. Allocates two buffers of that size for the duration. */
+ampr_status ampr__cuda_copy_gbs(ampr__cuda *c, size_t bytes, int reps, double *gbs,
+                                ampr__err *err);
 /* The context's stream as a void* (a cudaStream_t), for callers that time. */
 void *ampr__cuda_stream(ampr__cuda *c);
 

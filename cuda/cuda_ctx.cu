@@ -168,6 +168,39 @@ ampr_status ampr__cuda_download(ampr__cuda *c, void *dst, const void *src, size_
     return AMPR_OK;
 }
 
+static ampr_status copy_gbs(ampr__cuda *c, void *a, void *b, size_t bytes, int reps, double *gbs,
+                            cudaEvent_t e0, cudaEvent_t e1, ampr__err *err) {
+    AMPR__CU(err, cudaMemsetAsync(a, 1, bytes, c->stream));
+    for (int r = 0; r <= reps; r++) { /* the first copy warms up */
+        AMPR__CU(err, cudaEventRecord(e0, c->stream));
+        AMPR__CU(err, cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, c->stream));
+        AMPR__CU(err, cudaEventRecord(e1, c->stream));
+        AMPR__CU(err, cudaEventSynchronize(e1));
+        float ms = 0;
+        AMPR__CU(err, cudaEventElapsedTime(&ms, e0, e1));
+        double g = ms > 0 ? 2.0 * (double)bytes / ((double)ms * 1e-3) / 1e9 : 0;
+        if (r > 0 && g > *gbs) *gbs = g;
+    }
+    return AMPR_OK;
+}
+
+ampr_status ampr__cuda_copy_gbs(ampr__cuda *c, size_t bytes, int reps, double *gbs,
+                                ampr__err *err) {
+    *gbs = 0;
+    void *a = NULL, *b = NULL;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    ampr_status st = ampr__cuda_alloc(c, bytes, &a, err);
+    if (st == AMPR_OK) st = ampr__cuda_alloc(c, bytes, &b, err);
+    if (st == AMPR_OK && (cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess))
+        st = ampr__cuda_fail(err, cudaGetLastError(), "cudaEventCreate", __FILE__, __LINE__);
+    if (st == AMPR_OK) st = copy_gbs(c, a, b, bytes, reps, gbs, e0, e1, err);
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    ampr__cuda_free(c, a);
+    ampr__cuda_free(c, b);
+    return st;
+}
+
 ampr_status ampr__cuda_memset(ampr__cuda *c, void *dst, int value, size_t bytes, ampr__err *err) {
     AMPR__CU(err, cudaSetDevice(c->device));
     AMPR__CU(err, cudaMemsetAsync(dst, value, bytes, c->stream));

@@ -52,6 +52,7 @@ static void usage(FILE *f) {
           "  ampr eval -m MODEL -f TEXT [--ctx N] [--max-tokens N] [--config JSON]\n"
           "  ampr bench [-m MODEL | --shape tiny|small|1b] [--tiers LIST] [--prompt N] [--gen N]\n"
           "             [--threads N] [--concurrent N] [--device cpu|cuda|auto] [--nf4-act fp32|bf16]\n"
+          "             [--tp N] [--gpus 0,1,...]\n"
           "  ampr calibrate -m MODEL -f PROMPTS.jsonl -o calib.json [--target-kl X] [--gen N]\n"
           "  ampr gen-model OUT [--shape tiny|small|1b] [--format gguf|hf] [--dtype f32|f16|bf16]\n"
           "  ampr version\n"

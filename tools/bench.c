@@ -139,7 +139,7 @@ static int bench_tier(ampr_ctx *c, ampr__tier *t, int n_prompt, int n_gen, doubl
             ok = ampr__backend_forward(c, t, &seq, toks + i, k, 1, &s, &err) == AMPR_OK;
         }
         double t_prefill = ampr__now_ms() - t0;
-        *bw = read_bandwidth(c);
+        *bw = c->backend ? ampr__backend_mem_gbs(c) : read_bandwidth(c);
         double t1 = ampr__now_ms();
         for (int i = 0; i < n_gen && ok; i++) {
             int32_t next = ampr__argmax(s.logits, c->hp.vocab_size);
@@ -204,8 +204,8 @@ static double concurrent_tps(ampr_ctx *c, ampr_tier tier, int n, int n_gen) {
 
 int ampr_tool_bench(int argc, char **argv) {
     const char *model = NULL, *shape = NULL, *tiers = "fp16,int8,nf4", *device = "cpu";
-    const char *nf4_act = "fp32";
-    int n_prompt = 128, n_gen = 32, threads = 0, conc = 8;
+    const char *nf4_act = "fp32", *gpus = NULL;
+    int n_prompt = 128, n_gen = 32, threads = 0, conc = 8, tp = 1;
     for (int i = 0; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) { fprintf(stderr, "ampr bench: %s needs a value\n", argv[i]); return 2; }
@@ -218,11 +218,18 @@ int ampr_tool_bench(int argc, char **argv) {
         else if (!strcmp(argv[i], "--threads")) threads = atoi(v);
         else if (!strcmp(argv[i], "--concurrent")) conc = atoi(v);
         else if (!strcmp(argv[i], "--nf4-act")) nf4_act = v;
+        else if (!strcmp(argv[i], "--tp")) tp = atoi(v);
+        else if (!strcmp(argv[i], "--gpus")) gpus = v;
         else { fprintf(stderr, "ampr bench: unknown option %s\n", argv[i]); return 2; }
         i++;
     }
-    if (n_prompt < 1 || n_gen < 1 || conc < 0 || conc > 64) {
-        fputs("ampr bench: --prompt and --gen must be >= 1, --concurrent in [0, 64]\n", stderr);
+    if (n_prompt < 1 || n_gen < 1 || conc < 0 || conc > 64 || tp < 1 || tp > 64) {
+        fputs("ampr bench: --prompt and --gen must be >= 1, --concurrent in [0, 64], --tp in [1, 64]\n",
+              stderr);
+        return 2;
+    }
+    if (gpus && strspn(gpus, "0123456789,") != strlen(gpus)) {
+        fputs("ampr bench: --gpus takes GPU ids separated by commas, e.g. 0,1\n", stderr);
         return 2;
     }
     char tmp_model[4096] = "";
@@ -252,7 +259,7 @@ int ampr_tool_bench(int argc, char **argv) {
         fputs("ampr bench: --nf4-act must be fp32 or bf16\n", stderr);
         return 2;
     }
-    char cfg[700], list[256] = "";
+    char cfg[1024], list[256] = "";
     size_t k = 0;
     for (const char *p = tiers; *p && k + 8 < sizeof list; p++) {
         if (p == tiers || p[-1] == ',') k += (size_t)snprintf(list + k, sizeof list - k, "%s\"", k ? "," : "");
@@ -263,8 +270,9 @@ int ampr_tool_bench(int argc, char **argv) {
     int arena = (n_prompt + n_gen + 16) * (conc > 1 ? conc : 1) + 64 * (conc + 1);
     snprintf(cfg, sizeof cfg,
              "{\"tiers\": [%s], \"threads\": %d, \"kv\": {\"arena_tokens\": %d}, \"device\": \"%s\", "
-             "\"nf4\": {\"activations\": \"%s\"}}",
-             list, threads, arena, device, nf4_act);
+             "\"nf4\": {\"activations\": \"%s\"}, \"tp_size\": %d%s%.200s%s}",
+             list, threads, arena, device, nf4_act, tp, gpus ? ", \"gpus\": [" : "",
+             gpus ? gpus : "", gpus ? "]" : "");
     ampr_ctx *c = NULL;
     double t0 = ampr__now_ms();
     ampr_status st = ampr_open(model, cfg, &c);
@@ -287,9 +295,14 @@ int ampr_tool_bench(int argc, char **argv) {
                : !strcmp(nf4_act, "bf16") ? "fp32 (bf16 asked for; this CPU or AMPR_SIMD has no AVX512_BF16)"
                                           : "fp32");
     printf("open + quantize all tiers: %.0f ms; prefill %d tokens, decode %d tokens\n\n", open_ms, n_prompt, n_gen);
-    printf("read bw: the memory read bandwidth of %d threads (512 MiB, best of 5 passes), measured\n"
-           "right before each tier's decode\n\n", ampr__pool_size(c->pool));
-    printf("| tier | weights MiB | prefill tok/s | decode tok/s | decode weight GB/s | read bw GB/s | share |\n");
+    if (c->backend)
+        printf("copy bw: the GPU's device-to-device copy bandwidth (read + write, 256 MiB, best of\n"
+               "5, times the distinct GPUs of the ranks), measured right before each tier's decode\n\n");
+    else
+        printf("read bw: the memory read bandwidth of %d threads (512 MiB, best of 5 passes), measured\n"
+               "right before each tier's decode\n\n", ampr__pool_size(c->pool));
+    printf("| tier | weights MiB | prefill tok/s | decode tok/s | decode weight GB/s | %s bw GB/s | share |\n",
+           c->backend ? "copy" : "read");
     printf("|------|------------:|--------------:|-------------:|-------------------:|-------------:|------:|\n");
     int rc = 0;
     for (int i = 0; i < c->n_tiers && !rc; i++) {

@@ -26,3 +26,8 @@ void ampr__backend_close(ampr_ctx *c) {
     c->backend = NULL;
     b->ops->close(b);
 }
+
+double ampr__backend_mem_gbs(ampr_ctx *c) {
+    ampr__backend *b = c ? c->backend : NULL;
+    return b && b->ops->mem_gbs ? b->ops->mem_gbs(b) : 0;
+}

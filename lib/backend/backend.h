@@ -33,6 +33,9 @@ typedef struct ampr__backend_ops {
     ampr_status (*decode_batch)(ampr__backend *b, ampr_ctx *c, ampr__tier *t,
                                 ampr__kv_seq *const *seqs, const int32_t *tokens, int32_t n,
                                 ampr__scratch *s, ampr__err *err);
+    /* Memory bandwidth the device's decode is bound by, GB/s (for ampr bench):
+     * the sum over the backend's distinct devices; 0 when it cannot tell. */
+    double (*mem_gbs)(ampr__backend *b);
     void (*close)(ampr__backend *b); /* frees everything the backend holds */
 } ampr__backend_ops;
 
@@ -49,6 +52,8 @@ ampr_status ampr__backend_decode_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq 
                                        const int32_t *tokens, int32_t n, ampr__scratch *s,
                                        ampr__err *err);
 void ampr__backend_close(ampr_ctx *c); /* NULL-safe; the context falls back to none */
+/* ctx->backend's mem_gbs, or 0 on the CPU (which measures its own). */
+double ampr__backend_mem_gbs(ampr_ctx *c);
 
 #if AMPR_HAVE_CUDA
 /* Open the GPUs of c's config ("gpus", "tp_size", "tp_rank"), upload every

@@ -246,8 +246,24 @@ static void cuda_close(ampr__backend *b) {
     ampr__free(b);
 }
 
+/* Copy bandwidth of the first rank's GPU (256 MiB, best of 5) times the
+ * number of distinct GPUs the ranks use, under the compute lock. */
+static double cuda_mem_gbs(ampr__backend *b) {
+    cuda_backend *cb = b->impl;
+    double gbs = 0;
+    ampr__err err = {0};
+    if (ampr__cuda_copy_gbs(cb->cuda[0], (size_t)256 << 20, 5, &gbs, &err) != AMPR_OK) return 0;
+    int distinct = 0;
+    for (int r = 0; r < cb->n; r++) {
+        int seen = 0;
+        for (int q = 0; q < r; q++) seen |= ampr__cuda_device(cb->cuda[q]) == ampr__cuda_device(cb->cuda[r]);
+        distinct += !seen;
+    }
+    return gbs * distinct;
+}
+
 static const ampr__backend_ops cuda_ops = {"cuda", cuda_tier_upload, cuda_forward,
-                                           cuda_decode_batch, cuda_close};
+                                           cuda_decode_batch, cuda_mem_gbs, cuda_close};
 
 /* Which GPU each local rank runs on ("gpus", else 0..n-1, or tp_rank modulo
  * the GPUs found for one rank per process), and the all-reduce between them. */
