@@ -261,6 +261,15 @@ typedef struct ampr__cuda_work ampr__cuda_work;
 ampr_status ampr__cuda_work_new(ampr__cuda *c, const ampr__cuda_hparams *hp,
                                 ampr__cuda_work **out, ampr__err *err);
 void ampr__cuda_work_free(ampr__cuda_work *w); /* NULL-safe */
+/* Decode-like passes of one rank (n <= 32 tokens, logits for each, no
+ * all-reduce) are captured as CUDA graphs on a shape's second pass and
+ * replayed after; on by default unless AMPR_CUDA_GRAPHS=0 in the
+ * environment at ampr__cuda_work_new. A graph is keyed by (model, pool, n,
+ * n_logits, stride, row map or not) and dropped when a buffer it uses moves
+ * (work buffers, matmul scratch), or smooth factors / gemv_max change. Models
+ * and pools must outlive the work (the keys are their addresses). */
+void ampr__cuda_work_set_graphs(ampr__cuda_work *w, int on);
+int ampr__cuda_work_graphs_live(const ampr__cuda_work *w); /* instantiated graphs */
 
 /* One pass over n tokens (host arrays) on the n_ranks tensor-parallel ranks
  * this process drives: rank i holds shard m[i] (its hparams are the shard's:

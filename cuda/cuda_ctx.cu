@@ -117,6 +117,7 @@ int ampr__cuda_device(const ampr__cuda *c) { return c->device; }
 int ampr__cuda_cc(const ampr__cuda *c) { return c->cc; }
 void *ampr__cuda_stream(ampr__cuda *c) { return (void *)c->stream; }
 void ampr__cuda_set_gemv_max(ampr__cuda *c, int n) {
+    c->scratch_gen++; /* captured graphs chose their matmul paths by the old value */
     c->gemv_max = n < 0 ? 0 : (n > AMPR__CUDA_GEMV_MAX ? AMPR__CUDA_GEMV_MAX : n);
 }
 

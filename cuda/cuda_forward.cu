@@ -40,6 +40,7 @@ struct ampr__cuda_seq {
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     int graph_greedy;
+    uint64_t graph_gen;          /* the context's scratch_gen when captured */
 };
 
 static uint64_t mat_bytes(const ampr__cuda_mat *m) {
@@ -360,12 +361,14 @@ static ampr_status capture(ampr__cuda_seq *s, int greedy, ampr__err *err) {
     s->graph = g;
     AMPR__CU(err, cudaGraphInstantiate(&s->exec, s->graph, 0));
     s->graph_greedy = greedy;
+    s->graph_gen = c->scratch_gen;
     return AMPR_OK;
 }
 
 ampr_status ampr__cuda_decode(ampr__cuda_seq *s, int greedy, int use_graph, ampr__err *err) {
     if (!use_graph) return decode_body(s, greedy, err);
-    if (!s->exec || s->graph_greedy != greedy) AMPR__TRY(capture(s, greedy, err));
+    if (!s->exec || s->graph_greedy != greedy || s->graph_gen != s->m->c->scratch_gen)
+        AMPR__TRY(capture(s, greedy, err)); /* first use, other mode, or scratch moved */
     AMPR__CU(err, cudaGraphLaunch(s->exec, s->m->c->stream));
     return AMPR_OK;
 }
@@ -427,6 +430,7 @@ ampr_status ampr__cuda_model_set_smooth(ampr__cuda_model *m, int32_t layer, int 
         if (!m->smooth) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for smooth factors");
     }
     float **slot = &m->smooth[4 * (size_t)layer + (size_t)mm];
+    m->c->scratch_gen++; /* captured passes hold the old divisors (or none) */
     ampr__cuda_free(m->c, *slot);
     *slot = NULL;
     return upload_f32(m->c, s, (size_t)len, slot, err);
@@ -449,7 +453,8 @@ typedef struct pass_graph {
     const ampr__cuda_kvpool *kv;
     int32_t n, n_logits, stride;
     int has_row_seq;
-    int runs;                  /* eager runs so far: capture on the second */
+    int runs;                  /* eager runs so far (up to 2): capture on the second */
+    uint64_t last_use;         /* for evicting the least recently used */
     uint64_t c_gen, w_gen;     /* generations when captured (or when capture failed) */
     int failed;                /* capture failed at those generations: run eagerly */
     cudaGraphExec_t exec;
@@ -461,14 +466,15 @@ struct ampr__cuda_work {
     int32_t cap_tokens, cap_logits, cap_blocks; /* capacities of the buffers below */
     float *x, *xb, *qkv, *att, *hb, *hb2;     /* [cap_tokens][...] */
     float *logits;                            /* [cap_logits][vocab] */
-    /* one device allocation, uploaded in one copy from stage (host):
-     * tokens [cap_tokens] | pos [cap_tokens] | row_seq [cap_tokens] | blocks [cap_blocks] */
+    /* one device allocation of 3*cap_tokens + cap_blocks ints, filled by one
+     * copy from stage (host) per pass, packed for the pass's n tokens:
+     * tokens [n] | pos [n] | row_seq [n] | blocks [n_blk] (the pointers below) */
     int32_t *ints, *stage;
     int32_t *tokens, *pos, *row_seq, *blocks;
     uint64_t gen;                             /* bumped whenever a buffer above moves */
     int graphs;                               /* capture passes (AMPR_CUDA_GRAPHS != "0") */
     pass_graph g[AMPR__CUDA_PASS_GRAPHS];
-    int g_next;                               /* round-robin victim when all are taken */
+    uint64_t g_clock;                         /* pass counter for last_use */
 };
 
 ampr_status ampr__cuda_work_new(ampr__cuda *c, const ampr__cuda_hparams *hp,
@@ -487,6 +493,18 @@ ampr_status ampr__cuda_work_new(ampr__cuda *c, const ampr__cuda_hparams *hp,
 static void graph_drop(pass_graph *g) {
     if (g->exec) cudaGraphExecDestroy(g->exec);
     memset(g, 0, sizeof *g);
+}
+
+void ampr__cuda_work_set_graphs(ampr__cuda_work *w, int on) {
+    w->graphs = on != 0;
+    if (!on)
+        for (int i = 0; i < AMPR__CUDA_PASS_GRAPHS; i++) graph_drop(&w->g[i]);
+}
+
+int ampr__cuda_work_graphs_live(const ampr__cuda_work *w) {
+    int k = 0;
+    for (int i = 0; i < AMPR__CUDA_PASS_GRAPHS; i++) k += w->g[i].exec != NULL;
+    return k;
 }
 
 static void work_release(ampr__cuda_work *w) {
@@ -524,7 +542,8 @@ static ampr_status work_reserve(ampr__cuda_work *w, int32_t n, int32_t n_logits,
         AMPR__CU(err, cudaStreamSynchronize(c->stream));
         work_release(w);
         w->gen++;
-        size_t cap = (size_t)AMPR__MAX(n, 32);
+        size_t cap = 32;
+        while (cap < (size_t)n) cap *= 2; /* growth is rare, and each one drops the graphs */
         size_t q_dim = (size_t)hp->n_heads * hp->head_dim, kv_dim = (size_t)hp->n_kv_heads * hp->head_dim;
         AMPR__TRY(seq_alloc(c, cap * hp->dim * 4, &w->x, err));
         AMPR__TRY(seq_alloc(c, cap * hp->dim * 4, &w->xb, err));
@@ -538,16 +557,13 @@ static ampr_status work_reserve(ampr__cuda_work *w, int32_t n, int32_t n_logits,
         AMPR__CU(err, cudaStreamSynchronize(c->stream));
         ints_release(w);
         w->gen++;
-        int32_t cap_blocks = AMPR__MAX(AMPR__MAX(n_blocks, w->cap_blocks), 1024);
+        int32_t cap_blocks = AMPR__MAX(w->cap_blocks, 1024);
+        while (cap_blocks < n_blocks) cap_blocks *= 2;
         w->cap_blocks = 0;
         size_t count = 3 * (size_t)w->cap_tokens + (size_t)cap_blocks;
         w->stage = (int32_t *)ampr__calloc(count, sizeof(int32_t)); /* defined bytes */
         if (!w->stage) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for CUDA inputs");
         AMPR__TRY(seq_alloc(c, count * 4, &w->ints, err));
-        w->tokens = w->ints;
-        w->pos = w->ints + w->cap_tokens;
-        w->row_seq = w->ints + 2 * (size_t)w->cap_tokens;
-        w->blocks = w->ints + 3 * (size_t)w->cap_tokens;
         w->cap_blocks = cap_blocks;
     }
     if (n_logits > w->cap_logits) {
@@ -588,13 +604,22 @@ static ampr_status rank_inputs(ampr__cuda_model *m, ampr__cuda_kvpool *kv, ampr_
         return ampr__fail(err, AMPR_ERR_INTERNAL, "CUDA KV pool does not fit the model");
     AMPR__TRY(ampr__cuda_use(c, err));
     AMPR__TRY(work_reserve(w, n, n_logits, (int32_t)n_blk, err));
-    size_t cap = (size_t)w->cap_tokens;
-    memcpy(w->stage, tokens, (size_t)n * 4);
-    memcpy(w->stage + cap, pos, (size_t)n * 4);
-    if (row_seq) memcpy(w->stage + 2 * cap, row_seq, (size_t)n * 4);
-    else memset(w->stage + 2 * cap, 0, (size_t)n * 4);
-    memcpy(w->stage + 3 * cap, blocks, n_blk * 4);
-    return ampr__cuda_upload(c, w->ints, w->stage, (3 * cap + n_blk) * 4, err);
+    size_t k = (size_t)n;
+    memcpy(w->stage, tokens, k * 4);
+    memcpy(w->stage + k, pos, k * 4);
+    if (row_seq) memcpy(w->stage + 2 * k, row_seq, k * 4);
+    else memset(w->stage + 2 * k, 0, k * 4);
+    memcpy(w->stage + 3 * k, blocks, n_blk * 4);
+    /* the same addresses for every pass of n tokens (graphs bake them in) */
+    w->tokens = w->ints;
+    w->pos = w->ints + k;
+    w->row_seq = w->ints + 2 * k;
+    w->blocks = w->ints + 3 * k;
+    /* from pageable memory the copy has left stage when this returns (the
+     * stream orders it before the pass); no host wait needed */
+    AMPR__CU(err, cudaMemcpyAsync(w->ints, w->stage, (3 * k + n_blk) * 4, cudaMemcpyHostToDevice,
+                                  c->stream));
+    return AMPR_OK;
 }
 
 /* Attention half of layer l on one rank: x += w->xb (the reduced FFN output
@@ -699,28 +724,24 @@ static pass_graph *graph_slot(ampr__cuda_work *w, const ampr__cuda_model *m,
                               const ampr__cuda_kvpool *kv, int32_t n, int32_t n_logits,
                               int32_t stride, int has_row_seq) {
     if (!w->graphs || n > AMPR__CUDA_PASS_GRAPH_MAX_N) return NULL;
-    pass_graph *free_slot = NULL;
+    pass_graph *victim = &w->g[0];
+    uint64_t now = ++w->g_clock;
     for (int i = 0; i < AMPR__CUDA_PASS_GRAPHS; i++) {
         pass_graph *g = &w->g[i];
-        if (!g->m) {
-            if (!free_slot) free_slot = g;
-            continue;
-        }
-        if (g->m == m && g->kv == kv && g->n == n && g->n_logits == n_logits &&
+        if (g->m && g->m == m && g->kv == kv && g->n == n && g->n_logits == n_logits &&
             g->stride == stride && g->has_row_seq == has_row_seq) {
             if (g->exec && (g->c_gen != w->c->scratch_gen || g->w_gen != w->gen)) {
                 cudaGraphExecDestroy(g->exec); /* its pointers are stale */
                 g->exec = NULL;
             }
+            g->last_use = now;
             return g;
         }
+        if (victim->m && (!g->m || g->last_use < victim->last_use)) victim = g;
     }
-    pass_graph *g = free_slot;
-    if (!g) {
-        g = &w->g[w->g_next];
-        w->g_next = (w->g_next + 1) % AMPR__CUDA_PASS_GRAPHS;
-        graph_drop(g);
-    }
+    pass_graph *g = victim; /* a free slot, else the least recently used */
+    graph_drop(g);
+    g->last_use = now;
     g->m = m;
     g->kv = kv;
     g->n = n;
@@ -803,8 +824,12 @@ ampr_status ampr__cuda_forward_paged(ampr__cuda_model *const *m, ampr__cuda_kvpo
                               r == 0 ? n_logits : 0, err));
     ampr__cuda *c = m[0]->c;
     ampr__cuda_work *w0 = w[0];
-    pass_graph *g = n_ranks == 1 ? graph_slot(w0, m[0], kv[0], n, n_logits, stride, row_seq != NULL)
-                                 : NULL;
+    /* graphs: one rank and nothing to all-reduce (a rank of a multi-process
+     * group has red set), and decode-like passes (logits for every token:
+     * decode batches, the fallback's check windows), whose shapes repeat */
+    pass_graph *g = n_ranks == 1 && !red && n_logits == n
+                        ? graph_slot(w0, m[0], kv[0], n, n_logits, stride, row_seq != NULL)
+                        : NULL;
     if (g && !g->exec && !(g->failed && g->c_gen == c->scratch_gen && g->w_gen == w0->gen) &&
         g->runs >= 1)
         graph_capture(g, m, kv, w, n, row_seq != NULL, stride, n_logits); /* failure: eager */
@@ -813,7 +838,7 @@ ampr_status ampr__cuda_forward_paged(ampr__cuda_model *const *m, ampr__cuda_kvpo
         AMPR__CU(err, cudaGraphLaunch(g->exec, c->stream));
     } else {
         AMPR__TRY(pass_body(m, kv, w, n_ranks, red, n, row_seq != NULL, stride, n_logits, err));
-        if (g) g->runs++;
+        if (g && g->runs < 2) g->runs++;
     }
     /* download waits for the stream and reports asynchronous faults */
     AMPR__TRY(ampr__cuda_download(c, logits, w0->logits,
