@@ -35,6 +35,9 @@ int ampr_tool_shape(const char *name, ampr__hparams *hp) {
     } else if (!strcmp(name, "1b")) { /* the 1.1B Llama shape of the issue */
         hp->dim = 2048; hp->hidden_dim = 8192; hp->n_layers = 16; hp->n_heads = 32; hp->n_kv_heads = 8;
         hp->vocab_size = 32000; hp->context_length = 2048;
+    } else if (!strcmp(name, "8b")) { /* the Llama 3 8B shape (GPU benchmarks; ~16 GB as F16) */
+        hp->dim = 4096; hp->hidden_dim = 14336; hp->n_layers = 32; hp->n_heads = 32; hp->n_kv_heads = 8;
+        hp->vocab_size = 128256; hp->context_length = 8192; hp->rope_theta = 500000.0f;
     } else {
         return -1;
     }
@@ -58,7 +61,7 @@ int ampr_tool_gen_model(int argc, char **argv) {
     }
     ampr__hparams hp;
     if (!out || ampr_tool_shape(shape, &hp) != 0) {
-        fputs("usage: ampr gen-model OUT [--shape tiny|small|1b] [--format gguf|hf] "
+        fputs("usage: ampr gen-model OUT [--shape tiny|small|1b|8b] [--format gguf|hf] "
               "[--dtype f32|f16|bf16] [--seed N]\n", stderr);
         return 2;
     }
@@ -236,7 +239,7 @@ int ampr_tool_bench(int argc, char **argv) {
     if (!model) {
         ampr__hparams hp;
         if (ampr_tool_shape(shape ? shape : "small", &hp) != 0) {
-            fprintf(stderr, "ampr bench: unknown shape %s (tiny, small, 1b)\n", shape);
+            fprintf(stderr, "ampr bench: unknown shape %s (tiny, small, 1b, 8b)\n", shape);
             return 2;
         }
         const char *dir = getenv("TMPDIR");

@@ -5,6 +5,9 @@
 #   bash tests/gpu/check.sh               build for the GPU found, check, bench
 #   bash tests/gpu/check.sh --quick       checks only, no benchmarks
 #   bash tests/gpu/check.sh --build-only  build for sm_80 and sm_90a, no GPU needed
+#   bash tests/gpu/check.sh --bench-8b    only `ampr bench --shape 8b` on the GPU (a separate
+#                                         device call: writing, quantizing and uploading the
+#                                         ~16 GB model takes minutes; needs ~30 GB of GPU memory)
 #   bash tests/gpu/check.sh --prebuild    (here, no GPU needed) build .gpu/ampr: the CLI with
 #                                         CUDA, jansson and pcre2 linked statically, no NCCL,
 #                                         for a GPU machine that lacks those libraries
@@ -28,12 +31,14 @@ mkdir -p "$OUT/obj"
 
 build_only=0
 prebuild=0
+bench8b=0
 quick=0
 args=()
 for a in "$@"; do
     case "$a" in
     --build-only) build_only=1 ;;
     --prebuild) prebuild=1 ;;
+    --bench-8b) bench8b=1 ;;
     --quick) quick=1; args+=("$a") ;;
     *) args+=("$a") ;;
     esac
@@ -61,6 +66,22 @@ elif [ "$cc" = "90" ]; then
     GENCODE="-gencode=arch=compute_90a,code=sm_90a"
 else
     GENCODE="-gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_80,code=compute_80"
+fi
+
+if [ "$bench8b" = 1 ]; then
+    export LD_LIBRARY_PATH="$CUDA_HOME/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    AMPR=.gpu/ampr
+    if make -j"$(nproc)" CUDA=1 B="$OUT/lib" CUDA_GENCODE="$GENCODE" "$OUT/lib/ampr" >"$OUT/make.log" 2>&1; then
+        AMPR="$OUT/lib/ampr"
+    else
+        echo "check.sh: make failed (last lines of $OUT/make.log):"; tail -5 "$OUT/make.log"
+    fi
+    [ -x "$AMPR" ] || { echo "FAIL: no ampr CLI"; exit 1; }
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+    echo "== ampr bench --shape 8b --device cuda (timeout ${AMPR_GPU_8B_TIMEOUT:-500} s) =="
+    TMPDIR=${TMPDIR:-/tmp} timeout "${AMPR_GPU_8B_TIMEOUT:-500}" "$AMPR" bench --shape 8b --device cuda \
+        --tiers fp16,int8,nf4 --prompt 128 --gen 32 --concurrent 4
+    exit $?
 fi
 
 NCCL_DEF=""
