@@ -9,15 +9,21 @@ CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_GENCODE ?= -gencode=arch=compute_80,code=sm_80 \
                 -gencode=arch=compute_90a,code=sm_90a \
                 -gencode=arch=compute_90,code=compute_90
-CUDA_HAVE_NCCL := $(if $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h),1,0)
+# NCCL: CUDA's or the system's, or NCCL_HOME=DIR with include/nccl.h and
+# lib/libnccl.so.2 (e.g. the nvidia-nccl Python wheel's nvidia/nccl folder).
+NCCL_HOME ?=
+comma := ,
+CUDA_HAVE_NCCL := $(if $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h \
+                    $(if $(NCCL_HOME),$(NCCL_HOME)/include/nccl.h)),1,0)
+NCCL_LINK := $(if $(NCCL_HOME),$(NCCL_HOME)/lib/libnccl.so.2 -Wl$(comma)-rpath$(comma)$(NCCL_HOME)/lib,-lnccl)
 NVCC_FLAGS := -std=c++17 -O3 -g -Iinclude -Ilib -Icuda $(CUDA_GENCODE) \
               -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra -Werror all-warnings \
-              $(if $(filter 1,$(CUDA_HAVE_NCCL)),-DAMPR_HAVE_NCCL)
+              $(if $(filter 1,$(CUDA_HAVE_NCCL)),-DAMPR_HAVE_NCCL $(if $(NCCL_HOME),-I$(NCCL_HOME)/include))
 
 CUDA_SRCS := $(sort $(wildcard cuda/*.cu))
 CUDA_OBJS := $(patsubst %.cu,$(B)/%.o,$(CUDA_SRCS))
 # nvcc host code needs the C++ runtime (static-init guards, personality)
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublasLt $(if $(filter 1,$(CUDA_HAVE_NCCL)),-lnccl) -lstdc++
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublasLt $(if $(filter 1,$(CUDA_HAVE_NCCL)),$(NCCL_LINK)) -lstdc++
 
 $(B)/cuda/%.o: cuda/%.cu cuda/ampr_cuda.h cuda/cuda_err.h include/ampr.h lib/common/common.h lib/quant/quant.h
 	@mkdir -p $(dir $@)

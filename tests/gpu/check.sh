@@ -86,12 +86,24 @@ fi
 
 NCCL_DEF=""
 NCCL_LIB=""
+NCCL_HOME=${NCCL_HOME:-}
 if { [ -f "$CUDA_HOME/include/nccl.h" ] || [ -f /usr/include/nccl.h ]; } &&
    { compgen -G "$CUDA_HOME/lib64/libnccl.so*" >/dev/null ||
      compgen -G "/usr/lib/x86_64-linux-gnu/libnccl.so*" >/dev/null; }; then
     NCCL_DEF="-DAMPR_HAVE_NCCL"
     NCCL_LIB="-lnccl"
+    NCCL_HOME=""
+else
+    # the GPU machines' image carries NCCL only in Python's nvidia-nccl wheel
+    [ -n "$NCCL_HOME" ] || NCCL_HOME=$(python3 -c 'import nvidia.nccl as m; print(list(m.__path__)[0])' 2>/dev/null || true)
+    if [ -n "$NCCL_HOME" ] && [ -f "$NCCL_HOME/include/nccl.h" ] && [ -f "$NCCL_HOME/lib/libnccl.so.2" ]; then
+        NCCL_DEF="-DAMPR_HAVE_NCCL -I$NCCL_HOME/include"
+        NCCL_LIB="-Xlinker $NCCL_HOME/lib/libnccl.so.2 -Xlinker -rpath=$NCCL_HOME/lib"
+    else
+        NCCL_HOME=""
+    fi
 fi
+export NCCL_HOME # for the make of the CLI (cuda/cuda.mk)
 
 # Warnings are errors where we build without a GPU (here and in CI); on the
 # device machine, whose compilers may be newer, a new warning must not cost
