@@ -11,6 +11,12 @@
  * Tokens and positions live in device memory, so a decode step can be
  * captured once as a CUDA graph and replayed; a greedy graph also writes the
  * argmax back as the next token and advances the position.
+ *
+ * Reading order: the model upload; one layer (layer_attention, layer_ffn,
+ * layer_logits over a pass_bufs), which both users below share; a single
+ * sequence with its own KV cache (ampr__cuda_forward / _decode: the GPU
+ * check's API); then the engine's passes (ampr__cuda_forward_paged: tier KV
+ * pools, batches of sequences, tensor-parallel ranks, captured decode graphs).
  */
 #include "cuda_err.h"
 
@@ -155,6 +161,109 @@ void ampr__cuda_model_free(ampr__cuda_model *m) {
 
 uint64_t ampr__cuda_model_bytes(const ampr__cuda_model *m) { return m->bytes; }
 
+/* ---- one layer ---------------------------------------------------------------
+ * The same code runs a sequence's pass (ampr__cuda_forward, the check's API)
+ * and each rank's part of an engine pass (ampr__cuda_forward_paged). */
+
+/* x[i][c] /= s[c] (IEEE division, as ampr__smooth_act) */
+__global__ void div_cols_kernel(float *x, const float *__restrict__ s, size_t total, int32_t cols) {
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (size_t)gridDim.x * blockDim.x)
+        x[e] = __fdiv_rn(x[e], s[e % (size_t)cols]);
+}
+
+/* SmoothQuant: divide the input of matmul mm of layer l by its factors, if any. */
+static ampr_status smooth_div(const ampr__cuda_model *m, int32_t l, int mm, float *x, int32_t n,
+                              int32_t cols, ampr__err *err) {
+    const float *s = m->smooth ? m->smooth[4 * (size_t)l + (size_t)mm] : NULL;
+    if (!s) return AMPR_OK;
+    size_t total = (size_t)n * (size_t)cols;
+    size_t g = (total + 255) / 256;
+    if (g > 65535u * 8u) g = 65535u * 8u;
+    div_cols_kernel<<<(unsigned)(g ? g : 1), 256, 0, m->c->stream>>>(x, s, total, cols);
+    AMPR__CU_LAUNCHED(err, "div_cols");
+    return AMPR_OK;
+}
+
+/* A pass's device buffers: activations [n][...] and inputs (tokens and
+ * positions [n]); kv is the KV cache view (its layer is set per call). */
+typedef struct pass_bufs {
+    float *x, *xb, *qkv, *att, *hb, *hb2, *logits;
+    const int32_t *tokens, *pos;
+    ampr__cuda_kv_view kv;
+} pass_bufs;
+
+/* x = embd[tokens] */
+static ampr_status layer_embed(const ampr__cuda_model *m, const pass_bufs *b, int32_t n,
+                               ampr__err *err) {
+    AMPR__TRY(ampr__cuda_use(m->c, err));
+    return ampr__cuda_embed(m->c, &m->embd, b->tokens, n, b->x, AMPR__CUDA_F32, err);
+}
+
+/* Attention half of layer l: x += xb (the FFN output of layer l-1; not for
+ * layer 0), then xb = Wo att -- with tensor parallelism this rank's part of
+ * it, to be all-reduced before the next half. */
+static ampr_status layer_attention(const ampr__cuda_model *m, const pass_bufs *b, int32_t l,
+                                   int32_t n, ampr__err *err) {
+    const ampr__cuda_hparams *hp = &m->hp;
+    ampr__cuda *c = m->c;
+    int32_t dim = hp->dim, hd = hp->head_dim;
+    int32_t q_dim = hp->n_heads * hd, kv_dim = hp->n_kv_heads * hd, qkv_dim = q_dim + 2 * kv_dim;
+    const ampr__cuda_mat *L = m->layers + 4 * (size_t)l;
+    const float *attn_norm = m->norms + (size_t)l * dim;
+    ampr__cuda_kv_view view = b->kv;
+    view.layer = l;
+    AMPR__TRY(ampr__cuda_use(c, err));
+    if (l > 0) AMPR__TRY(ampr__cuda_add(c, b->x, b->xb, (int64_t)n * dim, err));
+    AMPR__TRY(ampr__cuda_rmsnorm(c, b->x, attn_norm, b->xb, n, dim, hp->norm_eps, err));
+    AMPR__TRY(smooth_div(m, l, 0, b->xb, n, dim, err));
+    AMPR__TRY(ampr__cuda_matmul(c, &L[0], b->xb, n, b->qkv, qkv_dim, err));
+    AMPR__TRY(ampr__cuda_rope(c, b->qkv, qkv_dim, n, hp->n_heads, hd, b->pos, m->rope_cos,
+                              m->rope_sin, hp->rope_interleaved, err));
+    AMPR__TRY(ampr__cuda_rope(c, b->qkv + q_dim, qkv_dim, n, hp->n_kv_heads, hd, b->pos,
+                              m->rope_cos, m->rope_sin, hp->rope_interleaved, err));
+    AMPR__TRY(ampr__cuda_kv_store(c, &view, b->qkv + q_dim, b->qkv + q_dim + kv_dim, qkv_dim, n,
+                                  b->pos, err));
+    AMPR__TRY(ampr__cuda_attention(c, &view, b->qkv, qkv_dim, n, b->pos, hp->n_heads,
+                                   hp->n_kv_heads, hd, b->att, err));
+    AMPR__TRY(smooth_div(m, l, 1, b->att, n, q_dim, err));
+    return ampr__cuda_matmul(c, &L[1], b->att, n, b->xb, dim, err);
+}
+
+/* FFN half of layer l: x += xb (the attention output), then
+ * xb = Wdown swiglu(Wgu rmsnorm(x)) -- with TP this rank's part of it. */
+static ampr_status layer_ffn(const ampr__cuda_model *m, const pass_bufs *b, int32_t l, int32_t n,
+                             ampr__err *err) {
+    const ampr__cuda_hparams *hp = &m->hp;
+    ampr__cuda *c = m->c;
+    int32_t dim = hp->dim, hidden = hp->hidden_dim;
+    const ampr__cuda_mat *L = m->layers + 4 * (size_t)l;
+    const float *ffn_norm = m->norms + ((size_t)hp->n_layers + l) * dim;
+    AMPR__TRY(ampr__cuda_use(c, err));
+    AMPR__TRY(ampr__cuda_add(c, b->x, b->xb, (int64_t)n * dim, err));
+    AMPR__TRY(ampr__cuda_rmsnorm(c, b->x, ffn_norm, b->xb, n, dim, hp->norm_eps, err));
+    AMPR__TRY(smooth_div(m, l, 2, b->xb, n, dim, err));
+    AMPR__TRY(ampr__cuda_matmul(c, &L[2], b->xb, n, b->hb, 2 * (int64_t)hidden, err));
+    AMPR__TRY(ampr__cuda_swiglu(c, b->hb, b->hb2, n, hidden, err));
+    AMPR__TRY(smooth_div(m, l, 3, b->hb2, n, hidden, err));
+    return ampr__cuda_matmul(c, &L[3], b->hb2, n, b->xb, dim, err);
+}
+
+/* After the last layer: x += xb, then logits of the last n_logits rows. */
+static ampr_status layer_logits(const ampr__cuda_model *m, const pass_bufs *b, int32_t n,
+                                int32_t n_logits, ampr__err *err) {
+    const ampr__cuda_hparams *hp = &m->hp;
+    ampr__cuda *c = m->c;
+    int32_t dim = hp->dim, first = n - n_logits;
+    AMPR__TRY(ampr__cuda_use(c, err));
+    AMPR__TRY(ampr__cuda_add(c, b->x, b->xb, (int64_t)n * dim, err));
+    const float *final_norm = m->norms + 2 * (size_t)hp->n_layers * dim;
+    AMPR__TRY(ampr__cuda_rmsnorm(c, b->x + (size_t)first * dim, final_norm, b->xb, n_logits, dim,
+                                 hp->norm_eps, err));
+    const ampr__cuda_mat *out = m->tied ? &m->embd : &m->output;
+    return ampr__cuda_matmul(c, out, b->xb, n_logits, b->logits, hp->vocab_size, err);
+}
+
 /* ---- sequence ---------------------------------------------------------------- */
 
 static ampr_status seq_alloc(ampr__cuda *c, size_t bytes, void *out, ampr__err *err) {
@@ -253,43 +362,17 @@ int32_t *ampr__cuda_seq_argmax(const ampr__cuda_seq *s) { return s->argmax; }
 static ampr_status run(ampr__cuda_seq *s, int32_t n, int all_logits, ampr__err *err) {
     const ampr__cuda_model *m = s->m;
     const ampr__cuda_hparams *hp = &m->hp;
-    ampr__cuda *c = m->c;
-    int32_t dim = hp->dim, hd = hp->head_dim, hidden = hp->hidden_dim;
-    int32_t q_dim = hp->n_heads * hd, kv_dim = hp->n_kv_heads * hd, qkv_dim = q_dim + 2 * kv_dim;
-    int64_t nd = (int64_t)n * dim;
-
-    AMPR__TRY(ampr__cuda_embed(c, &m->embd, s->tokens, n, s->x, AMPR__CUDA_F32, err));
+    int32_t kv_dim = hp->n_kv_heads * hp->head_dim, n_out = all_logits ? n : 1;
+    pass_bufs b = {s->x, s->xb, s->qkv, s->att, s->hb, s->hb2, s->logits, s->tokens, s->pos,
+                   {s->kc, s->vc, s->kv_dtype, hp->n_layers, s->block_size, kv_dim, 0, s->blocks,
+                    NULL, 0}};
+    AMPR__TRY(layer_embed(m, &b, n, err));
     for (int32_t l = 0; l < hp->n_layers; l++) {
-        const ampr__cuda_mat *L = m->layers + 4 * (size_t)l;
-        const float *attn_norm = m->norms + (size_t)l * dim;
-        const float *ffn_norm = m->norms + ((size_t)hp->n_layers + l) * dim;
-        ampr__cuda_kv_view kv = {s->kc, s->vc, s->kv_dtype, hp->n_layers, s->block_size, kv_dim,
-                                 l, s->blocks, NULL, 0};
-        AMPR__TRY(ampr__cuda_rmsnorm(c, s->x, attn_norm, s->xb, n, dim, hp->norm_eps, err));
-        AMPR__TRY(ampr__cuda_matmul(c, &L[0], s->xb, n, s->qkv, qkv_dim, err));
-        AMPR__TRY(ampr__cuda_rope(c, s->qkv, qkv_dim, n, hp->n_heads, hd, s->pos, m->rope_cos,
-                                  m->rope_sin, hp->rope_interleaved, err));
-        AMPR__TRY(ampr__cuda_rope(c, s->qkv + q_dim, qkv_dim, n, hp->n_kv_heads, hd, s->pos,
-                                  m->rope_cos, m->rope_sin, hp->rope_interleaved, err));
-        AMPR__TRY(ampr__cuda_kv_store(c, &kv, s->qkv + q_dim, s->qkv + q_dim + kv_dim, qkv_dim, n,
-                                      s->pos, err));
-        AMPR__TRY(ampr__cuda_attention(c, &kv, s->qkv, qkv_dim, n, s->pos, hp->n_heads,
-                                       hp->n_kv_heads, hd, s->att, err));
-        AMPR__TRY(ampr__cuda_matmul(c, &L[1], s->att, n, s->xb, dim, err));
-        AMPR__TRY(ampr__cuda_add(c, s->x, s->xb, nd, err));
-        AMPR__TRY(ampr__cuda_rmsnorm(c, s->x, ffn_norm, s->xb, n, dim, hp->norm_eps, err));
-        AMPR__TRY(ampr__cuda_matmul(c, &L[2], s->xb, n, s->hb, 2 * (int64_t)hidden, err));
-        AMPR__TRY(ampr__cuda_swiglu(c, s->hb, s->hb2, n, hidden, err));
-        AMPR__TRY(ampr__cuda_matmul(c, &L[3], s->hb2, n, s->xb, dim, err));
-        AMPR__TRY(ampr__cuda_add(c, s->x, s->xb, nd, err));
+        AMPR__TRY(layer_attention(m, &b, l, n, err));
+        AMPR__TRY(layer_ffn(m, &b, l, n, err));
     }
-    int32_t first = all_logits ? 0 : n - 1, n_out = all_logits ? n : 1;
-    const float *final_norm = m->norms + 2 * (size_t)hp->n_layers * dim;
-    AMPR__TRY(ampr__cuda_rmsnorm(c, s->x + (size_t)first * dim, final_norm, s->xb, n_out, dim,
-                                 hp->norm_eps, err));
-    const ampr__cuda_mat *out = m->tied ? &m->embd : &m->output;
-    AMPR__TRY(ampr__cuda_matmul(c, out, s->xb, n_out, s->logits, hp->vocab_size, err));
-    return ampr__cuda_argmax(c, s->logits + (size_t)(n_out - 1) * hp->vocab_size, 1,
+    AMPR__TRY(layer_logits(m, &b, n, n_out, err));
+    return ampr__cuda_argmax(m->c, s->logits + (size_t)(n_out - 1) * hp->vocab_size, 1,
                              hp->vocab_size, s->argmax, err);
 }
 
@@ -436,13 +519,6 @@ ampr_status ampr__cuda_model_set_smooth(ampr__cuda_model *m, int32_t layer, int 
     return upload_f32(m->c, s, (size_t)len, slot, err);
 }
 
-/* x[i][c] /= s[c] (IEEE division, as ampr__smooth_act) */
-__global__ void div_cols_kernel(float *x, const float *__restrict__ s, size_t total, int32_t cols) {
-    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-         e += (size_t)gridDim.x * blockDim.x)
-        x[e] = __fdiv_rn(x[e], s[e % (size_t)cols]);
-}
-
 /* A captured pass of the engine (single rank): replayed when the same model,
  * pool, token count, logits count and table stride come again and no buffer
  * it uses has moved since (the generation counters). */
@@ -579,18 +655,6 @@ static ampr_status work_reserve(ampr__cuda_work *w, int32_t n, int32_t n_logits,
     return AMPR_OK;
 }
 
-static ampr_status smooth_div(ampr__cuda_model *m, int32_t l, int mm, float *x, int32_t n,
-                              int32_t cols, ampr__err *err) {
-    const float *s = m->smooth ? m->smooth[4 * (size_t)l + (size_t)mm] : NULL;
-    if (!s) return AMPR_OK;
-    size_t total = (size_t)n * (size_t)cols;
-    size_t g = (total + 255) / 256;
-    if (g > 65535u * 8u) g = 65535u * 8u;
-    div_cols_kernel<<<(unsigned)(g ? g : 1), 256, 0, m->c->stream>>>(x, s, total, cols);
-    AMPR__CU_LAUNCHED(err, "div_cols");
-    return AMPR_OK;
-}
-
 /* The checks and the upload of one rank's inputs for a pass: tokens,
  * positions, row -> sequence map and block tables in one copy. */
 static ampr_status rank_inputs(ampr__cuda_model *m, ampr__cuda_kvpool *kv, ampr__cuda_work *w,
@@ -622,56 +686,6 @@ static ampr_status rank_inputs(ampr__cuda_model *m, ampr__cuda_kvpool *kv, ampr_
     return AMPR_OK;
 }
 
-/* Attention half of layer l on one rank: x += w->xb (the reduced FFN output
- * of layer l-1; not for layer 0), then w->xb = this rank's part of Wo att
- * (all of it with one rank). */
-static ampr_status rank_attention(ampr__cuda_model *m, ampr__cuda_kvpool *kv, ampr__cuda_work *w,
-                                  int32_t l, int32_t n, int has_row_seq, int32_t stride,
-                                  ampr__err *err) {
-    const ampr__cuda_hparams *hp = &m->hp;
-    ampr__cuda *c = m->c;
-    int32_t dim = hp->dim, hd = hp->head_dim;
-    int32_t q_dim = hp->n_heads * hd, kv_dim = hp->n_kv_heads * hd, qkv_dim = q_dim + 2 * kv_dim;
-    const ampr__cuda_mat *L = m->layers + 4 * (size_t)l;
-    const float *attn_norm = m->norms + (size_t)l * dim;
-    ampr__cuda_kv_view view = {kv->k, kv->v, kv->dtype, hp->n_layers, kv->block_size, kv_dim,
-                               l, w->blocks, has_row_seq ? w->row_seq : NULL, stride};
-    AMPR__TRY(ampr__cuda_use(c, err));
-    if (l > 0) AMPR__TRY(ampr__cuda_add(c, w->x, w->xb, (int64_t)n * dim, err));
-    AMPR__TRY(ampr__cuda_rmsnorm(c, w->x, attn_norm, w->xb, n, dim, hp->norm_eps, err));
-    AMPR__TRY(smooth_div(m, l, 0, w->xb, n, dim, err));
-    AMPR__TRY(ampr__cuda_matmul(c, &L[0], w->xb, n, w->qkv, qkv_dim, err));
-    AMPR__TRY(ampr__cuda_rope(c, w->qkv, qkv_dim, n, hp->n_heads, hd, w->pos, m->rope_cos,
-                              m->rope_sin, hp->rope_interleaved, err));
-    AMPR__TRY(ampr__cuda_rope(c, w->qkv + q_dim, qkv_dim, n, hp->n_kv_heads, hd, w->pos,
-                              m->rope_cos, m->rope_sin, hp->rope_interleaved, err));
-    AMPR__TRY(ampr__cuda_kv_store(c, &view, w->qkv + q_dim, w->qkv + q_dim + kv_dim, qkv_dim, n,
-                                  w->pos, err));
-    AMPR__TRY(ampr__cuda_attention(c, &view, w->qkv, qkv_dim, n, w->pos, hp->n_heads,
-                                   hp->n_kv_heads, hd, w->att, err));
-    AMPR__TRY(smooth_div(m, l, 1, w->att, n, q_dim, err));
-    return ampr__cuda_matmul(c, &L[1], w->att, n, w->xb, dim, err);
-}
-
-/* FFN half of layer l on one rank: x += w->xb (the reduced attention output),
- * then w->xb = this rank's part of Wdown swiglu(Wgu rmsnorm(x)). */
-static ampr_status rank_ffn(ampr__cuda_model *m, ampr__cuda_work *w, int32_t l, int32_t n,
-                            ampr__err *err) {
-    const ampr__cuda_hparams *hp = &m->hp;
-    ampr__cuda *c = m->c;
-    int32_t dim = hp->dim, hidden = hp->hidden_dim;
-    const ampr__cuda_mat *L = m->layers + 4 * (size_t)l;
-    const float *ffn_norm = m->norms + ((size_t)hp->n_layers + l) * dim;
-    AMPR__TRY(ampr__cuda_use(c, err));
-    AMPR__TRY(ampr__cuda_add(c, w->x, w->xb, (int64_t)n * dim, err));
-    AMPR__TRY(ampr__cuda_rmsnorm(c, w->x, ffn_norm, w->xb, n, dim, hp->norm_eps, err));
-    AMPR__TRY(smooth_div(m, l, 2, w->xb, n, dim, err));
-    AMPR__TRY(ampr__cuda_matmul(c, &L[2], w->xb, n, w->hb, 2 * (int64_t)hidden, err));
-    AMPR__TRY(ampr__cuda_swiglu(c, w->hb, w->hb2, n, hidden, err));
-    AMPR__TRY(smooth_div(m, l, 3, w->hb2, n, hidden, err));
-    return ampr__cuda_matmul(c, &L[3], w->hb2, n, w->xb, dim, err);
-}
-
 /* Sum every rank's w->xb over the group (nothing to do with one rank). */
 static ampr_status reduce_parts(ampr__cuda_work *const *w, int n_ranks, ampr__cuda_reduce *red,
                                 int32_t n, ampr__err *err) {
@@ -685,37 +699,38 @@ static ampr_status reduce_parts(ampr__cuda_work *const *w, int n_ranks, ampr__cu
  * the layers with their all-reduces, the final norm and the logits matmul
  * into w[0]->logits. No host synchronization and no allocation once the
  * scratch is large enough, so a single-rank pass can be captured. */
+/* Rank r's buffers for a pass over its KV pool and work buffers. */
+static pass_bufs rank_bufs(const ampr__cuda_model *m, const ampr__cuda_kvpool *kv,
+                           const ampr__cuda_work *w, int has_row_seq, int32_t stride) {
+    pass_bufs b = {w->x, w->xb, w->qkv, w->att, w->hb, w->hb2, w->logits, w->tokens, w->pos,
+                   {kv->k, kv->v, kv->dtype, m->hp.n_layers, kv->block_size, kv->kv_dim, 0,
+                    w->blocks, has_row_seq ? w->row_seq : NULL, stride}};
+    return b;
+}
+
+/* Everything a pass enqueues after its inputs are on the devices: embedding,
+ * the layers with their all-reduces, the final norm and the logits matmul
+ * into w[0]->logits. No host synchronization and no allocation once the
+ * scratch is large enough, so a single-rank pass can be captured. Each step
+ * is enqueued on every rank before the next: the ranks' streams run side by
+ * side, meeting only in the all-reduces. */
 static ampr_status pass_body(ampr__cuda_model *const *m, ampr__cuda_kvpool *const *kv,
                              ampr__cuda_work *const *w, int n_ranks, ampr__cuda_reduce *red,
                              int32_t n, int has_row_seq, int32_t stride, int32_t n_logits,
                              ampr__err *err) {
-    const ampr__cuda_hparams *hp = &m[0]->hp;
+    pass_bufs b[AMPR__CUDA_MAX_RANKS];
     for (int r = 0; r < n_ranks; r++) {
-        AMPR__TRY(ampr__cuda_use(m[r]->c, err));
-        AMPR__TRY(ampr__cuda_embed(m[r]->c, &m[r]->embd, w[r]->tokens, n, w[r]->x, AMPR__CUDA_F32,
-                                   err));
+        b[r] = rank_bufs(m[r], kv[r], w[r], has_row_seq, stride);
+        AMPR__TRY(layer_embed(m[r], &b[r], n, err));
     }
-    /* Each step is enqueued on every rank before the next: the ranks' streams
-     * run side by side, meeting only in the all-reduces. */
-    for (int32_t l = 0; l < hp->n_layers; l++) {
-        for (int r = 0; r < n_ranks; r++)
-            AMPR__TRY(rank_attention(m[r], kv[r], w[r], l, n, has_row_seq, stride, err));
+    for (int32_t l = 0; l < m[0]->hp.n_layers; l++) {
+        for (int r = 0; r < n_ranks; r++) AMPR__TRY(layer_attention(m[r], &b[r], l, n, err));
         AMPR__TRY(reduce_parts(w, n_ranks, red, n, err));
-        for (int r = 0; r < n_ranks; r++) AMPR__TRY(rank_ffn(m[r], w[r], l, n, err));
+        for (int r = 0; r < n_ranks; r++) AMPR__TRY(layer_ffn(m[r], &b[r], l, n, err));
         AMPR__TRY(reduce_parts(w, n_ranks, red, n, err));
     }
     /* the residual stream is the same on every rank: rank 0 makes the logits */
-    ampr__cuda_model *m0 = m[0];
-    ampr__cuda_work *w0 = w[0];
-    ampr__cuda *c = m0->c;
-    int32_t dim = hp->dim, first = n - n_logits;
-    AMPR__TRY(ampr__cuda_use(c, err));
-    AMPR__TRY(ampr__cuda_add(c, w0->x, w0->xb, (int64_t)n * dim, err));
-    const float *final_norm = m0->norms + 2 * (size_t)hp->n_layers * dim;
-    AMPR__TRY(ampr__cuda_rmsnorm(c, w0->x + (size_t)first * dim, final_norm, w0->xb, n_logits, dim,
-                                 hp->norm_eps, err));
-    const ampr__cuda_mat *out = m0->tied ? &m0->embd : &m0->output;
-    return ampr__cuda_matmul(c, out, w0->xb, n_logits, w0->logits, hp->vocab_size, err);
+    return layer_logits(m[0], &b[0], n, n_logits, err);
 }
 
 /* The graph slot of a single-rank pass shape, or NULL (graphs off, long
