@@ -44,12 +44,19 @@ for a in "$@"; do
     esac
 done
 
+# what .gpu/ampr was built from (the device machine's copy has no .git)
+src_hash() {
+    find include lib cuda tools -type f \( -name '*.c' -o -name '*.h' -o -name '*.cu' \) | sort |
+        xargs cat | sha1sum | cut -c1-16
+}
+
 if [ "$prebuild" = 1 ]; then
     mkdir -p .gpu
     make -j"$(nproc)" CUDA=1 CUDA_HAVE_NCCL=0 B=build-prebuild \
         LIBS="-Wl,-Bstatic -ljansson -lpcre2-8 -Wl,-Bdynamic -lpthread -lm -L$CUDA_HOME/lib64 -lcudart -lcublasLt -lstdc++" \
         build-prebuild/ampr
     cp build-prebuild/ampr .gpu/ampr
+    src_hash > .gpu/ampr.src
     echo "check.sh: built .gpu/ampr"; ldd .gpu/ampr || true
     exit 0
 fi
@@ -78,10 +85,13 @@ if [ "$bench8b" = 1 ]; then
     fi
     [ -x "$AMPR" ] || { echo "FAIL: no ampr CLI"; exit 1; }
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-    echo "== ampr bench --shape 8b --device cuda (timeout ${AMPR_GPU_8B_TIMEOUT:-500} s) =="
-    TMPDIR=${TMPDIR:-/tmp} timeout "${AMPR_GPU_8B_TIMEOUT:-500}" "$AMPR" bench --shape 8b --device cuda \
-        --tiers fp16,int8,nf4 --prompt 128 --gen 32 --concurrent 4
-    exit $?
+    t8=${AMPR_GPU_8B_TIMEOUT:-$(( ${AMPR_GPU_DEADLINE:-520} - SECONDS ))}
+    echo "== ampr bench --shape 8b --device cuda (timeout $t8 s) =="
+    rc8=0
+    TMPDIR=${TMPDIR:-/tmp} timeout -k 10 "$t8" stdbuf -oL "$AMPR" bench --shape 8b --device cuda \
+        --tiers fp16,int8,nf4 --prompt 128 --gen 32 --concurrent 4 || rc8=$?
+    echo "check.sh: exit $rc8"
+    exit "$rc8"
 fi
 
 NCCL_DEF=""
@@ -153,7 +163,8 @@ done
 fail=0
 for p in "${pids[@]}"; do wait "$p" || fail=1; done
 [ "$fail" = 0 ] || { echo "check.sh: build failed"; exit 3; }
-"$NVCC" $GENCODE -o "$OUT/check" "${objs[@]}" -L"$CUDA_HOME/lib64" -lcublasLt $NCCL_LIB $C_LIBS -lm -lpthread
+"$NVCC" $GENCODE -o "$OUT/check" "${objs[@]}" -L"$CUDA_HOME/lib64" -lcublasLt $NCCL_LIB $C_LIBS -lm -lpthread ||
+    { echo "check.sh: link failed"; exit 3; }
 echo "check.sh: built $OUT/check"
 [ "$build_only" = 1 ] && exit 0
 
@@ -163,7 +174,12 @@ export LD_LIBRARY_PATH="$CUDA_HOME/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 MODEL=${AMPR_GPU_MODEL:-.gpu/stories260K.gguf}
 e2e=0
 [ "$quick" = 0 ] && [ -f "$MODEL" ] && e2e=1
-[ "$quick" = 0 ] && [ ! -f "$MODEL" ] && echo "check.sh: no model at $MODEL: end-to-end part skipped"
+no_model=0
+if [ "$quick" = 0 ] && [ ! -f "$MODEL" ]; then
+    echo "FAIL: no model at $MODEL (copy stories260K.gguf to .gpu/ and carry .gpu): end-to-end part and benchmarks skipped"
+    no_model=1
+fi
+DEADLINE=${AMPR_GPU_DEADLINE:-520} # seconds from the start; the device call allows ~540
 make_pid=""
 if [ "$e2e" = 1 ]; then
     make -j8 CUDA=1 B="$OUT/lib" CUDA_GENCODE="$GENCODE" lib "$OUT/lib/ampr" >"$OUT/make.log" 2>&1 &
@@ -171,8 +187,18 @@ if [ "$e2e" = 1 ]; then
 fi
 
 rc=0
-"$OUT/check" "${args[@]+"${args[@]}"}" || rc=$?
-[ "$e2e" = 1 ] || exit "$rc"
+# line-buffered (a crash or a timeout must not swallow the lines printed so far) and bounded
+timeout -k 10 "${AMPR_GPU_CHECK_TIMEOUT:-240}" stdbuf -oL "$OUT/check" "${args[@]+"${args[@]}"}" 2>&1 |
+    tee "$OUT/check.out" || rc=${PIPESTATUS[0]}
+[ "$rc" = 124 ] && echo "FAIL: the op checks timed out (${AMPR_GPU_CHECK_TIMEOUT:-240} s)"
+summary() {
+    echo
+    echo "check.sh: op checks: exit $rc, $(grep -cE 'FAIL|FATAL' "$OUT/check.out" || true) FAIL/FATAL line(s)"
+    grep -E 'FAIL|FATAL' "$OUT/check.out" | head -20 || true
+}
+[ "$no_model" = 0 ] || { summary; echo "check.sh: exit 1"; exit 1; }
+if [ "$e2e" != 1 ]; then summary; echo "check.sh: exit $rc"; exit "$rc"; fi
+if [ "$rc" = 2 ]; then summary; echo "check.sh: no usable GPU: end-to-end part skipped"; exit 2; fi
 
 AMPR=""
 if wait "$make_pid" && "$OUT/lib/ampr" version >/dev/null 2>&1; then
@@ -180,7 +206,14 @@ if wait "$make_pid" && "$OUT/lib/ampr" version >/dev/null 2>&1; then
     echo "check.sh: built $AMPR"
 else
     echo "check.sh: make failed (last lines of $OUT/make.log):"; tail -5 "$OUT/make.log"
-    if [ -x .gpu/ampr ]; then AMPR=.gpu/ampr; echo "check.sh: using the prebuilt .gpu/ampr"; fi
+    if [ -x .gpu/ampr ] && .gpu/ampr version >/dev/null 2>&1; then
+        AMPR=.gpu/ampr
+        echo "check.sh: using the prebuilt .gpu/ampr"
+        [ "$(cat .gpu/ampr.src 2>/dev/null)" = "$(src_hash)" ] ||
+            echo "check.sh: WARNING: .gpu/ampr was built from other sources than these (rerun --prebuild)"
+    elif [ -e .gpu/ampr ]; then
+        echo "check.sh: .gpu/ampr does not run here:"; .gpu/ampr version 2>&1 | tail -2 || true
+    fi
 fi
 if [ -z "$AMPR" ]; then echo "FAIL: no ampr CLI for the end-to-end part"; exit 1; fi
 
@@ -188,15 +221,20 @@ echo
 echo "== end to end: $MODEL, greedy, device cuda vs cpu =="
 PROMPT="Once upon a time"
 e2e_fail=0
+cuda_hung=0 # after one CUDA run that timed out, the others are not started
 run_tier() { # device tier n -> text on stdout
-    timeout 120 "$AMPR" run -m "$MODEL" --config "{\"device\":\"$1\",\"tiers\":[\"fp16\",\"int8\",\"nf4\"]}" \
-        --tier "$2" -p "$PROMPT" -n "$3" --temp 0 --quiet 2>"$OUT/e2e-$1-$2-$3.err"
+    if [ "$1" = cuda ] && [ "$cuda_hung" = 1 ]; then echo "(skipped: an earlier CUDA run hung)" >"$OUT/e2e-$1-$2-$3.err"; return 1; fi
+    local r=0
+    timeout -k 5 "${AMPR_GPU_RUN_TIMEOUT:-45}" "$AMPR" run -m "$MODEL" --config "{\"device\":\"$1\",\"tiers\":[\"fp16\",\"int8\",\"nf4\"]}" \
+        --tier "$2" -p "$PROMPT" -n "$3" --temp 0 --quiet 2>"$OUT/e2e-$1-$2-$3.err" || r=$?
+    [ "$r" = 124 ] && [ "$1" = cuda ] && echo "timed out" >>"$OUT/e2e-$1-$2-$3.err"
+    return "$r"
 }
 declare -A gpu60=()
 for tier in fp16 int8 nf4; do
     for n in 20 60; do
-        cpu=$(run_tier cpu "$tier" "$n") || { echo "FAIL: cpu run $tier: $(tail -2 "$OUT/e2e-cpu-$tier-$n.err")"; e2e_fail=1; continue; }
-        gpu=$(run_tier cuda "$tier" "$n") || { echo "FAIL: cuda run $tier: $(tail -2 "$OUT/e2e-cuda-$tier-$n.err")"; e2e_fail=1; continue; }
+        cpu=$(run_tier cpu "$tier" "$n") || { echo "FAIL: cpu run $tier -n $n: $(tail -2 "$OUT/e2e-cpu-$tier-$n.err")"; e2e_fail=1; continue; }
+        gpu=$(run_tier cuda "$tier" "$n") || { tail -1 "$OUT/e2e-cuda-$tier-$n.err" | grep -q 'timed out' && cuda_hung=1; echo "FAIL: cuda run $tier -n $n: $(tail -2 "$OUT/e2e-cuda-$tier-$n.err")"; e2e_fail=1; continue; }
         [ "$n" = 60 ] && gpu60[$tier]=$gpu
         if [ "$cpu" = "$gpu" ]; then
             echo "e2e $tier -n $n: identical text (${#gpu} chars)  PASS"
@@ -211,7 +249,7 @@ for tier in fp16 int8 nf4; do
         fi
     done
 done
-"$AMPR" info -m "$MODEL" --config '{"device":"cuda","tiers":["fp16","int8","nf4"]}' 2>&1 | grep -i device || true
+timeout -k 5 60 "$AMPR" info -m "$MODEL" --config '{"device":"cuda","tiers":["fp16","int8","nf4"]}' 2>&1 | grep -i device || true
 
 # Decode passes replay CUDA graphs (captured on a shape's second pass); with
 # AMPR_CUDA_GRAPHS=0 they run eagerly. The same kernels either way: the texts
@@ -232,18 +270,26 @@ done
 echo
 echo "== end to end: tensor parallelism, device cuda vs the CPU's ranks =="
 # GPUs this process can use (CUDA_VISIBLE_DEVICES narrows what nvidia-smi lists)
+n_gpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 if [ -n "${CUDA_VISIBLE_DEVICES+x}" ]; then
-    n_gpu=$(printf '%s' "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c . || true)
-else
-    n_gpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+    n_vis=$(printf '%s' "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c . || true)
+    [ "$n_vis" -lt "$n_gpu" ] && n_gpu=$n_vis
 fi
-# NCCL cases need a CLI built here with NCCL (the prebuilt .gpu/ampr has none)
+# NCCL cases need a CLI built here with NCCL (the prebuilt .gpu/ampr has none):
+# ask the library that was built
 have_nccl=0
-[ "$AMPR" != .gpu/ampr ] && [ -n "$NCCL_LIB" ] && have_nccl=1
+if [ "$AMPR" != .gpu/ampr ] && [ "${n_gpu:-0}" -ge 2 ] &&
+   PYTHONPATH=python python3 -c 'import sys, ampr; ampr.tp_id_new(sys.argv[1])' "$OUT/lib/libampr.so" 2>/dev/null; then
+    have_nccl=1
+fi
 run_tp() { # device tp extra-json tier n tag -> text on stdout
-    timeout 120 "$AMPR" run -m "$MODEL" \
+    if [ "$1" = cuda ] && [ "$cuda_hung" = 1 ]; then echo "(skipped: an earlier CUDA run hung)" >"$OUT/e2e-tp-$6-$4.err"; return 1; fi
+    local r=0
+    timeout -k 5 "${AMPR_GPU_RUN_TIMEOUT:-45}" "$AMPR" run -m "$MODEL" \
         --config "{\"device\":\"$1\",\"tp_size\":$2,\"tiers\":[\"fp16\",\"int8\",\"nf4\"]$3}" \
-        --tier "$4" -p "$PROMPT" -n "$5" --temp 0 --quiet 2>"$OUT/e2e-tp-$6-$4.err"
+        --tier "$4" -p "$PROMPT" -n "$5" --temp 0 --quiet 2>"$OUT/e2e-tp-$6-$4.err" || r=$?
+    [ "$r" = 124 ] && [ "$1" = cuda ] && echo "timed out" >>"$OUT/e2e-tp-$6-$4.err"
+    return "$r"
 }
 compare_tp() { # label tier cpu-text gpu-text
     if [ "$3" = "$4" ]; then
@@ -262,11 +308,11 @@ for case in "${tp_cases[@]}"; do
     IFS='|' read -r tp extra tag <<<"$case"
     for tier in fp16 int8 nf4; do
         cpu=$(run_tp cpu "$tp" "" "$tier" 20 "cpu$tp") || { echo "FAIL: cpu tp $tp $tier: $(tail -2 "$OUT/e2e-tp-cpu$tp-$tier.err")"; e2e_fail=1; continue; }
-        gpu=$(run_tp cuda "$tp" "$extra" "$tier" 20 "$tag") || { echo "FAIL: cuda $tag $tier: $(tail -2 "$OUT/e2e-tp-$tag-$tier.err")"; e2e_fail=1; continue; }
+        gpu=$(run_tp cuda "$tp" "$extra" "$tier" 20 "$tag") || { tail -1 "$OUT/e2e-tp-$tag-$tier.err" | grep -q 'timed out' && cuda_hung=1; echo "FAIL: cuda $tag $tier: $(tail -2 "$OUT/e2e-tp-$tag-$tier.err")"; e2e_fail=1; continue; }
         compare_tp "$tag" "$tier" "$cpu" "$gpu"
     done
 done
-"$AMPR" info -m "$MODEL" --config '{"device":"cuda","tp_size":2,"gpus":[0,0],"tiers":["fp16"]}' 2>&1 | grep -i device || true
+timeout -k 5 60 "$AMPR" info -m "$MODEL" --config '{"device":"cuda","tp_size":2,"gpus":[0,0],"tiers":["fp16"]}' 2>&1 | grep -i device || true
 if [ "${n_gpu:-0}" -ge 2 ] && [ "$have_nccl" = 1 ]; then
     cpu=$(run_tp cpu 2 "" fp16 20 cpu2) || cpu="(cpu run failed)"
     if AMPR_LIBRARY="$OUT/lib/libampr.so" timeout 180 python3 tests/gpu/tp_procs.py "$AMPR" "$OUT/lib" \
@@ -277,20 +323,31 @@ if [ "${n_gpu:-0}" -ge 2 ] && [ "$have_nccl" = 1 ]; then
     fi
 fi
 
+left() { # seconds left before the deadline, at most $1
+    local l=$(( DEADLINE - SECONDS ))
+    [ "$l" -lt "$1" ] && echo "$l" || echo "$1"
+}
 if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
-    echo
-    echo "== ampr bench --shape 1b --device cuda (timeout 200 s) =="
-    timeout 200 "$AMPR" bench --shape 1b --device cuda --tiers fp16,int8,nf4 --prompt 128 --gen 32 \
-        --concurrent 4 || echo "bench: exit $? (not a failure of the check)"
-    if [ "$SECONDS" -ge 330 ]; then
-        echo "(the NF4 bench without CUDA graphs is skipped: $SECONDS s used so far)"
+    t=$(left 200)
+    if [ "$t" -lt 60 ]; then
+        echo "(the 1b benchmarks are skipped: $SECONDS s used so far)"
     else
         echo
-        echo "== the same, NF4 only, without CUDA graphs (AMPR_CUDA_GRAPHS=0; timeout 100 s) =="
-        AMPR_CUDA_GRAPHS=0 timeout 100 "$AMPR" bench --shape 1b --device cuda --tiers nf4 --prompt 128 \
+        echo "== ampr bench --shape 1b --device cuda (timeout $t s) =="
+        timeout -k 10 "$t" stdbuf -oL "$AMPR" bench --shape 1b --device cuda --tiers fp16,int8,nf4 --prompt 128 \
             --gen 32 --concurrent 4 || echo "bench: exit $? (not a failure of the check)"
+        t=$(left 100)
+        if [ "$t" -lt 45 ]; then
+            echo "(the NF4 bench without CUDA graphs is skipped: $SECONDS s used so far)"
+        else
+            echo
+            echo "== the same, NF4 only, without CUDA graphs (AMPR_CUDA_GRAPHS=0; timeout $t s) =="
+            AMPR_CUDA_GRAPHS=0 timeout -k 10 "$t" stdbuf -oL "$AMPR" bench --shape 1b --device cuda --tiers nf4 \
+                --prompt 128 --gen 32 --concurrent 4 || echo "bench: exit $? (not a failure of the check)"
+        fi
     fi
 fi
+summary
 [ "$e2e_fail" = 0 ] || rc=1
 echo "check.sh: exit $rc"
 exit "$rc"

@@ -8,8 +8,10 @@ running at the end (one stuck in NCCL) are killed."""
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 ampr_cli, libdir, model, prompt = sys.argv[1:5]
 n, outdir = int(sys.argv[5]), sys.argv[6]
@@ -18,6 +20,7 @@ sys.path.insert(0, os.path.join(here, "..", "..", "python"))
 libs = sorted(glob.glob(os.path.join(libdir, "libampr.so*")))
 import ampr  # noqa: E402
 
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the finally below
 tp_id = ampr.tp_id_new(libs[0] if libs else None)
 procs, outs, ok = [], [], False
 try:
@@ -30,13 +33,19 @@ try:
         procs.append(subprocess.Popen(
             [ampr_cli, "run", "-m", model, "--config", json.dumps(cfg), "--tier", "fp16",
              "-p", prompt, "-n", "20", "--temp", "0", "--quiet"], stdout=out, stderr=err))
-    ok = True
+    # one deadline for all ranks, inside check.sh's `timeout`; a rank that fails
+    # ends the others at once (they would wait for it in NCCL until the deadline)
+    ok, deadline = True, time.time() + float(os.environ.get("AMPR_TP_PROCS_TIMEOUT", "100"))
+    while any(p.poll() is None for p in procs) and ok and time.time() < deadline:
+        ok = all(p.poll() in (None, 0) for p in procs)
+        time.sleep(0.2)
     for r, p in enumerate(procs):
-        rc = p.wait(timeout=170)
+        rc = p.poll()
         if rc != 0:
             ok = False
             with open(os.path.join(outdir, "tp-rank-%d.err" % r)) as f:
-                sys.stderr.write("rank %d: exit %d: %s\n" % (r, rc, f.read().strip()[-400:]))
+                sys.stderr.write("rank %d: %s: %s\n" % (r, "still running at the deadline" if rc is None
+                                                         else "exit %d" % rc, f.read().strip()[-400:]))
 finally:
     for p in procs:  # a rank left waiting in NCCL must not hold its GPU
         if p.poll() is None:
