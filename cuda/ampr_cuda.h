@@ -219,8 +219,8 @@ ampr_status ampr__cuda_seq_set_blocks(ampr__cuda_seq *s, const int32_t *blocks, 
 
 /* Run tokens[0..n) (host) at positions p0..p0+n-1, writing their K/V.
  * Logits of the last token (all n with all_logits) go to the device buffer
- * returned by ampr__cuda_seq_logits(); if d_argmax_out is set, also the
- * argmax of the last token's logits (device int32). */
+ * returned by ampr__cuda_seq_logits(), and the argmax of the last token's
+ * logits to ampr__cuda_seq_argmax() (device int32). */
 ampr_status ampr__cuda_forward(ampr__cuda_seq *s, const int32_t *tokens, int32_t n, int32_t p0,
                                int all_logits, ampr__err *err);
 const float *ampr__cuda_seq_logits(const ampr__cuda_seq *s);   /* device */

@@ -13,12 +13,12 @@ CUDA_GENCODE ?= -gencode=arch=compute_80,code=sm_80 \
 # lib/libnccl.so.2 (e.g. the nvidia-nccl Python wheel's nvidia/nccl folder).
 NCCL_HOME ?=
 comma := ,
-CUDA_HAVE_NCCL := $(if $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h \
-                    $(if $(NCCL_HOME),$(NCCL_HOME)/include/nccl.h)),1,0)
-NCCL_LINK := $(if $(NCCL_HOME),$(NCCL_HOME)/lib/libnccl.so.2 -Wl$(comma)-rpath$(comma)$(NCCL_HOME)/lib,-lnccl)
+NCCL_HOME_OK := $(if $(NCCL_HOME),$(if $(wildcard $(NCCL_HOME)/include/nccl.h),$(if $(wildcard $(NCCL_HOME)/lib/libnccl.so.2),$(NCCL_HOME))))
+CUDA_HAVE_NCCL := $(if $(NCCL_HOME_OK)$(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h),1,0)
+NCCL_LINK := $(if $(NCCL_HOME_OK),$(NCCL_HOME_OK)/lib/libnccl.so.2 -Wl$(comma)-rpath$(comma)$(NCCL_HOME_OK)/lib,-lnccl)
 NVCC_FLAGS := -std=c++17 -O3 -g -Iinclude -Ilib -Icuda $(CUDA_GENCODE) \
               -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra -Werror all-warnings \
-              $(if $(filter 1,$(CUDA_HAVE_NCCL)),-DAMPR_HAVE_NCCL $(if $(NCCL_HOME),-I$(NCCL_HOME)/include))
+              $(if $(filter 1,$(CUDA_HAVE_NCCL)),-DAMPR_HAVE_NCCL $(if $(NCCL_HOME_OK),-I$(NCCL_HOME_OK)/include))
 
 CUDA_SRCS := $(sort $(wildcard cuda/*.cu))
 CUDA_OBJS := $(patsubst %.cu,$(B)/%.o,$(CUDA_SRCS))

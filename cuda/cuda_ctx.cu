@@ -199,6 +199,9 @@ ampr_status ampr__cuda_copy_gbs(ampr__cuda *c, size_t bytes, int reps, double *g
     if (e1) cudaEventDestroy(e1);
     ampr__cuda_free(c, a);
     ampr__cuda_free(c, b);
+    /* best effort: an allocation that failed (a full card) must not be the
+     * "last error" the next pass's first launch check finds */
+    if (st != AMPR_OK) (void)cudaGetLastError();
     return st;
 }
 

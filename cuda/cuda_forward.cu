@@ -633,14 +633,15 @@ static ampr_status work_reserve(ampr__cuda_work *w, int32_t n, int32_t n_logits,
         AMPR__CU(err, cudaStreamSynchronize(c->stream));
         ints_release(w);
         w->gen++;
-        int32_t cap_blocks = AMPR__MAX(w->cap_blocks, 1024);
+        int64_t cap_blocks = AMPR__MAX(w->cap_blocks, 1024);
         while (cap_blocks < n_blocks) cap_blocks *= 2;
+        if (cap_blocks > INT32_MAX) return ampr__fail(err, AMPR_ERR_INTERNAL, "block table too large");
         w->cap_blocks = 0;
         size_t count = 3 * (size_t)w->cap_tokens + (size_t)cap_blocks;
         w->stage = (int32_t *)ampr__calloc(count, sizeof(int32_t)); /* defined bytes */
         if (!w->stage) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for CUDA inputs");
         AMPR__TRY(seq_alloc(c, count * 4, &w->ints, err));
-        w->cap_blocks = cap_blocks;
+        w->cap_blocks = (int32_t)cap_blocks;
     }
     if (n_logits > w->cap_logits) {
         AMPR__CU(err, cudaStreamSynchronize(c->stream));
@@ -648,7 +649,8 @@ static ampr_status work_reserve(ampr__cuda_work *w, int32_t n, int32_t n_logits,
         w->logits = NULL;
         w->cap_logits = 0;
         w->gen++;
-        int32_t cap = AMPR__MAX(n_logits, 32);
+        int32_t cap = 32;
+        while (cap < n_logits) cap *= 2; /* n_logits <= tokens of a pass, an int32 */
         AMPR__TRY(seq_alloc(c, (size_t)cap * (size_t)hp->vocab_size * 4, &w->logits, err));
         w->cap_logits = cap;
     }
@@ -679,8 +681,8 @@ static ampr_status rank_inputs(ampr__cuda_model *m, ampr__cuda_kvpool *kv, ampr_
     w->pos = w->ints + k;
     w->row_seq = w->ints + 2 * k;
     w->blocks = w->ints + 3 * k;
-    /* from pageable memory the copy has left stage when this returns (the
-     * stream orders it before the pass); no host wait needed */
+    /* no host wait: the stream orders the copy before the pass, and stage is
+     * rewritten only by the next pass, after this one's closing sync */
     AMPR__CU(err, cudaMemcpyAsync(w->ints, w->stage, (3 * k + n_blk) * 4, cudaMemcpyHostToDevice,
                                   c->stream));
     return AMPR_OK;
@@ -695,10 +697,6 @@ static ampr_status reduce_parts(ampr__cuda_work *const *w, int n_ranks, ampr__cu
     return ampr__cuda_reduce_sum(red, bufs, (size_t)n * (size_t)w[0]->hp.dim, err);
 }
 
-/* Everything a pass enqueues after its inputs are on the devices: embedding,
- * the layers with their all-reduces, the final norm and the logits matmul
- * into w[0]->logits. No host synchronization and no allocation once the
- * scratch is large enough, so a single-rank pass can be captured. */
 /* Rank r's buffers for a pass over its KV pool and work buffers. */
 static pass_bufs rank_bufs(const ampr__cuda_model *m, const ampr__cuda_kvpool *kv,
                            const ampr__cuda_work *w, int has_row_seq, int32_t stride) {

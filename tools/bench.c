@@ -231,7 +231,7 @@ int ampr_tool_bench(int argc, char **argv) {
               stderr);
         return 2;
     }
-    if (gpus && strspn(gpus, "0123456789,") != strlen(gpus)) {
+    if (gpus && (strspn(gpus, "0123456789,") != strlen(gpus) || strlen(gpus) > 200)) {
         fputs("ampr bench: --gpus takes GPU ids separated by commas, e.g. 0,1\n", stderr);
         return 2;
     }

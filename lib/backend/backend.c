@@ -29,5 +29,9 @@ void ampr__backend_close(ampr_ctx *c) {
 
 double ampr__backend_mem_gbs(ampr_ctx *c) {
     ampr__backend *b = c ? c->backend : NULL;
-    return b && b->ops->mem_gbs ? b->ops->mem_gbs(b) : 0;
+    if (!b || !b->ops->mem_gbs) return 0;
+    pthread_mutex_lock(&c->compute_lock);
+    double gbs = b->ops->mem_gbs(b);
+    pthread_mutex_unlock(&c->compute_lock);
+    return gbs;
 }

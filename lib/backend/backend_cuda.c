@@ -247,7 +247,8 @@ static void cuda_close(ampr__backend *b) {
 }
 
 /* Copy bandwidth of the first rank's GPU (256 MiB, best of 5) times the
- * number of distinct GPUs the ranks use, under the compute lock. */
+ * number of distinct GPUs the ranks use. The caller holds the compute lock
+ * (ampr__backend_mem_gbs), so no pass shares the stream meanwhile. */
 static double cuda_mem_gbs(ampr__backend *b) {
     cuda_backend *cb = b->impl;
     double gbs = 0;

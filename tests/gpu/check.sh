@@ -182,7 +182,9 @@ fi
 DEADLINE=${AMPR_GPU_DEADLINE:-520} # seconds from the start; the device call allows ~540
 make_pid=""
 if [ "$e2e" = 1 ]; then
-    make -j8 CUDA=1 B="$OUT/lib" CUDA_GENCODE="$GENCODE" lib "$OUT/lib/ampr" >"$OUT/make.log" 2>&1 &
+    # the CLI's library gets NCCL exactly when the check does
+    make -j8 CUDA=1 B="$OUT/lib" CUDA_GENCODE="$GENCODE" CUDA_HAVE_NCCL="$([ -n "$NCCL_DEF" ] && echo 1 || echo 0)" \
+        lib "$OUT/lib/ampr" >"$OUT/make.log" 2>&1 &
     make_pid=$!
 fi
 
