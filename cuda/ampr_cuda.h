@@ -265,7 +265,7 @@ void ampr__cuda_work_free(ampr__cuda_work *w); /* NULL-safe */
  * all-reduce) are captured as CUDA graphs on a shape's second pass and
  * replayed after; on by default unless AMPR_CUDA_GRAPHS=0 in the
  * environment at ampr__cuda_work_new. A graph is keyed by (model, pool, n,
- * n_logits, stride, row map or not) and dropped when a buffer it uses moves
+ * stride, row map or not) and dropped when a buffer it uses moves
  * (work buffers, matmul scratch), or smooth factors / gemv_max change. Models
  * and pools must outlive the work (the keys are their addresses). */
 void ampr__cuda_work_set_graphs(ampr__cuda_work *w, int on);

@@ -519,15 +519,15 @@ ampr_status ampr__cuda_model_set_smooth(ampr__cuda_model *m, int32_t layer, int 
     return upload_f32(m->c, s, (size_t)len, slot, err);
 }
 
-/* A captured pass of the engine (single rank): replayed when the same model,
- * pool, token count, logits count and table stride come again and no buffer
- * it uses has moved since (the generation counters). */
+/* A captured pass of the engine (single rank, logits for every token):
+ * replayed when the same model, pool, token count and table stride come again
+ * and no buffer it uses has moved since (the generation counters). */
 #define AMPR__CUDA_PASS_GRAPHS 64
 #define AMPR__CUDA_PASS_GRAPH_MAX_N 32 /* decode batches; longer passes run eagerly */
 typedef struct pass_graph {
     const ampr__cuda_model *m;
     const ampr__cuda_kvpool *kv;
-    int32_t n, n_logits, stride;
+    int32_t n, stride;
     int has_row_seq;
     int runs;                  /* eager runs so far (up to 2): capture on the second */
     uint64_t last_use;         /* for evicting the least recently used */
@@ -731,18 +731,19 @@ static ampr_status pass_body(ampr__cuda_model *const *m, ampr__cuda_kvpool *cons
     return layer_logits(m[0], &b[0], n, n_logits, err);
 }
 
-/* The graph slot of a single-rank pass shape, or NULL (graphs off, long
- * passes). A graph whose buffers moved since its capture is dropped here. */
+/* The graph slot of a single-rank decode-like pass shape (n tokens, logits
+ * for each), or NULL (graphs off, long passes). A graph whose buffers moved
+ * since its capture is dropped here. */
 static pass_graph *graph_slot(ampr__cuda_work *w, const ampr__cuda_model *m,
-                              const ampr__cuda_kvpool *kv, int32_t n, int32_t n_logits,
-                              int32_t stride, int has_row_seq) {
+                              const ampr__cuda_kvpool *kv, int32_t n, int32_t stride,
+                              int has_row_seq) {
     if (!w->graphs || n > AMPR__CUDA_PASS_GRAPH_MAX_N) return NULL;
     pass_graph *victim = &w->g[0];
     uint64_t now = ++w->g_clock;
     for (int i = 0; i < AMPR__CUDA_PASS_GRAPHS; i++) {
         pass_graph *g = &w->g[i];
-        if (g->m && g->m == m && g->kv == kv && g->n == n && g->n_logits == n_logits &&
-            g->stride == stride && g->has_row_seq == has_row_seq) {
+        if (g->m && g->m == m && g->kv == kv && g->n == n && g->stride == stride &&
+            g->has_row_seq == has_row_seq) {
             if (g->exec && (g->c_gen != w->c->scratch_gen || g->w_gen != w->gen)) {
                 cudaGraphExecDestroy(g->exec); /* its pointers are stale */
                 g->exec = NULL;
@@ -758,7 +759,6 @@ static pass_graph *graph_slot(ampr__cuda_work *w, const ampr__cuda_model *m,
     g->m = m;
     g->kv = kv;
     g->n = n;
-    g->n_logits = n_logits;
     g->stride = stride;
     g->has_row_seq = has_row_seq;
     return g;
@@ -770,8 +770,7 @@ static pass_graph *graph_slot(ampr__cuda_work *w, const ampr__cuda_model *m,
  * and g marked failed for the current buffer generations: the pass then runs
  * eagerly, as it would without graphs. */
 static void graph_capture(pass_graph *g, ampr__cuda_model *const *m, ampr__cuda_kvpool *const *kv,
-                          ampr__cuda_work *const *w, int32_t n, int has_row_seq, int32_t stride,
-                          int32_t n_logits) {
+                          ampr__cuda_work *const *w, int32_t n, int has_row_seq, int32_t stride) {
     ampr__cuda *c = m[0]->c;
     ampr__err e;
     memset(&e, 0, sizeof e);
@@ -783,7 +782,7 @@ static void graph_capture(pass_graph *g, ampr__cuda_model *const *m, ampr__cuda_
         (void)cudaGetLastError();
         return;
     }
-    ampr_status st = pass_body(m, kv, w, 1, NULL, n, has_row_seq, stride, n_logits, &e);
+    ampr_status st = pass_body(m, kv, w, 1, NULL, n, has_row_seq, stride, n, &e);
     cudaGraph_t graph = NULL;
     cudaError_t ce = cudaStreamEndCapture(c->stream, &graph); /* always end the capture */
     cudaGraphExec_t exec = NULL;
@@ -841,11 +840,11 @@ ampr_status ampr__cuda_forward_paged(ampr__cuda_model *const *m, ampr__cuda_kvpo
      * group has red set), and decode-like passes (logits for every token:
      * decode batches, the fallback's check windows), whose shapes repeat */
     pass_graph *g = n_ranks == 1 && !red && n_logits == n
-                        ? graph_slot(w0, m[0], kv[0], n, n_logits, stride, row_seq != NULL)
+                        ? graph_slot(w0, m[0], kv[0], n, stride, row_seq != NULL)
                         : NULL;
     if (g && !g->exec && !(g->failed && g->c_gen == c->scratch_gen && g->w_gen == w0->gen) &&
         g->runs >= 1)
-        graph_capture(g, m, kv, w, n, row_seq != NULL, stride, n_logits); /* failure: eager */
+        graph_capture(g, m, kv, w, n, row_seq != NULL, stride); /* failure: eager */
     if (g && g->exec) {
         AMPR__TRY(ampr__cuda_use(c, err));
         AMPR__CU(err, cudaGraphLaunch(g->exec, c->stream));
