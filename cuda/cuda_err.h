@@ -95,6 +95,14 @@ struct ampr__cuda {
     uint64_t scratch_gen;     /* bumped whenever a scratch buffer above moves (graphs) */
 };
 
+/* Blocks for a grid-stride kernel over n elements, block threads each: one per
+ * block of elements, at most 65535*8 (the loops stride over the rest). */
+static inline unsigned ampr__cuda_grid(size_t n, unsigned block) {
+    size_t g = (n + block - 1) / block;
+    if (g > 65535u * 8u) g = 65535u * 8u;
+    return (unsigned)(g ? g : 1);
+}
+
 /* Free a plan's descriptors (those that exist) and mark it unused. */
 void ampr__cuda_plan_destroy(ampr__cuda_plan *p);
 /* Is the context's stream being captured into a graph right now? */

@@ -178,9 +178,7 @@ static ampr_status smooth_div(const ampr__cuda_model *m, int32_t l, int mm, floa
     const float *s = m->smooth ? m->smooth[4 * (size_t)l + (size_t)mm] : NULL;
     if (!s) return AMPR_OK;
     size_t total = (size_t)n * (size_t)cols;
-    size_t g = (total + 255) / 256;
-    if (g > 65535u * 8u) g = 65535u * 8u;
-    div_cols_kernel<<<(unsigned)(g ? g : 1), 256, 0, m->c->stream>>>(x, s, total, cols);
+    div_cols_kernel<<<ampr__cuda_grid(total, 256), 256, 0, m->c->stream>>>(x, s, total, cols);
     AMPR__CU_LAUNCHED(err, "div_cols");
     return AMPR_OK;
 }

@@ -95,12 +95,6 @@ __global__ void int8_scale_kernel(const int32_t *__restrict__ acc, const float *
     }
 }
 
-static unsigned grid_for(size_t n, unsigned block) {
-    size_t g = (n + block - 1) / block;
-    if (g > 65535u * 8u) g = 65535u * 8u;
-    return (unsigned)(g ? g : 1);
-}
-
 /* ---- fused GEMV kernels --------------------------------------------------- */
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -514,18 +508,18 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
         AMPR__TRY(ampr__cuda_quant_act(c, x, n, (int32_t)cols, c->xq, c->xs, err));
         AMPR__TRY(lt_matmul(c, AMPR__Q_INT8, w->data, c->xq, c->acc, rows, np, cols, rows, err));
         size_t total = (size_t)rows * (size_t)n;
-        int8_scale_kernel<<<grid_for(total, 256), 256, 0, c->stream>>>(c->acc, w->scales, c->xs,
+        int8_scale_kernel<<<ampr__cuda_grid(total, 256), 256, 0, c->stream>>>(c->acc, w->scales, c->xs,
                                                                         rows, n, y, ldy);
         AMPR__CU_LAUNCHED(err, "int8_scale");
         return AMPR_OK;
     }
     size_t nx = (size_t)n * (size_t)cols;
-    f32_to_f16_kernel<<<grid_for(nx, 256), 256, 0, c->stream>>>(x, c->xh, nx);
+    f32_to_f16_kernel<<<ampr__cuda_grid(nx, 256), 256, 0, c->stream>>>(x, c->xh, nx);
     AMPR__CU_LAUNCHED(err, "f32_to_f16");
     const void *A = w->data;
     if (w->type == AMPR__Q_NF4) {
         size_t ne = (size_t)rows * (size_t)cols;
-        nf4_dequant_kernel<<<grid_for((ne + 1) / 2, 256), 256, 0, c->stream>>>(
+        nf4_dequant_kernel<<<ampr__cuda_grid((ne + 1) / 2, 256), 256, 0, c->stream>>>(
             (const uint8_t *)w->data, w->scales, c->wdq, ne);
         AMPR__CU_LAUNCHED(err, "nf4_dequant");
         A = c->wdq;

@@ -287,10 +287,8 @@ static ampr_status copy_sum(ampr__cuda_reduce *r, float *const *bufs, size_t cou
         AMPR__CU(err, cudaMemcpyPeerAsync(r->tmp + (size_t)(i - 1) * count, c0->device, bufs[i],
                                           r->ctx[i]->device, bytes, c0->stream));
     }
-    size_t g = (count + 255) / 256;
-    if (g > 65535u * 8u) g = 65535u * 8u;
-    sum_ranks_kernel<<<(unsigned)(g ? g : 1), 256, 0, c0->stream>>>(bufs[0], r->tmp, r->n - 1,
-                                                                     count);
+    sum_ranks_kernel<<<ampr__cuda_grid(count, 256), 256, 0, c0->stream>>>(bufs[0], r->tmp,
+                                                                           r->n - 1, count);
     AMPR__CU_LAUNCHED(err, "sum_ranks");
     for (int i = 1; i < r->n; i++)
         AMPR__CU(err, cudaMemcpyPeerAsync(bufs[i], r->ctx[i]->device, bufs[0], c0->device, bytes,

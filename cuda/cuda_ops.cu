@@ -7,13 +7,6 @@
 
 #include <math.h>
 
-
-static unsigned grid_for(size_t n, unsigned block) {
-    size_t g = (n + block - 1) / block;
-    if (g > 65535u * 8u) g = 65535u * 8u;
-    return (unsigned)(g ? g : 1);
-}
-
 /* ---- embedding ---------------------------------------------------------------- */
 
 __device__ __forceinline__ float nf4_value(unsigned code) {
@@ -125,7 +118,7 @@ ampr_status ampr__cuda_rope(ampr__cuda *c, float *v, int64_t ld, int32_t n, int3
                             const float *sin_tab, int interleaved, ampr__err *err) {
     size_t total = (size_t)n * (size_t)n_heads * (size_t)(head_dim / 2);
     if (!total) return AMPR_OK;
-    rope_kernel<<<grid_for(total, 256), 256, 0, c->stream>>>(v, ld, n, n_heads, head_dim, d_pos,
+    rope_kernel<<<ampr__cuda_grid(total, 256), 256, 0, c->stream>>>(v, ld, n, n_heads, head_dim, d_pos,
                                                               cos_tab, sin_tab, interleaved);
     AMPR__CU_LAUNCHED(err, "rope");
     return AMPR_OK;
@@ -149,7 +142,7 @@ ampr_status ampr__cuda_swiglu(ampr__cuda *c, const float *gu, float *out, int32_
                               int32_t hidden, ampr__err *err) {
     size_t total = (size_t)n * (size_t)hidden;
     if (!total) return AMPR_OK;
-    swiglu_kernel<<<grid_for(total, 256), 256, 0, c->stream>>>(gu, out, n, hidden);
+    swiglu_kernel<<<ampr__cuda_grid(total, 256), 256, 0, c->stream>>>(gu, out, n, hidden);
     AMPR__CU_LAUNCHED(err, "swiglu");
     return AMPR_OK;
 }
@@ -162,7 +155,7 @@ __global__ void add_kernel(float *x, const float *__restrict__ y, size_t count) 
 
 ampr_status ampr__cuda_add(ampr__cuda *c, float *x, const float *y, int64_t count, ampr__err *err) {
     if (count <= 0) return AMPR_OK;
-    add_kernel<<<grid_for((size_t)count, 256), 256, 0, c->stream>>>(x, y, (size_t)count);
+    add_kernel<<<ampr__cuda_grid((size_t)count, 256), 256, 0, c->stream>>>(x, y, (size_t)count);
     AMPR__CU_LAUNCHED(err, "add");
     return AMPR_OK;
 }
@@ -212,7 +205,7 @@ ampr_status ampr__cuda_kv_store(ampr__cuda *c, const ampr__cuda_kv_view *kv, con
                                 ampr__err *err) {
     size_t total = (size_t)n * (size_t)kv->kv_dim;
     if (!total) return AMPR_OK;
-    unsigned g = grid_for(total, 256);
+    unsigned g = ampr__cuda_grid(total, 256);
     if (kv->dtype == AMPR__CUDA_F16)
         kv_store_kernel<__half><<<g, 256, 0, c->stream>>>(
             (__half *)kv->k, (__half *)kv->v, kv->d_blocks, kv->n_layers, kv->layer,
