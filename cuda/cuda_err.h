@@ -17,6 +17,7 @@
 #include <cuda_runtime.h>
 
 #include "ampr_cuda.h"
+#include "forward/tp.h" /* AMPR__TP_MAX: the most ranks, here and on the CPU */
 
 ampr_status ampr__cuda_fail(ampr__err *err, cudaError_t e, const char *what, const char *file,
                             int line);
@@ -57,7 +58,6 @@ ampr_status ampr__nccl_fail(ampr__err *err, ncclResult_t r, const char *what, co
 
 #define AMPR__CUDA_MAX_PLANS 128
 #define AMPR__CUDA_GEMV_MAX 8
-#define AMPR__CUDA_MAX_RANKS 64 /* = AMPR__TP_MAX (lib/forward/tp.h) */
 
 typedef struct ampr__cuda_plan {
     int used;

@@ -690,7 +690,7 @@ static ampr_status rank_inputs(ampr__cuda_model *m, ampr__cuda_kvpool *kv, ampr_
 static ampr_status reduce_parts(ampr__cuda_work *const *w, int n_ranks, ampr__cuda_reduce *red,
                                 int32_t n, ampr__err *err) {
     if (!red) return AMPR_OK;
-    float *bufs[AMPR__CUDA_MAX_RANKS];
+    float *bufs[AMPR__TP_MAX];
     for (int r = 0; r < n_ranks; r++) bufs[r] = w[r]->xb;
     return ampr__cuda_reduce_sum(red, bufs, (size_t)n * (size_t)w[0]->hp.dim, err);
 }
@@ -714,7 +714,7 @@ static ampr_status pass_body(ampr__cuda_model *const *m, ampr__cuda_kvpool *cons
                              ampr__cuda_work *const *w, int n_ranks, ampr__cuda_reduce *red,
                              int32_t n, int has_row_seq, int32_t stride, int32_t n_logits,
                              ampr__err *err) {
-    pass_bufs b[AMPR__CUDA_MAX_RANKS];
+    pass_bufs b[AMPR__TP_MAX];
     for (int r = 0; r < n_ranks; r++) {
         b[r] = rank_bufs(m[r], kv[r], w[r], has_row_seq, stride);
         AMPR__TRY(layer_embed(m[r], &b[r], n, err));
@@ -802,7 +802,7 @@ ampr_status ampr__cuda_forward_paged(ampr__cuda_model *const *m, ampr__cuda_kvpo
                                      const int32_t *pos, const int32_t *row_seq, int32_t n,
                                      const int32_t *blocks, int32_t n_seqs, int32_t stride,
                                      int32_t n_logits, float *logits, ampr__err *err) {
-    if (n_ranks < 1 || n_ranks > AMPR__CUDA_MAX_RANKS || (n_ranks > 1 && !red))
+    if (n_ranks < 1 || n_ranks > AMPR__TP_MAX || (n_ranks > 1 && !red))
         return ampr__fail(err, AMPR_ERR_INTERNAL, "CUDA paged forward: %d ranks", n_ranks);
     const ampr__cuda_hparams *hp = &m[0]->hp;
     if (n <= 0 || n_logits < 1 || n_logits > n || n_seqs < 1 || stride < 1)

@@ -64,10 +64,10 @@ ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
 
 ampr_status ampr__cuda_comm_init_all(ampr__cuda *const *ctxs, int n, ampr__cuda_comm **out,
                                      ampr__err *err) {
-    if (n <= 0 || n > 64) return ampr__fail(err, AMPR_ERR_INVALID_ARG, "%d devices", n);
+    if (n <= 0 || n > AMPR__TP_MAX) return ampr__fail(err, AMPR_ERR_INVALID_ARG, "%d devices", n);
     for (int i = 0; i < n; i++) out[i] = NULL;
-    int devs[64] = {0};
-    ncclComm_t comms[64];
+    int devs[AMPR__TP_MAX] = {0};
+    ncclComm_t comms[AMPR__TP_MAX];
     for (int i = 0; i < n; i++) devs[i] = ctxs[i]->device;
     AMPR__NCCL(err, ncclCommInitAll(comms, n, devs));
     for (int i = 0; i < n; i++) {
@@ -156,9 +156,9 @@ ampr_status ampr__cuda_allreduce_sum_group(ampr__cuda_comm *const *comms, float 
 struct ampr__cuda_reduce {
     int n;                               /* ranks this process drives */
     int nccl;                            /* 1: comm[], 0: the copy all-reduce */
-    ampr__cuda *ctx[AMPR__CUDA_MAX_RANKS];
-    ampr__cuda_comm *comm[AMPR__CUDA_MAX_RANKS];
-    cudaEvent_t ev[AMPR__CUDA_MAX_RANKS]; /* copy: rank i's partial is ready / the sum is */
+    ampr__cuda *ctx[AMPR__TP_MAX];
+    ampr__cuda_comm *comm[AMPR__TP_MAX];
+    cudaEvent_t ev[AMPR__TP_MAX]; /* copy: rank i's partial is ready / the sum is */
     float *tmp;                          /* copy: on rank 0's device, (n-1) partials */
     size_t tmp_count;
 };
@@ -185,7 +185,7 @@ void ampr__cuda_reduce_free(ampr__cuda_reduce *r) {
 
 static ampr_status reduce_alloc(int n, ampr__cuda_reduce **out, ampr__err *err) {
     *out = NULL;
-    if (n < 1 || n > AMPR__CUDA_MAX_RANKS)
+    if (n < 1 || n > AMPR__TP_MAX)
         return ampr__fail(err, AMPR_ERR_INVALID_ARG, "%d tensor-parallel ranks in one process", n);
     *out = (ampr__cuda_reduce *)ampr__calloc(1, sizeof **out);
     if (!*out) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for an all-reduce");

@@ -290,9 +290,9 @@ static int hex_digit(char ch) {
 static ampr_status parse_tp(json_t *root, ampr__config *c, ampr__err *err) {
     json_t *v;
     if ((v = json_object_get(root, "gpus"))) {
-        if (!json_is_array(v) || json_array_size(v) < 1 || json_array_size(v) > AMPR__CFG_MAX_RANKS)
+        if (!json_is_array(v) || json_array_size(v) < 1 || json_array_size(v) > AMPR__TP_MAX)
             return ampr__fail(err, AMPR_ERR_CONFIG,
-                              "config: \"gpus\" must be a list of 1 to %d GPU ids", AMPR__CFG_MAX_RANKS);
+                              "config: \"gpus\" must be a list of 1 to %d GPU ids", AMPR__TP_MAX);
         size_t i;
         json_t *g;
         json_array_foreach(v, i, g) {

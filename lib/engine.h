@@ -15,6 +15,7 @@
 #include "common/common.h"
 #include "common/pool.h"
 #include "fallback/fallback.h"
+#include "forward/tp.h"
 #include "kv/kv.h"
 #include "metrics/metrics.h"
 #include "model/model.h"
@@ -24,8 +25,6 @@
 /* The four matmuls of a layer, in order; their inputs are what calibration
  * measures and what SmoothQuant factors apply to. */
 enum { AMPR__MM_QKV = 0, AMPR__MM_O = 1, AMPR__MM_GU = 2, AMPR__MM_DOWN = 3, AMPR__MM_COUNT = 4 };
-
-#define AMPR__CFG_MAX_RANKS 64 /* = AMPR__TP_MAX (forward/tp.h) */
 
 /* Activation statistics from a calibration run: per layer and matmul, the
  * largest |x| seen on each input channel (width: dim, q_dim, dim, hidden). */
@@ -51,7 +50,7 @@ typedef struct ampr__config {
     int nf4_bf16_act;                 /* "nf4": {"activations": "bf16"} */
     int tp_size;                      /* tensor-parallel ranks (1: none); see forward/tp.h */
     int n_gpus;                       /* "gpus": 0 = default */
-    int32_t gpus[AMPR__CFG_MAX_RANKS];/* GPU of each rank this process drives */
+    int32_t gpus[AMPR__TP_MAX];       /* GPU of each rank this process drives */
     int tp_allreduce;                 /* 0 auto, 1 nccl, 2 copy (CUDA, several ranks) */
     int tp_rank;                      /* -1, or this process's rank ("tp_rank", one per process) */
     unsigned char tp_id[AMPR_TP_ID_LEN / 2]; /* "tp_id" decoded (with tp_rank) */
