@@ -246,6 +246,17 @@ static void cuda_close(ampr__backend *b) {
     ampr__free(b);
 }
 
+/* How many different GPUs the local ranks' contexts are on. */
+static int distinct_gpus(const cuda_backend *cb) {
+    int distinct = 0;
+    for (int r = 0; r < cb->n; r++) {
+        int seen = 0;
+        for (int q = 0; q < r; q++) seen |= ampr__cuda_device(cb->cuda[q]) == ampr__cuda_device(cb->cuda[r]);
+        distinct += !seen;
+    }
+    return distinct;
+}
+
 /* Copy bandwidth of the first rank's GPU (256 MiB, best of 5) times the
  * number of distinct GPUs the ranks use. The caller holds the compute lock
  * (ampr__backend_mem_gbs), so no pass shares the stream meanwhile. */
@@ -254,13 +265,7 @@ static double cuda_mem_gbs(ampr__backend *b) {
     double gbs = 0;
     ampr__err err = {0};
     if (ampr__cuda_copy_gbs(cb->cuda[0], (size_t)256 << 20, 5, &gbs, &err) != AMPR_OK) return 0;
-    int distinct = 0;
-    for (int r = 0; r < cb->n; r++) {
-        int seen = 0;
-        for (int q = 0; q < r; q++) seen |= ampr__cuda_device(cb->cuda[q]) == ampr__cuda_device(cb->cuda[r]);
-        distinct += !seen;
-    }
-    return gbs * distinct;
+    return gbs * distinct_gpus(cb);
 }
 
 static const ampr__backend_ops cuda_ops = {"cuda", cuda_tier_upload, cuda_forward,
@@ -284,11 +289,8 @@ static ampr_status open_ranks(cuda_backend *cb, const ampr__config *cfg, ampr__e
     if (cb->tp == 1) return AMPR_OK;
     if (cfg->tp_rank >= 0)
         return ampr__cuda_reduce_rank(cb->cuda[0], cb->tp, cb->rank0, cfg->tp_id, &cb->red, err);
-    int distinct = 1;
-    for (int r = 0; r < cb->n; r++)
-        for (int q = 0; q < r; q++) distinct &= dev[q] != dev[r];
     if (cfg->tp_allreduce == 1) return ampr__cuda_reduce_local(cb->cuda, cb->n, 1, &cb->red, err);
-    if (cfg->tp_allreduce == 0 && distinct && ampr__cuda_have_nccl()) {
+    if (cfg->tp_allreduce == 0 && distinct_gpus(cb) == cb->n && ampr__cuda_have_nccl()) {
         /* "auto": NCCL where it comes up, else the copy all-reduce */
         ampr__err nerr = {0};
         if (ampr__cuda_reduce_local(cb->cuda, cb->n, 1, &cb->red, &nerr) == AMPR_OK) return AMPR_OK;
