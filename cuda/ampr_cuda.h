@@ -106,6 +106,8 @@ typedef struct ampr__cuda_mat {
 ampr_status ampr__cuda_mat_upload(ampr__cuda *c, const ampr__qmat *src, ampr__cuda_mat *dst,
                                   ampr__err *err);
 void ampr__cuda_mat_free(ampr__cuda *c, ampr__cuda_mat *m); /* NULL-safe, zeroes m */
+/* Bytes of device memory a matrix's weights and scales take. */
+uint64_t ampr__cuda_mat_bytes(const ampr__cuda_mat *m);
 
 /* ---- ops (all enqueued on the context's stream) ---------------------------- */
 
@@ -115,6 +117,11 @@ ampr_status ampr__cuda_embed(ampr__cuda *c, const ampr__cuda_mat *table, const i
 /* out[i] = x[i] * rsqrt(mean(x[i]^2) + eps) * w, for n rows of dim. */
 ampr_status ampr__cuda_rmsnorm(ampr__cuda *c, const float *x, const float *w, float *out,
                                int32_t n, int32_t dim, float eps, ampr__err *err);
+/* The residual add and the norm after it, in one kernel: x[i] += y[i] (x is
+ * updated), then out[i] = rmsnorm(x[i]) * w. y NULL: the norm alone. out
+ * may be y (a row is read before it is written) but not x. */
+ampr_status ampr__cuda_add_rmsnorm(ampr__cuda *c, float *x, const float *y, const float *w,
+                                   float *out, int32_t n, int32_t dim, float eps, ampr__err *err);
 /* Rotate n_heads heads of head_dim values in each of n rows (row stride ld)
  * at position d_pos[i], in place. cos/sin: [context][head_dim/2].
  * interleaved: pairs (2i, 2i+1); else half-split pairs (i, i + head_dim/2). */
@@ -162,15 +169,24 @@ typedef struct ampr__cuda_kv_view {
     int32_t blocks_stride;
 } ampr__cuda_kv_view;
 
-/* Store n rows of k and v (row stride ld, kv_dim values each) at positions
- * d_pos[i] of layer kv->layer. */
-ampr_status ampr__cuda_kv_store(ampr__cuda *c, const ampr__cuda_kv_view *kv, const float *k,
-                                const float *v, int64_t ld, int32_t n, const int32_t *d_pos,
-                                ampr__err *err);
+/* Store n rows of K and V at positions d_pos[i] of layer kv->layer: row i
+ * holds kv_dim K values at kv_rows + i*ld, then kv_dim V values. */
+ampr_status ampr__cuda_kv_store(ampr__cuda *c, const ampr__cuda_kv_view *kv, const float *kv_rows,
+                                int64_t ld, int32_t n, const int32_t *d_pos, ampr__err *err);
+/* The attention block's RoPE and KV store in one kernel: each row of qkv
+ * (stride ld) holds n_heads Q heads, n_kv_heads K heads and n_kv_heads V
+ * heads; Q and K rotate in place (as ampr__cuda_rope), then K and V are
+ * stored (as ampr__cuda_kv_store). */
+ampr_status ampr__cuda_rope_kv(ampr__cuda *c, const ampr__cuda_kv_view *kv, float *qkv,
+                               int64_t ld, int32_t n, int32_t n_heads, int32_t n_kv_heads,
+                               int32_t head_dim, const int32_t *d_pos, const float *cos_tab,
+                               const float *sin_tab, int interleaved, ampr__err *err);
 /* Causal GQA attention: for each of n query rows (row stride ldq, n_heads *
  * head_dim values) at position d_pos[i], attend over positions 0..d_pos[i] of
  * the sequence (their K/V must be stored). out is [n][n_heads*head_dim].
- * head_dim <= 256, n_heads % n_kv_heads == 0. */
+ * head_dim <= 256, n_heads % n_kv_heads == 0. When n * n_heads blocks would
+ * not fill the GPU (decode), each row's positions are split across blocks
+ * and a second kernel merges the splits (the context's fixed scratch). */
 ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, const float *q,
                                  int64_t ldq, int32_t n, const int32_t *d_pos, int32_t n_heads,
                                  int32_t n_kv_heads, int32_t head_dim, float *out,

@@ -58,6 +58,8 @@ static ampr_status ctx_init(ampr__cuda *c, int device, ampr__err *err) {
     AMPR__CUBLAS(err, cublasLtCreate(&c->lt));
     c->lt_ws_bytes = (size_t)32 << 20;
     AMPR__CU(err, cudaMalloc(&c->lt_ws, c->lt_ws_bytes));
+    c->att_part_bytes = (size_t)8 * (size_t)c->sm_count * (256 + 2) * sizeof(float);
+    AMPR__CU(err, cudaMalloc((void **)&c->att_part, c->att_part_bytes));
     return AMPR_OK;
 }
 
@@ -95,6 +97,7 @@ void ampr__cuda_close(ampr__cuda *c) {
     cudaFree(c->xs);
     cudaFree(c->acc);
     cudaFree(c->wdq);
+    cudaFree(c->att_part);
     if (c->stream) cudaStreamDestroy(c->stream);
     (void)cudaGetLastError();
     ampr__free(c);
@@ -274,6 +277,15 @@ ampr_status ampr__cuda_mat_upload(ampr__cuda *c, const ampr__qmat *src, ampr__cu
     ampr_status st = mat_upload(c, src, dst, err);
     if (st != AMPR_OK) ampr__cuda_mat_free(c, dst);
     return st;
+}
+
+uint64_t ampr__cuda_mat_bytes(const ampr__cuda_mat *m) {
+    uint64_t n = (uint64_t)m->rows * (uint64_t)m->cols;
+    switch (m->type) {
+    case AMPR__Q_F16: return 2 * n;
+    case AMPR__Q_INT8: return n + 4 * (uint64_t)m->rows;
+    default: return (n + 1) / 2 + 4 * ((n + 63) / 64);
+    }
 }
 
 void ampr__cuda_mat_free(ampr__cuda *c, ampr__cuda_mat *m) {

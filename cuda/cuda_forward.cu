@@ -49,14 +49,6 @@ struct ampr__cuda_seq {
     uint64_t graph_gen;          /* the context's scratch_gen when captured */
 };
 
-static uint64_t mat_bytes(const ampr__cuda_mat *m) {
-    uint64_t n = (uint64_t)m->rows * (uint64_t)m->cols;
-    switch (m->type) {
-    case AMPR__Q_F16: return 2 * n;
-    case AMPR__Q_INT8: return n + 4 * (uint64_t)m->rows;
-    default: return (n + 1) / 2 + 4 * ((n + 63) / 64);
-    }
-}
 
 /* ---- model --------------------------------------------------------------- */
 
@@ -89,10 +81,10 @@ static ampr_status model_build(ampr__cuda_model *m, const ampr__qmat *embd,
     if (output) AMPR__TRY(check_shape(output, hp->vocab_size, hp->dim, "output", err));
     m->qtype = embd->type;
     AMPR__TRY(ampr__cuda_mat_upload(c, embd, &m->embd, err));
-    m->bytes += mat_bytes(&m->embd);
+    m->bytes += ampr__cuda_mat_bytes(&m->embd);
     if (output) {
         AMPR__TRY(ampr__cuda_mat_upload(c, output, &m->output, err));
-        m->bytes += mat_bytes(&m->output);
+        m->bytes += ampr__cuda_mat_bytes(&m->output);
     }
     for (int32_t l = 0; l < hp->n_layers; l++) {
         const ampr__qmat *L = layers + 4 * (size_t)l;
@@ -104,7 +96,7 @@ static ampr_status model_build(ampr__cuda_model *m, const ampr__qmat *embd,
             if (L[k].type != m->qtype)
                 return ampr__fail(err, AMPR_ERR_INVALID_ARG, "layer %d mixes weight formats", l);
             AMPR__TRY(ampr__cuda_mat_upload(c, &L[k], &m->layers[4 * (size_t)l + k], err));
-            m->bytes += mat_bytes(&m->layers[4 * (size_t)l + k]);
+            m->bytes += ampr__cuda_mat_bytes(&m->layers[4 * (size_t)l + k]);
         }
     }
     size_t nn = (2 * (size_t)hp->n_layers + 1) * (size_t)hp->dim;
@@ -212,16 +204,12 @@ static ampr_status layer_attention(const ampr__cuda_model *m, const pass_bufs *b
     ampr__cuda_kv_view view = b->kv;
     view.layer = l;
     AMPR__TRY(ampr__cuda_use(c, err));
-    if (l > 0) AMPR__TRY(ampr__cuda_add(c, b->x, b->xb, (int64_t)n * dim, err));
-    AMPR__TRY(ampr__cuda_rmsnorm(c, b->x, attn_norm, b->xb, n, dim, hp->norm_eps, err));
+    AMPR__TRY(ampr__cuda_add_rmsnorm(c, b->x, l > 0 ? b->xb : NULL, attn_norm, b->xb, n, dim,
+                                     hp->norm_eps, err));
     AMPR__TRY(smooth_div(m, l, 0, b->xb, n, dim, err));
     AMPR__TRY(ampr__cuda_matmul(c, &L[0], b->xb, n, b->qkv, qkv_dim, err));
-    AMPR__TRY(ampr__cuda_rope(c, b->qkv, qkv_dim, n, hp->n_heads, hd, b->pos, m->rope_cos,
-                              m->rope_sin, hp->rope_interleaved, err));
-    AMPR__TRY(ampr__cuda_rope(c, b->qkv + q_dim, qkv_dim, n, hp->n_kv_heads, hd, b->pos,
-                              m->rope_cos, m->rope_sin, hp->rope_interleaved, err));
-    AMPR__TRY(ampr__cuda_kv_store(c, &view, b->qkv + q_dim, b->qkv + q_dim + kv_dim, qkv_dim, n,
-                                  b->pos, err));
+    AMPR__TRY(ampr__cuda_rope_kv(c, &view, b->qkv, qkv_dim, n, hp->n_heads, hp->n_kv_heads, hd,
+                                 b->pos, m->rope_cos, m->rope_sin, hp->rope_interleaved, err));
     AMPR__TRY(ampr__cuda_attention(c, &view, b->qkv, qkv_dim, n, b->pos, hp->n_heads,
                                    hp->n_kv_heads, hd, b->att, err));
     AMPR__TRY(smooth_div(m, l, 1, b->att, n, q_dim, err));
@@ -238,8 +226,7 @@ static ampr_status layer_ffn(const ampr__cuda_model *m, const pass_bufs *b, int3
     const ampr__cuda_mat *L = m->layers + 4 * (size_t)l;
     const float *ffn_norm = m->norms + ((size_t)hp->n_layers + l) * dim;
     AMPR__TRY(ampr__cuda_use(c, err));
-    AMPR__TRY(ampr__cuda_add(c, b->x, b->xb, (int64_t)n * dim, err));
-    AMPR__TRY(ampr__cuda_rmsnorm(c, b->x, ffn_norm, b->xb, n, dim, hp->norm_eps, err));
+    AMPR__TRY(ampr__cuda_add_rmsnorm(c, b->x, b->xb, ffn_norm, b->xb, n, dim, hp->norm_eps, err));
     AMPR__TRY(smooth_div(m, l, 2, b->xb, n, dim, err));
     AMPR__TRY(ampr__cuda_matmul(c, &L[2], b->xb, n, b->hb, 2 * (int64_t)hidden, err));
     AMPR__TRY(ampr__cuda_swiglu(c, b->hb, b->hb2, n, hidden, err));
@@ -247,19 +234,20 @@ static ampr_status layer_ffn(const ampr__cuda_model *m, const pass_bufs *b, int3
     return ampr__cuda_matmul(c, &L[3], b->hb2, n, b->xb, dim, err);
 }
 
-/* After the last layer: x += xb, then logits of the last n_logits rows. */
+/* After the last layer: x += xb and the final norm for the last n_logits
+ * rows (the earlier rows' hidden states are not needed again), then their
+ * logits. Each row is normalized in place in xb. */
 static ampr_status layer_logits(const ampr__cuda_model *m, const pass_bufs *b, int32_t n,
                                 int32_t n_logits, ampr__err *err) {
     const ampr__cuda_hparams *hp = &m->hp;
     ampr__cuda *c = m->c;
-    int32_t dim = hp->dim, first = n - n_logits;
+    size_t first = (size_t)(n - n_logits) * (size_t)hp->dim;
     AMPR__TRY(ampr__cuda_use(c, err));
-    AMPR__TRY(ampr__cuda_add(c, b->x, b->xb, (int64_t)n * dim, err));
-    const float *final_norm = m->norms + 2 * (size_t)hp->n_layers * dim;
-    AMPR__TRY(ampr__cuda_rmsnorm(c, b->x + (size_t)first * dim, final_norm, b->xb, n_logits, dim,
-                                 hp->norm_eps, err));
+    const float *final_norm = m->norms + 2 * (size_t)hp->n_layers * hp->dim;
+    AMPR__TRY(ampr__cuda_add_rmsnorm(c, b->x + first, b->xb + first, final_norm, b->xb + first,
+                                     n_logits, hp->dim, hp->norm_eps, err));
     const ampr__cuda_mat *out = m->tied ? &m->embd : &m->output;
-    return ampr__cuda_matmul(c, out, b->xb, n_logits, b->logits, hp->vocab_size, err);
+    return ampr__cuda_matmul(c, out, b->xb + first, n_logits, b->logits, hp->vocab_size, err);
 }
 
 /* ---- sequence ---------------------------------------------------------------- */

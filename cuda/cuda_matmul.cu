@@ -231,6 +231,144 @@ gemv_nf4_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax,
     }
 }
 
+/* ---- one token (batch-1 decode) ------------------------------------------
+ * gemv1_kernel<FMT, R, U>: each warp walks rows r, r + (all warps), ...
+ * (a grid of a few blocks per SM, so warps live long and keep loads
+ * streaming), R rows at a time, and issues U 16-byte loads per row per lane
+ * before it does any arithmetic: R*U*512 bytes in flight per warp. The
+ * activations of a chunk are read once for the R rows (for NF4, 128 bytes of
+ * x per 16 bytes of codes: without the reuse those reads, not the weights,
+ * bound the kernel). Per row the sum runs over the chunks in the order the
+ * n-token kernels above use, with the same expression per chunk. */
+
+template <int FMT> struct gemv1_fmt;
+template <> struct gemv1_fmt<AMPR__Q_F16> { enum { per_chunk = 8 }; };
+template <> struct gemv1_fmt<AMPR__Q_INT8> { enum { per_chunk = 16 }; };
+template <> struct gemv1_fmt<AMPR__Q_NF4> { enum { per_chunk = 32 }; };
+
+template <int FMT, int R, int U>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t rows,
+             int64_t cols, const float *__restrict__ x, const int8_t *__restrict__ xq,
+             const float *__restrict__ xs, float *__restrict__ y) {
+    const int E = gemv1_fmt<FMT>::per_chunk;
+    __shared__ float code[16];
+    if (FMT == AMPR__Q_NF4) {
+        if (threadIdx.x < 16) code[threadIdx.x] = k_nf4[threadIdx.x];
+        __syncthreads();
+    }
+    int lane = threadIdx.x & 31;
+    int64_t warp = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    int64_t n_warps = (int64_t)gridDim.x * GEMV_WARPS;
+    int64_t chunks = cols / E;
+    const size_t row_bytes = (size_t)cols * (FMT == AMPR__Q_F16 ? 2 : 1) / (FMT == AMPR__Q_NF4 ? 2 : 1);
+    for (int64_t r0 = warp * R; r0 < rows; r0 += n_warps * R) {
+        float acc[R];
+        int iacc[R];
+#pragma unroll
+        for (int k = 0; k < R; k++) {
+            acc[k] = 0.0f;
+            iacc[k] = 0;
+        }
+        for (int64_t j0 = lane; j0 < chunks; j0 += 32 * U) {
+            uint4 wv[R][U];
+#pragma unroll
+            for (int k = 0; k < R; k++) {
+                int64_t r = r0 + k < rows ? r0 + k : rows - 1; /* a tail row repeats the last */
+                const uint4 *wr = (const uint4 *)((const uint8_t *)W + (size_t)r * row_bytes);
+#pragma unroll
+                for (int u = 0; u < U; u++)
+                    wv[k][u] = j0 + 32 * u < chunks ? __ldg(wr + j0 + 32 * u) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                int64_t j = j0 + 32 * u;
+                if (j >= chunks) break;
+                if (FMT == AMPR__Q_F16) {
+                    const float4 *xv = (const float4 *)(x + j * 8);
+                    float4 a = __ldg(xv), b = __ldg(xv + 1);
+#pragma unroll
+                    for (int k = 0; k < R; k++) {
+                        const __half2 *h = (const __half2 *)&wv[k][u];
+                        float2 w0 = __half22float2(h[0]), w1 = __half22float2(h[1]);
+                        float2 w2 = __half22float2(h[2]), w3 = __half22float2(h[3]);
+                        acc[k] += w0.x * a.x + w0.y * a.y + w1.x * a.z + w1.y * a.w + w2.x * b.x +
+                                  w2.y * b.y + w3.x * b.z + w3.y * b.w;
+                    }
+                } else if (FMT == AMPR__Q_INT8) {
+                    int4 xv = __ldg((const int4 *)xq + j);
+#pragma unroll
+                    for (int k = 0; k < R; k++) {
+                        int a = iacc[k];
+                        a = __dp4a((int)wv[k][u].x, xv.x, a);
+                        a = __dp4a((int)wv[k][u].y, xv.y, a);
+                        a = __dp4a((int)wv[k][u].z, xv.z, a);
+                        a = __dp4a((int)wv[k][u].w, xv.w, a);
+                        iacc[k] = a;
+                    }
+                } else {
+                    float xv[32];
+                    const float4 *x4 = (const float4 *)(x + j * 32);
+#pragma unroll
+                    for (int q = 0; q < 8; q++) {
+                        float4 v = __ldg(x4 + q);
+                        xv[4 * q] = v.x;
+                        xv[4 * q + 1] = v.y;
+                        xv[4 * q + 2] = v.z;
+                        xv[4 * q + 3] = v.w;
+                    }
+#pragma unroll
+                    for (int k = 0; k < R; k++) {
+                        int64_t r = r0 + k < rows ? r0 + k : rows - 1;
+                        float a = __ldg(sc + (r * cols + j * 32) / 64);
+                        const uint32_t words[4] = {wv[k][u].x, wv[k][u].y, wv[k][u].z, wv[k][u].w};
+                        float sum = 0.0f;
+#pragma unroll
+                        for (int q = 0; q < 8; q++) {
+                            uint32_t w2 = words[q / 2] >> (16 * (q % 2)); /* bytes 2q, 2q+1 */
+                            sum += code[(w2 >> 4) & 15u] * xv[4 * q] +
+                                   code[w2 & 15u] * xv[4 * q + 1] +
+                                   code[(w2 >> 12) & 15u] * xv[4 * q + 2] +
+                                   code[(w2 >> 8) & 15u] * xv[4 * q + 3];
+                        }
+                        acc[k] += a * sum;
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < R; k++) {
+            if (FMT == AMPR__Q_INT8) {
+                int s = warp_sum_i(iacc[k]);
+                if (lane == 0 && r0 + k < rows) y[r0 + k] = ((float)s * sc[r0 + k]) * xs[0];
+            } else {
+                float s = warp_sum(acc[k]);
+                if (lane == 0 && r0 + k < rows) y[r0 + k] = s;
+            }
+        }
+    }
+}
+
+/* Rows per warp: the most of {4, 2, 1} (up to the format's preference) that
+ * still gives every SM two blocks' worth of warps; loads per row: enough
+ * for about 64 bytes per lane in flight. */
+template <int FMT, int R, int U>
+static void gemv1_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, float *y) {
+    int64_t warps = (w->rows + R - 1) / R;
+    int64_t blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
+    int64_t cap = 4 * (int64_t)c->sm_count; /* the grid-stride loop takes the rest */
+    gemv1_kernel<FMT, R, U><<<(unsigned)(blocks < cap ? blocks : cap), GEMV_WARPS * 32, 0,
+                              c->stream>>>(w->data, w->scales, w->rows, w->cols, x, c->xq, c->xs, y);
+}
+
+template <int FMT, int RMAX, int U>
+static void gemv1(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, float *y) {
+    int64_t per = (int64_t)GEMV_WARPS * 2 * c->sm_count; /* rows that fill the GPU at R = 1 */
+    if (RMAX >= 4 && w->rows >= 4 * per) gemv1_launch<FMT, (RMAX >= 4 ? 4 : 1), U>(c, w, x, y);
+    else if (RMAX >= 2 && w->rows >= 2 * per) gemv1_launch<FMT, (RMAX >= 2 ? 2 : 1), U>(c, w, x, y);
+    else gemv1_launch<FMT, 1, U * RMAX>(c, w, x, y);
+}
+
 /* Any shape, any alignment, any n: one warp per (row, group of up to 8
  * tokens), one element per lane per step. Element (r, c) of the flattened
  * matrix is e = r*cols + c: NF4 byte e/2 (high nibble when e is even),
@@ -458,18 +596,24 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
     if (n <= c->gemv_max && gemv_ok(w, x)) {
         switch (w->type) {
         case AMPR__Q_F16:
-            gemv_f16_kernel<<<gblocks, GEMV_WARPS * 32, 0, c->stream>>>(
-                (const __half *)w->data, rows, cols, x, n, y, ldy);
+            if (n == 1) gemv1<AMPR__Q_F16, 1, 8>(c, w, x, y);
+            else
+                gemv_f16_kernel<<<gblocks, GEMV_WARPS * 32, 0, c->stream>>>(
+                    (const __half *)w->data, rows, cols, x, n, y, ldy);
             break;
         case AMPR__Q_INT8:
             AMPR__TRY(ampr__cuda_reserve(c, n, 0, cols, 0, err));
             AMPR__TRY(ampr__cuda_quant_act(c, x, n, (int32_t)cols, c->xq, c->xs, err));
-            gemv_int8_kernel<<<gblocks, GEMV_WARPS * 32, 0, c->stream>>>(
-                (const int8_t *)w->data, w->scales, rows, cols, c->xq, c->xs, n, y, ldy);
+            if (n == 1) gemv1<AMPR__Q_INT8, 2, 4>(c, w, x, y);
+            else
+                gemv_int8_kernel<<<gblocks, GEMV_WARPS * 32, 0, c->stream>>>(
+                    (const int8_t *)w->data, w->scales, rows, cols, c->xq, c->xs, n, y, ldy);
             break;
         default:
-            gemv_nf4_kernel<<<gblocks, GEMV_WARPS * 32, 0, c->stream>>>(
-                (const uint8_t *)w->data, w->scales, rows, cols, x, n, y, ldy);
+            if (n == 1) gemv1<AMPR__Q_NF4, 4, 2>(c, w, x, y);
+            else
+                gemv_nf4_kernel<<<gblocks, GEMV_WARPS * 32, 0, c->stream>>>(
+                    (const uint8_t *)w->data, w->scales, rows, cols, x, n, y, ldy);
             break;
         }
         AMPR__CU_LAUNCHED(err, "gemv");

@@ -70,58 +70,42 @@ __device__ float block_sum(float v, float *red) {
     return r;
 }
 
-__global__ void rmsnorm_kernel(const float *__restrict__ x, const float *__restrict__ w,
+/* With y: x += y first (written back), then out = rmsnorm(x) * w -- the
+ * residual add and the norm that follows it in one pass over x. */
+__global__ void rmsnorm_kernel(float *x, const float *__restrict__ y, const float *__restrict__ w,
                                float *__restrict__ out, int32_t dim, float eps) {
     __shared__ float red[32];
-    const float *xr = x + (size_t)blockIdx.x * dim;
+    float *xr = x + (size_t)blockIdx.x * dim;
     float *o = out + (size_t)blockIdx.x * dim;
     float ss = 0.0f;
-    for (int32_t j = threadIdx.x; j < dim; j += blockDim.x) ss += xr[j] * xr[j];
+    if (y) {
+        const float *yr = y + (size_t)blockIdx.x * dim;
+        for (int32_t j = threadIdx.x; j < dim; j += blockDim.x) {
+            float v = xr[j] + yr[j];
+            xr[j] = v;
+            ss += v * v;
+        }
+    } else {
+        for (int32_t j = threadIdx.x; j < dim; j += blockDim.x) ss += xr[j] * xr[j];
+    }
     ss = block_sum(ss, red);
     ss = ss / (float)dim + eps;
     float inv = 1.0f / sqrtf(ss);
     for (int32_t j = threadIdx.x; j < dim; j += blockDim.x) o[j] = w[j] * (inv * xr[j]);
 }
 
-ampr_status ampr__cuda_rmsnorm(ampr__cuda *c, const float *x, const float *w, float *out,
-                               int32_t n, int32_t dim, float eps, ampr__err *err) {
+ampr_status ampr__cuda_add_rmsnorm(ampr__cuda *c, float *x, const float *y, const float *w,
+                                   float *out, int32_t n, int32_t dim, float eps, ampr__err *err) {
     if (n <= 0) return AMPR_OK;
-    rmsnorm_kernel<<<(unsigned)n, 256, 0, c->stream>>>(x, w, out, dim, eps);
+    rmsnorm_kernel<<<(unsigned)n, 256, 0, c->stream>>>(x, y, w, out, dim, eps);
     AMPR__CU_LAUNCHED(err, "rmsnorm");
     return AMPR_OK;
 }
 
-/* ---- RoPE --------------------------------------------------------------------- */
-
-__global__ void rope_kernel(float *v, int64_t ld, int32_t n, int32_t n_heads, int32_t hd,
-                            const int32_t *__restrict__ pos, const float *__restrict__ cs,
-                            const float *__restrict__ sn, int interleaved) {
-    int32_t half = hd / 2;
-    size_t total = (size_t)n * (size_t)n_heads * (size_t)half;
-    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-         e += (size_t)gridDim.x * blockDim.x) {
-        int32_t k = (int32_t)(e % (size_t)half);
-        int32_t h = (int32_t)((e / (size_t)half) % (size_t)n_heads);
-        int32_t i = (int32_t)(e / ((size_t)half * (size_t)n_heads));
-        float *x = v + (int64_t)i * ld + (int64_t)h * hd;
-        int32_t a = interleaved ? 2 * k : k, b = interleaved ? 2 * k + 1 : k + half;
-        size_t t = (size_t)pos[i] * (size_t)half + (size_t)k;
-        float c0 = cs[t], s0 = sn[t];
-        float x0 = x[a], x1 = x[b];
-        x[a] = x0 * c0 - x1 * s0;
-        x[b] = x0 * s0 + x1 * c0;
-    }
-}
-
-ampr_status ampr__cuda_rope(ampr__cuda *c, float *v, int64_t ld, int32_t n, int32_t n_heads,
-                            int32_t head_dim, const int32_t *d_pos, const float *cos_tab,
-                            const float *sin_tab, int interleaved, ampr__err *err) {
-    size_t total = (size_t)n * (size_t)n_heads * (size_t)(head_dim / 2);
-    if (!total) return AMPR_OK;
-    rope_kernel<<<ampr__cuda_grid(total, 256), 256, 0, c->stream>>>(v, ld, n, n_heads, head_dim, d_pos,
-                                                              cos_tab, sin_tab, interleaved);
-    AMPR__CU_LAUNCHED(err, "rope");
-    return AMPR_OK;
+ampr_status ampr__cuda_rmsnorm(ampr__cuda *c, const float *x, const float *w, float *out,
+                               int32_t n, int32_t dim, float eps, ampr__err *err) {
+    /* without y the kernel only reads x */
+    return ampr__cuda_add_rmsnorm(c, (float *)x, NULL, w, out, n, dim, eps, err);
 }
 
 /* ---- SwiGLU, add -------------------------------------------------------------- */
@@ -183,91 +167,224 @@ template <> __device__ __forceinline__ __half to_kv<__half>(float v) { return __
 __device__ __forceinline__ float from_kv(float v) { return v; }
 __device__ __forceinline__ float from_kv(__half v) { return __half2float(v); }
 
+/* RoPE and the KV store in one pass. A row of x holds nq query heads, then
+ * nkv key heads, then nkv value heads (head_dim values each; the fused QKV
+ * layout). Work item (row i, head h, pair k) covers the pair (a, b) -- (2k,
+ * 2k+1) interleaved, (k, k + hd/2) half-split:
+ *   rope:  Q and K heads rotate in place by position pos[i];
+ *   store: K (after the rotation) and V go to the row's page at pos[i].
+ * Rotation: x0*c - x1*s, x0*s + x1*c, each product rounded (no FMA), as the
+ * CPU's forward computes it. */
 template <typename T>
-__global__ void kv_store_kernel(T *kc, T *vc, const int32_t *__restrict__ blocks, int32_t n_layers,
-                                int32_t layer, int32_t bs, int32_t kv_dim,
-                                const float *__restrict__ k, const float *__restrict__ v,
-                                int64_t ld, int32_t n, const int32_t *__restrict__ pos,
-                                const int32_t *__restrict__ row_seq, int32_t stride) {
-    size_t total = (size_t)n * (size_t)kv_dim;
+__global__ void rope_kv_kernel(float *x, int64_t ld, int32_t n, int32_t nq, int32_t nkv,
+                               int32_t hd, const int32_t *__restrict__ pos,
+                               const float *__restrict__ cs, const float *__restrict__ sn,
+                               int interleaved, int rope, T *kc, T *vc,
+                               const int32_t *__restrict__ blocks, int32_t n_layers,
+                               int32_t layer, int32_t bs, const int32_t *__restrict__ row_seq,
+                               int32_t stride) {
+    int32_t half = hd / 2, heads = nq + 2 * nkv, kv_dim = nkv * hd;
+    size_t per_row = (size_t)heads * (size_t)half, total = (size_t)n * per_row;
     for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
          e += (size_t)gridDim.x * blockDim.x) {
-        int32_t i = (int32_t)(e / (size_t)kv_dim), d = (int32_t)(e % (size_t)kv_dim);
-        const int32_t *bt = row_blocks(blocks, row_seq, stride, i);
-        size_t o = kv_off(bt, n_layers, layer, bs, kv_dim, pos[i]) + (size_t)d;
-        kc[o] = to_kv<T>(k[(int64_t)i * ld + d]);
-        vc[o] = to_kv<T>(v[(int64_t)i * ld + d]);
+        int32_t i = (int32_t)(e / per_row), r = (int32_t)(e % per_row);
+        int32_t h = r / half, k = r % half;
+        int32_t a = interleaved ? 2 * k : k, b = interleaved ? 2 * k + 1 : k + half;
+        float *xh = x + (int64_t)i * ld + (int64_t)h * hd;
+        float y0 = xh[a], y1 = xh[b];
+        if (rope && h < nq + nkv) {
+            size_t t = (size_t)pos[i] * (size_t)half + (size_t)k;
+            float c0 = cs[t], s0 = sn[t];
+            float x0 = y0, x1 = y1;
+            y0 = __fsub_rn(__fmul_rn(x0, c0), __fmul_rn(x1, s0));
+            y1 = __fadd_rn(__fmul_rn(x0, s0), __fmul_rn(x1, c0));
+            xh[a] = y0;
+            xh[b] = y1;
+        }
+        if (kc && h >= nq) {
+            const int32_t *bt = row_blocks(blocks, row_seq, stride, i);
+            size_t o = kv_off(bt, n_layers, layer, bs, kv_dim, pos[i]);
+            T *dst = h < nq + nkv ? kc + o + (size_t)(h - nq) * hd
+                                  : vc + o + (size_t)(h - nq - nkv) * hd;
+            dst[a] = to_kv<T>(y0);
+            dst[b] = to_kv<T>(y1);
+        }
     }
 }
 
-ampr_status ampr__cuda_kv_store(ampr__cuda *c, const ampr__cuda_kv_view *kv, const float *k,
-                                const float *v, int64_t ld, int32_t n, const int32_t *d_pos,
-                                ampr__err *err) {
-    size_t total = (size_t)n * (size_t)kv->kv_dim;
+static ampr_status rope_kv(ampr__cuda *c, const ampr__cuda_kv_view *kv, float *x, int64_t ld,
+                           int32_t n, int32_t nq, int32_t nkv, int32_t hd, const int32_t *d_pos,
+                           const float *cos_tab, const float *sin_tab, int interleaved, int rope,
+                           ampr__err *err) {
+    size_t total = (size_t)n * (size_t)(nq + 2 * nkv) * (size_t)(hd / 2);
     if (!total) return AMPR_OK;
     unsigned g = ampr__cuda_grid(total, 256);
-    if (kv->dtype == AMPR__CUDA_F16)
-        kv_store_kernel<__half><<<g, 256, 0, c->stream>>>(
-            (__half *)kv->k, (__half *)kv->v, kv->d_blocks, kv->n_layers, kv->layer,
-            kv->block_size, kv->kv_dim, k, v, ld, n, d_pos, kv->d_row_seq, kv->blocks_stride);
+    if (kv && kv->dtype == AMPR__CUDA_F16)
+        rope_kv_kernel<__half><<<g, 256, 0, c->stream>>>(
+            x, ld, n, nq, nkv, hd, d_pos, cos_tab, sin_tab, interleaved, rope, (__half *)kv->k,
+            (__half *)kv->v, kv->d_blocks, kv->n_layers, kv->layer, kv->block_size,
+            kv->d_row_seq, kv->blocks_stride);
     else
-        kv_store_kernel<float><<<g, 256, 0, c->stream>>>(
-            (float *)kv->k, (float *)kv->v, kv->d_blocks, kv->n_layers, kv->layer,
-            kv->block_size, kv->kv_dim, k, v, ld, n, d_pos, kv->d_row_seq, kv->blocks_stride);
-    AMPR__CU_LAUNCHED(err, "kv_store");
+        rope_kv_kernel<float><<<g, 256, 0, c->stream>>>(
+            x, ld, n, nq, nkv, hd, d_pos, cos_tab, sin_tab, interleaved, rope,
+            kv ? (float *)kv->k : NULL, kv ? (float *)kv->v : NULL, kv ? kv->d_blocks : NULL,
+            kv ? kv->n_layers : 0, kv ? kv->layer : 0, kv ? kv->block_size : 1,
+            kv ? kv->d_row_seq : NULL, kv ? kv->blocks_stride : 0);
+    AMPR__CU_LAUNCHED(err, "rope_kv");
     return AMPR_OK;
 }
 
+ampr_status ampr__cuda_rope_kv(ampr__cuda *c, const ampr__cuda_kv_view *kv, float *qkv,
+                               int64_t ld, int32_t n, int32_t n_heads, int32_t n_kv_heads,
+                               int32_t head_dim, const int32_t *d_pos, const float *cos_tab,
+                               const float *sin_tab, int interleaved, ampr__err *err) {
+    return rope_kv(c, kv, qkv, ld, n, n_heads, n_kv_heads, head_dim, d_pos, cos_tab, sin_tab,
+                   interleaved, 1, err);
+}
+
+ampr_status ampr__cuda_rope(ampr__cuda *c, float *v, int64_t ld, int32_t n, int32_t n_heads,
+                            int32_t head_dim, const int32_t *d_pos, const float *cos_tab,
+                            const float *sin_tab, int interleaved, ampr__err *err) {
+    return rope_kv(c, NULL, v, ld, n, n_heads, 0, head_dim, d_pos, cos_tab, sin_tab, interleaved,
+                   1, err);
+}
+
+ampr_status ampr__cuda_kv_store(ampr__cuda *c, const ampr__cuda_kv_view *kv, const float *kv_rows,
+                                int64_t ld, int32_t n, const int32_t *d_pos, ampr__err *err) {
+    int32_t hd = 2; /* any even split of kv_dim: pairs are copied as they are */
+    if (kv->kv_dim % 2)
+        return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "CUDA KV store: odd kv_dim %d", kv->kv_dim);
+    ampr__cuda_kv_view v = *kv;
+    /* without rotation the heads' split only has to tile kv_dim */
+    return rope_kv(c, &v, (float *)kv_rows, ld, n, 0, kv->kv_dim / hd, hd, d_pos, NULL, NULL, 1, 0,
+                   err);
+}
+
 /* ---- attention ------------------------------------------------------------------
- * One block per (head, query row). Each warp walks positions warp, warp+W, ...
- * up to the row's own position with an online softmax: lane j holds output
- * dims j, j+32, ... (head_dim <= 256: 8 per lane). The warps' partial
- * (max, sum, output) are merged through shared memory at the end. */
+ * Grid (head, query row, split). A split is a contiguous range of the row's
+ * positions 0..pos[i]: a decode step has only n_heads rows of work, so the
+ * positions are split across blocks (flash-decoding) until the GPU is full;
+ * a prefill has enough rows and runs one split.
+ *
+ * In a block, warp w takes tiles of 32 positions w, w+4, ... of its split.
+ * Lane j scores position t0+j (q . K[t] over head_dim, q in shared memory),
+ * the warp folds the tile into its running (max m, sum l, output o) -- online
+ * softmax -- and accumulates o[d] += p_t * V[t][d], lane j holding dims j,
+ * j+32, ... (head_dim <= 256: 8 per lane). The warps' (m, l, o) merge through
+ * shared memory; with one split the block writes the normalized output,
+ * otherwise its (m, l, o) go to scratch and attention_merge_kernel combines
+ * the splits. */
 
 #define ATT_WARPS 4
 #define ATT_MAX_PER_LANE 8
+#define ATT_HD_MAX (32 * ATT_MAX_PER_LANE)
 
-template <typename T>
+__device__ __forceinline__ float warp_max_f(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ float warp_sum_f(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* q . K row (hd values at k), q in shared memory */
+__device__ __forceinline__ float dot_q(const float *sq, const float *k, int32_t hd) {
+    float s = 0.0f;
+    if ((hd & 3) == 0) {
+        const float4 *k4 = (const float4 *)k;
+#pragma unroll 8
+        for (int32_t d = 0; d < hd / 4; d++) {
+            float4 v = __ldg(k4 + d);
+            s += sq[4 * d] * v.x + sq[4 * d + 1] * v.y + sq[4 * d + 2] * v.z + sq[4 * d + 3] * v.w;
+        }
+    } else {
+        for (int32_t d = 0; d < hd; d++) s += sq[d] * k[d];
+    }
+    return s;
+}
+__device__ __forceinline__ float dot_q(const float *sq, const __half *k, int32_t hd) {
+    float s = 0.0f;
+    if ((hd & 7) == 0) {
+        const uint4 *k8 = (const uint4 *)k;
+#pragma unroll 8
+        for (int32_t d = 0; d < hd / 8; d++) {
+            uint4 v = __ldg(k8 + d);
+            const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                float lo = __half2float(__ushort_as_half((unsigned short)(words[u] & 0xffffu)));
+                float hi = __half2float(__ushort_as_half((unsigned short)(words[u] >> 16)));
+                s += sq[8 * d + 2 * u] * lo + sq[8 * d + 2 * u + 1] * hi;
+            }
+        }
+    } else {
+        for (int32_t d = 0; d < hd; d++) s += sq[d] * __half2float(k[d]);
+    }
+    return s;
+}
+
+template <typename T, int PL>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
                  const int32_t *__restrict__ blocks, int32_t n_layers, int32_t layer, int32_t bs,
                  int32_t kv_dim, const float *__restrict__ q, int64_t ldq,
                  const int32_t *__restrict__ pos, int32_t n_heads, int32_t group, int32_t hd,
                  float scale, float *__restrict__ out, const int32_t *__restrict__ row_seq,
-                 int32_t stride) {
+                 int32_t stride, float *__restrict__ part) {
+    __shared__ float sq[ATT_HD_MAX];
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
-    __shared__ float sm_o[ATT_WARPS][ATT_MAX_PER_LANE * 32];
-    int32_t h = (int32_t)blockIdx.x, i = (int32_t)blockIdx.y;
+    __shared__ float sm_o[ATT_WARPS][ATT_HD_MAX];
+    int32_t h = (int32_t)blockIdx.x, i = (int32_t)blockIdx.y, sp = (int32_t)blockIdx.z;
+    int32_t splits = (int32_t)gridDim.z;
     int32_t kvh = h / group;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int32_t p_end = pos[i];
+    int32_t len = pos[i] + 1;
+    /* whole tiles, and at least one per warp */
+    int32_t chunk = max((len + splits - 1) / splits, 32 * ATT_WARPS);
+    chunk = (chunk + 31) & ~31;
+    int32_t t_begin = sp * chunk, t_end = min(len, t_begin + chunk);
     const int32_t *bt = row_blocks(blocks, row_seq, stride, i);
     const float *qr = q + (int64_t)i * ldq + (int64_t)h * hd;
-    float qv[ATT_MAX_PER_LANE], o[ATT_MAX_PER_LANE];
+    for (int32_t d = threadIdx.x; d < hd; d += blockDim.x) sq[d] = qr[d];
+    __syncthreads();
+    float o[PL];
 #pragma unroll
-    for (int j = 0; j < ATT_MAX_PER_LANE; j++) {
-        int d = lane + 32 * j;
-        qv[j] = d < hd ? qr[d] : 0.0f;
-        o[j] = 0.0f;
-    }
+    for (int j = 0; j < PL; j++) o[j] = 0.0f;
     float m = -INFINITY, l = 0.0f;
-    for (int32_t t = warp; t <= p_end; t += ATT_WARPS) {
-        size_t base = kv_off(bt, n_layers, layer, bs, kv_dim, t) + (size_t)kvh * (size_t)hd;
-        float s = 0.0f;
+    for (int32_t t0 = t_begin + 32 * warp; t0 < t_end; t0 += 32 * ATT_WARPS) {
+        int32_t t = t0 + lane;
+        bool valid = t < t_end;
+        int64_t base = valid ? (int64_t)kv_off(bt, n_layers, layer, bs, kv_dim, t) +
+                                   (int64_t)kvh * hd
+                             : 0;
+        float s = valid ? dot_q(sq, kc + base, hd) * scale : -INFINITY;
+        float mn = fmaxf(m, warp_max_f(s)); /* finite: lane 0's position is valid */
+        float p = valid ? expf(s - mn) : 0.0f;
+        float corr = expf(m - mn);          /* 0 on the first tile (m = -inf) */
+        l = l * corr + warp_sum_f(p);
 #pragma unroll
-        for (int j = 0; j < ATT_MAX_PER_LANE; j++) {
-            int d = lane + 32 * j;
-            if (d < hd) s += qv[j] * from_kv(kc[base + (size_t)d]);
-        }
-        for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-        s *= scale;
-        float mn = fmaxf(m, s);
-        float corr = expf(m - mn), p = expf(s - mn);
-        l = l * corr + p;
+        for (int j = 0; j < PL; j++) o[j] *= corr;
+        /* o += p_u V[u] over the tile's positions, 8 positions' loads at a
+         * time (they are independent; one at a time each waits on memory) */
+        int32_t cnt = min(32, t_end - t0);
+        for (int32_t u0 = 0; u0 < cnt; u0 += 8) {
+            float pu[8];
+            T vv[8][PL];
 #pragma unroll
-        for (int j = 0; j < ATT_MAX_PER_LANE; j++) {
-            int d = lane + 32 * j;
-            if (d < hd) o[j] = o[j] * corr + p * from_kv(vc[base + (size_t)d]);
+            for (int k = 0; k < 8; k++) {
+                pu[k] = __shfl_sync(0xffffffffu, p, u0 + k); /* u0 + k <= 31 */
+                int64_t bu = __shfl_sync(0xffffffffu, base, u0 + k);
+#pragma unroll
+                for (int j = 0; j < PL; j++) {
+                    int d = lane + 32 * j;
+                    vv[k][j] = u0 + k < cnt && d < hd ? vc[bu + d] : to_kv<T>(0.0f);
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+#pragma unroll
+                for (int j = 0; j < PL; j++) o[j] += pu[k] * from_kv(vv[k][j]);
         }
         m = mn;
     }
@@ -276,7 +393,7 @@ attention_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
         sm_l[warp] = l;
     }
 #pragma unroll
-    for (int j = 0; j < ATT_MAX_PER_LANE; j++) sm_o[warp][lane + 32 * j] = o[j];
+    for (int j = 0; j < PL; j++) sm_o[warp][lane + 32 * j] = o[j];
     __syncthreads();
     float M = -INFINITY;
     for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm_m[w]);
@@ -286,13 +403,76 @@ attention_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
         wgt[w] = sm_l[w] > 0.0f ? expf(sm_m[w] - M) : 0.0f;
         L += sm_l[w] * wgt[w];
     }
-    float *orow = out + (int64_t)i * n_heads * hd + (int64_t)h * hd;
+    if (splits == 1) {
+        float *orow = out + (int64_t)i * n_heads * hd + (int64_t)h * hd;
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+            float acc = 0.0f;
+#pragma unroll
+            for (int w = 0; w < ATT_WARPS; w++) acc += sm_o[w][d] * wgt[w];
+            orow[d] = acc / L;
+        }
+        return;
+    }
+    /* this split's (m, l, unnormalized o); an empty split has l = 0 */
+    float *pr = part + (((size_t)i * n_heads + h) * splits + sp) * (size_t)(hd + 2);
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float acc = 0.0f;
 #pragma unroll
         for (int w = 0; w < ATT_WARPS; w++) acc += sm_o[w][d] * wgt[w];
+        pr[2 + d] = L > 0.0f ? acc : 0.0f;
+    }
+    if (threadIdx.x == 0) {
+        pr[0] = M;
+        pr[1] = L;
+    }
+}
+
+/* out[i][h] = the splits' outputs, each weighted by exp(m_s - M), over the
+ * sum of their l_s * exp(m_s - M). Grid (head, row). */
+__global__ void attention_merge_kernel(const float *__restrict__ part, int32_t splits,
+                                       int32_t n_heads, int32_t hd, float *__restrict__ out) {
+    int32_t h = (int32_t)blockIdx.x, i = (int32_t)blockIdx.y;
+    const float *pr = part + ((size_t)i * n_heads + h) * splits * (size_t)(hd + 2);
+    float M = -INFINITY;
+    for (int32_t s = 0; s < splits; s++)
+        if (pr[(size_t)s * (hd + 2) + 1] > 0.0f) M = fmaxf(M, pr[(size_t)s * (hd + 2)]);
+    float L = 0.0f;
+    for (int32_t s = 0; s < splits; s++) {
+        const float *ps = pr + (size_t)s * (hd + 2);
+        if (ps[1] > 0.0f) L += ps[1] * expf(ps[0] - M);
+    }
+    float *orow = out + (int64_t)i * n_heads * hd + (int64_t)h * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int32_t s = 0; s < splits; s++) {
+            const float *ps = pr + (size_t)s * (hd + 2);
+            if (ps[1] > 0.0f) acc += ps[2 + d] * expf(ps[0] - M);
+        }
         orow[d] = acc / L;
     }
+}
+
+/* Splits for rows x heads blocks: enough for about four blocks per SM, at
+ * most AMPR__CUDA_ATT_SPLITS, and within the partials' scratch. */
+static int32_t att_splits(const ampr__cuda *c, int32_t n, int32_t n_heads, int32_t hd) {
+    int64_t rows = (int64_t)n * n_heads, target = 4 * (int64_t)c->sm_count;
+    if (rows >= target) return 1;
+    int64_t s = (target + rows - 1) / rows;
+    if (s > AMPR__CUDA_ATT_SPLITS) s = AMPR__CUDA_ATT_SPLITS;
+    while (s > 1 && (size_t)(rows * s) * (size_t)(hd + 2) * sizeof(float) > c->att_part_bytes) s--;
+    return (int32_t)s;
+}
+
+/* PL: output dims per lane (head_dim <= 32 * PL) */
+template <typename T, int PL>
+static void att_launch(ampr__cuda *c, const ampr__cuda_kv_view *kv, const float *q, int64_t ldq,
+                       const int32_t *d_pos, int32_t n_heads, int32_t group, int32_t hd,
+                       float *out, dim3 grid) {
+    float scale = 1.0f / sqrtf((float)hd);
+    attention_kernel<T, PL><<<grid, ATT_WARPS * 32, 0, c->stream>>>(
+        (const T *)kv->k, (const T *)kv->v, kv->d_blocks, kv->n_layers, kv->layer, kv->block_size,
+        kv->kv_dim, q, ldq, d_pos, n_heads, group, hd, scale, out, kv->d_row_seq,
+        kv->blocks_stride, c->att_part);
 }
 
 ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, const float *q,
@@ -300,25 +480,31 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
                                  int32_t n_kv_heads, int32_t head_dim, float *out,
                                  ampr__err *err) {
     if (n <= 0) return AMPR_OK;
-    if (head_dim <= 0 || head_dim > 32 * ATT_MAX_PER_LANE || n_kv_heads <= 0 ||
-        n_heads % n_kv_heads)
+    if (head_dim <= 0 || head_dim > ATT_HD_MAX || n_kv_heads <= 0 || n_heads % n_kv_heads)
         return ampr__fail(err, AMPR_ERR_UNSUPPORTED,
                           "CUDA attention: head_dim %d (max %d), heads %d / kv heads %d",
-                          head_dim, 32 * ATT_MAX_PER_LANE, n_heads, n_kv_heads);
-    dim3 grid((unsigned)n_heads, (unsigned)n);
-    float scale = 1.0f / sqrtf((float)head_dim);
+                          head_dim, ATT_HD_MAX, n_heads, n_kv_heads);
+    int32_t splits = att_splits(c, n, n_heads, head_dim);
+    dim3 grid((unsigned)n_heads, (unsigned)n, (unsigned)splits);
     int32_t group = n_heads / n_kv_heads;
-    if (kv->dtype == AMPR__CUDA_F16)
-        attention_kernel<__half><<<grid, ATT_WARPS * 32, 0, c->stream>>>(
-            (const __half *)kv->k, (const __half *)kv->v, kv->d_blocks, kv->n_layers, kv->layer,
-            kv->block_size, kv->kv_dim, q, ldq, d_pos, n_heads, group, head_dim, scale, out,
-            kv->d_row_seq, kv->blocks_stride);
-    else
-        attention_kernel<float><<<grid, ATT_WARPS * 32, 0, c->stream>>>(
-            (const float *)kv->k, (const float *)kv->v, kv->d_blocks, kv->n_layers, kv->layer,
-            kv->block_size, kv->kv_dim, q, ldq, d_pos, n_heads, group, head_dim, scale, out,
-            kv->d_row_seq, kv->blocks_stride);
+    int pl = head_dim <= 32 ? 1 : head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : 8;
+    if (kv->dtype == AMPR__CUDA_F16) {
+        if (pl == 1) att_launch<__half, 1>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
+        else if (pl == 2) att_launch<__half, 2>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
+        else if (pl == 4) att_launch<__half, 4>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
+        else att_launch<__half, 8>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
+    } else {
+        if (pl == 1) att_launch<float, 1>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
+        else if (pl == 2) att_launch<float, 2>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
+        else if (pl == 4) att_launch<float, 4>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
+        else att_launch<float, 8>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
+    }
     AMPR__CU_LAUNCHED(err, "attention");
+    if (splits > 1) {
+        attention_merge_kernel<<<dim3((unsigned)n_heads, (unsigned)n), 128, 0, c->stream>>>(
+            c->att_part, splits, n_heads, head_dim, out);
+        AMPR__CU_LAUNCHED(err, "attention_merge");
+    }
     return AMPR_OK;
 }
 

@@ -351,8 +351,11 @@ static void check_embed_matmul(void) {
     /* matmul: GEMV path (n <= 8), cuBLASLt path (n > 8, and n = 3 forced) */
     /* odd shapes: NF4 blocks spanning rows (cols % 64 != 0; stories260K's
      * w_down is 64 x 172) and rows starting on a low nibble (odd cols) */
+    /* 8453 and 4229 rows: the NF4 one-token kernel's 4 and 2 rows per warp
+     * (with a tail) on a 132-SM GPU; cuda_matmul.cu picks them by rows/SMs */
     struct Shape { int64_t rows, cols; } shapes[] = {{1004, 512}, {96, 2048}, {1024, 1024},
-                                                     {64, 172}, {344, 64}, {7, 33}, {5, 67}};
+                                                     {64, 172}, {344, 64}, {7, 33}, {5, 67},
+                                                     {8453, 64}, {4229, 96}};
     struct Case { int32_t n; int gemv_max; } cases[] = {{1, 8}, {3, 8}, {8, 8}, {3, 0}, {37, 8}};
     for (ampr__qtype t : k_fmts)
         for (const Shape &sh : shapes) {
@@ -396,9 +399,10 @@ static void check_embed_matmul(void) {
         }
 }
 
-static void check_kv_attention(void) {
+/* head_dim 64 and 128: the attention kernel keeps head_dim/32 dims per lane */
+static void check_kv_attention(int32_t hd) {
     char name[128];
-    int32_t n_layers = 2, layer = 1, bs = 16, n_pages = 10, heads = 8, kvh = 2, hd = 64;
+    int32_t n_layers = 2, layer = 1, bs = 16, n_pages = 10, heads = 8, kvh = 2;
     int32_t kv_dim = kvh * hd;
     std::vector<int32_t> blocks = {7, 2, 9, 0, 5, 1, 3, 8}; /* 128 positions */
     int32_t *dblk = (int32_t *)dev_put(blocks.data(), blocks.size() * 4);
@@ -426,16 +430,16 @@ static void check_kv_attention(void) {
         auto off = [&](int32_t p) {
             return (((size_t)blocks[(size_t)(p / bs)] * n_layers + layer) * bs + p % bs) * kv_dim;
         };
-        /* kv_store: 3 rows at positions 5, 16, 127, row stride 200 */
+        /* kv_store: 3 rows (K then V) at positions 5, 16, 127, padded rows */
         std::vector<int32_t> spos = {5, 16, 127};
-        int64_t ld = 200;
+        int64_t ld = 2 * kv_dim + 44;
         auto rows = rnd_vec((size_t)3 * ld, -1, 1);
         float *drows = (float *)dev_put(rows.data(), rows.size() * 4);
         int32_t *dspos = (int32_t *)dev_put(spos.data(), spos.size() * 4);
-        OK(ampr__cuda_kv_store(g_c, &kv, drows, drows + 50, ld, 3, dspos, &g_err));
+        OK(ampr__cuda_kv_store(g_c, &kv, drows, ld, 3, dspos, &g_err));
         for (int i = 0; i < 3; i++)
             for (int32_t d = 0; d < kv_dim; d++) {
-                float kk = rows[(size_t)(i * ld + d)], vv = rows[(size_t)(i * ld + 50 + d)];
+                float kk = rows[(size_t)(i * ld + d)], vv = rows[(size_t)(i * ld + kv_dim + d)];
                 if (f16) { kk = __half2float(__float2half_rn(kk)); vv = __half2float(__float2half_rn(vv)); }
                 kf[off(spos[(size_t)i]) + (size_t)d] = kk;
                 vf[off(spos[(size_t)i]) + (size_t)d] = vv;
@@ -450,7 +454,7 @@ static void check_kv_attention(void) {
         }
         long mism = 0;
         for (size_t e = 0; e < elems; e++) mism += (gk[e] != kf[e]) + (gv[e] != vf[e]);
-        snprintf(name, sizeof name, "kv_store %s (whole arena compared)", f16 ? "f16" : "f32");
+        snprintf(name, sizeof name, "kv_store %s hd %d (whole arena compared)", f16 ? "f16" : "f32", hd);
         report_exact(name, mism, (long)(2 * elems));
 
         /* attention: decode (1 row at 127) and prefill (20 rows at 30..49) */
@@ -487,8 +491,8 @@ static void check_kv_attention(void) {
                         ref[(size_t)(i * heads * hd + h * hd + d)] = o / sum;
                     }
                 }
-            snprintf(name, sizeof name, "attention kv %s n=%d pos %d..%d (GQA 8/2)",
-                     f16 ? "f16" : "f32", ac.n, ac.p0, ac.p0 + ac.n - 1);
+            snprintf(name, sizeof name, "attention %s hd %d n=%d pos %d..%d (GQA 8/2)",
+                     f16 ? "f16" : "f32", hd, ac.n, ac.p0, ac.p0 + ac.n - 1);
             report(name, got.data(), ref.data(), ref.size(), 1e-5);
             ampr__cuda_free(g_c, dq);
             ampr__cuda_free(g_c, dp);
@@ -983,6 +987,80 @@ static double bench_lt_peak(void) {
     return 2.0 * (double)N * N * N / (ms * 1e-3) / 1e12;
 }
 
+/* Where a decode step and a prefill spend their time: each op of one layer
+ * timed alone (median of 20 runs, events) at the bench shape, for decode
+ * (n = 1, attention at position 512) and prefill (n = 512, positions
+ * 0..511), then summed over the layers. The sum against the whole step's
+ * time shows what the gaps between kernels cost. */
+static void bench_ops(ampr__qtype t, HostModel &hm, double copy, double peak) {
+    const ampr__cuda_hparams &hp = hm.hp;
+    int32_t dim = hp.dim, hd = hp.head_dim, hid = hp.hidden_dim;
+    int32_t q_dim = hp.n_heads * hd, kv_dim = hp.n_kv_heads * hd, qkv_dim = q_dim + 2 * kv_dim;
+    int32_t np = 512, bs = 16, pages = 40; /* 640 positions */
+    ampr__cuda_mat mats[5];
+    const HostMat *src[5] = {&hm.layers[0], &hm.layers[1], &hm.layers[2], &hm.layers[3], &hm.output};
+    const char *mname[5] = {"wqkv", "wo", "w_gu", "w_down", "output"};
+    for (int k = 0; k < 5; k++) OK(ampr__cuda_mat_upload(g_c, &src[k]->q, &mats[k], &g_err));
+    size_t big = (size_t)np * (size_t)std::max(2 * hid, std::max(qkv_dim, hp.vocab_size));
+    auto xin = rnd_vec(big, -1, 1);
+    float *dx = (float *)dev_put(xin.data(), big * 4), *dy = (float *)dev_put(NULL, big * 4);
+    float *dz = (float *)dev_put(xin.data(), big * 4);
+    std::vector<int32_t> blocks((size_t)pages), pos((size_t)np);
+    for (int32_t i = 0; i < pages; i++) blocks[(size_t)i] = i;
+    int32_t *dblk = (int32_t *)dev_put(blocks.data(), blocks.size() * 4);
+    size_t kv_elems = (size_t)pages * bs * kv_dim; /* one layer */
+    auto kvr = rnd_vec(kv_elems, -1, 1);
+    std::vector<__half> kvh(kv_elems);
+    for (size_t e = 0; e < kv_elems; e++) kvh[e] = __float2half_rn(kvr[e]);
+    void *dk = dev_put(kvh.data(), kv_elems * 2), *dv = dev_put(kvh.data(), kv_elems * 2);
+    ampr__cuda_kv_view kv = {dk, dv, AMPR__CUDA_F16, 1, bs, kv_dim, 0, dblk, NULL, 0};
+    float *dcs = (float *)dev_put(hm.cs.data(), hm.cs.size() * 4);
+    float *dsn = (float *)dev_put(hm.sn.data(), hm.sn.size() * 4);
+    float *dw = (float *)dev_put(hm.norms.data(), (size_t)dim * 4);
+    printf("  %s, one layer's ops alone (us; x %d layers in the totals):\n", fmt_name(t), hp.n_layers);
+    printf("  %-10s %10s %9s %12s %9s\n", "op", "decode us", "GB/s", "prefill us", "TFLOP/s");
+    double dec_total = 0, pre_total = 0;
+    for (int ph = 0; ph < 2; ph++) {
+        int32_t n = ph ? np : 1;
+        for (int32_t i = 0; i < n; i++) pos[(size_t)i] = ph ? i : np;
+        int32_t *dpos = (int32_t *)dev_put(pos.data(), (size_t)n * 4);
+        double us[9];
+        for (int k = 0; k < 5; k++) {
+            int32_t nn = k == 4 ? 1 : n; /* logits of the last token only */
+            us[k] = 1e3 * time_ms([&] { OK(ampr__cuda_matmul(g_c, &mats[k], dx, nn, dy, mats[k].rows, &g_err)); }, 20);
+        }
+        us[5] = 1e3 * time_ms([&] { OK(ampr__cuda_add_rmsnorm(g_c, dz, dx, dw, dy, n, dim, 1e-5f, &g_err)); }, 20);
+        us[6] = 1e3 * time_ms([&] {
+            OK(ampr__cuda_rope_kv(g_c, &kv, dz, qkv_dim, n, hp.n_heads, hp.n_kv_heads, hd, dpos, dcs, dsn, 0, &g_err));
+        }, 20);
+        us[7] = 1e3 * time_ms([&] {
+            OK(ampr__cuda_attention(g_c, &kv, dx, qkv_dim, n, dpos, hp.n_heads, hp.n_kv_heads, hd, dy, &g_err));
+        }, 20);
+        us[8] = 1e3 * time_ms([&] { OK(ampr__cuda_swiglu(g_c, dx, dy, n, hid, &g_err)); }, 20);
+        /* per layer: 4 matmuls, 2 norms, rope_kv, attention, swiglu */
+        double layer = us[0] + us[1] + us[2] + us[3] + 2 * us[5] + us[6] + us[7] + us[8];
+        double total = layer * hp.n_layers + us[4] + us[5];
+        (ph ? pre_total : dec_total) = total;
+        static double dec_us[9];
+        if (!ph) { for (int k = 0; k < 9; k++) dec_us[k] = us[k]; continue; }
+        const char *oname[4] = {"add+norm", "rope_kv", "attention", "swiglu"};
+        for (int k = 0; k < 9; k++) {
+            double gbs = k < 5 ? (double)ampr__cuda_mat_bytes(&mats[k]) / (dec_us[k] * 1e-6) / 1e9 : 0;
+            double fl = k < 5 ? 2.0 * mats[k].rows * mats[k].cols * (k == 4 ? 1 : np) / (us[k] * 1e-6) / 1e12 : 0;
+            if (k < 5)
+                printf("  %-10s %10.1f %9.0f %12.1f %9.1f\n", mname[k], dec_us[k], gbs, us[k], fl);
+            else
+                printf("  %-10s %10.1f %9s %12.1f %9s\n", oname[k - 5], dec_us[k], "", us[k], "");
+        }
+        ampr__cuda_free(g_c, dpos);
+    }
+    printf("  sum of ops: decode %.3f ms (copy bw %.0f GB/s), prefill %.3f ms (peak %.0f TFLOP/s)\n",
+           dec_total / 1e3, copy, pre_total / 1e3, peak);
+    for (auto &m : mats) ampr__cuda_mat_free(g_c, &m);
+    void *bufs[] = {dx, dy, dz, dblk, dk, dv, dcs, dsn, dw};
+    for (void *b : bufs) ampr__cuda_free(g_c, b);
+}
+
 static void bench(void) {
     double copy = bench_copy_gbs(), peak = bench_lt_peak();
     printf("\nD2D copy bandwidth: %.0f GB/s (read+write)   cuBLASLt fp16 peak: %.0f TFLOP/s\n",
@@ -998,6 +1076,7 @@ static void bench(void) {
     for (ampr__qtype t : k_fmts) {
         HostModel hm;
         model_make(hm, t, hp, true);
+        if (getenv("AMPR_CHECK_OPS")) bench_ops(t, hm, copy, peak);
         ampr__cuda_model *dm = NULL;
         OK(ampr__cuda_model_new(g_c, &hp, &hm.embd.q, &hm.output.q, hm.qlayers.data(),
                                 hm.norms.data(), hm.cs.data(), hm.sn.data(), &dm, &g_err));
@@ -1066,7 +1145,8 @@ int main(int argc, char **argv) {
            ampr__cuda_cc(g_c) % 10, ampr__cuda_have_nccl() ? "yes" : "no");
     check_elementwise();
     check_embed_matmul();
-    check_kv_attention();
+    check_kv_attention(64);
+    check_kv_attention(128);
     check_nccl();
     check_copy_reduce();
     check_forward();

@@ -45,10 +45,11 @@ for a in "$@"; do
 done
 
 # what .gpu/ampr was built from (the device machine's copy has no .git)
-src_hash() {
-    find include lib cuda tools -type f \( -name '*.c' -o -name '*.h' -o -name '*.cu' \) | sort |
-        xargs cat | sha1sum | cut -c1-16
+src_files() {
+    find include lib cuda tools -type f \( -name '*.c' -o -name '*.h' -o -name '*.cu' \) |
+        LC_ALL=C sort | xargs sha1sum
 }
+src_hash() { src_files | sha1sum | cut -c1-16; }
 
 if [ "$prebuild" = 1 ]; then
     mkdir -p .gpu
@@ -57,6 +58,7 @@ if [ "$prebuild" = 1 ]; then
         build-prebuild/ampr
     cp build-prebuild/ampr .gpu/ampr
     src_hash > .gpu/ampr.src
+    src_files > .gpu/ampr.files
     echo "check.sh: built .gpu/ampr"; ldd .gpu/ampr || true
     exit 0
 fi
@@ -212,7 +214,8 @@ else
         AMPR=.gpu/ampr
         echo "check.sh: using the prebuilt .gpu/ampr"
         [ "$(cat .gpu/ampr.src 2>/dev/null)" = "$(src_hash)" ] ||
-            echo "check.sh: WARNING: .gpu/ampr was built from other sources than these (rerun --prebuild)"
+            { echo "check.sh: WARNING: .gpu/ampr was built from other sources than these (rerun --prebuild):"
+              src_files | diff .gpu/ampr.files - | head -6; }
     elif [ -e .gpu/ampr ]; then
         echo "check.sh: .gpu/ampr does not run here:"; .gpu/ampr version 2>&1 | tail -2 || true
     fi
