@@ -232,37 +232,69 @@ gemv_nf4_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax,
 }
 
 /* ---- one token (batch-1 decode) ------------------------------------------
- * gemv1_kernel<FMT, R, U>: each warp walks rows r, r + (all warps), ...
- * (a grid of a few blocks per SM, so warps live long and keep loads
- * streaming), R rows at a time, and issues U 16-byte loads per row per lane
- * before it does any arithmetic: R*U*512 bytes in flight per warp. The
- * activations of a chunk are read once for the R rows (for NF4, 128 bytes of
- * x per 16 bytes of codes: without the reuse those reads, not the weights,
- * bound the kernel). Per row the sum runs over the chunks in the order the
- * n-token kernels above use, with the same expression per chunk. */
+ * gemv1_kernel<FMT, R, U, KS>: a block's 8 warps take 8/KS groups of R rows;
+ * the KS warps of a group split the row's 16-byte chunks between them
+ * (chunk j to warp j/32 % KS), and sum their parts through shared memory.
+ * Blocks walk the rows grid-stride (a few blocks per SM, so warps live long
+ * and keep loads streaming). Each lane issues U loads per row before any
+ * arithmetic: R*U*512 bytes in flight per warp.
+ *   R > 1: the activations of a chunk are read once for R rows (NF4 reads 128
+ *          bytes of x per 16 bytes of codes: without the reuse those reads,
+ *          not the weights, would bound it).
+ *   KS > 1: a matrix with few rows still gets enough warps to hide latency.
+ * INT8 quantizes the token itself, per block, into shared memory
+ * (quant_act_kernel's rule), instead of a separate launch. */
+
+/* INT8 quantizes into shared memory: up to the default 48 KiB less the
+ * static arrays */
+#define GEMV1_INT8_MAX_COLS 40960
 
 template <int FMT> struct gemv1_fmt;
 template <> struct gemv1_fmt<AMPR__Q_F16> { enum { per_chunk = 8 }; };
 template <> struct gemv1_fmt<AMPR__Q_INT8> { enum { per_chunk = 16 }; };
 template <> struct gemv1_fmt<AMPR__Q_NF4> { enum { per_chunk = 32 }; };
 
-template <int FMT, int R, int U>
+template <int FMT, int R, int U, int KS>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t rows,
-             int64_t cols, const float *__restrict__ x, const int8_t *__restrict__ xq,
-             const float *__restrict__ xs, float *__restrict__ y) {
+             int64_t cols, const float *__restrict__ x, float *__restrict__ y) {
     const int E = gemv1_fmt<FMT>::per_chunk;
+    const int GROUPS = GEMV_WARPS / KS; /* row groups per block */
     __shared__ float code[16];
+    __shared__ float red[32];
+    __shared__ float part_f[GEMV_WARPS][R];
+    __shared__ int part_i[GEMV_WARPS][R];
+    extern __shared__ int4 xq_smem[]; /* INT8: the quantized activations [cols] */
+    const int8_t *xq = (const int8_t *)xq_smem;
+    float xscale = 0.0f;
     if (FMT == AMPR__Q_NF4) {
         if (threadIdx.x < 16) code[threadIdx.x] = k_nf4[threadIdx.x];
         __syncthreads();
     }
-    int lane = threadIdx.x & 31;
-    int64_t warp = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    int64_t n_warps = (int64_t)gridDim.x * GEMV_WARPS;
+    if (FMT == AMPR__Q_INT8) {
+        float m = 0.0f;
+        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, fabsf(x[c]));
+        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+        __syncthreads();
+        m = 0.0f;
+        for (int w = 0; w < GEMV_WARPS; w++) m = fmaxf(m, red[w]);
+        float inv = m > 0.0f ? __fdiv_rn(127.0f, m) : 0.0f;
+        int8_t *q = (int8_t *)xq_smem;
+        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+            int v = __float2int_rn(__fmul_rn(x[c], inv)); /* round half to even */
+            q[c] = (int8_t)(v < -127 ? -127 : v > 127 ? 127 : v);
+        }
+        xscale = __fdiv_rn(m, 127.0f);
+        __syncthreads();
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int group = warp / KS, kp = warp % KS;
     int64_t chunks = cols / E;
     const size_t row_bytes = (size_t)cols * (FMT == AMPR__Q_F16 ? 2 : 1) / (FMT == AMPR__Q_NF4 ? 2 : 1);
-    for (int64_t r0 = warp * R; r0 < rows; r0 += n_warps * R) {
+    const int64_t per_block = (int64_t)GROUPS * R;
+    for (int64_t rb = (int64_t)blockIdx.x * per_block; rb < rows; rb += (int64_t)gridDim.x * per_block) {
+        int64_t r0 = rb + (int64_t)group * R;
         float acc[R];
         int iacc[R];
 #pragma unroll
@@ -270,20 +302,25 @@ gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t r
             acc[k] = 0.0f;
             iacc[k] = 0;
         }
-        for (int64_t j0 = lane; j0 < chunks; j0 += 32 * U) {
+        for (int64_t j0 = (int64_t)kp * 32 + lane; j0 < chunks; j0 += 32 * KS * U) {
             uint4 wv[R][U];
+            float am[R][U]; /* NF4: each chunk's block scale, loaded with it */
 #pragma unroll
             for (int k = 0; k < R; k++) {
-                int64_t r = r0 + k < rows ? r0 + k : rows - 1; /* a tail row repeats the last */
+                int64_t r = r0 + k < rows ? r0 + k : rows - 1; /* tail rows repeat the last */
                 const uint4 *wr = (const uint4 *)((const uint8_t *)W + (size_t)r * row_bytes);
 #pragma unroll
-                for (int u = 0; u < U; u++)
-                    wv[k][u] = j0 + 32 * u < chunks ? __ldg(wr + j0 + 32 * u) : make_uint4(0, 0, 0, 0);
+                for (int u = 0; u < U; u++) {
+                    int64_t j = j0 + 32 * KS * u;
+                    wv[k][u] = j < chunks ? __ldg(wr + j) : make_uint4(0, 0, 0, 0);
+                    am[k][u] = FMT == AMPR__Q_NF4 && j < chunks ? __ldg(sc + (r * cols + j * 32) / 64)
+                                                                : 0.0f;
+                }
             }
 #pragma unroll
             for (int u = 0; u < U; u++) {
-                int64_t j = j0 + 32 * u;
-                if (j >= chunks) break;
+                int64_t j = j0 + 32 * KS * u;
+                if (j >= chunks) continue;
                 if (FMT == AMPR__Q_F16) {
                     const float4 *xv = (const float4 *)(x + j * 8);
                     float4 a = __ldg(xv), b = __ldg(xv + 1);
@@ -296,7 +333,7 @@ gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t r
                                   w2.y * b.y + w3.x * b.z + w3.y * b.w;
                     }
                 } else if (FMT == AMPR__Q_INT8) {
-                    int4 xv = __ldg((const int4 *)xq + j);
+                    int4 xv = ((const int4 *)xq)[j];
 #pragma unroll
                     for (int k = 0; k < R; k++) {
                         int a = iacc[k];
@@ -319,8 +356,6 @@ gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t r
                     }
 #pragma unroll
                     for (int k = 0; k < R; k++) {
-                        int64_t r = r0 + k < rows ? r0 + k : rows - 1;
-                        float a = __ldg(sc + (r * cols + j * 32) / 64);
                         const uint32_t words[4] = {wv[k][u].x, wv[k][u].y, wv[k][u].z, wv[k][u].w};
                         float sum = 0.0f;
 #pragma unroll
@@ -331,42 +366,76 @@ gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t r
                                    code[(w2 >> 12) & 15u] * xv[4 * q + 2] +
                                    code[(w2 >> 8) & 15u] * xv[4 * q + 3];
                         }
-                        acc[k] += a * sum;
+                        acc[k] += am[k][u] * sum;
                     }
                 }
             }
         }
+        /* each warp's part of each row, then (KS > 1) the group's parts summed
+         * in warp order */
 #pragma unroll
         for (int k = 0; k < R; k++) {
-            if (FMT == AMPR__Q_INT8) {
-                int s = warp_sum_i(iacc[k]);
-                if (lane == 0 && r0 + k < rows) y[r0 + k] = ((float)s * sc[r0 + k]) * xs[0];
-            } else {
-                float s = warp_sum(acc[k]);
-                if (lane == 0 && r0 + k < rows) y[r0 + k] = s;
+            if (FMT == AMPR__Q_INT8) iacc[k] = warp_sum_i(iacc[k]);
+            else acc[k] = warp_sum(acc[k]);
+        }
+        if (KS == 1) {
+#pragma unroll
+            for (int k = 0; k < R; k++)
+                if (lane == 0 && r0 + k < rows)
+                    y[r0 + k] = FMT == AMPR__Q_INT8 ? ((float)iacc[k] * sc[r0 + k]) * xscale : acc[k];
+            continue;
+        }
+        if (lane == 0) {
+#pragma unroll
+            for (int k = 0; k < R; k++) {
+                part_f[warp][k] = acc[k];
+                part_i[warp][k] = iacc[k];
             }
         }
+        __syncthreads();
+        if (threadIdx.x < GROUPS * R) {
+            int g = threadIdx.x / R, k = threadIdx.x % R;
+            int64_t r = rb + (int64_t)g * R + k;
+            if (r < rows) {
+                if (FMT == AMPR__Q_INT8) {
+                    int s = 0;
+                    for (int w = 0; w < KS; w++) s += part_i[g * KS + w][k];
+                    y[r] = ((float)s * sc[r]) * xscale;
+                } else {
+                    float s = 0.0f;
+                    for (int w = 0; w < KS; w++) s += part_f[g * KS + w][k];
+                    y[r] = s;
+                }
+            }
+        }
+        __syncthreads(); /* the parts are rewritten by the next rows */
     }
 }
 
-/* Rows per warp: the most of {4, 2, 1} (up to the format's preference) that
- * still gives every SM two blocks' worth of warps; loads per row: enough
- * for about 64 bytes per lane in flight. */
-template <int FMT, int R, int U>
+template <int FMT, int R, int U, int KS>
 static void gemv1_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, float *y) {
-    int64_t warps = (w->rows + R - 1) / R;
-    int64_t blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
+    int64_t per_block = (int64_t)(GEMV_WARPS / KS) * R;
+    int64_t blocks = (w->rows + per_block - 1) / per_block;
     int64_t cap = 4 * (int64_t)c->sm_count; /* the grid-stride loop takes the rest */
-    gemv1_kernel<FMT, R, U><<<(unsigned)(blocks < cap ? blocks : cap), GEMV_WARPS * 32, 0,
-                              c->stream>>>(w->data, w->scales, w->rows, w->cols, x, c->xq, c->xs, y);
+    size_t smem = FMT == AMPR__Q_INT8 ? (size_t)(w->cols + 15) / 16 * 16 : 0;
+    gemv1_kernel<FMT, R, U, KS><<<(unsigned)(blocks < cap ? blocks : cap), GEMV_WARPS * 32, smem,
+                                  c->stream>>>(w->data, w->scales, w->rows, w->cols, x, y);
 }
 
-template <int FMT, int RMAX, int U>
+/* Warps per row: the fewest (1, 2, 4, 8) that give the GPU about 32 warps
+ * per SM, as long as each warp keeps at least one chunk per lane. */
+template <int FMT, int R, int U>
 static void gemv1(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, float *y) {
-    int64_t per = (int64_t)GEMV_WARPS * 2 * c->sm_count; /* rows that fill the GPU at R = 1 */
-    if (RMAX >= 4 && w->rows >= 4 * per) gemv1_launch<FMT, (RMAX >= 4 ? 4 : 1), U>(c, w, x, y);
-    else if (RMAX >= 2 && w->rows >= 2 * per) gemv1_launch<FMT, (RMAX >= 2 ? 2 : 1), U>(c, w, x, y);
-    else gemv1_launch<FMT, 1, U * RMAX>(c, w, x, y);
+    int64_t want = 32 * (int64_t)c->sm_count, groups = (w->rows + R - 1) / R;
+    int64_t chunks = w->cols / gemv1_fmt<FMT>::per_chunk;
+    int ks = 1;
+    while (ks < GEMV_WARPS && groups * ks < want && chunks / (2 * ks) >= 32) ks *= 2;
+    switch (ks) {
+    case 1: gemv1_launch<FMT, R, U, 1>(c, w, x, y); break;
+    case 2: gemv1_launch<FMT, R, U, 2>(c, w, x, y); break;
+    case 4: gemv1_launch<FMT, R, U, 4>(c, w, x, y); break;
+    default: gemv1_launch<FMT, R, U, 8>(c, w, x, y); break;
+    }
 }
 
 /* Any shape, any alignment, any n: one warp per (row, group of up to 8
@@ -602,15 +671,20 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
                     (const __half *)w->data, rows, cols, x, n, y, ldy);
             break;
         case AMPR__Q_INT8:
+            if (n == 1 && cols <= GEMV1_INT8_MAX_COLS) { /* quantizes x itself */
+                gemv1<AMPR__Q_INT8, 1, 8>(c, w, x, y);
+                break;
+            }
             AMPR__TRY(ampr__cuda_reserve(c, n, 0, cols, 0, err));
             AMPR__TRY(ampr__cuda_quant_act(c, x, n, (int32_t)cols, c->xq, c->xs, err));
-            if (n == 1) gemv1<AMPR__Q_INT8, 2, 4>(c, w, x, y);
-            else
-                gemv_int8_kernel<<<gblocks, GEMV_WARPS * 32, 0, c->stream>>>(
-                    (const int8_t *)w->data, w->scales, rows, cols, c->xq, c->xs, n, y, ldy);
+            gemv_int8_kernel<<<gblocks, GEMV_WARPS * 32, 0, c->stream>>>(
+                (const int8_t *)w->data, w->scales, rows, cols, c->xq, c->xs, n, y, ldy);
             break;
         default:
-            if (n == 1) gemv1<AMPR__Q_NF4, 4, 2>(c, w, x, y);
+            if (n == 1 && rows >= 64 * (int64_t)c->sm_count) /* 4 rows a warp still fill it */
+                gemv1<AMPR__Q_NF4, 4, 2>(c, w, x, y);
+            else if (n == 1)
+                gemv1<AMPR__Q_NF4, 2, 2>(c, w, x, y);
             else
                 gemv_nf4_kernel<<<gblocks, GEMV_WARPS * 32, 0, c->stream>>>(
                     (const uint8_t *)w->data, w->scales, rows, cols, x, n, y, ldy);

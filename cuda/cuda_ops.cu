@@ -475,6 +475,185 @@ static void att_launch(ampr__cuda *c, const ampr__cuda_kv_view *kv, const float 
         kv->blocks_stride, c->att_part);
 }
 
+/* ---- prefill attention: query tiles ------------------------------------------
+ * With many query rows of one sequence (a prefill: one block table, row_seq
+ * NULL) the kernel above reads each K and V row once per query row and head,
+ * and is bound by those reads. Here a block takes ATQ query rows of one head
+ * and walks the positions in tiles of ATK: the tile's K and V (as fp32) and
+ * the block's Q rows sit in shared memory, so each K/V value read from the
+ * cache serves ATQ rows.
+ *
+ * Warp w owns rows 8w..8w+7 of the tile. Scores: lane j takes position t0+j
+ * for its 8 rows (q . K over head_dim, 4 dims per shared-memory load; K rows
+ * padded by 4 floats so the lanes' loads hit different banks), masked past
+ * each row's own position. Each row's (max m, sum l, output o) updates by
+ * online softmax; the probabilities go through shared memory to the
+ * accumulation o[d] += p_t V[t][d], lane j holding dims j, j+32, ... */
+
+#define ATQ 32 /* query rows per block */
+#define ATK 32 /* positions per K/V tile */
+#define ATT_TILE_HD_MAX 128
+
+static size_t att_tile_smem(int32_t hd) {
+    size_t hdp = (size_t)hd + 4;
+    return ((size_t)ATQ * hdp + (size_t)ATK * hdp + (size_t)ATK * hd + (size_t)ATT_WARPS * 8 * ATK) *
+           sizeof(float);
+}
+
+__device__ __forceinline__ void kv_to_f32(const float *src, float *dst) {
+    float4 v = __ldg((const float4 *)src);
+    dst[0] = v.x;
+    dst[1] = v.y;
+    dst[2] = v.z;
+    dst[3] = v.w;
+}
+__device__ __forceinline__ void kv_to_f32(const __half *src, float *dst) {
+    uint4 v = __ldg((const uint4 *)src);
+    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        dst[2 * u] = __half2float(__ushort_as_half((unsigned short)(words[u] & 0xffffu)));
+        dst[2 * u + 1] = __half2float(__ushort_as_half((unsigned short)(words[u] >> 16)));
+    }
+}
+
+template <typename T, int PL>
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+attention_tile_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
+                      const int32_t *__restrict__ blocks, int32_t n_layers, int32_t layer,
+                      int32_t bs, int32_t kv_dim, const float *__restrict__ q, int64_t ldq,
+                      const int32_t *__restrict__ pos, int32_t n, int32_t n_heads, int32_t group,
+                      int32_t hd, float scale, float *__restrict__ out) {
+    const int VEC = 16 / (int)sizeof(T); /* cache values per 16-byte load */
+    extern __shared__ float4 att_smem[];
+    __shared__ int32_t spos[ATQ];
+    int32_t hdp = hd + 4;
+    float *sQ = (float *)att_smem, *sK = sQ + ATQ * hdp, *sV = sK + ATK * hdp, *sP = sV + ATK * hd;
+    int32_t h = (int32_t)blockIdx.x, i0 = (int32_t)blockIdx.y * ATQ, kvh = h / group;
+    int32_t rows = min(ATQ, n - i0);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (threadIdx.x < ATQ) spos[threadIdx.x] = (int32_t)threadIdx.x < rows ? pos[i0 + threadIdx.x] : -1;
+    for (int32_t e = threadIdx.x; e < ATQ * hd; e += blockDim.x) {
+        int32_t r = e / hd, d = e % hd;
+        sQ[r * hdp + d] = r < rows ? q[(int64_t)(i0 + r) * ldq + (int64_t)h * hd + d] : 0.0f;
+    }
+    __syncthreads();
+    int32_t tmax = -1;
+    for (int r = 0; r < ATQ; r++) tmax = max(tmax, spos[r]);
+    float m[8], l[8], o[8][PL];
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        m[k] = -INFINITY;
+        l[k] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < PL; j++) o[k][j] = 0.0f;
+    }
+    float *myP = sP + warp * 8 * ATK;
+    for (int32_t t0 = 0; t0 <= tmax; t0 += ATK) {
+        __syncthreads(); /* the last tile's K, V and P are no longer read */
+        for (int32_t e = threadIdx.x * VEC; e < ATK * hd; e += blockDim.x * VEC) {
+            int32_t u = e / hd, d = e % hd, t = t0 + u;
+            float kf[VEC], vf[VEC];
+            if (t <= tmax) {
+                size_t off = kv_off(blocks, n_layers, layer, bs, kv_dim, t) + (size_t)kvh * hd + d;
+                kv_to_f32(kc + off, kf);
+                kv_to_f32(vc + off, vf);
+            } else {
+#pragma unroll
+                for (int x = 0; x < VEC; x++) kf[x] = vf[x] = 0.0f;
+            }
+#pragma unroll
+            for (int x = 0; x < VEC; x++) {
+                sK[u * hdp + d + x] = kf[x];
+                sV[u * hd + d + x] = vf[x];
+            }
+        }
+        __syncthreads();
+        float s[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) s[k] = 0.0f;
+        for (int32_t d = 0; d < hd; d += 4) {
+            float4 kk = *(const float4 *)&sK[lane * hdp + d];
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                float4 qq = *(const float4 *)&sQ[(warp * 8 + k) * hdp + d];
+                s[k] += qq.x * kk.x + qq.y * kk.y + qq.z * kk.z + qq.w * kk.w;
+            }
+        }
+        int32_t t = t0 + lane;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            bool valid = t <= spos[warp * 8 + k];
+            float sk = valid ? s[k] * scale : -INFINITY;
+            float mx = warp_max_f(sk);
+            float p = 0.0f;
+            if (mx != -INFINITY) { /* warp-uniform: some position of the tile is visible */
+                float mn = fmaxf(m[k], mx);
+                p = valid ? expf(sk - mn) : 0.0f;
+                float corr = expf(m[k] - mn); /* 0 on the row's first tile */
+                l[k] = l[k] * corr + warp_sum_f(p);
+#pragma unroll
+                for (int j = 0; j < PL; j++) o[k][j] *= corr;
+                m[k] = mn;
+            }
+            myP[k * ATK + lane] = p;
+        }
+        __syncwarp();
+        int32_t cnt = min(ATK, tmax - t0 + 1);
+        for (int32_t u = 0; u < cnt; u++) {
+            float v[PL];
+#pragma unroll
+            for (int j = 0; j < PL; j++) {
+                int d = lane + 32 * j;
+                v[j] = d < hd ? sV[u * hd + d] : 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                float pk = myP[k * ATK + u];
+#pragma unroll
+                for (int j = 0; j < PL; j++) o[k][j] += pk * v[j];
+            }
+        }
+        __syncwarp();
+    }
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        int32_t r = warp * 8 + k;
+        if (r >= rows) continue;
+        float *orow = out + (int64_t)(i0 + r) * n_heads * hd + (int64_t)h * hd;
+#pragma unroll
+        for (int j = 0; j < PL; j++) {
+            int d = lane + 32 * j;
+            if (d < hd) orow[d] = o[k][j] / l[k];
+        }
+    }
+}
+
+template <typename T, int PL>
+static ampr_status att_tile_launch(ampr__cuda *c, const ampr__cuda_kv_view *kv, const float *q,
+                                   int64_t ldq, int32_t n, const int32_t *d_pos, int32_t n_heads,
+                                   int32_t group, int32_t hd, float *out, ampr__err *err) {
+    size_t smem = att_tile_smem(hd);
+    if (smem > 48 * 1024)
+        AMPR__CU(err, cudaFuncSetAttribute(attention_tile_kernel<T, PL>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    dim3 grid((unsigned)n_heads, (unsigned)((n + ATQ - 1) / ATQ));
+    attention_tile_kernel<T, PL><<<grid, ATT_WARPS * 32, smem, c->stream>>>(
+        (const T *)kv->k, (const T *)kv->v, kv->d_blocks, kv->n_layers, kv->layer, kv->block_size,
+        kv->kv_dim, q, ldq, d_pos, n, n_heads, group, hd, 1.0f / sqrtf((float)hd), out);
+    AMPR__CU_LAUNCHED(err, "attention_tile");
+    return AMPR_OK;
+}
+
+/* The query-tile kernel: one sequence, rows enough to fill the GPU without
+ * splits, head_dim a multiple of a 16-byte load of the cache, up to 128. */
+static int att_tile_ok(const ampr__cuda *c, const ampr__cuda_kv_view *kv, int32_t n,
+                       int32_t n_heads, int32_t hd) {
+    int vec = kv->dtype == AMPR__CUDA_F16 ? 8 : 4;
+    return !kv->d_row_seq && hd % vec == 0 && hd <= ATT_TILE_HD_MAX &&
+           (int64_t)n * n_heads >= 4 * (int64_t)c->sm_count && n >= ATQ;
+}
+
 ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, const float *q,
                                  int64_t ldq, int32_t n, const int32_t *d_pos, int32_t n_heads,
                                  int32_t n_kv_heads, int32_t head_dim, float *out,
@@ -484,9 +663,19 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
         return ampr__fail(err, AMPR_ERR_UNSUPPORTED,
                           "CUDA attention: head_dim %d (max %d), heads %d / kv heads %d",
                           head_dim, ATT_HD_MAX, n_heads, n_kv_heads);
+    int32_t group = n_heads / n_kv_heads;
+    if (att_tile_ok(c, kv, n, n_heads, head_dim)) {
+        int tpl = head_dim <= 32 ? 1 : head_dim <= 64 ? 2 : 4;
+        if (kv->dtype == AMPR__CUDA_F16)
+            return tpl == 1   ? att_tile_launch<__half, 1>(c, kv, q, ldq, n, d_pos, n_heads, group, head_dim, out, err)
+                   : tpl == 2 ? att_tile_launch<__half, 2>(c, kv, q, ldq, n, d_pos, n_heads, group, head_dim, out, err)
+                              : att_tile_launch<__half, 4>(c, kv, q, ldq, n, d_pos, n_heads, group, head_dim, out, err);
+        return tpl == 1   ? att_tile_launch<float, 1>(c, kv, q, ldq, n, d_pos, n_heads, group, head_dim, out, err)
+               : tpl == 2 ? att_tile_launch<float, 2>(c, kv, q, ldq, n, d_pos, n_heads, group, head_dim, out, err)
+                          : att_tile_launch<float, 4>(c, kv, q, ldq, n, d_pos, n_heads, group, head_dim, out, err);
+    }
     int32_t splits = att_splits(c, n, n_heads, head_dim);
     dim3 grid((unsigned)n_heads, (unsigned)n, (unsigned)splits);
-    int32_t group = n_heads / n_kv_heads;
     int pl = head_dim <= 32 ? 1 : head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : 8;
     if (kv->dtype == AMPR__CUDA_F16) {
         if (pl == 1) att_launch<__half, 1>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);

@@ -9,6 +9,8 @@
  * element in the high nibble.
  *
  * Usage: check [--quick]   (--quick: correctness only, no benchmarks)
+ *        check --ops fp16|int8|nf4   (one tier's per-op profile only, each op
+ *                                     run twice: a target for ncu)
  */
 #include <cublasLt.h>
 #include <cuda_fp16.h>
@@ -351,11 +353,12 @@ static void check_embed_matmul(void) {
     /* matmul: GEMV path (n <= 8), cuBLASLt path (n > 8, and n = 3 forced) */
     /* odd shapes: NF4 blocks spanning rows (cols % 64 != 0; stories260K's
      * w_down is 64 x 172) and rows starting on a low nibble (odd cols) */
-    /* 8453 and 4229 rows: the NF4 one-token kernel's 4 and 2 rows per warp
-     * (with a tail) on a 132-SM GPU; cuda_matmul.cu picks them by rows/SMs */
+    /* the one-token kernels split a row over 1..8 warps by rows and chunks
+     * (cuda_matmul.cu gemv1): 33 x 8192 and 40 x 4096 take 8 and 4 warps a
+     * row; NF4 pairs rows, so odd row counts leave a tail */
     struct Shape { int64_t rows, cols; } shapes[] = {{1004, 512}, {96, 2048}, {1024, 1024},
                                                      {64, 172}, {344, 64}, {7, 33}, {5, 67},
-                                                     {8453, 64}, {4229, 96}};
+                                                     {8453, 64}, {33, 8192}, {40, 4096}};
     struct Case { int32_t n; int gemv_max; } cases[] = {{1, 8}, {3, 8}, {8, 8}, {3, 0}, {37, 8}};
     for (ampr__qtype t : k_fmts)
         for (const Shape &sh : shapes) {
@@ -457,8 +460,10 @@ static void check_kv_attention(int32_t hd) {
         snprintf(name, sizeof name, "kv_store %s hd %d (whole arena compared)", f16 ? "f16" : "f32", hd);
         report_exact(name, mism, (long)(2 * elems));
 
-        /* attention: decode (1 row at 127) and prefill (20 rows at 30..49) */
-        struct AC { int32_t n, p0; } acs[] = {{1, 127}, {1, 0}, {20, 30}};
+        /* attention: decode (1 row at 127; position splits), a short prefill
+         * (20 rows at 30..49; splits) and a long one (100 rows at 20..119:
+         * enough rows for the query-tile kernel, the last tile partly full) */
+        struct AC { int32_t n, p0; } acs[] = {{1, 127}, {1, 0}, {20, 30}, {100, 20}};
         for (const AC &ac : acs) {
             int64_t ldq = heads * hd + 2 * kv_dim;
             auto q = rnd_vec((size_t)(ac.n * ldq), -1, 1);
@@ -937,15 +942,28 @@ static double bench_copy_gbs(void) {
     return 2.0 * (double)bytes / (ms * 1e-3) / 1e9; /* read + write */
 }
 
-/* cuBLASLt fp16 x fp16 -> fp32, fp32 accumulation, 8192^3: the rate to compare with */
-static double bench_lt_peak(void) {
-    int64_t N = 8192;
-    void *A = dev_put(NULL, (size_t)(N * N) * 2), *B = dev_put(NULL, (size_t)(N * N) * 2);
-    void *C = dev_put(NULL, (size_t)(N * N) * 4), *ws = dev_put(NULL, (size_t)32 << 20);
-    std::vector<__half> h((size_t)(N * N));
-    for (auto &v : h) v = __float2half_rn(rnd_f(-1, 1));
-    OK(ampr__cuda_upload(g_c, A, h.data(), h.size() * 2, &g_err));
-    OK(ampr__cuda_upload(g_c, B, h.data(), h.size() * 2, &g_err));
+/* cuBLASLt alone on an m x n x k product in the library's layout (A = W^T,
+ * "TN"): fp16 x fp16 -> fp32 with fp32 accumulation, or int8 x int8 ->
+ * int32; its heuristic's first algorithm, median of 10. TFLOP/s (TOP/s for
+ * int8), 0 if cuBLASLt has no algorithm. 8192^3 fp16 is the card's peak to
+ * compare with; a layer's shapes give what the library's prefill GEMMs can
+ * reach at most. */
+static double lt_rate(int64_t m, int64_t n, int64_t k, bool i8) {
+    size_t ea = i8 ? 1 : 2, ec = 4;
+    void *A = dev_put(NULL, (size_t)(m * k) * ea), *B = dev_put(NULL, (size_t)(k * n) * ea);
+    void *C = dev_put(NULL, (size_t)(m * n) * ec), *ws = dev_put(NULL, (size_t)32 << 20);
+    std::vector<uint8_t> h((size_t)std::max(m * k, k * n) * ea);
+    for (size_t e = 0; e < h.size(); e += ea) {
+        if (i8) h[e] = (uint8_t)(rnd_u64() % 255 + 129);
+        else {
+            __half v = __float2half_rn(rnd_f(-1, 1));
+            memcpy(&h[e], &v, 2);
+        }
+    }
+    OK(ampr__cuda_upload(g_c, A, h.data(), (size_t)(m * k) * ea, &g_err));
+    OK(ampr__cuda_upload(g_c, B, h.data(), (size_t)(k * n) * ea, &g_err));
+    cudaDataType_t ab = i8 ? CUDA_R_8I : CUDA_R_16F, cd = i8 ? CUDA_R_32I : CUDA_R_32F;
+    cublasComputeType_t ct = i8 ? CUBLAS_COMPUTE_32I : CUBLAS_COMPUTE_32F;
     cublasLtHandle_t lt;
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t la, lb, lc;
@@ -955,36 +973,44 @@ static double bench_lt_peak(void) {
     int found = 0;
     cublasLtMatmulHeuristicResult_t res;
     bool ok = cublasLtCreate(&lt) == CUBLAS_STATUS_SUCCESS &&
-              cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescCreate(&op, ct, cd) == CUBLAS_STATUS_SUCCESS &&
               cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) == CUBLAS_STATUS_SUCCESS &&
               cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb) == CUBLAS_STATUS_SUCCESS &&
-              cublasLtMatrixLayoutCreate(&la, CUDA_R_16F, N, N, N) == CUBLAS_STATUS_SUCCESS &&
-              cublasLtMatrixLayoutCreate(&lb, CUDA_R_16F, N, N, N) == CUBLAS_STATUS_SUCCESS &&
-              cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, N, N, N) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatrixLayoutCreate(&la, ab, k, m, k) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatrixLayoutCreate(&lb, ab, k, n, k) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatrixLayoutCreate(&lc, cd, m, n, m) == CUBLAS_STATUS_SUCCESS &&
               cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
               cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb) == CUBLAS_STATUS_SUCCESS &&
               cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &res, &found) == CUBLAS_STATUS_SUCCESS &&
               found > 0;
-    if (!ok) {
-        printf("cuBLASLt peak measurement failed\n");
-        return 0;
+    double rate = 0;
+    if (ok) {
+        float fone = 1, fzero = 0;
+        int32_t ione = 1, izero = 0;
+        const void *alpha = i8 ? (const void *)&ione : (const void *)&fone;
+        const void *beta = i8 ? (const void *)&izero : (const void *)&fzero;
+        bool run_ok = true;
+        double ms = time_ms([&] {
+            if (cublasLtMatmul(lt, op, alpha, A, la, B, lb, beta, C, lc, C, lc, &res.algo, ws, wsb, g_s) != CUBLAS_STATUS_SUCCESS)
+                run_ok = false;
+        }, 10);
+        if (run_ok) rate = 2.0 * (double)m * n * k / (ms * 1e-3) / 1e12;
+        cublasLtMatmulPreferenceDestroy(pref);
+        cublasLtMatrixLayoutDestroy(la);
+        cublasLtMatrixLayoutDestroy(lb);
+        cublasLtMatrixLayoutDestroy(lc);
+        cublasLtMatmulDescDestroy(op);
+        cublasLtDestroy(lt);
     }
-    float one = 1, zero = 0;
-    bool run_ok = true;
-    double ms = time_ms([&] {
-        if (cublasLtMatmul(lt, op, &one, A, la, B, lb, &zero, C, lc, C, lc, &res.algo, ws, wsb, g_s) != CUBLAS_STATUS_SUCCESS)
-            run_ok = false;
-    }, 10);
-    cublasLtMatmulPreferenceDestroy(pref);
-    cublasLtMatrixLayoutDestroy(la);
-    cublasLtMatrixLayoutDestroy(lb);
-    cublasLtMatrixLayoutDestroy(lc);
-    cublasLtMatmulDescDestroy(op);
-    cublasLtDestroy(lt);
     void *bufs[] = {A, B, C, ws};
-    for (void *b : bufs) ampr__cuda_free(g_c, b);
-    if (!run_ok) { printf("cuBLASLt peak run failed\n"); return 0; }
-    return 2.0 * (double)N * N * N / (ms * 1e-3) / 1e12;
+    for (void *p : bufs) ampr__cuda_free(g_c, p);
+    return rate;
+}
+
+static double bench_lt_peak(void) {
+    double r = lt_rate(8192, 8192, 8192, false);
+    if (r == 0) printf("cuBLASLt peak measurement failed\n");
+    return r;
 }
 
 /* Where a decode step and a prefill spend their time: each op of one layer
@@ -992,6 +1018,8 @@ static double bench_lt_peak(void) {
  * (n = 1, attention at position 512) and prefill (n = 512, positions
  * 0..511), then summed over the layers. The sum against the whole step's
  * time shows what the gaps between kernels cost. */
+static int g_op_reps = 20; /* check --ops (for a profiler): 1 */
+
 static void bench_ops(ampr__qtype t, HostModel &hm, double copy, double peak) {
     const ampr__cuda_hparams &hp = hm.hp;
     int32_t dim = hp.dim, hd = hp.head_dim, hid = hp.hidden_dim;
@@ -1018,7 +1046,8 @@ static void bench_ops(ampr__qtype t, HostModel &hm, double copy, double peak) {
     float *dsn = (float *)dev_put(hm.sn.data(), hm.sn.size() * 4);
     float *dw = (float *)dev_put(hm.norms.data(), (size_t)dim * 4);
     printf("  %s, one layer's ops alone (us; x %d layers in the totals):\n", fmt_name(t), hp.n_layers);
-    printf("  %-10s %10s %9s %12s %9s\n", "op", "decode us", "GB/s", "prefill us", "TFLOP/s");
+    printf("  %-10s %10s %9s %12s %9s %14s\n", "op", "decode us", "GB/s", "prefill us", "TFLOP/s",
+           "cuBLASLt alone");
     double dec_total = 0, pre_total = 0;
     for (int ph = 0; ph < 2; ph++) {
         int32_t n = ph ? np : 1;
@@ -1027,16 +1056,16 @@ static void bench_ops(ampr__qtype t, HostModel &hm, double copy, double peak) {
         double us[9];
         for (int k = 0; k < 5; k++) {
             int32_t nn = k == 4 ? 1 : n; /* logits of the last token only */
-            us[k] = 1e3 * time_ms([&] { OK(ampr__cuda_matmul(g_c, &mats[k], dx, nn, dy, mats[k].rows, &g_err)); }, 20);
+            us[k] = 1e3 * time_ms([&] { OK(ampr__cuda_matmul(g_c, &mats[k], dx, nn, dy, mats[k].rows, &g_err)); }, g_op_reps);
         }
-        us[5] = 1e3 * time_ms([&] { OK(ampr__cuda_add_rmsnorm(g_c, dz, dx, dw, dy, n, dim, 1e-5f, &g_err)); }, 20);
+        us[5] = 1e3 * time_ms([&] { OK(ampr__cuda_add_rmsnorm(g_c, dz, dx, dw, dy, n, dim, 1e-5f, &g_err)); }, g_op_reps);
         us[6] = 1e3 * time_ms([&] {
             OK(ampr__cuda_rope_kv(g_c, &kv, dz, qkv_dim, n, hp.n_heads, hp.n_kv_heads, hd, dpos, dcs, dsn, 0, &g_err));
-        }, 20);
+        }, g_op_reps);
         us[7] = 1e3 * time_ms([&] {
             OK(ampr__cuda_attention(g_c, &kv, dx, qkv_dim, n, dpos, hp.n_heads, hp.n_kv_heads, hd, dy, &g_err));
-        }, 20);
-        us[8] = 1e3 * time_ms([&] { OK(ampr__cuda_swiglu(g_c, dx, dy, n, hid, &g_err)); }, 20);
+        }, g_op_reps);
+        us[8] = 1e3 * time_ms([&] { OK(ampr__cuda_swiglu(g_c, dx, dy, n, hid, &g_err)); }, g_op_reps);
         /* per layer: 4 matmuls, 2 norms, rope_kv, attention, swiglu */
         double layer = us[0] + us[1] + us[2] + us[3] + 2 * us[5] + us[6] + us[7] + us[8];
         double total = layer * hp.n_layers + us[4] + us[5];
@@ -1047,7 +1076,12 @@ static void bench_ops(ampr__qtype t, HostModel &hm, double copy, double peak) {
         for (int k = 0; k < 9; k++) {
             double gbs = k < 5 ? (double)ampr__cuda_mat_bytes(&mats[k]) / (dec_us[k] * 1e-6) / 1e9 : 0;
             double fl = k < 5 ? 2.0 * mats[k].rows * mats[k].cols * (k == 4 ? 1 : np) / (us[k] * 1e-6) / 1e12 : 0;
-            if (k < 5)
+            /* the GEMM the prefill runs (NF4: fp16 after dequantizing), alone */
+            double alone = k < 4 ? lt_rate(mats[k].rows, np, mats[k].cols, t == AMPR__Q_INT8) : 0;
+            if (k < 4)
+                printf("  %-10s %10.1f %9.0f %12.1f %9.1f %8.1f (%3.0f%%)\n", mname[k], dec_us[k], gbs,
+                       us[k], fl, alone, alone > 0 ? 100 * fl / alone : 0.0);
+            else if (k < 5)
                 printf("  %-10s %10.1f %9.0f %12.1f %9.1f\n", mname[k], dec_us[k], gbs, us[k], fl);
             else
                 printf("  %-10s %10.1f %9s %12.1f %9s\n", oname[k - 5], dec_us[k], "", us[k], "");
@@ -1125,8 +1159,22 @@ static void bench(void) {
            "embedding table; prefill: 512 tokens, logits of the last\n");
 }
 
+/* check --ops TIER: only bench_ops for one tier, each op run twice (a
+ * profiler's target: ncu --kernel-name ... check --ops nf4) */
+static void ops_only(const char *tier) {
+    ampr__cuda_hparams hp = {16, 2048, 8192, 32, 8, 64, 32000, 2048, 1e-5f, 0};
+    g_op_reps = 1;
+    for (ampr__qtype t : k_fmts) {
+        if (strcmp(fmt_name(t), tier)) continue;
+        HostModel hm;
+        model_make(hm, t, hp, true);
+        bench_ops(t, hm, 0, 0);
+    }
+}
+
 int main(int argc, char **argv) {
     bool quick = argc > 1 && !strcmp(argv[1], "--quick");
+    bool ops = argc > 2 && !strcmp(argv[1], "--ops");
     int n = 0;
     OK(ampr__cuda_device_count(&n, &g_err));
     if (n == 0) {
@@ -1143,6 +1191,11 @@ int main(int argc, char **argv) {
     g_s = (cudaStream_t)ampr__cuda_stream(g_c);
     printf("device: %s (cc %d.%d), NCCL %s\n", ampr__cuda_device_name(g_c), ampr__cuda_cc(g_c) / 10,
            ampr__cuda_cc(g_c) % 10, ampr__cuda_have_nccl() ? "yes" : "no");
+    if (ops) {
+        ops_only(argv[2]);
+        ampr__cuda_close(g_c);
+        return 0;
+    }
     check_elementwise();
     check_embed_matmul();
     check_kv_attention(64);
