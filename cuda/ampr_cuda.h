@@ -170,13 +170,15 @@ typedef struct ampr__cuda_kv_view {
 } ampr__cuda_kv_view;
 
 /* Store n rows of K and V at positions d_pos[i] of layer kv->layer: row i
- * holds kv_dim K values at kv_rows + i*ld, then kv_dim V values. */
+ * holds kv_dim K values at kv_rows + i*ld, then kv_dim V values. kv_dim must
+ * be even (AMPR_ERR_UNSUPPORTED otherwise; head_dim always is). */
 ampr_status ampr__cuda_kv_store(ampr__cuda *c, const ampr__cuda_kv_view *kv, const float *kv_rows,
                                 int64_t ld, int32_t n, const int32_t *d_pos, ampr__err *err);
 /* The attention block's RoPE and KV store in one kernel: each row of qkv
  * (stride ld) holds n_heads Q heads, n_kv_heads K heads and n_kv_heads V
  * heads; Q and K rotate in place (as ampr__cuda_rope), then K and V are
- * stored (as ampr__cuda_kv_store). */
+ * stored (as ampr__cuda_kv_store). kv->kv_dim must be n_kv_heads * head_dim
+ * (AMPR_ERR_INTERNAL otherwise). */
 ampr_status ampr__cuda_rope_kv(ampr__cuda *c, const ampr__cuda_kv_view *kv, float *qkv,
                                int64_t ld, int32_t n, int32_t n_heads, int32_t n_kv_heads,
                                int32_t head_dim, const int32_t *d_pos, const float *cos_tab,

@@ -72,8 +72,9 @@ __device__ float block_sum(float v, float *red) {
 
 /* With y: x += y first (written back), then out = rmsnorm(x) * w -- the
  * residual add and the norm that follows it in one pass over x. */
-__global__ void rmsnorm_kernel(float *x, const float *__restrict__ y, const float *__restrict__ w,
-                               float *__restrict__ out, int32_t dim, float eps) {
+/* y and out are not __restrict__: they may be the same rows */
+__global__ void rmsnorm_kernel(float *x, const float *y, const float *__restrict__ w, float *out,
+                               int32_t dim, float eps) {
     __shared__ float red[32];
     float *xr = x + (size_t)blockIdx.x * dim;
     float *o = out + (size_t)blockIdx.x * dim;
@@ -238,6 +239,11 @@ ampr_status ampr__cuda_rope_kv(ampr__cuda *c, const ampr__cuda_kv_view *kv, floa
                                int64_t ld, int32_t n, int32_t n_heads, int32_t n_kv_heads,
                                int32_t head_dim, const int32_t *d_pos, const float *cos_tab,
                                const float *sin_tab, int interleaved, ampr__err *err) {
+    /* the kernel lays cache rows out n_kv_heads * head_dim wide, as attention
+     * reads them (kv->kv_dim) */
+    if (kv && kv->kv_dim != n_kv_heads * head_dim)
+        return ampr__fail(err, AMPR_ERR_INTERNAL, "CUDA RoPE+KV: cache rows of %d for %d x %d",
+                          kv->kv_dim, n_kv_heads, head_dim);
     return rope_kv(c, kv, qkv, ld, n, n_heads, n_kv_heads, head_dim, d_pos, cos_tab, sin_tab,
                    interleaved, 1, err);
 }

@@ -18,6 +18,9 @@
 # generated 1b-shape model on the GPU (skip with AMPR_GPU_NO_BENCH=1). The CLI
 # is built here with make (B=$OUT/lib) or, failing that, .gpu/ampr is used.
 #
+# AMPR_CHECK_OPS=1: the kernel benchmark also times each op of a layer alone (decode
+# and prefill) with cuBLASLt alone on each prefill GEMM shape; tests/gpu/profile.sh
+# then runs Nsight Compute on the GEMV and attention kernels.
 # Output goes to tests/gpu/build/ (override with AMPR_GPU_BUILD). Exit status: that
 # of the check (0 all PASS, 1 some FAIL, 2 no usable GPU), or of the build.
 set -euo pipefail
