@@ -71,8 +71,8 @@ __device__ float block_sum(float v, float *red) {
 }
 
 /* With y: x += y first (written back), then out = rmsnorm(x) * w -- the
- * residual add and the norm that follows it in one pass over x. */
-/* y and out are not __restrict__: they may be the same rows */
+ * residual add and the norm that follows it in one pass over x. y and out
+ * are not __restrict__: they may be the same rows. */
 __global__ void rmsnorm_kernel(float *x, const float *y, const float *__restrict__ w, float *out,
                                int32_t dim, float eps) {
     __shared__ float red[32];
@@ -257,12 +257,11 @@ ampr_status ampr__cuda_rope(ampr__cuda *c, float *v, int64_t ld, int32_t n, int3
 
 ampr_status ampr__cuda_kv_store(ampr__cuda *c, const ampr__cuda_kv_view *kv, const float *kv_rows,
                                 int64_t ld, int32_t n, const int32_t *d_pos, ampr__err *err) {
-    int32_t hd = 2; /* any even split of kv_dim: pairs are copied as they are */
     if (kv->kv_dim % 2)
         return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "CUDA KV store: odd kv_dim %d", kv->kv_dim);
-    ampr__cuda_kv_view v = *kv;
-    /* without rotation the heads' split only has to tile kv_dim */
-    return rope_kv(c, &v, (float *)kv_rows, ld, n, 0, kv->kv_dim / hd, hd, d_pos, NULL, NULL, 1, 0,
+    /* without rotation any split of kv_dim into "heads" stores the same
+     * values: pairs (head_dim 2), kv_dim / 2 of them; the kernel only reads */
+    return rope_kv(c, kv, (float *)kv_rows, ld, n, 0, kv->kv_dim / 2, 2, d_pos, NULL, NULL, 1, 0,
                    err);
 }
 
