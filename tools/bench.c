@@ -117,6 +117,29 @@ static double read_bandwidth(ampr_ctx *c) {
     return best;
 }
 
+/* Prefill n_prompt tokens into seq in chunks of at most chunk, then decode
+ * n_gen greedy tokens; the wall time of each half in *prefill_ms and
+ * *decode_ms, and *bw (when not NULL) measured between the two. */
+static int prefill_decode(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, const int32_t *toks,
+                          int n_prompt, int chunk, int n_gen, ampr__scratch *s, double *prefill_ms,
+                          double *decode_ms, double *bw, ampr__err *err) {
+    int ok = 1;
+    double t0 = ampr__now_ms();
+    for (int i = 0; i < n_prompt && ok; i += chunk) {
+        int k = n_prompt - i < chunk ? n_prompt - i : chunk;
+        ok = ampr__backend_forward(c, t, seq, toks + i, k, 1, s, err) == AMPR_OK;
+    }
+    *prefill_ms = ampr__now_ms() - t0;
+    if (bw) *bw = c->backend ? ampr__backend_mem_gbs(c) : read_bandwidth(c);
+    double t1 = ampr__now_ms();
+    for (int i = 0; i < n_gen && ok; i++) {
+        int32_t next = ampr__argmax(s->logits, c->hp.vocab_size);
+        ok = ampr__backend_forward(c, t, seq, &next, 1, 1, s, err) == AMPR_OK;
+    }
+    *decode_ms = ampr__now_ms() - t1;
+    return ok;
+}
+
 /* Prefill n_prompt random tokens, then decode n_gen; *bw is the memory read
  * bandwidth measured between the two (it moves from minute to minute on a
  * shared machine, so each tier is compared with its own). */
@@ -136,35 +159,21 @@ static int bench_tier(ampr_ctx *c, ampr__tier *t, int n_prompt, int n_gen, doubl
     if (ampr__kv_seq_reserve(&seq, t->kv, n_prompt + n_gen, &err) == AMPR_OK &&
         ampr__scratch_new(c, chunk, 1, &s, &err) == AMPR_OK) {
         int ok = 1;
+        double pre_ms, dec_ms;
         /* A device backend sets up lazily (matmul plans, scratch growth, the
          * decode graph captured on a shape's second pass): one untimed round
          * of the same shapes first, on a sequence of its own. */
         if (c->backend) {
             ampr__kv_seq warm = {0};
             ok = ampr__kv_seq_reserve(&warm, t->kv, chunk + 3, &err) == AMPR_OK &&
-                 ampr__backend_forward(c, t, &warm, toks, chunk, 1, &s, &err) == AMPR_OK;
-            for (int i = 0; i < 3 && ok; i++) {
-                int32_t next = ampr__argmax(s.logits, c->hp.vocab_size);
-                ok = ampr__backend_forward(c, t, &warm, &next, 1, 1, &s, &err) == AMPR_OK;
-            }
+                 prefill_decode(c, t, &warm, toks, chunk, chunk, 3, &s, &pre_ms, &dec_ms, NULL,
+                                &err);
             ampr__kv_seq_release(&warm);
         }
-        double t0 = ampr__now_ms();
-        for (int i = 0; i < n_prompt && ok; i += chunk) {
-            int k = n_prompt - i < chunk ? n_prompt - i : chunk;
-            ok = ampr__backend_forward(c, t, &seq, toks + i, k, 1, &s, &err) == AMPR_OK;
-        }
-        double t_prefill = ampr__now_ms() - t0;
-        *bw = c->backend ? ampr__backend_mem_gbs(c) : read_bandwidth(c);
-        double t1 = ampr__now_ms();
-        for (int i = 0; i < n_gen && ok; i++) {
-            int32_t next = ampr__argmax(s.logits, c->hp.vocab_size);
-            ok = ampr__backend_forward(c, t, &seq, &next, 1, 1, &s, &err) == AMPR_OK;
-        }
-        double t2 = ampr__now_ms();
-        if (ok) {
-            *prefill_tps = n_prompt / (t_prefill / 1e3);
-            *decode_tps = n_gen / ((t2 - t1) / 1e3);
+        if (ok && prefill_decode(c, t, &seq, toks, n_prompt, chunk, n_gen, &s, &pre_ms, &dec_ms,
+                                 bw, &err)) {
+            *prefill_tps = n_prompt / (pre_ms / 1e3);
+            *decode_tps = n_gen / (dec_ms / 1e3);
             rc = 0;
         }
         ampr__scratch_free(&s);
