@@ -1048,12 +1048,12 @@ static void bench_ops(ampr__qtype t, HostModel &hm, double copy, double peak) {
     printf("  %s, one layer's ops alone (us; x %d layers in the totals):\n", fmt_name(t), hp.n_layers);
     printf("  %-10s %10s %9s %12s %9s %14s\n", "op", "decode us", "GB/s", "prefill us", "TFLOP/s",
            "cuBLASLt alone");
-    double dec_total = 0, pre_total = 0;
+    double us_ph[2][9], total[2]; /* [decode, prefill][op] */
     for (int ph = 0; ph < 2; ph++) {
         int32_t n = ph ? np : 1;
         for (int32_t i = 0; i < n; i++) pos[(size_t)i] = ph ? i : np;
         int32_t *dpos = (int32_t *)dev_put(pos.data(), (size_t)n * 4);
-        double us[9];
+        double *us = us_ph[ph];
         for (int k = 0; k < 5; k++) {
             int32_t nn = k == 4 ? 1 : n; /* logits of the last token only */
             us[k] = 1e3 * time_ms([&] { OK(ampr__cuda_matmul(g_c, &mats[k], dx, nn, dy, mats[k].rows, &g_err)); }, g_op_reps);
@@ -1066,30 +1066,28 @@ static void bench_ops(ampr__qtype t, HostModel &hm, double copy, double peak) {
             OK(ampr__cuda_attention(g_c, &kv, dx, qkv_dim, n, dpos, hp.n_heads, hp.n_kv_heads, hd, dy, &g_err));
         }, g_op_reps);
         us[8] = 1e3 * time_ms([&] { OK(ampr__cuda_swiglu(g_c, dx, dy, n, hid, &g_err)); }, g_op_reps);
+        ampr__cuda_free(g_c, dpos);
         /* per layer: 4 matmuls, 2 norms, rope_kv, attention, swiglu */
         double layer = us[0] + us[1] + us[2] + us[3] + 2 * us[5] + us[6] + us[7] + us[8];
-        double total = layer * hp.n_layers + us[4] + us[5];
-        (ph ? pre_total : dec_total) = total;
-        static double dec_us[9];
-        if (!ph) { for (int k = 0; k < 9; k++) dec_us[k] = us[k]; continue; }
-        const char *oname[4] = {"add+norm", "rope_kv", "attention", "swiglu"};
-        for (int k = 0; k < 9; k++) {
-            double gbs = k < 5 ? (double)ampr__cuda_mat_bytes(&mats[k]) / (dec_us[k] * 1e-6) / 1e9 : 0;
-            double fl = k < 5 ? 2.0 * mats[k].rows * mats[k].cols * (k == 4 ? 1 : np) / (us[k] * 1e-6) / 1e12 : 0;
-            /* the GEMM the prefill runs (NF4: fp16 after dequantizing), alone */
-            double alone = k < 4 ? lt_rate(mats[k].rows, np, mats[k].cols, t == AMPR__Q_INT8) : 0;
-            if (k < 4)
-                printf("  %-10s %10.1f %9.0f %12.1f %9.1f %8.1f (%3.0f%%)\n", mname[k], dec_us[k], gbs,
-                       us[k], fl, alone, alone > 0 ? 100 * fl / alone : 0.0);
-            else if (k < 5)
-                printf("  %-10s %10.1f %9.0f %12.1f %9.1f\n", mname[k], dec_us[k], gbs, us[k], fl);
-            else
-                printf("  %-10s %10.1f %9s %12.1f %9s\n", oname[k - 5], dec_us[k], "", us[k], "");
-        }
-        ampr__cuda_free(g_c, dpos);
+        total[ph] = layer * hp.n_layers + us[4] + us[5];
+    }
+    const double *dec_us = us_ph[0], *us = us_ph[1];
+    const char *oname[4] = {"add+norm", "rope_kv", "attention", "swiglu"};
+    for (int k = 0; k < 9; k++) {
+        double gbs = k < 5 ? (double)ampr__cuda_mat_bytes(&mats[k]) / (dec_us[k] * 1e-6) / 1e9 : 0;
+        double fl = k < 5 ? 2.0 * mats[k].rows * mats[k].cols * (k == 4 ? 1 : np) / (us[k] * 1e-6) / 1e12 : 0;
+        /* the GEMM the prefill runs (NF4: fp16 after dequantizing), alone */
+        double alone = k < 4 ? lt_rate(mats[k].rows, np, mats[k].cols, t == AMPR__Q_INT8) : 0;
+        if (k < 4)
+            printf("  %-10s %10.1f %9.0f %12.1f %9.1f %8.1f (%3.0f%%)\n", mname[k], dec_us[k], gbs,
+                   us[k], fl, alone, alone > 0 ? 100 * fl / alone : 0.0);
+        else if (k < 5)
+            printf("  %-10s %10.1f %9.0f %12.1f %9.1f\n", mname[k], dec_us[k], gbs, us[k], fl);
+        else
+            printf("  %-10s %10.1f %9s %12.1f %9s\n", oname[k - 5], dec_us[k], "", us[k], "");
     }
     printf("  sum of ops: decode %.3f ms (copy bw %.0f GB/s), prefill %.3f ms (peak %.0f TFLOP/s)\n",
-           dec_total / 1e3, copy, pre_total / 1e3, peak);
+           total[0] / 1e3, copy, total[1] / 1e3, peak);
     for (auto &m : mats) ampr__cuda_mat_free(g_c, &m);
     void *bufs[] = {dx, dy, dz, dblk, dk, dv, dcs, dsn, dw};
     for (void *b : bufs) ampr__cuda_free(g_c, b);
