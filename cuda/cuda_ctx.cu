@@ -58,7 +58,7 @@ static ampr_status ctx_init(ampr__cuda *c, int device, ampr__err *err) {
     AMPR__CUBLAS(err, cublasLtCreate(&c->lt));
     c->lt_ws_bytes = (size_t)32 << 20;
     AMPR__CU(err, cudaMalloc(&c->lt_ws, c->lt_ws_bytes));
-    c->att_part_bytes = (size_t)8 * (size_t)c->sm_count * (256 + 2) * sizeof(float);
+    c->att_part_bytes = (size_t)8 * (size_t)c->sm_count * (AMPR__CUDA_HD_MAX + 2) * sizeof(float);
     AMPR__CU(err, cudaMalloc((void **)&c->att_part, c->att_part_bytes));
     return AMPR_OK;
 }

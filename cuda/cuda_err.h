@@ -59,6 +59,7 @@ ampr_status ampr__nccl_fail(ampr__err *err, ncclResult_t r, const char *what, co
 #define AMPR__CUDA_MAX_PLANS 128
 #define AMPR__CUDA_GEMV_MAX 8
 #define AMPR__CUDA_ATT_SPLITS 32  /* most position splits of one attention row */
+#define AMPR__CUDA_HD_MAX 256     /* largest head_dim the attention kernels take */
 
 typedef struct ampr__cuda_plan {
     int used;
@@ -95,7 +96,7 @@ struct ampr__cuda {
     size_t wdq_bytes;
     uint64_t scratch_gen;     /* bumped whenever a scratch buffer above moves (graphs) */
     /* split attention's per-split (m, l, o[head_dim]); fixed size, made at
-     * open (graphs keep its address): 8 blocks per SM of head_dim 256 */
+     * open (graphs keep its address): 8 blocks per SM of head_dim AMPR__CUDA_HD_MAX */
     float *att_part;
     size_t att_part_bytes;
 };

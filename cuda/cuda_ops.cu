@@ -281,8 +281,7 @@ ampr_status ampr__cuda_kv_store(ampr__cuda *c, const ampr__cuda_kv_view *kv, con
  * the splits. */
 
 #define ATT_WARPS 4
-#define ATT_MAX_PER_LANE 8
-#define ATT_HD_MAX (32 * ATT_MAX_PER_LANE)
+#define ATT_HD_MAX AMPR__CUDA_HD_MAX /* 32 lanes x up to 8 dims (PL) each */
 
 __device__ __forceinline__ float warp_max_f(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
