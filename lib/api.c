@@ -210,11 +210,7 @@ static ampr_status open_ctx(ampr_ctx *c, const char *path, const char *config,
     if (progress && progress(user, "load", 1.0f))
         return ampr__fail(err, AMPR_ERR_CANCELLED, "open cancelled by the progress callback");
 
-    int threads = c->cfg.threads;
-    if (threads <= 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = n < 1 ? 1 : n > 64 ? 64 : (int)n;
-    }
+    int threads = c->cfg.threads > 0 ? c->cfg.threads : ampr__cpu_count();
     AMPR__TRY(ampr__pool_new(threads, &c->pool, err));
     AMPR__TRY(build_rope(c, err));
     AMPR__TRY(ampr__tiers_build(c, progress, user, err));

@@ -460,6 +460,42 @@ static void half_case(const char *path, const char *file, const char *buf, size_
     ampr__model_free(m);
 }
 
+/* The random writer's threads each make a part of a chunk: the files must
+ * not depend on how many there are. Tensors of 2^16 values and more are
+ * split (the wider shape), including a Q matrix of the HF permutation. */
+static void test_random_threads(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir("randthr");
+    ampr__hparams hp = small_hp();
+    hp.dim = 256, hp.hidden_dim = 768, hp.n_layers = 1, hp.n_heads = 4, hp.n_kv_heads = 2;
+    hp.head_dim = 64, hp.vocab_size = 512;
+    struct { const char *fmt; ampr__dtype dt; const char *file; } cases[] = {
+        {"gguf", AMPR__DT_F16, ""}, {"gguf", AMPR__DT_F32, ""},
+        {"hf", AMPR__DT_BF16, "/model.safetensors"}};
+    for (size_t k = 0; k < AMPR__ARRAY_LEN(cases); k++) {
+        char out[2][4200], file[2][4400];
+        char *buf[2];
+        size_t len[2];
+        for (int t = 0; t < 2; t++) {
+            ampr__err err = {0};
+            snprintf(out[t], sizeof out[t], "%s/m%zu-%d", dir, k, t);
+            assert_int_equal(ampr__model_write_random_threads(out[t], cases[k].fmt, &hp,
+                                                              cases[k].dt, 1, 11, t ? 3 : 1, &err),
+                             AMPR_OK);
+            snprintf(file[t], sizeof file[t], "%s/m%zu-%d%s", dir, k, t, cases[k].file);
+            buf[t] = tu_read_file(file[t], &len[t]);
+            assert_non_null(buf[t]);
+        }
+        assert_true(len[0] > (size_t)hp.vocab_size * (size_t)hp.dim * 2);
+        assert_int_equal(len[0], len[1]);
+        assert_memory_equal(buf[0], buf[1], len[0]);
+        free(buf[0]);
+        free(buf[1]);
+    }
+    tu_rmtree(dir);
+    free(dir);
+}
+
 static void test_half_nonfinite(void **state) {
     (void)state;
     char *dir = tu_tmpdir("halfnan");
@@ -841,6 +877,7 @@ int main(void) {
         cmocka_unit_test(test_stories_gguf),
         cmocka_unit_test(test_stories_convert),
         cmocka_unit_test(test_random_roundtrip),
+        cmocka_unit_test(test_random_threads),
         cmocka_unit_test(test_half_nonfinite),
         cmocka_unit_test(test_gguf_malformed),
         cmocka_unit_test(test_hf_malformed),

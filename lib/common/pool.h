@@ -17,5 +17,7 @@ ampr_status ampr__pool_new(int n_threads, ampr__pool **out, ampr__err *err);
 void ampr__pool_free(ampr__pool *p);
 int ampr__pool_size(const ampr__pool *p);
 void ampr__pool_run(ampr__pool *p, int n, ampr__pool_fn fn, void *arg);
+/* The machine's online CPUs, 1 to 64: the default thread count. */
+int ampr__cpu_count(void);
 
 #endif

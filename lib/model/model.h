@@ -127,6 +127,12 @@ ampr_status ampr__convert_llama2c(const char *bin_path, const char *tok_path,
 ampr_status ampr__model_write_random(const char *path, const char *format,
                                      const ampr__hparams *hp, ampr__dtype dtype,
                                      int n_shards, uint64_t seed, ampr__err *err);
+/* The same with n_threads making the values (0: the machine's CPUs); the
+ * files are the same for any n_threads. */
+ampr_status ampr__model_write_random_threads(const char *path, const char *format,
+                                             const ampr__hparams *hp, ampr__dtype dtype,
+                                             int n_shards, uint64_t seed, int n_threads,
+                                             ampr__err *err);
 
 /* ---- bitsandbytes NF4 checkpoints (bnb.c) --------------------------------- */
 

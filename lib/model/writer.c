@@ -8,7 +8,10 @@
  * with Q/K rows permuted to the half-split layout, as a converter would.
  * Matrices are (approximately) normal with std 0.02, norms 1 + N(0, 0.02).
  * Data is produced in chunks and streamed to disk; only a Q or K matrix is
- * ever held whole (for the HF permutation).
+ * ever held whole (for the HF permutation). Value i of a tensor's stream
+ * depends on i alone (splitmix64's state after i steps is a sum), so the
+ * threads of a pool each make a part of a chunk and the file is the same
+ * for any thread count (an 8B model is ~16 GB of F16: minutes on one core).
  *
  * The vocabulary is SentencePiece-like: <unk>, <s>, </s>, the 256 byte
  * tokens <0x00>..<0xFF>, then "\u2581", the letters, "\u2581" + letters,
@@ -16,6 +19,8 @@
  * -0, -1, -2, ... so that every piece is a merge of two earlier ones.
  */
 #include "model_int.h"
+
+#include "../common/pool.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -26,8 +31,10 @@
 
 /* ---- random numbers ----------------------------------------------------------- */
 
+#define SPLITMIX_STEP 0x9e3779b97f4a7c15ull
+
 static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    uint64_t z = (*s += SPLITMIX_STEP);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
@@ -50,12 +57,44 @@ static void gen_normal(uint64_t *s, float *out, size_t n, float mean, float std)
 typedef struct rand_ctx {
     const ampr__hparams *hp;
     uint64_t seed;
-    float *buf;     /* AMPR__CHUNK floats */
-    float *qk[2];   /* whole Q/K matrix and its permutation (HF only) */
+    float *buf;      /* CHUNK floats */
+    uint16_t *half;  /* CHUNK F16/BF16 values */
+    float *qk[2];    /* whole Q/K matrix and its permutation (HF only) */
     int hf;
+    ampr__pool *pool; /* NULL: the calling thread alone */
 } rand_ctx;
 
-#define CHUNK ((size_t)1 << 16)
+#define CHUNK ((size_t)1 << 20)
+
+/* One chunk: values [first, first + n) of the stream that starts at state s
+ * (value i is splitmix64's output at state s + (i + 1) * STEP), as floats
+ * into buf and, for F16/BF16, converted into half; each pool thread takes an
+ * equal part. */
+typedef struct gen_job {
+    uint64_t s;
+    size_t first, n;
+    float mean, std;
+    ampr__dtype dt;
+    float *buf;
+    uint16_t *half;
+} gen_job;
+
+static void gen_part(void *arg, int i, int n_parts) {
+    const gen_job *j = arg;
+    size_t a = j->n * (size_t)i / (size_t)n_parts, b = j->n * (size_t)(i + 1) / (size_t)n_parts;
+    uint64_t s = j->s + (uint64_t)(j->first + a) * SPLITMIX_STEP; /* wraps as the steps do */
+    gen_normal(&s, j->buf + a, b - a, j->mean, j->std);
+    if (!j->half) return;
+    for (size_t k = a; k < b; k++)
+        j->half[k] = j->dt == AMPR__DT_F16 ? ampr__f32_to_fp16(j->buf[k]) : ampr__f32_to_bf16(j->buf[k]);
+}
+
+static void gen_chunk(rand_ctx *c, gen_job *j) {
+    int parts = c->pool ? ampr__pool_size(c->pool) : 1;
+    if (j->n < ((size_t)1 << 16)) parts = 1; /* not worth waking the pool */
+    if (parts > 1) ampr__pool_run(c->pool, parts, gen_part, j);
+    else gen_part(j, 0, 1);
+}
 
 static int is_norm(int kind) {
     return kind == AMPR__TK_ATTN_NORM || kind == AMPR__TK_FFN_NORM ||
@@ -69,16 +108,24 @@ static ampr_status rand_fill(void *vctx, const ampr__wtensor *t, FILE *f, ampr__
     splitmix64(&s);
     float mean = is_norm(t->kind) ? 1.0f : 0.0f;
     size_t n = (size_t)(t->ne[0] * t->ne[1]);
+    int half = t->dtype == AMPR__DT_F16 || t->dtype == AMPR__DT_BF16;
+    if (!half && t->dtype != AMPR__DT_F32)
+        return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "cannot write dtype %s",
+                          ampr__dtype_name(t->dtype));
     if (c->hf && (t->kind == AMPR__TK_ATTN_Q || t->kind == AMPR__TK_ATTN_K)) {
-        gen_normal(&s, c->qk[0], n, mean, 0.02f);
+        gen_job j = {s, 0, n, mean, 0.02f, t->dtype, c->qk[0], NULL};
+        gen_chunk(c, &j);
         int heads = t->kind == AMPR__TK_ATTN_Q ? c->hp->n_heads : c->hp->n_kv_heads;
         ampr__permute_qk(c->qk[0], c->qk[1], heads, c->hp->head_dim, t->ne[0]);
         return ampr__write_f32_as(f, c->qk[1], n, t->dtype, err);
     }
     for (size_t done = 0; done < n;) {
         size_t k = AMPR__MIN(CHUNK, n - done);
-        gen_normal(&s, c->buf, k, mean, 0.02f);
-        AMPR__TRY(ampr__write_f32_as(f, c->buf, k, t->dtype, err));
+        gen_job j = {s, done, k, mean, 0.02f, t->dtype, c->buf, half ? c->half : NULL};
+        gen_chunk(c, &j);
+        size_t esz = half ? 2 : 4;
+        if (fwrite(half ? (const void *)c->half : (const void *)c->buf, esz, k, f) != k)
+            return ampr__fail(err, AMPR_ERR_IO, "write failed");
         done += k;
     }
     return AMPR_OK;
@@ -364,6 +411,13 @@ static ampr_status write_hf(const char *dir, const ampr__hparams *hp, ampr__dtyp
 ampr_status ampr__model_write_random(const char *path, const char *format,
                                      const ampr__hparams *hp, ampr__dtype dtype,
                                      int n_shards, uint64_t seed, ampr__err *err) {
+    return ampr__model_write_random_threads(path, format, hp, dtype, n_shards, seed, 0, err);
+}
+
+ampr_status ampr__model_write_random_threads(const char *path, const char *format,
+                                             const ampr__hparams *hp, ampr__dtype dtype,
+                                             int n_shards, uint64_t seed, int n_threads,
+                                             ampr__err *err) {
     if (!path || !format || !hp)
         return ampr__fail(err, AMPR_ERR_INVALID_ARG, "NULL argument");
     int hf = !strcmp(format, "hf");
@@ -373,7 +427,7 @@ ampr_status ampr__model_write_random(const char *path, const char *format,
         return ampr__fail(err, AMPR_ERR_INVALID_ARG, "dtype %s", ampr__dtype_name(dtype));
     AMPR__TRY(ampr__hparams_check(hp, err));
     rvocab rv;
-    rand_ctx rc = {hp, seed, NULL, {NULL, NULL}, hf};
+    rand_ctx rc = {hp, seed, NULL, NULL, {NULL, NULL}, hf, NULL};
     size_t n = 0, cap = 9 * (size_t)hp->n_layers + 4;
     ampr__wtensor *ts = NULL;
     ampr_status st = rvocab_build(hp->vocab_size, &rv, err);
@@ -382,20 +436,30 @@ ampr_status ampr__model_write_random(const char *path, const char *format,
                     (size_t)hp->dim;
         ts = ampr__alloc_array(cap, sizeof *ts, err);
         rc.buf = ampr__alloc_array(CHUNK, sizeof *rc.buf, err);
+        rc.half = ampr__alloc_array(CHUNK, sizeof *rc.half, err);
         if (hf) {
             rc.qk[0] = ampr__alloc_array(qk, sizeof(float), err);
             rc.qk[1] = ampr__alloc_array(qk, sizeof(float), err);
         }
-        if (!ts || !rc.buf || (hf && (!rc.qk[0] || !rc.qk[1]))) st = AMPR_ERR_NOMEM;
+        if (!ts || !rc.buf || !rc.half || (hf && (!rc.qk[0] || !rc.qk[1]))) st = AMPR_ERR_NOMEM;
+    }
+    /* threads: the machine's (0), at most 64; without a pool (one thread, or
+     * none could be made) the calling thread makes every value */
+    if (n_threads <= 0) n_threads = ampr__cpu_count();
+    if (st == AMPR_OK && n_threads > 1) {
+        ampr__err perr = {AMPR_OK, {0}};
+        if (ampr__pool_new(AMPR__MIN(n_threads, 64), &rc.pool, &perr) != AMPR_OK) rc.pool = NULL;
     }
     if (st == AMPR_OK) {
         n = ampr__model_plan(hp, dtype, hf, ts);
         st = hf ? write_hf(path, hp, dtype, &rv, ts, n, n_shards, &rc, err)
                 : write_gguf(path, hp, &rv, ts, n, &rc, err);
     }
+    ampr__pool_free(rc.pool);
     rvocab_free(&rv);
     ampr__free(ts);
     ampr__free(rc.buf);
+    ampr__free(rc.half);
     ampr__free(rc.qk[0]);
     ampr__free(rc.qk[1]);
     return st;
