@@ -9,6 +9,7 @@
  * element in the high nibble.
  *
  * Usage: check [--quick]   (--quick: correctness only, no benchmarks)
+ *        check --bench       (the benchmarks only, no correctness checks)
  *        check --ops fp16|int8|nf4   (one tier's per-op profile only, each op
  *                                     run twice: a target for ncu)
  */
@@ -1172,6 +1173,7 @@ static void ops_only(const char *tier) {
 
 int main(int argc, char **argv) {
     bool quick = argc > 1 && !strcmp(argv[1], "--quick");
+    bool bench_only = argc > 1 && !strcmp(argv[1], "--bench");
     bool ops = argc > 2 && !strcmp(argv[1], "--ops");
     int n = 0;
     OK(ampr__cuda_device_count(&n, &g_err));
@@ -1194,14 +1196,16 @@ int main(int argc, char **argv) {
         ampr__cuda_close(g_c);
         return 0;
     }
-    check_elementwise();
-    check_embed_matmul();
-    check_kv_attention(64);
-    check_kv_attention(128);
-    check_nccl();
-    check_copy_reduce();
-    check_forward();
-    check_paged_graphs();
+    if (!bench_only) {
+        check_elementwise();
+        check_embed_matmul();
+        check_kv_attention(64);
+        check_kv_attention(128);
+        check_nccl();
+        check_copy_reduce();
+        check_forward();
+        check_paged_graphs();
+    }
     if (!quick) bench();
     ampr__cuda_close(g_c);
     printf("\n%s: %d failure(s)\n", g_fail ? "FAIL" : "PASS", g_fail);

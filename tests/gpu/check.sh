@@ -4,6 +4,8 @@
 #
 #   bash tests/gpu/check.sh               build for the GPU found, check, bench
 #   bash tests/gpu/check.sh --quick       checks only, no benchmarks
+#   bash tests/gpu/check.sh --bench       the kernel benchmark only (no checks, no end to end):
+#                                         the baseline of an A/B run (cuda/NOTES.md)
 #   bash tests/gpu/check.sh --build-only  build for sm_80 and sm_90a, no GPU needed
 #   bash tests/gpu/check.sh --bench-8b    only `ampr bench --shape 8b` on the GPU (a separate
 #                                         device call: writing, quantizing and uploading the
@@ -36,6 +38,7 @@ build_only=0
 prebuild=0
 bench8b=0
 quick=0
+bench_only=0
 args=()
 for a in "$@"; do
     case "$a" in
@@ -43,6 +46,7 @@ for a in "$@"; do
     --prebuild) prebuild=1 ;;
     --bench-8b) bench8b=1 ;;
     --quick) quick=1; args+=("$a") ;;
+    --bench) bench_only=1; args+=("$a") ;;
     *) args+=("$a") ;;
     esac
 done
@@ -178,9 +182,9 @@ export LD_LIBRARY_PATH="$CUDA_HOME/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # The CLI for the end-to-end part, built in the background while the op checks run.
 MODEL=${AMPR_GPU_MODEL:-.gpu/stories260K.gguf}
 e2e=0
-[ "$quick" = 0 ] && [ -f "$MODEL" ] && e2e=1
+[ "$quick" = 0 ] && [ "$bench_only" = 0 ] && [ -f "$MODEL" ] && e2e=1
 no_model=0
-if [ "$quick" = 0 ] && [ ! -f "$MODEL" ]; then
+if [ "$quick" = 0 ] && [ "$bench_only" = 0 ] && [ ! -f "$MODEL" ]; then
     echo "FAIL: no model at $MODEL (copy stories260K.gguf to .gpu/ and carry .gpu): end-to-end part and benchmarks skipped"
     no_model=1
 fi
