@@ -13,7 +13,12 @@
 #include <string.h>
 
 #include "ampr.h"
+#include "fallback/fallback.h"
+#include "fallback/logits.h"
 #include "model/model.h"
+#include "quant/quant.h"
+
+#include <math.h>
 
 
 static int setup(void **state) {
@@ -204,6 +209,111 @@ static void test_streaming_escalation_keeps_output(void **state) {
     ampr_close(ctx);
 }
 
+/* ---- the monitor's maths: logits.c (scalar, double exp) and logits_avx2.c */
+
+/* -sum p log p and sum p (log p - log q) straight from the definitions, in
+ * long double: a third opinion, written here, on both levels */
+static long double ref_entropy(const float *x, int32_t n) {
+    long double mx = x[0], z = 0, h = 0;
+    for (int32_t i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    for (int32_t i = 0; i < n; i++) z += expl((long double)x[i] - mx);
+    for (int32_t i = 0; i < n; i++) {
+        long double lp = (long double)x[i] - mx - logl(z);
+        h -= expl(lp) * lp;
+    }
+    return h;
+}
+
+static long double ref_kl(const float *p, const float *q, int32_t n) {
+    long double mp = p[0], mq = q[0], zp = 0, zq = 0, kl = 0;
+    for (int32_t i = 1; i < n; i++) {
+        mp = p[i] > mp ? p[i] : mp;
+        mq = q[i] > mq ? q[i] : mq;
+    }
+    for (int32_t i = 0; i < n; i++) {
+        zp += expl((long double)p[i] - mp);
+        zq += expl((long double)q[i] - mq);
+    }
+    for (int32_t i = 0; i < n; i++) {
+        long double lp = (long double)p[i] - mp - logl(zp), lq = (long double)q[i] - mq - logl(zq);
+        kl += expl(lp) * (lp - lq);
+    }
+    return kl;
+}
+
+static float rnd_normal(uint64_t *s) { /* sum of 4 uniforms, var 1 */
+    float a = 0;
+    for (int k = 0; k < 4; k++) {
+        *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+        a += (float)(*s >> 40) / 16777216.0f;
+    }
+    return (a - 2.0f) * 1.7320508f;
+}
+
+static void test_logit_stats(void **state) {
+    (void)state;
+    int avx2 = ampr__quant_simd_max() >= AMPR__SIMD_AVX2;
+    const int32_t sizes[] = {1, 2, 7, 8, 9, 15, 17, 1000, 1031, 1032, 32000, 128256};
+    const float scales[] = {0.5f, 4.0f, 25.0f};
+    uint64_t seed = 12345;
+    float *x = malloc(128256 * sizeof *x), *y = malloc(128256 * sizeof *y);
+    assert_non_null(x);
+    assert_non_null(y);
+    int checked = 0;
+    for (size_t a = 0; a < sizeof sizes / sizeof *sizes; a++)
+        for (size_t b = 0; b < sizeof scales / sizeof *scales; b++)
+            for (int plant = 0; plant < 4; plant++) {
+                int32_t n = sizes[a];
+                for (int32_t i = 0; i < n; i++) {
+                    x[i] = scales[b] * rnd_normal(&seed);
+                    y[i] = x[i] + 0.3f * rnd_normal(&seed); /* a nearby distribution */
+                }
+                /* ties and places for the maximum: twice (the first counts), at
+                 * the end (the scalar tail), the whole row equal */
+                if (plant == 1 && n > 3) x[n / 3] = x[n - 2] = 1000.0f;
+                if (plant == 2) x[n - 1] = 1000.0f;
+                if (plant == 3)
+                    for (int32_t i = 0; i < n; i++) x[i] = -2.5f;
+                ampr__logit_stats s0, s1;
+                ampr__logit_stats_scalar(x, n, &s0);
+                long double h = ref_entropy(x, n);
+                double h0 = log(s0.z) - s0.s / s0.z;
+                assert_true(fabsl((long double)h0 - h) <= 1e-9L * (1 + fabsl(h)));
+                assert_int_equal(s0.argmax, ampr__argmax_scalar(x, n));
+                if (plant == 1 && n > 3) assert_int_equal(s0.argmax, n / 3);
+                if (plant == 1 && n > 3) assert_true(s0.second == s0.max);
+                long double kl = ref_kl(x, y, n);
+                assert_true(fabsl((long double)ampr__kl_scalar(x, y, n) - kl) <= 1e-9L * (1 + kl));
+                if (avx2) {
+                    ampr__logit_stats_avx2(x, n, &s1);
+                    assert_int_equal(s1.argmax, s0.argmax);
+                    assert_int_equal(ampr__argmax_avx2(x, n), s0.argmax);
+                    assert_true(s1.max == s0.max && s1.second == s0.second);
+                    assert_true(fabs(s1.z - s0.z) <= 2e-6 * s0.z);
+                    double h1 = log(s1.z) - s1.s / s1.z;
+                    if (getenv("AMPR_TEST_VERBOSE"))
+                        printf("n %6d scale %5.1f plant %d: dz %.2e dh %.2e dkl %.2e (kl %.4f)\n", n,
+                               scales[b], plant, fabs(s1.z - s0.z) / s0.z, fabs(h1 - h0),
+                               fabs(ampr__kl_avx2(x, y, n) - (double)kl), (double)kl);
+                    if (fabs(h1 - h0) > 2e-6 * (1 + fabs(h0)))
+                        fail_msg("n %d scale %g plant %d: entropy %.9g vs %.9g", n, scales[b], plant, h1, h0);
+                    double k1 = ampr__kl_avx2(x, y, n);
+                    if (fabs(k1 - (double)kl) > 2e-6 * (1 + (double)kl))
+                        fail_msg("n %d scale %g plant %d: kl %.9g vs %.9g", n, scales[b], plant, k1, (double)kl);
+                    checked++;
+                }
+                /* what generate.c calls */
+                float margin = 0;
+                float he = ampr__entropy(x, n, &margin);
+                assert_true(fabsf(he - (float)h0) <= 2e-6f * (1 + fabsf((float)h0)) + 1e-6f);
+                assert_true(margin >= 0 && margin <= 1);
+                assert_int_equal(ampr__argmax(x, n), s0.argmax);
+            }
+    if (avx2) assert_int_equal(checked, 12 * 3 * 4);
+    free(x);
+    free(y);
+}
+
 static void test_fallback_config_errors(void **state) {
     (void)state;
     const char *bad[] = {"{\"kl_max\": -1}", "{\"check_window\": 0}", "{\"nope\": 1}",
@@ -227,6 +337,7 @@ int main(void) {
         cmocka_unit_test(test_restart_equals_top_tier),
         cmocka_unit_test(test_streaming_escalation_keeps_output),
         cmocka_unit_test(test_fallback_config_errors),
+        cmocka_unit_test(test_logit_stats),
     };
     return cmocka_run_group_tests_name("fallback", tests, setup, teardown);
 }

@@ -2,6 +2,7 @@
  * fallback.c -- the error signals (see fallback.h).
  */
 #include "fallback.h"
+#include "logits.h"
 
 #include <math.h>
 
@@ -19,38 +20,11 @@ void ampr__fallback_defaults(ampr__fallback_config *fc) {
 }
 
 float ampr__entropy(const float *logits, int32_t n, float *margin) {
-    float mx = logits[0];
-    for (int32_t i = 1; i < n; i++) mx = logits[i] > mx ? logits[i] : mx;
-    double z = 0, s = 0, p1 = 0, p2 = 0;
-    for (int32_t i = 0; i < n; i++) {
-        double e = exp((double)(logits[i] - mx));
-        z += e;
-        s += e * (double)(logits[i] - mx);
-        if (e > p1) { p2 = p1; p1 = e; }
-        else if (e > p2) p2 = e;
-    }
-    /* H = log Z - E[x - mx] */
-    if (margin) *margin = (float)((p1 - p2) / z);
-    return (float)(log(z) - s / z);
-}
-
-double ampr__kl(const float *p, const float *q, int32_t n) {
-    float mp = p[0], mq = q[0];
-    for (int32_t i = 1; i < n; i++) {
-        mp = p[i] > mp ? p[i] : mp;
-        mq = q[i] > mq ? q[i] : mq;
-    }
-    double zp = 0, zq = 0;
-    for (int32_t i = 0; i < n; i++) {
-        zp += exp((double)(p[i] - mp));
-        zq += exp((double)(q[i] - mq));
-    }
-    double lzp = log(zp), lzq = log(zq), kl = 0;
-    for (int32_t i = 0; i < n; i++) {
-        double lp = (double)(p[i] - mp) - lzp, lq = (double)(q[i] - mq) - lzq;
-        kl += exp(lp) * (lp - lq);
-    }
-    return kl > 0 ? kl : 0;
+    ampr__logit_stats st;
+    ampr__logit_stats_get(logits, n, &st);
+    /* H = log z - E[x - max]; p(top1) - p(top2) = (1 - e^(second - max)) / z */
+    if (margin) *margin = (float)((1.0 - exp((double)st.second - (double)st.max)) / st.z);
+    return (float)(log(st.z) - st.s / st.z);
 }
 
 int32_t ampr__repeats(const int32_t *ids, size_t n, int32_t ngram, int32_t window) {

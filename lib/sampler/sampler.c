@@ -49,13 +49,6 @@ static float rng_f32(ampr__sampler *s) { /* uniform in [0,1) */
     return (float)((s->rng * 0x2545f4914f6cdd1dull) >> 40) / 16777216.0f;
 }
 
-int32_t ampr__argmax(const float *v, int32_t n) {
-    int32_t best = 0;
-    for (int32_t i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i;
-    return best;
-}
-
 /* sort candidates by value, descending (heap sort of the first k: O(n log k)) */
 static void swap_cand(ampr__sampler *s, int32_t a, int32_t b) {
     float tv = s->vals[a]; s->vals[a] = s->vals[b]; s->vals[b] = tv;

@@ -6,6 +6,7 @@
 #define AMPR_SAMPLER_H
 
 #include "../common/common.h"
+#include "../fallback/logits.h"
 
 typedef struct ampr__sampler {
     float temperature;        /* <= 0: greedy */
@@ -31,7 +32,6 @@ void ampr__sampler_reseed(ampr__sampler *s, uint64_t seed);
  * ids seen so far (prompt + generated), used by the repetition penalty. */
 int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, size_t n_history);
 
-/* Index of the largest value (the first one on ties). */
-int32_t ampr__argmax(const float *v, int32_t n);
+/* ampr__argmax (the first index of the largest value): fallback/logits.h */
 
 #endif

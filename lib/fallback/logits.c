@@ -1,0 +1,65 @@
+/*
+ * logits.c -- the scalar reference of logits.h and the choice of level.
+ */
+#include "logits.h"
+
+#include "fallback.h"
+
+#include <math.h>
+
+#include "../quant/quant.h"
+
+static int use_avx2(void) { return ampr__quant_simd() >= AMPR__SIMD_AVX2; }
+
+int32_t ampr__argmax_scalar(const float *v, int32_t n) {
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (v[i] > v[best]) best = i;
+    return best;
+}
+
+void ampr__logit_stats_scalar(const float *x, int32_t n, ampr__logit_stats *st) {
+    int32_t best = ampr__argmax_scalar(x, n);
+    float mx = x[best], second = -INFINITY;
+    for (int32_t i = 0; i < n; i++)
+        if (i != best && x[i] > second) second = x[i];
+    double z = 0, s = 0;
+    for (int32_t i = 0; i < n; i++) {
+        double d = (double)x[i] - (double)mx, e = exp(d);
+        z += e;
+        if (e > 0) s += e * d; /* a -inf logit adds nothing (not 0 * -inf) */
+    }
+    st->argmax = best;
+    st->max = mx;
+    st->second = second;
+    st->z = z;
+    st->s = s;
+}
+
+double ampr__kl_scalar(const float *p, const float *q, int32_t n) {
+    float mp = p[ampr__argmax_scalar(p, n)], mq = q[ampr__argmax_scalar(q, n)];
+    double zp = 0, zq = 0;
+    for (int32_t i = 0; i < n; i++) {
+        zp += exp((double)p[i] - (double)mp);
+        zq += exp((double)q[i] - (double)mq);
+    }
+    double lzp = log(zp), lzq = log(zq), kl = 0;
+    for (int32_t i = 0; i < n; i++) {
+        double lp = (double)p[i] - (double)mp - lzp, lq = (double)q[i] - (double)mq - lzq, e = exp(lp);
+        if (e > 0) kl += e * (lp - lq);
+    }
+    return kl > 0 ? kl : 0;
+}
+
+void ampr__logit_stats_get(const float *x, int32_t n, ampr__logit_stats *st) {
+    if (use_avx2()) ampr__logit_stats_avx2(x, n, st);
+    else ampr__logit_stats_scalar(x, n, st);
+}
+
+double ampr__kl(const float *p, const float *q, int32_t n) {
+    return use_avx2() ? ampr__kl_avx2(p, q, n) : ampr__kl_scalar(p, q, n);
+}
+
+int32_t ampr__argmax(const float *v, int32_t n) {
+    return use_avx2() ? ampr__argmax_avx2(v, n) : ampr__argmax_scalar(v, n);
+}

@@ -1,0 +1,37 @@
+/*
+ * logits.h -- statistics of a row of logits, asked for at every decode step:
+ * the argmax (greedy sampling), the softmax's normalizer and mean log-ratio
+ * (the monitor's entropy) and KL between two rows (its verification check).
+ * Rows are a vocabulary long (32k to 128k): computed in double one exp at a
+ * time they cost more host time per token than a GPU decode step's slack, so
+ * logits_avx2.c does them 8 lanes at a time where the CPU allows
+ * (ampr__quant_simd() >= AVX2; AMPR_SIMD=scalar forces the reference).
+ */
+#ifndef AMPR_LOGITS_H
+#define AMPR_LOGITS_H
+
+#include "../common/common.h"
+
+typedef struct ampr__logit_stats {
+    int32_t argmax; /* first index of the largest value */
+    float max;      /* that value */
+    float second;   /* the largest of the others (= max when it occurs twice; -inf for n = 1) */
+    double z;       /* sum of exp(x - max) */
+    double s;       /* sum of exp(x - max) * (x - max) */
+} ampr__logit_stats;
+
+/* n >= 1. Entropy = log z - s / z; p(top1) - p(top2) = (1 - exp(second - max)) / z. */
+void ampr__logit_stats_get(const float *x, int32_t n, ampr__logit_stats *st);
+
+/* Index of the largest value (the first one on ties). */
+int32_t ampr__argmax(const float *v, int32_t n);
+
+/* The levels, for tests: the scalar one is the reference (double exp). */
+void ampr__logit_stats_scalar(const float *x, int32_t n, ampr__logit_stats *st);
+void ampr__logit_stats_avx2(const float *x, int32_t n, ampr__logit_stats *st);
+int32_t ampr__argmax_scalar(const float *v, int32_t n);
+int32_t ampr__argmax_avx2(const float *v, int32_t n);
+double ampr__kl_scalar(const float *p, const float *q, int32_t n);
+double ampr__kl_avx2(const float *p, const float *q, int32_t n);
+
+#endif
