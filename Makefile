@@ -152,6 +152,7 @@ BENCH_SHAPE ?= small
 bench: all $(B)/bench_quant
 	$(CLI) bench --shape $(BENCH_SHAPE)
 	$(B)/bench_quant
+	$(B)/bench_quant logits
 
 install: lib $(CLI)
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig

@@ -63,3 +63,17 @@ double ampr__kl(const float *p, const float *q, int32_t n) {
 int32_t ampr__argmax(const float *v, int32_t n) {
     return use_avx2() ? ampr__argmax_avx2(v, n) : ampr__argmax_scalar(v, n);
 }
+
+double ampr__exp_sum_scalar(const float *x, int32_t n, float mx, float *out) {
+    double z = 0;
+    for (int32_t i = 0; i < n; i++) {
+        float e = expf(x[i] - mx);
+        if (out) out[i] = e;
+        z += e;
+    }
+    return z;
+}
+
+double ampr__exp_sum(const float *x, int32_t n, float mx, float *out) {
+    return use_avx2() ? ampr__exp_sum_avx2(x, n, mx, out) : ampr__exp_sum_scalar(x, n, mx, out);
+}

@@ -26,6 +26,9 @@ void ampr__logit_stats_get(const float *x, int32_t n, ampr__logit_stats *st);
 /* Index of the largest value (the first one on ties). */
 int32_t ampr__argmax(const float *v, int32_t n);
 
+/* out[i] = exp(x[i] - mx) (x[i] <= mx; out may be NULL); returns their sum. */
+double ampr__exp_sum(const float *x, int32_t n, float mx, float *out);
+
 /* The levels, for tests: the scalar one is the reference (double exp). */
 void ampr__logit_stats_scalar(const float *x, int32_t n, ampr__logit_stats *st);
 void ampr__logit_stats_avx2(const float *x, int32_t n, ampr__logit_stats *st);
@@ -33,5 +36,7 @@ int32_t ampr__argmax_scalar(const float *v, int32_t n);
 int32_t ampr__argmax_avx2(const float *v, int32_t n);
 double ampr__kl_scalar(const float *p, const float *q, int32_t n);
 double ampr__kl_avx2(const float *p, const float *q, int32_t n);
+double ampr__exp_sum_scalar(const float *x, int32_t n, float mx, float *out);
+double ampr__exp_sum_avx2(const float *x, int32_t n, float mx, float *out);
 
 #endif

@@ -2,10 +2,16 @@
  * sampler.c -- see sampler.h. The order of operations follows the common
  * practice of llama.cpp and transformers: repetition penalty on raw logits,
  * then temperature, top-k, softmax, top-p (nucleus), and a draw.
+ * Per token this touches the whole vocabulary (32k-128k logits) once or
+ * twice and sorts only the candidates: top-k streams through a heap of k, a
+ * nucleus without top-k is bounded by a histogram of the probability mass
+ * first, and temperature alone draws in id order without sorting.
  */
 #include "sampler.h"
 
 #include <math.h>
+
+#include "../fallback/logits.h"
 
 ampr_status ampr__sampler_init(ampr__sampler *s, int32_t n_vocab, float temperature,
                                int32_t top_k, float top_p, float repetition_penalty,
@@ -67,19 +73,99 @@ static void sift_down(ampr__sampler *s, int32_t i, int32_t n) { /* min-heap on [
         i = m;
     }
 }
-/* Keep the k largest candidates of n, sorted descending, in [0,k). */
-static void top_k_sorted(ampr__sampler *s, int32_t n, int32_t k) {
-    for (int32_t i = k / 2 - 1; i >= 0; i--) sift_down(s, i, k);
-    for (int32_t i = k; i < n; i++) {
-        if (cand_less(s, 0, i)) {
-            swap_cand(s, 0, i);
-            sift_down(s, 0, k);
-        }
-    }
-    for (int32_t end = k - 1; end > 0; end--) { /* heap -> descending order */
+/* Heap -> the k candidates in [0,k) sorted descending (value, then id). */
+static void heap_to_sorted(ampr__sampler *s, int32_t k) {
+    for (int32_t end = k - 1; end > 0; end--) {
         swap_cand(s, 0, end);
         sift_down(s, 0, end);
     }
+}
+
+/* Sort the m candidates in [0,m) descending. */
+static void sort_cands(ampr__sampler *s, int32_t m) {
+    for (int32_t i = m / 2 - 1; i >= 0; i--) sift_down(s, i, m);
+    heap_to_sorted(s, m);
+}
+
+/* top-k: the k largest logits / T, sorted descending, in [0,k), streaming
+ * over the logits with a min-heap of k. An element joins only when strictly
+ * above the root (an equal value comes later, so its id is larger and it
+ * loses the tie). Most elements are far below the root: a block of 16 is
+ * first tested with x * (1/T), widened by a margin that covers the rounding
+ * of both forms, and only candidates are divided exactly, so the result is
+ * the one of dividing every element. */
+static void top_k_stream(ampr__sampler *s, const float *logits, int32_t n, int32_t k) {
+    const float t = s->temperature, inv = 1.0f / t;
+    for (int32_t i = 0; i < k; i++) {
+        s->ids[i] = i;
+        s->vals[i] = logits[i] / t;
+    }
+    for (int32_t i = k / 2 - 1; i >= 0; i--) sift_down(s, i, k);
+    int32_t i = k;
+    int exact = !isfinite(inv); /* a temperature near 0: no prefilter */
+    while (i < n) {
+        float root = s->vals[0];
+        float bar = root - fabsf(root) * 1e-6f - 1e-30f;
+        int32_t end = i + 16 <= n ? i + 16 : n;
+        int any = exact;
+        for (int32_t j = i; j < end; j++) any |= logits[j] * inv > bar;
+        if (any)
+            for (int32_t j = i; j < end; j++) {
+                float v = logits[j] / t;
+                if (v > s->vals[0]) {
+                    s->vals[0] = v;
+                    s->ids[0] = j;
+                    sift_down(s, 0, k);
+                }
+            }
+        i = end;
+    }
+    heap_to_sorted(s, k);
+}
+
+/* top-p without top-k: the candidates of the nucleus, sorted descending, in
+ * [0,m) (m >= the nucleus), *total = sum over all n of exp(v - max), v =
+ * logits / T. Sorting the whole vocabulary for that took milliseconds a
+ * token; instead the probability mass goes into buckets of 1/16 nat below the
+ * max, the bucket where the mass crosses top_p (and one more, against
+ * rounding) bounds the candidates, and only those are sorted. */
+#define NUC_BUCKETS 512 /* 32 nats; everything further down shares the last */
+static int32_t nucleus(ampr__sampler *s, const float *logits, int32_t n, double *total) {
+    const float t = s->temperature;
+    float mx = logits[0] / t;
+    for (int32_t i = 0; i < n; i++) {
+        s->vals[i] = logits[i] / t;
+        mx = s->vals[i] > mx ? s->vals[i] : mx;
+    }
+    float *e = (float *)s->ids; /* scratch: the exps, as float bits (ids are rewritten below) */
+    *total = ampr__exp_sum(s->vals, n, mx, e);
+    double mass[NUC_BUCKETS] = {0};
+    for (int32_t i = 0; i < n; i++) {
+        float d = (mx - s->vals[i]) * 16.0f;
+        int b = d < (float)(NUC_BUCKETS - 1) ? (int)d : NUC_BUCKETS - 1;
+        mass[b] += e[i];
+    }
+    double goal = (double)s->top_p * *total, cum = 0;
+    int last = NUC_BUCKETS - 1;
+    for (int b = 0; b < NUC_BUCKETS; b++) {
+        cum += mass[b];
+        if (cum >= goal) {
+            last = b + 1 < NUC_BUCKETS ? b + 1 : b;
+            break;
+        }
+    }
+    int32_t m = 0;
+    for (int32_t i = 0; i < n; i++) { /* in place: m <= i */
+        float d = (mx - s->vals[i]) * 16.0f;
+        int b = d < (float)(NUC_BUCKETS - 1) ? (int)d : NUC_BUCKETS - 1;
+        if (b <= last) {
+            s->vals[m] = s->vals[i];
+            s->ids[m] = i;
+            m++;
+        }
+    }
+    sort_cands(s, m);
+    return m;
 }
 
 int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, size_t n_history) {
@@ -101,20 +187,42 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
     }
     if (s->temperature <= 0.0f) return ampr__argmax(logits, n);
 
-    for (int32_t i = 0; i < n; i++) {
-        s->ids[i] = i;
-        s->vals[i] = logits[i] / s->temperature;
-    }
+    int nucleus_on = s->top_p > 0.0f && s->top_p < 1.0f;
     int32_t k = (s->top_k > 0 && s->top_k < n) ? s->top_k : n;
-    top_k_sorted(s, n, k);
-    /* softmax over the k candidates */
-    float mx = s->vals[0], sum = 0.0f;
-    for (int32_t i = 0; i < k; i++) {
-        s->vals[i] = expf(s->vals[i] - mx);
-        sum += s->vals[i];
+    float sum;
+    if (k < n) {
+        top_k_stream(s, logits, n, k);
+        /* softmax over the k candidates */
+        float mx = s->vals[0];
+        sum = 0.0f;
+        for (int32_t i = 0; i < k; i++) {
+            s->vals[i] = expf(s->vals[i] - mx);
+            sum += s->vals[i];
+        }
+    } else if (nucleus_on) {
+        double total;
+        k = nucleus(s, logits, n, &total);
+        float mx = s->vals[0];
+        for (int32_t i = 0; i < k; i++) s->vals[i] = expf(s->vals[i] - mx);
+        sum = (float)total; /* the softmax is over the whole vocabulary */
+    } else {
+        /* temperature alone: a draw over the whole vocabulary, in id order */
+        const float t = s->temperature;
+        float mx = logits[0] / t;
+        for (int32_t i = 0; i < n; i++) {
+            s->vals[i] = logits[i] / t;
+            mx = s->vals[i] > mx ? s->vals[i] : mx;
+        }
+        double total = ampr__exp_sum(s->vals, n, mx, s->vals);
+        double r = (double)rng_f32(s) * total, acc = 0;
+        for (int32_t i = 0; i < n; i++) {
+            acc += s->vals[i];
+            if (r < acc) return i;
+        }
+        return n - 1;
     }
     for (int32_t i = 0; i < k; i++) s->vals[i] /= sum;
-    if (s->top_p > 0.0f && s->top_p < 1.0f) {
+    if (nucleus_on) {
         float cum = 0.0f;
         int32_t keep = k;
         for (int32_t i = 0; i < k; i++) {

@@ -9,6 +9,9 @@
  *
  *   bench_quant [n_tokens (64)] [seconds per case (0.25)] [formats (all), e.g. nf4,int8]
  *   bench_quant quantize [rows (32000)] [cols (2048)]   time quantize() per format
+ *   bench_quant logits                                  the per-token logits statistics
+ *       (fallback/logits.h: argmax, entropy sums, KL) per SIMD level at vocab 32000 and
+ *       128256: host work every decode step does, however fast the device is
  *
  * It lives in tests/bench/ because the Makefile links every C file directly in tests/ other
  * than test_*.c into each test binary. Build:
@@ -31,7 +34,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "fallback/logits.h"
 #include "quant/quant.h"
+#include "sampler/sampler.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -132,7 +137,69 @@ static int wanted(const char *list, const char *name) {
     return 0;
 }
 
+/* Microseconds per call of each logits statistic, best of 5 rounds of 50. */
+static int bench_logits(void) {
+    static const int32_t vocab[] = {32000, 128256};
+    printf("logits statistics, us per row (best of 5 x 50 calls)\n");
+    printf("%-8s %-7s %10s %10s %10s\n", "vocab", "simd", "argmax", "entropy", "kl");
+    for (size_t v = 0; v < sizeof vocab / sizeof *vocab; v++) {
+        int32_t n = vocab[v];
+        float *p = malloc((size_t)n * sizeof *p), *q = malloc((size_t)n * sizeof *q);
+        for (int32_t i = 0; i < n; i++) {
+            p[i] = (float)(8.0 * sin(0.37 * i) * cos(0.011 * i));
+            q[i] = p[i] + (float)(0.3 * sin(1.3 * i));
+        }
+        for (int l = 0; l <= (int)ampr__quant_simd_max() && l <= (int)AMPR__SIMD_AVX2; l++) {
+            double best[3] = {1e30, 1e30, 1e30}, sink = 0;
+            for (int round = 0; round < 5; round++)
+                for (int f = 0; f < 3; f++) {
+                    double t0 = now_s();
+                    for (int k = 0; k < 50; k++) {
+                        ampr__logit_stats st;
+                        if (f == 0) sink += l ? ampr__argmax_avx2(p, n) : ampr__argmax_scalar(p, n);
+                        else if (f == 1) {
+                            if (l) ampr__logit_stats_avx2(p, n, &st);
+                            else ampr__logit_stats_scalar(p, n, &st);
+                            sink += st.z;
+                        } else sink += l ? ampr__kl_avx2(p, q, n) : ampr__kl_scalar(p, q, n);
+                    }
+                    double us = (now_s() - t0) / 50 * 1e6;
+                    if (us < best[f]) best[f] = us;
+                }
+            printf("%-8d %-7s %10.1f %10.1f %10.1f%s\n", n, ampr__simd_name((ampr__simd)l), best[0],
+                   best[1], best[2], sink == 0.5 ? " " : "");
+        }
+        /* the sampler: one draw (the row copied back each time: the draw
+         * may change it), default top-k 40 and a nucleus without top-k */
+        static const struct { float temp; int32_t k; float p; } cfg[] = {{0.8f, 40, 0.95f},
+                                                                        {0.8f, 0, 0.95f},
+                                                                        {0.8f, 0, 1.0f}};
+        for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++) {
+            ampr__sampler smp;
+            ampr__err err = {0};
+            if (ampr__sampler_init(&smp, n, cfg[c].temp, cfg[c].k, cfg[c].p, 1.0f, 64, 1, &err)) return 1;
+            double best = 1e30, sink = 0;
+            for (int round = 0; round < 5; round++) {
+                double t0 = now_s();
+                for (int k = 0; k < 10; k++) {
+                    memcpy(q, p, (size_t)n * sizeof *p);
+                    sink += ampr__sample(&smp, q, NULL, 0);
+                }
+                double us = (now_s() - t0) / 10 * 1e6;
+                if (us < best) best = us;
+            }
+            printf("%-8d sample temp %.1f top_k %2d top_p %.2f: %10.1f us%s\n", n, cfg[c].temp, cfg[c].k,
+                   cfg[c].p, best, sink == 0.5 ? " " : "");
+            ampr__sampler_free(&smp);
+        }
+        free(p);
+        free(q);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "logits")) return bench_logits();
     if (argc > 1 && !strcmp(argv[1], "quantize"))
         return bench_quantize(argc > 2 ? atoll(argv[2]) : 32000, argc > 3 ? atoll(argv[3]) : 2048);
     const char *formats = argc > 3 ? argv[3] : NULL;

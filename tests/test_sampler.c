@@ -1,0 +1,266 @@
+/*
+ * test_sampler.c -- the sampler against a plain reference written here: the
+ * textbook algorithm (every logit / T, a full sort by value then id, softmax
+ * over the top k, the nucleus by a cumulative walk, a draw) with the same RNG.
+ *  - top-k draws are the reference's, draw for draw (the streaming heap must
+ *    pick, order and normalise exactly the same candidates);
+ *  - a nucleus without top-k normalises over the whole vocabulary in another
+ *    order: draws agree except where the uniform lands within rounding of a
+ *    boundary (in nuclei of thousands both walks add thousands of floats and
+ *    may land a candidate apart), and never leave the reference's nucleus;
+ *  - temperature alone draws in id order: the frequencies over many draws
+ *    match the softmax;
+ *  - greedy is the argmax; the same seed gives the same draws.
+ */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sampler/sampler.h"
+
+/* ---- the reference --------------------------------------------------------- */
+
+typedef struct ref_cand {
+    float v;
+    int32_t id;
+} ref_cand;
+
+static int ref_cmp(const void *a, const void *b) { /* value descending, then id ascending */
+    const ref_cand *x = a, *y = b;
+    if (x->v != y->v) return x->v < y->v ? 1 : -1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static float ref_rng(uint64_t *rng) { /* the sampler's xorshift64*, as sampler.c */
+    *rng ^= *rng >> 12;
+    *rng ^= *rng << 25;
+    *rng ^= *rng >> 27;
+    return (float)((*rng * 0x2545f4914f6cdd1dull) >> 40) / 16777216.0f;
+}
+
+/* The candidates of a row: c[0..*k) with their probabilities, *sum the mass
+ * a draw is scaled by. The draws of one row share them. */
+static void ref_prepare(const float *logits, int32_t n, float temp, int32_t top_k, float top_p,
+                        ref_cand *c, int32_t *k_out, float *sum_out) {
+    for (int32_t i = 0; i < n; i++) {
+        c[i].v = logits[i] / temp;
+        c[i].id = i;
+    }
+    qsort(c, (size_t)n, sizeof *c, ref_cmp);
+    int32_t k = top_k > 0 && top_k < n ? top_k : n;
+    float mx = c[0].v, sum = 0.0f;
+    for (int32_t i = 0; i < k; i++) {
+        c[i].v = expf(c[i].v - mx);
+        sum += c[i].v;
+    }
+    for (int32_t i = 0; i < k; i++) c[i].v /= sum;
+    if (top_p > 0.0f && top_p < 1.0f) {
+        float cum = 0.0f;
+        int32_t keep = k;
+        for (int32_t i = 0; i < k; i++) {
+            cum += c[i].v;
+            if (cum >= top_p) { keep = i + 1; break; }
+        }
+        k = keep;
+        sum = cum < top_p ? cum : 0.0f;
+        if (sum == 0.0f)
+            for (int32_t i = 0; i < k; i++) sum += c[i].v;
+    } else {
+        sum = 1.0f;
+    }
+    *k_out = k;
+    *sum_out = sum;
+}
+
+static int32_t ref_draw(const ref_cand *c, int32_t k, float sum, uint64_t *rng) {
+    float r = ref_rng(rng) * sum, acc = 0.0f;
+    for (int32_t i = 0; i < k; i++) {
+        acc += c[i].v;
+        if (r < acc) return c[i].id;
+    }
+    return c[k - 1].id;
+}
+
+/* ---- rows of logits ---------------------------------------------------------- */
+
+static uint64_t g_lcg = 99;
+static float unif(void) {
+    g_lcg = g_lcg * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)(g_lcg >> 40) / 16777216.0f;
+}
+
+/* kind 0: peaked (a few tokens carry most of the mass, as an LM's do);
+ * 1: flat; 2: ties (values on a coarse grid) */
+static void make_logits(float *x, int32_t n, int kind) {
+    for (int32_t i = 0; i < n; i++) {
+        float g = (unif() + unif() + unif() + unif() - 2.0f) * 1.7f;
+        x[i] = kind == 0 ? 2.5f * g : kind == 1 ? 0.3f * g : roundf(3.0f * g) / 2.0f;
+    }
+    if (kind == 0)
+        for (int j = 0; j < 5 && j < n; j++) x[(int32_t)(unif() * (float)n) % n] = 9.0f - (float)j;
+}
+
+/* the sampler on a copy (it may change the row: repetition penalty) */
+static int32_t draw(ampr__sampler *s, const float *x, int32_t n, float *tmp) {
+    memcpy(tmp, x, (size_t)n * sizeof *x);
+    return ampr__sample(s, tmp, NULL, 0);
+}
+
+static void test_top_k_exact(void **state) {
+    (void)state;
+    const int32_t sizes[] = {50, 1031, 32000};
+    const int32_t ks[] = {1, 5, 40, 49, 1000};
+    const float ps[] = {1.0f, 0.95f, 0.5f};
+    float *x = malloc(32000 * sizeof *x), *tmp = malloc(32000 * sizeof *tmp);
+    ref_cand *c = malloc(32000 * sizeof *c);
+    int compared = 0;
+    for (size_t a = 0; a < sizeof sizes / sizeof *sizes; a++)
+        for (int kind = 0; kind < 3; kind++) {
+            int32_t n = sizes[a];
+            make_logits(x, n, kind);
+            for (size_t b = 0; b < sizeof ks / sizeof *ks; b++)
+                for (size_t d = 0; d < sizeof ps / sizeof *ps; d++) {
+                    if (ks[b] >= n) continue;
+                    ampr__sampler s;
+                    ampr__err err = {0};
+                    assert_int_equal(ampr__sampler_init(&s, n, 0.8f, ks[b], ps[d], 1.0f, 64, 7, &err), AMPR_OK);
+                    uint64_t rng = s.rng;
+                    int32_t kept;
+                    float sum;
+                    ref_prepare(x, n, 0.8f, ks[b], ps[d], c, &kept, &sum);
+                    for (int t = 0; t < 20; t++) {
+                        int32_t want = ref_draw(c, kept, sum, &rng);
+                        int32_t got = draw(&s, x, n, tmp);
+                        if (got != want)
+                            fail_msg("n %d kind %d top_k %d top_p %g draw %d: %d, reference %d", n, kind,
+                                     ks[b], ps[d], t, got, want);
+                        compared++;
+                    }
+                    ampr__sampler_free(&s);
+                }
+        }
+    assert_true(compared > 500);
+    free(x);
+    free(tmp);
+    free(c);
+}
+
+static void test_nucleus(void **state) {
+    (void)state;
+    const int32_t sizes[] = {50, 1031, 32000};
+    const float ps[] = {0.95f, 0.5f, 0.99f};
+    float *x = malloc(32000 * sizeof *x), *tmp = malloc(32000 * sizeof *tmp);
+    ref_cand *c = malloc(32000 * sizeof *c);
+    char *in = malloc(32000);
+    int draws = 0, agree = 0;
+    for (size_t a = 0; a < sizeof sizes / sizeof *sizes; a++)
+        for (int kind = 0; kind < 3; kind++)
+            for (size_t d = 0; d < sizeof ps / sizeof *ps; d++) {
+                int32_t n = sizes[a];
+                make_logits(x, n, kind);
+                ampr__sampler s;
+                ampr__err err = {0};
+                assert_int_equal(ampr__sampler_init(&s, n, 0.7f, 0, ps[d], 1.0f, 64, 11, &err), AMPR_OK);
+                uint64_t rng = s.rng;
+                int32_t kept;
+                float sum;
+                ref_prepare(x, n, 0.7f, 0, ps[d], c, &kept, &sum);
+                /* the reference's nucleus, and one more candidate: a boundary
+                 * within rounding may keep one more */
+                memset(in, 0, (size_t)n);
+                for (int32_t i = 0; i < kept + 1 && i < n; i++) in[c[i].id] = 1;
+                for (int t = 0; t < 40; t++) {
+                    int32_t want = ref_draw(c, kept, sum, &rng);
+                    int32_t got = draw(&s, x, n, tmp);
+                    if (!in[got])
+                        fail_msg("n %d kind %d top_p %g: drew %d, outside the nucleus of %d", n, kind,
+                                 ps[d], got, kept);
+                    /* the same draw where the nucleus is short; in nuclei of
+                     * thousands both walks add thousands of floats and may
+                     * land one candidate apart, not more */
+                    int32_t pg = -1, pw = -1;
+                    for (int32_t i = 0; i < kept + 1 && i < n; i++) {
+                        if (c[i].id == got) pg = i;
+                        if (c[i].id == want) pw = i;
+                    }
+                    if (kept <= 500) {
+                        agree += got == want;
+                        draws++;
+                    } else if (abs(pg - pw) > 1 + kept / 1000) {
+                        fail_msg("n %d kind %d top_p %g: drew candidate %d, the reference %d of %d", n,
+                                 kind, ps[d], pg, pw, kept);
+                    }
+                }
+                ampr__sampler_free(&s);
+            }
+    if (getenv("AMPR_TEST_VERBOSE")) printf("nucleus: %d of %d draws as the reference's\n", agree, draws);
+    if (agree < draws - draws / 100) /* boundaries within float rounding: rare */
+        fail_msg("%d of %d nucleus draws agree with the reference", agree, draws);
+    free(x);
+    free(tmp);
+    free(c);
+    free(in);
+}
+
+static void test_temperature_frequencies(void **state) {
+    (void)state;
+    const int32_t n = 20;
+    const int draws = 40000;
+    float x[20], tmp[20];
+    make_logits(x, n, 0);
+    for (int32_t i = 0; i < n; i++) x[i] = x[i] / 3.0f; /* every token likely enough to count */
+    ampr__sampler s;
+    ampr__err err = {0};
+    assert_int_equal(ampr__sampler_init(&s, n, 1.3f, 0, 1.0f, 1.0f, 64, 5, &err), AMPR_OK);
+    long count[20] = {0};
+    for (int t = 0; t < draws; t++) count[draw(&s, x, n, tmp)]++;
+    double z = 0, p[20];
+    for (int32_t i = 0; i < n; i++) z += exp((double)x[i] / 1.3);
+    for (int32_t i = 0; i < n; i++) {
+        p[i] = exp((double)x[i] / 1.3) / z;
+        double sd = sqrt((double)draws * p[i] * (1 - p[i]));
+        if (fabs((double)count[i] - draws * p[i]) > 5 * sd + 2)
+            fail_msg("token %d: %ld draws, expected %.0f +- %.0f", i, count[i], draws * p[i], sd);
+    }
+    ampr__sampler_free(&s);
+}
+
+static void test_greedy_and_seed(void **state) {
+    (void)state;
+    const int32_t n = 32000;
+    float *x = malloc(n * sizeof *x), *tmp = malloc(n * sizeof *tmp);
+    make_logits(x, n, 2); /* ties: the first index of the max */
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    ampr__sampler g, a, b;
+    ampr__err err = {0};
+    assert_int_equal(ampr__sampler_init(&g, n, 0.0f, 40, 0.9f, 1.0f, 64, 1, &err), AMPR_OK);
+    assert_int_equal(draw(&g, x, n, tmp), best);
+    const float temps[] = {0.7f, 1.0f};
+    const int32_t ks[] = {0, 40};
+    const float ps[] = {1.0f, 0.9f};
+    for (int m = 0; m < 4; m++) {
+        assert_int_equal(ampr__sampler_init(&a, n, temps[m & 1], ks[m >> 1], ps[m & 1], 1.0f, 64, 42, &err), AMPR_OK);
+        assert_int_equal(ampr__sampler_init(&b, n, temps[m & 1], ks[m >> 1], ps[m & 1], 1.0f, 64, 42, &err), AMPR_OK);
+        for (int t = 0; t < 30; t++) assert_int_equal(draw(&a, x, n, tmp), draw(&b, x, n, tmp));
+        ampr__sampler_free(&a);
+        ampr__sampler_free(&b);
+    }
+    ampr__sampler_free(&g);
+    free(x);
+    free(tmp);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_top_k_exact),
+        cmocka_unit_test(test_nucleus),
+        cmocka_unit_test(test_temperature_frequencies),
+        cmocka_unit_test(test_greedy_and_seed),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
