@@ -461,14 +461,16 @@ static void half_case(const char *path, const char *file, const char *buf, size_
 }
 
 /* The random writer's threads each make a part of a chunk: the files must
- * not depend on how many there are. Tensors of 2^16 values and more are
- * split (the wider shape), including a Q matrix of the HF permutation. */
+ * not depend on how many there are. One thread runs the stream straight
+ * through, chunk after chunk (the reference); three compute each part's
+ * start. Tensors of 2^16 values and more are split, including a Q matrix of
+ * the HF permutation; the embedding (4608 x 256) spans two 2^20-value chunks. */
 static void test_random_threads(void **state) {
     (void)state;
     char *dir = tu_tmpdir("randthr");
     ampr__hparams hp = small_hp();
     hp.dim = 256, hp.hidden_dim = 768, hp.n_layers = 1, hp.n_heads = 4, hp.n_kv_heads = 2;
-    hp.head_dim = 64, hp.vocab_size = 512;
+    hp.head_dim = 64, hp.vocab_size = 4608;
     struct { const char *fmt; ampr__dtype dt; const char *file; } cases[] = {
         {"gguf", AMPR__DT_F16, ""}, {"gguf", AMPR__DT_F32, ""},
         {"hf", AMPR__DT_BF16, "/model.safetensors"}};

@@ -255,12 +255,97 @@ static void test_greedy_and_seed(void **state) {
     free(tmp);
 }
 
+/* Rows without a finite distribution (+inf, all -inf, NaN, a temperature
+ * that overflows every value) in every path: a valid index, the +inf token
+ * where there is one. Run under ASan/valgrind by check-asan/check-valgrind. */
+static void test_nonfinite(void **state) {
+    (void)state;
+    const int32_t n = 32000;
+    float *x = malloc(n * sizeof *x), *tmp = malloc(n * sizeof *tmp);
+    const int32_t ks[] = {0, 40};
+    const float ps[] = {1.0f, 0.9f};
+    const float temps[] = {0.8f, 1e-38f};
+    for (int row = 0; row < 4; row++)
+        for (int m = 0; m < 8; m++) {
+            make_logits(x, n, 0);
+            if (row == 0) x[777] = INFINITY;
+            if (row == 1)
+                for (int32_t i = 0; i < n; i++) x[i] = -INFINITY;
+            if (row == 2) x[0] = NAN;
+            ampr__sampler s;
+            ampr__err err = {0};
+            assert_int_equal(ampr__sampler_init(&s, n, temps[m >> 2], ks[m & 1], ps[(m >> 1) & 1], 1.0f,
+                                                64, 3, &err), AMPR_OK);
+            /* row 0: the +inf token, also at T = 1e-38 where every logit above
+             * ~3.4 overflows to +inf after dividing (the limit is greedy) */
+            for (int t = 0; t < 3; t++) {
+                int32_t got = draw(&s, x, n, tmp);
+                assert_true(got >= 0 && got < n);
+                if (row == 0) assert_int_equal(got, 777);
+            }
+            ampr__sampler_free(&s);
+        }
+    free(x);
+    free(tmp);
+}
+
+/* top-k's prefilter tests x * (1/T) against the heap's root before dividing:
+ * a logit whose x / T is one float above the root while x * (1/T) rounds to
+ * it must still get in (the margin). Found by search, then drawn with k = 1. */
+static void test_top_k_prefilter_margin(void **state) {
+    (void)state;
+    const float t = 0.55f, inv = 1.0f / t; /* the first such T on a 0.05 grid from 0.5 */
+    float y = 0, xv = 0;
+    int found = 0;
+    for (float a = 1.0f; a < 1.5f && !found; a = nextafterf(a, 2.0f)) {
+        float b = nextafterf(a, 2.0f);
+        if (a / t < b / t && b * inv <= a / t) {
+            y = a;
+            xv = b;
+            found = 1;
+        }
+    }
+    assert_true(found);
+    float row[32], tmp[32];
+    for (int i = 0; i < 32; i++) row[i] = -5.0f;
+    row[0] = y;  /* the first element: the heap's root */
+    row[20] = xv; /* a later block, larger by one float after dividing */
+    ampr__sampler s;
+    ampr__err err = {0};
+    assert_int_equal(ampr__sampler_init(&s, 32, t, 1, 1.0f, 1.0f, 64, 3, &err), AMPR_OK);
+    assert_int_equal(draw(&s, row, 32, tmp), 20);
+    ampr__sampler_free(&s);
+}
+
+/* The repetition penalty: the greedy pick is the argmax after dividing the
+ * positive (multiplying the negative) logits of the last n ids once each. */
+static void test_repetition_penalty(void **state) {
+    (void)state;
+    float x[8] = {1.0f, 3.0f, 2.9f, -1.0f, 0.5f, 2.0f, 2.8f, -0.5f};
+    int32_t hist[5] = {1, 1, 6, 3, 0};
+    ampr__sampler s;
+    ampr__err err = {0};
+    assert_int_equal(ampr__sampler_init(&s, 8, 0.0f, 0, 1.0f, 1.2f, 64, 1, &err), AMPR_OK);
+    /* 3.0 -> 2.5, 2.8 -> 2.33: token 2 (2.9) wins */
+    assert_int_equal(ampr__sample(&s, x, hist, 5), 2);
+    assert_true(fabsf(x[1] - 2.5f) < 1e-6f && fabsf(x[3] + 1.2f) < 1e-6f);
+    ampr__sampler_free(&s);
+    float y[8] = {1.0f, 3.0f, 2.9f, -1.0f, 0.5f, 2.0f, 2.8f, -0.5f};
+    assert_int_equal(ampr__sampler_init(&s, 8, 0.0f, 0, 1.0f, 1.2f, 2, 1, &err), AMPR_OK);
+    /* only the last 2 ids (3, 0) count: token 1 keeps 3.0 */
+    assert_int_equal(ampr__sample(&s, y, hist, 5), 1);
+    ampr__sampler_free(&s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_top_k_exact),
         cmocka_unit_test(test_nucleus),
         cmocka_unit_test(test_temperature_frequencies),
         cmocka_unit_test(test_greedy_and_seed),
+        cmocka_unit_test(test_nonfinite),
+        cmocka_unit_test(test_top_k_prefilter_margin),
+        cmocka_unit_test(test_repetition_penalty),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -7,9 +7,10 @@
  *
  * exp: x = n ln2 + r with n = round(x / ln2), |r| <= ln2/2, e^r by its Taylor
  * series to r^7 (relative error < 2e-7 there), 2^n put in the exponent.
- * Arguments are <= 0 here (x - max) and clamped at -87 (e^-87 ~ 1.6e-38, the
- * smallest normal float): smaller terms, -inf included, add nothing to a sum
- * of exps (KL's log ratios use the unclamped differences).
+ * Arguments are <= 0 here (x - max); below -87 (e^-87 ~ 1.6e-38, the
+ * smallest normal float) a term counts as 0 (expf would still give
+ * subnormals down to -103, which cannot matter next to the max's e^0 = 1), so
+ * -inf logits add nothing. KL's log ratios use the unclamped differences.
  */
 #include "logits.h"
 
@@ -99,10 +100,10 @@ void ampr__logit_stats_avx2(const float *x, int32_t n, ampr__logit_stats *st) {
             __m256 lt = _mm256_cmp_ps(v, vm, _CMP_LT_OQ);
             below = _mm256_max_ps(below, _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), v, lt));
             n_max += __builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, vm, _CMP_EQ_OQ)));
-            __m256 d = _mm256_max_ps(_mm256_sub_ps(v, vm), lo);
-            __m256 e = exp_neg(d);
+            __m256 d = _mm256_sub_ps(v, vm), dc = _mm256_max_ps(d, lo);
+            __m256 e = _mm256_and_ps(exp_neg(dc), _mm256_cmp_ps(d, lo, _CMP_GE_OQ));
             az = _mm256_add_ps(az, e);
-            as = _mm256_fmadd_ps(e, d, as);
+            as = _mm256_fmadd_ps(e, dc, as);
         }
         z += hsum(az);
         s += hsum(as);
@@ -112,8 +113,7 @@ void ampr__logit_stats_avx2(const float *x, int32_t n, ampr__logit_stats *st) {
         if (x[i] < mx && x[i] > second) second = x[i];
         n_max += x[i] == mx;
         float d = x[i] - mx;
-        if (d < CLAMP_LO) d = CLAMP_LO;
-        double e = exp((double)d);
+        double e = d >= CLAMP_LO ? exp((double)d) : 0.0;
         z += e;
         s += e * (double)d;
     }
@@ -136,9 +136,10 @@ double ampr__kl_avx2(const float *p, const float *q, int32_t n) {
              * ratio, clamped for exp: P's mass where Q is below e^-87 counts */
             __m256 dp = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(p + i), vmp), big);
             __m256 dq = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(q + i), vmq), big);
-            __m256 ep = exp_neg(_mm256_max_ps(dp, lo));
+            __m256 ep = _mm256_and_ps(exp_neg(_mm256_max_ps(dp, lo)), _mm256_cmp_ps(dp, lo, _CMP_GE_OQ));
             ap = _mm256_add_ps(ap, ep);
-            aq = _mm256_add_ps(aq, exp_neg(_mm256_max_ps(dq, lo)));
+            aq = _mm256_add_ps(aq, _mm256_and_ps(exp_neg(_mm256_max_ps(dq, lo)),
+                                                 _mm256_cmp_ps(dq, lo, _CMP_GE_OQ)));
             as = _mm256_fmadd_ps(ep, _mm256_sub_ps(dp, dq), as); /* e_p * (lp - lq + consts) */
         }
         zp += hsum(ap);
@@ -149,9 +150,9 @@ double ampr__kl_avx2(const float *p, const float *q, int32_t n) {
         float dp = p[i] - mp, dq = q[i] - mq;
         dp = dp < -1e30f ? -1e30f : dp;
         dq = dq < -1e30f ? -1e30f : dq;
-        double ep = exp((double)(dp < CLAMP_LO ? CLAMP_LO : dp));
+        double ep = dp >= CLAMP_LO ? exp((double)dp) : 0.0;
         zp += ep;
-        zq += exp((double)(dq < CLAMP_LO ? CLAMP_LO : dq));
+        zq += dq >= CLAMP_LO ? exp((double)dq) : 0.0;
         s += ep * ((double)dp - (double)dq);
     }
     /* KL = sum P (lp - lq), lp = dp - log zp, lq = dq - log zq */
@@ -168,7 +169,7 @@ double ampr__exp_sum_avx2(const float *x, int32_t n, float mx, float *out) {
         int32_t end = i + BLOCK < n ? i + BLOCK : n;
         for (; i + 8 <= end; i += 8) {
             __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), vm);
-            /* below e^-87: 0, as expf's underflow gives */
+            /* below e^-87: 0 (see the top) */
             __m256 e = _mm256_and_ps(exp_neg(_mm256_max_ps(d, lo)), _mm256_cmp_ps(d, lo, _CMP_GE_OQ));
             if (out) _mm256_storeu_ps(out + i, e);
             az = _mm256_add_ps(az, e);

@@ -119,10 +119,17 @@ static ampr_status rand_fill(void *vctx, const ampr__wtensor *t, FILE *f, ampr__
         ampr__permute_qk(c->qk[0], c->qk[1], heads, c->hp->head_dim, t->ne[0]);
         return ampr__write_f32_as(f, c->qk[1], n, t->dtype, err);
     }
+    uint64_t seq = s; /* without a pool: one stream, chunk after chunk (the reference) */
     for (size_t done = 0; done < n;) {
         size_t k = AMPR__MIN(CHUNK, n - done);
         gen_job j = {s, done, k, mean, 0.02f, t->dtype, c->buf, half ? c->half : NULL};
-        gen_chunk(c, &j);
+        if (c->pool) {
+            gen_chunk(c, &j);
+        } else {
+            gen_normal(&seq, c->buf, k, mean, 0.02f);
+            for (size_t q = 0; half && q < k; q++)
+                c->half[q] = t->dtype == AMPR__DT_F16 ? ampr__f32_to_fp16(c->buf[q]) : ampr__f32_to_bf16(c->buf[q]);
+        }
         size_t esz = half ? 2 : 4;
         if (fwrite(half ? (const void *)c->half : (const void *)c->buf, esz, k, f) != k)
             return ampr__fail(err, AMPR_ERR_IO, "write failed");

@@ -123,34 +123,51 @@ static void top_k_stream(ampr__sampler *s, const float *logits, int32_t n, int32
     heap_to_sorted(s, k);
 }
 
-/* top-p without top-k: the candidates of the nucleus, sorted descending, in
- * [0,m) (m >= the nucleus), *total = sum over all n of exp(v - max), v =
- * logits / T. Sorting the whole vocabulary for that took milliseconds a
- * token; instead the probability mass goes into buckets of 1/16 nat below the
- * max, the bucket where the mass crosses top_p (and one more, against
- * rounding) bounds the candidates, and only those are sorted. */
-#define NUC_BUCKETS 512 /* 32 nats; everything further down shares the last */
-static int32_t nucleus(ampr__sampler *s, const float *logits, int32_t n, double *total) {
+/* v = logits / T into vals[0..n), and the largest. */
+static float scaled(ampr__sampler *s, const float *logits, int32_t n) {
     const float t = s->temperature;
     float mx = logits[0] / t;
     for (int32_t i = 0; i < n; i++) {
         s->vals[i] = logits[i] / t;
         mx = s->vals[i] > mx ? s->vals[i] : mx;
     }
-    float *e = (float *)s->ids; /* scratch: the exps, as float bits (ids are rewritten below) */
+    return mx;
+}
+
+/* top-p without top-k: the candidates of the nucleus, sorted descending, in
+ * [0,m) (m >= the nucleus, 0 when the row has no finite distribution), mx
+ * and *total = sum over all n of exp(v - mx), v = logits / T. Sorting the
+ * whole vocabulary for that took milliseconds a token; instead the mass goes
+ * into buckets of 1/16 nat below the max, and the bucket where it crosses
+ * top_p, with the next non-empty one against rounding, bounds the candidates;
+ * only those are sorted. (ampr__sample still falls back to every candidate
+ * if the float walk over them ends short of top_p.) */
+#define NUC_BUCKETS 512 /* 32 nats; everything further down shares the last */
+static int32_t nucleus(ampr__sampler *s, const float *logits, int32_t n, float *mx_out,
+                       double *total) {
+    float mx = scaled(s, logits, n);
+    *mx_out = mx;
+    /* the exps go to ids' storage, reused as floats (malloc'd memory takes
+     * the type of what is stored; ids are written only after the last read) */
+    float *e = (float *)s->ids;
     *total = ampr__exp_sum(s->vals, n, mx, e);
+    if (!isfinite(mx) || !(*total > 0) || !isfinite(*total)) return 0;
     double mass[NUC_BUCKETS] = {0};
+    int32_t count[NUC_BUCKETS] = {0};
     for (int32_t i = 0; i < n; i++) {
         float d = (mx - s->vals[i]) * 16.0f;
-        int b = d < (float)(NUC_BUCKETS - 1) ? (int)d : NUC_BUCKETS - 1;
+        int b = d < (float)(NUC_BUCKETS - 1) ? (int)d : NUC_BUCKETS - 1; /* NaN: the last */
         mass[b] += e[i];
+        count[b]++;
     }
     double goal = (double)s->top_p * *total, cum = 0;
     int last = NUC_BUCKETS - 1;
     for (int b = 0; b < NUC_BUCKETS; b++) {
         cum += mass[b];
         if (cum >= goal) {
-            last = b + 1 < NUC_BUCKETS ? b + 1 : b;
+            last = b + 1;
+            while (last < NUC_BUCKETS - 1 && count[last] == 0) last++;
+            if (last > NUC_BUCKETS - 1) last = NUC_BUCKETS - 1;
             break;
         }
     }
@@ -192,6 +209,9 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
     float sum;
     if (k < n) {
         top_k_stream(s, logits, n, k);
+        /* logits / T overflowed (a tiny T), or +inf / nothing finite: the
+         * limit is greedy on the logits themselves */
+        if (!isfinite(s->vals[0])) return ampr__argmax(logits, n);
         /* softmax over the k candidates */
         float mx = s->vals[0];
         sum = 0.0f;
@@ -201,25 +221,35 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
         }
     } else if (nucleus_on) {
         double total;
-        k = nucleus(s, logits, n, &total);
-        float mx = s->vals[0];
-        for (int32_t i = 0; i < k; i++) s->vals[i] = expf(s->vals[i] - mx);
+        float mx;
+        k = nucleus(s, logits, n, &mx, &total);
+        if (k == 0) return ampr__argmax(logits, n); /* +inf, NaN or nothing finite */
         sum = (float)total; /* the softmax is over the whole vocabulary */
+        float reach = 0.0f;
+        for (int32_t i = 0; i < k; i++) {
+            s->vals[i] = expf(s->vals[i] - mx);
+            reach += s->vals[i] / sum;
+        }
+        if (reach < s->top_p && k < n) { /* rounding left the walk short: all of them */
+            scaled(s, logits, n);
+            for (int32_t i = 0; i < n; i++) s->ids[i] = i;
+            sort_cands(s, n);
+            k = n;
+            for (int32_t i = 0; i < k; i++) s->vals[i] = expf(s->vals[i] - mx);
+        }
     } else {
         /* temperature alone: a draw over the whole vocabulary, in id order */
-        const float t = s->temperature;
-        float mx = logits[0] / t;
-        for (int32_t i = 0; i < n; i++) {
-            s->vals[i] = logits[i] / t;
-            mx = s->vals[i] > mx ? s->vals[i] : mx;
-        }
+        float mx = scaled(s, logits, n);
         double total = ampr__exp_sum(s->vals, n, mx, s->vals);
+        if (!isfinite(mx) || !(total > 0) || !isfinite(total)) return ampr__argmax(logits, n);
         double r = (double)rng_f32(s) * total, acc = 0;
+        int32_t last = 0;
         for (int32_t i = 0; i < n; i++) {
+            if (s->vals[i] > 0) last = i;
             acc += s->vals[i];
             if (r < acc) return i;
         }
-        return n - 1;
+        return last; /* rounding ran past the end: the last token with mass */
     }
     for (int32_t i = 0; i < k; i++) s->vals[i] /= sum;
     if (nucleus_on) {
