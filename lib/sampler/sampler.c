@@ -10,6 +10,7 @@
 #include "sampler.h"
 
 #include <math.h>
+#include <string.h>
 
 #include "../fallback/logits.h"
 
@@ -26,7 +27,11 @@ ampr_status ampr__sampler_init(ampr__sampler *s, int32_t n_vocab, float temperat
     ampr__sampler_reseed(s, seed);
     s->ids = ampr__alloc_array((size_t)n_vocab, sizeof(int32_t), err);
     s->vals = ampr__alloc_array((size_t)n_vocab, sizeof(float), err);
-    if (!s->ids || !s->vals) {
+    int nucleus_only = temperature > 0.0f && !(top_k > 0 && top_k < n_vocab) && top_p > 0.0f &&
+                       top_p < 1.0f;
+    if (nucleus_only && s->ids && s->vals)
+        s->keys = ampr__alloc_array(2 * (size_t)n_vocab, sizeof(uint64_t), err);
+    if (!s->ids || !s->vals || (nucleus_only && !s->keys)) {
         ampr__sampler_free(s);
         return AMPR_ERR_NOMEM;
     }
@@ -44,8 +49,10 @@ void ampr__sampler_reseed(ampr__sampler *s, uint64_t seed) {
 void ampr__sampler_free(ampr__sampler *s) {
     ampr__free(s->ids);
     ampr__free(s->vals);
+    ampr__free(s->keys);
     s->ids = NULL;
     s->vals = NULL;
+    s->keys = NULL;
 }
 
 static float rng_f32(ampr__sampler *s) { /* uniform in [0,1) */
@@ -81,10 +88,50 @@ static void heap_to_sorted(ampr__sampler *s, int32_t k) {
     }
 }
 
-/* Sort the m candidates in [0,m) descending. */
+/* Sort the m candidates in [0,m) descending (value, then id). Many of them
+ * (a flat nucleus: thousands) go through an LSD radix sort of 64-bit keys,
+ * (value bits flipped to descending order) << 32 | id, 11 bits a pass over
+ * the 32 + id bits; few, or without key space, through the heap. */
+static uint32_t desc_bits(float v) {
+    uint32_t u;
+    if (v == 0.0f) v = 0.0f; /* -0 ties +0, as the comparisons have it */
+    memcpy(&u, &v, sizeof u);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u); /* ascending with v */
+    return ~u;                                        /* descending */
+}
+
 static void sort_cands(ampr__sampler *s, int32_t m) {
-    for (int32_t i = m / 2 - 1; i >= 0; i--) sift_down(s, i, m);
-    heap_to_sorted(s, m);
+    if (m <= 2048 || !s->keys) {
+        for (int32_t i = m / 2 - 1; i >= 0; i--) sift_down(s, i, m);
+        heap_to_sorted(s, m);
+        return;
+    }
+    uint64_t *a = s->keys, *b = s->keys + s->n_vocab;
+    int id_bits = 1;
+    while (id_bits < 31 && ((int64_t)1 << id_bits) < (int64_t)s->n_vocab) id_bits++;
+    for (int32_t i = 0; i < m; i++)
+        a[i] = ((uint64_t)desc_bits(s->vals[i]) << id_bits) | (uint32_t)s->ids[i];
+    for (int shift = 0; shift < 32 + id_bits; shift += 11) {
+        size_t count[2048] = {0};
+        for (int32_t i = 0; i < m; i++) count[(a[i] >> shift) & 2047]++;
+        size_t sum = 0;
+        for (int d = 0; d < 2048; d++) {
+            size_t c = count[d];
+            count[d] = sum;
+            sum += c;
+        }
+        for (int32_t i = 0; i < m; i++) b[count[(a[i] >> shift) & 2047]++] = a[i];
+        uint64_t *t = a;
+        a = b;
+        b = t;
+    }
+    uint64_t id_mask = ((uint64_t)1 << id_bits) - 1;
+    for (int32_t i = 0; i < m; i++) {
+        uint32_t u = ~(uint32_t)(a[i] >> id_bits); /* back to ascending bits */
+        u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
+        memcpy(&s->vals[i], &u, sizeof u);
+        s->ids[i] = (int32_t)(a[i] & id_mask);
+    }
 }
 
 /* top-k: the k largest logits / T, sorted descending, in [0,k), streaming

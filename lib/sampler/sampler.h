@@ -19,6 +19,8 @@ typedef struct ampr__sampler {
     /* scratch: candidate (id, value) pairs, sized n_vocab */
     int32_t *ids;
     float *vals;
+    /* a nucleus without top-k: 2 x n_vocab sort keys for large nuclei */
+    uint64_t *keys;
 } ampr__sampler;
 
 ampr_status ampr__sampler_init(ampr__sampler *s, int32_t n_vocab, float temperature,
