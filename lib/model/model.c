@@ -562,6 +562,11 @@ void ampr__unpermute_qk(const float *in, float *out, int n_heads, int head_dim, 
             }
 }
 
+void ampr__f32_to_half_as(const float *x, uint16_t *out, size_t n, ampr__dtype dt) {
+    for (size_t i = 0; i < n; i++)
+        out[i] = dt == AMPR__DT_F16 ? ampr__f32_to_fp16(x[i]) : ampr__f32_to_bf16(x[i]);
+}
+
 ampr_status ampr__write_f32_as(FILE *f, const float *x, size_t n, ampr__dtype dt,
                                ampr__err *err) {
     if (dt == AMPR__DT_F32) {
@@ -574,8 +579,7 @@ ampr_status ampr__write_f32_as(FILE *f, const float *x, size_t n, ampr__dtype dt
     uint16_t buf[4096];
     while (n) {
         size_t k = AMPR__MIN(n, AMPR__ARRAY_LEN(buf));
-        for (size_t i = 0; i < k; i++)
-            buf[i] = dt == AMPR__DT_F16 ? ampr__f32_to_fp16(x[i]) : ampr__f32_to_bf16(x[i]);
+        ampr__f32_to_half_as(x, buf, k, dt);
         if (fwrite(buf, 2, k, f) != k) return ampr__fail(err, AMPR_ERR_IO, "write failed");
         x += k;
         n -= k;

@@ -115,6 +115,8 @@ ampr_status ampr__st_load(ampr__model *m, const char *path, ampr__err *err);
  * tensor data comes from fill, in order. */
 ampr_status ampr__st_write(const char *path, ampr__wtensor *ts, size_t n, ampr__wfill_fn fill,
                            void *ctx, ampr__err *err);
+/* n floats as F16 or BF16 (dt), rounded to nearest even. */
+void ampr__f32_to_half_as(const float *x, uint16_t *out, size_t n, ampr__dtype dt);
 /* Convert n floats to dt and append them to f. */
 ampr_status ampr__write_f32_as(FILE *f, const float *x, size_t n, ampr__dtype dt,
                                ampr__err *err);

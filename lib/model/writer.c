@@ -84,9 +84,7 @@ static void gen_part(void *arg, int i, int n_parts) {
     size_t a = j->n * (size_t)i / (size_t)n_parts, b = j->n * (size_t)(i + 1) / (size_t)n_parts;
     uint64_t s = j->s + (uint64_t)(j->first + a) * SPLITMIX_STEP; /* wraps as the steps do */
     gen_normal(&s, j->buf + a, b - a, j->mean, j->std);
-    if (!j->half) return;
-    for (size_t k = a; k < b; k++)
-        j->half[k] = j->dt == AMPR__DT_F16 ? ampr__f32_to_fp16(j->buf[k]) : ampr__f32_to_bf16(j->buf[k]);
+    if (j->half) ampr__f32_to_half_as(j->buf + a, j->half + a, b - a, j->dt);
 }
 
 static void gen_chunk(rand_ctx *c, gen_job *j) {
@@ -122,17 +120,15 @@ static ampr_status rand_fill(void *vctx, const ampr__wtensor *t, FILE *f, ampr__
     uint64_t seq = s; /* without a pool: one stream, chunk after chunk (the reference) */
     for (size_t done = 0; done < n;) {
         size_t k = AMPR__MIN(CHUNK, n - done);
-        gen_job j = {s, done, k, mean, 0.02f, t->dtype, c->buf, half ? c->half : NULL};
         if (c->pool) {
+            gen_job j = {s, done, k, mean, 0.02f, t->dtype, c->buf, half ? c->half : NULL};
             gen_chunk(c, &j);
+            if (fwrite(half ? (const void *)c->half : (const void *)c->buf, half ? 2 : 4, k, f) != k)
+                return ampr__fail(err, AMPR_ERR_IO, "write failed");
         } else {
             gen_normal(&seq, c->buf, k, mean, 0.02f);
-            for (size_t q = 0; half && q < k; q++)
-                c->half[q] = t->dtype == AMPR__DT_F16 ? ampr__f32_to_fp16(c->buf[q]) : ampr__f32_to_bf16(c->buf[q]);
+            AMPR__TRY(ampr__write_f32_as(f, c->buf, k, t->dtype, err));
         }
-        size_t esz = half ? 2 : 4;
-        if (fwrite(half ? (const void *)c->half : (const void *)c->buf, esz, k, f) != k)
-            return ampr__fail(err, AMPR_ERR_IO, "write failed");
         done += k;
     }
     return AMPR_OK;
