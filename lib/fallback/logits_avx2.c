@@ -37,6 +37,12 @@ static inline __m256 exp_neg(__m256 x) { /* x in [-87, 0] */
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e)); /* n >= -126: a normal 2^n */
 }
 
+/* e^d for d <= 0, exactly 0 below -87 (and for -inf) */
+static inline __m256 exp_or_zero(__m256 d) {
+    const __m256 lo = _mm256_set1_ps(CLAMP_LO);
+    return _mm256_and_ps(exp_neg(_mm256_max_ps(d, lo)), _mm256_cmp_ps(d, lo, _CMP_GE_OQ));
+}
+
 static inline float hmax(__m256 v) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -100,10 +106,9 @@ void ampr__logit_stats_avx2(const float *x, int32_t n, ampr__logit_stats *st) {
             __m256 lt = _mm256_cmp_ps(v, vm, _CMP_LT_OQ);
             below = _mm256_max_ps(below, _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), v, lt));
             n_max += __builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, vm, _CMP_EQ_OQ)));
-            __m256 d = _mm256_sub_ps(v, vm), dc = _mm256_max_ps(d, lo);
-            __m256 e = _mm256_and_ps(exp_neg(dc), _mm256_cmp_ps(d, lo, _CMP_GE_OQ));
+            __m256 d = _mm256_sub_ps(v, vm), e = exp_or_zero(d);
             az = _mm256_add_ps(az, e);
-            as = _mm256_fmadd_ps(e, dc, as);
+            as = _mm256_fmadd_ps(e, _mm256_max_ps(d, lo), as); /* clamped: never 0 * -inf */
         }
         z += hsum(az);
         s += hsum(as);
@@ -124,7 +129,7 @@ void ampr__logit_stats_avx2(const float *x, int32_t n, ampr__logit_stats *st) {
 
 double ampr__kl_avx2(const float *p, const float *q, int32_t n) {
     float mp = row_max(p, n), mq = row_max(q, n);
-    const __m256 vmp = _mm256_set1_ps(mp), vmq = _mm256_set1_ps(mq), lo = _mm256_set1_ps(CLAMP_LO);
+    const __m256 vmp = _mm256_set1_ps(mp), vmq = _mm256_set1_ps(mq);
     const __m256 big = _mm256_set1_ps(-1e30f);
     double zp = 0, zq = 0, s = 0;
     int32_t i = 0;
@@ -136,10 +141,9 @@ double ampr__kl_avx2(const float *p, const float *q, int32_t n) {
              * ratio, clamped for exp: P's mass where Q is below e^-87 counts */
             __m256 dp = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(p + i), vmp), big);
             __m256 dq = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(q + i), vmq), big);
-            __m256 ep = _mm256_and_ps(exp_neg(_mm256_max_ps(dp, lo)), _mm256_cmp_ps(dp, lo, _CMP_GE_OQ));
+            __m256 ep = exp_or_zero(dp);
             ap = _mm256_add_ps(ap, ep);
-            aq = _mm256_add_ps(aq, _mm256_and_ps(exp_neg(_mm256_max_ps(dq, lo)),
-                                                 _mm256_cmp_ps(dq, lo, _CMP_GE_OQ)));
+            aq = _mm256_add_ps(aq, exp_or_zero(dq));
             as = _mm256_fmadd_ps(ep, _mm256_sub_ps(dp, dq), as); /* e_p * (lp - lq + consts) */
         }
         zp += hsum(ap);
@@ -161,16 +165,14 @@ double ampr__kl_avx2(const float *p, const float *q, int32_t n) {
 }
 
 double ampr__exp_sum_avx2(const float *x, int32_t n, float mx, float *out) {
-    const __m256 vm = _mm256_set1_ps(mx), lo = _mm256_set1_ps(CLAMP_LO);
+    const __m256 vm = _mm256_set1_ps(mx);
     double z = 0;
     int32_t i = 0;
     while (i + 8 <= n) {
         __m256 az = _mm256_setzero_ps();
         int32_t end = i + BLOCK < n ? i + BLOCK : n;
         for (; i + 8 <= end; i += 8) {
-            __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), vm);
-            /* below e^-87: 0 (see the top) */
-            __m256 e = _mm256_and_ps(exp_neg(_mm256_max_ps(d, lo)), _mm256_cmp_ps(d, lo, _CMP_GE_OQ));
+            __m256 e = exp_or_zero(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
             if (out) _mm256_storeu_ps(out + i, e);
             az = _mm256_add_ps(az, e);
         }
