@@ -190,6 +190,16 @@ static float scaled(ampr__sampler *s, const float *logits, int32_t n) {
  * only those are sorted. (ampr__sample still falls back to every candidate
  * if the float walk over them ends short of top_p.) */
 #define NUC_BUCKETS 512 /* 32 nats; everything further down shares the last */
+static int nuc_bucket(float mx, float v) {
+    float d = (mx - v) * 16.0f;
+    return d < (float)(NUC_BUCKETS - 1) ? (int)d : NUC_BUCKETS - 1; /* NaN: the last */
+}
+
+/* a softmax exists: finite max, positive finite normalizer */
+static int finite_dist(float mx, double total) {
+    return isfinite(mx) && total > 0 && isfinite(total);
+}
+
 static int32_t nucleus(ampr__sampler *s, const float *logits, int32_t n, float *mx_out,
                        double *total) {
     float mx = scaled(s, logits, n);
@@ -198,12 +208,11 @@ static int32_t nucleus(ampr__sampler *s, const float *logits, int32_t n, float *
      * the type of what is stored; ids are written only after the last read) */
     float *e = (float *)s->ids;
     *total = ampr__exp_sum(s->vals, n, mx, e);
-    if (!isfinite(mx) || !(*total > 0) || !isfinite(*total)) return 0;
+    if (!finite_dist(mx, *total)) return 0;
     double mass[NUC_BUCKETS] = {0};
     int32_t count[NUC_BUCKETS] = {0};
     for (int32_t i = 0; i < n; i++) {
-        float d = (mx - s->vals[i]) * 16.0f;
-        int b = d < (float)(NUC_BUCKETS - 1) ? (int)d : NUC_BUCKETS - 1; /* NaN: the last */
+        int b = nuc_bucket(mx, s->vals[i]);
         mass[b] += e[i];
         count[b]++;
     }
@@ -220,9 +229,7 @@ static int32_t nucleus(ampr__sampler *s, const float *logits, int32_t n, float *
     }
     int32_t m = 0;
     for (int32_t i = 0; i < n; i++) { /* in place: m <= i */
-        float d = (mx - s->vals[i]) * 16.0f;
-        int b = d < (float)(NUC_BUCKETS - 1) ? (int)d : NUC_BUCKETS - 1;
-        if (b <= last) {
+        if (nuc_bucket(mx, s->vals[i]) <= last) {
             s->vals[m] = s->vals[i];
             s->ids[m] = i;
             m++;
@@ -288,7 +295,7 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
         /* temperature alone: a draw over the whole vocabulary, in id order */
         float mx = scaled(s, logits, n);
         double total = ampr__exp_sum(s->vals, n, mx, s->vals);
-        if (!isfinite(mx) || !(total > 0) || !isfinite(total)) return ampr__argmax(logits, n);
+        if (!finite_dist(mx, total)) return ampr__argmax(logits, n);
         double r = (double)rng_f32(s) * total, acc = 0;
         int32_t last = 0;
         for (int32_t i = 0; i < n; i++) {
