@@ -189,9 +189,15 @@ AMPR_API void ampr_open_params_init_sized(ampr_open_params *p, size_t size);
  *                "tp_size") and generates there (built with nvcc only;
  *                fails with AMPR_ERR_NO_DEVICE when no GPU is usable, and
  *                with AMPR_ERR_UNSUPPORTED for q8 KV or f32/bf16 tiers).
- *                "auto" uses the GPU when that works, else the CPU, and
- *                ampr_model_info.device says which and why. The GPU path
- *                is checked by tests/gpu/check.sh on a machine with a GPU.
+ *                Each tier is uploaded as soon as it is built and its host
+ *                copy freed: the host holds at most one tier's weights
+ *                while ampr_open() runs and none after (the KV page
+ *                accounting stays on the host, the pages on the GPU).
+ *                "auto" uses the GPU when that works, else the CPU (when
+ *                an upload fails it builds the tiers again for the CPU),
+ *                and ampr_model_info.device says which and why. The GPU
+ *                path is checked by tests/gpu/check.sh on a machine with a
+ *                GPU.
  *     "tp_size": tensor-parallel ranks, 1 to 64 (default 1): attention heads,
  *                KV heads and FFN hidden units are split evenly over the
  *                ranks (column-parallel QKV and gate/up, row-parallel output
@@ -221,9 +227,8 @@ AMPR_API void ampr_open_params_init_sized(ampr_open_params *p, size_t size);
  *     "tp_rank", "tp_id": one rank per process, on several machines or
  *                processes: this process is rank tp_rank of tp_size, holds
  *                only that rank's shard on its GPU, and sums with the others
- *                over NCCL ("tp_allreduce" does not apply; the host still
- *                builds every rank's shards, as on the CPU backend, so host
- *                memory and open time are tp_size 1's); tp_id is the string
+ *                over NCCL ("tp_allreduce" does not apply; the host
+ *                quantizes only this rank's shards); tp_id is the string
  *                ampr_tp_id_new() made in one of the processes, the same for
  *                every rank. Needs "device": "cuda" and NCCL. ampr_open()
  *                returns once every rank has reached the GPU part of its

@@ -171,8 +171,9 @@ static ampr_status choose_device(ampr_ctx *c, int *want_cuda, ampr__err *err) {
                       "config asks for \"device\": \"cuda\": %s", why);
 }
 
-/* After the tiers are built: put them on the GPU. "auto" keeps the CPU (with
- * a note) when that fails; "cuda" fails the open. */
+/* Before the tiers are built: open the GPUs (their work buffers, no weights
+ * yet). "auto" keeps the CPU (with a note) when that fails; "cuda" fails the
+ * open. */
 static ampr_status open_device(ampr_ctx *c, int want_cuda, ampr__err *err) {
     if (!want_cuda) return AMPR_OK;
 #if AMPR_HAVE_CUDA
@@ -191,6 +192,41 @@ static ampr_status open_device(ampr_ctx *c, int want_cuda, ampr__err *err) {
 #else
     return ampr__fail(err, AMPR_ERR_INTERNAL, "no CUDA backend in this build");
 #endif
+}
+
+/* ampr__tiers_build's hook with a device backend: each tier goes to the
+ * device as soon as it is built and its host copy is freed, so the host
+ * holds one tier's weights at a time and none once open returns. */
+typedef struct upload_state {
+    ampr_status st; /* the first upload failure */
+    ampr__err err;
+} upload_state;
+
+static ampr_status upload_tier(ampr_ctx *c, ampr__tier *t, void *user, ampr__err *err) {
+    upload_state *u = user;
+    u->st = ampr__backend_tier_upload(c, t, &u->err);
+    if (u->st != AMPR_OK) return ampr__fail(err, u->st, "%s", u->err.msg);
+    ampr__tier_drop_host(c, t);
+    return AMPR_OK;
+}
+
+/* Build the tiers: on the host for the CPU, or streamed to the device. When
+ * an upload fails, "cuda" fails the open and "auto" closes the device and
+ * builds every tier again on the host (the freed ones are gone), with a note. */
+static ampr_status build_tiers(ampr_ctx *c, ampr_progress_fn progress, void *user,
+                               ampr__err *err) {
+    if (!c->backend) return ampr__tiers_build(c, progress, user, NULL, NULL, err);
+    upload_state u = {AMPR_OK, {0}};
+    ampr__err berr = {0};
+    ampr_status st = ampr__tiers_build(c, progress, user, upload_tier, &u, &berr);
+    if (st == AMPR_OK) return AMPR_OK;
+    if (u.st == AMPR_OK) return ampr__fail(err, st, "%s", berr.msg); /* not the device's fault */
+    if (c->cfg.device != 1)
+        return ampr__fail(err, st, "config asks for \"device\": \"cuda\": %s", u.err.msg);
+    snprintf(c->device, sizeof c->device, "cpu (auto: %.70s)", u.err.msg);
+    ampr__backend_close(c);
+    ampr__tiers_free(c);
+    return ampr__tiers_build(c, progress, user, NULL, NULL, err);
 }
 
 static ampr_status open_ctx(ampr_ctx *c, const char *path, const char *config,
@@ -213,9 +249,8 @@ static ampr_status open_ctx(ampr_ctx *c, const char *path, const char *config,
     int threads = c->cfg.threads > 0 ? c->cfg.threads : ampr__cpu_count();
     AMPR__TRY(ampr__pool_new(threads, &c->pool, err));
     AMPR__TRY(build_rope(c, err));
-    AMPR__TRY(ampr__tiers_build(c, progress, user, err));
     AMPR__TRY(open_device(c, want_cuda, err));
-    return AMPR_OK;
+    return build_tiers(c, progress, user, err);
 }
 
 AMPR_API ampr_status ampr_open_ex(const char *model_path, const char *config_json,

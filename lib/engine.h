@@ -93,6 +93,11 @@ typedef struct ampr__tier {
     ampr__tier_layer *layers; /* [n_layers][tp]: rank r's shard of layer l (forward/tp.h) */
     ampr__kv_arena *kv;
     uint64_t weight_bytes;
+    /* Set once a device backend holds the tier (api.c, after its upload):
+     * the host copy of the weights and the KV page storage are freed, only
+     * shapes, byte counts and the arena's page accounting remain, and the
+     * CPU forward pass refuses the tier (ampr__tier_drop_host). */
+    int device_only;
     /* Decode batching (generate.c): requests on this tier queue their
      * next-token steps, and whichever finds the tier idle runs the whole
      * queue as one batched forward pass. */
@@ -140,10 +145,17 @@ static inline const ampr__tier_layer *ampr__tier_shard(const ampr__tier *t, int3
 
 ampr__tier *ampr__ctx_tier(ampr_ctx *c, ampr_tier id); /* NULL if not resident */
 
-/* tier.c: build every configured tier from the checkpoint. */
+/* tier.c: build every configured tier from the checkpoint, top first. When
+ * done is given it runs after each tier is built, before the next one starts
+ * (api.c: upload the tier to the GPU and drop its host copy, so the host
+ * never holds more than one tier's weights); its failure ends the build. */
+typedef ampr_status (*ampr__tier_done_fn)(ampr_ctx *c, ampr__tier *t, void *user, ampr__err *err);
 ampr_status ampr__tiers_build(ampr_ctx *c, ampr_progress_fn progress, void *user,
-                              ampr__err *err);
+                              ampr__tier_done_fn done, void *done_user, ampr__err *err);
 void ampr__tiers_free(ampr_ctx *c);
+/* Free t's host weights (keeping shapes and byte counts) and its KV page
+ * storage (keeping the page accounting), and mark it device_only. */
+void ampr__tier_drop_host(ampr_ctx *c, ampr__tier *t);
 /* tier_nf4.c: when qt is NF4 / NF4_DQ and the parts are NF4 checkpoint
  * tensors that concatenate block-exactly, copy them into dst (*done = 1);
  * otherwise leave dst alone (*done = 0) and let tier.c requantize. */

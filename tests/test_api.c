@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "ampr.h"
+#include "calib/calib.h"
 #include "engine.h"
 #include "model/model.h"
 
@@ -501,6 +502,127 @@ static void test_kv_arenas_isolated(void **state) {
     ampr_close(ctx);
 }
 
+/* ---- tiers whose only copy is on a device --------------------------------
+ * With a GPU, api.c uploads each tier as ampr__tiers_build finishes it and
+ * then frees the host copy (ampr__tier_drop_host); when an upload fails under
+ * "auto" it frees everything and builds again for the CPU. The same internal
+ * steps run here without a GPU: what a dropped tier still reports, that the
+ * CPU pass refuses it cleanly (no page leaks, other tiers unaffected), the
+ * hook's order and failure, and that a rebuild generates what it did. */
+
+typedef struct drop_hook {
+    int calls, fail_at;
+    ampr_tier order[AMPR_TIER_COUNT];
+} drop_hook;
+
+static ampr_status drop_after_build(ampr_ctx *c, ampr__tier *t, void *user, ampr__err *err) {
+    drop_hook *h = user;
+    h->order[h->calls++] = t->id;
+    assert_false(t->device_only);
+    assert_non_null(t->embd.data); /* built, not yet dropped */
+    if (h->calls == h->fail_at) return ampr__fail(err, AMPR_ERR_NO_DEVICE, "upload %d fails", h->calls);
+    ampr__tier_drop_host(c, t);
+    return AMPR_OK;
+}
+
+static char *greedy_text(ampr_ctx *ctx, ampr_tier tier) {
+    ampr_gen_params p = greedy(12);
+    p.tier = tier;
+    ampr_result *r = NULL;
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &r), AMPR_OK);
+    char *text = strdup(r->text);
+    ampr_result_free(r);
+    return text;
+}
+
+static void test_device_only_tiers(void **state) {
+    (void)state;
+    ampr_ctx *ctx = open_ok("{\"tiers\": [\"fp16\", \"int8\", \"nf4\"], \"kv\": {\"arena_tokens\": 128}}");
+    char *ref[3];
+    ampr_tier_info before[3];
+    uint64_t decode_bytes[3];
+    for (int i = 0; i < 3; i++) {
+        ref[i] = greedy_text(ctx, ctx->tiers[i].id);
+        ampr_tier_info_init(&before[i]);
+        assert_int_equal(ampr_get_tier_info(ctx, ctx->tiers[i].id, &before[i]), AMPR_OK);
+        decode_bytes[i] = ampr__tier_decode_bytes(ctx, &ctx->tiers[i]);
+    }
+    /* drop the lower two tiers: the top one still generates (not the other
+     * way round: the lower tiers' fallback checks rerun on the top tier) */
+    for (int i = 1; i < 3; i++) ampr__tier_drop_host(ctx, &ctx->tiers[i]);
+    for (int i = 0; i < 3; i++) {
+        ampr__tier *t = &ctx->tiers[i];
+        ampr_tier_info ti;
+        ampr_tier_info_init(&ti);
+        assert_int_equal(ampr_get_tier_info(ctx, t->id, &ti), AMPR_OK);
+        assert_true(ti.weight_bytes == before[i].weight_bytes);
+        assert_true(ti.kv_bytes == before[i].kv_bytes);
+        assert_int_equal(ti.kv_pages_total, before[i].kv_pages_total);
+        assert_true(ampr__tier_decode_bytes(ctx, t) == decode_bytes[i]);
+        assert_int_equal(ampr__kv_has_pages(t->kv), i == 0);
+        assert_int_equal(t->device_only, i > 0);
+        if (i > 0) {
+            assert_null(t->embd.data);
+            assert_null(ampr__tier_shard(t, 0, 0)->w_gu.data);
+            assert_int_equal(t->embd.rows, 320);
+        }
+        ampr_gen_params p = greedy(12);
+        p.tier = t->id;
+        ampr_result *r = NULL;
+        ampr_status st = ampr_generate(ctx, "abc", 3, &p, &r);
+        if (i > 0) {
+            assert_int_equal(st, AMPR_ERR_UNSUPPORTED);
+            assert_non_null(strstr(ampr_errmsg(ctx), "device only"));
+            assert_null(r);
+        } else {
+            assert_int_equal(st, AMPR_OK);
+            assert_string_equal(r->text, ref[i]);
+            ampr_result_free(r);
+        }
+        assert_int_equal(ampr_get_tier_info(ctx, t->id, &ti), AMPR_OK);
+        assert_int_equal(ti.kv_pages_used, 0); /* the refused request gave its pages back */
+    }
+    ampr__act_stats st;
+    ampr__err err = {0};
+    int32_t ids[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    assert_int_equal(ampr__act_stats_new(&ctx->hp, &st, &err), AMPR_OK);
+    assert_int_equal(ampr__calib_ranges(ctx, &ctx->tiers[1], ids, 8, &st, &err), AMPR_ERR_UNSUPPORTED);
+    assert_int_equal(ampr_get_tier_info(ctx, ctx->tiers[1].id, &before[1]), AMPR_OK);
+    assert_int_equal(before[1].kv_pages_used, 0);
+    ampr__act_stats_free(&st);
+
+    /* the build hook: tiers top first, each dropped before the next is
+     * built; a failing hook ends the build and everything still frees */
+    drop_hook h = {0, 2, {0}};
+    ampr__tiers_free(ctx);
+    ampr__err e2 = {0};
+    assert_int_equal(ampr__tiers_build(ctx, NULL, NULL, drop_after_build, &h, &e2), AMPR_ERR_NO_DEVICE);
+    assert_string_equal(e2.msg, "upload 2 fails");
+    assert_int_equal(h.calls, 2);
+    assert_int_equal(h.order[0], AMPR_TIER_FP16);
+    assert_int_equal(h.order[1], AMPR_TIER_INT8);
+    assert_true(ctx->tiers[0].device_only);
+    h = (drop_hook){0, 0, {0}};
+    ampr__tiers_free(ctx);
+    ampr__err e3 = {0};
+    assert_int_equal(ampr__tiers_build(ctx, NULL, NULL, drop_after_build, &h, &e3), AMPR_OK);
+    assert_int_equal(h.calls, 3);
+    for (int i = 0; i < 3; i++) assert_true(ctx->tiers[i].device_only);
+
+    /* "auto" after a failed upload: free and build again for the CPU */
+    ampr__tiers_free(ctx);
+    ampr__err e4 = {0};
+    assert_int_equal(ampr__tiers_build(ctx, NULL, NULL, NULL, NULL, &e4), AMPR_OK);
+    for (int i = 0; i < 3; i++) {
+        assert_false(ctx->tiers[i].device_only);
+        char *again = greedy_text(ctx, ctx->tiers[i].id);
+        assert_string_equal(again, ref[i]);
+        free(again);
+        free(ref[i]);
+    }
+    ampr_close(ctx);
+}
+
 static void test_sampling_seeds(void **state) {
     (void)state;
     ampr_ctx *ctx = open_ok("{\"tiers\": [\"f32\"]}");
@@ -713,6 +835,7 @@ int main(void) {
         cmocka_unit_test(test_streaming_and_cancel),
         cmocka_unit_test(test_kv_full),
         cmocka_unit_test(test_kv_arenas_isolated),
+        cmocka_unit_test(test_device_only_tiers),
         cmocka_unit_test(test_sampling_seeds),
         cmocka_unit_test(test_stop_strings),
         cmocka_unit_test(test_concurrent_equals_serial),

@@ -325,6 +325,52 @@ static void test_kv_full(void **state) {
 /* Calibration under TP: each rank records the activation ranges of its own
  * columns of the wo / w_down inputs (rank 0 those of the replicated wqkv /
  * w_gu inputs), so the ranges equal tp = 1's. */
+/* One rank per process ("tp_rank", a CUDA-only setting, so the context is
+ * rebuilt here by hand): only that rank's shards are built, byte for byte
+ * those of a process that builds them all; the other ranks' stay empty. */
+static void same_qmat(const ampr__qmat *a, const ampr__qmat *b) {
+    assert_int_equal(a->type, b->type);
+    assert_true(a->rows == b->rows && a->cols == b->cols && a->rows > 0);
+    assert_true(a->data_bytes == b->data_bytes && a->n_scales == b->n_scales &&
+                a->extra_bytes == b->extra_bytes);
+    assert_memory_equal(a->data, b->data, a->data_bytes);
+    if (a->n_scales) assert_memory_equal(a->scales, b->scales, a->n_scales * sizeof(float));
+    if (a->extra_bytes) assert_memory_equal(a->extra, b->extra, a->extra_bytes);
+}
+
+static void test_one_rank_shards(void **state) {
+    (void)state;
+    enum { TP = 4, ONLY = 2 };
+    ampr_ctx *all = open_tp(model_path, "[\"fp16\", \"int8\", \"nf4\"]", TP);
+    ampr_ctx *one = open_tp(model_path, "[\"fp16\", \"int8\", \"nf4\"]", TP);
+    ampr__tiers_free(one);
+    one->cfg.tp_rank = ONLY;
+    ampr__err err = {0};
+    assert_int_equal(ampr__tiers_build(one, NULL, NULL, NULL, NULL, &err), AMPR_OK);
+    for (int i = 0; i < 3; i++) {
+        const ampr__tier *ta = &all->tiers[i], *tb = &one->tiers[i];
+        same_qmat(&ta->embd, &tb->embd); /* replicated */
+        assert_true(tb->weight_bytes < ta->weight_bytes);
+        for (int32_t l = 0; l < all->hp.n_layers; l++)
+            for (int32_t r = 0; r < TP; r++) {
+                const ampr__tier_layer *La = ampr__tier_shard(ta, l, r), *Lb = ampr__tier_shard(tb, l, r);
+                const ampr__qmat *qa[4] = {&La->wqkv, &La->wo, &La->w_gu, &La->w_down};
+                const ampr__qmat *qb[4] = {&Lb->wqkv, &Lb->wo, &Lb->w_gu, &Lb->w_down};
+                for (int m = 0; m < 4; m++) {
+                    if (r == ONLY) {
+                        same_qmat(qa[m], qb[m]);
+                    } else {
+                        assert_true(qb[m]->rows == 0 && qb[m]->data == NULL);
+                        assert_true(qa[m]->rows > 0);
+                    }
+                }
+            }
+    }
+    one->cfg.tp_rank = -1; /* close as it was opened */
+    ampr_close(one);
+    ampr_close(all);
+}
+
 static void test_calib_ranges(void **state) {
     (void)state;
     int32_t ids[N_IDS];
@@ -400,6 +446,7 @@ int main(void) {
         cmocka_unit_test(test_tp_auto_device),
         cmocka_unit_test(test_tp_id),
         cmocka_unit_test(test_kv_full),
+        cmocka_unit_test(test_one_rank_shards),
         cmocka_unit_test(test_calib_ranges),
         cmocka_unit_test(test_stories_golden),
     };

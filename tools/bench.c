@@ -22,6 +22,22 @@
 #include "sampler/sampler.h"
 #include "tools.h"
 
+/* A "Name:   N kB" line of /proc/self/status in MiB (Linux), or -1. */
+static double proc_status_mib(const char *name) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    size_t n = strlen(name);
+    double mib = -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, name, n) && line[n] == ':') {
+            mib = atof(line + n + 1) / 1024.0;
+            break;
+        }
+    fclose(f);
+    return mib;
+}
+
 int ampr_tool_shape(const char *name, ampr__hparams *hp) {
     memset(hp, 0, sizeof *hp);
     hp->norm_eps = 1e-5f;
@@ -319,7 +335,12 @@ int ampr_tool_bench(int argc, char **argv) {
                strstr(nti.kernels, "-bf16") ? "bf16 (AVX512_BF16 kernel)"
                : !strcmp(nf4_act, "bf16") ? "fp32 (bf16 asked for; this CPU or AMPR_SIMD has no AVX512_BF16)"
                                           : "fp32");
-    printf("open + quantize all tiers: %.0f ms; prefill %d tokens, decode %d tokens\n\n", open_ms, n_prompt, n_gen);
+    printf("open + quantize all tiers: %.0f ms; prefill %d tokens, decode %d tokens\n", open_ms, n_prompt, n_gen);
+    /* the host's share: with a device backend the tiers' host copies are
+     * freed as they are uploaded (anonymous memory), the checkpoint stays
+     * mapped (file-backed, reclaimable) */
+    printf("host memory after open: %.0f MiB anonymous, %.0f MiB file-backed; peak resident %.0f MiB\n\n",
+           proc_status_mib("RssAnon"), proc_status_mib("RssFile"), proc_status_mib("VmHWM"));
     if (c->backend)
         printf("copy bw: the GPU's device-to-device copy bandwidth (read + write, 256 MiB, best of\n"
                "5, times the distinct GPUs of the ranks), measured right before each tier's decode\n\n");

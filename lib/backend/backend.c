@@ -20,6 +20,13 @@ ampr_status ampr__backend_decode_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq 
     return b->ops->decode_batch(b, c, t, seqs, tokens, n, s, err);
 }
 
+ampr_status ampr__backend_tier_upload(ampr_ctx *c, ampr__tier *t, ampr__err *err) {
+    ampr__backend *b = c->backend;
+    if (!b) return ampr__fail(err, AMPR_ERR_INTERNAL, "no device backend to upload tier %s to",
+                              ampr_tier_name(t->id));
+    return b->ops->tier_upload(b, c, t, err);
+}
+
 void ampr__backend_close(ampr_ctx *c) {
     if (!c || !c->backend) return;
     ampr__backend *b = c->backend;

@@ -22,7 +22,9 @@ typedef struct ampr__backend ampr__backend;
 
 typedef struct ampr__backend_ops {
     const char *name;
-    /* Make tier t resident (weights and a KV page pool mirroring t->kv). */
+    /* Make tier t resident (weights and a KV page pool mirroring t->kv).
+     * On success the device holds its own copy: api.c then frees the host's
+     * (ampr__tier_drop_host), leaving t->kv's page accounting. */
     ampr_status (*tier_upload)(ampr__backend *b, ampr_ctx *c, ampr__tier *t, ampr__err *err);
     /* n tokens of one sequence at positions seq->n_tokens..; the last
      * n_logits rows of logits to s->logits. */
@@ -55,9 +57,14 @@ void ampr__backend_close(ampr_ctx *c); /* NULL-safe; the context falls back to n
 /* ctx->backend's mem_gbs, or 0 on the CPU (which measures its own). */
 double ampr__backend_mem_gbs(ampr_ctx *c);
 
+/* ctx->backend's tier_upload: make t resident on the device. */
+ampr_status ampr__backend_tier_upload(ampr_ctx *c, ampr__tier *t, ampr__err *err);
+
 #if AMPR_HAVE_CUDA
-/* Open the GPUs of c's config ("gpus", "tp_size", "tp_rank"), upload every
- * tier of c; *out NULL on failure. Fills name (for ampr_model_info.device). */
+/* Open the GPUs of c's config ("gpus", "tp_size", "tp_rank") with their work
+ * buffers, before any tier exists (c->hp and c->cfg set); api.c then uploads
+ * each tier as it is built (ampr__backend_tier_upload). *out NULL on failure.
+ * Fills name (for ampr_model_info.device). */
 ampr_status ampr__backend_cuda_open(ampr_ctx *c, ampr__backend **out, char *name, size_t name_len,
                                     ampr__err *err);
 #endif

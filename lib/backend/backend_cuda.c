@@ -2,8 +2,8 @@
  * backend_cuda.c -- the CUDA backend of the request loop: every tier's
  * weights in device memory (cuda/ampr_cuda.h), and per tier a device page
  * pool mirroring the tier's CPU arena page for page. The CPU arena still does
- * all the accounting (reserve, release, KV_FULL, waiting); its host pages are
- * simply not used while this backend serves the tier.
+ * all the accounting (reserve, release, KV_FULL, waiting); once a tier is
+ * uploaded api.c frees its host weights and page storage (device_only).
  *
  * One pass at a time on the device (ctx->compute_lock, as the CPU pass): the
  * passes share one set of device activation buffers (ampr__cuda_work). Each
@@ -18,8 +18,8 @@
  * over processes (n = 1, NCCL over the network).
  *
  * Not on the device (AMPR_ERR_UNSUPPORTED at open): F32/BF16 tiers, the q8
- * KV element type. Calibration (lib/calib) calls the CPU pass directly on its
- * own sequence and keeps working.
+ * KV element type. Calibration (lib/calib, `ampr calibrate`) runs the CPU
+ * pass and needs a CPU context: on a device context it fails cleanly.
  */
 #include "backend.h"
 
@@ -141,6 +141,8 @@ static ampr_status cuda_tier_upload(ampr__backend *b, ampr_ctx *c, ampr__tier *t
     ampr_status st = AMPR_OK;
     for (int r = 0; st == AMPR_OK && r < cb->n; r++)
         st = rank_upload(cb, c, t, &cb->tiers[idx], r, err);
+    /* the copies are done before the caller may free the host weights */
+    for (int r = 0; st == AMPR_OK && r < cb->n; r++) st = ampr__cuda_sync(cb->cuda[r], err);
     if (st != AMPR_OK)
         ampr__fail(err, st, "cannot put tier %s on the GPU", ampr_tier_name(t->id));
     return st;
@@ -331,8 +333,7 @@ ampr_status ampr__backend_cuda_open(ampr_ctx *c, ampr__backend **out, char *name
     cb->tp = c->cfg.tp_size;
     cb->n = c->cfg.tp_rank >= 0 ? 1 : cb->tp;
     cb->rank0 = c->cfg.tp_rank >= 0 ? c->cfg.tp_rank : 0;
-    int32_t bs = c->n_tiers > 0 ? ampr__kv_block_size(c->tiers[0].kv) : 1;
-    for (int i = 1; i < c->n_tiers; i++) bs = AMPR__MIN(bs, ampr__kv_block_size(c->tiers[i].kv));
+    int32_t bs = c->cfg.kv_block_size; /* every tier's arena pages (tier.c build_kv) */
     cb->stride = (hp->context_length + bs - 1) / bs;
     cb->blocks = ampr__alloc_array((size_t)AMPR__BATCH_MAX * (size_t)cb->stride, sizeof(int32_t), err);
     ampr_status st = cb->blocks ? AMPR_OK : AMPR_ERR_NOMEM;
@@ -344,9 +345,6 @@ ampr_status ampr__backend_cuda_open(ampr_ctx *c, ampr__backend **out, char *name
         ampr__cuda_hparams rhp = rank_hparams(hp, cb->tp, cb->rank0 + r);
         st = ampr__cuda_work_new(cb->cuda[r], &rhp, &cb->work[r], err);
     }
-    for (int i = 0; st == AMPR_OK && i < c->n_tiers; i++)
-        st = cuda_tier_upload(b, c, &c->tiers[i], err);
-    for (int r = 0; st == AMPR_OK && r < cb->n; r++) st = ampr__cuda_sync(cb->cuda[r], err);
     if (st != AMPR_OK) {
         cuda_close(b);
         return st;

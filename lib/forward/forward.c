@@ -647,6 +647,10 @@ static ampr_status forward_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *const
     if (n <= 0 || n > s->max_tokens || n_logits < 1 || n_logits > n || n_logits > s->max_logits)
         return ampr__fail(err, AMPR_ERR_INTERNAL, "forward of %d tokens, %d logits (scratch: %d, %d)",
                           n, n_logits, s->max_tokens, s->max_logits);
+    if (t->device_only)
+        return ampr__fail(err, AMPR_ERR_UNSUPPORTED,
+                          "tier %s lives on the device only: the CPU pass has no weights for it",
+                          ampr_tier_name(t->id));
     if (t->tp != s->tp)
         return ampr__fail(err, AMPR_ERR_INTERNAL, "tensor-parallel ranks differ: tier %d, scratch %d",
                           t->tp, s->tp);

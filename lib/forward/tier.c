@@ -9,7 +9,8 @@
  * NF4 checkpoint tensors (bitsandbytes) go into NF4 tiers by copying when
  * the fused blocks line up (tier_nf4.c; tp = 1 only).
  * With tp_size > 1 every layer matrix is stored as tp per-rank shards cut from
- * the same fp32 rows before quantization, as forward/tp.h plans.
+ * the same fp32 rows before quantization, as forward/tp.h plans; a process
+ * that is one rank of a group ("tp_rank") builds only its own shards.
  */
 #include "../engine.h"
 #include "tp.h"
@@ -112,7 +113,9 @@ static ampr_status build_mat(ampr__pool *pool, const ampr__qtraits *qt,
  *   wqkv, w_gu (column-parallel): rows [off, off+len) of every part, all
  *              columns; SmoothQuant factors s replicated.
  *   wo, w_down (row-parallel): all rows, columns [off, off+len); s split the
- *              same way. */
+ *              same way.
+ * only >= 0 (one rank per process, "tp_rank"): just that rank's shard; the
+ * others stay empty (rows = cols = 0), the process never touches them. */
 static void shard_range(const ampr__tp_plan *p, int mm, int part, int64_t *off, int64_t *len) {
     switch (mm) {
     case AMPR__MM_QKV: *off = part == 0 ? p->q0 : p->kv0; *len = part == 0 ? p->q_len : p->kv_len; break;
@@ -125,7 +128,7 @@ static ampr_status build_sharded(ampr__pool *pool, const ampr__qtraits *qt,
                                  const ampr__hparams *hp,
                                  const ampr__tensor *const *parts, int n_parts, int32_t tp,
                                  float *tmp, float *shard, const float *act_absmax, float alpha,
-                                 ampr__tier_layer *shards, int mm, ampr__err *err) {
+                                 ampr__tier_layer *shards, int mm, int32_t only, ampr__err *err) {
     int by_rows = mm == AMPR__MM_QKV || mm == AMPR__MM_GU;
     int64_t cols = parts[0]->ne[0], rows = parts_rows(pool, parts, n_parts, tmp, 0);
     int64_t part_row0[3] = {0, 0, 0};
@@ -139,6 +142,7 @@ static ampr_status build_sharded(ampr__pool *pool, const ampr__qtraits *qt,
     }
     ampr_status st = AMPR_OK;
     for (int32_t r = 0; r < tp && st == AMPR_OK; r++) {
+        if (only >= 0 && r != only) continue;
         ampr__tier_layer *T = &shards[r];
         ampr__tp_plan p = ampr__tp_plan_of(hp, tp, r);
         int64_t off, len;
@@ -243,13 +247,13 @@ static ampr_status build_tier(ampr_ctx *c, ampr__tier *t, float *tmp, float *sha
             AMPR__TRY(build_mat(c->pool, t->qt, &L->w_down, 1, tmp, am[3], a, &T->smooth[3], &T->w_down, err));
         } else {
             AMPR__TRY(build_sharded(c->pool, t->qt, hp, qkv, 3, t->tp, tmp, shard, am[0], a, T,
-                                    AMPR__MM_QKV, err));
+                                    AMPR__MM_QKV, c->cfg.tp_rank, err));
             AMPR__TRY(build_sharded(c->pool, t->qt, hp, &L->wo, 1, t->tp, tmp, shard, am[1], a, T,
-                                    AMPR__MM_O, err));
+                                    AMPR__MM_O, c->cfg.tp_rank, err));
             AMPR__TRY(build_sharded(c->pool, t->qt, hp, gu, 2, t->tp, tmp, shard, am[2], a, T,
-                                    AMPR__MM_GU, err));
+                                    AMPR__MM_GU, c->cfg.tp_rank, err));
             AMPR__TRY(build_sharded(c->pool, t->qt, hp, &L->w_down, 1, t->tp, tmp, shard, am[3], a, T,
-                                    AMPR__MM_DOWN, err));
+                                    AMPR__MM_DOWN, c->cfg.tp_rank, err));
         }
         if (progress &&
             progress(user, stage, (float)(tier_index * hp->n_layers + l + 1) /
@@ -266,7 +270,8 @@ static ampr_status build_tier(ampr_ctx *c, ampr__tier *t, float *tmp, float *sha
     return build_kv(c, t, err);
 }
 
-ampr_status ampr__tiers_build(ampr_ctx *c, ampr_progress_fn progress, void *user, ampr__err *err) {
+ampr_status ampr__tiers_build(ampr_ctx *c, ampr_progress_fn progress, void *user,
+                              ampr__tier_done_fn done, void *done_user, ampr__err *err) {
     const ampr__hparams *hp = &c->hp;
     int64_t q_dim = (int64_t)hp->n_heads * hp->head_dim;
     int64_t kv_dim = (int64_t)hp->n_kv_heads * hp->head_dim;
@@ -315,6 +320,7 @@ ampr_status ampr__tiers_build(ampr_ctx *c, ampr_progress_fn progress, void *user
         t->batch_ready = 1;
         c->n_tiers = i + 1;
         st = build_tier(c, t, tmp, shard, progress, user, i, err);
+        if (st == AMPR_OK && done) st = done(c, t, done_user, err);
     }
     ampr__free(tmp);
     return st;
@@ -349,6 +355,19 @@ void ampr__tiers_free(ampr_ctx *c) {
     c->n_tiers = 0;
     ampr__free(c->norms);
     c->norms = NULL;
+}
+
+void ampr__tier_drop_host(ampr_ctx *c, ampr__tier *t) {
+    ampr__qmat_drop_data(&t->embd);
+    ampr__qmat_drop_data(&t->output);
+    for (size_t l = 0; t->layers && l < (size_t)c->hp.n_layers * (size_t)t->tp; l++) {
+        ampr__qmat_drop_data(&t->layers[l].wqkv);
+        ampr__qmat_drop_data(&t->layers[l].wo);
+        ampr__qmat_drop_data(&t->layers[l].w_gu);
+        ampr__qmat_drop_data(&t->layers[l].w_down);
+    }
+    ampr__kv_arena_drop_pages(t->kv);
+    t->device_only = 1;
 }
 
 ampr__tier *ampr__ctx_tier(ampr_ctx *c, ampr_tier id) {

@@ -87,6 +87,15 @@ void ampr__kv_arena_free(ampr__kv_arena *a) {
     ampr__free(a);
 }
 
+void ampr__kv_arena_drop_pages(ampr__kv_arena *a) {
+    if (!a) return;
+    ampr__free(a->k);
+    ampr__free(a->v);
+    a->k = a->v = NULL;
+}
+
+int ampr__kv_has_pages(const ampr__kv_arena *a) { return a->k != NULL; }
+
 int32_t ampr__kv_block_size(const ampr__kv_arena *a) { return a->block_size; }
 int32_t ampr__kv_pages_total(const ampr__kv_arena *a) { return a->n_pages; }
 uint64_t ampr__kv_bytes(const ampr__kv_arena *a) { return 2 * (uint64_t)a->page_stride * (uint64_t)a->n_pages; }

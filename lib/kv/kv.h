@@ -45,6 +45,11 @@ ampr_status ampr__kv_arena_new(int32_t n_layers, int32_t kv_dim, int32_t head_di
  * per-head scales for AMPR__KV_Q8). */
 size_t ampr__kv_pos_bytes(const ampr__kv_arena *a);
 void ampr__kv_arena_free(ampr__kv_arena *a);
+/* Free the arena's page storage but keep its accounting (free list, block
+ * tables, sizes, ampr__kv_bytes): for a tier whose pages live on a device
+ * that mirrors them by id. ampr__kv_k / ampr__kv_v must not be called after. */
+void ampr__kv_arena_drop_pages(ampr__kv_arena *a);
+int ampr__kv_has_pages(const ampr__kv_arena *a); /* 0 after ampr__kv_arena_drop_pages */
 
 int32_t ampr__kv_block_size(const ampr__kv_arena *a);
 int32_t ampr__kv_pages_total(const ampr__kv_arena *a);

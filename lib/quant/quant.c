@@ -165,6 +165,15 @@ void ampr__qmat_free(ampr__qmat *m) {
     memset(m, 0, sizeof *m);
 }
 
+void ampr__qmat_drop_data(ampr__qmat *m) {
+    ampr__free(m->data);
+    ampr__free(m->scales);
+    ampr__free(m->extra);
+    m->data = NULL;
+    m->scales = NULL;
+    m->extra = NULL;
+}
+
 /* ---- quantizing a whole matrix, rows split over a pool ------------------------ */
 
 typedef struct fill_job {

@@ -149,6 +149,10 @@ ampr_status ampr__quantize(const ampr__qtraits *qt, ampr__qmat *dst, const float
 /* Bytes resident for m (data + scales + extra). */
 size_t ampr__qmat_bytes(const ampr__qmat *m);
 void ampr__qmat_free(ampr__qmat *m);
+/* Free m's buffers but keep its shape, type and byte counts (so
+ * ampr__qmat_bytes still answers): for a matrix whose only copy now lives on
+ * a device. m->data is NULL afterwards; ampr__qmat_free stays safe. */
+void ampr__qmat_drop_data(ampr__qmat *m);
 
 /* Which SIMD level the kernels dispatched to ("scalar", "avx2", "avx512"). */
 const char *ampr__quant_simd_name(void);

@@ -346,8 +346,16 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
     else
         echo
         echo "== ampr bench --shape 1b --device cuda (timeout $t s) =="
-        timeout -k 10 "$t" stdbuf -oL "$AMPR" bench --shape 1b --device cuda --tiers fp16,int8,nf4 --prompt 128 \
-            --gen 32 --concurrent 4 || echo "bench: exit $? (not a failure of the check)"
+        { timeout -k 10 "$t" stdbuf -oL "$AMPR" bench --shape 1b --device cuda --tiers fp16,int8,nf4 --prompt 128 \
+            --gen 32 --concurrent 4 || echo "bench: exit $? (not a failure of the check)"; } | tee "$OUT/bench-1b.txt"
+        # the tiers' host copies are freed as they are uploaded: a GPU context
+        # keeps far less than the FP16 tier alone (2.1 GiB at this shape)
+        anon=$(sed -n 's/^host memory after open: \([0-9]*\) MiB anonymous.*/\1/p' "$OUT/bench-1b.txt")
+        if [ -n "$anon" ] && [ "$anon" -gt 1536 ]; then
+            echo "host memory after open: $anon MiB anonymous, over 1536  FAIL"; e2e_fail=1
+        elif [ -n "$anon" ]; then
+            echo "host memory after open: $anon MiB anonymous (tiers 3.7 GiB)  PASS"
+        fi
         t=$(left 100)
         if [ "$t" -lt 45 ]; then
             echo "(the NF4 bench without CUDA graphs is skipped: $SECONDS s used so far)"
