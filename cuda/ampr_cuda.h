@@ -320,10 +320,13 @@ typedef struct ampr__cuda_comm ampr__cuda_comm;
 int ampr__cuda_have_nccl(void);
 /* A fresh id for ampr__cuda_comm_init_rank (rank 0 makes it, others receive it). */
 ampr_status ampr__cuda_comm_id_new(unsigned char id[AMPR__CUDA_COMM_ID_BYTES], ampr__err *err);
-/* One rank per process (collective over n_ranks processes). */
+/* One rank per process (collective over n_ranks processes). With NCCL 2.14+
+ * the communicator is nonblocking: when not every rank has joined within
+ * timeout_ms (> 0; 0 waits for ever) init is aborted and this fails with
+ * AMPR_ERR_BACKEND. */
 ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
                                       const unsigned char id[AMPR__CUDA_COMM_ID_BYTES],
-                                      ampr__cuda_comm **out, ampr__err *err);
+                                      int64_t timeout_ms, ampr__cuda_comm **out, ampr__err *err);
 /* One process driving n contexts (one per GPU): out[0..n). */
 ampr_status ampr__cuda_comm_init_all(ampr__cuda *const *ctxs, int n, ampr__cuda_comm **out,
                                      ampr__err *err);
@@ -350,10 +353,10 @@ ampr_status ampr__cuda_reduce_local(ampr__cuda *const *ctxs, int n, int use_nccl
                                     ampr__cuda_reduce **out, ampr__err *err);
 /* Rank `rank` of n_ranks processes, one rank each (NCCL; id from
  * ampr__cuda_comm_id_new on one of them, shared out of band). Collective: every
- * rank must call it. */
+ * rank must call it, within timeout_ms of each other (see comm_init_rank). */
 ampr_status ampr__cuda_reduce_rank(ampr__cuda *c, int n_ranks, int rank,
                                    const unsigned char id[AMPR__CUDA_COMM_ID_BYTES],
-                                   ampr__cuda_reduce **out, ampr__err *err);
+                                   int64_t timeout_ms, ampr__cuda_reduce **out, ampr__err *err);
 void ampr__cuda_reduce_free(ampr__cuda_reduce *r); /* NULL-safe */
 /* bufs[i]: count fp32 values on local rank i's device; each becomes the sum
  * over every rank of the group. Enqueued on the ranks' streams. */

@@ -13,6 +13,9 @@
  */
 #include "cuda_err.h"
 
+#include <sched.h>
+#include <time.h>
+
 struct ampr__cuda_comm {
     ampr__cuda *c;
 #ifdef AMPR_HAVE_NCCL
@@ -40,9 +43,35 @@ ampr_status ampr__cuda_comm_id_new(unsigned char id[AMPR__CUDA_COMM_ID_BYTES], a
     return AMPR_OK;
 }
 
+/* One rank per process joins with a nonblocking communicator (NCCL 2.14+),
+ * so a rank that never arrives costs a timeout instead of a process stuck in
+ * ampr_open: init runs in NCCL's own thread while this one polls, and is
+ * aborted at the deadline. Every later call on such a communicator may answer
+ * ncclInProgress while NCCL finishes enqueueing; settle() waits that out
+ * before the next call, as NCCL requires. */
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0)
+#define AMPR__NCCL_NONBLOCKING 1
+#else
+#define AMPR__NCCL_NONBLOCKING 0
+#endif
+
+static ncclResult_t settle(ncclComm_t comm, ncclResult_t r) {
+    while (r == ncclInProgress) {
+        sched_yield();
+        if (ncclCommGetAsyncError(comm, &r) != ncclSuccess) return ncclInternalError;
+    }
+    return r;
+}
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
 ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
                                       const unsigned char id[AMPR__CUDA_COMM_ID_BYTES],
-                                      ampr__cuda_comm **out, ampr__err *err) {
+                                      int64_t timeout_ms, ampr__cuda_comm **out, ampr__err *err) {
     *out = NULL;
     if (n_ranks <= 0 || rank < 0 || rank >= n_ranks)
         return ampr__fail(err, AMPR_ERR_INVALID_ARG, "rank %d of %d", rank, n_ranks);
@@ -50,10 +79,34 @@ ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
     memcpy(&u, id, sizeof u);
     AMPR__CU(err, cudaSetDevice(c->device));
     ncclComm_t comm = NULL;
+#if AMPR__NCCL_NONBLOCKING
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    ncclResult_t r = ncclCommInitRankConfig(&comm, n_ranks, u, rank, &config);
+    double t0 = now_ms();
+    while (r == ncclInProgress) {
+        if (timeout_ms > 0 && now_ms() - t0 > (double)timeout_ms) {
+            ncclCommAbort(comm);
+            return ampr__fail(err, AMPR_ERR_BACKEND,
+                              "NCCL: rank %d of %d: the other ranks did not all join within "
+                              "%lld ms (\"tp_timeout_ms\")",
+                              rank, n_ranks, (long long)timeout_ms);
+        }
+        struct timespec nap = {0, 1000000}; /* 1 ms */
+        nanosleep(&nap, NULL);
+        if (ncclCommGetAsyncError(comm, &r) != ncclSuccess) r = ncclInternalError;
+    }
+    if (r != ncclSuccess) {
+        if (comm) ncclCommAbort(comm);
+        return ampr__nccl_fail(err, r, "ncclCommInitRankConfig", __FILE__, __LINE__);
+    }
+#else
+    (void)timeout_ms; /* an old NCCL: init blocks until every rank arrives */
     AMPR__NCCL(err, ncclCommInitRank(&comm, n_ranks, u, rank));
+#endif
     ampr__cuda_comm *cm = (ampr__cuda_comm *)ampr__calloc(1, sizeof *cm);
     if (!cm) {
-        ncclCommDestroy(comm);
+        ncclCommAbort(comm);
         return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for a communicator");
     }
     cm->c = c;
@@ -88,14 +141,24 @@ ampr_status ampr__cuda_comm_init_all(ampr__cuda *const *ctxs, int n, ampr__cuda_
 
 void ampr__cuda_comm_free(ampr__cuda_comm *comm) {
     if (!comm) return;
+#if AMPR__NCCL_NONBLOCKING
+    /* finalize (flushes outstanding work; may be in progress on a
+     * nonblocking communicator), then destroy */
+    if (settle(comm->comm, ncclCommFinalize(comm->comm)) == ncclSuccess) ncclCommDestroy(comm->comm);
+    else ncclCommAbort(comm->comm);
+#else
     ncclCommDestroy(comm->comm);
+#endif
     ampr__free(comm);
 }
 
 ampr_status ampr__cuda_allreduce_sum(ampr__cuda_comm *comm, float *buf, size_t count,
                                      ampr__err *err) {
-    AMPR__NCCL(err, ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, comm->comm,
-                                  comm->c->stream));
+    ncclResult_t r = ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, comm->comm, comm->c->stream);
+#if AMPR__NCCL_NONBLOCKING
+    r = settle(comm->comm, r);
+#endif
+    if (r != ncclSuccess) return ampr__nccl_fail(err, r, "ncclAllReduce", __FILE__, __LINE__);
     return AMPR_OK;
 }
 
@@ -109,6 +172,11 @@ ampr_status ampr__cuda_allreduce_sum_group(ampr__cuda_comm *const *comms, float 
         if (r != ncclSuccess) st = ampr__nccl_fail(err, r, "ncclAllReduce", __FILE__, __LINE__);
     }
     ncclResult_t r = ncclGroupEnd(); /* always close the group */
+#if AMPR__NCCL_NONBLOCKING
+    for (int i = 0; i < n && r == ncclInProgress; i++) r = settle(comms[i]->comm, r);
+    /* (ncclCommInitAll's communicators are blocking: only a one-rank group of
+     * a process-per-rank communicator answers ncclInProgress here) */
+#endif
     if (st != AMPR_OK) return st;
     if (r != ncclSuccess) return ampr__nccl_fail(err, r, "ncclGroupEnd", __FILE__, __LINE__);
     return AMPR_OK;
@@ -126,8 +194,8 @@ ampr_status ampr__cuda_comm_id_new(unsigned char id[AMPR__CUDA_COMM_ID_BYTES], a
 }
 ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
                                       const unsigned char id[AMPR__CUDA_COMM_ID_BYTES],
-                                      ampr__cuda_comm **out, ampr__err *err) {
-    (void)c; (void)n_ranks; (void)rank; (void)id;
+                                      int64_t timeout_ms, ampr__cuda_comm **out, ampr__err *err) {
+    (void)c; (void)n_ranks; (void)rank; (void)id; (void)timeout_ms;
     *out = NULL;
     return no_nccl(err);
 }
@@ -229,12 +297,12 @@ ampr_status ampr__cuda_reduce_local(ampr__cuda *const *ctxs, int n, int use_nccl
 
 ampr_status ampr__cuda_reduce_rank(ampr__cuda *c, int n_ranks, int rank,
                                    const unsigned char id[AMPR__CUDA_COMM_ID_BYTES],
-                                   ampr__cuda_reduce **out, ampr__err *err) {
+                                   int64_t timeout_ms, ampr__cuda_reduce **out, ampr__err *err) {
     ampr__cuda_reduce *r = NULL;
     AMPR__TRY(reduce_alloc(1, &r, err));
     r->nccl = 1;
     r->ctx[0] = c;
-    ampr_status st = ampr__cuda_comm_init_rank(c, n_ranks, rank, id, &r->comm[0], err);
+    ampr_status st = ampr__cuda_comm_init_rank(c, n_ranks, rank, id, timeout_ms, &r->comm[0], err);
     if (st != AMPR_OK) {
         ampr__cuda_reduce_free(r);
         return st;

@@ -230,10 +230,12 @@ AMPR_API void ampr_open_params_init_sized(ampr_open_params *p, size_t size);
  *                over NCCL ("tp_allreduce" does not apply; the host
  *                quantizes only this rank's shards); tp_id is the string
  *                ampr_tp_id_new() made in one of the processes, the same for
- *                every rank. Needs "device": "cuda" and NCCL. ampr_open()
- *                returns once every rank has reached the GPU part of its
- *                open (a rank that never does leaves the others waiting
- *                there). Every forward pass is a collective: every rank must
+ *                every rank. Needs "device": "cuda" and NCCL. The ranks
+ *                meet at the start of the GPU part of their opens;
+ *                ampr_open() waits there up to "tp_timeout_ms" (default
+ *                300000; 0 = no limit; NCCL 2.14 or later) for the others,
+ *                then fails with AMPR_ERR_BACKEND. Every forward pass is a
+ *                collective: every rank must
  *                make the same ampr_generate() / ampr_logits() calls, with
  *                the same arguments (and seed), in the same order, one at a
  *                time; the ranks then produce the same tokens.

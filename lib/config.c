@@ -21,6 +21,7 @@ void ampr__config_defaults(ampr__config *c) {
     c->device = 0;
     c->tp_size = 1;
     c->tp_rank = -1;
+    c->tp_timeout_ms = 300000;
     ampr__router_defaults(&c->router);
     ampr__fallback_defaults(&c->fallback);
 }
@@ -284,7 +285,7 @@ static int hex_digit(char ch) {
     return -1;
 }
 
-/* "gpus", "tp_allreduce", "tp_rank", "tp_id": where the tensor-parallel ranks
+/* "gpus", "tp_allreduce", "tp_rank", "tp_id", "tp_timeout_ms": where the tensor-parallel ranks
  * run (the CUDA backend; see ampr.h). Checked against each other here, against
  * the GPUs found when the backend opens. */
 static ampr_status parse_tp(json_t *root, ampr__config *c, ampr__err *err) {
@@ -335,10 +336,15 @@ static ampr_status parse_tp(json_t *root, ampr__config *c, ampr__err *err) {
             c->tp_id[i] = (unsigned char)(hi << 4 | lo);
         }
         c->tp_rank = (int)x;
+        if (json_object_get(root, "tp_timeout_ms"))
+            AMPR__TRY(get_int(root, "tp_timeout_ms", 0, 86400000, &c->tp_timeout_ms, err));
         if (c->device != 2)
             return ampr__fail(err, AMPR_ERR_CONFIG,
                               "config: \"tp_rank\" (one rank per process) needs \"device\": \"cuda\"");
     }
+    if (!rank && json_object_get(root, "tp_timeout_ms"))
+        return ampr__fail(err, AMPR_ERR_CONFIG,
+                          "config: \"tp_timeout_ms\" applies to one rank per process (\"tp_rank\")");
     int want = c->tp_rank >= 0 ? 1 : c->tp_size;
     if (c->n_gpus && c->n_gpus != want)
         return ampr__fail(err, AMPR_ERR_CONFIG,
@@ -350,7 +356,7 @@ static ampr_status parse_tp(json_t *root, ampr__config *c, ampr__err *err) {
 static ampr_status parse_root(json_t *root, ampr__config *c, ampr__err *err) {
     static const char *const keys[] = {"tiers", "threads", "context_length", "kv", "device",
                                        "router", "fallback", "calibration", "nf4", "tp_size",
-                                       "gpus", "tp_allreduce", "tp_rank", "tp_id", NULL};
+                                       "gpus", "tp_allreduce", "tp_rank", "tp_id", "tp_timeout_ms", NULL};
     if (!json_is_object(root))
         return ampr__fail(err, AMPR_ERR_CONFIG, "config: the top level must be a JSON object");
     AMPR__TRY(check_keys(root, "", keys, err));

@@ -53,6 +53,7 @@ typedef struct ampr__config {
     int32_t gpus[AMPR__TP_MAX];       /* GPU of each rank this process drives */
     int tp_allreduce;                 /* 0 auto, 1 nccl, 2 copy (CUDA, several ranks) */
     int tp_rank;                      /* -1, or this process's rank ("tp_rank", one per process) */
+    int64_t tp_timeout_ms;            /* how long tp_rank waits for the other ranks to join (0: no limit) */
     unsigned char tp_id[AMPR_TP_ID_LEN / 2]; /* "tp_id" decoded (with tp_rank) */
     ampr__router_config router;
     ampr__fallback_config fallback;

@@ -238,6 +238,28 @@ static void test_gpu_keys(void **state) {
     snprintf(cfg, sizeof cfg, "{%s, \"device\": \"auto\", \"tp_size\": 2, \"tp_rank\": 0, \"tp_id\": \"%s\"}",
              f, some_id());
     expect_config_error(model_path, cfg, "needs \"device\": \"cuda\"");
+    snprintf(cfg, sizeof cfg, "{%s, \"tp_size\": 2, \"tp_timeout_ms\": 1000}", f);
+    expect_config_error(model_path, cfg, "\"tp_timeout_ms\" applies to one rank per process");
+    snprintf(cfg, sizeof cfg,
+             "{%s, \"device\": \"cuda\", \"tp_size\": 2, \"tp_rank\": 0, \"tp_id\": \"%s\", \"tp_timeout_ms\": -1}",
+             f, some_id());
+    expect_config_error(model_path, cfg, "tp_timeout_ms");
+    snprintf(cfg, sizeof cfg,
+             "{%s, \"device\": \"cuda\", \"tp_size\": 2, \"tp_rank\": 0, \"tp_id\": \"%s\", \"tp_timeout_ms\": \"5s\"}",
+             f, some_id());
+    expect_config_error(model_path, cfg, "tp_timeout_ms");
+    /* good values (parsed only: opening would start NCCL on a GPU machine) */
+    for (int k = 0; k < 2; k++) {
+        snprintf(cfg, sizeof cfg, "{%s, \"device\": \"cuda\", \"tp_size\": 2, \"tp_rank\": 1, \"tp_id\": \"%s\"%s}",
+                 f, some_id(), k ? ", \"tp_timeout_ms\": 0" : "");
+        ampr__config c;
+        ampr__config_defaults(&c);
+        ampr__err err = {0};
+        assert_int_equal(ampr__config_parse(cfg, &c, &err), AMPR_OK);
+        assert_int_equal(c.tp_rank, 1);
+        assert_true(c.tp_timeout_ms == (k ? 0 : 300000));
+        ampr__config_free(&c);
+    }
 }
 
 /* "device": "auto" with ranks on GPUs: on a machine without one the context
@@ -322,9 +344,6 @@ static void test_kv_full(void **state) {
     ampr_close(ctx);
 }
 
-/* Calibration under TP: each rank records the activation ranges of its own
- * columns of the wo / w_down inputs (rank 0 those of the replicated wqkv /
- * w_gu inputs), so the ranges equal tp = 1's. */
 /* One rank per process ("tp_rank", a CUDA-only setting, so the context is
  * rebuilt here by hand): only that rank's shards are built, byte for byte
  * those of a process that builds them all; the other ranks' stay empty. */
@@ -371,6 +390,9 @@ static void test_one_rank_shards(void **state) {
     ampr_close(all);
 }
 
+/* Calibration under TP: each rank records the activation ranges of its own
+ * columns of the wo / w_down inputs (rank 0 those of the replicated wqkv /
+ * w_gu inputs), so the ranges equal tp = 1's. */
 static void test_calib_ranges(void **state) {
     (void)state;
     int32_t ids[N_IDS];

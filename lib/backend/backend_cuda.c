@@ -290,7 +290,8 @@ static ampr_status open_ranks(cuda_backend *cb, const ampr__config *cfg, ampr__e
     for (int r = 0; r < cb->n; r++) AMPR__TRY(ampr__cuda_open(dev[r], &cb->cuda[r], err));
     if (cb->tp == 1) return AMPR_OK;
     if (cfg->tp_rank >= 0)
-        return ampr__cuda_reduce_rank(cb->cuda[0], cb->tp, cb->rank0, cfg->tp_id, &cb->red, err);
+        return ampr__cuda_reduce_rank(cb->cuda[0], cb->tp, cb->rank0, cfg->tp_id, cfg->tp_timeout_ms,
+                                      &cb->red, err);
     if (cfg->tp_allreduce == 1) return ampr__cuda_reduce_local(cb->cuda, cb->n, 1, &cb->red, err);
     if (cfg->tp_allreduce == 0 && distinct_gpus(cb) == cb->n && ampr__cuda_have_nccl()) {
         /* "auto": NCCL where it comes up, else the copy all-reduce */

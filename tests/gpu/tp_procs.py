@@ -4,7 +4,11 @@ rank per process: make a group id with ampr.tp_id_new() (this process stays up
 while the ranks meet, as ampr_tp_id_new requires), start `AMPR run` once per
 rank with "tp_rank" r on GPU r, greedy fp16, and write each rank's text to
 OUTDIR/tp-rank-R.txt (stderr to .err). Exit 1 when a rank fails; ranks still
-running at the end (one stuck in NCCL) are killed."""
+running at the end (one stuck in NCCL) are killed.
+
+With a 7th argument --alone, only rank 0 of NRANKS starts, with "tp_timeout_ms"
+3000: it must give up waiting for the others and fail its open with the
+library's timeout message within 60 s (exit 0 when it does, 1 otherwise)."""
 import glob
 import json
 import os
@@ -22,6 +26,24 @@ import ampr  # noqa: E402
 
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the finally below
 tp_id = ampr.tp_id_new(libs[0] if libs else None)
+
+if len(sys.argv) > 7 and sys.argv[7] == "--alone":
+    cfg = {"device": "cuda", "tp_size": n, "tp_rank": 0, "tp_id": tp_id, "gpus": [0],
+           "tiers": ["fp16"], "tp_timeout_ms": 3000}
+    t0 = time.time()
+    try:
+        p = subprocess.run([ampr_cli, "run", "-m", model, "--config", json.dumps(cfg), "--tier", "fp16",
+                            "-p", prompt, "-n", "4", "--temp", "0", "--quiet"],
+                           capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        sys.stderr.write("rank 0 alone: still waiting after 60 s (tp_timeout_ms 3000)\n")
+        sys.exit(1)
+    took = time.time() - t0
+    if p.returncode != 0 and "did not all join" in p.stderr:
+        print("rank 0 of %d alone: open failed after %.1f s: %s" % (n, took, p.stderr.strip()[-200:]))
+        sys.exit(0)
+    sys.stderr.write("rank 0 alone: exit %d after %.1f s: %s\n" % (p.returncode, took, p.stderr.strip()[-300:]))
+    sys.exit(1)
 procs, outs, ok = [], [], False
 try:
     for r in range(n):
