@@ -331,6 +331,10 @@ ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
 ampr_status ampr__cuda_comm_init_all(ampr__cuda *const *ctxs, int n, ampr__cuda_comm **out,
                                      ampr__err *err);
 void ampr__cuda_comm_free(ampr__cuda_comm *comm); /* NULL-safe */
+/* Wait for the comm's stream: for a process-per-rank communicator by
+ * polling, so that a rank that fails or stops answering (past timeout_ms)
+ * aborts the group with AMPR_ERR_BACKEND instead of a wait for ever. */
+ampr_status ampr__cuda_comm_wait(ampr__cuda_comm *comm, ampr__err *err);
 /* In-place sum over ranks of count fp32 values, on the comm's context stream. */
 ampr_status ampr__cuda_allreduce_sum(ampr__cuda_comm *comm, float *buf, size_t count,
                                      ampr__err *err);
@@ -358,6 +362,14 @@ ampr_status ampr__cuda_reduce_rank(ampr__cuda *c, int n_ranks, int rank,
                                    const unsigned char id[AMPR__CUDA_COMM_ID_BYTES],
                                    int64_t timeout_ms, ampr__cuda_reduce **out, ampr__err *err);
 void ampr__cuda_reduce_free(ampr__cuda_reduce *r); /* NULL-safe */
+/* A process-per-rank group: wait for the rank's stream as
+ * ampr__cuda_comm_wait does (call it before a plain sync or download of a
+ * pass that all-reduced). Others: nothing to do. */
+ampr_status ampr__cuda_reduce_wait(ampr__cuda_reduce *r, ampr__err *err);
+/* A process-per-rank group: *all_ok = every rank passed ok != 0 (a
+ * collective: each rank calls it once, e.g. at the end of its open). Other
+ * groups (NULL r included): *all_ok = ok. */
+ampr_status ampr__cuda_reduce_agree(ampr__cuda_reduce *r, int ok, int *all_ok, ampr__err *err);
 /* bufs[i]: count fp32 values on local rank i's device; each becomes the sum
  * over every rank of the group. Enqueued on the ranks' streams. */
 ampr_status ampr__cuda_reduce_sum(ampr__cuda_reduce *r, float *const *bufs, size_t count,

@@ -838,6 +838,8 @@ ampr_status ampr__cuda_forward_paged(ampr__cuda_model *const *m, ampr__cuda_kvpo
         AMPR__TRY(pass_body(m, kv, w, n_ranks, red, n, row_seq != NULL, stride, n_logits, err));
         if (g && g->runs < 2) g->runs++;
     }
+    /* a process-per-rank group: wait watching the other ranks (bounded) */
+    AMPR__TRY(ampr__cuda_reduce_wait(red, err));
     /* download waits for the stream and reports asynchronous faults */
     AMPR__TRY(ampr__cuda_download(c, logits, w0->logits,
                                   (size_t)n_logits * (size_t)hp->vocab_size * sizeof(float), err));

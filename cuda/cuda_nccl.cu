@@ -19,8 +19,10 @@
 struct ampr__cuda_comm {
     ampr__cuda *c;
 #ifdef AMPR_HAVE_NCCL
-    ncclComm_t comm;
+    ncclComm_t comm; /* NULL once aborted */
 #endif
+    int nonblocking;    /* a process-per-rank communicator (comm_init_rank, NCCL 2.14+) */
+    int64_t timeout_ms; /* nonblocking: the longest wait on the other ranks (0: no limit) */
 };
 
 #ifdef AMPR_HAVE_NCCL
@@ -44,30 +46,91 @@ ampr_status ampr__cuda_comm_id_new(unsigned char id[AMPR__CUDA_COMM_ID_BYTES], a
 }
 
 /* One rank per process joins with a nonblocking communicator (NCCL 2.14+),
- * so a rank that never arrives costs a timeout instead of a process stuck in
- * ampr_open: init runs in NCCL's own thread while this one polls, and is
- * aborted at the deadline. Every later call on such a communicator may answer
- * ncclInProgress while NCCL finishes enqueueing; settle() waits that out
- * before the next call, as NCCL requires. */
+ * so that a rank that never arrives, or stops answering, costs a timeout
+ * instead of a process stuck for ever: init runs in NCCL's own thread while
+ * this one polls; every later call may answer ncclInProgress while NCCL
+ * finishes it, which settle() waits out before the next call (as NCCL
+ * requires); waits for the stream poll the communicator's state too
+ * (comm_wait). At the deadline, or on a peer's failure, the communicator is
+ * aborted: its kernels end and every later call fails. The communicators of
+ * one process's GPUs (ncclCommInitAll) stay blocking. */
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0)
 #define AMPR__NCCL_NONBLOCKING 1
-#else
-#define AMPR__NCCL_NONBLOCKING 0
-#endif
-
-static ncclResult_t settle(ncclComm_t comm, ncclResult_t r) {
-    while (r == ncclInProgress) {
-        sched_yield();
-        if (ncclCommGetAsyncError(comm, &r) != ncclSuccess) return ncclInternalError;
-    }
-    return r;
-}
 
 static double now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
+
+static void nap_1ms(void) {
+    struct timespec nap = {0, 1000000};
+    nanosleep(&nap, NULL);
+}
+
+static void comm_abort(ampr__cuda_comm *cm) {
+    if (cm->comm) ncclCommAbort(cm->comm);
+    cm->comm = NULL;
+}
+
+static ampr_status aborted(ampr__cuda_comm *cm, ampr__err *err) {
+    (void)cm;
+    return ampr__fail(err, AMPR_ERR_BACKEND,
+                      "NCCL: this tensor-parallel group was aborted (a rank failed or stopped "
+                      "answering); open the context again");
+}
+
+/* r from a call on cm: wait while it is in progress; the deadline aborts. */
+static ampr_status settle(ampr__cuda_comm *cm, ncclResult_t r, const char *what, ampr__err *err) {
+    double t0 = now_ms();
+    while (r == ncclInProgress) {
+        if (cm->timeout_ms > 0 && now_ms() - t0 > (double)cm->timeout_ms) {
+            comm_abort(cm);
+            return ampr__fail(err, AMPR_ERR_BACKEND,
+                              "NCCL: %s did not complete within %lld ms (\"tp_timeout_ms\"): "
+                              "another rank stopped answering; the group was aborted",
+                              what, (long long)cm->timeout_ms);
+        }
+        sched_yield();
+        if (ncclCommGetAsyncError(cm->comm, &r) != ncclSuccess) r = ncclInternalError;
+    }
+    if (r != ncclSuccess) {
+        comm_abort(cm);
+        return ampr__nccl_fail(err, r, what, __FILE__, __LINE__);
+    }
+    return AMPR_OK;
+}
+
+/* Wait until cm's stream is idle, watching the communicator: a peer's
+ * failure or the deadline aborts it rather than waiting for ever. */
+static ampr_status comm_wait(ampr__cuda_comm *cm, ampr__err *err) {
+    if (!cm->comm) return aborted(cm, err);
+    AMPR__CU(err, cudaSetDevice(cm->c->device));
+    double t0 = now_ms();
+    for (;;) {
+        cudaError_t q = cudaStreamQuery(cm->c->stream);
+        if (q == cudaSuccess) return AMPR_OK;
+        if (q != cudaErrorNotReady) return ampr__cuda_fail(err, q, "cudaStreamQuery", __FILE__, __LINE__);
+        ncclResult_t a = ncclSuccess;
+        if (ncclCommGetAsyncError(cm->comm, &a) != ncclSuccess || (a != ncclSuccess && a != ncclInProgress)) {
+            comm_abort(cm);
+            return ampr__fail(err, AMPR_ERR_BACKEND,
+                              "NCCL: a collective failed (%s): another rank of the group failed; "
+                              "the group was aborted", ncclGetErrorString(a));
+        }
+        if (cm->timeout_ms > 0 && now_ms() - t0 > (double)cm->timeout_ms) {
+            comm_abort(cm);
+            return ampr__fail(err, AMPR_ERR_BACKEND,
+                              "NCCL: the group's work did not finish within %lld ms "
+                              "(\"tp_timeout_ms\"): another rank stopped answering; the group was "
+                              "aborted", (long long)cm->timeout_ms);
+        }
+        nap_1ms();
+    }
+}
+#else
+#define AMPR__NCCL_NONBLOCKING 0
+#endif
 
 ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
                                       const unsigned char id[AMPR__CUDA_COMM_ID_BYTES],
@@ -78,39 +141,41 @@ ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
     ncclUniqueId u;
     memcpy(&u, id, sizeof u);
     AMPR__CU(err, cudaSetDevice(c->device));
-    ncclComm_t comm = NULL;
+    ampr__cuda_comm *cm = (ampr__cuda_comm *)ampr__calloc(1, sizeof *cm);
+    if (!cm) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for a communicator");
+    cm->c = c;
+    cm->timeout_ms = timeout_ms;
 #if AMPR__NCCL_NONBLOCKING
+    cm->nonblocking = 1;
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
-    ncclResult_t r = ncclCommInitRankConfig(&comm, n_ranks, u, rank, &config);
+    ncclResult_t r = ncclCommInitRankConfig(&cm->comm, n_ranks, u, rank, &config);
     double t0 = now_ms();
     while (r == ncclInProgress) {
         if (timeout_ms > 0 && now_ms() - t0 > (double)timeout_ms) {
-            ncclCommAbort(comm);
+            comm_abort(cm);
+            ampr__free(cm);
             return ampr__fail(err, AMPR_ERR_BACKEND,
                               "NCCL: rank %d of %d: the other ranks did not all join within "
                               "%lld ms (\"tp_timeout_ms\")",
                               rank, n_ranks, (long long)timeout_ms);
         }
-        struct timespec nap = {0, 1000000}; /* 1 ms */
-        nanosleep(&nap, NULL);
-        if (ncclCommGetAsyncError(comm, &r) != ncclSuccess) r = ncclInternalError;
+        nap_1ms();
+        if (ncclCommGetAsyncError(cm->comm, &r) != ncclSuccess) r = ncclInternalError;
     }
     if (r != ncclSuccess) {
-        if (comm) ncclCommAbort(comm);
+        comm_abort(cm);
+        ampr__free(cm);
         return ampr__nccl_fail(err, r, "ncclCommInitRankConfig", __FILE__, __LINE__);
     }
 #else
-    (void)timeout_ms; /* an old NCCL: init blocks until every rank arrives */
-    AMPR__NCCL(err, ncclCommInitRank(&comm, n_ranks, u, rank));
-#endif
-    ampr__cuda_comm *cm = (ampr__cuda_comm *)ampr__calloc(1, sizeof *cm);
-    if (!cm) {
-        ncclCommAbort(comm);
-        return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for a communicator");
+    /* an old NCCL: init blocks until every rank arrives */
+    ncclResult_t r = ncclCommInitRank(&cm->comm, n_ranks, u, rank);
+    if (r != ncclSuccess) {
+        ampr__free(cm);
+        return ampr__nccl_fail(err, r, "ncclCommInitRank", __FILE__, __LINE__);
     }
-    cm->c = c;
-    cm->comm = comm;
+#endif
     *out = cm;
     return AMPR_OK;
 }
@@ -142,28 +207,41 @@ ampr_status ampr__cuda_comm_init_all(ampr__cuda *const *ctxs, int n, ampr__cuda_
 void ampr__cuda_comm_free(ampr__cuda_comm *comm) {
     if (!comm) return;
 #if AMPR__NCCL_NONBLOCKING
-    /* finalize (flushes outstanding work; may be in progress on a
-     * nonblocking communicator), then destroy */
-    if (settle(comm->comm, ncclCommFinalize(comm->comm)) == ncclSuccess) ncclCommDestroy(comm->comm);
-    else ncclCommAbort(comm->comm);
-#else
-    ncclCommDestroy(comm->comm);
+    if (comm->nonblocking) {
+        /* finalize (flushes outstanding work; in progress for a while on a
+         * nonblocking communicator), then destroy; a failure aborts */
+        ampr__err e = {AMPR_OK, {0}};
+        if (comm->comm && settle(comm, ncclCommFinalize(comm->comm), "ncclCommFinalize", &e) == AMPR_OK)
+            ncclCommDestroy(comm->comm);
+        comm_abort(comm); /* (NULL after a destroy or an abort: nothing) */
+        ampr__free(comm);
+        return;
+    }
 #endif
+    /* blocking communicators (one process's GPUs): a plain destroy, which
+     * does not wait for the other ranks' */
+    ncclCommDestroy(comm->comm);
     ampr__free(comm);
 }
 
 ampr_status ampr__cuda_allreduce_sum(ampr__cuda_comm *comm, float *buf, size_t count,
                                      ampr__err *err) {
-    ncclResult_t r = ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, comm->comm, comm->c->stream);
 #if AMPR__NCCL_NONBLOCKING
-    r = settle(comm->comm, r);
+    if (comm->nonblocking) {
+        if (!comm->comm) return aborted(comm, err);
+        return settle(comm, ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, comm->comm, comm->c->stream),
+                      "ncclAllReduce", err);
+    }
 #endif
-    if (r != ncclSuccess) return ampr__nccl_fail(err, r, "ncclAllReduce", __FILE__, __LINE__);
+    AMPR__NCCL(err, ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, comm->comm,
+                                  comm->c->stream));
     return AMPR_OK;
 }
 
 ampr_status ampr__cuda_allreduce_sum_group(ampr__cuda_comm *const *comms, float *const *bufs,
                                            int n, size_t count, ampr__err *err) {
+    /* a process-per-rank communicator is alone in its group */
+    if (n == 1) return ampr__cuda_allreduce_sum(comms[0], bufs[0], count, err);
     AMPR__NCCL(err, ncclGroupStart());
     ampr_status st = AMPR_OK;
     for (int i = 0; i < n && st == AMPR_OK; i++) {
@@ -172,14 +250,16 @@ ampr_status ampr__cuda_allreduce_sum_group(ampr__cuda_comm *const *comms, float 
         if (r != ncclSuccess) st = ampr__nccl_fail(err, r, "ncclAllReduce", __FILE__, __LINE__);
     }
     ncclResult_t r = ncclGroupEnd(); /* always close the group */
-#if AMPR__NCCL_NONBLOCKING
-    for (int i = 0; i < n && r == ncclInProgress; i++) r = settle(comms[i]->comm, r);
-    /* (ncclCommInitAll's communicators are blocking: only a one-rank group of
-     * a process-per-rank communicator answers ncclInProgress here) */
-#endif
     if (st != AMPR_OK) return st;
     if (r != ncclSuccess) return ampr__nccl_fail(err, r, "ncclGroupEnd", __FILE__, __LINE__);
     return AMPR_OK;
+}
+
+ampr_status ampr__cuda_comm_wait(ampr__cuda_comm *comm, ampr__err *err) {
+#if AMPR__NCCL_NONBLOCKING
+    if (comm->nonblocking) return comm_wait(comm, err);
+#endif
+    return ampr__cuda_sync(comm->c, err);
 }
 
 #else /* no NCCL in this build */
@@ -216,6 +296,9 @@ ampr_status ampr__cuda_allreduce_sum_group(ampr__cuda_comm *const *comms, float 
     (void)comms; (void)bufs; (void)n; (void)count;
     return no_nccl(err);
 }
+ampr_status ampr__cuda_comm_wait(ampr__cuda_comm *comm, ampr__err *err) {
+    return ampr__cuda_sync(comm->c, err);
+}
 
 #endif
 
@@ -223,18 +306,23 @@ ampr_status ampr__cuda_allreduce_sum_group(ampr__cuda_comm *const *comms, float 
 
 struct ampr__cuda_reduce {
     int n;                               /* ranks this process drives */
+    int n_group;                         /* ranks in the whole group */
     int nccl;                            /* 1: comm[], 0: the copy all-reduce */
     ampr__cuda *ctx[AMPR__TP_MAX];
     ampr__cuda_comm *comm[AMPR__TP_MAX];
     cudaEvent_t ev[AMPR__TP_MAX]; /* copy: rank i's partial is ready / the sum is */
     float *tmp;                          /* copy: on rank 0's device, (n-1) partials */
     size_t tmp_count;
+    float *flag;                         /* process per rank: 1 float for ampr__cuda_reduce_agree */
 };
 
 void ampr__cuda_reduce_free(ampr__cuda_reduce *r) {
     if (!r) return;
     for (int i = 0; i < r->n; i++) {
-        if (r->ctx[i] && r->ctx[i]->stream) {
+        ampr__err e = {AMPR_OK, {0}};
+        if (r->comm[i]) { /* bounded for a process-per-rank group */
+            (void)ampr__cuda_comm_wait(r->comm[i], &e);
+        } else if (r->ctx[i] && r->ctx[i]->stream) {
             cudaSetDevice(r->ctx[i]->device);
             cudaStreamSynchronize(r->ctx[i]->stream);
         }
@@ -247,8 +335,33 @@ void ampr__cuda_reduce_free(ampr__cuda_reduce *r) {
         }
     }
     if (r->tmp) ampr__cuda_free(r->ctx[0], r->tmp);
+    if (r->flag) ampr__cuda_free(r->ctx[0], r->flag);
     (void)cudaGetLastError();
     ampr__free(r);
+}
+
+ampr_status ampr__cuda_reduce_wait(ampr__cuda_reduce *r, ampr__err *err) {
+    if (r && r->nccl && r->n == 1) return ampr__cuda_comm_wait(r->comm[0], err);
+    return AMPR_OK;
+}
+
+ampr_status ampr__cuda_reduce_agree(ampr__cuda_reduce *r, int ok, int *all_ok, ampr__err *err) {
+    *all_ok = ok;
+    if (!r || !r->nccl || r->n != 1) return AMPR_OK; /* one process: nobody else to ask */
+    ampr__cuda *c = r->ctx[0];
+    if (!r->flag) {
+        void *p = NULL;
+        AMPR__TRY(ampr__cuda_alloc(c, sizeof(float), &p, err));
+        r->flag = (float *)p;
+    }
+    float mine = ok ? 1.0f : 0.0f, sum = 0.0f;
+    AMPR__TRY(ampr__cuda_use(c, err));
+    AMPR__CU(err, cudaMemcpyAsync(r->flag, &mine, sizeof mine, cudaMemcpyHostToDevice, c->stream));
+    AMPR__TRY(ampr__cuda_allreduce_sum(r->comm[0], r->flag, 1, err));
+    AMPR__CU(err, cudaMemcpyAsync(&sum, r->flag, sizeof sum, cudaMemcpyDeviceToHost, c->stream));
+    AMPR__TRY(ampr__cuda_comm_wait(r->comm[0], err));
+    *all_ok = ok && sum == (float)r->n_group;
+    return AMPR_OK;
 }
 
 static ampr_status reduce_alloc(int n, ampr__cuda_reduce **out, ampr__err *err) {
@@ -258,6 +371,7 @@ static ampr_status reduce_alloc(int n, ampr__cuda_reduce **out, ampr__err *err) 
     *out = (ampr__cuda_reduce *)ampr__calloc(1, sizeof **out);
     if (!*out) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for an all-reduce");
     (*out)->n = n;
+    (*out)->n_group = n;
     return AMPR_OK;
 }
 
@@ -301,6 +415,7 @@ ampr_status ampr__cuda_reduce_rank(ampr__cuda *c, int n_ranks, int rank,
     ampr__cuda_reduce *r = NULL;
     AMPR__TRY(reduce_alloc(1, &r, err));
     r->nccl = 1;
+    r->n_group = n_ranks;
     r->ctx[0] = c;
     ampr_status st = ampr__cuda_comm_init_rank(c, n_ranks, rank, id, timeout_ms, &r->comm[0], err);
     if (st != AMPR_OK) {

@@ -191,8 +191,9 @@ AMPR_API void ampr_open_params_init_sized(ampr_open_params *p, size_t size);
  *                with AMPR_ERR_UNSUPPORTED for q8 KV or f32/bf16 tiers).
  *                Each tier is uploaded as soon as it is built and its host
  *                copy freed: the host holds at most one tier's weights
- *                while ampr_open() runs and none after (the KV page
- *                accounting stays on the host, the pages on the GPU).
+ *                while ampr_open() runs and none after, and no KV pages
+ *                (their accounting stays on the host, the pages are on the
+ *                GPU); the checkpoint stays mapped (file-backed memory).
  *                "auto" uses the GPU when that works, else the CPU (when
  *                an upload fails it builds the tiers again for the CPU),
  *                and ampr_model_info.device says which and why. The GPU
@@ -231,11 +232,15 @@ AMPR_API void ampr_open_params_init_sized(ampr_open_params *p, size_t size);
  *                quantizes only this rank's shards); tp_id is the string
  *                ampr_tp_id_new() made in one of the processes, the same for
  *                every rank. Needs "device": "cuda" and NCCL. The ranks
- *                meet at the start of the GPU part of their opens;
- *                ampr_open() waits there up to "tp_timeout_ms" (default
- *                300000; 0 = no limit; NCCL 2.14 or later) for the others,
- *                then fails with AMPR_ERR_BACKEND. Every forward pass is a
- *                collective: every rank must
+ *                meet when they join (before building their tiers) and
+ *                at the end of their opens, where each learns whether all
+ *                opened: a rank that never joins, or fails its open, makes
+ *                the others' ampr_open() fail with AMPR_ERR_BACKEND after
+ *                at most "tp_timeout_ms" (default 300000; 0 = no limit;
+ *                NCCL 2.14 or later). A rank that stops answering later
+ *                aborts the group at the others' next pass after the same
+ *                time (those contexts then fail every pass). Every forward
+ *                pass is a collective: every rank must
  *                make the same ampr_generate() / ampr_logits() calls, with
  *                the same arguments (and seed), in the same order, one at a
  *                time; the ranks then produce the same tokens.
@@ -315,7 +320,8 @@ AMPR_API ampr_status ampr_get_model_info(const ampr_ctx *ctx, ampr_model_info *i
 typedef struct ampr_tier_info {
     uint32_t struct_size;
     ampr_tier tier;
-    uint64_t weight_bytes;    /* resident bytes of this tier's weights */
+    uint64_t weight_bytes;    /* resident bytes of this tier's weights (with
+                               * "tp_rank": this process's shard) */
     uint64_t kv_bytes;        /* bytes of this tier's KV arena */
     int32_t kv_block_size;    /* tokens per KV page */
     int32_t kv_pages_total;

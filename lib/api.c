@@ -150,6 +150,10 @@ static ampr_status choose_device(ampr_ctx *c, int *want_cuda, ampr__err *err) {
     snprintf(c->device, sizeof c->device, "cpu");
     *want_cuda = 0;
     if (c->cfg.device == 0) return AMPR_OK;
+    if (ampr__backend_test_open) { /* tests: a stand-in device */
+        *want_cuda = 1;
+        return AMPR_OK;
+    }
     int n_dev = 0;
     char why[AMPR__ERRMSG_MAX] = "this build has no CUDA backend (nvcc was not found)";
 #if AMPR_HAVE_CUDA
@@ -176,10 +180,17 @@ static ampr_status choose_device(ampr_ctx *c, int *want_cuda, ampr__err *err) {
  * open. */
 static ampr_status open_device(ampr_ctx *c, int want_cuda, ampr__err *err) {
     if (!want_cuda) return AMPR_OK;
-#if AMPR_HAVE_CUDA
     ampr__err derr = {0};
     char name[sizeof c->device];
-    ampr_status st = ampr__backend_cuda_open(c, &c->backend, name, sizeof name, &derr);
+    ampr_status st;
+    if (ampr__backend_test_open)
+        st = ampr__backend_test_open(c, &c->backend, name, sizeof name, &derr);
+    else
+#if AMPR_HAVE_CUDA
+        st = ampr__backend_cuda_open(c, &c->backend, name, sizeof name, &derr);
+#else
+        return ampr__fail(err, AMPR_ERR_INTERNAL, "no CUDA backend in this build");
+#endif
     if (st == AMPR_OK) {
         snprintf(c->device, sizeof c->device, "%s", name);
         return AMPR_OK;
@@ -189,9 +200,6 @@ static ampr_status open_device(ampr_ctx *c, int want_cuda, ampr__err *err) {
         return AMPR_OK;
     }
     return ampr__fail(err, st, "config asks for \"device\": \"cuda\": %s", derr.msg);
-#else
-    return ampr__fail(err, AMPR_ERR_INTERNAL, "no CUDA backend in this build");
-#endif
 }
 
 /* ampr__tiers_build's hook with a device backend: each tier goes to the
@@ -250,7 +258,20 @@ static ampr_status open_ctx(ampr_ctx *c, const char *path, const char *config,
     AMPR__TRY(ampr__pool_new(threads, &c->pool, err));
     AMPR__TRY(build_rope(c, err));
     AMPR__TRY(open_device(c, want_cuda, err));
-    return build_tiers(c, progress, user, err);
+    ampr_status st = build_tiers(c, progress, user, err);
+#if AMPR_HAVE_CUDA
+    if (c->backend && c->cfg.tp_rank >= 0) { /* the group opens together or not at all */
+        int all_ok = 0;
+        ampr__err gerr = {0};
+        ampr_status gst = ampr__backend_cuda_group_ok(c, st == AMPR_OK, &all_ok, &gerr);
+        if (st == AMPR_OK && gst != AMPR_OK) return ampr__fail(err, gst, "%s", gerr.msg);
+        if (st == AMPR_OK && !all_ok)
+            return ampr__fail(err, AMPR_ERR_BACKEND,
+                              "another rank of the tensor-parallel group failed to open "
+                              "(this rank, %d of %d, opened)", c->cfg.tp_rank, c->cfg.tp_size);
+    }
+#endif
+    return st;
 }
 
 AMPR_API ampr_status ampr_open_ex(const char *model_path, const char *config_json,

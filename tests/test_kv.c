@@ -78,6 +78,35 @@ static void *release_after_sleep(void *arg) {
     return NULL;
 }
 
+/* An arena of accounting only (a tier a device serves): the same pages,
+ * bytes and KV_FULL, no storage; dropping a full arena's pages keeps its
+ * accounting too. */
+static void test_arena_without_pages(void **state) {
+    (void)state;
+    ampr__err err = {0};
+    ampr__kv_arena *a = NULL, *b = NULL;
+    assert_int_equal(ampr__kv_arena_new_ex(2, 32, 8, 16, 4, AMPR__KV_F16, 1, 0, &a, &err), AMPR_OK);
+    assert_int_equal(ampr__kv_arena_new(2, 32, 8, 16, 4, AMPR__KV_F16, 1, &b, &err), AMPR_OK);
+    assert_false(ampr__kv_has_pages(a));
+    assert_true(ampr__kv_has_pages(b));
+    assert_true(ampr__kv_bytes(a) == ampr__kv_bytes(b));
+    ampr__kv_seq s = {0}, t = {0};
+    assert_int_equal(ampr__kv_seq_reserve(&s, a, 48, &err), AMPR_OK);
+    assert_int_equal(ampr__kv_pages_used(a), 3);
+    assert_int_equal(ampr__kv_seq_reserve(&t, a, 32, &err), AMPR_ERR_KV_FULL);
+    ampr__kv_seq_release(&s);
+    assert_int_equal(ampr__kv_pages_used(a), 0);
+    ampr__kv_seq_release(&t); /* (a failed reserve leaves t tied to a) */
+    ampr__kv_arena_drop_pages(b);
+    assert_false(ampr__kv_has_pages(b));
+    ampr__kv_seq u = {0};
+    assert_int_equal(ampr__kv_seq_reserve(&u, b, 64, &err), AMPR_OK);
+    assert_int_equal(ampr__kv_pages_used(b), 4);
+    ampr__kv_seq_release(&u);
+    ampr__kv_arena_free(a);
+    ampr__kv_arena_free(b);
+}
+
 static void test_arena_wait(void **state) {
     (void)state;
     ampr__err err = {0};
@@ -151,6 +180,7 @@ int main(void) {
         cmocka_unit_test(test_arena_accounting),
         cmocka_unit_test(test_arena_sizes),
         cmocka_unit_test(test_arena_wait),
+        cmocka_unit_test(test_arena_without_pages),
         cmocka_unit_test(test_kv_dtypes_end_to_end),
     };
     return cmocka_run_group_tests_name("kv", tests, NULL, NULL);

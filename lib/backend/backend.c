@@ -20,6 +20,8 @@ ampr_status ampr__backend_decode_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq 
     return b->ops->decode_batch(b, c, t, seqs, tokens, n, s, err);
 }
 
+ampr__backend_open_fn ampr__backend_test_open = NULL;
+
 ampr_status ampr__backend_tier_upload(ampr_ctx *c, ampr__tier *t, ampr__err *err) {
     ampr__backend *b = c->backend;
     if (!b) return ampr__fail(err, AMPR_ERR_INTERNAL, "no device backend to upload tier %s to",

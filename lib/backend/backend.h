@@ -57,6 +57,14 @@ void ampr__backend_close(ampr_ctx *c); /* NULL-safe; the context falls back to n
 /* ctx->backend's mem_gbs, or 0 on the CPU (which measures its own). */
 double ampr__backend_mem_gbs(ampr_ctx *c);
 
+/* Tests only (tests/test_backend.c): when set, "device": "cuda" and "auto"
+ * open this stand-in instead of the CUDA backend, in any build, so that the
+ * open's device path (streamed uploads, freed host copies, the fallbacks)
+ * runs without a GPU. NULL in the library's own use. */
+typedef ampr_status (*ampr__backend_open_fn)(ampr_ctx *c, ampr__backend **out, char *name,
+                                             size_t name_len, ampr__err *err);
+extern ampr__backend_open_fn ampr__backend_test_open;
+
 /* ctx->backend's tier_upload: make t resident on the device. */
 ampr_status ampr__backend_tier_upload(ampr_ctx *c, ampr__tier *t, ampr__err *err);
 
@@ -67,6 +75,11 @@ ampr_status ampr__backend_tier_upload(ampr_ctx *c, ampr__tier *t, ampr__err *err
  * Fills name (for ampr_model_info.device). */
 ampr_status ampr__backend_cuda_open(ampr_ctx *c, ampr__backend **out, char *name, size_t name_len,
                                     ampr__err *err);
+/* One rank per process ("tp_rank"): a collective at the end of every rank's
+ * open, *all_ok = every rank's ok (bounded by "tp_timeout_ms"), so that a
+ * rank whose open failed after joining does not leave the others' first
+ * pass waiting for it. Otherwise *all_ok = ok. */
+ampr_status ampr__backend_cuda_group_ok(ampr_ctx *c, int ok, int *all_ok, ampr__err *err);
 #endif
 
 #endif

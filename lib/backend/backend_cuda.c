@@ -318,6 +318,13 @@ static void backend_name(const cuda_backend *cb, char *name, size_t name_len) {
                  ampr__cuda_reduce_kind(cb->red));
 }
 
+ampr_status ampr__backend_cuda_group_ok(ampr_ctx *c, int ok, int *all_ok, ampr__err *err) {
+    *all_ok = ok;
+    if (!c->backend) return AMPR_OK;
+    cuda_backend *cb = c->backend->impl;
+    return ampr__cuda_reduce_agree(cb->red, ok, all_ok, err);
+}
+
 ampr_status ampr__backend_cuda_open(ampr_ctx *c, ampr__backend **out, char *name, size_t name_len,
                                     ampr__err *err) {
     const ampr__hparams *hp = &c->hp;

@@ -201,8 +201,9 @@ static ampr_status build_kv(ampr_ctx *c, ampr__tier *t, ampr__err *err) {
         return ampr__fail(err, AMPR_ERR_CONFIG,
                           "KV arena of %lld tokens gives %lld pages of %d tokens; need at least one",
                           (long long)tokens, (long long)pages, bs);
-    return ampr__kv_arena_new(hp->n_layers, (int32_t)kv_dim, hp->head_dim, bs, (int32_t)pages,
-                              (ampr__kv_dtype)kv_dtype, t->tp, &t->kv, err);
+    /* a tier a device serves keeps its pages there: the host only counts them */
+    return ampr__kv_arena_new_ex(hp->n_layers, (int32_t)kv_dim, hp->head_dim, bs, (int32_t)pages,
+                                 (ampr__kv_dtype)kv_dtype, t->tp, c->backend == NULL, &t->kv, err);
 }
 
 static ampr_status build_tier(ampr_ctx *c, ampr__tier *t, float *tmp, float *shard,

@@ -26,6 +26,14 @@ struct ampr__kv_arena {
 ampr_status ampr__kv_arena_new(int32_t n_layers, int32_t kv_dim, int32_t head_dim,
                                int32_t block_size, int32_t n_pages, ampr__kv_dtype dtype,
                                int32_t n_ranks, ampr__kv_arena **out, ampr__err *err) {
+    return ampr__kv_arena_new_ex(n_layers, kv_dim, head_dim, block_size, n_pages, dtype, n_ranks, 1,
+                                 out, err);
+}
+
+ampr_status ampr__kv_arena_new_ex(int32_t n_layers, int32_t kv_dim, int32_t head_dim,
+                                  int32_t block_size, int32_t n_pages, ampr__kv_dtype dtype,
+                                  int32_t n_ranks, int with_pages, ampr__kv_arena **out,
+                                  ampr__err *err) {
     *out = NULL;
     if (n_layers <= 0 || kv_dim <= 0 || block_size <= 0 || n_pages <= 0)
         return ampr__fail(err, AMPR_ERR_CONFIG, "KV arena needs positive sizes (pages %d, block %d)",
@@ -57,10 +65,10 @@ ampr_status ampr__kv_arena_new(int32_t n_layers, int32_t kv_dim, int32_t head_di
     a->rank_dim = kv_dim / n_ranks;
     a->pos_bytes = pos_bytes;
     a->rank_stride = (size_t)stride / (size_t)n_ranks;
-    a->k = ampr__malloc((size_t)total);
-    a->v = ampr__malloc((size_t)total);
+    a->k = with_pages ? ampr__malloc((size_t)total) : NULL;
+    a->v = with_pages ? ampr__malloc((size_t)total) : NULL;
     a->free_list = ampr__calloc((size_t)n_pages, sizeof(int32_t));
-    if (!a->k || !a->v || !a->free_list) {
+    if ((with_pages && (!a->k || !a->v)) || !a->free_list) {
         ampr__free(a->k);
         ampr__free(a->v);
         ampr__free(a->free_list);

@@ -41,6 +41,12 @@ typedef struct ampr__kv_seq {
 ampr_status ampr__kv_arena_new(int32_t n_layers, int32_t kv_dim, int32_t head_dim,
                                int32_t block_size, int32_t n_pages, ampr__kv_dtype dtype,
                                int32_t n_ranks, ampr__kv_arena **out, ampr__err *err);
+/* The same; with_pages = 0 makes an arena of accounting only (no page
+ * storage, as after ampr__kv_arena_drop_pages): for a tier a device serves. */
+ampr_status ampr__kv_arena_new_ex(int32_t n_layers, int32_t kv_dim, int32_t head_dim,
+                                  int32_t block_size, int32_t n_pages, ampr__kv_dtype dtype,
+                                  int32_t n_ranks, int with_pages, ampr__kv_arena **out,
+                                  ampr__err *err);
 /* Bytes of K (or V) per position and rank (the element data, plus the
  * per-head scales for AMPR__KV_Q8). */
 size_t ampr__kv_pos_bytes(const ampr__kv_arena *a);

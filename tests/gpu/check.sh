@@ -363,6 +363,8 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
             echo "host memory after open: $anon MiB anonymous, over 1536  FAIL"; e2e_fail=1
         elif [ -n "$anon" ]; then
             echo "host memory after open: $anon MiB anonymous (tiers 3.7 GiB)  PASS"
+        else
+            echo "host memory after open: not printed (the bench failed before it)"
         fi
         t=$(left 100)
         if [ "$t" -lt 45 ]; then
