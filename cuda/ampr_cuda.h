@@ -323,10 +323,13 @@ ampr_status ampr__cuda_comm_id_new(unsigned char id[AMPR__CUDA_COMM_ID_BYTES], a
 /* One rank per process (collective over n_ranks processes). With NCCL 2.14+
  * the communicator is nonblocking: when not every rank has joined within
  * timeout_ms (> 0; 0 waits for ever) init is aborted and this fails with
- * AMPR_ERR_BACKEND. */
+ * AMPR_ERR_BACKEND; while it waits, cancel (when not NULL) is asked about
+ * every 100 ms, and a nonzero answer aborts with AMPR_ERR_CANCELLED. */
+typedef int (*ampr__cuda_cancel_fn)(void *user);
 ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
                                       const unsigned char id[AMPR__CUDA_COMM_ID_BYTES],
-                                      int64_t timeout_ms, ampr__cuda_comm **out, ampr__err *err);
+                                      int64_t timeout_ms, ampr__cuda_cancel_fn cancel,
+                                      void *cancel_user, ampr__cuda_comm **out, ampr__err *err);
 /* One process driving n contexts (one per GPU): out[0..n). */
 ampr_status ampr__cuda_comm_init_all(ampr__cuda *const *ctxs, int n, ampr__cuda_comm **out,
                                      ampr__err *err);
@@ -360,7 +363,8 @@ ampr_status ampr__cuda_reduce_local(ampr__cuda *const *ctxs, int n, int use_nccl
  * rank must call it, within timeout_ms of each other (see comm_init_rank). */
 ampr_status ampr__cuda_reduce_rank(ampr__cuda *c, int n_ranks, int rank,
                                    const unsigned char id[AMPR__CUDA_COMM_ID_BYTES],
-                                   int64_t timeout_ms, ampr__cuda_reduce **out, ampr__err *err);
+                                   int64_t timeout_ms, ampr__cuda_cancel_fn cancel,
+                                   void *cancel_user, ampr__cuda_reduce **out, ampr__err *err);
 void ampr__cuda_reduce_free(ampr__cuda_reduce *r); /* NULL-safe */
 /* A process-per-rank group: wait for the rank's stream as
  * ampr__cuda_comm_wait does (call it before a plain sync or download of a

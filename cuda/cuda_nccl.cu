@@ -134,7 +134,8 @@ static ampr_status comm_wait(ampr__cuda_comm *cm, ampr__err *err) {
 
 ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
                                       const unsigned char id[AMPR__CUDA_COMM_ID_BYTES],
-                                      int64_t timeout_ms, ampr__cuda_comm **out, ampr__err *err) {
+                                      int64_t timeout_ms, ampr__cuda_cancel_fn cancel,
+                                      void *cancel_user, ampr__cuda_comm **out, ampr__err *err) {
     *out = NULL;
     if (n_ranks <= 0 || rank < 0 || rank >= n_ranks)
         return ampr__fail(err, AMPR_ERR_INVALID_ARG, "rank %d of %d", rank, n_ranks);
@@ -150,8 +151,18 @@ ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
     ncclResult_t r = ncclCommInitRankConfig(&cm->comm, n_ranks, u, rank, &config);
-    double t0 = now_ms();
+    double t0 = now_ms(), asked = t0;
     while (r == ncclInProgress) {
+        if (cancel && now_ms() - asked >= 100.0) {
+            asked = now_ms();
+            if (cancel(cancel_user)) {
+                comm_abort(cm);
+                ampr__free(cm);
+                return ampr__fail(err, AMPR_ERR_CANCELLED,
+                                  "open cancelled while rank %d of %d waited for the others",
+                                  rank, n_ranks);
+            }
+        }
         if (timeout_ms > 0 && now_ms() - t0 > (double)timeout_ms) {
             comm_abort(cm);
             ampr__free(cm);
@@ -170,6 +181,8 @@ ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
     }
 #else
     /* an old NCCL: init blocks until every rank arrives */
+    (void)cancel;
+    (void)cancel_user;
     ncclResult_t r = ncclCommInitRank(&cm->comm, n_ranks, u, rank);
     if (r != ncclSuccess) {
         ampr__free(cm);
@@ -274,8 +287,9 @@ ampr_status ampr__cuda_comm_id_new(unsigned char id[AMPR__CUDA_COMM_ID_BYTES], a
 }
 ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
                                       const unsigned char id[AMPR__CUDA_COMM_ID_BYTES],
-                                      int64_t timeout_ms, ampr__cuda_comm **out, ampr__err *err) {
-    (void)c; (void)n_ranks; (void)rank; (void)id; (void)timeout_ms;
+                                      int64_t timeout_ms, ampr__cuda_cancel_fn cancel,
+                                      void *cancel_user, ampr__cuda_comm **out, ampr__err *err) {
+    (void)c; (void)n_ranks; (void)rank; (void)id; (void)timeout_ms; (void)cancel; (void)cancel_user;
     *out = NULL;
     return no_nccl(err);
 }
@@ -411,13 +425,15 @@ ampr_status ampr__cuda_reduce_local(ampr__cuda *const *ctxs, int n, int use_nccl
 
 ampr_status ampr__cuda_reduce_rank(ampr__cuda *c, int n_ranks, int rank,
                                    const unsigned char id[AMPR__CUDA_COMM_ID_BYTES],
-                                   int64_t timeout_ms, ampr__cuda_reduce **out, ampr__err *err) {
+                                   int64_t timeout_ms, ampr__cuda_cancel_fn cancel,
+                                   void *cancel_user, ampr__cuda_reduce **out, ampr__err *err) {
     ampr__cuda_reduce *r = NULL;
     AMPR__TRY(reduce_alloc(1, &r, err));
     r->nccl = 1;
     r->n_group = n_ranks;
     r->ctx[0] = c;
-    ampr_status st = ampr__cuda_comm_init_rank(c, n_ranks, rank, id, timeout_ms, &r->comm[0], err);
+    ampr_status st = ampr__cuda_comm_init_rank(c, n_ranks, rank, id, timeout_ms, cancel, cancel_user,
+                                               &r->comm[0], err);
     if (st != AMPR_OK) {
         ampr__cuda_reduce_free(r);
         return st;

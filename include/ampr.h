@@ -142,6 +142,7 @@ AMPR_API ampr_status ampr_tier_from_name(const char *name, ampr_tier *out);
 typedef struct ampr_ctx ampr_ctx;
 
 /* Load progress: stage is a static string ("map", "tokenizer", "tier fp16",
+ * "tp join" every 100 ms while a "tp_rank" open waits for the other ranks,
  * ...), fraction in [0,1]. Return nonzero to abort the open (which then
  * fails with AMPR_ERR_CANCELLED). Called on the thread that called
  * ampr_open_ex(). */

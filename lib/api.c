@@ -241,6 +241,8 @@ static ampr_status open_ctx(ampr_ctx *c, const char *path, const char *config,
                             const ampr_open_params *params, ampr__err *err) {
     ampr_progress_fn progress = params ? params->progress : NULL;
     void *user = params ? params->progress_user : NULL;
+    c->open_progress = progress; /* (a tensor-parallel join asks it while it waits) */
+    c->open_user = user;
     if (!path) return ampr__fail(err, AMPR_ERR_INVALID_ARG, "model_path is NULL");
     AMPR__TRY(ampr__config_parse(config, &c->cfg, err));
     int want_cuda = 0;
@@ -284,6 +286,8 @@ AMPR_API ampr_status ampr_open_ex(const char *model_path, const char *config_jso
     ampr__metrics_init(&c->metrics);
     if (params && params->struct_size < sizeof(uint32_t)) params = NULL;
     ampr_status st = open_ctx(c, model_path, config_json, params, &c->open_err);
+    c->open_progress = NULL; /* the caller's callback is for the open only */
+    c->open_user = NULL;
     if (st != AMPR_OK) {
         /* keep only the message: free everything else now */
         ampr__backend_close(c);

@@ -128,6 +128,8 @@ struct ampr_ctx {
     pthread_mutex_t compute_lock;   /* one forward step on the pool at a time */
     ampr__metrics metrics;          /* counters and histograms (lib/metrics), lock-free */
     struct ampr__backend *backend;  /* device backend (lib/backend); NULL: the CPU forward */
+    ampr_progress_fn open_progress; /* ampr_open_ex's callback, during the open only */
+    void *open_user;
 };
 
 static inline const float *ampr__attn_norm(const ampr_ctx *c, int l) {

@@ -273,9 +273,17 @@ static double cuda_mem_gbs(ampr__backend *b) {
 static const ampr__backend_ops cuda_ops = {"cuda", cuda_tier_upload, cuda_forward,
                                            cuda_decode_batch, cuda_mem_gbs, cuda_close};
 
+/* While a process-per-rank open waits for the other ranks: the open's
+ * progress callback, which may cancel it. */
+static int join_cancelled(void *user) {
+    ampr_ctx *c = user;
+    return c->open_progress && c->open_progress(c->open_user, "tp join", 0.0f);
+}
+
 /* Which GPU each local rank runs on ("gpus", else 0..n-1, or tp_rank modulo
  * the GPUs found for one rank per process), and the all-reduce between them. */
-static ampr_status open_ranks(cuda_backend *cb, const ampr__config *cfg, ampr__err *err) {
+static ampr_status open_ranks(cuda_backend *cb, ampr_ctx *c, const ampr__config *cfg,
+                              ampr__err *err) {
     int n_dev = 0;
     AMPR__TRY(ampr__cuda_device_count(&n_dev, err));
     if (n_dev == 0) return ampr__fail(err, AMPR_ERR_NO_DEVICE, "no CUDA device or driver");
@@ -291,7 +299,7 @@ static ampr_status open_ranks(cuda_backend *cb, const ampr__config *cfg, ampr__e
     if (cb->tp == 1) return AMPR_OK;
     if (cfg->tp_rank >= 0)
         return ampr__cuda_reduce_rank(cb->cuda[0], cb->tp, cb->rank0, cfg->tp_id, cfg->tp_timeout_ms,
-                                      &cb->red, err);
+                                      join_cancelled, c, &cb->red, err);
     if (cfg->tp_allreduce == 1) return ampr__cuda_reduce_local(cb->cuda, cb->n, 1, &cb->red, err);
     if (cfg->tp_allreduce == 0 && distinct_gpus(cb) == cb->n && ampr__cuda_have_nccl()) {
         /* "auto": NCCL where it comes up, else the copy all-reduce */
@@ -348,7 +356,7 @@ ampr_status ampr__backend_cuda_open(ampr_ctx *c, ampr__backend **out, char *name
     if (st == AMPR_OK && !ampr__tp_fits(hp, cb->tp))
         st = ampr__fail(err, AMPR_ERR_CONFIG, "\"tp_size\" %d does not divide the model's heads",
                         cb->tp);
-    if (st == AMPR_OK) st = open_ranks(cb, &c->cfg, err);
+    if (st == AMPR_OK) st = open_ranks(cb, c, &c->cfg, err);
     for (int r = 0; st == AMPR_OK && r < cb->n; r++) {
         ampr__cuda_hparams rhp = rank_hparams(hp, cb->tp, cb->rank0 + r);
         st = ampr__cuda_work_new(cb->cuda[r], &rhp, &cb->work[r], err);

@@ -1,0 +1,45 @@
+build-nocuda/lib/generate.o: lib/generate.c lib/backend/backend.h \
+ lib/backend/../engine.h lib/backend/../common/common.h include/ampr.h \
+ lib/backend/../common/pool.h lib/backend/../common/common.h \
+ lib/backend/../fallback/fallback.h \
+ lib/backend/../fallback/../common/common.h lib/backend/../forward/tp.h \
+ lib/model/model.h lib/model/../common/common.h \
+ lib/model/../tokenizer/tokenizer.h \
+ lib/model/../tokenizer/../common/common.h lib/backend/../kv/kv.h \
+ lib/backend/../kv/../common/common.h lib/backend/../metrics/metrics.h \
+ lib/backend/../metrics/../common/common.h lib/backend/../model/model.h \
+ lib/backend/../quant/quant.h lib/backend/../quant/../common/common.h \
+ lib/backend/../quant/../common/pool.h lib/backend/../router/router.h \
+ lib/backend/../router/../common/common.h lib/generate.h lib/engine.h \
+ lib/sampler/sampler.h lib/sampler/../common/common.h \
+ lib/sampler/../fallback/logits.h \
+ lib/sampler/../fallback/../common/common.h
+lib/backend/backend.h:
+lib/backend/../engine.h:
+lib/backend/../common/common.h:
+include/ampr.h:
+lib/backend/../common/pool.h:
+lib/backend/../common/common.h:
+lib/backend/../fallback/fallback.h:
+lib/backend/../fallback/../common/common.h:
+lib/backend/../forward/tp.h:
+lib/model/model.h:
+lib/model/../common/common.h:
+lib/model/../tokenizer/tokenizer.h:
+lib/model/../tokenizer/../common/common.h:
+lib/backend/../kv/kv.h:
+lib/backend/../kv/../common/common.h:
+lib/backend/../metrics/metrics.h:
+lib/backend/../metrics/../common/common.h:
+lib/backend/../model/model.h:
+lib/backend/../quant/quant.h:
+lib/backend/../quant/../common/common.h:
+lib/backend/../quant/../common/pool.h:
+lib/backend/../router/router.h:
+lib/backend/../router/../common/common.h:
+lib/generate.h:
+lib/engine.h:
+lib/sampler/sampler.h:
+lib/sampler/../common/common.h:
+lib/sampler/../fallback/logits.h:
+lib/sampler/../fallback/../common/common.h:
