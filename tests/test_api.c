@@ -525,16 +525,6 @@ static ampr_status drop_after_build(ampr_ctx *c, ampr__tier *t, void *user, ampr
     return AMPR_OK;
 }
 
-static char *greedy_text(ampr_ctx *ctx, ampr_tier tier) {
-    ampr_gen_params p = greedy(12);
-    p.tier = tier;
-    ampr_result *r = NULL;
-    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &r), AMPR_OK);
-    char *text = strdup(r->text);
-    ampr_result_free(r);
-    return text;
-}
-
 static void test_device_only_tiers(void **state) {
     (void)state;
     ampr_ctx *ctx = open_ok("{\"tiers\": [\"fp16\", \"int8\", \"nf4\"], \"kv\": {\"arena_tokens\": 128}}");
@@ -542,7 +532,7 @@ static void test_device_only_tiers(void **state) {
     ampr_tier_info before[3];
     uint64_t decode_bytes[3];
     for (int i = 0; i < 3; i++) {
-        ref[i] = greedy_text(ctx, ctx->tiers[i].id);
+        ref[i] = tu_greedy_text(ctx, ctx->tiers[i].id, 12);
         ampr_tier_info_init(&before[i]);
         assert_int_equal(ampr_get_tier_info(ctx, ctx->tiers[i].id, &before[i]), AMPR_OK);
         decode_bytes[i] = ampr__tier_decode_bytes(ctx, &ctx->tiers[i]);
@@ -615,7 +605,7 @@ static void test_device_only_tiers(void **state) {
     assert_int_equal(ampr__tiers_build(ctx, NULL, NULL, NULL, NULL, &e4), AMPR_OK);
     for (int i = 0; i < 3; i++) {
         assert_false(ctx->tiers[i].device_only);
-        char *again = greedy_text(ctx, ctx->tiers[i].id);
+        char *again = tu_greedy_text(ctx, ctx->tiers[i].id, 12);
         assert_string_equal(again, ref[i]);
         free(again);
         free(ref[i]);

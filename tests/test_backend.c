@@ -105,20 +105,6 @@ static int teardown(void **state) {
 
 #define TIERS "\"tiers\": [\"fp16\", \"int8\", \"nf4\"], \"kv\": {\"arena_tokens\": 128}"
 
-static char *greedy_text(ampr_ctx *ctx, ampr_tier tier) {
-    ampr_gen_params p;
-    ampr_gen_params_init(&p);
-    p.temperature = 0;
-    p.max_tokens = 12;
-    p.ignore_eos = 1;
-    p.tier = tier;
-    ampr_result *r = NULL;
-    assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &r), AMPR_OK);
-    char *text = strdup(r->text);
-    ampr_result_free(r);
-    return text;
-}
-
 /* Every tier goes up as soon as it is built, top first, while the host
  * still has it; by then the tiers before it are freed; none is left on the
  * host after open; the arenas count pages without storing them. */
@@ -184,7 +170,7 @@ static void test_auto_upload_failure(void **state) {
     for (int i = 0; i < ctx->n_tiers; i++) {
         assert_false(ctx->tiers[i].device_only);
         assert_true(ampr__kv_has_pages(ctx->tiers[i].kv));
-        char *a = greedy_text(cpu, ctx->tiers[i].id), *b = greedy_text(ctx, ctx->tiers[i].id);
+        char *a = tu_greedy_text(cpu, ctx->tiers[i].id, 12), *b = tu_greedy_text(ctx, ctx->tiers[i].id, 12);
         assert_string_equal(a, b);
         free(a);
         free(b);
@@ -217,7 +203,7 @@ static void test_device_does_not_open(void **state) {
     assert_int_equal(ampr_get_model_info(ctx, &mi), AMPR_OK);
     assert_non_null(strstr(mi.device, "no device today"));
     assert_int_equal(g.uploads, 0);
-    char *t = greedy_text(ctx, AMPR_TIER_INT8);
+    char *t = tu_greedy_text(ctx, AMPR_TIER_INT8, 12);
     free(t);
     ampr_close(ctx);
     ctx = NULL;

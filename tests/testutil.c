@@ -115,3 +115,19 @@ ampr_ctx *tu_open_ok(const char *path, const char *config) {
     if (st != AMPR_OK) fail_msg("open %s: %s: %s", path, ampr_status_name(st), ampr_errmsg(ctx));
     return ctx;
 }
+
+char *tu_greedy_text(ampr_ctx *ctx, int tier, int max_tokens) {
+    ampr_gen_params p;
+    ampr_gen_params_init(&p);
+    p.temperature = 0;
+    p.max_tokens = max_tokens;
+    p.ignore_eos = 1;
+    p.tier = (ampr_tier)tier;
+    ampr_result *r = NULL;
+    ampr_status st = ampr_generate(ctx, "abc", 3, &p, &r);
+    if (st != AMPR_OK)
+        fail_msg("generate on %s: %s: %s", ampr_tier_name((ampr_tier)tier), ampr_status_name(st), ampr_errmsg(ctx));
+    char *text = strdup(r->text);
+    ampr_result_free(r);
+    return text;
+}

@@ -46,5 +46,8 @@ int tu_fixture_teardown(void);
 
 /* ampr_open that fails the running test with the library's message. */
 struct ampr_ctx *tu_open_ok(const char *path, const char *config);
+/* Greedy text of max_tokens from "abc" on tier (EOS ignored), malloc'd;
+ * fails the test when generation fails. */
+char *tu_greedy_text(struct ampr_ctx *ctx, int tier, int max_tokens); /* tier: an ampr_tier */
 
 #endif

@@ -1,4 +1,0 @@
-build-nocuda/lib/common/half.o: lib/common/half.c lib/common/common.h \
- include/ampr.h
-lib/common/common.h:
-include/ampr.h:

@@ -1,9 +1,0 @@
-build-nocuda/lib/quant/kern_avx2.o: lib/quant/kern_avx2.c \
- lib/quant/quant_impl.h lib/quant/quant.h lib/quant/../common/common.h \
- include/ampr.h lib/quant/../common/pool.h lib/quant/../common/common.h
-lib/quant/quant_impl.h:
-lib/quant/quant.h:
-lib/quant/../common/common.h:
-include/ampr.h:
-lib/quant/../common/pool.h:
-lib/quant/../common/common.h:
