@@ -302,14 +302,19 @@ int ampr__cuda_work_graphs_live(const ampr__cuda_work *w); /* instantiated graph
  * every position a token attends to must be covered). Every K/V is stored
  * before any attention, so a sequence's later tokens see its earlier ones.
  * The logits of the last n_logits tokens go to logits (host,
- * [n_logits][vocab]); returns after the device finished. */
+ * [n_logits][vocab]): every row when want is NULL, else the rows i with
+ * want[i] set (the others are not copied). argmax (host, n_logits; NULL:
+ * none) gets each row's argmax (ampr__cuda_argmax: the lowest index of the
+ * largest logit), computed on the device. Returns after the device
+ * finished. */
 typedef struct ampr__cuda_reduce ampr__cuda_reduce;
 ampr_status ampr__cuda_forward_paged(ampr__cuda_model *const *m, ampr__cuda_kvpool *const *kv,
                                      ampr__cuda_work *const *w, int n_ranks,
                                      ampr__cuda_reduce *red, const int32_t *tokens,
                                      const int32_t *pos, const int32_t *row_seq, int32_t n,
                                      const int32_t *blocks, int32_t n_seqs, int32_t stride,
-                                     int32_t n_logits, float *logits, ampr__err *err);
+                                     int32_t n_logits, float *logits, const unsigned char *want,
+                                     int32_t *argmax, ampr__err *err);
 
 /* ---- tensor parallelism (NCCL) ---------------------------------------------- */
 

@@ -528,6 +528,7 @@ struct ampr__cuda_work {
     int32_t cap_tokens, cap_logits, cap_blocks; /* capacities of the buffers below */
     float *x, *xb, *qkv, *att, *hb, *hb2;     /* [cap_tokens][...] */
     float *logits;                            /* [cap_logits][vocab] */
+    int32_t *argmax;                          /* [cap_logits] */
     /* one device allocation of 3*cap_tokens + cap_blocks ints, filled by one
      * copy from stage (host) per pass, packed for the pass's n tokens:
      * tokens [n] | pos [n] | row_seq [n] | blocks [n_blk] (the pointers below) */
@@ -590,6 +591,7 @@ void ampr__cuda_work_free(ampr__cuda_work *w) {
     work_release(w);
     ints_release(w);
     ampr__cuda_free(w->c, w->logits);
+    ampr__cuda_free(w->c, w->argmax);
     ampr__free(w);
 }
 
@@ -632,12 +634,15 @@ static ampr_status work_reserve(ampr__cuda_work *w, int32_t n, int32_t n_logits,
     if (n_logits > w->cap_logits) {
         AMPR__CU(err, cudaStreamSynchronize(c->stream));
         ampr__cuda_free(c, w->logits);
+        ampr__cuda_free(c, w->argmax);
         w->logits = NULL;
+        w->argmax = NULL;
         w->cap_logits = 0;
         w->gen++;
         int32_t cap = 32;
         while (cap < n_logits) cap *= 2; /* n_logits <= tokens of a pass, an int32 */
         AMPR__TRY(seq_alloc(c, (size_t)cap * (size_t)hp->vocab_size * 4, &w->logits, err));
+        AMPR__TRY(seq_alloc(c, (size_t)cap * 4, &w->argmax, err));
         w->cap_logits = cap;
     }
     return AMPR_OK;
@@ -784,12 +789,40 @@ static void graph_capture(pass_graph *g, ampr__cuda_model *const *m, ampr__cuda_
     (void)cudaGetLastError();
 }
 
+/* After a pass: the argmax of each logits row on the device (when asked),
+ * then the rows wanted (consecutive ones in one copy) and the argmaxes to the
+ * host; the final sync also reports asynchronous faults. */
+static ampr_status fetch_logits(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab, int32_t n_logits,
+                                float *logits, const unsigned char *want, int32_t *argmax,
+                                ampr__err *err) {
+    size_t row = (size_t)vocab * sizeof(float);
+    if (argmax) AMPR__TRY(ampr__cuda_argmax(c, w->logits, n_logits, vocab, w->argmax, err));
+    AMPR__TRY(ampr__cuda_use(c, err));
+    for (int32_t i = 0; i < n_logits;) {
+        if (want && !want[i]) {
+            i++;
+            continue;
+        }
+        int32_t j = i + 1;
+        while (j < n_logits && (!want || want[j])) j++;
+        AMPR__CU(err, cudaMemcpyAsync((char *)logits + (size_t)i * row,
+                                      (const char *)w->logits + (size_t)i * row,
+                                      (size_t)(j - i) * row, cudaMemcpyDeviceToHost, c->stream));
+        i = j;
+    }
+    if (argmax)
+        AMPR__CU(err, cudaMemcpyAsync(argmax, w->argmax, (size_t)n_logits * sizeof(int32_t),
+                                      cudaMemcpyDeviceToHost, c->stream));
+    return ampr__cuda_sync(c, err);
+}
+
 ampr_status ampr__cuda_forward_paged(ampr__cuda_model *const *m, ampr__cuda_kvpool *const *kv,
                                      ampr__cuda_work *const *w, int n_ranks,
                                      ampr__cuda_reduce *red, const int32_t *tokens,
                                      const int32_t *pos, const int32_t *row_seq, int32_t n,
                                      const int32_t *blocks, int32_t n_seqs, int32_t stride,
-                                     int32_t n_logits, float *logits, ampr__err *err) {
+                                     int32_t n_logits, float *logits, const unsigned char *want,
+                                     int32_t *argmax, ampr__err *err) {
     if (n_ranks < 1 || n_ranks > AMPR__TP_MAX || (n_ranks > 1 && !red))
         return ampr__fail(err, AMPR_ERR_INTERNAL, "CUDA paged forward: %d ranks", n_ranks);
     const ampr__cuda_hparams *hp = &m[0]->hp;
@@ -840,9 +873,7 @@ ampr_status ampr__cuda_forward_paged(ampr__cuda_model *const *m, ampr__cuda_kvpo
     }
     /* a process-per-rank group: wait watching the other ranks (bounded) */
     AMPR__TRY(ampr__cuda_reduce_wait(red, err));
-    /* download waits for the stream and reports asynchronous faults */
-    AMPR__TRY(ampr__cuda_download(c, logits, w0->logits,
-                                  (size_t)n_logits * (size_t)hp->vocab_size * sizeof(float), err));
+    AMPR__TRY(fetch_logits(c, w0, hp->vocab_size, n_logits, logits, want, argmax, err));
     for (int r = 1; r < n_ranks; r++) AMPR__TRY(ampr__cuda_sync(m[r]->c, err));
     return ampr__cuda_sync(c, err);
 }

@@ -130,6 +130,9 @@ struct request {
     size_t n_ids, cap_ids;
     int32_t n_positions;  /* KV positions reserved per sequence */
     float *ring;          /* [check_window][vocab] the tier's logits, by predicted index */
+    int32_t pending;      /* >= 0: the next token, the argmax of logits left on the device
+                           * (a greedy step, decode_step's want = 0); -1: scratch.logits
+                           * holds the next-token logits */
     float ent_ema;        /* smoothed next-token entropy */
     textbuf text;
     ampr__detok dt;
@@ -174,7 +177,9 @@ static ampr_status choose_tier(ampr_ctx *c, const char *prompt, size_t len, cons
 typedef struct ampr__step {
     ampr__kv_seq *seq;
     int32_t token;
-    float *logits; /* where its next-token logits go (vocab floats) */
+    float *logits;  /* where its next-token logits go (vocab floats), when want */
+    int want;       /* 0: only the argmax (a greedy request without checks) */
+    int32_t argmax; /* the argmax of its next-token logits */
     ampr__err *err;
     ampr_status st;
     int done;
@@ -196,19 +201,25 @@ static void run_batch(ampr_ctx *c, ampr__tier *t, ampr__step **items, int32_t n)
         }
     }
     ampr__kv_seq *seqs[AMPR__BATCH_MAX];
-    int32_t tokens[AMPR__BATCH_MAX];
+    int32_t tokens[AMPR__BATCH_MAX], argmax[AMPR__BATCH_MAX];
+    unsigned char want[AMPR__BATCH_MAX];
     for (int32_t i = 0; i < n; i++) {
         seqs[i] = items[i]->seq;
         tokens[i] = items[i]->token;
+        want[i] = (unsigned char)(items[i]->want != 0);
     }
-    if (st == AMPR_OK) st = ampr__backend_decode_batch(c, t, seqs, tokens, n, t->batch_scratch, &berr);
+    if (st == AMPR_OK)
+        st = ampr__backend_decode_batch(c, t, seqs, tokens, n, want, argmax, t->batch_scratch, &berr);
     for (int32_t i = 0; i < n; i++) {
         items[i]->st = st;
-        if (st == AMPR_OK)
+        if (st != AMPR_OK) {
+            ampr__fail(items[i]->err, st, "%s", berr.msg);
+            continue;
+        }
+        items[i]->argmax = argmax[i];
+        if (items[i]->want)
             memcpy(items[i]->logits, t->batch_scratch->logits + (size_t)i * (size_t)c->hp.vocab_size,
                    (size_t)c->hp.vocab_size * sizeof(float));
-        else
-            ampr__fail(items[i]->err, st, "%s", berr.msg);
     }
 }
 
@@ -225,7 +236,9 @@ static void decoders_add(ampr__tier *t, int d) {
     pthread_mutex_unlock(&t->batch_mu);
 }
 
-/* Feed one token to seq and get its next-token logits. Concurrent requests
+/* Feed one token to seq and get its next-token logits (want), or only their
+ * argmax in *argmax (want = 0: a device backend then copies 4 bytes, not the
+ * row; *argmax is set either way). Concurrent requests
  * on the same tier share the step: the first to find the tier idle takes
  * everything queued (up to AMPR__BATCH_MAX) and runs it as one batch, so the
  * weights are read once for all of them; the others wait for their turn.
@@ -233,8 +246,8 @@ static void decoders_add(ampr__tier *t, int d) {
  * tier up to BATCH_GATHER_US to queue theirs, so that a batch does not split
  * into a batch of the quickest request and a batch of the rest. */
 static ampr_status decode_step(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, int32_t token,
-                               float *logits, ampr__err *err) {
-    ampr__step me = {seq, token, logits, err, AMPR_OK, 0, NULL};
+                               float *logits, int want, int32_t *argmax, ampr__err *err) {
+    ampr__step me = {seq, token, logits, want, -1, err, AMPR_OK, 0, NULL};
     pthread_mutex_lock(&t->batch_mu);
     if (t->queue_tail) t->queue_tail->next = &me;
     else t->queue = &me;
@@ -275,6 +288,7 @@ static ampr_status decode_step(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, in
         pthread_cond_broadcast(&t->batch_cv);
     }
     pthread_mutex_unlock(&t->batch_mu);
+    *argmax = me.argmax;
     return me.st;
 }
 
@@ -303,6 +317,7 @@ static ampr_status top_catch_up(ampr_ctx *c, struct request *r, int32_t n_logits
 static void switch_to_top(ampr_ctx *c, struct request *r, int32_t row) {
     memcpy(r->scratch.logits, r->check.logits + (size_t)row * (size_t)c->hp.vocab_size,
            (size_t)c->hp.vocab_size * sizeof(float));
+    r->pending = -1; /* the logits in hand are these */
     ampr__kv_seq_release(&r->seq);
     r->seq = r->seq_top;
     memset(&r->seq_top, 0, sizeof r->seq_top);
@@ -342,6 +357,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
 
     struct request r;
     memset(&r, 0, sizeof r);
+    r.pending = -1;
     ampr_finish finish = AMPR_FINISH_LENGTH;
     ampr_status st;
     double t_first = 0;
@@ -455,8 +471,9 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
                        (size_t)V * sizeof(float));
         }
 
-        /* 4b. the next token */
-        int32_t next = ampr__sample(&r.sampler, logits, r.ids, r.n_ids);
+        /* 4b. the next token (a greedy step's came with the step) */
+        int32_t next = r.pending >= 0 ? r.pending : ampr__sample(&r.sampler, logits, r.ids, r.n_ids);
+        r.pending = -1;
         if (next == eos && !p->ignore_eos) { finish = AMPR_FINISH_EOS; break; }
         r.ids[r.n_ids++] = next;
         ampr__metrics_req_token(&c->metrics, &mreq, r.tier->id);
@@ -488,8 +505,14 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
             decoders_add(r.tier, 1);
             r.decoding = r.tier;
         }
-        st = decode_step(c, r.tier, &r.seq, next, r.scratch.logits, err);
+        /* the host needs the logits for sampling and, on a lower tier under
+         * checks, for the monitor (4a) and the KL check (4e); a greedy
+         * request without them needs only their argmax */
+        int want = !ampr__sampler_is_greedy(&r.sampler) || (checking && r.tier != r.top);
+        int32_t am = -1;
+        st = decode_step(c, r.tier, &r.seq, next, r.scratch.logits, want, &am, err);
         if (st) goto done;
+        if (!want) r.pending = am;
 
         /* 4e. the verification check against the top tier */
         if (checking && r.ring && r.tier != r.top && (n_gen + 1) % fb->check_every == 0) {

@@ -147,10 +147,16 @@ static int prefill_decode(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, const i
     }
     *prefill_ms = ampr__now_ms() - t0;
     if (bw) *bw = c->backend ? ampr__backend_mem_gbs(c) : read_bandwidth(c);
+    /* decode as a greedy request does (generate.c decode_step, want = 0):
+     * one-sequence decode batches that return only the argmax */
     double t1 = ampr__now_ms();
+    int32_t next = ampr__argmax(s->logits, c->hp.vocab_size);
     for (int i = 0; i < n_gen && ok; i++) {
-        int32_t next = ampr__argmax(s->logits, c->hp.vocab_size);
-        ok = ampr__backend_forward(c, t, seq, &next, 1, 1, s, err) == AMPR_OK;
+        ampr__kv_seq *one = seq;
+        unsigned char want = 0;
+        int32_t am = -1;
+        ok = ampr__backend_decode_batch(c, t, &one, &next, 1, &want, &am, s, err) == AMPR_OK;
+        next = am;
     }
     *decode_ms = ampr__now_ms() - t1;
     return ok;

@@ -4,6 +4,8 @@
  */
 #include "backend.h"
 
+#include "../fallback/logits.h"
+
 ampr_status ampr__backend_forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
                                   const int32_t *tokens, int32_t n, int32_t n_logits,
                                   ampr__scratch *s, ampr__err *err) {
@@ -13,11 +15,15 @@ ampr_status ampr__backend_forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
 }
 
 ampr_status ampr__backend_decode_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *const *seqs,
-                                       const int32_t *tokens, int32_t n, ampr__scratch *s,
-                                       ampr__err *err) {
+                                       const int32_t *tokens, int32_t n, const unsigned char *want,
+                                       int32_t *argmax, ampr__scratch *s, ampr__err *err) {
     ampr__backend *b = c->backend;
-    if (!b) return ampr__forward_batch(c, t, seqs, tokens, n, s, err);
-    return b->ops->decode_batch(b, c, t, seqs, tokens, n, s, err);
+    if (b) return b->ops->decode_batch(b, c, t, seqs, tokens, n, want, argmax, s, err);
+    /* the CPU pass makes every row anyway: the argmax is read from it */
+    AMPR__TRY(ampr__forward_batch(c, t, seqs, tokens, n, s, err));
+    for (int32_t i = 0; argmax && i < n; i++)
+        argmax[i] = ampr__argmax(s->logits + (size_t)i * (size_t)c->hp.vocab_size, c->hp.vocab_size);
+    return AMPR_OK;
 }
 
 ampr__backend_open_fn ampr__backend_test_open = NULL;

@@ -10,8 +10,10 @@
  * device backend mirrors pages by id, so the same ampr__kv_seq drives both.
  *
  * Every op has the contract of the CPU function it replaces (engine.h):
- * forward = ampr__forward, decode_batch = ampr__forward_batch. Logits always
- * come back to the host (s->logits), for sampling there.
+ * forward = ampr__forward, decode_batch = ampr__forward_batch. Logits come
+ * back to the host (s->logits), for sampling there, except the decode rows
+ * whose caller only wants the argmax (a greedy request with no fallback
+ * monitor): a device computes it there and copies 4 bytes, not the row.
  */
 #ifndef AMPR_BACKEND_H
 #define AMPR_BACKEND_H
@@ -31,10 +33,15 @@ typedef struct ampr__backend_ops {
     ampr_status (*forward)(ampr__backend *b, ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
                            const int32_t *tokens, int32_t n, int32_t n_logits, ampr__scratch *s,
                            ampr__err *err);
-    /* One next token for each of n sequences (distinct, same tier). */
+    /* One next token for each of n sequences (distinct, same tier): row i
+     * of s->logits gets sequence i's next-token logits when want is NULL or
+     * want[i] is set (other rows are left alone), and argmax[i] (unless
+     * argmax is NULL) the row's argmax, by ampr__argmax's rule (the lowest
+     * index of the largest logit). */
     ampr_status (*decode_batch)(ampr__backend *b, ampr_ctx *c, ampr__tier *t,
                                 ampr__kv_seq *const *seqs, const int32_t *tokens, int32_t n,
-                                ampr__scratch *s, ampr__err *err);
+                                const unsigned char *want, int32_t *argmax, ampr__scratch *s,
+                                ampr__err *err);
     /* Memory bandwidth the device's decode is bound by, GB/s (for ampr bench):
      * the sum over the backend's distinct devices; 0 when it cannot tell. */
     double (*mem_gbs)(ampr__backend *b);
@@ -51,8 +58,8 @@ ampr_status ampr__backend_forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
                                   const int32_t *tokens, int32_t n, int32_t n_logits,
                                   ampr__scratch *s, ampr__err *err);
 ampr_status ampr__backend_decode_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *const *seqs,
-                                       const int32_t *tokens, int32_t n, ampr__scratch *s,
-                                       ampr__err *err);
+                                       const int32_t *tokens, int32_t n, const unsigned char *want,
+                                       int32_t *argmax, ampr__scratch *s, ampr__err *err);
 void ampr__backend_close(ampr_ctx *c); /* NULL-safe; the context falls back to none */
 /* ctx->backend's mem_gbs, or 0 on the CPU (which measures its own). */
 double ampr__backend_mem_gbs(ampr_ctx *c);

@@ -239,9 +239,17 @@ static int32_t nucleus(ampr__sampler *s, const float *logits, int32_t n, float *
     return m;
 }
 
+static int penalizes(const ampr__sampler *s) {
+    return s->repetition_penalty != 1.0f && s->repetition_penalty > 0.0f;
+}
+
+int ampr__sampler_is_greedy(const ampr__sampler *s) {
+    return s->temperature <= 0.0f && !penalizes(s);
+}
+
 int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, size_t n_history) {
     int32_t n = s->n_vocab;
-    if (s->repetition_penalty != 1.0f && s->repetition_penalty > 0.0f && history) {
+    if (penalizes(s) && history) {
         size_t from = n_history > (size_t)s->repetition_last_n && s->repetition_last_n > 0
                           ? n_history - (size_t)s->repetition_last_n
                           : 0;

@@ -34,6 +34,11 @@ void ampr__sampler_reseed(ampr__sampler *s, uint64_t seed);
  * ids seen so far (prompt + generated), used by the repetition penalty. */
 int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, size_t n_history);
 
+/* 1 when ampr__sample is ampr__argmax of the logits as they are (no
+ * temperature, no repetition penalty): such a request needs no logits on the
+ * host, only their argmax (generate.c asks a device backend for just that). */
+int ampr__sampler_is_greedy(const ampr__sampler *s);
+
 /* ampr__argmax (the first index of the largest value): fallback/logits.h */
 
 #endif
