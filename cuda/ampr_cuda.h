@@ -46,6 +46,7 @@ extern "C" {
 
 #include "common/common.h"
 #include "quant/quant.h"
+#include "sampler/sampler.h"
 
 typedef struct ampr__cuda ampr__cuda;
 
@@ -193,6 +194,21 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
                                  int64_t ldq, int32_t n, const int32_t *d_pos, int32_t n_heads,
                                  int32_t n_kv_heads, int32_t head_dim, float *out,
                                  ampr__err *err);
+/* One row's request for a candidate list (ampr__cuda_topk_cands). */
+typedef struct ampr__cuda_cand_req {
+    int32_t row;   /* the row of x */
+    int32_t k, m;  /* 1 <= k <= m <= min(cols, AMPR__CANDS_MAX) */
+    float t;       /* the draw's temperature (> 0) */
+} ampr__cuda_cand_req;
+/* For each of n requests (req: device array), the m largest of row req.row
+ * of x (cols wide) by (value desc, id asc; NaN as -inf, -0 as +0) into
+ * vals / ids[i * m_max ..] (device), sorted, and n_out[i] = m when a top-k
+ * draw at temperature t from them is the draw from the row (ampr__topk_cands,
+ * sampler.h, is the host's reference), else 0 (also when more than 1024
+ * values tie at the m-th: the caller then takes the row). */
+ampr_status ampr__cuda_topk_cands(ampr__cuda *c, const float *x, int32_t cols,
+                                  const ampr__cuda_cand_req *req, int32_t n, int32_t m_max,
+                                  float *vals, int32_t *ids, int32_t *n_out, ampr__err *err);
 /* d_out[i] = argmax of x[i][0..cols) (lowest index on ties), for n rows. */
 ampr_status ampr__cuda_argmax(ampr__cuda *c, const float *x, int32_t n, int32_t cols,
                               int32_t *d_out, ampr__err *err);
@@ -302,19 +318,19 @@ int ampr__cuda_work_graphs_live(const ampr__cuda_work *w); /* instantiated graph
  * every position a token attends to must be covered). Every K/V is stored
  * before any attention, so a sequence's later tokens see its earlier ones.
  * The logits of the last n_logits tokens go to logits (host,
- * [n_logits][vocab]): every row when want is NULL, else the rows i with
- * want[i] set (the others are not copied). argmax (host, n_logits; NULL:
- * none) gets each row's argmax (ampr__cuda_argmax: the lowest index of the
- * largest logit), computed on the device. Returns after the device
- * finished. */
+ * [n_logits][vocab]): every row when want is NULL, else what want[i] asks
+ * of row i (sampler.h, ampr__row_want): the row, or only its argmax
+ * (want[i].argmax is set for every row), or its m largest (computed on the
+ * device; the row comes instead when they cannot decide the draw). Rows not
+ * asked for are not copied. Returns after the device finished. */
 typedef struct ampr__cuda_reduce ampr__cuda_reduce;
 ampr_status ampr__cuda_forward_paged(ampr__cuda_model *const *m, ampr__cuda_kvpool *const *kv,
                                      ampr__cuda_work *const *w, int n_ranks,
                                      ampr__cuda_reduce *red, const int32_t *tokens,
                                      const int32_t *pos, const int32_t *row_seq, int32_t n,
                                      const int32_t *blocks, int32_t n_seqs, int32_t stride,
-                                     int32_t n_logits, float *logits, const unsigned char *want,
-                                     int32_t *argmax, ampr__err *err);
+                                     int32_t n_logits, float *logits, ampr__row_want *want,
+                                     ampr__err *err);
 
 /* ---- tensor parallelism (NCCL) ---------------------------------------------- */
 

@@ -528,7 +528,14 @@ struct ampr__cuda_work {
     int32_t cap_tokens, cap_logits, cap_blocks; /* capacities of the buffers below */
     float *x, *xb, *qkv, *att, *hb, *hb2;     /* [cap_tokens][...] */
     float *logits;                            /* [cap_logits][vocab] */
-    int32_t *argmax;                          /* [cap_logits] */
+    /* what decode rows bring back instead of the row (fetch_logits): device
+     * argmaxes and candidate lists, and their host staging */
+    int32_t *argmax, *cand_ids, *cand_n;      /* [cap_logits], [cap_logits][CANDS_MAX], [..] */
+    float *cand_vals;                         /* [cap_logits][AMPR__CANDS_MAX] */
+    ampr__cuda_cand_req *cand_req;            /* [cap_logits] */
+    int32_t *h_argmax, *h_ids, *h_n;          /* host, as the device ones */
+    float *h_vals;
+    ampr__cuda_cand_req *h_req;
     /* one device allocation of 3*cap_tokens + cap_blocks ints, filled by one
      * copy from stage (host) per pass, packed for the pass's n tokens:
      * tokens [n] | pos [n] | row_seq [n] | blocks [n_blk] (the pointers below) */
@@ -570,6 +577,27 @@ int ampr__cuda_work_graphs_live(const ampr__cuda_work *w) {
     return k;
 }
 
+/* The logits rows and what decode rows bring back instead (fetch_logits). */
+static void logits_release(ampr__cuda_work *w) {
+    ampr__cuda *c = w->c;
+    ampr__cuda_free(c, w->logits);
+    ampr__cuda_free(c, w->argmax);
+    ampr__cuda_free(c, w->cand_vals);
+    ampr__cuda_free(c, w->cand_ids);
+    ampr__cuda_free(c, w->cand_n);
+    ampr__cuda_free(c, w->cand_req);
+    ampr__free(w->h_argmax);
+    ampr__free(w->h_n);
+    ampr__free(w->h_ids);
+    ampr__free(w->h_vals);
+    ampr__free(w->h_req);
+    w->logits = w->cand_vals = NULL;
+    w->argmax = w->cand_ids = w->cand_n = w->h_argmax = w->h_n = w->h_ids = NULL;
+    w->h_vals = NULL;
+    w->cand_req = w->h_req = NULL;
+    w->cap_logits = 0;
+}
+
 static void work_release(ampr__cuda_work *w) {
     void *bufs[] = {w->x, w->xb, w->qkv, w->att, w->hb, w->hb2};
     for (size_t i = 0; i < AMPR__ARRAY_LEN(bufs); i++) ampr__cuda_free(w->c, bufs[i]);
@@ -590,8 +618,7 @@ void ampr__cuda_work_free(ampr__cuda_work *w) {
     for (int i = 0; i < AMPR__CUDA_PASS_GRAPHS; i++) graph_drop(&w->g[i]);
     work_release(w);
     ints_release(w);
-    ampr__cuda_free(w->c, w->logits);
-    ampr__cuda_free(w->c, w->argmax);
+    logits_release(w);
     ampr__free(w);
 }
 
@@ -633,16 +660,23 @@ static ampr_status work_reserve(ampr__cuda_work *w, int32_t n, int32_t n_logits,
     }
     if (n_logits > w->cap_logits) {
         AMPR__CU(err, cudaStreamSynchronize(c->stream));
-        ampr__cuda_free(c, w->logits);
-        ampr__cuda_free(c, w->argmax);
-        w->logits = NULL;
-        w->argmax = NULL;
-        w->cap_logits = 0;
+        logits_release(w);
         w->gen++;
         int32_t cap = 32;
         while (cap < n_logits) cap *= 2; /* n_logits <= tokens of a pass, an int32 */
+        size_t nc = (size_t)cap * AMPR__CANDS_MAX;
         AMPR__TRY(seq_alloc(c, (size_t)cap * (size_t)hp->vocab_size * 4, &w->logits, err));
         AMPR__TRY(seq_alloc(c, (size_t)cap * 4, &w->argmax, err));
+        AMPR__TRY(seq_alloc(c, nc * 4, &w->cand_vals, err));
+        AMPR__TRY(seq_alloc(c, nc * 4, &w->cand_ids, err));
+        AMPR__TRY(seq_alloc(c, (size_t)cap * 4, &w->cand_n, err));
+        AMPR__TRY(seq_alloc(c, (size_t)cap * sizeof(ampr__cuda_cand_req), &w->cand_req, err));
+        w->h_argmax = (int32_t *)ampr__alloc_array((size_t)cap, 4, err);
+        w->h_n = (int32_t *)ampr__alloc_array((size_t)cap, 4, err);
+        w->h_ids = (int32_t *)ampr__alloc_array(nc, 4, err);
+        w->h_vals = (float *)ampr__alloc_array(nc, 4, err);
+        w->h_req = (ampr__cuda_cand_req *)ampr__alloc_array((size_t)cap, sizeof(ampr__cuda_cand_req), err);
+        if (!w->h_argmax || !w->h_n || !w->h_ids || !w->h_vals || !w->h_req) return AMPR_ERR_NOMEM;
         w->cap_logits = cap;
     }
     return AMPR_OK;
@@ -789,31 +823,76 @@ static void graph_capture(pass_graph *g, ampr__cuda_model *const *m, ampr__cuda_
     (void)cudaGetLastError();
 }
 
-/* After a pass: the argmax of each logits row on the device (when asked),
- * then the rows wanted (consecutive ones in one copy) and the argmaxes to the
- * host; the final sync also reports asynchronous faults. */
+/* Copy rows [i, j) of the pass's logits to the host (async). */
+static ampr_status copy_rows(ampr__cuda *c, ampr__cuda_work *w, size_t row, float *logits, int32_t i,
+                             int32_t j, ampr__err *err) {
+    AMPR__CU(err, cudaMemcpyAsync((char *)logits + (size_t)i * row, (const char *)w->logits + (size_t)i * row,
+                                  (size_t)(j - i) * row, cudaMemcpyDeviceToHost, c->stream));
+    return AMPR_OK;
+}
+
+/* After a pass, what the host asked of each logits row (want NULL: every
+ * row): the rows themselves (runs of consecutive ones in one copy); the
+ * argmaxes, on the device; candidate lists, on the device, then the rows
+ * whose lists cannot decide the draw. The last sync reports asynchronous
+ * faults. */
 static ampr_status fetch_logits(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab, int32_t n_logits,
-                                float *logits, const unsigned char *want, int32_t *argmax,
-                                ampr__err *err) {
+                                float *logits, ampr__row_want *want, ampr__err *err) {
     size_t row = (size_t)vocab * sizeof(float);
-    if (argmax) AMPR__TRY(ampr__cuda_argmax(c, w->logits, n_logits, vocab, w->argmax, err));
     AMPR__TRY(ampr__cuda_use(c, err));
+    if (!want) {
+        AMPR__TRY(copy_rows(c, w, row, logits, 0, n_logits, err));
+        return ampr__cuda_sync(c, err);
+    }
+    AMPR__TRY(ampr__cuda_argmax(c, w->logits, n_logits, vocab, w->argmax, err));
+    int32_t n_c = 0, m_max = 1;
+    for (int32_t i = 0; i < n_logits; i++) {
+        if (want[i].what != AMPR__WANT_CANDS) continue;
+        int32_t m = AMPR__MIN(AMPR__MIN(want[i].m, vocab), AMPR__CANDS_MAX);
+        int32_t k = AMPR__MIN(want[i].top_k, m);
+        if (k < 1 || !(want[i].temperature > 0.0f))
+            return ampr__fail(err, AMPR_ERR_INTERNAL, "candidate list of k %d, m %d, T %g",
+                              want[i].top_k, want[i].m, (double)want[i].temperature);
+        w->h_req[n_c++] = ampr__cuda_cand_req{i, k, m, want[i].temperature};
+        m_max = AMPR__MAX(m_max, m);
+    }
+    if (n_c) {
+        AMPR__CU(err, cudaMemcpyAsync(w->cand_req, w->h_req, (size_t)n_c * sizeof *w->h_req,
+                                      cudaMemcpyHostToDevice, c->stream));
+        AMPR__TRY(ampr__cuda_topk_cands(c, w->logits, vocab, w->cand_req, n_c, m_max, w->cand_vals,
+                                        w->cand_ids, w->cand_n, err));
+        size_t nc = (size_t)n_c * (size_t)m_max;
+        AMPR__CU(err, cudaMemcpyAsync(w->h_vals, w->cand_vals, nc * 4, cudaMemcpyDeviceToHost, c->stream));
+        AMPR__CU(err, cudaMemcpyAsync(w->h_ids, w->cand_ids, nc * 4, cudaMemcpyDeviceToHost, c->stream));
+        AMPR__CU(err, cudaMemcpyAsync(w->h_n, w->cand_n, (size_t)n_c * 4, cudaMemcpyDeviceToHost, c->stream));
+    }
     for (int32_t i = 0; i < n_logits;) {
-        if (want && !want[i]) {
+        if (want[i].what != AMPR__WANT_ROW) {
             i++;
             continue;
         }
         int32_t j = i + 1;
-        while (j < n_logits && (!want || want[j])) j++;
-        AMPR__CU(err, cudaMemcpyAsync((char *)logits + (size_t)i * row,
-                                      (const char *)w->logits + (size_t)i * row,
-                                      (size_t)(j - i) * row, cudaMemcpyDeviceToHost, c->stream));
+        while (j < n_logits && want[j].what == AMPR__WANT_ROW) j++;
+        AMPR__TRY(copy_rows(c, w, row, logits, i, j, err));
         i = j;
     }
-    if (argmax)
-        AMPR__CU(err, cudaMemcpyAsync(argmax, w->argmax, (size_t)n_logits * sizeof(int32_t),
-                                      cudaMemcpyDeviceToHost, c->stream));
-    return ampr__cuda_sync(c, err);
+    AMPR__CU(err, cudaMemcpyAsync(w->h_argmax, w->argmax, (size_t)n_logits * 4, cudaMemcpyDeviceToHost,
+                                  c->stream));
+    AMPR__TRY(ampr__cuda_sync(c, err));
+    for (int32_t i = 0; i < n_logits; i++) want[i].argmax = w->h_argmax[i];
+    int more = 0; /* rows whose candidates cannot decide: the row after all */
+    for (int32_t q = 0; q < n_c; q++) {
+        ampr__row_want *wq = &want[w->h_req[q].row];
+        wq->n_cands = w->h_n[q];
+        if (wq->n_cands > 0) {
+            memcpy(wq->cand_vals, w->h_vals + (size_t)q * m_max, (size_t)wq->n_cands * 4);
+            memcpy(wq->cand_ids, w->h_ids + (size_t)q * m_max, (size_t)wq->n_cands * 4);
+        } else {
+            AMPR__TRY(copy_rows(c, w, row, logits, w->h_req[q].row, w->h_req[q].row + 1, err));
+            more = 1;
+        }
+    }
+    return more ? ampr__cuda_sync(c, err) : AMPR_OK;
 }
 
 ampr_status ampr__cuda_forward_paged(ampr__cuda_model *const *m, ampr__cuda_kvpool *const *kv,
@@ -821,8 +900,8 @@ ampr_status ampr__cuda_forward_paged(ampr__cuda_model *const *m, ampr__cuda_kvpo
                                      ampr__cuda_reduce *red, const int32_t *tokens,
                                      const int32_t *pos, const int32_t *row_seq, int32_t n,
                                      const int32_t *blocks, int32_t n_seqs, int32_t stride,
-                                     int32_t n_logits, float *logits, const unsigned char *want,
-                                     int32_t *argmax, ampr__err *err) {
+                                     int32_t n_logits, float *logits, ampr__row_want *want,
+                                     ampr__err *err) {
     if (n_ranks < 1 || n_ranks > AMPR__TP_MAX || (n_ranks > 1 && !red))
         return ampr__fail(err, AMPR_ERR_INTERNAL, "CUDA paged forward: %d ranks", n_ranks);
     const ampr__cuda_hparams *hp = &m[0]->hp;
@@ -873,7 +952,7 @@ ampr_status ampr__cuda_forward_paged(ampr__cuda_model *const *m, ampr__cuda_kvpo
     }
     /* a process-per-rank group: wait watching the other ranks (bounded) */
     AMPR__TRY(ampr__cuda_reduce_wait(red, err));
-    AMPR__TRY(fetch_logits(c, w0, hp->vocab_size, n_logits, logits, want, argmax, err));
+    AMPR__TRY(fetch_logits(c, w0, hp->vocab_size, n_logits, logits, want, err));
     for (int r = 1; r < n_ranks; r++) AMPR__TRY(ampr__cuda_sync(m[r]->c, err));
     return ampr__cuda_sync(c, err);
 }

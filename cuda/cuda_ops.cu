@@ -701,6 +701,136 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
     return AMPR_OK;
 }
 
+/* ---- candidate lists ---------------------------------------------------------
+ * One block per requested row: the m largest logits by (value desc, id asc)
+ * as lib/sampler's ampr__topk_cands makes them on the host. Values become
+ * unsigned keys that order as the floats do (NaN as -inf, -0 as +0); four
+ * passes of an 8-bit radix select (a histogram of the next 8 key bits among
+ * the keys that match the bits chosen so far; warp-aggregated atomics, as
+ * most of a row shares its top bits) find the key T of the m-th largest and
+ * how many of it to take; a fifth pass gathers the keys above T and the ids
+ * of those equal to it, of which the smallest are taken; the m candidates
+ * are ranked by comparison. Then whether the list decides a top-k draw at
+ * temperature t: the m-th's value / t below the k-th's (or m = cols). */
+
+#define CAND_THREADS 1024
+#define CAND_EQ_MAX 1024 /* more values equal to the m-th: the row is needed */
+
+__device__ __forceinline__ uint32_t cand_key(float v) {
+    if (v != v) v = -INFINITY;
+    if (v == 0.0f) v = 0.0f;
+    uint32_t u = __float_as_uint(v);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__global__ void __launch_bounds__(CAND_THREADS)
+topk_cands_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_cand_req *__restrict__ req,
+                  int32_t m_max, float *__restrict__ vals, int32_t *__restrict__ ids,
+                  int32_t *__restrict__ n_out) {
+    __shared__ uint32_t hist[256];
+    __shared__ uint32_t s_prefix, s_mask;
+    __shared__ int32_t s_need, s_above, s_eq;
+    __shared__ float cv[AMPR__CANDS_MAX];
+    __shared__ int32_t ci[AMPR__CANDS_MAX];
+    __shared__ uint32_t ck[AMPR__CANDS_MAX];
+    __shared__ int32_t eq[CAND_EQ_MAX];
+    __shared__ float s_vk, s_vm;
+    const ampr__cuda_cand_req q = req[blockIdx.x];
+    const float *xr = x + (size_t)q.row * (size_t)cols;
+    const int32_t m = q.m, tid = (int32_t)threadIdx.x, lane = tid & 31;
+    if (tid == 0) {
+        s_prefix = 0;
+        s_mask = 0;
+        s_need = m;
+        s_above = 0;
+        s_eq = 0;
+    }
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int b = tid; b < 256; b += (int)blockDim.x) hist[b] = 0;
+        __syncthreads();
+        const uint32_t prefix = s_prefix, mask = s_mask;
+        /* whole warps per step, so that every lane takes part in the match */
+        for (int32_t j0 = tid - lane; j0 < cols; j0 += (int32_t)blockDim.x) {
+            int32_t j = j0 + lane;
+            uint32_t bin = 256; /* none */
+            if (j < cols) {
+                uint32_t key = cand_key(xr[j]);
+                if ((key & mask) == prefix) bin = (key >> shift) & 255u;
+            }
+            unsigned peers = __match_any_sync(0xffffffffu, bin);
+            if (bin < 256 && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (uint32_t)__popc(peers));
+        }
+        __syncthreads();
+        if (tid == 0) { /* the bin holding the need-th largest, from the top */
+            uint32_t need = (uint32_t)s_need, cum = 0;
+            int b = 255;
+            for (; b > 0 && cum + hist[b] < need; b--) cum += hist[b];
+            s_need = (int32_t)(need - cum);
+            s_prefix = prefix | ((uint32_t)b << shift);
+            s_mask = mask | (255u << shift);
+        }
+        __syncthreads();
+    }
+    const uint32_t T = s_prefix;
+    const int32_t take_eq = s_need; /* >= 1: how many of the keys equal to T */
+    for (int32_t j = tid; j < cols; j += (int32_t)blockDim.x) {
+        float v = xr[j];
+        uint32_t key = cand_key(v);
+        if (key > T) {
+            int32_t p = atomicAdd(&s_above, 1);
+            cv[p] = v;
+            ci[p] = j;
+            ck[p] = key;
+        } else if (key == T) {
+            int32_t p = atomicAdd(&s_eq, 1);
+            if (p < CAND_EQ_MAX) eq[p] = j;
+        }
+    }
+    __syncthreads();
+    const int32_t na = s_above, ne = s_eq; /* na + take_eq = m */
+    if (ne > CAND_EQ_MAX) { /* (uniform: every thread read the same ne) */
+        if (tid == 0) n_out[blockIdx.x] = 0;
+        return;
+    }
+    for (int32_t i = tid; i < ne; i += (int32_t)blockDim.x) { /* the smallest ids of T */
+        int32_t id = eq[i], r = 0;
+        for (int32_t o = 0; o < ne; o++) r += eq[o] < id;
+        if (r < take_eq) {
+            cv[na + r] = xr[id];
+            ci[na + r] = id;
+            ck[na + r] = T;
+        }
+    }
+    __syncthreads();
+    float *ov = vals + (size_t)blockIdx.x * (size_t)m_max;
+    int32_t *oi = ids + (size_t)blockIdx.x * (size_t)m_max;
+    for (int32_t i = tid; i < m; i += (int32_t)blockDim.x) {
+        uint32_t kk = ck[i];
+        int32_t id = ci[i], r = 0;
+        for (int32_t o = 0; o < m; o++) r += ck[o] > kk || (ck[o] == kk && ci[o] < id);
+        ov[r] = cv[i];
+        oi[r] = id;
+        float v = cv[i] / q.t; /* x / T, NaN as -inf (sampler.c scaled_or_ninf) */
+        if (v != v) v = -INFINITY;
+        if (r == q.k - 1) s_vk = v;
+        if (r == m - 1) s_vm = v;
+    }
+    __syncthreads();
+    if (tid == 0) n_out[blockIdx.x] = (m == cols || s_vm < s_vk) ? m : 0;
+}
+
+ampr_status ampr__cuda_topk_cands(ampr__cuda *c, const float *x, int32_t cols,
+                                  const ampr__cuda_cand_req *req, int32_t n, int32_t m_max,
+                                  float *vals, int32_t *ids, int32_t *n_out, ampr__err *err) {
+    if (n <= 0) return AMPR_OK;
+    if (m_max < 1 || m_max > AMPR__CANDS_MAX)
+        return ampr__fail(err, AMPR_ERR_INTERNAL, "candidate lists of %d", m_max);
+    AMPR__TRY(ampr__cuda_use(c, err));
+    topk_cands_kernel<<<(unsigned)n, CAND_THREADS, 0, c->stream>>>(x, cols, req, m_max, vals, ids, n_out);
+    AMPR__CU_LAUNCHED(err, "topk_cands");
+    return AMPR_OK;
+}
+
 /* ---- argmax ------------------------------------------------------------------- */
 
 __global__ void argmax_kernel(const float *__restrict__ x, int32_t cols, int32_t *out) {

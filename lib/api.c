@@ -9,6 +9,7 @@
  */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include "backend/backend.h"
@@ -284,6 +285,8 @@ AMPR_API ampr_status ampr_open_ex(const char *model_path, const char *config_jso
     if (!c) return AMPR_ERR_NOMEM;
     pthread_mutex_init(&c->compute_lock, NULL);
     ampr__metrics_init(&c->metrics);
+    const char *fl = getenv("AMPR_FULL_LOGITS");
+    c->full_logits = fl && !strcmp(fl, "1");
     if (params && params->struct_size < sizeof(uint32_t)) params = NULL;
     ampr_status st = open_ctx(c, model_path, config_json, params, &c->open_err);
     c->open_progress = NULL; /* the caller's callback is for the open only */

@@ -130,6 +130,8 @@ struct ampr_ctx {
     struct ampr__backend *backend;  /* device backend (lib/backend); NULL: the CPU forward */
     ampr_progress_fn open_progress; /* ampr_open_ex's callback, during the open only */
     void *open_user;
+    int full_logits;                /* AMPR_FULL_LOGITS=1 at open: every decode step brings
+                                     * its whole row back (generate.c; a switch to compare) */
 };
 
 static inline const float *ampr__attn_norm(const ampr_ctx *c, int l) {

@@ -130,9 +130,14 @@ struct request {
     size_t n_ids, cap_ids;
     int32_t n_positions;  /* KV positions reserved per sequence */
     float *ring;          /* [check_window][vocab] the tier's logits, by predicted index */
-    int32_t pending;      /* >= 0: the next token, the argmax of logits left on the device
-                           * (a greedy step, decode_step's want = 0); -1: scratch.logits
-                           * holds the next-token logits */
+    /* What the last decode step brought back (decode_step's want): the row
+     * into scratch.logits, or for a greedy request its argmax (pending >= 0:
+     * the next token), or for a top-k one its n_cands largest logits
+     * (n_cands > 0). Both -1 / 0 when scratch.logits holds the row. */
+    int32_t pending;
+    int32_t n_cands;
+    float cand_vals[AMPR__CANDS_MAX];
+    int32_t cand_ids[AMPR__CANDS_MAX];
     float ent_ema;        /* smoothed next-token entropy */
     textbuf text;
     ampr__detok dt;
@@ -177,9 +182,8 @@ static ampr_status choose_tier(ampr_ctx *c, const char *prompt, size_t len, cons
 typedef struct ampr__step {
     ampr__kv_seq *seq;
     int32_t token;
-    float *logits;  /* where its next-token logits go (vocab floats), when want */
-    int want;       /* 0: only the argmax (a greedy request without checks) */
-    int32_t argmax; /* the argmax of its next-token logits */
+    float *logits;        /* where its next-token logits go (vocab floats), when asked */
+    ampr__row_want *want; /* what the request needs of them (sampler.h) */
     ampr__err *err;
     ampr_status st;
     int done;
@@ -201,23 +205,22 @@ static void run_batch(ampr_ctx *c, ampr__tier *t, ampr__step **items, int32_t n)
         }
     }
     ampr__kv_seq *seqs[AMPR__BATCH_MAX];
-    int32_t tokens[AMPR__BATCH_MAX], argmax[AMPR__BATCH_MAX];
-    unsigned char want[AMPR__BATCH_MAX];
+    int32_t tokens[AMPR__BATCH_MAX];
+    ampr__row_want want[AMPR__BATCH_MAX];
     for (int32_t i = 0; i < n; i++) {
         seqs[i] = items[i]->seq;
         tokens[i] = items[i]->token;
-        want[i] = (unsigned char)(items[i]->want != 0);
+        want[i] = *items[i]->want; /* its candidate buffers are the request's */
     }
-    if (st == AMPR_OK)
-        st = ampr__backend_decode_batch(c, t, seqs, tokens, n, want, argmax, t->batch_scratch, &berr);
+    if (st == AMPR_OK) st = ampr__backend_decode_batch(c, t, seqs, tokens, n, want, t->batch_scratch, &berr);
     for (int32_t i = 0; i < n; i++) {
         items[i]->st = st;
         if (st != AMPR_OK) {
             ampr__fail(items[i]->err, st, "%s", berr.msg);
             continue;
         }
-        items[i]->argmax = argmax[i];
-        if (items[i]->want)
+        *items[i]->want = want[i];
+        if (want[i].what == AMPR__WANT_ROW || (want[i].what == AMPR__WANT_CANDS && want[i].n_cands == 0))
             memcpy(items[i]->logits, t->batch_scratch->logits + (size_t)i * (size_t)c->hp.vocab_size,
                    (size_t)c->hp.vocab_size * sizeof(float));
     }
@@ -236,9 +239,9 @@ static void decoders_add(ampr__tier *t, int d) {
     pthread_mutex_unlock(&t->batch_mu);
 }
 
-/* Feed one token to seq and get its next-token logits (want), or only their
- * argmax in *argmax (want = 0: a device backend then copies 4 bytes, not the
- * row; *argmax is set either way). Concurrent requests
+/* Feed one token to seq and get what want asks of its next-token logits:
+ * the row into logits, or its argmax, or its largest (want, sampler.h; a
+ * device backend then copies bytes, not the row). Concurrent requests
  * on the same tier share the step: the first to find the tier idle takes
  * everything queued (up to AMPR__BATCH_MAX) and runs it as one batch, so the
  * weights are read once for all of them; the others wait for their turn.
@@ -246,8 +249,8 @@ static void decoders_add(ampr__tier *t, int d) {
  * tier up to BATCH_GATHER_US to queue theirs, so that a batch does not split
  * into a batch of the quickest request and a batch of the rest. */
 static ampr_status decode_step(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, int32_t token,
-                               float *logits, int want, int32_t *argmax, ampr__err *err) {
-    ampr__step me = {seq, token, logits, want, -1, err, AMPR_OK, 0, NULL};
+                               float *logits, ampr__row_want *want, ampr__err *err) {
+    ampr__step me = {seq, token, logits, want, err, AMPR_OK, 0, NULL};
     pthread_mutex_lock(&t->batch_mu);
     if (t->queue_tail) t->queue_tail->next = &me;
     else t->queue = &me;
@@ -288,7 +291,6 @@ static ampr_status decode_step(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, in
         pthread_cond_broadcast(&t->batch_cv);
     }
     pthread_mutex_unlock(&t->batch_mu);
-    *argmax = me.argmax;
     return me.st;
 }
 
@@ -318,6 +320,7 @@ static void switch_to_top(ampr_ctx *c, struct request *r, int32_t row) {
     memcpy(r->scratch.logits, r->check.logits + (size_t)row * (size_t)c->hp.vocab_size,
            (size_t)c->hp.vocab_size * sizeof(float));
     r->pending = -1; /* the logits in hand are these */
+    r->n_cands = 0;
     ampr__kv_seq_release(&r->seq);
     r->seq = r->seq_top;
     memset(&r->seq_top, 0, sizeof r->seq_top);
@@ -472,8 +475,11 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
         }
 
         /* 4b. the next token (a greedy step's came with the step) */
-        int32_t next = r.pending >= 0 ? r.pending : ampr__sample(&r.sampler, logits, r.ids, r.n_ids);
+        int32_t next = r.pending >= 0  ? r.pending
+                       : r.n_cands > 0 ? ampr__sample_cands(&r.sampler, r.cand_vals, r.cand_ids, r.n_cands)
+                                       : ampr__sample(&r.sampler, logits, r.ids, r.n_ids);
         r.pending = -1;
+        r.n_cands = 0;
         if (next == eos && !p->ignore_eos) { finish = AMPR_FINISH_EOS; break; }
         r.ids[r.n_ids++] = next;
         ampr__metrics_req_token(&c->metrics, &mreq, r.tier->id);
@@ -505,14 +511,18 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
             decoders_add(r.tier, 1);
             r.decoding = r.tier;
         }
-        /* the host needs the logits for sampling and, on a lower tier under
-         * checks, for the monitor (4a) and the KL check (4e); a greedy
-         * request without them needs only their argmax */
-        int want = !ampr__sampler_is_greedy(&r.sampler) || (checking && r.tier != r.top);
-        int32_t am = -1;
-        st = decode_step(c, r.tier, &r.seq, next, r.scratch.logits, want, &am, err);
+        /* the host needs the row for the monitor (4a) and the KL check (4e)
+         * on a lower tier under checks; otherwise only what the draw needs
+         * (its argmax, or its largest logits: sampler.h) */
+        ampr__row_want want;
+        ampr__sampler_want(&r.sampler, &want);
+        if ((checking && r.tier != r.top) || c->full_logits) want.what = AMPR__WANT_ROW;
+        want.cand_vals = r.cand_vals;
+        want.cand_ids = r.cand_ids;
+        st = decode_step(c, r.tier, &r.seq, next, r.scratch.logits, &want, err);
         if (st) goto done;
-        if (!want) r.pending = am;
+        if (want.what == AMPR__WANT_ARGMAX) r.pending = want.argmax;
+        if (want.what == AMPR__WANT_CANDS) r.n_cands = want.n_cands; /* 0: the row came */
 
         /* 4e. the verification check against the top tier */
         if (checking && r.ring && r.tier != r.top && (n_gen + 1) % fb->check_every == 0) {

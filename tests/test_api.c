@@ -613,6 +613,42 @@ static void test_device_only_tiers(void **state) {
     ampr_close(ctx);
 }
 
+/* A decode step brings back only what the request's draw needs (a greedy
+ * request the argmax, a top-k one its largest logits, sampler.h): the same
+ * tokens as with every row brought back (AMPR_FULL_LOGITS=1, here the
+ * context's flag), on the top tier and on lower tiers without checks, for
+ * greedy, top-k, top-k + top-p, a nucleus alone and a repetition penalty. */
+static void test_what_steps_bring_back(void **state) {
+    (void)state;
+    ampr_ctx *ctx = open_ok("{\"tiers\": [\"fp16\", \"int8\", \"nf4\"], \"fallback\": {\"enabled\": false}}");
+    struct { float temp; int32_t top_k; float top_p, penalty; } cfgs[] = {
+        {0, 40, 0.95f, 1.0f}, {0.8f, 40, 0.95f, 1.0f}, {1.3f, 5, 1.0f, 1.0f},
+        {0.9f, 0, 0.9f, 1.0f}, {0.8f, 40, 0.95f, 1.3f}, {2.0f, 200, 1.0f, 1.0f}};
+    for (size_t k = 0; k < sizeof cfgs / sizeof *cfgs; k++)
+        for (int i = 0; i < ctx->n_tiers; i++)
+            for (uint64_t seed = 1; seed <= 3; seed++) {
+                ampr_result *r[2] = {NULL, NULL};
+                for (int full = 0; full < 2; full++) {
+                    ctx->full_logits = full;
+                    ampr_gen_params p = greedy(24);
+                    p.tier = ctx->tiers[i].id;
+                    p.temperature = cfgs[k].temp;
+                    p.top_k = cfgs[k].top_k;
+                    p.top_p = cfgs[k].top_p;
+                    p.repetition_penalty = cfgs[k].penalty;
+                    p.seed = seed;
+                    assert_int_equal(ampr_generate(ctx, "once upon", AMPR_NUL_TERMINATED, &p, &r[full]), AMPR_OK);
+                }
+                assert_int_equal(r[0]->n_tokens, r[1]->n_tokens);
+                assert_memory_equal(r[0]->tokens, r[1]->tokens, (size_t)r[0]->n_tokens * sizeof(int32_t));
+                assert_string_equal(r[0]->text, r[1]->text);
+                ampr_result_free(r[0]);
+                ampr_result_free(r[1]);
+            }
+    ctx->full_logits = 0;
+    ampr_close(ctx);
+}
+
 static void test_sampling_seeds(void **state) {
     (void)state;
     ampr_ctx *ctx = open_ok("{\"tiers\": [\"f32\"]}");
@@ -826,6 +862,7 @@ int main(void) {
         cmocka_unit_test(test_kv_full),
         cmocka_unit_test(test_kv_arenas_isolated),
         cmocka_unit_test(test_device_only_tiers),
+        cmocka_unit_test(test_what_steps_bring_back),
         cmocka_unit_test(test_sampling_seeds),
         cmocka_unit_test(test_stop_strings),
         cmocka_unit_test(test_concurrent_equals_serial),

@@ -50,9 +50,8 @@ static ampr_status fake_forward(ampr__backend *b, ampr_ctx *c, ampr__tier *t, am
 
 static ampr_status fake_decode(ampr__backend *b, ampr_ctx *c, ampr__tier *t,
                                ampr__kv_seq *const *seqs, const int32_t *tokens, int32_t n,
-                               const unsigned char *want, int32_t *argmax, ampr__scratch *s,
-                               ampr__err *err) {
-    (void)b; (void)c; (void)t; (void)seqs; (void)tokens; (void)n; (void)want; (void)argmax; (void)s;
+                               ampr__row_want *want, ampr__scratch *s, ampr__err *err) {
+    (void)b; (void)c; (void)t; (void)seqs; (void)tokens; (void)n; (void)want; (void)s;
     return ampr__fail(err, AMPR_ERR_BACKEND, "stand-in: no decode");
 }
 

@@ -319,6 +319,125 @@ static void test_top_k_prefilter_margin(void **state) {
 
 /* The repetition penalty: the greedy pick is the argmax after dividing the
  * positive (multiplying the negative) logits of the last n ids once each. */
+/* Candidate lists (what a device sends instead of the row): the list is the
+ * reference's order of the m largest (value desc, id asc; NaN last, -0 =
+ * +0); when ampr__topk_cands calls it exact, a draw from it is the draw
+ * from the whole row, token for token with the same RNG; it is called
+ * inexact exactly when a tie in x / T reaches from the k-th to the m-th.
+ * Rows: peaked, flat, ties on a coarse grid, masked (-inf), with NaN / -0. */
+static void test_candidate_lists(void **state) {
+    (void)state;
+    const int32_t n = 3000;
+    const float temps[] = {0.3f, 0.8f, 1.7f};
+    const float ps[] = {1.0f, 0.9f};
+    const int32_t ks[] = {1, 7, 40, 200};
+    float *x = malloc(n * sizeof *x), *tmp = malloc(n * sizeof *tmp);
+    ref_cand *c = malloc(n * sizeof *c);
+    float vals[AMPR__CANDS_MAX];
+    int32_t ids[AMPR__CANDS_MAX];
+    int exact_rows = 0, inexact_rows = 0, draws = 0;
+    for (int kind = 0; kind < 5; kind++)
+        for (size_t a = 0; a < sizeof temps / sizeof *temps; a++)
+            for (size_t b = 0; b < sizeof ks / sizeof *ks; b++)
+                for (size_t d = 0; d < sizeof ps / sizeof *ps; d++) {
+                    make_logits(x, n, kind < 3 ? kind : 0);
+                    if (kind == 3) /* masked: few finite */
+                        for (int32_t i = 0; i < n; i++) if (i % 97) x[i] = -INFINITY;
+                    if (kind == 4) {
+                        x[17] = NAN;
+                        x[18] = -0.0f;
+                        x[19] = 0.0f;
+                    }
+                    float t = temps[a];
+                    int32_t k = ks[b], m = k + AMPR__CAND_SLACK;
+                    ampr__sampler full, cand;
+                    ampr__err err = {0};
+                    assert_int_equal(ampr__sampler_init(&full, n, t, k, ps[d], 1.0f, 64, 11, &err), AMPR_OK);
+                    assert_int_equal(ampr__sampler_init(&cand, n, t, k, ps[d], 1.0f, 64, 11, &err), AMPR_OK);
+                    ampr__row_want w;
+                    ampr__sampler_want(&cand, &w);
+                    assert_int_equal(w.what, AMPR__WANT_CANDS);
+                    assert_int_equal(w.m, m);
+                    int ex = ampr__topk_cands(x, n, m, t, k, vals, ids);
+                    /* the list: the reference's order of the values, NaN as -inf */
+                    for (int32_t i = 0; i < n; i++) {
+                        c[i].v = isnan(x[i]) ? -INFINITY : x[i] == 0.0f ? 0.0f : x[i];
+                        c[i].id = i;
+                    }
+                    qsort(c, (size_t)n, sizeof *c, ref_cmp);
+                    for (int32_t i = 0; i < m; i++) assert_int_equal(ids[i], c[i].id);
+                    /* exact iff no tie of x / T reaches from the k-th to the m-th */
+                    float vm = isnan(vals[m - 1]) ? -INFINITY : vals[m - 1] / t;
+                    float vk = isnan(vals[k - 1]) ? -INFINITY : vals[k - 1] / t;
+                    assert_int_equal(ex, vm < vk);
+                    if (ex) exact_rows++;
+                    else inexact_rows++;
+                    for (int r = 0; r < 10 && ex; r++, draws++) {
+                        int32_t want = draw(&full, x, n, tmp);
+                        int32_t got = ampr__sample_cands(&cand, vals, ids, m);
+                        if (got != want)
+                            fail_msg("kind %d T %g k %d p %g draw %d: %d from the list, %d from the row",
+                                     kind, t, k, ps[d], r, got, want);
+                    }
+                    ampr__sampler_free(&full);
+                    ampr__sampler_free(&cand);
+                }
+    assert_true(exact_rows > 60 && inexact_rows > 5 && draws > 600);
+    /* two neighbouring floats that x / T makes equal, the larger one at the
+     * larger id, as the row's two best: the list has the larger first, the
+     * whole-row path the smaller id first (equal values go by id) */
+    {
+        const float t = 1.7f;
+        float lo = 6.0f, hi = nextafterf(lo, INFINITY);
+        while (lo / t != hi / t) {
+            lo = hi;
+            hi = nextafterf(lo, INFINITY);
+        }
+        for (int32_t i = 0; i < n; i++) x[i] = -4.0f + 0.0001f * (float)i; /* distinct */
+        x[5] = lo;
+        x[900] = hi;
+        ampr__sampler full, cand;
+        ampr__err err = {0};
+        assert_int_equal(ampr__sampler_init(&full, n, t, 3, 1.0f, 1.0f, 64, 5, &err), AMPR_OK);
+        assert_int_equal(ampr__sampler_init(&cand, n, t, 3, 1.0f, 1.0f, 64, 5, &err), AMPR_OK);
+        assert_true(ampr__topk_cands(x, n, 3 + AMPR__CAND_SLACK, t, 3, vals, ids));
+        assert_int_equal(ids[0], 900); /* by value */
+        int seen5 = 0, seen900 = 0;
+        for (int r = 0; r < 40; r++) {
+            int32_t want = draw(&full, x, n, tmp);
+            assert_int_equal(ampr__sample_cands(&cand, vals, ids, 3 + AMPR__CAND_SLACK), want);
+            seen5 += want == 5;
+            seen900 += want == 900;
+        }
+        assert_true(seen5 > 0 && seen900 > 0);
+        ampr__sampler_free(&full);
+        ampr__sampler_free(&cand);
+    }
+    /* what draws need: greedy the argmax, top-k a list, the rest the row */
+    ampr__sampler s;
+    ampr__err err = {0};
+    ampr__row_want w;
+    assert_int_equal(ampr__sampler_init(&s, n, 0.0f, 40, 0.9f, 1.0f, 64, 1, &err), AMPR_OK);
+    ampr__sampler_want(&s, &w);
+    assert_int_equal(w.what, AMPR__WANT_ARGMAX);
+    ampr__sampler_free(&s);
+    assert_int_equal(ampr__sampler_init(&s, n, 0.8f, 0, 0.9f, 1.0f, 64, 1, &err), AMPR_OK);
+    ampr__sampler_want(&s, &w);
+    assert_int_equal(w.what, AMPR__WANT_ROW); /* a nucleus over the whole row */
+    ampr__sampler_free(&s);
+    assert_int_equal(ampr__sampler_init(&s, n, 0.8f, 40, 0.9f, 1.1f, 64, 1, &err), AMPR_OK);
+    ampr__sampler_want(&s, &w);
+    assert_int_equal(w.what, AMPR__WANT_ROW); /* the penalty changes the row first */
+    ampr__sampler_free(&s);
+    assert_int_equal(ampr__sampler_init(&s, n, 0.8f, AMPR__CANDS_MAX, 1.0f, 1.0f, 64, 1, &err), AMPR_OK);
+    ampr__sampler_want(&s, &w);
+    assert_int_equal(w.what, AMPR__WANT_ROW); /* k + slack beyond a list */
+    ampr__sampler_free(&s);
+    free(x);
+    free(tmp);
+    free(c);
+}
+
 static void test_repetition_penalty(void **state) {
     (void)state;
     float x[8] = {1.0f, 3.0f, 2.9f, -1.0f, 0.5f, 2.0f, 2.8f, -0.5f};
@@ -346,6 +465,7 @@ int main(void) {
         cmocka_unit_test(test_nonfinite),
         cmocka_unit_test(test_top_k_prefilter_margin),
         cmocka_unit_test(test_repetition_penalty),
+        cmocka_unit_test(test_candidate_lists),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -153,10 +153,9 @@ static int prefill_decode(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, const i
     int32_t next = ampr__argmax(s->logits, c->hp.vocab_size);
     for (int i = 0; i < n_gen && ok; i++) {
         ampr__kv_seq *one = seq;
-        unsigned char want = 0;
-        int32_t am = -1;
-        ok = ampr__backend_decode_batch(c, t, &one, &next, 1, &want, &am, s, err) == AMPR_OK;
-        next = am;
+        ampr__row_want want = {AMPR__WANT_ARGMAX, 0, 0, 0, NULL, NULL, -1, 0};
+        ok = ampr__backend_decode_batch(c, t, &one, &next, 1, &want, s, err) == AMPR_OK;
+        next = want.argmax;
     }
     *decode_ms = ampr__now_ms() - t1;
     return ok;

@@ -15,14 +15,22 @@ ampr_status ampr__backend_forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
 }
 
 ampr_status ampr__backend_decode_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *const *seqs,
-                                       const int32_t *tokens, int32_t n, const unsigned char *want,
-                                       int32_t *argmax, ampr__scratch *s, ampr__err *err) {
+                                       const int32_t *tokens, int32_t n, ampr__row_want *want,
+                                       ampr__scratch *s, ampr__err *err) {
     ampr__backend *b = c->backend;
-    if (b) return b->ops->decode_batch(b, c, t, seqs, tokens, n, want, argmax, s, err);
-    /* the CPU pass makes every row anyway: the argmax is read from it */
+    if (b) return b->ops->decode_batch(b, c, t, seqs, tokens, n, want, s, err);
+    /* the CPU pass makes every row anyway: what a request wants is read from
+     * it, as a device would make it (so the engine's path is the same) */
     AMPR__TRY(ampr__forward_batch(c, t, seqs, tokens, n, s, err));
-    for (int32_t i = 0; argmax && i < n; i++)
-        argmax[i] = ampr__argmax(s->logits + (size_t)i * (size_t)c->hp.vocab_size, c->hp.vocab_size);
+    int32_t V = c->hp.vocab_size;
+    for (int32_t i = 0; want && i < n; i++) {
+        const float *row = s->logits + (size_t)i * (size_t)V;
+        ampr__row_want *w = &want[i];
+        w->argmax = ampr__argmax(row, V);
+        if (w->what == AMPR__WANT_CANDS)
+            w->n_cands = ampr__topk_cands(row, V, w->m, w->temperature, w->top_k, w->cand_vals,
+                                          w->cand_ids) ? w->m : 0;
+    }
     return AMPR_OK;
 }
 

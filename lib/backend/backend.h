@@ -12,13 +12,15 @@
  * Every op has the contract of the CPU function it replaces (engine.h):
  * forward = ampr__forward, decode_batch = ampr__forward_batch. Logits come
  * back to the host (s->logits), for sampling there, except the decode rows
- * whose caller only wants the argmax (a greedy request with no fallback
- * monitor): a device computes it there and copies 4 bytes, not the row.
+ * whose request needs less (ampr__row_want, sampler.h): a greedy request
+ * only the argmax, a top-k one the largest m logits; a device computes
+ * those there and copies bytes, not the row.
  */
 #ifndef AMPR_BACKEND_H
 #define AMPR_BACKEND_H
 
 #include "../engine.h"
+#include "../sampler/sampler.h"
 
 typedef struct ampr__backend ampr__backend;
 
@@ -33,15 +35,18 @@ typedef struct ampr__backend_ops {
     ampr_status (*forward)(ampr__backend *b, ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
                            const int32_t *tokens, int32_t n, int32_t n_logits, ampr__scratch *s,
                            ampr__err *err);
-    /* One next token for each of n sequences (distinct, same tier): row i
-     * of s->logits gets sequence i's next-token logits when want is NULL or
-     * want[i] is set (other rows are left alone), and argmax[i] (unless
-     * argmax is NULL) the row's argmax, by ampr__argmax's rule (the lowest
-     * index of the largest logit). */
+    /* One next token for each of n sequences (distinct, same tier). want
+     * NULL: row i of s->logits gets sequence i's next-token logits. Else
+     * want[i] says what the host needs of row i (sampler.h): the row itself
+     * (AMPR__WANT_ROW), or its argmax (every row gets want[i].argmax, by
+     * ampr__argmax's rule), or its m largest logits (AMPR__WANT_CANDS:
+     * want[i].n_cands = m with the list in cand_vals / cand_ids, as
+     * ampr__topk_cands makes it, when that list decides the draw; else
+     * n_cands = 0 and the row comes instead). Rows not asked for are left
+     * alone. */
     ampr_status (*decode_batch)(ampr__backend *b, ampr_ctx *c, ampr__tier *t,
                                 ampr__kv_seq *const *seqs, const int32_t *tokens, int32_t n,
-                                const unsigned char *want, int32_t *argmax, ampr__scratch *s,
-                                ampr__err *err);
+                                ampr__row_want *want, ampr__scratch *s, ampr__err *err);
     /* Memory bandwidth the device's decode is bound by, GB/s (for ampr bench):
      * the sum over the backend's distinct devices; 0 when it cannot tell. */
     double (*mem_gbs)(ampr__backend *b);
@@ -58,8 +63,8 @@ ampr_status ampr__backend_forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
                                   const int32_t *tokens, int32_t n, int32_t n_logits,
                                   ampr__scratch *s, ampr__err *err);
 ampr_status ampr__backend_decode_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *const *seqs,
-                                       const int32_t *tokens, int32_t n, const unsigned char *want,
-                                       int32_t *argmax, ampr__scratch *s, ampr__err *err);
+                                       const int32_t *tokens, int32_t n, ampr__row_want *want,
+                                       ampr__scratch *s, ampr__err *err);
 void ampr__backend_close(ampr_ctx *c); /* NULL-safe; the context falls back to none */
 /* ctx->backend's mem_gbs, or 0 on the CPU (which measures its own). */
 double ampr__backend_mem_gbs(ampr_ctx *c);

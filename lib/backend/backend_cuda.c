@@ -203,7 +203,7 @@ static ampr_status cuda_forward(ampr__backend *b, ampr_ctx *c, ampr__tier *t, am
         for (int32_t i = 0; i < n; i++) cb->pos[i] = seq->n_tokens + i;
         st = ampr__cuda_forward_paged(ct->model, ct->kv, cb->work, cb->n, cb->red, tokens, cb->pos,
                                       NULL, n, cb->blocks, 1, cb->stride, n_logits, s->logits, NULL,
-                                      NULL, err);
+                                      err);
     }
     pthread_mutex_unlock(&c->compute_lock);
     if (st == AMPR_OK) seq->n_tokens += n;
@@ -212,8 +212,7 @@ static ampr_status cuda_forward(ampr__backend *b, ampr_ctx *c, ampr__tier *t, am
 
 static ampr_status cuda_decode_batch(ampr__backend *b, ampr_ctx *c, ampr__tier *t,
                                      ampr__kv_seq *const *seqs, const int32_t *tokens, int32_t n,
-                                     const unsigned char *want, int32_t *argmax, ampr__scratch *s,
-                                     ampr__err *err) {
+                                     ampr__row_want *want, ampr__scratch *s, ampr__err *err) {
     cuda_backend *cb = b->impl;
     cuda_tier *ct = &cb->tiers[tier_index(c, t)];
     if (n <= 0 || n > AMPR__BATCH_MAX || n > s->max_logits)
@@ -238,7 +237,7 @@ static ampr_status cuda_decode_batch(ampr__backend *b, ampr_ctx *c, ampr__tier *
     if (st == AMPR_OK)
         st = ampr__cuda_forward_paged(ct->model, ct->kv, cb->work, cb->n, cb->red, tokens, cb->pos,
                                       cb->row_seq, n, cb->blocks, n, cb->stride, n, s->logits,
-                                      want, argmax, err);
+                                      want, err);
     pthread_mutex_unlock(&c->compute_lock);
     if (st == AMPR_OK)
         for (int32_t i = 0; i < n; i++) seqs[i]->n_tokens += 1;

@@ -143,9 +143,10 @@ static void sort_cands(ampr__sampler *s, int32_t m) {
  * the one of dividing every element. */
 static void top_k_stream(ampr__sampler *s, const float *logits, int32_t n, int32_t k) {
     const float t = s->temperature, inv = 1.0f / t;
-    for (int32_t i = 0; i < k; i++) {
+    for (int32_t i = 0; i < k; i++) { /* a NaN counts as -inf (later ones never enter) */
+        float v = logits[i] / t;
         s->ids[i] = i;
-        s->vals[i] = logits[i] / t;
+        s->vals[i] = v != v ? -INFINITY : v;
     }
     for (int32_t i = k / 2 - 1; i >= 0; i--) sift_down(s, i, k);
     int32_t i = k;
@@ -239,12 +240,124 @@ static int32_t nucleus(ampr__sampler *s, const float *logits, int32_t n, float *
     return m;
 }
 
+static int32_t draw(ampr__sampler *s, int32_t k, float sum, int nucleus_on);
+
+/* top-k: vals/ids hold the k largest logits / T (finite first), sorted
+ * descending: their softmax, then the draw. */
+static int32_t draw_top_k(ampr__sampler *s, int32_t k, int nucleus_on) {
+    float mx = s->vals[0], sum = 0.0f;
+    for (int32_t i = 0; i < k; i++) {
+        s->vals[i] = expf(s->vals[i] - mx);
+        sum += s->vals[i];
+    }
+    return draw(s, k, sum, nucleus_on);
+}
+
 static int penalizes(const ampr__sampler *s) {
     return s->repetition_penalty != 1.0f && s->repetition_penalty > 0.0f;
 }
 
 int ampr__sampler_is_greedy(const ampr__sampler *s) {
     return s->temperature <= 0.0f && !penalizes(s);
+}
+
+void ampr__sampler_want(const ampr__sampler *s, ampr__row_want *w) {
+    w->what = AMPR__WANT_ROW;
+    w->temperature = s->temperature;
+    w->top_k = s->top_k;
+    w->m = 0;
+    if (penalizes(s)) return;
+    if (s->temperature <= 0.0f) {
+        w->what = AMPR__WANT_ARGMAX;
+    } else if (s->top_k > 0 && s->top_k < s->n_vocab && s->top_k + AMPR__CAND_SLACK <= AMPR__CANDS_MAX) {
+        w->what = AMPR__WANT_CANDS;
+        w->m = AMPR__MIN(s->top_k + AMPR__CAND_SLACK, s->n_vocab);
+    }
+}
+
+/* ---- candidate lists ------------------------------------------------------- */
+
+/* x / T as the top-k path sees it: NaN as -inf. */
+static float scaled_or_ninf(float x, float t) {
+    float v = x / t;
+    return v != v ? -INFINITY : v;
+}
+
+/* Ascending order of floats as unsigned keys: NaN as -inf, -0 as +0. */
+static uint32_t cand_key(float v) {
+    if (v != v) v = -INFINITY;
+    if (v == 0.0f) v = 0.0f;
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+/* a below b in (key desc, id asc) order: b is the better candidate */
+static int key_less(uint32_t ka, int32_t ia, uint32_t kb, int32_t ib) {
+    return ka < kb || (ka == kb && ia > ib);
+}
+
+static void key_sift(uint32_t *key, float *vals, int32_t *ids, int32_t i, int32_t n) {
+    for (;;) { /* min-heap: the worst candidate at the root */
+        int32_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && key_less(key[l], ids[l], key[m], ids[m])) m = l;
+        if (r < n && key_less(key[r], ids[r], key[m], ids[m])) m = r;
+        if (m == i) return;
+        uint32_t tk = key[i]; key[i] = key[m]; key[m] = tk;
+        float tv = vals[i]; vals[i] = vals[m]; vals[m] = tv;
+        int32_t ti = ids[i]; ids[i] = ids[m]; ids[m] = ti;
+        i = m;
+    }
+}
+
+int ampr__topk_cands(const float *x, int32_t n, int32_t m, float t, int32_t k, float *vals,
+                     int32_t *ids) {
+    uint32_t key[AMPR__CANDS_MAX];
+    if (m > AMPR__CANDS_MAX) m = AMPR__CANDS_MAX; /* (callers ask for at most that) */
+    for (int32_t i = 0; i < m; i++) {
+        key[i] = cand_key(x[i]);
+        vals[i] = x[i];
+        ids[i] = i;
+    }
+    for (int32_t i = m / 2 - 1; i >= 0; i--) key_sift(key, vals, ids, i, m);
+    for (int32_t j = m; j < n; j++) { /* later ids lose ties: strictly better only */
+        uint32_t kj = cand_key(x[j]);
+        if (kj > key[0]) {
+            key[0] = kj;
+            vals[0] = x[j];
+            ids[0] = j;
+            key_sift(key, vals, ids, 0, m);
+        }
+    }
+    for (int32_t end = m - 1; end > 0; end--) { /* heap -> best first */
+        uint32_t tk = key[0]; key[0] = key[end]; key[end] = tk;
+        float tv = vals[0]; vals[0] = vals[end]; vals[end] = tv;
+        int32_t ti = ids[0]; ids[0] = ids[end]; ids[end] = ti;
+        key_sift(key, vals, ids, 0, end);
+    }
+    return m == n || scaled_or_ninf(vals[m - 1], t) < scaled_or_ninf(vals[k - 1], t);
+}
+
+int32_t ampr__sample_cands(ampr__sampler *s, const float *vals, const int32_t *ids, int32_t m) {
+    const float t = s->temperature;
+    int32_t k = s->top_k;
+    /* logits / T in the list's order; division can make neighbours equal,
+     * which the whole-row path orders by id: insertion sort (runs are short) */
+    for (int32_t i = 0; i < m; i++) {
+        float v = scaled_or_ninf(vals[i], t);
+        int32_t id = ids[i], j = i;
+        while (j > 0 && s->vals[j - 1] == v && s->ids[j - 1] > id) {
+            s->vals[j] = s->vals[j - 1];
+            s->ids[j] = s->ids[j - 1];
+            j--;
+        }
+        s->vals[j] = v;
+        s->ids[j] = id;
+    }
+    /* as ampr__sample: without a finite largest value, greedy on the logits,
+     * whose argmax is the list's first */
+    if (!isfinite(s->vals[0])) return ids[0];
+    return draw_top_k(s, k, s->top_p > 0.0f && s->top_p < 1.0f);
 }
 
 int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, size_t n_history) {
@@ -274,13 +387,7 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
         /* logits / T overflowed (a tiny T), or +inf / nothing finite: the
          * limit is greedy on the logits themselves */
         if (!isfinite(s->vals[0])) return ampr__argmax(logits, n);
-        /* softmax over the k candidates */
-        float mx = s->vals[0];
-        sum = 0.0f;
-        for (int32_t i = 0; i < k; i++) {
-            s->vals[i] = expf(s->vals[i] - mx);
-            sum += s->vals[i];
-        }
+        return draw_top_k(s, k, nucleus_on);
     } else if (nucleus_on) {
         double total;
         float mx;
@@ -313,6 +420,13 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
         }
         return last; /* rounding ran past the end: the last token with mass */
     }
+    return draw(s, k, sum, nucleus_on);
+}
+
+/* The draw over the k candidates in vals/ids, sorted descending, vals
+ * holding their unnormalized probabilities summing to sum: normalize, cut
+ * the nucleus, draw. */
+static int32_t draw(ampr__sampler *s, int32_t k, float sum, int nucleus_on) {
     for (int32_t i = 0; i < k; i++) s->vals[i] /= sum;
     if (nucleus_on) {
         float cum = 0.0f;

@@ -34,10 +34,52 @@ void ampr__sampler_reseed(ampr__sampler *s, uint64_t seed);
  * ids seen so far (prompt + generated), used by the repetition penalty. */
 int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, size_t n_history);
 
-/* 1 when ampr__sample is ampr__argmax of the logits as they are (no
- * temperature, no repetition penalty): such a request needs no logits on the
- * host, only their argmax (generate.c asks a device backend for just that). */
+/* ---- what a draw needs of a row ------------------------------------------
+ * A device backend need not copy a whole row of logits (128-512 KB) to the
+ * host for every token:
+ *   greedy (no temperature, no repetition penalty): the argmax is the token;
+ *   top-k (0 < top_k < n_vocab, no repetition penalty, with or without top-p):
+ *     the draw depends only on the k largest logits / T. The m = top_k +
+ *     AMPR__CAND_SLACK largest logits of the row, by (value desc, id asc),
+ *     give the same token for the same RNG state as the whole row, unless
+ *     a tie in logits / T reaches from the k-th of them to the m-th (then
+ *     the whole row is needed: ampr__topk_cands says which);
+ *   anything else: the row. */
+#define AMPR__CAND_SLACK 8
+#define AMPR__CANDS_MAX 256 /* the most candidates a row may ask for */
+
+enum { AMPR__WANT_ROW = 0, AMPR__WANT_ARGMAX = 1, AMPR__WANT_CANDS = 2 };
+
+/* What a decode step brings back to the host for one row (backend.h), and
+ * what it brought. */
+typedef struct ampr__row_want {
+    int what;          /* AMPR__WANT_* */
+    float temperature; /* AMPR__WANT_CANDS: the draw's T and k, and m candidates */
+    int32_t top_k, m;
+    float *cand_vals;  /* AMPR__WANT_CANDS: [m] logits, the caller's memory */
+    int32_t *cand_ids; /* [m] their token ids */
+    /* filled by the backend */
+    int32_t argmax;    /* the row's argmax (ampr__argmax's rule), for every row */
+    int32_t n_cands;   /* AMPR__WANT_CANDS: m when the list decides the draw, 0 when
+                        * it cannot and the row came instead */
+} ampr__row_want;
+
+/* What s's next draw needs: w->what, and temperature, top_k, m for
+ * candidates (the caller sets cand_vals / cand_ids). */
+void ampr__sampler_want(const ampr__sampler *s, ampr__row_want *w);
+/* 1 when ampr__sample is ampr__argmax of the logits as they are. */
 int ampr__sampler_is_greedy(const ampr__sampler *s);
+
+/* The m largest of x[0..n) (1 <= m <= n) by (value desc, id asc; a NaN
+ * counts as -inf, -0 as +0) into vals[0..m) and ids[0..m), in that order.
+ * Returns 1 when a top-k draw at temperature t (0 < k <= m) from them is the
+ * draw from the whole row: m == n, or x/t of the m-th is below x/t of the
+ * k-th. The host's reference for the CUDA kernel of the same contract. */
+int ampr__topk_cands(const float *x, int32_t n, int32_t m, float t, int32_t k, float *vals,
+                     int32_t *ids);
+/* ampr__sample's draw from a list for which ampr__topk_cands returned 1
+ * (m from ampr__sampler_want): the same token, the same RNG step. */
+int32_t ampr__sample_cands(ampr__sampler *s, const float *vals, const int32_t *ids, int32_t m);
 
 /* ampr__argmax (the first index of the largest value): fallback/logits.h */
 

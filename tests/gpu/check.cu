@@ -317,6 +317,82 @@ static void check_elementwise(void) {
     for (void *b : bufs) ampr__cuda_free(g_c, b);
 }
 
+/* Candidate lists against the host's ampr__topk_cands: normal rows, a row
+ * of 256 distinct values (~125 ties at the top: an inexact list), -inf
+ * masks, a NaN, +inf, k = 1 at a low temperature, a row where 2000 values
+ * tie at the m-th (the device gives up: 0), m = cols. Lists must match id
+ * for id and bit for bit, and the verdicts too. */
+static void check_topk_cands(void) {
+    const int32_t cols = 32000, rows = 7;
+    std::vector<float> x((size_t)rows * cols);
+    std::vector<ampr__cuda_cand_req> req;
+    for (int32_t r = 0; r < rows; r++) {
+        float *xr = &x[(size_t)r * cols];
+        for (int32_t j = 0; j < cols; j++) xr[j] = rnd_f(-8, 8);
+        if (r == 1)
+            for (int32_t j = 0; j < cols; j++) xr[j] = (float)(int)(xr[j] * 16) * 0.0625f; /* ties */
+        if (r == 2)
+            for (int32_t j = 0; j < cols; j++) if (j % 7) xr[j] = -INFINITY;
+        if (r == 3) xr[123] = NAN;
+        if (r == 4)
+            for (int32_t j = 0; j < 2000; j++) xr[j * 16] = 20.0f; /* 2000 ties at the top */
+        if (r == 5) xr[31999] = INFINITY;
+        req.push_back(ampr__cuda_cand_req{r, r == 6 ? 1 : 40, 48, r == 6 ? 0.3f : 0.8f});
+    }
+    int32_t n = (int32_t)req.size(), m_max = 48;
+    float *dx = (float *)dev_put(x.data(), x.size() * 4);
+    void *dreq = dev_put(req.data(), req.size() * sizeof req[0]);
+    float *dv = (float *)dev_put(NULL, (size_t)n * m_max * 4);
+    int32_t *di = (int32_t *)dev_put(NULL, (size_t)n * m_max * 4);
+    int32_t *dn = (int32_t *)dev_put(NULL, (size_t)n * 4);
+    OK(ampr__cuda_topk_cands(g_c, dx, cols, (const ampr__cuda_cand_req *)dreq, n, m_max, dv, di, dn, &g_err));
+    auto v = dev_get<float>(dv, (size_t)n * m_max);
+    auto id = dev_get<int32_t>(di, (size_t)n * m_max);
+    auto nn = dev_get<int32_t>(dn, (size_t)n);
+    long bad = 0, total = 0;
+    for (int32_t q = 0; q < n; q++) {
+        const ampr__cuda_cand_req &rq = req[(size_t)q];
+        float hv[AMPR__CANDS_MAX];
+        int32_t hi[AMPR__CANDS_MAX];
+        const float *xr = &x[(size_t)rq.row * cols];
+        int exact = ampr__topk_cands(xr, cols, rq.m, rq.t, rq.k, hv, hi);
+        long ties = 0; /* values equal to the m-th: over 1024, the device gives up */
+        for (int32_t j = 0; j < cols; j++) ties += xr[j] == hv[rq.m - 1];
+        bad += (rq.row == 4) != (ties > 1024); /* the row built for it */
+        if (ties > 1024) {
+            bad += nn[(size_t)q] != 0;
+            total += 2;
+            continue;
+        }
+        bad += nn[(size_t)q] != (exact ? rq.m : 0);
+        for (int32_t i = 0; i < rq.m; i++) {
+            bad += id[(size_t)q * m_max + i] != hi[i];
+            bad += memcmp(&v[(size_t)q * m_max + i], &hv[i], 4) != 0;
+        }
+        total += 2 + 2 * rq.m;
+    }
+    /* m = cols on a 40-column row: every column, exact */
+    std::vector<float> y(40);
+    for (auto &e : y) e = rnd_f(-3, 3);
+    y[5] = y[6];
+    ampr__cuda_cand_req r40{0, 10, 40, 1.0f};
+    float *dy = (float *)dev_put(y.data(), 40 * 4);
+    void *dr40 = dev_put(&r40, sizeof r40);
+    OK(ampr__cuda_topk_cands(g_c, dy, 40, (const ampr__cuda_cand_req *)dr40, 1, 40, dv, di, dn, &g_err));
+    auto v40 = dev_get<float>(dv, 40);
+    auto i40 = dev_get<int32_t>(di, 40);
+    auto n40 = dev_get<int32_t>(dn, 1);
+    float hv[40];
+    int32_t hi[40];
+    int exact = ampr__topk_cands(y.data(), 40, 40, 1.0f, 10, hv, hi);
+    bad += !exact || n40[0] != 40;
+    for (int32_t i = 0; i < 40; i++) bad += i40[(size_t)i] != hi[i] || memcmp(&v40[(size_t)i], &hv[i], 4) != 0;
+    total += 1 + 40;
+    report_exact("top-m candidate lists vs the host's (ties, masks, NaN, m = cols)", bad, total);
+    void *bufs[] = {dx, dreq, dv, di, dn, dy, dr40};
+    for (void *b : bufs) ampr__cuda_free(g_c, b);
+}
+
 static void check_embed_matmul(void) {
     char name[128];
     int64_t vocab = 300, dim = 256;
@@ -876,30 +952,52 @@ static void check_paged_graphs(void) {
             for (int32_t q = 0; q < n_seqs; q++)
                 for (int32_t b = 0; b < P; b++) blocks[(size_t)q * P + b] = seq[(size_t)q] * P + b;
             std::vector<float> lg[2];
-            /* the graph side also asks for the argmaxes and only some rows
-             * (every other one, and always the first): the others must stay
-             * untouched, the argmaxes equal the host's of the eager rows */
-            std::vector<unsigned char> want((size_t)n_logits);
-            std::vector<int32_t> am((size_t)n_logits, -1);
-            for (int32_t i = 0; i < n_logits; i++) want[(size_t)i] = (unsigned char)(i % 2 == 0);
+            /* the graph side asks, row by row, for the row, its argmax or
+             * its candidate list (sampler.h): rows not asked for must stay
+             * untouched, argmaxes and lists equal the host's of the eager
+             * rows (a list that cannot decide brings the row instead) */
+            std::vector<ampr__row_want> want((size_t)n_logits);
+            std::vector<float> cv((size_t)n_logits * AMPR__CANDS_MAX);
+            std::vector<int32_t> ci((size_t)n_logits * AMPR__CANDS_MAX);
+            for (int32_t i = 0; i < n_logits; i++) {
+                ampr__row_want &wi = want[(size_t)i];
+                memset(&wi, 0, sizeof wi);
+                wi.what = i % 3 == 0 ? AMPR__WANT_ROW : i % 3 == 1 ? AMPR__WANT_ARGMAX : AMPR__WANT_CANDS;
+                wi.temperature = 0.8f;
+                wi.top_k = 40;
+                wi.m = 40 + AMPR__CAND_SLACK;
+                wi.cand_vals = &cv[(size_t)i * AMPR__CANDS_MAX];
+                wi.cand_ids = &ci[(size_t)i * AMPR__CANDS_MAX];
+                wi.argmax = -1;
+            }
             for (int k = 0; k < 2; k++) {
                 lg[k].assign((size_t)n_logits * hp.vocab_size, 0.0f);
                 OK(ampr__cuda_forward_paged(&dm, &kv[k], &w[k], 1, NULL, toks.data(), pos.data(),
                                             window || n == 1 ? NULL : rs.data(), n, blocks.data(),
-                                            n_seqs, P, n_logits, lg[k].data(),
-                                            k ? want.data() : NULL, k ? am.data() : NULL, &g_err));
+                                            n_seqs, P, n_logits, lg[k].data(), k ? want.data() : NULL,
+                                            &g_err));
             }
             size_t V = (size_t)hp.vocab_size;
             for (int32_t i = 0; i < n_logits; i++) {
+                const ampr__row_want &wi = want[(size_t)i];
                 const float *a = &lg[0][(size_t)i * V], *b = &lg[1][(size_t)i * V];
+                float hv[AMPR__CANDS_MAX];
+                int32_t hi[AMPR__CANDS_MAX];
+                int exact = ampr__topk_cands(a, (int32_t)V, wi.m, wi.temperature, wi.top_k, hv, hi);
+                bool row = wi.what == AMPR__WANT_ROW || (wi.what == AMPR__WANT_CANDS && wi.n_cands == 0);
                 size_t best = 0;
                 for (size_t e = 0; e < V; e++) {
                     if (a[e] > a[best]) best = e;
-                    diff += want[(size_t)i] ? memcmp(&a[e], &b[e], 4) != 0 : b[e] != 0.0f;
+                    diff += row ? memcmp(&a[e], &b[e], 4) != 0 : b[e] != 0.0f;
                 }
-                diff += am[(size_t)i] != (int32_t)best;
+                diff += wi.argmax != (int32_t)best;
+                if (wi.what == AMPR__WANT_CANDS) {
+                    diff += wi.n_cands != (exact ? wi.m : 0);
+                    for (int32_t e = 0; e < wi.n_cands; e++)
+                        diff += wi.cand_ids[e] != hi[e] || memcmp(&wi.cand_vals[e], &hv[e], 4) != 0;
+                }
             }
-            total += (long)lg[0].size() + n_logits;
+            total += (long)lg[0].size() + 2 * n_logits;
         };
         for (int32_t q = 0; q < S; q++) pass(std::vector<int32_t>(6, q), 1); /* prompts */
         for (int round = 0; round < 4; round++) {
@@ -913,7 +1011,7 @@ static void check_paged_graphs(void) {
             }
         }
         int live = ampr__cuda_work_graphs_live(w[1]);
-        snprintf(name, sizeof name, "paged %s: graphs vs eager, wanted rows, device argmax (%d graphs live)",
+        snprintf(name, sizeof name, "paged %s: graphs vs eager, rows / argmax / lists (%d graphs live)",
                  fmt_name(t), live);
         report_exact(name, diff + (live == 0 ? 1 : 0), total);
         for (int k = 0; k < 2; k++) {
@@ -1215,6 +1313,7 @@ int main(int argc, char **argv) {
     }
     if (!bench_only) {
         check_elementwise();
+        check_topk_cands();
         check_embed_matmul();
         check_kv_attention(64);
         check_kv_attention(128);

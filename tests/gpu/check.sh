@@ -144,8 +144,9 @@ else
 fi
 # the CPU formats come from the library itself (check.cu quantizes with them;
 # ampr__quantize can split the work over a pool)
-Q_SRCS="lib/quant/float.c lib/quant/int8.c lib/quant/nf4.c lib/quant/quant.c lib/common/pool.c lib/common/half.c"
-Q_AVX2="lib/quant/kern_avx2.c"
+Q_SRCS="lib/quant/float.c lib/quant/int8.c lib/quant/nf4.c lib/quant/quant.c lib/common/pool.c lib/common/half.c
+        lib/sampler/sampler.c lib/fallback/logits.c"
+Q_AVX2="lib/quant/kern_avx2.c lib/fallback/logits_avx2.c"
 Q_AVX512="lib/quant/kern_avx512.c lib/quant/kern_avx512bf16.c"
 
 echo "check.sh: nvcc $("$NVCC" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), $GENCODE ${NCCL_DEF:+(NCCL)}"
