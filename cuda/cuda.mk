@@ -25,6 +25,11 @@ CUDA_OBJS := $(patsubst %.cu,$(B)/%.o,$(CUDA_SRCS))
 # nvcc host code needs the C++ runtime (static-init guards, personality)
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublasLt $(if $(filter 1,$(CUDA_HAVE_NCCL)),$(NCCL_LINK)) -lstdc++
 
-$(B)/cuda/%.o: cuda/%.cu cuda/ampr_cuda.h cuda/cuda_err.h include/ampr.h lib/common/common.h lib/quant/quant.h
+# every header cuda/ includes from lib/ (ampr_cuda.h, cuda_err.h): structs and
+# constants there are shared with the C side
+CUDA_HDRS := cuda/ampr_cuda.h cuda/cuda_err.h include/ampr.h lib/common/common.h lib/quant/quant.h \
+             lib/sampler/sampler.h lib/fallback/logits.h lib/forward/tp.h lib/model/model.h
+
+$(B)/cuda/%.o: cuda/%.cu $(CUDA_HDRS)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCC_FLAGS) -c $< -o $@

@@ -841,6 +841,7 @@ __global__ void argmax_kernel(const float *__restrict__ x, int32_t cols, int32_t
     int32_t bi = cols; /* "none yet": loses every tie below */
     for (int32_t j = threadIdx.x; j < cols; j += blockDim.x) {
         float v = xr[j];
+        if (v != v) v = -INFINITY; /* a NaN never wins (ampr__argmax's rule) */
         if (v > best || (bi == cols && !(v < best))) { best = v; bi = j; }
     }
     for (int off = 16; off > 0; off >>= 1) {

@@ -397,7 +397,7 @@ typedef struct ampr_gen_params {
     uint32_t struct_size;
     ampr_tier tier;            /* AMPR_TIER_AUTO (default) routes the prompt */
     int32_t max_tokens;        /* new tokens at most (default 256; 0 = prefill only) */
-    float temperature;         /* 0 = greedy (default 0.8) */
+    float temperature;         /* 0 = greedy (default 0.8); finite */
     int32_t top_k;             /* 0 = off (default 40) */
     float top_p;               /* 1 = off (default 0.95) */
     float repetition_penalty;  /* 1 = off (default 1.0) */

@@ -132,6 +132,8 @@ struct ampr_ctx {
     void *open_user;
     int full_logits;                /* AMPR_FULL_LOGITS=1 at open: every decode step brings
                                      * its whole row back (generate.c; a switch to compare) */
+    int test_lists_undecided;       /* tests only: the CPU pass calls every candidate list
+                                     * undecided, so the row comes instead (backend.c) */
 };
 
 static inline const float *ampr__attn_norm(const ampr_ctx *c, int l) {

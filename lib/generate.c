@@ -15,6 +15,7 @@
  * (locked per forward pass).
  */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <time.h>
 
@@ -354,9 +355,11 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
         return ampr__fail(err, AMPR_ERR_INVALID_ARG, "max_tokens must be >= 0 (got %d)", p->max_tokens);
     if (p->n_stop && !p->stop)
         return ampr__fail(err, AMPR_ERR_INVALID_ARG, "n_stop is %zu but stop is NULL", p->n_stop);
-    if (!(p->temperature >= 0.0f) || !(p->top_p >= 0.0f) || !(p->repetition_penalty > 0.0f))
+    if (!(p->temperature >= 0.0f) || !isfinite(p->temperature) || !(p->top_p >= 0.0f) ||
+        !(p->repetition_penalty > 0.0f) || !isfinite(p->repetition_penalty))
         return ampr__fail(err, AMPR_ERR_INVALID_ARG,
-                          "temperature and top_p must be >= 0, repetition_penalty > 0");
+                          "temperature and top_p must be >= 0, repetition_penalty > 0, and the "
+                          "temperature and penalty finite");
 
     struct request r;
     memset(&r, 0, sizeof r);

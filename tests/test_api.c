@@ -7,6 +7,7 @@
  */
 #include "testutil.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -616,11 +617,11 @@ static void test_device_only_tiers(void **state) {
 /* A decode step brings back only what the request's draw needs (a greedy
  * request the argmax, a top-k one its largest logits, sampler.h): the same
  * tokens as with every row brought back (AMPR_FULL_LOGITS=1, here the
- * context's flag), on the top tier and on lower tiers without checks, for
- * greedy, top-k, top-k + top-p, a nucleus alone and a repetition penalty. */
-static void test_what_steps_bring_back(void **state) {
-    (void)state;
-    ampr_ctx *ctx = open_ok("{\"tiers\": [\"fp16\", \"int8\", \"nf4\"], \"fallback\": {\"enabled\": false}}");
+ * context's flag), on every tier without checks and with them (there the
+ * lower tiers' monitor and KL check need the row: the same escalations
+ * too), for greedy, top-k, top-k + top-p, a nucleus alone and a repetition
+ * penalty; and when every list is undecided (the row comes after all). */
+static void what_steps_bring_back(ampr_ctx *ctx, int undecided) {
     struct { float temp; int32_t top_k; float top_p, penalty; } cfgs[] = {
         {0, 40, 0.95f, 1.0f}, {0.8f, 40, 0.95f, 1.0f}, {1.3f, 5, 1.0f, 1.0f},
         {0.9f, 0, 0.9f, 1.0f}, {0.8f, 40, 0.95f, 1.3f}, {2.0f, 200, 1.0f, 1.0f}};
@@ -630,6 +631,7 @@ static void test_what_steps_bring_back(void **state) {
                 ampr_result *r[2] = {NULL, NULL};
                 for (int full = 0; full < 2; full++) {
                     ctx->full_logits = full;
+                    ctx->test_lists_undecided = undecided && !full;
                     ampr_gen_params p = greedy(24);
                     p.tier = ctx->tiers[i].id;
                     p.temperature = cfgs[k].temp;
@@ -642,10 +644,26 @@ static void test_what_steps_bring_back(void **state) {
                 assert_int_equal(r[0]->n_tokens, r[1]->n_tokens);
                 assert_memory_equal(r[0]->tokens, r[1]->tokens, (size_t)r[0]->n_tokens * sizeof(int32_t));
                 assert_string_equal(r[0]->text, r[1]->text);
+                assert_int_equal(r[0]->escalated, r[1]->escalated);
+                assert_int_equal(r[0]->escalation_token, r[1]->escalation_token);
+                assert_string_equal(r[0]->escalation_reason, r[1]->escalation_reason);
                 ampr_result_free(r[0]);
                 ampr_result_free(r[1]);
             }
     ctx->full_logits = 0;
+    ctx->test_lists_undecided = 0;
+}
+
+static void test_what_steps_bring_back(void **state) {
+    (void)state;
+    ampr_ctx *ctx = open_ok("{\"tiers\": [\"fp16\", \"int8\", \"nf4\"], \"fallback\": {\"enabled\": false}}");
+    what_steps_bring_back(ctx, 0);
+    what_steps_bring_back(ctx, 1);
+    ampr_close(ctx);
+    /* checks on, tight enough that some requests escalate */
+    ctx = open_ok("{\"tiers\": [\"fp16\", \"int8\", \"nf4\"], \"fallback\": {\"entropy_max\": 3.0, "
+                  "\"check_every\": 4, \"check_window\": 4, \"kl_max\": 0.02, \"min_tokens\": 2}}");
+    what_steps_bring_back(ctx, 0);
     ampr_close(ctx);
 }
 
@@ -685,6 +703,12 @@ static void test_sampling_seeds(void **state) {
     assert_int_equal(ampr_generate(ctx, "abc", 3, &g, &a), AMPR_OK);
     ampr_result_free(a);
     g.repetition_penalty = 0.0f;
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &g, &a), AMPR_ERR_INVALID_ARG);
+    g.repetition_penalty = 1.0f; /* an infinite temperature or penalty is no distribution */
+    g.temperature = INFINITY;
+    assert_int_equal(ampr_generate(ctx, "abc", 3, &g, &a), AMPR_ERR_INVALID_ARG);
+    g.temperature = 0.8f;
+    g.repetition_penalty = INFINITY;
     assert_int_equal(ampr_generate(ctx, "abc", 3, &g, &a), AMPR_ERR_INVALID_ARG);
     ampr_close(ctx);
 }

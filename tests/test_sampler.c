@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "quant/quant.h"
 #include "sampler/sampler.h"
 
 /* ---- the reference --------------------------------------------------------- */
@@ -317,11 +318,9 @@ static void test_top_k_prefilter_margin(void **state) {
     ampr__sampler_free(&s);
 }
 
-/* The repetition penalty: the greedy pick is the argmax after dividing the
- * positive (multiplying the negative) logits of the last n ids once each. */
 /* Candidate lists (what a device sends instead of the row): the list is the
- * reference's order of the m largest (value desc, id asc; NaN last, -0 =
- * +0); when ampr__topk_cands calls it exact, a draw from it is the draw
+ * reference's order of the m largest (value desc, id asc; NaN as -inf, -0
+ * as +0); when ampr__topk_cands calls it exact, a draw from it is the draw
  * from the whole row, token for token with the same RNG; it is called
  * inexact exactly when a tie in x / T reaches from the k-th to the m-th.
  * Rows: peaked, flat, ties on a coarse grid, masked (-inf), with NaN / -0. */
@@ -438,6 +437,39 @@ static void test_candidate_lists(void **state) {
     free(c);
 }
 
+/* One argmax rule everywhere (logits.h): the first index of the largest
+ * value, a NaN counting as -inf: the scalar and AVX2 levels agree with it,
+ * and so does a candidate list's first id (a GPU's greedy and lists). */
+static void test_argmax_nan(void **state) {
+    (void)state;
+    enum { N = 40 };
+    int avx2 = ampr__quant_simd_max() >= AMPR__SIMD_AVX2;
+    float x[N], vals[AMPR__CANDS_MAX];
+    int32_t ids[AMPR__CANDS_MAX];
+    struct { int nan_at[3]; int big_at; float big; int32_t want; } rows[] = {
+        {{0, -1, -1}, 25, 5.0f, 25},   /* NaN first, the max later */
+        {{3, 17, 33}, 9, 1.0f, 9},     /* NaNs around it */
+        {{0, 1, 2}, -1, 0.0f, 3},      /* zeros after NaNs: the first zero */
+        {{-1, -1, -1}, 30, INFINITY, 30},
+    };
+    for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
+        for (int i = 0; i < N; i++) x[i] = r == 2 ? 0.0f : -1.0f - 0.01f * (float)i;
+        for (int k = 0; k < 3; k++) if (rows[r].nan_at[k] >= 0) x[rows[r].nan_at[k]] = NAN;
+        if (rows[r].big_at >= 0) x[rows[r].big_at] = rows[r].big;
+        assert_int_equal(ampr__argmax_scalar(x, N), rows[r].want);
+        if (avx2) assert_int_equal(ampr__argmax_avx2(x, N), rows[r].want);
+        ampr__topk_cands(x, N, 8, 1.0f, 4, vals, ids);
+        assert_int_equal(ids[0], rows[r].want);
+    }
+    for (int i = 0; i < N; i++) x[i] = i % 2 ? NAN : -INFINITY; /* nothing above -inf: 0 */
+    assert_int_equal(ampr__argmax_scalar(x, N), 0);
+    if (avx2) assert_int_equal(ampr__argmax_avx2(x, N), 0);
+    ampr__topk_cands(x, N, 8, 1.0f, 4, vals, ids);
+    assert_int_equal(ids[0], 0);
+}
+
+/* The repetition penalty: the greedy pick is the argmax after dividing the
+ * positive (multiplying the negative) logits of the last n ids once each. */
 static void test_repetition_penalty(void **state) {
     (void)state;
     float x[8] = {1.0f, 3.0f, 2.9f, -1.0f, 0.5f, 2.0f, 2.8f, -0.5f};
@@ -466,6 +498,7 @@ int main(void) {
         cmocka_unit_test(test_top_k_prefilter_margin),
         cmocka_unit_test(test_repetition_penalty),
         cmocka_unit_test(test_candidate_lists),
+        cmocka_unit_test(test_argmax_nan),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -147,7 +147,7 @@ static int prefill_decode(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, const i
     }
     *prefill_ms = ampr__now_ms() - t0;
     if (bw) *bw = c->backend ? ampr__backend_mem_gbs(c) : read_bandwidth(c);
-    /* decode as a greedy request does (generate.c decode_step, want = 0):
+    /* decode as a greedy request does (generate.c decode_step, AMPR__WANT_ARGMAX):
      * one-sequence decode batches that return only the argmax */
     double t1 = ampr__now_ms();
     int32_t next = ampr__argmax(s->logits, c->hp.vocab_size);

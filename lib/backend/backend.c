@@ -29,7 +29,7 @@ ampr_status ampr__backend_decode_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq 
         w->argmax = ampr__argmax(row, V);
         if (w->what == AMPR__WANT_CANDS)
             w->n_cands = ampr__topk_cands(row, V, w->m, w->temperature, w->top_k, w->cand_vals,
-                                          w->cand_ids) ? w->m : 0;
+                                          w->cand_ids) && !c->test_lists_undecided ? w->m : 0;
     }
     return AMPR_OK;
 }

@@ -13,8 +13,12 @@ static int use_avx2(void) { return ampr__quant_simd() >= AMPR__SIMD_AVX2; }
 
 int32_t ampr__argmax_scalar(const float *v, int32_t n) {
     int32_t best = 0;
+    float b = v[0] != v[0] ? -INFINITY : v[0]; /* a NaN counts as -inf: it never wins */
     for (int32_t i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i;
+        if (v[i] > b) {
+            b = v[i];
+            best = i;
+        }
     return best;
 }
 

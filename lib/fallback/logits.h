@@ -13,7 +13,7 @@
 #include "../common/common.h"
 
 typedef struct ampr__logit_stats {
-    int32_t argmax; /* first index of the largest value */
+    int32_t argmax; /* first index of the largest value (NaN counts as -inf) */
     float max;      /* that value */
     float second;   /* the largest of the others (= max when it occurs twice; -inf for n = 1) */
     double z;       /* sum of exp(x - max) */
@@ -23,7 +23,9 @@ typedef struct ampr__logit_stats {
 /* n >= 1. Entropy = log z - s / z; p(top1) - p(top2) = (1 - exp(second - max)) / z. */
 void ampr__logit_stats_get(const float *x, int32_t n, ampr__logit_stats *st);
 
-/* Index of the largest value (the first one on ties). */
+/* Index of the largest value: the first one on ties, a NaN counting as -inf
+ * (all NaN or -inf: 0). The one rule of the host's greedy draws and the
+ * sampler's fallbacks, the GPU's argmax and candidate lists. */
 int32_t ampr__argmax(const float *v, int32_t n);
 
 /* out[i] = exp(x[i] - mx) (x[i] <= mx; out may be NULL); returns their sum. */

@@ -70,8 +70,8 @@ static float row_max(const float *x, int32_t n) {
 
 int32_t ampr__argmax_avx2(const float *v, int32_t n) {
     if (n <= 0) return 0;
-    float mx = row_max(v, n);
-    if (!(v[0] < mx)) return 0; /* v[0] is the max (or NaN: so is the scalar answer) */
+    float mx = row_max(v, n); /* (NaN never wins: max_ps keeps the other operand) */
+    if (v[0] == mx || mx == -INFINITY) return 0; /* (nothing above -inf: the first) */
     __m256 m = _mm256_set1_ps(mx);
     int32_t i = 0;
     for (; i + 8 <= n; i += 8) {

@@ -257,16 +257,12 @@ static int penalizes(const ampr__sampler *s) {
     return s->repetition_penalty != 1.0f && s->repetition_penalty > 0.0f;
 }
 
-int ampr__sampler_is_greedy(const ampr__sampler *s) {
-    return s->temperature <= 0.0f && !penalizes(s);
-}
-
 void ampr__sampler_want(const ampr__sampler *s, ampr__row_want *w) {
     w->what = AMPR__WANT_ROW;
     w->temperature = s->temperature;
     w->top_k = s->top_k;
     w->m = 0;
-    if (penalizes(s)) return;
+    if (penalizes(s) || !isfinite(s->temperature)) return;
     if (s->temperature <= 0.0f) {
         w->what = AMPR__WANT_ARGMAX;
     } else if (s->top_k > 0 && s->top_k < s->n_vocab && s->top_k + AMPR__CAND_SLACK <= AMPR__CANDS_MAX) {

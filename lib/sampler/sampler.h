@@ -38,7 +38,8 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
  * A device backend need not copy a whole row of logits (128-512 KB) to the
  * host for every token:
  *   greedy (no temperature, no repetition penalty): the argmax is the token;
- *   top-k (0 < top_k < n_vocab, no repetition penalty, with or without top-p):
+ *   top-k (0 < top_k < n_vocab, top_k + AMPR__CAND_SLACK <= AMPR__CANDS_MAX,
+ *     a finite temperature, no repetition penalty, with or without top-p):
  *     the draw depends only on the k largest logits / T. The m = top_k +
  *     AMPR__CAND_SLACK largest logits of the row, by (value desc, id asc),
  *     give the same token for the same RNG state as the whole row, unless
@@ -67,8 +68,6 @@ typedef struct ampr__row_want {
 /* What s's next draw needs: w->what, and temperature, top_k, m for
  * candidates (the caller sets cand_vals / cand_ids). */
 void ampr__sampler_want(const ampr__sampler *s, ampr__row_want *w);
-/* 1 when ampr__sample is ampr__argmax of the logits as they are. */
-int ampr__sampler_is_greedy(const ampr__sampler *s);
 
 /* The m largest of x[0..n) (1 <= m <= n) by (value desc, id asc; a NaN
  * counts as -inf, -0 as +0) into vals[0..m) and ids[0..m), in that order.

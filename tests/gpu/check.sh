@@ -276,6 +276,25 @@ for tier in fp16 int8 nf4; do
     else echo "e2e $tier -n 60: graphs != eager  FAIL"; printf '  graph: %s\n  eager: %s\n' "$g1" "$g0"; e2e_fail=1; fi
 done
 
+# Sampled decoding (top-k 40, top-p 0.95, T 0.8, a seed; checks off so every
+# tier samples from what its decode steps bring back): the device's candidate
+# lists (greedy: its argmax) must give the tokens the whole rows give
+# (AMPR_FULL_LOGITS=1), on the same device.
+run_sampled() { # tier -> text on stdout
+    timeout -k 5 "${AMPR_GPU_RUN_TIMEOUT:-45}" "$AMPR" run -m "$MODEL" \
+        --config '{"device":"cuda","tiers":["fp16","int8","nf4"],"fallback":{"enabled":false}}' \
+        --tier "$1" -p "$PROMPT" -n 60 --temp 0.8 --top-k 40 --top-p 0.95 --seed 7 --quiet \
+        2>>"$OUT/e2e-sampled-$1.err"
+}
+for tier in fp16 int8 nf4; do
+    [ "$cuda_hung" = 1 ] && break
+    s1=$(run_sampled "$tier") || { echo "FAIL: sampled cuda run $tier: $(tail -2 "$OUT/e2e-sampled-$tier.err")"; e2e_fail=1; continue; }
+    s0=$(AMPR_FULL_LOGITS=1 run_sampled "$tier") ||
+        { echo "FAIL: sampled cuda run $tier (full rows): $(tail -2 "$OUT/e2e-sampled-$tier.err")"; e2e_fail=1; continue; }
+    if [ "$s1" = "$s0" ]; then echo "e2e $tier sampled -n 60: candidate lists == full rows (${#s1} chars)  PASS"
+    else echo "e2e $tier sampled -n 60: candidate lists != full rows  FAIL"; printf '  lists: %s\n  rows : %s\n' "$s1" "$s0"; e2e_fail=1; fi
+done
+
 # Tensor parallelism: the GPU ranks against the CPU's simulated ranks (same
 # shards; the copy all-reduce sums in the CPU's rank order). On one GPU the
 # ranks share it; with two or more, NCCL ranks in one process and one rank per
