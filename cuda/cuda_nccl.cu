@@ -118,14 +118,18 @@ static ampr_status comm_wait(ampr__cuda_comm *cm, ampr__err *err) {
                               "NCCL: a collective failed (%s): another rank of the group failed; "
                               "the group was aborted", ncclGetErrorString(a));
         }
-        if (cm->timeout_ms > 0 && now_ms() - t0 > (double)cm->timeout_ms) {
+        double waited = now_ms() - t0;
+        if (cm->timeout_ms > 0 && waited > (double)cm->timeout_ms) {
             comm_abort(cm);
             return ampr__fail(err, AMPR_ERR_BACKEND,
                               "NCCL: the group's work did not finish within %lld ms "
                               "(\"tp_timeout_ms\"): another rank stopped answering; the group was "
                               "aborted", (long long)cm->timeout_ms);
         }
-        nap_1ms();
+        /* a decode pass ends within milliseconds: poll closely first, so the
+         * wait adds no latency a synchronize would not; then nap */
+        if (waited < 5.0) sched_yield();
+        else nap_1ms();
     }
 }
 #else
