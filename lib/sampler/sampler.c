@@ -279,58 +279,56 @@ static float scaled_or_ninf(float x, float t) {
     return v != v ? -INFINITY : v;
 }
 
-/* Ascending order of floats as unsigned keys: NaN as -inf, -0 as +0. */
-static uint32_t cand_key(float v) {
-    if (v != v) v = -INFINITY;
-    if (v == 0.0f) v = 0.0f;
-    uint32_t u;
-    memcpy(&u, &v, sizeof u);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+/* a below b in (value desc, id asc) order, values with NaN as -inf (-0 and
+ * +0 compare equal as floats): b is the better candidate */
+static int cand_below(float va, int32_t ia, float vb, int32_t ib) {
+    return va < vb || (va == vb && ia > ib);
 }
 
-/* a below b in (key desc, id asc) order: b is the better candidate */
-static int key_less(uint32_t ka, int32_t ia, uint32_t kb, int32_t ib) {
-    return ka < kb || (ka == kb && ia > ib);
-}
-
-static void key_sift(uint32_t *key, float *vals, int32_t *ids, int32_t i, int32_t n) {
+static void cand_sift(float *eff, int32_t *ids, int32_t i, int32_t n) {
     for (;;) { /* min-heap: the worst candidate at the root */
         int32_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < n && key_less(key[l], ids[l], key[m], ids[m])) m = l;
-        if (r < n && key_less(key[r], ids[r], key[m], ids[m])) m = r;
+        if (l < n && cand_below(eff[l], ids[l], eff[m], ids[m])) m = l;
+        if (r < n && cand_below(eff[r], ids[r], eff[m], ids[m])) m = r;
         if (m == i) return;
-        uint32_t tk = key[i]; key[i] = key[m]; key[m] = tk;
-        float tv = vals[i]; vals[i] = vals[m]; vals[m] = tv;
+        float tv = eff[i]; eff[i] = eff[m]; eff[m] = tv;
         int32_t ti = ids[i]; ids[i] = ids[m]; ids[m] = ti;
         i = m;
     }
 }
 
+/* As top_k_stream, on the logits themselves: a heap of m streams over the
+ * row, blocks of 16 first tested against the root (most of a row is far
+ * below it; a NaN or an equal value never enters: a later id loses ties). */
 int ampr__topk_cands(const float *x, int32_t n, int32_t m, float t, int32_t k, float *vals,
                      int32_t *ids) {
-    uint32_t key[AMPR__CANDS_MAX];
+    float eff[AMPR__CANDS_MAX];
     if (m > AMPR__CANDS_MAX) m = AMPR__CANDS_MAX; /* (callers ask for at most that) */
     for (int32_t i = 0; i < m; i++) {
-        key[i] = cand_key(x[i]);
-        vals[i] = x[i];
+        eff[i] = x[i] != x[i] ? -INFINITY : x[i];
         ids[i] = i;
     }
-    for (int32_t i = m / 2 - 1; i >= 0; i--) key_sift(key, vals, ids, i, m);
-    for (int32_t j = m; j < n; j++) { /* later ids lose ties: strictly better only */
-        uint32_t kj = cand_key(x[j]);
-        if (kj > key[0]) {
-            key[0] = kj;
-            vals[0] = x[j];
-            ids[0] = j;
-            key_sift(key, vals, ids, 0, m);
-        }
+    for (int32_t i = m / 2 - 1; i >= 0; i--) cand_sift(eff, ids, i, m);
+    for (int32_t i = m; i < n;) {
+        int32_t end = i + 16 <= n ? i + 16 : n;
+        float root = eff[0];
+        int any = 0;
+        for (int32_t j = i; j < end; j++) any |= x[j] > root;
+        if (any)
+            for (int32_t j = i; j < end; j++)
+                if (x[j] > eff[0]) {
+                    eff[0] = x[j];
+                    ids[0] = j;
+                    cand_sift(eff, ids, 0, m);
+                }
+        i = end;
     }
     for (int32_t end = m - 1; end > 0; end--) { /* heap -> best first */
-        uint32_t tk = key[0]; key[0] = key[end]; key[end] = tk;
-        float tv = vals[0]; vals[0] = vals[end]; vals[end] = tv;
+        float tv = eff[0]; eff[0] = eff[end]; eff[end] = tv;
         int32_t ti = ids[0]; ids[0] = ids[end]; ids[end] = ti;
-        key_sift(key, vals, ids, 0, end);
+        cand_sift(eff, ids, 0, end);
     }
+    for (int32_t i = 0; i < m; i++) vals[i] = x[ids[i]];
     return m == n || scaled_or_ninf(vals[m - 1], t) < scaled_or_ninf(vals[k - 1], t);
 }
 
