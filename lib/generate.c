@@ -517,7 +517,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
         /* the host needs the row for the monitor (4a) and the KL check (4e)
          * on a lower tier under checks; otherwise only what the draw needs
          * (its argmax, or its largest logits: sampler.h) */
-        ampr__row_want want;
+        ampr__row_want want = {0};
         ampr__sampler_want(&r.sampler, &want);
         if ((checking && r.tier != r.top) || c->full_logits) want.what = AMPR__WANT_ROW;
         want.cand_vals = r.cand_vals;
