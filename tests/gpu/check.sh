@@ -263,6 +263,18 @@ for tier in fp16 int8 nf4; do
     done
 done
 timeout -k 5 60 "$AMPR" info -m "$MODEL" --config '{"device":"cuda","tiers":["fp16","int8","nf4"]}' 2>&1 | grep -i device || true
+# The streamed open's fallback: "auto" with a tier the GPU cannot take (f32)
+# uploads fp16, fails on f32, closes the GPU and builds both again for the
+# CPU; the context must then say so and generate like a CPU one.
+dev=$(timeout -k 5 60 "$AMPR" info -m "$MODEL" --config '{"device":"auto","tiers":["fp16","f32"]}' 2>&1 | grep -i '^device' || true)
+fb=$(timeout -k 5 60 "$AMPR" run -m "$MODEL" --config '{"device":"auto","tiers":["fp16","f32"]}' --tier fp16 \
+    -p "$PROMPT" -n 20 --temp 0 --quiet 2>"$OUT/e2e-auto-fallback.err" || echo "(run failed)")
+cpu20=$(run_tier cpu fp16 20 || echo "(cpu run failed)")
+case "$dev" in
+*"cpu (auto:"*f32*) if [ "$fb" = "$cpu20" ]; then echo "auto with an f32 tier falls back to the CPU after an upload: $dev  PASS"
+                    else echo "auto fallback after an upload: text differs from the CPU's  FAIL"; e2e_fail=1; fi ;;
+*) echo "auto with an f32 tier: expected a CPU fallback naming f32, got: $dev  FAIL"; e2e_fail=1 ;;
+esac
 
 # Decode passes replay CUDA graphs (captured on a shape's second pass); with
 # AMPR_CUDA_GRAPHS=0 they run eagerly. The same kernels either way: the texts
