@@ -18,6 +18,7 @@
 #include "pool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <time.h>
 #include <unistd.h>
@@ -65,7 +66,9 @@ static int64_t mono_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Spin until `cond` holds or SPIN_NS have passed (the clock is read every 64 turns). */
+/* Spin until `cond` holds or SPIN_NS have passed (the clock is read every 64
+ * turns, with a yield: on a machine with more runnable threads than cores the
+ * thread being waited for may need this one's core). */
 #define SPIN_UNTIL(cond)                                                          \
     do {                                                                          \
         int64_t t_end_ = 0;                                                       \
@@ -75,6 +78,7 @@ static int64_t mono_ns(void) {
                 int64_t t_ = mono_ns();                                           \
                 if (!t_end_) t_end_ = t_ + SPIN_NS;                               \
                 else if (t_ > t_end_) break;                                      \
+                sched_yield();                                                    \
             }                                                                     \
         }                                                                         \
     } while (0)
@@ -85,9 +89,11 @@ static int64_t mono_ns(void) {
  * are done by the others, and nobody waits for it to show up. */
 static void run_items(ampr__pool *p, uint32_t g) {
     pool_job *j = &p->job[g & 1];
-    ampr__pool_fn fn = atomic_load_explicit(&j->fn, memory_order_relaxed);
-    void *arg = atomic_load_explicit(&j->arg, memory_order_relaxed);
-    int n = atomic_load_explicit(&j->n, memory_order_relaxed);
+    /* acquire: a slot already rewritten for a later job then orders the
+     * caller's later store of `next` before our claim, which fails */
+    ampr__pool_fn fn = atomic_load_explicit(&j->fn, memory_order_acquire);
+    void *arg = atomic_load_explicit(&j->arg, memory_order_acquire);
+    int n = atomic_load_explicit(&j->n, memory_order_acquire);
     uint64_t v = atomic_load_explicit(&p->next, memory_order_acquire);
     for (;;) {
         if ((uint32_t)(v >> 32) != g || (int64_t)(uint32_t)v >= n) return;
@@ -176,9 +182,9 @@ void ampr__pool_run(ampr__pool *p, int n, ampr__pool_fn fn, void *arg) {
     /* one run at a time (pool.h): the previous job's items are all done */
     uint32_t g = (uint32_t)atomic_load(&p->generation) + 1;
     pool_job *j = &p->job[g & 1];
-    atomic_store_explicit(&j->fn, fn, memory_order_relaxed);
-    atomic_store_explicit(&j->arg, arg, memory_order_relaxed);
-    atomic_store_explicit(&j->n, n, memory_order_relaxed);
+    atomic_store_explicit(&j->fn, fn, memory_order_release);
+    atomic_store_explicit(&j->arg, arg, memory_order_release);
+    atomic_store_explicit(&j->n, n, memory_order_release);
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
     atomic_store_explicit(&p->next, (uint64_t)g << 32, memory_order_release);
     pthread_mutex_lock(&p->mu);
@@ -187,7 +193,7 @@ void ampr__pool_run(ampr__pool *p, int n, ampr__pool_fn fn, void *arg) {
     pthread_mutex_unlock(&p->mu);
     run_items(p, g);
     /* items other threads claimed may still run: wait for them alone */
-    SPIN_UNTIL(atomic_load_explicit(&p->done, memory_order_acquire) == n);
+    SPIN_UNTIL(atomic_load_explicit(&p->done, memory_order_acquire) >= n);
     if (atomic_load_explicit(&p->done, memory_order_acquire) < n) {
         pthread_mutex_lock(&p->mu);
         p->waiting = 1;
