@@ -176,6 +176,15 @@ static ampr_status choose_device(ampr_ctx *c, int *want_cuda, ampr__err *err) {
                       "config asks for \"device\": \"cuda\": %s", why);
 }
 
+/* The GPU failed (to open, or to take a tier): "auto" goes on on the CPU
+ * with a note saying why (AMPR_OK), "cuda" fails the open. */
+static ampr_status device_failed(ampr_ctx *c, ampr_status st, const char *why, ampr__err *err) {
+    if (c->cfg.device != 1)
+        return ampr__fail(err, st, "config asks for \"device\": \"cuda\": %s", why);
+    snprintf(c->device, sizeof c->device, "cpu (auto: %.70s)", why);
+    return AMPR_OK;
+}
+
 /* Before the tiers are built: open the GPUs (their work buffers, no weights
  * yet). "auto" keeps the CPU (with a note) when that fails; "cuda" fails the
  * open. */
@@ -196,11 +205,7 @@ static ampr_status open_device(ampr_ctx *c, int want_cuda, ampr__err *err) {
         snprintf(c->device, sizeof c->device, "%s", name);
         return AMPR_OK;
     }
-    if (c->cfg.device == 1) {
-        snprintf(c->device, sizeof c->device, "cpu (auto: %.70s)", derr.msg);
-        return AMPR_OK;
-    }
-    return ampr__fail(err, st, "config asks for \"device\": \"cuda\": %s", derr.msg);
+    return device_failed(c, st, derr.msg, err);
 }
 
 /* ampr__tiers_build's hook with a device backend: each tier goes to the
@@ -230,9 +235,7 @@ static ampr_status build_tiers(ampr_ctx *c, ampr_progress_fn progress, void *use
     ampr_status st = ampr__tiers_build(c, progress, user, upload_tier, &u, &berr);
     if (st == AMPR_OK) return AMPR_OK;
     if (u.st == AMPR_OK) return ampr__fail(err, st, "%s", berr.msg); /* not the device's fault */
-    if (c->cfg.device != 1)
-        return ampr__fail(err, st, "config asks for \"device\": \"cuda\": %s", u.err.msg);
-    snprintf(c->device, sizeof c->device, "cpu (auto: %.70s)", u.err.msg);
+    AMPR__TRY(device_failed(c, st, u.err.msg, err));
     ampr__backend_close(c);
     ampr__tiers_free(c);
     return ampr__tiers_build(c, progress, user, NULL, NULL, err);

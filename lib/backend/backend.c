@@ -26,6 +26,7 @@ ampr_status ampr__backend_decode_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq 
     for (int32_t i = 0; want && i < n; i++) {
         const float *row = s->logits + (size_t)i * (size_t)V;
         ampr__row_want *w = &want[i];
+        if (w->what == AMPR__WANT_ROW) continue; /* the caller has the row itself */
         w->argmax = ampr__argmax(row, V);
         if (w->what == AMPR__WANT_CANDS)
             w->n_cands = ampr__topk_cands(row, V, w->m, w->temperature, w->top_k, w->cand_vals,

@@ -38,8 +38,9 @@ typedef struct ampr__backend_ops {
     /* One next token for each of n sequences (distinct, same tier). want
      * NULL: row i of s->logits gets sequence i's next-token logits. Else
      * want[i] says what the host needs of row i (sampler.h): the row itself
-     * (AMPR__WANT_ROW), or its argmax (every row gets want[i].argmax, by
-     * ampr__argmax's rule), or its m largest logits (AMPR__WANT_CANDS:
+     * (AMPR__WANT_ROW), or its argmax (want[i].argmax, by ampr__argmax's
+     * rule, for every row that does not ask for the row itself; a device may
+     * set it for those too), or its m largest logits (AMPR__WANT_CANDS:
      * want[i].n_cands = m with the list in cand_vals / cand_ids, as
      * ampr__topk_cands makes it, when that list decides the draw; else
      * n_cands = 0 and the row comes instead). Rows not asked for are left

@@ -89,8 +89,7 @@ void ampr__kv_arena_free(ampr__kv_arena *a) {
     if (!a) return;
     pthread_mutex_destroy(&a->mu);
     pthread_cond_destroy(&a->freed);
-    ampr__free(a->k);
-    ampr__free(a->v);
+    ampr__kv_arena_drop_pages(a);
     ampr__free(a->free_list);
     ampr__free(a);
 }

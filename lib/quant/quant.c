@@ -157,14 +157,6 @@ size_t ampr__qmat_bytes(const ampr__qmat *m) {
     return m->data_bytes + m->n_scales * sizeof(float) + m->extra_bytes;
 }
 
-void ampr__qmat_free(ampr__qmat *m) {
-    if (!m) return;
-    ampr__free(m->data);
-    ampr__free(m->scales);
-    ampr__free(m->extra);
-    memset(m, 0, sizeof *m);
-}
-
 void ampr__qmat_drop_data(ampr__qmat *m) {
     ampr__free(m->data);
     ampr__free(m->scales);
@@ -172,6 +164,12 @@ void ampr__qmat_drop_data(ampr__qmat *m) {
     m->data = NULL;
     m->scales = NULL;
     m->extra = NULL;
+}
+
+void ampr__qmat_free(ampr__qmat *m) {
+    if (!m) return;
+    ampr__qmat_drop_data(m);
+    memset(m, 0, sizeof *m);
 }
 
 /* ---- quantizing a whole matrix, rows split over a pool ------------------------ */
