@@ -57,12 +57,6 @@ ampr_status ampr__cuda_comm_id_new(unsigned char id[AMPR__CUDA_COMM_ID_BYTES], a
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0)
 #define AMPR__NCCL_NONBLOCKING 1
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static void nap_1ms(void) {
     struct timespec nap = {0, 1000000};
     nanosleep(&nap, NULL);
@@ -73,8 +67,7 @@ static void comm_abort(ampr__cuda_comm *cm) {
     cm->comm = NULL;
 }
 
-static ampr_status aborted(ampr__cuda_comm *cm, ampr__err *err) {
-    (void)cm;
+static ampr_status aborted(ampr__err *err) {
     return ampr__fail(err, AMPR_ERR_BACKEND,
                       "NCCL: this tensor-parallel group was aborted (a rank failed or stopped "
                       "answering); open the context again");
@@ -82,9 +75,9 @@ static ampr_status aborted(ampr__cuda_comm *cm, ampr__err *err) {
 
 /* r from a call on cm: wait while it is in progress; the deadline aborts. */
 static ampr_status settle(ampr__cuda_comm *cm, ncclResult_t r, const char *what, ampr__err *err) {
-    double t0 = now_ms();
+    double t0 = ampr__now_ms();
     while (r == ncclInProgress) {
-        if (cm->timeout_ms > 0 && now_ms() - t0 > (double)cm->timeout_ms) {
+        if (cm->timeout_ms > 0 && ampr__now_ms() - t0 > (double)cm->timeout_ms) {
             comm_abort(cm);
             return ampr__fail(err, AMPR_ERR_BACKEND,
                               "NCCL: %s did not complete within %lld ms (\"tp_timeout_ms\"): "
@@ -104,9 +97,9 @@ static ampr_status settle(ampr__cuda_comm *cm, ncclResult_t r, const char *what,
 /* Wait until cm's stream is idle, watching the communicator: a peer's
  * failure or the deadline aborts it rather than waiting for ever. */
 static ampr_status comm_wait(ampr__cuda_comm *cm, ampr__err *err) {
-    if (!cm->comm) return aborted(cm, err);
+    if (!cm->comm) return aborted(err);
     AMPR__CU(err, cudaSetDevice(cm->c->device));
-    double t0 = now_ms();
+    double t0 = ampr__now_ms();
     for (;;) {
         cudaError_t q = cudaStreamQuery(cm->c->stream);
         if (q == cudaSuccess) return AMPR_OK;
@@ -118,7 +111,7 @@ static ampr_status comm_wait(ampr__cuda_comm *cm, ampr__err *err) {
                               "NCCL: a collective failed (%s): another rank of the group failed; "
                               "the group was aborted", ncclGetErrorString(a));
         }
-        double waited = now_ms() - t0;
+        double waited = ampr__now_ms() - t0;
         if (cm->timeout_ms > 0 && waited > (double)cm->timeout_ms) {
             comm_abort(cm);
             return ampr__fail(err, AMPR_ERR_BACKEND,
@@ -155,10 +148,10 @@ ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
     ncclResult_t r = ncclCommInitRankConfig(&cm->comm, n_ranks, u, rank, &config);
-    double t0 = now_ms(), asked = t0;
+    double t0 = ampr__now_ms(), asked = t0;
     while (r == ncclInProgress) {
-        if (cancel && now_ms() - asked >= 100.0) {
-            asked = now_ms();
+        if (cancel && ampr__now_ms() - asked >= 100.0) {
+            asked = ampr__now_ms();
             if (cancel(cancel_user)) {
                 comm_abort(cm);
                 ampr__free(cm);
@@ -167,7 +160,7 @@ ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
                                   rank, n_ranks);
             }
         }
-        if (timeout_ms > 0 && now_ms() - t0 > (double)timeout_ms) {
+        if (timeout_ms > 0 && ampr__now_ms() - t0 > (double)timeout_ms) {
             comm_abort(cm);
             ampr__free(cm);
             return ampr__fail(err, AMPR_ERR_BACKEND,
@@ -245,7 +238,7 @@ ampr_status ampr__cuda_allreduce_sum(ampr__cuda_comm *comm, float *buf, size_t c
                                      ampr__err *err) {
 #if AMPR__NCCL_NONBLOCKING
     if (comm->nonblocking) {
-        if (!comm->comm) return aborted(comm, err);
+        if (!comm->comm) return aborted(err);
         return settle(comm, ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, comm->comm, comm->c->stream),
                       "ncclAllReduce", err);
     }

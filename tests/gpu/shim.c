@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "common/common.h"
 
@@ -26,6 +27,11 @@ void ampr__err_clear(ampr__err *err) {
 void *ampr__malloc(size_t n) { return malloc(n ? n : 1); }
 void *ampr__calloc(size_t count, size_t size) { return calloc(count ? count : 1, size ? size : 1); }
 void ampr__free(void *p) { free(p); }
+double ampr__now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
 void *ampr__alloc_array(size_t count, size_t size, ampr__err *err) {
     uint64_t n;
     void *p = ampr__mul_ok(count, size, &n) ? calloc(n ? (size_t)n : 1, 1) : NULL;
