@@ -209,6 +209,22 @@ typedef struct ampr__cuda_cand_req {
 ampr_status ampr__cuda_topk_cands(ampr__cuda *c, const float *x, int32_t cols,
                                   const ampr__cuda_cand_req *req, int32_t n, int32_t m_max,
                                   float *vals, int32_t *ids, int32_t *n_out, ampr__err *err);
+/* One row's request for the fallback's monitor (ampr__cuda_row_monitor):
+ * row `row` of x, with q (device, cols floats) for KL or NULL, and keep
+ * (device, cols floats) to store the row into or NULL. */
+typedef struct ampr__cuda_mon_req {
+    int32_t row;
+    const float *q;
+    float *keep;
+} ampr__cuda_mon_req;
+#define AMPR__CUDA_MON_PARTS 64 /* the most slices a row is cut into */
+/* For each of n requests (req: device array), the sums of n_parts slices of
+ * its row (and of q) into parts[i * n_parts ..] (device; ampr__row_part,
+ * lib/fallback/logits.h: the host merges them into the row's entropy and
+ * KL(row || q)), and the row copied into keep. */
+ampr_status ampr__cuda_row_monitor(ampr__cuda *c, const float *x, int32_t cols,
+                                   const ampr__cuda_mon_req *req, int32_t n, int32_t n_parts,
+                                   ampr__row_part *parts, ampr__err *err);
 /* d_out[i] = argmax of x[i][0..cols) (lowest index on ties), for n rows. */
 ampr_status ampr__cuda_argmax(ampr__cuda *c, const float *x, int32_t n, int32_t cols,
                               int32_t *d_out, ampr__err *err);

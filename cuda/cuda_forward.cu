@@ -536,6 +536,9 @@ struct ampr__cuda_work {
     int32_t *h_argmax, *h_ids, *h_n;          /* host, as the device ones */
     float *h_vals;
     ampr__cuda_cand_req *h_req;
+    /* the fallback's monitor (fetch_logits): requests and slice sums */
+    ampr__cuda_mon_req *mon_req, *h_mon;      /* [cap_logits] */
+    ampr__row_part *mon_part, *h_part;        /* [cap_logits][AMPR__CUDA_MON_PARTS] */
     /* one device allocation of 3*cap_tokens + cap_blocks ints, filled by one
      * copy from stage (host) per pass, packed for the pass's n tokens:
      * tokens [n] | pos [n] | row_seq [n] | blocks [n_blk] (the pointers below) */
@@ -586,6 +589,12 @@ static void logits_release(ampr__cuda_work *w) {
     ampr__cuda_free(c, w->cand_ids);
     ampr__cuda_free(c, w->cand_n);
     ampr__cuda_free(c, w->cand_req);
+    ampr__cuda_free(c, w->mon_req);
+    ampr__cuda_free(c, w->mon_part);
+    ampr__free(w->h_mon);
+    ampr__free(w->h_part);
+    w->mon_req = w->h_mon = NULL;
+    w->mon_part = w->h_part = NULL;
     ampr__free(w->h_argmax);
     ampr__free(w->h_n);
     ampr__free(w->h_ids);
@@ -676,7 +685,13 @@ static ampr_status work_reserve(ampr__cuda_work *w, int32_t n, int32_t n_logits,
         w->h_ids = (int32_t *)ampr__alloc_array(nc, 4, err);
         w->h_vals = (float *)ampr__alloc_array(nc, 4, err);
         w->h_req = (ampr__cuda_cand_req *)ampr__alloc_array((size_t)cap, sizeof(ampr__cuda_cand_req), err);
-        if (!w->h_argmax || !w->h_n || !w->h_ids || !w->h_vals || !w->h_req) return AMPR_ERR_NOMEM;
+        size_t np = (size_t)cap * AMPR__CUDA_MON_PARTS;
+        AMPR__TRY(seq_alloc(c, (size_t)cap * sizeof(ampr__cuda_mon_req), &w->mon_req, err));
+        AMPR__TRY(seq_alloc(c, np * sizeof(ampr__row_part), &w->mon_part, err));
+        w->h_mon = (ampr__cuda_mon_req *)ampr__alloc_array((size_t)cap, sizeof(ampr__cuda_mon_req), err);
+        w->h_part = (ampr__row_part *)ampr__alloc_array(np, sizeof(ampr__row_part), err);
+        if (!w->h_argmax || !w->h_n || !w->h_ids || !w->h_vals || !w->h_req || !w->h_mon || !w->h_part)
+            return AMPR_ERR_NOMEM;
         w->cap_logits = cap;
     }
     return AMPR_OK;
@@ -831,11 +846,56 @@ static ampr_status copy_rows(ampr__cuda *c, ampr__cuda_work *w, size_t row, floa
     return AMPR_OK;
 }
 
+/* The device address of slot `slot` of a ring (sampler.h) of vocab-long
+ * rows; NULL when it has none there. */
+static float *ring_row(const ampr__ring *r, int32_t slot, int32_t vocab) {
+    if (!r || !r->dev || slot < 0 || slot >= r->n_rows) return NULL;
+    return (float *)r->dev + (size_t)slot * (size_t)vocab;
+}
+
+/* The fallback's monitor for the rows that ask (stats, kl_ring, keep): one
+ * kernel for all of them, their slice sums copied back (merged by
+ * monitor_merge once the stream is done). *n_mon = how many rows asked. */
+static ampr_status monitor_start(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab, int32_t n_logits,
+                                 const ampr__row_want *want, int32_t *n_mon, int32_t *n_parts,
+                                 ampr__err *err) {
+    int32_t n = 0;
+    for (int32_t i = 0; i < n_logits; i++) {
+        const ampr__row_want *wi = &want[i];
+        if (!wi->stats && !wi->kl_ring && !wi->keep) continue;
+        ampr__cuda_mon_req q = {i, ring_row(wi->kl_ring, wi->kl_slot, vocab),
+                                ring_row(wi->keep, wi->keep_slot, vocab)};
+        if ((wi->kl_ring && !q.q) || (wi->keep && !q.keep))
+            return ampr__fail(err, AMPR_ERR_INTERNAL, "row %d asks for a slot no device ring has", i);
+        w->h_mon[n++] = q;
+    }
+    *n_mon = n;
+    /* slices of about 4096 logits: a 128k row is 32 blocks */
+    *n_parts = AMPR__MIN((vocab + 4095) / 4096, AMPR__CUDA_MON_PARTS);
+    if (!n) return AMPR_OK;
+    size_t np = (size_t)n * (size_t)*n_parts * sizeof(ampr__row_part);
+    AMPR__CU(err, cudaMemcpyAsync(w->mon_req, w->h_mon, (size_t)n * sizeof *w->h_mon, cudaMemcpyHostToDevice,
+                                  c->stream));
+    AMPR__TRY(ampr__cuda_row_monitor(c, w->logits, vocab, w->mon_req, n, *n_parts, w->mon_part, err));
+    AMPR__CU(err, cudaMemcpyAsync(w->h_part, w->mon_part, np, cudaMemcpyDeviceToHost, c->stream));
+    return AMPR_OK;
+}
+
+static void monitor_merge(const ampr__cuda_work *w, int32_t n_mon, int32_t n_parts, ampr__row_want *want) {
+    for (int32_t k = 0; k < n_mon; k++) {
+        ampr__row_want *wi = &want[w->h_mon[k].row];
+        double kl = 0;
+        ampr__row_parts_merge(w->h_part + (size_t)k * (size_t)n_parts, n_parts, &wi->entropy,
+                              wi->kl_ring ? &kl : NULL);
+        wi->kl = kl;
+    }
+}
+
 /* After a pass, what the host asked of each logits row (want NULL: every
  * row): the rows themselves (runs of consecutive ones in one copy); the
  * argmaxes, on the device; candidate lists, on the device, then the rows
- * whose lists cannot decide the draw. The last sync reports asynchronous
- * faults. */
+ * whose lists cannot decide the draw; the monitor's entropy, KL and kept
+ * rows. The last sync reports asynchronous faults. */
 static ampr_status fetch_logits(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab, int32_t n_logits,
                                 float *logits, ampr__row_want *want, ampr__err *err) {
     size_t row = (size_t)vocab * sizeof(float);
@@ -844,6 +904,8 @@ static ampr_status fetch_logits(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab
         AMPR__TRY(copy_rows(c, w, row, logits, 0, n_logits, err));
         return ampr__cuda_sync(c, err);
     }
+    int32_t n_mon = 0, n_parts = 1;
+    AMPR__TRY(monitor_start(c, w, vocab, n_logits, want, &n_mon, &n_parts, err));
     AMPR__TRY(ampr__cuda_argmax(c, w->logits, n_logits, vocab, w->argmax, err));
     int32_t n_c = 0, m_max = 1;
     for (int32_t i = 0; i < n_logits; i++) {
@@ -867,7 +929,7 @@ static ampr_status fetch_logits(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab
         AMPR__CU(err, cudaMemcpyAsync(w->h_n, w->cand_n, (size_t)n_c * 4, cudaMemcpyDeviceToHost, c->stream));
     }
     for (int32_t i = 0; i < n_logits;) {
-        if (want[i].what != AMPR__WANT_ROW) {
+        if (want[i].what != AMPR__WANT_ROW) { /* NONE: nothing of the row itself */
             i++;
             continue;
         }
@@ -880,6 +942,7 @@ static ampr_status fetch_logits(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab
                                   c->stream));
     AMPR__TRY(ampr__cuda_sync(c, err));
     for (int32_t i = 0; i < n_logits; i++) want[i].argmax = w->h_argmax[i];
+    monitor_merge(w, n_mon, n_parts, want);
     int more = 0; /* rows whose candidates cannot decide: the row after all */
     for (int32_t q = 0; q < n_c; q++) {
         ampr__row_want *wq = &want[w->h_req[q].row];

@@ -871,3 +871,83 @@ ampr_status ampr__cuda_argmax(ampr__cuda *c, const float *x, int32_t n, int32_t 
     AMPR__CU_LAUNCHED(err, "argmax");
     return AMPR_OK;
 }
+
+/* ---- the fallback's monitor: entropy, KL against kept rows, keeping rows ------
+ * Grid (requests, slices): each block takes one slice of one request's row
+ * p and, with it, the same slice of the kept row q: its maxima, then its
+ * sums relative to them (ampr__row_part, lib/fallback/logits.h, whose
+ * ampr__row_part_get is the host's reference), and stores p into the keep
+ * row. The host merges the slices in double (ampr__row_parts_merge). Every
+ * element of q is read before the same thread overwrites it, so a row may be
+ * compared with the slot it replaces. */
+
+#define MON_THREADS 256
+
+__device__ float block_max(float v, float *red) {
+    v = warp_max_f(v);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        int nw = (int)(blockDim.x >> 5);
+        v = warp_max_f((int)threadIdx.x < nw ? red[threadIdx.x] : -INFINITY);
+        if (threadIdx.x == 0) red[0] = v;
+    }
+    __syncthreads();
+    float r = red[0];
+    __syncthreads();
+    return r;
+}
+
+__global__ void __launch_bounds__(MON_THREADS)
+row_monitor_kernel(const float *__restrict__ x, int32_t cols, int32_t len,
+                   const ampr__cuda_mon_req *__restrict__ req, ampr__row_part *__restrict__ part) {
+    __shared__ float red[32];
+    const ampr__cuda_mon_req rq = req[blockIdx.x];
+    const float *p = x + (size_t)rq.row * (size_t)cols;
+    const float *q = rq.q;
+    float *keep = rq.keep;
+    const int32_t j0 = (int32_t)blockIdx.y * len, j1 = min(cols, j0 + len);
+    float mp = -INFINITY, mq = -INFINITY; /* fmaxf passes a NaN over, as the host's max */
+    for (int32_t j = j0 + (int32_t)threadIdx.x; j < j1; j += MON_THREADS) {
+        mp = fmaxf(mp, p[j]);
+        if (q) mq = fmaxf(mq, q[j]);
+    }
+    mp = block_max(mp, red);
+    mq = q ? block_max(mq, red) : 0.0f;
+    const bool has_p = mp > -INFINITY, has_q = q && mq > -INFINITY;
+    float zp = 0.0f, sp = 0.0f, zq = 0.0f, a = 0.0f;
+    for (int32_t j = j0 + (int32_t)threadIdx.x; j < j1; j += MON_THREADS) {
+        float v = p[j];
+        float d = has_p ? v - mp : -INFINITY, e = expf(d);
+        zp += e;
+        if (e > 0.0f) sp += e * d;
+        if (q) {
+            float dq = has_q ? q[j] - mq : -INFINITY;
+            zq += expf(dq);
+            if (e > 0.0f) a += e * (d - dq); /* q's -inf under p's mass: +inf */
+        }
+        if (keep) keep[j] = v;
+    }
+    zp = block_sum(zp, red);
+    sp = block_sum(sp, red);
+    if (q) {
+        zq = block_sum(zq, red);
+        a = block_sum(a, red);
+    }
+    if (threadIdx.x == 0)
+        part[(size_t)blockIdx.x * gridDim.y + blockIdx.y] = ampr__row_part{mp, zp, sp, mq, zq, a};
+}
+
+ampr_status ampr__cuda_row_monitor(ampr__cuda *c, const float *x, int32_t cols,
+                                   const ampr__cuda_mon_req *req, int32_t n, int32_t n_parts,
+                                   ampr__row_part *parts, ampr__err *err) {
+    if (n <= 0) return AMPR_OK;
+    if (n_parts < 1 || n_parts > AMPR__CUDA_MON_PARTS || cols < 1)
+        return ampr__fail(err, AMPR_ERR_INTERNAL, "row monitor: %d slices of %d columns", n_parts, cols);
+    int32_t len = (cols + n_parts - 1) / n_parts;
+    AMPR__TRY(ampr__cuda_use(c, err));
+    row_monitor_kernel<<<dim3((unsigned)n, (unsigned)n_parts), MON_THREADS, 0, c->stream>>>(x, cols, len, req,
+                                                                                            parts);
+    AMPR__CU_LAUNCHED(err, "row_monitor");
+    return AMPR_OK;
+}

@@ -134,6 +134,8 @@ struct ampr_ctx {
                                      * its whole row back (generate.c; a switch to compare) */
     int test_lists_undecided;       /* tests only: the CPU pass calls every candidate list
                                      * undecided, so the row comes instead (backend.c) */
+    uint64_t test_rows_back;        /* tests only: decode rows that came back whole
+                                     * (generate.c run_batch; atomic) */
 };
 
 static inline const float *ampr__attn_norm(const ampr_ctx *c, int l) {

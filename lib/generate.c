@@ -130,7 +130,14 @@ struct request {
     int32_t *ids;         /* prompt then generated ids */
     size_t n_ids, cap_ids;
     int32_t n_positions;  /* KV positions reserved per sequence */
-    float *ring;          /* [check_window][vocab] the tier's logits, by predicted index */
+    /* A lower tier under the fallback's checks: the backend keeps the tier's
+     * next-token rows in ring (slot = predicted index % check_window, where
+     * the passes make them) and says each row's entropy; the KL check
+     * compares the top tier's rows with them there (check_want, one per
+     * position of the window). The host sees neither row. */
+    ampr__ring *ring;
+    ampr__row_want *check_want;
+    float entropy;        /* of the next-token logits in hand, while monitored */
     /* What the last decode step brought back (decode_step's want): the row
      * into scratch.logits, or for a greedy request its argmax (pending >= 0:
      * the next token), or for a top-k one its n_cands largest logits
@@ -144,7 +151,7 @@ struct request {
     ampr__detok dt;
 };
 
-static void request_free(struct request *r) {
+static void request_free(ampr_ctx *c, struct request *r) {
     decoders_add(r->decoding, -1);
     r->decoding = NULL;
     ampr__kv_seq_release(&r->seq);
@@ -153,7 +160,8 @@ static void request_free(struct request *r) {
     ampr__scratch_free(&r->check);
     ampr__sampler_free(&r->sampler);
     ampr__free(r->ids);
-    ampr__free(r->ring);
+    ampr__backend_ring_free(c, r->ring);
+    ampr__free(r->check_want);
     ampr__free(r->text.s);
 }
 
@@ -221,9 +229,11 @@ static void run_batch(ampr_ctx *c, ampr__tier *t, ampr__step **items, int32_t n)
             continue;
         }
         *items[i]->want = want[i];
-        if (want[i].what == AMPR__WANT_ROW || (want[i].what == AMPR__WANT_CANDS && want[i].n_cands == 0))
+        if (want[i].what == AMPR__WANT_ROW || (want[i].what == AMPR__WANT_CANDS && want[i].n_cands == 0)) {
+            __atomic_add_fetch(&c->test_rows_back, 1, __ATOMIC_RELAXED);
             memcpy(items[i]->logits, t->batch_scratch->logits + (size_t)i * (size_t)c->hp.vocab_size,
                    (size_t)c->hp.vocab_size * sizeof(float));
+        }
     }
 }
 
@@ -296,23 +306,31 @@ static ampr_status decode_step(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, in
 }
 
 /* Bring the top tier's sequence up to all r->ids, in batched passes, leaving
- * the logits of the last n_logits positions in r->check.logits. */
-static ampr_status top_catch_up(ampr_ctx *c, struct request *r, int32_t n_logits, ampr__err *err) {
+ * the logits of the last n_logits positions in r->check.logits, or what
+ * want[0..n_logits) asks of them (backend.h; want NULL: the rows). Positions
+ * the top tier has seen already but whose logits are asked for (a check
+ * window longer than the checks' spacing; an escalation right after a
+ * check) are scored again: their K/V are written again, the same. */
+static ampr_status top_catch_up(ampr_ctx *c, struct request *r, int32_t n_logits, ampr__row_want *want,
+                                ampr__err *err) {
     if (!r->check.logits) {
         int32_t w = AMPR__MAX(1, c->cfg.fallback.check_window);
         AMPR__TRY(ampr__scratch_new(c, PREFILL_CHUNK, AMPR__MIN(w, PREFILL_CHUNK), &r->check, err));
     }
     AMPR__TRY(ampr__kv_seq_reserve_wait(&r->seq_top, r->top->kv, r->n_positions,
                                         c->cfg.kv_wait_ms, err));
-    int32_t from = r->seq_top.n_tokens, to = (int32_t)r->n_ids;
-    n_logits = AMPR__MIN(n_logits, to - from);
+    int32_t to = (int32_t)r->n_ids;
+    if (n_logits < 1 || n_logits > to)
+        return ampr__fail(err, AMPR_ERR_INTERNAL, "top tier logits for %d of %d positions", n_logits, to);
+    if (r->seq_top.n_tokens > to - n_logits) r->seq_top.n_tokens = to - n_logits;
+    int32_t from = r->seq_top.n_tokens;
     int32_t split = to - n_logits; /* [from, split) without logits, [split, to) with */
     for (int32_t i = from; i < split; i += PREFILL_CHUNK) {
         int32_t k = AMPR__MIN(PREFILL_CHUNK, split - i);
-        AMPR__TRY(ampr__backend_forward(c, r->top, &r->seq_top, r->ids + i, k, 1, &r->check, err));
+        AMPR__TRY(ampr__backend_forward(c, r->top, &r->seq_top, r->ids + i, k, 1, NULL, &r->check, err));
     }
-    return ampr__backend_forward(c, r->top, &r->seq_top, r->ids + split, to - split, to - split, &r->check,
-                         err);
+    return ampr__backend_forward(c, r->top, &r->seq_top, r->ids + split, to - split, to - split, want,
+                                 &r->check, err);
 }
 
 /* Continue the request on the top tier from here. r->check.logits' last row
@@ -334,7 +352,7 @@ static ampr_status restart_on_top(ampr_ctx *c, struct request *r, int32_t n_prom
                                   const ampr_gen_params *p, ampr__err *err) {
     r->n_ids = (size_t)n_prompt;
     if (r->seq_top.n_tokens > n_prompt - 1) r->seq_top.n_tokens = n_prompt - 1;
-    AMPR__TRY(top_catch_up(c, r, 1, err));
+    AMPR__TRY(top_catch_up(c, r, 1, NULL, err));
     switch_to_top(c, r, 0);
     r->text.len = r->text.emitted = 0;
     if (r->text.s) r->text.s[0] = '\0';
@@ -412,15 +430,23 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
                             p->repetition_penalty, p->repetition_last_n, p->seed, err);
     if (st) goto done;
     if (checking && fb->check_every > 0) {
-        r.ring = ampr__alloc_array((size_t)fb->check_window * (size_t)V, sizeof(float), err);
-        if (!r.ring) { st = AMPR_ERR_NOMEM; goto done; }
+        st = ampr__backend_ring_new(c, fb->check_window, &r.ring, err);
+        if (st) goto done;
+        r.check_want = ampr__alloc_array((size_t)fb->check_window, sizeof *r.check_want, err);
+        if (!r.check_want) { st = AMPR_ERR_NOMEM; goto done; }
     }
 
-    /* 3. prefill */
+    /* 3. prefill; under checks the backend also says the last row's entropy
+     * and keeps it (the monitor's, struct request) */
     for (int32_t i = 0; i < n_prompt; i += PREFILL_CHUNK) {
         int32_t n = AMPR__MIN(PREFILL_CHUNK, n_prompt - i);
-        st = ampr__backend_forward(c, r.tier, &r.seq, r.ids + i, n, 1, &r.scratch, err);
+        ampr__row_want mon = {.what = AMPR__WANT_ROW, .stats = 1, .keep = r.ring,
+                              .keep_slot = (int32_t)(r.n_ids % (size_t)AMPR__MAX(1, fb->check_window))};
+        int last = i + n == n_prompt;
+        st = ampr__backend_forward(c, r.tier, &r.seq, r.ids + i, n, 1, checking && last ? &mon : NULL,
+                                   &r.scratch, err);
         if (st) goto done;
+        r.entropy = mon.entropy;
     }
     t_first = ampr__now_ms();
 
@@ -438,7 +464,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
 
         /* 4a. early-warning signals on a lower tier */
         if (checking && r.tier != r.top) {
-            float ent = ampr__entropy(logits, V, NULL);
+            float ent = r.entropy; /* the backend's, of the row in hand */
             r.ent_ema = n_gen == 0 ? ent : 0.75f * r.ent_ema + 0.25f * ent;
             const char *why = NULL;
             if (n_gen >= fb->min_tokens) {
@@ -449,7 +475,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
                     why = "repetition";
             }
             if (why) {
-                st = top_catch_up(c, &r, 1, err);
+                st = top_catch_up(c, &r, 1, NULL, err);
                 if (st == AMPR_ERR_KV_FULL) { /* cannot escalate: carry on, stop checking */
                     ampr__err_clear(err);
                     st = AMPR_OK;
@@ -472,9 +498,6 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
                     logits = r.scratch.logits;
                 }
             }
-            if (r.ring && r.tier != r.top)
-                memcpy(r.ring + (r.n_ids % (size_t)fb->check_window) * (size_t)V, logits,
-                       (size_t)V * sizeof(float));
         }
 
         /* 4b. the next token (a greedy step's came with the step) */
@@ -514,23 +537,38 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
             decoders_add(r.tier, 1);
             r.decoding = r.tier;
         }
-        /* the host needs the row for the monitor (4a) and the KL check (4e)
-         * on a lower tier under checks; otherwise only what the draw needs
-         * (its argmax, or its largest logits: sampler.h) */
+        /* the host needs only what the draw needs (its argmax, or its largest
+         * logits: sampler.h); on a lower tier under checks, the backend says
+         * the row's entropy (4a) and keeps it for the KL check (4e) */
         ampr__row_want want = {0};
         ampr__sampler_want(&r.sampler, &want);
-        if ((checking && r.tier != r.top) || c->full_logits) want.what = AMPR__WANT_ROW;
+        if (c->full_logits) want.what = AMPR__WANT_ROW;
         want.cand_vals = r.cand_vals;
         want.cand_ids = r.cand_ids;
+        if (checking && r.tier != r.top) {
+            want.stats = 1;
+            want.keep = r.ring;
+            want.keep_slot = r.ring ? (int32_t)(r.n_ids % (size_t)fb->check_window) : 0;
+        }
         st = decode_step(c, r.tier, &r.seq, next, r.scratch.logits, &want, err);
         if (st) goto done;
+        r.entropy = want.entropy;
         if (want.what == AMPR__WANT_ARGMAX) r.pending = want.argmax;
         if (want.what == AMPR__WANT_CANDS) r.n_cands = want.n_cands; /* 0: the row came */
 
         /* 4e. the verification check against the top tier */
         if (checking && r.ring && r.tier != r.top && (n_gen + 1) % fb->check_every == 0) {
             int32_t w = AMPR__MIN(fb->check_window, n_gen + 1);
-            st = top_catch_up(c, &r, w, err);
+            /* row j of the check predicts index n_ids - w + 1 + j: the
+             * backend compares it with the tier's row kept for that index;
+             * the last comes back too (the logits in hand if we escalate) */
+            for (int32_t j = 0; j < w; j++) {
+                size_t idx = r.n_ids - (size_t)w + 1 + (size_t)j;
+                r.check_want[j] = (ampr__row_want){
+                    .what = j == w - 1 ? AMPR__WANT_ROW : AMPR__WANT_NONE,
+                    .kl_ring = r.ring, .kl_slot = (int32_t)(idx % (size_t)fb->check_window)};
+            }
+            st = top_catch_up(c, &r, w, r.check_want, err);
             if (st == AMPR_ERR_KV_FULL) { /* no check possible: carry on unchecked */
                 ampr__err_clear(err);
                 st = AMPR_OK;
@@ -540,15 +578,8 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
                 continue;
             }
             if (st) goto done;
-            /* row j of the check predicts index n_ids - w + 1 + j; the last
-             * row pairs with the tier's current logits */
             double kl = 0;
-            for (int32_t j = 0; j < w; j++) {
-                size_t idx = r.n_ids - (size_t)w + 1 + (size_t)j;
-                const float *mine = j == w - 1 ? r.scratch.logits
-                                               : r.ring + (idx % (size_t)fb->check_window) * (size_t)V;
-                kl += ampr__kl(r.check.logits + (size_t)j * (size_t)V, mine, V);
-            }
+            for (int32_t j = 0; j < w; j++) kl += r.check_want[j].kl;
             kl /= w;
             if (kl > fb->kl_max) {
                 snprintf(escalation_reason, sizeof escalation_reason, "kl-check (%.3f nats > %.3f)", kl,
@@ -621,7 +652,7 @@ done:
     }
     ampr__metrics_req_end(&c->metrics, &mreq, st, finish, n_prompt, (int32_t)(r.n_ids - (size_t)n_prompt),
                           r.tier ? r.tier->id : tier_first, escalation_reason);
-    request_free(&r);
+    request_free(c, &r);
     return st;
 }
 
@@ -642,7 +673,7 @@ ampr_status ampr__logits(ampr_ctx *c, ampr__tier *t, const int32_t *ids, int32_t
     if (st == AMPR_OK) st = ampr__scratch_new(c, chunk, chunk, &s, err);
     for (int32_t i = 0; st == AMPR_OK && i < n; i += chunk) {
         int32_t k = AMPR__MIN(chunk, n - i);
-        st = ampr__backend_forward(c, t, &seq, ids + i, k, k, &s, err);
+        st = ampr__backend_forward(c, t, &seq, ids + i, k, k, NULL, &s, err);
         if (st == AMPR_OK)
             memcpy(logits + (size_t)i * (size_t)hp->vocab_size, s.logits,
                    (size_t)k * (size_t)hp->vocab_size * sizeof(float));

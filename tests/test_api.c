@@ -618,9 +618,11 @@ static void test_device_only_tiers(void **state) {
  * request the argmax, a top-k one its largest logits, sampler.h): the same
  * tokens as with every row brought back (AMPR_FULL_LOGITS=1, here the
  * context's flag), on every tier without checks and with them (there the
- * lower tiers' monitor and KL check need the row: the same escalations
- * too), for greedy, top-k, top-k + top-p, a nucleus alone and a repetition
- * penalty; and when every list is undecided (the row comes after all). */
+ * backend also gives the lower tiers' monitor the row's entropy and keeps
+ * the row for the KL check: the same escalations too), for greedy, top-k,
+ * top-k + top-p, a nucleus alone and a repetition penalty; and when every
+ * list is undecided (the row comes after all). No row comes back for the
+ * draws that need none, with checks or without. */
 static void what_steps_bring_back(ampr_ctx *ctx, int undecided) {
     struct { float temp; int32_t top_k; float top_p, penalty; } cfgs[] = {
         {0, 40, 0.95f, 1.0f}, {0.8f, 40, 0.95f, 1.0f}, {1.3f, 5, 1.0f, 1.0f},
@@ -629,9 +631,11 @@ static void what_steps_bring_back(ampr_ctx *ctx, int undecided) {
         for (int i = 0; i < ctx->n_tiers; i++)
             for (uint64_t seed = 1; seed <= 3; seed++) {
                 ampr_result *r[2] = {NULL, NULL};
+                uint64_t rows_back = 0;
                 for (int full = 0; full < 2; full++) {
                     ctx->full_logits = full;
                     ctx->test_lists_undecided = undecided && !full;
+                    uint64_t before = ctx->test_rows_back;
                     ampr_gen_params p = greedy(24);
                     p.tier = ctx->tiers[i].id;
                     p.temperature = cfgs[k].temp;
@@ -640,7 +644,14 @@ static void what_steps_bring_back(ampr_ctx *ctx, int undecided) {
                     p.repetition_penalty = cfgs[k].penalty;
                     p.seed = seed;
                     assert_int_equal(ampr_generate(ctx, "once upon", AMPR_NUL_TERMINATED, &p, &r[full]), AMPR_OK);
+                    if (!full) rows_back = ctx->test_rows_back - before;
+                    else assert_true(ctx->test_rows_back - before > 0);
                 }
+                /* greedy and top-k draws (no penalty): no row, unless a list
+                 * was made undecided (then a sampled draw needs rows) */
+                int needs_row = cfgs[k].penalty != 1.0f || (cfgs[k].temp > 0 && cfgs[k].top_k <= 0);
+                if (!needs_row && !undecided) assert_int_equal(rows_back, 0);
+                if (undecided && cfgs[k].temp > 0 && !needs_row) assert_true(rows_back > 0);
                 assert_int_equal(r[0]->n_tokens, r[1]->n_tokens);
                 assert_memory_equal(r[0]->tokens, r[1]->tokens, (size_t)r[0]->n_tokens * sizeof(int32_t));
                 assert_string_equal(r[0]->text, r[1]->text);

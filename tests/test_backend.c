@@ -26,6 +26,7 @@ static struct {
     ampr_tier order[AMPR_TIER_COUNT];
     int host_weights_at_upload; /* every upload found the tier's host weights */
     int others_dropped;         /* ... and every tier uploaded before it already freed */
+    int rings_made, rings_live; /* logits rings handed out, and not given back */
 } g;
 
 static ampr_status fake_upload(ampr__backend *b, ampr_ctx *c, ampr__tier *t, ampr__err *err) {
@@ -42,9 +43,9 @@ static ampr_status fake_upload(ampr__backend *b, ampr_ctx *c, ampr__tier *t, amp
 }
 
 static ampr_status fake_forward(ampr__backend *b, ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
-                                const int32_t *tokens, int32_t n, int32_t n_logits, ampr__scratch *s,
-                                ampr__err *err) {
-    (void)b; (void)c; (void)t; (void)seq; (void)tokens; (void)n; (void)n_logits; (void)s;
+                                const int32_t *tokens, int32_t n, int32_t n_logits, ampr__row_want *want,
+                                ampr__scratch *s, ampr__err *err) {
+    (void)b; (void)c; (void)t; (void)seq; (void)tokens; (void)n; (void)n_logits; (void)want; (void)s;
     return ampr__fail(err, AMPR_ERR_BACKEND, "stand-in: no forward pass");
 }
 
@@ -55,13 +56,29 @@ static ampr_status fake_decode(ampr__backend *b, ampr_ctx *c, ampr__tier *t,
     return ampr__fail(err, AMPR_ERR_BACKEND, "stand-in: no decode");
 }
 
+static ampr_status fake_ring_new(ampr__backend *b, ampr_ctx *c, ampr__ring *r, ampr__err *err) {
+    (void)b;
+    r->dev = ampr__alloc_array((size_t)r->n_rows * (size_t)c->hp.vocab_size, sizeof(float), err);
+    if (!r->dev) return AMPR_ERR_NOMEM;
+    g.rings_live++;
+    g.rings_made++;
+    return AMPR_OK;
+}
+
+static void fake_ring_free(ampr__backend *b, ampr__ring *r) {
+    (void)b;
+    ampr__free(r->dev);
+    r->dev = NULL;
+    g.rings_live--;
+}
+
 static void fake_close(ampr__backend *b) {
     ampr__free(b->impl);
     ampr__free(b);
 }
 
 static const ampr__backend_ops fake_ops = {"stand-in", fake_upload, fake_forward, fake_decode,
-                                           NULL, fake_close};
+                                           fake_ring_new, fake_ring_free, NULL, fake_close};
 
 static ampr_status fake_open(ampr_ctx *c, ampr__backend **out, char *name, size_t name_len,
                              ampr__err *err) {
@@ -143,6 +160,8 @@ static void test_streamed_upload(void **state) {
     assert_int_equal(ampr_generate(ctx, "abc", 3, &p, &r), AMPR_ERR_BACKEND);
     assert_non_null(strstr(ampr_errmsg(ctx), "stand-in"));
     assert_null(r);
+    assert_int_equal(g.rings_made, 1); /* checks are on: the request had a ring on the device */
+    assert_int_equal(g.rings_live, 0); /* ... and gave it back */
     ampr_tier_info ti;
     ampr_tier_info_init(&ti);
     assert_int_equal(ampr_get_tier_info(ctx, AMPR_TIER_NF4, &ti), AMPR_OK);

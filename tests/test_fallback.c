@@ -134,6 +134,86 @@ static void test_repetition_escalates(void **state) {
     ampr_close(ctx);
 }
 
+/* An escalation on the step right after a check that passed: the top tier
+ * has seen every position already (the check caught it up), and scores the
+ * last one again for the logits in hand. It used to fail the request with
+ * AMPR_ERR_INTERNAL ("forward of 0 tokens"). */
+static void test_entropy_right_after_check(void **state) {
+    (void)state;
+    ampr_ctx *ctx = open_cfg("{\"check_every\": 1, \"check_window\": 1, \"kl_max\": 100, "
+                             "\"entropy_max\": 0.0001, \"min_tokens\": 3, \"repeat_ngram\": 0}");
+    ampr_result *r = run(ctx, AMPR_TIER_NF4, 24, 1);
+    assert_int_equal(r->escalated, 1);
+    assert_int_equal(r->escalation_token, 3);
+    assert_non_null(strstr(r->escalation_reason, "entropy"));
+    assert_top_greedy_from(ctx, r, 3);
+    ampr_result_free(r);
+    assert_no_pages(ctx);
+    ampr_close(ctx);
+}
+
+/* A check window longer than the checks' spacing (6 positions every 2
+ * tokens): every check compares the last 6 positions, the ones an earlier
+ * check compared included, with the top tier's logits for them. It used to
+ * compare the overlap with stale rows of the previous check (other
+ * positions' logits: several nats). What each check must measure comes from
+ * teacher-forced logits of both tiers: with kl_max twice the largest of
+ * them no check escalates in 100 tokens; with half the smallest the first
+ * check does. */
+static void test_check_window_longer_than_spacing(void **state) {
+    (void)state;
+    const int every = 2, window = 6, n_gen = 100;
+    const size_t V = 320;
+    ampr_ctx *ctx = open_cfg("{\"enabled\": false}");
+    ampr_result *plain = run(ctx, AMPR_TIER_NF4, n_gen, 0);
+    int32_t ids[256];
+    size_t n = 0;
+    assert_int_equal(ampr_tokenize(ctx, "the cat sat", AMPR_NUL_TERMINATED, 1, ids, 256, &n), AMPR_OK);
+    memcpy(ids + n, plain->tokens, plain->n_tokens * sizeof(int32_t));
+    size_t total = n + plain->n_tokens;
+    float *top = malloc(total * V * sizeof(float)), *low = malloc(total * V * sizeof(float));
+    assert_int_equal(ampr_logits(ctx, AMPR_TIER_F32, ids, total, top, total * V), AMPR_OK);
+    assert_int_equal(ampr_logits(ctx, AMPR_TIER_NF4, ids, total, low, total * V), AMPR_OK);
+    /* the check after token g covers the rows predicting indices
+     * n_ids - w + 1 .. n_ids, n_ids = n + g + 1; row i predicts index i + 1 */
+    double lo = INFINITY, hi = 0;
+    for (int g = every - 1; g < n_gen - 1; g += every) {
+        size_t n_ids = n + (size_t)g + 1;
+        int w = window < g + 1 ? window : g + 1;
+        double kl = 0;
+        for (int j = 0; j < w; j++) {
+            size_t row = n_ids - (size_t)w + (size_t)j;
+            kl += ampr__kl_scalar(top + row * V, low + row * V, (int32_t)V);
+        }
+        kl /= w;
+        lo = kl < lo ? kl : lo;
+        hi = kl > hi ? kl : hi;
+    }
+    assert_true(lo > 0 && hi < 0.01);
+    ampr_close(ctx);
+    for (int k = 0; k < 2; k++) {
+        char cfg[256];
+        snprintf(cfg, sizeof cfg, "{\"check_every\": %d, \"check_window\": %d, \"kl_max\": %.9g, "
+                 "\"entropy_max\": 0, \"repeat_ngram\": 0}", every, window, k ? lo / 2 : 2 * hi);
+        ctx = open_cfg(cfg);
+        ampr_result *r = run(ctx, AMPR_TIER_NF4, n_gen, 1);
+        if (k == 0) {
+            if (r->escalated) fail_msg("escalated at %d: %s", r->escalation_token, r->escalation_reason);
+            assert_memory_equal(r->tokens, plain->tokens, (size_t)n_gen * sizeof(int32_t));
+        } else {
+            assert_int_equal(r->escalation_token, every);
+            assert_non_null(strstr(r->escalation_reason, "kl-check"));
+            assert_top_greedy_from(ctx, r, every);
+        }
+        ampr_result_free(r);
+        assert_no_pages(ctx);
+        ampr_close(ctx);
+    }
+    ampr_result_free(plain);
+    free(top);
+    free(low);
+}
+
 static void test_no_fallback_when_disabled(void **state) {
     (void)state;
     ampr_ctx *ctx = open_cfg("{\"kl_max\": 0.0, \"entropy_max\": 0.0001}");
@@ -314,6 +394,56 @@ static void test_logit_stats(void **state) {
     free(y);
 }
 
+/* The monitor's statistics in slices (as a GPU computes them, then merged
+ * on the host) against the long double references: whole rows, rows cut
+ * into 1 to 64 slices, masked logits (-inf), a slice all -inf in p or in q,
+ * and q masked under p's mass (KL +inf). */
+static void test_row_parts(void **state) {
+    (void)state;
+    const int32_t sizes[] = {1, 7, 320, 4097, 32000, 128256};
+    const int32_t splits[] = {1, 2, 3, 8, 32, 64};
+    uint64_t seed = 777;
+    float *x = malloc(128256 * sizeof *x), *y = malloc(128256 * sizeof *y);
+    ampr__row_part parts[64];
+    assert_non_null(x);
+    assert_non_null(y);
+    for (size_t a = 0; a < sizeof sizes / sizeof *sizes; a++)
+        for (int plant = 0; plant < 5; plant++) {
+            int32_t n = sizes[a];
+            for (int32_t i = 0; i < n; i++) {
+                x[i] = 3.0f * rnd_normal(&seed);
+                y[i] = x[i] + 0.5f * rnd_normal(&seed);
+            }
+            if (plant == 1) /* masked tokens in both */
+                for (int32_t i = 1; i < n; i += 3) x[i] = y[i] = -INFINITY;
+            if (plant == 2 && n > 1) /* p's first half masked: whole slices of it */
+                for (int32_t i = 0; i < n / 2; i++) x[i] = -INFINITY;
+            if (plant == 3 && n > 1) /* q's last half masked where p has no mass */
+                for (int32_t i = n / 2; i < n; i++) { x[i] = -INFINITY; y[i] = -INFINITY; }
+            if (plant == 4 && n > 1) y[n - 1] = -INFINITY; /* q masked under p's mass */
+            long double h = ref_entropy(x, n), kl = ref_kl(x, y, n);
+            for (size_t b = 0; b < sizeof splits / sizeof *splits; b++) {
+                int32_t k = splits[b] < n ? splits[b] : n, len = (n + k - 1) / k, np = 0;
+                for (int32_t from = 0; from < n; from += len, np++)
+                    ampr__row_part_get(x + from, y + from, n - from < len ? n - from : len, &parts[np]);
+                float he = 0, hq = 0;
+                double got = -1;
+                ampr__row_parts_merge(parts, np, &he, &got);
+                if (fabsl((long double)he - h) > 1e-5L * (1 + fabsl(h)))
+                    fail_msg("n %d plant %d, %d slices: entropy %.9g vs %.9Lg", n, plant, np, he, h);
+                if (isinf(kl) ? !isinf(got) : fabsl((long double)got - kl) > 2e-5L * (1 + kl))
+                    fail_msg("n %d plant %d, %d slices: kl %.9g vs %.9Lg", n, plant, np, got, kl);
+                /* without q: the entropy alone */
+                for (int32_t i = 0, from = 0; from < n; from += len, i++)
+                    ampr__row_part_get(x + from, NULL, n - from < len ? n - from : len, &parts[i]);
+                ampr__row_parts_merge(parts, np, &hq, NULL);
+                if (!(fabsf(hq - he) <= 1e-6f * (1 + fabsf(he)))) fail_msg("n %d plant %d np %d: %.9g vs %.9g", n, plant, np, hq, he);
+            }
+        }
+    free(x);
+    free(y);
+}
+
 static void test_fallback_config_errors(void **state) {
     (void)state;
     const char *bad[] = {"{\"kl_max\": -1}", "{\"check_window\": 0}", "{\"nope\": 1}",
@@ -333,11 +463,14 @@ int main(void) {
         cmocka_unit_test(test_kl_check_escalates),
         cmocka_unit_test(test_entropy_escalates),
         cmocka_unit_test(test_repetition_escalates),
+        cmocka_unit_test(test_entropy_right_after_check),
+        cmocka_unit_test(test_check_window_longer_than_spacing),
         cmocka_unit_test(test_no_fallback_when_disabled),
         cmocka_unit_test(test_restart_equals_top_tier),
         cmocka_unit_test(test_streaming_escalation_keeps_output),
         cmocka_unit_test(test_fallback_config_errors),
         cmocka_unit_test(test_logit_stats),
+        cmocka_unit_test(test_row_parts),
     };
     return cmocka_run_group_tests_name("fallback", tests, setup, teardown);
 }

@@ -143,7 +143,7 @@ static int prefill_decode(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, const i
     double t0 = ampr__now_ms();
     for (int i = 0; i < n_prompt && ok; i += chunk) {
         int k = n_prompt - i < chunk ? n_prompt - i : chunk;
-        ok = ampr__backend_forward(c, t, seq, toks + i, k, 1, s, err) == AMPR_OK;
+        ok = ampr__backend_forward(c, t, seq, toks + i, k, 1, NULL, s, err) == AMPR_OK;
     }
     *prefill_ms = ampr__now_ms() - t0;
     if (bw) *bw = c->backend ? ampr__backend_mem_gbs(c) : read_bandwidth(c);
@@ -153,7 +153,7 @@ static int prefill_decode(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, const i
     int32_t next = ampr__argmax(s->logits, c->hp.vocab_size);
     for (int i = 0; i < n_gen && ok; i++) {
         ampr__kv_seq *one = seq;
-        ampr__row_want want = {AMPR__WANT_ARGMAX, 0, 0, 0, NULL, NULL, -1, 0};
+        ampr__row_want want = {.what = AMPR__WANT_ARGMAX};
         ok = ampr__backend_decode_batch(c, t, &one, &next, 1, &want, s, err) == AMPR_OK;
         next = want.argmax;
     }

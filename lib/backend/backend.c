@@ -4,14 +4,41 @@
  */
 #include "backend.h"
 
+#include "../fallback/fallback.h"
 #include "../fallback/logits.h"
+
+/* The CPU pass makes every row on the host: what a request wants of a row
+ * is read from it here, as a device makes it there, so that the engine's
+ * path is the same on both. */
+static ampr_status host_wants(ampr_ctx *c, const float *rows, int32_t n, ampr__row_want *want,
+                              ampr__err *err) {
+    int32_t V = c->hp.vocab_size;
+    for (int32_t i = 0; want && i < n; i++) {
+        const float *row = rows + (size_t)i * (size_t)V;
+        ampr__row_want *w = &want[i];
+        if ((w->kl_ring && (!w->kl_ring->host || w->kl_slot < 0 || w->kl_slot >= w->kl_ring->n_rows)) ||
+            (w->keep && (!w->keep->host || w->keep_slot < 0 || w->keep_slot >= w->keep->n_rows)))
+            return ampr__fail(err, AMPR_ERR_INTERNAL, "row %d asks for a slot no host ring has", i);
+        if (w->kl_ring) w->kl = ampr__kl(row, w->kl_ring->host + (size_t)w->kl_slot * (size_t)V, V);
+        if (w->stats) w->entropy = ampr__entropy(row, V, NULL);
+        if (w->keep)
+            memcpy(w->keep->host + (size_t)w->keep_slot * (size_t)V, row, (size_t)V * sizeof *row);
+        if (w->what != AMPR__WANT_ARGMAX && w->what != AMPR__WANT_CANDS) continue;
+        w->argmax = ampr__argmax(row, V);
+        if (w->what == AMPR__WANT_CANDS)
+            w->n_cands = ampr__topk_cands(row, V, w->m, w->temperature, w->top_k, w->cand_vals,
+                                          w->cand_ids) && !c->test_lists_undecided ? w->m : 0;
+    }
+    return AMPR_OK;
+}
 
 ampr_status ampr__backend_forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
                                   const int32_t *tokens, int32_t n, int32_t n_logits,
-                                  ampr__scratch *s, ampr__err *err) {
+                                  ampr__row_want *want, ampr__scratch *s, ampr__err *err) {
     ampr__backend *b = c->backend;
-    if (!b) return ampr__forward(c, t, seq, tokens, n, n_logits, s, err);
-    return b->ops->forward(b, c, t, seq, tokens, n, n_logits, s, err);
+    if (b) return b->ops->forward(b, c, t, seq, tokens, n, n_logits, want, s, err);
+    AMPR__TRY(ampr__forward(c, t, seq, tokens, n, n_logits, s, err));
+    return host_wants(c, s->logits, n_logits, want, err);
 }
 
 ampr_status ampr__backend_decode_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *const *seqs,
@@ -19,20 +46,39 @@ ampr_status ampr__backend_decode_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq 
                                        ampr__scratch *s, ampr__err *err) {
     ampr__backend *b = c->backend;
     if (b) return b->ops->decode_batch(b, c, t, seqs, tokens, n, want, s, err);
-    /* the CPU pass makes every row anyway: what a request wants is read from
-     * it, as a device would make it (so the engine's path is the same) */
     AMPR__TRY(ampr__forward_batch(c, t, seqs, tokens, n, s, err));
-    int32_t V = c->hp.vocab_size;
-    for (int32_t i = 0; want && i < n; i++) {
-        const float *row = s->logits + (size_t)i * (size_t)V;
-        ampr__row_want *w = &want[i];
-        if (w->what == AMPR__WANT_ROW) continue; /* the caller has the row itself */
-        w->argmax = ampr__argmax(row, V);
-        if (w->what == AMPR__WANT_CANDS)
-            w->n_cands = ampr__topk_cands(row, V, w->m, w->temperature, w->top_k, w->cand_vals,
-                                          w->cand_ids) && !c->test_lists_undecided ? w->m : 0;
+    return host_wants(c, s->logits, n, want, err);
+}
+
+ampr_status ampr__backend_ring_new(ampr_ctx *c, int32_t n_rows, ampr__ring **out, ampr__err *err) {
+    ampr__backend *b = c->backend;
+    *out = NULL;
+    if (n_rows < 1) return ampr__fail(err, AMPR_ERR_INTERNAL, "a ring of %d rows", n_rows);
+    if (b && !b->ops->ring_new)
+        return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "the %s backend keeps no logits rows", b->ops->name);
+    ampr__ring *r = ampr__calloc(1, sizeof *r);
+    if (!r) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for a logits ring");
+    r->n_rows = n_rows;
+    ampr_status st = AMPR_OK;
+    if (b) {
+        st = b->ops->ring_new(b, c, r, err);
+    } else {
+        r->host = ampr__alloc_array((size_t)n_rows * (size_t)c->hp.vocab_size, sizeof(float), err);
+        if (!r->host) st = AMPR_ERR_NOMEM;
     }
+    if (st != AMPR_OK) {
+        ampr__free(r);
+        return st;
+    }
+    *out = r;
     return AMPR_OK;
+}
+
+void ampr__backend_ring_free(ampr_ctx *c, ampr__ring *r) {
+    if (!r) return;
+    if (r->dev && c->backend && c->backend->ops->ring_free) c->backend->ops->ring_free(c->backend, r);
+    ampr__free(r->host);
+    ampr__free(r);
 }
 
 ampr__backend_open_fn ampr__backend_test_open = NULL;

@@ -11,10 +11,11 @@
  *
  * Every op has the contract of the CPU function it replaces (engine.h):
  * forward = ampr__forward, decode_batch = ampr__forward_batch. Logits come
- * back to the host (s->logits), for sampling there, except the decode rows
- * whose request needs less (ampr__row_want, sampler.h): a greedy request
- * only the argmax, a top-k one the largest m logits; a device computes
- * those there and copies bytes, not the row.
+ * back to the host (s->logits), for sampling there, except the rows whose
+ * request needs less (ampr__row_want, sampler.h): a greedy request only the
+ * argmax, a top-k one the largest m logits, the fallback's monitor the
+ * entropy, and its check the KL against rows the backend kept in a ring;
+ * a device computes those there and copies bytes, not the row.
  */
 #ifndef AMPR_BACKEND_H
 #define AMPR_BACKEND_H
@@ -31,23 +32,30 @@ typedef struct ampr__backend_ops {
      * (ampr__tier_drop_host), leaving t->kv's page accounting. */
     ampr_status (*tier_upload)(ampr__backend *b, ampr_ctx *c, ampr__tier *t, ampr__err *err);
     /* n tokens of one sequence at positions seq->n_tokens..; the last
-     * n_logits rows of logits to s->logits. */
+     * n_logits rows of logits to s->logits (want NULL), or what want[i]
+     * asks of row i, as decode_batch. */
     ampr_status (*forward)(ampr__backend *b, ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
-                           const int32_t *tokens, int32_t n, int32_t n_logits, ampr__scratch *s,
-                           ampr__err *err);
+                           const int32_t *tokens, int32_t n, int32_t n_logits,
+                           ampr__row_want *want, ampr__scratch *s, ampr__err *err);
     /* One next token for each of n sequences (distinct, same tier). want
      * NULL: row i of s->logits gets sequence i's next-token logits. Else
      * want[i] says what the host needs of row i (sampler.h): the row itself
-     * (AMPR__WANT_ROW), or its argmax (want[i].argmax, by ampr__argmax's
-     * rule, for every row that does not ask for the row itself; a device may
-     * set it for those too), or its m largest logits (AMPR__WANT_CANDS:
+     * (AMPR__WANT_ROW), or its argmax (AMPR__WANT_ARGMAX: want[i].argmax, by
+     * ampr__argmax's rule), or its m largest logits (AMPR__WANT_CANDS:
      * want[i].n_cands = m with the list in cand_vals / cand_ids, as
      * ampr__topk_cands makes it, when that list decides the draw; else
-     * n_cands = 0 and the row comes instead). Rows not asked for are left
-     * alone. */
+     * n_cands = 0 and the row comes instead), or none of those
+     * (AMPR__WANT_NONE); and with any of them the monitor's: the entropy
+     * (stats), the KL against a kept row (kl_ring, a ring of this backend's),
+     * and keeping the row in a ring slot (keep), in that order. Rows not
+     * asked for are left alone. */
     ampr_status (*decode_batch)(ampr__backend *b, ampr_ctx *c, ampr__tier *t,
                                 ampr__kv_seq *const *seqs, const int32_t *tokens, int32_t n,
                                 ampr__row_want *want, ampr__scratch *s, ampr__err *err);
+    /* A ring of r->n_rows logits rows where the passes make them (r->dev);
+     * ring_free gives it back (r->dev NULL: nothing). */
+    ampr_status (*ring_new)(ampr__backend *b, ampr_ctx *c, ampr__ring *r, ampr__err *err);
+    void (*ring_free)(ampr__backend *b, ampr__ring *r);
     /* Memory bandwidth the device's decode is bound by, GB/s (for ampr bench):
      * the sum over the backend's distinct devices; 0 when it cannot tell. */
     double (*mem_gbs)(ampr__backend *b);
@@ -62,10 +70,14 @@ struct ampr__backend {
 /* The request loop's entry points: ctx->backend when set, else the CPU. */
 ampr_status ampr__backend_forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
                                   const int32_t *tokens, int32_t n, int32_t n_logits,
-                                  ampr__scratch *s, ampr__err *err);
+                                  ampr__row_want *want, ampr__scratch *s, ampr__err *err);
 ampr_status ampr__backend_decode_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *const *seqs,
                                        const int32_t *tokens, int32_t n, ampr__row_want *want,
                                        ampr__scratch *s, ampr__err *err);
+/* A request's ring of n_rows logits rows (the monitor's, sampler.h), where
+ * the context's passes make them; *out NULL on failure. */
+ampr_status ampr__backend_ring_new(ampr_ctx *c, int32_t n_rows, ampr__ring **out, ampr__err *err);
+void ampr__backend_ring_free(ampr_ctx *c, ampr__ring *r); /* NULL-safe */
 void ampr__backend_close(ampr_ctx *c); /* NULL-safe; the context falls back to none */
 /* ctx->backend's mem_gbs, or 0 on the CPU (which measures its own). */
 double ampr__backend_mem_gbs(ampr_ctx *c);

@@ -47,6 +47,13 @@ typedef struct cuda_backend {
     int32_t *blocks;                  /* host [AMPR__BATCH_MAX][stride] */
     int32_t *pos, *row_seq;           /* host, grown with the pass */
     int32_t cap;
+    /* requests' logits rings (sampler.h) on rank 0's GPU, where the logits
+     * are: those given back wait here for the next request (a cudaFree
+     * would wait for the device), all of ring_rows rows */
+    pthread_mutex_t ring_mu;
+    void **rings;
+    int n_rings, cap_rings;
+    int32_t ring_rows;
 } cuda_backend;
 
 static void cb_free(cuda_backend *cb) {
@@ -57,6 +64,9 @@ static void cb_free(cuda_backend *cb) {
             ampr__cuda_model_free(cb->tiers[i].model[r]);
         }
     ampr__cuda_reduce_free(cb->red);
+    for (int i = 0; i < cb->n_rings; i++) ampr__cuda_free(cb->cuda[0], cb->rings[i]);
+    ampr__free(cb->rings);
+    pthread_mutex_destroy(&cb->ring_mu);
     for (int r = 0; r < cb->n; r++) {
         ampr__cuda_work_free(cb->work[r]);
         ampr__cuda_close(cb->cuda[r]);
@@ -183,7 +193,7 @@ static ampr_status put_table(cuda_backend *cb, const ampr__tier *t, int32_t i,
 
 static ampr_status cuda_forward(ampr__backend *b, ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
                                 const int32_t *tokens, int32_t n, int32_t n_logits,
-                                ampr__scratch *s, ampr__err *err) {
+                                ampr__row_want *want, ampr__scratch *s, ampr__err *err) {
     cuda_backend *cb = b->impl;
     cuda_tier *ct = &cb->tiers[tier_index(c, t)];
     if (n <= 0 || n_logits < 1 || n_logits > n || n_logits > s->max_logits)
@@ -202,7 +212,7 @@ static ampr_status cuda_forward(ampr__backend *b, ampr_ctx *c, ampr__tier *t, am
     if (st == AMPR_OK) {
         for (int32_t i = 0; i < n; i++) cb->pos[i] = seq->n_tokens + i;
         st = ampr__cuda_forward_paged(ct->model, ct->kv, cb->work, cb->n, cb->red, tokens, cb->pos,
-                                      NULL, n, cb->blocks, 1, cb->stride, n_logits, s->logits, NULL,
+                                      NULL, n, cb->blocks, 1, cb->stride, n_logits, s->logits, want,
                                       err);
     }
     pthread_mutex_unlock(&c->compute_lock);
@@ -272,8 +282,39 @@ static double cuda_mem_gbs(ampr__backend *b) {
     return gbs * distinct_gpus(cb);
 }
 
-static const ampr__backend_ops cuda_ops = {"cuda", cuda_tier_upload, cuda_forward,
-                                           cuda_decode_batch, cuda_mem_gbs, cuda_close};
+static ampr_status cuda_ring_new(ampr__backend *b, ampr_ctx *c, ampr__ring *r, ampr__err *err) {
+    cuda_backend *cb = b->impl;
+    pthread_mutex_lock(&cb->ring_mu);
+    if (cb->n_rings > 0 && r->n_rows == cb->ring_rows) r->dev = cb->rings[--cb->n_rings];
+    if (!cb->ring_rows) cb->ring_rows = r->n_rows;
+    pthread_mutex_unlock(&cb->ring_mu);
+    if (r->dev) return AMPR_OK;
+    return ampr__cuda_alloc(cb->cuda[0], (size_t)r->n_rows * (size_t)c->hp.vocab_size * sizeof(float),
+                            &r->dev, err);
+}
+
+static void cuda_ring_free(ampr__backend *b, ampr__ring *r) {
+    cuda_backend *cb = b->impl;
+    pthread_mutex_lock(&cb->ring_mu);
+    if (r->n_rows == cb->ring_rows && cb->n_rings == cb->cap_rings) {
+        int cap = cb->cap_rings ? 2 * cb->cap_rings : 8;
+        void **grown = ampr__realloc(cb->rings, (size_t)cap * sizeof *grown);
+        if (grown) {
+            cb->rings = grown;
+            cb->cap_rings = cap;
+        }
+    }
+    if (r->n_rows == cb->ring_rows && cb->n_rings < cb->cap_rings) {
+        cb->rings[cb->n_rings++] = r->dev;
+        r->dev = NULL;
+    }
+    pthread_mutex_unlock(&cb->ring_mu);
+    ampr__cuda_free(cb->cuda[0], r->dev); /* a ring the list could not take */
+    r->dev = NULL;
+}
+
+static const ampr__backend_ops cuda_ops = {"cuda",        cuda_tier_upload, cuda_forward, cuda_decode_batch,
+                                           cuda_ring_new, cuda_ring_free,   cuda_mem_gbs, cuda_close};
 
 /* While a process-per-rank open waits for the other ranks: the open's
  * progress callback, which may cancel it. */
@@ -348,6 +389,7 @@ ampr_status ampr__backend_cuda_open(ampr_ctx *c, ampr__backend **out, char *name
     }
     b->ops = &cuda_ops;
     b->impl = cb;
+    pthread_mutex_init(&cb->ring_mu, NULL);
     cb->tp = c->cfg.tp_size;
     cb->n = c->cfg.tp_rank >= 0 ? 1 : cb->tp;
     cb->rank0 = c->cfg.tp_rank >= 0 ? c->cfg.tp_rank : 0;

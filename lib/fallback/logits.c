@@ -6,6 +6,7 @@
 #include "fallback.h"
 
 #include <math.h>
+#include <string.h>
 
 #include "../quant/quant.h"
 
@@ -80,4 +81,58 @@ double ampr__exp_sum_scalar(const float *x, int32_t n, float mx, float *out) {
 
 double ampr__exp_sum(const float *x, int32_t n, float mx, float *out) {
     return use_avx2() ? ampr__exp_sum_avx2(x, n, mx, out) : ampr__exp_sum_scalar(x, n, mx, out);
+}
+
+/* ---- the monitor's statistics in slices -------------------------------------- */
+
+static float slice_max(const float *x, int32_t n) {
+    float m = -INFINITY;
+    for (int32_t i = 0; i < n; i++)
+        if (x[i] > m) m = x[i];
+    return m;
+}
+
+void ampr__row_part_get(const float *p, const float *q, int32_t n, ampr__row_part *part) {
+    memset(part, 0, sizeof *part);
+    part->mp = slice_max(p, n);
+    part->mq = q ? slice_max(q, n) : 0.0f;
+    int has_p = part->mp > -INFINITY, has_q = q && part->mq > -INFINITY; /* any mass here */
+    double zp = 0, sp = 0, zq = 0, a = 0;
+    for (int32_t i = 0; i < n; i++) {
+        double d = has_p ? (double)p[i] - (double)part->mp : -INFINITY, e = exp(d);
+        zp += e;
+        if (e > 0) sp += e * d;
+        if (!q) continue;
+        double dq = has_q ? (double)q[i] - (double)part->mq : -INFINITY;
+        zq += exp(dq);
+        if (e > 0) a += e * (d - dq); /* q's -inf under p's mass: +inf */
+    }
+    part->zp = (float)zp;
+    part->sp = (float)sp;
+    part->zq = (float)zq;
+    part->a = (float)a;
+}
+
+void ampr__row_parts_merge(const ampr__row_part *parts, int32_t n_parts, float *entropy, double *kl) {
+    double mp = -INFINITY, mq = -INFINITY;
+    for (int32_t k = 0; k < n_parts; k++) {
+        if (parts[k].zp > 0 && parts[k].mp > mp) mp = parts[k].mp;
+        if (parts[k].zq > 0 && parts[k].mq > mq) mq = parts[k].mq;
+    }
+    double zp = 0, sp = 0, zq = 0, a = 0;
+    for (int32_t k = 0; k < n_parts; k++) {
+        const ampr__row_part *t = &parts[k];
+        if (t->zq > 0) zq += exp((double)t->mq - mq) * (double)t->zq;
+        if (!(t->zp > 0)) continue;
+        double dm = (double)t->mp - mp, s = exp(dm);
+        zp += s * (double)t->zp;
+        sp += s * ((double)t->sp + dm * (double)t->zp);
+        /* relative to the row's maxima: sum e^(p-Mp) ((p-Mp) - (q-Mq)) */
+        if (kl) a += s * ((double)t->a + (double)t->zp * (dm - ((double)t->mq - mq)));
+    }
+    *entropy = (float)(log(zp) - sp / zp);
+    if (kl) {
+        double v = a / zp - log(zp) + log(zq);
+        *kl = v > 0 ? v : 0;
+    }
 }

@@ -31,6 +31,23 @@ int32_t ampr__argmax(const float *v, int32_t n);
 /* out[i] = exp(x[i] - mx) (x[i] <= mx; out may be NULL); returns their sum. */
 double ampr__exp_sum(const float *x, int32_t n, float mx, float *out);
 
+/* ---- the monitor's statistics in slices --------------------------------------
+ * A GPU computes a row's entropy and KL(p || q) (fallback.h) one slice of the
+ * vocabulary per thread block, each slice relative to its own maxima
+ * (cuda_ops.cu, ampr__cuda_row_monitor), and the host merges the slices in
+ * double. ampr__row_part_get is the host's reference of one slice's sums. */
+typedef struct ampr__row_part {
+    float mp, zp, sp; /* p's max in the slice; sum e^(p-mp); sum e^(p-mp) (p-mp) */
+    float mq, zq, a;  /* q's max; sum e^(q-mq); sum e^(p-mp) ((p-mp) - (q-mq)) */
+} ampr__row_part;
+
+/* The sums of p[0..n) (q NULL: its three are 0). A -inf logit adds nothing;
+ * a slice of p all -inf has zp = 0; a finite p where q is -inf makes a = +inf. */
+void ampr__row_part_get(const float *p, const float *q, int32_t n, ampr__row_part *part);
+/* Merge a row's slices: *entropy of softmax(p); *kl (when kl is not NULL)
+ * KL(softmax(p) || softmax(q)), as ampr__kl (>= 0). */
+void ampr__row_parts_merge(const ampr__row_part *parts, int32_t n_parts, float *entropy, double *kl);
+
 /* The levels, for tests: the scalar one is the reference (double exp). */
 void ampr__logit_stats_scalar(const float *x, int32_t n, ampr__logit_stats *st);
 void ampr__logit_stats_avx2(const float *x, int32_t n, ampr__logit_stats *st);

@@ -49,20 +49,42 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
 #define AMPR__CAND_SLACK 8
 #define AMPR__CANDS_MAX 256 /* the most candidates a row may ask for */
 
-enum { AMPR__WANT_ROW = 0, AMPR__WANT_ARGMAX = 1, AMPR__WANT_CANDS = 2 };
+enum { AMPR__WANT_ROW = 0, AMPR__WANT_ARGMAX = 1, AMPR__WANT_CANDS = 2, AMPR__WANT_NONE = 3 };
 
-/* What a decode step brings back to the host for one row (backend.h), and
- * what it brought. */
+/* ---- what the fallback's monitor needs of a row ----------------------------
+ * A request on a lower tier under the fallback's checks (fallback.h) reads
+ * each next-token row's entropy, and every check_every tokens compares its
+ * last check_window rows with the top tier's (KL). Neither needs the row on
+ * the host: the backend computes the entropy where the row is, and keeps the
+ * rows in a ring of its own (host memory on the CPU, device memory on a
+ * GPU), against which the top tier's check rows are compared there. */
+typedef struct ampr__ring {
+    int32_t n_rows; /* slots, each a row of the vocabulary's logits */
+    float *host;    /* the CPU's storage: [n_rows][vocab] */
+    void *dev;      /* a device backend's (backend.h ring_new) */
+} ampr__ring;
+
+/* What a pass brings back to the host for one row of logits (backend.h),
+ * and what it brought. */
 typedef struct ampr__row_want {
-    int what;          /* AMPR__WANT_* */
+    int what;          /* AMPR__WANT_*: the row, its argmax, its largest, or nothing */
     float temperature; /* AMPR__WANT_CANDS: the draw's T and k, and m candidates */
     int32_t top_k, m;
     float *cand_vals;  /* AMPR__WANT_CANDS: [m] logits, the caller's memory */
     int32_t *cand_ids; /* [m] their token ids */
+    /* the monitor's, with any `what` */
+    int stats;                 /* fill entropy */
+    const ampr__ring *kl_ring; /* non-NULL: fill kl against row kl_slot of kl_ring */
+    int32_t kl_slot;
+    ampr__ring *keep;          /* non-NULL: store the row in slot keep_slot of keep */
+    int32_t keep_slot;         /* (after the KL: a row may be compared with the slot it replaces) */
     /* filled by the backend */
-    int32_t argmax;    /* the row's argmax (ampr__argmax's rule), for every row */
+    int32_t argmax;    /* the row's argmax (ampr__argmax's rule), for AMPR__WANT_ARGMAX and
+                        * AMPR__WANT_CANDS rows (a device may set it for every row) */
     int32_t n_cands;   /* AMPR__WANT_CANDS: m when the list decides the draw, 0 when
                         * it cannot and the row came instead */
+    float entropy;     /* stats: nats of softmax(row) */
+    double kl;         /* kl_ring: KL(softmax(row) || softmax(ring row)), nats */
 } ampr__row_want;
 
 /* What s's next draw needs: w->what, and temperature, top_k, m for

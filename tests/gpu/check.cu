@@ -394,6 +394,90 @@ static void check_topk_cands(void) {
     for (void *b : bufs) ampr__cuda_free(g_c, b);
 }
 
+/* The fallback's monitor on the device (ampr__cuda_row_monitor, merged on
+ * the host as fetch_logits does): entropies and KL(row || kept row) against
+ * the host's double references, on plain rows, masked ones (-inf), a row
+ * whose first half is masked, a kept row masked under the row's mass (KL
+ * +inf), at 1, the usual and 64 slices; the kept copies bit for bit; a row
+ * compared with the slot it replaces measures the old contents. */
+static void check_row_monitor(void) {
+    const int32_t cols_list[] = {1000, 32000, 128256};
+    long bad = 0, total = 0;
+    double worst_h = 0, worst_kl = 0;
+    for (int32_t cols : cols_list) {
+        const int32_t rows = 5;
+        std::vector<float> x((size_t)rows * cols), q((size_t)rows * cols);
+        for (int32_t r = 0; r < rows; r++) {
+            float *xr = &x[(size_t)r * cols], *qr = &q[(size_t)r * cols];
+            for (int32_t j = 0; j < cols; j++) {
+                xr[j] = rnd_f(-6, 6) + (j % 97 == 0 ? 8.0f : 0.0f);
+                qr[j] = xr[j] + rnd_f(-0.5f, 0.5f);
+            }
+            if (r == 1)
+                for (int32_t j = 1; j < cols; j += 3) xr[j] = qr[j] = -INFINITY;
+            if (r == 2)
+                for (int32_t j = 0; j < cols / 2; j++) xr[j] = -INFINITY;
+            if (r == 3) qr[cols - 1] = -INFINITY; /* under p's mass: +inf */
+        }
+        float *dx = (float *)dev_put(x.data(), x.size() * 4);
+        float *dq = (float *)dev_put(q.data(), q.size() * 4); /* the "ring": row r is slot r */
+        float *dk = (float *)dev_put(NULL, x.size() * 4);    /* rows kept here */
+        /* requests: every row with its q and a keep slot; then row 4 again,
+         * compared with q's slot 4 and kept into that same slot */
+        std::vector<ampr__cuda_mon_req> req;
+        for (int32_t r = 0; r < rows - 1; r++)
+            req.push_back(ampr__cuda_mon_req{r, dq + (size_t)r * cols, dk + (size_t)r * cols});
+        req.push_back(ampr__cuda_mon_req{4, dq + (size_t)4 * cols, dq + (size_t)4 * cols});
+        req.push_back(ampr__cuda_mon_req{0, NULL, NULL}); /* entropy alone */
+        int32_t n = (int32_t)req.size();
+        void *dreq = dev_put(req.data(), req.size() * sizeof req[0]);
+        const int32_t parts_list[] = {1, std::min((cols + 4095) / 4096, AMPR__CUDA_MON_PARTS), AMPR__CUDA_MON_PARTS};
+        for (int32_t np : parts_list) {
+            OK(ampr__cuda_upload(g_c, dq, q.data(), q.size() * 4, &g_err)); /* slot 4 again */
+            ampr__row_part *dp = (ampr__row_part *)dev_put(NULL, (size_t)n * np * sizeof(ampr__row_part));
+            OK(ampr__cuda_row_monitor(g_c, dx, cols, (const ampr__cuda_mon_req *)dreq, n, np, dp, &g_err));
+            auto parts = dev_get<ampr__row_part>(dp, (size_t)n * np);
+            auto kept = dev_get<float>(dk, x.size());
+            auto q4 = dev_get<float>(dq + (size_t)4 * cols, (size_t)cols);
+            for (int32_t k = 0; k < n; k++) {
+                int32_t r = req[(size_t)k].row;
+                const float *xr = &x[(size_t)r * cols];
+                int with_q = req[(size_t)k].q != NULL;
+                float h = 0;
+                double kl = 0;
+                ampr__row_parts_merge(parts.data() + (size_t)k * np, np, &h, with_q ? &kl : NULL);
+                ampr__logit_stats st;
+                ampr__logit_stats_scalar(xr, cols, &st);
+                double h_ref = log(st.z) - st.s / st.z;
+                double dh = fabs((double)h - h_ref) / (1 + fabs(h_ref));
+                worst_h = std::max(worst_h, dh);
+                bad += !(dh <= 1e-4);
+                total++;
+                if (with_q) {
+                    double kl_ref = ampr__kl_scalar(xr, &q[(size_t)r * cols], cols);
+                    if (std::isinf(kl_ref)) bad += !std::isinf(kl);
+                    else {
+                        double dk_ = fabs(kl - kl_ref) / (1 + kl_ref);
+                        worst_kl = std::max(worst_kl, dk_);
+                        bad += !(dk_ <= 1e-4);
+                    }
+                    total++;
+                }
+            }
+            for (int32_t r = 0; r < rows - 1; r++)
+                bad += memcmp(&kept[(size_t)r * cols], &x[(size_t)r * cols], (size_t)cols * 4) != 0;
+            bad += memcmp(q4.data(), &x[(size_t)4 * cols], (size_t)cols * 4) != 0;
+            total += rows;
+            ampr__cuda_free(g_c, dp);
+        }
+        void *bufs[] = {dx, dq, dk, dreq};
+        for (void *b : bufs) ampr__cuda_free(g_c, b);
+    }
+    char name[128];
+    snprintf(name, sizeof name, "monitor: entropy / KL / kept rows (rel %.1e / %.1e)", worst_h, worst_kl);
+    report_exact(name, bad, total);
+}
+
 static void check_embed_matmul(void) {
     char name[128];
     int64_t vocab = 300, dim = 256;
@@ -1317,6 +1401,7 @@ int main(int argc, char **argv) {
     if (!bench_only) {
         check_elementwise();
         check_topk_cands();
+        check_row_monitor();
         check_embed_matmul();
         check_kv_attention(64);
         check_kv_attention(128);

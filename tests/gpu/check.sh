@@ -307,6 +307,26 @@ for tier in fp16 int8 nf4; do
     else echo "e2e $tier sampled -n 60: candidate lists != full rows  FAIL"; printf '  lists: %s\n  rows : %s\n' "$s1" "$s0"; e2e_fail=1; fi
 done
 
+# The fallback's monitor on the device: a lower tier under tight checks (a
+# window of 8 every 4 tokens, longer than the spacing) keeps its rows in a
+# device ring and measures entropy and KL there; no row comes back. The CPU
+# decides from its own logits: the same escalation is expected, but reported,
+# not failed, when the texts before it differ (as for int8 / nf4 above).
+# check.cu's "monitor:" line is the strict comparison.
+run_checked() { # device tier -> the run's tier summary on stdout
+    timeout -k 5 "${AMPR_GPU_RUN_TIMEOUT:-45}" "$AMPR" run -m "$MODEL" \
+        --config "{\"device\":\"$1\",\"tiers\":[\"fp16\",\"int8\",\"nf4\"],\"fallback\":{\"check_every\":4,\"check_window\":8,\"kl_max\":0.1,\"entropy_max\":0,\"repeat_ngram\":0}}" \
+        --tier "$2" -p "$PROMPT" -n 60 --temp 0 2>&1 >/dev/null | tr '\r' '\n' | grep '^ampr: tier' | sed 's/ | prompt.*//'
+}
+for tier in int8 nf4; do
+    [ "$cuda_hung" = 1 ] && break
+    c0=$(run_checked cpu "$tier")
+    c1=$(run_checked cuda "$tier")
+    if [ -z "$c1" ]; then echo "FAIL: checked cuda run $tier gave no summary"; e2e_fail=1
+    elif [ "$c0" = "$c1" ]; then echo "e2e $tier under checks (device monitor): $c1  PASS"
+    else echo "e2e $tier under checks: cpu '$c0', cuda '$c1' (reported, not a failure)"; fi
+done
+
 # Tensor parallelism: the GPU ranks against the CPU's simulated ranks (same
 # shards; the copy all-reduce sums in the CPU's rank order). On one GPU the
 # ranks share it; with two or more, NCCL ranks in one process and one rank per
