@@ -854,8 +854,8 @@ static float *ring_row(const ampr__ring *r, int32_t slot, int32_t vocab) {
 }
 
 /* The fallback's monitor for the rows that ask (stats, kl_ring, keep): one
- * kernel for all of them, their slice sums copied back (merged by
- * monitor_merge once the stream is done). *n_mon = how many rows asked. */
+ * kernel for all of them (merged by monitor_merge once fetch_logits has
+ * copied the slice sums back with the rest). *n_mon = how many rows asked. */
 static ampr_status monitor_start(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab, int32_t n_logits,
                                  const ampr__row_want *want, int32_t *n_mon, int32_t *n_parts,
                                  ampr__err *err) {
@@ -873,12 +873,9 @@ static ampr_status monitor_start(ampr__cuda *c, ampr__cuda_work *w, int32_t voca
     /* slices of about 4096 logits: a 128k row is 32 blocks */
     *n_parts = AMPR__MIN((vocab + 4095) / 4096, AMPR__CUDA_MON_PARTS);
     if (!n) return AMPR_OK;
-    size_t np = (size_t)n * (size_t)*n_parts * sizeof(ampr__row_part);
     AMPR__CU(err, cudaMemcpyAsync(w->mon_req, w->h_mon, (size_t)n * sizeof *w->h_mon, cudaMemcpyHostToDevice,
                                   c->stream));
-    AMPR__TRY(ampr__cuda_row_monitor(c, w->logits, vocab, w->mon_req, n, *n_parts, w->mon_part, err));
-    AMPR__CU(err, cudaMemcpyAsync(w->h_part, w->mon_part, np, cudaMemcpyDeviceToHost, c->stream));
-    return AMPR_OK;
+    return ampr__cuda_row_monitor(c, w->logits, vocab, w->mon_req, n, *n_parts, w->mon_part, err);
 }
 
 static void monitor_merge(const ampr__cuda_work *w, int32_t n_mon, int32_t n_parts, ampr__row_want *want) {
@@ -938,6 +935,10 @@ static ampr_status fetch_logits(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab
         AMPR__TRY(copy_rows(c, w, row, logits, i, j, err));
         i = j;
     }
+    /* copies to pageable host memory return when done: after every kernel is queued */
+    if (n_mon)
+        AMPR__CU(err, cudaMemcpyAsync(w->h_part, w->mon_part, (size_t)n_mon * (size_t)n_parts * sizeof *w->h_part,
+                                      cudaMemcpyDeviceToHost, c->stream));
     AMPR__CU(err, cudaMemcpyAsync(w->h_argmax, w->argmax, (size_t)n_logits * 4, cudaMemcpyDeviceToHost,
                                   c->stream));
     AMPR__TRY(ampr__cuda_sync(c, err));

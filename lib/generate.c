@@ -347,9 +347,12 @@ static void switch_to_top(ampr_ctx *c, struct request *r, int32_t row) {
 }
 
 /* fallback.restart, non-streaming: throw the output away and start over on
- * the top tier from the prompt (its KV for the prompt is reused). */
+ * the top tier from the prompt (after switch_to_top; its KV for the prompt
+ * is reused: no second reservation in the top tier's arena). */
 static ampr_status restart_on_top(ampr_ctx *c, struct request *r, int32_t n_prompt,
                                   const ampr_gen_params *p, ampr__err *err) {
+    r->seq_top = r->seq; /* switch_to_top made the top tier's sequence r->seq */
+    memset(&r->seq, 0, sizeof r->seq);
     r->n_ids = (size_t)n_prompt;
     if (r->seq_top.n_tokens > n_prompt - 1) r->seq_top.n_tokens = n_prompt - 1;
     AMPR__TRY(top_catch_up(c, r, 1, NULL, err));

@@ -65,8 +65,9 @@ static ampr_status fake_ring_new(ampr__backend *b, ampr_ctx *c, ampr__ring *r, a
     return AMPR_OK;
 }
 
-static void fake_ring_free(ampr__backend *b, ampr__ring *r) {
+static void fake_ring_free(ampr__backend *b, ampr_ctx *c, ampr__ring *r) {
     (void)b;
+    (void)c;
     ampr__free(r->dev);
     r->dev = NULL;
     g.rings_live--;

@@ -251,6 +251,18 @@ static void test_restart_equals_top_tier(void **state) {
     ampr_result_free(r);
     assert_no_pages(ctx);
     ampr_close(ctx);
+    /* the restart reuses the top tier's pages: an arena with room for one
+     * request's positions is enough (a second reservation used to fail
+     * with AMPR_ERR_KV_FULL) */
+    ctx = NULL;
+    assert_int_equal(ampr_open(tu_model, "{\"tiers\": [\"f32\", \"nf4\"], \"kv\": {\"arena_tokens\": 32}, "
+                               "\"fallback\": {\"kl_max\": 0.0, \"entropy_max\": 0, \"repeat_ngram\": 0, "
+                               "\"restart\": true}}", &ctx), AMPR_OK);
+    r = run(ctx, AMPR_TIER_NF4, 20, 1); /* 2 pages of 16 */
+    assert_int_equal(r->escalated, 1);
+    assert_int_equal(r->tier_final, AMPR_TIER_F32);
+    ampr_result_free(r);
+    ampr_close(ctx);
 }
 
 typedef struct stream_buf {
@@ -440,6 +452,16 @@ static void test_row_parts(void **state) {
                 if (!(fabsf(hq - he) <= 1e-6f * (1 + fabsf(he)))) fail_msg("n %d plant %d np %d: %.9g vs %.9g", n, plant, np, hq, he);
             }
         }
+    /* a slice whose mass is below a double's reach next to the row's
+     * maximum, masked in q: the merge skips it, as ampr__kl's terms do (it
+     * once made 0 * inf = NaN, read as KL 0) */
+    float p8[8] = {800, 0, 1, 2, -5, -6, -7, -8}, q8[8] = {1, 800, 3, 2, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    ampr__row_part_get(p8, q8, 4, &parts[0]);
+    ampr__row_part_get(p8 + 4, q8 + 4, 4, &parts[1]);
+    float h8 = 0;
+    double kl8 = 0;
+    ampr__row_parts_merge(parts, 2, &h8, &kl8);
+    assert_true(fabs(kl8 - ampr__kl_scalar(p8, q8, 8)) <= 1e-6 * kl8 && kl8 > 700);
     free(x);
     free(y);
 }

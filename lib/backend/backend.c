@@ -76,7 +76,7 @@ ampr_status ampr__backend_ring_new(ampr_ctx *c, int32_t n_rows, ampr__ring **out
 
 void ampr__backend_ring_free(ampr_ctx *c, ampr__ring *r) {
     if (!r) return;
-    if (r->dev && c->backend && c->backend->ops->ring_free) c->backend->ops->ring_free(c->backend, r);
+    if (r->dev && c->backend && c->backend->ops->ring_free) c->backend->ops->ring_free(c->backend, c, r);
     ampr__free(r->host);
     ampr__free(r);
 }

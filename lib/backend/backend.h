@@ -55,7 +55,7 @@ typedef struct ampr__backend_ops {
     /* A ring of r->n_rows logits rows where the passes make them (r->dev);
      * ring_free gives it back (r->dev NULL: nothing). */
     ampr_status (*ring_new)(ampr__backend *b, ampr_ctx *c, ampr__ring *r, ampr__err *err);
-    void (*ring_free)(ampr__backend *b, ampr__ring *r);
+    void (*ring_free)(ampr__backend *b, ampr_ctx *c, ampr__ring *r);
     /* Memory bandwidth the device's decode is bound by, GB/s (for ampr bench):
      * the sum over the backend's distinct devices; 0 when it cannot tell. */
     double (*mem_gbs)(ampr__backend *b);

@@ -289,11 +289,15 @@ static ampr_status cuda_ring_new(ampr__backend *b, ampr_ctx *c, ampr__ring *r, a
     if (!cb->ring_rows) cb->ring_rows = r->n_rows;
     pthread_mutex_unlock(&cb->ring_mu);
     if (r->dev) return AMPR_OK;
-    return ampr__cuda_alloc(cb->cuda[0], (size_t)r->n_rows * (size_t)c->hp.vocab_size * sizeof(float),
-                            &r->dev, err);
+    /* not beside a pass (or its graph capture) of another request */
+    pthread_mutex_lock(&c->compute_lock);
+    ampr_status st = ampr__cuda_alloc(cb->cuda[0], (size_t)r->n_rows * (size_t)c->hp.vocab_size * sizeof(float),
+                                      &r->dev, err);
+    pthread_mutex_unlock(&c->compute_lock);
+    return st;
 }
 
-static void cuda_ring_free(ampr__backend *b, ampr__ring *r) {
+static void cuda_ring_free(ampr__backend *b, ampr_ctx *c, ampr__ring *r) {
     cuda_backend *cb = b->impl;
     pthread_mutex_lock(&cb->ring_mu);
     if (r->n_rows == cb->ring_rows && cb->n_rings == cb->cap_rings) {
@@ -309,8 +313,12 @@ static void cuda_ring_free(ampr__backend *b, ampr__ring *r) {
         r->dev = NULL;
     }
     pthread_mutex_unlock(&cb->ring_mu);
-    ampr__cuda_free(cb->cuda[0], r->dev); /* a ring the list could not take */
-    r->dev = NULL;
+    if (r->dev) { /* a ring the list could not take */
+        pthread_mutex_lock(&c->compute_lock);
+        ampr__cuda_free(cb->cuda[0], r->dev);
+        pthread_mutex_unlock(&c->compute_lock);
+        r->dev = NULL;
+    }
 }
 
 static const ampr__backend_ops cuda_ops = {"cuda",        cuda_tier_upload, cuda_forward, cuda_decode_batch,

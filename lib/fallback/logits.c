@@ -115,16 +115,17 @@ void ampr__row_part_get(const float *p, const float *q, int32_t n, ampr__row_par
 
 void ampr__row_parts_merge(const ampr__row_part *parts, int32_t n_parts, float *entropy, double *kl) {
     double mp = -INFINITY, mq = -INFINITY;
-    for (int32_t k = 0; k < n_parts; k++) {
-        if (parts[k].zp > 0 && parts[k].mp > mp) mp = parts[k].mp;
-        if (parts[k].zq > 0 && parts[k].mq > mq) mq = parts[k].mq;
+    for (int32_t k = 0; k < n_parts; k++) { /* slices with mass (a NaN sum counts: it must show) */
+        if (parts[k].zp != 0 && parts[k].mp > mp) mp = parts[k].mp;
+        if (parts[k].zq != 0 && parts[k].mq > mq) mq = parts[k].mq;
     }
     double zp = 0, sp = 0, zq = 0, a = 0;
     for (int32_t k = 0; k < n_parts; k++) {
         const ampr__row_part *t = &parts[k];
-        if (t->zq > 0) zq += exp((double)t->mq - mq) * (double)t->zq;
-        if (!(t->zp > 0)) continue;
+        if (t->zq != 0) zq += exp((double)t->mq - mq) * (double)t->zq;
+        if (t->zp == 0) continue;
         double dm = (double)t->mp - mp, s = exp(dm);
+        if (s == 0) continue; /* p's mass there is below a double's reach, as ampr__kl's terms */
         zp += s * (double)t->zp;
         sp += s * ((double)t->sp + dm * (double)t->zp);
         /* relative to the row's maxima: sum e^(p-Mp) ((p-Mp) - (q-Mq)) */

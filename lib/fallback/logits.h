@@ -45,7 +45,8 @@ typedef struct ampr__row_part {
  * a slice of p all -inf has zp = 0; a finite p where q is -inf makes a = +inf. */
 void ampr__row_part_get(const float *p, const float *q, int32_t n, ampr__row_part *part);
 /* Merge a row's slices: *entropy of softmax(p); *kl (when kl is not NULL)
- * KL(softmax(p) || softmax(q)), as ampr__kl (>= 0). */
+ * KL(softmax(p) || softmax(q)), as ampr__kl (>= 0). A NaN among a slice's
+ * logits makes the entropy NaN (as ampr__entropy) and the KL 0 (as ampr__kl). */
 void ampr__row_parts_merge(const ampr__row_part *parts, int32_t n_parts, float *entropy, double *kl);
 
 /* The levels, for tests: the scalar one is the reference (double exp). */

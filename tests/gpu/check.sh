@@ -318,6 +318,23 @@ run_checked() { # device tier -> the run's tier summary on stdout
         --config "{\"device\":\"$1\",\"tiers\":[\"fp16\",\"int8\",\"nf4\"],\"fallback\":{\"check_every\":4,\"check_window\":8,\"kl_max\":0.1,\"entropy_max\":0,\"repeat_ngram\":0}}" \
         --tier "$2" -p "$PROMPT" -n 60 --temp 0 2>&1 >/dev/null | tr '\r' '\n' | grep '^ampr: tier' | sed 's/ | prompt.*//'
 }
+# ... and escalations that must happen on the GPU as on the CPU: a check
+# that any KL fails (kl_max 0) at its first check, and an entropy bound no
+# row meets at min_tokens.
+must_escalate() { # tier fallback-json expected-prefix
+    local got
+    got=$(timeout -k 5 "${AMPR_GPU_RUN_TIMEOUT:-45}" "$AMPR" run -m "$MODEL" \
+        --config "{\"device\":\"cuda\",\"tiers\":[\"fp16\",\"int8\",\"nf4\"],\"fallback\":$2}" \
+        --tier "$1" -p "$PROMPT" -n 30 --temp 0 2>&1 >/dev/null | tr '\r' '\n' | grep '^ampr: tier' | sed 's/ | prompt.*//')
+    case "$got" in
+    "ampr: tier $1 -> fp16 at token $3"*) echo "e2e $1 on the GPU escalates: $got  PASS" ;;
+    *) echo "e2e $1 on the GPU: expected an escalation at token $3, got '$got'  FAIL"; e2e_fail=1 ;;
+    esac
+}
+if [ "$cuda_hung" != 1 ]; then
+    must_escalate nf4 '{"check_every":4,"check_window":8,"kl_max":0,"entropy_max":0,"repeat_ngram":0}' "4 (kl-check"
+    must_escalate int8 '{"check_every":0,"entropy_max":0.0001,"min_tokens":5,"repeat_ngram":0}' "5 (entropy"
+fi
 for tier in int8 nf4; do
     [ "$cuda_hung" = 1 ] && break
     c0=$(run_checked cpu "$tier")
