@@ -225,6 +225,16 @@ typedef struct ampr__cuda_mon_req {
 ampr_status ampr__cuda_row_monitor(ampr__cuda *c, const float *x, int32_t cols,
                                    const ampr__cuda_mon_req *req, int32_t n, int32_t n_parts,
                                    ampr__row_part *parts, ampr__err *err);
+/* One logit a repetition penalty changes (ampr__cuda_penalize). */
+typedef struct ampr__cuda_pen {
+    int32_t row, id;
+    float penalty;
+} ampr__cuda_pen;
+/* For each of n entries (pen: device array; no (row, id) twice): restore 0
+ * saves x[row][id] in kept[i] and penalizes it (ampr__penalize, sampler.h);
+ * restore 1 puts kept[i] back. */
+ampr_status ampr__cuda_penalize(ampr__cuda *c, float *x, int32_t cols, const ampr__cuda_pen *pen,
+                                int32_t n, float *kept, int restore, ampr__err *err);
 /* d_out[i] = argmax of x[i][0..cols) (lowest index on ties), for n rows. */
 ampr_status ampr__cuda_argmax(ampr__cuda *c, const float *x, int32_t n, int32_t cols,
                               int32_t *d_out, ampr__err *err);

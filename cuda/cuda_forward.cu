@@ -539,6 +539,9 @@ struct ampr__cuda_work {
     /* the fallback's monitor (fetch_logits): requests and slice sums */
     ampr__cuda_mon_req *mon_req, *h_mon;      /* [cap_logits] */
     ampr__row_part *mon_part, *h_part;        /* [cap_logits][AMPR__CUDA_MON_PARTS] */
+    /* repetition penalties (fetch_logits): the logits changed and their values */
+    ampr__cuda_pen *pen, *h_pen;              /* [cap_logits][AMPR__PEN_MAX] */
+    float *pen_kept;
     /* one device allocation of 3*cap_tokens + cap_blocks ints, filled by one
      * copy from stage (host) per pass, packed for the pass's n tokens:
      * tokens [n] | pos [n] | row_seq [n] | blocks [n_blk] (the pointers below) */
@@ -593,6 +596,11 @@ static void logits_release(ampr__cuda_work *w) {
     ampr__cuda_free(c, w->mon_part);
     ampr__free(w->h_mon);
     ampr__free(w->h_part);
+    ampr__cuda_free(c, w->pen);
+    ampr__cuda_free(c, w->pen_kept);
+    ampr__free(w->h_pen);
+    w->pen = w->h_pen = NULL;
+    w->pen_kept = NULL;
     w->mon_req = w->h_mon = NULL;
     w->mon_part = w->h_part = NULL;
     ampr__free(w->h_argmax);
@@ -690,7 +698,12 @@ static ampr_status work_reserve(ampr__cuda_work *w, int32_t n, int32_t n_logits,
         AMPR__TRY(seq_alloc(c, np * sizeof(ampr__row_part), &w->mon_part, err));
         w->h_mon = (ampr__cuda_mon_req *)ampr__alloc_array((size_t)cap, sizeof(ampr__cuda_mon_req), err);
         w->h_part = (ampr__row_part *)ampr__alloc_array(np, sizeof(ampr__row_part), err);
-        if (!w->h_argmax || !w->h_n || !w->h_ids || !w->h_vals || !w->h_req || !w->h_mon || !w->h_part)
+        size_t npen = (size_t)cap * AMPR__PEN_MAX;
+        AMPR__TRY(seq_alloc(c, npen * sizeof(ampr__cuda_pen), &w->pen, err));
+        AMPR__TRY(seq_alloc(c, npen * 4, &w->pen_kept, err));
+        w->h_pen = (ampr__cuda_pen *)ampr__alloc_array(npen, sizeof(ampr__cuda_pen), err);
+        if (!w->h_argmax || !w->h_n || !w->h_ids || !w->h_vals || !w->h_req || !w->h_mon || !w->h_part ||
+            !w->h_pen)
             return AMPR_ERR_NOMEM;
         w->cap_logits = cap;
     }
@@ -888,11 +901,35 @@ static void monitor_merge(const ampr__cuda_work *w, int32_t n_mon, int32_t n_par
     }
 }
 
+/* The repetition penalties of the argmax and list rows into one upload;
+ * *n_pen = the logits they change. */
+static ampr_status penalties(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab, int32_t n_logits,
+                             const ampr__row_want *want, int32_t *n_pen, ampr__err *err) {
+    int32_t n = 0;
+    for (int32_t i = 0; i < n_logits; i++) {
+        const ampr__row_want *wi = &want[i];
+        if ((wi->what != AMPR__WANT_ARGMAX && wi->what != AMPR__WANT_CANDS) || wi->n_pen == 0) continue;
+        if (wi->n_pen < 0 || wi->n_pen > AMPR__PEN_MAX)
+            return ampr__fail(err, AMPR_ERR_INTERNAL, "row %d names %d penalized ids", i, wi->n_pen);
+        for (int32_t p = 0; p < wi->n_pen; p++) {
+            if (wi->pen_ids[p] < 0 || wi->pen_ids[p] >= vocab)
+                return ampr__fail(err, AMPR_ERR_INTERNAL, "penalized id %d", wi->pen_ids[p]);
+            w->h_pen[n++] = ampr__cuda_pen{i, wi->pen_ids[p], wi->penalty};
+        }
+    }
+    *n_pen = n;
+    if (n)
+        AMPR__CU(err, cudaMemcpyAsync(w->pen, w->h_pen, (size_t)n * sizeof *w->h_pen, cudaMemcpyHostToDevice,
+                                      c->stream));
+    return AMPR_OK;
+}
+
 /* After a pass, what the host asked of each logits row (want NULL: every
  * row): the rows themselves (runs of consecutive ones in one copy); the
- * argmaxes, on the device; candidate lists, on the device, then the rows
- * whose lists cannot decide the draw; the monitor's entropy, KL and kept
- * rows. The last sync reports asynchronous faults. */
+ * monitor's entropy, KL and kept rows; repetition penalties applied for the
+ * argmaxes and lists and taken back; the argmaxes, on the device; candidate
+ * lists, on the device, then the rows whose lists cannot decide the draw.
+ * The last sync reports asynchronous faults. */
 static ampr_status fetch_logits(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab, int32_t n_logits,
                                 float *logits, ampr__row_want *want, ampr__err *err) {
     size_t row = (size_t)vocab * sizeof(float);
@@ -903,6 +940,9 @@ static ampr_status fetch_logits(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab
     }
     int32_t n_mon = 0, n_parts = 1;
     AMPR__TRY(monitor_start(c, w, vocab, n_logits, want, &n_mon, &n_parts, err));
+    int32_t n_pen = 0; /* after the monitor, which reads the rows as they came */
+    AMPR__TRY(penalties(c, w, vocab, n_logits, want, &n_pen, err));
+    AMPR__TRY(ampr__cuda_penalize(c, w->logits, vocab, w->pen, n_pen, w->pen_kept, 0, err));
     AMPR__TRY(ampr__cuda_argmax(c, w->logits, n_logits, vocab, w->argmax, err));
     int32_t n_c = 0, m_max = 1;
     for (int32_t i = 0; i < n_logits; i++) {
@@ -925,6 +965,8 @@ static ampr_status fetch_logits(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab
         AMPR__CU(err, cudaMemcpyAsync(w->h_ids, w->cand_ids, nc * 4, cudaMemcpyDeviceToHost, c->stream));
         AMPR__CU(err, cudaMemcpyAsync(w->h_n, w->cand_n, (size_t)n_c * 4, cudaMemcpyDeviceToHost, c->stream));
     }
+    /* the rows as they came, for the ones that come back */
+    AMPR__TRY(ampr__cuda_penalize(c, w->logits, vocab, w->pen, n_pen, w->pen_kept, 1, err));
     for (int32_t i = 0; i < n_logits;) {
         if (want[i].what != AMPR__WANT_ROW) { /* NONE: nothing of the row itself */
             i++;

@@ -831,6 +831,32 @@ ampr_status ampr__cuda_topk_cands(ampr__cuda *c, const float *x, int32_t cols,
     return AMPR_OK;
 }
 
+/* ---- repetition penalty -------------------------------------------------------- */
+
+__global__ void penalize_kernel(float *x, int32_t cols, const ampr__cuda_pen *__restrict__ pen, int32_t n,
+                                float *kept, int restore) {
+    int32_t i = (int32_t)(blockIdx.x * blockDim.x + threadIdx.x);
+    if (i >= n) return;
+    const ampr__cuda_pen e = pen[i];
+    float *p = x + (size_t)e.row * (size_t)cols + e.id;
+    if (restore) {
+        *p = kept[i];
+    } else {
+        float v = *p;
+        kept[i] = v;
+        *p = v > 0 ? v / e.penalty : v * e.penalty; /* ampr__penalize: IEEE division, as the host */
+    }
+}
+
+ampr_status ampr__cuda_penalize(ampr__cuda *c, float *x, int32_t cols, const ampr__cuda_pen *pen,
+                                int32_t n, float *kept, int restore, ampr__err *err) {
+    if (n <= 0) return AMPR_OK;
+    AMPR__TRY(ampr__cuda_use(c, err));
+    penalize_kernel<<<(unsigned)((n + 255) / 256), 256, 0, c->stream>>>(x, cols, pen, n, kept, restore);
+    AMPR__CU_LAUNCHED(err, "penalize");
+    return AMPR_OK;
+}
+
 /* ---- argmax ------------------------------------------------------------------- */
 
 __global__ void argmax_kernel(const float *__restrict__ x, int32_t cols, int32_t *out) {

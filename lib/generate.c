@@ -146,6 +146,7 @@ struct request {
     int32_t n_cands;
     float cand_vals[AMPR__CANDS_MAX];
     int32_t cand_ids[AMPR__CANDS_MAX];
+    int32_t pen_ids[AMPR__PEN_MAX];  /* the ids a repetition penalty applies to (decode_step's want) */
     float ent_ema;        /* smoothed next-token entropy */
     textbuf text;
     ampr__detok dt;
@@ -544,7 +545,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
          * logits: sampler.h); on a lower tier under checks, the backend says
          * the row's entropy (4a) and keeps it for the KL check (4e) */
         ampr__row_want want = {0};
-        ampr__sampler_want(&r.sampler, &want);
+        ampr__sampler_want(&r.sampler, r.ids, r.n_ids, r.pen_ids, &want);
         if (c->full_logits) want.what = AMPR__WANT_ROW;
         want.cand_vals = r.cand_vals;
         want.cand_ids = r.cand_ids;

@@ -354,7 +354,7 @@ static void test_candidate_lists(void **state) {
                     assert_int_equal(ampr__sampler_init(&full, n, t, k, ps[d], 1.0f, 64, 11, &err), AMPR_OK);
                     assert_int_equal(ampr__sampler_init(&cand, n, t, k, ps[d], 1.0f, 64, 11, &err), AMPR_OK);
                     ampr__row_want w;
-                    ampr__sampler_want(&cand, &w);
+                    ampr__sampler_want(&cand, NULL, 0, NULL, &w);
                     assert_int_equal(w.what, AMPR__WANT_CANDS);
                     assert_int_equal(w.m, m);
                     int ex = ampr__topk_cands(x, n, m, t, k, vals, ids);
@@ -417,24 +417,108 @@ static void test_candidate_lists(void **state) {
     ampr__err err = {0};
     ampr__row_want w;
     assert_int_equal(ampr__sampler_init(&s, n, 0.0f, 40, 0.9f, 1.0f, 64, 1, &err), AMPR_OK);
-    ampr__sampler_want(&s, &w);
+    ampr__sampler_want(&s, NULL, 0, NULL, &w);
     assert_int_equal(w.what, AMPR__WANT_ARGMAX);
     ampr__sampler_free(&s);
     assert_int_equal(ampr__sampler_init(&s, n, 0.8f, 0, 0.9f, 1.0f, 64, 1, &err), AMPR_OK);
-    ampr__sampler_want(&s, &w);
+    ampr__sampler_want(&s, NULL, 0, NULL, &w);
     assert_int_equal(w.what, AMPR__WANT_ROW); /* a nucleus over the whole row */
     ampr__sampler_free(&s);
     assert_int_equal(ampr__sampler_init(&s, n, 0.8f, 40, 0.9f, 1.1f, 64, 1, &err), AMPR_OK);
-    ampr__sampler_want(&s, &w);
-    assert_int_equal(w.what, AMPR__WANT_ROW); /* the penalty changes the row first */
+    ampr__sampler_want(&s, NULL, 0, NULL, &w);
+    assert_int_equal(w.what, AMPR__WANT_ROW); /* a penalty without a buffer for its ids */
     ampr__sampler_free(&s);
     assert_int_equal(ampr__sampler_init(&s, n, 0.8f, AMPR__CANDS_MAX, 1.0f, 1.0f, 64, 1, &err), AMPR_OK);
-    ampr__sampler_want(&s, &w);
+    ampr__sampler_want(&s, NULL, 0, NULL, &w);
     assert_int_equal(w.what, AMPR__WANT_ROW); /* k + slack beyond a list */
     ampr__sampler_free(&s);
     free(x);
     free(tmp);
     free(c);
+}
+
+/* A repetition penalty with a list or an argmax (sampler.h): the ids it
+ * names are the last repetition_last_n of the history, in range, each once
+ * (more than AMPR__PEN_MAX: the row); penalizing them in the row, taking
+ * the list or the argmax and putting the row back (as backend.c and the
+ * GPU do) draws what ampr__sample draws from the row, for penalties above
+ * and below 1, greedy and top-k with and without top-p. */
+static void test_penalized_lists(void **state) {
+    (void)state;
+    const int32_t n = 3000;
+    int32_t hist[400], pen[AMPR__PEN_MAX];
+    ampr__sampler s;
+    ampr__err err = {0};
+    ampr__row_want w;
+    /* the ids: window, range, distinct */
+    for (int32_t i = 0; i < 400; i++) hist[i] = (i * 7) % 50;
+    hist[398] = -3;
+    hist[399] = n + 5;
+    assert_int_equal(ampr__sampler_init(&s, n, 0.8f, 40, 0.95f, 1.3f, 64, 1, &err), AMPR_OK);
+    assert_int_equal(ampr__sampler_penalized(&s, hist, 400, pen, AMPR__PEN_MAX), 50); /* 62 of 64 valid, 50 distinct */
+    assert_int_equal(ampr__sampler_penalized(&s, hist, 3, pen, AMPR__PEN_MAX), 3);
+    assert_int_equal(ampr__sampler_penalized(&s, hist, 400, pen, 49), -1);
+    assert_int_equal(ampr__sampler_penalized(&s, NULL, 0, pen, AMPR__PEN_MAX), 0);
+    ampr__sampler_want(&s, hist, 400, pen, &w);
+    assert_int_equal(w.what, AMPR__WANT_CANDS);
+    assert_int_equal(w.n_pen, 50);
+    assert_true(w.pen_ids == pen && w.penalty == 1.3f);
+    ampr__sampler_free(&s);
+    for (int32_t i = 0; i < 400; i++) hist[i] = i; /* 300 distinct in the window: the row */
+    assert_int_equal(ampr__sampler_init(&s, n, 0.8f, 40, 0.95f, 1.3f, 300, 1, &err), AMPR_OK);
+    ampr__sampler_want(&s, hist, 400, pen, &w);
+    assert_int_equal(w.what, AMPR__WANT_ROW);
+    assert_int_equal(w.n_pen, 0);
+    ampr__sampler_free(&s);
+
+    float *x = malloc(n * sizeof *x), *row = malloc(n * sizeof *row), *tmp = malloc(n * sizeof *tmp);
+    float vals[AMPR__CANDS_MAX];
+    int32_t ids[AMPR__CANDS_MAX];
+    const float pens[] = {1.3f, 0.7f};
+    const float temps[] = {0.0f, 0.8f, 1.5f};
+    const float ps[] = {1.0f, 0.9f};
+    int draws = 0, moved = 0;
+    for (int kind = 0; kind < 3; kind++)
+        for (size_t a = 0; a < 2; a++)
+            for (size_t b = 0; b < 3; b++)
+                for (size_t d = 0; d < 2; d++) {
+                    make_logits(x, n, kind);
+                    /* the history: the row's best ids and some others, repeated */
+                    int32_t best = ampr__argmax(x, n);
+                    for (int32_t i = 0; i < 96; i++) hist[i] = i % 3 == 0 ? best : (i * 37 + kind) % n;
+                    ampr__sampler full, cand;
+                    assert_int_equal(ampr__sampler_init(&full, n, temps[b], 20, ps[d], pens[a], 64, 9, &err), AMPR_OK);
+                    assert_int_equal(ampr__sampler_init(&cand, n, temps[b], 20, ps[d], pens[a], 64, 9, &err), AMPR_OK);
+                    for (int r = 0; r < 8; r++, draws++) {
+                        ampr__sampler_want(&cand, hist, 96, pen, &w);
+                        assert_int_equal(w.what, temps[b] > 0 ? AMPR__WANT_CANDS : AMPR__WANT_ARGMAX);
+                        memcpy(row, x, n * sizeof *row);
+                        float kept[AMPR__PEN_MAX];
+                        for (int32_t p = 0; p < w.n_pen; p++) {
+                            kept[p] = row[pen[p]];
+                            row[pen[p]] = ampr__penalize(row[pen[p]], w.penalty);
+                        }
+                        int32_t got;
+                        if (w.what == AMPR__WANT_ARGMAX) got = ampr__argmax(row, n);
+                        else if (ampr__topk_cands(row, n, w.m, w.temperature, w.top_k, vals, ids))
+                            got = ampr__sample_cands(&cand, vals, ids, w.m);
+                        else continue; /* undecided: the row would come */
+                        for (int32_t p = w.n_pen - 1; p >= 0; p--) row[pen[p]] = kept[p];
+                        assert_memory_equal(row, x, n * sizeof *row);
+                        memcpy(tmp, x, n * sizeof *tmp);
+                        int32_t want = ampr__sample(&full, tmp, hist, 96);
+                        if (got != want)
+                            fail_msg("kind %d penalty %g T %g p %g draw %d: %d with the ids, %d from the row",
+                                     kind, pens[a], temps[b], ps[d], r, got, want);
+                        moved += temps[b] == 0 && want != best;
+                    }
+                    ampr__sampler_free(&full);
+                    ampr__sampler_free(&cand);
+                }
+    assert_true(draws > 250 && moved > 0); /* the penalty changed some greedy choices */
+    free(x);
+    free(row);
+    free(tmp);
 }
 
 /* One argmax rule everywhere (logits.h): the first index of the largest
@@ -498,6 +582,7 @@ int main(void) {
         cmocka_unit_test(test_top_k_prefilter_margin),
         cmocka_unit_test(test_repetition_penalty),
         cmocka_unit_test(test_candidate_lists),
+        cmocka_unit_test(test_penalized_lists),
         cmocka_unit_test(test_argmax_nan),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

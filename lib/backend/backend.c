@@ -9,12 +9,12 @@
 
 /* The CPU pass makes every row on the host: what a request wants of a row
  * is read from it here, as a device makes it there, so that the engine's
- * path is the same on both. */
-static ampr_status host_wants(ampr_ctx *c, const float *rows, int32_t n, ampr__row_want *want,
-                              ampr__err *err) {
+ * path is the same on both. A penalty is applied for the argmax or the list
+ * and taken back: the row stays as the pass made it. */
+static ampr_status host_wants(ampr_ctx *c, float *rows, int32_t n, ampr__row_want *want, ampr__err *err) {
     int32_t V = c->hp.vocab_size;
     for (int32_t i = 0; want && i < n; i++) {
-        const float *row = rows + (size_t)i * (size_t)V;
+        float *row = rows + (size_t)i * (size_t)V;
         ampr__row_want *w = &want[i];
         if ((w->kl_ring && (!w->kl_ring->host || w->kl_slot < 0 || w->kl_slot >= w->kl_ring->n_rows)) ||
             (w->keep && (!w->keep->host || w->keep_slot < 0 || w->keep_slot >= w->keep->n_rows)))
@@ -24,10 +24,20 @@ static ampr_status host_wants(ampr_ctx *c, const float *rows, int32_t n, ampr__r
         if (w->keep)
             memcpy(w->keep->host + (size_t)w->keep_slot * (size_t)V, row, (size_t)V * sizeof *row);
         if (w->what != AMPR__WANT_ARGMAX && w->what != AMPR__WANT_CANDS) continue;
+        float kept[AMPR__PEN_MAX];
+        if (w->n_pen < 0 || w->n_pen > AMPR__PEN_MAX)
+            return ampr__fail(err, AMPR_ERR_INTERNAL, "row %d names %d penalized ids", i, w->n_pen);
+        for (int32_t p = 0; p < w->n_pen; p++) {
+            int32_t id = w->pen_ids[p];
+            if (id < 0 || id >= V) return ampr__fail(err, AMPR_ERR_INTERNAL, "penalized id %d", id);
+            kept[p] = row[id];
+            row[id] = ampr__penalize(row[id], w->penalty);
+        }
         w->argmax = ampr__argmax(row, V);
         if (w->what == AMPR__WANT_CANDS)
             w->n_cands = ampr__topk_cands(row, V, w->m, w->temperature, w->top_k, w->cand_vals,
                                           w->cand_ids) && !c->test_lists_undecided ? w->m : 0;
+        for (int32_t p = w->n_pen - 1; p >= 0; p--) row[w->pen_ids[p]] = kept[p];
     }
     return AMPR_OK;
 }

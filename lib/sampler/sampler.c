@@ -257,15 +257,46 @@ static int penalizes(const ampr__sampler *s) {
     return s->repetition_penalty != 1.0f && s->repetition_penalty > 0.0f;
 }
 
-void ampr__sampler_want(const ampr__sampler *s, ampr__row_want *w) {
+int32_t ampr__sampler_penalized(const ampr__sampler *s, const int32_t *history, size_t n_history,
+                                int32_t *ids, int32_t max) {
+    size_t from = n_history > (size_t)s->repetition_last_n && s->repetition_last_n > 0
+                      ? n_history - (size_t)s->repetition_last_n
+                      : 0;
+    int32_t n = 0;
+    for (size_t i = from; history && i < n_history; i++) {
+        int32_t id = history[i];
+        if (id < 0 || id >= s->n_vocab) continue;
+        int seen = 0;
+        for (int32_t j = 0; j < n && !seen; j++) seen = ids[j] == id;
+        if (seen) continue;
+        if (n == max) return -1;
+        ids[n++] = id;
+    }
+    return n;
+}
+
+void ampr__sampler_want(const ampr__sampler *s, const int32_t *history, size_t n_history,
+                        int32_t *pen_buf, ampr__row_want *w) {
     w->what = AMPR__WANT_ROW;
     w->temperature = s->temperature;
     w->top_k = s->top_k;
     w->m = 0;
-    if (penalizes(s) || !isfinite(s->temperature)) return;
+    w->penalty = 1.0f;
+    w->n_pen = 0;
+    w->pen_ids = NULL;
+    if (!isfinite(s->temperature)) return;
+    int topk = s->top_k > 0 && s->top_k < s->n_vocab && s->top_k + AMPR__CAND_SLACK <= AMPR__CANDS_MAX;
+    if (s->temperature > 0.0f && !topk) return;
+    if (penalizes(s)) { /* the penalty's ids, or the row */
+        int32_t n = pen_buf ? ampr__sampler_penalized(s, history, n_history, pen_buf, AMPR__PEN_MAX) : -1;
+        if (n < 0) return;
+        w->penalty = s->repetition_penalty;
+        w->n_pen = n;
+        w->pen_ids = pen_buf;
+    }
     if (s->temperature <= 0.0f) {
         w->what = AMPR__WANT_ARGMAX;
-    } else if (s->top_k > 0 && s->top_k < s->n_vocab && s->top_k + AMPR__CAND_SLACK <= AMPR__CANDS_MAX) {
+    } else {
         w->what = AMPR__WANT_CANDS;
         w->m = AMPR__MIN(s->top_k + AMPR__CAND_SLACK, s->n_vocab);
     }
@@ -356,20 +387,9 @@ int32_t ampr__sample_cands(ampr__sampler *s, const float *vals, const int32_t *i
 
 int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, size_t n_history) {
     int32_t n = s->n_vocab;
-    if (penalizes(s) && history) {
-        size_t from = n_history > (size_t)s->repetition_last_n && s->repetition_last_n > 0
-                          ? n_history - (size_t)s->repetition_last_n
-                          : 0;
-        /* each distinct token is penalised once */
-        for (size_t i = from; i < n_history; i++) {
-            int32_t id = history[i];
-            if (id < 0 || id >= n) continue;
-            int seen = 0;
-            for (size_t j = from; j < i && !seen; j++) seen = history[j] == id;
-            if (seen) continue;
-            logits[id] = logits[id] > 0 ? logits[id] / s->repetition_penalty
-                                        : logits[id] * s->repetition_penalty;
-        }
+    if (penalizes(s) && history) { /* each distinct token once (s->ids is scratch until top-k) */
+        int32_t np = ampr__sampler_penalized(s, history, n_history, s->ids, n);
+        for (int32_t i = 0; i < np; i++) logits[s->ids[i]] = ampr__penalize(logits[s->ids[i]], s->repetition_penalty);
     }
     if (s->temperature <= 0.0f) return ampr__argmax(logits, n);
 

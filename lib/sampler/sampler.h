@@ -39,15 +39,19 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
  * host for every token:
  *   greedy (no temperature, no repetition penalty): the argmax is the token;
  *   top-k (0 < top_k < n_vocab, top_k + AMPR__CAND_SLACK <= AMPR__CANDS_MAX,
- *     a finite temperature, no repetition penalty, with or without top-p):
+ *     a finite temperature, with or without top-p):
  *     the draw depends only on the k largest logits / T. The m = top_k +
  *     AMPR__CAND_SLACK largest logits of the row, by (value desc, id asc),
  *     give the same token for the same RNG state as the whole row, unless
  *     a tie in logits / T reaches from the k-th of them to the m-th (then
  *     the whole row is needed: ampr__topk_cands says which);
- *   anything else: the row. */
+ *   anything else: the row.
+ * With a repetition penalty, greedy and top-k draws name the ids it applies
+ * to (at most AMPR__PEN_MAX; more: the row): the backend penalizes them in
+ * the row, takes the argmax or the list, and puts the logits back. */
 #define AMPR__CAND_SLACK 8
 #define AMPR__CANDS_MAX 256 /* the most candidates a row may ask for */
+#define AMPR__PEN_MAX 256   /* the most penalized ids a row may name */
 
 enum { AMPR__WANT_ROW = 0, AMPR__WANT_ARGMAX = 1, AMPR__WANT_CANDS = 2, AMPR__WANT_NONE = 3 };
 
@@ -72,6 +76,13 @@ typedef struct ampr__row_want {
     int32_t top_k, m;
     float *cand_vals;  /* AMPR__WANT_CANDS: [m] logits, the caller's memory */
     int32_t *cand_ids; /* [m] their token ids */
+    /* AMPR__WANT_ARGMAX / CANDS: the repetition penalty, applied to the n_pen
+     * (distinct) ids before the argmax or the list (x > 0 ? x / penalty :
+     * x * penalty, as ampr__sample); the row itself, and the monitor, see
+     * the logits as they came. n_pen 0: none. */
+    float penalty;
+    int32_t n_pen;
+    const int32_t *pen_ids; /* [n_pen], the caller's memory */
     /* the monitor's, with any `what` */
     int stats;                 /* fill entropy */
     const ampr__ring *kl_ring; /* non-NULL: fill kl against row kl_slot of kl_ring */
@@ -79,17 +90,28 @@ typedef struct ampr__row_want {
     ampr__ring *keep;          /* non-NULL: store the row in slot keep_slot of keep */
     int32_t keep_slot;         /* (after the KL: a row may be compared with the slot it replaces) */
     /* filled by the backend */
-    int32_t argmax;    /* the row's argmax (ampr__argmax's rule), for AMPR__WANT_ARGMAX and
-                        * AMPR__WANT_CANDS rows (a device may set it for every row) */
+    int32_t argmax;    /* the row's argmax (ampr__argmax's rule; penalized, with n_pen), for
+                        * AMPR__WANT_ARGMAX and AMPR__WANT_CANDS rows (a device may set it
+                        * for every row) */
     int32_t n_cands;   /* AMPR__WANT_CANDS: m when the list decides the draw, 0 when
                         * it cannot and the row came instead */
     float entropy;     /* stats: nats of softmax(row) */
     double kl;         /* kl_ring: KL(softmax(row) || softmax(ring row)), nats */
 } ampr__row_want;
 
-/* What s's next draw needs: w->what, and temperature, top_k, m for
- * candidates (the caller sets cand_vals / cand_ids). */
-void ampr__sampler_want(const ampr__sampler *s, ampr__row_want *w);
+/* What s's next draw, after history[0..n_history), needs: w->what, and
+ * temperature, top_k, m for candidates (the caller sets cand_vals /
+ * cand_ids); with a repetition penalty, its ids go to pen_buf
+ * (AMPR__PEN_MAX ints, the caller's) and w names them. */
+void ampr__sampler_want(const ampr__sampler *s, const int32_t *history, size_t n_history,
+                        int32_t *pen_buf, ampr__row_want *w);
+/* The ids s's repetition penalty applies to after history: the last
+ * repetition_last_n (all when <= 0), in range, each once, into ids[0..max).
+ * Returns their count, or -1 when there are more than max. */
+int32_t ampr__sampler_penalized(const ampr__sampler *s, const int32_t *history, size_t n_history,
+                                int32_t *ids, int32_t max);
+/* The penalty's rule for one logit. */
+static inline float ampr__penalize(float x, float penalty) { return x > 0 ? x / penalty : x * penalty; }
 
 /* The m largest of x[0..n) (1 <= m <= n) by (value desc, id asc; a NaN
  * counts as -inf, -0 as +0) into vals[0..m) and ids[0..m), in that order.

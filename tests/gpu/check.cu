@@ -1038,12 +1038,22 @@ static void check_paged_graphs(void) {
                 for (int32_t b = 0; b < P; b++) blocks[(size_t)q * P + b] = seq[(size_t)q] * P + b;
             std::vector<float> lg[2];
             /* the graph side asks, row by row, for the row, its argmax or
-             * its candidate list (sampler.h): rows not asked for must stay
-             * untouched, argmaxes and lists equal the host's of the eager
-             * rows (a list that cannot decide brings the row instead) */
+             * its candidate list (sampler.h), every other argmax / list
+             * row under a repetition penalty of the eager row's 8 best ids
+             * and 8 others, every fourth row its entropy: rows not asked
+             * for must stay untouched, rows that come back as they were
+             * made, argmaxes and lists equal the host's of the (penalized)
+             * eager rows (a list that cannot decide brings the row
+             * instead), entropies the host's; and through a device ring
+             * (the monitor's, sampler.h), every fourth row kept in its slot,
+             * every fourth compared (KL) with its slot's random row */
             std::vector<ampr__row_want> want((size_t)n_logits);
             std::vector<float> cv((size_t)n_logits * AMPR__CANDS_MAX);
             std::vector<int32_t> ci((size_t)n_logits * AMPR__CANDS_MAX);
+            std::vector<int32_t> pi((size_t)n_logits * 16);
+            size_t V0 = (size_t)hp.vocab_size;
+            std::vector<float> qrows = rnd_vec((size_t)n_logits * V0, -6, 6);
+            ampr__ring ring = {n_logits, NULL, dev_put(qrows.data(), qrows.size() * 4)};
             for (int32_t i = 0; i < n_logits; i++) {
                 ampr__row_want &wi = want[(size_t)i];
                 memset(&wi, 0, sizeof wi);
@@ -1054,8 +1064,33 @@ static void check_paged_graphs(void) {
                 wi.cand_vals = &cv[(size_t)i * AMPR__CANDS_MAX];
                 wi.cand_ids = &ci[(size_t)i * AMPR__CANDS_MAX];
                 wi.argmax = -1;
+                wi.stats = i % 4 == 3;
+                wi.entropy = -1.0f;
+                if (i % 4 == 1) {
+                    wi.keep = &ring;
+                    wi.keep_slot = i;
+                }
+                if (i % 4 == 2) {
+                    wi.kl_ring = &ring;
+                    wi.kl_slot = i;
+                }
             }
             for (int k = 0; k < 2; k++) {
+                if (k == 1) /* the penalized ids, from the eager rows */
+                    for (int32_t i = 0; i < n_logits; i++) {
+                        ampr__row_want &wi = want[(size_t)i];
+                        if (wi.what == AMPR__WANT_ROW || (i / 3) % 2) continue;
+                        float top8[8];
+                        (void)ampr__topk_cands(&lg[0][(size_t)i * hp.vocab_size], hp.vocab_size, 8, 1.0f, 1,
+                                               top8, &pi[(size_t)i * 16]);
+                        for (int32_t e = 8; e < 16; e++)
+                            pi[(size_t)i * 16 + e] = (int32_t)((e * 7919 + i * 31) % hp.vocab_size);
+                        std::sort(&pi[(size_t)i * 16], &pi[(size_t)i * 16] + 16);
+                        wi.n_pen = (int32_t)(std::unique(&pi[(size_t)i * 16], &pi[(size_t)i * 16] + 16) -
+                                             &pi[(size_t)i * 16]);
+                        wi.pen_ids = &pi[(size_t)i * 16];
+                        wi.penalty = i % 2 ? 0.7f : 1.3f;
+                    }
                 lg[k].assign((size_t)n_logits * hp.vocab_size, 0.0f);
                 OK(ampr__cuda_forward_paged(&dm, &kv[k], &w[k], 1, NULL, toks.data(), pos.data(),
                                             window || n == 1 ? NULL : rs.data(), n, blocks.data(),
@@ -1063,9 +1098,13 @@ static void check_paged_graphs(void) {
                                             &g_err));
             }
             size_t V = (size_t)hp.vocab_size;
+            std::vector<float> pa(V);
             for (int32_t i = 0; i < n_logits; i++) {
                 const ampr__row_want &wi = want[(size_t)i];
-                const float *a = &lg[0][(size_t)i * V], *b = &lg[1][(size_t)i * V];
+                const float *raw = &lg[0][(size_t)i * V], *b = &lg[1][(size_t)i * V];
+                memcpy(pa.data(), raw, V * 4);
+                for (int32_t e = 0; e < wi.n_pen; e++) pa[(size_t)wi.pen_ids[e]] = ampr__penalize(pa[(size_t)wi.pen_ids[e]], wi.penalty);
+                const float *a = pa.data();
                 float hv[AMPR__CANDS_MAX];
                 int32_t hi[AMPR__CANDS_MAX];
                 int exact = ampr__topk_cands(a, (int32_t)V, wi.m, wi.temperature, wi.top_k, hv, hi);
@@ -1073,7 +1112,21 @@ static void check_paged_graphs(void) {
                 size_t best = 0;
                 for (size_t e = 0; e < V; e++) {
                     if (a[e] > a[best]) best = e;
-                    diff += row ? memcmp(&a[e], &b[e], 4) != 0 : b[e] != 0.0f;
+                    diff += row ? memcmp(&raw[e], &b[e], 4) != 0 : b[e] != 0.0f;
+                }
+                if (wi.stats) {
+                    ampr__logit_stats st;
+                    ampr__logit_stats_scalar(raw, (int32_t)V, &st);
+                    double h = log(st.z) - st.s / st.z;
+                    diff += !(fabs((double)wi.entropy - h) <= 1e-4 * (1 + fabs(h)));
+                }
+                if (wi.kl_ring) {
+                    double kl = ampr__kl_scalar(raw, &qrows[(size_t)i * V], (int32_t)V);
+                    diff += !(fabs(wi.kl - kl) <= 1e-4 * (1 + kl));
+                }
+                if (wi.keep) {
+                    auto kept = dev_get<float>((float *)ring.dev + (size_t)i * V, V);
+                    diff += memcmp(kept.data(), raw, V * 4) != 0;
                 }
                 diff += wi.argmax != (int32_t)best;
                 if (wi.what == AMPR__WANT_CANDS) {
@@ -1085,6 +1138,7 @@ static void check_paged_graphs(void) {
                 }
             }
             total += (long)lg[0].size() + 2 * n_logits;
+            ampr__cuda_free(g_c, ring.dev);
         };
         for (int32_t q = 0; q < S; q++) pass(std::vector<int32_t>(6, q), 1); /* prompts */
         for (int round = 0; round < 4; round++) {

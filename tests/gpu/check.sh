@@ -291,20 +291,27 @@ done
 # Sampled decoding (top-k 40, top-p 0.95, T 0.8, a seed; checks off so every
 # tier samples from what its decode steps bring back): the device's candidate
 # lists (greedy: its argmax) must give the tokens the whole rows give
-# (AMPR_FULL_LOGITS=1), on the same device.
-run_sampled() { # tier -> text on stdout
+# (AMPR_FULL_LOGITS=1), on the same device; also under a repetition penalty
+# (applied on the device for the lists and the argmax, then taken back).
+run_sampled() { # tier extra-flags... -> text on stdout
+    local tier=$1
+    shift
     timeout -k 5 "${AMPR_GPU_RUN_TIMEOUT:-45}" "$AMPR" run -m "$MODEL" \
         --config '{"device":"cuda","tiers":["fp16","int8","nf4"],"fallback":{"enabled":false}}' \
-        --tier "$1" -p "$PROMPT" -n 60 --temp 0.8 --top-k 40 --top-p 0.95 --seed 7 --quiet \
-        2>>"$OUT/e2e-sampled-$1.err"
+        --tier "$tier" -p "$PROMPT" -n 60 --top-k 40 --top-p 0.95 --seed 7 --quiet "$@" \
+        2>>"$OUT/e2e-sampled-$tier.err"
 }
 for tier in fp16 int8 nf4; do
-    [ "$cuda_hung" = 1 ] && break
-    s1=$(run_sampled "$tier") || { echo "FAIL: sampled cuda run $tier: $(tail -2 "$OUT/e2e-sampled-$tier.err")"; e2e_fail=1; continue; }
-    s0=$(AMPR_FULL_LOGITS=1 run_sampled "$tier") ||
-        { echo "FAIL: sampled cuda run $tier (full rows): $(tail -2 "$OUT/e2e-sampled-$tier.err")"; e2e_fail=1; continue; }
-    if [ "$s1" = "$s0" ]; then echo "e2e $tier sampled -n 60: candidate lists == full rows (${#s1} chars)  PASS"
-    else echo "e2e $tier sampled -n 60: candidate lists != full rows  FAIL"; printf '  lists: %s\n  rows : %s\n' "$s1" "$s0"; e2e_fail=1; fi
+    for flags in "--temp 0.8" "--temp 0.8 --repeat-penalty 1.3" "--temp 0 --repeat-penalty 1.3"; do
+        [ "$cuda_hung" = 1 ] && break
+        # shellcheck disable=SC2086 # the flags are words
+        s1=$(run_sampled "$tier" $flags) || { echo "FAIL: sampled cuda run $tier $flags: $(tail -2 "$OUT/e2e-sampled-$tier.err")"; e2e_fail=1; continue; }
+        # shellcheck disable=SC2086
+        s0=$(AMPR_FULL_LOGITS=1 run_sampled "$tier" $flags) ||
+            { echo "FAIL: sampled cuda run $tier $flags (full rows): $(tail -2 "$OUT/e2e-sampled-$tier.err")"; e2e_fail=1; continue; }
+        if [ "$s1" = "$s0" ]; then echo "e2e $tier $flags -n 60: candidate lists == full rows (${#s1} chars)  PASS"
+        else echo "e2e $tier $flags -n 60: candidate lists != full rows  FAIL"; printf '  lists: %s\n  rows : %s\n' "$s1" "$s0"; e2e_fail=1; fi
+    done
 done
 
 # The fallback's monitor on the device: a lower tier under tight checks (a
