@@ -225,6 +225,20 @@ typedef struct ampr__cuda_mon_req {
 ampr_status ampr__cuda_row_monitor(ampr__cuda *c, const float *x, int32_t cols,
                                    const ampr__cuda_mon_req *req, int32_t n, int32_t n_parts,
                                    ampr__row_part *parts, ampr__err *err);
+/* One row's temperature-only draw (ampr__cuda_temp_draw). */
+typedef struct ampr__cuda_draw_req {
+    int32_t row;
+    float t, u; /* temperature (> 0), the uniform number in [0, 1) */
+} ampr__cuda_draw_req;
+/* For each of n requests (req: device array), out[i] = the token the draw
+ * walks to in row req.row of x, or -1 when the walk cannot decide (as
+ * ampr__sample_walk, sampler.h, the host's reference: the same exps bit for
+ * bit, ampr__exp_det, summed in double). */
+ampr_status ampr__cuda_temp_draw(ampr__cuda *c, const float *x, int32_t cols, const ampr__cuda_draw_req *req,
+                                 int32_t n, int32_t *out, ampr__err *err);
+/* out[i] = the device's ampr__exp_det(d[i]) (device arrays; for check.cu,
+ * which compares it bit for bit with the host's). */
+ampr_status ampr__cuda_exp_det(ampr__cuda *c, const float *d, int32_t n, float *out, ampr__err *err);
 /* One logit a repetition penalty changes (ampr__cuda_penalize). */
 typedef struct ampr__cuda_pen {
     int32_t row, id;

@@ -539,6 +539,9 @@ struct ampr__cuda_work {
     /* the fallback's monitor (fetch_logits): requests and slice sums */
     ampr__cuda_mon_req *mon_req, *h_mon;      /* [cap_logits] */
     ampr__row_part *mon_part, *h_part;        /* [cap_logits][AMPR__CUDA_MON_PARTS] */
+    /* temperature-only draws (fetch_logits): requests and tokens */
+    ampr__cuda_draw_req *draw_req, *h_dreq;   /* [cap_logits] */
+    int32_t *draw_out, *h_dout;
     /* repetition penalties (fetch_logits): the logits changed and their values */
     ampr__cuda_pen *pen, *h_pen;              /* [cap_logits][AMPR__PEN_MAX] */
     float *pen_kept;
@@ -596,6 +599,12 @@ static void logits_release(ampr__cuda_work *w) {
     ampr__cuda_free(c, w->mon_part);
     ampr__free(w->h_mon);
     ampr__free(w->h_part);
+    ampr__cuda_free(c, w->draw_req);
+    ampr__cuda_free(c, w->draw_out);
+    ampr__free(w->h_dreq);
+    ampr__free(w->h_dout);
+    w->draw_req = w->h_dreq = NULL;
+    w->draw_out = w->h_dout = NULL;
     ampr__cuda_free(c, w->pen);
     ampr__cuda_free(c, w->pen_kept);
     ampr__free(w->h_pen);
@@ -702,8 +711,12 @@ static ampr_status work_reserve(ampr__cuda_work *w, int32_t n, int32_t n_logits,
         AMPR__TRY(seq_alloc(c, npen * sizeof(ampr__cuda_pen), &w->pen, err));
         AMPR__TRY(seq_alloc(c, npen * 4, &w->pen_kept, err));
         w->h_pen = (ampr__cuda_pen *)ampr__alloc_array(npen, sizeof(ampr__cuda_pen), err);
+        AMPR__TRY(seq_alloc(c, (size_t)cap * sizeof(ampr__cuda_draw_req), &w->draw_req, err));
+        AMPR__TRY(seq_alloc(c, (size_t)cap * 4, &w->draw_out, err));
+        w->h_dreq = (ampr__cuda_draw_req *)ampr__alloc_array((size_t)cap, sizeof(ampr__cuda_draw_req), err);
+        w->h_dout = (int32_t *)ampr__alloc_array((size_t)cap, 4, err);
         if (!w->h_argmax || !w->h_n || !w->h_ids || !w->h_vals || !w->h_req || !w->h_mon || !w->h_part ||
-            !w->h_pen)
+            !w->h_pen || !w->h_dreq || !w->h_dout)
             return AMPR_ERR_NOMEM;
         w->cap_logits = cap;
     }
@@ -908,7 +921,9 @@ static ampr_status penalties(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab, i
     int32_t n = 0;
     for (int32_t i = 0; i < n_logits; i++) {
         const ampr__row_want *wi = &want[i];
-        if ((wi->what != AMPR__WANT_ARGMAX && wi->what != AMPR__WANT_CANDS) || wi->n_pen == 0) continue;
+        if ((wi->what != AMPR__WANT_ARGMAX && wi->what != AMPR__WANT_CANDS && wi->what != AMPR__WANT_DRAW) ||
+            wi->n_pen == 0)
+            continue;
         if (wi->n_pen < 0 || wi->n_pen > AMPR__PEN_MAX)
             return ampr__fail(err, AMPR_ERR_INTERNAL, "row %d names %d penalized ids", i, wi->n_pen);
         for (int32_t p = 0; p < wi->n_pen; p++) {
@@ -965,6 +980,19 @@ static ampr_status fetch_logits(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab
         AMPR__CU(err, cudaMemcpyAsync(w->h_ids, w->cand_ids, nc * 4, cudaMemcpyDeviceToHost, c->stream));
         AMPR__CU(err, cudaMemcpyAsync(w->h_n, w->cand_n, (size_t)n_c * 4, cudaMemcpyDeviceToHost, c->stream));
     }
+    int32_t n_d = 0; /* temperature-only draws */
+    for (int32_t i = 0; i < n_logits; i++) {
+        if (want[i].what != AMPR__WANT_DRAW) continue;
+        if (!(want[i].temperature > 0.0f) || !(want[i].u >= 0.0f && want[i].u < 1.0f))
+            return ampr__fail(err, AMPR_ERR_INTERNAL, "draw at T %g with u %g", (double)want[i].temperature,
+                              (double)want[i].u);
+        w->h_dreq[n_d++] = ampr__cuda_draw_req{i, want[i].temperature, want[i].u};
+    }
+    if (n_d) {
+        AMPR__CU(err, cudaMemcpyAsync(w->draw_req, w->h_dreq, (size_t)n_d * sizeof *w->h_dreq,
+                                      cudaMemcpyHostToDevice, c->stream));
+        AMPR__TRY(ampr__cuda_temp_draw(c, w->logits, vocab, w->draw_req, n_d, w->draw_out, err));
+    }
     /* the rows as they came, for the ones that come back */
     AMPR__TRY(ampr__cuda_penalize(c, w->logits, vocab, w->pen, n_pen, w->pen_kept, 1, err));
     for (int32_t i = 0; i < n_logits;) {
@@ -981,12 +1009,22 @@ static ampr_status fetch_logits(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab
     if (n_mon)
         AMPR__CU(err, cudaMemcpyAsync(w->h_part, w->mon_part, (size_t)n_mon * (size_t)n_parts * sizeof *w->h_part,
                                       cudaMemcpyDeviceToHost, c->stream));
+    if (n_d)
+        AMPR__CU(err, cudaMemcpyAsync(w->h_dout, w->draw_out, (size_t)n_d * 4, cudaMemcpyDeviceToHost, c->stream));
     AMPR__CU(err, cudaMemcpyAsync(w->h_argmax, w->argmax, (size_t)n_logits * 4, cudaMemcpyDeviceToHost,
                                   c->stream));
     AMPR__TRY(ampr__cuda_sync(c, err));
     for (int32_t i = 0; i < n_logits; i++) want[i].argmax = w->h_argmax[i];
     monitor_merge(w, n_mon, n_parts, want);
-    int more = 0; /* rows whose candidates cannot decide: the row after all */
+    int more = 0; /* rows whose candidates or walks cannot decide: the row after all */
+    for (int32_t q = 0; q < n_d; q++) {
+        ampr__row_want *wq = &want[w->h_dreq[q].row];
+        wq->drawn = w->h_dout[q];
+        if (wq->drawn < 0) {
+            AMPR__TRY(copy_rows(c, w, row, logits, w->h_dreq[q].row, w->h_dreq[q].row + 1, err));
+            more = 1;
+        }
+    }
     for (int32_t q = 0; q < n_c; q++) {
         ampr__row_want *wq = &want[w->h_req[q].row];
         wq->n_cands = w->h_n[q];

@@ -292,6 +292,22 @@ __device__ __forceinline__ float warp_sum_f(float v) {
     return v;
 }
 
+/* the block's largest v (red: 32 floats of shared memory, reusable after) */
+__device__ float block_max(float v, float *red) {
+    v = warp_max_f(v);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        int nw = (int)(blockDim.x >> 5);
+        v = warp_max_f((int)threadIdx.x < nw ? red[threadIdx.x] : -INFINITY);
+        if (threadIdx.x == 0) red[0] = v;
+    }
+    __syncthreads();
+    float r = red[0];
+    __syncthreads();
+    return r;
+}
+
 /* q . K row (hd values at k), q in shared memory */
 __device__ __forceinline__ float dot_q(const float *sq, const float *k, int32_t hd) {
     float s = 0.0f;
@@ -831,6 +847,106 @@ ampr_status ampr__cuda_topk_cands(ampr__cuda *c, const float *x, int32_t cols,
     return AMPR_OK;
 }
 
+/* ---- temperature-only draws ---------------------------------------------------
+ * One block per row, DRAW_THREADS threads, each a contiguous chunk of the
+ * row: the max of x / T (any NaN: undecided), the chunk's exps
+ * (exp_det, ampr__exp_det's twin) summed in double, an exclusive scan of
+ * the chunk sums in shared memory (edge[t] .. edge[t + 1] is chunk t's
+ * share of the mass, so exactly one chunk holds u * total), and that
+ * chunk's thread walks it as the host walks the row. Decided only
+ * AMPR__DRAW_MARGIN * total away from a token's edge. */
+
+#define DRAW_THREADS 1024
+
+/* ampr__exp_det (lib/fallback/logits.h), the same operations */
+__device__ __forceinline__ float exp_det(float d) {
+    if (!(d >= -87.0f)) return 0.0f;
+    float n = rintf(d * 1.44269504088896341f);
+    float r = __fmaf_rn(-n, 0.693359375f, d);
+    r = __fmaf_rn(-n, -2.12194440e-4f, r);
+    float p = 1.0f / 5040.0f;
+    p = __fmaf_rn(p, r, 1.0f / 720.0f);
+    p = __fmaf_rn(p, r, 1.0f / 120.0f);
+    p = __fmaf_rn(p, r, 1.0f / 24.0f);
+    p = __fmaf_rn(p, r, 1.0f / 6.0f);
+    p = __fmaf_rn(p, r, 0.5f);
+    p = __fmaf_rn(p, r, 1.0f);
+    p = __fmaf_rn(p, r, 1.0f);
+    return __fmul_rn(p, __int_as_float(((int)n + 127) << 23));
+}
+
+__global__ void __launch_bounds__(DRAW_THREADS)
+temp_draw_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_draw_req *__restrict__ req,
+                 int32_t *__restrict__ out) {
+    __shared__ double edge[DRAW_THREADS + 1];
+    __shared__ float red[32];
+    const ampr__cuda_draw_req q = req[blockIdx.x];
+    const float *xr = x + (size_t)q.row * (size_t)cols;
+    const int32_t tid = (int32_t)threadIdx.x, chunk = (cols + DRAW_THREADS - 1) / DRAW_THREADS;
+    const int32_t j0 = min(cols, tid * chunk), j1 = min(cols, j0 + chunk);
+    float mx = -INFINITY;
+    int nan = 0;
+    for (int32_t j = j0; j < j1; j++) {
+        float v = __fdiv_rn(xr[j], q.t); /* as the host's x / T */
+        nan |= v != v;
+        mx = fmaxf(mx, v);
+    }
+    nan = __syncthreads_or(nan);
+    mx = block_max(mx, red);
+    if (nan || !isfinite(mx)) {
+        if (tid == 0) out[blockIdx.x] = -1;
+        return;
+    }
+    double z = 0;
+    for (int32_t j = j0; j < j1; j++) z += (double)exp_det(__fsub_rn(__fdiv_rn(xr[j], q.t), mx));
+    edge[tid + 1] = z;
+    if (tid == 0) edge[0] = 0;
+    __syncthreads();
+    for (int off = 1; off < DRAW_THREADS; off <<= 1) { /* inclusive scan of edge[1..] */
+        double add = tid >= off ? edge[tid + 1 - off] : 0.0;
+        __syncthreads();
+        edge[tid + 1] += add;
+        __syncthreads();
+    }
+    const double total = edge[DRAW_THREADS];
+    if (tid == 0) out[blockIdx.x] = -1; /* unless a chunk decides below */
+    __syncthreads();
+    if (!(total > 0) || !isfinite(total)) return;
+    const double r = (double)q.u * total, eps = AMPR__DRAW_MARGIN * total;
+    if (!(edge[tid] <= r && r < edge[tid + 1])) return;
+    double acc = edge[tid];
+    for (int32_t j = j0; j < j1; j++) {
+        double prev = acc;
+        acc += (double)exp_det(__fsub_rn(__fdiv_rn(xr[j], q.t), mx));
+        if (r < acc) {
+            out[blockIdx.x] = r - prev > eps && acc - r > eps ? j : -1;
+            return;
+        }
+    }
+}
+
+__global__ void exp_det_kernel(const float *__restrict__ d, int32_t n, float *__restrict__ out) {
+    int32_t i = (int32_t)(blockIdx.x * blockDim.x + threadIdx.x);
+    if (i < n) out[i] = exp_det(d[i]);
+}
+
+ampr_status ampr__cuda_exp_det(ampr__cuda *c, const float *d, int32_t n, float *out, ampr__err *err) {
+    if (n <= 0) return AMPR_OK;
+    AMPR__TRY(ampr__cuda_use(c, err));
+    exp_det_kernel<<<(unsigned)((n + 255) / 256), 256, 0, c->stream>>>(d, n, out);
+    AMPR__CU_LAUNCHED(err, "exp_det");
+    return AMPR_OK;
+}
+
+ampr_status ampr__cuda_temp_draw(ampr__cuda *c, const float *x, int32_t cols, const ampr__cuda_draw_req *req,
+                                 int32_t n, int32_t *out, ampr__err *err) {
+    if (n <= 0) return AMPR_OK;
+    AMPR__TRY(ampr__cuda_use(c, err));
+    temp_draw_kernel<<<(unsigned)n, DRAW_THREADS, 0, c->stream>>>(x, cols, req, out);
+    AMPR__CU_LAUNCHED(err, "temp_draw");
+    return AMPR_OK;
+}
+
 /* ---- repetition penalty -------------------------------------------------------- */
 
 __global__ void penalize_kernel(float *x, int32_t cols, const ampr__cuda_pen *__restrict__ pen, int32_t n,
@@ -909,20 +1025,6 @@ ampr_status ampr__cuda_argmax(ampr__cuda *c, const float *x, int32_t n, int32_t 
 
 #define MON_THREADS 256
 
-__device__ float block_max(float v, float *red) {
-    v = warp_max_f(v);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        int nw = (int)(blockDim.x >> 5);
-        v = warp_max_f((int)threadIdx.x < nw ? red[threadIdx.x] : -INFINITY);
-        if (threadIdx.x == 0) red[0] = v;
-    }
-    __syncthreads();
-    float r = red[0];
-    __syncthreads();
-    return r;
-}
 
 __global__ void __launch_bounds__(MON_THREADS)
 row_monitor_kernel(const float *__restrict__ x, int32_t cols, int32_t len,

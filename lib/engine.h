@@ -133,7 +133,7 @@ struct ampr_ctx {
     int full_logits;                /* AMPR_FULL_LOGITS=1 at open: every decode step brings
                                      * its whole row back (generate.c; a switch to compare) */
     int test_lists_undecided;       /* tests only: the CPU pass calls every candidate list
-                                     * undecided, so the row comes instead (backend.c) */
+                                     * and draw undecided, so the row comes instead (backend.c) */
     uint64_t test_rows_back;        /* tests only: decode rows that came back whole
                                      * (generate.c run_batch; atomic) */
 };

@@ -140,9 +140,12 @@ struct request {
     float entropy;        /* of the next-token logits in hand, while monitored */
     /* What the last decode step brought back (decode_step's want): the row
      * into scratch.logits, or for a greedy request its argmax (pending >= 0:
-     * the next token), or for a top-k one its n_cands largest logits
-     * (n_cands > 0). Both -1 / 0 when scratch.logits holds the row. */
+     * the next token), or for a temperature-only one its draw (pending, and
+     * pending_drew: the RNG must step past the number it used), or for a
+     * top-k one its n_cands largest logits (n_cands > 0). Both -1 / 0 when
+     * scratch.logits holds the row. */
     int32_t pending;
+    int pending_drew;
     int32_t n_cands;
     float cand_vals[AMPR__CANDS_MAX];
     int32_t cand_ids[AMPR__CANDS_MAX];
@@ -230,7 +233,8 @@ static void run_batch(ampr_ctx *c, ampr__tier *t, ampr__step **items, int32_t n)
             continue;
         }
         *items[i]->want = want[i];
-        if (want[i].what == AMPR__WANT_ROW || (want[i].what == AMPR__WANT_CANDS && want[i].n_cands == 0)) {
+        if (want[i].what == AMPR__WANT_ROW || (want[i].what == AMPR__WANT_CANDS && want[i].n_cands == 0) ||
+            (want[i].what == AMPR__WANT_DRAW && want[i].drawn < 0)) { /* the row came */
             __atomic_add_fetch(&c->test_rows_back, 1, __ATOMIC_RELAXED);
             memcpy(items[i]->logits, t->batch_scratch->logits + (size_t)i * (size_t)c->hp.vocab_size,
                    (size_t)c->hp.vocab_size * sizeof(float));
@@ -340,6 +344,7 @@ static void switch_to_top(ampr_ctx *c, struct request *r, int32_t row) {
     memcpy(r->scratch.logits, r->check.logits + (size_t)row * (size_t)c->hp.vocab_size,
            (size_t)c->hp.vocab_size * sizeof(float));
     r->pending = -1; /* the logits in hand are these */
+    r->pending_drew = 0;
     r->n_cands = 0;
     ampr__kv_seq_release(&r->seq);
     r->seq = r->seq_top;
@@ -504,11 +509,13 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
             }
         }
 
-        /* 4b. the next token (a greedy step's came with the step) */
+        /* 4b. the next token (a greedy or temperature-only step's came with the step) */
+        if (r.pending >= 0 && r.pending_drew) ampr__sampler_drew(&r.sampler);
         int32_t next = r.pending >= 0  ? r.pending
                        : r.n_cands > 0 ? ampr__sample_cands(&r.sampler, r.cand_vals, r.cand_ids, r.n_cands)
                                        : ampr__sample(&r.sampler, logits, r.ids, r.n_ids);
         r.pending = -1;
+        r.pending_drew = 0;
         r.n_cands = 0;
         if (next == eos && !p->ignore_eos) { finish = AMPR_FINISH_EOS; break; }
         r.ids[r.n_ids++] = next;
@@ -558,6 +565,10 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
         if (st) goto done;
         r.entropy = want.entropy;
         if (want.what == AMPR__WANT_ARGMAX) r.pending = want.argmax;
+        if (want.what == AMPR__WANT_DRAW && want.drawn >= 0) { /* -1: the row came */
+            r.pending = want.drawn;
+            r.pending_drew = 1;
+        }
         if (want.what == AMPR__WANT_CANDS) r.n_cands = want.n_cands; /* 0: the row came */
 
         /* 4e. the verification check against the top tier */

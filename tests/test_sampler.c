@@ -453,7 +453,7 @@ static void test_penalized_lists(void **state) {
     /* the ids: window, range, distinct */
     for (int32_t i = 0; i < 400; i++) hist[i] = (i * 7) % 50;
     hist[398] = -3;
-    hist[399] = n + 5;
+    hist[399] = n; /* the first id out of range */
     assert_int_equal(ampr__sampler_init(&s, n, 0.8f, 40, 0.95f, 1.3f, 64, 1, &err), AMPR_OK);
     assert_int_equal(ampr__sampler_penalized(&s, hist, 400, pen, AMPR__PEN_MAX), 50); /* 62 of 64 valid, 50 distinct */
     assert_int_equal(ampr__sampler_penalized(&s, hist, 3, pen, AMPR__PEN_MAX), 3);
@@ -489,7 +489,7 @@ static void test_penalized_lists(void **state) {
                     ampr__sampler full, cand;
                     assert_int_equal(ampr__sampler_init(&full, n, temps[b], 20, ps[d], pens[a], 64, 9, &err), AMPR_OK);
                     assert_int_equal(ampr__sampler_init(&cand, n, temps[b], 20, ps[d], pens[a], 64, 9, &err), AMPR_OK);
-                    for (int r = 0; r < 8; r++, draws++) {
+                    for (int r = 0; r < 8; r++) {
                         ampr__sampler_want(&cand, hist, 96, pen, &w);
                         assert_int_equal(w.what, temps[b] > 0 ? AMPR__WANT_CANDS : AMPR__WANT_ARGMAX);
                         memcpy(row, x, n * sizeof *row);
@@ -503,6 +503,7 @@ static void test_penalized_lists(void **state) {
                         else if (ampr__topk_cands(row, n, w.m, w.temperature, w.top_k, vals, ids))
                             got = ampr__sample_cands(&cand, vals, ids, w.m);
                         else continue; /* undecided: the row would come */
+                        draws++;
                         for (int32_t p = w.n_pen - 1; p >= 0; p--) row[pen[p]] = kept[p];
                         assert_memory_equal(row, x, n * sizeof *row);
                         memcpy(tmp, x, n * sizeof *tmp);
@@ -515,10 +516,77 @@ static void test_penalized_lists(void **state) {
                     ampr__sampler_free(&full);
                     ampr__sampler_free(&cand);
                 }
-    assert_true(draws > 250 && moved > 0); /* the penalty changed some greedy choices */
+    assert_true(draws > 200 && moved > 0); /* the penalty changed some greedy choices */
     free(x);
     free(row);
     free(tmp);
+}
+
+/* Temperature alone (sampler.h AMPR__WANT_DRAW): the walk a backend makes
+ * (ampr__sample_walk) gives the token ampr__sample draws from the row with
+ * the same uniform number, or -1 near an edge (rarely: the margin is 1e-9
+ * of the mass) or without a distribution; the exps are the same floats from
+ * the scalar code and the AVX2 lanes. */
+static void test_temperature_walk(void **state) {
+    (void)state;
+    const int32_t sizes[] = {7, 320, 32000, 128256};
+    float *x = malloc(128256 * sizeof *x), *tmp = malloc(128256 * sizeof *tmp), *row = malloc(128256 * sizeof *row);
+    float *e0 = malloc(128256 * sizeof *e0), *e1 = malloc(128256 * sizeof *e1);
+    ampr__err err = {0};
+    int decided = 0, undecided = 0;
+    for (size_t a = 0; a < sizeof sizes / sizeof *sizes; a++)
+        for (int kind = 0; kind < 4; kind++) {
+            int32_t n = sizes[a];
+            make_logits(x, n, kind < 3 ? kind : 0);
+            if (kind == 3) /* masked */
+                for (int32_t i = 0; i < n; i++) if (i % 5) x[i] = -INFINITY;
+            /* the exps, bit for bit at both levels */
+            double z0 = ampr__exp_det_sum_scalar(x, n, 9.5f, e0);
+            if (ampr__quant_simd_max() >= AMPR__SIMD_AVX2) {
+                double z1 = ampr__exp_det_sum_avx2(x, n, 9.5f, e1);
+                assert_memory_equal(e0, e1, (size_t)n * sizeof *e0);
+                assert_true(fabs(z1 - z0) <= 1e-12 * z0);
+            }
+            const float temps[] = {0.7f, 1.0f, 1.6f};
+            for (int b = 0; b < 3; b++) {
+                ampr__sampler full, walk;
+                uint64_t seed = 100 + (uint64_t)(a * 16 + (size_t)kind * 4 + (size_t)b);
+                assert_int_equal(ampr__sampler_init(&full, n, temps[b], 0, 1.0f, 1.0f, 64, seed, &err), AMPR_OK);
+                assert_int_equal(ampr__sampler_init(&walk, n, temps[b], n + 1, 1.0f, 1.0f, 64, seed, &err), AMPR_OK);
+                for (int r = 0; r < 40; r++) {
+                    ampr__row_want w;
+                    ampr__sampler_want(&walk, NULL, 0, NULL, &w);
+                    assert_int_equal(w.what, AMPR__WANT_DRAW);
+                    int32_t got = ampr__sample_walk(x, n, w.temperature, w.u, tmp);
+                    memcpy(row, x, (size_t)n * sizeof *row);
+                    int32_t want = ampr__sample(&full, row, NULL, 0);
+                    if (got < 0) { /* the row would come: the walker draws from it */
+                        undecided++;
+                        memcpy(row, x, (size_t)n * sizeof *row);
+                        got = ampr__sample(&walk, row, NULL, 0);
+                    } else {
+                        decided++;
+                        ampr__sampler_drew(&walk);
+                    }
+                    if (got != want) fail_msg("n %d kind %d T %g draw %d: walked %d, drew %d", n, kind, temps[b], r, got, want);
+                }
+                ampr__sampler_free(&full);
+                ampr__sampler_free(&walk);
+            }
+        }
+    assert_true(decided >= 1900 && undecided <= 5);
+    /* no distribution: the row decides (its argmax) */
+    x[0] = NAN;
+    assert_int_equal(ampr__sample_walk(x, 320, 1.0f, 0.5f, tmp), -1);
+    x[0] = INFINITY;
+    assert_int_equal(ampr__sample_walk(x, 320, 1.0f, 0.5f, tmp), -1);
+    for (int32_t i = 0; i < 320; i++) x[i] = -INFINITY;
+    assert_int_equal(ampr__sample_walk(x, 320, 1.0f, 0.5f, tmp), -1);
+    free(x);
+    free(tmp);
+    free(row);
+    free(e0);
+    free(e1);
 }
 
 /* One argmax rule everywhere (logits.h): the first index of the largest
@@ -583,6 +651,7 @@ int main(void) {
         cmocka_unit_test(test_repetition_penalty),
         cmocka_unit_test(test_candidate_lists),
         cmocka_unit_test(test_penalized_lists),
+        cmocka_unit_test(test_temperature_walk),
         cmocka_unit_test(test_argmax_nan),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

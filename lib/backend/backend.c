@@ -13,33 +13,46 @@
  * and taken back: the row stays as the pass made it. */
 static ampr_status host_wants(ampr_ctx *c, float *rows, int32_t n, ampr__row_want *want, ampr__err *err) {
     int32_t V = c->hp.vocab_size;
-    for (int32_t i = 0; want && i < n; i++) {
+    float *tmp = NULL; /* a walk's scratch */
+    for (int32_t i = 0; want && i < n; i++)
+        if (want[i].what == AMPR__WANT_DRAW && !tmp && !(tmp = ampr__alloc_array_uninit((size_t)V, sizeof *tmp, err)))
+            return AMPR_ERR_NOMEM;
+    ampr_status st = AMPR_OK;
+    for (int32_t i = 0; want && i < n && st == AMPR_OK; i++) {
         float *row = rows + (size_t)i * (size_t)V;
         ampr__row_want *w = &want[i];
         if ((w->kl_ring && (!w->kl_ring->host || w->kl_slot < 0 || w->kl_slot >= w->kl_ring->n_rows)) ||
-            (w->keep && (!w->keep->host || w->keep_slot < 0 || w->keep_slot >= w->keep->n_rows)))
-            return ampr__fail(err, AMPR_ERR_INTERNAL, "row %d asks for a slot no host ring has", i);
+            (w->keep && (!w->keep->host || w->keep_slot < 0 || w->keep_slot >= w->keep->n_rows))) {
+            st = ampr__fail(err, AMPR_ERR_INTERNAL, "row %d asks for a slot no host ring has", i);
+            break;
+        }
         if (w->kl_ring) w->kl = ampr__kl(row, w->kl_ring->host + (size_t)w->kl_slot * (size_t)V, V);
         if (w->stats) w->entropy = ampr__entropy(row, V, NULL);
         if (w->keep)
             memcpy(w->keep->host + (size_t)w->keep_slot * (size_t)V, row, (size_t)V * sizeof *row);
-        if (w->what != AMPR__WANT_ARGMAX && w->what != AMPR__WANT_CANDS) continue;
+        if (w->what != AMPR__WANT_ARGMAX && w->what != AMPR__WANT_CANDS && w->what != AMPR__WANT_DRAW)
+            continue;
         float kept[AMPR__PEN_MAX];
-        if (w->n_pen < 0 || w->n_pen > AMPR__PEN_MAX)
-            return ampr__fail(err, AMPR_ERR_INTERNAL, "row %d names %d penalized ids", i, w->n_pen);
-        for (int32_t p = 0; p < w->n_pen; p++) {
-            int32_t id = w->pen_ids[p];
-            if (id < 0 || id >= V) return ampr__fail(err, AMPR_ERR_INTERNAL, "penalized id %d", id);
-            kept[p] = row[id];
-            row[id] = ampr__penalize(row[id], w->penalty);
+        int32_t n_pen = w->n_pen, bad = n_pen < 0 || n_pen > AMPR__PEN_MAX;
+        for (int32_t p = 0; !bad && p < n_pen; p++) bad = w->pen_ids[p] < 0 || w->pen_ids[p] >= V;
+        if (bad) {
+            st = ampr__fail(err, AMPR_ERR_INTERNAL, "row %d names penalized ids out of range", i);
+            break;
+        }
+        for (int32_t p = 0; p < n_pen; p++) {
+            kept[p] = row[w->pen_ids[p]];
+            row[w->pen_ids[p]] = ampr__penalize(row[w->pen_ids[p]], w->penalty);
         }
         w->argmax = ampr__argmax(row, V);
         if (w->what == AMPR__WANT_CANDS)
             w->n_cands = ampr__topk_cands(row, V, w->m, w->temperature, w->top_k, w->cand_vals,
                                           w->cand_ids) && !c->test_lists_undecided ? w->m : 0;
-        for (int32_t p = w->n_pen - 1; p >= 0; p--) row[w->pen_ids[p]] = kept[p];
+        if (w->what == AMPR__WANT_DRAW)
+            w->drawn = c->test_lists_undecided ? -1 : ampr__sample_walk(row, V, w->temperature, w->u, tmp);
+        for (int32_t p = n_pen - 1; p >= 0; p--) row[w->pen_ids[p]] = kept[p];
     }
-    return AMPR_OK;
+    ampr__free(tmp);
+    return st;
 }
 
 ampr_status ampr__backend_forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,

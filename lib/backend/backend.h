@@ -44,8 +44,10 @@ typedef struct ampr__backend_ops {
      * ampr__argmax's rule), or its m largest logits (AMPR__WANT_CANDS:
      * want[i].n_cands = m with the list in cand_vals / cand_ids, as
      * ampr__topk_cands makes it, when that list decides the draw; else
-     * n_cands = 0 and the row comes instead), or none of those
-     * (AMPR__WANT_NONE); and with any of them the monitor's: the entropy
+     * n_cands = 0 and the row comes instead), or the token of a
+     * temperature-only draw (AMPR__WANT_DRAW: want[i].drawn as
+     * ampr__sample_walk says it, or -1 and the row comes instead), or none
+     * of those (AMPR__WANT_NONE); and with any of them the monitor's: the entropy
      * (stats), the KL against a kept row (kl_ring, a ring of this backend's),
      * and keeping the row in a ring slot (keep), in that order. Rows not
      * asked for are left alone. */

@@ -79,6 +79,20 @@ double ampr__exp_sum_scalar(const float *x, int32_t n, float mx, float *out) {
     return z;
 }
 
+double ampr__exp_det_sum_scalar(const float *x, int32_t n, float mx, float *out) {
+    double z = 0;
+    for (int32_t i = 0; i < n; i++) {
+        float e = ampr__exp_det(x[i] - mx);
+        if (out) out[i] = e;
+        z += e;
+    }
+    return z;
+}
+
+double ampr__exp_det_sum(const float *x, int32_t n, float mx, float *out) {
+    return use_avx2() ? ampr__exp_det_sum_avx2(x, n, mx, out) : ampr__exp_det_sum_scalar(x, n, mx, out);
+}
+
 double ampr__exp_sum(const float *x, int32_t n, float mx, float *out) {
     return use_avx2() ? ampr__exp_sum_avx2(x, n, mx, out) : ampr__exp_sum_scalar(x, n, mx, out);
 }

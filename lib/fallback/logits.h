@@ -12,6 +12,8 @@
 
 #include "../common/common.h"
 
+#include <math.h>
+
 typedef struct ampr__logit_stats {
     int32_t argmax; /* first index of the largest value (NaN counts as -inf) */
     float max;      /* that value */
@@ -48,6 +50,34 @@ void ampr__row_part_get(const float *p, const float *q, int32_t n, ampr__row_par
  * KL(softmax(p) || softmax(q)), as ampr__kl (>= 0). A NaN among a slice's
  * logits makes the entropy NaN (as ampr__entropy) and the KL 0 (as ampr__kl). */
 void ampr__row_parts_merge(const ampr__row_part *parts, int32_t n_parts, float *entropy, double *kl);
+
+/* ---- the temperature-only draw's exps ------------------------------------------
+ * e^d for d <= 0 by the AVX2 statistics' method (logits_avx2.c: n = round(d
+ * log2 e), r = d - n ln2 in two fused steps, e^r by Horner to r^7 with fused
+ * multiply-adds, 2^n in the exponent), 0 below -87 (and for -inf or NaN):
+ * the same float, bit for bit, from this scalar code, the AVX2 lanes and the
+ * GPU (cuda_ops.cu), so that a draw walked on the GPU is the host's walk. */
+static inline float ampr__exp_det(float d) {
+    if (!(d >= -87.0f)) return 0.0f;
+    float n = rintf(d * 1.44269504088896341f);
+    float r = fmaf(-n, 0.693359375f, d);
+    r = fmaf(-n, -2.12194440e-4f, r);
+    float p = 1.0f / 5040.0f;
+    p = fmaf(p, r, 1.0f / 720.0f);
+    p = fmaf(p, r, 1.0f / 120.0f);
+    p = fmaf(p, r, 1.0f / 24.0f);
+    p = fmaf(p, r, 1.0f / 6.0f);
+    p = fmaf(p, r, 0.5f);
+    p = fmaf(p, r, 1.0f);
+    p = fmaf(p, r, 1.0f);
+    union { uint32_t u; float f; } two = {(uint32_t)((int32_t)n + 127) << 23};
+    return p * two.f;
+}
+/* out[i] = ampr__exp_det(x[i] - mx) (out may be x or NULL); returns their
+ * sum, in double. */
+double ampr__exp_det_sum(const float *x, int32_t n, float mx, float *out);
+double ampr__exp_det_sum_scalar(const float *x, int32_t n, float mx, float *out);
+double ampr__exp_det_sum_avx2(const float *x, int32_t n, float mx, float *out);
 
 /* The levels, for tests: the scalar one is the reference (double exp). */
 void ampr__logit_stats_scalar(const float *x, int32_t n, ampr__logit_stats *st);

@@ -185,3 +185,24 @@ double ampr__exp_sum_avx2(const float *x, int32_t n, float mx, float *out) {
     }
     return z;
 }
+
+double ampr__exp_det_sum_avx2(const float *x, int32_t n, float mx, float *out) {
+    const __m256 vm = _mm256_set1_ps(mx);
+    __m256d z4 = _mm256_setzero_pd(); /* in double: a draw's total (sampler.c) */
+    int32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = exp_or_zero(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+        if (out) _mm256_storeu_ps(out + i, e);
+        z4 = _mm256_add_pd(z4, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        z4 = _mm256_add_pd(z4, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double d[4];
+    _mm256_storeu_pd(d, z4);
+    double z = (d[0] + d[1]) + (d[2] + d[3]);
+    for (; i < n; i++) {
+        float e = ampr__exp_det(x[i] - mx);
+        if (out) out[i] = e;
+        z += e;
+    }
+    return z;
+}

@@ -286,7 +286,8 @@ void ampr__sampler_want(const ampr__sampler *s, const int32_t *history, size_t n
     w->pen_ids = NULL;
     if (!isfinite(s->temperature)) return;
     int topk = s->top_k > 0 && s->top_k < s->n_vocab && s->top_k + AMPR__CAND_SLACK <= AMPR__CANDS_MAX;
-    if (s->temperature > 0.0f && !topk) return;
+    int whole = !(s->top_k > 0 && s->top_k < s->n_vocab) && !(s->top_p > 0.0f && s->top_p < 1.0f);
+    if (s->temperature > 0.0f && !topk && !whole) return;
     if (penalizes(s)) { /* the penalty's ids, or the row */
         int32_t n = pen_buf ? ampr__sampler_penalized(s, history, n_history, pen_buf, AMPR__PEN_MAX) : -1;
         if (n < 0) return;
@@ -296,10 +297,35 @@ void ampr__sampler_want(const ampr__sampler *s, const int32_t *history, size_t n
     }
     if (s->temperature <= 0.0f) {
         w->what = AMPR__WANT_ARGMAX;
-    } else {
+    } else if (topk) {
         w->what = AMPR__WANT_CANDS;
         w->m = AMPR__MIN(s->top_k + AMPR__CAND_SLACK, s->n_vocab);
+    } else { /* temperature alone: the next uniform number, not taken yet */
+        ampr__sampler peek = *s;
+        w->what = AMPR__WANT_DRAW;
+        w->u = rng_f32(&peek);
     }
+}
+
+void ampr__sampler_drew(ampr__sampler *s) { (void)rng_f32(s); }
+
+int32_t ampr__sample_walk(const float *x, int32_t n, float t, float u, float *tmp) {
+    float mx = x[0] / t;
+    for (int32_t i = 0; i < n; i++) { /* as scaled() */
+        tmp[i] = x[i] / t;
+        if (tmp[i] != tmp[i]) return -1; /* NaN: not a distribution */
+        mx = tmp[i] > mx ? tmp[i] : mx;
+    }
+    if (!isfinite(mx)) return -1;
+    double total = ampr__exp_det_sum(tmp, n, mx, tmp); /* as ampr__sample */
+    if (!(total > 0) || !isfinite(total)) return -1;
+    double r = (double)u * total, eps = AMPR__DRAW_MARGIN * total, acc = 0;
+    for (int32_t i = 0; i < n; i++) {
+        double prev = acc;
+        acc += tmp[i];
+        if (r < acc) return r - prev > eps && acc - r > eps ? i : -1;
+    }
+    return -1; /* rounding ran past the end */
 }
 
 /* ---- candidate lists ------------------------------------------------------- */
@@ -421,9 +447,10 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
             for (int32_t i = 0; i < k; i++) s->vals[i] = expf(s->vals[i] - mx);
         }
     } else {
-        /* temperature alone: a draw over the whole vocabulary, in id order */
+        /* temperature alone: a draw over the whole vocabulary, in id order,
+         * with exps a GPU makes bit for bit (ampr__sample_walk) */
         float mx = scaled(s, logits, n);
-        double total = ampr__exp_sum(s->vals, n, mx, s->vals);
+        double total = ampr__exp_det_sum(s->vals, n, mx, s->vals);
         if (!finite_dist(mx, total)) return ampr__argmax(logits, n);
         double r = (double)rng_f32(s) * total, acc = 0;
         int32_t last = 0;

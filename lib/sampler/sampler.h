@@ -37,7 +37,7 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
 /* ---- what a draw needs of a row ------------------------------------------
  * A device backend need not copy a whole row of logits (128-512 KB) to the
  * host for every token:
- *   greedy (no temperature, no repetition penalty): the argmax is the token;
+ *   greedy (no temperature): the argmax is the token;
  *   top-k (0 < top_k < n_vocab, top_k + AMPR__CAND_SLACK <= AMPR__CANDS_MAX,
  *     a finite temperature, with or without top-p):
  *     the draw depends only on the k largest logits / T. The m = top_k +
@@ -45,7 +45,15 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
  *     give the same token for the same RNG state as the whole row, unless
  *     a tie in logits / T reaches from the k-th of them to the m-th (then
  *     the whole row is needed: ampr__topk_cands says which);
- *   anything else: the row.
+ *   temperature alone (no top-k, no top-p, a finite T > 0): the draw walks
+ *     the whole row's exp(x/T - max) in id order to u * their sum, u the
+ *     request's next uniform number, which the host knows before the step:
+ *     the backend makes the walk and says the token, unless u * sum lies
+ *     within AMPR__DRAW_MARGIN * sum of a token's edge (then the double
+ *     rounding of the host's own sum could pick the neighbour, and the row
+ *     comes instead; ampr__sample_walk; the exps are bit for bit the same
+ *     everywhere, ampr__exp_det);
+ *   anything else (a nucleus without top-k): the row.
  * With a repetition penalty, greedy and top-k draws name the ids it applies
  * to (at most AMPR__PEN_MAX; more: the row): the backend penalizes them in
  * the row, takes the argmax or the list, and puts the logits back. */
@@ -53,7 +61,12 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
 #define AMPR__CANDS_MAX 256 /* the most candidates a row may ask for */
 #define AMPR__PEN_MAX 256   /* the most penalized ids a row may name */
 
-enum { AMPR__WANT_ROW = 0, AMPR__WANT_ARGMAX = 1, AMPR__WANT_CANDS = 2, AMPR__WANT_NONE = 3 };
+enum { AMPR__WANT_ROW = 0, AMPR__WANT_ARGMAX = 1, AMPR__WANT_CANDS = 2, AMPR__WANT_NONE = 3,
+       AMPR__WANT_DRAW = 4 };
+/* A temperature-only draw is decided away from the host only this far (a
+ * fraction of the row's mass) from a token's edge: far above what summing
+ * 128k exps in another order can move an edge (~1e-11 of the mass). */
+#define AMPR__DRAW_MARGIN 1e-9
 
 /* ---- what the fallback's monitor needs of a row ----------------------------
  * A request on a lower tier under the fallback's checks (fallback.h) reads
@@ -72,11 +85,12 @@ typedef struct ampr__ring {
  * and what it brought. */
 typedef struct ampr__row_want {
     int what;          /* AMPR__WANT_*: the row, its argmax, its largest, or nothing */
-    float temperature; /* AMPR__WANT_CANDS: the draw's T and k, and m candidates */
+    float temperature; /* AMPR__WANT_CANDS, _DRAW: the draw's T; CANDS: k and m candidates */
     int32_t top_k, m;
+    float u;           /* AMPR__WANT_DRAW: the draw's uniform number in [0, 1) */
     float *cand_vals;  /* AMPR__WANT_CANDS: [m] logits, the caller's memory */
     int32_t *cand_ids; /* [m] their token ids */
-    /* AMPR__WANT_ARGMAX / CANDS: the repetition penalty, applied to the n_pen
+    /* AMPR__WANT_ARGMAX / CANDS / DRAW: the repetition penalty, applied to the n_pen
      * (distinct) ids before the argmax or the list (x > 0 ? x / penalty :
      * x * penalty, as ampr__sample); the row itself, and the monitor, see
      * the logits as they came. n_pen 0: none. */
@@ -95,6 +109,8 @@ typedef struct ampr__row_want {
                         * for every row) */
     int32_t n_cands;   /* AMPR__WANT_CANDS: m when the list decides the draw, 0 when
                         * it cannot and the row came instead */
+    int32_t drawn;     /* AMPR__WANT_DRAW: the token, or -1 when the walk could not
+                        * decide and the row came instead */
     float entropy;     /* stats: nats of softmax(row) */
     double kl;         /* kl_ring: KL(softmax(row) || softmax(ring row)), nats */
 } ampr__row_want;
@@ -110,6 +126,16 @@ void ampr__sampler_want(const ampr__sampler *s, const int32_t *history, size_t n
  * Returns their count, or -1 when there are more than max. */
 int32_t ampr__sampler_penalized(const ampr__sampler *s, const int32_t *history, size_t n_history,
                                 int32_t *ids, int32_t max);
+/* AMPR__WANT_DRAW: the token a temperature-only draw with uniform u makes
+ * from x[0..n) at temperature t (tmp: n floats of scratch), or -1 when
+ * u * sum lies within AMPR__DRAW_MARGIN * sum of a token's edge, or the row
+ * has a NaN or no finite distribution (the host's reference of what a
+ * backend says; ampr__sample's draw from the row is the same token). */
+int32_t ampr__sample_walk(const float *x, int32_t n, float t, float u, float *tmp);
+/* After a decided AMPR__WANT_DRAW: the RNG steps past the u it used (the
+ * draw from the row would have drawn it). */
+void ampr__sampler_drew(ampr__sampler *s);
+
 /* The penalty's rule for one logit. */
 static inline float ampr__penalize(float x, float penalty) { return x > 0 ? x / penalty : x * penalty; }
 

@@ -478,6 +478,66 @@ static void check_row_monitor(void) {
     report_exact(name, bad, total);
 }
 
+/* Temperature-only draws on the device (ampr__cuda_temp_draw) against the
+ * host's walk (ampr__sample_walk): the exps bit for bit (ampr__exp_det over
+ * [-90, 0], -0, -inf, NaN), then rows of 1000 / 32000 / 128256 logits (plain,
+ * flat, masked), 64 uniform numbers each, at T 0.7 and 1.3: every token
+ * the device decides is the host's; a decision only one side makes (the
+ * totals' last bits) is counted, and must stay rare. */
+static void check_temp_draw(void) {
+    long bad = 0, total = 0, one_sided = 0, decided = 0;
+    std::vector<float> d(200000);
+    for (size_t i = 0; i < d.size(); i++) d[i] = -90.0f * (float)i / (float)d.size() - rnd_f(0, 1e-3f);
+    d[0] = -0.0f;
+    d[1] = 0.0f;
+    d[2] = -INFINITY;
+    d[3] = NAN;
+    d[4] = -87.0f;
+    d[5] = nextafterf(-87.0f, 0.0f);
+    float *dd = (float *)dev_put(d.data(), d.size() * 4), *de = (float *)dev_put(NULL, d.size() * 4);
+    OK(ampr__cuda_exp_det(g_c, dd, (int32_t)d.size(), de, &g_err));
+    auto e = dev_get<float>(de, d.size());
+    for (size_t i = 0; i < d.size(); i++) {
+        float h = ampr__exp_det(d[i]);
+        bad += memcmp(&h, &e[i], 4) != 0;
+    }
+    total += (long)d.size();
+    ampr__cuda_free(g_c, dd);
+    ampr__cuda_free(g_c, de);
+    const int32_t cols_list[] = {1000, 32000, 128256};
+    for (int32_t cols : cols_list)
+        for (int kind = 0; kind < 3; kind++) {
+            std::vector<float> x((size_t)cols), tmp((size_t)cols);
+            for (int32_t j = 0; j < cols; j++)
+                x[(size_t)j] = kind == 1 ? rnd_f(-0.1f, 0.1f) : rnd_f(-8, 8) + (j % 211 == 0 ? 6.0f : 0.0f);
+            if (kind == 2)
+                for (int32_t j = 0; j < cols; j++) if (j % 3) x[(size_t)j] = -INFINITY;
+            float *dx = (float *)dev_put(x.data(), x.size() * 4);
+            std::vector<ampr__cuda_draw_req> req;
+            for (int k = 0; k < 64; k++)
+                req.push_back(ampr__cuda_draw_req{0, k % 2 ? 1.3f : 0.7f, (float)(rnd_u64() >> 40) / 16777216.0f});
+            void *dreq = dev_put(req.data(), req.size() * sizeof req[0]);
+            int32_t *dout = (int32_t *)dev_put(NULL, req.size() * 4);
+            OK(ampr__cuda_temp_draw(g_c, dx, cols, (const ampr__cuda_draw_req *)dreq, (int32_t)req.size(), dout,
+                                    &g_err));
+            auto out = dev_get<int32_t>(dout, req.size());
+            for (size_t k = 0; k < req.size(); k++) {
+                int32_t h = ampr__sample_walk(x.data(), cols, req[k].t, req[k].u, tmp.data());
+                if (h >= 0 && out[k] >= 0) bad += h != out[k];
+                else one_sided += (h < 0) != (out[k] < 0);
+                decided += out[k] >= 0;
+                total++;
+            }
+            void *bufs[] = {dx, dreq, dout};
+            for (void *b : bufs) ampr__cuda_free(g_c, b);
+        }
+    bad += one_sided > 2 || decided < 9 * 64 * 9 / 10; /* rare, and most draws decided */
+    char name[128];
+    snprintf(name, sizeof name, "temperature draws vs the host's walk (%ld decided, %ld one-sided)", decided,
+             one_sided);
+    report_exact(name, bad, total);
+}
+
 static void check_embed_matmul(void) {
     char name[128];
     int64_t vocab = 300, dim = 256;
@@ -1046,7 +1106,9 @@ static void check_paged_graphs(void) {
              * eager rows (a list that cannot decide brings the row
              * instead), entropies the host's; and through a device ring
              * (the monitor's, sampler.h), every fourth row kept in its slot,
-             * every fourth compared (KL) with its slot's random row */
+             * every fourth compared (KL) with its slot's random row; every
+             * fifth argmax / list row a temperature-only draw instead, whose
+             * token must be the host's walk's */
             std::vector<ampr__row_want> want((size_t)n_logits);
             std::vector<float> cv((size_t)n_logits * AMPR__CANDS_MAX);
             std::vector<int32_t> ci((size_t)n_logits * AMPR__CANDS_MAX);
@@ -1064,6 +1126,11 @@ static void check_paged_graphs(void) {
                 wi.cand_vals = &cv[(size_t)i * AMPR__CANDS_MAX];
                 wi.cand_ids = &ci[(size_t)i * AMPR__CANDS_MAX];
                 wi.argmax = -1;
+                if (i % 5 == 4 && wi.what != AMPR__WANT_ROW) { /* a temperature-only draw */
+                    wi.what = AMPR__WANT_DRAW;
+                    wi.temperature = 1.0f;
+                    wi.u = (float)((i * 2654435761u) >> 8 & 0xffffff) / 16777216.0f;
+                }
                 wi.stats = i % 4 == 3;
                 wi.entropy = -1.0f;
                 if (i % 4 == 1) {
@@ -1080,16 +1147,24 @@ static void check_paged_graphs(void) {
                     for (int32_t i = 0; i < n_logits; i++) {
                         ampr__row_want &wi = want[(size_t)i];
                         if (wi.what == AMPR__WANT_ROW || (i / 3) % 2) continue;
-                        float top8[8];
-                        (void)ampr__topk_cands(&lg[0][(size_t)i * hp.vocab_size], hp.vocab_size, 8, 1.0f, 1,
-                                               top8, &pi[(size_t)i * 16]);
+                        /* 1.3 lowers the 8 best, 0.7 raises the 2nd to 9th:
+                         * either moves the argmax */
+                        float top9[9];
+                        int32_t id9[9];
+                        int up = (i / 6) % 2;
+                        (void)ampr__topk_cands(&lg[0][(size_t)i * hp.vocab_size], hp.vocab_size, 9, 1.0f, 1,
+                                               top9, id9);
+                        for (int32_t e = 0; e < 8; e++) pi[(size_t)i * 16 + e] = id9[e + up];
                         for (int32_t e = 8; e < 16; e++)
                             pi[(size_t)i * 16 + e] = (int32_t)((e * 7919 + i * 31) % hp.vocab_size);
                         std::sort(&pi[(size_t)i * 16], &pi[(size_t)i * 16] + 16);
                         wi.n_pen = (int32_t)(std::unique(&pi[(size_t)i * 16], &pi[(size_t)i * 16] + 16) -
                                              &pi[(size_t)i * 16]);
                         wi.pen_ids = &pi[(size_t)i * 16];
-                        wi.penalty = i % 2 ? 0.7f : 1.3f;
+                        wi.penalty = (i / 6) % 2 ? 0.7f : 1.3f;
+                        /* a list no temperature can decide (x / inf ties at 0):
+                         * the row comes, and must come as it was made */
+                        if (wi.what == AMPR__WANT_CANDS && i % 4 == 2) wi.temperature = INFINITY;
                     }
                 lg[k].assign((size_t)n_logits * hp.vocab_size, 0.0f);
                 OK(ampr__cuda_forward_paged(&dm, &kv[k], &w[k], 1, NULL, toks.data(), pos.data(),
@@ -1108,7 +1183,13 @@ static void check_paged_graphs(void) {
                 float hv[AMPR__CANDS_MAX];
                 int32_t hi[AMPR__CANDS_MAX];
                 int exact = ampr__topk_cands(a, (int32_t)V, wi.m, wi.temperature, wi.top_k, hv, hi);
-                bool row = wi.what == AMPR__WANT_ROW || (wi.what == AMPR__WANT_CANDS && wi.n_cands == 0);
+                bool row = wi.what == AMPR__WANT_ROW || (wi.what == AMPR__WANT_CANDS && wi.n_cands == 0) ||
+                           (wi.what == AMPR__WANT_DRAW && wi.drawn < 0);
+                if (wi.what == AMPR__WANT_DRAW) { /* the host's walk decides the same (or not at all) */
+                    std::vector<float> tmp(V);
+                    int32_t h = ampr__sample_walk(a, (int32_t)V, wi.temperature, wi.u, tmp.data());
+                    diff += h >= 0 && wi.drawn >= 0 && h != wi.drawn;
+                }
                 size_t best = 0;
                 for (size_t e = 0; e < V; e++) {
                     if (a[e] > a[best]) best = e;
@@ -1456,6 +1537,7 @@ int main(int argc, char **argv) {
         check_elementwise();
         check_topk_cands();
         check_row_monitor();
+        check_temp_draw();
         check_embed_matmul();
         check_kv_attention(64);
         check_kv_attention(128);

@@ -292,7 +292,8 @@ done
 # tier samples from what its decode steps bring back): the device's candidate
 # lists (greedy: its argmax) must give the tokens the whole rows give
 # (AMPR_FULL_LOGITS=1), on the same device; also under a repetition penalty
-# (applied on the device for the lists and the argmax, then taken back).
+# (applied on the device for the lists and the argmax, then taken back), and
+# for temperature alone (the device walks the row to the draw's number).
 run_sampled() { # tier extra-flags... -> text on stdout
     local tier=$1
     shift
@@ -302,7 +303,10 @@ run_sampled() { # tier extra-flags... -> text on stdout
         2>>"$OUT/e2e-sampled-$tier.err"
 }
 for tier in fp16 int8 nf4; do
-    for flags in "--temp 0.8" "--temp 0.8 --repeat-penalty 1.3" "--temp 0 --repeat-penalty 1.3"; do
+    flag_sets=("--temp 0.8")
+    [ "$tier" = nf4 ] && flag_sets+=("--temp 0.8 --repeat-penalty 1.3" "--temp 0 --repeat-penalty 1.3" \
+        "--temp 1.0 --top-k 0 --top-p 1.0" "--temp 0.9 --top-k 0 --top-p 1.0 --repeat-penalty 1.2")
+    for flags in "${flag_sets[@]}"; do
         [ "$cuda_hung" = 1 ] && break
         # shellcheck disable=SC2086 # the flags are words
         s1=$(run_sampled "$tier" $flags) || { echo "FAIL: sampled cuda run $tier $flags: $(tail -2 "$OUT/e2e-sampled-$tier.err")"; e2e_fail=1; continue; }
