@@ -959,6 +959,19 @@ static ampr_status fetch_logits(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab
     AMPR__TRY(penalties(c, w, vocab, n_logits, want, &n_pen, err));
     AMPR__TRY(ampr__cuda_penalize(c, w->logits, vocab, w->pen, n_pen, w->pen_kept, 0, err));
     AMPR__TRY(ampr__cuda_argmax(c, w->logits, n_logits, vocab, w->argmax, err));
+    int32_t n_d = 0; /* temperature-only draws (queued before the lists' copies, which wait) */
+    for (int32_t i = 0; i < n_logits; i++) {
+        if (want[i].what != AMPR__WANT_DRAW) continue;
+        if (!(want[i].temperature > 0.0f) || !(want[i].u >= 0.0f && want[i].u < 1.0f))
+            return ampr__fail(err, AMPR_ERR_INTERNAL, "draw at T %g with u %g", (double)want[i].temperature,
+                              (double)want[i].u);
+        w->h_dreq[n_d++] = ampr__cuda_draw_req{i, want[i].temperature, want[i].u};
+    }
+    if (n_d) {
+        AMPR__CU(err, cudaMemcpyAsync(w->draw_req, w->h_dreq, (size_t)n_d * sizeof *w->h_dreq,
+                                      cudaMemcpyHostToDevice, c->stream));
+        AMPR__TRY(ampr__cuda_temp_draw(c, w->logits, vocab, w->draw_req, n_d, w->draw_out, err));
+    }
     int32_t n_c = 0, m_max = 1;
     for (int32_t i = 0; i < n_logits; i++) {
         if (want[i].what != AMPR__WANT_CANDS) continue;
@@ -979,19 +992,6 @@ static ampr_status fetch_logits(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab
         AMPR__CU(err, cudaMemcpyAsync(w->h_vals, w->cand_vals, nc * 4, cudaMemcpyDeviceToHost, c->stream));
         AMPR__CU(err, cudaMemcpyAsync(w->h_ids, w->cand_ids, nc * 4, cudaMemcpyDeviceToHost, c->stream));
         AMPR__CU(err, cudaMemcpyAsync(w->h_n, w->cand_n, (size_t)n_c * 4, cudaMemcpyDeviceToHost, c->stream));
-    }
-    int32_t n_d = 0; /* temperature-only draws */
-    for (int32_t i = 0; i < n_logits; i++) {
-        if (want[i].what != AMPR__WANT_DRAW) continue;
-        if (!(want[i].temperature > 0.0f) || !(want[i].u >= 0.0f && want[i].u < 1.0f))
-            return ampr__fail(err, AMPR_ERR_INTERNAL, "draw at T %g with u %g", (double)want[i].temperature,
-                              (double)want[i].u);
-        w->h_dreq[n_d++] = ampr__cuda_draw_req{i, want[i].temperature, want[i].u};
-    }
-    if (n_d) {
-        AMPR__CU(err, cudaMemcpyAsync(w->draw_req, w->h_dreq, (size_t)n_d * sizeof *w->h_dreq,
-                                      cudaMemcpyHostToDevice, c->stream));
-        AMPR__TRY(ampr__cuda_temp_draw(c, w->logits, vocab, w->draw_req, n_d, w->draw_out, err));
     }
     /* the rows as they came, for the ones that come back */
     AMPR__TRY(ampr__cuda_penalize(c, w->logits, vocab, w->pen, n_pen, w->pen_kept, 1, err));

@@ -542,6 +542,8 @@ static void test_temperature_walk(void **state) {
                 for (int32_t i = 0; i < n; i++) if (i % 5) x[i] = -INFINITY;
             /* the exps, bit for bit at both levels */
             double z0 = ampr__exp_det_sum_scalar(x, n, 9.5f, e0);
+            assert_true(ampr__exp_det_sum_soft(x, n, 9.5f, e1) == z0); /* a CPU without FMA */
+            assert_memory_equal(e0, e1, (size_t)n * sizeof *e0);
             if (ampr__quant_simd_max() >= AMPR__SIMD_AVX2) {
                 double z1 = ampr__exp_det_sum_avx2(x, n, 9.5f, e1);
                 assert_memory_equal(e0, e1, (size_t)n * sizeof *e0);

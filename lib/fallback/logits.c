@@ -79,14 +79,66 @@ double ampr__exp_sum_scalar(const float *x, int32_t n, float mx, float *out) {
     return z;
 }
 
-double ampr__exp_det_sum_scalar(const float *x, int32_t n, float mx, float *out) {
-    double z = 0;
-    for (int32_t i = 0; i < n; i++) {
-        float e = ampr__exp_det(x[i] - mx);
-        if (out) out[i] = e;
-        z += e;
+/* ampr__exp_det's fused multiply-adds are libm calls unless the compiler
+ * may use the instruction: 9 calls an element, and on a CPU without FMA
+ * each emulated (~60x slower than the instruction). So the scalar sum is
+ * built twice on x86: with FMA, for CPUs that have it, and with an exact
+ * fused multiply-add of our own (a float product is exact in double; the
+ * double sum rounded to odd, then to float, rounds once: fma_odd; 3.9 ms
+ * for 128k exps against 0.44 with the instruction, on this machine; equal
+ * to it for every float in [-87, 0], checked exhaustively). */
+#define EXP_DET_SUM(name, fma)                                                      \
+    double name(const float *x, int32_t n, float mx, float *out) {            \
+        double z = 0;                                                              \
+        for (int32_t i = 0; i < n; i++) {                                          \
+            float d = x[i] - mx, e = 0.0f;                                         \
+            if (d >= -87.0f) {                                                     \
+                float k = rintf(d * 1.44269504088896341f);                         \
+                float r = fma(-k, 0.693359375f, d);                                \
+                r = fma(-k, -2.12194440e-4f, r);                                   \
+                float p = 1.0f / 5040.0f;                                          \
+                p = fma(p, r, 1.0f / 720.0f);                                      \
+                p = fma(p, r, 1.0f / 120.0f);                                      \
+                p = fma(p, r, 1.0f / 24.0f);                                       \
+                p = fma(p, r, 1.0f / 6.0f);                                        \
+                p = fma(p, r, 0.5f);                                               \
+                p = fma(p, r, 1.0f);                                               \
+                p = fma(p, r, 1.0f);                                               \
+                union { uint32_t u; float f; } two = {(uint32_t)((int32_t)k + 127) << 23}; \
+                e = p * two.f;                                                     \
+            }                                                                      \
+            if (out) out[i] = e;                                                   \
+            z += e;                                                                \
+        }                                                                          \
+        return z;                                                                  \
     }
-    return z;
+
+static inline float fma_odd(float a, float b, float c) {
+    double p = (double)a * (double)b, s = p + (double)c; /* p exact */
+    double bb = s - p, e = (p - (s - bb)) + ((double)c - bb); /* s + e = p + c exactly */
+    if (e != 0) {
+        uint64_t u;
+        memcpy(&u, &s, sizeof u);
+        if (!(u & 1)) u += (e > 0) == (s > 0) ? 1 : (uint64_t)-1; /* the odd neighbour toward e */
+        memcpy(&s, &u, sizeof s);
+    }
+    return (float)s;
+}
+
+EXP_DET_SUM(ampr__exp_det_sum_soft, fma_odd)
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+__attribute__((target("fma"))) static EXP_DET_SUM(exp_det_sum_fma, fmaf)
+#else
+static EXP_DET_SUM(exp_det_sum_fma, fmaf) /* (an instruction on most others: AArch64) */
+#endif
+
+double ampr__exp_det_sum_scalar(const float *x, int32_t n, float mx, float *out) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    if (__builtin_cpu_supports("fma")) return exp_det_sum_fma(x, n, mx, out);
+    return ampr__exp_det_sum_soft(x, n, mx, out);
+#else
+    return exp_det_sum_fma(x, n, mx, out);
+#endif
 }
 
 double ampr__exp_det_sum(const float *x, int32_t n, float mx, float *out) {

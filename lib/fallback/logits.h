@@ -76,7 +76,10 @@ static inline float ampr__exp_det(float d) {
 /* out[i] = ampr__exp_det(x[i] - mx) (out may be x or NULL); returns their
  * sum, in double. */
 double ampr__exp_det_sum(const float *x, int32_t n, float mx, float *out);
+/* (the same floats as ampr__exp_det, with FMA instructions where the CPU has
+ * them and an exact fused multiply-add of its own where it does not) */
 double ampr__exp_det_sum_scalar(const float *x, int32_t n, float mx, float *out);
+double ampr__exp_det_sum_soft(const float *x, int32_t n, float mx, float *out); /* the latter, for tests */
 double ampr__exp_det_sum_avx2(const float *x, int32_t n, float mx, float *out);
 
 /* The levels, for tests: the scalar one is the reference (double exp). */

@@ -304,6 +304,7 @@ void ampr__sampler_want(const ampr__sampler *s, const int32_t *history, size_t n
         ampr__sampler peek = *s;
         w->what = AMPR__WANT_DRAW;
         w->u = rng_f32(&peek);
+        w->drawn = -1; /* until a backend says otherwise: the row */
     }
 }
 

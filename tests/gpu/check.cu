@@ -1081,7 +1081,7 @@ static void check_paged_graphs(void) {
             ampr__cuda_work_set_graphs(w[k], k == 1);
         }
         std::vector<int32_t> len((size_t)S, 0), blocks;
-        long diff = 0, total = 0;
+        long diff = 0, total = 0, draws = 0, draws_decided = 0;
         /* one pass on both sets: rows i < n, of sequence seq[i] */
         auto pass = [&](const std::vector<int32_t> &seq, int32_t n_logits) {
             int32_t n = (int32_t)seq.size();
@@ -1189,6 +1189,8 @@ static void check_paged_graphs(void) {
                     std::vector<float> tmp(V);
                     int32_t h = ampr__sample_walk(a, (int32_t)V, wi.temperature, wi.u, tmp.data());
                     diff += h >= 0 && wi.drawn >= 0 && h != wi.drawn;
+                    draws++;
+                    draws_decided += wi.drawn >= 0;
                 }
                 size_t best = 0;
                 for (size_t e = 0; e < V; e++) {
@@ -1235,7 +1237,8 @@ static void check_paged_graphs(void) {
         int live = ampr__cuda_work_graphs_live(w[1]);
         snprintf(name, sizeof name, "paged %s: graphs vs eager, rows / argmax / lists (%d graphs live)",
                  fmt_name(t), live);
-        report_exact(name, diff + (live == 0 ? 1 : 0), total);
+        /* the walks: most must decide (1e-9 margins), and some were asked */
+        report_exact(name, diff + (live == 0 ? 1 : 0) + (draws == 0 || draws_decided * 10 < draws * 9), total);
         for (int k = 0; k < 2; k++) {
             ampr__cuda_work_free(w[k]);
             ampr__cuda_kvpool_free(kv[k]);
