@@ -908,8 +908,8 @@ static void monitor_merge(const ampr__cuda_work *w, int32_t n_mon, int32_t n_par
     for (int32_t k = 0; k < n_mon; k++) {
         ampr__row_want *wi = &want[w->h_mon[k].row];
         double kl = 0;
-        ampr__row_parts_merge(w->h_part + (size_t)k * (size_t)n_parts, n_parts, &wi->entropy,
-                              wi->kl_ring ? &kl : NULL);
+        wi->nonfinite = ampr__row_parts_merge(w->h_part + (size_t)k * (size_t)n_parts, n_parts, &wi->entropy,
+                                              wi->kl_ring ? &kl : NULL);
         wi->kl = kl;
     }
 }

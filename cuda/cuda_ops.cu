@@ -1036,10 +1036,14 @@ row_monitor_kernel(const float *__restrict__ x, int32_t cols, int32_t len,
     float *keep = rq.keep;
     const int32_t j0 = (int32_t)blockIdx.y * len, j1 = min(cols, j0 + len);
     float mp = -INFINITY, mq = -INFINITY; /* fmaxf passes a NaN over, as the host's max */
+    int bad = 0;                          /* a NaN or +inf in p: a broken tier */
     for (int32_t j = j0 + (int32_t)threadIdx.x; j < j1; j += MON_THREADS) {
-        mp = fmaxf(mp, p[j]);
+        float v = p[j];
+        bad |= (v != v) | (v == INFINITY);
+        mp = fmaxf(mp, v);
         if (q) mq = fmaxf(mq, q[j]);
     }
+    bad = __syncthreads_or(bad);
     mp = block_max(mp, red);
     mq = q ? block_max(mq, red) : 0.0f;
     const bool has_p = mp > -INFINITY, has_q = q && mq > -INFINITY;
@@ -1063,7 +1067,7 @@ row_monitor_kernel(const float *__restrict__ x, int32_t cols, int32_t len,
         a = block_sum(a, red);
     }
     if (threadIdx.x == 0)
-        part[(size_t)blockIdx.x * gridDim.y + blockIdx.y] = ampr__row_part{mp, zp, sp, mq, zq, a};
+        part[(size_t)blockIdx.x * gridDim.y + blockIdx.y] = ampr__row_part{mp, zp, sp, mq, zq, a, bad};
 }
 
 ampr_status ampr__cuda_row_monitor(ampr__cuda *c, const float *x, int32_t cols,

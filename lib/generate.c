@@ -138,6 +138,7 @@ struct request {
     ampr__ring *ring;
     ampr__row_want *check_want;
     float entropy;        /* of the next-token logits in hand, while monitored */
+    int nonfinite;        /* ... which hold a NaN or +inf */
     /* What the last decode step brought back (decode_step's want): the row
      * into scratch.logits, or for a greedy request its argmax (pending >= 0:
      * the next token), or for a temperature-only one its draw (pending, and
@@ -456,6 +457,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
                                    &r.scratch, err);
         if (st) goto done;
         r.entropy = mon.entropy;
+        r.nonfinite = mon.nonfinite;
     }
     t_first = ampr__now_ms();
 
@@ -476,7 +478,8 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
             float ent = r.entropy; /* the backend's, of the row in hand */
             r.ent_ema = n_gen == 0 ? ent : 0.75f * r.ent_ema + 0.25f * ent;
             const char *why = NULL;
-            if (n_gen >= fb->min_tokens) {
+            if (r.nonfinite) why = "non-finite logits"; /* a broken tier: at once */
+            else if (n_gen >= fb->min_tokens) {
                 if (fb->entropy_max > 0 && r.ent_ema > fb->entropy_max) why = "entropy";
                 else if (fb->repeat_ngram > 0 &&
                          ampr__repeats(r.ids + n_prompt, (size_t)n_gen, fb->repeat_ngram,
@@ -494,7 +497,8 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
                 } else if (st) {
                     goto done;
                 } else {
-                    snprintf(escalation_reason, sizeof escalation_reason, "%s (%.2f nats)", why, r.ent_ema);
+                    if (r.nonfinite) snprintf(escalation_reason, sizeof escalation_reason, "%s", why);
+                    else snprintf(escalation_reason, sizeof escalation_reason, "%s (%.2f nats)", why, r.ent_ema);
                     escalation_token = n_gen;
                     switch_to_top(c, &r, 0);
                     if (fb->restart && !p->on_token) {
@@ -564,6 +568,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
         st = decode_step(c, r.tier, &r.seq, next, r.scratch.logits, &want, err);
         if (st) goto done;
         r.entropy = want.entropy;
+        r.nonfinite = want.nonfinite;
         if (want.what == AMPR__WANT_ARGMAX) r.pending = want.argmax;
         if (want.what == AMPR__WANT_DRAW && want.drawn >= 0) { /* -1: the row came */
             r.pending = want.drawn;

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "ampr.h"
+#include "engine.h"
 #include "fallback/fallback.h"
 #include "fallback/logits.h"
 #include "model/model.h"
@@ -212,6 +213,31 @@ static void test_check_window_longer_than_spacing(void **state) {
     ampr_result_free(plain);
     free(top);
     free(low);
+}
+
+/* A tier whose logits hold a NaN (here a corrupted NF4 block scale of its
+ * output matrix) escalates at once, whatever min_tokens says: neither the
+ * entropy (NaN) nor the KL (0) would ever catch it. The continuation is the
+ * top tier's. */
+static void test_nonfinite_escalates(void **state) {
+    (void)state;
+    ampr_ctx *ctx = open_cfg("{\"min_tokens\": 8}");
+    ampr__tier *t = NULL;
+    for (int i = 0; i < ctx->n_tiers; i++)
+        if (ctx->tiers[i].id == AMPR_TIER_NF4) t = &ctx->tiers[i];
+    assert_non_null(t);
+    ampr__qmat *m = t->output_is_embd ? &t->embd : &t->output;
+    assert_true(m->scales && m->n_scales > 4);
+    for (size_t b = 0; b < m->n_scales; b += 4) m->scales[b] = NAN;
+    ampr_result *r = run(ctx, AMPR_TIER_NF4, 12, 1);
+    assert_int_equal(r->escalated, 1);
+    assert_int_equal(r->escalation_token, 0);
+    assert_string_equal(r->escalation_reason, "non-finite logits");
+    assert_int_equal(r->tier_final, AMPR_TIER_F32);
+    assert_top_greedy_from(ctx, r, 0);
+    ampr_result_free(r);
+    assert_no_pages(ctx);
+    ampr_close(ctx);
 }
 
 static void test_no_fallback_when_disabled(void **state) {
@@ -462,6 +488,16 @@ static void test_row_parts(void **state) {
     double kl8 = 0;
     ampr__row_parts_merge(parts, 2, &h8, &kl8);
     assert_true(fabs(kl8 - ampr__kl_scalar(p8, q8, 8)) <= 1e-6 * kl8 && kl8 > 700);
+    assert_int_equal(ampr__row_parts_merge(parts, 2, &h8, NULL), 0); /* -inf is a mask */
+    /* a NaN or +inf anywhere in p: the row is broken (the merge says so) */
+    const float bads[2] = {NAN, INFINITY};
+    for (int b = 0; b < 2; b++) {
+        p8[6] = bads[b];
+        ampr__row_part_get(p8, q8, 4, &parts[0]);
+        ampr__row_part_get(p8 + 4, q8 + 4, 4, &parts[1]);
+        assert_int_equal(ampr__row_parts_merge(parts, 2, &h8, NULL), 1);
+        assert_int_equal(ampr__row_nonfinite(p8, 8), 1);
+    }
     free(x);
     free(y);
 }
@@ -487,6 +523,7 @@ int main(void) {
         cmocka_unit_test(test_repetition_escalates),
         cmocka_unit_test(test_entropy_right_after_check),
         cmocka_unit_test(test_check_window_longer_than_spacing),
+        cmocka_unit_test(test_nonfinite_escalates),
         cmocka_unit_test(test_no_fallback_when_disabled),
         cmocka_unit_test(test_restart_equals_top_tier),
         cmocka_unit_test(test_streaming_escalation_keeps_output),

@@ -27,7 +27,10 @@ static ampr_status host_wants(ampr_ctx *c, float *rows, int32_t n, ampr__row_wan
             break;
         }
         if (w->kl_ring) w->kl = ampr__kl(row, w->kl_ring->host + (size_t)w->kl_slot * (size_t)V, V);
-        if (w->stats) w->entropy = ampr__entropy(row, V, NULL);
+        if (w->stats) {
+            w->entropy = ampr__entropy(row, V, NULL);
+            w->nonfinite = ampr__row_nonfinite(row, V);
+        }
         if (w->keep)
             memcpy(w->keep->host + (size_t)w->keep_slot * (size_t)V, row, (size_t)V * sizeof *row);
         if (w->what != AMPR__WANT_ARGMAX && w->what != AMPR__WANT_CANDS && w->what != AMPR__WANT_DRAW)

@@ -10,7 +10,9 @@
  *  - a verification check every `check_every` tokens: the top tier scores the
  *    last `check_window` positions in one batched forward pass and we take
  *    the mean KL(top || tier) of the next-token distributions. This is the
- *    direct measurement; the other two are early warnings between checks.
+ *    direct measurement; the other two are early warnings between checks;
+ *  - non-finite logits (a NaN or +inf in the row: an overflowing tier),
+ *    which no statistic above can see; they escalate at once.
  * generate.c drives the checks and the switch; this file holds the maths and
  * the configuration.
  */

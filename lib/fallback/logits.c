@@ -160,6 +160,7 @@ static float slice_max(const float *x, int32_t n) {
 
 void ampr__row_part_get(const float *p, const float *q, int32_t n, ampr__row_part *part) {
     memset(part, 0, sizeof *part);
+    part->bad = ampr__row_nonfinite(p, n);
     part->mp = slice_max(p, n);
     part->mq = q ? slice_max(q, n) : 0.0f;
     int has_p = part->mp > -INFINITY, has_q = q && part->mq > -INFINITY; /* any mass here */
@@ -179,8 +180,16 @@ void ampr__row_part_get(const float *p, const float *q, int32_t n, ampr__row_par
     part->a = (float)a;
 }
 
-void ampr__row_parts_merge(const ampr__row_part *parts, int32_t n_parts, float *entropy, double *kl) {
+int ampr__row_nonfinite(const float *x, int32_t n) {
+    int bad = 0;
+    for (int32_t i = 0; i < n; i++) bad |= (x[i] != x[i]) | (x[i] == INFINITY);
+    return bad;
+}
+
+int ampr__row_parts_merge(const ampr__row_part *parts, int32_t n_parts, float *entropy, double *kl) {
     double mp = -INFINITY, mq = -INFINITY;
+    int bad = 0;
+    for (int32_t k = 0; k < n_parts; k++) bad |= parts[k].bad != 0;
     for (int32_t k = 0; k < n_parts; k++) { /* slices with mass (a NaN sum counts: it must show) */
         if (parts[k].zp != 0 && parts[k].mp > mp) mp = parts[k].mp;
         if (parts[k].zq != 0 && parts[k].mq > mq) mq = parts[k].mq;
@@ -202,4 +211,5 @@ void ampr__row_parts_merge(const ampr__row_part *parts, int32_t n_parts, float *
         double v = a / zp - log(zp) + log(zq);
         *kl = v > 0 ? v : 0;
     }
+    return bad;
 }

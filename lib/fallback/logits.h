@@ -41,6 +41,7 @@ double ampr__exp_sum(const float *x, int32_t n, float mx, float *out);
 typedef struct ampr__row_part {
     float mp, zp, sp; /* p's max in the slice; sum e^(p-mp); sum e^(p-mp) (p-mp) */
     float mq, zq, a;  /* q's max; sum e^(q-mq); sum e^(p-mp) ((p-mp) - (q-mq)) */
+    int32_t bad;      /* p holds a NaN or +inf in the slice */
 } ampr__row_part;
 
 /* The sums of p[0..n) (q NULL: its three are 0). A -inf logit adds nothing;
@@ -48,8 +49,12 @@ typedef struct ampr__row_part {
 void ampr__row_part_get(const float *p, const float *q, int32_t n, ampr__row_part *part);
 /* Merge a row's slices: *entropy of softmax(p); *kl (when kl is not NULL)
  * KL(softmax(p) || softmax(q)), as ampr__kl (>= 0). A NaN among a slice's
- * logits makes the entropy NaN (as ampr__entropy) and the KL 0 (as ampr__kl). */
-void ampr__row_parts_merge(const ampr__row_part *parts, int32_t n_parts, float *entropy, double *kl);
+ * logits makes the entropy NaN (as ampr__entropy) and the KL 0 (as ampr__kl).
+ * Returns 1 when p holds a NaN or +inf (ampr__row_nonfinite). */
+int ampr__row_parts_merge(const ampr__row_part *parts, int32_t n_parts, float *entropy, double *kl);
+/* 1 when x[0..n) holds a NaN or +inf: no distribution a tier should give
+ * (-inf is a masked token). */
+int ampr__row_nonfinite(const float *x, int32_t n);
 
 /* ---- the temperature-only draw's exps ------------------------------------------
  * e^d for d <= 0 by the AVX2 statistics' method (logits_avx2.c: n = round(d

@@ -112,6 +112,7 @@ typedef struct ampr__row_want {
     int32_t drawn;     /* AMPR__WANT_DRAW: the token, or -1 when the walk could not
                         * decide and the row came instead */
     float entropy;     /* stats: nats of softmax(row) */
+    int nonfinite;     /* stats: the row holds a NaN or +inf (a broken tier: fallback.h) */
     double kl;         /* kl_ring: KL(softmax(row) || softmax(ring row)), nats */
 } ampr__row_want;
 

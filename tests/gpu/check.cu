@@ -395,7 +395,7 @@ static void check_topk_cands(void) {
 }
 
 /* The fallback's monitor on the device (ampr__cuda_row_monitor, merged on
- * the host as fetch_logits does): entropies and KL(row || kept row) against
+ * the host as fetch_logits does): a NaN row flagged, entropies and KL(row || kept row) against
  * the host's double references, on plain rows, masked ones (-inf), a row
  * whose first half is masked, a kept row masked under the row's mass (KL
  * +inf), at 1, the usual and 64 slices; the kept copies bit for bit; a row
@@ -413,8 +413,10 @@ static void check_row_monitor(void) {
                 xr[j] = rnd_f(-6, 6) + (j % 97 == 0 ? 8.0f : 0.0f);
                 qr[j] = xr[j] + rnd_f(-0.5f, 0.5f);
             }
-            if (r == 1)
+            if (r == 1) {
                 for (int32_t j = 1; j < cols; j += 3) xr[j] = qr[j] = -INFINITY;
+                xr[cols / 3 * 3 + 2 < cols ? cols / 3 * 3 + 2 : 2] = NAN; /* a broken row: flagged */
+            }
             if (r == 2)
                 for (int32_t j = 0; j < cols / 2; j++) xr[j] = -INFINITY;
             if (r == 3) qr[cols - 1] = -INFINITY; /* under p's mass: +inf */
@@ -445,7 +447,10 @@ static void check_row_monitor(void) {
                 int with_q = req[(size_t)k].q != NULL;
                 float h = 0;
                 double kl = 0;
-                ampr__row_parts_merge(parts.data() + (size_t)k * np, np, &h, with_q ? &kl : NULL);
+                int broken = ampr__row_parts_merge(parts.data() + (size_t)k * np, np, &h, with_q ? &kl : NULL);
+                bad += broken != ampr__row_nonfinite(xr, cols);
+                total++;
+                if (broken) continue; /* no distribution to compare */
                 ampr__logit_stats st;
                 ampr__logit_stats_scalar(xr, cols, &st);
                 double h_ref = log(st.z) - st.s / st.z;
