@@ -498,6 +498,17 @@ static void test_row_parts(void **state) {
         assert_int_equal(ampr__row_parts_merge(parts, 2, &h8, NULL), 1);
         assert_int_equal(ampr__row_nonfinite(p8, 8), 1);
     }
+    /* both levels, a bad value at every place of a row (lanes and tail) */
+    for (int32_t at = 0; at < 21; at++)
+        for (int b = 0; b < 3; b++) {
+            float row[21];
+            for (int32_t i = 0; i < 21; i++) row[i] = i % 4 ? (float)i : -INFINITY;
+            int want = b < 2;
+            row[at] = b == 0 ? NAN : b == 1 ? INFINITY : -INFINITY;
+            if (b == 0 && at % 2) row[at] = -NAN;
+            assert_int_equal(ampr__row_nonfinite_scalar(row, 21), want);
+            if (ampr__quant_simd_max() >= AMPR__SIMD_AVX2) assert_int_equal(ampr__row_nonfinite_avx2(row, 21), want);
+        }
     free(x);
     free(y);
 }

@@ -181,9 +181,19 @@ void ampr__row_part_get(const float *p, const float *q, int32_t n, ampr__row_par
 }
 
 int ampr__row_nonfinite(const float *x, int32_t n) {
-    int bad = 0;
-    for (int32_t i = 0; i < n; i++) bad |= (x[i] != x[i]) | (x[i] == INFINITY);
-    return bad;
+    return use_avx2() ? ampr__row_nonfinite_avx2(x, n) : ampr__row_nonfinite_scalar(x, n);
+}
+
+int ampr__row_nonfinite_scalar(const float *x, int32_t n) {
+    /* on the bits: +inf and positive NaNs are [0x7f800000, 0x80000000),
+     * negative NaNs above 0xff800000 (-inf) */
+    uint32_t bad = 0;
+    for (int32_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, sizeof u);
+        bad |= (uint32_t)(u - 0x7f800000u < 0x00800000u) | (uint32_t)(u > 0xff800000u);
+    }
+    return bad != 0;
 }
 
 int ampr__row_parts_merge(const ampr__row_part *parts, int32_t n_parts, float *entropy, double *kl) {

@@ -55,6 +55,8 @@ int ampr__row_parts_merge(const ampr__row_part *parts, int32_t n_parts, float *e
 /* 1 when x[0..n) holds a NaN or +inf: no distribution a tier should give
  * (-inf is a masked token). */
 int ampr__row_nonfinite(const float *x, int32_t n);
+int ampr__row_nonfinite_scalar(const float *x, int32_t n);
+int ampr__row_nonfinite_avx2(const float *x, int32_t n);
 
 /* ---- the temperature-only draw's exps ------------------------------------------
  * e^d for d <= 0 by the AVX2 statistics' method (logits_avx2.c: n = round(d

@@ -206,3 +206,14 @@ double ampr__exp_det_sum_avx2(const float *x, int32_t n, float mx, float *out) {
     }
     return z;
 }
+
+int ampr__row_nonfinite_avx2(const float *x, int32_t n) {
+    const __m256 inf = _mm256_set1_ps(INFINITY);
+    __m256 acc = _mm256_setzero_ps();
+    int32_t i = 0;
+    for (; i + 8 <= n; i += 8) /* not below +inf: +inf or NaN */
+        acc = _mm256_or_ps(acc, _mm256_cmp_ps(_mm256_loadu_ps(x + i), inf, _CMP_NLT_UQ));
+    int bad = _mm256_movemask_ps(acc) != 0;
+    for (; i < n; i++) bad |= !(x[i] < INFINITY);
+    return bad;
+}
