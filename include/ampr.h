@@ -439,7 +439,8 @@ typedef struct ampr_result {
     int32_t escalated;         /* 1 if it moved to a higher tier */
     int32_t escalation_token;  /* index of the first token after escalation, or -1 */
     char escalation_reason[64];/* why it escalated ("kl-check (...)", "entropy (...)",
-                                * "repetition (...)"); with escalated == 0, empty, or
+                                * "repetition (...)", "non-finite logits": a NaN or
+                                * +inf in the lower tier's row); with escalated == 0, empty, or
                                 * "skipped (top tier KV full) at N: ..." when the top
                                 * tier's KV arena had no room to escalate or check */
     double prefill_ms;         /* time to first token */
@@ -497,7 +498,7 @@ AMPR_API void ampr_free(void *p);
  *   ampr_route_decisions_total         tiers chosen by the router (ampr_route()
  *       and ampr_generate() with AMPR_TIER_AUTO)
  *   ampr_escalations_total{from_tier,to_tier,reason} requests that moved to
- *       the top tier; reason is entropy|repetition|kl_check
+ *       the top tier; reason is entropy|repetition|kl_check|nonfinite
  *   ampr_prompt_tokens_total           prompt tokens (BOS included)
  *   ampr_generation_tokens_total       output tokens, including any that a
  *       fallback restart discards

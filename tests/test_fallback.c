@@ -236,6 +236,55 @@ static void test_nonfinite_escalates(void **state) {
     assert_int_equal(r->tier_final, AMPR_TIER_F32);
     assert_top_greedy_from(ctx, r, 0);
     ampr_result_free(r);
+    char *text = NULL; /* counted under its own reason */
+    size_t text_len = 0;
+    assert_int_equal(ampr_metrics_text(ctx, &text, &text_len), AMPR_OK);
+    assert_non_null(strstr(text, "ampr_escalations_total{from_tier=\"nf4\",to_tier=\"f32\",reason=\"nonfinite\"} 1"));
+    ampr_free(text);
+    assert_no_pages(ctx);
+    ampr_close(ctx);
+}
+
+/* ... also when the tier breaks while generating: the decode step's row
+ * says so (the NaN scales are planted from the stream callback of token 3,
+ * before the step that feeds it), and the request escalates at token 4. */
+typedef struct breaker {
+    ampr__qmat *m;
+    int calls;
+} breaker;
+
+static int break_at_3(void *user, const char *piece, size_t len, int32_t id) {
+    (void)piece;
+    (void)len;
+    (void)id;
+    breaker *b = user;
+    if (b->calls++ == 3)
+        for (size_t i = 0; i < b->m->n_scales; i += 4) b->m->scales[i] = NAN;
+    return 0;
+}
+
+static void test_nonfinite_while_decoding(void **state) {
+    (void)state;
+    ampr_ctx *ctx = open_cfg("{\"entropy_max\": 0, \"repeat_ngram\": 0, \"check_every\": 0}");
+    ampr__tier *t = NULL;
+    for (int i = 0; i < ctx->n_tiers; i++)
+        if (ctx->tiers[i].id == AMPR_TIER_NF4) t = &ctx->tiers[i];
+    breaker b = {t->output_is_embd ? &t->embd : &t->output, 0};
+    ampr_gen_params p;
+    ampr_gen_params_init(&p);
+    p.tier = AMPR_TIER_NF4;
+    p.temperature = 0;
+    p.max_tokens = 12;
+    p.ignore_eos = 1;
+    p.on_token = break_at_3;
+    p.user = &b;
+    ampr_result *r = NULL;
+    assert_int_equal(ampr_generate(ctx, "the cat sat", AMPR_NUL_TERMINATED, &p, &r), AMPR_OK);
+    assert_int_equal(r->escalated, 1);
+    assert_int_equal(r->escalation_token, 4);
+    assert_string_equal(r->escalation_reason, "non-finite logits");
+    assert_top_greedy_from(ctx, r, 4);
+    ampr_result_free(r);
     assert_no_pages(ctx);
     ampr_close(ctx);
 }
@@ -466,7 +515,7 @@ static void test_row_parts(void **state) {
                     ampr__row_part_get(x + from, y + from, n - from < len ? n - from : len, &parts[np]);
                 float he = 0, hq = 0;
                 double got = -1;
-                ampr__row_parts_merge(parts, np, &he, &got);
+                assert_int_equal(ampr__row_parts_merge(parts, np, &he, &got), 0); /* -inf masks are fine */
                 if (fabsl((long double)he - h) > 1e-5L * (1 + fabsl(h)))
                     fail_msg("n %d plant %d, %d slices: entropy %.9g vs %.9Lg", n, plant, np, he, h);
                 if (isinf(kl) ? !isinf(got) : fabsl((long double)got - kl) > 2e-5L * (1 + kl))
@@ -535,6 +584,7 @@ int main(void) {
         cmocka_unit_test(test_entropy_right_after_check),
         cmocka_unit_test(test_check_window_longer_than_spacing),
         cmocka_unit_test(test_nonfinite_escalates),
+        cmocka_unit_test(test_nonfinite_while_decoding),
         cmocka_unit_test(test_no_fallback_when_disabled),
         cmocka_unit_test(test_restart_equals_top_tier),
         cmocka_unit_test(test_streaming_escalation_keeps_output),

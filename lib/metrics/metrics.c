@@ -18,8 +18,8 @@
 
 static const char *const k_finish_names[AMPR__MFINISH_COUNT] = {"length", "eos", "stop",
                                                                 "cancelled", "context", "error"};
-static const char *const k_reason_names[AMPR__MREASON_COUNT] = {"entropy", "repetition",
-                                                                "kl_check", "other"};
+static const char *const k_reason_names[AMPR__MREASON_COUNT] = {"entropy", "repetition", "kl_check",
+                                                                "nonfinite", "other"};
 
 /* ---- histogram kinds ------------------------------------------------------ */
 
@@ -187,7 +187,8 @@ static int reason_index(const char *why) {
     if (!strncmp(why, "entropy", 7)) return 0;
     if (!strncmp(why, "repetition", 10)) return 1;
     if (!strncmp(why, "kl-check", 8) || !strncmp(why, "kl_check", 8)) return 2;
-    return 3;
+    if (!strncmp(why, "non-finite", 10)) return 3;
+    return 4;
 }
 
 void ampr__metrics_req_end(ampr__metrics *m, ampr__metrics_req *r, ampr_status st,

@@ -44,7 +44,7 @@ typedef enum ampr__mhist {
 
 /* Escalation reasons: label values entropy, repetition, kl_check, and other
  * (a reason text this module does not recognise; never expected). */
-#define AMPR__MREASON_COUNT 4
+#define AMPR__MREASON_COUNT 5
 /* ampr_finish values, AMPR_FINISH_LENGTH .. AMPR_FINISH_ERROR. */
 #define AMPR__MFINISH_COUNT 6
 /* Statuses counted by ampr_request_failures_total (0 .. AMPR_ERR_INTERNAL;

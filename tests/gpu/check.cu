@@ -395,7 +395,7 @@ static void check_topk_cands(void) {
 }
 
 /* The fallback's monitor on the device (ampr__cuda_row_monitor, merged on
- * the host as fetch_logits does): a NaN row flagged, entropies and KL(row || kept row) against
+ * the host as fetch_logits does): broken rows (a NaN or +inf in any slice) flagged, entropies and KL(row || kept row) against
  * the host's double references, on plain rows, masked ones (-inf), a row
  * whose first half is masked, a kept row masked under the row's mass (KL
  * +inf), at 1, the usual and 64 slices; the kept copies bit for bit; a row
@@ -413,10 +413,8 @@ static void check_row_monitor(void) {
                 xr[j] = rnd_f(-6, 6) + (j % 97 == 0 ? 8.0f : 0.0f);
                 qr[j] = xr[j] + rnd_f(-0.5f, 0.5f);
             }
-            if (r == 1) {
+            if (r == 1)
                 for (int32_t j = 1; j < cols; j += 3) xr[j] = qr[j] = -INFINITY;
-                xr[cols / 3 * 3 + 2 < cols ? cols / 3 * 3 + 2 : 2] = NAN; /* a broken row: flagged */
-            }
             if (r == 2)
                 for (int32_t j = 0; j < cols / 2; j++) xr[j] = -INFINITY;
             if (r == 3) qr[cols - 1] = -INFINITY; /* under p's mass: +inf */
@@ -478,8 +476,34 @@ static void check_row_monitor(void) {
         void *bufs[] = {dx, dq, dk, dreq};
         for (void *b : bufs) ampr__cuda_free(g_c, b);
     }
+    /* broken rows, flagged whatever slice holds the NaN or +inf; -inf alone is a mask */
+    {
+        const int32_t cols = 32000;
+        std::vector<float> y((size_t)4 * cols);
+        for (auto &e : y) e = rnd_f(-6, 6);
+        y[(size_t)0 * cols + cols - 1] = NAN;      /* the last slice */
+        y[(size_t)1 * cols + cols / 2] = INFINITY; /* a middle one */
+        y[(size_t)2 * cols + 5000] = -INFINITY;    /* not broken */
+        y[(size_t)3 * cols + 4097] = -NAN;         /* the second slice, a negative NaN */
+        float *dy = (float *)dev_put(y.data(), y.size() * 4);
+        std::vector<ampr__cuda_mon_req> rq;
+        for (int32_t r = 0; r < 4; r++) rq.push_back(ampr__cuda_mon_req{r, NULL, NULL});
+        void *drq = dev_put(rq.data(), rq.size() * sizeof rq[0]);
+        int32_t np = (cols + 4095) / 4096;
+        ampr__row_part *dp = (ampr__row_part *)dev_put(NULL, (size_t)4 * np * sizeof(ampr__row_part));
+        OK(ampr__cuda_row_monitor(g_c, dy, cols, (const ampr__cuda_mon_req *)drq, 4, np, dp, &g_err));
+        auto parts = dev_get<ampr__row_part>(dp, (size_t)4 * np);
+        for (int32_t r = 0; r < 4; r++) {
+            float h = 0;
+            bad += ampr__row_parts_merge(parts.data() + (size_t)r * np, np, &h, NULL) != (r != 2);
+            total++;
+        }
+        void *bufs[] = {dy, drq, dp};
+        for (void *b : bufs) ampr__cuda_free(g_c, b);
+    }
     char name[128];
-    snprintf(name, sizeof name, "monitor: entropy / KL / kept rows (rel %.1e / %.1e)", worst_h, worst_kl);
+    snprintf(name, sizeof name, "monitor: entropy / KL / kept rows / broken rows (rel %.1e / %.1e)", worst_h,
+             worst_kl);
     report_exact(name, bad, total);
 }
 
