@@ -63,23 +63,27 @@ int ampr__row_nonfinite_avx2(const float *x, int32_t n);
  * log2 e), r = d - n ln2 in two fused steps, e^r by Horner to r^7 with fused
  * multiply-adds, 2^n in the exponent), 0 below -87 (and for -inf or NaN):
  * the same float, bit for bit, from this scalar code, the AVX2 lanes and the
- * GPU (cuda_ops.cu), so that a draw walked on the GPU is the host's walk. */
-static inline float ampr__exp_det(float d) {
-    if (!(d >= -87.0f)) return 0.0f;
-    float n = rintf(d * 1.44269504088896341f);
-    float r = fmaf(-n, 0.693359375f, d);
-    r = fmaf(-n, -2.12194440e-4f, r);
-    float p = 1.0f / 5040.0f;
-    p = fmaf(p, r, 1.0f / 720.0f);
-    p = fmaf(p, r, 1.0f / 120.0f);
-    p = fmaf(p, r, 1.0f / 24.0f);
-    p = fmaf(p, r, 1.0f / 6.0f);
-    p = fmaf(p, r, 0.5f);
-    p = fmaf(p, r, 1.0f);
-    p = fmaf(p, r, 1.0f);
-    union { uint32_t u; float f; } two = {(uint32_t)((int32_t)n + 127) << 23};
-    return p * two.f;
-}
+ * GPU (cuda_ops.cu), so that a draw walked on the GPU is the host's walk.
+ * AMPR__EXP_DET_DEF defines it over a given fused multiply-add (logits.c
+ * also builds it over an exact one of its own, for CPUs without FMA). */
+#define AMPR__EXP_DET_DEF(name, FMA)                                                  \
+    static inline float name(float d) {                                              \
+        if (!(d >= -87.0f)) return 0.0f;                                             \
+        float n = rintf(d * 1.44269504088896341f);                                   \
+        float r = FMA(-n, 0.693359375f, d);                                          \
+        r = FMA(-n, -2.12194440e-4f, r);                                             \
+        float p = 1.0f / 5040.0f;                                                    \
+        p = FMA(p, r, 1.0f / 720.0f);                                                \
+        p = FMA(p, r, 1.0f / 120.0f);                                                \
+        p = FMA(p, r, 1.0f / 24.0f);                                                 \
+        p = FMA(p, r, 1.0f / 6.0f);                                                  \
+        p = FMA(p, r, 0.5f);                                                         \
+        p = FMA(p, r, 1.0f);                                                         \
+        p = FMA(p, r, 1.0f);                                                         \
+        union { uint32_t u; float f; } two = {(uint32_t)((int32_t)n + 127) << 23};   \
+        return p * two.f;                                                            \
+    }
+AMPR__EXP_DET_DEF(ampr__exp_det, fmaf)
 /* out[i] = ampr__exp_det(x[i] - mx) (out may be x or NULL); returns their
  * sum, in double. */
 double ampr__exp_det_sum(const float *x, int32_t n, float mx, float *out);
