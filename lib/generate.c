@@ -234,8 +234,7 @@ static void run_batch(ampr_ctx *c, ampr__tier *t, ampr__step **items, int32_t n)
             continue;
         }
         *items[i]->want = want[i];
-        if (want[i].what == AMPR__WANT_ROW || (want[i].what == AMPR__WANT_CANDS && want[i].n_cands == 0) ||
-            (want[i].what == AMPR__WANT_DRAW && want[i].drawn < 0)) { /* the row came */
+        if (ampr__row_came(&want[i])) {
             __atomic_add_fetch(&c->test_rows_back, 1, __ATOMIC_RELAXED);
             memcpy(items[i]->logits, t->batch_scratch->logits + (size_t)i * (size_t)c->hp.vocab_size,
                    (size_t)c->hp.vocab_size * sizeof(float));
@@ -309,6 +308,15 @@ static ampr_status decode_step(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq, in
     }
     pthread_mutex_unlock(&t->batch_mu);
     return me.st;
+}
+
+/* What the fallback's monitor asks of the row predicting ids[n_ids] on a
+ * lower tier (struct request): its entropy, and to keep it in the ring's
+ * slot for that index (the KL check's). */
+static void monitor_ask(const struct request *r, int32_t check_window, ampr__row_want *w) {
+    w->stats = 1;
+    w->keep = r->ring;
+    w->keep_slot = r->ring ? (int32_t)(r->n_ids % (size_t)check_window) : 0;
 }
 
 /* Bring the top tier's sequence up to all r->ids, in batched passes, leaving
@@ -450,8 +458,8 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
      * and keeps it (the monitor's, struct request) */
     for (int32_t i = 0; i < n_prompt; i += PREFILL_CHUNK) {
         int32_t n = AMPR__MIN(PREFILL_CHUNK, n_prompt - i);
-        ampr__row_want mon = {.what = AMPR__WANT_ROW, .stats = 1, .keep = r.ring,
-                              .keep_slot = (int32_t)(r.n_ids % (size_t)AMPR__MAX(1, fb->check_window))};
+        ampr__row_want mon = {.what = AMPR__WANT_ROW};
+        monitor_ask(&r, fb->check_window, &mon);
         int last = i + n == n_prompt;
         st = ampr__backend_forward(c, r.tier, &r.seq, r.ids + i, n, 1, checking && last ? &mon : NULL,
                                    &r.scratch, err);
@@ -560,11 +568,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
         if (c->full_logits) want.what = AMPR__WANT_ROW;
         want.cand_vals = r.cand_vals;
         want.cand_ids = r.cand_ids;
-        if (checking && r.tier != r.top) {
-            want.stats = 1;
-            want.keep = r.ring;
-            want.keep_slot = r.ring ? (int32_t)(r.n_ids % (size_t)fb->check_window) : 0;
-        }
+        if (checking && r.tier != r.top) monitor_ask(&r, fb->check_window, &want);
         st = decode_step(c, r.tier, &r.seq, next, r.scratch.logits, &want, err);
         if (st) goto done;
         r.entropy = want.entropy;

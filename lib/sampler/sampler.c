@@ -171,15 +171,37 @@ static void top_k_stream(ampr__sampler *s, const float *logits, int32_t n, int32
     heap_to_sorted(s, k);
 }
 
-/* v = logits / T into vals[0..n), and the largest. */
-static float scaled(ampr__sampler *s, const float *logits, int32_t n) {
-    const float t = s->temperature;
-    float mx = logits[0] / t;
+/* v = x / t into out[0..n), and the largest (x[0]'s when it is a NaN). */
+static float scale_into(const float *x, int32_t n, float t, float *out) {
+    float mx = x[0] / t;
     for (int32_t i = 0; i < n; i++) {
-        s->vals[i] = logits[i] / t;
-        mx = s->vals[i] > mx ? s->vals[i] : mx;
+        out[i] = x[i] / t;
+        mx = out[i] > mx ? out[i] : mx;
     }
     return mx;
+}
+
+/* v = logits / T into vals[0..n), and the largest. */
+static float scaled(ampr__sampler *s, const float *logits, int32_t n) {
+    return scale_into(logits, n, s->temperature, s->vals);
+}
+
+/* Temperature alone: e[0..n) are the exps in id order; the first token
+ * whose running sum passes r, with the sums before it (*below) and at it
+ * (*at), or -1 when rounding ran past the end. The host's draw and the
+ * walk a backend makes (ampr__sample_walk) are this one. */
+static int32_t walk_to(const float *e, int32_t n, double r, double *below, double *at) {
+    double acc = 0;
+    for (int32_t i = 0; i < n; i++) {
+        double prev = acc;
+        acc += e[i];
+        if (r < acc) {
+            *below = prev;
+            *at = acc;
+            return i;
+        }
+    }
+    return -1;
 }
 
 /* top-p without top-k: the candidates of the nucleus, sorted descending, in
@@ -311,22 +333,13 @@ void ampr__sampler_want(const ampr__sampler *s, const int32_t *history, size_t n
 void ampr__sampler_drew(ampr__sampler *s) { (void)rng_f32(s); }
 
 int32_t ampr__sample_walk(const float *x, int32_t n, float t, float u, float *tmp) {
-    float mx = x[0] / t;
-    for (int32_t i = 0; i < n; i++) { /* as scaled() */
-        tmp[i] = x[i] / t;
-        if (tmp[i] != tmp[i]) return -1; /* NaN: not a distribution */
-        mx = tmp[i] > mx ? tmp[i] : mx;
-    }
-    if (!isfinite(mx)) return -1;
-    double total = ampr__exp_det_sum(tmp, n, mx, tmp); /* as ampr__sample */
-    if (!(total > 0) || !isfinite(total)) return -1;
-    double r = (double)u * total, eps = AMPR__DRAW_MARGIN * total, acc = 0;
-    for (int32_t i = 0; i < n; i++) {
-        double prev = acc;
-        acc += tmp[i];
-        if (r < acc) return r - prev > eps && acc - r > eps ? i : -1;
-    }
-    return -1; /* rounding ran past the end */
+    float mx = scale_into(x, n, t, tmp); /* as ampr__sample */
+    if (!isfinite(mx) || ampr__row_nonfinite(tmp, n)) return -1; /* a NaN: not a distribution */
+    double total = ampr__exp_det_sum(tmp, n, mx, tmp);
+    if (!finite_dist(mx, total)) return -1;
+    double r = (double)u * total, eps = AMPR__DRAW_MARGIN * total, below = 0, at = 0;
+    int32_t i = walk_to(tmp, n, r, &below, &at);
+    return i >= 0 && r - below > eps && at - r > eps ? i : -1;
 }
 
 /* ---- candidate lists ------------------------------------------------------- */
@@ -453,14 +466,12 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
         float mx = scaled(s, logits, n);
         double total = ampr__exp_det_sum(s->vals, n, mx, s->vals);
         if (!finite_dist(mx, total)) return ampr__argmax(logits, n);
-        double r = (double)rng_f32(s) * total, acc = 0;
-        int32_t last = 0;
-        for (int32_t i = 0; i < n; i++) {
-            if (s->vals[i] > 0) last = i;
-            acc += s->vals[i];
-            if (r < acc) return i;
-        }
-        return last; /* rounding ran past the end: the last token with mass */
+        double below, at;
+        int32_t i = walk_to(s->vals, n, (double)rng_f32(s) * total, &below, &at);
+        if (i >= 0) return i;
+        /* rounding ran past the end: the last token with mass */
+        for (i = n - 1; i > 0 && !(s->vals[i] > 0); i--) {}
+        return i;
     }
     return draw(s, k, sum, nucleus_on);
 }

@@ -116,6 +116,13 @@ typedef struct ampr__row_want {
     double kl;         /* kl_ring: KL(softmax(row) || softmax(ring row)), nats */
 } ampr__row_want;
 
+/* After a pass: whether w's row itself came back (it was asked for, or a
+ * list or a walk could not decide and it came instead). */
+static inline int ampr__row_came(const ampr__row_want *w) {
+    return w->what == AMPR__WANT_ROW || (w->what == AMPR__WANT_CANDS && w->n_cands == 0) ||
+           (w->what == AMPR__WANT_DRAW && w->drawn < 0);
+}
+
 /* What s's next draw, after history[0..n_history), needs: w->what, and
  * temperature, top_k, m for candidates (the caller sets cand_vals /
  * cand_ids); with a repetition penalty, its ids go to pen_buf

@@ -1212,8 +1212,7 @@ static void check_paged_graphs(void) {
                 float hv[AMPR__CANDS_MAX];
                 int32_t hi[AMPR__CANDS_MAX];
                 int exact = ampr__topk_cands(a, (int32_t)V, wi.m, wi.temperature, wi.top_k, hv, hi);
-                bool row = wi.what == AMPR__WANT_ROW || (wi.what == AMPR__WANT_CANDS && wi.n_cands == 0) ||
-                           (wi.what == AMPR__WANT_DRAW && wi.drawn < 0);
+                bool row = ampr__row_came(&wi);
                 if (wi.what == AMPR__WANT_DRAW) { /* the host's walk decides the same (or not at all) */
                     std::vector<float> tmp(V);
                     int32_t h = ampr__sample_walk(a, (int32_t)V, wi.temperature, wi.u, tmp.data());
