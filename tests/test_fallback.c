@@ -76,6 +76,17 @@ static void assert_top_greedy_from(ampr_ctx *ctx, const ampr_result *r, int from
     free(lg);
 }
 
+/* r escalated to the top tier at token `token` for `reason` (how its
+ * reason string starts), and every token from there is the top tier's. */
+static void assert_escalated(ampr_ctx *ctx, const ampr_result *r, int token, const char *reason) {
+    assert_int_equal(r->escalated, 1);
+    assert_int_equal(r->escalation_token, token);
+    assert_int_equal(r->tier_final, AMPR_TIER_F32);
+    if (strncmp(r->escalation_reason, reason, strlen(reason)))
+        fail_msg("escalated for \"%s\", not %s", r->escalation_reason, reason);
+    assert_top_greedy_from(ctx, r, token);
+}
+
 static void assert_no_pages(ampr_ctx *ctx) {
     ampr_tier tiers[] = {AMPR_TIER_F32, AMPR_TIER_FP16, AMPR_TIER_NF4};
     for (int i = 0; i < 3; i++) {
@@ -91,12 +102,8 @@ static void test_kl_check_escalates(void **state) {
     ampr_ctx *ctx = open_cfg("{\"kl_max\": 0.0, \"entropy_max\": 0, \"repeat_ngram\": 0, \"check_every\": 16}");
     ampr_result *r = run(ctx, AMPR_TIER_NF4, 40, 1);
     assert_int_equal(r->tier_first, AMPR_TIER_NF4);
-    assert_int_equal(r->tier_final, AMPR_TIER_F32);
-    assert_int_equal(r->escalated, 1);
-    assert_int_equal(r->escalation_token, 16);
-    assert_non_null(strstr(r->escalation_reason, "kl-check"));
     assert_int_equal(r->n_tokens, 40);
-    assert_top_greedy_from(ctx, r, 16);
+    assert_escalated(ctx, r, 16, "kl-check");
     ampr_result_free(r);
     assert_no_pages(ctx);
     ampr_close(ctx);
@@ -106,11 +113,7 @@ static void test_entropy_escalates(void **state) {
     (void)state;
     ampr_ctx *ctx = open_cfg("{\"entropy_max\": 0.0001, \"min_tokens\": 5, \"check_every\": 0, \"repeat_ngram\": 0}");
     ampr_result *r = run(ctx, AMPR_TIER_FP16, 30, 1);
-    assert_int_equal(r->escalated, 1);
-    assert_int_equal(r->escalation_token, 5);
-    assert_int_equal(r->tier_final, AMPR_TIER_F32);
-    assert_non_null(strstr(r->escalation_reason, "entropy"));
-    assert_top_greedy_from(ctx, r, 5);
+    assert_escalated(ctx, r, 5, "entropy");
     ampr_result_free(r);
     assert_no_pages(ctx);
     ampr_close(ctx);
@@ -144,10 +147,7 @@ static void test_entropy_right_after_check(void **state) {
     ampr_ctx *ctx = open_cfg("{\"check_every\": 1, \"check_window\": 1, \"kl_max\": 100, "
                              "\"entropy_max\": 0.0001, \"min_tokens\": 3, \"repeat_ngram\": 0}");
     ampr_result *r = run(ctx, AMPR_TIER_NF4, 24, 1);
-    assert_int_equal(r->escalated, 1);
-    assert_int_equal(r->escalation_token, 3);
-    assert_non_null(strstr(r->escalation_reason, "entropy"));
-    assert_top_greedy_from(ctx, r, 3);
+    assert_escalated(ctx, r, 3, "entropy");
     ampr_result_free(r);
     assert_no_pages(ctx);
     ampr_close(ctx);
@@ -202,9 +202,7 @@ static void test_check_window_longer_than_spacing(void **state) {
             if (r->escalated) fail_msg("escalated at %d: %s", r->escalation_token, r->escalation_reason);
             assert_memory_equal(r->tokens, plain->tokens, (size_t)n_gen * sizeof(int32_t));
         } else {
-            assert_int_equal(r->escalation_token, every);
-            assert_non_null(strstr(r->escalation_reason, "kl-check"));
-            assert_top_greedy_from(ctx, r, every);
+            assert_escalated(ctx, r, every, "kl-check");
         }
         ampr_result_free(r);
         assert_no_pages(ctx);
@@ -215,6 +213,20 @@ static void test_check_window_longer_than_spacing(void **state) {
     free(low);
 }
 
+/* The NF4 tier's logits matrix (its output, or the embeddings it is tied
+ * to), and breaking it: a NaN in every fourth block scale. */
+static ampr__qmat *nf4_logits_matrix(ampr_ctx *ctx) {
+    ampr__tier *t = ampr__ctx_tier(ctx, AMPR_TIER_NF4);
+    assert_non_null(t);
+    ampr__qmat *m = t->output_is_embd ? &t->embd : &t->output;
+    assert_true(m->scales && m->n_scales > 4);
+    return m;
+}
+
+static void break_scales(ampr__qmat *m) {
+    for (size_t b = 0; b < m->n_scales; b += 4) m->scales[b] = NAN;
+}
+
 /* A tier whose logits hold a NaN (here a corrupted NF4 block scale of its
  * output matrix) escalates at once, whatever min_tokens says: neither the
  * entropy (NaN) nor the KL (0) would ever catch it. The continuation is the
@@ -222,19 +234,10 @@ static void test_check_window_longer_than_spacing(void **state) {
 static void test_nonfinite_escalates(void **state) {
     (void)state;
     ampr_ctx *ctx = open_cfg("{\"min_tokens\": 8}");
-    ampr__tier *t = NULL;
-    for (int i = 0; i < ctx->n_tiers; i++)
-        if (ctx->tiers[i].id == AMPR_TIER_NF4) t = &ctx->tiers[i];
-    assert_non_null(t);
-    ampr__qmat *m = t->output_is_embd ? &t->embd : &t->output;
-    assert_true(m->scales && m->n_scales > 4);
-    for (size_t b = 0; b < m->n_scales; b += 4) m->scales[b] = NAN;
+    break_scales(nf4_logits_matrix(ctx));
     ampr_result *r = run(ctx, AMPR_TIER_NF4, 12, 1);
-    assert_int_equal(r->escalated, 1);
-    assert_int_equal(r->escalation_token, 0);
+    assert_escalated(ctx, r, 0, "non-finite logits");
     assert_string_equal(r->escalation_reason, "non-finite logits");
-    assert_int_equal(r->tier_final, AMPR_TIER_F32);
-    assert_top_greedy_from(ctx, r, 0);
     ampr_result_free(r);
     char *text = NULL; /* counted under its own reason */
     size_t text_len = 0;
@@ -258,18 +261,14 @@ static int break_at_3(void *user, const char *piece, size_t len, int32_t id) {
     (void)len;
     (void)id;
     breaker *b = user;
-    if (b->calls++ == 3)
-        for (size_t i = 0; i < b->m->n_scales; i += 4) b->m->scales[i] = NAN;
+    if (b->calls++ == 3) break_scales(b->m);
     return 0;
 }
 
 static void test_nonfinite_while_decoding(void **state) {
     (void)state;
     ampr_ctx *ctx = open_cfg("{\"entropy_max\": 0, \"repeat_ngram\": 0, \"check_every\": 0}");
-    ampr__tier *t = NULL;
-    for (int i = 0; i < ctx->n_tiers; i++)
-        if (ctx->tiers[i].id == AMPR_TIER_NF4) t = &ctx->tiers[i];
-    breaker b = {t->output_is_embd ? &t->embd : &t->output, 0};
+    breaker b = {nf4_logits_matrix(ctx), 0};
     ampr_gen_params p;
     ampr_gen_params_init(&p);
     p.tier = AMPR_TIER_NF4;
@@ -280,10 +279,8 @@ static void test_nonfinite_while_decoding(void **state) {
     p.user = &b;
     ampr_result *r = NULL;
     assert_int_equal(ampr_generate(ctx, "the cat sat", AMPR_NUL_TERMINATED, &p, &r), AMPR_OK);
-    assert_int_equal(r->escalated, 1);
-    assert_int_equal(r->escalation_token, 4);
+    assert_escalated(ctx, r, 4, "non-finite logits");
     assert_string_equal(r->escalation_reason, "non-finite logits");
-    assert_top_greedy_from(ctx, r, 4);
     ampr_result_free(r);
     assert_no_pages(ctx);
     ampr_close(ctx);
