@@ -197,18 +197,22 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
 /* One row's request for a candidate list (ampr__cuda_topk_cands). */
 typedef struct ampr__cuda_cand_req {
     int32_t row;   /* the row of x */
-    int32_t k, m;  /* 1 <= k <= m <= min(cols, AMPR__CANDS_MAX) */
+    int32_t k, m;  /* 1 <= k <= m <= min(cols, AMPR__CANDS_MAX); k 0: a nucleus */
     float t;       /* the draw's temperature (> 0) */
+    float top_p;   /* k 0: the nucleus's top_p */
 } ampr__cuda_cand_req;
 /* For each of n requests (req: device array), the m largest of row req.row
  * of x (cols wide) by (value desc, id asc; NaN as -inf, -0 as +0) into
  * vals / ids[i * m_max ..] (device), sorted, and n_out[i] = m when a top-k
  * draw at temperature t from them is the draw from the row (ampr__topk_cands,
  * sampler.h, is the host's reference), else 0 (also when more than 1024
- * values tie at the m-th: the caller then takes the row). */
+ * values tie at the m-th: the caller then takes the row). For a nucleus
+ * (k 0), mass[i] (device) = the row's mass and n_out[i] as
+ * ampr__nucleus_cands decides. */
 ampr_status ampr__cuda_topk_cands(ampr__cuda *c, const float *x, int32_t cols,
                                   const ampr__cuda_cand_req *req, int32_t n, int32_t m_max,
-                                  float *vals, int32_t *ids, int32_t *n_out, ampr__err *err);
+                                  float *vals, int32_t *ids, int32_t *n_out, double *mass,
+                                  ampr__err *err);
 /* One row's request for the fallback's monitor (ampr__cuda_row_monitor):
  * row `row` of x, with q (device, cols floats) for KL or NULL, and keep
  * (device, cols floats) to store the row into or NULL. */

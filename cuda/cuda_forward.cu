@@ -533,8 +533,10 @@ struct ampr__cuda_work {
     int32_t *argmax, *cand_ids, *cand_n;      /* [cap_logits], [cap_logits][CANDS_MAX], [..] */
     float *cand_vals;                         /* [cap_logits][AMPR__CANDS_MAX] */
     ampr__cuda_cand_req *cand_req;            /* [cap_logits] */
+    double *cand_mass;                        /* [cap_logits]: a nucleus's row mass */
     int32_t *h_argmax, *h_ids, *h_n;          /* host, as the device ones */
     float *h_vals;
+    double *h_mass;
     ampr__cuda_cand_req *h_req;
     /* the fallback's monitor (fetch_logits): requests and slice sums */
     ampr__cuda_mon_req *mon_req, *h_mon;      /* [cap_logits] */
@@ -595,6 +597,9 @@ static void logits_release(ampr__cuda_work *w) {
     ampr__cuda_free(c, w->cand_ids);
     ampr__cuda_free(c, w->cand_n);
     ampr__cuda_free(c, w->cand_req);
+    ampr__cuda_free(c, w->cand_mass);
+    ampr__free(w->h_mass);
+    w->cand_mass = w->h_mass = NULL;
     ampr__cuda_free(c, w->mon_req);
     ampr__cuda_free(c, w->mon_part);
     ampr__free(w->h_mon);
@@ -697,6 +702,8 @@ static ampr_status work_reserve(ampr__cuda_work *w, int32_t n, int32_t n_logits,
         AMPR__TRY(seq_alloc(c, nc * 4, &w->cand_ids, err));
         AMPR__TRY(seq_alloc(c, (size_t)cap * 4, &w->cand_n, err));
         AMPR__TRY(seq_alloc(c, (size_t)cap * sizeof(ampr__cuda_cand_req), &w->cand_req, err));
+        AMPR__TRY(seq_alloc(c, (size_t)cap * sizeof(double), &w->cand_mass, err));
+        w->h_mass = (double *)ampr__alloc_array((size_t)cap, sizeof(double), err);
         w->h_argmax = (int32_t *)ampr__alloc_array((size_t)cap, 4, err);
         w->h_n = (int32_t *)ampr__alloc_array((size_t)cap, 4, err);
         w->h_ids = (int32_t *)ampr__alloc_array(nc, 4, err);
@@ -716,7 +723,7 @@ static ampr_status work_reserve(ampr__cuda_work *w, int32_t n, int32_t n_logits,
         w->h_dreq = (ampr__cuda_draw_req *)ampr__alloc_array((size_t)cap, sizeof(ampr__cuda_draw_req), err);
         w->h_dout = (int32_t *)ampr__alloc_array((size_t)cap, 4, err);
         if (!w->h_argmax || !w->h_n || !w->h_ids || !w->h_vals || !w->h_req || !w->h_mon || !w->h_part ||
-            !w->h_pen || !w->h_dreq || !w->h_dout)
+            !w->h_pen || !w->h_dreq || !w->h_dout || !w->h_mass)
             return AMPR_ERR_NOMEM;
         w->cap_logits = cap;
     }
@@ -959,7 +966,7 @@ static ampr_status fetch_logits(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab
     AMPR__TRY(penalties(c, w, vocab, n_logits, want, &n_pen, err));
     AMPR__TRY(ampr__cuda_penalize(c, w->logits, vocab, w->pen, n_pen, w->pen_kept, 0, err));
     AMPR__TRY(ampr__cuda_argmax(c, w->logits, n_logits, vocab, w->argmax, err));
-    int32_t n_d = 0; /* temperature-only draws (queued before the lists' copies, which wait) */
+    int32_t n_d = 0; /* temperature-only draws */
     for (int32_t i = 0; i < n_logits; i++) {
         if (want[i].what != AMPR__WANT_DRAW) continue;
         if (!(want[i].temperature > 0.0f) || !(want[i].u >= 0.0f && want[i].u < 1.0f))
@@ -976,22 +983,19 @@ static ampr_status fetch_logits(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab
     for (int32_t i = 0; i < n_logits; i++) {
         if (want[i].what != AMPR__WANT_CANDS) continue;
         int32_t m = AMPR__MIN(AMPR__MIN(want[i].m, vocab), AMPR__CANDS_MAX);
-        int32_t k = AMPR__MIN(want[i].top_k, m);
-        if (k < 1 || !(want[i].temperature > 0.0f))
-            return ampr__fail(err, AMPR_ERR_INTERNAL, "candidate list of k %d, m %d, T %g",
-                              want[i].top_k, want[i].m, (double)want[i].temperature);
-        w->h_req[n_c++] = ampr__cuda_cand_req{i, k, m, want[i].temperature};
+        int32_t k = AMPR__MIN(want[i].top_k, m); /* 0: a nucleus */
+        float p = want[i].top_p;
+        if (m < 1 || k < 0 || (k == 0 && !(p > 0.0f && p < 1.0f)) || !(want[i].temperature > 0.0f))
+            return ampr__fail(err, AMPR_ERR_INTERNAL, "candidate list of k %d, m %d, T %g, p %g",
+                              want[i].top_k, want[i].m, (double)want[i].temperature, (double)p);
+        w->h_req[n_c++] = ampr__cuda_cand_req{i, k, m, want[i].temperature, p};
         m_max = AMPR__MAX(m_max, m);
     }
     if (n_c) {
         AMPR__CU(err, cudaMemcpyAsync(w->cand_req, w->h_req, (size_t)n_c * sizeof *w->h_req,
                                       cudaMemcpyHostToDevice, c->stream));
         AMPR__TRY(ampr__cuda_topk_cands(c, w->logits, vocab, w->cand_req, n_c, m_max, w->cand_vals,
-                                        w->cand_ids, w->cand_n, err));
-        size_t nc = (size_t)n_c * (size_t)m_max;
-        AMPR__CU(err, cudaMemcpyAsync(w->h_vals, w->cand_vals, nc * 4, cudaMemcpyDeviceToHost, c->stream));
-        AMPR__CU(err, cudaMemcpyAsync(w->h_ids, w->cand_ids, nc * 4, cudaMemcpyDeviceToHost, c->stream));
-        AMPR__CU(err, cudaMemcpyAsync(w->h_n, w->cand_n, (size_t)n_c * 4, cudaMemcpyDeviceToHost, c->stream));
+                                        w->cand_ids, w->cand_n, w->cand_mass, err));
     }
     /* the rows as they came, for the ones that come back */
     AMPR__TRY(ampr__cuda_penalize(c, w->logits, vocab, w->pen, n_pen, w->pen_kept, 1, err));
@@ -1011,6 +1015,14 @@ static ampr_status fetch_logits(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab
                                       cudaMemcpyDeviceToHost, c->stream));
     if (n_d)
         AMPR__CU(err, cudaMemcpyAsync(w->h_dout, w->draw_out, (size_t)n_d * 4, cudaMemcpyDeviceToHost, c->stream));
+    if (n_c) {
+        size_t nc = (size_t)n_c * (size_t)m_max;
+        AMPR__CU(err, cudaMemcpyAsync(w->h_vals, w->cand_vals, nc * 4, cudaMemcpyDeviceToHost, c->stream));
+        AMPR__CU(err, cudaMemcpyAsync(w->h_ids, w->cand_ids, nc * 4, cudaMemcpyDeviceToHost, c->stream));
+        AMPR__CU(err, cudaMemcpyAsync(w->h_n, w->cand_n, (size_t)n_c * 4, cudaMemcpyDeviceToHost, c->stream));
+        AMPR__CU(err, cudaMemcpyAsync(w->h_mass, w->cand_mass, (size_t)n_c * sizeof(double), cudaMemcpyDeviceToHost,
+                                      c->stream));
+    }
     AMPR__CU(err, cudaMemcpyAsync(w->h_argmax, w->argmax, (size_t)n_logits * 4, cudaMemcpyDeviceToHost,
                                   c->stream));
     AMPR__TRY(ampr__cuda_sync(c, err));
@@ -1028,6 +1040,7 @@ static ampr_status fetch_logits(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab
     for (int32_t q = 0; q < n_c; q++) {
         ampr__row_want *wq = &want[w->h_req[q].row];
         wq->n_cands = w->h_n[q];
+        wq->mass = w->h_req[q].k == 0 ? w->h_mass[q] : 0;
         if (wq->n_cands > 0) {
             memcpy(wq->cand_vals, w->h_vals + (size_t)q * m_max, (size_t)wq->n_cands * 4);
             memcpy(wq->cand_ids, w->h_ids + (size_t)q * m_max, (size_t)wq->n_cands * 4);

@@ -717,6 +717,25 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
     return AMPR_OK;
 }
 
+/* ---- the sampler's exps ---------------------------------------------------------
+ * ampr__exp_det (lib/fallback/logits.h), the same operations: a nucleus's
+ * mass and a temperature-only walk are the host's, bit for bit per exp. */
+__device__ __forceinline__ float exp_det(float d) {
+    if (!(d >= -87.0f)) return 0.0f;
+    float n = rintf(d * 1.44269504088896341f);
+    float r = __fmaf_rn(-n, 0.693359375f, d);
+    r = __fmaf_rn(-n, -2.12194440e-4f, r);
+    float p = 1.0f / 5040.0f;
+    p = __fmaf_rn(p, r, 1.0f / 720.0f);
+    p = __fmaf_rn(p, r, 1.0f / 120.0f);
+    p = __fmaf_rn(p, r, 1.0f / 24.0f);
+    p = __fmaf_rn(p, r, 1.0f / 6.0f);
+    p = __fmaf_rn(p, r, 0.5f);
+    p = __fmaf_rn(p, r, 1.0f);
+    p = __fmaf_rn(p, r, 1.0f);
+    return __fmul_rn(p, __int_as_float(((int)n + 127) << 23));
+}
+
 /* ---- candidate lists ---------------------------------------------------------
  * One block per requested row: the m largest logits by (value desc, id asc)
  * as lib/sampler's ampr__topk_cands makes them on the host. Values become
@@ -727,7 +746,11 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
  * how many of it to take; a fifth pass gathers the keys above T and the ids
  * of those equal to it, of which the smallest are taken; the m candidates
  * are ranked by comparison. Then whether the list decides a top-k draw at
- * temperature t: the m-th's value / t below the k-th's (or m = cols). */
+ * temperature t: the m-th's value / t below the k-th's (or m = cols).
+ * A nucleus without top-k (k = 0) also needs the row's mass: a last pass
+ * sums the row's exps (exp_det) in double, and one thread adds the list's
+ * probabilities in the host's order, as the host's draw adds them
+ * (ampr__nucleus_cands). */
 
 #define CAND_THREADS 1024
 #define CAND_EQ_MAX 1024 /* more values equal to the m-th: the row is needed */
@@ -742,7 +765,7 @@ __device__ __forceinline__ uint32_t cand_key(float v) {
 __global__ void __launch_bounds__(CAND_THREADS)
 topk_cands_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_cand_req *__restrict__ req,
                   int32_t m_max, float *__restrict__ vals, int32_t *__restrict__ ids,
-                  int32_t *__restrict__ n_out) {
+                  int32_t *__restrict__ n_out, double *__restrict__ mass) {
     __shared__ uint32_t hist[256];
     __shared__ uint32_t s_prefix, s_mask;
     __shared__ int32_t s_need, s_above, s_eq;
@@ -751,6 +774,8 @@ topk_cands_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_ca
     __shared__ uint32_t ck[AMPR__CANDS_MAX];
     __shared__ int32_t eq[CAND_EQ_MAX];
     __shared__ float s_vk, s_vm;
+    __shared__ float sv[AMPR__CANDS_MAX], sp[AMPR__CANDS_MAX]; /* a nucleus's x / T, probabilities */
+    __shared__ double s_z[32];
     const ampr__cuda_cand_req q = req[blockIdx.x];
     const float *xr = x + (size_t)q.row * (size_t)cols;
     const int32_t m = q.m, tid = (int32_t)threadIdx.x, lane = tid & 31;
@@ -832,17 +857,64 @@ topk_cands_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_ca
         if (r == m - 1) s_vm = v;
     }
     __syncthreads();
-    if (tid == 0) n_out[blockIdx.x] = (m == cols || s_vm < s_vk) ? m : 0;
+    if (q.k > 0) {
+        if (tid == 0) n_out[blockIdx.x] = (m == cols || s_vm < s_vk) ? m : 0;
+        return;
+    }
+    /* a nucleus: x / T in the whole row's order (value desc, id asc) */
+    for (int32_t i = tid; i < m; i += (int32_t)blockDim.x) {
+        float v = __fdiv_rn(cv[i], q.t);
+        int32_t id = ci[i], r = 0;
+        for (int32_t o = 0; o < m; o++) {
+            float vo = __fdiv_rn(cv[o], q.t);
+            r += vo > v || (vo == v && ci[o] < id);
+        }
+        sv[r] = v;
+    }
+    __syncthreads();
+    const float mx = sv[0]; /* the row's largest x / T (a NaN row is undecided below) */
+    double z = 0;
+    int nan = 0;
+    for (int32_t j = tid; j < cols; j += (int32_t)blockDim.x) {
+        float v = __fdiv_rn(xr[j], q.t);
+        nan |= v != v;
+        z += (double)exp_det(__fsub_rn(v, mx));
+    }
+    nan = __syncthreads_or(nan);
+    for (int o = 16; o > 0; o >>= 1) z += __shfl_down_sync(0xffffffffu, z, o);
+    if (lane == 0) s_z[tid >> 5] = z;
+    __syncthreads();
+    if (tid == 0) {
+        double t = 0;
+        for (int i = 0; i < (int)(blockDim.x >> 5); i++) t += s_z[i];
+        s_z[0] = t;
+    }
+    __syncthreads();
+    z = s_z[0];
+    const float sum = __double2float_rn(z);
+    for (int32_t i = tid; i < m; i += (int32_t)blockDim.x) sp[i] = __fdiv_rn(exp_det(__fsub_rn(sv[i], mx)), sum);
+    __syncthreads();
+    if (tid != 0) return;
+    mass[blockIdx.x] = z;
+    int ok = !nan && isfinite(mx) && z > 0 && isfinite(z) &&
+             __double2float_rn(z * (1 - AMPR__MASS_MARGIN)) == __double2float_rn(z * (1 + AMPR__MASS_MARGIN));
+    float cum = 0.0f;
+    int32_t j = 0;
+    while (ok && j < m) { /* as the host's nucleus_keep */
+        cum = __fadd_rn(cum, sp[j++]);
+        if (cum >= q.top_p) break;
+    }
+    n_out[blockIdx.x] = ok && cum >= q.top_p && (m == cols || sv[m - 1] < sv[j - 1]) ? m : 0;
 }
 
 ampr_status ampr__cuda_topk_cands(ampr__cuda *c, const float *x, int32_t cols,
                                   const ampr__cuda_cand_req *req, int32_t n, int32_t m_max,
-                                  float *vals, int32_t *ids, int32_t *n_out, ampr__err *err) {
+                                  float *vals, int32_t *ids, int32_t *n_out, double *mass, ampr__err *err) {
     if (n <= 0) return AMPR_OK;
     if (m_max < 1 || m_max > AMPR__CANDS_MAX)
         return ampr__fail(err, AMPR_ERR_INTERNAL, "candidate lists of %d", m_max);
     AMPR__TRY(ampr__cuda_use(c, err));
-    topk_cands_kernel<<<(unsigned)n, CAND_THREADS, 0, c->stream>>>(x, cols, req, m_max, vals, ids, n_out);
+    topk_cands_kernel<<<(unsigned)n, CAND_THREADS, 0, c->stream>>>(x, cols, req, m_max, vals, ids, n_out, mass);
     AMPR__CU_LAUNCHED(err, "topk_cands");
     return AMPR_OK;
 }
@@ -857,23 +929,6 @@ ampr_status ampr__cuda_topk_cands(ampr__cuda *c, const float *x, int32_t cols,
  * AMPR__DRAW_MARGIN * total away from a token's edge. */
 
 #define DRAW_THREADS 1024
-
-/* ampr__exp_det (lib/fallback/logits.h), the same operations */
-__device__ __forceinline__ float exp_det(float d) {
-    if (!(d >= -87.0f)) return 0.0f;
-    float n = rintf(d * 1.44269504088896341f);
-    float r = __fmaf_rn(-n, 0.693359375f, d);
-    r = __fmaf_rn(-n, -2.12194440e-4f, r);
-    float p = 1.0f / 5040.0f;
-    p = __fmaf_rn(p, r, 1.0f / 720.0f);
-    p = __fmaf_rn(p, r, 1.0f / 120.0f);
-    p = __fmaf_rn(p, r, 1.0f / 24.0f);
-    p = __fmaf_rn(p, r, 1.0f / 6.0f);
-    p = __fmaf_rn(p, r, 0.5f);
-    p = __fmaf_rn(p, r, 1.0f);
-    p = __fmaf_rn(p, r, 1.0f);
-    return __fmul_rn(p, __int_as_float(((int)n + 127) << 23));
-}
 
 __global__ void __launch_bounds__(DRAW_THREADS)
 temp_draw_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_draw_req *__restrict__ req,

@@ -143,13 +143,15 @@ struct request {
      * into scratch.logits, or for a greedy request its argmax (pending >= 0:
      * the next token), or for a temperature-only one its draw (pending, and
      * pending_drew: the RNG must step past the number it used), or for a
-     * top-k one its n_cands largest logits (n_cands > 0). Both -1 / 0 when
-     * scratch.logits holds the row. */
+     * top-k one or a nucleus its n_cands largest logits (n_cands > 0; a
+     * nucleus's with the row's mass). Both -1 / 0 when scratch.logits holds
+     * the row. */
     int32_t pending;
     int pending_drew;
     int32_t n_cands;
     float cand_vals[AMPR__CANDS_MAX];
     int32_t cand_ids[AMPR__CANDS_MAX];
+    double cand_mass;
     int32_t pen_ids[AMPR__PEN_MAX];  /* the ids a repetition penalty applies to (decode_step's want) */
     float ent_ema;        /* smoothed next-token entropy */
     textbuf text;
@@ -524,7 +526,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
         /* 4b. the next token (a greedy or temperature-only step's came with the step) */
         if (r.pending >= 0 && r.pending_drew) ampr__sampler_drew(&r.sampler);
         int32_t next = r.pending >= 0  ? r.pending
-                       : r.n_cands > 0 ? ampr__sample_cands(&r.sampler, r.cand_vals, r.cand_ids, r.n_cands)
+                       : r.n_cands > 0 ? ampr__sample_cands(&r.sampler, r.cand_vals, r.cand_ids, r.n_cands, r.cand_mass)
                                        : ampr__sample(&r.sampler, logits, r.ids, r.n_ids);
         r.pending = -1;
         r.pending_drew = 0;
@@ -578,7 +580,10 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
             r.pending = want.drawn;
             r.pending_drew = 1;
         }
-        if (want.what == AMPR__WANT_CANDS) r.n_cands = want.n_cands; /* 0: the row came */
+        if (want.what == AMPR__WANT_CANDS) { /* n_cands 0: the row came */
+            r.n_cands = want.n_cands;
+            r.cand_mass = want.mass;
+        }
 
         /* 4e. the verification check against the top tier */
         if (checking && r.ring && r.tier != r.top && (n_gen + 1) % fb->check_every == 0) {

@@ -615,21 +615,22 @@ static void test_device_only_tiers(void **state) {
 }
 
 /* A decode step brings back only what the request's draw needs (a greedy
- * request the argmax, a top-k one its largest logits, sampler.h): the same
- * tokens as with every row brought back (AMPR_FULL_LOGITS=1, here the
- * context's flag), on every tier without checks and with them (there the
- * backend also gives the lower tiers' monitor the row's entropy and keeps
- * the row for the KL check: the same escalations too), for greedy, top-k,
- * top-k + top-p, temperature alone (top-k 0 or above the vocabulary) and a
- * nucleus alone, with repetition penalties above and below 1 and without; and when every list is undecided (the row comes after
- * all). No row comes back for the draws that need none, with checks or
- * without. */
+ * request the argmax, a top-k one or a nucleus its largest logits, a
+ * temperature-only one its token, sampler.h): the same tokens as with every
+ * row brought back (AMPR_FULL_LOGITS=1, here the context's flag), on every
+ * tier without checks and with them (there the backend also gives the lower
+ * tiers' monitor the row's entropy and keeps the row for the KL check: the
+ * same escalations too), for greedy, top-k, top-k + top-p, temperature alone
+ * (top-k 0 or above the vocabulary) and a nucleus alone (short, and longer
+ * than a list), with repetition penalties above and below 1 and without;
+ * and when every list is undecided (the row comes after all). No row comes
+ * back for the draws that need none, with checks or without. */
 static void what_steps_bring_back(ampr_ctx *ctx, int undecided) {
     struct { float temp; int32_t top_k; float top_p, penalty; } cfgs[] = {
         {0, 40, 0.95f, 1.0f}, {0.8f, 40, 0.95f, 1.0f}, {1.3f, 5, 1.0f, 1.0f},
-        {0.9f, 0, 0.9f, 1.0f}, {0.8f, 40, 0.95f, 1.3f}, {2.0f, 200, 1.0f, 1.0f},
+        {0.9f, 0, 0.5f, 1.0f}, {0.8f, 40, 0.95f, 1.3f}, {2.0f, 200, 1.0f, 1.0f},
         {0, 40, 0.95f, 1.3f}, {1.1f, 10, 1.0f, 0.7f}, {0.9f, 0, 0.9f, 1.2f},
-        {1.0f, 0, 1.0f, 1.0f}, {0.7f, 0, 1.0f, 1.2f}, {1.5f, 100000, 1.0f, 1.0f}};
+        {1.0f, 0, 1.0f, 1.0f}, {0.7f, 0, 1.0f, 1.2f}, {1.5f, 100000, 1.0f, 1.0f}, {1.2f, 0, 0.5f, 1.2f}};
     for (size_t k = 0; k < sizeof cfgs / sizeof *cfgs; k++)
         for (int i = 0; i < ctx->n_tiers; i++)
             for (uint64_t seed = 1; seed <= 3; seed++) {
@@ -650,13 +651,14 @@ static void what_steps_bring_back(ampr_ctx *ctx, int undecided) {
                     if (!full) rows_back = ctx->test_rows_back - before;
                     else assert_true(ctx->test_rows_back - before > 0);
                 }
-                /* greedy, top-k and temperature-only draws, with a penalty or
-                 * without: no row, unless a list or walk was made undecided
-                 * (then a sampled draw needs rows); a nucleus without top-k
-                 * needs them */
-                int needs_row = cfgs[k].temp > 0 && cfgs[k].top_k <= 0 && cfgs[k].top_p < 1.0f;
-                if (!needs_row && !undecided) assert_int_equal(rows_back, 0);
-                if (undecided && cfgs[k].temp > 0 && !needs_row) assert_true(rows_back > 0);
+                /* greedy, top-k, temperature-only and nucleus draws, with a
+                 * penalty or without: no row, unless a list or walk was made
+                 * undecided (then a sampled draw needs rows), or a nucleus is
+                 * longer than a list (p 0.9 of this random model's flat
+                 * distributions over 320 tokens: more than 256 of them) */
+                int long_nucleus = cfgs[k].temp > 0 && cfgs[k].top_k <= 0 && cfgs[k].top_p > 0.8f && cfgs[k].top_p < 1.0f;
+                if (!long_nucleus && !undecided) assert_int_equal(rows_back, 0);
+                if ((undecided && cfgs[k].temp > 0) || long_nucleus) assert_true(rows_back > 0);
                 assert_int_equal(r[0]->n_tokens, r[1]->n_tokens);
                 assert_memory_equal(r[0]->tokens, r[1]->tokens, (size_t)r[0]->n_tokens * sizeof(int32_t));
                 assert_string_equal(r[0]->text, r[1]->text);

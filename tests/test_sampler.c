@@ -373,7 +373,7 @@ static void test_candidate_lists(void **state) {
                     else inexact_rows++;
                     for (int r = 0; r < 10 && ex; r++, draws++) {
                         int32_t want = draw(&full, x, n, tmp);
-                        int32_t got = ampr__sample_cands(&cand, vals, ids, m);
+                        int32_t got = ampr__sample_cands(&cand, vals, ids, m, 0);
                         if (got != want)
                             fail_msg("kind %d T %g k %d p %g draw %d: %d from the list, %d from the row",
                                      kind, t, k, ps[d], r, got, want);
@@ -404,7 +404,7 @@ static void test_candidate_lists(void **state) {
         int seen5 = 0, seen900 = 0;
         for (int r = 0; r < 40; r++) {
             int32_t want = draw(&full, x, n, tmp);
-            assert_int_equal(ampr__sample_cands(&cand, vals, ids, 3 + AMPR__CAND_SLACK), want);
+            assert_int_equal(ampr__sample_cands(&cand, vals, ids, 3 + AMPR__CAND_SLACK, 0), want);
             seen5 += want == 5;
             seen900 += want == 900;
         }
@@ -422,7 +422,8 @@ static void test_candidate_lists(void **state) {
     ampr__sampler_free(&s);
     assert_int_equal(ampr__sampler_init(&s, n, 0.8f, 0, 0.9f, 1.0f, 64, 1, &err), AMPR_OK);
     ampr__sampler_want(&s, NULL, 0, NULL, &w);
-    assert_int_equal(w.what, AMPR__WANT_ROW); /* a nucleus over the whole row */
+    assert_int_equal(w.what, AMPR__WANT_CANDS); /* a nucleus over the whole row: the longest list */
+    assert_true(w.top_k == 0 && w.m == AMPR__CANDS_MAX && w.top_p == 0.9f);
     ampr__sampler_free(&s);
     assert_int_equal(ampr__sampler_init(&s, n, 0.8f, 40, 0.9f, 1.1f, 64, 1, &err), AMPR_OK);
     ampr__sampler_want(&s, NULL, 0, NULL, &w);
@@ -442,7 +443,8 @@ static void test_candidate_lists(void **state) {
  * (more than AMPR__PEN_MAX: the row); penalizing them in the row, taking
  * the list or the argmax and putting the row back (as backend.c and the
  * GPU do) draws what ampr__sample draws from the row, for penalties above
- * and below 1, greedy and top-k with and without top-p. */
+ * and below 1, greedy and top-k with and without top-p, and a nucleus
+ * without top-k. */
 static void test_penalized_lists(void **state) {
     (void)state;
     const int32_t n = 3000;
@@ -472,23 +474,26 @@ static void test_penalized_lists(void **state) {
     ampr__sampler_free(&s);
 
     float *x = malloc(n * sizeof *x), *row = malloc(n * sizeof *row), *tmp = malloc(n * sizeof *tmp);
+    float *scr = malloc(n * sizeof *scr);
     float vals[AMPR__CANDS_MAX];
     int32_t ids[AMPR__CANDS_MAX];
     const float pens[] = {1.3f, 0.7f};
     const float temps[] = {0.0f, 0.8f, 1.5f};
     const float ps[] = {1.0f, 0.9f};
-    int draws = 0, moved = 0;
+    int draws = 0, moved = 0, nucleus_draws = 0;
     for (int kind = 0; kind < 3; kind++)
         for (size_t a = 0; a < 2; a++)
             for (size_t b = 0; b < 3; b++)
-                for (size_t d = 0; d < 2; d++) {
+                for (size_t d = 0; d < 4; d++) {
+                    int32_t top_k = d < 2 ? 20 : 0; /* 0: a nucleus alone (d == 3; 2 is a plain draw) */
+                    if (d == 2) continue;
                     make_logits(x, n, kind);
                     /* the history: the row's best ids and some others, repeated */
                     int32_t best = ampr__argmax(x, n);
                     for (int32_t i = 0; i < 96; i++) hist[i] = i % 3 == 0 ? best : (i * 37 + kind) % n;
                     ampr__sampler full, cand;
-                    assert_int_equal(ampr__sampler_init(&full, n, temps[b], 20, ps[d], pens[a], 64, 9, &err), AMPR_OK);
-                    assert_int_equal(ampr__sampler_init(&cand, n, temps[b], 20, ps[d], pens[a], 64, 9, &err), AMPR_OK);
+                    assert_int_equal(ampr__sampler_init(&full, n, temps[b], top_k, ps[d % 2], pens[a], 64, 9, &err), AMPR_OK);
+                    assert_int_equal(ampr__sampler_init(&cand, n, temps[b], top_k, ps[d % 2], pens[a], 64, 9, &err), AMPR_OK);
                     for (int r = 0; r < 8; r++) {
                         ampr__sampler_want(&cand, hist, 96, pen, &w);
                         assert_int_equal(w.what, temps[b] > 0 ? AMPR__WANT_CANDS : AMPR__WANT_ARGMAX);
@@ -499,27 +504,145 @@ static void test_penalized_lists(void **state) {
                             row[pen[p]] = ampr__penalize(row[pen[p]], w.penalty);
                         }
                         int32_t got;
+                        double mass = 0;
                         if (w.what == AMPR__WANT_ARGMAX) got = ampr__argmax(row, n);
-                        else if (ampr__topk_cands(row, n, w.m, w.temperature, w.top_k, vals, ids))
-                            got = ampr__sample_cands(&cand, vals, ids, w.m);
+                        else if (w.top_k == 0 ? ampr__nucleus_cands(row, n, w.m, w.temperature, w.top_p, vals, ids, &mass, scr)
+                                              : ampr__topk_cands(row, n, w.m, w.temperature, w.top_k, vals, ids))
+                            got = ampr__sample_cands(&cand, vals, ids, w.m, mass);
                         else continue; /* undecided: the row would come */
                         draws++;
+                        nucleus_draws += w.top_k == 0;
                         for (int32_t p = w.n_pen - 1; p >= 0; p--) row[pen[p]] = kept[p];
                         assert_memory_equal(row, x, n * sizeof *row);
                         memcpy(tmp, x, n * sizeof *tmp);
                         int32_t want = ampr__sample(&full, tmp, hist, 96);
                         if (got != want)
-                            fail_msg("kind %d penalty %g T %g p %g draw %d: %d with the ids, %d from the row",
-                                     kind, pens[a], temps[b], ps[d], r, got, want);
+                            fail_msg("kind %d penalty %g T %g k %d p %g draw %d: %d with the ids, %d from the row",
+                                     kind, pens[a], temps[b], top_k, ps[d % 2], r, got, want);
                         moved += temps[b] == 0 && want != best;
                     }
                     ampr__sampler_free(&full);
                     ampr__sampler_free(&cand);
                 }
-    assert_true(draws > 200 && moved > 0); /* the penalty changed some greedy choices */
+    if (getenv("AMPR_TEST_VERBOSE")) printf("penalized lists: %d draws, %d of a nucleus\n", draws, nucleus_draws);
+    assert_true(draws > 250 && moved > 0 && nucleus_draws > 30); /* the penalty changed some greedy choices */
     free(x);
     free(row);
     free(tmp);
+    free(scr);
+}
+
+/* x / T sorted as the whole row sorts it (value desc, id asc), by qsort */
+static void ref_sorted(const float *x, int32_t n, float t, ref_cand *c) {
+    for (int32_t i = 0; i < n; i++) {
+        c[i].v = x[i] / t;
+        if (c[i].v == 0.0f) c[i].v = 0.0f;
+        c[i].id = i;
+    }
+    qsort(c, (size_t)n, sizeof *c, ref_cmp);
+}
+
+/* A nucleus without top-k from a list (sampler.h): ampr__nucleus_cands
+ * calls a list decided exactly when, by a full sort of the row, the
+ * nucleus's float walk ends within the list's length, no value of x / T
+ * beyond the list ties the last one kept, and the row's mass is clear of a
+ * float rounding edge; a decided list draws ampr__sample's token from the
+ * row, draw for draw, with the same RNG steps. Rows: peaked, flat, ties,
+ * masked; vocabularies below, at and above the list's 256. */
+static void test_nucleus_lists(void **state) {
+    (void)state;
+    const int32_t sizes[] = {50, 256, 3000, 32000};
+    const float temps[] = {0.5f, 0.9f, 1.5f};
+    const float ps[] = {0.5f, 0.9f, 0.99f};
+    float *x = malloc(32000 * sizeof *x), *tmp = malloc(32000 * sizeof *tmp), *scr = malloc(32000 * sizeof *scr);
+    ref_cand *c = malloc(32000 * sizeof *c);
+    float vals[AMPR__CANDS_MAX];
+    int32_t ids[AMPR__CANDS_MAX];
+    ampr__err err = {0};
+    int decided = 0, undecided = 0, draws = 0, long_nuclei = 0;
+    for (size_t a = 0; a < sizeof sizes / sizeof *sizes; a++)
+        for (int kind = 0; kind < 4; kind++)
+            for (size_t b = 0; b < sizeof temps / sizeof *temps; b++)
+                for (size_t d = 0; d < sizeof ps / sizeof *ps; d++) {
+                    int32_t n = sizes[a];
+                    make_logits(x, n, kind < 3 ? kind : 0);
+                    if (kind == 3) /* masked: few finite */
+                        for (int32_t i = 0; i < n; i++) if (i % 7) x[i] = -INFINITY;
+                    float t = temps[b], top_p = ps[d];
+                    ampr__sampler full, cand;
+                    assert_int_equal(ampr__sampler_init(&full, n, t, 0, top_p, 1.0f, 64, 21, &err), AMPR_OK);
+                    assert_int_equal(ampr__sampler_init(&cand, n, t, 0, top_p, 1.0f, 64, 21, &err), AMPR_OK);
+                    ampr__row_want w;
+                    ampr__sampler_want(&cand, NULL, 0, NULL, &w);
+                    assert_int_equal(w.what, AMPR__WANT_CANDS);
+                    assert_int_equal(w.m, n < AMPR__CANDS_MAX ? n : AMPR__CANDS_MAX);
+                    double mass;
+                    int ok = ampr__nucleus_cands(x, n, w.m, t, top_p, vals, ids, &mass, scr);
+                    /* the reference: the row's mass, its full sort, the walk */
+                    ref_sorted(x, n, t, c);
+                    float mx = c[0].v;
+                    double z = 0;
+                    for (int32_t i = 0; i < n; i++) z += ampr__exp_det(x[i] / t - mx);
+                    assert_true(fabs(mass - z) <= 1e-12 * z);
+                    float sum = (float)z, cum = 0.0f;
+                    int32_t j = 0;
+                    while (j < n && cum < top_p) cum += ampr__exp_det(c[j++].v - mx) / sum;
+                    int32_t m = w.m;
+                    int clear = (float)(z * (1 - AMPR__MASS_MARGIN)) == (float)(z * (1 + AMPR__MASS_MARGIN));
+                    int want_ok = cum >= top_p && j <= m && (m == n || c[m - 1].v < c[j - 1].v) && clear;
+                    if (ok != want_ok)
+                        fail_msg("n %d kind %d T %g p %g: decided %d, the reference %d (nucleus %d of a list of %d)", n,
+                                 kind, t, top_p, ok, want_ok, j, m);
+                    long_nuclei += j > m;
+                    if (ok) decided++;
+                    else undecided++;
+                    for (int r = 0; r < 12 && ok; r++, draws++) {
+                        int32_t want = draw(&full, x, n, tmp);
+                        int32_t got = ampr__sample_cands(&cand, vals, ids, m, mass);
+                        if (got != want)
+                            fail_msg("n %d kind %d T %g p %g draw %d: %d from the list, %d from the row", n, kind,
+                                     t, top_p, r, got, want);
+                        assert_true(full.rng == cand.rng);
+                    }
+                    ampr__sampler_free(&full);
+                    ampr__sampler_free(&cand);
+                }
+    if (getenv("AMPR_TEST_VERBOSE"))
+        printf("nucleus lists: %d decided, %d not (%d nuclei beyond the list), %d draws\n", decided, undecided,
+               long_nuclei, draws);
+    assert_true(decided > 60 && long_nuclei > 10 && draws > 700);
+    /* the mass at a float rounding edge: e^d next to 2^-25 (d's floats are
+     * 1.9e-6 apart), so that 1 + 2 e^d is within ~1e-13 of the midpoint of 1
+     * and its next float */
+    float d = -17.3286795f, edge = ldexpf(1.0f, -25);
+    while (ampr__exp_det(d) < edge) d = nextafterf(d, 0.0f);
+    if (ampr__exp_det(nextafterf(d, -INFINITY)) - edge > edge - ampr__exp_det(d)) d = nextafterf(d, -INFINITY);
+    float row3[3] = {0.0f, d, d};
+    double mass;
+    assert_int_equal(ampr__nucleus_cands(row3, 3, 3, 1.0f, 0.5f, vals, ids, &mass, scr), 0);
+    assert_true(fabs(mass - (1.0 + ldexp(1.0, -24))) < 1e-12);
+    assert_int_equal(ampr__nucleus_cands(row3, 2, 2, 1.0f, 0.5f, vals, ids, &mass, scr), 1);
+    /* the nucleus ends among equal values that go on beyond the list:
+     * undecided (which of them the row's order keeps depends on ids the list
+     * lacks); ending above them: decided */
+    for (int32_t i = 0; i < 3000; i++) x[i] = -30.0f - 0.001f * (float)i;
+    x[10] = 4.0f;
+    x[2000] = 4.0f;
+    for (int32_t i = 0; i < 300; i++) x[100 + i] = 3.0f; /* the list ends among these */
+    x[2500] = 5.0f;
+    assert_int_equal(ampr__nucleus_cands(x, 3000, AMPR__CANDS_MAX, 1.0f, 0.5f, vals, ids, &mass, scr), 0);
+    assert_int_equal(ampr__nucleus_cands(x, 3000, AMPR__CANDS_MAX, 1.0f, 0.03f, vals, ids, &mass, scr), 1);
+    /* no distribution: NaN, +inf, nothing finite */
+    x[7] = NAN;
+    assert_int_equal(ampr__nucleus_cands(x, 3000, AMPR__CANDS_MAX, 1.0f, 0.03f, vals, ids, &mass, scr), 0);
+    x[7] = INFINITY;
+    assert_int_equal(ampr__nucleus_cands(x, 3000, AMPR__CANDS_MAX, 1.0f, 0.03f, vals, ids, &mass, scr), 0);
+    for (int32_t i = 0; i < 3000; i++) x[i] = -INFINITY;
+    assert_int_equal(ampr__nucleus_cands(x, 3000, AMPR__CANDS_MAX, 1.0f, 0.03f, vals, ids, &mass, scr), 0);
+    free(x);
+    free(tmp);
+    free(scr);
+    free(c);
 }
 
 /* Temperature alone (sampler.h AMPR__WANT_DRAW): the walk a backend makes
@@ -653,6 +776,7 @@ int main(void) {
         cmocka_unit_test(test_repetition_penalty),
         cmocka_unit_test(test_candidate_lists),
         cmocka_unit_test(test_penalized_lists),
+        cmocka_unit_test(test_nucleus_lists),
         cmocka_unit_test(test_temperature_walk),
         cmocka_unit_test(test_argmax_nan),
     };

@@ -13,10 +13,12 @@
  * and taken back: the row stays as the pass made it. */
 static ampr_status host_wants(ampr_ctx *c, float *rows, int32_t n, ampr__row_want *want, ampr__err *err) {
     int32_t V = c->hp.vocab_size;
-    float *tmp = NULL; /* a walk's scratch */
-    for (int32_t i = 0; want && i < n; i++)
-        if (want[i].what == AMPR__WANT_DRAW && !tmp && !(tmp = ampr__alloc_array_uninit((size_t)V, sizeof *tmp, err)))
+    float *tmp = NULL; /* a walk's or a nucleus's scratch */
+    for (int32_t i = 0; want && i < n; i++) {
+        int scratch = want[i].what == AMPR__WANT_DRAW || (want[i].what == AMPR__WANT_CANDS && want[i].top_k == 0);
+        if (scratch && !tmp && !(tmp = ampr__alloc_array_uninit((size_t)V, sizeof *tmp, err)))
             return AMPR_ERR_NOMEM;
+    }
     ampr_status st = AMPR_OK;
     for (int32_t i = 0; want && i < n && st == AMPR_OK; i++) {
         float *row = rows + (size_t)i * (size_t)V;
@@ -47,9 +49,13 @@ static ampr_status host_wants(ampr_ctx *c, float *rows, int32_t n, ampr__row_wan
             row[w->pen_ids[p]] = ampr__penalize(row[w->pen_ids[p]], w->penalty);
         }
         w->argmax = ampr__argmax(row, V);
-        if (w->what == AMPR__WANT_CANDS)
-            w->n_cands = ampr__topk_cands(row, V, w->m, w->temperature, w->top_k, w->cand_vals,
-                                          w->cand_ids) && !c->test_lists_undecided ? w->m : 0;
+        if (w->what == AMPR__WANT_CANDS) {
+            int decided = w->top_k == 0 ? ampr__nucleus_cands(row, V, w->m, w->temperature, w->top_p, w->cand_vals,
+                                                              w->cand_ids, &w->mass, tmp)
+                                        : ampr__topk_cands(row, V, w->m, w->temperature, w->top_k, w->cand_vals,
+                                                           w->cand_ids);
+            w->n_cands = decided && !c->test_lists_undecided ? w->m : 0;
+        }
         if (w->what == AMPR__WANT_DRAW)
             w->drawn = c->test_lists_undecided ? -1 : ampr__sample_walk(row, V, w->temperature, w->u, tmp);
         for (int32_t p = n_pen - 1; p >= 0; p--) row[w->pen_ids[p]] = kept[p];

@@ -230,7 +230,7 @@ static int32_t nucleus(ampr__sampler *s, const float *logits, int32_t n, float *
     /* the exps go to ids' storage, reused as floats (malloc'd memory takes
      * the type of what is stored; ids are written only after the last read) */
     float *e = (float *)s->ids;
-    *total = ampr__exp_sum(s->vals, n, mx, e);
+    *total = ampr__exp_det_sum(s->vals, n, mx, e);
     if (!finite_dist(mx, *total)) return 0;
     double mass[NUC_BUCKETS] = {0};
     int32_t count[NUC_BUCKETS] = {0};
@@ -263,6 +263,35 @@ static int32_t nucleus(ampr__sampler *s, const float *logits, int32_t n, float *
 }
 
 static int32_t draw(ampr__sampler *s, int32_t k, float sum, int nucleus_on);
+
+/* A nucleus without top-k: vals[0..k) hold x / T of candidates sorted as
+ * the whole row sorts them, mx the row's largest x / T, sum its mass:
+ * their exps (ampr__exp_det's, as the mass's) in place; returns the
+ * probability they reach, as draw() adds it up. */
+static float nucleus_exps(ampr__sampler *s, int32_t k, float mx, float sum) {
+    float reach = 0.0f;
+    for (int32_t i = 0; i < k; i++) {
+        s->vals[i] = ampr__exp_det(s->vals[i] - mx);
+        reach += s->vals[i] / sum;
+    }
+    return reach;
+}
+
+/* How many of the probabilities p[0..k) (sorted descending) a nucleus
+ * keeps: up to the first whose running sum reaches top_p, or all k when
+ * none does; *cum: the sum at the last one kept. */
+static int32_t nucleus_keep(const float *p, int32_t k, float top_p, float *cum) {
+    float c = 0.0f;
+    for (int32_t i = 0; i < k; i++) {
+        c += p[i];
+        if (c >= top_p) {
+            *cum = c;
+            return i + 1;
+        }
+    }
+    *cum = c;
+    return k;
+}
 
 /* top-k: vals/ids hold the k largest logits / T (finite first), sorted
  * descending: their softmax, then the draw. */
@@ -303,13 +332,14 @@ void ampr__sampler_want(const ampr__sampler *s, const int32_t *history, size_t n
     w->temperature = s->temperature;
     w->top_k = s->top_k;
     w->m = 0;
+    w->top_p = s->top_p;
     w->penalty = 1.0f;
     w->n_pen = 0;
     w->pen_ids = NULL;
     if (!isfinite(s->temperature)) return;
-    int topk = s->top_k > 0 && s->top_k < s->n_vocab && s->top_k + AMPR__CAND_SLACK <= AMPR__CANDS_MAX;
-    int whole = !(s->top_k > 0 && s->top_k < s->n_vocab) && !(s->top_p > 0.0f && s->top_p < 1.0f);
-    if (s->temperature > 0.0f && !topk && !whole) return;
+    int no_k = !(s->top_k > 0 && s->top_k < s->n_vocab), with_p = s->top_p > 0.0f && s->top_p < 1.0f;
+    int topk = !no_k && s->top_k + AMPR__CAND_SLACK <= AMPR__CANDS_MAX;
+    if (s->temperature > 0.0f && !topk && !no_k) return; /* k beyond a list */
     if (penalizes(s)) { /* the penalty's ids, or the row */
         int32_t n = pen_buf ? ampr__sampler_penalized(s, history, n_history, pen_buf, AMPR__PEN_MAX) : -1;
         if (n < 0) return;
@@ -322,6 +352,11 @@ void ampr__sampler_want(const ampr__sampler *s, const int32_t *history, size_t n
     } else if (topk) {
         w->what = AMPR__WANT_CANDS;
         w->m = AMPR__MIN(s->top_k + AMPR__CAND_SLACK, s->n_vocab);
+    } else if (with_p) { /* a nucleus without top-k: the longest list */
+        w->what = AMPR__WANT_CANDS;
+        w->top_k = 0;
+        w->top_p = s->top_p;
+        w->m = AMPR__MIN(AMPR__CANDS_MAX, s->n_vocab);
     } else { /* temperature alone: the next uniform number, not taken yet */
         ampr__sampler peek = *s;
         w->what = AMPR__WANT_DRAW;
@@ -403,26 +438,54 @@ int ampr__topk_cands(const float *x, int32_t n, int32_t m, float t, int32_t k, f
     return m == n || scaled_or_ninf(vals[m - 1], t) < scaled_or_ninf(vals[k - 1], t);
 }
 
-int32_t ampr__sample_cands(ampr__sampler *s, const float *vals, const int32_t *ids, int32_t m) {
-    const float t = s->temperature;
-    int32_t k = s->top_k;
-    /* logits / T in the list's order; division can make neighbours equal,
-     * which the whole-row path orders by id: insertion sort (runs are short) */
+/* A list (value desc, id asc) as x / T in the whole row's order into
+ * v / vid: division can make neighbours equal, which the whole-row path
+ * orders by id: insertion sort (runs are short). */
+static void list_scaled(const float *vals, const int32_t *ids, int32_t m, float t, float *v,
+                        int32_t *vid) {
     for (int32_t i = 0; i < m; i++) {
-        float v = scaled_or_ninf(vals[i], t);
+        float x = scaled_or_ninf(vals[i], t);
         int32_t id = ids[i], j = i;
-        while (j > 0 && s->vals[j - 1] == v && s->ids[j - 1] > id) {
-            s->vals[j] = s->vals[j - 1];
-            s->ids[j] = s->ids[j - 1];
+        while (j > 0 && v[j - 1] == x && vid[j - 1] > id) {
+            v[j] = v[j - 1];
+            vid[j] = vid[j - 1];
             j--;
         }
-        s->vals[j] = v;
-        s->ids[j] = id;
+        v[j] = x;
+        vid[j] = id;
     }
+}
+
+int ampr__nucleus_cands(const float *x, int32_t n, int32_t m, float t, float top_p, float *vals,
+                        int32_t *ids, double *mass, float *tmp) {
+    m = AMPR__MIN(AMPR__MIN(m, n), AMPR__CANDS_MAX);
+    ampr__topk_cands(x, n, m, t, 1, vals, ids);
+    *mass = 0;
+    float mx = scale_into(x, n, t, tmp); /* as ampr__sample */
+    if (!isfinite(mx) || ampr__row_nonfinite(tmp, n)) return 0;
+    double z = ampr__exp_det_sum(tmp, n, mx, tmp);
+    *mass = z;
+    if (!finite_dist(mx, z) || (float)(z * (1 - AMPR__MASS_MARGIN)) != (float)(z * (1 + AMPR__MASS_MARGIN)))
+        return 0;
+    float v[AMPR__CANDS_MAX], p[AMPR__CANDS_MAX], cum;
+    int32_t vid[AMPR__CANDS_MAX];
+    list_scaled(vals, ids, m, t, v, vid);
+    float sum = (float)z;
+    for (int32_t i = 0; i < m; i++) p[i] = ampr__exp_det(v[i] - mx) / sum; /* as draw() */
+    int32_t j = nucleus_keep(p, m, top_p, &cum);
+    return cum >= top_p && (m == n || v[m - 1] < v[j - 1]);
+}
+
+int32_t ampr__sample_cands(ampr__sampler *s, const float *vals, const int32_t *ids, int32_t m,
+                           double mass) {
+    list_scaled(vals, ids, m, s->temperature, s->vals, s->ids);
     /* as ampr__sample: without a finite largest value, greedy on the logits,
      * whose argmax is the list's first */
     if (!isfinite(s->vals[0])) return ids[0];
-    return draw_top_k(s, k, s->top_p > 0.0f && s->top_p < 1.0f);
+    if (s->top_k > 0 && s->top_k < s->n_vocab) return draw_top_k(s, s->top_k, s->top_p > 0.0f && s->top_p < 1.0f);
+    /* a nucleus without top-k: the row's largest is the list's first */
+    nucleus_exps(s, m, s->vals[0], (float)mass);
+    return draw(s, m, (float)mass, 1);
 }
 
 int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, size_t n_history) {
@@ -448,17 +511,12 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
         k = nucleus(s, logits, n, &mx, &total);
         if (k == 0) return ampr__argmax(logits, n); /* +inf, NaN or nothing finite */
         sum = (float)total; /* the softmax is over the whole vocabulary */
-        float reach = 0.0f;
-        for (int32_t i = 0; i < k; i++) {
-            s->vals[i] = expf(s->vals[i] - mx);
-            reach += s->vals[i] / sum;
-        }
-        if (reach < s->top_p && k < n) { /* rounding left the walk short: all of them */
+        if (nucleus_exps(s, k, mx, sum) < s->top_p && k < n) { /* rounding left the walk short: all */
             scaled(s, logits, n);
             for (int32_t i = 0; i < n; i++) s->ids[i] = i;
             sort_cands(s, n);
             k = n;
-            for (int32_t i = 0; i < k; i++) s->vals[i] = expf(s->vals[i] - mx);
+            nucleus_exps(s, k, mx, sum);
         }
     } else {
         /* temperature alone: a draw over the whole vocabulary, in id order,
@@ -482,13 +540,8 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
 static int32_t draw(ampr__sampler *s, int32_t k, float sum, int nucleus_on) {
     for (int32_t i = 0; i < k; i++) s->vals[i] /= sum;
     if (nucleus_on) {
-        float cum = 0.0f;
-        int32_t keep = k;
-        for (int32_t i = 0; i < k; i++) {
-            cum += s->vals[i];
-            if (cum >= s->top_p) { keep = i + 1; break; }
-        }
-        k = keep;
+        float cum;
+        k = nucleus_keep(s->vals, k, s->top_p, &cum);
         sum = cum < s->top_p ? cum : 0.0f;
         if (sum == 0.0f)
             for (int32_t i = 0; i < k; i++) sum += s->vals[i];

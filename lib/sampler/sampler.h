@@ -53,7 +53,14 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
  *     rounding of the host's own sum could pick the neighbour, and the row
  *     comes instead; ampr__sample_walk; the exps are bit for bit the same
  *     everywhere, ampr__exp_det);
- *   anything else (a nucleus without top-k): the row.
+ *   a nucleus without top-k (0 < top_p < 1, a finite T > 0): the draw
+ *     depends on the tokens whose mass, largest first, first reaches top_p,
+ *     and on the row's whole mass (sum of exp(x/T - max), each exp
+ *     ampr__exp_det's). The AMPR__CANDS_MAX largest logits and that mass
+ *     give the same token for the same RNG state as the whole row when the
+ *     nucleus ends within the list, away from a tie with the list's last,
+ *     and the mass's rounding to float is the same wherever it is summed
+ *     (ampr__nucleus_cands says which); otherwise the row.
  * With a repetition penalty, greedy and top-k draws name the ids it applies
  * to (at most AMPR__PEN_MAX; more: the row): the backend penalizes them in
  * the row, takes the argmax or the list, and puts the logits back. */
@@ -67,6 +74,10 @@ enum { AMPR__WANT_ROW = 0, AMPR__WANT_ARGMAX = 1, AMPR__WANT_CANDS = 2, AMPR__WA
  * fraction of the row's mass) from a token's edge: far above what summing
  * 128k exps in another order can move an edge (~1e-11 of the mass). */
 #define AMPR__DRAW_MARGIN 1e-9
+/* A nucleus's mass, summed in double in another order, rounds to the same
+ * float when it lies this far (relatively) from a float rounding edge: twice
+ * the bound of summing 2^17 positive doubles in any order (~1.5e-11). */
+#define AMPR__MASS_MARGIN 4e-11
 
 /* ---- what the fallback's monitor needs of a row ----------------------------
  * A request on a lower tier under the fallback's checks (fallback.h) reads
@@ -86,7 +97,8 @@ typedef struct ampr__ring {
 typedef struct ampr__row_want {
     int what;          /* AMPR__WANT_*: the row, its argmax, its largest, or nothing */
     float temperature; /* AMPR__WANT_CANDS, _DRAW: the draw's T; CANDS: k and m candidates */
-    int32_t top_k, m;
+    int32_t top_k, m;  /* CANDS with top_k 0: a nucleus without top-k, */
+    float top_p;       /* ... of this top_p (0 < top_p < 1) */
     float u;           /* AMPR__WANT_DRAW: the draw's uniform number in [0, 1) */
     float *cand_vals;  /* AMPR__WANT_CANDS: [m] logits, the caller's memory */
     int32_t *cand_ids; /* [m] their token ids */
@@ -109,6 +121,7 @@ typedef struct ampr__row_want {
                         * for every row) */
     int32_t n_cands;   /* AMPR__WANT_CANDS: m when the list decides the draw, 0 when
                         * it cannot and the row came instead */
+    double mass;       /* a decided nucleus list: the row's mass (ampr__nucleus_cands) */
     int32_t drawn;     /* AMPR__WANT_DRAW: the token, or -1 when the walk could not
                         * decide and the row came instead */
     float entropy;     /* stats: nats of softmax(row) */
@@ -154,9 +167,23 @@ static inline float ampr__penalize(float x, float penalty) { return x > 0 ? x / 
  * k-th. The host's reference for the CUDA kernel of the same contract. */
 int ampr__topk_cands(const float *x, int32_t n, int32_t m, float t, int32_t k, float *vals,
                      int32_t *ids);
-/* ampr__sample's draw from a list for which ampr__topk_cands returned 1
- * (m from ampr__sampler_want): the same token, the same RNG step. */
-int32_t ampr__sample_cands(ampr__sampler *s, const float *vals, const int32_t *ids, int32_t m);
+/* A nucleus without top-k: the m largest of x[0..n) as ampr__topk_cands
+ * makes them, and *mass = the sum of ampr__exp_det(x[i]/t - max) over the
+ * row, in double. Returns 1 when a draw at temperature t with top_p from
+ * them and (float)*mass is the draw from the whole row: the row has no NaN
+ * and a finite max; the list's cumulative probability (the floats the draw
+ * adds) reaches top_p at some j-th candidate, and m == n or x/t of the m-th
+ * is below x/t of the j-th; and *mass lies AMPR__MASS_MARGIN from a float
+ * rounding edge. tmp: n floats of scratch. The host's reference for the
+ * CUDA kernel of the same contract. */
+int ampr__nucleus_cands(const float *x, int32_t n, int32_t m, float t, float top_p, float *vals,
+                        int32_t *ids, double *mass, float *tmp);
+/* ampr__sample's draw from a list for which ampr__topk_cands (top-k) or
+ * ampr__nucleus_cands (a nucleus without top-k; mass: the row's mass it
+ * gave, unused for top-k) returned 1 (m from ampr__sampler_want): the same
+ * token, the same RNG step. */
+int32_t ampr__sample_cands(ampr__sampler *s, const float *vals, const int32_t *ids, int32_t m,
+                           double mass);
 
 /* ampr__argmax (the first index of the largest value): fallback/logits.h */
 

@@ -207,7 +207,7 @@ static int bench_logits(void) {
                 double t0 = now_s();
                 for (int k = 0; k < 10; k++) sink += ampr__topk_cands(p, n, m, 0.8f, 40, vals, ids);
                 double t1 = now_s();
-                for (int k = 0; k < 10; k++) sink += ampr__sample_cands(&smp, vals, ids, m);
+                for (int k = 0; k < 10; k++) sink += ampr__sample_cands(&smp, vals, ids, m, 0);
                 double t2 = now_s();
                 best[0] = fmin(best[0], (t1 - t0) / 10 * 1e6);
                 best[1] = fmin(best[1], (t2 - t1) / 10 * 1e6);

@@ -337,7 +337,7 @@ static void check_topk_cands(void) {
         if (r == 4)
             for (int32_t j = 0; j < 2000; j++) xr[j * 16] = 20.0f; /* 2000 ties at the top */
         if (r == 5) xr[31999] = INFINITY;
-        req.push_back(ampr__cuda_cand_req{r, r == 6 ? 1 : 40, 48, r == 6 ? 0.3f : 0.8f});
+        req.push_back(ampr__cuda_cand_req{r, r == 6 ? 1 : 40, 48, r == 6 ? 0.3f : 0.8f, 1.0f});
     }
     int32_t n = (int32_t)req.size(), m_max = 48;
     float *dx = (float *)dev_put(x.data(), x.size() * 4);
@@ -345,7 +345,8 @@ static void check_topk_cands(void) {
     float *dv = (float *)dev_put(NULL, (size_t)n * m_max * 4);
     int32_t *di = (int32_t *)dev_put(NULL, (size_t)n * m_max * 4);
     int32_t *dn = (int32_t *)dev_put(NULL, (size_t)n * 4);
-    OK(ampr__cuda_topk_cands(g_c, dx, cols, (const ampr__cuda_cand_req *)dreq, n, m_max, dv, di, dn, &g_err));
+    double *dm = (double *)dev_put(NULL, (size_t)n * 8);
+    OK(ampr__cuda_topk_cands(g_c, dx, cols, (const ampr__cuda_cand_req *)dreq, n, m_max, dv, di, dn, dm, &g_err));
     auto v = dev_get<float>(dv, (size_t)n * m_max);
     auto id = dev_get<int32_t>(di, (size_t)n * m_max);
     auto nn = dev_get<int32_t>(dn, (size_t)n);
@@ -376,10 +377,10 @@ static void check_topk_cands(void) {
     std::vector<float> y(40);
     for (auto &e : y) e = rnd_f(-3, 3);
     y[5] = y[6];
-    ampr__cuda_cand_req r40{0, 10, 40, 1.0f};
+    ampr__cuda_cand_req r40{0, 10, 40, 1.0f, 1.0f};
     float *dy = (float *)dev_put(y.data(), 40 * 4);
     void *dr40 = dev_put(&r40, sizeof r40);
-    OK(ampr__cuda_topk_cands(g_c, dy, 40, (const ampr__cuda_cand_req *)dr40, 1, 40, dv, di, dn, &g_err));
+    OK(ampr__cuda_topk_cands(g_c, dy, 40, (const ampr__cuda_cand_req *)dr40, 1, 40, dv, di, dn, dm, &g_err));
     auto v40 = dev_get<float>(dv, 40);
     auto i40 = dev_get<int32_t>(di, 40);
     auto n40 = dev_get<int32_t>(dn, 1);
@@ -390,8 +391,101 @@ static void check_topk_cands(void) {
     for (int32_t i = 0; i < 40; i++) bad += i40[(size_t)i] != hi[i] || memcmp(&v40[(size_t)i], &hv[i], 4) != 0;
     total += 1 + 40;
     report_exact("top-m candidate lists vs the host's (ties, masks, NaN, m = cols)", bad, total);
-    void *bufs[] = {dx, dreq, dv, di, dn, dy, dr40};
+    void *bufs[] = {dx, dreq, dv, di, dn, dm, dy, dr40};
     for (void *b : bufs) ampr__cuda_free(g_c, b);
+}
+
+/* One batch of nucleus lists (k 0) of cols-wide rows against the host's
+ * ampr__nucleus_cands: the list id for id and bit for bit, the verdict, the
+ * mass within 1e-12; and for decided rows, 16 draws from the list with the
+ * device's mass against ampr__sample's from the row. */
+static void nucleus_batch(int32_t cols, const std::vector<float> &x, const std::vector<ampr__cuda_cand_req> &req,
+                          long *bad, long *total, int *decided, int *undecided) {
+    int32_t n = (int32_t)req.size(), m_max = AMPR__CANDS_MAX;
+    float *dx = (float *)dev_put(x.data(), x.size() * 4);
+    void *dreq = dev_put(req.data(), req.size() * sizeof req[0]);
+    float *dv = (float *)dev_put(NULL, (size_t)n * m_max * 4);
+    int32_t *di = (int32_t *)dev_put(NULL, (size_t)n * m_max * 4);
+    int32_t *dn = (int32_t *)dev_put(NULL, (size_t)n * 4);
+    double *dm = (double *)dev_put(NULL, (size_t)n * 8);
+    OK(ampr__cuda_topk_cands(g_c, dx, cols, (const ampr__cuda_cand_req *)dreq, n, m_max, dv, di, dn, dm, &g_err));
+    auto v = dev_get<float>(dv, (size_t)n * m_max);
+    auto id = dev_get<int32_t>(di, (size_t)n * m_max);
+    auto nn = dev_get<int32_t>(dn, (size_t)n);
+    auto mass = dev_get<double>(dm, (size_t)n);
+    std::vector<float> scr((size_t)cols), row((size_t)cols);
+    for (int32_t q = 0; q < n; q++) {
+        const ampr__cuda_cand_req &rq = req[(size_t)q];
+        const float *xr = &x[(size_t)rq.row * cols];
+        float hv[AMPR__CANDS_MAX];
+        int32_t hi[AMPR__CANDS_MAX];
+        double hm = 0;
+        int ok = ampr__nucleus_cands(xr, cols, rq.m, rq.t, rq.top_p, hv, hi, &hm, scr.data());
+        int got = nn[(size_t)q] == rq.m;
+        *bad += nn[(size_t)q] != (ok ? rq.m : 0);
+        for (int32_t i = 0; i < rq.m; i++) {
+            *bad += id[(size_t)q * m_max + i] != hi[i];
+            *bad += memcmp(&v[(size_t)q * m_max + i], &hv[i], 4) != 0;
+        }
+        *total += 1 + 2 * rq.m;
+        if (!got) {
+            ++*undecided;
+            continue;
+        }
+        ++*decided;
+        *bad += !(fabs(mass[(size_t)q] - hm) <= 1e-12 * hm);
+        ampr__sampler full, list;
+        ampr__err e = {};
+        OK(ampr__sampler_init(&full, cols, rq.t, 0, rq.top_p, 1.0f, 64, 5 + (uint64_t)q, &e));
+        OK(ampr__sampler_init(&list, cols, rq.t, 0, rq.top_p, 1.0f, 64, 5 + (uint64_t)q, &e));
+        for (int r = 0; r < 16; r++) {
+            memcpy(row.data(), xr, (size_t)cols * 4);
+            int32_t want = ampr__sample(&full, row.data(), NULL, 0);
+            *bad += ampr__sample_cands(&list, &v[(size_t)q * m_max], &id[(size_t)q * m_max], rq.m,
+                                       mass[(size_t)q]) != want;
+        }
+        *total += 17;
+        ampr__sampler_free(&full);
+        ampr__sampler_free(&list);
+    }
+    void *bufs[] = {dx, dreq, dv, di, dn, dm};
+    for (void *b : bufs) ampr__cuda_free(g_c, b);
+}
+
+/* Nucleus lists without top-k (k 0: the row's mass and the verdict on the
+ * device): peaked rows (decided), flat ones (the nucleus is longer than
+ * the list), ties going on past the list's end, masks, a NaN, +inf, the
+ * 128k vocabulary, and a 200-wide row (m = cols: always decided). */
+static void check_nucleus_cands(void) {
+    long bad = 0, total = 0;
+    int decided = 0, undecided = 0;
+    const int32_t widths[] = {32000, 128256, 200};
+    for (int wdt = 0; wdt < 3; wdt++) {
+        const int32_t cols = widths[wdt], rows = 8, m = AMPR__MIN(cols, AMPR__CANDS_MAX);
+        std::vector<float> x((size_t)rows * cols);
+        std::vector<ampr__cuda_cand_req> req;
+        for (int32_t r = 0; r < rows; r++) {
+            float *xr = &x[(size_t)r * cols];
+            int flat = r == 1;
+            for (int32_t j = 0; j < cols; j++) xr[j] = flat ? rnd_f(-1, 1) : rnd_f(-4, 4);
+            if (!flat)
+                for (int32_t j = 0; j < 24; j++) xr[(rnd_u64() >> 11) % (uint64_t)cols] = 12.0f + rnd_f(-2, 2);
+            if (r == 2 && cols > 1000) { /* 300 equal values the nucleus ends among, past the list */
+                for (int32_t j = 0; j < 300; j++) xr[100 + 3 * j] = 13.0f;
+                xr[7] = 16.0f;
+            }
+            if (r == 3)
+                for (int32_t j = 0; j < cols; j++) if (j % 7 && xr[j] < 10.0f) xr[j] = -INFINITY;
+            if (r == 4) xr[cols / 2] = NAN;
+            if (r == 5) xr[cols - 1] = INFINITY;
+            float t = r == 6 ? 0.3f : r == 7 ? 1.7f : 0.9f, p = r == 6 ? 0.5f : r == 7 ? 0.99f : 0.9f;
+            req.push_back(ampr__cuda_cand_req{r, 0, m, t, p});
+        }
+        nucleus_batch(cols, x, req, &bad, &total, &decided, &undecided);
+    }
+    bad += decided < 8 || undecided < 5; /* both verdicts seen */
+    printf("nucleus lists: %d decided, %d not\n", decided, undecided);
+    report_exact("nucleus lists + row mass vs the host's, draws", bad, total + 1);
 }
 
 /* The fallback's monitor on the device (ampr__cuda_row_monitor, merged on
@@ -1110,7 +1204,7 @@ static void check_paged_graphs(void) {
             ampr__cuda_work_set_graphs(w[k], k == 1);
         }
         std::vector<int32_t> len((size_t)S, 0), blocks;
-        long diff = 0, total = 0, draws = 0, draws_decided = 0;
+        long diff = 0, total = 0, draws = 0, draws_decided = 0, nuclei = 0, nuclei_decided = 0;
         /* one pass on both sets: rows i < n, of sequence seq[i] */
         auto pass = [&](const std::vector<int32_t> &seq, int32_t n_logits) {
             int32_t n = (int32_t)seq.size();
@@ -1137,7 +1231,8 @@ static void check_paged_graphs(void) {
              * (the monitor's, sampler.h), every fourth row kept in its slot,
              * every fourth compared (KL) with its slot's random row; every
              * fifth argmax / list row a temperature-only draw instead, whose
-             * token must be the host's walk's */
+             * token must be the host's walk's; some lists a nucleus without
+             * top-k (its verdict and the row's mass the host's) */
             std::vector<ampr__row_want> want((size_t)n_logits);
             std::vector<float> cv((size_t)n_logits * AMPR__CANDS_MAX);
             std::vector<int32_t> ci((size_t)n_logits * AMPR__CANDS_MAX);
@@ -1155,6 +1250,11 @@ static void check_paged_graphs(void) {
                 wi.cand_vals = &cv[(size_t)i * AMPR__CANDS_MAX];
                 wi.cand_ids = &ci[(size_t)i * AMPR__CANDS_MAX];
                 wi.argmax = -1;
+                if (wi.what == AMPR__WANT_CANDS && i % 7 == 5) { /* a nucleus */
+                    wi.top_k = 0;
+                    wi.top_p = i % 2 ? 0.9f : 0.5f;
+                    wi.m = AMPR__MIN(AMPR__CANDS_MAX, hp.vocab_size);
+                }
                 if (i % 5 == 4 && wi.what != AMPR__WANT_ROW) { /* a temperature-only draw */
                     wi.what = AMPR__WANT_DRAW;
                     wi.temperature = 1.0f;
@@ -1211,7 +1311,15 @@ static void check_paged_graphs(void) {
                 const float *a = pa.data();
                 float hv[AMPR__CANDS_MAX];
                 int32_t hi[AMPR__CANDS_MAX];
-                int exact = ampr__topk_cands(a, (int32_t)V, wi.m, wi.temperature, wi.top_k, hv, hi);
+                std::vector<float> scr(V);
+                double hm = 0;
+                int nucleus = wi.what == AMPR__WANT_CANDS && wi.top_k == 0;
+                int exact = nucleus ? ampr__nucleus_cands(a, (int32_t)V, wi.m, wi.temperature, wi.top_p, hv, hi, &hm,
+                                                          scr.data())
+                                    : ampr__topk_cands(a, (int32_t)V, wi.m, wi.temperature, wi.top_k, hv, hi);
+                nuclei += nucleus;
+                nuclei_decided += nucleus && wi.n_cands > 0;
+                if (nucleus && wi.n_cands > 0) diff += !(fabs(wi.mass - hm) <= 1e-12 * hm);
                 bool row = ampr__row_came(&wi);
                 if (wi.what == AMPR__WANT_DRAW) { /* the host's walk decides the same (or not at all) */
                     std::vector<float> tmp(V);
@@ -1266,7 +1374,9 @@ static void check_paged_graphs(void) {
         snprintf(name, sizeof name, "paged %s: graphs vs eager, rows / argmax / lists (%d graphs live)",
                  fmt_name(t), live);
         /* the walks: most must decide (1e-9 margins), and some were asked */
-        report_exact(name, diff + (live == 0 ? 1 : 0) + (draws == 0 || draws_decided * 10 < draws * 9), total);
+        report_exact(name, diff + (live == 0 ? 1 : 0) + (draws == 0 || draws_decided * 10 < draws * 9) + (nuclei == 0),
+                     total);
+        printf("  (%ld of %ld nucleus lists decided)\n", nuclei_decided, nuclei);
         for (int k = 0; k < 2; k++) {
             ampr__cuda_work_free(w[k]);
             ampr__cuda_kvpool_free(kv[k]);
@@ -1567,6 +1677,7 @@ int main(int argc, char **argv) {
     if (!bench_only) {
         check_elementwise();
         check_topk_cands();
+        check_nucleus_cands();
         check_row_monitor();
         check_temp_draw();
         check_embed_matmul();

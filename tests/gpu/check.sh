@@ -292,8 +292,10 @@ done
 # tier samples from what its decode steps bring back): the device's candidate
 # lists (greedy: its argmax) must give the tokens the whole rows give
 # (AMPR_FULL_LOGITS=1), on the same device; also under a repetition penalty
-# (applied on the device for the lists and the argmax, then taken back), and
-# for temperature alone (the device walks the row to the draw's number).
+# (applied on the device for the lists and the argmax, then taken back), for
+# temperature alone (the device walks the row to the draw's number), and for
+# a nucleus without top-k (a 256-long list and the row's mass; stories260K's
+# 512 tokens: p 0.9 nuclei often run past the list and bring the row).
 run_sampled() { # tier extra-flags... -> text on stdout
     local tier=$1
     shift
@@ -305,7 +307,8 @@ run_sampled() { # tier extra-flags... -> text on stdout
 for tier in fp16 int8 nf4; do
     flag_sets=("--temp 0.8")
     [ "$tier" = nf4 ] && flag_sets+=("--temp 0.8 --repeat-penalty 1.3" "--temp 0 --repeat-penalty 1.3" \
-        "--temp 1.0 --top-k 0 --top-p 1.0" "--temp 0.9 --top-k 0 --top-p 1.0 --repeat-penalty 1.2")
+        "--temp 1.0 --top-k 0 --top-p 1.0" "--temp 0.9 --top-k 0 --top-p 1.0 --repeat-penalty 1.2" \
+        "--temp 0.8 --top-k 0 --top-p 0.6" "--temp 1.0 --top-k 0 --top-p 0.9 --repeat-penalty 1.2")
     for flags in "${flag_sets[@]}"; do
         [ "$cuda_hung" = 1 ] && break
         # shellcheck disable=SC2086 # the flags are words
