@@ -269,11 +269,9 @@ static int32_t draw(ampr__sampler *s, int32_t k, float sum, int nucleus_on);
  * their exps (ampr__exp_det's, as the mass's) in place; returns the
  * probability they reach, as draw() adds it up. */
 static float nucleus_exps(ampr__sampler *s, int32_t k, float mx, float sum) {
+    (void)ampr__exp_det_sum(s->vals, k, mx, s->vals); /* 8 lanes at a time where the CPU can */
     float reach = 0.0f;
-    for (int32_t i = 0; i < k; i++) {
-        s->vals[i] = ampr__exp_det(s->vals[i] - mx);
-        reach += s->vals[i] / sum;
-    }
+    for (int32_t i = 0; i < k; i++) reach += s->vals[i] / sum;
     return reach;
 }
 
@@ -459,7 +457,6 @@ static void list_scaled(const float *vals, const int32_t *ids, int32_t m, float 
 int ampr__nucleus_cands(const float *x, int32_t n, int32_t m, float t, float top_p, float *vals,
                         int32_t *ids, double *mass, float *tmp) {
     m = AMPR__MIN(AMPR__MIN(m, n), AMPR__CANDS_MAX);
-    ampr__topk_cands(x, n, m, t, 1, vals, ids);
     *mass = 0;
     float mx = scale_into(x, n, t, tmp); /* as ampr__sample */
     if (!isfinite(mx) || ampr__row_nonfinite(tmp, n)) return 0;
@@ -467,11 +464,17 @@ int ampr__nucleus_cands(const float *x, int32_t n, int32_t m, float t, float top
     *mass = z;
     if (!finite_dist(mx, z) || (float)(z * (1 - AMPR__MASS_MARGIN)) != (float)(z * (1 + AMPR__MASS_MARGIN)))
         return 0;
+    float sum = (float)z;
+    /* no probability exceeds 1 / sum (the largest's exp is 1): when m of
+     * them, with their float sums' rounding, cannot reach top_p, the row is
+     * too flat for any list of m (no need to make it) */
+    if ((double)m / sum * 1.001 < (double)top_p) return 0;
+    ampr__topk_cands(x, n, m, t, 1, vals, ids);
     float v[AMPR__CANDS_MAX], p[AMPR__CANDS_MAX], cum;
     int32_t vid[AMPR__CANDS_MAX];
     list_scaled(vals, ids, m, t, v, vid);
-    float sum = (float)z;
-    for (int32_t i = 0; i < m; i++) p[i] = ampr__exp_det(v[i] - mx) / sum; /* as draw() */
+    (void)ampr__exp_det_sum(v, m, mx, p);
+    for (int32_t i = 0; i < m; i++) p[i] /= sum; /* as draw() */
     int32_t j = nucleus_keep(p, m, top_p, &cum);
     return cum >= top_p && (m == n || v[m - 1] < v[j - 1]);
 }

@@ -167,15 +167,17 @@ static inline float ampr__penalize(float x, float penalty) { return x > 0 ? x / 
  * k-th. The host's reference for the CUDA kernel of the same contract. */
 int ampr__topk_cands(const float *x, int32_t n, int32_t m, float t, int32_t k, float *vals,
                      int32_t *ids);
-/* A nucleus without top-k: the m largest of x[0..n) as ampr__topk_cands
- * makes them, and *mass = the sum of ampr__exp_det(x[i]/t - max) over the
- * row, in double. Returns 1 when a draw at temperature t with top_p from
- * them and (float)*mass is the draw from the whole row: the row has no NaN
- * and a finite max; the list's cumulative probability (the floats the draw
- * adds) reaches top_p at some j-th candidate, and m == n or x/t of the m-th
- * is below x/t of the j-th; and *mass lies AMPR__MASS_MARGIN from a float
- * rounding edge. tmp: n floats of scratch. The host's reference for the
- * CUDA kernel of the same contract. */
+/* A nucleus without top-k: *mass = the sum of ampr__exp_det(x[i]/t - max)
+ * over x[0..n), in double, and the m largest of the row as ampr__topk_cands
+ * makes them into vals / ids. Returns 1 when a draw at temperature t with
+ * top_p from them and (float)*mass is the draw from the whole row: the row
+ * has no NaN and a finite max; the list's cumulative probability (the
+ * floats the draw adds) reaches top_p at some j-th candidate, and m == n or
+ * x/t of the m-th is below x/t of the j-th; and *mass lies
+ * AMPR__MASS_MARGIN from a float rounding edge. Returns 0 otherwise (then
+ * the list may not be made: a row too flat for m candidates to reach top_p
+ * is told from its mass). tmp: n floats of scratch. The host's reference
+ * for the CUDA kernel of the same contract. */
 int ampr__nucleus_cands(const float *x, int32_t n, int32_t m, float t, float top_p, float *vals,
                         int32_t *ids, double *mass, float *tmp);
 /* ampr__sample's draw from a list for which ampr__topk_cands (top-k) or

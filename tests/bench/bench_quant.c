@@ -216,6 +216,46 @@ static int bench_logits(void) {
                    "%.2f us%s\n", n, m, best[0], best[1], sink == 0.5 ? " " : "");
             ampr__sampler_free(&smp);
         }
+        /* a nucleus without top-k the same way: the 256-candidate list and
+         * the row's mass, and the draw from them, on the row above (flat
+         * for T 0.8: the nucleus is longer than any list) and on a peaked
+         * one (an LM's typical row: 24 tokens far above the rest); the
+         * whole-row draw from the peaked row beside them */
+        float *pk = malloc((size_t)n * sizeof *pk), *row = malloc((size_t)n * sizeof *row);
+        for (int32_t i = 0; i < n; i++) pk[i] = 0.3f * p[i];
+        for (int32_t j = 0; j < 24; j++) pk[(j * 7919) % n] = 12.0f - 0.25f * (float)j;
+        for (int peaked = 0; peaked < 2; peaked++) {
+            const float *x = peaked ? pk : p;
+            ampr__sampler smp;
+            ampr__err err = {0};
+            if (ampr__sampler_init(&smp, n, 0.8f, 0, 0.95f, 1.0f, 64, 1, &err)) return 1;
+            float vals[AMPR__CANDS_MAX];
+            int32_t ids[AMPR__CANDS_MAX];
+            double best[3] = {1e30, 1e30, 1e30}, sink = 0, mass = 0;
+            int decided = 0;
+            for (int round = 0; round < 5; round++) {
+                double t0 = now_s();
+                for (int k = 0; k < 10; k++)
+                    decided = ampr__nucleus_cands(x, n, AMPR__CANDS_MAX, 0.8f, 0.95f, vals, ids, &mass, q);
+                double t1 = now_s();
+                for (int k = 0; k < 10 && decided; k++) sink += ampr__sample_cands(&smp, vals, ids, AMPR__CANDS_MAX, mass);
+                double t2 = now_s();
+                for (int k = 0; k < 10; k++) {
+                    memcpy(row, x, (size_t)n * sizeof *row);
+                    sink += ampr__sample(&smp, row, NULL, 0);
+                }
+                double t3 = now_s();
+                best[0] = fmin(best[0], (t1 - t0) / 10 * 1e6);
+                best[1] = fmin(best[1], (t2 - t1) / 10 * 1e6);
+                best[2] = fmin(best[2], (t3 - t2) / 10 * 1e6);
+            }
+            printf("%-8d nucleus draw, %s row: as a %d-candidate list and the mass %.1f us + drawing from them "
+                   "%.2f us (%s); from the row %.1f us%s\n", n, peaked ? "peaked" : "flat", AMPR__CANDS_MAX, best[0],
+                   best[1], decided ? "decided" : "undecided: the row follows", best[2], sink == 0.5 ? " " : "");
+            ampr__sampler_free(&smp);
+        }
+        free(pk);
+        free(row);
         free(p);
         free(q);
     }

@@ -421,6 +421,7 @@ static void nucleus_batch(int32_t cols, const std::vector<float> &x, const std::
         int32_t hi[AMPR__CANDS_MAX];
         double hm = 0;
         int ok = ampr__nucleus_cands(xr, cols, rq.m, rq.t, rq.top_p, hv, hi, &hm, scr.data());
+        (void)ampr__topk_cands(xr, cols, rq.m, rq.t, 1, hv, hi); /* the list, also where undecided */
         int got = nn[(size_t)q] == rq.m;
         *bad += nn[(size_t)q] != (ok ? rq.m : 0);
         for (int32_t i = 0; i < rq.m; i++) {
@@ -1317,6 +1318,7 @@ static void check_paged_graphs(void) {
                 int exact = nucleus ? ampr__nucleus_cands(a, (int32_t)V, wi.m, wi.temperature, wi.top_p, hv, hi, &hm,
                                                           scr.data())
                                     : ampr__topk_cands(a, (int32_t)V, wi.m, wi.temperature, wi.top_k, hv, hi);
+                if (nucleus) (void)ampr__topk_cands(a, (int32_t)V, wi.m, wi.temperature, 1, hv, hi);
                 nuclei += nucleus;
                 nuclei_decided += nucleus && wi.n_cands > 0;
                 if (nucleus && wi.n_cands > 0) diff += !(fabs(wi.mass - hm) <= 1e-12 * hm);
