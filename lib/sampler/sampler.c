@@ -5,7 +5,10 @@
  * Per token this touches the whole vocabulary (32k-128k logits) once or
  * twice and sorts only the candidates: top-k streams through a heap of k, a
  * nucleus without top-k is bounded by a histogram of the probability mass
- * first, and temperature alone draws in id order without sorting.
+ * first, and temperature alone draws in id order without sorting. The exps
+ * of a nucleus without top-k and of temperature alone are ampr__exp_det's,
+ * which a GPU computes bit for bit, so that a list or a walk made there
+ * draws the row's token (sampler.h: what a draw needs of a row).
  */
 #include "sampler.h"
 
@@ -206,7 +209,7 @@ static int32_t walk_to(const float *e, int32_t n, double r, double *below, doubl
 
 /* top-p without top-k: the candidates of the nucleus, sorted descending, in
  * [0,m) (m >= the nucleus, 0 when the row has no finite distribution), mx
- * and *total = sum over all n of exp(v - mx), v = logits / T. Sorting the
+ * and *total = sum over all n of exp_det(v - mx), v = logits / T. Sorting the
  * whole vocabulary for that took milliseconds a token; instead the mass goes
  * into buckets of 1/16 nat below the max, and the bucket where it crosses
  * top_p, with the next non-empty one against rounding, bounds the candidates;
