@@ -442,7 +442,9 @@ typedef struct ampr_result {
                                 * "repetition (...)", "non-finite logits": a NaN or
                                 * +inf in the lower tier's row); with escalated == 0, empty, or
                                 * "skipped (top tier KV full) at N: ..." when the top
-                                * tier's KV arena had no room to escalate or check */
+                                * tier's KV arena had no room to escalate or check
+                                * (non-finite logits then fail the request:
+                                * AMPR_ERR_KV_FULL, no tokens to go on with) */
     double prefill_ms;         /* time to first token */
     double decode_ms;          /* time for the remaining tokens */
     double total_ms;

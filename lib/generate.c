@@ -498,6 +498,14 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
             }
             if (why) {
                 st = top_catch_up(c, &r, 1, NULL, err);
+                if (st == AMPR_ERR_KV_FULL && r.nonfinite) { /* a broken tier has no tokens to go on with */
+                    ampr__err_clear(err);
+                    st = ampr__fail(err, AMPR_ERR_KV_FULL,
+                                    "tier %s gave non-finite logits at token %d and the %s tier's KV arena "
+                                    "has no room to take the request over",
+                                    ampr_tier_name(r.tier->id), n_gen, ampr_tier_name(r.top->id));
+                    goto done;
+                }
                 if (st == AMPR_ERR_KV_FULL) { /* cannot escalate: carry on, stop checking */
                     ampr__err_clear(err);
                     st = AMPR_OK;

@@ -248,6 +248,40 @@ static void test_nonfinite_escalates(void **state) {
     ampr_close(ctx);
 }
 
+/* A broken tier whose request the top tier cannot take over (its KV arena
+ * is full) fails the request with AMPR_ERR_KV_FULL and says why, instead of
+ * drawing tokens from NaN logits; nothing leaks, and once the top tier has
+ * room the same request escalates. */
+static void test_nonfinite_top_full(void **state) {
+    (void)state;
+    ampr_ctx *ctx = open_cfg("{\"min_tokens\": 8}");
+    break_scales(nf4_logits_matrix(ctx));
+    ampr__tier *top = ampr__ctx_tier(ctx, AMPR_TIER_F32);
+    assert_non_null(top);
+    ampr__kv_seq hog = {0};
+    ampr__err err = {0};
+    int32_t all = ampr__kv_pages_total(top->kv) * ampr__kv_block_size(top->kv);
+    assert_int_equal(ampr__kv_seq_reserve(&hog, top->kv, all, &err), AMPR_OK);
+    ampr_gen_params p;
+    ampr_gen_params_init(&p);
+    p.tier = AMPR_TIER_NF4;
+    p.temperature = 0;
+    p.max_tokens = 12;
+    p.ignore_eos = 1;
+    ampr_result *r = NULL;
+    assert_int_equal(ampr_generate(ctx, "the cat sat", AMPR_NUL_TERMINATED, &p, &r), AMPR_ERR_KV_FULL);
+    assert_null(r);
+    assert_non_null(strstr(ampr_errmsg(ctx), "non-finite logits"));
+    assert_int_equal(ampr__kv_pages_used(ampr__ctx_tier(ctx, AMPR_TIER_NF4)->kv), 0);
+    ampr__kv_seq_release(&hog);
+    assert_no_pages(ctx);
+    r = run(ctx, AMPR_TIER_NF4, 12, 1);
+    assert_escalated(ctx, r, 0, "non-finite logits");
+    ampr_result_free(r);
+    assert_no_pages(ctx);
+    ampr_close(ctx);
+}
+
 /* ... also when the tier breaks while generating: the decode step's row
  * says so (the NaN scales are planted from the stream callback of token 3,
  * before the step that feeds it), and the request escalates at token 4. */
@@ -581,6 +615,7 @@ int main(void) {
         cmocka_unit_test(test_entropy_right_after_check),
         cmocka_unit_test(test_check_window_longer_than_spacing),
         cmocka_unit_test(test_nonfinite_escalates),
+        cmocka_unit_test(test_nonfinite_top_full),
         cmocka_unit_test(test_nonfinite_while_decoding),
         cmocka_unit_test(test_no_fallback_when_disabled),
         cmocka_unit_test(test_restart_equals_top_tier),
