@@ -41,13 +41,19 @@ static ampr_ctx *open_cfg(const char *fallback) {
     return ctx;
 }
 
-static ampr_result *run(ampr_ctx *ctx, ampr_tier tier, int max_tokens, int fallback) {
+/* greedy on a tier, max_tokens of them, past the end of sequence */
+static ampr_gen_params greedy_on(ampr_tier tier, int max_tokens) {
     ampr_gen_params p;
     ampr_gen_params_init(&p);
     p.tier = tier;
     p.temperature = 0;
     p.max_tokens = max_tokens;
     p.ignore_eos = 1;
+    return p;
+}
+
+static ampr_result *run(ampr_ctx *ctx, ampr_tier tier, int max_tokens, int fallback) {
+    ampr_gen_params p = greedy_on(tier, max_tokens);
     p.fallback = fallback;
     ampr_result *r = NULL;
     ampr_status st = ampr_generate(ctx, "the cat sat", AMPR_NUL_TERMINATED, &p, &r);
@@ -262,12 +268,7 @@ static void test_nonfinite_top_full(void **state) {
     ampr__err err = {0};
     int32_t all = ampr__kv_pages_total(top->kv) * ampr__kv_block_size(top->kv);
     assert_int_equal(ampr__kv_seq_reserve(&hog, top->kv, all, &err), AMPR_OK);
-    ampr_gen_params p;
-    ampr_gen_params_init(&p);
-    p.tier = AMPR_TIER_NF4;
-    p.temperature = 0;
-    p.max_tokens = 12;
-    p.ignore_eos = 1;
+    ampr_gen_params p = greedy_on(AMPR_TIER_NF4, 12);
     ampr_result *r = NULL;
     assert_int_equal(ampr_generate(ctx, "the cat sat", AMPR_NUL_TERMINATED, &p, &r), AMPR_ERR_KV_FULL);
     assert_null(r);
@@ -303,12 +304,7 @@ static void test_nonfinite_while_decoding(void **state) {
     (void)state;
     ampr_ctx *ctx = open_cfg("{\"entropy_max\": 0, \"repeat_ngram\": 0, \"check_every\": 0}");
     breaker b = {nf4_logits_matrix(ctx), 0};
-    ampr_gen_params p;
-    ampr_gen_params_init(&p);
-    p.tier = AMPR_TIER_NF4;
-    p.temperature = 0;
-    p.max_tokens = 12;
-    p.ignore_eos = 1;
+    ampr_gen_params p = greedy_on(AMPR_TIER_NF4, 12);
     p.on_token = break_at_3;
     p.user = &b;
     ampr_result *r = NULL;
@@ -390,12 +386,7 @@ static void test_streaming_escalation_keeps_output(void **state) {
     (void)state;
     ampr_ctx *ctx = open_cfg("{\"kl_max\": 0.0, \"entropy_max\": 0, \"repeat_ngram\": 0, \"restart\": true}");
     stream_buf b = {{0}, 0};
-    ampr_gen_params p;
-    ampr_gen_params_init(&p);
-    p.tier = AMPR_TIER_NF4;
-    p.temperature = 0;
-    p.max_tokens = 40;
-    p.ignore_eos = 1;
+    ampr_gen_params p = greedy_on(AMPR_TIER_NF4, 40);
     p.on_token = collect;
     p.user = &b;
     ampr_result *r = NULL;

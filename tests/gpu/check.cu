@@ -317,6 +317,30 @@ static void check_elementwise(void) {
     for (void *b : bufs) ampr__cuda_free(g_c, b);
 }
 
+/* ampr__cuda_topk_cands on the rows x (cols wide) for req, lists m_max
+ * long: the lists, the verdicts and a nucleus's masses, on the host. */
+struct cand_lists {
+    std::vector<float> v;
+    std::vector<int32_t> id, n;
+    std::vector<double> mass;
+};
+static cand_lists device_cands(int32_t cols, const std::vector<float> &x,
+                               const std::vector<ampr__cuda_cand_req> &req, int32_t m_max) {
+    int32_t n = (int32_t)req.size();
+    float *dx = (float *)dev_put(x.data(), x.size() * 4);
+    void *dreq = dev_put(req.data(), req.size() * sizeof req[0]);
+    float *dv = (float *)dev_put(NULL, (size_t)n * m_max * 4);
+    int32_t *di = (int32_t *)dev_put(NULL, (size_t)n * m_max * 4);
+    int32_t *dn = (int32_t *)dev_put(NULL, (size_t)n * 4);
+    double *dm = (double *)dev_put(NULL, (size_t)n * 8);
+    OK(ampr__cuda_topk_cands(g_c, dx, cols, (const ampr__cuda_cand_req *)dreq, n, m_max, dv, di, dn, dm, &g_err));
+    cand_lists out{dev_get<float>(dv, (size_t)n * m_max), dev_get<int32_t>(di, (size_t)n * m_max),
+                   dev_get<int32_t>(dn, (size_t)n), dev_get<double>(dm, (size_t)n)};
+    void *bufs[] = {dx, dreq, dv, di, dn, dm};
+    for (void *b : bufs) ampr__cuda_free(g_c, b);
+    return out;
+}
+
 /* Candidate lists against the host's ampr__topk_cands: normal rows, a row
  * of 256 distinct values (~125 ties at the top: an inexact list), -inf
  * masks, a NaN, +inf, k = 1 at a low temperature, a row where 2000 values
@@ -340,16 +364,10 @@ static void check_topk_cands(void) {
         req.push_back(ampr__cuda_cand_req{r, r == 6 ? 1 : 40, 48, r == 6 ? 0.3f : 0.8f, 1.0f});
     }
     int32_t n = (int32_t)req.size(), m_max = 48;
-    float *dx = (float *)dev_put(x.data(), x.size() * 4);
-    void *dreq = dev_put(req.data(), req.size() * sizeof req[0]);
-    float *dv = (float *)dev_put(NULL, (size_t)n * m_max * 4);
-    int32_t *di = (int32_t *)dev_put(NULL, (size_t)n * m_max * 4);
-    int32_t *dn = (int32_t *)dev_put(NULL, (size_t)n * 4);
-    double *dm = (double *)dev_put(NULL, (size_t)n * 8);
-    OK(ampr__cuda_topk_cands(g_c, dx, cols, (const ampr__cuda_cand_req *)dreq, n, m_max, dv, di, dn, dm, &g_err));
-    auto v = dev_get<float>(dv, (size_t)n * m_max);
-    auto id = dev_get<int32_t>(di, (size_t)n * m_max);
-    auto nn = dev_get<int32_t>(dn, (size_t)n);
+    cand_lists got = device_cands(cols, x, req, m_max);
+    const auto &v = got.v;
+    const auto &id = got.id;
+    const auto &nn = got.n;
     long bad = 0, total = 0;
     for (int32_t q = 0; q < n; q++) {
         const ampr__cuda_cand_req &rq = req[(size_t)q];
@@ -377,13 +395,10 @@ static void check_topk_cands(void) {
     std::vector<float> y(40);
     for (auto &e : y) e = rnd_f(-3, 3);
     y[5] = y[6];
-    ampr__cuda_cand_req r40{0, 10, 40, 1.0f, 1.0f};
-    float *dy = (float *)dev_put(y.data(), 40 * 4);
-    void *dr40 = dev_put(&r40, sizeof r40);
-    OK(ampr__cuda_topk_cands(g_c, dy, 40, (const ampr__cuda_cand_req *)dr40, 1, 40, dv, di, dn, dm, &g_err));
-    auto v40 = dev_get<float>(dv, 40);
-    auto i40 = dev_get<int32_t>(di, 40);
-    auto n40 = dev_get<int32_t>(dn, 1);
+    cand_lists l40 = device_cands(40, y, {ampr__cuda_cand_req{0, 10, 40, 1.0f, 1.0f}}, 40);
+    const auto &v40 = l40.v;
+    const auto &i40 = l40.id;
+    const auto &n40 = l40.n;
     float hv[40];
     int32_t hi[40];
     int exact = ampr__topk_cands(y.data(), 40, 40, 1.0f, 10, hv, hi);
@@ -391,8 +406,6 @@ static void check_topk_cands(void) {
     for (int32_t i = 0; i < 40; i++) bad += i40[(size_t)i] != hi[i] || memcmp(&v40[(size_t)i], &hv[i], 4) != 0;
     total += 1 + 40;
     report_exact("top-m candidate lists vs the host's (ties, masks, NaN, m = cols)", bad, total);
-    void *bufs[] = {dx, dreq, dv, di, dn, dm, dy, dr40};
-    for (void *b : bufs) ampr__cuda_free(g_c, b);
 }
 
 /* One batch of nucleus lists (k 0) of cols-wide rows against the host's
@@ -402,17 +415,11 @@ static void check_topk_cands(void) {
 static void nucleus_batch(int32_t cols, const std::vector<float> &x, const std::vector<ampr__cuda_cand_req> &req,
                           long *bad, long *total, int *decided, int *undecided) {
     int32_t n = (int32_t)req.size(), m_max = AMPR__CANDS_MAX;
-    float *dx = (float *)dev_put(x.data(), x.size() * 4);
-    void *dreq = dev_put(req.data(), req.size() * sizeof req[0]);
-    float *dv = (float *)dev_put(NULL, (size_t)n * m_max * 4);
-    int32_t *di = (int32_t *)dev_put(NULL, (size_t)n * m_max * 4);
-    int32_t *dn = (int32_t *)dev_put(NULL, (size_t)n * 4);
-    double *dm = (double *)dev_put(NULL, (size_t)n * 8);
-    OK(ampr__cuda_topk_cands(g_c, dx, cols, (const ampr__cuda_cand_req *)dreq, n, m_max, dv, di, dn, dm, &g_err));
-    auto v = dev_get<float>(dv, (size_t)n * m_max);
-    auto id = dev_get<int32_t>(di, (size_t)n * m_max);
-    auto nn = dev_get<int32_t>(dn, (size_t)n);
-    auto mass = dev_get<double>(dm, (size_t)n);
+    cand_lists got = device_cands(cols, x, req, m_max);
+    auto &v = got.v;
+    auto &id = got.id;
+    const auto &nn = got.n;
+    const auto &mass = got.mass;
     std::vector<float> scr((size_t)cols), row((size_t)cols);
     for (int32_t q = 0; q < n; q++) {
         const ampr__cuda_cand_req &rq = req[(size_t)q];
@@ -449,8 +456,6 @@ static void nucleus_batch(int32_t cols, const std::vector<float> &x, const std::
         ampr__sampler_free(&full);
         ampr__sampler_free(&list);
     }
-    void *bufs[] = {dx, dreq, dv, di, dn, dm};
-    for (void *b : bufs) ampr__cuda_free(g_c, b);
 }
 
 /* Nucleus lists without top-k (k 0: the row's mass and the verdict on the
