@@ -830,7 +830,10 @@ topk_cands_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_ca
     __syncthreads();
     const int32_t na = s_above, ne = s_eq; /* na + take_eq = m */
     if (ne > CAND_EQ_MAX) { /* (uniform: every thread read the same ne) */
-        if (tid == 0) n_out[blockIdx.x] = 0;
+        if (tid == 0) {
+            n_out[blockIdx.x] = 0;
+            mass[blockIdx.x] = 0;
+        }
         return;
     }
     for (int32_t i = tid; i < ne; i += (int32_t)blockDim.x) { /* the smallest ids of T */
@@ -858,17 +861,20 @@ topk_cands_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_ca
     }
     __syncthreads();
     if (q.k > 0) {
-        if (tid == 0) n_out[blockIdx.x] = (m == cols || s_vm < s_vk) ? m : 0;
+        if (tid == 0) {
+            n_out[blockIdx.x] = (m == cols || s_vm < s_vk) ? m : 0;
+            mass[blockIdx.x] = 0;
+        }
         return;
     }
-    /* a nucleus: x / T in the whole row's order (value desc, id asc) */
+    /* a nucleus: x / T (into sp for now), in the whole row's order (value
+     * desc, id asc) into sv */
+    for (int32_t i = tid; i < m; i += (int32_t)blockDim.x) sp[i] = __fdiv_rn(cv[i], q.t);
+    __syncthreads();
     for (int32_t i = tid; i < m; i += (int32_t)blockDim.x) {
-        float v = __fdiv_rn(cv[i], q.t);
+        float v = sp[i];
         int32_t id = ci[i], r = 0;
-        for (int32_t o = 0; o < m; o++) {
-            float vo = __fdiv_rn(cv[o], q.t);
-            r += vo > v || (vo == v && ci[o] < id);
-        }
+        for (int32_t o = 0; o < m; o++) r += sp[o] > v || (sp[o] == v && ci[o] < id);
         sv[r] = v;
     }
     __syncthreads();
@@ -896,8 +902,9 @@ topk_cands_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_ca
     __syncthreads();
     if (tid != 0) return;
     mass[blockIdx.x] = z;
+    const double margin = AMPR__MASS_MARGIN(cols);
     int ok = !nan && isfinite(mx) && z > 0 && isfinite(z) &&
-             __double2float_rn(z * (1 - AMPR__MASS_MARGIN)) == __double2float_rn(z * (1 + AMPR__MASS_MARGIN));
+             __double2float_rn(z * (1 - margin)) == __double2float_rn(z * (1 + margin));
     float cum = 0.0f;
     int32_t j = 0;
     while (ok && j < m) { /* as the host's nucleus_keep */

@@ -136,6 +136,8 @@ struct ampr_ctx {
                                      * and draw undecided, so the row comes instead (backend.c) */
     uint64_t test_rows_back;        /* tests only: decode rows that came back whole
                                      * (generate.c run_batch; atomic) */
+    uint64_t test_nucleus_lists;    /* tests only: decode steps that asked for a nucleus's
+                                     * list (generate.c; atomic) */
 };
 
 static inline const float *ampr__attn_norm(const ampr_ctx *c, int l) {

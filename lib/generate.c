@@ -24,6 +24,12 @@
 #include "sampler/sampler.h"
 
 #define PREFILL_CHUNK 256
+/* A nucleus without top-k asks for a list (sampler.h) until NUCLEUS_MISSES
+ * lists in a row could not decide (the distribution is flat: its nucleus is
+ * longer than a list, and the row came after the list anyway); then for
+ * NUCLEUS_ROWS steps it asks for the row at once, and tries lists again. */
+#define NUCLEUS_MISSES 4
+#define NUCLEUS_ROWS 16
 
 /* ---- routing ------------------------------------------------------------ */
 
@@ -153,6 +159,9 @@ struct request {
     int32_t cand_ids[AMPR__CANDS_MAX];
     double cand_mass;
     int32_t pen_ids[AMPR__PEN_MAX];  /* the ids a repetition penalty applies to (decode_step's want) */
+    /* a nucleus without top-k: lists undecided in a row (its nucleus was
+     * longer than a list), and steps left that ask for the row instead */
+    int32_t nucleus_misses, nucleus_rows;
     float ent_ema;        /* smoothed next-token entropy */
     textbuf text;
     ampr__detok dt;
@@ -575,7 +584,14 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
          * the row's entropy (4a) and keeps it for the KL check (4e) */
         ampr__row_want want = {0};
         ampr__sampler_want(&r.sampler, r.ids, r.n_ids, r.pen_ids, &want);
+        int nucleus = want.what == AMPR__WANT_CANDS && want.top_k == 0;
+        if (nucleus && r.nucleus_rows > 0) { /* a flat stretch: its lists would not decide */
+            want.what = AMPR__WANT_ROW;
+            nucleus = 0;
+            r.nucleus_rows--;
+        }
         if (c->full_logits) want.what = AMPR__WANT_ROW;
+        if (nucleus && want.what == AMPR__WANT_CANDS) __atomic_add_fetch(&c->test_nucleus_lists, 1, __ATOMIC_RELAXED);
         want.cand_vals = r.cand_vals;
         want.cand_ids = r.cand_ids;
         if (checking && r.tier != r.top) monitor_ask(&r, fb->check_window, &want);
@@ -591,6 +607,13 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
         if (want.what == AMPR__WANT_CANDS) { /* n_cands 0: the row came */
             r.n_cands = want.n_cands;
             r.cand_mass = want.mass;
+        }
+        if (nucleus && want.what == AMPR__WANT_CANDS) { /* after NUCLEUS_MISSES undecided lists, rows */
+            r.nucleus_misses = want.n_cands > 0 ? 0 : r.nucleus_misses + 1;
+            if (r.nucleus_misses == NUCLEUS_MISSES) {
+                r.nucleus_misses = 0;
+                r.nucleus_rows = NUCLEUS_ROWS;
+            }
         }
 
         /* 4e. the verification check against the top tier */

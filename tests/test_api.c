@@ -635,11 +635,11 @@ static void what_steps_bring_back(ampr_ctx *ctx, int undecided) {
         for (int i = 0; i < ctx->n_tiers; i++)
             for (uint64_t seed = 1; seed <= 3; seed++) {
                 ampr_result *r[2] = {NULL, NULL};
-                uint64_t rows_back = 0;
+                uint64_t rows_back = 0, lists = 0;
                 for (int full = 0; full < 2; full++) {
                     ctx->full_logits = full;
                     ctx->test_lists_undecided = undecided && !full;
-                    uint64_t before = ctx->test_rows_back;
+                    uint64_t before = ctx->test_rows_back, lists_before = ctx->test_nucleus_lists;
                     ampr_gen_params p = greedy(24);
                     p.tier = ctx->tiers[i].id;
                     p.temperature = cfgs[k].temp;
@@ -648,7 +648,10 @@ static void what_steps_bring_back(ampr_ctx *ctx, int undecided) {
                     p.repetition_penalty = cfgs[k].penalty;
                     p.seed = seed;
                     assert_int_equal(ampr_generate(ctx, "once upon", AMPR_NUL_TERMINATED, &p, &r[full]), AMPR_OK);
-                    if (!full) rows_back = ctx->test_rows_back - before;
+                    if (!full) {
+                        rows_back = ctx->test_rows_back - before;
+                        lists = ctx->test_nucleus_lists - lists_before;
+                    }
                     else assert_true(ctx->test_rows_back - before > 0);
                 }
                 /* greedy, top-k, temperature-only and nucleus draws, with a
@@ -659,6 +662,12 @@ static void what_steps_bring_back(ampr_ctx *ctx, int undecided) {
                 int long_nucleus = cfgs[k].temp > 0 && cfgs[k].top_k <= 0 && cfgs[k].top_p > 0.8f && cfgs[k].top_p < 1.0f;
                 if (!long_nucleus && !undecided) assert_int_equal(rows_back, 0);
                 if ((undecided && cfgs[k].temp > 0) || long_nucleus) assert_true(rows_back > 0);
+                /* a nucleus asks for a list every step (23 here) while lists
+                 * decide; after 4 undecided ones it takes 16 rows, then 3
+                 * more lists in these 23 */
+                int nucleus = cfgs[k].temp > 0 && cfgs[k].top_k <= 0 && cfgs[k].top_p < 1.0f;
+                if (nucleus) assert_int_equal(lists, long_nucleus || undecided ? 7 : 23);
+                else assert_int_equal(lists, 0);
                 assert_int_equal(r[0]->n_tokens, r[1]->n_tokens);
                 assert_memory_equal(r[0]->tokens, r[1]->tokens, (size_t)r[0]->n_tokens * sizeof(int32_t));
                 assert_string_equal(r[0]->text, r[1]->text);

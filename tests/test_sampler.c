@@ -588,7 +588,8 @@ static void test_nucleus_lists(void **state) {
                     int32_t j = 0;
                     while (j < n && cum < top_p) cum += ampr__exp_det(c[j++].v - mx) / sum;
                     int32_t m = w.m;
-                    int clear = (float)(z * (1 - AMPR__MASS_MARGIN)) == (float)(z * (1 + AMPR__MASS_MARGIN));
+                    double mg = AMPR__MASS_MARGIN(n);
+                    int clear = (float)(z * (1 - mg)) == (float)(z * (1 + mg));
                     int want_ok = cum >= top_p && j <= m && (m == n || c[m - 1].v < c[j - 1].v) && clear;
                     if (ok != want_ok)
                         fail_msg("n %d kind %d T %g p %g: decided %d, the reference %d (nucleus %d of a list of %d)", n,
@@ -613,15 +614,20 @@ static void test_nucleus_lists(void **state) {
     assert_true(decided > 60 && long_nuclei > 10 && draws > 700);
     /* the mass at a float rounding edge: e^d next to 2^-25 (d's floats are
      * 1.9e-6 apart), so that 1 + 2 e^d is within ~1e-13 of the midpoint of 1
-     * and its next float */
+     * and its next float, in a row of 32000 (the rest -inf: no mass; the
+     * margin 7.4e-12); 1 + e^d is far from any edge */
     float d = -17.3286795f, edge = ldexpf(1.0f, -25);
     while (ampr__exp_det(d) < edge) d = nextafterf(d, 0.0f);
     if (ampr__exp_det(nextafterf(d, -INFINITY)) - edge > edge - ampr__exp_det(d)) d = nextafterf(d, -INFINITY);
-    float row3[3] = {0.0f, d, d};
+    for (int32_t i = 0; i < 32000; i++) x[i] = -INFINITY;
+    x[0] = 0.0f;
+    x[1] = d;
+    x[2] = d;
     double mass;
-    assert_int_equal(ampr__nucleus_cands(row3, 3, 3, 1.0f, 0.5f, vals, ids, &mass, scr), 0);
+    assert_int_equal(ampr__nucleus_cands(x, 32000, AMPR__CANDS_MAX, 1.0f, 0.5f, vals, ids, &mass, scr), 0);
     assert_true(fabs(mass - (1.0 + ldexp(1.0, -24))) < 1e-12);
-    assert_int_equal(ampr__nucleus_cands(row3, 2, 2, 1.0f, 0.5f, vals, ids, &mass, scr), 1);
+    x[2] = -INFINITY;
+    assert_int_equal(ampr__nucleus_cands(x, 32000, AMPR__CANDS_MAX, 1.0f, 0.5f, vals, ids, &mass, scr), 1);
     /* the nucleus ends among equal values that go on beyond the list:
      * undecided (which of them the row's order keeps depends on ids the list
      * lacks); ending above them: decided */

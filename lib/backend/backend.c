@@ -44,6 +44,10 @@ static ampr_status host_wants(ampr_ctx *c, float *rows, int32_t n, ampr__row_wan
             st = ampr__fail(err, AMPR_ERR_INTERNAL, "row %d names penalized ids out of range", i);
             break;
         }
+        if (w->what == AMPR__WANT_CANDS && w->top_k == 0 && !(w->top_p > 0.0f && w->top_p < 1.0f)) {
+            st = ampr__fail(err, AMPR_ERR_INTERNAL, "row %d asks for a nucleus of top_p %g", i, (double)w->top_p);
+            break;
+        }
         for (int32_t p = 0; p < n_pen; p++) {
             kept[p] = row[w->pen_ids[p]];
             row[w->pen_ids[p]] = ampr__penalize(row[w->pen_ids[p]], w->penalty);

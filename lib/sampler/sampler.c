@@ -465,8 +465,8 @@ int ampr__nucleus_cands(const float *x, int32_t n, int32_t m, float t, float top
     if (!isfinite(mx) || ampr__row_nonfinite(tmp, n)) return 0;
     double z = ampr__exp_det_sum(tmp, n, mx, tmp);
     *mass = z;
-    if (!finite_dist(mx, z) || (float)(z * (1 - AMPR__MASS_MARGIN)) != (float)(z * (1 + AMPR__MASS_MARGIN)))
-        return 0;
+    double margin = AMPR__MASS_MARGIN(n);
+    if (!finite_dist(mx, z) || (float)(z * (1 - margin)) != (float)(z * (1 + margin))) return 0;
     float sum = (float)z;
     /* no probability exceeds 1 / sum (the largest's exp is 1): when m of
      * them, with their float sums' rounding, cannot reach top_p, the row is

@@ -60,7 +60,8 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
  *     give the same token for the same RNG state as the whole row when the
  *     nucleus ends within the list, away from a tie with the list's last,
  *     and the mass's rounding to float is the same wherever it is summed
- *     (ampr__nucleus_cands says which); otherwise the row.
+ *     (ampr__nucleus_cands says which); otherwise the row (and a request
+ *     whose lists keep failing asks for rows a while: generate.c);
  * With a repetition penalty, greedy and top-k draws name the ids it applies
  * to (at most AMPR__PEN_MAX; more: the row): the backend penalizes them in
  * the row, takes the argmax or the list, and puts the logits back. */
@@ -74,10 +75,12 @@ enum { AMPR__WANT_ROW = 0, AMPR__WANT_ARGMAX = 1, AMPR__WANT_CANDS = 2, AMPR__WA
  * fraction of the row's mass) from a token's edge: far above what summing
  * 128k exps in another order can move an edge (~1e-11 of the mass). */
 #define AMPR__DRAW_MARGIN 1e-9
-/* A nucleus's mass, summed in double in another order, rounds to the same
- * float when it lies this far (relatively) from a float rounding edge: twice
- * the bound of summing 2^17 positive doubles in any order (~1.5e-11). */
-#define AMPR__MASS_MARGIN 4e-11
+/* A nucleus's mass over n logits, summed in double in another order, rounds
+ * to the same float when it lies this far (relatively) from a float rounding
+ * edge: about twice the two sums' error bounds (the host's in id order,
+ * (n - 1) 2^-53; a GPU block's, per thread, warp and block, (n / 1024 + 37)
+ * 2^-53): 2.9e-11 at a 128k vocabulary. */
+#define AMPR__MASS_MARGIN(n) (2.3e-16 * (double)(n) + 1e-14)
 
 /* ---- what the fallback's monitor needs of a row ----------------------------
  * A request on a lower tier under the fallback's checks (fallback.h) reads
@@ -174,7 +177,7 @@ int ampr__topk_cands(const float *x, int32_t n, int32_t m, float t, int32_t k, f
  * has no NaN and a finite max; the list's cumulative probability (the
  * floats the draw adds) reaches top_p at some j-th candidate, and m == n or
  * x/t of the m-th is below x/t of the j-th; and *mass lies
- * AMPR__MASS_MARGIN from a float rounding edge. Returns 0 otherwise (then
+ * AMPR__MASS_MARGIN(n) from a float rounding edge. Returns 0 otherwise (then
  * the list may not be made: a row too flat for m candidates to reach top_p
  * is told from its mass). tmp: n floats of scratch. The host's reference
  * for the CUDA kernel of the same contract. */
