@@ -628,9 +628,9 @@ static void test_device_only_tiers(void **state) {
 static void what_steps_bring_back(ampr_ctx *ctx, int undecided) {
     struct { float temp; int32_t top_k; float top_p, penalty; } cfgs[] = {
         {0, 40, 0.95f, 1.0f}, {0.8f, 40, 0.95f, 1.0f}, {1.3f, 5, 1.0f, 1.0f},
-        {0.9f, 0, 0.5f, 1.0f}, {0.8f, 40, 0.95f, 1.3f}, {2.0f, 200, 1.0f, 1.0f},
+        {0.8f, 0, 0.3f, 1.0f}, {0.8f, 40, 0.95f, 1.3f}, {2.0f, 200, 1.0f, 1.0f},
         {0, 40, 0.95f, 1.3f}, {1.1f, 10, 1.0f, 0.7f}, {0.9f, 0, 0.9f, 1.2f},
-        {1.0f, 0, 1.0f, 1.0f}, {0.7f, 0, 1.0f, 1.2f}, {1.5f, 100000, 1.0f, 1.0f}, {1.2f, 0, 0.5f, 1.2f}};
+        {1.0f, 0, 1.0f, 1.0f}, {0.7f, 0, 1.0f, 1.2f}, {1.5f, 100000, 1.0f, 1.0f}, {0.7f, 0, 0.3f, 1.2f}};
     for (size_t k = 0; k < sizeof cfgs / sizeof *cfgs; k++)
         for (int i = 0; i < ctx->n_tiers; i++)
             for (uint64_t seed = 1; seed <= 3; seed++) {
@@ -660,12 +660,19 @@ static void what_steps_bring_back(ampr_ctx *ctx, int undecided) {
                  * longer than a list (p 0.9 of this random model's flat
                  * distributions over 320 tokens: more than 256 of them) */
                 int long_nucleus = cfgs[k].temp > 0 && cfgs[k].top_k <= 0 && cfgs[k].top_p > 0.8f && cfgs[k].top_p < 1.0f;
-                if (!long_nucleus && !undecided) assert_int_equal(rows_back, 0);
+                int nucleus = cfgs[k].temp > 0 && cfgs[k].top_k <= 0 && cfgs[k].top_p < 1.0f;
+                /* (a short nucleus's list is undecided where the row's mass
+                 * lies within AMPR__MASS_MARGIN of a float rounding edge: a
+                 * sum of 320 exps is often exact in double and can sit right
+                 * on a midpoint: once in these runs, 186.13611602783203) */
+                if (!long_nucleus && !undecided && rows_back > (nucleus ? 1u : 0u))
+                    fail_msg("T %g k %d p %g penalty %g, tier %d, seed %d: %d rows back", (double)cfgs[k].temp,
+                             cfgs[k].top_k, (double)cfgs[k].top_p, (double)cfgs[k].penalty, i, (int)seed,
+                             (int)rows_back);
                 if ((undecided && cfgs[k].temp > 0) || long_nucleus) assert_true(rows_back > 0);
                 /* a nucleus asks for a list every step (23 here) while lists
                  * decide; after 4 undecided ones it takes 16 rows, then 3
                  * more lists in these 23 */
-                int nucleus = cfgs[k].temp > 0 && cfgs[k].top_k <= 0 && cfgs[k].top_p < 1.0f;
                 if (nucleus) assert_int_equal(lists, long_nucleus || undecided ? 7 : 23);
                 else assert_int_equal(lists, 0);
                 assert_int_equal(r[0]->n_tokens, r[1]->n_tokens);
