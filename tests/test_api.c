@@ -842,7 +842,13 @@ static void concurrent_equals_serial(ampr_ctx *ctx) {
             ampr_result_free(par[i].res);
         }
     }
-    assert_true(shared);
+    /* under valgrind (make check-valgrind sets AMPR_TEST_SERIALIZED) threads
+     * run one at a time, and rounds often never overlap: reported only */
+    if (getenv("AMPR_TEST_SERIALIZED")) {
+        if (!shared) print_message("no round overlapped (threads serialized): batching not shown\n");
+    } else {
+        assert_true(shared);
+    }
     for (int i = 0; i < N; i++) ampr_result_free(serial[i].res);
 }
 
