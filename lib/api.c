@@ -265,6 +265,9 @@ static ampr_status open_ctx(ampr_ctx *c, const char *path, const char *config,
     AMPR__TRY(build_rope(c, err));
     AMPR__TRY(open_device(c, want_cuda, err));
     ampr_status st = build_tiers(c, progress, user, err);
+    /* the tiers hold their own weights: the checkpoint's mapping goes (its
+     * pages no longer count toward the process's memory) */
+    if (st == AMPR_OK) ampr__model_drop_weights(c->model);
 #if AMPR_HAVE_CUDA
     if (c->backend && c->cfg.tp_rank >= 0) { /* the group opens together or not at all */
         int all_ok = 0;

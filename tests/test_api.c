@@ -230,7 +230,9 @@ static void check_tiers(int32_t dim, int32_t hidden, int32_t n_heads, int32_t he
     ampr__err err = {0};
     assert_int_equal(ampr__model_write_random(path, "gguf", &hp, AMPR__DT_F16, 1, 3, &err), AMPR_OK);
     ampr_ctx *ctx = tu_open_ok(path, "{\"threads\": 3}");
-    const ampr__model *m = ctx->model;
+    assert_null(ctx->model->layers); /* the context dropped the checkpoint once its tiers were built */
+    ampr__model *m = NULL;
+    assert_int_equal(ampr__model_load(path, 1, &m, &err), AMPR_OK);
     assert_int_equal(m->layers[0].wq->dtype, AMPR__DT_F16);
     static const ampr_tier ids[] = {AMPR_TIER_FP16, AMPR_TIER_INT8, AMPR_TIER_NF4};
     static const ampr__qtype types[] = {AMPR__Q_F16, AMPR__Q_INT8, AMPR__Q_NF4};
@@ -249,6 +251,7 @@ static void check_tiers(int32_t dim, int32_t hidden, int32_t n_heads, int32_t he
             expect_mat(&T->w_down, types[k], &L->w_down, 1);
         }
     }
+    ampr__model_free(m);
     ampr_close(ctx);
 }
 
@@ -583,10 +586,17 @@ static void test_device_only_tiers(void **state) {
     ampr__act_stats_free(&st);
 
     /* the build hook: tiers top first, each dropped before the next is
-     * built; a failing hook ends the build and everything still frees */
+     * built; a failing hook ends the build and everything still frees. The
+     * open dropped the checkpoint's weights: building again needs them */
     drop_hook h = {0, 2, {0}};
     ampr__tiers_free(ctx);
     ampr__err e2 = {0};
+    assert_int_equal(ampr__tiers_build(ctx, NULL, NULL, NULL, NULL, &e2), AMPR_ERR_INTERNAL);
+    assert_non_null(strstr(e2.msg, "dropped"));
+    ampr__tiers_free(ctx);
+    ampr__err_clear(&e2);
+    ampr__model_free(ctx->model);
+    assert_int_equal(ampr__model_load(tu_model, 1, &ctx->model, &e2), AMPR_OK);
     assert_int_equal(ampr__tiers_build(ctx, NULL, NULL, drop_after_build, &h, &e2), AMPR_ERR_NO_DEVICE);
     assert_string_equal(e2.msg, "upload 2 fails");
     assert_int_equal(h.calls, 2);

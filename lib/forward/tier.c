@@ -274,6 +274,8 @@ static ampr_status build_tier(ampr_ctx *c, ampr__tier *t, float *tmp, float *sha
 ampr_status ampr__tiers_build(ampr_ctx *c, ampr_progress_fn progress, void *user,
                               ampr__tier_done_fn done, void *done_user, ampr__err *err) {
     const ampr__hparams *hp = &c->hp;
+    if (!c->model->layers)
+        return ampr__fail(err, AMPR_ERR_INTERNAL, "tiers built again after the checkpoint's weights were dropped");
     int64_t q_dim = (int64_t)hp->n_heads * hp->head_dim;
     int64_t kv_dim = (int64_t)hp->n_kv_heads * hp->head_dim;
     int64_t biggest = (int64_t)hp->vocab_size * hp->dim;

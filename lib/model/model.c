@@ -616,7 +616,7 @@ ampr_status ampr__model_load(const char *path, int check_finite, ampr__model **o
                       "%s is neither a GGUF file nor a Hugging Face model directory", path);
 }
 
-void ampr__model_free(ampr__model *m) {
+void ampr__model_drop_weights(ampr__model *m) {
     if (!m) return;
     ampr__model_priv *p = m->priv;
     if (p) {
@@ -627,9 +627,17 @@ void ampr__model_free(ampr__model *m) {
         ampr__free(p->maps);
         for (size_t i = 0; i < p->n_owned; i++) ampr__free(p->owned[i]);
         ampr__free(p->owned);
-        ampr__free(p);
+        memset(p, 0, sizeof *p);
     }
-    if (m->tok) ampr__tok_free(m->tok);
     ampr__free(m->layers);
+    m->layers = NULL;
+    m->tok_embd = m->output_norm = m->output = NULL;
+}
+
+void ampr__model_free(ampr__model *m) {
+    if (!m) return;
+    ampr__model_drop_weights(m);
+    ampr__free(m->priv);
+    if (m->tok) ampr__tok_free(m->tok);
     ampr__free(m);
 }

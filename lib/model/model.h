@@ -101,6 +101,10 @@ typedef struct ampr__model {
 ampr_status ampr__model_load(const char *path, int check_finite, ampr__model **out,
                              ampr__err *err);
 void ampr__model_free(ampr__model *m);
+/* Unmap the checkpoint and free its tensors (the tiers hold their own
+ * copies once built): m keeps its format, hyper-parameters, tokenizer and
+ * parameter count; its tensor pointers become NULL. */
+void ampr__model_drop_weights(ampr__model *m);
 
 /* Loaders used by ampr__model_load (also reachable for tests). */
 ampr_status ampr__model_load_gguf(const char *path, int check_finite, ampr__model **out,
