@@ -545,8 +545,9 @@ struct ampr__cuda_work {
     ampr__cuda_draw_req *draw_req, *h_dreq;   /* [cap_logits] */
     int32_t *draw_out, *h_dout;
     /* repetition penalties (fetch_logits): the logits changed and their values */
-    ampr__cuda_pen *pen, *h_pen;              /* [cap_logits][AMPR__PEN_MAX] */
+    ampr__cuda_pen *pen, *h_pen;              /* [pen_cap], grown as asked for */
     float *pen_kept;
+    int32_t pen_cap;
     /* one device allocation of 3*cap_tokens + cap_blocks ints, filled by one
      * copy from stage (host) per pass, packed for the pass's n tokens:
      * tokens [n] | pos [n] | row_seq [n] | blocks [n_blk] (the pointers below) */
@@ -615,6 +616,7 @@ static void logits_release(ampr__cuda_work *w) {
     ampr__free(w->h_pen);
     w->pen = w->h_pen = NULL;
     w->pen_kept = NULL;
+    w->pen_cap = 0;
     w->mon_req = w->h_mon = NULL;
     w->mon_part = w->h_part = NULL;
     ampr__free(w->h_argmax);
@@ -714,16 +716,12 @@ static ampr_status work_reserve(ampr__cuda_work *w, int32_t n, int32_t n_logits,
         AMPR__TRY(seq_alloc(c, np * sizeof(ampr__row_part), &w->mon_part, err));
         w->h_mon = (ampr__cuda_mon_req *)ampr__alloc_array((size_t)cap, sizeof(ampr__cuda_mon_req), err);
         w->h_part = (ampr__row_part *)ampr__alloc_array(np, sizeof(ampr__row_part), err);
-        size_t npen = (size_t)cap * AMPR__PEN_MAX;
-        AMPR__TRY(seq_alloc(c, npen * sizeof(ampr__cuda_pen), &w->pen, err));
-        AMPR__TRY(seq_alloc(c, npen * 4, &w->pen_kept, err));
-        w->h_pen = (ampr__cuda_pen *)ampr__alloc_array(npen, sizeof(ampr__cuda_pen), err);
         AMPR__TRY(seq_alloc(c, (size_t)cap * sizeof(ampr__cuda_draw_req), &w->draw_req, err));
         AMPR__TRY(seq_alloc(c, (size_t)cap * 4, &w->draw_out, err));
         w->h_dreq = (ampr__cuda_draw_req *)ampr__alloc_array((size_t)cap, sizeof(ampr__cuda_draw_req), err);
         w->h_dout = (int32_t *)ampr__alloc_array((size_t)cap, 4, err);
         if (!w->h_argmax || !w->h_n || !w->h_ids || !w->h_vals || !w->h_req || !w->h_mon || !w->h_part ||
-            !w->h_pen || !w->h_dreq || !w->h_dout || !w->h_mass)
+            !w->h_dreq || !w->h_dout || !w->h_mass)
             return AMPR_ERR_NOMEM;
         w->cap_logits = cap;
     }
@@ -925,7 +923,7 @@ static void monitor_merge(const ampr__cuda_work *w, int32_t n_mon, int32_t n_par
  * *n_pen = the logits they change. */
 static ampr_status penalties(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab, int32_t n_logits,
                              const ampr__row_want *want, int32_t *n_pen, ampr__err *err) {
-    int32_t n = 0;
+    int64_t need = 0;
     for (int32_t i = 0; i < n_logits; i++) {
         const ampr__row_want *wi = &want[i];
         if ((wi->what != AMPR__WANT_ARGMAX && wi->what != AMPR__WANT_CANDS && wi->what != AMPR__WANT_DRAW) ||
@@ -933,6 +931,29 @@ static ampr_status penalties(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab, i
             continue;
         if (wi->n_pen < 0 || wi->n_pen > AMPR__PEN_MAX)
             return ampr__fail(err, AMPR_ERR_INTERNAL, "row %d names %d penalized ids", i, wi->n_pen);
+        need += wi->n_pen;
+    }
+    if (need > w->pen_cap) { /* grow (the buffers are idle: only this pass's later kernels use them) */
+        int32_t cap = 256;
+        while (cap < need) cap *= 2; /* need <= n_logits * AMPR__PEN_MAX */
+        ampr__cuda_free(c, w->pen);
+        ampr__cuda_free(c, w->pen_kept);
+        ampr__free(w->h_pen);
+        w->pen = w->h_pen = NULL;
+        w->pen_kept = NULL;
+        w->pen_cap = 0;
+        AMPR__TRY(seq_alloc(c, (size_t)cap * sizeof(ampr__cuda_pen), &w->pen, err));
+        AMPR__TRY(seq_alloc(c, (size_t)cap * 4, &w->pen_kept, err));
+        w->h_pen = (ampr__cuda_pen *)ampr__alloc_array((size_t)cap, sizeof(ampr__cuda_pen), err);
+        if (!w->h_pen) return AMPR_ERR_NOMEM;
+        w->pen_cap = cap;
+    }
+    int32_t n = 0;
+    for (int32_t i = 0; i < n_logits; i++) {
+        const ampr__row_want *wi = &want[i];
+        if ((wi->what != AMPR__WANT_ARGMAX && wi->what != AMPR__WANT_CANDS && wi->what != AMPR__WANT_DRAW) ||
+            wi->n_pen == 0)
+            continue;
         for (int32_t p = 0; p < wi->n_pen; p++) {
             if (wi->pen_ids[p] < 0 || wi->pen_ids[p] >= vocab)
                 return ampr__fail(err, AMPR_ERR_INTERNAL, "penalized id %d", wi->pen_ids[p]);

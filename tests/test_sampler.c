@@ -466,11 +466,25 @@ static void test_penalized_lists(void **state) {
     assert_int_equal(w.n_pen, 50);
     assert_true(w.pen_ids == pen && w.penalty == 1.3f);
     ampr__sampler_free(&s);
-    for (int32_t i = 0; i < 400; i++) hist[i] = i; /* 300 distinct in the window: the row */
-    assert_int_equal(ampr__sampler_init(&s, n, 0.8f, 40, 0.95f, 1.3f, 300, 1, &err), AMPR_OK);
-    ampr__sampler_want(&s, hist, 400, pen, &w);
+    /* the whole history (last_n 0, as transformers penalizes): 1000 distinct
+     * ids, each once, twice over; then 1100 distinct in a window: the row */
+    static int32_t longh[2200];
+    for (int32_t i = 0; i < 2200; i++) longh[i] = (i % 1000) * 3;
+    assert_int_equal(ampr__sampler_init(&s, n, 0.8f, 40, 0.95f, 1.3f, 0, 1, &err), AMPR_OK);
+    for (int rep = 0; rep < 2; rep++) { /* (the marks are cleared between calls) */
+        ampr__sampler_want(&s, longh, 2200, pen, &w);
+        assert_int_equal(w.what, AMPR__WANT_CANDS);
+        assert_int_equal(w.n_pen, 1000);
+        for (int32_t i = 0; i < 1000; i++) assert_int_equal(pen[i], i * 3);
+    }
+    ampr__sampler_free(&s);
+    for (int32_t i = 0; i < 2200; i++) longh[i] = i;
+    assert_int_equal(ampr__sampler_init(&s, n, 0.8f, 40, 0.95f, 1.3f, 1100, 1, &err), AMPR_OK);
+    ampr__sampler_want(&s, longh, 2200, pen, &w);
     assert_int_equal(w.what, AMPR__WANT_ROW);
     assert_int_equal(w.n_pen, 0);
+    assert_int_equal(ampr__sampler_penalized(&s, longh, 2200, pen, AMPR__PEN_MAX), -1);
+    for (int32_t i = 0; i < n; i++) assert_int_equal(s.seen[i], 0); /* cleared after giving up too */
     ampr__sampler_free(&s);
 
     float *x = malloc(n * sizeof *x), *row = malloc(n * sizeof *row), *tmp = malloc(n * sizeof *tmp);

@@ -34,7 +34,9 @@ ampr_status ampr__sampler_init(ampr__sampler *s, int32_t n_vocab, float temperat
                        top_p < 1.0f;
     if (nucleus_only && s->ids && s->vals)
         s->keys = ampr__alloc_array(2 * (size_t)n_vocab, sizeof(uint64_t), err);
-    if (!s->ids || !s->vals || (nucleus_only && !s->keys)) {
+    int penalty = repetition_penalty != 1.0f && repetition_penalty > 0.0f;
+    if (penalty && s->ids && s->vals) s->seen = ampr__alloc_array((size_t)n_vocab, 1, err);
+    if (!s->ids || !s->vals || (nucleus_only && !s->keys) || (penalty && !s->seen)) {
         ampr__sampler_free(s);
         return AMPR_ERR_NOMEM;
     }
@@ -53,6 +55,8 @@ void ampr__sampler_free(ampr__sampler *s) {
     ampr__free(s->ids);
     ampr__free(s->vals);
     ampr__free(s->keys);
+    ampr__free(s->seen);
+    s->seen = NULL;
     s->ids = NULL;
     s->vals = NULL;
     s->keys = NULL;
@@ -314,17 +318,23 @@ int32_t ampr__sampler_penalized(const ampr__sampler *s, const int32_t *history, 
     size_t from = n_history > (size_t)s->repetition_last_n && s->repetition_last_n > 0
                       ? n_history - (size_t)s->repetition_last_n
                       : 0;
-    int32_t n = 0;
-    for (size_t i = from; history && i < n_history; i++) {
+    int32_t n = 0, over = 0;
+    for (size_t i = from; history && i < n_history && !over; i++) {
         int32_t id = history[i];
         if (id < 0 || id >= s->n_vocab) continue;
         int seen = 0;
-        for (int32_t j = 0; j < n && !seen; j++) seen = ids[j] == id;
+        if (s->seen) seen = s->seen[id];
+        else for (int32_t j = 0; j < n && !seen; j++) seen = ids[j] == id; /* (no penalty: a caller's question) */
         if (seen) continue;
-        if (n == max) return -1;
+        if (n == max) {
+            over = 1;
+            break;
+        }
+        if (s->seen) s->seen[id] = 1;
         ids[n++] = id;
     }
-    return n;
+    for (int32_t j = 0; s->seen && j < n; j++) s->seen[ids[j]] = 0;
+    return over ? -1 : n;
 }
 
 void ampr__sampler_want(const ampr__sampler *s, const int32_t *history, size_t n_history,

@@ -21,6 +21,9 @@ typedef struct ampr__sampler {
     float *vals;
     /* a nucleus without top-k: 2 x n_vocab sort keys for large nuclei */
     uint64_t *keys;
+    /* a repetition penalty: n_vocab marks, all 0 between calls (which ids
+     * of a window were seen: ampr__sampler_penalized) */
+    uint8_t *seen;
 } ampr__sampler;
 
 ampr_status ampr__sampler_init(ampr__sampler *s, int32_t n_vocab, float temperature,
@@ -67,7 +70,9 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
  * the row, takes the argmax or the list, and puts the logits back. */
 #define AMPR__CAND_SLACK 8
 #define AMPR__CANDS_MAX 256 /* the most candidates a row may ask for */
-#define AMPR__PEN_MAX 256   /* the most penalized ids a row may name */
+#define AMPR__PEN_MAX 1024  /* the most penalized ids a row may name (a whole history's
+                             * distinct ids, repetition_last_n <= 0, as transformers
+                             * penalizes: ~800 for a 2k-token prompt) */
 
 enum { AMPR__WANT_ROW = 0, AMPR__WANT_ARGMAX = 1, AMPR__WANT_CANDS = 2, AMPR__WANT_NONE = 3,
        AMPR__WANT_DRAW = 4 };
