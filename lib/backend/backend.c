@@ -11,8 +11,8 @@
  * is read from it here, as a device makes it there, so that the engine's
  * path is the same on both. A penalty is applied for the argmax or the list
  * and taken back: the row stays as the pass made it. */
-static ampr_status host_wants(ampr_ctx *c, float *rows, int32_t n, ampr__row_want *want, ampr__err *err) {
-    int32_t V = c->hp.vocab_size;
+ampr_status ampr__host_wants(float *rows, int32_t n, int32_t V, ampr__row_want *want, int undecided,
+                             ampr__err *err) {
     float *tmp = NULL; /* a walk's or a nucleus's scratch */
     for (int32_t i = 0; want && i < n; i++) {
         int scratch = want[i].what == AMPR__WANT_DRAW || (want[i].what == AMPR__WANT_CANDS && want[i].top_k == 0);
@@ -58,10 +58,10 @@ static ampr_status host_wants(ampr_ctx *c, float *rows, int32_t n, ampr__row_wan
                                                               w->cand_ids, &w->mass, tmp)
                                         : ampr__topk_cands(row, V, w->m, w->temperature, w->top_k, w->cand_vals,
                                                            w->cand_ids);
-            w->n_cands = decided && !c->test_lists_undecided ? w->m : 0;
+            w->n_cands = decided && !undecided ? w->m : 0;
         }
         if (w->what == AMPR__WANT_DRAW)
-            w->drawn = c->test_lists_undecided ? -1 : ampr__sample_walk(row, V, w->temperature, w->u, tmp);
+            w->drawn = undecided ? -1 : ampr__sample_walk(row, V, w->temperature, w->u, tmp);
         for (int32_t p = n_pen - 1; p >= 0; p--) row[w->pen_ids[p]] = kept[p];
     }
     ampr__free(tmp);
@@ -74,7 +74,7 @@ ampr_status ampr__backend_forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
     ampr__backend *b = c->backend;
     if (b) return b->ops->forward(b, c, t, seq, tokens, n, n_logits, want, s, err);
     AMPR__TRY(ampr__forward(c, t, seq, tokens, n, n_logits, s, err));
-    return host_wants(c, s->logits, n_logits, want, err);
+    return ampr__host_wants(s->logits, n_logits, c->hp.vocab_size, want, c->test_lists_undecided, err);
 }
 
 ampr_status ampr__backend_decode_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *const *seqs,
@@ -83,7 +83,7 @@ ampr_status ampr__backend_decode_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq 
     ampr__backend *b = c->backend;
     if (b) return b->ops->decode_batch(b, c, t, seqs, tokens, n, want, s, err);
     AMPR__TRY(ampr__forward_batch(c, t, seqs, tokens, n, s, err));
-    return host_wants(c, s->logits, n, want, err);
+    return ampr__host_wants(s->logits, n, c->hp.vocab_size, want, c->test_lists_undecided, err);
 }
 
 ampr_status ampr__backend_ring_new(ampr_ctx *c, int32_t n_rows, ampr__ring **out, ampr__err *err) {

@@ -76,6 +76,14 @@ ampr_status ampr__backend_forward(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *seq,
 ampr_status ampr__backend_decode_batch(ampr_ctx *c, ampr__tier *t, ampr__kv_seq *const *seqs,
                                        const int32_t *tokens, int32_t n, ampr__row_want *want,
                                        ampr__scratch *s, ampr__err *err);
+/* What the CPU backend reads from the rows[0..n) (each vocab wide) it made
+ * for want[0..n) (sampler.h ampr__row_want; want NULL: nothing): the host's
+ * reference of what a device computes where its rows are. undecided: call
+ * every list and walk undecided (tests; the row comes instead). The rows
+ * stay as they came (a penalty is applied for the argmax or list and taken
+ * back). */
+ampr_status ampr__host_wants(float *rows, int32_t n, int32_t vocab, ampr__row_want *want, int undecided,
+                             ampr__err *err);
 /* A request's ring of n_rows logits rows (the monitor's, sampler.h), where
  * the context's passes make them; *out NULL on failure. */
 ampr_status ampr__backend_ring_new(ampr_ctx *c, int32_t n_rows, ampr__ring **out, ampr__err *err);
