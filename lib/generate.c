@@ -366,6 +366,7 @@ static void switch_to_top(ampr_ctx *c, struct request *r, int32_t row) {
     r->pending = -1; /* the logits in hand are these */
     r->pending_drew = 0;
     r->n_cands = 0;
+    r->nucleus_misses = r->nucleus_rows = 0; /* another tier's rows */
     ampr__kv_seq_release(&r->seq);
     r->seq = r->seq_top;
     memset(&r->seq_top, 0, sizeof r->seq_top);
@@ -449,7 +450,10 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
     tier_first = r.tier->id;
     ampr__metrics_req_start(&c->metrics, &mreq, tier_first);
     r.top = &c->tiers[0];
-    int checking = p->fallback && fb->enabled && r.tier != r.top;
+    /* watching: the fallback applies to this request; checking: its signals
+     * are still read (a skipped escalation turns them off, but not the
+     * watch for non-finite logits: a broken tier has no tokens to give) */
+    int watching = p->fallback && fb->enabled && r.tier != r.top, checking = watching;
     st = ampr__kv_seq_reserve_wait(&r.seq, r.tier->kv, r.n_positions, c->cfg.kv_wait_ms, err);
     if (st) goto done;
     ampr__metrics_req_scheduled(&c->metrics, &mreq);
@@ -493,12 +497,14 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
         float *logits = r.scratch.logits;
 
         /* 4a. early-warning signals on a lower tier */
-        if (checking && r.tier != r.top) {
-            float ent = r.entropy; /* the backend's, of the row in hand */
-            r.ent_ema = n_gen == 0 ? ent : 0.75f * r.ent_ema + 0.25f * ent;
+        if (watching && r.tier != r.top) {
+            if (checking) {
+                float ent = r.entropy; /* the backend's, of the row in hand */
+                r.ent_ema = n_gen == 0 ? ent : 0.75f * r.ent_ema + 0.25f * ent;
+            }
             const char *why = NULL;
             if (r.nonfinite) why = "non-finite logits"; /* a broken tier: at once */
-            else if (n_gen >= fb->min_tokens) {
+            else if (checking && n_gen >= fb->min_tokens) {
                 if (fb->entropy_max > 0 && r.ent_ema > fb->entropy_max) why = "entropy";
                 else if (fb->repeat_ngram > 0 &&
                          ampr__repeats(r.ids + n_prompt, (size_t)n_gen, fb->repeat_ngram,
@@ -595,6 +601,7 @@ ampr_status ampr__generate(ampr_ctx *c, const char *prompt, size_t len, const am
         want.cand_vals = r.cand_vals;
         want.cand_ids = r.cand_ids;
         if (checking && r.tier != r.top) monitor_ask(&r, fb->check_window, &want);
+        else if (watching && r.tier != r.top) want.stats = 1; /* whether the row is finite */
         st = decode_step(c, r.tier, &r.seq, next, r.scratch.logits, &want, err);
         if (st) goto done;
         r.entropy = want.entropy;

@@ -316,6 +316,45 @@ static void test_nonfinite_while_decoding(void **state) {
     ampr_close(ctx);
 }
 
+/* ... also when an earlier escalation was skipped for want of room (the
+ * other signals stop; the watch for non-finite logits does not): an
+ * entropy escalation at token 2 finds the top tier's arena full, the tier
+ * breaks after token 3, and the request fails at token 4 instead of drawing
+ * tokens from NaN rows. Unbroken, the same request finishes unchecked. */
+static void test_nonfinite_after_skipped_escalation(void **state) {
+    (void)state;
+    for (int broken = 1; broken >= 0; broken--) {
+        ampr_ctx *ctx = open_cfg("{\"entropy_max\": 0.0001, \"min_tokens\": 2, \"check_every\": 0}");
+        ampr__tier *top = ampr__ctx_tier(ctx, AMPR_TIER_F32);
+        ampr__kv_seq hog = {0};
+        ampr__err err = {0};
+        int32_t all = ampr__kv_pages_total(top->kv) * ampr__kv_block_size(top->kv);
+        assert_int_equal(ampr__kv_seq_reserve(&hog, top->kv, all, &err), AMPR_OK);
+        breaker b = {nf4_logits_matrix(ctx), 0};
+        ampr_gen_params p = greedy_on(AMPR_TIER_NF4, 12);
+        if (broken) {
+            p.on_token = break_at_3;
+            p.user = &b;
+        }
+        ampr_result *r = NULL;
+        ampr_status st = ampr_generate(ctx, "the cat sat", AMPR_NUL_TERMINATED, &p, &r);
+        if (broken) {
+            assert_int_equal(st, AMPR_ERR_KV_FULL);
+            assert_null(r);
+            assert_non_null(strstr(ampr_errmsg(ctx), "non-finite logits at token 4"));
+            assert_int_equal(b.calls, 4); /* tokens 0-3 streamed, none from the broken rows */
+        } else {
+            assert_int_equal(st, AMPR_OK);
+            assert_int_equal(r->n_tokens, 12);
+            assert_string_equal(r->escalation_reason, "skipped (top tier KV full) at 2: entropy");
+            ampr_result_free(r);
+        }
+        ampr__kv_seq_release(&hog);
+        assert_no_pages(ctx);
+        ampr_close(ctx);
+    }
+}
+
 static void test_no_fallback_when_disabled(void **state) {
     (void)state;
     ampr_ctx *ctx = open_cfg("{\"kl_max\": 0.0, \"entropy_max\": 0.0001}");
@@ -608,6 +647,7 @@ int main(void) {
         cmocka_unit_test(test_nonfinite_escalates),
         cmocka_unit_test(test_nonfinite_top_full),
         cmocka_unit_test(test_nonfinite_while_decoding),
+        cmocka_unit_test(test_nonfinite_after_skipped_escalation),
         cmocka_unit_test(test_no_fallback_when_disabled),
         cmocka_unit_test(test_restart_equals_top_tier),
         cmocka_unit_test(test_streaming_escalation_keeps_output),

@@ -5,7 +5,8 @@
  * Loaders (gguf.c, hf.c) validate everything they read: every tensor lies
  * inside its file and overlaps no other, shapes match the hyper-parameters,
  * sizes cannot overflow, weights are finite. Tensor data is memory-mapped and
- * stays mapped until ampr__model_free().
+ * stays mapped until ampr__model_drop_weights() (an opened context calls it
+ * once its tiers are built) or ampr__model_free().
  *
  * Layout convention (GGUF's): ne[0] is the innermost (contiguous) dimension.
  * A weight matrix used as y = W x with W of `out` rows and `in` columns has
@@ -40,7 +41,7 @@ typedef struct ampr__tensor {
     ampr__dtype dtype;
     int32_t n_dims;
     int64_t ne[4];     /* ne[0] innermost; unused dims are 1 */
-    const void *data;  /* inside a mapping owned by the model */
+    const void *data;  /* inside a mapping owned by the model (until it drops its weights) */
     uint64_t nbytes;
     const float *absmax; /* NF4: one fp32 absmax per block of 64; else NULL */
 } ampr__tensor;

@@ -313,7 +313,7 @@ static int penalizes(const ampr__sampler *s) {
     return s->repetition_penalty != 1.0f && s->repetition_penalty > 0.0f;
 }
 
-int32_t ampr__sampler_penalized(const ampr__sampler *s, const int32_t *history, size_t n_history,
+int32_t ampr__sampler_penalized(ampr__sampler *s, const int32_t *history, size_t n_history,
                                 int32_t *ids, int32_t max) {
     size_t from = n_history > (size_t)s->repetition_last_n && s->repetition_last_n > 0
                       ? n_history - (size_t)s->repetition_last_n
@@ -337,7 +337,7 @@ int32_t ampr__sampler_penalized(const ampr__sampler *s, const int32_t *history, 
     return over ? -1 : n;
 }
 
-void ampr__sampler_want(const ampr__sampler *s, const int32_t *history, size_t n_history,
+void ampr__sampler_want(ampr__sampler *s, const int32_t *history, size_t n_history,
                         int32_t *pen_buf, ampr__row_want *w) {
     w->what = AMPR__WANT_ROW;
     w->temperature = s->temperature;

@@ -24,7 +24,7 @@ typedef struct ampr__sampler {
     /* a repetition penalty: n_vocab marks, all 0 between calls (which ids
      * of a window were seen: ampr__sampler_penalized) */
     uint8_t *seen;
-} ampr__sampler;
+} ampr__sampler; /* a request's own: its scratch and marks are used by one thread at a time */
 
 ampr_status ampr__sampler_init(ampr__sampler *s, int32_t n_vocab, float temperature,
                                int32_t top_k, float top_p, float repetition_penalty,
@@ -148,12 +148,12 @@ static inline int ampr__row_came(const ampr__row_want *w) {
  * temperature, top_k, m for candidates (the caller sets cand_vals /
  * cand_ids); with a repetition penalty, its ids go to pen_buf
  * (AMPR__PEN_MAX ints, the caller's) and w names them. */
-void ampr__sampler_want(const ampr__sampler *s, const int32_t *history, size_t n_history,
+void ampr__sampler_want(ampr__sampler *s, const int32_t *history, size_t n_history,
                         int32_t *pen_buf, ampr__row_want *w);
 /* The ids s's repetition penalty applies to after history: the last
  * repetition_last_n (all when <= 0), in range, each once, into ids[0..max).
  * Returns their count, or -1 when there are more than max. */
-int32_t ampr__sampler_penalized(const ampr__sampler *s, const int32_t *history, size_t n_history,
+int32_t ampr__sampler_penalized(ampr__sampler *s, const int32_t *history, size_t n_history,
                                 int32_t *ids, int32_t max);
 /* AMPR__WANT_DRAW: the token a temperature-only draw with uniform u makes
  * from x[0..n) at temperature t (tmp: n floats of scratch), or -1 when
