@@ -2,7 +2,7 @@
  * ampr.c -- the `ampr` command-line program.
  *
  *   ampr run -m MODEL [-p PROMPT] [-n MAX_NEW] [--tier T] [--temp T] [--top-p P]
- *            [--top-k K] [--repeat-penalty R] [--seed S] [--stop STR]...
+ *            [--top-k K] [--repeat-penalty R] [--repeat-last-n N] [--seed S] [--stop STR]...
  *            [--threads N] [--config JSON] [--quiet] [--metrics]
  *   ampr route -m MODEL -p PROMPT [--system TEXT] [--config JSON]
  *   ampr info -m MODEL [--config JSON]
@@ -32,7 +32,7 @@
 
 typedef struct opts {
     const char *model, *prompt, *system, *config, *tier;
-    int max_new, top_k, threads, no_bos, quiet, metrics;
+    int max_new, top_k, threads, no_bos, quiet, metrics, repeat_last_n;
     float temp, top_p, repeat_penalty;
     unsigned long long seed;
     const char *stop[16];
@@ -42,8 +42,8 @@ typedef struct opts {
 static void usage(FILE *f) {
     fputs("usage:\n"
           "  ampr run -m MODEL [-p PROMPT] [-n MAX_NEW] [--tier auto|f32|bf16|fp16|int8|nf4]\n"
-          "           [--temp T] [--top-p P] [--top-k K] [--repeat-penalty R] [--seed S]\n"
-          "           [--stop STR]... [--threads N] [--config JSON] [--quiet] [--metrics]\n"
+          "           [--temp T] [--top-p P] [--top-k K] [--repeat-penalty R] [--repeat-last-n N]\n"
+          "           [--seed S] [--stop STR]... [--threads N] [--config JSON] [--quiet] [--metrics]\n"
           "  ampr route -m MODEL -p PROMPT [--system TEXT] [--config JSON]\n"
           "  ampr info -m MODEL [--config JSON]\n"
           "  ampr tokenize -m MODEL -p TEXT [--no-bos]\n"
@@ -77,6 +77,7 @@ static int parse_opts(int argc, char **argv, opts *o) {
     o->top_p = 0.95f;
     o->top_k = 40;
     o->repeat_penalty = 1.0f;
+    o->repeat_last_n = 64; /* the library's default; 0: the whole history */
     o->seed = 0x5eed;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -102,6 +103,7 @@ static int parse_opts(int argc, char **argv, opts *o) {
         else if (!strcmp(a, "--top-p")) { NEED_NUMBER(); o->top_p = (float)d; }
         else if (!strcmp(a, "--top-k")) { NEED_NUMBER(); o->top_k = (int)d; }
         else if (!strcmp(a, "--repeat-penalty")) { NEED_NUMBER(); o->repeat_penalty = (float)d; }
+        else if (!strcmp(a, "--repeat-last-n")) { NEED_NUMBER(); o->repeat_last_n = (int)d; }
         else if (!strcmp(a, "--seed")) { NEED_NUMBER(); o->seed = (unsigned long long)d; }
         else if (!strcmp(a, "--threads")) { NEED_NUMBER(); o->threads = (int)d; }
         else if (!strcmp(a, "--stop")) {
@@ -174,6 +176,7 @@ static int cmd_run(const opts *o) {
     p.top_p = o->top_p;
     p.top_k = o->top_k;
     p.repetition_penalty = o->repeat_penalty;
+    p.repetition_last_n = o->repeat_last_n;
     p.seed = o->seed;
     p.stop = o->stop;
     p.n_stop = o->n_stop;
