@@ -401,7 +401,8 @@ typedef struct ampr_gen_params {
     int32_t top_k;             /* 0 = off (default 40) */
     float top_p;               /* 1 = off (default 0.95) */
     float repetition_penalty;  /* 1 = off (default 1.0) */
-    int32_t repetition_last_n; /* window for the penalty (default 64) */
+    int32_t repetition_last_n; /* window for the penalty, in tokens of prompt and output
+                                * (default 64; <= 0: all of them, as transformers does) */
     uint64_t seed;             /* RNG seed (default 0x5eed) */
     const char *const *stop;   /* stop strings (may be NULL) */
     size_t n_stop;
