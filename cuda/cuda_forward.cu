@@ -589,6 +589,16 @@ int ampr__cuda_work_graphs_live(const ampr__cuda_work *w) {
     return k;
 }
 
+/* The repetition penalties' buffers (grown by penalties()). */
+static void pen_release(ampr__cuda_work *w) {
+    ampr__cuda_free(w->c, w->pen);
+    ampr__cuda_free(w->c, w->pen_kept);
+    ampr__free(w->h_pen);
+    w->pen = w->h_pen = NULL;
+    w->pen_kept = NULL;
+    w->pen_cap = 0;
+}
+
 /* The logits rows and what decode rows bring back instead (fetch_logits). */
 static void logits_release(ampr__cuda_work *w) {
     ampr__cuda *c = w->c;
@@ -611,12 +621,7 @@ static void logits_release(ampr__cuda_work *w) {
     ampr__free(w->h_dout);
     w->draw_req = w->h_dreq = NULL;
     w->draw_out = w->h_dout = NULL;
-    ampr__cuda_free(c, w->pen);
-    ampr__cuda_free(c, w->pen_kept);
-    ampr__free(w->h_pen);
-    w->pen = w->h_pen = NULL;
-    w->pen_kept = NULL;
-    w->pen_cap = 0;
+    pen_release(w);
     w->mon_req = w->h_mon = NULL;
     w->mon_part = w->h_part = NULL;
     ampr__free(w->h_argmax);
@@ -926,9 +931,7 @@ static ampr_status penalties(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab, i
     int64_t need = 0;
     for (int32_t i = 0; i < n_logits; i++) {
         const ampr__row_want *wi = &want[i];
-        if ((wi->what != AMPR__WANT_ARGMAX && wi->what != AMPR__WANT_CANDS && wi->what != AMPR__WANT_DRAW) ||
-            wi->n_pen == 0)
-            continue;
+        if (!ampr__row_draws(wi) || wi->n_pen == 0) continue;
         if (wi->n_pen < 0 || wi->n_pen > AMPR__PEN_MAX)
             return ampr__fail(err, AMPR_ERR_INTERNAL, "row %d names %d penalized ids", i, wi->n_pen);
         need += wi->n_pen;
@@ -936,12 +939,7 @@ static ampr_status penalties(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab, i
     if (need > w->pen_cap) { /* grow (the buffers are idle: only this pass's later kernels use them) */
         int32_t cap = 256;
         while (cap < need) cap *= 2; /* need <= n_logits * AMPR__PEN_MAX */
-        ampr__cuda_free(c, w->pen);
-        ampr__cuda_free(c, w->pen_kept);
-        ampr__free(w->h_pen);
-        w->pen = w->h_pen = NULL;
-        w->pen_kept = NULL;
-        w->pen_cap = 0;
+        pen_release(w);
         AMPR__TRY(seq_alloc(c, (size_t)cap * sizeof(ampr__cuda_pen), &w->pen, err));
         AMPR__TRY(seq_alloc(c, (size_t)cap * 4, &w->pen_kept, err));
         w->h_pen = (ampr__cuda_pen *)ampr__alloc_array((size_t)cap, sizeof(ampr__cuda_pen), err);
@@ -951,9 +949,7 @@ static ampr_status penalties(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab, i
     int32_t n = 0;
     for (int32_t i = 0; i < n_logits; i++) {
         const ampr__row_want *wi = &want[i];
-        if ((wi->what != AMPR__WANT_ARGMAX && wi->what != AMPR__WANT_CANDS && wi->what != AMPR__WANT_DRAW) ||
-            wi->n_pen == 0)
-            continue;
+        if (!ampr__row_draws(wi) || wi->n_pen == 0) continue;
         for (int32_t p = 0; p < wi->n_pen; p++) {
             if (wi->pen_ids[p] < 0 || wi->pen_ids[p] >= vocab)
                 return ampr__fail(err, AMPR_ERR_INTERNAL, "penalized id %d", wi->pen_ids[p]);

@@ -254,6 +254,16 @@ static void test_nonfinite_escalates(void **state) {
     ampr_close(ctx);
 }
 
+/* hog: every page of the top tier's (f32) KV arena, so that no request can
+ * escalate until it is released */
+static void fill_top_arena(ampr_ctx *ctx, ampr__kv_seq *hog) {
+    ampr__tier *top = ampr__ctx_tier(ctx, AMPR_TIER_F32);
+    assert_non_null(top);
+    ampr__err err = {0};
+    int32_t all = ampr__kv_pages_total(top->kv) * ampr__kv_block_size(top->kv);
+    assert_int_equal(ampr__kv_seq_reserve(hog, top->kv, all, &err), AMPR_OK);
+}
+
 /* A broken tier whose request the top tier cannot take over (its KV arena
  * is full) fails the request with AMPR_ERR_KV_FULL and says why, instead of
  * drawing tokens from NaN logits; nothing leaks, and once the top tier has
@@ -262,12 +272,8 @@ static void test_nonfinite_top_full(void **state) {
     (void)state;
     ampr_ctx *ctx = open_cfg("{\"min_tokens\": 8}");
     break_scales(nf4_logits_matrix(ctx));
-    ampr__tier *top = ampr__ctx_tier(ctx, AMPR_TIER_F32);
-    assert_non_null(top);
     ampr__kv_seq hog = {0};
-    ampr__err err = {0};
-    int32_t all = ampr__kv_pages_total(top->kv) * ampr__kv_block_size(top->kv);
-    assert_int_equal(ampr__kv_seq_reserve(&hog, top->kv, all, &err), AMPR_OK);
+    fill_top_arena(ctx, &hog);
     ampr_gen_params p = greedy_on(AMPR_TIER_NF4, 12);
     ampr_result *r = NULL;
     assert_int_equal(ampr_generate(ctx, "the cat sat", AMPR_NUL_TERMINATED, &p, &r), AMPR_ERR_KV_FULL);
@@ -325,11 +331,8 @@ static void test_nonfinite_after_skipped_escalation(void **state) {
     (void)state;
     for (int broken = 1; broken >= 0; broken--) {
         ampr_ctx *ctx = open_cfg("{\"entropy_max\": 0.0001, \"min_tokens\": 2, \"check_every\": 0}");
-        ampr__tier *top = ampr__ctx_tier(ctx, AMPR_TIER_F32);
         ampr__kv_seq hog = {0};
-        ampr__err err = {0};
-        int32_t all = ampr__kv_pages_total(top->kv) * ampr__kv_block_size(top->kv);
-        assert_int_equal(ampr__kv_seq_reserve(&hog, top->kv, all, &err), AMPR_OK);
+        fill_top_arena(ctx, &hog);
         breaker b = {nf4_logits_matrix(ctx), 0};
         ampr_gen_params p = greedy_on(AMPR_TIER_NF4, 12);
         if (broken) {

@@ -35,8 +35,7 @@ ampr_status ampr__host_wants(float *rows, int32_t n, int32_t V, ampr__row_want *
         }
         if (w->keep)
             memcpy(w->keep->host + (size_t)w->keep_slot * (size_t)V, row, (size_t)V * sizeof *row);
-        if (w->what != AMPR__WANT_ARGMAX && w->what != AMPR__WANT_CANDS && w->what != AMPR__WANT_DRAW)
-            continue;
+        if (!ampr__row_draws(w)) continue;
         float kept[AMPR__PEN_MAX];
         int32_t n_pen = w->n_pen, bad = n_pen < 0 || n_pen > AMPR__PEN_MAX;
         for (int32_t p = 0; !bad && p < n_pen; p++) bad = w->pen_ids[p] < 0 || w->pen_ids[p] >= V;

@@ -69,16 +69,6 @@ int32_t ampr__argmax(const float *v, int32_t n) {
     return use_avx2() ? ampr__argmax_avx2(v, n) : ampr__argmax_scalar(v, n);
 }
 
-double ampr__exp_sum_scalar(const float *x, int32_t n, float mx, float *out) {
-    double z = 0;
-    for (int32_t i = 0; i < n; i++) {
-        float e = expf(x[i] - mx);
-        if (out) out[i] = e;
-        z += e;
-    }
-    return z;
-}
-
 /* ampr__exp_det's fused multiply-adds are libm calls unless the compiler
  * may use the instruction: 9 calls an element, and on a CPU without FMA
  * each emulated (~60x slower than the instruction). So the scalar sum is
@@ -130,10 +120,6 @@ double ampr__exp_det_sum_scalar(const float *x, int32_t n, float mx, float *out)
 
 double ampr__exp_det_sum(const float *x, int32_t n, float mx, float *out) {
     return use_avx2() ? ampr__exp_det_sum_avx2(x, n, mx, out) : ampr__exp_det_sum_scalar(x, n, mx, out);
-}
-
-double ampr__exp_sum(const float *x, int32_t n, float mx, float *out) {
-    return use_avx2() ? ampr__exp_sum_avx2(x, n, mx, out) : ampr__exp_sum_scalar(x, n, mx, out);
 }
 
 /* ---- the monitor's statistics in slices -------------------------------------- */

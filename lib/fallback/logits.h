@@ -30,9 +30,6 @@ void ampr__logit_stats_get(const float *x, int32_t n, ampr__logit_stats *st);
  * sampler's fallbacks, the GPU's argmax and candidate lists. */
 int32_t ampr__argmax(const float *v, int32_t n);
 
-/* out[i] = exp(x[i] - mx) (x[i] <= mx; out may be NULL); returns their sum. */
-double ampr__exp_sum(const float *x, int32_t n, float mx, float *out);
-
 /* ---- the monitor's statistics in slices --------------------------------------
  * A GPU computes a row's entropy and KL(p || q) (fallback.h) one slice of the
  * vocabulary per thread block, each slice relative to its own maxima
@@ -100,7 +97,5 @@ int32_t ampr__argmax_scalar(const float *v, int32_t n);
 int32_t ampr__argmax_avx2(const float *v, int32_t n);
 double ampr__kl_scalar(const float *p, const float *q, int32_t n);
 double ampr__kl_avx2(const float *p, const float *q, int32_t n);
-double ampr__exp_sum_scalar(const float *x, int32_t n, float mx, float *out);
-double ampr__exp_sum_avx2(const float *x, int32_t n, float mx, float *out);
 
 #endif

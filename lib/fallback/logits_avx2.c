@@ -164,28 +164,6 @@ double ampr__kl_avx2(const float *p, const float *q, int32_t n) {
     return kl > 0 ? kl : 0;
 }
 
-double ampr__exp_sum_avx2(const float *x, int32_t n, float mx, float *out) {
-    const __m256 vm = _mm256_set1_ps(mx);
-    double z = 0;
-    int32_t i = 0;
-    while (i + 8 <= n) {
-        __m256 az = _mm256_setzero_ps();
-        int32_t end = i + BLOCK < n ? i + BLOCK : n;
-        for (; i + 8 <= end; i += 8) {
-            __m256 e = exp_or_zero(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
-            if (out) _mm256_storeu_ps(out + i, e);
-            az = _mm256_add_ps(az, e);
-        }
-        z += hsum(az);
-    }
-    for (; i < n; i++) {
-        float e = expf(x[i] - mx);
-        if (out) out[i] = e;
-        z += e;
-    }
-    return z;
-}
-
 double ampr__exp_det_sum_avx2(const float *x, int32_t n, float mx, float *out) {
     const __m256 vm = _mm256_set1_ps(mx);
     __m256d z4 = _mm256_setzero_pd(); /* in double: a draw's total (sampler.c) */

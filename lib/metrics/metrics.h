@@ -42,8 +42,8 @@ typedef enum ampr__mhist {
     AMPR__MH_COUNT
 } ampr__mhist;
 
-/* Escalation reasons: label values entropy, repetition, kl_check, and other
- * (a reason text this module does not recognise; never expected). */
+/* Escalation reasons: label values entropy, repetition, kl_check, nonfinite,
+ * and other (a reason text this module does not recognise; never expected). */
 #define AMPR__MREASON_COUNT 5
 /* ampr_finish values, AMPR_FINISH_LENGTH .. AMPR_FINISH_ERROR. */
 #define AMPR__MFINISH_COUNT 6

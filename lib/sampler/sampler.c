@@ -366,7 +366,6 @@ void ampr__sampler_want(ampr__sampler *s, const int32_t *history, size_t n_histo
     } else if (with_p) { /* a nucleus without top-k: the longest list */
         w->what = AMPR__WANT_CANDS;
         w->top_k = 0;
-        w->top_p = s->top_p;
         w->m = AMPR__MIN(AMPR__CANDS_MAX, s->n_vocab);
     } else { /* temperature alone: the next uniform number, not taken yet */
         ampr__sampler peek = *s;
@@ -378,11 +377,22 @@ void ampr__sampler_want(ampr__sampler *s, const int32_t *history, size_t n_histo
 
 void ampr__sampler_drew(ampr__sampler *s) { (void)rng_f32(s); }
 
+/* What a backend's walk or nucleus list starts from: the row's largest
+ * x / T (*mx, as ampr__sample's) and mass (*total, 0 when none), with
+ * tmp[0..n) = the exps; 0 when the row is no distribution (a NaN, +inf,
+ * nothing finite), which a backend leaves to the host's row. */
+static int row_mass(const float *x, int32_t n, float t, float *tmp, float *mx, double *total) {
+    *total = 0;
+    *mx = scale_into(x, n, t, tmp);
+    if (!isfinite(*mx) || ampr__row_nonfinite(tmp, n)) return 0;
+    *total = ampr__exp_det_sum(tmp, n, *mx, tmp);
+    return finite_dist(*mx, *total);
+}
+
 int32_t ampr__sample_walk(const float *x, int32_t n, float t, float u, float *tmp) {
-    float mx = scale_into(x, n, t, tmp); /* as ampr__sample */
-    if (!isfinite(mx) || ampr__row_nonfinite(tmp, n)) return -1; /* a NaN: not a distribution */
-    double total = ampr__exp_det_sum(tmp, n, mx, tmp);
-    if (!finite_dist(mx, total)) return -1;
+    float mx;
+    double total;
+    if (!row_mass(x, n, t, tmp, &mx, &total)) return -1;
     double r = (double)u * total, eps = AMPR__DRAW_MARGIN * total, below = 0, at = 0;
     int32_t i = walk_to(tmp, n, r, &below, &at);
     return i >= 0 && r - below > eps && at - r > eps ? i : -1;
@@ -470,13 +480,10 @@ static void list_scaled(const float *vals, const int32_t *ids, int32_t m, float 
 int ampr__nucleus_cands(const float *x, int32_t n, int32_t m, float t, float top_p, float *vals,
                         int32_t *ids, double *mass, float *tmp) {
     m = AMPR__MIN(AMPR__MIN(m, n), AMPR__CANDS_MAX);
-    *mass = 0;
-    float mx = scale_into(x, n, t, tmp); /* as ampr__sample */
-    if (!isfinite(mx) || ampr__row_nonfinite(tmp, n)) return 0;
-    double z = ampr__exp_det_sum(tmp, n, mx, tmp);
-    *mass = z;
-    double margin = AMPR__MASS_MARGIN(n);
-    if (!finite_dist(mx, z) || (float)(z * (1 - margin)) != (float)(z * (1 + margin))) return 0;
+    float mx;
+    if (!row_mass(x, n, t, tmp, &mx, mass)) return 0;
+    double z = *mass, margin = AMPR__MASS_MARGIN(n);
+    if ((float)(z * (1 - margin)) != (float)(z * (1 + margin))) return 0;
     float sum = (float)z;
     /* no probability exceeds 1 / sum (the largest's exp is 1): when m of
      * them, with their float sums' rounding, cannot reach top_p, the row is

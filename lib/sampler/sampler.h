@@ -65,9 +65,9 @@ int32_t ampr__sample(ampr__sampler *s, float *logits, const int32_t *history, si
  *     and the mass's rounding to float is the same wherever it is summed
  *     (ampr__nucleus_cands says which); otherwise the row (and a request
  *     whose lists keep failing asks for rows a while: generate.c);
- * With a repetition penalty, greedy and top-k draws name the ids it applies
- * to (at most AMPR__PEN_MAX; more: the row): the backend penalizes them in
- * the row, takes the argmax or the list, and puts the logits back. */
+ * With a repetition penalty, these draws name the ids it applies to (at
+ * most AMPR__PEN_MAX; more: the row): the backend penalizes them in the
+ * row, takes the argmax, the list or the walk, and puts the logits back. */
 #define AMPR__CAND_SLACK 8
 #define AMPR__CANDS_MAX 256 /* the most candidates a row may ask for */
 #define AMPR__PEN_MAX 1024  /* the most penalized ids a row may name (a whole history's
@@ -136,6 +136,12 @@ typedef struct ampr__row_want {
     int nonfinite;     /* stats: the row holds a NaN or +inf (a broken tier: fallback.h) */
     double kl;         /* kl_ring: KL(softmax(row) || softmax(ring row)), nats */
 } ampr__row_want;
+
+/* Whether the backend takes w's argmax, list or walk (applying its
+ * repetition penalty first, and taking it back after). */
+static inline int ampr__row_draws(const ampr__row_want *w) {
+    return w->what == AMPR__WANT_ARGMAX || w->what == AMPR__WANT_CANDS || w->what == AMPR__WANT_DRAW;
+}
 
 /* After a pass: whether w's row itself came back (it was asked for, or a
  * list or a walk could not decide and it came instead). */
