@@ -22,14 +22,43 @@ NVCC_FLAGS := -std=c++17 -O3 -g -Iinclude -Ilib -Icuda $(CUDA_GENCODE) \
 
 CUDA_SRCS := $(sort $(wildcard cuda/*.cu))
 CUDA_OBJS := $(patsubst %.cu,$(B)/%.o,$(CUDA_SRCS))
-# nvcc host code needs the C++ runtime (static-init guards, personality)
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublasLt $(if $(filter 1,$(CUDA_HAVE_NCCL)),$(NCCL_LINK)) -lstdc++
 
 # every header cuda/ includes from lib/ (ampr_cuda.h, cuda_err.h): structs and
 # constants there are shared with the C side
 CUDA_HDRS := cuda/ampr_cuda.h cuda/cuda_err.h include/ampr.h lib/common/common.h lib/quant/quant.h \
              lib/sampler/sampler.h lib/fallback/logits.h lib/forward/tp.h lib/model/model.h
 
+ifeq ($(CUDA_EMU),1)
+# CUDA_EMU=1 (`make check-emu`): the same sources run on the CPU. tests/emu/lower.py
+# rewrites the launches, the host C++ compiler builds the result against
+# tests/emu/include/ (the runtime, cuBLASLt and NCCL of tests/emu/cuda_emu.cc).
+CXX ?= g++
+EMU_HDRS := $(wildcard tests/emu/*.h tests/emu/include/*.h) tests/emu/lower.py
+EMU_CXXFLAGS := -std=c++17 -g $(OPT) -fPIC -fvisibility=hidden -ffp-contract=off -pthread \
+                -Wall -Wextra -Werror -Wno-unused-parameter -Wno-unused-function -Wno-unknown-pragmas \
+                -Itests/emu/include -Iinclude -Ilib -Icuda -DAMPR_HAVE_NCCL $(SAN)
+CUDA_OBJS += $(B)/tests/emu/cuda_emu.o
+CUDA_LIBS := -lstdc++
+
+$(B)/cuda/%.o: cuda/%.cu $(CUDA_HDRS) $(EMU_HDRS)
+	@mkdir -p $(dir $@)
+	python3 tests/emu/lower.py $< $(B)/cuda/$*.cc
+	$(CXX) $(EMU_CXXFLAGS) -c $(B)/cuda/$*.cc -o $@
+
+$(B)/tests/emu/cuda_emu.o: tests/emu/cuda_emu.cc $(EMU_HDRS)
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
+
+# tests/gpu/check.cu, emulated
+$(B)/tests/emu/check: tests/gpu/check.cu $(B)/libampr.a $(EMU_HDRS)
+	@mkdir -p $(dir $@)
+	python3 tests/emu/lower.py $< $(B)/tests/emu/check.cc
+	$(CXX) $(EMU_CXXFLAGS) -o $@ $(B)/tests/emu/check.cc $(B)/libampr.a $(LIBS)
+else
+# nvcc host code needs the C++ runtime (static-init guards, personality)
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublasLt $(if $(filter 1,$(CUDA_HAVE_NCCL)),$(NCCL_LINK)) -lstdc++
+
 $(B)/cuda/%.o: cuda/%.cu $(CUDA_HDRS)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+endif

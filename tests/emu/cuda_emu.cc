@@ -1,0 +1,1231 @@
+/*
+ * cuda_emu.cc -- the CPU emulation of the CUDA runtime, cuBLASLt and NCCL that
+ * tests/emu/cuda_emu.h describes: fibers for a block's threads, barriers and
+ * warp collectives between them, device memory with guard pages, streams,
+ * events and graphs in issue order, a loop matmul and an in-process all-reduce.
+ *
+ * Environment:
+ *   AMPR_EMU_DEVICES=N   emulated GPUs (default 1; 0: none, as without a driver)
+ *   AMPR_EMU_SMS=N       multiprocessors each reports (default 4)
+ *   AMPR_EMU_ORDER=reverse  run a block's threads, and a grid's blocks, last first
+ *   AMPR_EMU_MEM_MB=N    device memory each GPU has (default 16384)
+ *   AMPR_EMU_ABORT=1     abort() at the first fault (for a debugger)
+ *   AMPR_EMU_STACK_KB=N  stack of each GPU thread (default 64)
+ *   AMPR_EMU_PROFILE=1   at exit, the kernels that took the most time, to stderr
+ * Faults (a deadlock, a collective whose lanes disagree, a bad launch or copy)
+ * are printed to stderr with the kernel, block and thread, and the call (or the
+ * next synchronization) returns an error, as on a GPU.
+ */
+#include "include/cublasLt.h"
+#include "include/cuda_runtime.h"
+#include "include/nccl.h"
+
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+/* ---- fibers ----------------------------------------------------------------------- */
+
+/* ampr_emu_switch(save, to): push the callee-saved registers, store the stack
+ * pointer in *save, load `to`, pop and return into the other fiber. */
+extern "C" void ampr_emu_switch(void **save, void *to);
+__asm__(".text\n"
+        ".globl ampr_emu_switch\n"
+        ".hidden ampr_emu_switch\n"
+        ".type ampr_emu_switch,@function\n"
+        "ampr_emu_switch:\n"
+        "    pushq %rbp\n"
+        "    pushq %rbx\n"
+        "    pushq %r12\n"
+        "    pushq %r13\n"
+        "    pushq %r14\n"
+        "    pushq %r15\n"
+        "    movq %rsp, (%rdi)\n"
+        "    movq %rsi, %rsp\n"
+        "    popq %r15\n"
+        "    popq %r14\n"
+        "    popq %r13\n"
+        "    popq %r12\n"
+        "    popq %rbx\n"
+        "    popq %rbp\n"
+        "    ret\n"
+        ".size ampr_emu_switch,.-ampr_emu_switch\n");
+
+namespace ampr_emu {
+
+static int env_int(const char *name, int def) {
+    const char *s = getenv(name);
+    return s && *s ? atoi(s) : def;
+}
+static bool g_reverse = [] {
+    const char *s = getenv("AMPR_EMU_ORDER");
+    return s && !strcmp(s, "reverse");
+}();
+
+struct block_run;
+static thread_local block_run *g_block = nullptr;
+static thread_local const char *g_kernel = "?";
+
+struct group {
+    bool used;
+    unsigned mask, arrived;
+    coll_op op;
+    int width;
+};
+
+struct block_run {
+    std::vector<fiber> *f = nullptr;
+    unsigned n = 0, live = 0;
+    unsigned bar_arrived = 0, bar_acc = 0;
+    int bar_kind = 0;
+    std::vector<unsigned> exited; /* per warp: lanes that have exited */
+    std::vector<group> groups;    /* per warp: 4 pending collectives */
+    void *sched_sp = nullptr;
+    const std::function<void()> *body = nullptr;
+    bool aborted = false;
+    std::string msg;
+};
+
+static const char *op_name(coll_op op) {
+    static const char *n[] = {"__shfl_sync", "__shfl_xor_sync", "__shfl_down_sync", "__shfl_up_sync",
+                              "__ballot_sync", "__any_sync", "__all_sync", "__match_any_sync",
+                              "__syncwarp", "mma.sync m16n8k16"};
+    return n[op];
+}
+
+/* A fault inside a GPU thread: the block stops, the launch fails. */
+void fault(const char *fmt, ...) {
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    block_run *b = g_block;
+    fiber *f = g_cur;
+    if (!b || !f) {
+        fprintf(stderr, "ampr-emu: %s\n", buf);
+        abort();
+    }
+    b->msg = buf;
+    b->aborted = true;
+    for (;;) ampr_emu_switch(&f->sp, b->sched_sp);
+}
+
+/* The fiber that runs next: the first ready one after the current in the
+ * block's order (round robin), or the scheduler when none is. */
+static void *next_sp(void) {
+    block_run *b = g_block;
+    unsigned n = b->n, i = g_cur->lin;
+    fiber *fs = b->f->data();
+    for (unsigned k = 1; k <= n; k++) {
+        unsigned j = g_reverse ? (i + n - k) % n : (i + k) % n;
+        if (fs[j].state == 0) {
+            g_cur = &fs[j];
+            threadIdx = fs[j].tid;
+            return fs[j].sp;
+        }
+    }
+    return b->sched_sp;
+}
+
+static void yield_fiber(void) {
+    fiber *f = g_cur;
+    ampr_emu_switch(&f->sp, next_sp());
+}
+
+static void release_barrier(block_run *b) {
+    for (unsigned i = 0; i < b->n; i++) {
+        fiber &t = (*b->f)[i];
+        if (t.state == 1 && t.out[3] == 1) { /* out[3] 1: waits at the block barrier */
+            t.state = 0;
+            t.out[3] = 0;
+            t.out[0] = b->bar_acc;
+        }
+    }
+    b->bar_arrived = 0;
+}
+
+int block_barrier(int pred, int kind) {
+    block_run *b = g_block;
+    fiber *f = g_cur;
+    if (b->bar_arrived == 0) {
+        b->bar_kind = kind;
+        b->bar_acc = kind == 2 ? 1u : 0u;
+    } else if (b->bar_kind != kind) {
+        fault("threads of the block meet at different barriers (__syncthreads%s and __syncthreads%s)",
+              kind == 1 ? "_or" : kind == 2 ? "_and" : kind == 3 ? "_count" : "",
+              b->bar_kind == 1 ? "_or" : b->bar_kind == 2 ? "_and" : b->bar_kind == 3 ? "_count" : "");
+    }
+    if (kind == 1) b->bar_acc |= (unsigned)pred;
+    else if (kind == 2) b->bar_acc &= (unsigned)pred;
+    else if (kind == 3) b->bar_acc += (unsigned)pred;
+    b->bar_arrived++;
+    f->state = 1;
+    f->out[3] = 1;
+    if (b->bar_arrived == b->live) release_barrier(b);
+    else yield_fiber();
+    return (int)f->out[0];
+}
+
+static uint32_t lo_half_bits(uint64_t reg, int hi) { return (uint32_t)(reg >> (hi ? 16 : 0)) & 0xffffu; }
+
+static void complete(block_run *b, unsigned w, group &g) {
+    fiber *lanes = &(*b->f)[w * 32];
+    unsigned mask = g.mask;
+    int width = g.width;
+    if (g.op == C_MMA16816) {
+        /* A 16x16 (row), B 16x8 (col), C/D 16x8 f32, the PTX ISA's fragments */
+        float A[16][16], B[16][8], C[16][8];
+        for (int l = 0; l < 32; l++) {
+            int gid = l >> 2, t = l & 3;
+            const uint64_t *in = lanes[l].in;
+            for (int r = 0; r < 4; r++) {
+                int row = gid + (r & 1 ? 8 : 0), col = t * 2 + (r & 2 ? 8 : 0);
+                A[row][col] = ampr_emu_h2f((unsigned short)lo_half_bits(in[r], 0));
+                A[row][col + 1] = ampr_emu_h2f((unsigned short)lo_half_bits(in[r], 1));
+            }
+            for (int r = 0; r < 2; r++) {
+                int k = t * 2 + (r ? 8 : 0);
+                B[k][gid] = ampr_emu_h2f((unsigned short)lo_half_bits(in[4 + r], 0));
+                B[k + 1][gid] = ampr_emu_h2f((unsigned short)lo_half_bits(in[4 + r], 1));
+            }
+            for (int r = 0; r < 4; r++) {
+                int row = gid + (r & 2 ? 8 : 0), col = t * 2 + (r & 1);
+                C[row][col] = ampr_emu_from_bits<float>(in[6 + r]);
+            }
+        }
+        for (int l = 0; l < 32; l++) {
+            int gid = l >> 2, t = l & 3;
+            float d[4];
+            for (int r = 0; r < 4; r++) {
+                int row = gid + (r & 2 ? 8 : 0), col = t * 2 + (r & 1);
+                float s = C[row][col];
+                for (int k = 0; k < 16; k++) s += A[row][k] * B[k][col];
+                d[r] = s;
+            }
+            lanes[l].out[0] = ampr_emu_bits(d[0]) | (ampr_emu_bits(d[1]) << 32);
+            lanes[l].out[1] = ampr_emu_bits(d[2]) | (ampr_emu_bits(d[3]) << 32);
+        }
+    } else if (g.op == C_BALLOT || g.op == C_ANY || g.op == C_ALL || g.op == C_MATCH) {
+        unsigned votes = 0;
+        for (int l = 0; l < 32; l++)
+            if ((mask >> l & 1u) && lanes[l].in[0]) votes |= 1u << l;
+        for (int l = 0; l < 32; l++) {
+            if (!(mask >> l & 1u)) continue;
+            uint64_t o = votes;
+            if (g.op == C_ANY) o = votes != 0;
+            if (g.op == C_ALL) o = votes == mask;
+            if (g.op == C_MATCH) {
+                unsigned m = 0;
+                for (int k = 0; k < 32; k++)
+                    if ((mask >> k & 1u) && lanes[k].in[0] == lanes[l].in[0]) m |= 1u << k;
+                o = m;
+            }
+            lanes[l].out[0] = o;
+        }
+    } else if (g.op != C_SYNCWARP) {
+        if (width <= 0 || width > 32 || (width & (width - 1)))
+            fault("%s with width %d (a power of two up to 32)", op_name(g.op), width);
+        for (int l = 0; l < 32; l++) {
+            if (!(mask >> l & 1u)) continue;
+            int base = l & ~(width - 1), arg = (int)(int64_t)lanes[l].in[1], src = l;
+            if (g.op == C_SHFL) src = base + (arg & (width - 1));
+            else if (g.op == C_XOR) src = ((l ^ arg) & ~(width - 1)) == base ? (l ^ arg) : l;
+            else if (g.op == C_DOWN) src = l + arg < base + width ? l + arg : l;
+            else if (g.op == C_UP) src = l - arg >= base ? l - arg : l;
+            if (src < 0 || src > 31 || !(mask >> src & 1u))
+                fault("%s: lane %d reads lane %d, which the mask %08x does not name", op_name(g.op), l,
+                      src, mask);
+            lanes[l].out[0] = lanes[src].in[0];
+        }
+    }
+    for (int l = 0; l < 32; l++)
+        if (mask >> l & 1u) lanes[l].state = 0;
+    g.used = false;
+}
+
+void warp_collective(coll_op op, unsigned mask, int width) {
+    block_run *b = g_block;
+    fiber *f = g_cur;
+    unsigned lane = f->lin & 31u, w = f->lin >> 5;
+    unsigned n_in_warp = b->n - w * 32 < 32 ? b->n - w * 32 : 32;
+    unsigned valid = n_in_warp == 32 ? 0xffffffffu : (1u << n_in_warp) - 1u;
+    if (!(mask >> lane & 1u)) fault("%s by lane %u with mask %08x, which does not name it", op_name(op), lane, mask);
+    if (mask & ~valid) fault("%s with mask %08x in a warp of %u threads", op_name(op), mask, n_in_warp);
+    if (mask & b->exited[w]) fault("%s with mask %08x names lanes that have exited (%08x)", op_name(op), mask, b->exited[w] & mask);
+    group *gs = &b->groups[w * 4], *g = nullptr;
+    for (int i = 0; i < 4; i++) {
+        if (!gs[i].used) continue;
+        if (gs[i].mask == mask) g = &gs[i];
+        else if (gs[i].mask & mask)
+            fault("lanes of warp %u wait at collectives with overlapping masks %08x and %08x", w, gs[i].mask, mask);
+    }
+    if (!g) {
+        for (int i = 0; i < 4 && !g; i++)
+            if (!gs[i].used) g = &gs[i];
+        if (!g) fault("more than 4 collectives pending in warp %u", w);
+        *g = group{true, mask, 0, op, width};
+    } else if (g->op != op || (op != C_SYNCWARP && g->width != width)) {
+        fault("lanes of warp %u meet at different collectives: %s (width %d) and %s (width %d)", w,
+              op_name(g->op), g->width, op_name(op), width);
+    }
+    g->arrived |= 1u << lane;
+    f->state = 1;
+    f->out[3] = 2;
+    if (g->arrived == mask) complete(b, w, *g);
+    else yield_fiber();
+}
+
+static void fiber_exit(block_run *b, fiber *f) {
+    unsigned lane = f->lin & 31u, w = f->lin >> 5;
+    f->state = 2;
+    b->live--;
+    b->exited[w] |= 1u << lane;
+    for (int i = 0; i < 4; i++) {
+        group &g = b->groups[w * 4 + i];
+        if (g.used && (g.mask >> lane & 1u))
+            fault("lane %u exits while lanes %08x wait for it at %s", lane, g.arrived, op_name(g.op));
+    }
+    if (b->bar_arrived && b->bar_arrived == b->live) release_barrier(b);
+}
+
+static void fiber_entry(void) {
+    block_run *b = g_block;
+    (*b->body)();
+    fiber_exit(b, g_cur);
+    void *dead;
+    for (;;) ampr_emu_switch(&dead, next_sp());
+}
+
+/* Stacks: a mapping of `count` stacks, each below a guard page, per OS thread. */
+struct stacks {
+    char *base = nullptr;
+    size_t each = 0, count = 0;
+    ~stacks() {
+        if (base) munmap(base, (each + 4096) * count);
+    }
+    char *top(size_t i) { return base + (each + 4096) * i + 4096 + each; }
+    void need(size_t n) {
+        if (n <= count) return;
+        if (base) munmap(base, (each + 4096) * count);
+        each = (size_t)env_int("AMPR_EMU_STACK_KB", 64) * 1024;
+        count = n;
+        base = (char *)mmap(nullptr, (each + 4096) * n, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (base == MAP_FAILED) {
+            perror("ampr-emu: mmap of fiber stacks");
+            abort();
+        }
+        for (size_t i = 0; i < n; i++) mprotect(base + (each + 4096) * i, 4096, PROT_NONE);
+    }
+};
+static thread_local stacks g_stacks;
+static thread_local std::vector<fiber> g_fibers;
+
+/* Run one block; false (with b.msg) on a fault. */
+static thread_local block_run g_br; /* reused: a launch runs thousands of blocks */
+
+static bool run_block(const std::function<void()> &body, unsigned n, const dim3 &bd, std::string &msg) {
+    block_run &b = g_br;
+    b.bar_arrived = b.bar_acc = 0;
+    b.bar_kind = 0;
+    b.aborted = false;
+    if (g_fibers.size() < n) g_fibers.resize(n);
+    g_stacks.need(n);
+    b.f = &g_fibers;
+    b.n = b.live = n;
+    b.body = &body;
+    b.exited.assign((n + 31) / 32, 0);
+    b.groups.assign((n + 31) / 32 * 4, group{false, 0, 0, C_SYNCWARP, 0});
+    for (unsigned i = 0; i < n; i++) {
+        fiber &t = g_fibers[i];
+        t.lin = i;
+        t.tid = uint3{i % bd.x, (i / bd.x) % bd.y, i / (bd.x * bd.y)};
+        t.state = 0;
+        t.out[3] = 0;
+        void **sp = (void **)g_stacks.top(i);
+        *--sp = nullptr;               /* the entry's return address slot: keeps the ABI alignment */
+        *--sp = (void *)&fiber_entry;  /* where ampr_emu_switch returns to */
+        for (int r = 0; r < 6; r++) *--sp = nullptr;
+        t.sp = sp;
+    }
+    g_block = &b;
+    while (b.live > 0 && !b.aborted) {
+        /* the fibers hand over to each other; the scheduler starts the first
+         * ready one and is back when none is */
+        bool ran = false;
+        for (unsigned k = 0; k < n && !ran; k++) {
+            unsigned i = g_reverse ? n - 1 - k : k;
+            fiber &t = g_fibers[i];
+            if (t.state != 0) continue;
+            g_cur = &t;
+            threadIdx = t.tid;
+            ampr_emu_switch(&b.sched_sp, t.sp);
+            ran = true;
+        }
+        if (!ran && b.live > 0 && !b.aborted) {
+            unsigned at_bar = 0, at_warp = 0;
+            for (unsigned i = 0; i < n; i++) {
+                if (g_fibers[i].state != 1) continue;
+                if (g_fibers[i].out[3] == 1) at_bar++;
+                else at_warp++;
+            }
+            char buf[256];
+            snprintf(buf, sizeof buf,
+                     "deadlock: %u of %u threads wait at __syncthreads, %u at warp collectives that "
+                     "never complete", at_bar, b.live, at_warp);
+            b.msg = buf;
+            b.aborted = true;
+        }
+    }
+    g_block = nullptr;
+    g_cur = nullptr;
+    if (b.aborted) {
+        msg = b.msg;
+        return false;
+    }
+    return true;
+}
+
+/* ---- devices, errors ---------------------------------------------------------------- */
+
+static std::mutex g_mu;
+static int g_devices = -1;
+static size_t g_mem_limit;
+static size_t g_mem_used[16];
+static thread_local int g_device = 0;
+static thread_local cudaError_t g_last = cudaSuccess;
+static cudaError_t g_sticky = cudaSuccess;
+
+static void init(void) {
+    std::lock_guard<std::mutex> l(g_mu);
+    if (g_devices >= 0) return;
+    g_devices = env_int("AMPR_EMU_DEVICES", 1);
+    if (g_devices > 16) g_devices = 16;
+    g_mem_limit = (size_t)env_int("AMPR_EMU_MEM_MB", 16384) << 20;
+}
+
+static cudaError_t set_err(cudaError_t e) {
+    if (e != cudaSuccess) g_last = e;
+    return e;
+}
+
+void report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void report(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "ampr-emu: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    if (env_int("AMPR_EMU_ABORT", 0)) abort();
+}
+
+/* ---- memory ------------------------------------------------------------------------- */
+
+struct alloc {
+    size_t bytes;
+    char *map;
+    size_t map_len;
+    int device;
+    bool host;
+};
+static std::map<uintptr_t, alloc> g_allocs;
+
+/* The allocation holding [p, p + bytes), or none. */
+static const alloc *find_alloc(const void *p, size_t bytes, uintptr_t *start) {
+    std::lock_guard<std::mutex> l(g_mu);
+    auto it = g_allocs.upper_bound((uintptr_t)p);
+    if (it == g_allocs.begin()) return nullptr;
+    --it;
+    if ((uintptr_t)p < it->first || (uintptr_t)p + bytes > it->first + it->second.bytes) return nullptr;
+    if (start) *start = it->first;
+    return &it->second;
+}
+
+static cudaError_t do_alloc(void **p, size_t bytes, bool host) {
+    init();
+    *p = nullptr;
+    if (!host && g_devices <= 0) return set_err(cudaErrorNoDevice);
+    size_t page = 4096, len = ((bytes ? bytes : 1) + 255) & ~(size_t)255;
+    size_t body = (len + page - 1) & ~(page - 1), map_len = body + page;
+    {
+        std::lock_guard<std::mutex> l(g_mu);
+        if (!host && g_mem_used[g_device] + body > g_mem_limit) return set_err(cudaErrorMemoryAllocation);
+        if (!host) g_mem_used[g_device] += body;
+    }
+    char *m = (char *)mmap(nullptr, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) return set_err(cudaErrorMemoryAllocation);
+    mprotect(m + body, page, PROT_NONE);
+    char *ptr = m + (body - len);
+    memset(ptr, 0xff, len); /* uninitialized device memory reads as NaN */
+    std::lock_guard<std::mutex> l(g_mu);
+    g_allocs[(uintptr_t)ptr] = alloc{bytes, m, map_len, g_device, host};
+    *p = ptr;
+    return cudaSuccess;
+}
+
+static cudaError_t do_free(void *p, bool host) {
+    if (!p) return cudaSuccess;
+    std::lock_guard<std::mutex> l(g_mu);
+    auto it = g_allocs.find((uintptr_t)p);
+    if (it == g_allocs.end() || it->second.host != host) {
+        report("%s(%p): not the start of a live %s allocation", host ? "cudaFreeHost" : "cudaFree", p,
+               host ? "host" : "device");
+        return set_err(cudaErrorInvalidValue);
+    }
+    if (!host) g_mem_used[it->second.device] -= it->second.map_len - 4096;
+    munmap(it->second.map, it->second.map_len);
+    g_allocs.erase(it);
+    return cudaSuccess;
+}
+
+static bool is_device(const void *p) {
+    const alloc *a = find_alloc(p, 1, nullptr);
+    return a && !a->host;
+}
+
+/* a copy's pointers: each that the kind names device memory must lie in one
+ * device allocation, with all its bytes */
+static cudaError_t check_copy(const char *what, void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
+    if (!bytes) return cudaSuccess;
+    bool dd = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+    bool sd = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+    if (kind == cudaMemcpyDefault) {
+        dd = is_device(dst);
+        sd = is_device(src);
+    }
+    const alloc *a;
+    if (dd && (!(a = find_alloc(dst, bytes, nullptr)) || a->host)) {
+        report("%s: destination %p + %zu bytes is not inside one device allocation", what, dst, bytes);
+        return set_err(cudaErrorInvalidValue);
+    }
+    if (sd && (!(a = find_alloc(src, bytes, nullptr)) || a->host)) {
+        report("%s: source %p + %zu bytes is not inside one device allocation", what, src, bytes);
+        return set_err(cudaErrorInvalidValue);
+    }
+    if (!dd && is_device(dst)) {
+        report("%s: destination %p is device memory but the kind says host", what, dst);
+        return set_err(cudaErrorInvalidValue);
+    }
+    if (!sd && is_device(src)) {
+        report("%s: source %p is device memory but the kind says host", what, src);
+        return set_err(cudaErrorInvalidValue);
+    }
+    return cudaSuccess;
+}
+
+} // namespace ampr_emu
+
+/* ---- streams, events, graphs ------------------------------------------------------- */
+
+struct ampr_emu_graph {
+    std::vector<std::function<void()>> nodes;
+    bool invalid = false;
+};
+struct ampr_emu_stream {
+    int device;
+    ampr_emu_graph *capture = nullptr;
+    ampr_emu_stream *origin = nullptr; /* a stream forked into another's capture */
+};
+struct ampr_emu_event {
+    int device;
+    double t = 0;
+    bool recorded = false;
+    ampr_emu_graph *capture = nullptr;
+    ampr_emu_stream *capture_stream = nullptr;
+};
+
+namespace ampr_emu {
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+/* Run `op` now, or record it into the stream's capture. */
+static cudaError_t enqueue(cudaStream_t s, std::function<void()> op) {
+    if (g_sticky) return g_sticky;
+    if (s && s->capture) {
+        s->capture->nodes.push_back(std::move(op));
+        return cudaSuccess;
+    }
+    op();
+    return g_sticky;
+}
+
+static std::map<const void *, int> g_max_dyn_smem;
+
+/* AMPR_EMU_PROFILE: launches and milliseconds per kernel name */
+struct profile {
+    std::map<std::string, std::pair<long, double>> k;
+    ~profile() {
+        if (k.empty()) return;
+        std::vector<std::pair<double, std::string>> v;
+        double total = 0;
+        for (auto &e : k) v.push_back({e.second.second, e.first}), total += e.second.second;
+        std::sort(v.rbegin(), v.rend());
+        fprintf(stderr, "ampr-emu: %.0f ms in kernels; the most:\n", total);
+        for (size_t i = 0; i < v.size() && i < 15; i++)
+            fprintf(stderr, "  %9.1f ms %7ld launches  %s\n", v[i].first, k[v[i].second].first, v[i].second.c_str());
+    }
+};
+static profile g_profile;
+static bool g_profiling = env_int("AMPR_EMU_PROFILE", 0) != 0;
+
+static cudaError_t run_launch(const char *name, const config &c, const std::function<void()> &body) {
+    unsigned n = c.block.x * c.block.y * c.block.z;
+    std::vector<unsigned char> smem(c.smem + 128);
+    launch_state ls;
+    ls.gdim = c.grid;
+    ls.bdim = c.block;
+    ls.dyn_smem = (void *)(((uintptr_t)smem.data() + 127) & ~(uintptr_t)127);
+    g_launch = &ls;
+    g_kernel = name;
+    gridDim = c.grid;
+    blockDim = c.block;
+    uint64_t blocks = (uint64_t)c.grid.x * c.grid.y * c.grid.z;
+    std::string msg;
+    double t0 = g_profiling ? now_ms() : 0;
+    for (uint64_t k = 0; k < blocks; k++) {
+        uint64_t i = g_reverse ? blocks - 1 - k : k;
+        ls.bid = uint3{(unsigned)(i % c.grid.x), (unsigned)((i / c.grid.x) % c.grid.y),
+                       (unsigned)(i / ((uint64_t)c.grid.x * c.grid.y))};
+        blockIdx = ls.bid;
+        memset(ls.dyn_smem, 0xff, c.smem); /* shared memory starts undefined */
+        if (!run_block(body, n, c.block, msg)) {
+            report("fault in %s, block (%u,%u,%u) of (%u,%u,%u), %u threads: %s", name, ls.bid.x, ls.bid.y,
+                   ls.bid.z, c.grid.x, c.grid.y, c.grid.z, n, msg.c_str());
+            g_sticky = cudaErrorLaunchFailure;
+            break;
+        }
+    }
+    if (g_profiling) {
+        std::lock_guard<std::mutex> l(g_mu);
+        auto &e = g_profile.k[name];
+        e.first++;
+        e.second += now_ms() - t0;
+    }
+    g_launch = nullptr;
+    g_kernel = "?";
+    return g_sticky;
+}
+
+int launch(const char *name, const void *fn, const config &c, std::function<void()> body) {
+    init();
+    if (g_devices <= 0) return set_err(cudaErrorNoDevice);
+    const dim3 &g = c.grid, &b = c.block;
+    uint64_t threads = (uint64_t)b.x * b.y * b.z;
+    if (!g.x || !g.y || !g.z || !b.x || !b.y || !b.z || threads > 1024 || b.z > 64 || g.y > 65535 ||
+        g.z > 65535 || g.x > 0x7fffffffu) {
+        report("launch of %s with grid (%u,%u,%u) block (%u,%u,%u): invalid configuration", name, g.x, g.y, g.z,
+               b.x, b.y, b.z);
+        return set_err(cudaErrorInvalidConfiguration);
+    }
+    if (c.smem > 48 * 1024) {
+        auto it = g_max_dyn_smem.find(fn);
+        if (it == g_max_dyn_smem.end() || (size_t)it->second < c.smem) {
+            report("launch of %s with %zu bytes of dynamic shared memory: over 48 KiB without "
+                   "cudaFuncAttributeMaxDynamicSharedMemorySize (%d)", name, c.smem,
+                   it == g_max_dyn_smem.end() ? 0 : it->second);
+            return set_err(cudaErrorInvalidValue);
+        }
+    }
+    cudaStream_t s = (cudaStream_t)c.stream;
+    if (s && s->device != g_device) {
+        report("launch of %s on a stream of device %d while device %d is current", name, s->device, g_device);
+        return set_err(cudaErrorInvalidResourceHandle);
+    }
+    config cc = c;
+    std::string nm = name;
+    return set_err(enqueue(s, [cc, nm, body]() { run_launch(nm.c_str(), cc, body); }));
+}
+
+} // namespace ampr_emu
+
+using namespace ampr_emu;
+
+cudaError_t ampr_emu_func_set_attribute(const void *fn, cudaFuncAttribute a, int value) {
+    if (a == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+        if (value < 0 || value > 232448) return set_err(cudaErrorInvalidValue);
+        std::lock_guard<std::mutex> l(g_mu);
+        g_max_dyn_smem[fn] = value;
+    }
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceCount(int *n) {
+    init();
+    *n = g_devices > 0 ? g_devices : 0;
+    return g_devices > 0 ? cudaSuccess : set_err(cudaErrorNoDevice);
+}
+cudaError_t cudaSetDevice(int d) {
+    init();
+    if (d < 0 || d >= g_devices) return set_err(cudaErrorInvalidDevice);
+    g_device = d;
+    return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int *d) {
+    *d = g_device;
+    return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d) {
+    init();
+    if (d < 0 || d >= g_devices) return set_err(cudaErrorInvalidDevice);
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "ampr-emu (CUDA on the CPU)");
+    p->totalGlobalMem = g_mem_limit;
+    p->sharedMemPerBlock = 48 * 1024;
+    p->sharedMemPerBlockOptin = 232448;
+    p->sharedMemPerMultiprocessor = 233472;
+    p->regsPerBlock = 65536;
+    p->warpSize = 32;
+    p->maxThreadsPerBlock = 1024;
+    p->maxThreadsDim[0] = p->maxThreadsDim[1] = 1024;
+    p->maxThreadsDim[2] = 64;
+    p->maxGridSize[0] = 0x7fffffff;
+    p->maxGridSize[1] = p->maxGridSize[2] = 65535;
+    p->clockRate = 1000000;
+    p->memoryClockRate = 1000000;
+    p->memoryBusWidth = 1024;
+    p->l2CacheSize = 50 << 20;
+    p->major = 9;
+    p->minor = 0;
+    p->multiProcessorCount = env_int("AMPR_EMU_SMS", 4);
+    p->maxThreadsPerMultiProcessor = 2048;
+    p->pciBusID = d;
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize(void) { return g_sticky; }
+cudaError_t cudaGetLastError(void) {
+    cudaError_t e = g_last;
+    g_last = cudaSuccess;
+    return g_sticky ? g_sticky : e;
+}
+cudaError_t cudaPeekAtLastError(void) { return g_sticky ? g_sticky : g_last; }
+const char *cudaGetErrorName(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    default: return "cudaErrorUnknown";
+    }
+}
+const char *cudaGetErrorString(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorMemoryAllocation: return "out of memory (emulated device)";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected (emulation with AMPR_EMU_DEVICES=0)";
+    case cudaErrorLaunchFailure: return "unspecified launch failure (an emulated kernel faulted: see stderr)";
+    default: return "an emulated CUDA call failed (see stderr)";
+    }
+}
+
+cudaError_t cudaMalloc(void **p, size_t bytes) { return do_alloc(p, bytes, false); }
+cudaError_t cudaFree(void *p) { return do_free(p, false); }
+cudaError_t cudaMallocHost(void **p, size_t bytes) { return do_alloc(p, bytes, true); }
+cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned) { return do_alloc(p, bytes, true); }
+cudaError_t cudaFreeHost(void *p) { return do_free(p, true); }
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s) {
+    cudaError_t e = check_copy("cudaMemcpyAsync", dst, src, bytes, kind);
+    if (e) return e;
+    return set_err(enqueue(s, [=]() { memmove(dst, src, bytes); }));
+}
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
+    return cudaMemcpyAsync(dst, src, bytes, kind, 0);
+}
+cudaError_t cudaMemcpyPeerAsync(void *dst, int, const void *src, int, size_t bytes, cudaStream_t s) {
+    return cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s);
+}
+cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t s) {
+    if (bytes && (!find_alloc(p, bytes, nullptr) || !is_device(p))) {
+        report("cudaMemsetAsync: %p + %zu bytes is not inside one device allocation", p, bytes);
+        return set_err(cudaErrorInvalidValue);
+    }
+    return set_err(enqueue(s, [=]() { memset(p, value, bytes); }));
+}
+cudaError_t cudaMemset(void *p, int value, size_t bytes) { return cudaMemsetAsync(p, value, bytes, 0); }
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) {
+    init();
+    if (g_devices <= 0) return set_err(cudaErrorNoDevice);
+    *s = new ampr_emu_stream{g_device};
+    return cudaSuccess;
+}
+cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags(s, 0); }
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    if (s && s->capture && !s->origin) delete s->capture;
+    delete s;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    if (s && s->capture) {
+        report("cudaStreamSynchronize on a stream that is capturing a graph");
+        s->capture->invalid = true;
+        return set_err(cudaErrorStreamCaptureUnsupported);
+    }
+    return g_sticky;
+}
+cudaError_t cudaStreamQuery(cudaStream_t s) {
+    if (s && s->capture) return set_err(cudaErrorStreamCaptureUnsupported);
+    return g_sticky;
+}
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
+    if (!s || s->capture) return set_err(cudaErrorInvalidValue);
+    s->capture = new ampr_emu_graph;
+    s->origin = nullptr;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g) {
+    *g = nullptr;
+    if (!s || !s->capture || s->origin) return set_err(cudaErrorInvalidValue);
+    ampr_emu_graph *graph = s->capture;
+    s->capture = nullptr;
+    if (graph->invalid) {
+        delete graph;
+        return set_err(cudaErrorStreamCaptureInvalidated);
+    }
+    *g = graph;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus *st) {
+    *st = s && s->capture ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+    if (!e) return set_err(cudaErrorInvalidResourceHandle);
+    /* everything already ran in issue order; a wait on an event recorded in a
+     * capture forks this stream into that capture */
+    if (s && e->capture && !s->capture) {
+        s->capture = e->capture;
+        s->origin = e->capture_stream;
+    }
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned) {
+    *e = new ampr_emu_event{g_device};
+    return cudaSuccess;
+}
+cudaError_t cudaEventCreate(cudaEvent_t *e) { return cudaEventCreateWithFlags(e, 0); }
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    delete e;
+    return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+    if (!e) return set_err(cudaErrorInvalidResourceHandle);
+    if (s && s->capture) {
+        e->capture = s->capture;
+        e->capture_stream = s->origin ? s->origin : s;
+        /* a forked stream that records an event joins back when its origin waits */
+        return enqueue(s, [e]() { e->t = now_ms(); });
+    }
+    e->capture = nullptr;
+    e->recorded = true;
+    e->t = now_ms();
+    return g_sticky;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) { return e ? g_sticky : set_err(cudaErrorInvalidResourceHandle); }
+cudaError_t cudaEventQuery(cudaEvent_t e) { return e ? g_sticky : set_err(cudaErrorInvalidResourceHandle); }
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
+    if (!a || !b || !a->recorded || !b->recorded) return set_err(cudaErrorInvalidResourceHandle);
+    *ms = (float)(b->t - a->t);
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *x, cudaGraph_t g, unsigned long long) {
+    if (!g) return set_err(cudaErrorInvalidValue);
+    *x = new ampr_emu_graph(*g);
+    return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t x, cudaStream_t s) {
+    if (!x) return set_err(cudaErrorInvalidValue);
+    if (s && s->capture) {
+        for (auto &n : x->nodes) s->capture->nodes.push_back(n);
+        return cudaSuccess;
+    }
+    for (auto &n : x->nodes) {
+        if (g_sticky) break;
+        n();
+    }
+    return g_sticky;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t g) {
+    delete g;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t x) {
+    delete x;
+    return cudaSuccess;
+}
+
+/* ---- cuBLASLt ------------------------------------------------------------------------ */
+
+struct ampr_emu_lt {
+    int device;
+};
+struct ampr_emu_lt_desc {
+    cublasComputeType_t ct;
+    cudaDataType_t scale;
+    cublasOperation_t ta, tb;
+};
+struct ampr_emu_lt_layout {
+    cudaDataType_t t;
+    uint64_t rows, cols;
+    int64_t ld;
+};
+struct ampr_emu_lt_pref {
+    size_t ws;
+};
+
+cublasStatus_t cublasLtCreate(cublasLtHandle_t *h) {
+    *h = new ampr_emu_lt{g_device};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t h) {
+    delete h;
+    return CUBLAS_STATUS_SUCCESS;
+}
+const char *cublasLtGetStatusName(cublasStatus_t s) {
+    switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    default: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    }
+}
+const char *cublasLtGetStatusString(cublasStatus_t s) {
+    return s == CUBLAS_STATUS_SUCCESS ? "success" : "an emulated cuBLASLt call failed (see stderr)";
+}
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *d, cublasComputeType_t ct, cudaDataType_t scale) {
+    *d = new ampr_emu_lt_desc{ct, scale, CUBLAS_OP_N, CUBLAS_OP_N};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d) {
+    delete d;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t a,
+                                              const void *buf, size_t size) {
+    if (size != sizeof(int32_t)) return CUBLAS_STATUS_INVALID_VALUE;
+    int32_t v;
+    memcpy(&v, buf, 4);
+    if (a == CUBLASLT_MATMUL_DESC_TRANSA) d->ta = (cublasOperation_t)v;
+    else if (a == CUBLASLT_MATMUL_DESC_TRANSB) d->tb = (cublasOperation_t)v;
+    else return CUBLAS_STATUS_INVALID_VALUE;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *l, cudaDataType_t t, uint64_t rows,
+                                          uint64_t cols, int64_t ld) {
+    if (ld < (int64_t)rows || ld < 1) return CUBLAS_STATUS_INVALID_VALUE;
+    *l = new ampr_emu_lt_layout{t, rows, cols, ld};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) {
+    delete l;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *p) {
+    *p = new ampr_emu_lt_pref{0};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) {
+    delete p;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p,
+                                                    cublasLtMatmulPreferenceAttributes_t a,
+                                                    const void *buf, size_t size) {
+    if (a != CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES || size != sizeof(uint64_t))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    memcpy(&p->ws, buf, 8);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* the shapes and types a matmul of these descriptors has, or why not */
+static const char *lt_shape(cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+                            cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t d, uint64_t *m,
+                            uint64_t *n, uint64_t *k) {
+    *m = op->ta == CUBLAS_OP_T ? a->cols : a->rows;
+    *k = op->ta == CUBLAS_OP_T ? a->rows : a->cols;
+    uint64_t kb = op->tb == CUBLAS_OP_T ? b->cols : b->rows;
+    *n = op->tb == CUBLAS_OP_T ? b->rows : b->cols;
+    if (kb != *k) return "op(A) and op(B) disagree on k";
+    if (c->rows != *m || c->cols != *n || d->rows != *m || d->cols != *n) return "C or D is not m x n";
+    bool f16 = a->t == CUDA_R_16F && b->t == CUDA_R_16F && c->t == CUDA_R_32F && d->t == CUDA_R_32F &&
+               op->ct == CUBLAS_COMPUTE_32F && op->scale == CUDA_R_32F;
+    bool i8 = a->t == CUDA_R_8I && b->t == CUDA_R_8I && c->t == CUDA_R_32I && d->t == CUDA_R_32I &&
+              op->ct == CUBLAS_COMPUTE_32I && op->scale == CUDA_R_32I;
+    if (!f16 && !i8) return "types other than f16 x f16 -> f32 or i8 x i8 -> i32";
+    if (i8 && (op->ta != CUBLAS_OP_T || op->tb != CUBLAS_OP_N))
+        return "int8 with a regular layout needs A transposed and B not (TN)";
+    return nullptr;
+}
+
+cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDesc_t op,
+                                              cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+                                              cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t d,
+                                              cublasLtMatmulPreference_t, int requested,
+                                              cublasLtMatmulHeuristicResult_t *res, int *returned) {
+    uint64_t m, n, k;
+    const char *why = lt_shape(op, a, b, c, d, &m, &n, &k);
+    *returned = 0;
+    if (why) {
+        report("cublasLtMatmulAlgoGetHeuristic: %s", why);
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+    if (requested < 1) return CUBLAS_STATUS_INVALID_VALUE;
+    memset(res, 0, sizeof *res);
+    res->state = CUBLAS_STATUS_SUCCESS;
+    res->wavesCount = 1.0f;
+    *returned = 1;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+static float g_h2f_table[65536];
+static bool g_h2f_ready = [] {
+    for (unsigned i = 0; i < 65536; i++) g_h2f_table[i] = ampr_emu_h2f((unsigned short)i);
+    return true;
+}();
+
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t op, const void *alpha, const void *A,
+                              cublasLtMatrixLayout_t a, const void *B, cublasLtMatrixLayout_t b,
+                              const void *beta, const void *C, cublasLtMatrixLayout_t c, void *D,
+                              cublasLtMatrixLayout_t d, const cublasLtMatmulAlgo_t *, void *, size_t,
+                              cudaStream_t s) {
+    uint64_t m, n, k;
+    const char *why = lt_shape(op, a, b, c, d, &m, &n, &k);
+    if (why) {
+        report("cublasLtMatmul: %s", why);
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+    if (h->device != g_device) {
+        report("cublasLtMatmul with a handle of device %d while device %d is current", h->device, g_device);
+        return CUBLAS_STATUS_EXECUTION_FAILED;
+    }
+    bool i8 = a->t == CUDA_R_8I;
+    size_t es = i8 ? 1 : 2;
+    /* every element the call reads or writes must lie in device memory */
+    uint64_t a_span = (uint64_t)a->ld * (a->cols - 1) + a->rows, b_span = (uint64_t)b->ld * (b->cols - 1) + b->rows;
+    uint64_t d_span = (uint64_t)d->ld * (n - 1) + m;
+    int32_t ai = 0, bi = 0;
+    float af = 0, bf = 0;
+    if (i8) memcpy(&ai, alpha, 4), memcpy(&bi, beta, 4);
+    else memcpy(&af, alpha, 4), memcpy(&bf, beta, 4);
+    bool reads_c = i8 ? bi != 0 : bf != 0.0f;
+    if (!find_alloc(A, a_span * es, nullptr) || !find_alloc(B, b_span * es, nullptr) ||
+        !find_alloc(D, d_span * 4, nullptr) || (reads_c && !find_alloc(C, ((uint64_t)c->ld * (n - 1) + m) * 4, nullptr))) {
+        report("cublasLtMatmul: an operand is not inside one device allocation (m %llu n %llu k %llu)",
+               (unsigned long long)m, (unsigned long long)n, (unsigned long long)k);
+        return CUBLAS_STATUS_EXECUTION_FAILED;
+    }
+    ampr_emu_lt_desc o = *op;
+    ampr_emu_lt_layout la = *a, lb = *b, lc = *c, ld = *d;
+    cudaError_t e = enqueue(s, [=]() {
+        /* op(A) as m rows and op(B) as n columns, each contiguous in k */
+        std::vector<float> fa(i8 ? 0 : m * k), fb(i8 ? 0 : n * k);
+        std::vector<int32_t> ia(i8 ? m * k : 0), ib(i8 ? n * k : 0);
+        for (uint64_t i = 0; i < m; i++)
+            for (uint64_t l = 0; l < k; l++) {
+                uint64_t at = o.ta == CUBLAS_OP_T ? l + i * (uint64_t)la.ld : i + l * (uint64_t)la.ld;
+                if (i8) ia[i * k + l] = ((const int8_t *)A)[at];
+                else fa[i * k + l] = g_h2f_table[((const uint16_t *)A)[at]];
+            }
+        for (uint64_t j = 0; j < n; j++)
+            for (uint64_t l = 0; l < k; l++) {
+                uint64_t bt = o.tb == CUBLAS_OP_T ? j + l * (uint64_t)lb.ld : l + j * (uint64_t)lb.ld;
+                if (i8) ib[j * k + l] = ((const int8_t *)B)[bt];
+                else fb[j * k + l] = g_h2f_table[((const uint16_t *)B)[bt]];
+            }
+        for (uint64_t j = 0; j < n; j++)
+            for (uint64_t i = 0; i < m; i++) {
+                uint64_t ci = i + j * (uint64_t)lc.ld, di = i + j * (uint64_t)ld.ld;
+                if (i8) {
+                    const int32_t *x = &ia[i * k], *y = &ib[j * k];
+                    int64_t acc = 0;
+                    for (uint64_t l = 0; l < k; l++) acc += (int64_t)x[l] * y[l];
+                    ((int32_t *)D)[di] =
+                        (int32_t)((int64_t)ai * acc + (bi ? (int64_t)bi * ((const int32_t *)C)[ci] : 0));
+                } else {
+                    const float *x = &fa[i * k], *y = &fb[j * k];
+                    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}; /* eight sums: the loop vectorizes */
+                    uint64_t l = 0;
+                    for (; l + 8 <= k; l += 8)
+                        for (int u = 0; u < 8; u++) acc[u] += x[l + u] * y[l + u];
+                    float v = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+                    for (; l < k; l++) v += x[l] * y[l];
+                    v *= af;
+                    if (bf != 0.0f) v += bf * ((const float *)C)[ci];
+                    ((float *)D)[di] = v;
+                }
+            }
+    });
+    return e ? CUBLAS_STATUS_EXECUTION_FAILED : CUBLAS_STATUS_SUCCESS;
+}
+
+/* ---- NCCL ------------------------------------------------------------------------------- */
+
+struct ampr_emu_clique {
+    int n;
+    int alive;
+    struct op {
+        const void *send;
+        void *recv;
+        size_t count;
+        ncclDataType_t t;
+        ncclRedOp_t red;
+        bool set;
+    };
+    std::vector<op> pending;
+};
+struct ampr_emu_comm {
+    ampr_emu_clique *q;
+    int rank;
+    int device;
+};
+static thread_local int g_group = 0;
+static thread_local std::vector<ampr_emu_clique *> g_group_cliques;
+
+static ncclResult_t clique_run(ampr_emu_clique *q) {
+    for (int r = 0; r < q->n; r++)
+        if (!q->pending[r].set) return ncclInProgress;
+    const auto &p0 = q->pending[0];
+    for (int r = 1; r < q->n; r++) {
+        if (q->pending[r].count != p0.count || q->pending[r].t != p0.t || q->pending[r].red != p0.red) {
+            report("ncclAllReduce: the ranks disagree on count, type or operation");
+            for (auto &p : q->pending) p.set = false;
+            return ncclInvalidUsage;
+        }
+    }
+    if (p0.t != ncclFloat32 || p0.red != ncclSum) {
+        report("ncclAllReduce: only the float sum is emulated");
+        return ncclInvalidUsage;
+    }
+    std::vector<float> sum(p0.count, 0.0f);
+    for (int r = 0; r < q->n; r++)
+        for (size_t i = 0; i < p0.count; i++) sum[i] += ((const float *)q->pending[r].send)[i];
+    for (int r = 0; r < q->n; r++) memcpy(q->pending[r].recv, sum.data(), p0.count * 4);
+    for (auto &p : q->pending) p.set = false;
+    return ncclSuccess;
+}
+
+ncclResult_t ncclGetUniqueId(ncclUniqueId *id) {
+    for (size_t i = 0; i < sizeof id->internal; i++) id->internal[i] = (char)(rand() & 0xff);
+    return ncclSuccess;
+}
+ncclResult_t ncclCommInitAll(ncclComm_t *comms, int n, const int *devs) {
+    init();
+    if (n < 1) return ncclInvalidArgument;
+    auto *q = new ampr_emu_clique{n, n, std::vector<ampr_emu_clique::op>((size_t)n)};
+    for (int i = 0; i < n; i++) {
+        int dev = devs ? devs[i] : i;
+        if (dev < 0 || dev >= g_devices) {
+            delete q;
+            return ncclInvalidArgument;
+        }
+        comms[i] = new ampr_emu_comm{q, i, dev};
+    }
+    return ncclSuccess;
+}
+ncclResult_t ncclCommInitRankConfig(ncclComm_t *comm, int n, ncclUniqueId, int rank, ncclConfig_t *) {
+    *comm = nullptr;
+    if (n != 1 || rank != 0) {
+        report("ncclCommInitRank with %d ranks: communicators across processes are not emulated", n);
+        return ncclInvalidUsage;
+    }
+    return ncclCommInitAll(comm, 1, &g_device);
+}
+ncclResult_t ncclCommInitRank(ncclComm_t *comm, int n, ncclUniqueId id, int rank) {
+    return ncclCommInitRankConfig(comm, n, id, rank, nullptr);
+}
+ncclResult_t ncclCommFinalize(ncclComm_t) { return ncclSuccess; }
+ncclResult_t ncclCommDestroy(ncclComm_t c) {
+    if (!c) return ncclInvalidArgument;
+    if (--c->q->alive == 0) delete c->q;
+    delete c;
+    return ncclSuccess;
+}
+ncclResult_t ncclCommAbort(ncclComm_t c) { return ncclCommDestroy(c); }
+ncclResult_t ncclCommGetAsyncError(ncclComm_t, ncclResult_t *r) {
+    *r = ncclSuccess;
+    return ncclSuccess;
+}
+ncclResult_t ncclGroupStart(void) {
+    g_group++;
+    return ncclSuccess;
+}
+ncclResult_t ncclGroupEnd(void) {
+    if (g_group <= 0) return ncclInvalidUsage;
+    if (--g_group > 0) return ncclSuccess;
+    ncclResult_t res = ncclSuccess;
+    for (ampr_emu_clique *q : g_group_cliques) {
+        ncclResult_t r = clique_run(q);
+        if (r == ncclInProgress) {
+            report("ncclGroupEnd: a group issued the all-reduce on only some of a communicator's ranks "
+                   "(it would wait forever on a GPU)");
+            for (auto &p : q->pending) p.set = false;
+            r = ncclInvalidUsage;
+        }
+        if (r != ncclSuccess) res = r;
+    }
+    g_group_cliques.clear();
+    return res;
+}
+ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataType_t t, ncclRedOp_t red,
+                           ncclComm_t comm, cudaStream_t s) {
+    if (!comm) return ncclInvalidArgument;
+    if (s && s->capture) {
+        report("ncclAllReduce on a capturing stream: not emulated");
+        return ncclInvalidUsage;
+    }
+    size_t es = t == ncclFloat32 || t == ncclInt32 ? 4 : t == ncclFloat16 ? 2 : 1;
+    if (count && (!find_alloc(send, count * es, nullptr) || !find_alloc(recv, count * es, nullptr))) {
+        report("ncclAllReduce: a buffer of %zu elements is not inside one device allocation", count);
+        return ncclInvalidArgument;
+    }
+    ampr_emu_clique *q = comm->q;
+    if (q->pending[(size_t)comm->rank].set) {
+        report("ncclAllReduce: rank %d issued a second all-reduce before every rank issued the first", comm->rank);
+        return ncclInvalidUsage;
+    }
+    q->pending[(size_t)comm->rank] = ampr_emu_clique::op{send, recv, count, t, red, true};
+    if (g_group > 0) {
+        bool known = false;
+        for (auto *x : g_group_cliques) known |= x == q;
+        if (!known) g_group_cliques.push_back(q);
+        return ncclSuccess;
+    }
+    ncclResult_t r = clique_run(q);
+    return r == ncclInProgress ? ncclSuccess : r;
+}
+const char *ncclGetErrorString(ncclResult_t r) {
+    switch (r) {
+    case ncclSuccess: return "no error";
+    case ncclInvalidUsage: return "invalid usage (emulated NCCL: see stderr)";
+    case ncclInvalidArgument: return "invalid argument";
+    case ncclInProgress: return "operation in progress";
+    default: return "an emulated NCCL call failed";
+    }
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""lower.py SRC.cu OUT.cc -- CUDA source to host C++ for the CPU emulation
+(tests/emu/cuda_emu.h). Two rewrites, each keeping the line count so that
+compiler messages point at SRC:
+
+  kernel<<<grid, block[, smem[, stream]]>>>(args)
+      -> ampr_emu_launch(kernel, "kernel", ampr_emu_cfg(grid, block[, ...]), args)
+  extern __shared__ [__align__(N)] T name[];
+      -> T *name = (T *)ampr_emu_dyn_smem();
+
+and inline PTX the emulator knows (mma.sync m16n8k16 f16 -> f32, prefetch) is
+left to the source: it is selected with #ifdef AMPR_CUDA_EMU there.
+"""
+import re
+import sys
+
+src_path, out_path = sys.argv[1], sys.argv[2]
+text = open(src_path).read()
+
+# a kernel name, possibly with template arguments (one level of nesting)
+NAME = r"([A-Za-z_][\w:]*(?:\s*<(?:[^<>;]|<[^<>;]*>)*>)?)"
+launch = re.compile(NAME + r"\s*<<<(.*?)>>>\s*\(", re.S)
+
+
+def fix_launch(m):
+    name, cfg = m.group(1), m.group(2)
+    label = re.sub(r"\s+", " ", name)
+    # an empty argument list: no comma after the configuration
+    rest = text[m.end():]
+    comma = "" if rest.lstrip().startswith(")") else ", "
+    return 'ampr_emu_launch(%s, "%s", ampr_emu_cfg(%s)%s' % (name, label, cfg, comma)
+
+
+text = launch.sub(fix_launch, text)
+if "<<<" in text:
+    line = text[: text.index("<<<")].count("\n") + 1
+    sys.exit("lower.py: %s:%d: a launch this script cannot parse" % (src_path, line))
+
+dyn = re.compile(r"extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s+)?([\w\s]+?)\s+(\w+)\s*\[\s*\]\s*;")
+text = dyn.sub(lambda m: "%s *%s = (%s *)ampr_emu_dyn_smem();" % (m.group(1), m.group(2), m.group(1)), text)
+
+with open(out_path, "w") as f:
+    f.write('#line 1 "%s"\n' % src_path)
+    f.write(text)
