@@ -6,6 +6,10 @@
 #                     (skips when promtool, Debian package prometheus, is absent)
 #   make check-asan   the tests under AddressSanitizer + UBSan (build-asan/)
 #   make check-valgrind  the tests under valgrind memcheck
+#   make check-emu    the CUDA backend on the CPU emulation of CUDA (tests/emu): the GPU
+#                     op checks, the end-to-end runs of tests/gpu/check.sh, the unit tests
+#                     with the emulated GPU present, and the op checks again with each
+#                     block's threads run in the other order (build-emu/)
 #   make run          install missing packages, build, generate from the default model
 #   make bench        side-by-side tier benchmark
 #   make install      PREFIX=/usr/local DESTDIR=
@@ -77,7 +81,7 @@ SONAME := libampr.so.$(VERSION_MAJOR)
 SHARED := $(B)/libampr.so.$(VERSION)
 CLI := $(B)/ampr
 
-.PHONY: all lib test check-promtool check-asan check-valgrind run bench install uninstall clean examples
+.PHONY: all lib test check-promtool check-asan check-valgrind check-emu run bench install uninstall clean examples
 
 all: lib $(CLI)
 lib: $(STATIC) $(SHARED) $(B)/ampr.pc
@@ -138,6 +142,11 @@ check-asan:
 check-valgrind:
 	AMPR_TEST_SERIALIZED=1 $(MAKE) CUDA=0 B=build-vg OPT=-O1 TEST_RUNNER="valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect -q" test
 
+check-emu:
+	bash tests/gpu/check.sh --emu
+	$(MAKE) CUDA=1 CUDA_EMU=1 B=build-emu test
+	AMPR_EMU_ORDER=reverse bash tests/gpu/check.sh --emu --quick
+
 run:
 	@tools/install-deps.sh
 	$(MAKE) all
@@ -173,7 +182,7 @@ uninstall:
 	  $(DESTDIR)$(LIBDIR)/pkgconfig/ampr.pc $(DESTDIR)$(BINDIR)/ampr
 
 clean:
-	rm -rf build build-asan build-vg build-fuzz build-tsan build-prebuild
+	rm -rf build build-asan build-vg build-fuzz build-tsan build-prebuild build-emu build-emu.make.log
 
 include examples/examples.mk
 include tests/fuzz/fuzz.mk

@@ -309,10 +309,17 @@ static void fiber_entry(void) {
 
 /* Stacks: a mapping of `count` stacks, each below a guard page, per OS thread. */
 struct stacks {
-    char *base = nullptr;
+    char *base = nullptr, *alt = nullptr;
     size_t each = 0, count = 0;
     ~stacks() {
         if (base) munmap(base, (each + 4096) * count);
+        if (alt) {
+            stack_t ss;
+            memset(&ss, 0, sizeof ss);
+            ss.ss_flags = SS_DISABLE;
+            sigaltstack(&ss, nullptr);
+            free(alt);
+        }
     }
     char *top(size_t i) { return base + (each + 4096) * i + 4096 + each; }
     void need(size_t n) {
@@ -327,6 +334,14 @@ struct stacks {
             abort();
         }
         for (size_t i = 0; i < n; i++) mprotect(base + (each + 4096) * i, 4096, PROT_NONE);
+        if (!alt) { /* where the fault handler runs when a fiber's stack overflowed */
+            alt = (char *)malloc(65536);
+            stack_t ss;
+            memset(&ss, 0, sizeof ss);
+            ss.ss_sp = alt;
+            ss.ss_size = 65536;
+            sigaltstack(&ss, nullptr);
+        }
     }
 };
 static thread_local stacks g_stacks;
@@ -407,9 +422,17 @@ static thread_local int g_device = 0;
 static thread_local cudaError_t g_last = cudaSuccess;
 static cudaError_t g_sticky = cudaSuccess;
 
+static void on_fault_signal(int sig, siginfo_t *si, void *);
+
 static void init(void) {
     std::lock_guard<std::mutex> l(g_mu);
     if (g_devices >= 0) return;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_fault_signal;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESETHAND;
+    sigaction(SIGSEGV, &sa, nullptr);
+    sigaction(SIGBUS, &sa, nullptr);
     g_devices = env_int("AMPR_EMU_DEVICES", 1);
     if (g_devices > 16) g_devices = 16;
     g_mem_limit = (size_t)env_int("AMPR_EMU_MEM_MB", 16384) << 20;
@@ -451,6 +474,37 @@ static const alloc *find_alloc(const void *p, size_t bytes, uintptr_t *start) {
     if ((uintptr_t)p < it->first || (uintptr_t)p + bytes > it->first + it->second.bytes) return nullptr;
     if (start) *start = it->first;
     return &it->second;
+}
+
+/* SIGSEGV or SIGBUS: name the kernel, block and thread, and the allocation
+ * whose guard page the address is in, then die of the signal. */
+static void on_fault_signal(int sig, siginfo_t *si, void *) {
+    char buf[512];
+    int n;
+    uintptr_t a = (uintptr_t)si->si_addr;
+    if (g_launch && g_cur)
+        n = snprintf(buf, sizeof buf, "ampr-emu: %s at %p in %s, block (%u,%u,%u), thread (%u,%u,%u)",
+                     sig == SIGSEGV ? "SIGSEGV" : "SIGBUS", si->si_addr, g_kernel, blockIdx.x, blockIdx.y,
+                     blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+    else
+        n = snprintf(buf, sizeof buf, "ampr-emu: %s at %p outside a kernel", sig == SIGSEGV ? "SIGSEGV" : "SIGBUS",
+                     si->si_addr);
+    if (g_mu.try_lock()) {
+        for (auto &e : g_allocs) {
+            uintptr_t end = (uintptr_t)e.second.map + e.second.map_len;
+            if (a >= end - 4096 && a < end && n < (int)sizeof buf)
+                n += snprintf(buf + n, sizeof buf - (size_t)n,
+                              ": %zu bytes past the start of a %s allocation of %zu bytes at %p (its guard page)",
+                              (size_t)(a - e.first), e.second.host ? "host" : "device", e.second.bytes,
+                              (void *)e.first);
+        }
+        g_mu.unlock();
+    }
+    if (n > (int)sizeof buf - 2) n = (int)sizeof buf - 2;
+    buf[n++] = '\n';
+    if (write(2, buf, (size_t)n) < 0) {
+    }
+    raise(sig);
 }
 
 static cudaError_t do_alloc(void **p, size_t bytes, bool host) {

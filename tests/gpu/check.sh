@@ -13,6 +13,10 @@
 #   bash tests/gpu/check.sh --prebuild    (here, no GPU needed) build .gpu/ampr: the CLI with
 #                                         CUDA, jansson and pcre2 linked statically, no NCCL,
 #                                         for a GPU machine that lacks those libraries
+#   bash tests/gpu/check.sh --emu         (no GPU needed; `make check-emu`) the same checks and
+#                                         end-to-end runs on the CPU emulation of CUDA
+#                                         (tests/emu/README.md): build-emu/, no benchmarks;
+#                                         with --quick the op checks only
 #
 # End to end (after the op checks, unless --quick): with the model
 # ${AMPR_GPU_MODEL:-.gpu/stories260K.gguf} present, `ampr run` on every tier
@@ -28,14 +32,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
-[ -x "$NVCC" ] || { echo "check.sh: nvcc not found (set NVCC)"; exit 3; }
-CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$NVCC")")}
-OUT=${AMPR_GPU_BUILD:-tests/gpu/build}
-mkdir -p "$OUT/obj"
-
 build_only=0
 prebuild=0
+emu=0
 bench8b=0
 quick=0
 bench_only=0
@@ -44,12 +43,39 @@ for a in "$@"; do
     case "$a" in
     --build-only) build_only=1 ;;
     --prebuild) prebuild=1 ;;
+    --emu) emu=1 ;;
     --bench-8b) bench8b=1 ;;
     --quick) quick=1; args+=("$a") ;;
     --bench) bench_only=1; args+=("$a") ;;
     *) args+=("$a") ;;
     esac
 done
+
+NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$NVCC")")}
+OUT=${AMPR_GPU_BUILD:-tests/gpu/build}
+mkdir -p "$OUT/obj"
+if [ "$emu" = 1 ]; then
+    # CUDA on the CPU (tests/emu): the library and tests/gpu/check.cu built by make
+    # with CUDA_EMU=1; then the op checks and the end-to-end part below, without
+    # benchmarks (their times would be the emulator's)
+    B=${AMPR_EMU_BUILD:-build-emu}
+    make -j"$(nproc)" CUDA=1 CUDA_EMU=1 B="$B" all "$B/tests/emu/check" >"$B.make.log" 2>&1 ||
+        { echo "check.sh: make failed (last lines of $B.make.log):"; tail -15 "$B.make.log"; exit 3; }
+    echo "check.sh: built $B (CUDA on the CPU: tests/emu)"
+    export AMPR_GPU_NO_BENCH=1 AMPR_EMU_DEVICES=${AMPR_EMU_DEVICES:-2}
+    shared=${AMPR_SHARED:-../shared}
+    [ -f "${AMPR_GPU_MODEL:-}" ] || AMPR_GPU_MODEL=$shared/models/stories260K/stories260K.gguf
+    export AMPR_GPU_MODEL
+    : "${AMPR_GPU_CHECK_TIMEOUT:=900}" "${AMPR_GPU_RUN_TIMEOUT:=120}" "${AMPR_GPU_DEADLINE:=100000}"
+    export AMPR_GPU_CHECK_TIMEOUT AMPR_GPU_RUN_TIMEOUT AMPR_GPU_DEADLINE
+    OUT=$B/gpu-check
+    mkdir -p "$OUT"
+    ln -sfn .. "$OUT/lib"                  # the CLI and library: $OUT/lib/ampr, as below
+    ln -sfn ../tests/emu/check "$OUT/check"
+    [ "$quick" = 1 ] || args+=(--quick) # the op checks; never check.cu's benchmarks
+fi
+[ "$emu" = 1 ] || [ -x "$NVCC" ] || { echo "check.sh: nvcc not found (set NVCC)"; exit 3; }
 
 # what .gpu/ampr was built from (the device machine's copy has no .git)
 src_files() {
@@ -103,6 +129,7 @@ if [ "$bench8b" = 1 ]; then
     exit "$rc8"
 fi
 
+if [ "$emu" = 0 ]; then
 NCCL_DEF=""
 NCCL_LIB=""
 NCCL_HOME=${NCCL_HOME:-}
@@ -177,6 +204,7 @@ for p in "${pids[@]}"; do wait "$p" || fail=1; done
     { echo "check.sh: link failed"; exit 3; }
 echo "check.sh: built $OUT/check"
 [ "$build_only" = 1 ] && exit 0
+fi # emu = 0
 
 export LD_LIBRARY_PATH="$CUDA_HOME/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
@@ -185,13 +213,18 @@ MODEL=${AMPR_GPU_MODEL:-.gpu/stories260K.gguf}
 e2e=0
 [ "$quick" = 0 ] && [ "$bench_only" = 0 ] && [ -f "$MODEL" ] && e2e=1
 no_model=0
-if [ "$quick" = 0 ] && [ "$bench_only" = 0 ] && [ ! -f "$MODEL" ]; then
+if [ "$emu" = 1 ] && [ "$quick" = 0 ] && [ ! -f "$MODEL" ]; then
+    echo "check.sh: no model at $MODEL (AMPR_SHARED or AMPR_GPU_MODEL): the end-to-end part is skipped"
+elif [ "$quick" = 0 ] && [ "$bench_only" = 0 ] && [ ! -f "$MODEL" ]; then
     echo "FAIL: no model at $MODEL (copy stories260K.gguf to .gpu/ and carry .gpu): end-to-end part and benchmarks skipped"
     no_model=1
 fi
 DEADLINE=${AMPR_GPU_DEADLINE:-520} # seconds from the start; the device call allows ~540
 make_pid=""
-if [ "$e2e" = 1 ]; then
+if [ "$e2e" = 1 ] && [ "$emu" = 1 ]; then
+    true & # built above
+    make_pid=$!
+elif [ "$e2e" = 1 ]; then
     # the CLI's library gets NCCL exactly when the check does
     make -j8 CUDA=1 B="$OUT/lib" CUDA_GENCODE="$GENCODE" CUDA_HAVE_NCCL="$([ -n "$NCCL_DEF" ] && echo 1 || echo 0)" \
         lib "$OUT/lib/ampr" >"$OUT/make.log" 2>&1 &
@@ -366,6 +399,7 @@ echo
 echo "== end to end: tensor parallelism, device cuda vs the CPU's ranks =="
 # GPUs this process can use (CUDA_VISIBLE_DEVICES narrows what nvidia-smi lists)
 n_gpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+[ "$emu" = 1 ] && n_gpu=$AMPR_EMU_DEVICES
 if [ -n "${CUDA_VISIBLE_DEVICES+x}" ]; then
     n_vis=$(printf '%s' "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c . || true)
     [ "$n_vis" -lt "$n_gpu" ] && n_gpu=$n_vis
@@ -408,7 +442,8 @@ for case in "${tp_cases[@]}"; do
     done
 done
 timeout -k 5 60 "$AMPR" info -m "$MODEL" --config '{"device":"cuda","tp_size":2,"gpus":[0,0],"tiers":["fp16"]}' 2>&1 | grep -i device || true
-if [ "${n_gpu:-0}" -ge 2 ] && [ "$have_nccl" = 1 ]; then
+# (one rank per process: not in the emulation, whose NCCL lives in one process)
+if [ "${n_gpu:-0}" -ge 2 ] && [ "$have_nccl" = 1 ] && [ "$emu" = 0 ]; then
     cpu=$(run_tp cpu 2 "" fp16 20 cpu2) || cpu="(cpu run failed)"
     if AMPR_LIBRARY="$OUT/lib/libampr.so" timeout 180 python3 tests/gpu/tp_procs.py "$AMPR" "$OUT/lib" \
         "$MODEL" "$PROMPT" 2 "$OUT" 2>"$OUT/e2e-tp-procs.err"; then
@@ -417,7 +452,7 @@ if [ "${n_gpu:-0}" -ge 2 ] && [ "$have_nccl" = 1 ]; then
         echo "FAIL: one rank per process: $(tail -3 "$OUT/e2e-tp-procs.err")"; e2e_fail=1
     fi
 fi
-if [ "$have_nccl" = 1 ]; then # one GPU is enough: the missing rank never starts
+if [ "$have_nccl" = 1 ] && [ "$emu" = 0 ]; then # one GPU is enough: the missing rank never starts
     if msg=$(AMPR_LIBRARY="$OUT/lib/libampr.so" timeout 90 python3 tests/gpu/tp_procs.py "$AMPR" "$OUT/lib" \
         "$MODEL" "$PROMPT" 2 "$OUT" --alone 2>"$OUT/e2e-tp-alone.err"); then
         echo "tp_rank 0 of 2 alone gives up: $msg  PASS"
