@@ -32,9 +32,11 @@ ifeq ($(CUDA_EMU),1)
 # CUDA_EMU=1 (`make check-emu`): the same sources run on the CPU. tests/emu/lower.py
 # rewrites the launches, the host C++ compiler builds the result against
 # tests/emu/include/ (the runtime, cuBLASLt and NCCL of tests/emu/cuda_emu.cc).
+# No FMA contraction (the host reference's rule); no strict aliasing (CUDA code
+# reinterprets registers through pointer casts, as nvcc allows).
 CXX ?= g++
 EMU_HDRS := $(wildcard tests/emu/*.h tests/emu/include/*.h) tests/emu/lower.py
-EMU_CXXFLAGS := -std=c++17 -g $(OPT) -fPIC -fvisibility=hidden -ffp-contract=off -pthread \
+EMU_CXXFLAGS := -std=c++17 -g $(OPT) -fPIC -fvisibility=hidden -ffp-contract=off -fno-strict-aliasing -pthread \
                 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-unused-function -Wno-unknown-pragmas \
                 -Itests/emu/include -Iinclude -Ilib -Icuda -DAMPR_HAVE_NCCL $(SAN)
 CUDA_OBJS += $(B)/tests/emu/cuda_emu.o
