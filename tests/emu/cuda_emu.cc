@@ -352,6 +352,7 @@ static thread_local block_run g_br; /* reused: a launch runs thousands of blocks
 
 static bool run_block(const std::function<void()> &body, unsigned n, const dim3 &bd, std::string &msg) {
     block_run &b = g_br;
+    g_block_gen++; /* static shared memory: each block starts it afresh */
     b.bar_arrived = b.bar_acc = 0;
     b.bar_kind = 0;
     b.aborted = false;

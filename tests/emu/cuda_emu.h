@@ -119,6 +119,7 @@ struct launch_state {
 
 inline thread_local fiber *g_cur = nullptr;
 inline thread_local launch_state *g_launch = nullptr;
+inline thread_local uint64_t g_block_gen = 0; /* counts the blocks run on this thread */
 
 /* collectives (cuda_emu.cc) */
 enum coll_op { C_SHFL, C_XOR, C_DOWN, C_UP, C_BALLOT, C_ANY, C_ALL, C_MATCH, C_SYNCWARP, C_MMA16816 };
@@ -146,6 +147,20 @@ inline thread_local dim3 gridDim;
 static constexpr int warpSize = 32;
 
 static inline void *ampr_emu_dyn_smem(void) { return ::ampr_emu::g_launch->dyn_smem; }
+
+/* A `__shared__` declaration (lower.py): storage of its own per call site (Tag is
+ * a lambda's type) and OS thread, filled with 0xff bytes by the first thread of
+ * each block that reaches it, so that a read before any write gives NaN floats
+ * and all-ones integers, as shared memory holds garbage on a GPU. */
+template <typename X, typename Tag> static inline X &ampr_emu_shared(Tag) {
+    alignas(16) static thread_local unsigned char buf[sizeof(X)];
+    static thread_local uint64_t gen = 0;
+    if (gen != ::ampr_emu::g_block_gen) {
+        memset(buf, 0xff, sizeof buf);
+        gen = ::ampr_emu::g_block_gen;
+    }
+    return *reinterpret_cast<X *>(buf);
+}
 
 /* ---- barriers and warp collectives ------------------------------------------------ */
 

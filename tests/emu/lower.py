@@ -7,6 +7,9 @@ compiler messages point at SRC:
       -> ampr_emu_launch(kernel, "kernel", ampr_emu_cfg(grid, block[, ...]), args)
   extern __shared__ [__align__(N)] T name[];
       -> T *name = (T *)ampr_emu_dyn_smem();
+  __shared__ T a[N], b;
+      -> auto &a = ampr_emu_shared<T[N]>([] {}); auto &b = ampr_emu_shared<T>([] {});
+         (storage that each block starts with 0xff bytes in)
 
 and inline PTX the emulator knows (mma.sync m16n8k16 f16 -> f32, prefetch) is
 left to the source: it is selected with #ifdef AMPR_CUDA_EMU there.
@@ -38,6 +41,24 @@ if "<<<" in text:
 
 dyn = re.compile(r"extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s+)?([\w\s]+?)\s+(\w+)\s*\[\s*\]\s*;")
 text = dyn.sub(lambda m: "%s *%s = (%s *)ampr_emu_dyn_smem();" % (m.group(1), m.group(2), m.group(1)), text)
+
+# static shared memory: `__shared__ T a[N], b;` -> a reference each to storage
+# that every block starts with 0xff bytes in (ampr_emu_shared in cuda_emu.h; the
+# lambda makes each declaration its own storage). Other forms keep the macro's
+# per-thread static, unpoisoned.
+shared = re.compile(r"__shared__\s+([A-Za-z_]\w*)\s+([A-Za-z_]\w*(?:\s*\[[^\];]*\])*(?:\s*,\s*[A-Za-z_]\w*(?:\s*\[[^\];]*\])*)*)\s*;")
+declarator = re.compile(r"([A-Za-z_]\w*)((?:\s*\[[^\];]*\])*)")
+
+
+def fix_shared(m):
+    out = []
+    for d in declarator.finditer(m.group(2)):
+        dims = re.sub(r"\s+", "", d.group(2))
+        out.append("auto &%s = ampr_emu_shared<%s%s>([] {});" % (d.group(1), m.group(1), dims))
+    return " ".join(out)
+
+
+text = shared.sub(fix_shared, text)
 
 with open(out_path, "w") as f:
     f.write('#line 1 "%s"\n' % src_path)
