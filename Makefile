@@ -7,9 +7,10 @@
 #   make check-asan   the tests under AddressSanitizer + UBSan (build-asan/)
 #   make check-valgrind  the tests under valgrind memcheck
 #   make check-emu    the CUDA backend on the CPU emulation of CUDA (tests/emu): the GPU
-#                     op checks, the end-to-end runs of tests/gpu/check.sh, the unit tests
-#                     with the emulated GPU present, and the op checks again with each
-#                     block's threads run in the other order (build-emu/)
+#                     op checks, the end-to-end runs of tests/gpu/check.sh, device
+#                     out-of-memory injection, the unit tests with the emulated GPU
+#                     present, and the op checks again with each block's threads run in
+#                     the other order (build-emu/)
 #   make run          install missing packages, build, generate from the default model
 #   make bench        side-by-side tier benchmark
 #   make install      PREFIX=/usr/local DESTDIR=
@@ -142,8 +143,11 @@ check-asan:
 check-valgrind:
 	AMPR_TEST_SERIALIZED=1 $(MAKE) CUDA=0 B=build-vg OPT=-O1 TEST_RUNNER="valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect -q" test
 
+EMU_MODEL := $(AMPR_SHARED)/models/stories260K/stories260K.gguf
 check-emu:
 	bash tests/gpu/check.sh --emu
+	@if [ -f $(EMU_MODEL) ]; then bash tests/emu/oom.sh build-emu/ampr $(EMU_MODEL); \
+	 else echo "check-emu: no $(EMU_MODEL): device OOM injection skipped"; fi
 	$(MAKE) CUDA=1 CUDA_EMU=1 B=build-emu test
 	AMPR_EMU_ORDER=reverse bash tests/gpu/check.sh --emu --quick
 

@@ -12,6 +12,9 @@
  *   AMPR_EMU_ABORT=1     abort() at the first fault (for a debugger)
  *   AMPR_EMU_STACK_KB=N  stack of each GPU thread (default 64)
  *   AMPR_EMU_PROFILE=1   at exit, the kernels that took the most time, to stderr
+ *   AMPR_EMU_FAIL_ALLOC=N  the Nth cudaMalloc of the process fails (out of memory), once
+ *   AMPR_EMU_REPORT=1    at exit, to stderr: how many cudaMalloc calls there were and
+ *                        the device allocations still live (a leak once contexts are closed)
  * Faults (a deadlock, a collective whose lanes disagree, a bad launch or copy)
  * are printed to stderr with the kernel, block and thread, and the call (or the
  * next synchronization) returns an error, as on a GPU.
@@ -465,6 +468,20 @@ struct alloc {
     bool host;
 };
 static std::map<uintptr_t, alloc> g_allocs;
+static long g_malloc_calls = 0;
+
+/* AMPR_EMU_REPORT: at exit (destroyed before g_allocs, constructed after it) */
+struct alloc_report {
+    ~alloc_report() {
+        if (!env_int("AMPR_EMU_REPORT", 0)) return;
+        size_t live = 0, bytes = 0;
+        for (auto &e : g_allocs)
+            if (!e.second.host) live++, bytes += e.second.bytes;
+        fprintf(stderr, "ampr-emu: %ld cudaMalloc calls; %zu device allocations (%zu bytes) live at exit\n",
+                g_malloc_calls, live, bytes);
+    }
+};
+static alloc_report g_alloc_report;
 
 /* The allocation holding [p, p + bytes), or none. */
 static const alloc *find_alloc(const void *p, size_t bytes, uintptr_t *start) {
@@ -516,11 +533,19 @@ static cudaError_t do_alloc(void **p, size_t bytes, bool host) {
     size_t body = (len + page - 1) & ~(page - 1), map_len = body + page;
     {
         std::lock_guard<std::mutex> l(g_mu);
-        if (!host && g_mem_used[g_device] + body > g_mem_limit) return set_err(cudaErrorMemoryAllocation);
-        if (!host) g_mem_used[g_device] += body;
+        if (!host) {
+            static const long fail_at = env_int("AMPR_EMU_FAIL_ALLOC", 0);
+            if (++g_malloc_calls == fail_at) return set_err(cudaErrorMemoryAllocation);
+            if (g_mem_used[g_device] + body > g_mem_limit) return set_err(cudaErrorMemoryAllocation);
+            g_mem_used[g_device] += body;
+        }
     }
     char *m = (char *)mmap(nullptr, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (m == MAP_FAILED) return set_err(cudaErrorMemoryAllocation);
+    if (m == MAP_FAILED) {
+        std::lock_guard<std::mutex> l(g_mu);
+        if (!host) g_mem_used[g_device] -= body;
+        return set_err(cudaErrorMemoryAllocation);
+    }
     mprotect(m + body, page, PROT_NONE);
     char *ptr = m + (body - len);
     memset(ptr, 0xff, len); /* uninitialized device memory reads as NaN */
