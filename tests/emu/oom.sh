@@ -27,6 +27,7 @@ for n in $(seq 1 "$calls"); do
     why=""
     if [ "$rc" != 0 ] && [ "$rc" != 1 ]; then why="exit $rc"
     elif grep -q '^ampr-emu: fault\|SIGSEGV\|SIGBUS' "$tmp"; then why="emulator fault"
+    elif grep -q 'Sanitizer\|runtime error:' "$tmp"; then why="sanitizer report" # an ASan/UBSan build
     elif [ "${live:-x}" != 0 ]; then why="${live:-?} device allocations live at exit"
     elif [ "$rc" = 1 ] && ! grep -q 'NOMEM\|out of memory' "$tmp"; then why="exit 1 without an out-of-memory message"
     fi
