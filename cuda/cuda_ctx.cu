@@ -15,6 +15,12 @@ ampr_status ampr__cuda_fail(ampr__err *err, cudaError_t e, const char *what, con
     else if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver ||
              e == cudaErrorInvalidDevice)
         st = AMPR_ERR_NO_DEVICE;
+    /* The runtime also keeps a failed call's error as this thread's last error
+     * until someone reads it; unread, the next launch's AMPR__CU_LAUNCHED would
+     * take it for its own and fail the next request (a cudaMalloc that ran out
+     * of memory failed the request after it). Read it here: it is reported now.
+     * A sticky error (a kernel fault) stays whatever is read. */
+    (void)cudaGetLastError();
     return ampr__fail(err, st, "CUDA %s (%s) in %s at %s:%d", cudaGetErrorName(e),
                       cudaGetErrorString(e), what, file, line);
 }

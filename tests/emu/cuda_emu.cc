@@ -469,6 +469,7 @@ struct alloc {
 };
 static std::map<uintptr_t, alloc> g_allocs;
 static long g_malloc_calls = 0;
+static long g_fail_at = -1; /* the cudaMalloc call that fails; -1: AMPR_EMU_FAIL_ALLOC not read yet */
 
 /* AMPR_EMU_REPORT: at exit (destroyed before g_allocs, constructed after it) */
 struct alloc_report {
@@ -534,8 +535,8 @@ static cudaError_t do_alloc(void **p, size_t bytes, bool host) {
     {
         std::lock_guard<std::mutex> l(g_mu);
         if (!host) {
-            static const long fail_at = env_int("AMPR_EMU_FAIL_ALLOC", 0);
-            if (++g_malloc_calls == fail_at) return set_err(cudaErrorMemoryAllocation);
+            if (g_fail_at < 0) g_fail_at = env_int("AMPR_EMU_FAIL_ALLOC", 0);
+            if (++g_malloc_calls == g_fail_at) return set_err(cudaErrorMemoryAllocation);
             if (g_mem_used[g_device] + body > g_mem_limit) return set_err(cudaErrorMemoryAllocation);
             g_mem_used[g_device] += body;
         }
@@ -1308,4 +1309,21 @@ const char *ncclGetErrorString(ncclResult_t r) {
     case ncclInProgress: return "operation in progress";
     default: return "an emulated NCCL call failed";
     }
+}
+
+/* ---- hooks for tests (tests/test_device.c declares them weak) ------------------------- */
+
+/* The n-th cudaMalloc from now fails (n >= 1), or none (n <= 0). */
+extern "C" __attribute__((visibility("default"))) void ampr_emu_fail_alloc_in(long n) {
+    std::lock_guard<std::mutex> l(g_mu);
+    g_fail_at = n > 0 ? g_malloc_calls + n : 0;
+}
+
+/* Device allocations live now. */
+extern "C" __attribute__((visibility("default"))) long ampr_emu_live_allocs(void) {
+    std::lock_guard<std::mutex> l(g_mu);
+    long n = 0;
+    for (auto &e : g_allocs)
+        if (!e.second.host) n++;
+    return n;
 }

@@ -1,0 +1,133 @@
+/*
+ * test_device.c -- the CUDA backend itself, where a device is present: a GPU,
+ * or the CPU emulation of CUDA (`make check-emu`, tests/emu). Skipped where
+ * "device": "cuda" does not open (no GPU, or a build without CUDA).
+ *
+ * - device and CPU contexts give the same greedy text on each tier;
+ * - a device allocation that fails inside a request (injected through the
+ *   emulation's hook, so only under check-emu) fails that request with
+ *   AMPR_ERR_NOMEM and a message naming cudaMalloc, and nothing else: the
+ *   same context then gives the text a fresh context gives, and closing it
+ *   frees every device allocation. Each allocation a request makes is failed
+ *   in turn, until the request makes no more.
+ */
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ampr.h"
+
+/* tests/emu/cuda_emu.cc; NULL in every other build */
+extern void ampr_emu_fail_alloc_in(long n) __attribute__((weak));
+extern long ampr_emu_live_allocs(void) __attribute__((weak));
+
+#define TIERS "\"tiers\": [\"fp16\", \"int8\", \"nf4\"]"
+/* a lower tier under the fallback's checks keeps a ring of rows on the device */
+#define CHECKS "\"fallback\": {\"check_every\": 4, \"check_window\": 8, \"kl_max\": 0.1}"
+
+static const char *model(void) { return tu_shared("models/stories260K/stories260K.gguf"); }
+
+/* A device context, or NULL (and the test skips) where none opens. */
+static ampr_ctx *open_device(const char *path, const char *config) {
+    ampr_ctx *ctx = NULL;
+    ampr_status st = ampr_open(path, config, &ctx);
+    if (st == AMPR_ERR_NO_DEVICE || st == AMPR_ERR_UNSUPPORTED) {
+        ampr_close(ctx);
+        return NULL;
+    }
+    assert_int_equal(st, AMPR_OK);
+    return ctx;
+}
+
+static void test_device_matches_cpu(void **state) {
+    (void)state;
+    const char *path = model();
+    if (!path) skip();
+    ampr_ctx *dev = open_device(path, "{" TIERS ", \"device\": \"cuda\"}");
+    if (!dev) skip();
+    ampr_ctx *cpu = tu_open_ok(path, "{" TIERS ", \"device\": \"cpu\"}");
+    for (int t = AMPR_TIER_FP16; t <= AMPR_TIER_NF4; t++) {
+        char *a = tu_greedy_text(cpu, t, 24), *b = tu_greedy_text(dev, t, 24);
+        assert_string_equal(a, b);
+        free(a);
+        free(b);
+    }
+    ampr_close(cpu);
+    ampr_close(dev);
+}
+
+/* nf4 under checks, sampled with a repetition penalty: the request that uses
+ * the most device buffers (lists, penalties, a ring) */
+static ampr_status request(ampr_ctx *ctx, char **text, char *msg, size_t msg_len) {
+    ampr_gen_params p;
+    ampr_gen_params_init(&p);
+    p.tier = AMPR_TIER_NF4;
+    p.max_tokens = 16;
+    p.temperature = 0.8f;
+    p.repetition_penalty = 1.2f;
+    p.seed = 3;
+    ampr_result *r = NULL;
+    ampr_status st = ampr_generate(ctx, "Once upon a time", AMPR_NUL_TERMINATED, &p, &r);
+    *text = st == AMPR_OK ? strdup(r->text) : NULL;
+    snprintf(msg, msg_len, "%s", ampr_errmsg(ctx));
+    ampr_result_free(r);
+    return st;
+}
+
+static void test_alloc_failure_in_request(void **state) {
+    (void)state;
+    const char *path = model();
+    if (!path || !ampr_emu_fail_alloc_in || !ampr_emu_live_allocs) skip();
+    const char *config = "{" TIERS ", \"device\": \"cuda\", " CHECKS "}";
+    long live0 = ampr_emu_live_allocs();
+    ampr_ctx *ctx = open_device(path, config);
+    if (!ctx) skip();
+    char msg[512], *ref = NULL;
+    assert_int_equal(request(ctx, &ref, msg, sizeof msg), AMPR_OK);
+    ampr_close(ctx);
+    assert_int_equal(ampr_emu_live_allocs(), live0);
+
+    int failed = 0, k;
+    for (k = 1; k <= 400; k++) {
+        ctx = open_device(path, config);
+        assert_non_null(ctx);
+        char *text = NULL;
+        ampr_emu_fail_alloc_in(k);
+        ampr_status st = request(ctx, &text, msg, sizeof msg);
+        ampr_emu_fail_alloc_in(0);
+        if (st == AMPR_OK) { /* the request made fewer than k allocations */
+            assert_string_equal(text, ref);
+            free(text);
+            ampr_close(ctx);
+            break;
+        }
+        assert_int_equal(st, AMPR_ERR_NOMEM);
+        assert_non_null(strstr(msg, "cudaMalloc"));
+        failed++;
+        /* the context goes on: the same request gives the reference text */
+        char msg1[512];
+        snprintf(msg1, sizeof msg1, "%s", msg);
+        st = request(ctx, &text, msg, sizeof msg);
+        if (st != AMPR_OK)
+            printf("allocation %d: after '%s' the next request failed: %s\n", k, msg1, msg);
+        assert_int_equal(st, AMPR_OK);
+        assert_string_equal(text, ref);
+        free(text);
+        ampr_close(ctx);
+        assert_int_equal(ampr_emu_live_allocs(), live0);
+    }
+    assert_true(k <= 400);
+    assert_true(failed > 0); /* a first request allocates on the device */
+    printf("device allocations failed inside the first request: %d, each recovered\n", failed);
+    free(ref);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_device_matches_cpu),
+        cmocka_unit_test(test_alloc_failure_in_request),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
