@@ -4,6 +4,8 @@
  * "device": "cuda" does not open (no GPU, or a build without CUDA).
  *
  * - device and CPU contexts give the same greedy text on each tier;
+ * - requests on four threads at once (batched decode steps on the device) give
+ *   the texts they give one at a time;
  * - a device allocation that fails inside a request (injected through the
  *   emulation's hook, so only under check-emu) fails that request with
  *   AMPR_ERR_NOMEM and a message naming cudaMalloc, and nothing else: the
@@ -13,6 +15,7 @@
  */
 #include "testutil.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +79,61 @@ static ampr_status request(ampr_ctx *ctx, char **text, char *msg, size_t msg_len
     return st;
 }
 
+/* one request per thread: a tier and a seed each, sampled (lists on the device) */
+typedef struct {
+    ampr_ctx *ctx;
+    int tier;
+    uint64_t seed;
+    char *text;
+    ampr_status st;
+} job;
+
+static void *run_job(void *arg) {
+    job *j = (job *)arg;
+    ampr_gen_params p;
+    ampr_gen_params_init(&p);
+    p.tier = (ampr_tier)j->tier;
+    p.max_tokens = 20;
+    p.seed = j->seed;
+    p.fallback = 0;
+    ampr_result *r = NULL;
+    j->st = ampr_generate(j->ctx, "Once upon a time", AMPR_NUL_TERMINATED, &p, &r);
+    j->text = j->st == AMPR_OK ? strdup(r->text) : NULL;
+    ampr_result_free(r);
+    return NULL;
+}
+
+static void test_concurrent_requests(void **state) {
+    (void)state;
+    const char *path = model();
+    if (!path) skip();
+    ampr_ctx *ctx = open_device(path, "{" TIERS ", \"device\": \"cuda\"}");
+    if (!ctx) skip();
+    enum { N = 4 };
+    job serial[N], par[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        serial[i] = (job){ctx, i % 2 ? AMPR_TIER_NF4 : AMPR_TIER_FP16, (uint64_t)(11 + i), NULL, AMPR_OK};
+        run_job(&serial[i]);
+        assert_int_equal(serial[i].st, AMPR_OK);
+    }
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < N; i++) {
+            par[i] = serial[i];
+            par[i].text = NULL;
+            assert_int_equal(pthread_create(&th[i], NULL, run_job, &par[i]), 0);
+        }
+        for (int i = 0; i < N; i++) {
+            pthread_join(th[i], NULL);
+            assert_int_equal(par[i].st, AMPR_OK);
+            assert_string_equal(par[i].text, serial[i].text);
+            free(par[i].text);
+        }
+    }
+    for (int i = 0; i < N; i++) free(serial[i].text);
+    ampr_close(ctx);
+}
+
 static void test_alloc_failure_in_request(void **state) {
     (void)state;
     const char *path = model();
@@ -127,6 +185,7 @@ static void test_alloc_failure_in_request(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_device_matches_cpu),
+        cmocka_unit_test(test_concurrent_requests),
         cmocka_unit_test(test_alloc_failure_in_request),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
