@@ -33,6 +33,14 @@
 
 #include <algorithm>
 #include <map>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+/* fiber stacks given back to the system must not keep ASan's poisoned redzones:
+ * the addresses come back as device memory */
+#define EMU_UNPOISON(p, n) __asan_unpoison_memory_region((p), (n))
+#else
+#define EMU_UNPOISON(p, n) ((void)0)
+#endif
 #include <mutex>
 #include <string>
 #include <vector>
@@ -305,9 +313,9 @@ static void fiber_exit(block_run *b, fiber *f) {
 static void fiber_entry(void) {
     block_run *b = g_block;
     (*b->body)();
-    fiber_exit(b, g_cur);
-    void *dead;
-    for (;;) ampr_emu_switch(&dead, next_sp());
+    fiber *self = g_cur; /* before next_sp() moves g_cur on */
+    fiber_exit(b, self);
+    for (;;) ampr_emu_switch(&self->sp, next_sp()); /* never resumed */
 }
 
 /* Stacks: a mapping of `count` stacks, each below a guard page, per OS thread. */
@@ -315,7 +323,7 @@ struct stacks {
     char *base = nullptr, *alt = nullptr;
     size_t each = 0, count = 0;
     ~stacks() {
-        if (base) munmap(base, (each + 4096) * count);
+        if (base) EMU_UNPOISON(base, (each + 4096) * count), munmap(base, (each + 4096) * count);
         if (alt) {
             stack_t ss;
             memset(&ss, 0, sizeof ss);
@@ -327,7 +335,7 @@ struct stacks {
     char *top(size_t i) { return base + (each + 4096) * i + 4096 + each; }
     void need(size_t n) {
         if (n <= count) return;
-        if (base) munmap(base, (each + 4096) * count);
+        if (base) EMU_UNPOISON(base, (each + 4096) * count), munmap(base, (each + 4096) * count);
         each = (size_t)env_int("AMPR_EMU_STACK_KB", 64) * 1024;
         count = n;
         base = (char *)mmap(nullptr, (each + 4096) * n, PROT_READ | PROT_WRITE,
