@@ -10,7 +10,8 @@
 #                     op checks, the end-to-end runs of tests/gpu/check.sh, device
 #                     out-of-memory injection, the unit tests with the emulated GPU
 #                     present, and the op checks again with each block's threads run in
-#                     the other order (build-emu/)
+#                     the other order (build-emu/); check-emu-asan: the device tests
+#                     and the OOM injection on it under ASan + UBSan (build-emu-asan/)
 #   make run          install missing packages, build, generate from the default model
 #   make bench        side-by-side tier benchmark
 #   make install      PREFIX=/usr/local DESTDIR=
@@ -82,7 +83,7 @@ SONAME := libampr.so.$(VERSION_MAJOR)
 SHARED := $(B)/libampr.so.$(VERSION)
 CLI := $(B)/ampr
 
-.PHONY: all lib test check-promtool check-asan check-valgrind check-emu run bench install uninstall clean examples
+.PHONY: all lib test check-promtool check-asan check-valgrind check-emu check-emu-asan run bench install uninstall clean examples
 
 all: lib $(CLI)
 lib: $(STATIC) $(SHARED) $(B)/ampr.pc
@@ -151,6 +152,15 @@ check-emu:
 	$(MAKE) CUDA=1 CUDA_EMU=1 B=build-emu test
 	AMPR_EMU_ORDER=reverse bash tests/gpu/check.sh --emu --quick
 
+# The same emulation under ASan + UBSan (+ LSan): test_device with its device
+# allocation failures, and the OOM injection (not in CI: the op checks alone
+# take ~25 minutes under ASan; `check` itself runs there too, by hand)
+EMU_SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+check-emu-asan:
+	$(MAKE) CUDA=1 CUDA_EMU=1 B=build-emu-asan OPT=-O1 SAN="$(EMU_SAN)" all build-emu-asan/tests/test_device
+	AMPR_SHARED=$(AMPR_SHARED) build-emu-asan/tests/test_device
+	@if [ -f $(EMU_MODEL) ]; then bash tests/emu/oom.sh build-emu-asan/ampr $(EMU_MODEL); fi
+
 run:
 	@tools/install-deps.sh
 	$(MAKE) all
@@ -186,7 +196,7 @@ uninstall:
 	  $(DESTDIR)$(LIBDIR)/pkgconfig/ampr.pc $(DESTDIR)$(BINDIR)/ampr
 
 clean:
-	rm -rf build build-asan build-vg build-fuzz build-tsan build-prebuild build-emu build-emu.make.log
+	rm -rf build build-asan build-vg build-fuzz build-tsan build-prebuild build-emu build-emu.make.log build-emu-asan
 
 include examples/examples.mk
 include tests/fuzz/fuzz.mk
