@@ -196,7 +196,7 @@ uninstall:
 	  $(DESTDIR)$(LIBDIR)/pkgconfig/ampr.pc $(DESTDIR)$(BINDIR)/ampr
 
 clean:
-	rm -rf build build-asan build-vg build-fuzz build-tsan build-prebuild build-emu build-emu.make.log build-emu-asan
+	rm -rf build build-asan build-vg build-fuzz build-tsan build-prebuild build-emu build-emu-asan
 
 include examples/examples.mk
 include tests/fuzz/fuzz.mk

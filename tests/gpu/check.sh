@@ -60,8 +60,9 @@ if [ "$emu" = 1 ]; then
     # with CUDA_EMU=1; then the op checks and the end-to-end part below, without
     # benchmarks (their times would be the emulator's)
     B=${AMPR_EMU_BUILD:-build-emu}
-    make -j"$(nproc)" CUDA=1 CUDA_EMU=1 B="$B" all "$B/tests/emu/check" >"$B.make.log" 2>&1 ||
-        { echo "check.sh: make failed (last lines of $B.make.log):"; tail -15 "$B.make.log"; exit 3; }
+    mkdir -p "$B"
+    make -j"$(nproc)" CUDA=1 CUDA_EMU=1 B="$B" all "$B/tests/emu/check" >"$B/emu-make.log" 2>&1 ||
+        { echo "check.sh: make failed (last lines of $B/emu-make.log):"; tail -15 "$B/emu-make.log"; exit 3; }
     echo "check.sh: built $B (CUDA on the CPU: tests/emu)"
     export AMPR_GPU_NO_BENCH=1 AMPR_EMU_DEVICES=${AMPR_EMU_DEVICES:-2}
     shared=${AMPR_SHARED:-../shared}
