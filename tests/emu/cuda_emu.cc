@@ -7,7 +7,8 @@
  * Environment:
  *   AMPR_EMU_DEVICES=N   emulated GPUs (default 1; 0: none, as without a driver)
  *   AMPR_EMU_SMS=N       multiprocessors each reports (default 4)
- *   AMPR_EMU_ORDER=reverse  run a block's threads, and a grid's blocks, last first
+ *   AMPR_EMU_ORDER=reverse  run a block's threads, and a grid's blocks, last first;
+ *                        random: in an order drawn from AMPR_EMU_SEED (default 1)
  *   AMPR_EMU_MEM_MB=N    device memory each GPU has (default 16384)
  *   AMPR_EMU_ABORT=1     abort() at the first fault (for a debugger)
  *   AMPR_EMU_STACK_KB=N  stack of each GPU thread (default 64)
@@ -78,10 +79,18 @@ static int env_int(const char *name, int def) {
     const char *s = getenv(name);
     return s && *s ? atoi(s) : def;
 }
-static bool g_reverse = [] {
+/* AMPR_EMU_ORDER: forward (0), reverse (1) or random (2, AMPR_EMU_SEED) */
+static int g_order = [] {
     const char *s = getenv("AMPR_EMU_ORDER");
-    return s && !strcmp(s, "reverse");
+    return !s ? 0 : !strcmp(s, "reverse") ? 1 : !strcmp(s, "random") ? 2 : 0;
 }();
+static const bool g_reverse = g_order == 1;
+static thread_local uint64_t g_rng = 0;
+static uint64_t rnd(void) { /* xorshift64*, seeded per OS thread */
+    if (!g_rng) g_rng = 0x9e3779b97f4a7c15ull * (uint64_t)(env_int("AMPR_EMU_SEED", 1) | 1);
+    g_rng ^= g_rng >> 12, g_rng ^= g_rng << 25, g_rng ^= g_rng >> 27;
+    return g_rng * 0x2545f4914f6cdd1dull;
+}
 
 struct block_run;
 static thread_local block_run *g_block = nullptr;
@@ -138,6 +147,7 @@ static void *next_sp(void) {
     block_run *b = g_block;
     unsigned n = b->n, i = g_cur->lin;
     fiber *fs = b->f->data();
+    if (g_order == 2) i = (unsigned)(rnd() % n); /* random: the first ready one after a random thread */
     for (unsigned k = 1; k <= n; k++) {
         unsigned j = g_reverse ? (i + n - k) % n : (i + k) % n;
         if (fs[j].state == 0) {
@@ -687,8 +697,14 @@ static cudaError_t run_launch(const char *name, const config &c, const std::func
     uint64_t blocks = (uint64_t)c.grid.x * c.grid.y * c.grid.z;
     std::string msg;
     double t0 = g_profiling ? now_ms() : 0;
+    std::vector<uint64_t> perm; /* random order: a shuffle of the blocks */
+    if (g_order == 2) {
+        perm.resize(blocks);
+        for (uint64_t k = 0; k < blocks; k++) perm[k] = k;
+        for (uint64_t k = blocks; k > 1; k--) std::swap(perm[k - 1], perm[rnd() % k]);
+    }
     for (uint64_t k = 0; k < blocks; k++) {
-        uint64_t i = g_reverse ? blocks - 1 - k : k;
+        uint64_t i = g_order == 2 ? perm[k] : g_reverse ? blocks - 1 - k : k;
         ls.bid = uint3{(unsigned)(i % c.grid.x), (unsigned)((i / c.grid.x) % c.grid.y),
                        (unsigned)(i / ((uint64_t)c.grid.x * c.grid.y))};
         blockIdx = ls.bid;
