@@ -147,8 +147,9 @@ check-valgrind:
 EMU_MODEL := $(AMPR_SHARED)/models/stories260K/stories260K.gguf
 check-emu:
 	bash tests/gpu/check.sh --emu
-	@if [ -f $(EMU_MODEL) ]; then bash tests/emu/oom.sh build-emu/ampr $(EMU_MODEL); \
-	 else echo "check-emu: no $(EMU_MODEL): device OOM injection skipped"; fi
+	@if [ -f $(EMU_MODEL) ]; then for m in "alloc" "handle" "alloc tp" "handle tp"; do \
+	   bash tests/emu/oom.sh build-emu/ampr $(EMU_MODEL) $$m || exit 1; done; \
+	 else echo "check-emu: no $(EMU_MODEL): device failure injection skipped"; fi
 	$(MAKE) CUDA=1 CUDA_EMU=1 B=build-emu test
 	AMPR_EMU_ORDER=reverse bash tests/gpu/check.sh --emu --quick
 
@@ -159,7 +160,8 @@ EMU_SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 check-emu-asan:
 	$(MAKE) CUDA=1 CUDA_EMU=1 B=build-emu-asan OPT=-O1 SAN="$(EMU_SAN)" all build-emu-asan/tests/test_device
 	AMPR_SHARED=$(AMPR_SHARED) build-emu-asan/tests/test_device
-	@if [ -f $(EMU_MODEL) ]; then bash tests/emu/oom.sh build-emu-asan/ampr $(EMU_MODEL); fi
+	@if [ -f $(EMU_MODEL) ]; then for m in "alloc" "handle" "alloc tp" "handle tp"; do \
+	   bash tests/emu/oom.sh build-emu-asan/ampr $(EMU_MODEL) $$m || exit 1; done; fi
 
 run:
 	@tools/install-deps.sh

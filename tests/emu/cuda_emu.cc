@@ -14,8 +14,12 @@
  *   AMPR_EMU_STACK_KB=N  stack of each GPU thread (default 64)
  *   AMPR_EMU_PROFILE=1   at exit, the kernels that took the most time, to stderr
  *   AMPR_EMU_FAIL_ALLOC=N  the Nth cudaMalloc of the process fails (out of memory), once
- *   AMPR_EMU_REPORT=1    at exit, to stderr: how many cudaMalloc calls there were and
- *                        the device allocations still live (a leak once contexts are closed)
+ *   AMPR_EMU_FAIL_HANDLE=N  the Nth creation of a stream, event, graph (instantiated),
+ *                        cuBLASLt handle, descriptor, layout or preference, or NCCL
+ *                        communicator fails, once
+ *   AMPR_EMU_REPORT=1    at exit, to stderr: how many cudaMalloc calls and handle
+ *                        creations there were, and the device allocations and handles
+ *                        still live (a leak once contexts are closed)
  * Faults (a deadlock, a collective whose lanes disagree, a bad launch or copy)
  * are printed to stderr with the kernel, block and thread, and the call (or the
  * next synchronization) returns an error, as on a GPU.
@@ -489,6 +493,25 @@ static std::map<uintptr_t, alloc> g_allocs;
 static long g_malloc_calls = 0;
 static long g_fail_at = -1; /* the cudaMalloc call that fails; -1: AMPR_EMU_FAIL_ALLOC not read yet */
 
+/* handles: creations so far, the one that fails, and how many of each kind live */
+enum { H_STREAM, H_EVENT, H_GRAPH, H_EXEC, H_LT, H_COMM, H_KINDS };
+static const char *const k_handle_names[H_KINDS] = {"streams", "events", "graphs", "graph execs",
+                                                     "cuBLASLt objects", "NCCL communicators"};
+static long g_handle_calls = 0, g_fail_handle = -1, g_live[H_KINDS];
+
+/* a creation of a `kind` handle: false when this one is to fail */
+static bool handle_new(int kind) {
+    std::lock_guard<std::mutex> l(g_mu);
+    if (g_fail_handle < 0) g_fail_handle = env_int("AMPR_EMU_FAIL_HANDLE", 0);
+    if (++g_handle_calls == g_fail_handle) return false;
+    g_live[kind]++;
+    return true;
+}
+static void handle_gone(int kind) {
+    std::lock_guard<std::mutex> l(g_mu);
+    g_live[kind]--;
+}
+
 /* AMPR_EMU_REPORT: at exit (destroyed before g_allocs, constructed after it) */
 struct alloc_report {
     ~alloc_report() {
@@ -498,6 +521,12 @@ struct alloc_report {
             if (!e.second.host) live++, bytes += e.second.bytes;
         fprintf(stderr, "ampr-emu: %ld cudaMalloc calls; %zu device allocations (%zu bytes) live at exit\n",
                 g_malloc_calls, live, bytes);
+        long handles = 0;
+        for (int k = 0; k < H_KINDS; k++) handles += g_live[k];
+        fprintf(stderr, "ampr-emu: %ld handle creations; %ld handles live at exit", g_handle_calls, handles);
+        for (int k = 0; k < H_KINDS; k++)
+            if (g_live[k]) fprintf(stderr, ", %ld %s", g_live[k], k_handle_names[k]);
+        fprintf(stderr, "\n");
     }
 };
 static alloc_report g_alloc_report;
@@ -874,12 +903,16 @@ cudaError_t cudaMemset(void *p, int value, size_t bytes) { return cudaMemsetAsyn
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) {
     init();
     if (g_devices <= 0) return set_err(cudaErrorNoDevice);
+    *s = nullptr;
+    if (!handle_new(H_STREAM)) return set_err(cudaErrorMemoryAllocation);
     *s = new ampr_emu_stream{g_device};
     return cudaSuccess;
 }
 cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags(s, 0); }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
-    if (s && s->capture && !s->origin) delete s->capture;
+    if (!s) return set_err(cudaErrorInvalidResourceHandle);
+    if (s->capture && !s->origin) delete s->capture;
+    handle_gone(H_STREAM);
     delete s;
     return cudaSuccess;
 }
@@ -911,6 +944,8 @@ cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g) {
         return set_err(cudaErrorStreamCaptureInvalidated);
     }
     *g = graph;
+    std::lock_guard<std::mutex> l(g_mu);
+    g_live[H_GRAPH]++;
     return cudaSuccess;
 }
 cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus *st) {
@@ -929,11 +964,15 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
 }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned) {
+    *e = nullptr;
+    if (!handle_new(H_EVENT)) return set_err(cudaErrorMemoryAllocation);
     *e = new ampr_emu_event{g_device};
     return cudaSuccess;
 }
 cudaError_t cudaEventCreate(cudaEvent_t *e) { return cudaEventCreateWithFlags(e, 0); }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    if (!e) return set_err(cudaErrorInvalidResourceHandle);
+    handle_gone(H_EVENT);
     delete e;
     return cudaSuccess;
 }
@@ -959,7 +998,9 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
 }
 
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t *x, cudaGraph_t g, unsigned long long) {
+    *x = nullptr;
     if (!g) return set_err(cudaErrorInvalidValue);
+    if (!handle_new(H_EXEC)) return set_err(cudaErrorMemoryAllocation);
     *x = new ampr_emu_graph(*g);
     return cudaSuccess;
 }
@@ -976,10 +1017,14 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t x, cudaStream_t s) {
     return g_sticky;
 }
 cudaError_t cudaGraphDestroy(cudaGraph_t g) {
+    if (!g) return set_err(cudaErrorInvalidValue);
+    handle_gone(H_GRAPH);
     delete g;
     return cudaSuccess;
 }
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t x) {
+    if (!x) return set_err(cudaErrorInvalidValue);
+    handle_gone(H_EXEC);
     delete x;
     return cudaSuccess;
 }
@@ -1004,10 +1049,14 @@ struct ampr_emu_lt_pref {
 };
 
 cublasStatus_t cublasLtCreate(cublasLtHandle_t *h) {
+    *h = nullptr;
+    if (!handle_new(H_LT)) return CUBLAS_STATUS_ALLOC_FAILED;
     *h = new ampr_emu_lt{g_device};
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasLtDestroy(cublasLtHandle_t h) {
+    if (!h) return CUBLAS_STATUS_INVALID_VALUE;
+    handle_gone(H_LT);
     delete h;
     return CUBLAS_STATUS_SUCCESS;
 }
@@ -1025,10 +1074,14 @@ const char *cublasLtGetStatusString(cublasStatus_t s) {
     return s == CUBLAS_STATUS_SUCCESS ? "success" : "an emulated cuBLASLt call failed (see stderr)";
 }
 cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *d, cublasComputeType_t ct, cudaDataType_t scale) {
+    *d = nullptr;
+    if (!handle_new(H_LT)) return CUBLAS_STATUS_ALLOC_FAILED;
     *d = new ampr_emu_lt_desc{ct, scale, CUBLAS_OP_N, CUBLAS_OP_N};
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d) {
+    if (!d) return CUBLAS_STATUS_INVALID_VALUE;
+    handle_gone(H_LT);
     delete d;
     return CUBLAS_STATUS_SUCCESS;
 }
@@ -1044,19 +1097,27 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMa
 }
 cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *l, cudaDataType_t t, uint64_t rows,
                                           uint64_t cols, int64_t ld) {
+    *l = nullptr;
     if (ld < (int64_t)rows || ld < 1) return CUBLAS_STATUS_INVALID_VALUE;
+    if (!handle_new(H_LT)) return CUBLAS_STATUS_ALLOC_FAILED;
     *l = new ampr_emu_lt_layout{t, rows, cols, ld};
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) {
+    if (!l) return CUBLAS_STATUS_INVALID_VALUE;
+    handle_gone(H_LT);
     delete l;
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *p) {
+    *p = nullptr;
+    if (!handle_new(H_LT)) return CUBLAS_STATUS_ALLOC_FAILED;
     *p = new ampr_emu_lt_pref{0};
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) {
+    if (!p) return CUBLAS_STATUS_INVALID_VALUE;
+    handle_gone(H_LT);
     delete p;
     return CUBLAS_STATUS_SUCCESS;
 }
@@ -1243,14 +1304,15 @@ ncclResult_t ncclGetUniqueId(ncclUniqueId *id) {
 ncclResult_t ncclCommInitAll(ncclComm_t *comms, int n, const int *devs) {
     init();
     if (n < 1) return ncclInvalidArgument;
+    if (!handle_new(H_COMM)) return ncclSystemError;
+    handle_gone(H_COMM); /* counted per rank below */
+    for (int i = 0; i < n; i++)
+        if ((devs ? devs[i] : i) < 0 || (devs ? devs[i] : i) >= g_devices) return ncclInvalidArgument;
     auto *q = new ampr_emu_clique{n, n, std::vector<ampr_emu_clique::op>((size_t)n)};
     for (int i = 0; i < n; i++) {
-        int dev = devs ? devs[i] : i;
-        if (dev < 0 || dev >= g_devices) {
-            delete q;
-            return ncclInvalidArgument;
-        }
-        comms[i] = new ampr_emu_comm{q, i, dev};
+        comms[i] = new ampr_emu_comm{q, i, devs ? devs[i] : i};
+        std::lock_guard<std::mutex> l(g_mu);
+        g_live[H_COMM]++;
     }
     return ncclSuccess;
 }
@@ -1269,6 +1331,7 @@ ncclResult_t ncclCommFinalize(ncclComm_t) { return ncclSuccess; }
 ncclResult_t ncclCommDestroy(ncclComm_t c) {
     if (!c) return ncclInvalidArgument;
     if (--c->q->alive == 0) delete c->q;
+    handle_gone(H_COMM);
     delete c;
     return ncclSuccess;
 }
