@@ -712,7 +712,30 @@ struct profile {
 static profile g_profile;
 static bool g_profiling = env_int("AMPR_EMU_PROFILE", 0) != 0;
 
-static cudaError_t run_launch(const char *name, const config &c, const std::function<void()> &body) {
+/* A block's shared memory, static (the declarations it reached) and dynamic,
+ * against what a GPU allows the kernel: 48 KiB in all, or with the opt-in
+ * attribute its value for the dynamic part and the device's 227 KiB in all;
+ * a GPU refuses the launch otherwise. */
+static const char *smem_over(const void *fn, size_t st, size_t dyn, char *buf, size_t len) {
+    int attr = -1;
+    {
+        std::lock_guard<std::mutex> l(g_mu);
+        auto it = g_max_dyn_smem.find(fn);
+        if (it != g_max_dyn_smem.end()) attr = it->second;
+    }
+    if (attr < 0 && st + dyn > 48 * 1024)
+        snprintf(buf, len, "%zu bytes of static and %zu of dynamic shared memory: over 48 KiB without "
+                 "cudaFuncAttributeMaxDynamicSharedMemorySize", st, dyn);
+    else if (attr >= 0 && st + (size_t)attr > 232448)
+        snprintf(buf, len, "%zu bytes of static shared memory and an opt-in of %d for the dynamic part: "
+                 "over the device's 232448", st, attr);
+    else
+        return nullptr;
+    return buf;
+}
+
+static cudaError_t run_launch(const char *name, const void *fn, const config &c,
+                              const std::function<void()> &body) {
     unsigned n = c.block.x * c.block.y * c.block.z;
     std::vector<unsigned char> smem(c.smem + 128);
     launch_state ls;
@@ -738,7 +761,14 @@ static cudaError_t run_launch(const char *name, const config &c, const std::func
                        (unsigned)(i / ((uint64_t)c.grid.x * c.grid.y))};
         blockIdx = ls.bid;
         memset(ls.dyn_smem, 0xff, c.smem); /* shared memory starts undefined */
-        if (!run_block(body, n, c.block, msg)) {
+        ls.static_smem = 0;
+        bool ok = run_block(body, n, c.block, msg);
+        char over[256];
+        if (ok && smem_over(fn, ls.static_smem, c.smem, over, sizeof over)) {
+            msg = over;
+            ok = false;
+        }
+        if (!ok) {
             report("fault in %s, block (%u,%u,%u) of (%u,%u,%u), %u threads: %s", name, ls.bid.x, ls.bid.y,
                    ls.bid.z, c.grid.x, c.grid.y, c.grid.z, n, msg.c_str());
             g_sticky = cudaErrorLaunchFailure;
@@ -783,7 +813,7 @@ int launch(const char *name, const void *fn, const config &c, std::function<void
     }
     config cc = c;
     std::string nm = name;
-    return set_err(enqueue(s, [cc, nm, body]() { run_launch(nm.c_str(), cc, body); }));
+    return set_err(enqueue(s, [cc, nm, fn, body]() { run_launch(nm.c_str(), fn, cc, body); }));
 }
 
 } // namespace ampr_emu
@@ -1399,15 +1429,17 @@ const char *ncclGetErrorString(ncclResult_t r) {
 }
 
 /* ---- hooks for tests (tests/test_device.c declares them weak) ------------------------- */
+/* Hidden like the library's internals: a test linked with libampr.a finds them,
+ * libampr.so does not export them (tests/test_abi.sh). */
 
 /* The n-th cudaMalloc from now fails (n >= 1), or none (n <= 0). */
-extern "C" __attribute__((visibility("default"))) void ampr_emu_fail_alloc_in(long n) {
+extern "C" void ampr_emu_fail_alloc_in(long n) {
     std::lock_guard<std::mutex> l(g_mu);
     g_fail_at = n > 0 ? g_malloc_calls + n : 0;
 }
 
 /* Device allocations live now. */
-extern "C" __attribute__((visibility("default"))) long ampr_emu_live_allocs(void) {
+extern "C" long ampr_emu_live_allocs(void) {
     std::lock_guard<std::mutex> l(g_mu);
     long n = 0;
     for (auto &e : g_allocs)

@@ -115,6 +115,7 @@ struct launch_state {
     uint3 bid{0, 0, 0};
     dim3 gdim, bdim;
     void *dyn_smem = nullptr;
+    size_t static_smem = 0; /* bytes of the __shared__ declarations the block reached */
 };
 
 inline thread_local fiber *g_cur = nullptr;
@@ -158,6 +159,7 @@ template <typename X, typename Tag> static inline X &ampr_emu_shared(Tag) {
     if (gen != ::ampr_emu::g_block_gen) {
         memset(buf, 0xff, sizeof buf);
         gen = ::ampr_emu::g_block_gen;
+        ::ampr_emu::g_launch->static_smem += sizeof(X);
     }
     return *reinterpret_cast<X *>(buf);
 }
