@@ -164,6 +164,13 @@ template <typename X, typename Tag> static inline X &ampr_emu_shared(Tag) {
     return *reinterpret_cast<X *>(buf);
 }
 
+/* __launch_bounds__(n) (lower.py puts this first in the kernel's body): a GPU
+ * refuses a launch with more threads a block */
+static inline void ampr_emu_bounds(long n) {
+    long t = (long)blockDim.x * blockDim.y * blockDim.z;
+    if (t > n) ::ampr_emu::fault("a block of %ld threads, over the kernel's __launch_bounds__(%ld)", t, n);
+}
+
 /* ---- barriers and warp collectives ------------------------------------------------ */
 
 static inline void __syncthreads(void) { (void)::ampr_emu::block_barrier(0, 0); }

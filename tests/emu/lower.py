@@ -10,6 +10,9 @@ compiler messages point at SRC:
   __shared__ T a[N], b;
       -> auto &a = ampr_emu_shared<T[N]>([] {}); auto &b = ampr_emu_shared<T>([] {});
          (storage that each block starts with 0xff bytes in)
+  __launch_bounds__(N) kernel(params) { body
+      -> kernel(params) { ampr_emu_bounds(N); body
+         (a launch with more threads than N faults, as a GPU refuses it)
 
 and inline PTX the emulator knows (mma.sync m16n8k16 f16 -> f32, prefetch) is
 left to the source: it is selected with #ifdef AMPR_CUDA_EMU there.
@@ -59,6 +62,38 @@ def fix_shared(m):
 
 
 text = shared.sub(fix_shared, text)
+
+
+
+def close_paren(t, i):
+    """index just past the parenthesis that closes the one at t[i]"""
+    depth = 0
+    for j in range(i, len(t)):
+        if t[j] == "(":
+            depth += 1
+        elif t[j] == ")":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+    sys.exit("lower.py: %s: unbalanced parentheses" % src_path)
+
+
+out, pos = [], 0
+for m in re.finditer(r"__launch_bounds__\s*\(", text):
+    if m.start() < pos:
+        continue
+    end = close_paren(text, m.end() - 1)
+    bound = text[m.end():end - 1]
+    name = re.match(r"\s*([A-Za-z_]\w*)\s*\(", text[end:])
+    if not name:
+        continue
+    body = text.index("{", close_paren(text, end + name.end() - 1))
+    out.append(text[pos:m.start()])
+    out.append(text[end:body + 1])
+    out.append(" ampr_emu_bounds(%s);" % bound)
+    pos = body + 1
+out.append(text[pos:])
+text = "".join(out)
 
 with open(out_path, "w") as f:
     f.write('#line 1 "%s"\n' % src_path)
