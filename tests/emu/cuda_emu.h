@@ -164,9 +164,9 @@ template <typename X, typename Tag> static inline X &ampr_emu_shared(Tag) {
     return *reinterpret_cast<X *>(buf);
 }
 
-/* __launch_bounds__(n) (lower.py puts this first in the kernel's body): a GPU
- * refuses a launch with more threads a block */
-static inline void ampr_emu_bounds(long n) {
+/* __launch_bounds__(n[, min blocks[, max cluster]]) (lower.py puts this first in
+ * the kernel's body): a GPU refuses a launch with more threads a block than n */
+static inline void ampr_emu_bounds(long n, long = 0, long = 0) {
     long t = (long)blockDim.x * blockDim.y * blockDim.z;
     if (t > n) ::ampr_emu::fault("a block of %ld threads, over the kernel's __launch_bounds__(%ld)", t, n);
 }
