@@ -798,11 +798,15 @@ int launch(const char *name, const void *fn, const config &c, std::function<void
         return set_err(cudaErrorInvalidConfiguration);
     }
     if (c.smem > 48 * 1024) {
-        auto it = g_max_dyn_smem.find(fn);
-        if (it == g_max_dyn_smem.end() || (size_t)it->second < c.smem) {
+        int attr = 0;
+        {
+            std::lock_guard<std::mutex> l(g_mu);
+            auto it = g_max_dyn_smem.find(fn);
+            if (it != g_max_dyn_smem.end()) attr = it->second;
+        }
+        if ((size_t)attr < c.smem) {
             report("launch of %s with %zu bytes of dynamic shared memory: over 48 KiB without "
-                   "cudaFuncAttributeMaxDynamicSharedMemorySize (%d)", name, c.smem,
-                   it == g_max_dyn_smem.end() ? 0 : it->second);
+                   "cudaFuncAttributeMaxDynamicSharedMemorySize (%d)", name, c.smem, attr);
             return set_err(cudaErrorInvalidValue);
         }
     }
