@@ -8,10 +8,10 @@
 #   make check-valgrind  the tests under valgrind memcheck
 #   make check-emu    the CUDA backend on the CPU emulation of CUDA (tests/emu): the GPU
 #                     op checks, the end-to-end runs of tests/gpu/check.sh, device
-#                     out-of-memory injection, the unit tests with the emulated GPU
-#                     present, and the op checks again with each block's threads run in
-#                     the other order (build-emu/); check-emu-asan: the device tests
-#                     and the OOM injection on it under ASan + UBSan (build-emu-asan/)
+#                     failure injection, the unit tests with the emulated GPU present,
+#                     and the op checks again with each block's threads run in the
+#                     other order (build-emu/); check-emu-asan: the device tests and
+#                     the failure injection on it under ASan + UBSan (build-emu-asan/)
 #   make run          install missing packages, build, generate from the default model
 #   make bench        side-by-side tier benchmark
 #   make install      PREFIX=/usr/local DESTDIR=
@@ -145,23 +145,24 @@ check-valgrind:
 	AMPR_TEST_SERIALIZED=1 $(MAKE) CUDA=0 B=build-vg OPT=-O1 TEST_RUNNER="valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect -q" test
 
 EMU_MODEL := $(AMPR_SHARED)/models/stories260K/stories260K.gguf
+# $(call emu_inject,BUILD): tests/emu/oom.sh's four runs on BUILD/ampr
+emu_inject = if [ -f $(EMU_MODEL) ]; then for m in "alloc" "handle" "alloc tp" "handle tp"; do \
+	   bash tests/emu/oom.sh $(1)/ampr $(EMU_MODEL) $$m || exit 1; done; \
+	 else echo "no $(EMU_MODEL): device failure injection skipped"; fi
 check-emu:
 	bash tests/gpu/check.sh --emu
-	@if [ -f $(EMU_MODEL) ]; then for m in "alloc" "handle" "alloc tp" "handle tp"; do \
-	   bash tests/emu/oom.sh build-emu/ampr $(EMU_MODEL) $$m || exit 1; done; \
-	 else echo "check-emu: no $(EMU_MODEL): device failure injection skipped"; fi
+	@$(call emu_inject,build-emu)
 	$(MAKE) CUDA=1 CUDA_EMU=1 B=build-emu test
 	AMPR_EMU_ORDER=reverse bash tests/gpu/check.sh --emu --quick
 
 # The same emulation under ASan + UBSan (+ LSan): test_device with its device
-# allocation failures, and the OOM injection (not in CI: the op checks alone
-# take ~25 minutes under ASan; `check` itself runs there too, by hand)
+# allocation failures, and the failure injection (not in CI; the op checks,
+# ~10 minutes under ASan, run there by hand: tests/emu/README.md)
 EMU_SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 check-emu-asan:
 	$(MAKE) CUDA=1 CUDA_EMU=1 B=build-emu-asan OPT=-O1 SAN="$(EMU_SAN)" all build-emu-asan/tests/test_device
 	AMPR_SHARED=$(AMPR_SHARED) build-emu-asan/tests/test_device
-	@if [ -f $(EMU_MODEL) ]; then for m in "alloc" "handle" "alloc tp" "handle tp"; do \
-	   bash tests/emu/oom.sh build-emu-asan/ampr $(EMU_MODEL) $$m || exit 1; done; fi
+	@$(call emu_inject,build-emu-asan)
 
 run:
 	@tools/install-deps.sh

@@ -17,6 +17,10 @@
 
 #include "../fallback/logits.h"
 
+static int penalizes(const ampr__sampler *s) {
+    return s->repetition_penalty != 1.0f && s->repetition_penalty > 0.0f;
+}
+
 ampr_status ampr__sampler_init(ampr__sampler *s, int32_t n_vocab, float temperature,
                                int32_t top_k, float top_p, float repetition_penalty,
                                int32_t repetition_last_n, uint64_t seed, ampr__err *err) {
@@ -34,7 +38,7 @@ ampr_status ampr__sampler_init(ampr__sampler *s, int32_t n_vocab, float temperat
                        top_p < 1.0f;
     if (nucleus_only && s->ids && s->vals)
         s->keys = ampr__alloc_array(2 * (size_t)n_vocab, sizeof(uint64_t), err);
-    int penalty = repetition_penalty != 1.0f && repetition_penalty > 0.0f;
+    int penalty = penalizes(s);
     if (penalty && s->ids && s->vals) s->seen = ampr__alloc_array((size_t)n_vocab, 1, err);
     if (!s->ids || !s->vals || (nucleus_only && !s->keys) || (penalty && !s->seen)) {
         ampr__sampler_free(s);
@@ -307,10 +311,6 @@ static int32_t draw_top_k(ampr__sampler *s, int32_t k, int nucleus_on) {
         sum += s->vals[i];
     }
     return draw(s, k, sum, nucleus_on);
-}
-
-static int penalizes(const ampr__sampler *s) {
-    return s->repetition_penalty != 1.0f && s->repetition_penalty > 0.0f;
 }
 
 int32_t ampr__sampler_penalized(ampr__sampler *s, const int32_t *history, size_t n_history,

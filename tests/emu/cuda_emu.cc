@@ -716,13 +716,14 @@ static bool g_profiling = env_int("AMPR_EMU_PROFILE", 0) != 0;
  * against what a GPU allows the kernel: 48 KiB in all, or with the opt-in
  * attribute its value for the dynamic part and the device's 227 KiB in all;
  * a GPU refuses the launch otherwise. */
+static int dyn_smem_optin(const void *fn) { /* the kernel's attribute, or -1: none */
+    std::lock_guard<std::mutex> l(g_mu);
+    auto it = g_max_dyn_smem.find(fn);
+    return it == g_max_dyn_smem.end() ? -1 : it->second;
+}
+
 static const char *smem_over(const void *fn, size_t st, size_t dyn, char *buf, size_t len) {
-    int attr = -1;
-    {
-        std::lock_guard<std::mutex> l(g_mu);
-        auto it = g_max_dyn_smem.find(fn);
-        if (it != g_max_dyn_smem.end()) attr = it->second;
-    }
+    int attr = dyn_smem_optin(fn);
     if (attr < 0 && st + dyn > 48 * 1024)
         snprintf(buf, len, "%zu bytes of static and %zu of dynamic shared memory: over 48 KiB without "
                  "cudaFuncAttributeMaxDynamicSharedMemorySize", st, dyn);
@@ -739,8 +740,6 @@ static cudaError_t run_launch(const char *name, const void *fn, const config &c,
     unsigned n = c.block.x * c.block.y * c.block.z;
     std::vector<unsigned char> smem(c.smem + 128);
     launch_state ls;
-    ls.gdim = c.grid;
-    ls.bdim = c.block;
     ls.dyn_smem = (void *)(((uintptr_t)smem.data() + 127) & ~(uintptr_t)127);
     g_launch = &ls;
     g_kernel = name;
@@ -757,9 +756,8 @@ static cudaError_t run_launch(const char *name, const void *fn, const config &c,
     }
     for (uint64_t k = 0; k < blocks; k++) {
         uint64_t i = g_order == 2 ? perm[k] : g_reverse ? blocks - 1 - k : k;
-        ls.bid = uint3{(unsigned)(i % c.grid.x), (unsigned)((i / c.grid.x) % c.grid.y),
-                       (unsigned)(i / ((uint64_t)c.grid.x * c.grid.y))};
-        blockIdx = ls.bid;
+        blockIdx = uint3{(unsigned)(i % c.grid.x), (unsigned)((i / c.grid.x) % c.grid.y),
+                         (unsigned)(i / ((uint64_t)c.grid.x * c.grid.y))};
         memset(ls.dyn_smem, 0xff, c.smem); /* shared memory starts undefined */
         ls.static_smem = 0;
         bool ok = run_block(body, n, c.block, msg);
@@ -769,8 +767,8 @@ static cudaError_t run_launch(const char *name, const void *fn, const config &c,
             ok = false;
         }
         if (!ok) {
-            report("fault in %s, block (%u,%u,%u) of (%u,%u,%u), %u threads: %s", name, ls.bid.x, ls.bid.y,
-                   ls.bid.z, c.grid.x, c.grid.y, c.grid.z, n, msg.c_str());
+            report("fault in %s, block (%u,%u,%u) of (%u,%u,%u), %u threads: %s", name, blockIdx.x, blockIdx.y,
+                   blockIdx.z, c.grid.x, c.grid.y, c.grid.z, n, msg.c_str());
             g_sticky = cudaErrorLaunchFailure;
             break;
         }
@@ -798,15 +796,10 @@ int launch(const char *name, const void *fn, const config &c, std::function<void
         return set_err(cudaErrorInvalidConfiguration);
     }
     if (c.smem > 48 * 1024) {
-        int attr = 0;
-        {
-            std::lock_guard<std::mutex> l(g_mu);
-            auto it = g_max_dyn_smem.find(fn);
-            if (it != g_max_dyn_smem.end()) attr = it->second;
-        }
-        if ((size_t)attr < c.smem) {
+        int attr = dyn_smem_optin(fn);
+        if (attr < 0 || (size_t)attr < c.smem) {
             report("launch of %s with %zu bytes of dynamic shared memory: over 48 KiB without "
-                   "cudaFuncAttributeMaxDynamicSharedMemorySize (%d)", name, c.smem, attr);
+                   "cudaFuncAttributeMaxDynamicSharedMemorySize (%d)", name, c.smem, attr < 0 ? 0 : attr);
             return set_err(cudaErrorInvalidValue);
         }
     }
@@ -1082,18 +1075,22 @@ struct ampr_emu_lt_pref {
     size_t ws;
 };
 
-cublasStatus_t cublasLtCreate(cublasLtHandle_t *h) {
-    *h = nullptr;
+/* A cuBLASLt object: counted as a handle, and the one AMPR_EMU_FAIL_HANDLE fails. */
+template <typename T> static cublasStatus_t lt_new(T **out, const T &value) {
+    *out = nullptr;
     if (!handle_new(H_LT)) return CUBLAS_STATUS_ALLOC_FAILED;
-    *h = new ampr_emu_lt{g_device};
+    *out = new T(value);
     return CUBLAS_STATUS_SUCCESS;
 }
-cublasStatus_t cublasLtDestroy(cublasLtHandle_t h) {
-    if (!h) return CUBLAS_STATUS_INVALID_VALUE;
+template <typename T> static cublasStatus_t lt_delete(T *p) {
+    if (!p) return CUBLAS_STATUS_INVALID_VALUE;
     handle_gone(H_LT);
-    delete h;
+    delete p;
     return CUBLAS_STATUS_SUCCESS;
 }
+
+cublasStatus_t cublasLtCreate(cublasLtHandle_t *h) { return lt_new(h, ampr_emu_lt{g_device}); }
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t h) { return lt_delete(h); }
 const char *cublasLtGetStatusName(cublasStatus_t s) {
     switch (s) {
     case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
@@ -1108,17 +1105,9 @@ const char *cublasLtGetStatusString(cublasStatus_t s) {
     return s == CUBLAS_STATUS_SUCCESS ? "success" : "an emulated cuBLASLt call failed (see stderr)";
 }
 cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *d, cublasComputeType_t ct, cudaDataType_t scale) {
-    *d = nullptr;
-    if (!handle_new(H_LT)) return CUBLAS_STATUS_ALLOC_FAILED;
-    *d = new ampr_emu_lt_desc{ct, scale, CUBLAS_OP_N, CUBLAS_OP_N};
-    return CUBLAS_STATUS_SUCCESS;
+    return lt_new(d, ampr_emu_lt_desc{ct, scale, CUBLAS_OP_N, CUBLAS_OP_N});
 }
-cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d) {
-    if (!d) return CUBLAS_STATUS_INVALID_VALUE;
-    handle_gone(H_LT);
-    delete d;
-    return CUBLAS_STATUS_SUCCESS;
-}
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d) { return lt_delete(d); }
 cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t a,
                                               const void *buf, size_t size) {
     if (size != sizeof(int32_t)) return CUBLAS_STATUS_INVALID_VALUE;
@@ -1133,28 +1122,13 @@ cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *l, cudaDataTyp
                                           uint64_t cols, int64_t ld) {
     *l = nullptr;
     if (ld < (int64_t)rows || ld < 1) return CUBLAS_STATUS_INVALID_VALUE;
-    if (!handle_new(H_LT)) return CUBLAS_STATUS_ALLOC_FAILED;
-    *l = new ampr_emu_lt_layout{t, rows, cols, ld};
-    return CUBLAS_STATUS_SUCCESS;
+    return lt_new(l, ampr_emu_lt_layout{t, rows, cols, ld});
 }
-cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) {
-    if (!l) return CUBLAS_STATUS_INVALID_VALUE;
-    handle_gone(H_LT);
-    delete l;
-    return CUBLAS_STATUS_SUCCESS;
-}
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) { return lt_delete(l); }
 cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *p) {
-    *p = nullptr;
-    if (!handle_new(H_LT)) return CUBLAS_STATUS_ALLOC_FAILED;
-    *p = new ampr_emu_lt_pref{0};
-    return CUBLAS_STATUS_SUCCESS;
+    return lt_new(p, ampr_emu_lt_pref{0});
 }
-cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) {
-    if (!p) return CUBLAS_STATUS_INVALID_VALUE;
-    handle_gone(H_LT);
-    delete p;
-    return CUBLAS_STATUS_SUCCESS;
-}
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) { return lt_delete(p); }
 cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p,
                                                     cublasLtMatmulPreferenceAttributes_t a,
                                                     const void *buf, size_t size) {

@@ -102,7 +102,6 @@ namespace ampr_emu {
 /* One GPU thread: a fiber. */
 struct fiber {
     void *sp = nullptr;      /* saved stack pointer while switched out */
-    char *stack = nullptr;   /* top of its stack */
     uint3 tid{0, 0, 0};
     unsigned lin = 0;        /* linear index in the block */
     int state = 0;           /* 0 ready, 1 waiting, 2 exited */
@@ -111,9 +110,8 @@ struct fiber {
 };
 
 /* The launch being run on this OS thread. */
+/* (blockIdx, blockDim and gridDim are the globals below) */
 struct launch_state {
-    uint3 bid{0, 0, 0};
-    dim3 gdim, bdim;
     void *dyn_smem = nullptr;
     size_t static_smem = 0; /* bytes of the __shared__ declarations the block reached */
 };

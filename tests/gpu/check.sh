@@ -54,7 +54,6 @@ done
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$NVCC")")}
 OUT=${AMPR_GPU_BUILD:-tests/gpu/build}
-mkdir -p "$OUT/obj"
 if [ "$emu" = 1 ]; then
     # CUDA on the CPU (tests/emu): the library and tests/gpu/check.cu built by make
     # with CUDA_EMU=1; then the op checks and the end-to-end part below, without
@@ -77,6 +76,7 @@ if [ "$emu" = 1 ]; then
     [ "$quick" = 1 ] || args+=(--quick) # the op checks; never check.cu's benchmarks
 fi
 [ "$emu" = 1 ] || [ -x "$NVCC" ] || { echo "check.sh: nvcc not found (set NVCC)"; exit 3; }
+[ "$emu" = 1 ] || mkdir -p "$OUT/obj"
 
 # what .gpu/ampr was built from (the device machine's copy has no .git)
 src_files() {
