@@ -71,6 +71,18 @@ int ampr__cuda_cc(const ampr__cuda *c); /* major*10 + minor */
 /* Decode paths: matmuls with n <= this many tokens use the fused GEMV kernels,
  * larger ones cuBLASLt (default 8, at most 8; 0 forces cuBLASLt always). */
 void ampr__cuda_set_gemv_max(ampr__cuda *c, int n);
+/* NF4 decode matmuls (n <= gemv_max, cols % 64 == 0) on tensor cores
+ * (gemv_nf4_mma_kernel: codes and activations rounded to fp16, fp32 sums)
+ * instead of the fp32 GEMV kernels. Off by default until a GPU has measured
+ * it; AMPR_CUDA_NF4_MMA=1 in the environment turns it on at open. */
+void ampr__cuda_set_nf4_mma(ampr__cuda *c, int on);
+int ampr__cuda_nf4_mma(const ampr__cuda *c);
+/* Prefill attention (the query-tile path, head_dim 64 or 128) on tensor cores
+ * (attention_mma_kernel: Q, K, V and the probabilities rounded to fp16, fp32
+ * sums) instead of the fp32 tile kernel. Off by default until a GPU has
+ * measured it; AMPR_CUDA_ATT_MMA=1 turns it on at open. */
+void ampr__cuda_set_att_mma(ampr__cuda *c, int on);
+int ampr__cuda_att_mma(const ampr__cuda *c);
 /* Device-to-device copy bandwidth of c's GPU in GB/s, counting the bytes read
  * and written (the figure decode speed is compared with): best of reps
  * copies of `bytes`. Allocates two buffers of that size for the duration. */

@@ -5,6 +5,8 @@
 #include "cuda_err.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 /* ---- error mapping (the one place) --------------------------------------- */
 
@@ -81,6 +83,10 @@ ampr_status ampr__cuda_open(int device, ampr__cuda **out, ampr__err *err) {
     if (!c) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for a CUDA context");
     c->device = device;
     c->gemv_max = AMPR__CUDA_GEMV_MAX;
+    const char *e = getenv("AMPR_CUDA_NF4_MMA");
+    c->nf4_mma = e && !strcmp(e, "1");
+    e = getenv("AMPR_CUDA_ATT_MMA");
+    c->att_mma = e && !strcmp(e, "1");
     ampr_status st = ctx_init(c, device, err);
     if (st != AMPR_OK) {
         ampr__cuda_close(c);
@@ -129,6 +135,17 @@ void ampr__cuda_set_gemv_max(ampr__cuda *c, int n) {
     c->scratch_gen++; /* captured graphs chose their matmul paths by the old value */
     c->gemv_max = n < 0 ? 0 : (n > AMPR__CUDA_GEMV_MAX ? AMPR__CUDA_GEMV_MAX : n);
 }
+
+void ampr__cuda_set_nf4_mma(ampr__cuda *c, int on) {
+    c->scratch_gen++;
+    c->nf4_mma = on != 0;
+}
+int ampr__cuda_nf4_mma(const ampr__cuda *c) { return c->nf4_mma; }
+void ampr__cuda_set_att_mma(ampr__cuda *c, int on) {
+    c->scratch_gen++;
+    c->att_mma = on != 0;
+}
+int ampr__cuda_att_mma(const ampr__cuda *c) { return c->att_mma; }
 
 void ampr__cuda_plan_destroy(ampr__cuda_plan *p) {
     if (p->a) cublasLtMatrixLayoutDestroy(p->a);

@@ -15,6 +15,7 @@
 #include <cublasLt.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <string.h> /* memcpy in device code: register reinterpretation */
 
 #include "ampr_cuda.h"
 #include "forward/tp.h" /* AMPR__TP_MAX: the most ranks, here and on the CPU */
@@ -83,6 +84,8 @@ struct ampr__cuda {
     ampr__cuda_plan plans[AMPR__CUDA_MAX_PLANS];
     int plan_next;            /* round-robin victim when the cache is full */
     int gemv_max;
+    int nf4_mma;              /* NF4 decode on tensor cores (AMPR_CUDA_NF4_MMA=1) */
+    int att_mma;              /* prefill attention on tensor cores (AMPR_CUDA_ATT_MMA=1) */
     /* matmul scratch, grown by ensure_scratch() */
     __half *xh;               /* activations as half [n][cols] */
     size_t xh_bytes;
@@ -100,6 +103,30 @@ struct ampr__cuda {
     float *att_part;
     size_t att_part_bytes;
 };
+
+/* d += a b: mma.sync m16n8k16, fp16 inputs, fp32 sums (sm_80 and newer); the
+ * emulation (tests/emu) computes the same fragments on the CPU */
+__device__ __forceinline__ void ampr__mma_16816(float (&d)[4], uint32_t a0, uint32_t a1,
+                                                uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+#ifdef AMPR_CUDA_EMU
+    ampr_emu_mma_16816(d, a0, a1, a2, a3, b0, b1);
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+/* two floats as one register of fp16 (lo in the low half), saturated */
+__device__ __forceinline__ uint32_t ampr__half2_bits(float lo, float hi) {
+    lo = fminf(fmaxf(lo, -65504.0f), 65504.0f); /* saturate: no inf */
+    hi = fminf(fmaxf(hi, -65504.0f), 65504.0f);
+    __half2 h = __floats2half2_rn(lo, hi);
+    uint32_t u;
+    memcpy(&u, &h, sizeof u);
+    return u;
+}
 
 /* Blocks for a grid-stride kernel over n elements, block threads each: one per
  * block of elements, at most 65535*8 (the loops stride over the rest). */

@@ -83,6 +83,34 @@ __global__ void nf4_dequant_kernel(const uint8_t *__restrict__ w, const float *_
     }
 }
 
+/* The same values, a 16-byte load a thread: 32 codes of one 64-element
+ * block (chunk i: elements 32i .. 32i + 31, absmax[i / 2]), four 16-byte
+ * stores; the table in shared memory (16 entries in 16 banks: lanes that
+ * look up different codes never conflict). For n % 32 == 0. */
+__global__ void nf4_dequant32_kernel(const uint4 *__restrict__ w, const float *__restrict__ absmax,
+                                     uint4 *__restrict__ out, size_t chunks) {
+    __shared__ float code[16];
+    if (threadIdx.x < 16) code[threadIdx.x] = k_nf4[threadIdx.x];
+    __syncthreads();
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < chunks;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint4 v = __ldg(w + i);
+        float a = __ldg(absmax + i / 2);
+        const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+        uint32_t o[16];
+#pragma unroll
+        for (int b = 0; b < 16; b++) {
+            uint32_t byte = (words[b / 4] >> (8 * (b % 4))) & 0xffu; /* elements 2b, 2b + 1 */
+            __half2 h = __halves2half2(__float2half_rn(code[byte >> 4] * a),
+                                       __float2half_rn(code[byte & 15u] * a));
+            memcpy(&o[b], &h, sizeof o[b]);
+        }
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+            out[4 * i + q] = make_uint4(o[4 * q], o[4 * q + 1], o[4 * q + 2], o[4 * q + 3]);
+    }
+}
+
 /* y[i*ldy + r] = ((float)acc[i*rows + r] * ws[r]) * xs[i] */
 __global__ void int8_scale_kernel(const int32_t *__restrict__ acc, const float *__restrict__ ws,
                                   const float *__restrict__ xs, int64_t rows, int32_t n,
@@ -438,6 +466,147 @@ static void gemv1(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, float 
     }
 }
 
+/* ---- NF4 on tensor cores (decode, 1..8 tokens) ------------------------------
+ * gemv_nf4_mma_kernel<KS>: a warp owns a tile of 16 rows and multiplies it with
+ * up to 8 tokens by mma.sync m16n8k16 (fp16 inputs, fp32 sums): the weights are
+ * the 16 x 16 A operand, the tokens the 16 x 8 B operand (one column a token;
+ * with one token, 7 columns are zero: tensor cores have the throughput to
+ * spare, and the CUDA cores are the limit of the fp32 kernel: a shift, a
+ * shared-memory lookup and an FMA per weight).
+ *
+ * Lane (g = lane / 4, t = lane % 4) holds A's rows g and g + 8 at k-slots
+ * {2t, 2t+1, 2t+8, 2t+9} and B's column g at the same slots (the PTX ISA's
+ * fragment layout). Which matrix columns a k-slot stands for is ours to
+ * choose, as long as A and B agree: for a 64-column NF4 block (one absmax a
+ * row), lane t takes its 16 columns [16t, 16t + 16) as one 8-byte load a row;
+ * the block's 4 mma steps s take bytes 2s and 2s + 1 (columns 16t + 4s ..
+ * 16t + 4s + 3): slots 2t, 2t+1 <- byte 2s (high nibble first), 2t+8, 2t+9 <-
+ * byte 2s + 1, and B's column g reads token g's x at the same columns.
+ * A block's 4 mmas start from zero, so their sum covers exactly one block of
+ * each row and is scaled by that row's absmax in fp32 (acc += sum * absmax),
+ * as the CPU scales a block's sum.
+ *
+ * A byte becomes its two codes as one fp16 pair by one shared-memory load: a
+ * 256-entry table of pairs, one copy per lane (pairs[byte][lane], 32 KiB), so
+ * the 32 lanes' lookups never share a bank. The codes and x are rounded to
+ * fp16 (x saturated at +-65504), the products are exact and summed in fp32:
+ * the rounding of the prefill path (cuBLASLt on dequantized weights), not the
+ * fp32 kernels'. KS warps split a tile's blocks and sum their parts through
+ * shared memory in warp order (deterministic). Needs cols % 64 == 0 (a block
+ * never spans two rows); rows past the end repeat the last row, unstored. */
+#define NF4MMA_U 4 /* blocks a warp loads before it multiplies */
+
+template <int KS>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax, int64_t rows,
+                    int64_t cols, const float *__restrict__ x, int32_t n, float *__restrict__ y,
+                    int64_t ldy) {
+    const int GROUPS = GEMV_WARPS / KS; /* 16-row tiles per block */
+    __shared__ uint32_t pairs[256 * 32];
+    __shared__ float part[GEMV_WARPS][16][8];
+    for (int i = threadIdx.x; i < 256 * 32; i += blockDim.x) {
+        int b = i >> 5;
+        pairs[i] = ampr__half2_bits(k_nf4[b >> 4], k_nf4[b & 15]);
+    }
+    __syncthreads();
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int g = lane >> 2, t = lane & 3;
+    int group = warp / KS, kp = warp % KS;
+    int64_t nblk = cols / 64;
+    const int64_t per_block = (int64_t)GROUPS * 16;
+    for (int64_t rb = (int64_t)blockIdx.x * per_block; rb < rows; rb += (int64_t)gridDim.x * per_block) {
+        int64_t r0 = rb + (int64_t)group * 16;
+        int64_t ra = r0 + g < rows ? r0 + g : rows - 1, rc = r0 + g + 8 < rows ? r0 + g + 8 : rows - 1;
+        const uint2 *wa = (const uint2 *)(W + (size_t)ra * (size_t)(cols / 2));
+        const uint2 *wc = (const uint2 *)(W + (size_t)rc * (size_t)(cols / 2));
+        const float *xg = x + (int64_t)(g < n ? g : 0) * cols + 16 * t;
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int64_t j0 = kp; j0 < nblk && r0 < rows; j0 += KS * NF4MMA_U) {
+            uint2 va[NF4MMA_U], vc[NF4MMA_U];
+            float sa[NF4MMA_U], sc[NF4MMA_U];
+#pragma unroll
+            for (int u = 0; u < NF4MMA_U; u++) {
+                int64_t j = j0 + KS * u;
+                bool in = j < nblk;
+                va[u] = in ? __ldg(wa + 4 * j + t) : make_uint2(0, 0);
+                vc[u] = in ? __ldg(wc + 4 * j + t) : make_uint2(0, 0);
+                sa[u] = in ? __ldg(absmax + ra * nblk + j) : 0.0f;
+                sc[u] = in ? __ldg(absmax + rc * nblk + j) : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < NF4MMA_U; u++) {
+                int64_t j = j0 + KS * u;
+                if (j >= nblk) break; /* the same for the whole warp */
+                float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                for (int s = 0; s < 4; s++) {
+                    uint32_t wA = (s < 2 ? va[u].x : va[u].y) >> (16 * (s & 1));
+                    uint32_t wC = (s < 2 ? vc[u].x : vc[u].y) >> (16 * (s & 1));
+                    uint32_t a0 = pairs[(wA & 0xffu) * 32 + lane];
+                    uint32_t a2 = pairs[((wA >> 8) & 0xffu) * 32 + lane];
+                    uint32_t a1 = pairs[(wC & 0xffu) * 32 + lane];
+                    uint32_t a3 = pairs[((wC >> 8) & 0xffu) * 32 + lane];
+                    uint32_t b0 = 0, b1 = 0;
+                    if (g < n) {
+                        float4 xv = __ldg((const float4 *)(xg + 64 * j + 4 * s));
+                        b0 = ampr__half2_bits(xv.x, xv.y);
+                        b1 = ampr__half2_bits(xv.z, xv.w);
+                    }
+                    ampr__mma_16816(d, a0, a1, a2, a3, b0, b1);
+                }
+                acc[0] += d[0] * sa[u];
+                acc[1] += d[1] * sa[u];
+                acc[2] += d[2] * sc[u];
+                acc[3] += d[3] * sc[u];
+            }
+        }
+        /* lane (g, t) holds rows g, g + 8 for tokens 2t, 2t + 1 */
+        if (KS == 1) {
+            if (r0 < rows) {
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    int64_t r = r0 + g + 8 * (q >> 1);
+                    int tok = 2 * t + (q & 1);
+                    if (r < rows && tok < n) y[(int64_t)tok * ldy + r] = acc[q];
+                }
+            }
+        } else {
+#pragma unroll
+            for (int q = 0; q < 4; q++) part[warp][g + 8 * (q >> 1)][2 * t + (q & 1)] = acc[q];
+            __syncthreads();
+            for (int e = threadIdx.x; e < GROUPS * 16 * 8; e += blockDim.x) {
+                int gr = e / 128, m = (e / 8) % 16, tok = e % 8;
+                int64_t r = rb + (int64_t)gr * 16 + m;
+                if (r < rows && tok < n) {
+                    float s = 0.0f;
+                    for (int w = 0; w < KS; w++) s += part[gr * KS + w][m][tok];
+                    y[(int64_t)tok * ldy + r] = s;
+                }
+            }
+            __syncthreads(); /* the parts are rewritten by the next tiles */
+        }
+    }
+}
+
+/* Warps a tile: the fewest (1, 2, 4, 8) that give the GPU about 32 warps per
+ * SM while each warp keeps at least NF4MMA_U blocks of a row. */
+static void gemv_nf4_mma(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
+                         float *y, int64_t ldy) {
+    int64_t want = 32 * (int64_t)c->sm_count, tiles = (w->rows + 15) / 16, nblk = w->cols / 64;
+    int ks = 1;
+    while (ks < GEMV_WARPS && tiles * ks < want && nblk / (2 * ks) >= NF4MMA_U) ks *= 2;
+    int64_t per_block = (int64_t)(GEMV_WARPS / ks) * 16;
+    int64_t blocks = (w->rows + per_block - 1) / per_block, cap = 4 * (int64_t)c->sm_count;
+    unsigned grid = (unsigned)(blocks < cap ? blocks : cap);
+    const uint8_t *W = (const uint8_t *)w->data;
+    switch (ks) {
+    case 1: gemv_nf4_mma_kernel<1><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    case 2: gemv_nf4_mma_kernel<2><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    case 4: gemv_nf4_mma_kernel<4><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    default: gemv_nf4_mma_kernel<8><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    }
+}
+
 /* Any shape, any alignment, any n: one warp per (row, group of up to 8
  * tokens), one element per lane per step. Element (r, c) of the flattened
  * matrix is e = r*cols + c: NF4 byte e/2 (high nibble when e is even),
@@ -681,7 +850,9 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
                 (const int8_t *)w->data, w->scales, rows, cols, c->xq, c->xs, n, y, ldy);
             break;
         default:
-            if (n == 1 && rows >= 64 * (int64_t)c->sm_count) /* 4 rows a warp still fill it */
+            if (c->nf4_mma && cols % 64 == 0)
+                gemv_nf4_mma(c, w, x, n, y, ldy);
+            else if (n == 1 && rows >= 64 * (int64_t)c->sm_count) /* 4 rows a warp still fill it */
                 gemv1<AMPR__Q_NF4, 4, 2>(c, w, x, y);
             else if (n == 1)
                 gemv1<AMPR__Q_NF4, 2, 2>(c, w, x, y);
@@ -737,8 +908,12 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
     const void *A = w->data;
     if (w->type == AMPR__Q_NF4) {
         size_t ne = (size_t)rows * (size_t)cols;
-        nf4_dequant_kernel<<<ampr__cuda_grid((ne + 1) / 2, 256), 256, 0, c->stream>>>(
-            (const uint8_t *)w->data, w->scales, c->wdq, ne);
+        if (ne % 32 == 0)
+            nf4_dequant32_kernel<<<ampr__cuda_grid(ne / 32, 256), 256, 0, c->stream>>>(
+                (const uint4 *)w->data, w->scales, (uint4 *)c->wdq, ne / 32);
+        else
+            nf4_dequant_kernel<<<ampr__cuda_grid((ne + 1) / 2, 256), 256, 0, c->stream>>>(
+                (const uint8_t *)w->data, w->scales, c->wdq, ne);
         AMPR__CU_LAUNCHED(err, "nf4_dequant");
         A = c->wdq;
     } else if (w->type != AMPR__Q_F16) {

@@ -448,26 +448,38 @@ attention_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
 }
 
 /* out[i][h] = the splits' outputs, each weighted by exp(m_s - M), over the
- * sum of their l_s * exp(m_s - M). Grid (head, row). */
+ * sum of their l_s * exp(m_s - M). Grid (head, row). Each split's weight is
+ * computed once, by one thread, into shared memory; then every thread sums
+ * its dims in split order, skipping empty splits (l_s = 0) as before. */
 __global__ void attention_merge_kernel(const float *__restrict__ part, int32_t splits,
                                        int32_t n_heads, int32_t hd, float *__restrict__ out) {
+    __shared__ float wgt[AMPR__CUDA_ATT_SPLITS];
+    __shared__ float L;
     int32_t h = (int32_t)blockIdx.x, i = (int32_t)blockIdx.y;
     const float *pr = part + ((size_t)i * n_heads + h) * splits * (size_t)(hd + 2);
-    float M = -INFINITY;
-    for (int32_t s = 0; s < splits; s++)
-        if (pr[(size_t)s * (hd + 2) + 1] > 0.0f) M = fmaxf(M, pr[(size_t)s * (hd + 2)]);
-    float L = 0.0f;
-    for (int32_t s = 0; s < splits; s++) {
-        const float *ps = pr + (size_t)s * (hd + 2);
-        if (ps[1] > 0.0f) L += ps[1] * expf(ps[0] - M);
+    if ((int32_t)threadIdx.x < splits) {
+        float M = -INFINITY;
+        for (int32_t s = 0; s < splits; s++)
+            if (pr[(size_t)s * (hd + 2) + 1] > 0.0f) M = fmaxf(M, pr[(size_t)s * (hd + 2)]);
+        const float *ps = pr + (size_t)threadIdx.x * (hd + 2);
+        wgt[threadIdx.x] = ps[1] > 0.0f ? expf(ps[0] - M) : 0.0f;
     }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float l = 0.0f;
+        for (int32_t s = 0; s < splits; s++) {
+            const float *ps = pr + (size_t)s * (hd + 2);
+            if (ps[1] > 0.0f) l += ps[1] * wgt[s];
+        }
+        L = l;
+    }
+    __syncthreads();
     float *orow = out + (int64_t)i * n_heads * hd + (int64_t)h * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float acc = 0.0f;
-        for (int32_t s = 0; s < splits; s++) {
-            const float *ps = pr + (size_t)s * (hd + 2);
-            if (ps[1] > 0.0f) acc += ps[2 + d] * expf(ps[0] - M);
-        }
+        for (int32_t s = 0; s < splits; s++)
+            if (pr[(size_t)s * (hd + 2) + 1] > 0.0f)
+                acc += pr[(size_t)s * (hd + 2) + 2 + d] * wgt[s];
         orow[d] = acc / L;
     }
 }
@@ -665,6 +677,190 @@ static ampr_status att_tile_launch(ampr__cuda *c, const ampr__cuda_kv_view *kv, 
     return AMPR_OK;
 }
 
+/* ---- prefill attention on tensor cores ----------------------------------------
+ * attention_mma_kernel<T, HD> (head_dim HD = 64 or 128): flash attention with
+ * mma.sync m16n8k16. A block takes AMQ = 64 query rows of one head, a warp 16
+ * of them, and walks the positions in tiles of AMK = 64: the tile's K rows
+ * and V (transposed: sVt[dim][position]) go to shared memory as fp16, then
+ *   S = Q K^T   (A: the warp's Q rows as fp16, held in registers; B: K rows)
+ *   online softmax per row in fp32 (scale applied to S; positions past a row's
+ *   own masked), the probabilities rounded to fp16 as the next A operand
+ *   O += P V   (B: V^T rows), fp32 sums
+ * A lane (g = lane / 4, t = lane % 4) holds S and O of rows g and g + 8 at
+ * columns 8j + 2t, 8j + 2t + 1 of each 8-wide tile j: a row's max and sum are
+ * its own 16 values then a shuffle across the 4 lanes of its quad; the C
+ * layout of two adjacent S tiles is exactly the A layout of one 16-position
+ * step of P V. Row padding (k-slot strides of HD + 8 and AMK + 8 halves) puts
+ * the 32 lanes of every fragment load in 32 banks.
+ * Rounding: Q, K, V and P to fp16, sums fp32 (the SIMT kernels keep fp32). */
+#define AMQ 64
+#define AMK 64
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(128)
+attention_mma_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
+                     const int32_t *__restrict__ blocks, int32_t n_layers, int32_t layer,
+                     int32_t bs, int32_t kv_dim, const float *__restrict__ q, int64_t ldq,
+                     const int32_t *__restrict__ pos, int32_t n, int32_t n_heads, int32_t group,
+                     float scale, float *__restrict__ out) {
+    const int VEC = 16 / (int)sizeof(T);
+    const int KP = HD + 8, VP = AMK + 8; /* padded row lengths in halves */
+    __shared__ __half sK[AMK * KP];
+    __shared__ __half sVt[HD * VP];
+    __shared__ int32_t spos[AMQ];
+    int32_t h = (int32_t)blockIdx.x, i0 = (int32_t)blockIdx.y * AMQ, kvh = h / group;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    if (threadIdx.x < AMQ) {
+        int32_t i = i0 + (int32_t)threadIdx.x;
+        spos[threadIdx.x] = i < n ? pos[i] : -1;
+    }
+    /* the warp's Q rows r0 + g and r0 + g + 8 as A fragments, HD / 16 steps */
+    int32_t r0 = i0 + warp * 16, ra = r0 + g, rb = r0 + g + 8;
+    uint32_t qa[HD / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+#pragma unroll
+        for (int half = 0; half < 2; half++) { /* k-slots 2t.. and 2t + 8.. */
+            int d = 16 * kk + 8 * half + 2 * t;
+            float2 xa = ra < n ? *(const float2 *)(q + (int64_t)ra * ldq + (int64_t)h * HD + d)
+                               : make_float2(0.0f, 0.0f);
+            float2 xb = rb < n ? *(const float2 *)(q + (int64_t)rb * ldq + (int64_t)h * HD + d)
+                               : make_float2(0.0f, 0.0f);
+            qa[kk][2 * half] = ampr__half2_bits(xa.x, xa.y);
+            qa[kk][2 * half + 1] = ampr__half2_bits(xb.x, xb.y);
+        }
+    }
+    __syncthreads();
+    int32_t tmax = -1;
+    for (int r = 0; r < AMQ; r++) tmax = max(tmax, spos[r]);
+    int32_t pa = spos[warp * 16 + g], pb = spos[warp * 16 + g + 8], pw = -1;
+    for (int r = 0; r < 16; r++) pw = max(pw, spos[warp * 16 + r]);
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    float o[HD / 8][4];
+#pragma unroll
+    for (int j = 0; j < HD / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    for (int32_t t0 = 0; t0 <= tmax; t0 += AMK) {
+        __syncthreads(); /* the last tile is no longer read */
+        for (int32_t e = threadIdx.x * VEC; e < AMK * HD; e += blockDim.x * VEC) {
+            int32_t u = e / HD, d = e % HD, p = t0 + u;
+            float kf[VEC], vf[VEC];
+            if (p <= tmax) {
+                size_t off = kv_off(blocks, n_layers, layer, bs, kv_dim, p) + (size_t)kvh * HD + d;
+                kv_to_f32(kc + off, kf);
+                kv_to_f32(vc + off, vf);
+            } else {
+#pragma unroll
+                for (int x = 0; x < VEC; x++) kf[x] = vf[x] = 0.0f;
+            }
+#pragma unroll
+            for (int x = 0; x < VEC; x += 2) {
+                uint32_t kw = ampr__half2_bits(kf[x], kf[x + 1]);
+                memcpy(&sK[u * KP + d + x], &kw, sizeof kw);
+                sVt[(d + x) * VP + u] = __float2half_rn(fminf(fmaxf(vf[x], -65504.0f), 65504.0f));
+                sVt[(d + x + 1) * VP + u] = __float2half_rn(fminf(fmaxf(vf[x + 1], -65504.0f), 65504.0f));
+            }
+        }
+        __syncthreads();
+        if (t0 > pw) continue; /* none of the warp's rows sees this tile */
+        /* S = Q K^T: AMK / 8 tiles of 8 positions */
+        float s[AMK / 8][4];
+#pragma unroll
+        for (int j = 0; j < AMK / 8; j++) {
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++) {
+                const __half *kr = &sK[(8 * j + g) * KP + 16 * kk + 2 * t];
+                uint32_t b0, b1;
+                memcpy(&b0, kr, 4);
+                memcpy(&b1, kr + 8, 4);
+                ampr__mma_16816(s[j], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], b0, b1);
+            }
+        }
+        /* online softmax: rows a (c0, c1) and b (c2, c3) */
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int j = 0; j < AMK / 8; j++) {
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                int32_t p = t0 + 8 * j + 2 * t + (c & 1);
+                bool ok = p <= (c < 2 ? pa : pb);
+                s[j][c] = ok ? s[j][c] * scale : -INFINITY;
+                mx[c >> 1] = fmaxf(mx[c >> 1], s[j][c]);
+            }
+        }
+        float corr[2], sum[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            float mn = fmaxf(m[r], mx[r]);
+            corr[r] = mn == -INFINITY ? 1.0f : expf(m[r] - mn); /* 0 on a row's first tile */
+            m[r] = mn;
+        }
+        uint32_t pf[AMK / 8][2]; /* P as fp16 pairs: rows a, b */
+#pragma unroll
+        for (int j = 0; j < AMK / 8; j++) {
+            float e[4];
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                float mr = m[c >> 1];
+                e[c] = mr == -INFINITY ? 0.0f : expf(s[j][c] - mr);
+                sum[c >> 1] += e[c];
+            }
+            pf[j][0] = ampr__half2_bits(e[0], e[1]);
+            pf[j][1] = ampr__half2_bits(e[2], e[3]);
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
+            sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
+            l[r] = l[r] * corr[r] + sum[r];
+        }
+#pragma unroll
+        for (int j = 0; j < HD / 8; j++) {
+            o[j][0] *= corr[0];
+            o[j][1] *= corr[0];
+            o[j][2] *= corr[1];
+            o[j][3] *= corr[1];
+        }
+        /* O += P V: 16 positions a step; B = V^T rows (dims 8j + g) */
+#pragma unroll
+        for (int kk = 0; kk < AMK / 16; kk++) {
+#pragma unroll
+            for (int j = 0; j < HD / 8; j++) {
+                const __half *vr = &sVt[(8 * j + g) * VP + 16 * kk + 2 * t];
+                uint32_t b0, b1;
+                memcpy(&b0, vr, 4);
+                memcpy(&b1, vr + 8, 4);
+                ampr__mma_16816(o[j], pf[2 * kk][0], pf[2 * kk][1], pf[2 * kk + 1][0],
+                                pf[2 * kk + 1][1], b0, b1);
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < HD / 8; j++) {
+        int d = 8 * j + 2 * t;
+        if (ra < n)
+            *(float2 *)(out + (int64_t)ra * n_heads * HD + (int64_t)h * HD + d) =
+                make_float2(o[j][0] / l[0], o[j][1] / l[0]);
+        if (rb < n)
+            *(float2 *)(out + (int64_t)rb * n_heads * HD + (int64_t)h * HD + d) =
+                make_float2(o[j][2] / l[1], o[j][3] / l[1]);
+    }
+}
+
+template <typename T, int HD>
+static ampr_status att_mma_launch(ampr__cuda *c, const ampr__cuda_kv_view *kv, const float *q,
+                                  int64_t ldq, int32_t n, const int32_t *d_pos, int32_t n_heads,
+                                  int32_t group, float *out, ampr__err *err) {
+    dim3 grid((unsigned)n_heads, (unsigned)((n + AMQ - 1) / AMQ));
+    attention_mma_kernel<T, HD><<<grid, 128, 0, c->stream>>>(
+        (const T *)kv->k, (const T *)kv->v, kv->d_blocks, kv->n_layers, kv->layer, kv->block_size,
+        kv->kv_dim, q, ldq, d_pos, n, n_heads, group, 1.0f / sqrtf((float)HD), out);
+    AMPR__CU_LAUNCHED(err, "attention_mma");
+    return AMPR_OK;
+}
+
 /* The query-tile kernel: one sequence, rows enough to fill the GPU without
  * splits, head_dim a multiple of a 16-byte load of the cache, up to 128. */
 static int att_tile_ok(const ampr__cuda *c, const ampr__cuda_kv_view *kv, int32_t n,
@@ -684,6 +880,14 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
                           "CUDA attention: head_dim %d (max %d), heads %d / kv heads %d",
                           head_dim, ATT_HD_MAX, n_heads, n_kv_heads);
     int32_t group = n_heads / n_kv_heads;
+    if (c->att_mma && att_tile_ok(c, kv, n, n_heads, head_dim) && (head_dim == 64 || head_dim == 128) &&
+        ldq % 2 == 0 && (uintptr_t)q % 8 == 0) {
+        if (kv->dtype == AMPR__CUDA_F16)
+            return head_dim == 64 ? att_mma_launch<__half, 64>(c, kv, q, ldq, n, d_pos, n_heads, group, out, err)
+                                  : att_mma_launch<__half, 128>(c, kv, q, ldq, n, d_pos, n_heads, group, out, err);
+        return head_dim == 64 ? att_mma_launch<float, 64>(c, kv, q, ldq, n, d_pos, n_heads, group, out, err)
+                              : att_mma_launch<float, 128>(c, kv, q, ldq, n, d_pos, n_heads, group, out, err);
+    }
     if (att_tile_ok(c, kv, n, n_heads, head_dim)) {
         int tpl = head_dim <= 32 ? 1 : head_dim <= 64 ? 2 : 4;
         if (kv->dtype == AMPR__CUDA_F16)

@@ -718,13 +718,18 @@ static void check_embed_matmul(void) {
             host_quantize(hm, t, w.data(), sh.rows, sh.cols);
             ampr__cuda_mat dm;
             OK(ampr__cuda_mat_upload(g_c, &hm.q, &dm, &g_err));
-            for (const Case &cs : cases) {
+            for (const Case &cs : cases)
+            for (int mma = 0; mma < 2; mma++) {
+                /* NF4's tensor-core GEMV (ampr__cuda_set_nf4_mma), where it applies */
+                if (mma && (t != AMPR__Q_NF4 || cs.n > cs.gemv_max || sh.cols % 64)) continue;
                 int64_t ldy = sh.rows + 3;
                 auto x = rnd_vec((size_t)(cs.n * sh.cols), -1, 1);
                 float *dx = (float *)dev_put(x.data(), x.size() * 4);
                 float *dy = (float *)dev_put(NULL, (size_t)(cs.n * ldy) * 4);
                 ampr__cuda_set_gemv_max(g_c, cs.gemv_max);
+                ampr__cuda_set_nf4_mma(g_c, mma);
                 OK(ampr__cuda_matmul(g_c, &dm, dx, cs.n, dy, ldy, &g_err));
+                ampr__cuda_set_nf4_mma(g_c, 0);
                 ampr__cuda_set_gemv_max(g_c, 8);
                 auto gy = dev_get<float>(dy, (size_t)(cs.n * ldy));
                 std::vector<double> ref((size_t)(cs.n * ldy));
@@ -740,11 +745,12 @@ static void check_embed_matmul(void) {
                 bool gemv = cs.n <= cs.gemv_max;
                 bool lt = !gemv && sh.rows % 64 == 0 && sh.cols % 64 == 0 &&
                           (cs.gemv_max == 0 || (sh.rows >= 1024 && sh.cols >= 1024));
-                /* cuBLASLt fp16 rounds activations (and NF4 weights) to half */
-                double tol = t == AMPR__Q_INT8 ? 1e-5 : (lt ? 3e-3 : 1e-5);
+                /* cuBLASLt fp16 and the tensor-core GEMV round activations (and
+                 * NF4 weights) to half */
+                double tol = t == AMPR__Q_INT8 ? 1e-5 : (lt || mma ? 3e-3 : 1e-5);
                 snprintf(name, sizeof name, "matmul %s %lldx%lld n=%d %s", fmt_name(t),
                          (long long)sh.rows, (long long)sh.cols, cs.n,
-                         lt ? "cuBLASLt" : gemv ? "GEMV" : "simple");
+                         lt ? "cuBLASLt" : gemv ? (mma ? "GEMV-mma" : "GEMV") : "simple");
                 report(name, g2.data(), r2.data(), r2.size(), tol);
                 ampr__cuda_free(g_c, dx);
                 ampr__cuda_free(g_c, dy);
@@ -814,8 +820,11 @@ static void check_kv_attention(int32_t hd) {
         /* attention: decode (1 row at 127; position splits), a short prefill
          * (20 rows at 30..49; splits) and a long one (100 rows at 20..119:
          * enough rows for the query-tile kernel, the last tile partly full) */
-        struct AC { int32_t n, p0; } acs[] = {{1, 127}, {1, 0}, {20, 30}, {100, 20}};
-        for (const AC &ac : acs) {
+        struct AC { int32_t n, p0; } acs[] = {{1, 127}, {1, 0}, {20, 30}, {100, 20}, {40, 0}};
+        for (const AC &ac : acs)
+        for (int mma = 0; mma < 2; mma++) {
+            /* the tensor-core prefill kernel (ampr__cuda_set_att_mma) on the tile path */
+            if (mma && ac.n < 32) continue;
             int64_t ldq = heads * hd + 2 * kv_dim;
             auto q = rnd_vec((size_t)(ac.n * ldq), -1, 1);
             std::vector<int32_t> pos((size_t)ac.n);
@@ -823,7 +832,9 @@ static void check_kv_attention(int32_t hd) {
             float *dq = (float *)dev_put(q.data(), q.size() * 4);
             int32_t *dp = (int32_t *)dev_put(pos.data(), pos.size() * 4);
             float *dout = (float *)dev_put(NULL, (size_t)ac.n * heads * hd * 4);
+            ampr__cuda_set_att_mma(g_c, mma);
             OK(ampr__cuda_attention(g_c, &kv, dq, ldq, ac.n, dp, heads, kvh, hd, dout, &g_err));
+            ampr__cuda_set_att_mma(g_c, 0);
             auto got = dev_get<float>(dout, (size_t)ac.n * heads * hd);
             std::vector<double> ref(got.size());
             for (int32_t i = 0; i < ac.n; i++)
@@ -847,9 +858,10 @@ static void check_kv_attention(int32_t hd) {
                         ref[(size_t)(i * heads * hd + h * hd + d)] = o / sum;
                     }
                 }
-            snprintf(name, sizeof name, "attention %s hd %d n=%d pos %d..%d (GQA 8/2)",
-                     f16 ? "f16" : "f32", hd, ac.n, ac.p0, ac.p0 + ac.n - 1);
-            report(name, got.data(), ref.data(), ref.size(), 1e-5);
+            snprintf(name, sizeof name, "attention %s hd %d n=%d pos %d..%d (GQA 8/2)%s",
+                     f16 ? "f16" : "f32", hd, ac.n, ac.p0, ac.p0 + ac.n - 1, mma ? " mma" : "");
+            /* the tensor-core kernel rounds Q, K, V and P to fp16 */
+            report(name, got.data(), ref.data(), ref.size(), mma ? 3e-3 : 1e-5);
             ampr__cuda_free(g_c, dq);
             ampr__cuda_free(g_c, dp);
             ampr__cuda_free(g_c, dout);
@@ -1574,6 +1586,29 @@ static void bench_ops(ampr__qtype t, HostModel &hm, double copy, double peak) {
     }
     printf("  sum of ops: decode %.3f ms (copy bw %.0f GB/s), prefill %.3f ms (peak %.0f TFLOP/s)\n",
            total[0] / 1e3, copy, total[1] / 1e3, peak);
+    if (t == AMPR__Q_F16) { /* prefill attention again with the other kernel */
+        int was = ampr__cuda_att_mma(g_c);
+        for (int32_t i = 0; i < np; i++) pos[(size_t)i] = i;
+        int32_t *dpos = (int32_t *)dev_put(pos.data(), (size_t)np * 4);
+        ampr__cuda_set_att_mma(g_c, !was);
+        double u = 1e3 * time_ms([&] {
+            OK(ampr__cuda_attention(g_c, &kv, dx, qkv_dim, np, dpos, hp.n_heads, hp.n_kv_heads, hd, dy, &g_err));
+        }, g_op_reps);
+        ampr__cuda_set_att_mma(g_c, was);
+        printf("  prefill attention on %s: %.1f us\n", was ? "fp32 tiles" : "tensor cores", u);
+        ampr__cuda_free(g_c, dpos);
+    }
+    if (t == AMPR__Q_NF4) { /* decode GEMVs again with the other kernel */
+        int was = ampr__cuda_nf4_mma(g_c);
+        ampr__cuda_set_nf4_mma(g_c, !was);
+        printf("  %s GEMV, decode:", was ? "fp32" : "tensor-core");
+        for (int k = 0; k < 5; k++) {
+            double u = 1e3 * time_ms([&] { OK(ampr__cuda_matmul(g_c, &mats[k], dx, 1, dy, mats[k].rows, &g_err)); }, g_op_reps);
+            printf(" %s %.1f us (%.0f GB/s)%s", mname[k], u,
+                   (double)ampr__cuda_mat_bytes(&mats[k]) / (u * 1e-6) / 1e9, k < 4 ? "," : "\n");
+        }
+        ampr__cuda_set_nf4_mma(g_c, was);
+    }
     for (auto &m : mats) ampr__cuda_mat_free(g_c, &m);
     void *bufs[] = {dx, dy, dz, dblk, dk, dv, dcs, dsn, dw};
     for (void *b : bufs) ampr__cuda_free(g_c, b);
@@ -1636,6 +1671,28 @@ static void bench(void) {
                fmt_name(t), wbytes / 1e6, dec_ms / steps, gbs, 100 * gbs / copy, pre_ms, tflops,
                peak > 0 ? 100 * tflops / peak : 0.0, steps / (dec_ms * 1e-3),
                steps / (eager_ms * 1e-3));
+        if (t == AMPR__Q_F16) { /* the other prefill attention kernel, side by side */
+            int was = ampr__cuda_att_mma(g_c);
+            ampr__cuda_set_att_mma(g_c, !was);
+            double alt_ms = time_ms([&] { OK(ampr__cuda_forward(s, toks.data(), np, 0, 0, &g_err)); }, 3);
+            ampr__cuda_set_att_mma(g_c, was);
+            double mma_ms = was ? pre_ms : alt_ms, f32_ms = was ? alt_ms : pre_ms;
+            printf("fp16 prefill of %d tokens, attention on tensor cores %.2f ms vs fp32 tiles %.2f ms: "
+                   "%.2fx\n", np, mma_ms, f32_ms, f32_ms / mma_ms);
+        }
+        if (t == AMPR__Q_NF4) { /* the other NF4 decode GEMV, side by side */
+            int was = ampr__cuda_nf4_mma(g_c);
+            ampr__cuda_set_nf4_mma(g_c, !was); /* the graph is captured again */
+            OK(ampr__cuda_decode_set(s, 1, np, &g_err));
+            double alt_ms = time_ms([&] {
+                for (int k = 0; k < steps; k++) OK(ampr__cuda_decode(s, 1, 1, &g_err));
+            }, 1);
+            ampr__cuda_set_nf4_mma(g_c, was);
+            double mma_ms = was ? dec_ms : alt_ms, f32_ms = was ? alt_ms : dec_ms;
+            printf("nf4 decode step, GEMV on tensor cores %.3f ms vs fp32 %.3f ms: %.2fx "
+                   "(%.0f vs %.0f GB/s)\n", mma_ms / steps, f32_ms / steps, f32_ms / mma_ms,
+                   step_bytes / (mma_ms / steps * 1e-3) / 1e9, step_bytes / (f32_ms / steps * 1e-3) / 1e9);
+        }
         ampr__cuda_seq_free(s);
         ampr__cuda_model_free(dm);
     }

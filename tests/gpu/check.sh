@@ -296,6 +296,14 @@ for tier in fp16 int8 nf4; do
         fi
     done
 done
+# NF4's decode GEMV on tensor cores (AMPR_CUDA_NF4_MMA=1: codes and x rounded
+# to fp16): its text against the CPU's, reported like the lower tiers above
+if [ "$cuda_hung" = 0 ]; then
+    cpu=$(run_tier cpu nf4 60) && gpu=$(AMPR_CUDA_NF4_MMA=1 run_tier cuda nf4 60) && {
+        if [ "$cpu" = "$gpu" ]; then echo "e2e nf4 -n 60 with AMPR_CUDA_NF4_MMA=1: identical text (${#gpu} chars)  PASS"
+        else echo "e2e nf4 -n 60 with AMPR_CUDA_NF4_MMA=1: texts differ (reported, not a failure)"; printf '  cpu : %s\n  cuda: %s\n' "$cpu" "$gpu"; fi
+    } || { echo "FAIL: nf4 run with AMPR_CUDA_NF4_MMA=1: $(tail -2 "$OUT/e2e-cuda-nf4-60.err")"; e2e_fail=1; }
+fi
 timeout -k 5 60 "$AMPR" info -m "$MODEL" --config '{"device":"cuda","tiers":["fp16","int8","nf4"]}' 2>&1 | grep -i device || true
 # The streamed open's fallback: "auto" with a tier the GPU cannot take (f32)
 # uploads fp16, fails on f32, closes the GPU and builds both again for the
@@ -484,6 +492,15 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
             echo "host memory after open: $anon MiB anonymous (tiers 3.7 GiB)  PASS"
         else
             echo "host memory after open: not printed (the bench failed before it)"
+        fi
+        t=$(left 100)
+        if [ "$t" -lt 45 ]; then
+            echo "(the NF4 bench on the tensor-core kernels is skipped: $SECONDS s used so far)"
+        else
+            echo
+            echo "== the same, NF4 only, on the tensor-core kernels (AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1; timeout $t s) =="
+            AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 timeout -k 10 "$t" stdbuf -oL "$AMPR" bench --shape 1b --device cuda --tiers nf4 \
+                --prompt 128 --gen 32 --concurrent 4 || echo "bench: exit $? (not a failure of the check)"
         fi
         t=$(left 100)
         if [ "$t" -lt 45 ]; then
