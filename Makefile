@@ -153,7 +153,7 @@ check-emu:
 	bash tests/gpu/check.sh --emu
 	@$(call emu_inject,build-emu)
 	$(MAKE) CUDA=1 CUDA_EMU=1 B=build-emu test
-	AMPR_EMU_ORDER=reverse bash tests/gpu/check.sh --emu --quick
+	AMPR_EMU_ORDER=reverse AMPR_CUDA_PDL=1 bash tests/gpu/check.sh --emu --quick
 
 # The same emulation under ASan + UBSan (+ LSan): test_device with its device
 # allocation failures, and the failure injection (not in CI; the op checks,

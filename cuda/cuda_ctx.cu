@@ -57,6 +57,7 @@ static ampr_status ctx_init(ampr__cuda *c, int device, ampr__err *err) {
     AMPR__CU(err, cudaGetDeviceProperties(&p, device));
     c->cc = p.major * 10 + p.minor;
     c->sm_count = p.multiProcessorCount;
+    if (c->cc < 90) c->pdl = 0;
     snprintf(c->name, sizeof c->name, "%s", p.name);
     if (c->cc < 80)
         return ampr__fail(err, AMPR_ERR_UNSUPPORTED,
@@ -87,6 +88,8 @@ ampr_status ampr__cuda_open(int device, ampr__cuda **out, ampr__err *err) {
     c->nf4_mma = e && !strcmp(e, "1");
     e = getenv("AMPR_CUDA_ATT_MMA");
     c->att_mma = e && !strcmp(e, "1");
+    e = getenv("AMPR_CUDA_PDL");
+    c->pdl = e && !strcmp(e, "1"); /* kept only on sm_90+ (ctx_init) */
     ampr_status st = ctx_init(c, device, err);
     if (st != AMPR_OK) {
         ampr__cuda_close(c);

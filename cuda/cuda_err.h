@@ -86,6 +86,7 @@ struct ampr__cuda {
     int gemv_max;
     int nf4_mma;              /* NF4 decode on tensor cores (AMPR_CUDA_NF4_MMA=1) */
     int att_mma;              /* prefill attention on tensor cores (AMPR_CUDA_ATT_MMA=1) */
+    int pdl;                  /* programmatic dependent launch (AMPR_CUDA_PDL=1, sm_90+) */
     /* matmul scratch, grown by ensure_scratch() */
     __half *xh;               /* activations as half [n][cols] */
     size_t xh_bytes;
@@ -126,6 +127,55 @@ __device__ __forceinline__ uint32_t ampr__half2_bits(float lo, float hi) {
     uint32_t u;
     memcpy(&u, &h, sizeof u);
     return u;
+}
+
+/* ---- launches ----------------------------------------------------------------
+ * Every kernel is launched by ampr__launch on the context's stream. With
+ * c->pdl (programmatic dependent launch: Hopper and newer, AMPR_CUDA_PDL=1) a
+ * launch may begin while the kernel before it in the stream is still running,
+ * so each kernel's first global-memory access comes after ampr__pdl_wait(),
+ * which returns once the previous kernel has completed and its writes are
+ * visible (without PDL, or before sm_90, it does nothing). What a kernel does
+ * before it (shared-memory tables from constants) overlaps the previous
+ * kernel's tail; ampr__pdl_trigger() then lets the next kernel start its own
+ * such prologue. The CPU emulation faults on a kernel launched this way whose
+ * threads end without waiting. */
+__device__ __forceinline__ void ampr__pdl_wait(void) {
+#ifdef AMPR_CUDA_EMU
+    ampr_emu_pdl_wait();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void ampr__pdl_trigger(void) {
+#if !defined(AMPR_CUDA_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+/* ampr__pdl_wait() then ampr__pdl_trigger(): the first line of most kernels */
+#define AMPR__PDL_ENTER() (ampr__pdl_wait(), ampr__pdl_trigger())
+
+template <typename... P, typename... A>
+static inline void ampr__launch(const ampr__cuda *c, const char *name, void (*k)(P...), dim3 grid,
+                                dim3 block, size_t smem, A... a) {
+#ifdef AMPR_CUDA_EMU
+    ::ampr_emu::config cfg = ampr_emu_cfg(grid, block, smem, c->stream);
+    cfg.pdl = c->pdl != 0;
+    ampr_emu_launch(k, name, cfg, a...);
+#else
+    (void)name;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = c->stream;
+    cfg.attrs = at;
+    cfg.numAttrs = c->pdl ? 1 : 0;
+    (void)cudaLaunchKernelEx(&cfg, k, static_cast<P>(a)...); /* AMPR__CU_LAUNCHED reads the error */
+#endif
 }
 
 /* Blocks for a grid-stride kernel over n elements, block threads each: one per

@@ -159,6 +159,7 @@ uint64_t ampr__cuda_model_bytes(const ampr__cuda_model *m) { return m->bytes; }
 
 /* x[i][c] /= s[c] (IEEE division, as ampr__smooth_act) */
 __global__ void div_cols_kernel(float *x, const float *__restrict__ s, size_t total, int32_t cols) {
+    AMPR__PDL_ENTER();
     for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
          e += (size_t)gridDim.x * blockDim.x)
         x[e] = __fdiv_rn(x[e], s[e % (size_t)cols]);
@@ -170,7 +171,7 @@ static ampr_status smooth_div(const ampr__cuda_model *m, int32_t l, int mm, floa
     const float *s = m->smooth ? m->smooth[4 * (size_t)l + (size_t)mm] : NULL;
     if (!s) return AMPR_OK;
     size_t total = (size_t)n * (size_t)cols;
-    div_cols_kernel<<<ampr__cuda_grid(total, 256), 256, 0, m->c->stream>>>(x, s, total, cols);
+    ampr__launch(m->c, "div_cols_kernel", div_cols_kernel, ampr__cuda_grid(total, 256), 256, 0, x, s, total, cols);
     AMPR__CU_LAUNCHED(err, "div_cols");
     return AMPR_OK;
 }
@@ -390,6 +391,7 @@ ampr_status ampr__cuda_forward(ampr__cuda_seq *s, const int32_t *tokens, int32_t
 /* ---- decode ------------------------------------------------------------------- */
 
 __global__ void advance_kernel(int32_t *tokens, int32_t *pos, const int32_t *argmax) {
+    AMPR__PDL_ENTER();
     tokens[0] = argmax[0];
     pos[0] += 1;
 }
@@ -405,7 +407,7 @@ ampr_status ampr__cuda_decode_set(ampr__cuda_seq *s, int32_t token, int32_t pos,
 static ampr_status decode_body(ampr__cuda_seq *s, int greedy, ampr__err *err) {
     AMPR__TRY(run(s, 1, 0, err));
     if (greedy) {
-        advance_kernel<<<1, 1, 0, s->m->c->stream>>>(s->tokens, s->pos, s->argmax);
+        ampr__launch(s->m->c, "advance_kernel", advance_kernel, 1, 1, 0, s->tokens, s->pos, s->argmax);
         AMPR__CU_LAUNCHED(err, "advance");
     }
     return AMPR_OK;

@@ -38,6 +38,7 @@ __constant__ float k_nf4[16] = {
  * s = absmax / 127. */
 __global__ void quant_act_kernel(const float *__restrict__ x, int32_t cols, int8_t *__restrict__ q,
                                  float *__restrict__ s) {
+    AMPR__PDL_ENTER();
     __shared__ float red[32];
     const float *xr = x + (size_t)blockIdx.x * cols;
     float m = 0.0f;
@@ -64,6 +65,7 @@ __global__ void quant_act_kernel(const float *__restrict__ x, int32_t cols, int8
 }
 
 __global__ void f32_to_f16_kernel(const float *__restrict__ x, __half *__restrict__ y, size_t n) {
+    AMPR__PDL_ENTER();
     for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
          e += (size_t)gridDim.x * blockDim.x)
         y[e] = __float2half_rn(fminf(fmaxf(x[e], -65504.0f), 65504.0f)); /* saturate: no inf */
@@ -73,6 +75,7 @@ __global__ void f32_to_f16_kernel(const float *__restrict__ x, __half *__restric
  * the flattened matrix of n elements (odd n: the last low nibble is padding). */
 __global__ void nf4_dequant_kernel(const uint8_t *__restrict__ w, const float *__restrict__ absmax,
                                    __half *__restrict__ out, size_t n) {
+    AMPR__PDL_ENTER();
     size_t n_bytes = (n + 1) / 2;
     for (size_t b = (size_t)blockIdx.x * blockDim.x + threadIdx.x; b < n_bytes;
          b += (size_t)gridDim.x * blockDim.x) {
@@ -89,6 +92,7 @@ __global__ void nf4_dequant_kernel(const uint8_t *__restrict__ w, const float *_
  * look up different codes never conflict). For n % 32 == 0. */
 __global__ void nf4_dequant32_kernel(const uint4 *__restrict__ w, const float *__restrict__ absmax,
                                      uint4 *__restrict__ out, size_t chunks) {
+    AMPR__PDL_ENTER();
     __shared__ float code[16];
     if (threadIdx.x < 16) code[threadIdx.x] = k_nf4[threadIdx.x];
     __syncthreads();
@@ -115,6 +119,7 @@ __global__ void nf4_dequant32_kernel(const uint4 *__restrict__ w, const float *_
 __global__ void int8_scale_kernel(const int32_t *__restrict__ acc, const float *__restrict__ ws,
                                   const float *__restrict__ xs, int64_t rows, int32_t n,
                                   float *__restrict__ y, int64_t ldy) {
+    AMPR__PDL_ENTER();
     size_t total = (size_t)rows * (size_t)n;
     for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
          e += (size_t)gridDim.x * blockDim.x) {
@@ -138,6 +143,7 @@ __device__ __forceinline__ int warp_sum_i(int v) {
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_f16_kernel(const __half *__restrict__ W, int64_t rows, int64_t cols,
                 const float *__restrict__ x, int32_t n, float *__restrict__ y, int64_t ldy) {
+    AMPR__PDL_ENTER();
     int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (r >= rows) return;
@@ -175,6 +181,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_int8_kernel(const int8_t *__restrict__ W, const float *__restrict__ ws, int64_t rows,
                  int64_t cols, const int8_t *__restrict__ xq, const float *__restrict__ xs,
                  int32_t n, float *__restrict__ y, int64_t ldy) {
+    AMPR__PDL_ENTER();
     int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (r >= rows) return;
@@ -212,6 +219,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_nf4_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax, int64_t rows,
                 int64_t cols, const float *__restrict__ x, int32_t n, float *__restrict__ y,
                 int64_t ldy) {
+    AMPR__PDL_ENTER();
     __shared__ float code[16];
     if (threadIdx.x < 16) code[threadIdx.x] = k_nf4[threadIdx.x];
     __syncthreads();
@@ -286,6 +294,7 @@ template <int FMT, int R, int U, int KS>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t rows,
              int64_t cols, const float *__restrict__ x, float *__restrict__ y) {
+    AMPR__PDL_ENTER();
     const int E = gemv1_fmt<FMT>::per_chunk;
     const int GROUPS = GEMV_WARPS / KS; /* row groups per block */
     __shared__ float code[16];
@@ -446,8 +455,7 @@ static void gemv1_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
     int64_t blocks = (w->rows + per_block - 1) / per_block;
     int64_t cap = 4 * (int64_t)c->sm_count; /* the grid-stride loop takes the rest */
     size_t smem = FMT == AMPR__Q_INT8 ? (size_t)(w->cols + 15) / 16 * 16 : 0;
-    gemv1_kernel<FMT, R, U, KS><<<(unsigned)(blocks < cap ? blocks : cap), GEMV_WARPS * 32, smem,
-                                  c->stream>>>(w->data, w->scales, w->rows, w->cols, x, y);
+    ampr__launch(c, "gemv1_kernel", gemv1_kernel<FMT, R, U, KS>, (unsigned)(blocks < cap ? blocks : cap), GEMV_WARPS * 32, smem, w->data, w->scales, w->rows, w->cols, x, y);
 }
 
 /* Warps per row: the fewest (1, 2, 4, 8) that give the GPU about 32 warps
@@ -509,6 +517,7 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
         pairs[i] = ampr__half2_bits(k_nf4[b >> 4], k_nf4[b & 15]);
     }
     __syncthreads();
+    AMPR__PDL_ENTER(); /* the table overlaps the previous kernel's tail */
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int g = lane >> 2, t = lane & 3;
     int group = warp / KS, kp = warp % KS;
@@ -600,10 +609,10 @@ static void gemv_nf4_mma(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
     unsigned grid = (unsigned)(blocks < cap ? blocks : cap);
     const uint8_t *W = (const uint8_t *)w->data;
     switch (ks) {
-    case 1: gemv_nf4_mma_kernel<1><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
-    case 2: gemv_nf4_mma_kernel<2><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
-    case 4: gemv_nf4_mma_kernel<4><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
-    default: gemv_nf4_mma_kernel<8><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    case 1: ampr__launch(c, "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<1>, grid, GEMV_WARPS * 32, 0, W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    case 2: ampr__launch(c, "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<2>, grid, GEMV_WARPS * 32, 0, W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    case 4: ampr__launch(c, "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<4>, grid, GEMV_WARPS * 32, 0, W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    default: ampr__launch(c, "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<8>, grid, GEMV_WARPS * 32, 0, W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
     }
 }
 
@@ -616,6 +625,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_any_kernel(int fmt, const void *__restrict__ W, const float *__restrict__ sc, int64_t rows,
                 int64_t cols, const float *__restrict__ x, const int8_t *__restrict__ xq,
                 const float *__restrict__ xs, int32_t n, float *__restrict__ y, int64_t ldy) {
+    AMPR__PDL_ENTER();
     int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     int32_t t0 = (int32_t)blockIdx.y * AMPR__CUDA_GEMV_MAX;
     int lane = threadIdx.x & 31;
@@ -795,7 +805,7 @@ static ampr_status lt_matmul(ampr__cuda *c, int kind, const void *A, const void 
 ampr_status ampr__cuda_quant_act(ampr__cuda *c, const float *x, int32_t n, int32_t cols,
                                  int8_t *q, float *s, ampr__err *err) {
     if (n <= 0) return AMPR_OK;
-    quant_act_kernel<<<(unsigned)n, 256, 0, c->stream>>>(x, cols, q, s);
+    ampr__launch(c, "quant_act_kernel", quant_act_kernel, (unsigned)n, 256, 0, x, cols, q, s);
     AMPR__CU_LAUNCHED(err, "quant_act");
     return AMPR_OK;
 }
@@ -836,7 +846,7 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
         case AMPR__Q_F16:
             if (n == 1) gemv1<AMPR__Q_F16, 1, 8>(c, w, x, y);
             else
-                gemv_f16_kernel<<<gblocks, GEMV_WARPS * 32, 0, c->stream>>>(
+                ampr__launch(c, "gemv_f16_kernel", gemv_f16_kernel, gblocks, GEMV_WARPS * 32, 0,
                     (const __half *)w->data, rows, cols, x, n, y, ldy);
             break;
         case AMPR__Q_INT8:
@@ -846,7 +856,7 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
             }
             AMPR__TRY(ampr__cuda_reserve(c, n, 0, cols, 0, err));
             AMPR__TRY(ampr__cuda_quant_act(c, x, n, (int32_t)cols, c->xq, c->xs, err));
-            gemv_int8_kernel<<<gblocks, GEMV_WARPS * 32, 0, c->stream>>>(
+            ampr__launch(c, "gemv_int8_kernel", gemv_int8_kernel, gblocks, GEMV_WARPS * 32, 0,
                 (const int8_t *)w->data, w->scales, rows, cols, c->xq, c->xs, n, y, ldy);
             break;
         default:
@@ -857,7 +867,7 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
             else if (n == 1)
                 gemv1<AMPR__Q_NF4, 2, 2>(c, w, x, y);
             else
-                gemv_nf4_kernel<<<gblocks, GEMV_WARPS * 32, 0, c->stream>>>(
+                ampr__launch(c, "gemv_nf4_kernel", gemv_nf4_kernel, gblocks, GEMV_WARPS * 32, 0,
                     (const uint8_t *)w->data, w->scales, rows, cols, x, n, y, ldy);
             break;
         }
@@ -886,7 +896,7 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
             AMPR__TRY(ampr__cuda_quant_act(c, x, n, (int32_t)cols, c->xq, c->xs, err));
         }
         dim3 grid(gblocks, (unsigned)((n + AMPR__CUDA_GEMV_MAX - 1) / AMPR__CUDA_GEMV_MAX));
-        gemv_any_kernel<<<grid, GEMV_WARPS * 32, 0, c->stream>>>(
+        ampr__launch(c, "gemv_any_kernel", gemv_any_kernel, grid, GEMV_WARPS * 32, 0,
             (int)w->type, w->data, w->scales, rows, cols, x, c->xq, c->xs, n, y, ldy);
         AMPR__CU_LAUNCHED(err, "gemv_any");
         return AMPR_OK;
@@ -897,22 +907,22 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
         AMPR__TRY(ampr__cuda_quant_act(c, x, n, (int32_t)cols, c->xq, c->xs, err));
         AMPR__TRY(lt_matmul(c, AMPR__Q_INT8, w->data, c->xq, c->acc, rows, np, cols, rows, err));
         size_t total = (size_t)rows * (size_t)n;
-        int8_scale_kernel<<<ampr__cuda_grid(total, 256), 256, 0, c->stream>>>(c->acc, w->scales, c->xs,
+        ampr__launch(c, "int8_scale_kernel", int8_scale_kernel, ampr__cuda_grid(total, 256), 256, 0, c->acc, w->scales, c->xs,
                                                                         rows, n, y, ldy);
         AMPR__CU_LAUNCHED(err, "int8_scale");
         return AMPR_OK;
     }
     size_t nx = (size_t)n * (size_t)cols;
-    f32_to_f16_kernel<<<ampr__cuda_grid(nx, 256), 256, 0, c->stream>>>(x, c->xh, nx);
+    ampr__launch(c, "f32_to_f16_kernel", f32_to_f16_kernel, ampr__cuda_grid(nx, 256), 256, 0, x, c->xh, nx);
     AMPR__CU_LAUNCHED(err, "f32_to_f16");
     const void *A = w->data;
     if (w->type == AMPR__Q_NF4) {
         size_t ne = (size_t)rows * (size_t)cols;
         if (ne % 32 == 0)
-            nf4_dequant32_kernel<<<ampr__cuda_grid(ne / 32, 256), 256, 0, c->stream>>>(
+            ampr__launch(c, "nf4_dequant32_kernel", nf4_dequant32_kernel, ampr__cuda_grid(ne / 32, 256), 256, 0,
                 (const uint4 *)w->data, w->scales, (uint4 *)c->wdq, ne / 32);
         else
-            nf4_dequant_kernel<<<ampr__cuda_grid((ne + 1) / 2, 256), 256, 0, c->stream>>>(
+            ampr__launch(c, "nf4_dequant_kernel", nf4_dequant_kernel, ampr__cuda_grid((ne + 1) / 2, 256), 256, 0,
                 (const uint8_t *)w->data, w->scales, c->wdq, ne);
         AMPR__CU_LAUNCHED(err, "nf4_dequant");
         A = c->wdq;

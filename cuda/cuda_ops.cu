@@ -23,6 +23,7 @@ __device__ __forceinline__ float nf4_value(unsigned code) {
 __global__ void embed_kernel(int fmt, const void *__restrict__ data, const float *__restrict__ sc,
                              int64_t cols, const int32_t *__restrict__ tokens, void *out,
                              int out_f16) {
+    AMPR__PDL_ENTER();
     int64_t row = tokens[blockIdx.x];
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
         int64_t e = row * cols + c;
@@ -45,7 +46,7 @@ __global__ void embed_kernel(int fmt, const void *__restrict__ data, const float
 ampr_status ampr__cuda_embed(ampr__cuda *c, const ampr__cuda_mat *table, const int32_t *d_tokens,
                              int32_t n, void *out, ampr__cuda_dtype out_type, ampr__err *err) {
     if (n <= 0) return AMPR_OK;
-    embed_kernel<<<(unsigned)n, 256, 0, c->stream>>>((int)table->type, table->data, table->scales,
+    ampr__launch(c, "embed_kernel", embed_kernel, (unsigned)n, 256, 0, (int)table->type, table->data, table->scales,
                                                      table->cols, d_tokens, out,
                                                      out_type == AMPR__CUDA_F16);
     AMPR__CU_LAUNCHED(err, "embed");
@@ -75,6 +76,7 @@ __device__ float block_sum(float v, float *red) {
  * are not __restrict__: they may be the same rows. */
 __global__ void rmsnorm_kernel(float *x, const float *y, const float *__restrict__ w, float *out,
                                int32_t dim, float eps) {
+    AMPR__PDL_ENTER();
     __shared__ float red[32];
     float *xr = x + (size_t)blockIdx.x * dim;
     float *o = out + (size_t)blockIdx.x * dim;
@@ -98,7 +100,7 @@ __global__ void rmsnorm_kernel(float *x, const float *y, const float *__restrict
 ampr_status ampr__cuda_add_rmsnorm(ampr__cuda *c, float *x, const float *y, const float *w,
                                    float *out, int32_t n, int32_t dim, float eps, ampr__err *err) {
     if (n <= 0) return AMPR_OK;
-    rmsnorm_kernel<<<(unsigned)n, 256, 0, c->stream>>>(x, y, w, out, dim, eps);
+    ampr__launch(c, "rmsnorm_kernel", rmsnorm_kernel, (unsigned)n, 256, 0, x, y, w, out, dim, eps);
     AMPR__CU_LAUNCHED(err, "rmsnorm");
     return AMPR_OK;
 }
@@ -113,6 +115,7 @@ ampr_status ampr__cuda_rmsnorm(ampr__cuda *c, const float *x, const float *w, fl
 
 __global__ void swiglu_kernel(const float *__restrict__ gu, float *__restrict__ out, int32_t n,
                               int32_t hidden) {
+    AMPR__PDL_ENTER();
     size_t total = (size_t)n * (size_t)hidden;
     for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
          e += (size_t)gridDim.x * blockDim.x) {
@@ -127,12 +130,13 @@ ampr_status ampr__cuda_swiglu(ampr__cuda *c, const float *gu, float *out, int32_
                               int32_t hidden, ampr__err *err) {
     size_t total = (size_t)n * (size_t)hidden;
     if (!total) return AMPR_OK;
-    swiglu_kernel<<<ampr__cuda_grid(total, 256), 256, 0, c->stream>>>(gu, out, n, hidden);
+    ampr__launch(c, "swiglu_kernel", swiglu_kernel, ampr__cuda_grid(total, 256), 256, 0, gu, out, n, hidden);
     AMPR__CU_LAUNCHED(err, "swiglu");
     return AMPR_OK;
 }
 
 __global__ void add_kernel(float *x, const float *__restrict__ y, size_t count) {
+    AMPR__PDL_ENTER();
     for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < count;
          e += (size_t)gridDim.x * blockDim.x)
         x[e] += y[e];
@@ -140,7 +144,7 @@ __global__ void add_kernel(float *x, const float *__restrict__ y, size_t count) 
 
 ampr_status ampr__cuda_add(ampr__cuda *c, float *x, const float *y, int64_t count, ampr__err *err) {
     if (count <= 0) return AMPR_OK;
-    add_kernel<<<ampr__cuda_grid((size_t)count, 256), 256, 0, c->stream>>>(x, y, (size_t)count);
+    ampr__launch(c, "add_kernel", add_kernel, ampr__cuda_grid((size_t)count, 256), 256, 0, x, y, (size_t)count);
     AMPR__CU_LAUNCHED(err, "add");
     return AMPR_OK;
 }
@@ -184,6 +188,7 @@ __global__ void rope_kv_kernel(float *x, int64_t ld, int32_t n, int32_t nq, int3
                                const int32_t *__restrict__ blocks, int32_t n_layers,
                                int32_t layer, int32_t bs, const int32_t *__restrict__ row_seq,
                                int32_t stride) {
+    AMPR__PDL_ENTER();
     int32_t half = hd / 2, heads = nq + 2 * nkv, kv_dim = nkv * hd;
     size_t per_row = (size_t)heads * (size_t)half, total = (size_t)n * per_row;
     for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
@@ -221,12 +226,12 @@ static ampr_status rope_kv(ampr__cuda *c, const ampr__cuda_kv_view *kv, float *x
     if (!total) return AMPR_OK;
     unsigned g = ampr__cuda_grid(total, 256);
     if (kv && kv->dtype == AMPR__CUDA_F16)
-        rope_kv_kernel<__half><<<g, 256, 0, c->stream>>>(
+        ampr__launch(c, "rope_kv_kernel", rope_kv_kernel<__half>, g, 256, 0,
             x, ld, n, nq, nkv, hd, d_pos, cos_tab, sin_tab, interleaved, rope, (__half *)kv->k,
             (__half *)kv->v, kv->d_blocks, kv->n_layers, kv->layer, kv->block_size,
             kv->d_row_seq, kv->blocks_stride);
     else
-        rope_kv_kernel<float><<<g, 256, 0, c->stream>>>(
+        ampr__launch(c, "rope_kv_kernel", rope_kv_kernel<float>, g, 256, 0,
             x, ld, n, nq, nkv, hd, d_pos, cos_tab, sin_tab, interleaved, rope,
             kv ? (float *)kv->k : NULL, kv ? (float *)kv->v : NULL, kv ? kv->d_blocks : NULL,
             kv ? kv->n_layers : 0, kv ? kv->layer : 0, kv ? kv->block_size : 1,
@@ -352,6 +357,7 @@ attention_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
                  const int32_t *__restrict__ pos, int32_t n_heads, int32_t group, int32_t hd,
                  float scale, float *__restrict__ out, const int32_t *__restrict__ row_seq,
                  int32_t stride, float *__restrict__ part) {
+    AMPR__PDL_ENTER();
     __shared__ float sq[ATT_HD_MAX];
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_o[ATT_WARPS][ATT_HD_MAX];
@@ -453,6 +459,7 @@ attention_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
  * its dims in split order, skipping empty splits (l_s = 0) as before. */
 __global__ void attention_merge_kernel(const float *__restrict__ part, int32_t splits,
                                        int32_t n_heads, int32_t hd, float *__restrict__ out) {
+    AMPR__PDL_ENTER();
     __shared__ float wgt[AMPR__CUDA_ATT_SPLITS];
     __shared__ float L;
     int32_t h = (int32_t)blockIdx.x, i = (int32_t)blockIdx.y;
@@ -501,7 +508,7 @@ static void att_launch(ampr__cuda *c, const ampr__cuda_kv_view *kv, const float 
                        const int32_t *d_pos, int32_t n_heads, int32_t group, int32_t hd,
                        float *out, dim3 grid) {
     float scale = 1.0f / sqrtf((float)hd);
-    attention_kernel<T, PL><<<grid, ATT_WARPS * 32, 0, c->stream>>>(
+    ampr__launch(c, "attention_kernel", attention_kernel<T, PL>, grid, ATT_WARPS * 32, 0,
         (const T *)kv->k, (const T *)kv->v, kv->d_blocks, kv->n_layers, kv->layer, kv->block_size,
         kv->kv_dim, q, ldq, d_pos, n_heads, group, hd, scale, out, kv->d_row_seq,
         kv->blocks_stride, c->att_part);
@@ -556,6 +563,7 @@ attention_tile_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
                       int32_t bs, int32_t kv_dim, const float *__restrict__ q, int64_t ldq,
                       const int32_t *__restrict__ pos, int32_t n, int32_t n_heads, int32_t group,
                       int32_t hd, float scale, float *__restrict__ out) {
+    AMPR__PDL_ENTER();
     const int VEC = 16 / (int)sizeof(T); /* cache values per 16-byte load */
     extern __shared__ float4 att_smem[];
     __shared__ int32_t spos[ATQ];
@@ -670,7 +678,7 @@ static ampr_status att_tile_launch(ampr__cuda *c, const ampr__cuda_kv_view *kv, 
         AMPR__CU(err, cudaFuncSetAttribute(attention_tile_kernel<T, PL>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     dim3 grid((unsigned)n_heads, (unsigned)((n + ATQ - 1) / ATQ));
-    attention_tile_kernel<T, PL><<<grid, ATT_WARPS * 32, smem, c->stream>>>(
+    ampr__launch(c, "attention_tile_kernel", attention_tile_kernel<T, PL>, grid, ATT_WARPS * 32, smem,
         (const T *)kv->k, (const T *)kv->v, kv->d_blocks, kv->n_layers, kv->layer, kv->block_size,
         kv->kv_dim, q, ldq, d_pos, n, n_heads, group, hd, 1.0f / sqrtf((float)hd), out);
     AMPR__CU_LAUNCHED(err, "attention_tile");
@@ -703,6 +711,7 @@ attention_mma_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
                      int32_t bs, int32_t kv_dim, const float *__restrict__ q, int64_t ldq,
                      const int32_t *__restrict__ pos, int32_t n, int32_t n_heads, int32_t group,
                      float scale, float *__restrict__ out) {
+    AMPR__PDL_ENTER();
     const int VEC = 16 / (int)sizeof(T);
     const int KP = HD + 8, VP = AMK + 8; /* padded row lengths in halves */
     __shared__ __half sK[AMK * KP];
@@ -854,7 +863,7 @@ static ampr_status att_mma_launch(ampr__cuda *c, const ampr__cuda_kv_view *kv, c
                                   int64_t ldq, int32_t n, const int32_t *d_pos, int32_t n_heads,
                                   int32_t group, float *out, ampr__err *err) {
     dim3 grid((unsigned)n_heads, (unsigned)((n + AMQ - 1) / AMQ));
-    attention_mma_kernel<T, HD><<<grid, 128, 0, c->stream>>>(
+    ampr__launch(c, "attention_mma_kernel", attention_mma_kernel<T, HD>, grid, 128, 0,
         (const T *)kv->k, (const T *)kv->v, kv->d_blocks, kv->n_layers, kv->layer, kv->block_size,
         kv->kv_dim, q, ldq, d_pos, n, n_heads, group, 1.0f / sqrtf((float)HD), out);
     AMPR__CU_LAUNCHED(err, "attention_mma");
@@ -914,7 +923,7 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
     }
     AMPR__CU_LAUNCHED(err, "attention");
     if (splits > 1) {
-        attention_merge_kernel<<<dim3((unsigned)n_heads, (unsigned)n), 128, 0, c->stream>>>(
+        ampr__launch(c, "attention_merge_kernel", attention_merge_kernel, dim3((unsigned)n_heads, (unsigned)n), 128, 0,
             c->att_part, splits, n_heads, head_dim, out);
         AMPR__CU_LAUNCHED(err, "attention_merge");
     }
@@ -970,6 +979,7 @@ __global__ void __launch_bounds__(CAND_THREADS)
 topk_cands_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_cand_req *__restrict__ req,
                   int32_t m_max, float *__restrict__ vals, int32_t *__restrict__ ids,
                   int32_t *__restrict__ n_out, double *__restrict__ mass) {
+    AMPR__PDL_ENTER();
     __shared__ uint32_t hist[256];
     __shared__ uint32_t s_prefix, s_mask;
     __shared__ int32_t s_need, s_above, s_eq;
@@ -1125,7 +1135,7 @@ ampr_status ampr__cuda_topk_cands(ampr__cuda *c, const float *x, int32_t cols,
     if (m_max < 1 || m_max > AMPR__CANDS_MAX)
         return ampr__fail(err, AMPR_ERR_INTERNAL, "candidate lists of %d", m_max);
     AMPR__TRY(ampr__cuda_use(c, err));
-    topk_cands_kernel<<<(unsigned)n, CAND_THREADS, 0, c->stream>>>(x, cols, req, m_max, vals, ids, n_out, mass);
+    ampr__launch(c, "topk_cands_kernel", topk_cands_kernel, (unsigned)n, CAND_THREADS, 0, x, cols, req, m_max, vals, ids, n_out, mass);
     AMPR__CU_LAUNCHED(err, "topk_cands");
     return AMPR_OK;
 }
@@ -1144,6 +1154,7 @@ ampr_status ampr__cuda_topk_cands(ampr__cuda *c, const float *x, int32_t cols,
 __global__ void __launch_bounds__(DRAW_THREADS)
 temp_draw_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_draw_req *__restrict__ req,
                  int32_t *__restrict__ out) {
+    AMPR__PDL_ENTER();
     __shared__ double edge[DRAW_THREADS + 1];
     __shared__ float red[32];
     const ampr__cuda_draw_req q = req[blockIdx.x];
@@ -1192,6 +1203,7 @@ temp_draw_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_dra
 }
 
 __global__ void exp_det_kernel(const float *__restrict__ d, int32_t n, float *__restrict__ out) {
+    AMPR__PDL_ENTER();
     int32_t i = (int32_t)(blockIdx.x * blockDim.x + threadIdx.x);
     if (i < n) out[i] = exp_det(d[i]);
 }
@@ -1199,7 +1211,7 @@ __global__ void exp_det_kernel(const float *__restrict__ d, int32_t n, float *__
 ampr_status ampr__cuda_exp_det(ampr__cuda *c, const float *d, int32_t n, float *out, ampr__err *err) {
     if (n <= 0) return AMPR_OK;
     AMPR__TRY(ampr__cuda_use(c, err));
-    exp_det_kernel<<<(unsigned)((n + 255) / 256), 256, 0, c->stream>>>(d, n, out);
+    ampr__launch(c, "exp_det_kernel", exp_det_kernel, (unsigned)((n + 255) / 256), 256, 0, d, n, out);
     AMPR__CU_LAUNCHED(err, "exp_det");
     return AMPR_OK;
 }
@@ -1208,7 +1220,7 @@ ampr_status ampr__cuda_temp_draw(ampr__cuda *c, const float *x, int32_t cols, co
                                  int32_t n, int32_t *out, ampr__err *err) {
     if (n <= 0) return AMPR_OK;
     AMPR__TRY(ampr__cuda_use(c, err));
-    temp_draw_kernel<<<(unsigned)n, DRAW_THREADS, 0, c->stream>>>(x, cols, req, out);
+    ampr__launch(c, "temp_draw_kernel", temp_draw_kernel, (unsigned)n, DRAW_THREADS, 0, x, cols, req, out);
     AMPR__CU_LAUNCHED(err, "temp_draw");
     return AMPR_OK;
 }
@@ -1217,6 +1229,7 @@ ampr_status ampr__cuda_temp_draw(ampr__cuda *c, const float *x, int32_t cols, co
 
 __global__ void penalize_kernel(float *x, int32_t cols, const ampr__cuda_pen *__restrict__ pen, int32_t n,
                                 float *kept, int restore) {
+    AMPR__PDL_ENTER();
     int32_t i = (int32_t)(blockIdx.x * blockDim.x + threadIdx.x);
     if (i >= n) return;
     const ampr__cuda_pen e = pen[i];
@@ -1234,7 +1247,7 @@ ampr_status ampr__cuda_penalize(ampr__cuda *c, float *x, int32_t cols, const amp
                                 int32_t n, float *kept, int restore, ampr__err *err) {
     if (n <= 0) return AMPR_OK;
     AMPR__TRY(ampr__cuda_use(c, err));
-    penalize_kernel<<<(unsigned)((n + 255) / 256), 256, 0, c->stream>>>(x, cols, pen, n, kept, restore);
+    ampr__launch(c, "penalize_kernel", penalize_kernel, (unsigned)((n + 255) / 256), 256, 0, x, cols, pen, n, kept, restore);
     AMPR__CU_LAUNCHED(err, "penalize");
     return AMPR_OK;
 }
@@ -1242,6 +1255,7 @@ ampr_status ampr__cuda_penalize(ampr__cuda *c, float *x, int32_t cols, const amp
 /* ---- argmax ------------------------------------------------------------------- */
 
 __global__ void argmax_kernel(const float *__restrict__ x, int32_t cols, int32_t *out) {
+    AMPR__PDL_ENTER();
     __shared__ float sv[32];
     __shared__ int32_t si[32];
     const float *xr = x + (size_t)blockIdx.x * cols;
@@ -1275,7 +1289,7 @@ __global__ void argmax_kernel(const float *__restrict__ x, int32_t cols, int32_t
 ampr_status ampr__cuda_argmax(ampr__cuda *c, const float *x, int32_t n, int32_t cols,
                               int32_t *d_out, ampr__err *err) {
     if (n <= 0) return AMPR_OK;
-    argmax_kernel<<<(unsigned)n, 256, 0, c->stream>>>(x, cols, d_out);
+    ampr__launch(c, "argmax_kernel", argmax_kernel, (unsigned)n, 256, 0, x, cols, d_out);
     AMPR__CU_LAUNCHED(err, "argmax");
     return AMPR_OK;
 }
@@ -1295,6 +1309,7 @@ ampr_status ampr__cuda_argmax(ampr__cuda *c, const float *x, int32_t n, int32_t 
 __global__ void __launch_bounds__(MON_THREADS)
 row_monitor_kernel(const float *__restrict__ x, int32_t cols, int32_t len,
                    const ampr__cuda_mon_req *__restrict__ req, ampr__row_part *__restrict__ part) {
+    AMPR__PDL_ENTER();
     __shared__ float red[32];
     const ampr__cuda_mon_req rq = req[blockIdx.x];
     const float *p = x + (size_t)rq.row * (size_t)cols;
@@ -1344,7 +1359,7 @@ ampr_status ampr__cuda_row_monitor(ampr__cuda *c, const float *x, int32_t cols,
         return ampr__fail(err, AMPR_ERR_INTERNAL, "row monitor: %d slices of %d columns", n_parts, cols);
     int32_t len = (cols + n_parts - 1) / n_parts;
     AMPR__TRY(ampr__cuda_use(c, err));
-    row_monitor_kernel<<<dim3((unsigned)n, (unsigned)n_parts), MON_THREADS, 0, c->stream>>>(x, cols, len, req,
+    ampr__launch(c, "row_monitor_kernel", row_monitor_kernel, dim3((unsigned)n, (unsigned)n_parts), MON_THREADS, 0, x, cols, len, req,
                                                                                             parts);
     AMPR__CU_LAUNCHED(err, "row_monitor");
     return AMPR_OK;

@@ -313,6 +313,9 @@ void warp_collective(coll_op op, unsigned mask, int width) {
 
 static void fiber_exit(block_run *b, fiber *f) {
     unsigned lane = f->lin & 31u, w = f->lin >> 5;
+    if (g_launch && g_launch->pdl && !f->pdl_waited)
+        fault("thread %u ends without ampr__pdl_wait (griddepcontrol.wait), launched with programmatic "
+              "dependent launch: it may have run before the previous kernel finished", f->lin);
     f->state = 2;
     b->live--;
     b->exited[w] |= 1u << lane;
@@ -393,6 +396,7 @@ static bool run_block(const std::function<void()> &body, unsigned n, const dim3 
         t.lin = i;
         t.tid = uint3{i % bd.x, (i / bd.x) % bd.y, i / (bd.x * bd.y)};
         t.state = 0;
+        t.pdl_waited = false;
         t.out[3] = 0;
         void **sp = (void **)g_stacks.top(i);
         *--sp = nullptr;               /* the entry's return address slot: keeps the ABI alignment */
@@ -741,6 +745,7 @@ static cudaError_t run_launch(const char *name, const void *fn, const config &c,
     std::vector<unsigned char> smem(c.smem + 128);
     launch_state ls;
     ls.dyn_smem = (void *)(((uintptr_t)smem.data() + 127) & ~(uintptr_t)127);
+    ls.pdl = c.pdl;
     g_launch = &ls;
     g_kernel = name;
     gridDim = c.grid;

@@ -105,6 +105,7 @@ struct fiber {
     uint3 tid{0, 0, 0};
     unsigned lin = 0;        /* linear index in the block */
     int state = 0;           /* 0 ready, 1 waiting, 2 exited */
+    bool pdl_waited = false; /* called ampr_emu_pdl_wait (griddepcontrol.wait) */
     uint64_t in[12];         /* a collective's inputs */
     uint64_t out[4];         /* and outputs */
 };
@@ -113,6 +114,7 @@ struct fiber {
 /* (blockIdx, blockDim and gridDim are the globals below) */
 struct launch_state {
     void *dyn_smem = nullptr;
+    bool pdl = false;       /* launched with programmatic dependent launch */
     size_t static_smem = 0; /* bytes of the __shared__ declarations the block reached */
 };
 
@@ -130,6 +132,7 @@ struct config {
     dim3 grid, block;
     size_t smem;
     void *stream;
+    bool pdl; /* programmatic dependent launch: its threads must call ampr_emu_pdl_wait */
 };
 
 /* runs (or records, on a capturing stream) a launch; its cudaError_t */
@@ -231,6 +234,11 @@ template <typename T> static inline unsigned __match_any_sync(unsigned m, T v) {
     return ampr_emu_vote(::ampr_emu::C_MATCH, m, ampr_emu_bits(v));
 }
 static inline unsigned __activemask(void) { return 0xffffffffu; }
+
+/* griddepcontrol.wait: launches run one after another here, so the previous
+ * kernel is always complete; what is checked is that a kernel launched with
+ * programmatic dependent launch calls it in every thread (cuda_emu.cc) */
+static inline void ampr_emu_pdl_wait(void) { ::ampr_emu::g_cur->pdl_waited = true; }
 
 /* mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 as the PTX ISA lays its
  * fragments out (a: 4 registers of fp16 pairs, b: 2, c/d: 4 floats a lane) */
@@ -385,7 +393,7 @@ static inline void __nanosleep(unsigned) {}
 
 static inline ::ampr_emu::config ampr_emu_cfg(dim3 grid, dim3 block, size_t smem = 0,
                                              const void *stream = nullptr) {
-    return ::ampr_emu::config{grid, block, smem, const_cast<void *>(stream)};
+    return ::ampr_emu::config{grid, block, smem, const_cast<void *>(stream), false};
 }
 
 /* The arguments are converted to the kernel's parameter types once, as the

@@ -513,6 +513,20 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
         fi
     fi
 fi
+# Programmatic dependent launch (AMPR_CUDA_PDL=1, off by default): the kernel
+# benchmark again with it, to set beside the default's above (its correctness
+# on a GPU: AMPR_CUDA_PDL=1 bash tests/gpu/check.sh --quick, a call of its own)
+if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ] && [ "${AMPR_CUDA_PDL:-0}" != 1 ]; then
+    t=$(left 120)
+    if [ "$t" -lt 60 ]; then
+        echo "(the kernel benchmark with AMPR_CUDA_PDL=1 is skipped: $SECONDS s used so far)"
+    else
+        echo
+        echo "== the kernel benchmark with programmatic dependent launch (AMPR_CUDA_PDL=1; timeout $t s) =="
+        AMPR_CUDA_PDL=1 timeout -k 10 "$t" stdbuf -oL "$OUT/check" --bench 2>&1 | tee "$OUT/check-pdl.out" ||
+            echo "check --bench with PDL: exit $? (not a failure of the check)"
+    fi
+fi
 summary
 [ "$e2e_fail" = 0 ] || rc=1
 echo "check.sh: exit $rc"
