@@ -171,7 +171,8 @@ static ampr_status smooth_div(const ampr__cuda_model *m, int32_t l, int mm, floa
     const float *s = m->smooth ? m->smooth[4 * (size_t)l + (size_t)mm] : NULL;
     if (!s) return AMPR_OK;
     size_t total = (size_t)n * (size_t)cols;
-    ampr__launch(m->c, "div_cols_kernel", div_cols_kernel, ampr__cuda_grid(total, 256), 256, 0, x, s, total, cols);
+    ampr__launch(m->c, "div_cols_kernel", div_cols_kernel, ampr__cuda_grid(total, 256), 256, 0,
+        x, s, total, cols);
     AMPR__CU_LAUNCHED(err, "div_cols");
     return AMPR_OK;
 }

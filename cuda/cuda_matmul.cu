@@ -455,7 +455,9 @@ static void gemv1_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
     int64_t blocks = (w->rows + per_block - 1) / per_block;
     int64_t cap = 4 * (int64_t)c->sm_count; /* the grid-stride loop takes the rest */
     size_t smem = FMT == AMPR__Q_INT8 ? (size_t)(w->cols + 15) / 16 * 16 : 0;
-    ampr__launch(c, "gemv1_kernel", gemv1_kernel<FMT, R, U, KS>, (unsigned)(blocks < cap ? blocks : cap), GEMV_WARPS * 32, smem, w->data, w->scales, w->rows, w->cols, x, y);
+    ampr__launch(c, "gemv1_kernel", gemv1_kernel<FMT, R, U, KS>,
+        (unsigned)(blocks < cap ? blocks : cap), GEMV_WARPS * 32, smem, w->data, w->scales,
+        w->rows, w->cols, x, y);
 }
 
 /* Warps per row: the fewest (1, 2, 4, 8) that give the GPU about 32 warps
@@ -609,10 +611,14 @@ static void gemv_nf4_mma(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
     unsigned grid = (unsigned)(blocks < cap ? blocks : cap);
     const uint8_t *W = (const uint8_t *)w->data;
     switch (ks) {
-    case 1: ampr__launch(c, "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<1>, grid, GEMV_WARPS * 32, 0, W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
-    case 2: ampr__launch(c, "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<2>, grid, GEMV_WARPS * 32, 0, W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
-    case 4: ampr__launch(c, "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<4>, grid, GEMV_WARPS * 32, 0, W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
-    default: ampr__launch(c, "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<8>, grid, GEMV_WARPS * 32, 0, W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    case 1: ampr__launch(c, "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<1>, grid, GEMV_WARPS * 32, 0,
+        W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    case 2: ampr__launch(c, "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<2>, grid, GEMV_WARPS * 32, 0,
+        W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    case 4: ampr__launch(c, "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<4>, grid, GEMV_WARPS * 32, 0,
+        W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    default: ampr__launch(c, "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<8>, grid, GEMV_WARPS * 32, 0,
+        W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
     }
 }
 
@@ -907,8 +913,8 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
         AMPR__TRY(ampr__cuda_quant_act(c, x, n, (int32_t)cols, c->xq, c->xs, err));
         AMPR__TRY(lt_matmul(c, AMPR__Q_INT8, w->data, c->xq, c->acc, rows, np, cols, rows, err));
         size_t total = (size_t)rows * (size_t)n;
-        ampr__launch(c, "int8_scale_kernel", int8_scale_kernel, ampr__cuda_grid(total, 256), 256, 0, c->acc, w->scales, c->xs,
-                                                                        rows, n, y, ldy);
+        ampr__launch(c, "int8_scale_kernel", int8_scale_kernel, ampr__cuda_grid(total, 256), 256, 0,
+            c->acc, w->scales, c->xs, rows, n, y, ldy);
         AMPR__CU_LAUNCHED(err, "int8_scale");
         return AMPR_OK;
     }
@@ -920,9 +926,11 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
         size_t ne = (size_t)rows * (size_t)cols;
         if (ne % 32 == 0)
             ampr__launch(c, "nf4_dequant32_kernel", nf4_dequant32_kernel, ampr__cuda_grid(ne / 32, 256), 256, 0,
+
                 (const uint4 *)w->data, w->scales, (uint4 *)c->wdq, ne / 32);
         else
             ampr__launch(c, "nf4_dequant_kernel", nf4_dequant_kernel, ampr__cuda_grid((ne + 1) / 2, 256), 256, 0,
+
                 (const uint8_t *)w->data, w->scales, c->wdq, ne);
         AMPR__CU_LAUNCHED(err, "nf4_dequant");
         A = c->wdq;

@@ -46,9 +46,9 @@ __global__ void embed_kernel(int fmt, const void *__restrict__ data, const float
 ampr_status ampr__cuda_embed(ampr__cuda *c, const ampr__cuda_mat *table, const int32_t *d_tokens,
                              int32_t n, void *out, ampr__cuda_dtype out_type, ampr__err *err) {
     if (n <= 0) return AMPR_OK;
-    ampr__launch(c, "embed_kernel", embed_kernel, (unsigned)n, 256, 0, (int)table->type, table->data, table->scales,
-                                                     table->cols, d_tokens, out,
-                                                     out_type == AMPR__CUDA_F16);
+    ampr__launch(c, "embed_kernel", embed_kernel, (unsigned)n, 256, 0,
+        (int)table->type, table->data, table->scales, table->cols, d_tokens, out,
+        out_type == AMPR__CUDA_F16);
     AMPR__CU_LAUNCHED(err, "embed");
     return AMPR_OK;
 }
@@ -130,7 +130,8 @@ ampr_status ampr__cuda_swiglu(ampr__cuda *c, const float *gu, float *out, int32_
                               int32_t hidden, ampr__err *err) {
     size_t total = (size_t)n * (size_t)hidden;
     if (!total) return AMPR_OK;
-    ampr__launch(c, "swiglu_kernel", swiglu_kernel, ampr__cuda_grid(total, 256), 256, 0, gu, out, n, hidden);
+    ampr__launch(c, "swiglu_kernel", swiglu_kernel, ampr__cuda_grid(total, 256), 256, 0,
+        gu, out, n, hidden);
     AMPR__CU_LAUNCHED(err, "swiglu");
     return AMPR_OK;
 }
@@ -144,7 +145,8 @@ __global__ void add_kernel(float *x, const float *__restrict__ y, size_t count) 
 
 ampr_status ampr__cuda_add(ampr__cuda *c, float *x, const float *y, int64_t count, ampr__err *err) {
     if (count <= 0) return AMPR_OK;
-    ampr__launch(c, "add_kernel", add_kernel, ampr__cuda_grid((size_t)count, 256), 256, 0, x, y, (size_t)count);
+    ampr__launch(c, "add_kernel", add_kernel, ampr__cuda_grid((size_t)count, 256), 256, 0,
+        x, y, (size_t)count);
     AMPR__CU_LAUNCHED(err, "add");
     return AMPR_OK;
 }
@@ -556,6 +558,24 @@ __device__ __forceinline__ void kv_to_f32(const __half *src, float *dst) {
     }
 }
 
+/* A tile's K and V values at position p (16 bytes of the cache each, from
+ * column col of the layer's rows) as fp32; zeros past tmax */
+template <typename T>
+__device__ __forceinline__ void kv_tile_load(const T *__restrict__ kc, const T *__restrict__ vc,
+                                             const int32_t *__restrict__ blocks, int32_t n_layers,
+                                             int32_t layer, int32_t bs, int32_t kv_dim, int32_t p,
+                                             int32_t tmax, size_t col, float *kf, float *vf) {
+    const int VEC = 16 / (int)sizeof(T);
+    if (p <= tmax) {
+        size_t off = kv_off(blocks, n_layers, layer, bs, kv_dim, p) + col;
+        kv_to_f32(kc + off, kf);
+        kv_to_f32(vc + off, vf);
+    } else {
+#pragma unroll
+        for (int x = 0; x < VEC; x++) kf[x] = vf[x] = 0.0f;
+    }
+}
+
 template <typename T, int PL>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_tile_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
@@ -594,14 +614,7 @@ attention_tile_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
         for (int32_t e = threadIdx.x * VEC; e < ATK * hd; e += blockDim.x * VEC) {
             int32_t u = e / hd, d = e % hd, t = t0 + u;
             float kf[VEC], vf[VEC];
-            if (t <= tmax) {
-                size_t off = kv_off(blocks, n_layers, layer, bs, kv_dim, t) + (size_t)kvh * hd + d;
-                kv_to_f32(kc + off, kf);
-                kv_to_f32(vc + off, vf);
-            } else {
-#pragma unroll
-                for (int x = 0; x < VEC; x++) kf[x] = vf[x] = 0.0f;
-            }
+            kv_tile_load(kc, vc, blocks, n_layers, layer, bs, kv_dim, t, tmax, (size_t)kvh * hd + d, kf, vf);
 #pragma unroll
             for (int x = 0; x < VEC; x++) {
                 sK[u * hdp + d + x] = kf[x];
@@ -704,6 +717,13 @@ static ampr_status att_tile_launch(ampr__cuda *c, const ampr__cuda_kv_view *kv, 
 #define AMQ 64
 #define AMK 64
 
+/* A lane's B fragment (k-slots 2t, 2t + 1 and 2t + 8, 2t + 9 of its column)
+ * from fp16 in shared memory, p at slot 2t */
+__device__ __forceinline__ void b_frag(const __half *p, uint32_t &b0, uint32_t &b1) {
+    memcpy(&b0, p, 4);
+    memcpy(&b1, p + 8, 4);
+}
+
 template <typename T, int HD>
 __global__ void __launch_bounds__(128)
 attention_mma_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
@@ -753,14 +773,7 @@ attention_mma_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
         for (int32_t e = threadIdx.x * VEC; e < AMK * HD; e += blockDim.x * VEC) {
             int32_t u = e / HD, d = e % HD, p = t0 + u;
             float kf[VEC], vf[VEC];
-            if (p <= tmax) {
-                size_t off = kv_off(blocks, n_layers, layer, bs, kv_dim, p) + (size_t)kvh * HD + d;
-                kv_to_f32(kc + off, kf);
-                kv_to_f32(vc + off, vf);
-            } else {
-#pragma unroll
-                for (int x = 0; x < VEC; x++) kf[x] = vf[x] = 0.0f;
-            }
+            kv_tile_load(kc, vc, blocks, n_layers, layer, bs, kv_dim, p, tmax, (size_t)kvh * HD + d, kf, vf);
 #pragma unroll
             for (int x = 0; x < VEC; x += 2) {
                 uint32_t kw = ampr__half2_bits(kf[x], kf[x + 1]);
@@ -778,10 +791,8 @@ attention_mma_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
             s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
 #pragma unroll
             for (int kk = 0; kk < HD / 16; kk++) {
-                const __half *kr = &sK[(8 * j + g) * KP + 16 * kk + 2 * t];
                 uint32_t b0, b1;
-                memcpy(&b0, kr, 4);
-                memcpy(&b1, kr + 8, 4);
+                b_frag(&sK[(8 * j + g) * KP + 16 * kk + 2 * t], b0, b1);
                 ampr__mma_16816(s[j], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], b0, b1);
             }
         }
@@ -837,10 +848,8 @@ attention_mma_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
         for (int kk = 0; kk < AMK / 16; kk++) {
 #pragma unroll
             for (int j = 0; j < HD / 8; j++) {
-                const __half *vr = &sVt[(8 * j + g) * VP + 16 * kk + 2 * t];
                 uint32_t b0, b1;
-                memcpy(&b0, vr, 4);
-                memcpy(&b1, vr + 8, 4);
+                b_frag(&sVt[(8 * j + g) * VP + 16 * kk + 2 * t], b0, b1);
                 ampr__mma_16816(o[j], pf[2 * kk][0], pf[2 * kk][1], pf[2 * kk + 1][0],
                                 pf[2 * kk + 1][1], b0, b1);
             }
@@ -924,6 +933,7 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
     AMPR__CU_LAUNCHED(err, "attention");
     if (splits > 1) {
         ampr__launch(c, "attention_merge_kernel", attention_merge_kernel, dim3((unsigned)n_heads, (unsigned)n), 128, 0,
+
             c->att_part, splits, n_heads, head_dim, out);
         AMPR__CU_LAUNCHED(err, "attention_merge");
     }
@@ -1135,7 +1145,8 @@ ampr_status ampr__cuda_topk_cands(ampr__cuda *c, const float *x, int32_t cols,
     if (m_max < 1 || m_max > AMPR__CANDS_MAX)
         return ampr__fail(err, AMPR_ERR_INTERNAL, "candidate lists of %d", m_max);
     AMPR__TRY(ampr__cuda_use(c, err));
-    ampr__launch(c, "topk_cands_kernel", topk_cands_kernel, (unsigned)n, CAND_THREADS, 0, x, cols, req, m_max, vals, ids, n_out, mass);
+    ampr__launch(c, "topk_cands_kernel", topk_cands_kernel, (unsigned)n, CAND_THREADS, 0,
+        x, cols, req, m_max, vals, ids, n_out, mass);
     AMPR__CU_LAUNCHED(err, "topk_cands");
     return AMPR_OK;
 }
@@ -1247,7 +1258,8 @@ ampr_status ampr__cuda_penalize(ampr__cuda *c, float *x, int32_t cols, const amp
                                 int32_t n, float *kept, int restore, ampr__err *err) {
     if (n <= 0) return AMPR_OK;
     AMPR__TRY(ampr__cuda_use(c, err));
-    ampr__launch(c, "penalize_kernel", penalize_kernel, (unsigned)((n + 255) / 256), 256, 0, x, cols, pen, n, kept, restore);
+    ampr__launch(c, "penalize_kernel", penalize_kernel, (unsigned)((n + 255) / 256), 256, 0,
+        x, cols, pen, n, kept, restore);
     AMPR__CU_LAUNCHED(err, "penalize");
     return AMPR_OK;
 }
@@ -1359,8 +1371,8 @@ ampr_status ampr__cuda_row_monitor(ampr__cuda *c, const float *x, int32_t cols,
         return ampr__fail(err, AMPR_ERR_INTERNAL, "row monitor: %d slices of %d columns", n_parts, cols);
     int32_t len = (cols + n_parts - 1) / n_parts;
     AMPR__TRY(ampr__cuda_use(c, err));
-    ampr__launch(c, "row_monitor_kernel", row_monitor_kernel, dim3((unsigned)n, (unsigned)n_parts), MON_THREADS, 0, x, cols, len, req,
-                                                                                            parts);
+    ampr__launch(c, "row_monitor_kernel", row_monitor_kernel, dim3((unsigned)n, (unsigned)n_parts),
+        MON_THREADS, 0, x, cols, len, req, parts);
     AMPR__CU_LAUNCHED(err, "row_monitor");
     return AMPR_OK;
 }

@@ -513,9 +513,25 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
         fi
     fi
 fi
-# Programmatic dependent launch (AMPR_CUDA_PDL=1, off by default): the kernel
-# benchmark again with it, to set beside the default's above (its correctness
-# on a GPU: AMPR_CUDA_PDL=1 bash tests/gpu/check.sh --quick, a call of its own)
+# The switches that are off by default (AMPR_CUDA_PDL, AMPR_CUDA_NF4_MMA,
+# AMPR_CUDA_ATT_MMA): every op check again with all three on (on a GPU, where
+# a kernel reading before its PDL wait could race), then the kernel benchmark
+# with programmatic dependent launch, to set beside the default's above
+if [ "$emu" = 0 ] && [ "${AMPR_CUDA_PDL:-0}" != 1 ]; then
+    t=$(left 150)
+    if [ "$t" -lt 60 ]; then
+        echo "(the op checks with the switches on are skipped: $SECONDS s used so far)"
+    else
+        echo
+        echo "== op checks with AMPR_CUDA_PDL=1 AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 (timeout $t s) =="
+        sw_rc=0
+        AMPR_CUDA_PDL=1 AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 timeout -k 10 "$t" stdbuf -oL "$OUT/check" --quick \
+            >"$OUT/check-switches.out" 2>&1 || sw_rc=$?
+        echo "op checks with the switches on: exit $sw_rc, $(grep -c PASS "$OUT/check-switches.out" || true) PASS, $(grep -cE 'FAIL|FATAL' "$OUT/check-switches.out" || true) FAIL/FATAL line(s)"
+        grep -E 'FAIL|FATAL' "$OUT/check-switches.out" | head -20 || true
+        [ "$sw_rc" = 0 ] || e2e_fail=1
+    fi
+fi
 if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ] && [ "${AMPR_CUDA_PDL:-0}" != 1 ]; then
     t=$(left 120)
     if [ "$t" -lt 60 ]; then

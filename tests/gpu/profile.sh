@@ -18,8 +18,10 @@ if [ -z "$NCU" ] || [ ! -x tests/gpu/build/check ]; then
     echo "profile.sh: no ncu or no tests/gpu/build/check"; exit 2
 fi
 # tier, kernel-name regex, launches (each op runs twice: warm-up and one timed)
+# (the tensor-core kernels, off by default, run in check --ops's second pass
+# over the NF4 GEMVs and the fp16 prefill attention)
 for spec in "nf4 gemv1_kernel 10" "int8 gemv1_kernel 10" "fp16 gemv1_kernel 10" \
-            "fp16 attention 6"; do
+            "fp16 attention 6" "nf4 gemv_nf4_mma_kernel 10" "fp16 attention_mma_kernel 2"; do
     set -- $spec
     f="$out/ncu-$1-$2.txt"
     timeout -k 5 150 "$NCU" --clock-control none --kernel-name "regex:$2" --launch-count "$3" \
