@@ -88,6 +88,8 @@ ampr_status ampr__cuda_open(int device, ampr__cuda **out, ampr__err *err) {
     c->nf4_mma = e && !strcmp(e, "1");
     e = getenv("AMPR_CUDA_ATT_MMA");
     c->att_mma = e && !strcmp(e, "1");
+    e = getenv("AMPR_CUDA_ATT_DEC");
+    c->att_dec = e && !strcmp(e, "1");
     e = getenv("AMPR_CUDA_PDL");
     c->pdl = e && !strcmp(e, "1"); /* kept only on sm_90+ (ctx_init) */
     ampr_status st = ctx_init(c, device, err);
@@ -149,6 +151,11 @@ void ampr__cuda_set_att_mma(ampr__cuda *c, int on) {
     c->att_mma = on != 0;
 }
 int ampr__cuda_att_mma(const ampr__cuda *c) { return c->att_mma; }
+void ampr__cuda_set_att_dec(ampr__cuda *c, int on) {
+    c->scratch_gen++;
+    c->att_dec = on != 0;
+}
+int ampr__cuda_att_dec(const ampr__cuda *c) { return c->att_dec; }
 
 void ampr__cuda_plan_destroy(ampr__cuda_plan *p) {
     if (p->a) cublasLtMatrixLayoutDestroy(p->a);

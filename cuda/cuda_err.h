@@ -87,6 +87,7 @@ struct ampr__cuda {
     int nf4_mma;              /* NF4 decode on tensor cores (AMPR_CUDA_NF4_MMA=1) */
     int att_mma;              /* prefill attention on tensor cores (AMPR_CUDA_ATT_MMA=1) */
     int pdl;                  /* programmatic dependent launch (AMPR_CUDA_PDL=1, sm_90+) */
+    int att_dec;              /* decode attention's 16-byte V loads (AMPR_CUDA_ATT_DEC=1) */
     /* matmul scratch, grown by ensure_scratch() */
     __half *xh;               /* activations as half [n][cols] */
     size_t xh_bytes;

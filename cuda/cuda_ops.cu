@@ -351,7 +351,25 @@ __device__ __forceinline__ float dot_q(const float *sq, const __half *k, int32_t
     return s;
 }
 
-template <typename T, int PL>
+/* 16 bytes of the cache (4 floats or 8 halves) as fp32 */
+__device__ __forceinline__ void kv_to_f32(const float *src, float *dst) {
+    float4 v = __ldg((const float4 *)src);
+    dst[0] = v.x;
+    dst[1] = v.y;
+    dst[2] = v.z;
+    dst[3] = v.w;
+}
+__device__ __forceinline__ void kv_to_f32(const __half *src, float *dst) {
+    uint4 v = __ldg((const uint4 *)src);
+    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        dst[2 * u] = __half2float(__ushort_as_half((unsigned short)(words[u] & 0xffffu)));
+        dst[2 * u + 1] = __half2float(__ushort_as_half((unsigned short)(words[u] >> 16)));
+    }
+}
+
+template <typename T, int PL, int HDV = 0>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
                  const int32_t *__restrict__ blocks, int32_t n_layers, int32_t layer, int32_t bs,
@@ -379,6 +397,12 @@ attention_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
     float o[PL];
 #pragma unroll
     for (int j = 0; j < PL; j++) o[j] = 0.0f;
+    /* HDV: the V loop of attention_kernel's HDV > 0 form (below) */
+    const int DPL = HDV > 0 ? HDV / 8 : 1, VEC = 16 / (int)sizeof(T);
+    const int UB = DPL * (int)sizeof(T) <= 16 ? 8 : 4; /* positions a lane loads at once */
+    float ov[DPL];
+#pragma unroll
+    for (int j = 0; j < DPL; j++) ov[j] = 0.0f;
     float m = -INFINITY, l = 0.0f;
     for (int32_t t0 = t_begin + 32 * warp; t0 < t_end; t0 += 32 * ATT_WARPS) {
         int32_t t = t0 + lane;
@@ -393,6 +417,39 @@ attention_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
         l = l * corr + warp_sum_f(p);
 #pragma unroll
         for (int j = 0; j < PL; j++) o[j] *= corr;
+        if constexpr (HDV > 0) {
+            /* lane = (position group pg, dim chunk dc): positions 8pg .. 8pg + 7
+             * of the tile, dims DPL dc .. DPL dc + DPL - 1, 16-byte loads, UB
+             * positions' loads in flight; the groups are summed at the end */
+            int pg = lane >> 3, dc = lane & 7;
+#pragma unroll
+            for (int j = 0; j < DPL; j++) ov[j] *= corr;
+#pragma unroll
+            for (int k0 = 0; k0 < 8; k0 += UB) {
+                float pu[UB], vf[UB][DPL];
+#pragma unroll
+                for (int k = 0; k < UB; k++) {
+                    int u = 8 * pg + k0 + k;
+                    pu[k] = __shfl_sync(0xffffffffu, p, u);
+                    int64_t bu = __shfl_sync(0xffffffffu, base, u);
+#pragma unroll
+                    for (int c2 = 0; c2 < DPL; c2 += VEC) {
+                        if (t0 + u < t_end) {
+                            kv_to_f32(vc + bu + DPL * dc + c2, &vf[k][c2]);
+                        } else {
+#pragma unroll
+                            for (int x = 0; x < VEC; x++) vf[k][c2 + x] = 0.0f;
+                        }
+                    }
+                }
+#pragma unroll
+                for (int k = 0; k < UB; k++)
+#pragma unroll
+                    for (int j = 0; j < DPL; j++) ov[j] += pu[k] * vf[k][j];
+            }
+            m = mn;
+            continue;
+        }
         /* o += p_u V[u] over the tile's positions, 8 positions' loads at a
          * time (they are independent; one at a time each waits on memory) */
         int32_t cnt = min(32, t_end - t0);
@@ -420,8 +477,17 @@ attention_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
         sm_m[warp] = m;
         sm_l[warp] = l;
     }
+    if constexpr (HDV > 0) { /* the four position groups' sums, in lanes 0..7 */
 #pragma unroll
-    for (int j = 0; j < PL; j++) sm_o[warp][lane + 32 * j] = o[j];
+        for (int j = 0; j < DPL; j++) {
+            ov[j] += __shfl_xor_sync(0xffffffffu, ov[j], 8);
+            ov[j] += __shfl_xor_sync(0xffffffffu, ov[j], 16);
+            if (lane < 8) sm_o[warp][DPL * lane + j] = ov[j];
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < PL; j++) sm_o[warp][lane + 32 * j] = o[j];
+    }
     __syncthreads();
     float M = -INFINITY;
     for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm_m[w]);
@@ -505,12 +571,12 @@ static int32_t att_splits(const ampr__cuda *c, int32_t n, int32_t n_heads, int32
 }
 
 /* PL: output dims per lane (head_dim <= 32 * PL) */
-template <typename T, int PL>
+template <typename T, int PL, int HDV = 0>
 static void att_launch(ampr__cuda *c, const ampr__cuda_kv_view *kv, const float *q, int64_t ldq,
                        const int32_t *d_pos, int32_t n_heads, int32_t group, int32_t hd,
                        float *out, dim3 grid) {
     float scale = 1.0f / sqrtf((float)hd);
-    ampr__launch(c, "attention_kernel", attention_kernel<T, PL>, grid, ATT_WARPS * 32, 0,
+    ampr__launch(c, "attention_kernel", attention_kernel<T, PL, HDV>, grid, ATT_WARPS * 32, 0,
         (const T *)kv->k, (const T *)kv->v, kv->d_blocks, kv->n_layers, kv->layer, kv->block_size,
         kv->kv_dim, q, ldq, d_pos, n_heads, group, hd, scale, out, kv->d_row_seq,
         kv->blocks_stride, c->att_part);
@@ -539,23 +605,6 @@ static size_t att_tile_smem(int32_t hd) {
     size_t hdp = (size_t)hd + 4;
     return ((size_t)ATQ * hdp + (size_t)ATK * hdp + (size_t)ATK * hd + (size_t)ATT_WARPS * 8 * ATK) *
            sizeof(float);
-}
-
-__device__ __forceinline__ void kv_to_f32(const float *src, float *dst) {
-    float4 v = __ldg((const float4 *)src);
-    dst[0] = v.x;
-    dst[1] = v.y;
-    dst[2] = v.z;
-    dst[3] = v.w;
-}
-__device__ __forceinline__ void kv_to_f32(const __half *src, float *dst) {
-    uint4 v = __ldg((const uint4 *)src);
-    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int u = 0; u < 4; u++) {
-        dst[2 * u] = __half2float(__ushort_as_half((unsigned short)(words[u] & 0xffffu)));
-        dst[2 * u + 1] = __half2float(__ushort_as_half((unsigned short)(words[u] >> 16)));
-    }
 }
 
 /* A tile's K and V values at position p (16 bytes of the cache each, from
@@ -919,7 +968,13 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
     int32_t splits = att_splits(c, n, n_heads, head_dim);
     dim3 grid((unsigned)n_heads, (unsigned)n, (unsigned)splits);
     int pl = head_dim <= 32 ? 1 : head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : 8;
-    if (kv->dtype == AMPR__CUDA_F16) {
+    if (c->att_dec && (head_dim == 64 || head_dim == 128)) {
+        int f16 = kv->dtype == AMPR__CUDA_F16;
+        if (head_dim == 64 && f16) att_launch<__half, 2, 64>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
+        else if (head_dim == 64) att_launch<float, 2, 64>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
+        else if (f16) att_launch<__half, 4, 128>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
+        else att_launch<float, 4, 128>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
+    } else if (kv->dtype == AMPR__CUDA_F16) {
         if (pl == 1) att_launch<__half, 1>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
         else if (pl == 2) att_launch<__half, 2>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
         else if (pl == 4) att_launch<__half, 4>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
@@ -933,7 +988,6 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
     AMPR__CU_LAUNCHED(err, "attention");
     if (splits > 1) {
         ampr__launch(c, "attention_merge_kernel", attention_merge_kernel, dim3((unsigned)n_heads, (unsigned)n), 128, 0,
-
             c->att_part, splits, n_heads, head_dim, out);
         AMPR__CU_LAUNCHED(err, "attention_merge");
     }

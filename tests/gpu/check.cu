@@ -727,9 +727,10 @@ static void check_embed_matmul(void) {
                 float *dx = (float *)dev_put(x.data(), x.size() * 4);
                 float *dy = (float *)dev_put(NULL, (size_t)(cs.n * ldy) * 4);
                 ampr__cuda_set_gemv_max(g_c, cs.gemv_max);
+                int was_mma = ampr__cuda_nf4_mma(g_c);
                 ampr__cuda_set_nf4_mma(g_c, mma);
                 OK(ampr__cuda_matmul(g_c, &dm, dx, cs.n, dy, ldy, &g_err));
-                ampr__cuda_set_nf4_mma(g_c, 0);
+                ampr__cuda_set_nf4_mma(g_c, was_mma); /* as the environment set it */
                 ampr__cuda_set_gemv_max(g_c, 8);
                 auto gy = dev_get<float>(dy, (size_t)(cs.n * ldy));
                 std::vector<double> ref((size_t)(cs.n * ldy));
@@ -762,9 +763,12 @@ static void check_embed_matmul(void) {
 /* head_dim 64 and 128: the attention kernel keeps head_dim/32 dims per lane */
 static void check_kv_attention(int32_t hd) {
     char name[128];
-    int32_t n_layers = 2, layer = 1, bs = 16, n_pages = 10, heads = 8, kvh = 2;
+    int32_t n_layers = 2, layer = 1, bs = 16, n_pages = 40, heads = 8, kvh = 2;
     int32_t kv_dim = kvh * hd;
-    std::vector<int32_t> blocks = {7, 2, 9, 0, 5, 1, 3, 8}; /* 128 positions */
+    /* 576 positions in 36 pages out of order */
+    std::vector<int32_t> blocks = {7, 2, 9, 0, 5, 1, 3, 8, 38, 11, 24, 17, 30, 12, 35, 20, 27, 14,
+                                   33, 22, 10, 29, 16, 37, 25, 13, 31, 19, 36, 23, 15, 28, 21, 34,
+                                   18, 26};
     int32_t *dblk = (int32_t *)dev_put(blocks.data(), blocks.size() * 4);
     size_t elems = (size_t)n_pages * n_layers * bs * kv_dim;
     for (int f16 = 0; f16 < 2; f16++) {
@@ -817,14 +821,19 @@ static void check_kv_attention(int32_t hd) {
         snprintf(name, sizeof name, "kv_store %s hd %d (whole arena compared)", f16 ? "f16" : "f32", hd);
         report_exact(name, mism, (long)(2 * elems));
 
-        /* attention: decode (1 row at 127; position splits), a short prefill
-         * (20 rows at 30..49; splits) and a long one (100 rows at 20..119:
-         * enough rows for the query-tile kernel, the last tile partly full) */
-        struct AC { int32_t n, p0; } acs[] = {{1, 127}, {1, 0}, {20, 30}, {100, 20}, {40, 0}};
+        /* attention: decode (1 row at 127, 0, 300 and 575, 3 rows at 497..499;
+         * position splits, tiles partly full), a short prefill (20 rows at
+         * 30..49; splits) and long ones (100 rows at 20..119, 70 at 0..69:
+         * enough rows for the query-tile kernel even with 132 SMs, the last
+         * tile partly full) */
+        struct AC { int32_t n, p0; } acs[] = {{1, 127}, {1, 0},  {20, 30}, {100, 20},
+                                              {70, 0},  {1, 300}, {1, 575}, {3, 497}};
         for (const AC &ac : acs)
-        for (int mma = 0; mma < 2; mma++) {
-            /* the tensor-core prefill kernel (ampr__cuda_set_att_mma) on the tile path */
-            if (mma && ac.n < 32) continue;
+        for (int variant = 0; variant < 3; variant++) {
+            /* 1: the tensor-core prefill kernel (ampr__cuda_set_att_mma) on the
+             * tile path; 2: the split kernel's 16-byte V loop (_set_att_dec) */
+            if ((variant == 1 && ac.n < 32) || (variant == 2 && ac.n >= 32)) continue;
+            int mma = variant == 1;
             int64_t ldq = heads * hd + 2 * kv_dim;
             auto q = rnd_vec((size_t)(ac.n * ldq), -1, 1);
             std::vector<int32_t> pos((size_t)ac.n);
@@ -832,9 +841,12 @@ static void check_kv_attention(int32_t hd) {
             float *dq = (float *)dev_put(q.data(), q.size() * 4);
             int32_t *dp = (int32_t *)dev_put(pos.data(), pos.size() * 4);
             float *dout = (float *)dev_put(NULL, (size_t)ac.n * heads * hd * 4);
+            int was_mma = ampr__cuda_att_mma(g_c), was_dec = ampr__cuda_att_dec(g_c);
             ampr__cuda_set_att_mma(g_c, mma);
+            ampr__cuda_set_att_dec(g_c, variant == 2);
             OK(ampr__cuda_attention(g_c, &kv, dq, ldq, ac.n, dp, heads, kvh, hd, dout, &g_err));
-            ampr__cuda_set_att_mma(g_c, 0);
+            ampr__cuda_set_att_mma(g_c, was_mma); /* as the environment set them */
+            ampr__cuda_set_att_dec(g_c, was_dec);
             auto got = dev_get<float>(dout, (size_t)ac.n * heads * hd);
             std::vector<double> ref(got.size());
             for (int32_t i = 0; i < ac.n; i++)
@@ -859,7 +871,8 @@ static void check_kv_attention(int32_t hd) {
                     }
                 }
             snprintf(name, sizeof name, "attention %s hd %d n=%d pos %d..%d (GQA 8/2)%s",
-                     f16 ? "f16" : "f32", hd, ac.n, ac.p0, ac.p0 + ac.n - 1, mma ? " mma" : "");
+                     f16 ? "f16" : "f32", hd, ac.n, ac.p0, ac.p0 + ac.n - 1,
+                     variant == 1 ? " mma" : variant == 2 ? " dec16" : "");
             /* the tensor-core kernel rounds Q, K, V and P to fp16 */
             report(name, got.data(), ref.data(), ref.size(), mma ? 3e-3 : 1e-5);
             ampr__cuda_free(g_c, dq);
@@ -1597,6 +1610,16 @@ static void bench_ops(ampr__qtype t, HostModel &hm, double copy, double peak) {
         ampr__cuda_set_att_mma(g_c, was);
         printf("  prefill attention on %s: %.1f us\n", was ? "fp32 tiles" : "tensor cores", u);
         ampr__cuda_free(g_c, dpos);
+        pos[0] = np; /* decode at position 512, as above */
+        dpos = (int32_t *)dev_put(pos.data(), 4);
+        was = ampr__cuda_att_dec(g_c);
+        ampr__cuda_set_att_dec(g_c, !was);
+        u = 1e3 * time_ms([&] {
+            OK(ampr__cuda_attention(g_c, &kv, dx, qkv_dim, 1, dpos, hp.n_heads, hp.n_kv_heads, hd, dy, &g_err));
+        }, g_op_reps);
+        ampr__cuda_set_att_dec(g_c, was);
+        printf("  decode attention %s: %.1f us\n", was ? "(default V loop)" : "with 16-byte V loads", u);
+        ampr__cuda_free(g_c, dpos);
     }
     if (t == AMPR__Q_NF4) { /* decode GEMVs again with the other kernel */
         int was = ampr__cuda_nf4_mma(g_c);
@@ -1679,6 +1702,18 @@ static void bench(void) {
             double mma_ms = was ? pre_ms : alt_ms, f32_ms = was ? alt_ms : pre_ms;
             printf("fp16 prefill of %d tokens, attention on tensor cores %.2f ms vs fp32 tiles %.2f ms: "
                    "%.2fx\n", np, mma_ms, f32_ms, f32_ms / mma_ms);
+            /* and the decode attention's V loop (a graph captured again) */
+            was = ampr__cuda_att_dec(g_c);
+            ampr__cuda_set_att_dec(g_c, !was);
+            OK(ampr__cuda_decode_set(s, 1, np, &g_err));
+            alt_ms = time_ms([&] {
+                for (int k = 0; k < steps; k++) OK(ampr__cuda_decode(s, 1, 1, &g_err));
+            }, 1);
+            ampr__cuda_set_att_dec(g_c, was);
+            double v16 = was ? dec_ms : alt_ms, v2 = was ? alt_ms : dec_ms;
+            printf("fp16 decode step, attention with 16-byte V loads %.3f ms vs default %.3f ms: %.2fx\n",
+                   v16 / steps, v2 / steps, v2 / v16);
+            OK(ampr__cuda_decode_set(s, 1, np, &g_err));
         }
         if (t == AMPR__Q_NF4) { /* the other NF4 decode GEMV, side by side */
             int was = ampr__cuda_nf4_mma(g_c);
