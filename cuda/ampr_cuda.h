@@ -86,8 +86,9 @@ int ampr__cuda_att_mma(const ampr__cuda *c);
 /* Decode attention (the position-split kernel, head_dim 64 or 128) with its V
  * loop on 16-byte loads: a lane takes 8 positions x head_dim / 8 dims, 4 or 8
  * positions' loads in flight, where the default takes one dim pair per load
- * and 8 positions a round. Same math, another summation order. Off until a
- * GPU has measured it; AMPR_CUDA_ATT_DEC=1 turns it on at open. */
+ * and 8 positions a round; and the splits merged by the last of them to
+ * finish instead of a second kernel. Same math, another summation order. Off
+ * until a GPU has measured it; AMPR_CUDA_ATT_DEC=1 turns it on at open. */
 void ampr__cuda_set_att_dec(ampr__cuda *c, int on);
 int ampr__cuda_att_dec(const ampr__cuda *c);
 /* Device-to-device copy bandwidth of c's GPU in GB/s, counting the bytes read

@@ -69,6 +69,9 @@ static ampr_status ctx_init(ampr__cuda *c, int device, ampr__err *err) {
     AMPR__CU(err, cudaMalloc(&c->lt_ws, c->lt_ws_bytes));
     c->att_part_bytes = (size_t)8 * (size_t)c->sm_count * (AMPR__CUDA_HD_MAX + 2) * sizeof(float);
     AMPR__CU(err, cudaMalloc((void **)&c->att_part, c->att_part_bytes));
+    AMPR__CU(err, cudaMalloc((void **)&c->att_cnt, (size_t)4 * (size_t)c->sm_count * sizeof(int32_t)));
+    AMPR__CU(err, cudaMemsetAsync(c->att_cnt, 0, (size_t)4 * (size_t)c->sm_count * sizeof(int32_t),
+                                  c->stream));
     return AMPR_OK;
 }
 
@@ -115,6 +118,7 @@ void ampr__cuda_close(ampr__cuda *c) {
     cudaFree(c->acc);
     cudaFree(c->wdq);
     cudaFree(c->att_part);
+    cudaFree(c->att_cnt);
     if (c->stream) cudaStreamDestroy(c->stream);
     (void)cudaGetLastError();
     ampr__free(c);

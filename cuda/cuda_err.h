@@ -104,6 +104,10 @@ struct ampr__cuda {
      * open (graphs keep its address): 8 blocks per SM of head_dim AMPR__CUDA_HD_MAX */
     float *att_part;
     size_t att_part_bytes;
+    /* per (row, head) of a split attention: how many splits have written their
+     * part (AMPR_CUDA_ATT_DEC: the last one merges and sets it back to 0);
+     * 4 * sm_count of them (more rows x heads run unsplit) */
+    int32_t *att_cnt;
 };
 
 /* d += a b: mma.sync m16n8k16, fp16 inputs, fp32 sums (sm_80 and newer); the

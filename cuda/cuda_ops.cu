@@ -285,7 +285,9 @@ ampr_status ampr__cuda_kv_store(ampr__cuda *c, const ampr__cuda_kv_view *kv, con
  * j+32, ... (head_dim <= 256: 8 per lane). The warps' (m, l, o) merge through
  * shared memory; with one split the block writes the normalized output,
  * otherwise its (m, l, o) go to scratch and attention_merge_kernel combines
- * the splits. */
+ * the splits. With HDV (AMPR_CUDA_ATT_DEC: head_dim HDV = 64 or 128) the V
+ * loop reads 16 bytes a load (below) and the last split of a (row, head) to
+ * finish does the merge itself, counted in c->att_cnt: no merge launch. */
 
 #define ATT_WARPS 4
 #define ATT_HD_MAX AMPR__CUDA_HD_MAX /* 32 lanes x up to 8 dims (PL) each */
@@ -351,6 +353,41 @@ __device__ __forceinline__ float dot_q(const float *sq, const __half *k, int32_t
     return s;
 }
 
+/* out[i][h] = the splits' outputs, each weighted by exp(m_s - M), over the
+ * sum of their l_s * exp(m_s - M): pr the (row, head)'s parts, the whole block
+ * calls it. Each split's weight is computed once, by one thread, into shared
+ * memory; then every thread sums its dims in split order, skipping empty
+ * splits (l_s = 0). The parts are read through L2 (__ldcg): with the merge in
+ * the attention kernel they were written by other blocks of the same launch. */
+__device__ void merge_splits(const float *pr, int32_t splits, int32_t hd, float *orow) {
+    __shared__ float wgt[AMPR__CUDA_ATT_SPLITS];
+    __shared__ float L;
+    if ((int32_t)threadIdx.x < splits) {
+        float M = -INFINITY;
+        for (int32_t s = 0; s < splits; s++)
+            if (__ldcg(pr + (size_t)s * (hd + 2) + 1) > 0.0f) M = fmaxf(M, __ldcg(pr + (size_t)s * (hd + 2)));
+        const float *ps = pr + (size_t)threadIdx.x * (hd + 2);
+        wgt[threadIdx.x] = __ldcg(ps + 1) > 0.0f ? expf(__ldcg(ps) - M) : 0.0f;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float l = 0.0f;
+        for (int32_t s = 0; s < splits; s++) {
+            float ls = __ldcg(pr + (size_t)s * (hd + 2) + 1);
+            if (ls > 0.0f) l += ls * wgt[s];
+        }
+        L = l;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int32_t s = 0; s < splits; s++)
+            if (__ldcg(pr + (size_t)s * (hd + 2) + 1) > 0.0f)
+                acc += __ldcg(pr + (size_t)s * (hd + 2) + 2 + d) * wgt[s];
+        orow[d] = acc / L;
+    }
+}
+
 /* 16 bytes of the cache (4 floats or 8 halves) as fp32 */
 __device__ __forceinline__ void kv_to_f32(const float *src, float *dst) {
     float4 v = __ldg((const float4 *)src);
@@ -376,7 +413,7 @@ attention_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
                  int32_t kv_dim, const float *__restrict__ q, int64_t ldq,
                  const int32_t *__restrict__ pos, int32_t n_heads, int32_t group, int32_t hd,
                  float scale, float *__restrict__ out, const int32_t *__restrict__ row_seq,
-                 int32_t stride, float *__restrict__ part) {
+                 int32_t stride, float *__restrict__ part, int32_t *__restrict__ cnt) {
     AMPR__PDL_ENTER();
     __shared__ float sq[ATT_HD_MAX];
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
@@ -519,44 +556,30 @@ attention_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
         pr[0] = M;
         pr[1] = L;
     }
+    if constexpr (HDV > 0) {
+        /* the last of the (row, head)'s splits to finish merges them all, in
+         * split order, and sets the count back for the next launch */
+        __shared__ int last;
+        __threadfence(); /* this block's part, visible before it is counted */
+        __syncthreads();
+        int32_t *cn = cnt + (size_t)i * n_heads + h;
+        if (threadIdx.x == 0) last = atomicAdd(cn, 1) == splits - 1;
+        __syncthreads();
+        if (!last) return;
+        __threadfence();
+        merge_splits(part + ((size_t)i * n_heads + h) * splits * (size_t)(hd + 2), splits, hd,
+                     out + (int64_t)i * n_heads * hd + (int64_t)h * hd);
+        if (threadIdx.x == 0) *cn = 0;
+    }
 }
 
-/* out[i][h] = the splits' outputs, each weighted by exp(m_s - M), over the
- * sum of their l_s * exp(m_s - M). Grid (head, row). Each split's weight is
- * computed once, by one thread, into shared memory; then every thread sums
- * its dims in split order, skipping empty splits (l_s = 0) as before. */
+/* The splits' parts merged, after the attention kernel; grid (head, row). */
 __global__ void attention_merge_kernel(const float *__restrict__ part, int32_t splits,
                                        int32_t n_heads, int32_t hd, float *__restrict__ out) {
     AMPR__PDL_ENTER();
-    __shared__ float wgt[AMPR__CUDA_ATT_SPLITS];
-    __shared__ float L;
     int32_t h = (int32_t)blockIdx.x, i = (int32_t)blockIdx.y;
-    const float *pr = part + ((size_t)i * n_heads + h) * splits * (size_t)(hd + 2);
-    if ((int32_t)threadIdx.x < splits) {
-        float M = -INFINITY;
-        for (int32_t s = 0; s < splits; s++)
-            if (pr[(size_t)s * (hd + 2) + 1] > 0.0f) M = fmaxf(M, pr[(size_t)s * (hd + 2)]);
-        const float *ps = pr + (size_t)threadIdx.x * (hd + 2);
-        wgt[threadIdx.x] = ps[1] > 0.0f ? expf(ps[0] - M) : 0.0f;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float l = 0.0f;
-        for (int32_t s = 0; s < splits; s++) {
-            const float *ps = pr + (size_t)s * (hd + 2);
-            if (ps[1] > 0.0f) l += ps[1] * wgt[s];
-        }
-        L = l;
-    }
-    __syncthreads();
-    float *orow = out + (int64_t)i * n_heads * hd + (int64_t)h * hd;
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int32_t s = 0; s < splits; s++)
-            if (pr[(size_t)s * (hd + 2) + 1] > 0.0f)
-                acc += pr[(size_t)s * (hd + 2) + 2 + d] * wgt[s];
-        orow[d] = acc / L;
-    }
+    merge_splits(part + ((size_t)i * n_heads + h) * splits * (size_t)(hd + 2), splits, hd,
+                 out + (int64_t)i * n_heads * hd + (int64_t)h * hd);
 }
 
 /* Splits for rows x heads blocks: enough for about four blocks per SM, at
@@ -579,7 +602,7 @@ static void att_launch(ampr__cuda *c, const ampr__cuda_kv_view *kv, const float 
     ampr__launch(c, "attention_kernel", attention_kernel<T, PL, HDV>, grid, ATT_WARPS * 32, 0,
         (const T *)kv->k, (const T *)kv->v, kv->d_blocks, kv->n_layers, kv->layer, kv->block_size,
         kv->kv_dim, q, ldq, d_pos, n_heads, group, hd, scale, out, kv->d_row_seq,
-        kv->blocks_stride, c->att_part);
+        kv->blocks_stride, c->att_part, c->att_cnt);
 }
 
 /* ---- prefill attention: query tiles ------------------------------------------
@@ -986,7 +1009,8 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
         else att_launch<float, 8>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
     }
     AMPR__CU_LAUNCHED(err, "attention");
-    if (splits > 1) {
+    /* with the 16-byte V loop the kernel's last split merges (att_cnt) */
+    if (splits > 1 && !(c->att_dec && (head_dim == 64 || head_dim == 128))) {
         ampr__launch(c, "attention_merge_kernel", attention_merge_kernel, dim3((unsigned)n_heads, (unsigned)n), 128, 0,
             c->att_part, splits, n_heads, head_dim, out);
         AMPR__CU_LAUNCHED(err, "attention_merge");
