@@ -71,26 +71,37 @@ int ampr__cuda_cc(const ampr__cuda *c); /* major*10 + minor */
 /* Decode paths: matmuls with n <= this many tokens use the fused GEMV kernels,
  * larger ones cuBLASLt (default 8, at most 8; 0 forces cuBLASLt always). */
 void ampr__cuda_set_gemv_max(ampr__cuda *c, int n);
-/* NF4 decode matmuls (n <= gemv_max, cols % 64 == 0) on tensor cores
- * (gemv_nf4_mma_kernel: codes and activations rounded to fp16, fp32 sums)
- * instead of the fp32 GEMV kernels. Off by default until a GPU has measured
- * it; AMPR_CUDA_NF4_MMA=1 in the environment turns it on at open. */
-void ampr__cuda_set_nf4_mma(ampr__cuda *c, int on);
-int ampr__cuda_nf4_mma(const ampr__cuda *c);
-/* Prefill attention (the query-tile path, head_dim 64 or 128) on tensor cores
- * (attention_mma_kernel: Q, K, V and the probabilities rounded to fp16, fp32
- * sums) instead of the fp32 tile kernel. Off by default until a GPU has
- * measured it; AMPR_CUDA_ATT_MMA=1 turns it on at open. */
-void ampr__cuda_set_att_mma(ampr__cuda *c, int on);
-int ampr__cuda_att_mma(const ampr__cuda *c);
-/* Decode attention (the position-split kernel, head_dim 64 or 128) with its V
- * loop on 16-byte loads: a lane takes 8 positions x head_dim / 8 dims, 4 or 8
- * positions' loads in flight, where the default takes one dim pair per load
- * and 8 positions a round; and the splits merged by the last of them to
- * finish instead of a second kernel. Same math, another summation order. Off
- * until a GPU has measured it; AMPR_CUDA_ATT_DEC=1 turns it on at open. */
-void ampr__cuda_set_att_dec(ampr__cuda *c, int on);
-int ampr__cuda_att_dec(const ampr__cuda *c);
+/* Kernel paths that are off by default until a GPU has measured them
+ * (cuda/NOTES.md, "Where the next gains are"); each is turned on at open by
+ * its environment variable set to 1 (ampr__cuda_switch_env), and by
+ * ampr__cuda_set_switch (the GPU check compares both ways):
+ *   NF4_MMA  NF4 decode matmuls (n <= gemv_max, cols % 64 == 0) on tensor
+ *            cores (gemv_nf4_mma_kernel: codes and activations rounded to
+ *            fp16, fp32 sums) instead of the fp32 GEMV kernels;
+ *   ATT_MMA  prefill attention (the query-tile path, head_dim 64 or 128) on
+ *            tensor cores (attention_mma_kernel: Q, K, V and the probabilities
+ *            rounded to fp16, fp32 sums) instead of the fp32 tile kernel;
+ *   ATT_DEC  decode attention (the position-split kernel, head_dim 64 or 128)
+ *            with its V loop on 16-byte loads (a lane takes 8 positions x
+ *            head_dim / 8 dims, 4 or 8 positions' loads in flight) and the
+ *            splits merged by the last of them to finish instead of a second
+ *            kernel; same math, another summation order;
+ *   FUSE     ampr__cuda_matmul_swiglu in one kernel where a decode GEMV
+ *            applies (one token; NF4 on tensor cores: up to gemv_max): the
+ *            same floats as the matmul and swiglu it replaces;
+ *   PDL      programmatic dependent launch for every kernel (sm_90 and newer;
+ *            ignored before): cuda_err.h, ampr__launch. */
+typedef enum {
+    AMPR__CUDA_NF4_MMA,
+    AMPR__CUDA_ATT_MMA,
+    AMPR__CUDA_ATT_DEC,
+    AMPR__CUDA_FUSE,
+    AMPR__CUDA_PDL,
+    AMPR__CUDA_N_SWITCHES
+} ampr__cuda_switch;
+void ampr__cuda_set_switch(ampr__cuda *c, ampr__cuda_switch s, int on);
+int ampr__cuda_switch_on(const ampr__cuda *c, ampr__cuda_switch s);
+const char *ampr__cuda_switch_env(ampr__cuda_switch s); /* "AMPR_CUDA_NF4_MMA", ... */
 /* Device-to-device copy bandwidth of c's GPU in GB/s, counting the bytes read
  * and written (the figure decode speed is compared with): best of reps
  * copies of `bytes`. Allocates two buffers of that size for the duration. */
@@ -171,6 +182,12 @@ ampr_status ampr__cuda_quant_act(ampr__cuda *c, const float *x, int32_t n, int32
  * taken); y 256 bytes on the cuBLASLt path (AMPR_ERR_INVALID_ARG otherwise). */
 ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
                               float *y, int64_t ldy, ampr__err *err);
+/* out[i][e] = silu(g) * u of gu = W x (W the gate/up matrix, rows 2 hidden:
+ * gate rows, then up rows), out [n][hidden]: one fused kernel where
+ * the AMPR__CUDA_FUSE switch allows it, else the matmul into gu [n][2 hidden] and
+ * ampr__cuda_swiglu. */
+ampr_status ampr__cuda_matmul_swiglu(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
+                                     int32_t n, float *gu, float *out, ampr__err *err);
 /* Grow scratch for matmuls of up to max_n tokens, max_cols inputs and
  * max_rows outputs, and NF4 prefill dequantization of matrices of up to
  * nf4_elems weights (0: none). */

@@ -57,7 +57,7 @@ static ampr_status ctx_init(ampr__cuda *c, int device, ampr__err *err) {
     AMPR__CU(err, cudaGetDeviceProperties(&p, device));
     c->cc = p.major * 10 + p.minor;
     c->sm_count = p.multiProcessorCount;
-    if (c->cc < 90) c->pdl = 0;
+    if (c->cc < 90) c->sw[AMPR__CUDA_PDL] = 0;
     snprintf(c->name, sizeof c->name, "%s", p.name);
     if (c->cc < 80)
         return ampr__fail(err, AMPR_ERR_UNSUPPORTED,
@@ -87,14 +87,10 @@ ampr_status ampr__cuda_open(int device, ampr__cuda **out, ampr__err *err) {
     if (!c) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for a CUDA context");
     c->device = device;
     c->gemv_max = AMPR__CUDA_GEMV_MAX;
-    const char *e = getenv("AMPR_CUDA_NF4_MMA");
-    c->nf4_mma = e && !strcmp(e, "1");
-    e = getenv("AMPR_CUDA_ATT_MMA");
-    c->att_mma = e && !strcmp(e, "1");
-    e = getenv("AMPR_CUDA_ATT_DEC");
-    c->att_dec = e && !strcmp(e, "1");
-    e = getenv("AMPR_CUDA_PDL");
-    c->pdl = e && !strcmp(e, "1"); /* kept only on sm_90+ (ctx_init) */
+    for (int i = 0; i < AMPR__CUDA_N_SWITCHES; i++) {
+        const char *e = getenv(ampr__cuda_switch_env((ampr__cuda_switch)i));
+        c->sw[i] = e && !strcmp(e, "1");
+    }
     ampr_status st = ctx_init(c, device, err);
     if (st != AMPR_OK) {
         ampr__cuda_close(c);
@@ -145,21 +141,20 @@ void ampr__cuda_set_gemv_max(ampr__cuda *c, int n) {
     c->gemv_max = n < 0 ? 0 : (n > AMPR__CUDA_GEMV_MAX ? AMPR__CUDA_GEMV_MAX : n);
 }
 
-void ampr__cuda_set_nf4_mma(ampr__cuda *c, int on) {
-    c->scratch_gen++;
-    c->nf4_mma = on != 0;
+const char *ampr__cuda_switch_env(ampr__cuda_switch s) {
+    static const char *const names[AMPR__CUDA_N_SWITCHES] = {
+        "AMPR_CUDA_NF4_MMA", "AMPR_CUDA_ATT_MMA", "AMPR_CUDA_ATT_DEC", "AMPR_CUDA_FUSE",
+        "AMPR_CUDA_PDL"};
+    return (unsigned)s < AMPR__CUDA_N_SWITCHES ? names[s] : "?";
 }
-int ampr__cuda_nf4_mma(const ampr__cuda *c) { return c->nf4_mma; }
-void ampr__cuda_set_att_mma(ampr__cuda *c, int on) {
-    c->scratch_gen++;
-    c->att_mma = on != 0;
+void ampr__cuda_set_switch(ampr__cuda *c, ampr__cuda_switch s, int on) {
+    if ((unsigned)s >= AMPR__CUDA_N_SWITCHES) return;
+    c->scratch_gen++; /* captured graphs chose their kernels by the old value */
+    c->sw[s] = on != 0 && (s != AMPR__CUDA_PDL || c->cc >= 90);
 }
-int ampr__cuda_att_mma(const ampr__cuda *c) { return c->att_mma; }
-void ampr__cuda_set_att_dec(ampr__cuda *c, int on) {
-    c->scratch_gen++;
-    c->att_dec = on != 0;
+int ampr__cuda_switch_on(const ampr__cuda *c, ampr__cuda_switch s) {
+    return (unsigned)s < AMPR__CUDA_N_SWITCHES && c->sw[s];
 }
-int ampr__cuda_att_dec(const ampr__cuda *c) { return c->att_dec; }
 
 void ampr__cuda_plan_destroy(ampr__cuda_plan *p) {
     if (p->a) cublasLtMatrixLayoutDestroy(p->a);

@@ -84,10 +84,7 @@ struct ampr__cuda {
     ampr__cuda_plan plans[AMPR__CUDA_MAX_PLANS];
     int plan_next;            /* round-robin victim when the cache is full */
     int gemv_max;
-    int nf4_mma;              /* NF4 decode on tensor cores (AMPR_CUDA_NF4_MMA=1) */
-    int att_mma;              /* prefill attention on tensor cores (AMPR_CUDA_ATT_MMA=1) */
-    int pdl;                  /* programmatic dependent launch (AMPR_CUDA_PDL=1, sm_90+) */
-    int att_dec;              /* decode attention's 16-byte V loads (AMPR_CUDA_ATT_DEC=1) */
+    int sw[AMPR__CUDA_N_SWITCHES]; /* the kernel switches (ampr_cuda.h), 0 or 1 */
     /* matmul scratch, grown by ensure_scratch() */
     __half *xh;               /* activations as half [n][cols] */
     size_t xh_bytes;
@@ -124,6 +121,12 @@ __device__ __forceinline__ void ampr__mma_16816(float (&d)[4], uint32_t a0, uint
 #endif
 }
 
+/* SwiGLU of one pair: silu(g) * u, one expression for swiglu_kernel and the
+ * fused gate/up GEMVs, so that both give the same floats */
+__device__ __forceinline__ float ampr__silu_mul(float g, float u) {
+    return g * (1.0f / (1.0f + expf(-g))) * u;
+}
+
 /* two floats as one register of fp16 (lo in the low half), saturated */
 __device__ __forceinline__ uint32_t ampr__half2_bits(float lo, float hi) {
     lo = fminf(fmaxf(lo, -65504.0f), 65504.0f); /* saturate: no inf */
@@ -136,7 +139,7 @@ __device__ __forceinline__ uint32_t ampr__half2_bits(float lo, float hi) {
 
 /* ---- launches ----------------------------------------------------------------
  * Every kernel is launched by ampr__launch on the context's stream. With
- * c->pdl (programmatic dependent launch: Hopper and newer, AMPR_CUDA_PDL=1) a
+ * c->sw[AMPR__CUDA_PDL] (programmatic dependent launch: Hopper and newer, AMPR_CUDA_PDL=1) a
  * launch may begin while the kernel before it in the stream is still running,
  * so each kernel's first global-memory access comes after ampr__pdl_wait(),
  * which returns once the previous kernel has completed and its writes are
@@ -165,7 +168,7 @@ static inline void ampr__launch(const ampr__cuda *c, const char *name, void (*k)
                                 dim3 block, size_t smem, A... a) {
 #ifdef AMPR_CUDA_EMU
     ::ampr_emu::config cfg = ampr_emu_cfg(grid, block, smem, c->stream);
-    cfg.pdl = c->pdl != 0;
+    cfg.pdl = c->sw[AMPR__CUDA_PDL] != 0;
     ampr_emu_launch(k, name, cfg, a...);
 #else
     (void)name;
@@ -178,7 +181,7 @@ static inline void ampr__launch(const ampr__cuda *c, const char *name, void (*k)
     cfg.dynamicSmemBytes = smem;
     cfg.stream = c->stream;
     cfg.attrs = at;
-    cfg.numAttrs = c->pdl ? 1 : 0;
+    cfg.numAttrs = c->sw[AMPR__CUDA_PDL] ? 1 : 0;
     (void)cudaLaunchKernelEx(&cfg, k, static_cast<P>(a)...); /* AMPR__CU_LAUNCHED reads the error */
 #endif
 }

@@ -230,8 +230,7 @@ static ampr_status layer_ffn(const ampr__cuda_model *m, const pass_bufs *b, int3
     AMPR__TRY(ampr__cuda_use(c, err));
     AMPR__TRY(ampr__cuda_add_rmsnorm(c, b->x, b->xb, ffn_norm, b->xb, n, dim, hp->norm_eps, err));
     AMPR__TRY(smooth_div(m, l, 2, b->xb, n, dim, err));
-    AMPR__TRY(ampr__cuda_matmul(c, &L[2], b->xb, n, b->hb, 2 * (int64_t)hidden, err));
-    AMPR__TRY(ampr__cuda_swiglu(c, b->hb, b->hb2, n, hidden, err));
+    AMPR__TRY(ampr__cuda_matmul_swiglu(c, &L[2], b->xb, n, b->hb, b->hb2, err));
     AMPR__TRY(smooth_div(m, l, 3, b->hb2, n, hidden, err));
     return ampr__cuda_matmul(c, &L[3], b->hb2, n, b->xb, dim, err);
 }

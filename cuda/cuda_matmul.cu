@@ -290,11 +290,20 @@ template <> struct gemv1_fmt<AMPR__Q_F16> { enum { per_chunk = 8 }; };
 template <> struct gemv1_fmt<AMPR__Q_INT8> { enum { per_chunk = 16 }; };
 template <> struct gemv1_fmt<AMPR__Q_NF4> { enum { per_chunk = 32 }; };
 
-template <int FMT, int R, int U, int KS>
+/* FUSE (the gate/up matrix, rows = 2 half: gate rows, then up rows): the
+ * kernel walks the rows interleaved, gate j then up j, so that each pair sits
+ * in one group (R even), and writes y[j] = silu(gate j) * up j
+ * (ampr__silu_mul, as swiglu_kernel) instead of both. Each row's sum is the
+ * same as unfused with the same KS. */
+template <int FMT, int R, int U, int KS, bool FUSE = false>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t rows,
              int64_t cols, const float *__restrict__ x, float *__restrict__ y) {
     AMPR__PDL_ENTER();
+    static_assert(!FUSE || R % 2 == 0, "a fused group holds whole gate/up pairs");
+    const int64_t half = rows / 2;
+    /* the matrix row of the walk's row r */
+    auto phys = [half](int64_t r) { return FUSE ? ((r & 1) ? half + (r >> 1) : r >> 1) : r; };
     const int E = gemv1_fmt<FMT>::per_chunk;
     const int GROUPS = GEMV_WARPS / KS; /* row groups per block */
     __shared__ float code[16];
@@ -344,7 +353,7 @@ gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t r
             float am[R][U]; /* NF4: each chunk's block scale, loaded with it */
 #pragma unroll
             for (int k = 0; k < R; k++) {
-                int64_t r = r0 + k < rows ? r0 + k : rows - 1; /* tail rows repeat the last */
+                int64_t r = phys(r0 + k < rows ? r0 + k : rows - 1); /* tail rows repeat the last */
                 const uint4 *wr = (const uint4 *)((const uint8_t *)W + (size_t)r * row_bytes);
 #pragma unroll
                 for (int u = 0; u < U; u++) {
@@ -416,10 +425,17 @@ gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t r
             else acc[k] = warp_sum(acc[k]);
         }
         if (KS == 1) {
+            float v[R];
 #pragma unroll
             for (int k = 0; k < R; k++)
-                if (lane == 0 && r0 + k < rows)
-                    y[r0 + k] = FMT == AMPR__Q_INT8 ? ((float)iacc[k] * sc[r0 + k]) * xscale : acc[k];
+                v[k] = FMT == AMPR__Q_INT8 && r0 + k < rows ? ((float)iacc[k] * sc[phys(r0 + k)]) * xscale
+                                                            : acc[k];
+#pragma unroll
+            for (int k = 0; k < R; k += FUSE ? 2 : 1) {
+                if (lane != 0 || r0 + k >= rows) continue;
+                if (FUSE) y[(r0 + k) / 2] = ampr__silu_mul(v[k], v[k + 1]);
+                else y[r0 + k] = v[k];
+            }
             continue;
         }
         if (lane == 0) {
@@ -430,49 +446,57 @@ gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t r
             }
         }
         __syncthreads();
-        if (threadIdx.x < GROUPS * R) {
-            int g = threadIdx.x / R, k = threadIdx.x % R;
+        const int PER = FUSE ? 2 : 1; /* rows a thread finishes */
+        if (threadIdx.x < GROUPS * R / PER) {
+            int g = threadIdx.x / (R / PER), k = PER * (threadIdx.x % (R / PER));
             int64_t r = rb + (int64_t)g * R + k;
             if (r < rows) {
-                if (FMT == AMPR__Q_INT8) {
-                    int s = 0;
-                    for (int w = 0; w < KS; w++) s += part_i[g * KS + w][k];
-                    y[r] = ((float)s * sc[r]) * xscale;
-                } else {
-                    float s = 0.0f;
-                    for (int w = 0; w < KS; w++) s += part_f[g * KS + w][k];
-                    y[r] = s;
+                float v[PER];
+                for (int e = 0; e < PER; e++) {
+                    if (FMT == AMPR__Q_INT8) {
+                        int s = 0;
+                        for (int w = 0; w < KS; w++) s += part_i[g * KS + w][k + e];
+                        v[e] = ((float)s * sc[phys(r + e)]) * xscale;
+                    } else {
+                        float s = 0.0f;
+                        for (int w = 0; w < KS; w++) s += part_f[g * KS + w][k + e];
+                        v[e] = s;
+                    }
                 }
+                if (FUSE) y[r / 2] = ampr__silu_mul(v[0], v[PER - 1]);
+                else y[r] = v[0];
             }
         }
         __syncthreads(); /* the parts are rewritten by the next rows */
     }
 }
 
-template <int FMT, int R, int U, int KS>
+template <int FMT, int R, int U, int KS, bool FUSE>
 static void gemv1_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, float *y) {
     int64_t per_block = (int64_t)(GEMV_WARPS / KS) * R;
     int64_t blocks = (w->rows + per_block - 1) / per_block;
     int64_t cap = 4 * (int64_t)c->sm_count; /* the grid-stride loop takes the rest */
     size_t smem = FMT == AMPR__Q_INT8 ? (size_t)(w->cols + 15) / 16 * 16 : 0;
-    ampr__launch(c, "gemv1_kernel", gemv1_kernel<FMT, R, U, KS>,
+    ampr__launch(c, FUSE ? "gemv1_kernel (SwiGLU)" : "gemv1_kernel", gemv1_kernel<FMT, R, U, KS, FUSE>,
         (unsigned)(blocks < cap ? blocks : cap), GEMV_WARPS * 32, smem, w->data, w->scales,
         w->rows, w->cols, x, y);
 }
 
 /* Warps per row: the fewest (1, 2, 4, 8) that give the GPU about 32 warps
- * per SM, as long as each warp keeps at least one chunk per lane. */
-template <int FMT, int R, int U>
+ * per SM, as long as each warp keeps at least one chunk per lane. RK: the R
+ * the rule counts groups with (a fused call passes its unfused R, so that
+ * both split the rows alike and give the same sums). */
+template <int FMT, int R, int U, bool FUSE = false, int RK = R>
 static void gemv1(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, float *y) {
-    int64_t want = 32 * (int64_t)c->sm_count, groups = (w->rows + R - 1) / R;
+    int64_t want = 32 * (int64_t)c->sm_count, groups = (w->rows + RK - 1) / RK;
     int64_t chunks = w->cols / gemv1_fmt<FMT>::per_chunk;
     int ks = 1;
     while (ks < GEMV_WARPS && groups * ks < want && chunks / (2 * ks) >= 32) ks *= 2;
     switch (ks) {
-    case 1: gemv1_launch<FMT, R, U, 1>(c, w, x, y); break;
-    case 2: gemv1_launch<FMT, R, U, 2>(c, w, x, y); break;
-    case 4: gemv1_launch<FMT, R, U, 4>(c, w, x, y); break;
-    default: gemv1_launch<FMT, R, U, 8>(c, w, x, y); break;
+    case 1: gemv1_launch<FMT, R, U, 1, FUSE>(c, w, x, y); break;
+    case 2: gemv1_launch<FMT, R, U, 2, FUSE>(c, w, x, y); break;
+    case 4: gemv1_launch<FMT, R, U, 4, FUSE>(c, w, x, y); break;
+    default: gemv1_launch<FMT, R, U, 8, FUSE>(c, w, x, y); break;
     }
 }
 
@@ -506,11 +530,15 @@ static void gemv1(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, float 
  * never spans two rows); rows past the end repeat the last row, unstored. */
 #define NF4MMA_U 4 /* blocks a warp loads before it multiplies */
 
-template <int KS>
+template <int KS, bool FUSE = false>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax, int64_t rows,
                     int64_t cols, const float *__restrict__ x, int32_t n, float *__restrict__ y,
                     int64_t ldy) {
+    /* FUSE: as gemv1_kernel's, rows walked gate j, up j; a pair's two rows are
+     * tile rows 2m, 2m + 1 (lanes 4 apart), y[tok][j] = silu(gate) * up */
+    const int64_t half = rows / 2;
+    auto phys = [half](int64_t r) { return FUSE ? ((r & 1) ? half + (r >> 1) : r >> 1) : r; };
     const int GROUPS = GEMV_WARPS / KS; /* 16-row tiles per block */
     __shared__ uint32_t pairs[256 * 32];
     __shared__ float part[GEMV_WARPS][16][8];
@@ -527,7 +555,8 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
     const int64_t per_block = (int64_t)GROUPS * 16;
     for (int64_t rb = (int64_t)blockIdx.x * per_block; rb < rows; rb += (int64_t)gridDim.x * per_block) {
         int64_t r0 = rb + (int64_t)group * 16;
-        int64_t ra = r0 + g < rows ? r0 + g : rows - 1, rc = r0 + g + 8 < rows ? r0 + g + 8 : rows - 1;
+        int64_t ra = phys(r0 + g < rows ? r0 + g : rows - 1);
+        int64_t rc = phys(r0 + g + 8 < rows ? r0 + g + 8 : rows - 1);
         const uint2 *wa = (const uint2 *)(W + (size_t)ra * (size_t)(cols / 2));
         const uint2 *wc = (const uint2 *)(W + (size_t)rc * (size_t)(cols / 2));
         const float *xg = x + (int64_t)(g < n ? g : 0) * cols + 16 * t;
@@ -573,12 +602,17 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
         }
         /* lane (g, t) holds rows g, g + 8 for tokens 2t, 2t + 1 */
         if (KS == 1) {
-            if (r0 < rows) {
+            float up[4]; /* FUSE: the up row's sums, from the lanes of g + 1 */
+#pragma unroll
+            for (int q = 0; q < 4; q++) up[q] = FUSE ? __shfl_down_sync(0xffffffffu, acc[q], 4) : 0.0f;
+            if (r0 < rows && (!FUSE || g % 2 == 0)) {
 #pragma unroll
                 for (int q = 0; q < 4; q++) {
                     int64_t r = r0 + g + 8 * (q >> 1);
                     int tok = 2 * t + (q & 1);
-                    if (r < rows && tok < n) y[(int64_t)tok * ldy + r] = acc[q];
+                    if (r >= rows || tok >= n) continue;
+                    if (FUSE) y[(int64_t)tok * ldy + r / 2] = ampr__silu_mul(acc[q], up[q]);
+                    else y[(int64_t)tok * ldy + r] = acc[q];
                 }
             }
         } else {
@@ -588,10 +622,13 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
             for (int e = threadIdx.x; e < GROUPS * 16 * 8; e += blockDim.x) {
                 int gr = e / 128, m = (e / 8) % 16, tok = e % 8;
                 int64_t r = rb + (int64_t)gr * 16 + m;
-                if (r < rows && tok < n) {
-                    float s = 0.0f;
+                if (r < rows && tok < n && (!FUSE || m % 2 == 0)) {
+                    float s = 0.0f, su = 0.0f;
                     for (int w = 0; w < KS; w++) s += part[gr * KS + w][m][tok];
-                    y[(int64_t)tok * ldy + r] = s;
+                    if (FUSE)
+                        for (int w = 0; w < KS; w++) su += part[gr * KS + w][m + 1][tok];
+                    if (FUSE) y[(int64_t)tok * ldy + r / 2] = ampr__silu_mul(s, su);
+                    else y[(int64_t)tok * ldy + r] = s;
                 }
             }
             __syncthreads(); /* the parts are rewritten by the next tiles */
@@ -600,7 +637,9 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
 }
 
 /* Warps a tile: the fewest (1, 2, 4, 8) that give the GPU about 32 warps per
- * SM while each warp keeps at least NF4MMA_U blocks of a row. */
+ * SM while each warp keeps at least NF4MMA_U blocks of a row (the same for a
+ * fused call, which walks the same rows in another order). */
+template <bool FUSE>
 static void gemv_nf4_mma(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
                          float *y, int64_t ldy) {
     int64_t want = 32 * (int64_t)c->sm_count, tiles = (w->rows + 15) / 16, nblk = w->cols / 64;
@@ -611,14 +650,14 @@ static void gemv_nf4_mma(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
     unsigned grid = (unsigned)(blocks < cap ? blocks : cap);
     const uint8_t *W = (const uint8_t *)w->data;
     switch (ks) {
-    case 1: ampr__launch(c, "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<1>, grid, GEMV_WARPS * 32, 0,
-        W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
-    case 2: ampr__launch(c, "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<2>, grid, GEMV_WARPS * 32, 0,
-        W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
-    case 4: ampr__launch(c, "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<4>, grid, GEMV_WARPS * 32, 0,
-        W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
-    default: ampr__launch(c, "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<8>, grid, GEMV_WARPS * 32, 0,
-        W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    case 1: ampr__launch(c, FUSE ? "gemv_nf4_mma_kernel (SwiGLU)" : "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<1, FUSE>, grid, GEMV_WARPS * 32,
+        0, W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    case 2: ampr__launch(c, FUSE ? "gemv_nf4_mma_kernel (SwiGLU)" : "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<2, FUSE>, grid, GEMV_WARPS * 32,
+        0, W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    case 4: ampr__launch(c, FUSE ? "gemv_nf4_mma_kernel (SwiGLU)" : "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<4, FUSE>, grid, GEMV_WARPS * 32,
+        0, W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    default: ampr__launch(c, FUSE ? "gemv_nf4_mma_kernel (SwiGLU)" : "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<8, FUSE>, grid, GEMV_WARPS * 32,
+        0, W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
     }
 }
 
@@ -837,6 +876,37 @@ static int lt_ok(const ampr__cuda *c, const ampr__cuda_mat *w, int32_t n, const 
     return n > c->gemv_max && w->rows >= 1024 && w->cols >= 1024;
 }
 
+ampr_status ampr__cuda_matmul_swiglu(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
+                                     int32_t n, float *gu, float *out, ampr__err *err) {
+    int64_t hidden = w->rows / 2;
+    if (n <= 0) return AMPR_OK;
+    /* the fused kernels: the paths ampr__cuda_matmul would take, with the same
+     * row split (so the same sums) */
+    if (c->sw[AMPR__CUDA_FUSE] && w->rows % 2 == 0 && n <= c->gemv_max && gemv_ok(w, x)) {
+        int done = 1;
+        if (w->type == AMPR__Q_NF4 && c->sw[AMPR__CUDA_NF4_MMA] && w->cols % 64 == 0)
+            gemv_nf4_mma<true>(c, w, x, n, out, hidden);
+        else if (n != 1)
+            done = 0;
+        else if (w->type == AMPR__Q_F16)
+            gemv1<AMPR__Q_F16, 2, 8, true, 1>(c, w, x, out);
+        else if (w->type == AMPR__Q_INT8 && w->cols <= GEMV1_INT8_MAX_COLS)
+            gemv1<AMPR__Q_INT8, 2, 8, true, 1>(c, w, x, out);
+        else if (w->type == AMPR__Q_NF4 && w->rows >= 64 * (int64_t)c->sm_count)
+            gemv1<AMPR__Q_NF4, 4, 2, true>(c, w, x, out);
+        else if (w->type == AMPR__Q_NF4)
+            gemv1<AMPR__Q_NF4, 2, 2, true>(c, w, x, out);
+        else
+            done = 0;
+        if (done) {
+            AMPR__CU_LAUNCHED(err, "gemv_swiglu");
+            return AMPR_OK;
+        }
+    }
+    AMPR__TRY(ampr__cuda_matmul(c, w, x, n, gu, w->rows, err));
+    return ampr__cuda_swiglu(c, gu, out, n, (int32_t)hidden, err);
+}
+
 ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
                               float *y, int64_t ldy, ampr__err *err) {
     if (n <= 0) return AMPR_OK;
@@ -866,8 +936,8 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
                 (const int8_t *)w->data, w->scales, rows, cols, c->xq, c->xs, n, y, ldy);
             break;
         default:
-            if (c->nf4_mma && cols % 64 == 0)
-                gemv_nf4_mma(c, w, x, n, y, ldy);
+            if (c->sw[AMPR__CUDA_NF4_MMA] && cols % 64 == 0)
+                gemv_nf4_mma<false>(c, w, x, n, y, ldy);
             else if (n == 1 && rows >= 64 * (int64_t)c->sm_count) /* 4 rows a warp still fill it */
                 gemv1<AMPR__Q_NF4, 4, 2>(c, w, x, y);
             else if (n == 1)

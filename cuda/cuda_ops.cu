@@ -121,8 +121,7 @@ __global__ void swiglu_kernel(const float *__restrict__ gu, float *__restrict__ 
          e += (size_t)gridDim.x * blockDim.x) {
         size_t i = e / (size_t)hidden, j = e % (size_t)hidden;
         const float *g = gu + i * 2 * (size_t)hidden;
-        float gv = g[j];
-        out[e] = gv * (1.0f / (1.0f + expf(-gv))) * g[(size_t)hidden + j];
+        out[e] = ampr__silu_mul(g[j], g[(size_t)hidden + j]);
     }
 }
 
@@ -970,7 +969,7 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
                           "CUDA attention: head_dim %d (max %d), heads %d / kv heads %d",
                           head_dim, ATT_HD_MAX, n_heads, n_kv_heads);
     int32_t group = n_heads / n_kv_heads;
-    if (c->att_mma && att_tile_ok(c, kv, n, n_heads, head_dim) && (head_dim == 64 || head_dim == 128) &&
+    if (c->sw[AMPR__CUDA_ATT_MMA] && att_tile_ok(c, kv, n, n_heads, head_dim) && (head_dim == 64 || head_dim == 128) &&
         ldq % 2 == 0 && (uintptr_t)q % 8 == 0) {
         if (kv->dtype == AMPR__CUDA_F16)
             return head_dim == 64 ? att_mma_launch<__half, 64>(c, kv, q, ldq, n, d_pos, n_heads, group, out, err)
@@ -991,7 +990,7 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
     int32_t splits = att_splits(c, n, n_heads, head_dim);
     dim3 grid((unsigned)n_heads, (unsigned)n, (unsigned)splits);
     int pl = head_dim <= 32 ? 1 : head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : 8;
-    if (c->att_dec && (head_dim == 64 || head_dim == 128)) {
+    if (c->sw[AMPR__CUDA_ATT_DEC] && (head_dim == 64 || head_dim == 128)) {
         int f16 = kv->dtype == AMPR__CUDA_F16;
         if (head_dim == 64 && f16) att_launch<__half, 2, 64>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
         else if (head_dim == 64) att_launch<float, 2, 64>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
@@ -1010,7 +1009,7 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
     }
     AMPR__CU_LAUNCHED(err, "attention");
     /* with the 16-byte V loop the kernel's last split merges (att_cnt) */
-    if (splits > 1 && !(c->att_dec && (head_dim == 64 || head_dim == 128))) {
+    if (splits > 1 && !(c->sw[AMPR__CUDA_ATT_DEC] && (head_dim == 64 || head_dim == 128))) {
         ampr__launch(c, "attention_merge_kernel", attention_merge_kernel, dim3((unsigned)n_heads, (unsigned)n), 128, 0,
             c->att_part, splits, n_heads, head_dim, out);
         AMPR__CU_LAUNCHED(err, "attention_merge");

@@ -667,6 +667,50 @@ static void check_temp_draw(void) {
     report_exact(name, bad, total);
 }
 
+/* The gate/up GEMV with SwiGLU fused (AMPR__CUDA_FUSE) against the
+ * matmul + swiglu it replaces: the same floats, bit for bit, on every path
+ * that fuses (one token: the GEMV kernels of each format; NF4 on tensor
+ * cores: 1..8 tokens), with rows split over 1..8 warps */
+static void check_gemv_swiglu(void) {
+    char name[128];
+    struct Shape { int64_t hidden, cols; } shapes[] = {{512, 512}, {40, 4096}, {8, 2048}, {172, 64}};
+    for (ampr__qtype t : k_fmts)
+        for (const Shape &sh : shapes)
+            for (int mma = 0; mma < (t == AMPR__Q_NF4 ? 2 : 1); mma++)
+                for (int32_t n : {1, 3, 8}) {
+                    if (n > 1 && !mma) continue; /* only the tensor-core GEMV fuses more tokens */
+                    int64_t rows = 2 * sh.hidden, cols = sh.cols;
+                    auto w = rnd_vec((size_t)(rows * cols), -0.2f, 0.2f);
+                    HostMat hm;
+                    host_quantize(hm, t, w.data(), rows, cols);
+                    ampr__cuda_mat dm;
+                    OK(ampr__cuda_mat_upload(g_c, &hm.q, &dm, &g_err));
+                    auto x = rnd_vec((size_t)(n * cols), -1, 1);
+                    float *dx = (float *)dev_put(x.data(), x.size() * 4);
+                    float *dgu = (float *)dev_put(NULL, (size_t)(n * rows) * 4);
+                    float *d0 = (float *)dev_put(NULL, (size_t)(n * sh.hidden) * 4);
+                    float *d1 = (float *)dev_put(NULL, (size_t)(n * sh.hidden) * 4);
+                    int was_fuse = ampr__cuda_switch_on(g_c, AMPR__CUDA_FUSE), was_mma = ampr__cuda_switch_on(g_c, AMPR__CUDA_NF4_MMA);
+                    ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, mma);
+                    ampr__cuda_set_switch(g_c, AMPR__CUDA_FUSE, 0);
+                    OK(ampr__cuda_matmul_swiglu(g_c, &dm, dx, n, dgu, d0, &g_err));
+                    ampr__cuda_set_switch(g_c, AMPR__CUDA_FUSE, 1);
+                    OK(ampr__cuda_matmul_swiglu(g_c, &dm, dx, n, dgu, d1, &g_err));
+                    ampr__cuda_set_switch(g_c, AMPR__CUDA_FUSE, was_fuse); /* as the environment set them */
+                    ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, was_mma);
+                    auto g0 = dev_get<float>(d0, (size_t)(n * sh.hidden));
+                    auto g1 = dev_get<float>(d1, (size_t)(n * sh.hidden));
+                    long mism = 0;
+                    for (size_t e = 0; e < g0.size(); e++) mism += memcmp(&g0[e], &g1[e], 4) != 0;
+                    snprintf(name, sizeof name, "gemv+swiglu fused %s %lldx%lld n=%d%s", fmt_name(t),
+                             (long long)rows, (long long)cols, n, mma ? " mma" : "");
+                    report_exact(name, mism, (long)g0.size());
+                    void *bufs[] = {dx, dgu, d0, d1};
+                    for (void *b : bufs) ampr__cuda_free(g_c, b);
+                    ampr__cuda_mat_free(g_c, &dm);
+                }
+}
+
 static void check_embed_matmul(void) {
     char name[128];
     int64_t vocab = 300, dim = 256;
@@ -720,17 +764,17 @@ static void check_embed_matmul(void) {
             OK(ampr__cuda_mat_upload(g_c, &hm.q, &dm, &g_err));
             for (const Case &cs : cases)
             for (int mma = 0; mma < 2; mma++) {
-                /* NF4's tensor-core GEMV (ampr__cuda_set_nf4_mma), where it applies */
+                /* NF4's tensor-core GEMV (AMPR__CUDA_NF4_MMA), where it applies */
                 if (mma && (t != AMPR__Q_NF4 || cs.n > cs.gemv_max || sh.cols % 64)) continue;
                 int64_t ldy = sh.rows + 3;
                 auto x = rnd_vec((size_t)(cs.n * sh.cols), -1, 1);
                 float *dx = (float *)dev_put(x.data(), x.size() * 4);
                 float *dy = (float *)dev_put(NULL, (size_t)(cs.n * ldy) * 4);
                 ampr__cuda_set_gemv_max(g_c, cs.gemv_max);
-                int was_mma = ampr__cuda_nf4_mma(g_c);
-                ampr__cuda_set_nf4_mma(g_c, mma);
+                int was_mma = ampr__cuda_switch_on(g_c, AMPR__CUDA_NF4_MMA);
+                ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, mma);
                 OK(ampr__cuda_matmul(g_c, &dm, dx, cs.n, dy, ldy, &g_err));
-                ampr__cuda_set_nf4_mma(g_c, was_mma); /* as the environment set it */
+                ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, was_mma); /* as the environment set it */
                 ampr__cuda_set_gemv_max(g_c, 8);
                 auto gy = dev_get<float>(dy, (size_t)(cs.n * ldy));
                 std::vector<double> ref((size_t)(cs.n * ldy));
@@ -830,8 +874,8 @@ static void check_kv_attention(int32_t hd) {
                                               {70, 0},  {1, 300}, {1, 575}, {3, 497}};
         for (const AC &ac : acs)
         for (int variant = 0; variant < 3; variant++) {
-            /* 1: the tensor-core prefill kernel (ampr__cuda_set_att_mma) on the
-             * tile path; 2: the split kernel's 16-byte V loop (_set_att_dec) */
+            /* 1: the tensor-core prefill kernel (AMPR__CUDA_ATT_MMA) on the
+             * tile path; 2: the split kernel's 16-byte V loop (AMPR__CUDA_ATT_DEC) */
             if ((variant == 1 && ac.n < 32) || (variant == 2 && ac.n >= 32)) continue;
             int mma = variant == 1;
             int64_t ldq = heads * hd + 2 * kv_dim;
@@ -841,12 +885,12 @@ static void check_kv_attention(int32_t hd) {
             float *dq = (float *)dev_put(q.data(), q.size() * 4);
             int32_t *dp = (int32_t *)dev_put(pos.data(), pos.size() * 4);
             float *dout = (float *)dev_put(NULL, (size_t)ac.n * heads * hd * 4);
-            int was_mma = ampr__cuda_att_mma(g_c), was_dec = ampr__cuda_att_dec(g_c);
-            ampr__cuda_set_att_mma(g_c, mma);
-            ampr__cuda_set_att_dec(g_c, variant == 2);
+            int was_mma = ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_MMA), was_dec = ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_DEC);
+            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_MMA, mma);
+            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_DEC, variant == 2);
             OK(ampr__cuda_attention(g_c, &kv, dq, ldq, ac.n, dp, heads, kvh, hd, dout, &g_err));
-            ampr__cuda_set_att_mma(g_c, was_mma); /* as the environment set them */
-            ampr__cuda_set_att_dec(g_c, was_dec);
+            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_MMA, was_mma); /* as the environment set them */
+            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_DEC, was_dec);
             auto got = dev_get<float>(dout, (size_t)ac.n * heads * hd);
             std::vector<double> ref(got.size());
             for (int32_t i = 0; i < ac.n; i++)
@@ -1600,38 +1644,38 @@ static void bench_ops(ampr__qtype t, HostModel &hm, double copy, double peak) {
     printf("  sum of ops: decode %.3f ms (copy bw %.0f GB/s), prefill %.3f ms (peak %.0f TFLOP/s)\n",
            total[0] / 1e3, copy, total[1] / 1e3, peak);
     if (t == AMPR__Q_F16) { /* prefill attention again with the other kernel */
-        int was = ampr__cuda_att_mma(g_c);
+        int was = ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_MMA);
         for (int32_t i = 0; i < np; i++) pos[(size_t)i] = i;
         int32_t *dpos = (int32_t *)dev_put(pos.data(), (size_t)np * 4);
-        ampr__cuda_set_att_mma(g_c, !was);
+        ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_MMA, !was);
         double u = 1e3 * time_ms([&] {
             OK(ampr__cuda_attention(g_c, &kv, dx, qkv_dim, np, dpos, hp.n_heads, hp.n_kv_heads, hd, dy, &g_err));
         }, g_op_reps);
-        ampr__cuda_set_att_mma(g_c, was);
+        ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_MMA, was);
         printf("  prefill attention on %s: %.1f us\n", was ? "fp32 tiles" : "tensor cores", u);
         ampr__cuda_free(g_c, dpos);
         pos[0] = np; /* decode at position 512, as above */
         dpos = (int32_t *)dev_put(pos.data(), 4);
-        was = ampr__cuda_att_dec(g_c);
-        ampr__cuda_set_att_dec(g_c, !was);
+        was = ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_DEC);
+        ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_DEC, !was);
         u = 1e3 * time_ms([&] {
             OK(ampr__cuda_attention(g_c, &kv, dx, qkv_dim, 1, dpos, hp.n_heads, hp.n_kv_heads, hd, dy, &g_err));
         }, g_op_reps);
-        ampr__cuda_set_att_dec(g_c, was);
+        ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_DEC, was);
         printf("  decode attention %s: %.1f us\n",
                was ? "(default V loop, merge kernel)" : "with 16-byte V loads, merged in the kernel", u);
         ampr__cuda_free(g_c, dpos);
     }
     if (t == AMPR__Q_NF4) { /* decode GEMVs again with the other kernel */
-        int was = ampr__cuda_nf4_mma(g_c);
-        ampr__cuda_set_nf4_mma(g_c, !was);
+        int was = ampr__cuda_switch_on(g_c, AMPR__CUDA_NF4_MMA);
+        ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, !was);
         printf("  %s GEMV, decode:", was ? "fp32" : "tensor-core");
         for (int k = 0; k < 5; k++) {
             double u = 1e3 * time_ms([&] { OK(ampr__cuda_matmul(g_c, &mats[k], dx, 1, dy, mats[k].rows, &g_err)); }, g_op_reps);
             printf(" %s %.1f us (%.0f GB/s)%s", mname[k], u,
                    (double)ampr__cuda_mat_bytes(&mats[k]) / (u * 1e-6) / 1e9, k < 4 ? "," : "\n");
         }
-        ampr__cuda_set_nf4_mma(g_c, was);
+        ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, was);
     }
     for (auto &m : mats) ampr__cuda_mat_free(g_c, &m);
     void *bufs[] = {dx, dy, dz, dblk, dk, dv, dcs, dsn, dw};
@@ -1695,22 +1739,42 @@ static void bench(void) {
                fmt_name(t), wbytes / 1e6, dec_ms / steps, gbs, 100 * gbs / copy, pre_ms, tflops,
                peak > 0 ? 100 * tflops / peak : 0.0, steps / (dec_ms * 1e-3),
                steps / (eager_ms * 1e-3));
+        { /* the decode step with every new kernel on (or off, if the environment
+           * turned them on), side by side */
+            int w_mma = ampr__cuda_switch_on(g_c, AMPR__CUDA_NF4_MMA), w_dec = ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_DEC), w_fuse = ampr__cuda_switch_on(g_c, AMPR__CUDA_FUSE);
+            int on = !(w_mma && w_dec && w_fuse);
+            ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, on);
+            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_DEC, on);
+            ampr__cuda_set_switch(g_c, AMPR__CUDA_FUSE, on);
+            OK(ampr__cuda_decode_set(s, 1, np, &g_err));
+            double alt_ms = time_ms([&] {
+                for (int k = 0; k < steps; k++) OK(ampr__cuda_decode(s, 1, 1, &g_err));
+            }, 1);
+            ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, w_mma);
+            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_DEC, w_dec);
+            ampr__cuda_set_switch(g_c, AMPR__CUDA_FUSE, w_fuse);
+            double new_ms = on ? alt_ms : dec_ms, old_ms = on ? dec_ms : alt_ms;
+            printf("%s decode step, the new kernels (AMPR_CUDA_NF4_MMA, _ATT_DEC, _FUSE) %.3f ms vs "
+                   "%s %.3f ms: %.2fx\n", fmt_name(t), new_ms / steps, on ? "as opened" : "without",
+                   old_ms / steps, old_ms / new_ms);
+            OK(ampr__cuda_decode_set(s, 1, np, &g_err));
+        }
         if (t == AMPR__Q_F16) { /* the other prefill attention kernel, side by side */
-            int was = ampr__cuda_att_mma(g_c);
-            ampr__cuda_set_att_mma(g_c, !was);
+            int was = ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_MMA);
+            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_MMA, !was);
             double alt_ms = time_ms([&] { OK(ampr__cuda_forward(s, toks.data(), np, 0, 0, &g_err)); }, 3);
-            ampr__cuda_set_att_mma(g_c, was);
+            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_MMA, was);
             double mma_ms = was ? pre_ms : alt_ms, f32_ms = was ? alt_ms : pre_ms;
             printf("fp16 prefill of %d tokens, attention on tensor cores %.2f ms vs fp32 tiles %.2f ms: "
                    "%.2fx\n", np, mma_ms, f32_ms, f32_ms / mma_ms);
             /* and the decode attention's V loop (a graph captured again) */
-            was = ampr__cuda_att_dec(g_c);
-            ampr__cuda_set_att_dec(g_c, !was);
+            was = ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_DEC);
+            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_DEC, !was);
             OK(ampr__cuda_decode_set(s, 1, np, &g_err));
             alt_ms = time_ms([&] {
                 for (int k = 0; k < steps; k++) OK(ampr__cuda_decode(s, 1, 1, &g_err));
             }, 1);
-            ampr__cuda_set_att_dec(g_c, was);
+            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_DEC, was);
             double v16 = was ? dec_ms : alt_ms, v2 = was ? alt_ms : dec_ms;
             printf("fp16 decode step, attention with 16-byte V loads and its merge in the kernel %.3f ms "
                    "vs default %.3f ms: %.2fx\n",
@@ -1718,13 +1782,13 @@ static void bench(void) {
             OK(ampr__cuda_decode_set(s, 1, np, &g_err));
         }
         if (t == AMPR__Q_NF4) { /* the other NF4 decode GEMV, side by side */
-            int was = ampr__cuda_nf4_mma(g_c);
-            ampr__cuda_set_nf4_mma(g_c, !was); /* the graph is captured again */
+            int was = ampr__cuda_switch_on(g_c, AMPR__CUDA_NF4_MMA);
+            ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, !was); /* the graph is captured again */
             OK(ampr__cuda_decode_set(s, 1, np, &g_err));
             double alt_ms = time_ms([&] {
                 for (int k = 0; k < steps; k++) OK(ampr__cuda_decode(s, 1, 1, &g_err));
             }, 1);
-            ampr__cuda_set_nf4_mma(g_c, was);
+            ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, was);
             double mma_ms = was ? dec_ms : alt_ms, f32_ms = was ? alt_ms : dec_ms;
             printf("nf4 decode step, GEMV on tensor cores %.3f ms vs fp32 %.3f ms: %.2fx "
                    "(%.0f vs %.0f GB/s)\n", mma_ms / steps, f32_ms / steps, f32_ms / mma_ms,
@@ -1782,6 +1846,7 @@ int main(int argc, char **argv) {
         check_row_monitor();
         check_temp_draw();
         check_embed_matmul();
+        check_gemv_swiglu();
         check_kv_attention(64);
         check_kv_attention(128);
         check_nccl();

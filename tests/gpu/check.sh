@@ -296,6 +296,15 @@ for tier in fp16 int8 nf4; do
         fi
     done
 done
+# SwiGLU fused into the gate/up GEMV (AMPR_CUDA_FUSE=1) gives the same floats
+# as the two kernels it replaces, so the same text on every tier
+for tier in fp16 int8 nf4; do
+    [ "$cuda_hung" = 1 ] && break
+    [ -n "${gpu60[$tier]:-}" ] || continue
+    f=$(AMPR_CUDA_FUSE=1 run_tier cuda "$tier" 60) || { echo "FAIL: cuda run $tier with AMPR_CUDA_FUSE=1: $(tail -2 "$OUT/e2e-cuda-$tier-60.err")"; e2e_fail=1; continue; }
+    if [ "$f" = "${gpu60[$tier]}" ]; then echo "e2e $tier -n 60 with AMPR_CUDA_FUSE=1: identical to unfused (${#f} chars)  PASS"
+    else echo "e2e $tier -n 60 with AMPR_CUDA_FUSE=1: differs from unfused  FAIL"; printf '  fused  : %s\n  unfused: %s\n' "$f" "${gpu60[$tier]}"; e2e_fail=1; fi
+done
 # NF4's decode GEMV on tensor cores (AMPR_CUDA_NF4_MMA=1: codes and x rounded
 # to fp16): its text against the CPU's, reported like the lower tiers above
 if [ "$cuda_hung" = 0 ]; then
@@ -498,8 +507,8 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
             echo "(the NF4 bench with the new kernels is skipped: $SECONDS s used so far)"
         else
             echo
-            echo "== the same, NF4 only, with the new kernels (AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1; timeout $t s) =="
-            AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 timeout -k 10 "$t" stdbuf -oL "$AMPR" bench --shape 1b --device cuda --tiers nf4 \
+            echo "== the same, NF4 only, with the new kernels (AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1; timeout $t s) =="
+            AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1 timeout -k 10 "$t" stdbuf -oL "$AMPR" bench --shape 1b --device cuda --tiers nf4 \
                 --prompt 128 --gen 32 --concurrent 4 || echo "bench: exit $? (not a failure of the check)"
         fi
         t=$(left 100)
@@ -514,7 +523,7 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
     fi
 fi
 # The switches that are off by default (AMPR_CUDA_PDL, AMPR_CUDA_NF4_MMA,
-# AMPR_CUDA_ATT_MMA, AMPR_CUDA_ATT_DEC): every op check again with all on (on a GPU, where
+# AMPR_CUDA_ATT_MMA, AMPR_CUDA_ATT_DEC, AMPR_CUDA_FUSE): every op check again with all on (on a GPU, where
 # a kernel reading before its PDL wait could race), then the kernel benchmark
 # with programmatic dependent launch, to set beside the default's above
 if [ "$emu" = 0 ] && [ "${AMPR_CUDA_PDL:-0}" != 1 ]; then
@@ -523,9 +532,9 @@ if [ "$emu" = 0 ] && [ "${AMPR_CUDA_PDL:-0}" != 1 ]; then
         echo "(the op checks with the switches on are skipped: $SECONDS s used so far)"
     else
         echo
-        echo "== op checks with AMPR_CUDA_PDL=1 AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 (timeout $t s) =="
+        echo "== op checks with AMPR_CUDA_PDL=1 AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1 (timeout $t s) =="
         sw_rc=0
-        AMPR_CUDA_PDL=1 AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 timeout -k 10 "$t" stdbuf -oL "$OUT/check" --quick \
+        AMPR_CUDA_PDL=1 AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1 timeout -k 10 "$t" stdbuf -oL "$OUT/check" --quick \
             >"$OUT/check-switches.out" 2>&1 || sw_rc=$?
         echo "op checks with the switches on: exit $sw_rc, $(grep -c PASS "$OUT/check-switches.out" || true) PASS, $(grep -cE 'FAIL|FATAL' "$OUT/check-switches.out" || true) FAIL/FATAL line(s)"
         grep -E 'FAIL|FATAL' "$OUT/check-switches.out" | head -20 || true
