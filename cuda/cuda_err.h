@@ -127,11 +127,16 @@ __device__ __forceinline__ float ampr__silu_mul(float g, float u) {
     return g * (1.0f / (1.0f + expf(-g))) * u;
 }
 
-/* two floats as one register of fp16 (lo in the low half), saturated */
+/* v rounded to fp16, finite values saturated at +-65504 (no inf); a NaN
+ * stays NaN (fminf / fmaxf alone would turn it into -65504, and a broken
+ * activation into finite logits the fallback's check could not flag) */
+__device__ __forceinline__ __half ampr__to_half_sat(float v) {
+    return __float2half_rn(isnan(v) ? v : fminf(fmaxf(v, -65504.0f), 65504.0f));
+}
+
+/* two floats as one register of fp16 (lo in the low half), as ampr__to_half_sat */
 __device__ __forceinline__ uint32_t ampr__half2_bits(float lo, float hi) {
-    lo = fminf(fmaxf(lo, -65504.0f), 65504.0f); /* saturate: no inf */
-    hi = fminf(fmaxf(hi, -65504.0f), 65504.0f);
-    __half2 h = __floats2half2_rn(lo, hi);
+    __half2 h = __halves2half2(ampr__to_half_sat(lo), ampr__to_half_sat(hi));
     uint32_t u;
     memcpy(&u, &h, sizeof u);
     return u;

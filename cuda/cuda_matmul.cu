@@ -68,7 +68,7 @@ __global__ void f32_to_f16_kernel(const float *__restrict__ x, __half *__restric
     AMPR__PDL_ENTER();
     for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
          e += (size_t)gridDim.x * blockDim.x)
-        y[e] = __float2half_rn(fminf(fmaxf(x[e], -65504.0f), 65504.0f)); /* saturate: no inf */
+        y[e] = ampr__to_half_sat(x[e]);
 }
 
 /* One thread per packed byte: elements 2b (high nibble) and 2b+1 (low) of
@@ -523,7 +523,7 @@ static void gemv1(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, float 
  * A byte becomes its two codes as one fp16 pair by one shared-memory load: a
  * 256-entry table of pairs, one copy per lane (pairs[byte][lane], 32 KiB), so
  * the 32 lanes' lookups never share a bank. The codes and x are rounded to
- * fp16 (x saturated at +-65504), the products are exact and summed in fp32:
+ * fp16 (x saturated at +-65504, NaN kept), the products are exact and summed in fp32:
  * the rounding of the prefill path (cuBLASLt on dequantized weights), not the
  * fp32 kernels'. KS warps split a tile's blocks and sum their parts through
  * shared memory in warp order (deterministic). Needs cols % 64 == 0 (a block

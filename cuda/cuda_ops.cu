@@ -849,8 +849,8 @@ attention_mma_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
             for (int x = 0; x < VEC; x += 2) {
                 uint32_t kw = ampr__half2_bits(kf[x], kf[x + 1]);
                 memcpy(&sK[u * KP + d + x], &kw, sizeof kw);
-                sVt[(d + x) * VP + u] = __float2half_rn(fminf(fmaxf(vf[x], -65504.0f), 65504.0f));
-                sVt[(d + x + 1) * VP + u] = __float2half_rn(fminf(fmaxf(vf[x + 1], -65504.0f), 65504.0f));
+                sVt[(d + x) * VP + u] = ampr__to_half_sat(vf[x]);
+                sVt[(d + x + 1) * VP + u] = ampr__to_half_sat(vf[x + 1]);
             }
         }
         __syncthreads();

@@ -804,6 +804,42 @@ static void check_embed_matmul(void) {
         }
 }
 
+/* A NaN activation gives NaN outputs on the fp16 and NF4 paths that round
+ * activations to half (the tensor-core GEMV, cuBLASLt) as on the fp32 ones,
+ * so that the fallback's check can flag the row; token 1 stays finite. */
+static void check_nan_matmul(void) {
+    char name[128];
+    int64_t rows = 1024, cols = 1024;
+    for (ampr__qtype t : {AMPR__Q_F16, AMPR__Q_NF4}) {
+        auto w = rnd_vec((size_t)(rows * cols), -0.2f, 0.2f);
+        HostMat hm;
+        host_quantize(hm, t, w.data(), rows, cols);
+        ampr__cuda_mat dm;
+        OK(ampr__cuda_mat_upload(g_c, &hm.q, &dm, &g_err));
+        struct Case { int32_t n; int mma; const char *path; } cases[] = {
+            {2, 0, "GEMV"}, {2, 1, "GEMV-mma"}, {37, 0, "cuBLASLt"}};
+        for (const Case &cs : cases) {
+            if (cs.mma && t != AMPR__Q_NF4) continue;
+            auto x = rnd_vec((size_t)(cs.n * cols), -1, 1);
+            x[7] = NAN;
+            float *dx = (float *)dev_put(x.data(), x.size() * 4);
+            float *dy = (float *)dev_put(NULL, (size_t)(cs.n * rows) * 4);
+            int was = ampr__cuda_switch_on(g_c, AMPR__CUDA_NF4_MMA);
+            ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, cs.mma);
+            OK(ampr__cuda_matmul(g_c, &dm, dx, cs.n, dy, rows, &g_err));
+            ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, was);
+            auto y = dev_get<float>(dy, (size_t)(cs.n * rows));
+            long bad = 0;
+            for (int64_t r = 0; r < rows; r++) bad += !isnan(y[(size_t)r]) + !isfinite(y[(size_t)(rows + r)]);
+            snprintf(name, sizeof name, "matmul %s NaN in x -> NaN row (%s)", fmt_name(t), cs.path);
+            report_exact(name, bad, (long)(2 * rows));
+            ampr__cuda_free(g_c, dx);
+            ampr__cuda_free(g_c, dy);
+        }
+        ampr__cuda_mat_free(g_c, &dm);
+    }
+}
+
 /* head_dim 64 and 128: the attention kernel keeps head_dim/32 dims per lane */
 static void check_kv_attention(int32_t hd) {
     char name[128];
@@ -1847,6 +1883,7 @@ int main(int argc, char **argv) {
         check_temp_draw();
         check_embed_matmul();
         check_gemv_swiglu();
+        check_nan_matmul();
         check_kv_attention(64);
         check_kv_attention(128);
         check_nccl();
