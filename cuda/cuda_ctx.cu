@@ -57,7 +57,10 @@ static ampr_status ctx_init(ampr__cuda *c, int device, ampr__err *err) {
     AMPR__CU(err, cudaGetDeviceProperties(&p, device));
     c->cc = p.major * 10 + p.minor;
     c->sm_count = p.multiProcessorCount;
-    if (c->cc < 90) c->sw[AMPR__CUDA_PDL] = 0;
+    for (int i = 0; i < AMPR__CUDA_N_SWITCHES; i++) { /* after cc: PDL needs 9.0 */
+        const char *e = getenv(ampr__cuda_switch_env((ampr__cuda_switch)i));
+        ampr__cuda_set_switch(c, (ampr__cuda_switch)i, e && !strcmp(e, "1"));
+    }
     snprintf(c->name, sizeof c->name, "%s", p.name);
     if (c->cc < 80)
         return ampr__fail(err, AMPR_ERR_UNSUPPORTED,
@@ -69,9 +72,9 @@ static ampr_status ctx_init(ampr__cuda *c, int device, ampr__err *err) {
     AMPR__CU(err, cudaMalloc(&c->lt_ws, c->lt_ws_bytes));
     c->att_part_bytes = (size_t)8 * (size_t)c->sm_count * (AMPR__CUDA_HD_MAX + 2) * sizeof(float);
     AMPR__CU(err, cudaMalloc((void **)&c->att_part, c->att_part_bytes));
-    AMPR__CU(err, cudaMalloc((void **)&c->att_cnt, (size_t)4 * (size_t)c->sm_count * sizeof(int32_t)));
-    AMPR__CU(err, cudaMemsetAsync(c->att_cnt, 0, (size_t)4 * (size_t)c->sm_count * sizeof(int32_t),
-                                  c->stream));
+    size_t cnt_bytes = (size_t)4 * (size_t)c->sm_count * sizeof(int32_t); /* att_splits' bound */
+    AMPR__CU(err, cudaMalloc((void **)&c->att_cnt, cnt_bytes));
+    AMPR__CU(err, cudaMemsetAsync(c->att_cnt, 0, cnt_bytes, c->stream));
     return AMPR_OK;
 }
 
@@ -87,10 +90,6 @@ ampr_status ampr__cuda_open(int device, ampr__cuda **out, ampr__err *err) {
     if (!c) return ampr__fail(err, AMPR_ERR_NOMEM, "out of memory for a CUDA context");
     c->device = device;
     c->gemv_max = AMPR__CUDA_GEMV_MAX;
-    for (int i = 0; i < AMPR__CUDA_N_SWITCHES; i++) {
-        const char *e = getenv(ampr__cuda_switch_env((ampr__cuda_switch)i));
-        c->sw[i] = e && !strcmp(e, "1");
-    }
     ampr_status st = ctx_init(c, device, err);
     if (st != AMPR_OK) {
         ampr__cuda_close(c);

@@ -290,6 +290,12 @@ template <> struct gemv1_fmt<AMPR__Q_F16> { enum { per_chunk = 8 }; };
 template <> struct gemv1_fmt<AMPR__Q_INT8> { enum { per_chunk = 16 }; };
 template <> struct gemv1_fmt<AMPR__Q_NF4> { enum { per_chunk = 32 }; };
 
+/* The matrix row of a fused GEMV's walk row r: gate j, up j, gate j + 1, ...
+ * of a gate/up matrix (gate rows, then up rows); r itself unfused. */
+template <bool FUSE> __device__ __forceinline__ int64_t walk_row(int64_t r, int64_t rows) {
+    return FUSE ? ((r & 1) ? rows / 2 + (r >> 1) : r >> 1) : r;
+}
+
 /* FUSE (the gate/up matrix, rows = 2 half: gate rows, then up rows): the
  * kernel walks the rows interleaved, gate j then up j, so that each pair sits
  * in one group (R even), and writes y[j] = silu(gate j) * up j
@@ -301,9 +307,7 @@ gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t r
              int64_t cols, const float *__restrict__ x, float *__restrict__ y) {
     AMPR__PDL_ENTER();
     static_assert(!FUSE || R % 2 == 0, "a fused group holds whole gate/up pairs");
-    const int64_t half = rows / 2;
-    /* the matrix row of the walk's row r */
-    auto phys = [half](int64_t r) { return FUSE ? ((r & 1) ? half + (r >> 1) : r >> 1) : r; };
+    auto phys = [rows](int64_t r) { return walk_row<FUSE>(r, rows); };
     const int E = gemv1_fmt<FMT>::per_chunk;
     const int GROUPS = GEMV_WARPS / KS; /* row groups per block */
     __shared__ float code[16];
@@ -477,7 +481,8 @@ static void gemv1_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
     int64_t blocks = (w->rows + per_block - 1) / per_block;
     int64_t cap = 4 * (int64_t)c->sm_count; /* the grid-stride loop takes the rest */
     size_t smem = FMT == AMPR__Q_INT8 ? (size_t)(w->cols + 15) / 16 * 16 : 0;
-    ampr__launch(c, FUSE ? "gemv1_kernel (SwiGLU)" : "gemv1_kernel", gemv1_kernel<FMT, R, U, KS, FUSE>,
+    const char *name = FUSE ? "gemv1_kernel (SwiGLU)" : "gemv1_kernel";
+    ampr__launch(c, name, gemv1_kernel<FMT, R, U, KS, FUSE>,
         (unsigned)(blocks < cap ? blocks : cap), GEMV_WARPS * 32, smem, w->data, w->scales,
         w->rows, w->cols, x, y);
 }
@@ -537,8 +542,7 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
                     int64_t ldy) {
     /* FUSE: as gemv1_kernel's, rows walked gate j, up j; a pair's two rows are
      * tile rows 2m, 2m + 1 (lanes 4 apart), y[tok][j] = silu(gate) * up */
-    const int64_t half = rows / 2;
-    auto phys = [half](int64_t r) { return FUSE ? ((r & 1) ? half + (r >> 1) : r >> 1) : r; };
+    auto phys = [rows](int64_t r) { return walk_row<FUSE>(r, rows); };
     const int GROUPS = GEMV_WARPS / KS; /* 16-row tiles per block */
     __shared__ uint32_t pairs[256 * 32];
     __shared__ float part[GEMV_WARPS][16][8];
@@ -649,15 +653,16 @@ static void gemv_nf4_mma(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
     int64_t blocks = (w->rows + per_block - 1) / per_block, cap = 4 * (int64_t)c->sm_count;
     unsigned grid = (unsigned)(blocks < cap ? blocks : cap);
     const uint8_t *W = (const uint8_t *)w->data;
+    const char *name = FUSE ? "gemv_nf4_mma_kernel (SwiGLU)" : "gemv_nf4_mma_kernel";
     switch (ks) {
-    case 1: ampr__launch(c, FUSE ? "gemv_nf4_mma_kernel (SwiGLU)" : "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<1, FUSE>, grid, GEMV_WARPS * 32,
-        0, W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
-    case 2: ampr__launch(c, FUSE ? "gemv_nf4_mma_kernel (SwiGLU)" : "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<2, FUSE>, grid, GEMV_WARPS * 32,
-        0, W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
-    case 4: ampr__launch(c, FUSE ? "gemv_nf4_mma_kernel (SwiGLU)" : "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<4, FUSE>, grid, GEMV_WARPS * 32,
-        0, W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
-    default: ampr__launch(c, FUSE ? "gemv_nf4_mma_kernel (SwiGLU)" : "gemv_nf4_mma_kernel", gemv_nf4_mma_kernel<8, FUSE>, grid, GEMV_WARPS * 32,
-        0, W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    case 1: ampr__launch(c, name, gemv_nf4_mma_kernel<1, FUSE>, grid, GEMV_WARPS * 32, 0,
+        W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    case 2: ampr__launch(c, name, gemv_nf4_mma_kernel<2, FUSE>, grid, GEMV_WARPS * 32, 0,
+        W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    case 4: ampr__launch(c, name, gemv_nf4_mma_kernel<4, FUSE>, grid, GEMV_WARPS * 32, 0,
+        W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+    default: ampr__launch(c, name, gemv_nf4_mma_kernel<8, FUSE>, grid, GEMV_WARPS * 32, 0,
+        W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
     }
 }
 
@@ -876,32 +881,65 @@ static int lt_ok(const ampr__cuda *c, const ampr__cuda_mat *w, int32_t n, const 
     return n > c->gemv_max && w->rows >= 1024 && w->cols >= 1024;
 }
 
+/* The decode GEMV (n <= gemv_max tokens, gemv_ok): the kernel for the format
+ * and n. FUSE: w is the gate/up matrix and y gets silu(gate) * up
+ * (ampr__cuda_matmul_swiglu), on the same paths with the same row splits,
+ * so the same sums; where no path fuses (more tokens outside the tensor-core
+ * NF4 GEMV, INT8 rows too long for its one-token kernel) nothing is launched
+ * and *done stays 0. */
+template <bool FUSE>
+static ampr_status gemv(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
+                        float *y, int64_t ldy, int *done, ampr__err *err) {
+    int64_t rows = w->rows, cols = w->cols;
+    unsigned gblocks = (unsigned)((rows + GEMV_WARPS - 1) / GEMV_WARPS);
+    const int R1 = FUSE ? 2 : 1; /* rows a group of the F16 / INT8 one-token kernel */
+    *done = 1;
+    switch (w->type) {
+    case AMPR__Q_F16:
+        if (n == 1) gemv1<AMPR__Q_F16, R1, 8, FUSE, 1>(c, w, x, y);
+        else if (FUSE) *done = 0;
+        else
+            ampr__launch(c, "gemv_f16_kernel", gemv_f16_kernel, gblocks, GEMV_WARPS * 32, 0,
+                (const __half *)w->data, rows, cols, x, n, y, ldy);
+        break;
+    case AMPR__Q_INT8:
+        if (n == 1 && cols <= GEMV1_INT8_MAX_COLS) { /* quantizes x itself */
+            gemv1<AMPR__Q_INT8, R1, 8, FUSE, 1>(c, w, x, y);
+        } else if (FUSE) {
+            *done = 0;
+        } else {
+            AMPR__TRY(ampr__cuda_reserve(c, n, 0, cols, 0, err));
+            AMPR__TRY(ampr__cuda_quant_act(c, x, n, (int32_t)cols, c->xq, c->xs, err));
+            ampr__launch(c, "gemv_int8_kernel", gemv_int8_kernel, gblocks, GEMV_WARPS * 32, 0,
+                (const int8_t *)w->data, w->scales, rows, cols, c->xq, c->xs, n, y, ldy);
+        }
+        break;
+    default:
+        if (c->sw[AMPR__CUDA_NF4_MMA] && cols % 64 == 0)
+            gemv_nf4_mma<FUSE>(c, w, x, n, y, ldy);
+        else if (n == 1 && rows >= 64 * (int64_t)c->sm_count) /* 4 rows a warp still fill it */
+            gemv1<AMPR__Q_NF4, 4, 2, FUSE>(c, w, x, y);
+        else if (n == 1)
+            gemv1<AMPR__Q_NF4, 2, 2, FUSE>(c, w, x, y);
+        else if (FUSE)
+            *done = 0;
+        else
+            ampr__launch(c, "gemv_nf4_kernel", gemv_nf4_kernel, gblocks, GEMV_WARPS * 32, 0,
+                (const uint8_t *)w->data, w->scales, rows, cols, x, n, y, ldy);
+        break;
+    }
+    if (*done) AMPR__CU_LAUNCHED(err, FUSE ? "gemv_swiglu" : "gemv");
+    return AMPR_OK;
+}
+
 ampr_status ampr__cuda_matmul_swiglu(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
                                      int32_t n, float *gu, float *out, ampr__err *err) {
     int64_t hidden = w->rows / 2;
     if (n <= 0) return AMPR_OK;
-    /* the fused kernels: the paths ampr__cuda_matmul would take, with the same
-     * row split (so the same sums) */
     if (c->sw[AMPR__CUDA_FUSE] && w->rows % 2 == 0 && n <= c->gemv_max && gemv_ok(w, x)) {
-        int done = 1;
-        if (w->type == AMPR__Q_NF4 && c->sw[AMPR__CUDA_NF4_MMA] && w->cols % 64 == 0)
-            gemv_nf4_mma<true>(c, w, x, n, out, hidden);
-        else if (n != 1)
-            done = 0;
-        else if (w->type == AMPR__Q_F16)
-            gemv1<AMPR__Q_F16, 2, 8, true, 1>(c, w, x, out);
-        else if (w->type == AMPR__Q_INT8 && w->cols <= GEMV1_INT8_MAX_COLS)
-            gemv1<AMPR__Q_INT8, 2, 8, true, 1>(c, w, x, out);
-        else if (w->type == AMPR__Q_NF4 && w->rows >= 64 * (int64_t)c->sm_count)
-            gemv1<AMPR__Q_NF4, 4, 2, true>(c, w, x, out);
-        else if (w->type == AMPR__Q_NF4)
-            gemv1<AMPR__Q_NF4, 2, 2, true>(c, w, x, out);
-        else
-            done = 0;
-        if (done) {
-            AMPR__CU_LAUNCHED(err, "gemv_swiglu");
-            return AMPR_OK;
-        }
+        int done = 0;
+        AMPR__TRY(gemv<true>(c, w, x, n, out, hidden, &done, err));
+        if (done) return AMPR_OK;
     }
     AMPR__TRY(ampr__cuda_matmul(c, w, x, n, gu, w->rows, err));
     return ampr__cuda_swiglu(c, gu, out, n, (int32_t)hidden, err);
@@ -917,39 +955,8 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
     unsigned gblocks = (unsigned)((rows + GEMV_WARPS - 1) / GEMV_WARPS);
     if (w->type != AMPR__Q_F16 && w->type != AMPR__Q_INT8 && w->type != AMPR__Q_NF4)
         return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "no CUDA matmul for format %d", (int)w->type);
-    if (n <= c->gemv_max && gemv_ok(w, x)) {
-        switch (w->type) {
-        case AMPR__Q_F16:
-            if (n == 1) gemv1<AMPR__Q_F16, 1, 8>(c, w, x, y);
-            else
-                ampr__launch(c, "gemv_f16_kernel", gemv_f16_kernel, gblocks, GEMV_WARPS * 32, 0,
-                    (const __half *)w->data, rows, cols, x, n, y, ldy);
-            break;
-        case AMPR__Q_INT8:
-            if (n == 1 && cols <= GEMV1_INT8_MAX_COLS) { /* quantizes x itself */
-                gemv1<AMPR__Q_INT8, 1, 8>(c, w, x, y);
-                break;
-            }
-            AMPR__TRY(ampr__cuda_reserve(c, n, 0, cols, 0, err));
-            AMPR__TRY(ampr__cuda_quant_act(c, x, n, (int32_t)cols, c->xq, c->xs, err));
-            ampr__launch(c, "gemv_int8_kernel", gemv_int8_kernel, gblocks, GEMV_WARPS * 32, 0,
-                (const int8_t *)w->data, w->scales, rows, cols, c->xq, c->xs, n, y, ldy);
-            break;
-        default:
-            if (c->sw[AMPR__CUDA_NF4_MMA] && cols % 64 == 0)
-                gemv_nf4_mma<false>(c, w, x, n, y, ldy);
-            else if (n == 1 && rows >= 64 * (int64_t)c->sm_count) /* 4 rows a warp still fill it */
-                gemv1<AMPR__Q_NF4, 4, 2>(c, w, x, y);
-            else if (n == 1)
-                gemv1<AMPR__Q_NF4, 2, 2>(c, w, x, y);
-            else
-                ampr__launch(c, "gemv_nf4_kernel", gemv_nf4_kernel, gblocks, GEMV_WARPS * 32, 0,
-                    (const uint8_t *)w->data, w->scales, rows, cols, x, n, y, ldy);
-            break;
-        }
-        AMPR__CU_LAUNCHED(err, "gemv");
-        return AMPR_OK;
-    }
+    int done;
+    if (n <= c->gemv_max && gemv_ok(w, x)) return gemv<false>(c, w, x, n, y, ldy, &done, err);
     /* cuBLASLt where lt_ok() says so and it has a plan for the shape (made
      * before anything is launched; cached); else the simple kernel, which
      * takes any shape: odd shapes, small matrices, gemv_max = 0, or a shape
@@ -989,19 +996,18 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
         return AMPR_OK;
     }
     size_t nx = (size_t)n * (size_t)cols;
-    ampr__launch(c, "f32_to_f16_kernel", f32_to_f16_kernel, ampr__cuda_grid(nx, 256), 256, 0, x, c->xh, nx);
+    ampr__launch(c, "f32_to_f16_kernel", f32_to_f16_kernel, ampr__cuda_grid(nx, 256), 256, 0,
+        x, c->xh, nx);
     AMPR__CU_LAUNCHED(err, "f32_to_f16");
     const void *A = w->data;
     if (w->type == AMPR__Q_NF4) {
         size_t ne = (size_t)rows * (size_t)cols;
         if (ne % 32 == 0)
-            ampr__launch(c, "nf4_dequant32_kernel", nf4_dequant32_kernel, ampr__cuda_grid(ne / 32, 256), 256, 0,
-
-                (const uint4 *)w->data, w->scales, (uint4 *)c->wdq, ne / 32);
+            ampr__launch(c, "nf4_dequant32_kernel", nf4_dequant32_kernel, ampr__cuda_grid(ne / 32, 256),
+                256, 0, (const uint4 *)w->data, w->scales, (uint4 *)c->wdq, ne / 32);
         else
-            ampr__launch(c, "nf4_dequant_kernel", nf4_dequant_kernel, ampr__cuda_grid((ne + 1) / 2, 256), 256, 0,
-
-                (const uint8_t *)w->data, w->scales, c->wdq, ne);
+            ampr__launch(c, "nf4_dequant_kernel", nf4_dequant_kernel, ampr__cuda_grid((ne + 1) / 2, 256),
+                256, 0, (const uint8_t *)w->data, w->scales, c->wdq, ne);
         AMPR__CU_LAUNCHED(err, "nf4_dequant");
         A = c->wdq;
     } else if (w->type != AMPR__Q_F16) {

@@ -357,8 +357,12 @@ __device__ __forceinline__ float dot_q(const float *sq, const __half *k, int32_t
  * calls it. Each split's weight is computed once, by one thread, into shared
  * memory; then every thread sums its dims in split order, skipping empty
  * splits (l_s = 0). The parts are read through L2 (__ldcg): with the merge in
- * the attention kernel they were written by other blocks of the same launch. */
-__device__ void merge_splits(const float *pr, int32_t splits, int32_t hd, float *orow) {
+ * the attention kernel they were written by other blocks of the same launch.
+ * part: [rows][n_heads][splits][hd + 2]; out: [rows][n_heads][hd]. */
+__device__ void merge_splits(const float *part, int32_t i, int32_t h, int32_t n_heads,
+                             int32_t splits, int32_t hd, float *out) {
+    const float *pr = part + ((size_t)i * n_heads + h) * splits * (size_t)(hd + 2);
+    float *orow = out + (int64_t)i * n_heads * hd + (int64_t)h * hd;
     __shared__ float wgt[AMPR__CUDA_ATT_SPLITS];
     __shared__ float L;
     if ((int32_t)threadIdx.x < splits) {
@@ -566,8 +570,7 @@ attention_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
         __syncthreads();
         if (!last) return;
         __threadfence();
-        merge_splits(part + ((size_t)i * n_heads + h) * splits * (size_t)(hd + 2), splits, hd,
-                     out + (int64_t)i * n_heads * hd + (int64_t)h * hd);
+        merge_splits(part, i, h, n_heads, splits, hd, out);
         if (threadIdx.x == 0) *cn = 0;
     }
 }
@@ -576,9 +579,7 @@ attention_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
 __global__ void attention_merge_kernel(const float *__restrict__ part, int32_t splits,
                                        int32_t n_heads, int32_t hd, float *__restrict__ out) {
     AMPR__PDL_ENTER();
-    int32_t h = (int32_t)blockIdx.x, i = (int32_t)blockIdx.y;
-    merge_splits(part + ((size_t)i * n_heads + h) * splits * (size_t)(hd + 2), splits, hd,
-                 out + (int64_t)i * n_heads * hd + (int64_t)h * hd);
+    merge_splits(part, (int32_t)blockIdx.y, (int32_t)blockIdx.x, n_heads, splits, hd, out);
 }
 
 /* Splits for rows x heads blocks: enough for about four blocks per SM, at
@@ -969,8 +970,8 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
                           "CUDA attention: head_dim %d (max %d), heads %d / kv heads %d",
                           head_dim, ATT_HD_MAX, n_heads, n_kv_heads);
     int32_t group = n_heads / n_kv_heads;
-    if (c->sw[AMPR__CUDA_ATT_MMA] && att_tile_ok(c, kv, n, n_heads, head_dim) && (head_dim == 64 || head_dim == 128) &&
-        ldq % 2 == 0 && (uintptr_t)q % 8 == 0) {
+    if (c->sw[AMPR__CUDA_ATT_MMA] && att_tile_ok(c, kv, n, n_heads, head_dim) &&
+        (head_dim == 64 || head_dim == 128) && ldq % 2 == 0 && (uintptr_t)q % 8 == 0) {
         if (kv->dtype == AMPR__CUDA_F16)
             return head_dim == 64 ? att_mma_launch<__half, 64>(c, kv, q, ldq, n, d_pos, n_heads, group, out, err)
                                   : att_mma_launch<__half, 128>(c, kv, q, ldq, n, d_pos, n_heads, group, out, err);
@@ -990,7 +991,9 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
     int32_t splits = att_splits(c, n, n_heads, head_dim);
     dim3 grid((unsigned)n_heads, (unsigned)n, (unsigned)splits);
     int pl = head_dim <= 32 ? 1 : head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : 8;
-    if (c->sw[AMPR__CUDA_ATT_DEC] && (head_dim == 64 || head_dim == 128)) {
+    /* the 16-byte V loop, whose last split merges (att_cnt) */
+    int dec = c->sw[AMPR__CUDA_ATT_DEC] && (head_dim == 64 || head_dim == 128);
+    if (dec) {
         int f16 = kv->dtype == AMPR__CUDA_F16;
         if (head_dim == 64 && f16) att_launch<__half, 2, 64>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
         else if (head_dim == 64) att_launch<float, 2, 64>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
@@ -1008,10 +1011,9 @@ ampr_status ampr__cuda_attention(ampr__cuda *c, const ampr__cuda_kv_view *kv, co
         else att_launch<float, 8>(c, kv, q, ldq, d_pos, n_heads, group, head_dim, out, grid);
     }
     AMPR__CU_LAUNCHED(err, "attention");
-    /* with the 16-byte V loop the kernel's last split merges (att_cnt) */
-    if (splits > 1 && !(c->sw[AMPR__CUDA_ATT_DEC] && (head_dim == 64 || head_dim == 128))) {
-        ampr__launch(c, "attention_merge_kernel", attention_merge_kernel, dim3((unsigned)n_heads, (unsigned)n), 128, 0,
-            c->att_part, splits, n_heads, head_dim, out);
+    if (splits > 1 && !dec) {
+        ampr__launch(c, "attention_merge_kernel", attention_merge_kernel,
+            dim3((unsigned)n_heads, (unsigned)n), 128, 0, c->att_part, splits, n_heads, head_dim, out);
         AMPR__CU_LAUNCHED(err, "attention_merge");
     }
     return AMPR_OK;

@@ -107,6 +107,20 @@ static void report_exact(const char *name, long mismatches, long total) {
 
 static ampr__cuda *g_c;
 
+/* A kernel switch (ampr__cuda_set_switch) set for a scope, then set back to
+ * what it was: what the environment chose at open */
+struct SwitchScope {
+    ampr__cuda_switch s;
+    int was;
+    SwitchScope(ampr__cuda_switch s_, int on) : s(s_), was(ampr__cuda_switch_on(g_c, s_)) {
+        ampr__cuda_set_switch(g_c, s, on);
+    }
+    ~SwitchScope() { ampr__cuda_set_switch(g_c, s, was); }
+    SwitchScope(const SwitchScope &) = delete;
+    SwitchScope &operator=(const SwitchScope &) = delete;
+};
+static int flipped(ampr__cuda_switch s) { return !ampr__cuda_switch_on(g_c, s); }
+
 static void *dev_put(const void *src, size_t bytes) {
     void *p = NULL;
     OK(ampr__cuda_alloc(g_c, bytes, &p, &g_err));
@@ -690,14 +704,15 @@ static void check_gemv_swiglu(void) {
                     float *dgu = (float *)dev_put(NULL, (size_t)(n * rows) * 4);
                     float *d0 = (float *)dev_put(NULL, (size_t)(n * sh.hidden) * 4);
                     float *d1 = (float *)dev_put(NULL, (size_t)(n * sh.hidden) * 4);
-                    int was_fuse = ampr__cuda_switch_on(g_c, AMPR__CUDA_FUSE), was_mma = ampr__cuda_switch_on(g_c, AMPR__CUDA_NF4_MMA);
-                    ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, mma);
-                    ampr__cuda_set_switch(g_c, AMPR__CUDA_FUSE, 0);
-                    OK(ampr__cuda_matmul_swiglu(g_c, &dm, dx, n, dgu, d0, &g_err));
-                    ampr__cuda_set_switch(g_c, AMPR__CUDA_FUSE, 1);
-                    OK(ampr__cuda_matmul_swiglu(g_c, &dm, dx, n, dgu, d1, &g_err));
-                    ampr__cuda_set_switch(g_c, AMPR__CUDA_FUSE, was_fuse); /* as the environment set them */
-                    ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, was_mma);
+                    {
+                        SwitchScope sw_mma(AMPR__CUDA_NF4_MMA, mma);
+                        {
+                            SwitchScope sw(AMPR__CUDA_FUSE, 0);
+                            OK(ampr__cuda_matmul_swiglu(g_c, &dm, dx, n, dgu, d0, &g_err));
+                        }
+                        SwitchScope sw(AMPR__CUDA_FUSE, 1);
+                        OK(ampr__cuda_matmul_swiglu(g_c, &dm, dx, n, dgu, d1, &g_err));
+                    }
                     auto g0 = dev_get<float>(d0, (size_t)(n * sh.hidden));
                     auto g1 = dev_get<float>(d1, (size_t)(n * sh.hidden));
                     long mism = 0;
@@ -771,10 +786,10 @@ static void check_embed_matmul(void) {
                 float *dx = (float *)dev_put(x.data(), x.size() * 4);
                 float *dy = (float *)dev_put(NULL, (size_t)(cs.n * ldy) * 4);
                 ampr__cuda_set_gemv_max(g_c, cs.gemv_max);
-                int was_mma = ampr__cuda_switch_on(g_c, AMPR__CUDA_NF4_MMA);
-                ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, mma);
-                OK(ampr__cuda_matmul(g_c, &dm, dx, cs.n, dy, ldy, &g_err));
-                ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, was_mma); /* as the environment set it */
+                {
+                    SwitchScope sw(AMPR__CUDA_NF4_MMA, mma);
+                    OK(ampr__cuda_matmul(g_c, &dm, dx, cs.n, dy, ldy, &g_err));
+                }
                 ampr__cuda_set_gemv_max(g_c, 8);
                 auto gy = dev_get<float>(dy, (size_t)(cs.n * ldy));
                 std::vector<double> ref((size_t)(cs.n * ldy));
@@ -824,10 +839,10 @@ static void check_nan_matmul(void) {
             x[7] = NAN;
             float *dx = (float *)dev_put(x.data(), x.size() * 4);
             float *dy = (float *)dev_put(NULL, (size_t)(cs.n * rows) * 4);
-            int was = ampr__cuda_switch_on(g_c, AMPR__CUDA_NF4_MMA);
-            ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, cs.mma);
-            OK(ampr__cuda_matmul(g_c, &dm, dx, cs.n, dy, rows, &g_err));
-            ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, was);
+            {
+                SwitchScope sw(AMPR__CUDA_NF4_MMA, cs.mma);
+                OK(ampr__cuda_matmul(g_c, &dm, dx, cs.n, dy, rows, &g_err));
+            }
             auto y = dev_get<float>(dy, (size_t)(cs.n * rows));
             long bad = 0;
             for (int64_t r = 0; r < rows; r++) bad += !isnan(y[(size_t)r]) + !isfinite(y[(size_t)(rows + r)]);
@@ -921,12 +936,10 @@ static void check_kv_attention(int32_t hd) {
             float *dq = (float *)dev_put(q.data(), q.size() * 4);
             int32_t *dp = (int32_t *)dev_put(pos.data(), pos.size() * 4);
             float *dout = (float *)dev_put(NULL, (size_t)ac.n * heads * hd * 4);
-            int was_mma = ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_MMA), was_dec = ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_DEC);
-            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_MMA, mma);
-            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_DEC, variant == 2);
-            OK(ampr__cuda_attention(g_c, &kv, dq, ldq, ac.n, dp, heads, kvh, hd, dout, &g_err));
-            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_MMA, was_mma); /* as the environment set them */
-            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_DEC, was_dec);
+            {
+                SwitchScope sw_mma(AMPR__CUDA_ATT_MMA, mma), sw_dec(AMPR__CUDA_ATT_DEC, variant == 2);
+                OK(ampr__cuda_attention(g_c, &kv, dq, ldq, ac.n, dp, heads, kvh, hd, dout, &g_err));
+            }
             auto got = dev_get<float>(dout, (size_t)ac.n * heads * hd);
             std::vector<double> ref(got.size());
             for (int32_t i = 0; i < ac.n; i++)
@@ -1679,39 +1692,34 @@ static void bench_ops(ampr__qtype t, HostModel &hm, double copy, double peak) {
     }
     printf("  sum of ops: decode %.3f ms (copy bw %.0f GB/s), prefill %.3f ms (peak %.0f TFLOP/s)\n",
            total[0] / 1e3, copy, total[1] / 1e3, peak);
-    if (t == AMPR__Q_F16) { /* prefill attention again with the other kernel */
-        int was = ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_MMA);
+    if (t == AMPR__Q_F16) { /* the attention ops again with the other kernels */
+        /* prefill at positions 0..511, decode at 512 as above */
         for (int32_t i = 0; i < np; i++) pos[(size_t)i] = i;
-        int32_t *dpos = (int32_t *)dev_put(pos.data(), (size_t)np * 4);
-        ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_MMA, !was);
-        double u = 1e3 * time_ms([&] {
-            OK(ampr__cuda_attention(g_c, &kv, dx, qkv_dim, np, dpos, hp.n_heads, hp.n_kv_heads, hd, dy, &g_err));
-        }, g_op_reps);
-        ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_MMA, was);
-        printf("  prefill attention on %s: %.1f us\n", was ? "fp32 tiles" : "tensor cores", u);
-        ampr__cuda_free(g_c, dpos);
-        pos[0] = np; /* decode at position 512, as above */
-        dpos = (int32_t *)dev_put(pos.data(), 4);
-        was = ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_DEC);
-        ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_DEC, !was);
-        u = 1e3 * time_ms([&] {
-            OK(ampr__cuda_attention(g_c, &kv, dx, qkv_dim, 1, dpos, hp.n_heads, hp.n_kv_heads, hd, dy, &g_err));
-        }, g_op_reps);
-        ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_DEC, was);
+        auto att_us = [&](ampr__cuda_switch sw_id, int32_t n, int32_t p0) {
+            pos[0] = p0;
+            int32_t *dpos = (int32_t *)dev_put(pos.data(), (size_t)n * 4);
+            SwitchScope sw(sw_id, flipped(sw_id));
+            double u = 1e3 * time_ms([&] {
+                OK(ampr__cuda_attention(g_c, &kv, dx, qkv_dim, n, dpos, hp.n_heads, hp.n_kv_heads, hd, dy, &g_err));
+            }, g_op_reps);
+            ampr__cuda_free(g_c, dpos);
+            return u;
+        };
+        int mma = flipped(AMPR__CUDA_ATT_MMA), dec = flipped(AMPR__CUDA_ATT_DEC);
+        printf("  prefill attention on %s: %.1f us\n", mma ? "tensor cores" : "fp32 tiles",
+               att_us(AMPR__CUDA_ATT_MMA, np, 0));
         printf("  decode attention %s: %.1f us\n",
-               was ? "(default V loop, merge kernel)" : "with 16-byte V loads, merged in the kernel", u);
-        ampr__cuda_free(g_c, dpos);
+               dec ? "with 16-byte V loads, merged in the kernel" : "(default V loop, merge kernel)",
+               att_us(AMPR__CUDA_ATT_DEC, 1, np));
     }
     if (t == AMPR__Q_NF4) { /* decode GEMVs again with the other kernel */
-        int was = ampr__cuda_switch_on(g_c, AMPR__CUDA_NF4_MMA);
-        ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, !was);
-        printf("  %s GEMV, decode:", was ? "fp32" : "tensor-core");
+        SwitchScope sw(AMPR__CUDA_NF4_MMA, flipped(AMPR__CUDA_NF4_MMA));
+        printf("  %s GEMV, decode:", sw.was ? "fp32" : "tensor-core");
         for (int k = 0; k < 5; k++) {
             double u = 1e3 * time_ms([&] { OK(ampr__cuda_matmul(g_c, &mats[k], dx, 1, dy, mats[k].rows, &g_err)); }, g_op_reps);
             printf(" %s %.1f us (%.0f GB/s)%s", mname[k], u,
                    (double)ampr__cuda_mat_bytes(&mats[k]) / (u * 1e-6) / 1e9, k < 4 ? "," : "\n");
         }
-        ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, was);
     }
     for (auto &m : mats) ampr__cuda_mat_free(g_c, &m);
     void *bufs[] = {dx, dy, dz, dblk, dk, dv, dcs, dsn, dw};
@@ -1758,16 +1766,18 @@ static void bench(void) {
         OK(ampr__cuda_decode_set(s, 1, np, &g_err));
         OK(ampr__cuda_decode(s, 1, 1, &g_err)); /* capture */
         OK(ampr__cuda_sync(g_c, &g_err));
-        OK(ampr__cuda_decode_set(s, 1, np, &g_err));
         int steps = 64;
-        double dec_ms = time_ms([&] {
-            for (int k = 0; k < steps; k++) OK(ampr__cuda_decode(s, 1, 1, &g_err));
-        }, 1);
-        OK(ampr__cuda_decode_set(s, 1, np, &g_err));
-        double eager_ms = time_ms([&] {
-            for (int k = 0; k < steps; k++) OK(ampr__cuda_decode(s, 1, 0, &g_err));
-        }, 1);
-        OK(ampr__cuda_decode_set(s, 1, np, &g_err));
+        /* steps decode steps from position np (graph: replayed, captured
+         * again after a switch changed), the position set back after */
+        auto decode_ms = [&](int graph) {
+            OK(ampr__cuda_decode_set(s, 1, np, &g_err));
+            double ms = time_ms([&] {
+                for (int k = 0; k < steps; k++) OK(ampr__cuda_decode(s, 1, graph, &g_err));
+            }, 1);
+            OK(ampr__cuda_decode_set(s, 1, np, &g_err));
+            return ms;
+        };
+        double dec_ms = decode_ms(1), eager_ms = decode_ms(0);
         /* per-step weight bytes (embedding reads one row only) */
         double step_bytes = (double)wbytes - (double)(t == AMPR__Q_F16 ? 2 : t == AMPR__Q_INT8 ? 1 : 0.5) * 32000 * 2048;
         double gbs = step_bytes / (dec_ms / steps * 1e-3) / 1e9;
@@ -1777,55 +1787,36 @@ static void bench(void) {
                steps / (eager_ms * 1e-3));
         { /* the decode step with every new kernel on (or off, if the environment
            * turned them on), side by side */
-            int w_mma = ampr__cuda_switch_on(g_c, AMPR__CUDA_NF4_MMA), w_dec = ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_DEC), w_fuse = ampr__cuda_switch_on(g_c, AMPR__CUDA_FUSE);
-            int on = !(w_mma && w_dec && w_fuse);
-            ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, on);
-            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_DEC, on);
-            ampr__cuda_set_switch(g_c, AMPR__CUDA_FUSE, on);
-            OK(ampr__cuda_decode_set(s, 1, np, &g_err));
-            double alt_ms = time_ms([&] {
-                for (int k = 0; k < steps; k++) OK(ampr__cuda_decode(s, 1, 1, &g_err));
-            }, 1);
-            ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, w_mma);
-            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_DEC, w_dec);
-            ampr__cuda_set_switch(g_c, AMPR__CUDA_FUSE, w_fuse);
+            int on = !(ampr__cuda_switch_on(g_c, AMPR__CUDA_NF4_MMA) &&
+                       ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_DEC) && ampr__cuda_switch_on(g_c, AMPR__CUDA_FUSE));
+            double alt_ms;
+            {
+                SwitchScope a(AMPR__CUDA_NF4_MMA, on), b(AMPR__CUDA_ATT_DEC, on), f(AMPR__CUDA_FUSE, on);
+                alt_ms = decode_ms(1);
+            }
             double new_ms = on ? alt_ms : dec_ms, old_ms = on ? dec_ms : alt_ms;
             printf("%s decode step, the new kernels (AMPR_CUDA_NF4_MMA, _ATT_DEC, _FUSE) %.3f ms vs "
                    "%s %.3f ms: %.2fx\n", fmt_name(t), new_ms / steps, on ? "as opened" : "without",
                    old_ms / steps, old_ms / new_ms);
-            OK(ampr__cuda_decode_set(s, 1, np, &g_err));
         }
         if (t == AMPR__Q_F16) { /* the other prefill attention kernel, side by side */
-            int was = ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_MMA);
-            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_MMA, !was);
+            SwitchScope sw(AMPR__CUDA_ATT_MMA, flipped(AMPR__CUDA_ATT_MMA));
             double alt_ms = time_ms([&] { OK(ampr__cuda_forward(s, toks.data(), np, 0, 0, &g_err)); }, 3);
-            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_MMA, was);
-            double mma_ms = was ? pre_ms : alt_ms, f32_ms = was ? alt_ms : pre_ms;
+            double mma_ms = sw.was ? pre_ms : alt_ms, f32_ms = sw.was ? alt_ms : pre_ms;
             printf("fp16 prefill of %d tokens, attention on tensor cores %.2f ms vs fp32 tiles %.2f ms: "
                    "%.2fx\n", np, mma_ms, f32_ms, f32_ms / mma_ms);
-            /* and the decode attention's V loop (a graph captured again) */
-            was = ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_DEC);
-            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_DEC, !was);
-            OK(ampr__cuda_decode_set(s, 1, np, &g_err));
-            alt_ms = time_ms([&] {
-                for (int k = 0; k < steps; k++) OK(ampr__cuda_decode(s, 1, 1, &g_err));
-            }, 1);
-            ampr__cuda_set_switch(g_c, AMPR__CUDA_ATT_DEC, was);
-            double v16 = was ? dec_ms : alt_ms, v2 = was ? alt_ms : dec_ms;
+        }
+        if (t == AMPR__Q_F16) { /* and the decode attention's V loop */
+            SwitchScope sw(AMPR__CUDA_ATT_DEC, flipped(AMPR__CUDA_ATT_DEC));
+            double alt_ms = decode_ms(1);
+            double v16 = sw.was ? dec_ms : alt_ms, v2 = sw.was ? alt_ms : dec_ms;
             printf("fp16 decode step, attention with 16-byte V loads and its merge in the kernel %.3f ms "
-                   "vs default %.3f ms: %.2fx\n",
-                   v16 / steps, v2 / steps, v2 / v16);
-            OK(ampr__cuda_decode_set(s, 1, np, &g_err));
+                   "vs default %.3f ms: %.2fx\n", v16 / steps, v2 / steps, v2 / v16);
         }
         if (t == AMPR__Q_NF4) { /* the other NF4 decode GEMV, side by side */
-            int was = ampr__cuda_switch_on(g_c, AMPR__CUDA_NF4_MMA);
-            ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, !was); /* the graph is captured again */
-            OK(ampr__cuda_decode_set(s, 1, np, &g_err));
-            double alt_ms = time_ms([&] {
-                for (int k = 0; k < steps; k++) OK(ampr__cuda_decode(s, 1, 1, &g_err));
-            }, 1);
-            ampr__cuda_set_switch(g_c, AMPR__CUDA_NF4_MMA, was);
-            double mma_ms = was ? dec_ms : alt_ms, f32_ms = was ? alt_ms : dec_ms;
+            SwitchScope sw(AMPR__CUDA_NF4_MMA, flipped(AMPR__CUDA_NF4_MMA));
+            double alt_ms = decode_ms(1);
+            double mma_ms = sw.was ? dec_ms : alt_ms, f32_ms = sw.was ? alt_ms : dec_ms;
             printf("nf4 decode step, GEMV on tensor cores %.3f ms vs fp32 %.3f ms: %.2fx "
                    "(%.0f vs %.0f GB/s)\n", mma_ms / steps, f32_ms / steps, f32_ms / mma_ms,
                    step_bytes / (mma_ms / steps * 1e-3) / 1e9, step_bytes / (f32_ms / steps * 1e-3) / 1e9);
