@@ -507,8 +507,10 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
             echo "(the NF4 bench with the new kernels is skipped: $SECONDS s used so far)"
         else
             echo
-            echo "== the same, NF4 only, with the new kernels (AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1; timeout $t s) =="
-            AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1 timeout -k 10 "$t" stdbuf -oL "$AMPR" bench --shape 1b --device cuda --tiers nf4 \
+            kernels="AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1"
+            echo "== the same, NF4 only, with the new kernels ($kernels; timeout $t s) =="
+            # shellcheck disable=SC2086 # the assignments are words
+            env $kernels timeout -k 10 "$t" stdbuf -oL "$AMPR" bench --shape 1b --device cuda --tiers nf4 \
                 --prompt 128 --gen 32 --concurrent 4 || echo "bench: exit $? (not a failure of the check)"
         fi
         t=$(left 100)
@@ -522,20 +524,22 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
         fi
     fi
 fi
-# The switches that are off by default (AMPR_CUDA_PDL, AMPR_CUDA_NF4_MMA,
-# AMPR_CUDA_ATT_MMA, AMPR_CUDA_ATT_DEC, AMPR_CUDA_FUSE): every op check again with all on (on a GPU, where
-# a kernel reading before its PDL wait could race), then the kernel benchmark
-# with programmatic dependent launch, to set beside the default's above
+# The switches that are off by default (cuda/ampr_cuda.h, ampr__cuda_switch):
+# every op check again with all on (on a GPU, where a kernel reading before
+# its PDL wait could race), then the kernel benchmark with programmatic
+# dependent launch, to set beside the default's above
+all_switches="AMPR_CUDA_PDL=1 AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1"
 if [ "$emu" = 0 ] && [ "${AMPR_CUDA_PDL:-0}" != 1 ]; then
     t=$(left 150)
     if [ "$t" -lt 60 ]; then
         echo "(the op checks with the switches on are skipped: $SECONDS s used so far)"
     else
         echo
-        echo "== op checks with AMPR_CUDA_PDL=1 AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1 (timeout $t s) =="
+        echo "== op checks with $all_switches (timeout $t s) =="
         sw_rc=0
-        AMPR_CUDA_PDL=1 AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1 timeout -k 10 "$t" stdbuf -oL "$OUT/check" --quick \
-            >"$OUT/check-switches.out" 2>&1 || sw_rc=$?
+        # shellcheck disable=SC2086 # the assignments are words
+        env $all_switches timeout -k 10 "$t" stdbuf -oL "$OUT/check" --quick >"$OUT/check-switches.out" 2>&1 ||
+            sw_rc=$?
         echo "op checks with the switches on: exit $sw_rc, $(grep -c PASS "$OUT/check-switches.out" || true) PASS, $(grep -cE 'FAIL|FATAL' "$OUT/check-switches.out" || true) FAIL/FATAL line(s)"
         grep -E 'FAIL|FATAL' "$OUT/check-switches.out" | head -20 || true
         [ "$sw_rc" = 0 ] || e2e_fail=1
