@@ -71,13 +71,17 @@ int ampr__cuda_cc(const ampr__cuda *c); /* major*10 + minor */
 /* Decode paths: matmuls with n <= this many tokens use the fused GEMV kernels,
  * larger ones cuBLASLt (default 8, at most 8; 0 forces cuBLASLt always). */
 void ampr__cuda_set_gemv_max(ampr__cuda *c, int n);
+/* most tokens of NF4's tensor-core batch matmul (AMPR__CUDA_NF4_MMA) */
+#define AMPR__CUDA_NF4_BATCH_MAX 32
 /* Kernel paths that are off by default until a GPU has measured them
  * (cuda/NOTES.md, "Where the next gains are"); each is turned on at open by
  * its environment variable set to 1 (ampr__cuda_switch_env), and by
  * ampr__cuda_set_switch (the GPU check compares both ways):
  *   NF4_MMA  NF4 decode matmuls (n <= gemv_max, cols % 64 == 0) on tensor
  *            cores (gemv_nf4_mma_kernel: codes and activations rounded to
- *            fp16, fp32 sums) instead of the fp32 GEMV kernels;
+ *            fp16, fp32 sums) instead of the fp32 GEMV kernels, and decode
+ *            batches of 9..32 tokens (gemm_nf4_mma_kernel, the same
+ *            rounding) instead of dequantizing the matrix for cuBLASLt;
  *   ATT_MMA  prefill attention (the query-tile path, head_dim 64 or 128) on
  *            tensor cores (attention_mma_kernel: Q, K, V and the probabilities
  *            rounded to fp16, fp32 sums) instead of the fp32 tile kernel;
@@ -87,7 +91,7 @@ void ampr__cuda_set_gemv_max(ampr__cuda *c, int n);
  *            splits merged by the last of them to finish instead of a second
  *            kernel; same math, another summation order;
  *   FUSE     ampr__cuda_matmul_swiglu in one kernel where a decode GEMV
- *            applies (one token; NF4 on tensor cores: up to gemv_max): the
+ *            applies (one token; NF4 on tensor cores: up to 32): the
  *            same floats as the matmul and swiglu it replaces;
  *   PDL      programmatic dependent launch for every kernel (sm_90 and newer;
  *            ignored before): cuda_err.h, ampr__launch. */

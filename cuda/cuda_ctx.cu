@@ -112,6 +112,8 @@ void ampr__cuda_close(ampr__cuda *c) {
     cudaFree(c->xs);
     cudaFree(c->acc);
     cudaFree(c->wdq);
+    cudaFree(c->nf4b_part);
+    cudaFree(c->nf4b_cnt);
     cudaFree(c->att_part);
     cudaFree(c->att_cnt);
     if (c->stream) cudaStreamDestroy(c->stream);

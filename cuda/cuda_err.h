@@ -96,6 +96,10 @@ struct ampr__cuda {
     size_t acc_bytes;
     __half *wdq;              /* NF4 weights dequantized to half */
     size_t wdq_bytes;
+    float *nf4b_part;         /* NF4 batch matmul: each column split's sums */
+    size_t nf4b_part_bytes;
+    int32_t *nf4b_cnt;        /* ... and per row block the splits done (the last resets it) */
+    size_t nf4b_cnt_bytes;
     uint64_t scratch_gen;     /* bumped whenever a scratch buffer above moves (graphs) */
     /* split attention's per-split (m, l, o[head_dim]); fixed size, made at
      * open (graphs keep its address): 8 blocks per SM of head_dim AMPR__CUDA_HD_MAX */

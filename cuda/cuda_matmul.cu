@@ -10,6 +10,8 @@
  *         int32 sums, then ((float)acc * wscale[r]) * xscale[i].
  *   NF4:  the 16-entry code table lives in shared memory; one absmax per
  *         16-byte load (cols % 32 == 0, so 32 codes never straddle a block).
+ * NF4 with AMPR_CUDA_NF4_MMA: 1..8 tokens on tensor cores (gemv_nf4_mma_kernel)
+ * and 9..32 (gemm_nf4_mma_kernel), reading the 4-bit weights themselves.
  * Prefill (larger n): cuBLASLt. F16 rounds activations to half and
  * accumulates in fp32; NF4 first dequantizes the weights to half in scratch;
  * INT8 runs int8 x int8 -> int32 (IMMA, "TN" layout, tokens padded to a
@@ -22,6 +24,8 @@
  */
 #include "cuda_err.h"
 
+#include <float.h>
+
 /* bitsandbytes NF4 code values, code 0 .. 15 */
 __constant__ float k_nf4[16] = {
     -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
@@ -33,34 +37,49 @@ __constant__ float k_nf4[16] = {
 
 /* ---- small kernels ------------------------------------------------------- */
 
+/* The INT8 activation rule of lib/quant/quant.h for one token, by a whole
+ * block: absmax (exact: the order of a max does not matter), or NaN when
+ * the token holds an inf or a NaN; then x -> q and the token's scale. */
+__device__ float int8_token_absmax(const float *__restrict__ x, int64_t cols, float *red) {
+    float m = 0.0f;
+    int bad = 0;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+        float a = fabsf(x[c]);
+        bad |= !(a <= FLT_MAX);
+        m = fmaxf(m, a);
+    }
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+    bad = __syncthreads_or(bad); /* also orders red's writes before the reads */
+    m = 0.0f;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) m = fmaxf(m, red[w]);
+    __syncthreads(); /* red may be reused by the caller */
+    return bad ? __int_as_float(0x7fc00000) : m;
+}
+
+/* inv = absmax > 0 ? 127/absmax : 0; q = clamp(rint_even(x * inv), -127, 127);
+ * a token with absmax NaN (an inf or NaN in it): q = 0 */
+__device__ __forceinline__ int8_t int8_quant(float x, float absmax, float inv) {
+    if (isnan(absmax)) return 0;
+    int v = __float2int_rn(__fmul_rn(x, inv)); /* round half to even */
+    return (int8_t)(v < -127 ? -127 : v > 127 ? 127 : v);
+}
+
+__device__ __forceinline__ float int8_inv(float absmax) {
+    return absmax > 0.0f ? __fdiv_rn(127.0f, absmax) : 0.0f;
+}
+
 /* One block per token, the CPU rule (lib/quant/quant.h) bit for bit:
- * inv = absmax > 0 ? 127/absmax : 0; q = clamp(rint_even(x * inv), -127, 127);
- * s = absmax / 127. */
+ * s = absmax / 127 (NaN for a token with an inf or NaN, whose q are 0). */
 __global__ void quant_act_kernel(const float *__restrict__ x, int32_t cols, int8_t *__restrict__ q,
                                  float *__restrict__ s) {
     AMPR__PDL_ENTER();
     __shared__ float red[32];
     const float *xr = x + (size_t)blockIdx.x * cols;
-    float m = 0.0f;
-    for (int32_t c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, fabsf(xr[c]));
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        int nw = (int)(blockDim.x >> 5);
-        m = (int)threadIdx.x < nw ? red[threadIdx.x] : 0.0f;
-        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-        if (threadIdx.x == 0) red[0] = m;
-    }
-    __syncthreads();
-    float absmax = red[0];
-    float inv = absmax > 0.0f ? __fdiv_rn(127.0f, absmax) : 0.0f;
+    float absmax = int8_token_absmax(xr, cols, red);
+    float inv = int8_inv(absmax);
     int8_t *qr = q + (size_t)blockIdx.x * cols;
-    for (int32_t c = threadIdx.x; c < cols; c += blockDim.x) {
-        int v = __float2int_rn(__fmul_rn(xr[c], inv)); /* round half to even */
-        v = v < -127 ? -127 : v > 127 ? 127 : v;
-        qr[c] = (int8_t)v;
-    }
+    for (int32_t c = threadIdx.x; c < cols; c += blockDim.x) qr[c] = int8_quant(xr[c], absmax, inv);
     if (threadIdx.x == 0) s[blockIdx.x] = __fdiv_rn(absmax, 127.0f);
 }
 
@@ -322,19 +341,9 @@ gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t r
         __syncthreads();
     }
     if (FMT == AMPR__Q_INT8) {
-        float m = 0.0f;
-        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, fabsf(x[c]));
-        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
-        __syncthreads();
-        m = 0.0f;
-        for (int w = 0; w < GEMV_WARPS; w++) m = fmaxf(m, red[w]);
-        float inv = m > 0.0f ? __fdiv_rn(127.0f, m) : 0.0f;
+        float m = int8_token_absmax(x, cols, red), inv = int8_inv(m);
         int8_t *q = (int8_t *)xq_smem;
-        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-            int v = __float2int_rn(__fmul_rn(x[c], inv)); /* round half to even */
-            q[c] = (int8_t)(v < -127 ? -127 : v > 127 ? 127 : v);
-        }
+        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) q[c] = int8_quant(x[c], m, inv);
         xscale = __fdiv_rn(m, 127.0f);
         __syncthreads();
     }
@@ -535,6 +544,31 @@ static void gemv1(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, float 
  * never spans two rows); rows past the end repeat the last row, unstored. */
 #define NF4MMA_U 4 /* blocks a warp loads before it multiplies */
 
+/* The per-lane table of code pairs: pairs[byte * 32 + lane] = (code of the
+ * high nibble, code of the low nibble) as one fp16 pair (low half first).
+ * Built from constants, before the kernel's PDL wait. */
+__device__ __forceinline__ void nf4_pairs_fill(uint32_t *pairs) {
+    for (int i = threadIdx.x; i < 256 * 32; i += blockDim.x) {
+        int b = i >> 5;
+        pairs[i] = ampr__half2_bits(k_nf4[b >> 4], k_nf4[b & 15]);
+    }
+    __syncthreads();
+}
+
+/* A's fragment for mma step s (0..3) of a 64-column block, from the lane's
+ * 8-byte loads of its rows g (va) and g + 8 (vc): slots 2t, 2t+1 <- byte 2s,
+ * slots 2t+8, 2t+9 <- byte 2s + 1 (a0, a1: rows g, g + 8 at the low slots;
+ * a2, a3: at the high ones) */
+__device__ __forceinline__ void nf4_a_frag(const uint32_t *pairs, int lane, uint2 va, uint2 vc,
+                                           int s, uint32_t (&a)[4]) {
+    uint32_t wA = (s < 2 ? va.x : va.y) >> (16 * (s & 1));
+    uint32_t wC = (s < 2 ? vc.x : vc.y) >> (16 * (s & 1));
+    a[0] = pairs[(wA & 0xffu) * 32 + lane];
+    a[2] = pairs[((wA >> 8) & 0xffu) * 32 + lane];
+    a[1] = pairs[(wC & 0xffu) * 32 + lane];
+    a[3] = pairs[((wC >> 8) & 0xffu) * 32 + lane];
+}
+
 template <int KS, bool FUSE = false>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax, int64_t rows,
@@ -546,11 +580,7 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
     const int GROUPS = GEMV_WARPS / KS; /* 16-row tiles per block */
     __shared__ uint32_t pairs[256 * 32];
     __shared__ float part[GEMV_WARPS][16][8];
-    for (int i = threadIdx.x; i < 256 * 32; i += blockDim.x) {
-        int b = i >> 5;
-        pairs[i] = ampr__half2_bits(k_nf4[b >> 4], k_nf4[b & 15]);
-    }
-    __syncthreads();
+    nf4_pairs_fill(pairs);
     AMPR__PDL_ENTER(); /* the table overlaps the previous kernel's tail */
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int g = lane >> 2, t = lane & 3;
@@ -584,19 +614,15 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
                 float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
                 for (int s = 0; s < 4; s++) {
-                    uint32_t wA = (s < 2 ? va[u].x : va[u].y) >> (16 * (s & 1));
-                    uint32_t wC = (s < 2 ? vc[u].x : vc[u].y) >> (16 * (s & 1));
-                    uint32_t a0 = pairs[(wA & 0xffu) * 32 + lane];
-                    uint32_t a2 = pairs[((wA >> 8) & 0xffu) * 32 + lane];
-                    uint32_t a1 = pairs[(wC & 0xffu) * 32 + lane];
-                    uint32_t a3 = pairs[((wC >> 8) & 0xffu) * 32 + lane];
+                    uint32_t a[4];
+                    nf4_a_frag(pairs, lane, va[u], vc[u], s, a);
                     uint32_t b0 = 0, b1 = 0;
                     if (g < n) {
                         float4 xv = __ldg((const float4 *)(xg + 64 * j + 4 * s));
                         b0 = ampr__half2_bits(xv.x, xv.y);
                         b1 = ampr__half2_bits(xv.z, xv.w);
                     }
-                    ampr__mma_16816(d, a0, a1, a2, a3, b0, b1);
+                    ampr__mma_16816(d, a[0], a[1], a[2], a[3], b0, b1);
                 }
                 acc[0] += d[0] * sa[u];
                 acc[1] += d[1] * sa[u];
@@ -664,6 +690,243 @@ static void gemv_nf4_mma(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
     default: ampr__launch(c, name, gemv_nf4_mma_kernel<8, FUSE>, grid, GEMV_WARPS * 32, 0,
         W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
     }
+}
+
+/* ---- NF4 on tensor cores, batches (9..32 tokens) ----------------------------
+ * gemm_nf4_mma_kernel<NT, FUSE>: decode batches of more tokens than the GEMV
+ * takes, without the prefill path's dequantization of the whole matrix to
+ * fp16 (which writes and reads again 4 bytes for each half byte of weights).
+ * The mma steps are the tensor-core GEMV's (nf4_a_frag, the same k-slots),
+ * with NT tiles of 8 tokens each multiplied by every A fragment, and:
+ *   - a block owns 256 rows (8 warps x 2 tiles of 16), so that 256 rows share
+ *     each activation they read: per stage of NF4B_SB 64-column blocks, the
+ *     block converts the tokens' activations to fp16 once, into shared memory
+ *     in fragment order (bfrag[block][step][token tile][lane]: one 8-byte,
+ *     conflict-free load per fragment), while the warps' weight loads for the
+ *     stage are in flight;
+ *   - the columns are split over gridDim.y blocks (a split: per_split NF4
+ *     blocks) so that short matrices still give every SM work; each split
+ *     writes its sums to scratch (part) and the last split of a row block to
+ *     finish, counted in cnt, adds them in split order and stores y (and sets
+ *     the count back to 0): the same floats whichever split ends last.
+ * Rounding as the tensor-core GEMV: codes and x to fp16 (saturated, NaN
+ * kept), fp32 sums, each 64-column block's sum scaled by its absmax. FUSE:
+ * rows walked gate j, up j (walk_row), y[tok][j] = silu(gate) * up; each row's
+ * sum is the same as unfused. cols % 64 == 0; rows past the end repeat the
+ * last row, unstored; tokens n .. 8 NT - 1 are zeros. */
+#define NF4B_ROWS 256 /* rows a block */
+#define NF4B_SB 2     /* 64-column blocks a stage */
+
+/* a warp's sums: 2 row tiles x NT token tiles x its 4 of each 16 x 8 */
+template <int NT> __device__ __forceinline__ void tiles_zero(float (&a)[2][NT][4]) {
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int q = 0; q < NT; q++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) a[mt][q][i] = 0.0f;
+}
+
+template <int NT, bool FUSE>
+__global__ void __launch_bounds__(GEMV_WARPS * 32, 2) /* two blocks an SM: 128 registers */
+gemm_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax, int64_t rows,
+                    int64_t cols, const float *__restrict__ x, int32_t n, float *__restrict__ y,
+                    int64_t ldy, int32_t per_split, float *__restrict__ part,
+                    int32_t *__restrict__ cnt) {
+    auto phys = [rows](int64_t r) { return walk_row<FUSE>(r, rows); };
+    const int NTOK = 8 * NT;
+    __shared__ uint32_t pairs[256 * 32];
+    __shared__ uint2 bfrag[NF4B_SB][4][NT][32];
+    nf4_pairs_fill(pairs);
+    AMPR__PDL_ENTER();
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int g = lane >> 2, t = lane & 3;
+    int64_t nblk = cols / 64, rb = (int64_t)blockIdx.x * NF4B_ROWS;
+    int32_t splits = (int32_t)gridDim.y, sp = (int32_t)blockIdx.y;
+    int64_t j_begin = (int64_t)sp * per_split;
+    int64_t j_end = j_begin + per_split < nblk ? j_begin + per_split : nblk;
+    const uint2 *wa[2], *wc[2];
+    int64_t ra[2], rc[2];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++) {
+        int64_t r = rb + 32 * warp + 16 * mt + g;
+        ra[mt] = phys(r < rows ? r : rows - 1);
+        rc[mt] = phys(r + 8 < rows ? r + 8 : rows - 1);
+        wa[mt] = (const uint2 *)(W + (size_t)ra[mt] * (size_t)(cols / 2));
+        wc[mt] = (const uint2 *)(W + (size_t)rc[mt] * (size_t)(cols / 2));
+    }
+    float acc[2][NT][4];
+    tiles_zero(acc);
+    for (int64_t j0 = j_begin; j0 < j_end; j0 += NF4B_SB) {
+        /* this stage's weights: their loads are in flight while x is staged */
+        uint2 va[2][NF4B_SB], vc[2][NF4B_SB];
+        float sa[2][NF4B_SB], sc[2][NF4B_SB];
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int sb = 0; sb < NF4B_SB; sb++) {
+                int64_t j = j0 + sb;
+                bool in = j < j_end;
+                va[mt][sb] = in ? __ldg(wa[mt] + 4 * j + t) : make_uint2(0, 0);
+                vc[mt][sb] = in ? __ldg(wc[mt] + 4 * j + t) : make_uint2(0, 0);
+                sa[mt][sb] = in ? __ldg(absmax + ra[mt] * nblk + j) : 0.0f;
+                sc[mt][sb] = in ? __ldg(absmax + rc[mt] * nblk + j) : 0.0f;
+            }
+        /* the stage's activations as B fragments: element (token, 4 columns
+         * from 16 t + 4 s of block sb) -> bfrag[sb][s][token / 8][4 (token % 8) + t] */
+        for (int e = threadIdx.x; e < NTOK * 16 * NF4B_SB; e += blockDim.x) {
+            int tok = e / (16 * NF4B_SB), k4 = e % (16 * NF4B_SB);
+            int sb = k4 / 16, tt = (k4 / 4) % 4, s = k4 % 4;
+            int64_t j = j0 + sb;
+            uint2 v = make_uint2(0, 0);
+            if (tok < n && j < j_end) {
+                float4 xv = __ldg((const float4 *)(x + (int64_t)tok * cols + 64 * j + 16 * tt + 4 * s));
+                v = make_uint2(ampr__half2_bits(xv.x, xv.y), ampr__half2_bits(xv.z, xv.w));
+            }
+            bfrag[sb][s][tok / 8][4 * (tok % 8) + tt] = v;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int sb = 0; sb < NF4B_SB; sb++) {
+            if (j0 + sb >= j_end) break; /* the same for the whole block */
+            float d[2][NT][4];
+            tiles_zero(d);
+#pragma unroll
+            for (int s = 0; s < 4; s++) {
+                uint32_t a[2][4];
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++) nf4_a_frag(pairs, lane, va[mt][sb], vc[mt][sb], s, a[mt]);
+#pragma unroll
+                for (int q = 0; q < NT; q++) {
+                    uint2 b = bfrag[sb][s][q][lane];
+#pragma unroll
+                    for (int mt = 0; mt < 2; mt++)
+                        ampr__mma_16816(d[mt][q], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b.x, b.y);
+                }
+            }
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int q = 0; q < NT; q++) {
+                    acc[mt][q][0] += d[mt][q][0] * sa[mt][sb];
+                    acc[mt][q][1] += d[mt][q][1] * sa[mt][sb];
+                    acc[mt][q][2] += d[mt][q][2] * sc[mt][sb];
+                    acc[mt][q][3] += d[mt][q][3] * sc[mt][sb];
+                }
+        }
+        __syncthreads(); /* bfrag is rewritten by the next stage */
+    }
+    /* lane (g, t) holds, per tile mt and token tile q, the block's rows
+     * 32 warp + 16 mt + g (+ 8) for tokens 8 q + 2 t (+ 1) */
+    if (splits == 1) {
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int q = 0; q < NT; q++) {
+                float up[4]; /* FUSE: the up row's sums, from the lanes of g + 1 */
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    up[i] = FUSE ? __shfl_down_sync(0xffffffffu, acc[mt][q][i], 4) : 0.0f;
+                if (FUSE && g % 2) continue;
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    int64_t r = rb + 32 * warp + 16 * mt + g + 8 * (i >> 1);
+                    int tok = 8 * q + 2 * t + (i & 1);
+                    if (r >= rows || tok >= n) continue;
+                    if (FUSE) y[(int64_t)tok * ldy + r / 2] = ampr__silu_mul(acc[mt][q][i], up[i]);
+                    else y[(int64_t)tok * ldy + r] = acc[mt][q][i];
+                }
+            }
+        return;
+    }
+    /* this split's sums: part[(row block, split)][token][row of the block] */
+    float *mine = part + ((size_t)blockIdx.x * splits + sp) * (size_t)(NF4B_ROWS * NTOK);
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int q = 0; q < NT; q++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int lr = 32 * warp + 16 * mt + g + 8 * (i >> 1);
+                mine[(8 * q + 2 * t + (i & 1)) * NF4B_ROWS + lr] = acc[mt][q][i];
+            }
+    __shared__ int last;
+    __threadfence(); /* the sums, visible before they are counted */
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(cnt + blockIdx.x, 1) == splits - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const float *all = part + (size_t)blockIdx.x * splits * (size_t)(NF4B_ROWS * NTOK);
+    const int PER = FUSE ? 2 : 1; /* rows a thread finishes */
+    for (int e = threadIdx.x; e < n * (NF4B_ROWS / PER); e += blockDim.x) {
+        int tok = e / (NF4B_ROWS / PER), lr = PER * (e % (NF4B_ROWS / PER));
+        int64_t r = rb + lr;
+        if (r >= rows) continue;
+        float v[PER];
+#pragma unroll
+        for (int k = 0; k < PER; k++) {
+            float s = 0.0f;
+            for (int32_t p = 0; p < splits; p++)
+                s += __ldcg(all + (size_t)p * (NF4B_ROWS * NTOK) + tok * NF4B_ROWS + lr + k);
+            v[k] = s;
+        }
+        if (FUSE) y[(int64_t)tok * ldy + r / 2] = ampr__silu_mul(v[0], v[PER - 1]);
+        else y[(int64_t)tok * ldy + r] = v[0];
+    }
+    if (threadIdx.x == 0) cnt[blockIdx.x] = 0;
+}
+
+/* The partials' scratch of the batch kernel: splits are chosen so that
+ * row blocks x splits <= 2 blocks per SM whenever there is more than one */
+static size_t nf4b_part_bytes(const ampr__cuda *c) {
+    return (size_t)2 * (size_t)c->sm_count * NF4B_ROWS * AMPR__CUDA_NF4_BATCH_MAX * sizeof(float);
+}
+static size_t nf4b_cnt_bytes(const ampr__cuda *c) {
+    return (size_t)2 * (size_t)c->sm_count * sizeof(int32_t);
+}
+
+/* The batch kernel takes this matmul (AMPR__CUDA_NF4_MMA on, more tokens
+ * than the GEMV, at most AMPR__CUDA_NF4_BATCH_MAX; gemv_max = 0 still
+ * forces cuBLASLt) */
+static int nf4_batch_ok(const ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n) {
+    return w->type == AMPR__Q_NF4 && c->sw[AMPR__CUDA_NF4_MMA] && c->gemv_max > 0 &&
+           n > AMPR__CUDA_GEMV_MAX && n <= AMPR__CUDA_NF4_BATCH_MAX && w->cols % 64 == 0 &&
+           (uintptr_t)x % 16 == 0;
+}
+
+static ampr_status grow(ampr__cuda *c, void **p, size_t *have, size_t need, const char *what,
+                        ampr__err *err);
+
+/* Splits: about two blocks per SM, each split at least one stage. */
+template <bool FUSE>
+static ampr_status gemm_nf4_mma(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
+                                int32_t n, float *y, int64_t ldy, ampr__err *err) {
+    int64_t rblocks = (w->rows + NF4B_ROWS - 1) / NF4B_ROWS, nblk = w->cols / 64;
+    int64_t want = 2 * (int64_t)c->sm_count;
+    int64_t splits = rblocks >= want / 2 ? 1 : want / rblocks;
+    int64_t most = (nblk + NF4B_SB - 1) / NF4B_SB;
+    if (splits > most) splits = most;
+    int64_t per = (nblk + splits - 1) / splits;
+    per = (per + NF4B_SB - 1) / NF4B_SB * NF4B_SB;
+    splits = (nblk + per - 1) / per;
+    if (splits > 1) {
+        AMPR__TRY(grow(c, (void **)&c->nf4b_part, &c->nf4b_part_bytes, nf4b_part_bytes(c),
+                       "NF4 batch partials", err));
+        AMPR__TRY(grow(c, (void **)&c->nf4b_cnt, &c->nf4b_cnt_bytes, nf4b_cnt_bytes(c),
+                       "NF4 batch counts", err));
+    }
+    dim3 grid((unsigned)rblocks, (unsigned)splits);
+    const uint8_t *W = (const uint8_t *)w->data;
+    const char *name = FUSE ? "gemm_nf4_mma_kernel (SwiGLU)" : "gemm_nf4_mma_kernel";
+    if (n <= 16)
+        ampr__launch(c, name, gemm_nf4_mma_kernel<2, FUSE>, grid, GEMV_WARPS * 32, 0, W, w->scales,
+            w->rows, w->cols, x, n, y, ldy, (int32_t)per, c->nf4b_part, c->nf4b_cnt);
+    else
+        ampr__launch(c, name, gemm_nf4_mma_kernel<4, FUSE>, grid, GEMV_WARPS * 32, 0, W, w->scales,
+            w->rows, w->cols, x, n, y, ldy, (int32_t)per, c->nf4b_part, c->nf4b_cnt);
+    AMPR__CU_LAUNCHED(err, FUSE ? "gemm_nf4_mma_swiglu" : "gemm_nf4_mma");
+    return AMPR_OK;
 }
 
 /* Any shape, any alignment, any n: one warp per (row, group of up to 8
@@ -756,9 +1019,15 @@ ampr_status ampr__cuda_reserve(ampr__cuda *c, int32_t max_n, int64_t max_rows, i
     AMPR__TRY(grow(c, (void **)&c->xq, &c->xq_bytes, n * cols, "int8 activation", err));
     AMPR__TRY(grow(c, (void **)&c->xs, &c->xs_bytes, n * sizeof(float), "token scale", err));
     AMPR__TRY(grow(c, (void **)&c->acc, &c->acc_bytes, n * rows * 4, "int32 result", err));
-    if (nf4_elems > 0)
+    if (nf4_elems > 0) {
         AMPR__TRY(grow(c, (void **)&c->wdq, &c->wdq_bytes, (size_t)nf4_elems * 2, "NF4 dequant",
                        err));
+        /* decode batches of NF4 on tensor cores (gemm_nf4_mma) */
+        AMPR__TRY(grow(c, (void **)&c->nf4b_part, &c->nf4b_part_bytes, nf4b_part_bytes(c),
+                       "NF4 batch partials", err));
+        AMPR__TRY(grow(c, (void **)&c->nf4b_cnt, &c->nf4b_cnt_bytes, nf4b_cnt_bytes(c),
+                       "NF4 batch counts", err));
+    }
     return AMPR_OK;
 }
 
@@ -941,6 +1210,8 @@ ampr_status ampr__cuda_matmul_swiglu(ampr__cuda *c, const ampr__cuda_mat *w, con
         AMPR__TRY(gemv<true>(c, w, x, n, out, hidden, &done, err));
         if (done) return AMPR_OK;
     }
+    if (c->sw[AMPR__CUDA_FUSE] && w->rows % 2 == 0 && nf4_batch_ok(c, w, x, n))
+        return gemm_nf4_mma<true>(c, w, x, n, out, hidden, err);
     AMPR__TRY(ampr__cuda_matmul(c, w, x, n, gu, w->rows, err));
     return ampr__cuda_swiglu(c, gu, out, n, (int32_t)hidden, err);
 }
@@ -957,6 +1228,7 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
         return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "no CUDA matmul for format %d", (int)w->type);
     int done;
     if (n <= c->gemv_max && gemv_ok(w, x)) return gemv<false>(c, w, x, n, y, ldy, &done, err);
+    if (nf4_batch_ok(c, w, x, n)) return gemm_nf4_mma<false>(c, w, x, n, y, ldy, err);
     /* cuBLASLt where lt_ok() says so and it has a plan for the shape (made
      * before anything is launched; cached); else the simple kernel, which
      * takes any shape: odd shapes, small matrices, gemv_max = 0, or a shape

@@ -476,6 +476,60 @@ static void test_int8_act_rule(void **state) {
     }
 }
 
+/* A token holding an inf or a NaN (quant.h): at every level q = 0, sum = 0
+ * and scale NaN, so each of its outputs is NaN, and the other tokens get
+ * exactly what they get alone. Non-finite values in the vector part and in
+ * the scalar tail (cols 131: 16 vectors of 8 and 3 more), and a weight row
+ * with a NaN or an inf: scale NaN, q 0, its outputs NaN. */
+static void test_int8_nonfinite(void **state) {
+    (void)state;
+    enum { N = 5, C = 131, R = 6 };
+    float *x = rand_mat(N * C, 1, 2.0f);
+    x[1 * C + 5] = NAN;
+    x[2 * C + 130] = INFINITY;
+    x[3 * C + 64] = -INFINITY;
+    x[4 * C + 129] = -NAN;
+    float *w = rand_mat(R * C, 2, 0.1f);
+    w[2 * C + 7] = NAN;
+    w[4 * C + 130] = -INFINITY;
+    ampr__qmat q;
+    quantize_or_fail(AMPR__Q_INT8, w, R, C, &q);
+    for (int64_t r = 0; r < R; r++) {
+        int bad = r == 2 || r == 4;
+        assert_int_equal(isnan(q.scales[r]), bad);
+        for (int64_t c = 0; bad && c < C; c++) assert_int_equal(((const int8_t *)q.data)[r * C + c], 0);
+    }
+    for (int l = 0; l <= (int)ampr__quant_simd_max(); l++) {
+        const ampr__qtraits *tr = ampr__qtraits_get_simd(AMPR__Q_INT8, (ampr__simd)l);
+        size_t ab = tr->act_bytes(N, C);
+        unsigned char *a = malloc(ab);
+        memset(a, 0x55, ab);
+        tr->act_prepare(x, N, C, a);
+        const float *sc = (const float *)a;
+        const int32_t *sum = (const int32_t *)(a + N * sizeof(float));
+        const int8_t *qx = (const int8_t *)(a + N * (sizeof(float) + sizeof(int32_t)));
+        assert_true(isfinite(sc[0]) && sc[0] > 0);
+        for (int i = 1; i < N; i++) {
+            assert_true(isnan(sc[i]));
+            assert_int_equal(sum[i], 0);
+            for (int c = 0; c < 192; c++) assert_int_equal(qx[i * 192 + c], 0);
+        }
+        float y[N * R], y0[R];
+        run_matmul(tr, &q, x, N, y, R, 0, R);
+        run_matmul(tr, &q, x, 1, y0, R, 0, R); /* token 0 alone */
+        for (int r = 0; r < R; r++) {
+            int bad = r == 2 || r == 4;
+            if (bad) assert_true(isnan(y[r]));
+            else assert_memory_equal(&y[r], &y0[r], sizeof(float));
+            for (int i = 1; i < N; i++) assert_true(isnan(y[i * R + r]));
+        }
+        free(a);
+    }
+    ampr__qmat_free(&q);
+    free(w);
+    free(x);
+}
+
 /* quantize() may use SIMD conversions (by the dispatched level): they must be
  * bit-identical to the scalar element conversions, specials included. */
 static void test_quantize_bit_exact(void **state) {
@@ -869,6 +923,7 @@ int main(void) {
         cmocka_unit_test(test_nf4_double_quant),
         cmocka_unit_test(test_int8_roundtrip),
         cmocka_unit_test(test_int8_act_prepare_levels),
+        cmocka_unit_test(test_int8_nonfinite),
         cmocka_unit_test(test_int8_act_rule),
         cmocka_unit_test(test_quantize_bit_exact),
         cmocka_unit_test(test_quantize_pool_matches_serial),

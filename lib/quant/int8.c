@@ -6,7 +6,15 @@
  */
 #include "quant_impl.h"
 
+#include <float.h>
 #include <math.h>
+#include <string.h>
+
+void ampr__int8_act_nonfinite(int8_t *q, int64_t kp, float *scale, int32_t *sum) {
+    memset(q, 0, (size_t)kp);
+    *scale = NAN;
+    *sum = 0;
+}
 
 /* q = nearest(v * inv) in [-127, 127], ties to even (the SIMD kernels use the
  * same rounding: cvtps2dq in the default MXCSR mode). */
@@ -48,7 +56,17 @@ void ampr__int8_fill(ampr__qmat *d, const float *src, int64_t r0, int64_t r1) {
             continue;
         }
         float amax = 0.0f;
-        for (int64_t c = 0; c < cols; c++) amax = fmaxf(amax, fabsf(w[c]));
+        int bad = 0;
+        for (int64_t c = 0; c < cols; c++) {
+            float a = fabsf(w[c]);
+            bad |= !(a <= FLT_MAX);
+            amax = fmaxf(amax, a);
+        }
+        if (bad) { /* a row with an inf or NaN: q 0, scale NaN (its outputs NaN) */
+            memset(q + r * cols, 0, (size_t)cols);
+            sc[r] = NAN;
+            continue;
+        }
         float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         sc[r] = amax / 127.0f;
         for (int64_t c = 0; c < cols; c++) q[r * cols + c] = q127(w[c], inv);
@@ -74,7 +92,16 @@ void ampr__int8_act_prepare_scalar(const float *x, int64_t n, int64_t cols, void
         const float *xi = x + i * cols;
         int8_t *qi = q + i * kp;
         float amax = 0.0f;
-        for (int64_t c = 0; c < cols; c++) amax = fmaxf(amax, fabsf(xi[c]));
+        int bad = 0;
+        for (int64_t c = 0; c < cols; c++) {
+            float a = fabsf(xi[c]);
+            bad |= !(a <= FLT_MAX);
+            amax = fmaxf(amax, a);
+        }
+        if (bad) {
+            ampr__int8_act_nonfinite(qi, kp, &scale[i], &sum[i]);
+            continue;
+        }
         float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         int32_t s = 0;
         for (int64_t c = 0; c < cols; c++) {

@@ -11,8 +11,10 @@
  */
 #include "quant_impl.h"
 
+#include <float.h>
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #define UNROLL _Pragma("GCC unroll 16")
 #define INLINE static inline __attribute__((always_inline))
@@ -198,20 +200,31 @@ void ampr__int8_act_prepare_avx2(const float *x, int64_t n, int64_t cols, void *
     int32_t *sum = ampr__int8_act_sum(act, n);
     int8_t *q = ampr__int8_act_q(act, n);
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 fmax = _mm256_set1_ps(FLT_MAX);
     const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (int64_t i = 0; i < n; i++) {
         const float *xi = x + i * cols;
         int8_t *qi = q + i * kp;
-        __m256 m = _mm256_setzero_ps();
+        __m256 m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
         int64_t c = 0;
-        for (; c + 8 <= cols; c += 8) m = _mm256_max_ps(m, _mm256_and_ps(absmask, _mm256_loadu_ps(xi + c)));
+        for (; c + 8 <= cols; c += 8) {
+            __m256 a = _mm256_and_ps(absmask, _mm256_loadu_ps(xi + c));
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, fmax, _CMP_NLE_UQ)); /* inf, NaN */
+            m = _mm256_max_ps(m, a);
+        }
         __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
         float amax = _mm_cvtss_f32(m4);
+        int nonfinite = _mm256_movemask_ps(bad) != 0;
         for (; c < cols; c++) {
             float v = xi[c] < 0 ? -xi[c] : xi[c];
+            nonfinite |= !(v <= FLT_MAX);
             if (v > amax) amax = v;
+        }
+        if (nonfinite) {
+            ampr__int8_act_nonfinite(qi, kp, &scale[i], &sum[i]);
+            continue;
         }
         float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         __m256 vinv = _mm256_set1_ps(inv);
@@ -382,14 +395,28 @@ void ampr__f32_to_bf16_avx2(const float *src, uint16_t *dst, size_t n) {
 /* One INT8 weight row: scale = absmax/127, q = clamp(nearbyintf(w * (127/absmax))). */
 void ampr__int8_quantize_row_avx2(const float *w, int64_t cols, int8_t *q, float *scale) {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    __m256 m = _mm256_setzero_ps();
+    const __m256 fmax = _mm256_set1_ps(FLT_MAX);
+    __m256 m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
     int64_t c = 0;
-    for (; c + 8 <= cols; c += 8) m = _mm256_max_ps(m, _mm256_and_ps(absmask, _mm256_loadu_ps(w + c)));
+    for (; c + 8 <= cols; c += 8) {
+        __m256 a = _mm256_and_ps(absmask, _mm256_loadu_ps(w + c));
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, fmax, _CMP_NLE_UQ)); /* inf, NaN */
+        m = _mm256_max_ps(m, a);
+    }
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
     float amax = _mm_cvtss_f32(m4);
-    for (; c < cols; c++) amax = fmaxf(amax, fabsf(w[c]));
+    int nonfinite = _mm256_movemask_ps(bad) != 0;
+    for (; c < cols; c++) {
+        nonfinite |= !(fabsf(w[c]) <= FLT_MAX);
+        amax = fmaxf(amax, fabsf(w[c]));
+    }
+    if (nonfinite) { /* as the scalar rule (int8.c): q 0, scale NaN */
+        memset(q, 0, (size_t)cols);
+        *scale = NAN;
+        return;
+    }
     float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
     const __m256 vinv = _mm256_set1_ps(inv);
     const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);

@@ -5,6 +5,7 @@
  */
 #include "quant_impl.h"
 
+#include <float.h>
 #include <immintrin.h>
 #include <math.h>
 
@@ -212,9 +213,16 @@ void ampr__int8_act_prepare_avx512(const float *x, int64_t n, int64_t cols, void
         const float *xi = x + i * cols;
         int8_t *qi = q + i * kp;
         __m512 m = _mm512_setzero_ps();
+        __mmask16 bad = 0;
         for (int64_t c = 0; c < cols; c += 16) {
             __mmask16 k = cols - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cols - c)) - 1);
-            m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(k, xi + c)));
+            __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(k, xi + c));
+            bad |= _mm512_cmp_ps_mask(a, _mm512_set1_ps(FLT_MAX), _CMP_NLE_UQ); /* inf, NaN */
+            m = _mm512_max_ps(m, a);
+        }
+        if (bad) {
+            ampr__int8_act_nonfinite(qi, kp, &scale[i], &sum[i]);
+            continue;
         }
         float amax = _mm512_reduce_max_ps(m);
         float inv = amax > 0.0f ? 127.0f / amax : 0.0f;

@@ -43,8 +43,11 @@
  *            scale  = absmax / 127.0f                    (one fp32 division)
  *            sum    = sum_c q[c]                         (int32)
  *          absmax == 0 (an all-zero token): inv = 0, every q = 0, scale = 0,
- *          sum = 0. q is zero padded to kp = cols rounded up to 64. Tokens
- *          holding inf or NaN give unspecified q. The matmul then computes
+ *          sum = 0. q is zero padded to kp = cols rounded up to 64. A token
+ *          holding an inf or a NaN: every q = 0, sum = 0, scale = NaN, so
+ *          each of its outputs is NaN (as on the fp16 and NF4 paths: the
+ *          fallback's check then sees non-finite logits) and the other
+ *          tokens are unaffected. The matmul then computes
  *          y[i][r] = (float)(sum_c qw[r][c] * q[c]) * w_scale[r] * scale
  *          (int32 sum; the two fp32 multiplies left to right).
  *   NF4    any rows x cols (n = rows*cols > 0). Blocks run over the flattened

@@ -684,14 +684,15 @@ static void check_temp_draw(void) {
 /* The gate/up GEMV with SwiGLU fused (AMPR__CUDA_FUSE) against the
  * matmul + swiglu it replaces: the same floats, bit for bit, on every path
  * that fuses (one token: the GEMV kernels of each format; NF4 on tensor
- * cores: 1..8 tokens), with rows split over 1..8 warps */
+ * cores: 1..8 tokens, and 12 and 32 in the batch kernel), with rows split
+ * over 1..8 warps or columns over blocks */
 static void check_gemv_swiglu(void) {
     char name[128];
     struct Shape { int64_t hidden, cols; } shapes[] = {{512, 512}, {40, 4096}, {8, 2048}, {172, 64}};
     for (ampr__qtype t : k_fmts)
         for (const Shape &sh : shapes)
             for (int mma = 0; mma < (t == AMPR__Q_NF4 ? 2 : 1); mma++)
-                for (int32_t n : {1, 3, 8}) {
+                for (int32_t n : {1, 3, 8, 12, 32}) {
                     if (n > 1 && !mma) continue; /* only the tensor-core GEMV fuses more tokens */
                     int64_t rows = 2 * sh.hidden, cols = sh.cols;
                     auto w = rnd_vec((size_t)(rows * cols), -0.2f, 0.2f);
@@ -769,7 +770,10 @@ static void check_embed_matmul(void) {
     struct Shape { int64_t rows, cols; } shapes[] = {{1004, 512}, {96, 2048}, {1024, 1024},
                                                      {64, 172}, {344, 64}, {7, 33}, {5, 67},
                                                      {8453, 64}, {33, 8192}, {40, 4096}};
-    struct Case { int32_t n; int gemv_max; } cases[] = {{1, 8}, {3, 8}, {8, 8}, {3, 0}, {37, 8}};
+    /* n = 12 and 32: NF4's tensor-core batch kernel only (16 and 32 tokens'
+     * tiles; one column split on 64 columns, several on the wider ones) */
+    struct Case { int32_t n; int gemv_max; } cases[] = {{1, 8}, {3, 8}, {8, 8}, {3, 0}, {37, 8},
+                                                        {12, 8}, {32, 8}};
     for (ampr__qtype t : k_fmts)
         for (const Shape &sh : shapes) {
             auto w = rnd_vec((size_t)(sh.rows * sh.cols), -0.2f, 0.2f);
@@ -779,8 +783,13 @@ static void check_embed_matmul(void) {
             OK(ampr__cuda_mat_upload(g_c, &hm.q, &dm, &g_err));
             for (const Case &cs : cases)
             for (int mma = 0; mma < 2; mma++) {
-                /* NF4's tensor-core GEMV (AMPR__CUDA_NF4_MMA), where it applies */
-                if (mma && (t != AMPR__Q_NF4 || cs.n > cs.gemv_max || sh.cols % 64)) continue;
+                /* NF4's tensor-core GEMV and batch kernel (AMPR__CUDA_NF4_MMA),
+                 * where they apply */
+                bool batch = cs.gemv_max > 0 && cs.n > 8 /* the GEMV's most */ &&
+                             cs.n <= AMPR__CUDA_NF4_BATCH_MAX;
+                if (mma && (t != AMPR__Q_NF4 || (cs.n > cs.gemv_max && !batch) || sh.cols % 64)) continue;
+                if (!mma && batch) continue;
+                batch = batch && mma;
                 int64_t ldy = sh.rows + 3;
                 auto x = rnd_vec((size_t)(cs.n * sh.cols), -1, 1);
                 float *dx = (float *)dev_put(x.data(), x.size() * 4);
@@ -803,14 +812,14 @@ static void check_embed_matmul(void) {
                     }
                 /* which path ampr__cuda_matmul takes (lt_ok in cuda_matmul.cu) */
                 bool gemv = cs.n <= cs.gemv_max;
-                bool lt = !gemv && sh.rows % 64 == 0 && sh.cols % 64 == 0 &&
+                bool lt = !gemv && !batch && sh.rows % 64 == 0 && sh.cols % 64 == 0 &&
                           (cs.gemv_max == 0 || (sh.rows >= 1024 && sh.cols >= 1024));
                 /* cuBLASLt fp16 and the tensor-core GEMV round activations (and
                  * NF4 weights) to half */
                 double tol = t == AMPR__Q_INT8 ? 1e-5 : (lt || mma ? 3e-3 : 1e-5);
                 snprintf(name, sizeof name, "matmul %s %lldx%lld n=%d %s", fmt_name(t),
                          (long long)sh.rows, (long long)sh.cols, cs.n,
-                         lt ? "cuBLASLt" : gemv ? (mma ? "GEMV-mma" : "GEMV") : "simple");
+                         lt ? "cuBLASLt" : batch ? "batch-mma" : gemv ? (mma ? "GEMV-mma" : "GEMV") : "simple");
                 report(name, g2.data(), r2.data(), r2.size(), tol);
                 ampr__cuda_free(g_c, dx);
                 ampr__cuda_free(g_c, dy);
@@ -821,18 +830,20 @@ static void check_embed_matmul(void) {
 
 /* A NaN activation gives NaN outputs on the fp16 and NF4 paths that round
  * activations to half (the tensor-core GEMV, cuBLASLt) as on the fp32 ones,
- * so that the fallback's check can flag the row; token 1 stays finite. */
+ * and on INT8, whose token then has scale NaN (lib/quant/quant.h; the one-
+ * token GEMV quantizes in its prologue, the others in quant_act_kernel), so
+ * that the fallback's check can flag the row; the other tokens stay finite. */
 static void check_nan_matmul(void) {
     char name[128];
     int64_t rows = 1024, cols = 1024;
-    for (ampr__qtype t : {AMPR__Q_F16, AMPR__Q_NF4}) {
+    for (ampr__qtype t : k_fmts) {
         auto w = rnd_vec((size_t)(rows * cols), -0.2f, 0.2f);
         HostMat hm;
         host_quantize(hm, t, w.data(), rows, cols);
         ampr__cuda_mat dm;
         OK(ampr__cuda_mat_upload(g_c, &hm.q, &dm, &g_err));
         struct Case { int32_t n; int mma; const char *path; } cases[] = {
-            {2, 0, "GEMV"}, {2, 1, "GEMV-mma"}, {37, 0, "cuBLASLt"}};
+            {1, 0, "GEMV"}, {2, 0, "GEMV"}, {2, 1, "GEMV-mma"}, {12, 1, "batch-mma"}, {37, 0, "cuBLASLt"}};
         for (const Case &cs : cases) {
             if (cs.mma && t != AMPR__Q_NF4) continue;
             auto x = rnd_vec((size_t)(cs.n * cols), -1, 1);
@@ -845,9 +856,13 @@ static void check_nan_matmul(void) {
             }
             auto y = dev_get<float>(dy, (size_t)(cs.n * rows));
             long bad = 0;
-            for (int64_t r = 0; r < rows; r++) bad += !isnan(y[(size_t)r]) + !isfinite(y[(size_t)(rows + r)]);
-            snprintf(name, sizeof name, "matmul %s NaN in x -> NaN row (%s)", fmt_name(t), cs.path);
-            report_exact(name, bad, (long)(2 * rows));
+            for (int32_t i = 0; i < cs.n; i++)
+                for (int64_t r = 0; r < rows; r++) {
+                    float v = y[(size_t)(i * rows + r)];
+                    bad += i == 0 ? !isnan(v) : !isfinite(v);
+                }
+            snprintf(name, sizeof name, "matmul %s NaN in x -> NaN row (%s, n=%d)", fmt_name(t), cs.path, cs.n);
+            report_exact(name, bad, (long)(cs.n * rows));
             ampr__cuda_free(g_c, dx);
             ampr__cuda_free(g_c, dy);
         }
@@ -1720,6 +1735,20 @@ static void bench_ops(ampr__qtype t, HostModel &hm, double copy, double peak) {
             printf(" %s %.1f us (%.0f GB/s)%s", mname[k], u,
                    (double)ampr__cuda_mat_bytes(&mats[k]) / (u * 1e-6) / 1e9, k < 4 ? "," : "\n");
         }
+        /* decode batches: the tensor-core batch kernel against the prefill path
+         * (the matrix dequantized to fp16, then cuBLASLt) that they took before */
+        for (int32_t nb : {16, 32}) {
+            printf("  batch of %d, tensor cores vs dequantize + cuBLASLt:", nb);
+            for (int k = 0; k < 5; k++) {
+                double u[2];
+                for (int mma = 0; mma < 2; mma++) {
+                    SwitchScope on(AMPR__CUDA_NF4_MMA, mma);
+                    u[mma] = 1e3 * time_ms([&] { OK(ampr__cuda_matmul(g_c, &mats[k], dx, nb, dy, mats[k].rows, &g_err)); }, g_op_reps);
+                }
+                printf(" %s %.1f vs %.1f us (%.0f GB/s)%s", mname[k], u[1], u[0],
+                       (double)ampr__cuda_mat_bytes(&mats[k]) / (u[1] * 1e-6) / 1e9, k < 4 ? "," : "\n");
+            }
+        }
     }
     for (auto &m : mats) ampr__cuda_mat_free(g_c, &m);
     void *bufs[] = {dx, dy, dz, dblk, dk, dv, dcs, dsn, dw};
@@ -1820,6 +1849,15 @@ static void bench(void) {
             printf("nf4 decode step, GEMV on tensor cores %.3f ms vs fp32 %.3f ms: %.2fx "
                    "(%.0f vs %.0f GB/s)\n", mma_ms / steps, f32_ms / steps, f32_ms / mma_ms,
                    step_bytes / (mma_ms / steps * 1e-3) / 1e9, step_bytes / (f32_ms / steps * 1e-3) / 1e9);
+        }
+        if (t == AMPR__Q_NF4) { /* a pass of 32 tokens: a decode batch's matmuls */
+            auto pass_ms = [&](int mma) {
+                SwitchScope on(AMPR__CUDA_NF4_MMA, mma);
+                return time_ms([&] { OK(ampr__cuda_forward(s, toks.data(), 32, 0, 0, &g_err)); }, 5);
+            };
+            double b_ms = pass_ms(1), d_ms = pass_ms(0);
+            printf("nf4 pass of 32 tokens, batch matmuls on tensor cores %.3f ms vs dequantize + "
+                   "cuBLASLt %.3f ms: %.2fx\n", b_ms, d_ms, d_ms / b_ms);
         }
         ampr__cuda_seq_free(s);
         ampr__cuda_model_free(dm);
