@@ -71,6 +71,13 @@ int ampr__cuda_cc(const ampr__cuda *c); /* major*10 + minor */
 /* Decode paths: matmuls with n <= this many tokens use the fused GEMV kernels,
  * larger ones cuBLASLt (default 8, at most 8; 0 forces cuBLASLt always). */
 void ampr__cuda_set_gemv_max(ampr__cuda *c, int n);
+/* NF4 on cuBLASLt (prefill) dequantizes a chunk of rows at a time: the
+ * scratch elements a rows x cols matrix needs (ampr__cuda_reserve's
+ * nf4_elems), and the rows of a chunk (0: by size, 16 MB of fp16; the GPU
+ * check sets fewer to run several chunks on small matrices; rounded up to a
+ * multiple of 64). */
+int64_t ampr__cuda_dequant_elems(const ampr__cuda *c, int64_t rows, int64_t cols);
+void ampr__cuda_set_dequant_rows(ampr__cuda *c, int64_t rows);
 /* most tokens of NF4's tensor-core batch matmul (AMPR__CUDA_NF4_MMA) */
 #define AMPR__CUDA_NF4_BATCH_MAX 32
 /* Kernel paths that are off by default until a GPU has measured them

@@ -84,6 +84,7 @@ struct ampr__cuda {
     ampr__cuda_plan plans[AMPR__CUDA_MAX_PLANS];
     int plan_next;            /* round-robin victim when the cache is full */
     int gemv_max;
+    int64_t dq_rows;          /* NF4 prefill: rows dequantized a GEMM (0: by size, cuda_matmul.cu) */
     int sw[AMPR__CUDA_N_SWITCHES]; /* the kernel switches (ampr_cuda.h), 0 or 1 */
     /* matmul scratch, grown by ensure_scratch() */
     __half *xh;               /* activations as half [n][cols] */

@@ -286,9 +286,10 @@ static ampr_status seq_build(ampr__cuda_seq *s, ampr__err *err) {
     int64_t nf4 = 0;
     /* the uploaded type: NF4_DQ runs as NF4 on the device */
     if (s->m->embd.type == AMPR__Q_NF4 && s->max_tokens > c->gemv_max) {
-        nf4 = (int64_t)hp->vocab_size * hp->dim;
-        nf4 = AMPR__MAX(nf4, 2 * (int64_t)hp->hidden_dim * hp->dim);
-        nf4 = AMPR__MAX(nf4, (int64_t)(q_dim + 2 * kv_dim) * hp->dim);
+        const int64_t qkv = (int64_t)(q_dim + 2 * kv_dim), q = (int64_t)q_dim;
+        const int64_t shapes[5][2] = {{hp->vocab_size, hp->dim}, {2 * (int64_t)hp->hidden_dim, hp->dim},
+                                      {qkv, hp->dim}, {hp->dim, q}, {hp->dim, hp->hidden_dim}};
+        for (int k = 0; k < 5; k++) nf4 = AMPR__MAX(nf4, ampr__cuda_dequant_elems(c, shapes[k][0], shapes[k][1]));
     }
     AMPR__TRY(ampr__cuda_reserve(c, s->max_tokens, max_rows, max_cols, nf4, err));
     return ampr__cuda_sync(c, err);

@@ -90,25 +90,11 @@ __global__ void f32_to_f16_kernel(const float *__restrict__ x, __half *__restric
         y[e] = ampr__to_half_sat(x[e]);
 }
 
-/* One thread per packed byte: elements 2b (high nibble) and 2b+1 (low) of
- * the flattened matrix of n elements (odd n: the last low nibble is padding). */
-__global__ void nf4_dequant_kernel(const uint8_t *__restrict__ w, const float *__restrict__ absmax,
-                                   __half *__restrict__ out, size_t n) {
-    AMPR__PDL_ENTER();
-    size_t n_bytes = (n + 1) / 2;
-    for (size_t b = (size_t)blockIdx.x * blockDim.x + threadIdx.x; b < n_bytes;
-         b += (size_t)gridDim.x * blockDim.x) {
-        uint8_t v = w[b];
-        float a = absmax[(2 * b) / 64]; /* 2b and 2b+1 share a block (64 is even) */
-        out[2 * b] = __float2half_rn(k_nf4[v >> 4] * a);
-        if (2 * b + 1 < n) out[2 * b + 1] = __float2half_rn(k_nf4[v & 15] * a);
-    }
-}
-
-/* The same values, a 16-byte load a thread: 32 codes of one 64-element
- * block (chunk i: elements 32i .. 32i + 31, absmax[i / 2]), four 16-byte
- * stores; the table in shared memory (16 entries in 16 banks: lanes that
- * look up different codes never conflict). For n % 32 == 0. */
+/* NF4 weights to fp16 for cuBLASLt (the matrix's cols % 64 == 0 there), a
+ * 16-byte load a thread: 32 codes of one 64-element block (chunk i:
+ * elements 32i .. 32i + 31, absmax[i / 2]), four 16-byte stores; the table
+ * in shared memory (16 entries in 16 banks: lanes that look up different
+ * codes never conflict). */
 __global__ void nf4_dequant32_kernel(const uint4 *__restrict__ w, const float *__restrict__ absmax,
                                      uint4 *__restrict__ out, size_t chunks) {
     AMPR__PDL_ENTER();
@@ -886,6 +872,26 @@ static size_t nf4b_cnt_bytes(const ampr__cuda *c) {
     return (size_t)2 * (size_t)c->sm_count * sizeof(int32_t);
 }
 
+/* NF4 prefill dequantizes the matrix to fp16 for cuBLASLt a chunk of rows at
+ * a time: the scratch stays at 16 MB whatever the matrix (the 8B shape's
+ * output matrix whole would be 1 GB), and a chunk that was just written may
+ * still be in L2 when cuBLASLt reads it (H100 / H200: 50 MB). Rows a chunk: a
+ * multiple of 64 (cuBLASLt's rows are), c->dq_rows when set (the GPU check). */
+#define AMPR__CUDA_DQ_ELEMS ((int64_t)8 << 20)
+static int64_t dq_rows(const ampr__cuda *c, int64_t rows, int64_t cols) {
+    int64_t ch = c->dq_rows > 0 ? c->dq_rows : AMPR__CUDA_DQ_ELEMS / cols / 64 * 64;
+    if (ch < 64) ch = 64;
+    return ch < rows ? ch : rows;
+}
+
+int64_t ampr__cuda_dequant_elems(const ampr__cuda *c, int64_t rows, int64_t cols) {
+    return dq_rows(c, rows, cols) * cols;
+}
+
+void ampr__cuda_set_dequant_rows(ampr__cuda *c, int64_t rows) {
+    c->dq_rows = rows > 0 ? (rows + 63) / 64 * 64 : 0;
+}
+
 /* The batch kernel takes this matmul (AMPR__CUDA_NF4_MMA on, more tokens
  * than the GEMV, at most AMPR__CUDA_NF4_BATCH_MAX; gemv_max = 0 still
  * forces cuBLASLt) */
@@ -1235,12 +1241,15 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
      * without a cuBLASLt algorithm on this GPU (not while a graph is being
      * captured: there a missing plan is an error, as a scratch growth is) */
     int use_lt = lt_ok(c, w, n, y);
+    int64_t ch = w->type == AMPR__Q_NF4 ? dq_rows(c, rows, cols) : rows; /* rows a GEMM */
     if (use_lt) {
         int i8 = w->type == AMPR__Q_INT8;
         ampr__cuda_plan *plan = NULL;
         ampr__err perr = {AMPR_OK, {0}};
-        if (plan_get(c, i8 ? AMPR__Q_INT8 : AMPR__Q_F16, rows, i8 ? pad4(n) : n, cols,
-                     i8 ? rows : ldy, &plan, &perr) != AMPR_OK) {
+        int64_t last = rows - (rows - 1) / ch * ch; /* NF4: the last chunk's rows */
+        if (plan_get(c, i8 ? AMPR__Q_INT8 : AMPR__Q_F16, ch, i8 ? pad4(n) : n, cols,
+                     i8 ? rows : ldy, &plan, &perr) != AMPR_OK ||
+            (last != ch && plan_get(c, AMPR__Q_F16, last, n, cols, ldy, &plan, &perr) != AMPR_OK)) {
             if (ampr__cuda_capturing(c)) return ampr__fail(err, perr.status, "%s", perr.msg);
             use_lt = 0;
         }
@@ -1256,7 +1265,7 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
         AMPR__CU_LAUNCHED(err, "gemv_any");
         return AMPR_OK;
     }
-    AMPR__TRY(ampr__cuda_reserve(c, n, rows, cols, w->type == AMPR__Q_NF4 ? rows * cols : 0, err));
+    AMPR__TRY(ampr__cuda_reserve(c, n, rows, cols, w->type == AMPR__Q_NF4 ? ch * cols : 0, err));
     if (w->type == AMPR__Q_INT8) {
         int64_t np = pad4(n);
         AMPR__TRY(ampr__cuda_quant_act(c, x, n, (int32_t)cols, c->xq, c->xs, err));
@@ -1271,20 +1280,16 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
     ampr__launch(c, "f32_to_f16_kernel", f32_to_f16_kernel, ampr__cuda_grid(nx, 256), 256, 0,
         x, c->xh, nx);
     AMPR__CU_LAUNCHED(err, "f32_to_f16");
-    const void *A = w->data;
-    if (w->type == AMPR__Q_NF4) {
-        size_t ne = (size_t)rows * (size_t)cols;
-        if (ne % 32 == 0)
-            ampr__launch(c, "nf4_dequant32_kernel", nf4_dequant32_kernel, ampr__cuda_grid(ne / 32, 256),
-                256, 0, (const uint4 *)w->data, w->scales, (uint4 *)c->wdq, ne / 32);
-        else
-            ampr__launch(c, "nf4_dequant_kernel", nf4_dequant_kernel, ampr__cuda_grid((ne + 1) / 2, 256),
-                256, 0, (const uint8_t *)w->data, w->scales, c->wdq, ne);
+    if (w->type == AMPR__Q_F16) return lt_matmul(c, AMPR__Q_F16, w->data, c->xh, y, rows, n, cols, ldy, err);
+    /* NF4: a chunk of rows dequantized, then its GEMM into y's rows */
+    for (int64_t r0 = 0; r0 < rows; r0 += ch) {
+        int64_t m = rows - r0 < ch ? rows - r0 : ch;
+        size_t chunks = (size_t)(m * cols / 32); /* 32 codes, 16 bytes */
+        ampr__launch(c, "nf4_dequant32_kernel", nf4_dequant32_kernel, ampr__cuda_grid(chunks, 256), 256, 0,
+            (const uint4 *)w->data + (size_t)r0 * (size_t)cols / 32, w->scales + r0 * cols / 64,
+            (uint4 *)c->wdq, chunks);
         AMPR__CU_LAUNCHED(err, "nf4_dequant");
-        A = c->wdq;
-    } else if (w->type != AMPR__Q_F16) {
-        return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "no CUDA matmul for format %d",
-                          (int)w->type);
+        AMPR__TRY(lt_matmul(c, AMPR__Q_F16, c->wdq, c->xh, y + r0, m, n, cols, ldy, err));
     }
-    return lt_matmul(c, AMPR__Q_F16, A, c->xh, y, rows, n, cols, ldy, err);
+    return AMPR_OK;
 }

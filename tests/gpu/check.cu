@@ -828,6 +828,37 @@ static void check_embed_matmul(void) {
         }
 }
 
+/* NF4 on cuBLASLt (prefill) dequantizes a chunk of rows at a time: one
+ * chunk (the default at this size), chunks of 256 rows with a last one of 64,
+ * and of 64 rows, each against the host reference */
+static void check_nf4_chunks(void) {
+    char name[128];
+    int64_t rows = 1088, cols = 1024;
+    int32_t n = 37;
+    auto w = rnd_vec((size_t)(rows * cols), -0.2f, 0.2f);
+    HostMat hm;
+    host_quantize(hm, AMPR__Q_NF4, w.data(), rows, cols);
+    ampr__cuda_mat dm;
+    OK(ampr__cuda_mat_upload(g_c, &hm.q, &dm, &g_err));
+    auto x = rnd_vec((size_t)(n * cols), -1, 1);
+    std::vector<double> ref((size_t)(n * rows));
+    host_matmul(hm, x.data(), n, ref.data(), rows);
+    float *dx = (float *)dev_put(x.data(), x.size() * 4);
+    float *dy = (float *)dev_put(NULL, ref.size() * 4);
+    for (int64_t ch : {0, 256, 64}) {
+        ampr__cuda_set_dequant_rows(g_c, ch);
+        OK(ampr__cuda_matmul(g_c, &dm, dx, n, dy, rows, &g_err));
+        auto gy = dev_get<float>(dy, ref.size());
+        snprintf(name, sizeof name, "matmul nf4 %lldx%lld n=%d cuBLASLt, %lld-row chunks", (long long)rows,
+                 (long long)cols, n, (long long)(ch ? ch : rows));
+        report(name, gy.data(), ref.data(), ref.size(), 3e-3);
+    }
+    ampr__cuda_set_dequant_rows(g_c, 0);
+    ampr__cuda_free(g_c, dx);
+    ampr__cuda_free(g_c, dy);
+    ampr__cuda_mat_free(g_c, &dm);
+}
+
 /* A NaN activation gives NaN outputs on the fp16 and NF4 paths that round
  * activations to half (the tensor-core GEMV, cuBLASLt) as on the fp32 ones,
  * and on INT8, whose token then has scale NaN (lib/quant/quant.h; the one-
@@ -1913,6 +1944,7 @@ int main(int argc, char **argv) {
         check_embed_matmul();
         check_gemv_swiglu();
         check_nan_matmul();
+        check_nf4_chunks();
         check_kv_attention(64);
         check_kv_attention(128);
         check_nccl();

@@ -502,17 +502,28 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
         else
             echo "host memory after open: not printed (the bench failed before it)"
         fi
-        t=$(left 100)
-        if [ "$t" -lt 45 ]; then
-            echo "(the NF4 bench with the new kernels is skipped: $SECONDS s used so far)"
-        else
+        # NF4 with the kernels that are off by default, beside NF4 as it is,
+        # with 16 concurrent requests: decode batches of 16 tokens, which the
+        # tensor-core batch kernel takes (AMPR_CUDA_NF4_MMA) where they used
+        # to dequantize every matrix for cuBLASLt
+        kernels="AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1"
+        for run in default kernels; do
+            t=$(left 100)
+            if [ "$t" -lt 45 ]; then
+                echo "(the NF4 bench ($run) is skipped: $SECONDS s used so far)"
+                continue
+            fi
             echo
-            kernels="AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1"
-            echo "== the same, NF4 only, with the new kernels ($kernels; timeout $t s) =="
-            # shellcheck disable=SC2086 # the assignments are words
-            env $kernels timeout -k 10 "$t" stdbuf -oL "$AMPR" bench --shape 1b --device cuda --tiers nf4 \
-                --prompt 128 --gen 32 --concurrent 4 || echo "bench: exit $? (not a failure of the check)"
-        fi
+            envs=()
+            if [ "$run" = default ]; then
+                echo "== the same, NF4 only, 16 concurrent requests (timeout $t s) =="
+            else
+                echo "== the same, NF4 only, 16 concurrent requests, with the new kernels ($kernels; timeout $t s) =="
+                read -r -a envs <<<"$kernels"
+            fi
+            env "${envs[@]}" timeout -k 10 "$t" stdbuf -oL "$AMPR" bench --shape 1b --device cuda --tiers nf4 \
+                --prompt 128 --gen 32 --concurrent 16 || echo "bench: exit $? (not a failure of the check)"
+        done
         t=$(left 100)
         if [ "$t" -lt 45 ]; then
             echo "(the NF4 bench without CUDA graphs is skipped: $SECONDS s used so far)"
