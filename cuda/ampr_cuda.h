@@ -101,13 +101,19 @@ void ampr__cuda_set_dequant_rows(ampr__cuda *c, int64_t rows);
  *            applies (one token; NF4 on tensor cores: up to 32): the
  *            same floats as the matmul and swiglu it replaces;
  *   PDL      programmatic dependent launch for every kernel (sm_90 and newer;
- *            ignored before): cuda_err.h, ampr__launch. */
+ *            ignored before): cuda_err.h, ampr__launch;
+ *   TP_GRAPHS CUDA graphs for the decode-like passes of tensor-parallel ranks
+ *            (read from rank 0's context): each rank's part of each segment
+ *            between two all-reduces is captured and replayed, the
+ *            all-reduces run between them as before (one-rank passes are
+ *            one graph whatever this says). */
 typedef enum {
     AMPR__CUDA_NF4_MMA,
     AMPR__CUDA_ATT_MMA,
     AMPR__CUDA_ATT_DEC,
     AMPR__CUDA_FUSE,
     AMPR__CUDA_PDL,
+    AMPR__CUDA_TP_GRAPHS,
     AMPR__CUDA_N_SWITCHES
 } ampr__cuda_switch;
 void ampr__cuda_set_switch(ampr__cuda *c, ampr__cuda_switch s, int on);

@@ -145,7 +145,7 @@ void ampr__cuda_set_gemv_max(ampr__cuda *c, int n) {
 const char *ampr__cuda_switch_env(ampr__cuda_switch s) {
     static const char *const names[AMPR__CUDA_N_SWITCHES] = {
         "AMPR_CUDA_NF4_MMA", "AMPR_CUDA_ATT_MMA", "AMPR_CUDA_ATT_DEC", "AMPR_CUDA_FUSE",
-        "AMPR_CUDA_PDL"};
+        "AMPR_CUDA_PDL", "AMPR_CUDA_TP_GRAPHS"};
     return (unsigned)s < AMPR__CUDA_N_SWITCHES ? names[s] : "?";
 }
 void ampr__cuda_set_switch(ampr__cuda *c, ampr__cuda_switch s, int on) {

@@ -508,9 +508,13 @@ ampr_status ampr__cuda_model_set_smooth(ampr__cuda_model *m, int32_t layer, int 
     return upload_f32(m->c, s, (size_t)len, slot, err);
 }
 
-/* A captured pass of the engine (single rank, logits for every token):
- * replayed when the same model, pool, token count and table stride come again
- * and no buffer it uses has moved since (the generation counters). */
+/* A captured pass of the engine (logits for every token): replayed when the
+ * same model, pool, token count and table stride come again and no buffer it
+ * uses has moved since (the generation counters, per rank). One rank with
+ * nothing to all-reduce: the whole pass is one graph (exec). Ranks with
+ * all-reduces between the half-layers (AMPR__CUDA_TP_GRAPHS): each rank's
+ * part of each segment between two all-reduces is a graph (seg[rank][k],
+ * pass_segment), launched in turn with the all-reduces in between. */
 #define AMPR__CUDA_PASS_GRAPHS 64
 #define AMPR__CUDA_PASS_GRAPH_MAX_N 32 /* decode batches; longer passes run eagerly */
 typedef struct pass_graph {
@@ -518,11 +522,14 @@ typedef struct pass_graph {
     const ampr__cuda_kvpool *kv;
     int32_t n, stride;
     int has_row_seq;
+    int n_ranks, reduces;      /* the pass's ranks, and whether it all-reduces */
     int runs;                  /* eager runs so far (up to 2): capture on the second */
     uint64_t last_use;         /* for evicting the least recently used */
-    uint64_t c_gen, w_gen;     /* generations when captured (or when capture failed) */
+    uint64_t c_gen[AMPR__TP_MAX], w_gen[AMPR__TP_MAX]; /* generations when captured (or when capture failed) */
     int failed;                /* capture failed at those generations: run eagerly */
     cudaGraphExec_t exec;
+    cudaGraphExec_t *seg;      /* [n_ranks][2 layers + 1], or NULL */
+    int32_t n_seg;             /* segments a rank */
 } pass_graph;
 
 struct ampr__cuda_work {
@@ -575,10 +582,24 @@ ampr_status ampr__cuda_work_new(ampr__cuda *c, const ampr__cuda_hparams *hp,
     return AMPR_OK;
 }
 
-static void graph_drop(pass_graph *g) {
+/* The graphs of a slot destroyed (its key kept) */
+static void graph_execs_drop(pass_graph *g) {
     if (g->exec) cudaGraphExecDestroy(g->exec);
+    g->exec = NULL;
+    if (g->seg) {
+        for (int32_t i = 0; i < g->n_ranks * g->n_seg; i++)
+            if (g->seg[i]) cudaGraphExecDestroy(g->seg[i]);
+        ampr__free(g->seg);
+    }
+    g->seg = NULL;
+}
+
+static void graph_drop(pass_graph *g) {
+    graph_execs_drop(g);
     memset(g, 0, sizeof *g);
 }
+
+static int graph_live(const pass_graph *g) { return g->exec || g->seg; }
 
 void ampr__cuda_work_set_graphs(ampr__cuda_work *w, int on) {
     w->graphs = on != 0;
@@ -588,7 +609,7 @@ void ampr__cuda_work_set_graphs(ampr__cuda_work *w, int on) {
 
 int ampr__cuda_work_graphs_live(const ampr__cuda_work *w) {
     int k = 0;
-    for (int i = 0; i < AMPR__CUDA_PASS_GRAPHS; i++) k += w->g[i].exec != NULL;
+    for (int i = 0; i < AMPR__CUDA_PASS_GRAPHS; i++) k += graph_live(&w->g[i]);
     return k;
 }
 
@@ -785,48 +806,71 @@ static pass_bufs rank_bufs(const ampr__cuda_model *m, const ampr__cuda_kvpool *k
     return b;
 }
 
-/* Everything a pass enqueues after its inputs are on the devices: embedding,
- * the layers with their all-reduces, the final norm and the logits matmul
- * into w[0]->logits. No host synchronization and no allocation once the
- * scratch is large enough, so a single-rank pass can be captured. Each step
- * is enqueued on every rank before the next: the ranks' streams run side by
- * side, meeting only in the all-reduces. */
+/* A pass is 2 L + 1 segments (L layers), each rank's part of one between two
+ * all-reduces: 0 = the embedding and layer 0's attention half, 2l + 1 =
+ * layer l's FFN half, 2l + 2 = layer l + 1's attention half, 2 L = the final
+ * norm and the logits, on rank 0 only (the residual stream is the same on
+ * every rank). Segment k of rank r: */
+static ampr_status pass_segment(const ampr__cuda_model *m, const pass_bufs *b, int r, int32_t k,
+                                int32_t n, int32_t n_logits, ampr__err *err) {
+    int32_t L = m->hp.n_layers;
+    if (k == 2 * L) return r == 0 ? layer_logits(m, b, n, n_logits, err) : AMPR_OK;
+    if (k % 2) return layer_ffn(m, b, (k - 1) / 2, n, err);
+    if (k == 0) AMPR__TRY(layer_embed(m, b, n, err));
+    return layer_attention(m, b, k / 2, n, err);
+}
+
+/* Everything a pass enqueues after its inputs are on the devices: the
+ * segments with the all-reduces between them, the logits into w[0]->logits.
+ * No host synchronization and no allocation once the scratch is large
+ * enough, so a single-rank pass, or a segment of a rank, can be captured.
+ * Each segment is enqueued on every rank before the next: the ranks' streams
+ * run side by side, meeting only in the all-reduces. g: a slot whose
+ * segment graphs replace the eager segments (NULL: none). */
 static ampr_status pass_body(ampr__cuda_model *const *m, ampr__cuda_kvpool *const *kv,
                              ampr__cuda_work *const *w, int n_ranks, ampr__cuda_reduce *red,
                              int32_t n, int has_row_seq, int32_t stride, int32_t n_logits,
-                             ampr__err *err) {
+                             const pass_graph *g, ampr__err *err) {
     pass_bufs b[AMPR__TP_MAX];
-    for (int r = 0; r < n_ranks; r++) {
-        b[r] = rank_bufs(m[r], kv[r], w[r], has_row_seq, stride);
-        AMPR__TRY(layer_embed(m[r], &b[r], n, err));
+    for (int r = 0; r < n_ranks; r++) b[r] = rank_bufs(m[r], kv[r], w[r], has_row_seq, stride);
+    int32_t segs = 2 * m[0]->hp.n_layers + 1;
+    for (int32_t k = 0; k < segs; k++) {
+        for (int r = 0; r < n_ranks; r++) {
+            cudaGraphExec_t e = g && g->seg ? g->seg[r * segs + k] : NULL;
+            if (!e) {
+                AMPR__TRY(pass_segment(m[r], &b[r], r, k, n, n_logits, err));
+                continue;
+            }
+            AMPR__TRY(ampr__cuda_use(m[r]->c, err));
+            AMPR__CU(err, cudaGraphLaunch(e, m[r]->c->stream));
+        }
+        if (k + 1 < segs) AMPR__TRY(reduce_parts(w, n_ranks, red, n, err));
     }
-    for (int32_t l = 0; l < m[0]->hp.n_layers; l++) {
-        for (int r = 0; r < n_ranks; r++) AMPR__TRY(layer_attention(m[r], &b[r], l, n, err));
-        AMPR__TRY(reduce_parts(w, n_ranks, red, n, err));
-        for (int r = 0; r < n_ranks; r++) AMPR__TRY(layer_ffn(m[r], &b[r], l, n, err));
-        AMPR__TRY(reduce_parts(w, n_ranks, red, n, err));
-    }
-    /* the residual stream is the same on every rank: rank 0 makes the logits */
-    return layer_logits(m[0], &b[0], n, n_logits, err);
+    return AMPR_OK;
 }
 
-/* The graph slot of a single-rank decode-like pass shape (n tokens, logits
- * for each), or NULL (graphs off, long passes). A graph whose buffers moved
- * since its capture is dropped here. */
-static pass_graph *graph_slot(ampr__cuda_work *w, const ampr__cuda_model *m,
-                              const ampr__cuda_kvpool *kv, int32_t n, int32_t stride,
-                              int has_row_seq) {
-    if (!w->graphs || n > AMPR__CUDA_PASS_GRAPH_MAX_N) return NULL;
-    pass_graph *victim = &w->g[0];
-    uint64_t now = ++w->g_clock;
+/* Whether every rank's buffers are where they were at the slot's capture */
+static int graph_gens_same(const pass_graph *g, ampr__cuda_work *const *w) {
+    for (int r = 0; r < g->n_ranks; r++)
+        if (g->c_gen[r] != w[r]->c->scratch_gen || g->w_gen[r] != w[r]->gen) return 0;
+    return 1;
+}
+
+/* The graph slot of a decode-like pass shape (n tokens, logits for each), or
+ * NULL (graphs off, long passes). Graphs whose buffers moved since their
+ * capture are dropped here. */
+static pass_graph *graph_slot(ampr__cuda_work *const *w, int n_ranks, int reduces,
+                              const ampr__cuda_model *m, const ampr__cuda_kvpool *kv, int32_t n,
+                              int32_t stride, int has_row_seq) {
+    ampr__cuda_work *w0 = w[0];
+    if (!w0->graphs || n > AMPR__CUDA_PASS_GRAPH_MAX_N) return NULL;
+    pass_graph *victim = &w0->g[0];
+    uint64_t now = ++w0->g_clock;
     for (int i = 0; i < AMPR__CUDA_PASS_GRAPHS; i++) {
-        pass_graph *g = &w->g[i];
+        pass_graph *g = &w0->g[i];
         if (g->m && g->m == m && g->kv == kv && g->n == n && g->stride == stride &&
-            g->has_row_seq == has_row_seq) {
-            if (g->exec && (g->c_gen != w->c->scratch_gen || g->w_gen != w->gen)) {
-                cudaGraphExecDestroy(g->exec); /* its pointers are stale */
-                g->exec = NULL;
-            }
+            g->has_row_seq == has_row_seq && g->n_ranks == n_ranks && g->reduces == reduces) {
+            if (graph_live(g) && !graph_gens_same(g, w)) graph_execs_drop(g); /* stale pointers */
             g->last_use = now;
             return g;
         }
@@ -840,41 +884,87 @@ static pass_graph *graph_slot(ampr__cuda_work *w, const ampr__cuda_model *m,
     g->n = n;
     g->stride = stride;
     g->has_row_seq = has_row_seq;
+    g->n_ranks = n_ranks;
+    g->reduces = reduces;
     return g;
 }
 
-/* Capture pass_body on the rank's stream and instantiate it into g->exec. On
- * any failure (a buffer that would have to grow, a cuBLASLt shape without an
- * algorithm inside capture, ...) the capture is abandoned, the error cleared
- * and g marked failed for the current buffer generations: the pass then runs
- * eagerly, as it would without graphs. */
-static void graph_capture(pass_graph *g, ampr__cuda_model *const *m, ampr__cuda_kvpool *const *kv,
-                          ampr__cuda_work *const *w, int32_t n, int has_row_seq, int32_t stride) {
-    ampr__cuda *c = m[0]->c;
+/* What body enqueues on c's stream, captured and instantiated into *out (NULL
+ * on any failure, the error cleared) */
+typedef ampr_status (*capture_fn)(void *arg, ampr__err *err);
+static void capture_one(ampr__cuda *c, capture_fn body, void *arg, cudaGraphExec_t *out) {
+    *out = NULL;
     ampr__err e;
     memset(&e, 0, sizeof e);
-    g->failed = 1;
-    g->c_gen = c->scratch_gen;
-    g->w_gen = w[0]->gen;
     if (cudaSetDevice(c->device) != cudaSuccess ||
         cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
         (void)cudaGetLastError();
         return;
     }
-    ampr_status st = pass_body(m, kv, w, 1, NULL, n, has_row_seq, stride, n, &e);
+    ampr_status st = body(arg, &e);
     cudaGraph_t graph = NULL;
     cudaError_t ce = cudaStreamEndCapture(c->stream, &graph); /* always end the capture */
-    cudaGraphExec_t exec = NULL;
-    if (st == AMPR_OK && ce == cudaSuccess && graph &&
-        cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess &&
-        g->c_gen == c->scratch_gen && g->w_gen == w[0]->gen) {
-        g->exec = exec;
-        g->failed = 0;
-        exec = NULL;
-    }
-    if (exec) cudaGraphExecDestroy(exec);
+    if (st == AMPR_OK && ce == cudaSuccess && graph && cudaGraphInstantiate(out, graph, 0) != cudaSuccess)
+        *out = NULL;
     if (graph) cudaGraphDestroy(graph);
     (void)cudaGetLastError();
+}
+
+typedef struct capture_arg {
+    ampr__cuda_model *const *m;
+    ampr__cuda_kvpool *const *kv;
+    ampr__cuda_work *const *w;
+    int32_t n, stride;
+    int has_row_seq;
+    int rank;                  /* a segment's */
+    int32_t k;
+} capture_arg;
+
+static ampr_status capture_pass(void *p, ampr__err *err) {
+    const capture_arg *a = (const capture_arg *)p;
+    return pass_body(a->m, a->kv, a->w, 1, NULL, a->n, a->has_row_seq, a->stride, a->n, NULL, err);
+}
+
+static ampr_status capture_segment(void *p, ampr__err *err) {
+    const capture_arg *a = (const capture_arg *)p;
+    int r = a->rank;
+    pass_bufs b = rank_bufs(a->m[r], a->kv[r], a->w[r], a->has_row_seq, a->stride);
+    return pass_segment(a->m[r], &b, r, a->k, a->n, a->n, err);
+}
+
+/* Capture the slot's pass: one graph for a single rank without all-reduces,
+ * else a graph per rank and segment (rank 0's logits segment included; the
+ * other ranks have none). On any failure (a buffer that would have to grow,
+ * a cuBLASLt shape without an algorithm inside capture, ...) what was
+ * captured is dropped and g marked failed for the current buffer
+ * generations: the pass then runs eagerly, as it would without graphs. */
+static void graph_capture(pass_graph *g, ampr__cuda_model *const *m, ampr__cuda_kvpool *const *kv,
+                          ampr__cuda_work *const *w, int32_t n, int has_row_seq, int32_t stride) {
+    g->failed = 1;
+    for (int r = 0; r < g->n_ranks; r++) {
+        g->c_gen[r] = w[r]->c->scratch_gen;
+        g->w_gen[r] = w[r]->gen;
+    }
+    capture_arg a = {m, kv, w, n, stride, has_row_seq, 0, 0};
+    if (g->n_ranks == 1 && !g->reduces) {
+        capture_one(m[0]->c, capture_pass, &a, &g->exec);
+    } else {
+        int32_t segs = 2 * m[0]->hp.n_layers + 1;
+        g->n_seg = segs;
+        g->seg = (cudaGraphExec_t *)ampr__calloc((size_t)g->n_ranks * (size_t)segs, sizeof *g->seg);
+        for (int r = 0; g->seg && r < g->n_ranks; r++)
+            for (int32_t k = 0; k < segs - (r > 0); k++) {
+                a.rank = r;
+                a.k = k;
+                capture_one(m[r]->c, capture_segment, &a, &g->seg[r * segs + k]);
+                if (!g->seg[r * segs + k]) {
+                    graph_execs_drop(g);
+                    return;
+                }
+            }
+    }
+    if (graph_live(g) && graph_gens_same(g, w)) g->failed = 0;
+    else graph_execs_drop(g);
 }
 
 /* Copy rows [i, j) of the pass's logits to the host (async). */
@@ -1111,21 +1201,22 @@ ampr_status ampr__cuda_forward_paged(ampr__cuda_model *const *m, ampr__cuda_kvpo
                               r == 0 ? n_logits : 0, err));
     ampr__cuda *c = m[0]->c;
     ampr__cuda_work *w0 = w[0];
-    /* graphs: one rank and nothing to all-reduce (a rank of a multi-process
-     * group has red set), and decode-like passes (logits for every token:
-     * decode batches, the fallback's check windows), whose shapes repeat */
-    pass_graph *g = n_ranks == 1 && !red && n_logits == n
-                        ? graph_slot(w0, m[0], kv[0], n, stride, row_seq != NULL)
+    /* graphs for decode-like passes (logits for every token: decode batches,
+     * the fallback's check windows), whose shapes repeat: one rank with
+     * nothing to all-reduce, or (AMPR__CUDA_TP_GRAPHS) ranks or a rank of a
+     * multi-process group (red set) with their segments captured */
+    int tp = n_ranks > 1 || red;
+    pass_graph *g = n_logits == n && (!tp || c->sw[AMPR__CUDA_TP_GRAPHS])
+                        ? graph_slot(w, n_ranks, red != NULL, m[0], kv[0], n, stride, row_seq != NULL)
                         : NULL;
-    if (g && !g->exec && !(g->failed && g->c_gen == c->scratch_gen && g->w_gen == w0->gen) &&
-        g->runs >= 1)
+    if (g && !graph_live(g) && !(g->failed && graph_gens_same(g, w)) && g->runs >= 1)
         graph_capture(g, m, kv, w, n, row_seq != NULL, stride); /* failure: eager */
     if (g && g->exec) {
         AMPR__TRY(ampr__cuda_use(c, err));
         AMPR__CU(err, cudaGraphLaunch(g->exec, c->stream));
     } else {
-        AMPR__TRY(pass_body(m, kv, w, n_ranks, red, n, row_seq != NULL, stride, n_logits, err));
-        if (g && g->runs < 2) g->runs++;
+        AMPR__TRY(pass_body(m, kv, w, n_ranks, red, n, row_seq != NULL, stride, n_logits, g, err));
+        if (g && !g->seg && g->runs < 2) g->runs++;
     }
     /* a process-per-rank group: wait watching the other ranks (bounded) */
     AMPR__TRY(ampr__cuda_reduce_wait(red, err));

@@ -457,6 +457,12 @@ for case in "${tp_cases[@]}"; do
         cpu=$(run_tp cpu "$tp" "" "$tier" 20 "cpu$tp") || { echo "FAIL: cpu tp $tp $tier: $(tail -2 "$OUT/e2e-tp-cpu$tp-$tier.err")"; e2e_fail=1; continue; }
         gpu=$(run_tp cuda "$tp" "$extra" "$tier" 20 "$tag") || { tail -1 "$OUT/e2e-tp-$tag-$tier.err" | grep -q 'timed out' && cuda_hung=1; echo "FAIL: cuda $tag $tier: $(tail -2 "$OUT/e2e-tp-$tag-$tier.err")"; e2e_fail=1; continue; }
         compare_tp "$tag" "$tier" "$cpu" "$gpu"
+        # the ranks' segments replayed from CUDA graphs (AMPR_CUDA_TP_GRAPHS,
+        # off by default): the same kernels, so the same text as eager
+        tpg=$(AMPR_CUDA_TP_GRAPHS=1 run_tp cuda "$tp" "$extra" "$tier" 20 "$tag-graphs") ||
+            { echo "FAIL: cuda $tag $tier with AMPR_CUDA_TP_GRAPHS=1: $(tail -2 "$OUT/e2e-tp-$tag-graphs-$tier.err")"; e2e_fail=1; continue; }
+        if [ "$tpg" = "$gpu" ]; then echo "e2e $tag $tier -n 20: TP graphs == eager (${#gpu} chars)  PASS"
+        else echo "e2e $tag $tier -n 20: TP graphs != eager  FAIL"; printf '  graphs: %s\n  eager : %s\n' "$tpg" "$gpu"; e2e_fail=1; fi
     done
 done
 timeout -k 5 60 "$AMPR" info -m "$MODEL" --config '{"device":"cuda","tp_size":2,"gpus":[0,0],"tiers":["fp16"]}' 2>&1 | grep -i device || true
@@ -502,28 +508,34 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
         else
             echo "host memory after open: not printed (the bench failed before it)"
         fi
-        # NF4 with the kernels that are off by default, beside NF4 as it is,
-        # with 16 concurrent requests: decode batches of 16 tokens, which the
+        # a bench as it is, then with switches that are off by default (the
+        # assignments in $2), side by side: label, assignments, bench args...
+        bench_ab() {
+            local label=$1 sw=$2 run t
+            shift 2
+            for run in default switched; do
+                t=$(left 100)
+                if [ "$t" -lt 45 ]; then
+                    echo "(the bench of $label ($run) is skipped: $SECONDS s used so far)"
+                    continue
+                fi
+                local envs=()
+                [ "$run" = switched ] && read -r -a envs <<<"$sw"
+                echo
+                echo "== $label, $([ "$run" = switched ] && echo "with $sw" || echo "as it is") (timeout $t s) =="
+                env "${envs[@]}" timeout -k 10 "$t" stdbuf -oL "$AMPR" bench "$@" ||
+                    echo "bench: exit $? (not a failure of the check)"
+            done
+        }
+        # 16 concurrent requests: decode batches of 16 tokens, which the
         # tensor-core batch kernel takes (AMPR_CUDA_NF4_MMA) where they used
         # to dequantize every matrix for cuBLASLt
-        kernels="AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1"
-        for run in default kernels; do
-            t=$(left 100)
-            if [ "$t" -lt 45 ]; then
-                echo "(the NF4 bench ($run) is skipped: $SECONDS s used so far)"
-                continue
-            fi
-            echo
-            envs=()
-            if [ "$run" = default ]; then
-                echo "== the same, NF4 only, 16 concurrent requests (timeout $t s) =="
-            else
-                echo "== the same, NF4 only, 16 concurrent requests, with the new kernels ($kernels; timeout $t s) =="
-                read -r -a envs <<<"$kernels"
-            fi
-            env "${envs[@]}" timeout -k 10 "$t" stdbuf -oL "$AMPR" bench --shape 1b --device cuda --tiers nf4 \
-                --prompt 128 --gen 32 --concurrent 16 || echo "bench: exit $? (not a failure of the check)"
-        done
+        bench_ab "NF4, 16 concurrent requests" \
+            "AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1" \
+            --shape 1b --device cuda --tiers nf4 --prompt 128 --gen 32 --concurrent 16
+        # two ranks on GPU 0 (copy all-reduce): their segments from graphs
+        bench_ab "NF4, TP 2 on GPU 0" "AMPR_CUDA_TP_GRAPHS=1" \
+            --shape 1b --device cuda --tiers nf4 --tp 2 --gpus 0,0 --prompt 128 --gen 32
         t=$(left 100)
         if [ "$t" -lt 45 ]; then
             echo "(the NF4 bench without CUDA graphs is skipped: $SECONDS s used so far)"
@@ -539,7 +551,7 @@ fi
 # every op check again with all on (on a GPU, where a kernel reading before
 # its PDL wait could race), then the kernel benchmark with programmatic
 # dependent launch, to set beside the default's above
-all_switches="AMPR_CUDA_PDL=1 AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1"
+all_switches="AMPR_CUDA_PDL=1 AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1 AMPR_CUDA_TP_GRAPHS=1"
 if [ "$emu" = 0 ] && [ "${AMPR_CUDA_PDL:-0}" != 1 ]; then
     t=$(left 150)
     if [ "$t" -lt 60 ]; then
