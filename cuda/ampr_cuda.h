@@ -119,6 +119,9 @@ typedef enum {
 void ampr__cuda_set_switch(ampr__cuda *c, ampr__cuda_switch s, int on);
 int ampr__cuda_switch_on(const ampr__cuda *c, ampr__cuda_switch s);
 const char *ampr__cuda_switch_env(ampr__cuda_switch s); /* "AMPR_CUDA_NF4_MMA", ... */
+/* Bytes in use on c's GPU (cudaMemGetInfo: total - free, every process's
+ * and the driver's); 0 when it cannot tell. */
+uint64_t ampr__cuda_mem_used(ampr__cuda *c);
 /* Device-to-device copy bandwidth of c's GPU in GB/s, counting the bytes read
  * and written (the figure decode speed is compared with): best of reps
  * copies of `bytes`. Allocates two buffers of that size for the duration. */

@@ -221,6 +221,15 @@ static ampr_status copy_gbs(ampr__cuda *c, void *a, void *b, size_t bytes, int r
     return AMPR_OK;
 }
 
+uint64_t ampr__cuda_mem_used(ampr__cuda *c) {
+    size_t free_b = 0, total = 0;
+    if (cudaSetDevice(c->device) != cudaSuccess || cudaMemGetInfo(&free_b, &total) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return (uint64_t)(total - free_b);
+}
+
 ampr_status ampr__cuda_copy_gbs(ampr__cuda *c, size_t bytes, int reps, double *gbs,
                                 ampr__err *err) {
     *gbs = 0;

@@ -79,7 +79,7 @@ static void fake_close(ampr__backend *b) {
 }
 
 static const ampr__backend_ops fake_ops = {"stand-in", fake_upload, fake_forward, fake_decode,
-                                           fake_ring_new, fake_ring_free, NULL, fake_close};
+                                           fake_ring_new, fake_ring_free, NULL, fake_close, NULL};
 
 static ampr_status fake_open(ampr_ctx *c, ampr__backend **out, char *name, size_t name_len,
                              ampr__err *err) {

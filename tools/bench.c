@@ -346,6 +346,10 @@ int ampr_tool_bench(int argc, char **argv) {
      * mapped (file-backed, reclaimable) */
     printf("host memory after open: %.0f MiB anonymous, %.0f MiB file-backed; peak resident %.0f MiB\n\n",
            proc_status_mib("RssAnon"), proc_status_mib("RssFile"), proc_status_mib("VmHWM"));
+    /* the GPUs' total - free: the tiers, their KV arenas, the work buffers
+     * so far, the CUDA contexts themselves (and any other process's use) */
+    uint64_t dev_used = ampr__backend_mem_used(c);
+    if (dev_used) printf("GPU memory in use after open: %.0f MiB (total - free)\n\n", (double)dev_used / 1048576.0);
     if (c->backend)
         printf("copy bw: the GPU's device-to-device copy bandwidth (read + write, 256 MiB, best of\n"
                "5, times the distinct GPUs of the ranks), measured right before each tier's decode\n\n");
@@ -366,6 +370,9 @@ int ampr_tool_bench(int argc, char **argv) {
                    (double)t->weight_bytes / 1048576.0, ptps, dtps, gbs, bw, bw > 0 ? 100 * gbs / bw : 0);
         }
     }
+    /* the runs grew the matmul scratch and work buffers (prefill) */
+    if (!rc && dev_used)
+        printf("\nGPU memory in use after the runs: %.0f MiB\n", (double)ampr__backend_mem_used(c) / 1048576.0);
     /* batched decode: aggregate tokens/s of concurrent requests on one tier */
     if (!rc && conc > 1) {
         printf("\n| tier | 1 request tok/s | %d concurrent requests, total tok/s | speed-up |\n", conc);

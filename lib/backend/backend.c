@@ -132,6 +132,11 @@ void ampr__backend_close(ampr_ctx *c) {
     b->ops->close(b);
 }
 
+uint64_t ampr__backend_mem_used(ampr_ctx *c) {
+    ampr__backend *b = c ? c->backend : NULL;
+    return b && b->ops->mem_used ? b->ops->mem_used(b) : 0;
+}
+
 double ampr__backend_mem_gbs(ampr_ctx *c) {
     ampr__backend *b = c ? c->backend : NULL;
     if (!b || !b->ops->mem_gbs) return 0;

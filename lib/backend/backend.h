@@ -62,6 +62,10 @@ typedef struct ampr__backend_ops {
      * the sum over the backend's distinct devices; 0 when it cannot tell. */
     double (*mem_gbs)(ampr__backend *b);
     void (*close)(ampr__backend *b); /* frees everything the backend holds */
+    /* Device memory in use, bytes (for ampr bench): the sum over the
+     * backend's distinct devices of what they report in use (every
+     * process's); 0 when it cannot tell; NULL: none. */
+    uint64_t (*mem_used)(ampr__backend *b);
 } ampr__backend_ops;
 
 struct ampr__backend {
@@ -91,6 +95,8 @@ void ampr__backend_ring_free(ampr_ctx *c, ampr__ring *r); /* NULL-safe */
 void ampr__backend_close(ampr_ctx *c); /* NULL-safe; the context falls back to none */
 /* ctx->backend's mem_gbs, or 0 on the CPU (which measures its own). */
 double ampr__backend_mem_gbs(ampr_ctx *c);
+/* ctx->backend's mem_used, or 0 (the CPU, a backend that cannot tell). */
+uint64_t ampr__backend_mem_used(ampr_ctx *c);
 
 /* Tests only (tests/test_backend.c): when set, "device": "cuda" and "auto"
  * open this stand-in instead of the CUDA backend, in any build, so that the

@@ -260,14 +260,17 @@ static void cuda_close(ampr__backend *b) {
     ampr__free(b);
 }
 
+/* Whether rank r is the first of the local ranks on its GPU. */
+static int first_on_gpu(const cuda_backend *cb, int r) {
+    for (int q = 0; q < r; q++)
+        if (ampr__cuda_device(cb->cuda[q]) == ampr__cuda_device(cb->cuda[r])) return 0;
+    return 1;
+}
+
 /* How many different GPUs the local ranks' contexts are on. */
 static int distinct_gpus(const cuda_backend *cb) {
     int distinct = 0;
-    for (int r = 0; r < cb->n; r++) {
-        int seen = 0;
-        for (int q = 0; q < r; q++) seen |= ampr__cuda_device(cb->cuda[q]) == ampr__cuda_device(cb->cuda[r]);
-        distinct += !seen;
-    }
+    for (int r = 0; r < cb->n; r++) distinct += first_on_gpu(cb, r);
     return distinct;
 }
 
@@ -321,8 +324,18 @@ static void cuda_ring_free(ampr__backend *b, ampr_ctx *c, ampr__ring *r) {
     }
 }
 
+/* What the distinct GPUs of the ranks have in use. */
+static uint64_t cuda_mem_used(ampr__backend *b) {
+    cuda_backend *cb = b->impl;
+    uint64_t used = 0;
+    for (int r = 0; r < cb->n; r++)
+        if (first_on_gpu(cb, r)) used += ampr__cuda_mem_used(cb->cuda[r]);
+    return used;
+}
+
 static const ampr__backend_ops cuda_ops = {"cuda",        cuda_tier_upload, cuda_forward, cuda_decode_batch,
-                                           cuda_ring_new, cuda_ring_free,   cuda_mem_gbs, cuda_close};
+                                           cuda_ring_new, cuda_ring_free,   cuda_mem_gbs, cuda_close,
+                                           cuda_mem_used};
 
 /* While a process-per-rank open waits for the other ranks: the open's
  * progress callback, which may cancel it. */

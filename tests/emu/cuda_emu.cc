@@ -907,6 +907,14 @@ const char *cudaGetErrorString(cudaError_t e) {
 }
 
 cudaError_t cudaMalloc(void **p, size_t bytes) { return do_alloc(p, bytes, false); }
+/* free = the current device's memory less what its allocations take */
+cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total) {
+    std::lock_guard<std::mutex> l(g_mu);
+    size_t used = g_mem_used[g_device];
+    *total = g_mem_limit;
+    *free_b = used < g_mem_limit ? g_mem_limit - used : 0;
+    return cudaSuccess;
+}
 cudaError_t cudaFree(void *p) { return do_free(p, false); }
 cudaError_t cudaMallocHost(void **p, size_t bytes) { return do_alloc(p, bytes, true); }
 cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned) { return do_alloc(p, bytes, true); }

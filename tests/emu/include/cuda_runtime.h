@@ -124,6 +124,7 @@ const char *cudaGetErrorString(cudaError_t e);
 const char *cudaGetErrorName(cudaError_t e);
 
 cudaError_t cudaMalloc(void **p, size_t bytes);
+cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total);
 cudaError_t cudaFree(void *p);
 cudaError_t cudaMallocHost(void **p, size_t bytes);
 cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned flags);
