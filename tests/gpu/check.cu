@@ -681,6 +681,15 @@ static void check_temp_draw(void) {
     report_exact(name, bad, total);
 }
 
+/* A random rows x cols matrix (uniform in [-amp, amp]) quantized to t on
+ * the host (hm: its reference) and uploaded (dm) */
+static void random_mat(HostMat &hm, ampr__cuda_mat &dm, ampr__qtype t, int64_t rows, int64_t cols,
+                       float amp) {
+    auto w = rnd_vec((size_t)(rows * cols), -amp, amp);
+    host_quantize(hm, t, w.data(), rows, cols);
+    OK(ampr__cuda_mat_upload(g_c, &hm.q, &dm, &g_err));
+}
+
 /* The gate/up GEMV with SwiGLU fused (AMPR__CUDA_FUSE) against the
  * matmul + swiglu it replaces: the same floats, bit for bit, on every path
  * that fuses (one token: the GEMV kernels of each format; NF4 on tensor
@@ -695,11 +704,9 @@ static void check_gemv_swiglu(void) {
                 for (int32_t n : {1, 3, 8, 12, 32}) {
                     if (n > 1 && !mma) continue; /* only the tensor-core GEMV fuses more tokens */
                     int64_t rows = 2 * sh.hidden, cols = sh.cols;
-                    auto w = rnd_vec((size_t)(rows * cols), -0.2f, 0.2f);
                     HostMat hm;
-                    host_quantize(hm, t, w.data(), rows, cols);
                     ampr__cuda_mat dm;
-                    OK(ampr__cuda_mat_upload(g_c, &hm.q, &dm, &g_err));
+                    random_mat(hm, dm, t, rows, cols, 0.2f);
                     auto x = rnd_vec((size_t)(n * cols), -1, 1);
                     float *dx = (float *)dev_put(x.data(), x.size() * 4);
                     float *dgu = (float *)dev_put(NULL, (size_t)(n * rows) * 4);
@@ -733,11 +740,9 @@ static void check_embed_matmul(void) {
     std::vector<int32_t> toks = {0, 299, 17, 17, 150};
     int32_t *dt = (int32_t *)dev_put(toks.data(), toks.size() * 4);
     for (ampr__qtype t : k_fmts) {
-        auto w = rnd_vec((size_t)(vocab * dim), -0.5f, 0.5f);
         HostMat hm;
-        host_quantize(hm, t, w.data(), vocab, dim);
         ampr__cuda_mat dm;
-        OK(ampr__cuda_mat_upload(g_c, &hm.q, &dm, &g_err));
+        random_mat(hm, dm, t, vocab, dim, 0.5f);
         for (int f16 = 0; f16 < 2; f16++) {
             void *dout = dev_put(NULL, toks.size() * (size_t)dim * 4);
             OK(ampr__cuda_embed(g_c, &dm, dt, (int32_t)toks.size(), dout,
@@ -776,11 +781,9 @@ static void check_embed_matmul(void) {
                                                         {12, 8}, {32, 8}};
     for (ampr__qtype t : k_fmts)
         for (const Shape &sh : shapes) {
-            auto w = rnd_vec((size_t)(sh.rows * sh.cols), -0.2f, 0.2f);
             HostMat hm;
-            host_quantize(hm, t, w.data(), sh.rows, sh.cols);
             ampr__cuda_mat dm;
-            OK(ampr__cuda_mat_upload(g_c, &hm.q, &dm, &g_err));
+            random_mat(hm, dm, t, sh.rows, sh.cols, 0.2f);
             for (const Case &cs : cases)
             for (int mma = 0; mma < 2; mma++) {
                 /* NF4's tensor-core GEMV and batch kernel (AMPR__CUDA_NF4_MMA),
@@ -835,11 +838,9 @@ static void check_nf4_chunks(void) {
     char name[128];
     int64_t rows = 1088, cols = 1024;
     int32_t n = 37;
-    auto w = rnd_vec((size_t)(rows * cols), -0.2f, 0.2f);
     HostMat hm;
-    host_quantize(hm, AMPR__Q_NF4, w.data(), rows, cols);
     ampr__cuda_mat dm;
-    OK(ampr__cuda_mat_upload(g_c, &hm.q, &dm, &g_err));
+    random_mat(hm, dm, AMPR__Q_NF4, rows, cols, 0.2f);
     auto x = rnd_vec((size_t)(n * cols), -1, 1);
     std::vector<double> ref((size_t)(n * rows));
     host_matmul(hm, x.data(), n, ref.data(), rows);
@@ -868,11 +869,9 @@ static void check_nan_matmul(void) {
     char name[128];
     int64_t rows = 1024, cols = 1024;
     for (ampr__qtype t : k_fmts) {
-        auto w = rnd_vec((size_t)(rows * cols), -0.2f, 0.2f);
         HostMat hm;
-        host_quantize(hm, t, w.data(), rows, cols);
         ampr__cuda_mat dm;
-        OK(ampr__cuda_mat_upload(g_c, &hm.q, &dm, &g_err));
+        random_mat(hm, dm, t, rows, cols, 0.2f);
         struct Case { int32_t n; int mma; const char *path; } cases[] = {
             {1, 0, "GEMV"}, {2, 0, "GEMV"}, {2, 1, "GEMV-mma"}, {12, 1, "batch-mma"}, {37, 0, "cuBLASLt"}};
         for (const Case &cs : cases) {
