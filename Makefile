@@ -10,7 +10,8 @@
 #                     op checks, the end-to-end runs of tests/gpu/check.sh, device
 #                     failure injection, the unit tests with the emulated GPU present,
 #                     and the op checks again with each block's threads run in the
-#                     other order (build-emu/); check-emu-asan: the device tests and
+#                     other order and every off-by-default kernel switch on
+#                     (build-emu/); check-emu-asan: the device tests and
 #                     the failure injection on it under ASan + UBSan (build-emu-asan/)
 #   make run          install missing packages, build, generate from the default model
 #   make bench        side-by-side tier benchmark
@@ -153,7 +154,7 @@ check-emu:
 	bash tests/gpu/check.sh --emu
 	@$(call emu_inject,build-emu)
 	$(MAKE) CUDA=1 CUDA_EMU=1 B=build-emu test
-	AMPR_EMU_ORDER=reverse AMPR_CUDA_PDL=1 bash tests/gpu/check.sh --emu --quick
+	AMPR_EMU_ORDER=reverse bash tests/gpu/check.sh --emu --quick --switches
 
 # The same emulation under ASan + UBSan (+ LSan): test_device with its device
 # allocation failures, and the failure injection (not in CI; the op checks,

@@ -17,6 +17,8 @@
 #                                         end-to-end runs on the CPU emulation of CUDA
 #                                         (tests/emu/README.md): build-emu/, no benchmarks;
 #                                         with --quick the op checks only
+#   bash tests/gpu/check.sh --switches    (with any of the above) every switch that is off by
+#                                         default on, for the whole run (all_switches below)
 #
 # End to end (after the op checks, unless --quick): with the model
 # ${AMPR_GPU_MODEL:-.gpu/stories260K.gguf} present, `ampr run` on every tier
@@ -32,6 +34,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+# The kernel switches that are off by default (cuda/ampr_cuda.h, ampr__cuda_switch)
+all_switches="AMPR_CUDA_PDL=1 AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1 AMPR_CUDA_TP_GRAPHS=1"
 build_only=0
 prebuild=0
 emu=0
@@ -47,6 +51,7 @@ for a in "$@"; do
     --bench-8b) bench8b=1 ;;
     --quick) quick=1; args+=("$a") ;;
     --bench) bench_only=1; args+=("$a") ;;
+    --switches) for s in $all_switches; do export "${s?}"; done ;;
     *) args+=("$a") ;;
     esac
 done
@@ -547,11 +552,10 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
         fi
     fi
 fi
-# The switches that are off by default (cuda/ampr_cuda.h, ampr__cuda_switch):
-# every op check again with all on (on a GPU, where a kernel reading before
-# its PDL wait could race), then the kernel benchmark with programmatic
-# dependent launch, to set beside the default's above
-all_switches="AMPR_CUDA_PDL=1 AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1 AMPR_CUDA_TP_GRAPHS=1"
+# The switches that are off by default: every op check again with all on
+# (on a GPU, where a kernel reading before its PDL wait could race), then the
+# kernel benchmark with programmatic dependent launch, to set beside the
+# default's above
 if [ "$emu" = 0 ] && [ "${AMPR_CUDA_PDL:-0}" != 1 ]; then
     t=$(left 150)
     if [ "$t" -lt 60 ]; then
