@@ -544,7 +544,11 @@ struct ampr__cuda_work {
     float *cand_vals;                         /* [cap_logits][AMPR__CANDS_MAX] */
     ampr__cuda_cand_req *cand_req;            /* [cap_logits] */
     double *cand_mass;                        /* [cap_logits]: a nucleus's row mass */
-    int32_t *h_argmax, *h_ids, *h_n;          /* host, as the device ones */
+    /* host, as the device ones; what comes back (h_argmax, h_ids, h_n,
+     * h_vals, h_mass, h_part, h_dout) in one block of pinned memory
+     * (h_block): their copies are asynchronous, a pass waits once */
+    void *h_block;
+    int32_t *h_argmax, *h_ids, *h_n;
     float *h_vals;
     double *h_mass;
     ampr__cuda_cand_req *h_req;
@@ -633,26 +637,21 @@ static void logits_release(ampr__cuda_work *w) {
     ampr__cuda_free(c, w->cand_n);
     ampr__cuda_free(c, w->cand_req);
     ampr__cuda_free(c, w->cand_mass);
-    ampr__free(w->h_mass);
     w->cand_mass = w->h_mass = NULL;
     ampr__cuda_free(c, w->mon_req);
     ampr__cuda_free(c, w->mon_part);
-    ampr__free(w->h_mon);
-    ampr__free(w->h_part);
     ampr__cuda_free(c, w->draw_req);
     ampr__cuda_free(c, w->draw_out);
+    ampr__free(w->h_req);
+    ampr__free(w->h_mon);
     ampr__free(w->h_dreq);
-    ampr__free(w->h_dout);
     w->draw_req = w->h_dreq = NULL;
     w->draw_out = w->h_dout = NULL;
     pen_release(w);
     w->mon_req = w->h_mon = NULL;
     w->mon_part = w->h_part = NULL;
-    ampr__free(w->h_argmax);
-    ampr__free(w->h_n);
-    ampr__free(w->h_ids);
-    ampr__free(w->h_vals);
-    ampr__free(w->h_req);
+    if (w->h_block) cudaFreeHost(w->h_block);
+    w->h_block = NULL;
     w->logits = w->cand_vals = NULL;
     w->argmax = w->cand_ids = w->cand_n = w->h_argmax = w->h_n = w->h_ids = NULL;
     w->h_vals = NULL;
@@ -734,24 +733,38 @@ static ampr_status work_reserve(ampr__cuda_work *w, int32_t n, int32_t n_logits,
         AMPR__TRY(seq_alloc(c, (size_t)cap * 4, &w->cand_n, err));
         AMPR__TRY(seq_alloc(c, (size_t)cap * sizeof(ampr__cuda_cand_req), &w->cand_req, err));
         AMPR__TRY(seq_alloc(c, (size_t)cap * sizeof(double), &w->cand_mass, err));
-        w->h_mass = (double *)ampr__alloc_array((size_t)cap, sizeof(double), err);
-        w->h_argmax = (int32_t *)ampr__alloc_array((size_t)cap, 4, err);
-        w->h_n = (int32_t *)ampr__alloc_array((size_t)cap, 4, err);
-        w->h_ids = (int32_t *)ampr__alloc_array(nc, 4, err);
-        w->h_vals = (float *)ampr__alloc_array(nc, 4, err);
-        w->h_req = (ampr__cuda_cand_req *)ampr__alloc_array((size_t)cap, sizeof(ampr__cuda_cand_req), err);
         size_t np = (size_t)cap * AMPR__CUDA_MON_PARTS;
         AMPR__TRY(seq_alloc(c, (size_t)cap * sizeof(ampr__cuda_mon_req), &w->mon_req, err));
         AMPR__TRY(seq_alloc(c, np * sizeof(ampr__row_part), &w->mon_part, err));
-        w->h_mon = (ampr__cuda_mon_req *)ampr__alloc_array((size_t)cap, sizeof(ampr__cuda_mon_req), err);
-        w->h_part = (ampr__row_part *)ampr__alloc_array(np, sizeof(ampr__row_part), err);
         AMPR__TRY(seq_alloc(c, (size_t)cap * sizeof(ampr__cuda_draw_req), &w->draw_req, err));
         AMPR__TRY(seq_alloc(c, (size_t)cap * 4, &w->draw_out, err));
+        /* the requests the host uploads (pageable: a copy from there has
+         * read them when it returns, so the host may rewrite them at once) */
+        w->h_req = (ampr__cuda_cand_req *)ampr__alloc_array((size_t)cap, sizeof(ampr__cuda_cand_req), err);
+        w->h_mon = (ampr__cuda_mon_req *)ampr__alloc_array((size_t)cap, sizeof(ampr__cuda_mon_req), err);
         w->h_dreq = (ampr__cuda_draw_req *)ampr__alloc_array((size_t)cap, sizeof(ampr__cuda_draw_req), err);
-        w->h_dout = (int32_t *)ampr__alloc_array((size_t)cap, 4, err);
-        if (!w->h_argmax || !w->h_n || !w->h_ids || !w->h_vals || !w->h_req || !w->h_mon || !w->h_part ||
-            !w->h_dreq || !w->h_dout || !w->h_mass)
-            return AMPR_ERR_NOMEM;
+        if (!w->h_req || !w->h_mon || !w->h_dreq) return AMPR_ERR_NOMEM;
+        /* what comes back, carved from one pinned block (64-byte aligned
+         * parts): the copies into it are asynchronous, the host reads it
+         * after the pass's one wait (a pass that failed before its wait left
+         * its copies in the stream, ahead of the next pass's wait) */
+        struct { void **p; size_t bytes; } parts[] = {
+            {(void **)&w->h_mass, (size_t)cap * sizeof(double)},
+            {(void **)&w->h_argmax, (size_t)cap * 4},
+            {(void **)&w->h_n, (size_t)cap * 4},
+            {(void **)&w->h_ids, nc * 4},
+            {(void **)&w->h_vals, nc * 4},
+            {(void **)&w->h_part, np * sizeof(ampr__row_part)},
+            {(void **)&w->h_dout, (size_t)cap * 4}};
+        size_t total = 0;
+        for (size_t i = 0; i < AMPR__ARRAY_LEN(parts); i++) total += (parts[i].bytes + 63) / 64 * 64;
+        AMPR__CU(err, cudaMallocHost(&w->h_block, total));
+        memset(w->h_block, 0, total);
+        total = 0;
+        for (size_t i = 0; i < AMPR__ARRAY_LEN(parts); i++) {
+            *parts[i].p = (char *)w->h_block + total;
+            total += (parts[i].bytes + 63) / 64 * 64;
+        }
         w->cap_logits = cap;
     }
     return AMPR_OK;
@@ -1119,7 +1132,8 @@ static ampr_status fetch_logits(ampr__cuda *c, ampr__cuda_work *w, int32_t vocab
         AMPR__TRY(copy_rows(c, w, row, logits, i, j, err));
         i = j;
     }
-    /* copies to pageable host memory return when done: after every kernel is queued */
+    /* the small results into pinned memory (asynchronous): after every
+     * kernel is queued, then one wait for all of them */
     if (n_mon)
         AMPR__CU(err, cudaMemcpyAsync(w->h_part, w->mon_part, (size_t)n_mon * (size_t)n_parts * sizeof *w->h_part,
                                       cudaMemcpyDeviceToHost, c->stream));
