@@ -5,7 +5,8 @@
  *
  * - device and CPU contexts give the same greedy text on each tier;
  * - requests on four threads at once (batched decode steps on the device) give
- *   the texts they give one at a time;
+ *   the texts they give one at a time, also with two ranks on GPU 0 whose
+ *   passes replay CUDA graphs (AMPR_CUDA_TP_GRAPHS);
  * - a device allocation that fails inside a request (injected through the
  *   emulation's hook, so only under check-emu) fails that request with
  *   AMPR_ERR_NOMEM and a message naming cudaMalloc, and nothing else: the
@@ -103,11 +104,11 @@ static void *run_job(void *arg) {
     return NULL;
 }
 
-static void test_concurrent_requests(void **state) {
-    (void)state;
+/* Requests on N threads give the texts they give one at a time. */
+static void concurrent_case(const char *config) {
     const char *path = model();
     if (!path) skip();
-    ampr_ctx *ctx = open_device(path, "{" TIERS ", \"device\": \"cuda\"}");
+    ampr_ctx *ctx = open_device(path, config);
     if (!ctx) skip();
     enum { N = 4 };
     job serial[N], par[N];
@@ -132,6 +133,21 @@ static void test_concurrent_requests(void **state) {
     }
     for (int i = 0; i < N; i++) free(serial[i].text);
     ampr_close(ctx);
+}
+
+static void test_concurrent_requests(void **state) {
+    (void)state;
+    concurrent_case("{" TIERS ", \"device\": \"cuda\"}");
+}
+
+/* Two ranks on GPU 0 with their segments replayed from CUDA graphs
+ * (AMPR_CUDA_TP_GRAPHS, read when the contexts open): decode batches of
+ * several sequences (a row map) and single ones, captured and replayed */
+static void test_concurrent_requests_tp_graphs(void **state) {
+    (void)state;
+    assert_int_equal(setenv("AMPR_CUDA_TP_GRAPHS", "1", 1), 0);
+    concurrent_case("{" TIERS ", \"device\": \"cuda\", \"tp_size\": 2, \"gpus\": [0, 0]}");
+    unsetenv("AMPR_CUDA_TP_GRAPHS");
 }
 
 static void test_alloc_failure_in_request(void **state) {
@@ -186,6 +202,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_device_matches_cpu),
         cmocka_unit_test(test_concurrent_requests),
+        cmocka_unit_test(test_concurrent_requests_tp_graphs),
         cmocka_unit_test(test_alloc_failure_in_request),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
