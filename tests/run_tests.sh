@@ -26,7 +26,7 @@ for t in "$@"; do
         printf '%s\n' "$out"
         p=$(printf '%s\n' "$out" | sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' | tail -1)
         f=$(printf '%s\n' "$out" | sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' | tail -1)
-        s=$(printf '%s\n' "$out" | grep -c '^\[  SKIPPED \]')
+        s=$(printf '%s\n' "$out" | sed -n 's/^\[  SKIPPED \] \([0-9]*\) test.*/\1/p' | tail -1)
     fi
     passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0})); skipped=$((skipped + ${s:-0}))
     if [ $rc -ne 0 ]; then bad+=("$t (exit $rc)"); [ "${f:-0}" -eq 0 ] && failed=$((failed + 1)); fi
