@@ -39,7 +39,6 @@
 #include "../engine.h"
 #include "tp.h"
 
-#include <float.h>
 #include <math.h>
 
 #include "../quant/quant.h"
@@ -262,15 +261,10 @@ static void q8_store(void *dst, const float *x, int32_t width, int32_t hd) {
     unsigned char *scales = (unsigned char *)dst + width;
     for (int32_t h = 0; h < width / hd; h++) {
         const float *xh = x + (size_t)h * hd;
-        float mx = 0.0f;
-        int bad = 0;
-        for (int32_t d = 0; d < hd; d++) {
-            float a = fabsf(xh[d]);
-            bad |= !(a <= FLT_MAX);
-            mx = fmaxf(mx, a);
-        }
+        float mx = ampr__absmax_finite(xh, hd);
         /* a head with an inf or NaN: q 0 and scale NaN, so what reads it is
          * NaN too (casting NaN to int8 would be undefined) */
+        int bad = isnan(mx);
         float scale = bad ? NAN : mx / 127.0f, inv = !bad && mx > 0 ? 127.0f / mx : 0.0f;
         for (int32_t d = 0; d < hd; d++)
             q[(size_t)h * hd + d] = bad ? 0 : (int8_t)nearbyintf(xh[d] * inv);

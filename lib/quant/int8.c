@@ -10,10 +10,21 @@
 #include <math.h>
 #include <string.h>
 
-void ampr__int8_act_nonfinite(int8_t *q, int64_t kp, float *scale, int32_t *sum) {
-    memset(q, 0, (size_t)kp);
+void ampr__int8_nonfinite(int8_t *q, int64_t n, float *scale, int32_t *sum) {
+    memset(q, 0, (size_t)n);
     *scale = NAN;
-    *sum = 0;
+    if (sum) *sum = 0;
+}
+
+float ampr__absmax_finite(const float *x, int64_t n) {
+    float amax = 0.0f;
+    int bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        bad |= !(a <= FLT_MAX);
+        amax = fmaxf(amax, a);
+    }
+    return bad ? NAN : amax;
 }
 
 /* q = nearest(v * inv) in [-127, 127], ties to even (the SIMD kernels use the
@@ -55,16 +66,9 @@ void ampr__int8_fill(ampr__qmat *d, const float *src, int64_t r0, int64_t r1) {
             ampr__int8_quantize_row_avx2(w, cols, q + r * cols, &sc[r]);
             continue;
         }
-        float amax = 0.0f;
-        int bad = 0;
-        for (int64_t c = 0; c < cols; c++) {
-            float a = fabsf(w[c]);
-            bad |= !(a <= FLT_MAX);
-            amax = fmaxf(amax, a);
-        }
-        if (bad) { /* a row with an inf or NaN: q 0, scale NaN (its outputs NaN) */
-            memset(q + r * cols, 0, (size_t)cols);
-            sc[r] = NAN;
+        float amax = ampr__absmax_finite(w, cols);
+        if (isnan(amax)) { /* a row with an inf or NaN: q 0, scale NaN (its outputs NaN) */
+            ampr__int8_nonfinite(q + r * cols, cols, &sc[r], NULL);
             continue;
         }
         float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
@@ -91,15 +95,9 @@ void ampr__int8_act_prepare_scalar(const float *x, int64_t n, int64_t cols, void
     for (int64_t i = 0; i < n; i++) {
         const float *xi = x + i * cols;
         int8_t *qi = q + i * kp;
-        float amax = 0.0f;
-        int bad = 0;
-        for (int64_t c = 0; c < cols; c++) {
-            float a = fabsf(xi[c]);
-            bad |= !(a <= FLT_MAX);
-            amax = fmaxf(amax, a);
-        }
-        if (bad) {
-            ampr__int8_act_nonfinite(qi, kp, &scale[i], &sum[i]);
+        float amax = ampr__absmax_finite(xi, cols);
+        if (isnan(amax)) {
+            ampr__int8_nonfinite(qi, kp, &scale[i], &sum[i]);
             continue;
         }
         float inv = amax > 0.0f ? 127.0f / amax : 0.0f;

@@ -14,7 +14,6 @@
 #include <float.h>
 #include <immintrin.h>
 #include <math.h>
-#include <string.h>
 
 #define UNROLL _Pragma("GCC unroll 16")
 #define INLINE static inline __attribute__((always_inline))
@@ -223,7 +222,7 @@ void ampr__int8_act_prepare_avx2(const float *x, int64_t n, int64_t cols, void *
             if (v > amax) amax = v;
         }
         if (nonfinite) {
-            ampr__int8_act_nonfinite(qi, kp, &scale[i], &sum[i]);
+            ampr__int8_nonfinite(qi, kp, &scale[i], &sum[i]);
             continue;
         }
         float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
@@ -412,9 +411,8 @@ void ampr__int8_quantize_row_avx2(const float *w, int64_t cols, int8_t *q, float
         nonfinite |= !(fabsf(w[c]) <= FLT_MAX);
         amax = fmaxf(amax, fabsf(w[c]));
     }
-    if (nonfinite) { /* as the scalar rule (int8.c): q 0, scale NaN */
-        memset(q, 0, (size_t)cols);
-        *scale = NAN;
+    if (nonfinite) {
+        ampr__int8_nonfinite(q, cols, scale, NULL);
         return;
     }
     float inv = amax > 0.0f ? 127.0f / amax : 0.0f;

@@ -221,7 +221,7 @@ void ampr__int8_act_prepare_avx512(const float *x, int64_t n, int64_t cols, void
             m = _mm512_max_ps(m, a);
         }
         if (bad) {
-            ampr__int8_act_nonfinite(qi, kp, &scale[i], &sum[i]);
+            ampr__int8_nonfinite(qi, kp, &scale[i], &sum[i]);
             continue;
         }
         float amax = _mm512_reduce_max_ps(m);

@@ -204,6 +204,10 @@ ampr_status ampr__nf4_alloc(ampr__qmat *d, int64_t rows, int64_t cols, ampr__err
 ampr_status ampr__nf4dq_from_nf4(ampr__qmat *d, ampr__err *err);
 /* The fp32 absmax of NF4 block b of m (NF4 or NF4_DQ). */
 float ampr__nf4_block_absmax(const ampr__qmat *m, int64_t b);
+/* max |x[i]| of n values, or NaN when one of them is an inf or a NaN (the
+ * INT8 rule: such a token, weight row or q8 KV head quantizes to 0 with
+ * scale NaN) */
+float ampr__absmax_finite(const float *x, int64_t n);
 
 /* ---- SmoothQuant hook (INT8) ------------------------------------------------
  * SmoothQuant moves activation outliers into the weights: with per-input-

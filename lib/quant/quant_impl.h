@@ -30,9 +30,10 @@ void ampr__bf16_dequant_row(const ampr__qmat *m, int64_t row, float *out);
 void ampr__int8_dequant_row(const ampr__qmat *m, int64_t row, float *out);
 void ampr__nf4_dequant_row(const ampr__qmat *m, int64_t row, float *out);
 size_t ampr__int8_act_bytes(int64_t n, int64_t cols);
-/* A token holding an inf or NaN (quant.h): q = 0 (kp of them), scale NaN, sum 0.
- * Every level's act_prepare calls it for such a token. */
-void ampr__int8_act_nonfinite(int8_t *q, int64_t kp, float *scale, int32_t *sum);
+/* An INT8 token or weight row holding an inf or NaN (quant.h): its n q = 0,
+ * scale NaN, and (a token's; NULL for a row) sum 0. Every level's
+ * act_prepare and weight quantization calls it for such a token or row. */
+void ampr__int8_nonfinite(int8_t *q, int64_t n, float *scale, int32_t *sum);
 ampr__act_prepare_fn ampr__int8_act_prepare_scalar, ampr__int8_act_prepare_avx2,
     ampr__int8_act_prepare_avx512;
 
