@@ -863,13 +863,17 @@ gemm_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
     if (threadIdx.x == 0) cnt[blockIdx.x] = 0;
 }
 
-/* The partials' scratch of the batch kernel: splits are chosen so that
- * row blocks x splits <= 2 blocks per SM whenever there is more than one */
-static size_t nf4b_part_bytes(const ampr__cuda *c) {
-    return (size_t)2 * (size_t)c->sm_count * NF4B_ROWS * AMPR__CUDA_NF4_BATCH_MAX * sizeof(float);
-}
-static size_t nf4b_cnt_bytes(const ampr__cuda *c) {
-    return (size_t)2 * (size_t)c->sm_count * sizeof(int32_t);
+static ampr_status grow(ampr__cuda *c, void **p, size_t *have, size_t need, const char *what,
+                        ampr__err *err);
+
+/* The batch kernel's scratch: its splits' sums and per row block the splits
+ * done. Splits are chosen so that row blocks x splits <= 2 blocks per SM
+ * whenever there is more than one. */
+static ampr_status nf4b_scratch(ampr__cuda *c, ampr__err *err) {
+    size_t blocks = (size_t)2 * (size_t)c->sm_count;
+    AMPR__TRY(grow(c, (void **)&c->nf4b_part, &c->nf4b_part_bytes,
+                   blocks * NF4B_ROWS * AMPR__CUDA_NF4_BATCH_MAX * sizeof(float), "NF4 batch partials", err));
+    return grow(c, (void **)&c->nf4b_cnt, &c->nf4b_cnt_bytes, blocks * sizeof(int32_t), "NF4 batch counts", err);
 }
 
 /* NF4 prefill dequantizes the matrix to fp16 for cuBLASLt a chunk of rows at
@@ -901,9 +905,6 @@ static int nf4_batch_ok(const ampr__cuda *c, const ampr__cuda_mat *w, const floa
            (uintptr_t)x % 16 == 0;
 }
 
-static ampr_status grow(ampr__cuda *c, void **p, size_t *have, size_t need, const char *what,
-                        ampr__err *err);
-
 /* Splits: about two blocks per SM, each split at least one stage. */
 template <bool FUSE>
 static ampr_status gemm_nf4_mma(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
@@ -916,12 +917,7 @@ static ampr_status gemm_nf4_mma(ampr__cuda *c, const ampr__cuda_mat *w, const fl
     int64_t per = (nblk + splits - 1) / splits;
     per = (per + NF4B_SB - 1) / NF4B_SB * NF4B_SB;
     splits = (nblk + per - 1) / per;
-    if (splits > 1) {
-        AMPR__TRY(grow(c, (void **)&c->nf4b_part, &c->nf4b_part_bytes, nf4b_part_bytes(c),
-                       "NF4 batch partials", err));
-        AMPR__TRY(grow(c, (void **)&c->nf4b_cnt, &c->nf4b_cnt_bytes, nf4b_cnt_bytes(c),
-                       "NF4 batch counts", err));
-    }
+    if (splits > 1) AMPR__TRY(nf4b_scratch(c, err));
     dim3 grid((unsigned)rblocks, (unsigned)splits);
     const uint8_t *W = (const uint8_t *)w->data;
     const char *name = FUSE ? "gemm_nf4_mma_kernel (SwiGLU)" : "gemm_nf4_mma_kernel";
@@ -1028,11 +1024,7 @@ ampr_status ampr__cuda_reserve(ampr__cuda *c, int32_t max_n, int64_t max_rows, i
     if (nf4_elems > 0) {
         AMPR__TRY(grow(c, (void **)&c->wdq, &c->wdq_bytes, (size_t)nf4_elems * 2, "NF4 dequant",
                        err));
-        /* decode batches of NF4 on tensor cores (gemm_nf4_mma) */
-        AMPR__TRY(grow(c, (void **)&c->nf4b_part, &c->nf4b_part_bytes, nf4b_part_bytes(c),
-                       "NF4 batch partials", err));
-        AMPR__TRY(grow(c, (void **)&c->nf4b_cnt, &c->nf4b_cnt_bytes, nf4b_cnt_bytes(c),
-                       "NF4 batch counts", err));
+        AMPR__TRY(nf4b_scratch(c, err)); /* decode batches on tensor cores (gemm_nf4_mma) */
     }
     return AMPR_OK;
 }
@@ -1211,13 +1203,12 @@ ampr_status ampr__cuda_matmul_swiglu(ampr__cuda *c, const ampr__cuda_mat *w, con
                                      int32_t n, float *gu, float *out, ampr__err *err) {
     int64_t hidden = w->rows / 2;
     if (n <= 0) return AMPR_OK;
-    if (c->sw[AMPR__CUDA_FUSE] && w->rows % 2 == 0 && n <= c->gemv_max && gemv_ok(w, x)) {
+    if (c->sw[AMPR__CUDA_FUSE] && w->rows % 2 == 0) {
         int done = 0;
-        AMPR__TRY(gemv<true>(c, w, x, n, out, hidden, &done, err));
+        if (n <= c->gemv_max && gemv_ok(w, x)) AMPR__TRY(gemv<true>(c, w, x, n, out, hidden, &done, err));
+        else if (nf4_batch_ok(c, w, x, n)) return gemm_nf4_mma<true>(c, w, x, n, out, hidden, err);
         if (done) return AMPR_OK;
     }
-    if (c->sw[AMPR__CUDA_FUSE] && w->rows % 2 == 0 && nf4_batch_ok(c, w, x, n))
-        return gemm_nf4_mma<true>(c, w, x, n, out, hidden, err);
     AMPR__TRY(ampr__cuda_matmul(c, w, x, n, gu, w->rows, err));
     return ampr__cuda_swiglu(c, gu, out, n, (int32_t)hidden, err);
 }
