@@ -106,7 +106,18 @@ void ampr__cuda_set_dequant_rows(ampr__cuda *c, int64_t rows);
  *            (read from rank 0's context): each rank's part of each segment
  *            between two all-reduces is captured and replayed, the
  *            all-reduces run between them as before (one-rank passes are
- *            one graph whatever this says). */
+ *            one graph whatever this says).;
+ *   PREFETCH the decode GEMVs (one-token, tensor-core NF4 and its batch
+ *            kernel) prefetch their blocks' first weights into L2 before
+ *            anything else: before the PDL wait, so that with PDL the loads
+ *            overlap the previous kernel's tail, and before INT8's
+ *            quantization of x and NF4's table fill; a hint, the same
+ *            values;
+ *   FUSE_NORM ampr__cuda_matmul_addnorm in one kernel where the one-token
+ *            GEMV or the tensor-core NF4 GEMV takes the matmul: its last
+ *            block does the residual add and RMSNorm (the same floats as
+ *            ampr__cuda_add_rmsnorm), so one-rank decode passes launch no
+ *            norm kernel (cuda_forward.cu). */
 typedef enum {
     AMPR__CUDA_NF4_MMA,
     AMPR__CUDA_ATT_MMA,
@@ -114,6 +125,8 @@ typedef enum {
     AMPR__CUDA_FUSE,
     AMPR__CUDA_PDL,
     AMPR__CUDA_TP_GRAPHS,
+    AMPR__CUDA_PREFETCH,
+    AMPR__CUDA_FUSE_NORM,
     AMPR__CUDA_N_SWITCHES
 } ampr__cuda_switch;
 void ampr__cuda_set_switch(ampr__cuda *c, ampr__cuda_switch s, int on);
@@ -208,6 +221,15 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
  * ampr__cuda_swiglu. */
 ampr_status ampr__cuda_matmul_swiglu(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
                                      int32_t n, float *gu, float *out, ampr__err *err);
+/* y = W x [n][rows], then the residual add and RMSNorm that follow it:
+ * r [n][rows] += y, y = rmsnorm(r) * nw (ampr__cuda_add_rmsnorm(c, r, y, nw,
+ * y, n, rows, eps)). In the matmul's own kernel, by its last block, where
+ * the AMPR__CUDA_FUSE_NORM switch allows it and the one-token GEMV or the
+ * tensor-core NF4 GEMV takes the matmul; else the matmul, then
+ * ampr__cuda_add_rmsnorm. The same floats either way. */
+ampr_status ampr__cuda_matmul_addnorm(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
+                                      int32_t n, float *y, float *r, const float *nw, float eps,
+                                      ampr__err *err);
 /* Grow scratch for matmuls of up to max_n tokens, max_cols inputs and
  * max_rows outputs, and NF4 prefill dequantization of matrices of up to
  * nf4_elems weights (0: none). */

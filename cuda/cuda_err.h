@@ -110,6 +110,9 @@ struct ampr__cuda {
      * part (AMPR_CUDA_ATT_DEC: the last one merges and sets it back to 0);
      * 4 * sm_count of them (more rows x heads run unsplit) */
     int32_t *att_cnt;
+    /* a matmul's blocks done, when its last one does the residual add and
+     * RMSNorm after it (AMPR_CUDA_FUSE_NORM; that block sets it back to 0) */
+    int32_t *norm_cnt;
 };
 
 /* d += a b: mma.sync m16n8k16, fp16 inputs, fp32 sums (sm_80 and newer); the
@@ -130,6 +133,79 @@ __device__ __forceinline__ void ampr__mma_16816(float (&d)[4], uint32_t a0, uint
  * fused gate/up GEMVs, so that both give the same floats */
 __device__ __forceinline__ float ampr__silu_mul(float g, float u) {
     return g * (1.0f / (1.0f + expf(-g))) * u;
+}
+
+/* The sum of v over the block's threads, for every thread (red: 32 floats of
+ * shared memory, free again on return) */
+__device__ __forceinline__ float ampr__block_sum(float v, float *red) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        int nw = (int)(blockDim.x >> 5);
+        v = (int)threadIdx.x < nw ? red[threadIdx.x] : 0.0f;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (threadIdx.x == 0) red[0] = v;
+    }
+    __syncthreads();
+    float r = red[0];
+    __syncthreads(); /* red may be reused by the caller */
+    return r;
+}
+
+/* One row by one block: with y, x += y first (written back), then out =
+ * rmsnorm(x) * w. One body for rmsnorm_kernel and the matmuls that end with
+ * the norm (AMPR_CUDA_FUSE_NORM), so that both give the same floats with the
+ * same block size. y is read through L2 (__ldcg): in the fused case other
+ * blocks of the same kernel wrote it. y and out may be the same row. */
+__device__ __forceinline__ void ampr__add_rmsnorm_row(float *xr, const float *yr,
+                                                      const float *__restrict__ w, float *o,
+                                                      int32_t dim, float eps, float *red) {
+    float ss = 0.0f;
+    if (yr) {
+        for (int32_t j = threadIdx.x; j < dim; j += blockDim.x) {
+            float v = xr[j] + __ldcg(yr + j);
+            xr[j] = v;
+            ss += v * v;
+        }
+    } else {
+        for (int32_t j = threadIdx.x; j < dim; j += blockDim.x) ss += xr[j] * xr[j];
+    }
+    ss = ampr__block_sum(ss, red);
+    ss = ss / (float)dim + eps;
+    float inv = 1.0f / sqrtf(ss);
+    for (int32_t j = threadIdx.x; j < dim; j += blockDim.x) o[j] = w[j] * (inv * xr[j]);
+}
+
+/* The residual add and RMSNorm a matmul ends with (ampr__cuda_matmul_addnorm):
+ * r [n][dim] += y, y = rmsnorm(r) * w. r == NULL: none. */
+typedef struct ampr__addnorm {
+    float *r;
+    const float *w;
+    float eps;
+    int32_t *cnt; /* the context's norm_cnt */
+} ampr__addnorm;
+
+/* At the end of a matmul kernel whose blocks write y [n][dim] (each row
+ * whole, by one block): the last block to finish, counted in an.cnt, applies
+ * an to every row and sets the count back to 0 (graph-safe). Every thread of
+ * every block must call it. Not inlined: inlined, it raised the INT8
+ * one-token GEMV from 56 to 64-74 registers (3 blocks an SM where 4 fit),
+ * switch on or off. */
+static __device__ __noinline__ void ampr__addnorm_last(ampr__addnorm an, float *y, int32_t n,
+                                                   int32_t dim) {
+    __shared__ int last;
+    __shared__ float red[32];
+    __threadfence(); /* this block's rows of y, visible before it is counted */
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(an.cnt, 1) == (int)(gridDim.x * gridDim.y * gridDim.z) - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int32_t t = 0; t < n; t++)
+        ampr__add_rmsnorm_row(an.r + (size_t)t * dim, y + (size_t)t * dim, an.w, y + (size_t)t * dim, dim,
+                              an.eps, red);
+    if (threadIdx.x == 0) *an.cnt = 0;
 }
 
 /* v rounded to fp16, finite values saturated at +-65504 (no inf); a NaN
@@ -172,6 +248,30 @@ __device__ __forceinline__ void ampr__pdl_trigger(void) {
 }
 /* ampr__pdl_wait() then ampr__pdl_trigger(): the first line of most kernels */
 #define AMPR__PDL_ENTER() (ampr__pdl_wait(), ampr__pdl_trigger())
+
+/* Brings the 128-byte line holding p (global memory) into L2. A hint: no
+ * value changes (L2 is where every write lands), so it may be issued for
+ * memory the kernels before this one are still writing. The GEMVs use it for
+ * their first weights before their PDL wait (AMPR__CUDA_PREFETCH); the CPU
+ * emulation checks that p is in a device allocation. */
+__device__ __forceinline__ void ampr__prefetch_l2(const void *p) {
+#ifdef AMPR_CUDA_EMU
+    ampr_emu_prefetch_l2(p);
+#else
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#endif
+}
+
+/* The block's threads prefetch, of each of nrows ranges, the bytes [0, bytes)
+ * from start(i) (a const void *): a line a thread at a time. A block's share
+ * is small (nrows * lines < 2^31): 32-bit indices, whose division nvcc
+ * inlines (a 64-bit one is a call, and cost the INT8 GEMV a stack frame). */
+template <typename StartFn>
+__device__ __forceinline__ void ampr__prefetch_rows(int64_t nrows, size_t bytes, StartFn start) {
+    int lines = (int)((bytes + 127) / 128), total = (int)nrows * lines;
+    for (int e = (int)threadIdx.x; e < total; e += (int)blockDim.x)
+        ampr__prefetch_l2((const uint8_t *)start(e / lines) + (size_t)(e % lines) * 128);
+}
 
 template <typename... P, typename... A>
 static inline void ampr__launch(const ampr__cuda *c, const char *name, void (*k)(P...), dim3 grid,

@@ -183,7 +183,26 @@ typedef struct pass_bufs {
     float *x, *xb, *qkv, *att, *hb, *hb2, *logits;
     const int32_t *tokens, *pos;
     ampr__cuda_kv_view kv;
+    /* the residual add and RMSNorm that begin each half-layer (but layer 0's)
+     * and the logits are done by the matmul that ends the half before
+     * (ampr__cuda_matmul_addnorm): no all-reduce between them, every row's
+     * logits, and the AMPR__CUDA_FUSE_NORM switch on (pass_addnorm) */
+    int addnorm;
 } pass_bufs;
+
+/* The norm weights of the half-layer that begins with norm k: 2 l: layer
+ * l's attention, 2 l + 1: its FFN, 2 L: the final norm. */
+static const float *norm_w(const ampr__cuda_model *m, int32_t k) {
+    int32_t L = m->hp.n_layers, half = k < 2 * L ? (k % 2) * L + k / 2 : 2 * L;
+    return m->norms + (size_t)half * (size_t)m->hp.dim;
+}
+
+/* Whether a pass's norms go into its matmuls (pass_bufs.addnorm): not when
+ * its half-layers' outputs are all-reduced (tensor parallelism, also one rank
+ * a process) before the add */
+static int pass_addnorm(const ampr__cuda_model *m, int reduces, int32_t n, int32_t n_logits) {
+    return !reduces && n_logits == n && ampr__cuda_switch_on(m->c, AMPR__CUDA_FUSE_NORM);
+}
 
 /* x = embd[tokens] */
 static ampr_status layer_embed(const ampr__cuda_model *m, const pass_bufs *b, int32_t n,
@@ -194,7 +213,9 @@ static ampr_status layer_embed(const ampr__cuda_model *m, const pass_bufs *b, in
 
 /* Attention half of layer l: x += xb (the FFN output of layer l-1; not for
  * layer 0), then xb = Wo att -- with tensor parallelism this rank's part of
- * it, to be all-reduced before the next half. */
+ * it, to be all-reduced before the next half. With b->addnorm the add and
+ * norm at the start were done by the matmul before (not for layer 0: the
+ * embedding), and this half's matmul does the FFN's. */
 static ampr_status layer_attention(const ampr__cuda_model *m, const pass_bufs *b, int32_t l,
                                    int32_t n, ampr__err *err) {
     const ampr__cuda_hparams *hp = &m->hp;
@@ -202,12 +223,12 @@ static ampr_status layer_attention(const ampr__cuda_model *m, const pass_bufs *b
     int32_t dim = hp->dim, hd = hp->head_dim;
     int32_t q_dim = hp->n_heads * hd, kv_dim = hp->n_kv_heads * hd, qkv_dim = q_dim + 2 * kv_dim;
     const ampr__cuda_mat *L = m->layers + 4 * (size_t)l;
-    const float *attn_norm = m->norms + (size_t)l * dim;
     ampr__cuda_kv_view view = b->kv;
     view.layer = l;
     AMPR__TRY(ampr__cuda_use(c, err));
-    AMPR__TRY(ampr__cuda_add_rmsnorm(c, b->x, l > 0 ? b->xb : NULL, attn_norm, b->xb, n, dim,
-                                     hp->norm_eps, err));
+    if (l == 0 || !b->addnorm)
+        AMPR__TRY(ampr__cuda_add_rmsnorm(c, b->x, l > 0 ? b->xb : NULL, norm_w(m, 2 * l), b->xb, n,
+                                         dim, hp->norm_eps, err));
     AMPR__TRY(smooth_div(m, l, 0, b->xb, n, dim, err));
     AMPR__TRY(ampr__cuda_matmul(c, &L[0], b->xb, n, b->qkv, qkv_dim, err));
     AMPR__TRY(ampr__cuda_rope_kv(c, &view, b->qkv, qkv_dim, n, hp->n_heads, hp->n_kv_heads, hd,
@@ -215,23 +236,32 @@ static ampr_status layer_attention(const ampr__cuda_model *m, const pass_bufs *b
     AMPR__TRY(ampr__cuda_attention(c, &view, b->qkv, qkv_dim, n, b->pos, hp->n_heads,
                                    hp->n_kv_heads, hd, b->att, err));
     AMPR__TRY(smooth_div(m, l, 1, b->att, n, q_dim, err));
+    if (b->addnorm) /* and the FFN's norm */
+        return ampr__cuda_matmul_addnorm(c, &L[1], b->att, n, b->xb, b->x, norm_w(m, 2 * l + 1),
+                                         hp->norm_eps, err);
     return ampr__cuda_matmul(c, &L[1], b->att, n, b->xb, dim, err);
 }
 
 /* FFN half of layer l: x += xb (the attention output), then
- * xb = Wdown swiglu(Wgu rmsnorm(x)) -- with TP this rank's part of it. */
+ * xb = Wdown swiglu(Wgu rmsnorm(x)) -- with TP this rank's part of it.
+ * b->addnorm: as for the attention half; Wdown's matmul does the next
+ * layer's attention norm, or the final norm after the last layer. */
 static ampr_status layer_ffn(const ampr__cuda_model *m, const pass_bufs *b, int32_t l, int32_t n,
                              ampr__err *err) {
     const ampr__cuda_hparams *hp = &m->hp;
     ampr__cuda *c = m->c;
     int32_t dim = hp->dim, hidden = hp->hidden_dim;
     const ampr__cuda_mat *L = m->layers + 4 * (size_t)l;
-    const float *ffn_norm = m->norms + ((size_t)hp->n_layers + l) * dim;
     AMPR__TRY(ampr__cuda_use(c, err));
-    AMPR__TRY(ampr__cuda_add_rmsnorm(c, b->x, b->xb, ffn_norm, b->xb, n, dim, hp->norm_eps, err));
+    if (!b->addnorm)
+        AMPR__TRY(ampr__cuda_add_rmsnorm(c, b->x, b->xb, norm_w(m, 2 * l + 1), b->xb, n, dim,
+                                         hp->norm_eps, err));
     AMPR__TRY(smooth_div(m, l, 2, b->xb, n, dim, err));
     AMPR__TRY(ampr__cuda_matmul_swiglu(c, &L[2], b->xb, n, b->hb, b->hb2, err));
     AMPR__TRY(smooth_div(m, l, 3, b->hb2, n, hidden, err));
+    if (b->addnorm) /* and the next layer's attention norm, or the final one */
+        return ampr__cuda_matmul_addnorm(c, &L[3], b->hb2, n, b->xb, b->x, norm_w(m, 2 * l + 2),
+                                         hp->norm_eps, err);
     return ampr__cuda_matmul(c, &L[3], b->hb2, n, b->xb, dim, err);
 }
 
@@ -244,9 +274,9 @@ static ampr_status layer_logits(const ampr__cuda_model *m, const pass_bufs *b, i
     ampr__cuda *c = m->c;
     size_t first = (size_t)(n - n_logits) * (size_t)hp->dim;
     AMPR__TRY(ampr__cuda_use(c, err));
-    const float *final_norm = m->norms + 2 * (size_t)hp->n_layers * hp->dim;
-    AMPR__TRY(ampr__cuda_add_rmsnorm(c, b->x + first, b->xb + first, final_norm, b->xb + first,
-                                     n_logits, hp->dim, hp->norm_eps, err));
+    if (!b->addnorm) /* else the last matmul did it (n_logits == n) */
+        AMPR__TRY(ampr__cuda_add_rmsnorm(c, b->x + first, b->xb + first, norm_w(m, 2 * hp->n_layers),
+                                         b->xb + first, n_logits, hp->dim, hp->norm_eps, err));
     const ampr__cuda_mat *out = m->tied ? &m->embd : &m->output;
     return ampr__cuda_matmul(c, out, b->xb + first, n_logits, b->logits, hp->vocab_size, err);
 }
@@ -353,7 +383,7 @@ static ampr_status run(ampr__cuda_seq *s, int32_t n, int all_logits, ampr__err *
     int32_t kv_dim = hp->n_kv_heads * hp->head_dim, n_out = all_logits ? n : 1;
     pass_bufs b = {s->x, s->xb, s->qkv, s->att, s->hb, s->hb2, s->logits, s->tokens, s->pos,
                    {s->kc, s->vc, s->kv_dtype, hp->n_layers, s->block_size, kv_dim, 0, s->blocks,
-                    NULL, 0}};
+                    NULL, 0}, pass_addnorm(m, 0, n, n_out)};
     AMPR__TRY(layer_embed(m, &b, n, err));
     for (int32_t l = 0; l < hp->n_layers; l++) {
         AMPR__TRY(layer_attention(m, &b, l, n, err));
@@ -815,7 +845,7 @@ static pass_bufs rank_bufs(const ampr__cuda_model *m, const ampr__cuda_kvpool *k
                            const ampr__cuda_work *w, int has_row_seq, int32_t stride) {
     pass_bufs b = {w->x, w->xb, w->qkv, w->att, w->hb, w->hb2, w->logits, w->tokens, w->pos,
                    {kv->k, kv->v, kv->dtype, m->hp.n_layers, kv->block_size, kv->kv_dim, 0,
-                    w->blocks, has_row_seq ? w->row_seq : NULL, stride}};
+                    w->blocks, has_row_seq ? w->row_seq : NULL, stride}, 0};
     return b;
 }
 
@@ -845,7 +875,10 @@ static ampr_status pass_body(ampr__cuda_model *const *m, ampr__cuda_kvpool *cons
                              int32_t n, int has_row_seq, int32_t stride, int32_t n_logits,
                              const pass_graph *g, ampr__err *err) {
     pass_bufs b[AMPR__TP_MAX];
-    for (int r = 0; r < n_ranks; r++) b[r] = rank_bufs(m[r], kv[r], w[r], has_row_seq, stride);
+    for (int r = 0; r < n_ranks; r++) {
+        b[r] = rank_bufs(m[r], kv[r], w[r], has_row_seq, stride);
+        b[r].addnorm = pass_addnorm(m[r], red != NULL, n, n_logits);
+    }
     int32_t segs = 2 * m[0]->hp.n_layers + 1;
     for (int32_t k = 0; k < segs; k++) {
         for (int r = 0; r < n_ranks; r++) {

@@ -284,7 +284,10 @@ gemv_nf4_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax,
  *          not the weights, would bound it).
  *   KS > 1: a matrix with few rows still gets enough warps to hide latency.
  * INT8 quantizes the token itself, per block, into shared memory
- * (quant_act_kernel's rule), instead of a separate launch. */
+ * (quant_act_kernel's rule), instead of a separate launch. pf
+ * (AMPR__CUDA_PREFETCH): the block first prefetches its first rows' first
+ * loads into L2; an.r: the last block adds y into the residual and
+ * normalizes it (ampr__addnorm_last, AMPR__CUDA_FUSE_NORM). */
 
 /* INT8 quantizes into shared memory: up to the default 48 KiB less the
  * static arrays */
@@ -309,12 +312,24 @@ template <bool FUSE> __device__ __forceinline__ int64_t walk_row(int64_t r, int6
 template <int FMT, int R, int U, int KS, bool FUSE = false>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t rows,
-             int64_t cols, const float *__restrict__ x, float *__restrict__ y) {
-    AMPR__PDL_ENTER();
+             int64_t cols, const float *__restrict__ x, float *__restrict__ y, int pf,
+             ampr__addnorm an) {
     static_assert(!FUSE || R % 2 == 0, "a fused group holds whole gate/up pairs");
     auto phys = [rows](int64_t r) { return walk_row<FUSE>(r, rows); };
     const int E = gemv1_fmt<FMT>::per_chunk;
     const int GROUPS = GEMV_WARPS / KS; /* row groups per block */
+    const size_t row_bytes = (size_t)cols * (FMT == AMPR__Q_F16 ? 2 : 1) / (FMT == AMPR__Q_NF4 ? 2 : 1);
+    const int64_t per_block = (int64_t)GROUPS * R;
+    if (pf) { /* the block's first rows, as far as its warps' first loads reach */
+        int64_t rb = (int64_t)blockIdx.x * per_block, nr = rows - rb < per_block ? rows - rb : per_block;
+        size_t first = (size_t)32 * KS * U * 16;
+        first = first < row_bytes ? first : row_bytes;
+        ampr__prefetch_rows(nr, first, [&](int64_t i) {
+            return (const uint8_t *)W + (size_t)phys(rb + i) * row_bytes; });
+        if (FMT == AMPR__Q_NF4) /* and their block scales: 4 bytes a 64 codes */
+            ampr__prefetch_rows(nr, first / 8, [&](int64_t i) { return sc + phys(rb + i) * cols / 64; });
+    }
+    AMPR__PDL_ENTER();
     __shared__ float code[16];
     __shared__ float red[32];
     __shared__ float part_f[GEMV_WARPS][R];
@@ -336,8 +351,6 @@ gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t r
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int group = warp / KS, kp = warp % KS;
     int64_t chunks = cols / E;
-    const size_t row_bytes = (size_t)cols * (FMT == AMPR__Q_F16 ? 2 : 1) / (FMT == AMPR__Q_NF4 ? 2 : 1);
-    const int64_t per_block = (int64_t)GROUPS * R;
     for (int64_t rb = (int64_t)blockIdx.x * per_block; rb < rows; rb += (int64_t)gridDim.x * per_block) {
         int64_t r0 = rb + (int64_t)group * R;
         float acc[R];
@@ -468,10 +481,12 @@ gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t r
         }
         __syncthreads(); /* the parts are rewritten by the next rows */
     }
+    if (!FUSE && an.r) ampr__addnorm_last(an, y, 1, (int32_t)rows);
 }
 
 template <int FMT, int R, int U, int KS, bool FUSE>
-static void gemv1_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, float *y) {
+static void gemv1_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, float *y,
+                         ampr__addnorm an) {
     int64_t per_block = (int64_t)(GEMV_WARPS / KS) * R;
     int64_t blocks = (w->rows + per_block - 1) / per_block;
     int64_t cap = 4 * (int64_t)c->sm_count; /* the grid-stride loop takes the rest */
@@ -479,7 +494,7 @@ static void gemv1_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
     const char *name = FUSE ? "gemv1_kernel (SwiGLU)" : "gemv1_kernel";
     ampr__launch(c, name, gemv1_kernel<FMT, R, U, KS, FUSE>,
         (unsigned)(blocks < cap ? blocks : cap), GEMV_WARPS * 32, smem, w->data, w->scales,
-        w->rows, w->cols, x, y);
+        w->rows, w->cols, x, y, c->sw[AMPR__CUDA_PREFETCH], an);
 }
 
 /* Warps per row: the fewest (1, 2, 4, 8) that give the GPU about 32 warps
@@ -487,16 +502,17 @@ static void gemv1_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
  * the rule counts groups with (a fused call passes its unfused R, so that
  * both split the rows alike and give the same sums). */
 template <int FMT, int R, int U, bool FUSE = false, int RK = R>
-static void gemv1(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, float *y) {
+static void gemv1(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, float *y,
+                  ampr__addnorm an) {
     int64_t want = 32 * (int64_t)c->sm_count, groups = (w->rows + RK - 1) / RK;
     int64_t chunks = w->cols / gemv1_fmt<FMT>::per_chunk;
     int ks = 1;
     while (ks < GEMV_WARPS && groups * ks < want && chunks / (2 * ks) >= 32) ks *= 2;
     switch (ks) {
-    case 1: gemv1_launch<FMT, R, U, 1, FUSE>(c, w, x, y); break;
-    case 2: gemv1_launch<FMT, R, U, 2, FUSE>(c, w, x, y); break;
-    case 4: gemv1_launch<FMT, R, U, 4, FUSE>(c, w, x, y); break;
-    default: gemv1_launch<FMT, R, U, 8, FUSE>(c, w, x, y); break;
+    case 1: gemv1_launch<FMT, R, U, 1, FUSE>(c, w, x, y, an); break;
+    case 2: gemv1_launch<FMT, R, U, 2, FUSE>(c, w, x, y, an); break;
+    case 4: gemv1_launch<FMT, R, U, 4, FUSE>(c, w, x, y, an); break;
+    default: gemv1_launch<FMT, R, U, 8, FUSE>(c, w, x, y, an); break;
     }
 }
 
@@ -559,11 +575,20 @@ template <int KS, bool FUSE = false>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax, int64_t rows,
                     int64_t cols, const float *__restrict__ x, int32_t n, float *__restrict__ y,
-                    int64_t ldy) {
+                    int64_t ldy, int pf, ampr__addnorm an) {
     /* FUSE: as gemv1_kernel's, rows walked gate j, up j; a pair's two rows are
      * tile rows 2m, 2m + 1 (lanes 4 apart), y[tok][j] = silu(gate) * up */
     auto phys = [rows](int64_t r) { return walk_row<FUSE>(r, rows); };
     const int GROUPS = GEMV_WARPS / KS; /* 16-row tiles per block */
+    int64_t nblk = cols / 64;
+    const int64_t per_block = (int64_t)GROUPS * 16;
+    if (pf) { /* the block's first tiles' first blocks of each row, and their scales */
+        int64_t rb = (int64_t)blockIdx.x * per_block, nr = rows - rb < per_block ? rows - rb : per_block;
+        int64_t first = (int64_t)KS * NF4MMA_U < nblk ? (int64_t)KS * NF4MMA_U : nblk;
+        ampr__prefetch_rows(nr, (size_t)first * 32, [&](int64_t i) {
+            return W + (size_t)phys(rb + i) * (size_t)(cols / 2); });
+        ampr__prefetch_rows(nr, (size_t)first * 4, [&](int64_t i) { return absmax + phys(rb + i) * nblk; });
+    }
     __shared__ uint32_t pairs[256 * 32];
     __shared__ float part[GEMV_WARPS][16][8];
     nf4_pairs_fill(pairs);
@@ -571,8 +596,6 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int g = lane >> 2, t = lane & 3;
     int group = warp / KS, kp = warp % KS;
-    int64_t nblk = cols / 64;
-    const int64_t per_block = (int64_t)GROUPS * 16;
     for (int64_t rb = (int64_t)blockIdx.x * per_block; rb < rows; rb += (int64_t)gridDim.x * per_block) {
         int64_t r0 = rb + (int64_t)group * 16;
         int64_t ra = phys(r0 + g < rows ? r0 + g : rows - 1);
@@ -650,6 +673,7 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
             __syncthreads(); /* the parts are rewritten by the next tiles */
         }
     }
+    if (!FUSE && an.r) ampr__addnorm_last(an, y, n, (int32_t)rows); /* ldy == rows */
 }
 
 /* Warps a tile: the fewest (1, 2, 4, 8) that give the GPU about 32 warps per
@@ -657,7 +681,7 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
  * fused call, which walks the same rows in another order). */
 template <bool FUSE>
 static void gemv_nf4_mma(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
-                         float *y, int64_t ldy) {
+                         float *y, int64_t ldy, ampr__addnorm an) {
     int64_t want = 32 * (int64_t)c->sm_count, tiles = (w->rows + 15) / 16, nblk = w->cols / 64;
     int ks = 1;
     while (ks < GEMV_WARPS && tiles * ks < want && nblk / (2 * ks) >= NF4MMA_U) ks *= 2;
@@ -668,13 +692,13 @@ static void gemv_nf4_mma(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
     const char *name = FUSE ? "gemv_nf4_mma_kernel (SwiGLU)" : "gemv_nf4_mma_kernel";
     switch (ks) {
     case 1: ampr__launch(c, name, gemv_nf4_mma_kernel<1, FUSE>, grid, GEMV_WARPS * 32, 0,
-        W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+        W, w->scales, w->rows, w->cols, x, n, y, ldy, c->sw[AMPR__CUDA_PREFETCH], an); break;
     case 2: ampr__launch(c, name, gemv_nf4_mma_kernel<2, FUSE>, grid, GEMV_WARPS * 32, 0,
-        W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+        W, w->scales, w->rows, w->cols, x, n, y, ldy, c->sw[AMPR__CUDA_PREFETCH], an); break;
     case 4: ampr__launch(c, name, gemv_nf4_mma_kernel<4, FUSE>, grid, GEMV_WARPS * 32, 0,
-        W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+        W, w->scales, w->rows, w->cols, x, n, y, ldy, c->sw[AMPR__CUDA_PREFETCH], an); break;
     default: ampr__launch(c, name, gemv_nf4_mma_kernel<8, FUSE>, grid, GEMV_WARPS * 32, 0,
-        W, w->scales, w->rows, w->cols, x, n, y, ldy); break;
+        W, w->scales, w->rows, w->cols, x, n, y, ldy, c->sw[AMPR__CUDA_PREFETCH], an); break;
     }
 }
 
@@ -718,19 +742,27 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 2) /* two blocks an SM: 128 r
 gemm_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax, int64_t rows,
                     int64_t cols, const float *__restrict__ x, int32_t n, float *__restrict__ y,
                     int64_t ldy, int32_t per_split, float *__restrict__ part,
-                    int32_t *__restrict__ cnt) {
+                    int32_t *__restrict__ cnt, int pf) {
     auto phys = [rows](int64_t r) { return walk_row<FUSE>(r, rows); };
     const int NTOK = 8 * NT;
+    int64_t nblk = cols / 64, rb = (int64_t)blockIdx.x * NF4B_ROWS;
+    int32_t splits = (int32_t)gridDim.y, sp = (int32_t)blockIdx.y;
+    int64_t j_begin = (int64_t)sp * per_split;
+    int64_t j_end = j_begin + per_split < nblk ? j_begin + per_split : nblk;
+    if (pf) { /* the split's first 8 stages of the block's rows, and their scales */
+        int64_t nr = rows - rb < NF4B_ROWS ? rows - rb : NF4B_ROWS;
+        int64_t first = j_end - j_begin < 8 * NF4B_SB ? j_end - j_begin : 8 * NF4B_SB;
+        ampr__prefetch_rows(nr, (size_t)first * 32, [&](int64_t i) {
+            return W + (size_t)phys(rb + i) * (size_t)(cols / 2) + (size_t)j_begin * 32; });
+        ampr__prefetch_rows(nr, (size_t)first * 4, [&](int64_t i) {
+            return absmax + phys(rb + i) * nblk + j_begin; });
+    }
     __shared__ uint32_t pairs[256 * 32];
     __shared__ uint2 bfrag[NF4B_SB][4][NT][32];
     nf4_pairs_fill(pairs);
     AMPR__PDL_ENTER();
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int g = lane >> 2, t = lane & 3;
-    int64_t nblk = cols / 64, rb = (int64_t)blockIdx.x * NF4B_ROWS;
-    int32_t splits = (int32_t)gridDim.y, sp = (int32_t)blockIdx.y;
-    int64_t j_begin = (int64_t)sp * per_split;
-    int64_t j_end = j_begin + per_split < nblk ? j_begin + per_split : nblk;
     const uint2 *wa[2], *wc[2];
     int64_t ra[2], rc[2];
 #pragma unroll
@@ -923,10 +955,12 @@ static ampr_status gemm_nf4_mma(ampr__cuda *c, const ampr__cuda_mat *w, const fl
     const char *name = FUSE ? "gemm_nf4_mma_kernel (SwiGLU)" : "gemm_nf4_mma_kernel";
     if (n <= 16)
         ampr__launch(c, name, gemm_nf4_mma_kernel<2, FUSE>, grid, GEMV_WARPS * 32, 0, W, w->scales,
-            w->rows, w->cols, x, n, y, ldy, (int32_t)per, c->nf4b_part, c->nf4b_cnt);
+            w->rows, w->cols, x, n, y, ldy, (int32_t)per, c->nf4b_part, c->nf4b_cnt,
+            c->sw[AMPR__CUDA_PREFETCH]);
     else
         ampr__launch(c, name, gemm_nf4_mma_kernel<4, FUSE>, grid, GEMV_WARPS * 32, 0, W, w->scales,
-            w->rows, w->cols, x, n, y, ldy, (int32_t)per, c->nf4b_part, c->nf4b_cnt);
+            w->rows, w->cols, x, n, y, ldy, (int32_t)per, c->nf4b_part, c->nf4b_cnt,
+            c->sw[AMPR__CUDA_PREFETCH]);
     AMPR__CU_LAUNCHED(err, FUSE ? "gemm_nf4_mma_swiglu" : "gemm_nf4_mma");
     return AMPR_OK;
 }
@@ -1151,28 +1185,30 @@ static int lt_ok(const ampr__cuda *c, const ampr__cuda_mat *w, int32_t n, const 
 /* The decode GEMV (n <= gemv_max tokens, gemv_ok): the kernel for the format
  * and n. FUSE: w is the gate/up matrix and y gets silu(gate) * up
  * (ampr__cuda_matmul_swiglu), on the same paths with the same row splits,
- * so the same sums; where no path fuses (more tokens outside the tensor-core
- * NF4 GEMV, INT8 rows too long for its one-token kernel) nothing is launched
- * and *done stays 0. */
+ * so the same sums. an.r: the kernel's last block also does the residual add
+ * and RMSNorm (ampr__cuda_matmul_addnorm; ldy == rows). Where no path fuses
+ * (more tokens outside the tensor-core NF4 GEMV, INT8 rows too long for its
+ * one-token kernel) nothing is launched and *done stays 0. */
 template <bool FUSE>
 static ampr_status gemv(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
-                        float *y, int64_t ldy, int *done, ampr__err *err) {
+                        float *y, int64_t ldy, ampr__addnorm an, int *done, ampr__err *err) {
     int64_t rows = w->rows, cols = w->cols;
     unsigned gblocks = (unsigned)((rows + GEMV_WARPS - 1) / GEMV_WARPS);
     const int R1 = FUSE ? 2 : 1; /* rows a group of the F16 / INT8 one-token kernel */
+    const bool fused = FUSE || an.r; /* only the kernels below that take it */
     *done = 1;
     switch (w->type) {
     case AMPR__Q_F16:
-        if (n == 1) gemv1<AMPR__Q_F16, R1, 8, FUSE, 1>(c, w, x, y);
-        else if (FUSE) *done = 0;
+        if (n == 1) gemv1<AMPR__Q_F16, R1, 8, FUSE, 1>(c, w, x, y, an);
+        else if (fused) *done = 0;
         else
             ampr__launch(c, "gemv_f16_kernel", gemv_f16_kernel, gblocks, GEMV_WARPS * 32, 0,
                 (const __half *)w->data, rows, cols, x, n, y, ldy);
         break;
     case AMPR__Q_INT8:
         if (n == 1 && cols <= GEMV1_INT8_MAX_COLS) { /* quantizes x itself */
-            gemv1<AMPR__Q_INT8, R1, 8, FUSE, 1>(c, w, x, y);
-        } else if (FUSE) {
+            gemv1<AMPR__Q_INT8, R1, 8, FUSE, 1>(c, w, x, y, an);
+        } else if (fused) {
             *done = 0;
         } else {
             AMPR__TRY(ampr__cuda_reserve(c, n, 0, cols, 0, err));
@@ -1183,19 +1219,19 @@ static ampr_status gemv(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, 
         break;
     default:
         if (c->sw[AMPR__CUDA_NF4_MMA] && cols % 64 == 0)
-            gemv_nf4_mma<FUSE>(c, w, x, n, y, ldy);
+            gemv_nf4_mma<FUSE>(c, w, x, n, y, ldy, an);
         else if (n == 1 && rows >= 64 * (int64_t)c->sm_count) /* 4 rows a warp still fill it */
-            gemv1<AMPR__Q_NF4, 4, 2, FUSE>(c, w, x, y);
+            gemv1<AMPR__Q_NF4, 4, 2, FUSE>(c, w, x, y, an);
         else if (n == 1)
-            gemv1<AMPR__Q_NF4, 2, 2, FUSE>(c, w, x, y);
-        else if (FUSE)
+            gemv1<AMPR__Q_NF4, 2, 2, FUSE>(c, w, x, y, an);
+        else if (fused)
             *done = 0;
         else
             ampr__launch(c, "gemv_nf4_kernel", gemv_nf4_kernel, gblocks, GEMV_WARPS * 32, 0,
                 (const uint8_t *)w->data, w->scales, rows, cols, x, n, y, ldy);
         break;
     }
-    if (*done) AMPR__CU_LAUNCHED(err, FUSE ? "gemv_swiglu" : "gemv");
+    if (*done) AMPR__CU_LAUNCHED(err, FUSE ? "gemv_swiglu" : an.r ? "gemv_addnorm" : "gemv");
     return AMPR_OK;
 }
 
@@ -1205,12 +1241,27 @@ ampr_status ampr__cuda_matmul_swiglu(ampr__cuda *c, const ampr__cuda_mat *w, con
     if (n <= 0) return AMPR_OK;
     if (c->sw[AMPR__CUDA_FUSE] && w->rows % 2 == 0) {
         int done = 0;
-        if (n <= c->gemv_max && gemv_ok(w, x)) AMPR__TRY(gemv<true>(c, w, x, n, out, hidden, &done, err));
+        ampr__addnorm none = {NULL, NULL, 0.0f, NULL};
+        if (n <= c->gemv_max && gemv_ok(w, x)) AMPR__TRY(gemv<true>(c, w, x, n, out, hidden, none, &done, err));
         else if (nf4_batch_ok(c, w, x, n)) return gemm_nf4_mma<true>(c, w, x, n, out, hidden, err);
         if (done) return AMPR_OK;
     }
     AMPR__TRY(ampr__cuda_matmul(c, w, x, n, gu, w->rows, err));
     return ampr__cuda_swiglu(c, gu, out, n, (int32_t)hidden, err);
+}
+
+ampr_status ampr__cuda_matmul_addnorm(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
+                                      int32_t n, float *y, float *r, const float *nw, float eps,
+                                      ampr__err *err) {
+    if (n <= 0) return AMPR_OK;
+    if (c->sw[AMPR__CUDA_FUSE_NORM] && n <= c->gemv_max && gemv_ok(w, x)) {
+        int done = 0;
+        ampr__addnorm an = {r, nw, eps, c->norm_cnt};
+        AMPR__TRY(gemv<false>(c, w, x, n, y, w->rows, an, &done, err));
+        if (done) return AMPR_OK;
+    }
+    AMPR__TRY(ampr__cuda_matmul(c, w, x, n, y, w->rows, err));
+    return ampr__cuda_add_rmsnorm(c, r, y, nw, y, n, (int32_t)w->rows, eps, err);
 }
 
 ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
@@ -1224,7 +1275,8 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
     if (w->type != AMPR__Q_F16 && w->type != AMPR__Q_INT8 && w->type != AMPR__Q_NF4)
         return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "no CUDA matmul for format %d", (int)w->type);
     int done;
-    if (n <= c->gemv_max && gemv_ok(w, x)) return gemv<false>(c, w, x, n, y, ldy, &done, err);
+    ampr__addnorm none = {NULL, NULL, 0.0f, NULL};
+    if (n <= c->gemv_max && gemv_ok(w, x)) return gemv<false>(c, w, x, n, y, ldy, none, &done, err);
     if (nf4_batch_ok(c, w, x, n)) return gemm_nf4_mma<false>(c, w, x, n, y, ldy, err);
     /* cuBLASLt where lt_ok() says so and it has a plan for the shape (made
      * before anything is launched; cached); else the simple kernel, which

@@ -55,46 +55,16 @@ ampr_status ampr__cuda_embed(ampr__cuda *c, const ampr__cuda_mat *table, const i
 
 /* ---- RMSNorm ------------------------------------------------------------------ */
 
-__device__ float block_sum(float v, float *red) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        int nw = (int)(blockDim.x >> 5);
-        v = (int)threadIdx.x < nw ? red[threadIdx.x] : 0.0f;
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (threadIdx.x == 0) red[0] = v;
-    }
-    __syncthreads();
-    float r = red[0];
-    __syncthreads(); /* red may be reused by the caller */
-    return r;
-}
-
 /* With y: x += y first (written back), then out = rmsnorm(x) * w -- the
- * residual add and the norm that follows it in one pass over x. y and out
- * are not __restrict__: they may be the same rows. */
+ * residual add and the norm that follows it in one pass over x, a block a
+ * row (ampr__add_rmsnorm_row, cuda_err.h). y and out are not __restrict__:
+ * they may be the same rows. */
 __global__ void rmsnorm_kernel(float *x, const float *y, const float *__restrict__ w, float *out,
                                int32_t dim, float eps) {
     AMPR__PDL_ENTER();
     __shared__ float red[32];
-    float *xr = x + (size_t)blockIdx.x * dim;
-    float *o = out + (size_t)blockIdx.x * dim;
-    float ss = 0.0f;
-    if (y) {
-        const float *yr = y + (size_t)blockIdx.x * dim;
-        for (int32_t j = threadIdx.x; j < dim; j += blockDim.x) {
-            float v = xr[j] + yr[j];
-            xr[j] = v;
-            ss += v * v;
-        }
-    } else {
-        for (int32_t j = threadIdx.x; j < dim; j += blockDim.x) ss += xr[j] * xr[j];
-    }
-    ss = block_sum(ss, red);
-    ss = ss / (float)dim + eps;
-    float inv = 1.0f / sqrtf(ss);
-    for (int32_t j = threadIdx.x; j < dim; j += blockDim.x) o[j] = w[j] * (inv * xr[j]);
+    size_t o = (size_t)blockIdx.x * dim;
+    ampr__add_rmsnorm_row(x + o, y ? y + o : NULL, w, out + o, dim, eps, red);
 }
 
 ampr_status ampr__cuda_add_rmsnorm(ampr__cuda *c, float *x, const float *y, const float *w,
@@ -1432,11 +1402,11 @@ row_monitor_kernel(const float *__restrict__ x, int32_t cols, int32_t len,
         }
         if (keep) keep[j] = v;
     }
-    zp = block_sum(zp, red);
-    sp = block_sum(sp, red);
+    zp = ampr__block_sum(zp, red);
+    sp = ampr__block_sum(sp, red);
     if (q) {
-        zq = block_sum(zq, red);
-        a = block_sum(a, red);
+        zq = ampr__block_sum(zq, red);
+        a = ampr__block_sum(a, red);
     }
     if (threadIdx.x == 0)
         part[(size_t)blockIdx.x * gridDim.y + blockIdx.y] = ampr__row_part{mp, zp, sp, mq, zq, a, bad};

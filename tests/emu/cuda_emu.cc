@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <map>
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -627,6 +628,13 @@ static bool is_device(const void *p) {
     return a && !a->host;
 }
 
+static std::atomic<unsigned long> g_prefetches{0};
+void prefetch(const void *p) {
+    if (!is_device(p)) fault("prefetch of %p, which is not in a device allocation", p);
+    g_prefetches++;
+}
+unsigned long prefetches(void) { return g_prefetches.load(); }
+
 /* a copy's pointers: each that the kind names device memory must lie in one
  * device allocation, with all its bytes */
 static cudaError_t check_copy(const char *what, void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
@@ -739,8 +747,12 @@ static const char *smem_over(const void *fn, size_t st, size_t dyn, char *buf, s
     return buf;
 }
 
+static std::atomic<unsigned long> g_kernels_run{0};
+unsigned long kernels_run(void) { return g_kernels_run.load(); }
+
 static cudaError_t run_launch(const char *name, const void *fn, const config &c,
                               const std::function<void()> &body) {
+    g_kernels_run++;
     unsigned n = c.block.x * c.block.y * c.block.z;
     std::vector<unsigned char> smem(c.smem + 128);
     launch_state ls;

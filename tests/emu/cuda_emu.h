@@ -127,6 +127,13 @@ enum coll_op { C_SHFL, C_XOR, C_DOWN, C_UP, C_BALLOT, C_ANY, C_ALL, C_MATCH, C_S
 void warp_collective(coll_op op, unsigned mask, int width);
 int block_barrier(int pred, int kind); /* kind 0 plain, 1 or, 2 and, 3 count */
 void fault(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+/* prefetch.global.L2 of p: faults unless p is in a device allocation, and
+ * counts it (prefetches()) */
+void prefetch(const void *p);
+unsigned long prefetches(void);
+/* kernels run so far (launches and graph replays; a test's way to see that a
+ * fused path launched one kernel where the other launches two) */
+unsigned long kernels_run(void);
 
 struct config {
     dim3 grid, block;
@@ -239,6 +246,10 @@ static inline unsigned __activemask(void) { return 0xffffffffu; }
  * kernel is always complete; what is checked is that a kernel launched with
  * programmatic dependent launch calls it in every thread (cuda_emu.cc) */
 static inline void ampr_emu_pdl_wait(void) { ::ampr_emu::g_cur->pdl_waited = true; }
+/* prefetch.global.L2: a hint that changes no value; here the address is
+ * checked (on a GPU a prefetch of unmapped memory is not promised to be
+ * harmless) and counted */
+static inline void ampr_emu_prefetch_l2(const void *p) { ::ampr_emu::prefetch(p); }
 
 /* mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 as the PTX ISA lays its
  * fragments out (a: 4 registers of fp16 pairs, b: 2, c/d: 4 floats a lane) */

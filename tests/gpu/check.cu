@@ -865,6 +865,129 @@ static void check_nf4_chunks(void) {
  * and on INT8, whose token then has scale NaN (lib/quant/quant.h; the one-
  * token GEMV quantizes in its prologue, the others in quant_act_kernel), so
  * that the fallback's check can flag the row; the other tokens stay finite. */
+/* ampr__cuda_matmul_addnorm with AMPR_CUDA_FUSE_NORM (the matmul kernel's
+ * last block adds y into the residual and normalizes) against it without
+ * (the matmul, then ampr__cuda_add_rmsnorm): y and the residual bit for bit,
+ * twice in a row (the block count is set back for the next call). One token
+ * on each format's one-token GEMV, NF4 on tensor cores at 1, 3 and 8 tokens;
+ * and shapes no fused kernel takes (NF4 with cols % 32 != 0, several tokens
+ * outside the tensor-core GEMV), which must give the same by the other path.
+ * On the CPU emulation the fused calls are also seen to run one kernel. */
+static void check_addnorm(void) {
+    char name[160];
+    struct Shape { int64_t rows, cols; } shapes[] = {{300, 512}, {1000, 4096}, {64, 172}, {2048, 256}};
+    for (ampr__qtype t : k_fmts)
+        for (const Shape &sh : shapes)
+            for (int mma = 0; mma < (t == AMPR__Q_NF4 ? 2 : 1); mma++)
+                for (int32_t n : {1, 3, 8}) {
+                    if (n == 8 && !mma) continue;
+                    int64_t rows = sh.rows, cols = sh.cols;
+                    HostMat hm;
+                    ampr__cuda_mat dm;
+                    random_mat(hm, dm, t, rows, cols, 0.3f);
+                    auto x = rnd_vec((size_t)n * (size_t)cols, -1, 1);
+                    auto r0 = rnd_vec((size_t)n * (size_t)rows, -2, 2);
+                    auto nw = rnd_vec((size_t)rows, 0.5f, 1.5f);
+                    float *dx = (float *)dev_put(x.data(), x.size() * 4);
+                    float *dw = (float *)dev_put(nw.data(), nw.size() * 4);
+                    size_t ny = (size_t)n * (size_t)rows;
+                    std::vector<float> got[3][2]; /* [unfused, fused, fused again][y, r] */
+#ifdef AMPR_CUDA_EMU
+                    bool one_kernel = true; /* each fused call ran one kernel */
+#endif
+                    SwitchScope sw_mma(AMPR__CUDA_NF4_MMA, mma);
+                    for (int v = 0; v < 3; v++) {
+                        SwitchScope sw(AMPR__CUDA_FUSE_NORM, v > 0);
+                        float *dr = (float *)dev_put(r0.data(), ny * 4);
+                        float *dy = (float *)dev_put(NULL, ny * 4);
+#ifdef AMPR_CUDA_EMU
+                        unsigned long k0 = ampr_emu::kernels_run();
+#endif
+                        OK(ampr__cuda_matmul_addnorm(g_c, &dm, dx, n, dy, dr, dw, 1e-5f, &g_err));
+                        OK(ampr__cuda_sync(g_c, &g_err));
+#ifdef AMPR_CUDA_EMU
+                        if (v > 0) one_kernel = one_kernel && ampr_emu::kernels_run() - k0 == 1;
+#endif
+                        got[v][0] = dev_get<float>(dy, ny);
+                        got[v][1] = dev_get<float>(dr, ny);
+                        ampr__cuda_free(g_c, dr);
+                        ampr__cuda_free(g_c, dy);
+                    }
+                    long mism = 0;
+                    for (int v = 1; v < 3; v++)
+                        for (int k = 0; k < 2; k++)
+                            for (size_t e = 0; e < ny; e++) mism += memcmp(&got[0][k][e], &got[v][k][e], 4) != 0;
+                    /* where a fused kernel takes the call (ampr__cuda_matmul_addnorm) */
+                    bool fusable = cols % (t == AMPR__Q_F16 ? 8 : t == AMPR__Q_INT8 ? 16 : 32) == 0 &&
+                                   (n == 1 || (mma && cols % 64 == 0));
+#ifdef AMPR_CUDA_EMU
+                    if (fusable && !one_kernel) mism++;
+#endif
+                    snprintf(name, sizeof name, "matmul+add+rmsnorm %s %lldx%lld n=%d%s%s", fmt_name(t),
+                             (long long)rows, (long long)cols, n, mma ? " mma" : "",
+                             fusable ? " fused" : " (not fused)");
+                    report_exact(name, mism, (long)(4 * ny));
+                    ampr__cuda_free(g_c, dx);
+                    ampr__cuda_free(g_c, dw);
+                    ampr__cuda_mat_free(g_c, &dm);
+                }
+}
+
+/* AMPR_CUDA_PREFETCH: a hint, so every decode GEMV gives the same floats
+ * with it as without (one token: gemv1_kernel of each format; NF4 on tensor
+ * cores: its GEMV at 4 tokens and its batch kernel at 16; a matrix longer than
+ * a grid's first rows; rows that end a block early; NF4 scales that span
+ * rows). On the CPU emulation each prefetched address is checked to lie in a
+ * device allocation, and the kernels are seen to prefetch at all (a count). */
+static void check_prefetch(void) {
+    char name[160];
+    struct Shape { int64_t rows, cols; } shapes[] = {{300, 512}, {33, 8192}, {4099, 2048}, {72, 96}};
+    for (ampr__qtype t : k_fmts)
+        for (const Shape &sh : shapes)
+            for (int mma = 0; mma < (t == AMPR__Q_NF4 ? 2 : 1); mma++)
+                for (int32_t n : {1, 4, 16}) {
+                    if (n > 1 && !mma) continue; /* those take cuBLASLt or the any-shape kernel */
+                    if (mma && sh.cols % 64) continue;
+                    HostMat hm;
+                    ampr__cuda_mat dm;
+                    random_mat(hm, dm, t, sh.rows, sh.cols, 0.3f);
+                    auto x = rnd_vec((size_t)n * (size_t)sh.cols, -1, 1);
+                    float *dx = (float *)dev_put(x.data(), x.size() * 4);
+                    size_t ny = (size_t)n * (size_t)sh.rows;
+                    float *d[2] = {(float *)dev_put(NULL, ny * 4), (float *)dev_put(NULL, ny * 4)};
+#ifdef AMPR_CUDA_EMU
+                    unsigned long pf[2] = {0, 0}; /* lines prefetched without, with */
+#endif
+                    SwitchScope sw_mma(AMPR__CUDA_NF4_MMA, mma);
+                    for (int on = 0; on < 2; on++) {
+                        SwitchScope sw(AMPR__CUDA_PREFETCH, on);
+#ifdef AMPR_CUDA_EMU
+                        unsigned long before = ampr_emu::prefetches();
+#endif
+                        OK(ampr__cuda_matmul(g_c, &dm, dx, n, d[on], sh.rows, &g_err));
+                        OK(ampr__cuda_sync(g_c, &g_err));
+#ifdef AMPR_CUDA_EMU
+                        pf[on] = ampr_emu::prefetches() - before;
+#endif
+                    }
+                    auto g0 = dev_get<float>(d[0], ny), g1 = dev_get<float>(d[1], ny);
+                    long mism = 0;
+                    for (size_t e = 0; e < ny; e++) mism += memcmp(&g0[e], &g1[e], 4) != 0;
+#ifdef AMPR_CUDA_EMU
+                    if (pf[0] != 0 || pf[1] == 0) mism++; /* none without the switch, some with it */
+                    snprintf(name, sizeof name, "prefetch %s %lldx%lld n=%d%s (%lu lines)", fmt_name(t),
+                             (long long)sh.rows, (long long)sh.cols, n, mma ? " mma" : "", pf[1]);
+#else
+                    snprintf(name, sizeof name, "prefetch %s %lldx%lld n=%d%s", fmt_name(t),
+                             (long long)sh.rows, (long long)sh.cols, n, mma ? " mma" : "");
+#endif
+                    report_exact(name, mism, (long)ny);
+                    ampr__cuda_free(g_c, dx);
+                    for (float *b : d) ampr__cuda_free(g_c, b);
+                    ampr__cuda_mat_free(g_c, &dm);
+                }
+}
+
 static void check_nan_matmul(void) {
     char name[128];
     int64_t rows = 1024, cols = 1024;
@@ -1757,6 +1880,26 @@ static void bench_ops(ampr__qtype t, HostModel &hm, double copy, double peak) {
                dec ? "with 16-byte V loads, merged in the kernel" : "(default V loop, merge kernel)",
                att_us(AMPR__CUDA_ATT_DEC, 1, np));
     }
+    { /* decode GEMVs again with the other prefetch setting */
+        SwitchScope sw(AMPR__CUDA_PREFETCH, flipped(AMPR__CUDA_PREFETCH));
+        printf("  GEMV, decode, %s AMPR_CUDA_PREFETCH:", sw.was ? "without" : "with");
+        for (int k = 0; k < 5; k++) {
+            double u = 1e3 * time_ms([&] { OK(ampr__cuda_matmul(g_c, &mats[k], dx, 1, dy, mats[k].rows, &g_err)); }, g_op_reps);
+            printf(" %s %.1f us (%.0f GB/s)%s", mname[k], u,
+                   (double)ampr__cuda_mat_bytes(&mats[k]) / (u * 1e-6) / 1e9, k < 4 ? "," : "\n");
+        }
+    }
+    { /* wo and down at decode, then add+RMSNorm: two kernels, or one (AMPR_CUDA_FUSE_NORM) */
+        printf("  decode, matmul then add+norm vs in one kernel:");
+        for (int k : {1, 3}) {
+            double u[2];
+            for (int f = 0; f < 2; f++) {
+                SwitchScope sw(AMPR__CUDA_FUSE_NORM, f);
+                u[f] = 1e3 * time_ms([&] { OK(ampr__cuda_matmul_addnorm(g_c, &mats[k], dx, 1, dy, dz, dw, 1e-5f, &g_err)); }, g_op_reps);
+            }
+            printf(" %s %.1f vs %.1f us%s", mname[k], u[0], u[1], k == 1 ? "," : "\n");
+        }
+    }
     if (t == AMPR__Q_NF4) { /* decode GEMVs again with the other kernel */
         SwitchScope sw(AMPR__CUDA_NF4_MMA, flipped(AMPR__CUDA_NF4_MMA));
         printf("  %s GEMV, decode:", sw.was ? "fp32" : "tensor-core");
@@ -1846,17 +1989,38 @@ static void bench(void) {
                steps / (eager_ms * 1e-3));
         { /* the decode step with every new kernel on (or off, if the environment
            * turned them on), side by side */
-            int on = !(ampr__cuda_switch_on(g_c, AMPR__CUDA_NF4_MMA) &&
-                       ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_DEC) && ampr__cuda_switch_on(g_c, AMPR__CUDA_FUSE));
+            int on = !(ampr__cuda_switch_on(g_c, AMPR__CUDA_NF4_MMA) && ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_DEC) &&
+                       ampr__cuda_switch_on(g_c, AMPR__CUDA_FUSE) && ampr__cuda_switch_on(g_c, AMPR__CUDA_FUSE_NORM) &&
+                       ampr__cuda_switch_on(g_c, AMPR__CUDA_PREFETCH));
             double alt_ms;
             {
-                SwitchScope a(AMPR__CUDA_NF4_MMA, on), b(AMPR__CUDA_ATT_DEC, on), f(AMPR__CUDA_FUSE, on);
+                SwitchScope a(AMPR__CUDA_NF4_MMA, on), b(AMPR__CUDA_ATT_DEC, on), f(AMPR__CUDA_FUSE, on),
+                    fn(AMPR__CUDA_FUSE_NORM, on), pf(AMPR__CUDA_PREFETCH, on);
                 alt_ms = decode_ms(1);
             }
             double new_ms = on ? alt_ms : dec_ms, old_ms = on ? dec_ms : alt_ms;
-            printf("%s decode step, the new kernels (AMPR_CUDA_NF4_MMA, _ATT_DEC, _FUSE) %.3f ms vs "
-                   "%s %.3f ms: %.2fx\n", fmt_name(t), new_ms / steps, on ? "as opened" : "without",
-                   old_ms / steps, old_ms / new_ms);
+            printf("%s decode step, the new kernels (AMPR_CUDA_NF4_MMA, _ATT_DEC, _FUSE, _FUSE_NORM, _PREFETCH%s) "
+                   "%.3f ms vs %s %.3f ms: %.2fx\n", fmt_name(t),
+                   ampr__cuda_switch_on(g_c, AMPR__CUDA_PDL) ? "; PDL on in both" : "", new_ms / steps,
+                   on ? "as opened" : "without", old_ms / steps, old_ms / new_ms);
+        }
+        { /* the residual adds and norms in the matmuls before them, side by side */
+            SwitchScope sw(AMPR__CUDA_FUSE_NORM, flipped(AMPR__CUDA_FUSE_NORM));
+            double alt_ms = decode_ms(1);
+            double f_ms = sw.was ? dec_ms : alt_ms, u_ms = sw.was ? alt_ms : dec_ms;
+            printf("%s decode step, add+RMSNorm done by the matmul before it (AMPR_CUDA_FUSE_NORM%s) "
+                   "%.3f ms vs without %.3f ms: %.2fx\n", fmt_name(t),
+                   ampr__cuda_switch_on(g_c, AMPR__CUDA_PDL) ? ", PDL on" : "", f_ms / steps, u_ms / steps,
+                   u_ms / f_ms);
+        }
+        { /* the GEMVs' weights prefetched before their wait, side by side */
+            SwitchScope sw(AMPR__CUDA_PREFETCH, flipped(AMPR__CUDA_PREFETCH));
+            double alt_ms = decode_ms(1);
+            double pf_ms = sw.was ? dec_ms : alt_ms, no_ms = sw.was ? alt_ms : dec_ms;
+            printf("%s decode step, weights prefetched into L2 before each GEMV's wait (AMPR_CUDA_PREFETCH%s) "
+                   "%.3f ms vs without %.3f ms: %.2fx\n", fmt_name(t),
+                   ampr__cuda_switch_on(g_c, AMPR__CUDA_PDL) ? ", PDL on" : "", pf_ms / steps,
+                   no_ms / steps, no_ms / pf_ms);
         }
         if (t == AMPR__Q_F16) { /* the other prefill attention kernel, side by side */
             SwitchScope sw(AMPR__CUDA_ATT_MMA, flipped(AMPR__CUDA_ATT_MMA));
@@ -1942,6 +2106,8 @@ int main(int argc, char **argv) {
         check_temp_draw();
         check_embed_matmul();
         check_gemv_swiglu();
+        check_prefetch();
+        check_addnorm();
         check_nan_matmul();
         check_nf4_chunks();
         check_kv_attention(64);

@@ -35,7 +35,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 # The kernel switches that are off by default (cuda/ampr_cuda.h, ampr__cuda_switch)
-all_switches="AMPR_CUDA_PDL=1 AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1 AMPR_CUDA_TP_GRAPHS=1"
+all_switches="AMPR_CUDA_PDL=1 AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1 AMPR_CUDA_TP_GRAPHS=1 AMPR_CUDA_PREFETCH=1 AMPR_CUDA_FUSE_NORM=1"
 build_only=0
 prebuild=0
 emu=0
@@ -301,14 +301,17 @@ for tier in fp16 int8 nf4; do
         fi
     done
 done
-# SwiGLU fused into the gate/up GEMV (AMPR_CUDA_FUSE=1) gives the same floats
-# as the two kernels it replaces, so the same text on every tier
-for tier in fp16 int8 nf4; do
-    [ "$cuda_hung" = 1 ] && break
-    [ -n "${gpu60[$tier]:-}" ] || continue
-    f=$(AMPR_CUDA_FUSE=1 run_tier cuda "$tier" 60) || { echo "FAIL: cuda run $tier with AMPR_CUDA_FUSE=1: $(tail -2 "$OUT/e2e-cuda-$tier-60.err")"; e2e_fail=1; continue; }
-    if [ "$f" = "${gpu60[$tier]}" ]; then echo "e2e $tier -n 60 with AMPR_CUDA_FUSE=1: identical to unfused (${#f} chars)  PASS"
-    else echo "e2e $tier -n 60 with AMPR_CUDA_FUSE=1: differs from unfused  FAIL"; printf '  fused  : %s\n  unfused: %s\n' "$f" "${gpu60[$tier]}"; e2e_fail=1; fi
+# SwiGLU fused into the gate/up GEMV (AMPR_CUDA_FUSE=1), and the residual add
+# and RMSNorm into the matmul before them (AMPR_CUDA_FUSE_NORM=1), give the
+# same floats as the kernels they replace, so the same text on every tier
+for fz in AMPR_CUDA_FUSE=1 AMPR_CUDA_FUSE_NORM=1; do
+    for tier in fp16 int8 nf4; do
+        [ "$cuda_hung" = 1 ] && break
+        [ -n "${gpu60[$tier]:-}" ] || continue
+        f=$(export "${fz?}"; run_tier cuda "$tier" 60) || { echo "FAIL: cuda run $tier with $fz: $(tail -2 "$OUT/e2e-cuda-$tier-60.err")"; e2e_fail=1; continue; }
+        if [ "$f" = "${gpu60[$tier]}" ]; then echo "e2e $tier -n 60 with $fz: identical to unfused (${#f} chars)  PASS"
+        else echo "e2e $tier -n 60 with $fz: differs from unfused  FAIL"; printf '  fused  : %s\n  unfused: %s\n' "$f" "${gpu60[$tier]}"; e2e_fail=1; fi
+    done
 done
 # NF4's decode GEMV on tensor cores (AMPR_CUDA_NF4_MMA=1: codes and x rounded
 # to fp16): its text against the CPU's, reported like the lower tiers above
