@@ -113,11 +113,12 @@ void ampr__cuda_set_dequant_rows(ampr__cuda *c, int64_t rows);
  *            overlap the previous kernel's tail, and before INT8's
  *            quantization of x and NF4's table fill; a hint, the same
  *            values;
- *   FUSE_NORM ampr__cuda_matmul_addnorm in one kernel where the one-token
- *            GEMV or the tensor-core NF4 GEMV takes the matmul: its last
- *            block does the residual add and RMSNorm (the same floats as
- *            ampr__cuda_add_rmsnorm), so one-rank decode passes launch no
- *            norm kernel (cuda_forward.cu). */
+ *   FUSE_TAIL ampr__cuda_matmul_addnorm and ampr__cuda_matmul_rope_kv in
+ *            one kernel where the one-token GEMV or the tensor-core NF4 GEMV
+ *            takes the matmul: its last block does the residual add and
+ *            RMSNorm, or RoPE and the KV store (the same floats as the
+ *            kernels they replace), so decode passes launch no norm kernel
+ *            (without all-reduces; cuda_forward.cu) and no RoPE kernel. */
 typedef enum {
     AMPR__CUDA_NF4_MMA,
     AMPR__CUDA_ATT_MMA,
@@ -126,7 +127,7 @@ typedef enum {
     AMPR__CUDA_PDL,
     AMPR__CUDA_TP_GRAPHS,
     AMPR__CUDA_PREFETCH,
-    AMPR__CUDA_FUSE_NORM,
+    AMPR__CUDA_FUSE_TAIL,
     AMPR__CUDA_N_SWITCHES
 } ampr__cuda_switch;
 void ampr__cuda_set_switch(ampr__cuda *c, ampr__cuda_switch s, int on);
@@ -224,7 +225,7 @@ ampr_status ampr__cuda_matmul_swiglu(ampr__cuda *c, const ampr__cuda_mat *w, con
 /* y = W x [n][rows], then the residual add and RMSNorm that follow it:
  * r [n][rows] += y, y = rmsnorm(r) * nw (ampr__cuda_add_rmsnorm(c, r, y, nw,
  * y, n, rows, eps)). In the matmul's own kernel, by its last block, where
- * the AMPR__CUDA_FUSE_NORM switch allows it and the one-token GEMV or the
+ * the AMPR__CUDA_FUSE_TAIL switch allows it and the one-token GEMV or the
  * tensor-core NF4 GEMV takes the matmul; else the matmul, then
  * ampr__cuda_add_rmsnorm. The same floats either way. */
 ampr_status ampr__cuda_matmul_addnorm(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
@@ -263,6 +264,16 @@ ampr_status ampr__cuda_rope_kv(ampr__cuda *c, const ampr__cuda_kv_view *kv, floa
                                int64_t ld, int32_t n, int32_t n_heads, int32_t n_kv_heads,
                                int32_t head_dim, const int32_t *d_pos, const float *cos_tab,
                                const float *sin_tab, int interleaved, ampr__err *err);
+/* qkv [n][rows] = W x (W the QKV matrix: rows = (n_heads + 2 n_kv_heads)
+ * head_dim), then ampr__cuda_rope_kv on it: in the matmul's own kernel, by
+ * its last block, where the AMPR__CUDA_FUSE_TAIL switch allows it and the
+ * one-token GEMV or the tensor-core NF4 GEMV takes the matmul; else the
+ * matmul, then ampr__cuda_rope_kv. The same values either way. */
+ampr_status ampr__cuda_matmul_rope_kv(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
+                                      int32_t n, float *qkv, const ampr__cuda_kv_view *kv,
+                                      int32_t n_heads, int32_t n_kv_heads, int32_t head_dim,
+                                      const int32_t *d_pos, const float *cos_tab,
+                                      const float *sin_tab, int interleaved, ampr__err *err);
 /* Causal GQA attention: for each of n query rows (row stride ldq, n_heads *
  * head_dim values) at position d_pos[i], attend over positions 0..d_pos[i] of
  * the sequence (their K/V must be stored). out is [n][n_heads*head_dim].

@@ -75,8 +75,8 @@ static ampr_status ctx_init(ampr__cuda *c, int device, ampr__err *err) {
     size_t cnt_bytes = (size_t)4 * (size_t)c->sm_count * sizeof(int32_t); /* att_splits' bound */
     AMPR__CU(err, cudaMalloc((void **)&c->att_cnt, cnt_bytes));
     AMPR__CU(err, cudaMemsetAsync(c->att_cnt, 0, cnt_bytes, c->stream));
-    AMPR__CU(err, cudaMalloc((void **)&c->norm_cnt, sizeof(int32_t)));
-    AMPR__CU(err, cudaMemsetAsync(c->norm_cnt, 0, sizeof(int32_t), c->stream));
+    AMPR__CU(err, cudaMalloc((void **)&c->tail_cnt, sizeof(int32_t)));
+    AMPR__CU(err, cudaMemsetAsync(c->tail_cnt, 0, sizeof(int32_t), c->stream));
     return AMPR_OK;
 }
 
@@ -118,7 +118,7 @@ void ampr__cuda_close(ampr__cuda *c) {
     cudaFree(c->nf4b_cnt);
     cudaFree(c->att_part);
     cudaFree(c->att_cnt);
-    cudaFree(c->norm_cnt);
+    cudaFree(c->tail_cnt);
     if (c->stream) cudaStreamDestroy(c->stream);
     (void)cudaGetLastError();
     ampr__free(c);
@@ -149,7 +149,7 @@ const char *ampr__cuda_switch_env(ampr__cuda_switch s) {
     static const char *const names[AMPR__CUDA_N_SWITCHES] = {
         "AMPR_CUDA_NF4_MMA", "AMPR_CUDA_ATT_MMA", "AMPR_CUDA_ATT_DEC", "AMPR_CUDA_FUSE",
         "AMPR_CUDA_PDL", "AMPR_CUDA_TP_GRAPHS", "AMPR_CUDA_PREFETCH",
-        "AMPR_CUDA_FUSE_NORM"};
+        "AMPR_CUDA_FUSE_TAIL"};
     return (unsigned)s < AMPR__CUDA_N_SWITCHES ? names[s] : "?";
 }
 void ampr__cuda_set_switch(ampr__cuda *c, ampr__cuda_switch s, int on) {

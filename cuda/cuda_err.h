@@ -110,9 +110,9 @@ struct ampr__cuda {
      * part (AMPR_CUDA_ATT_DEC: the last one merges and sets it back to 0);
      * 4 * sm_count of them (more rows x heads run unsplit) */
     int32_t *att_cnt;
-    /* a matmul's blocks done, when its last one does the residual add and
-     * RMSNorm after it (AMPR_CUDA_FUSE_NORM; that block sets it back to 0) */
-    int32_t *norm_cnt;
+    /* a matmul's blocks done, when its last one does the op after it
+     * (ampr__tail_last, AMPR_CUDA_FUSE_TAIL; that block sets it back to 0) */
+    int32_t *tail_cnt;
 };
 
 /* d += a b: mma.sync m16n8k16, fp16 inputs, fp32 sums (sm_80 and newer); the
@@ -155,7 +155,7 @@ __device__ __forceinline__ float ampr__block_sum(float v, float *red) {
 
 /* One row by one block: with y, x += y first (written back), then out =
  * rmsnorm(x) * w. One body for rmsnorm_kernel and the matmuls that end with
- * the norm (AMPR_CUDA_FUSE_NORM), so that both give the same floats with the
+ * the norm (AMPR_CUDA_FUSE_TAIL), so that both give the same floats with the
  * same block size. y is read through L2 (__ldcg): in the fused case other
  * blocks of the same kernel wrote it. y and out may be the same row. */
 __device__ __forceinline__ void ampr__add_rmsnorm_row(float *xr, const float *yr,
@@ -177,35 +177,124 @@ __device__ __forceinline__ void ampr__add_rmsnorm_row(float *xr, const float *yr
     for (int32_t j = threadIdx.x; j < dim; j += blockDim.x) o[j] = w[j] * (inv * xr[j]);
 }
 
-/* The residual add and RMSNorm a matmul ends with (ampr__cuda_matmul_addnorm):
- * r [n][dim] += y, y = rmsnorm(r) * w. r == NULL: none. */
-typedef struct ampr__addnorm {
+/* ---- paged KV ---------------------------------------------------------------- */
+
+/* Element offset of (layer, position, element 0) in a K or V arena. */
+__device__ __forceinline__ size_t ampr__kv_off(const int32_t *blocks, int32_t n_layers, int32_t layer,
+                                               int32_t bs, int32_t kv_dim, int32_t p) {
+    size_t page = (size_t)blocks[p / bs];
+    return ((page * (size_t)n_layers + (size_t)layer) * (size_t)bs + (size_t)(p % bs)) *
+           (size_t)kv_dim;
+}
+
+/* The block table of query/token row i: row row_seq[i] of a [seqs][stride]
+ * table, or the single table when row_seq is NULL. */
+__device__ __forceinline__ const int32_t *ampr__row_blocks(const int32_t *blocks, const int32_t *row_seq,
+                                                           int32_t stride, int32_t i) {
+    return row_seq ? blocks + (size_t)row_seq[i] * (size_t)stride : blocks;
+}
+
+template <typename T> __device__ __forceinline__ T ampr__to_kv(float v);
+template <> __device__ __forceinline__ float ampr__to_kv<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half ampr__to_kv<__half>(float v) { return __float2half_rn(v); }
+
+/* One work item of RoPE and the KV store (rope_kv_kernel, and the QKV
+ * matmuls that do it themselves). A row of x holds nq query heads, then nkv
+ * key heads, then nkv value heads (hd values each; the fused QKV layout).
+ * Item e = (row i, head h, pair k) covers the pair (a, b) -- (2k, 2k+1)
+ * interleaved, (k, k + hd/2) half-split:
+ *   rope:  Q and K heads rotate in place by position pos[i];
+ *   store: K (after the rotation) and V go to the row's page at pos[i].
+ * Rotation: x0*c - x1*s, x0*s + x1*c, each product rounded (no FMA), as the
+ * CPU's forward computes it. */
+template <typename T>
+__device__ __forceinline__ void ampr__rope_kv_item(size_t e, float *x, int64_t ld, int32_t nq, int32_t nkv,
+                                                   int32_t hd, const int32_t *pos, const float *cs,
+                                                   const float *sn, int interleaved, int rope, T *kc, T *vc,
+                                                   const int32_t *blocks, int32_t n_layers, int32_t layer,
+                                                   int32_t bs, const int32_t *row_seq, int32_t stride) {
+    int32_t half = hd / 2, heads = nq + 2 * nkv, kv_dim = nkv * hd;
+    size_t per_row = (size_t)heads * (size_t)half;
+    int32_t i = (int32_t)(e / per_row), r = (int32_t)(e % per_row);
+    int32_t h = r / half, k = r % half;
+    int32_t a = interleaved ? 2 * k : k, b = interleaved ? 2 * k + 1 : k + half;
+    float *xh = x + (int64_t)i * ld + (int64_t)h * hd;
+    float y0 = xh[a], y1 = xh[b];
+    if (rope && h < nq + nkv) {
+        size_t t = (size_t)pos[i] * (size_t)half + (size_t)k;
+        float c0 = cs[t], s0 = sn[t];
+        float x0 = y0, x1 = y1;
+        y0 = __fsub_rn(__fmul_rn(x0, c0), __fmul_rn(x1, s0));
+        y1 = __fadd_rn(__fmul_rn(x0, s0), __fmul_rn(x1, c0));
+        xh[a] = y0;
+        xh[b] = y1;
+    }
+    if (kc && h >= nq) {
+        const int32_t *bt = ampr__row_blocks(blocks, row_seq, stride, i);
+        size_t o = ampr__kv_off(bt, n_layers, layer, bs, kv_dim, pos[i]);
+        T *dst = h < nq + nkv ? kc + o + (size_t)(h - nq) * hd : vc + o + (size_t)(h - nq - nkv) * hd;
+        dst[a] = ampr__to_kv<T>(y0);
+        dst[b] = ampr__to_kv<T>(y1);
+    }
+}
+
+/* ---- a matmul's tail ----------------------------------------------------------
+ * The small op that follows a decode matmul, done by the matmul kernel's last
+ * block instead of a launch of its own (AMPR_CUDA_FUSE_TAIL):
+ *   ADDNORM (ampr__cuda_matmul_addnorm, after wo and w_down): r [n][dim] += y,
+ *           y = rmsnorm(r) * w (ampr__add_rmsnorm_row);
+ *   ROPE_KV (ampr__cuda_matmul_rope_kv, after wqkv): y's rows are the QKV
+ *           rows; rope_kv_kernel's work (ampr__rope_kv_item) with kv_f16
+ *           choosing the cache's element type. */
+enum { AMPR__TAIL_NONE, AMPR__TAIL_ADDNORM, AMPR__TAIL_ROPE_KV };
+typedef struct ampr__tail {
+    int kind;
+    int32_t *cnt; /* the context's tail_cnt */
     float *r;
     const float *w;
     float eps;
-    int32_t *cnt; /* the context's norm_cnt */
-} ampr__addnorm;
+    int32_t nq, nkv, hd;
+    const int32_t *pos;
+    const float *cs, *sn;
+    int interleaved, kv_f16;
+    void *kc, *vc;
+    const int32_t *blocks, *row_seq;
+    int32_t n_layers, layer, bs, stride;
+} ampr__tail;
 
 /* At the end of a matmul kernel whose blocks write y [n][dim] (each row
- * whole, by one block): the last block to finish, counted in an.cnt, applies
- * an to every row and sets the count back to 0 (graph-safe). Every thread of
- * every block must call it. Not inlined: inlined, it raised the INT8
- * one-token GEMV from 56 to 64-74 registers (3 blocks an SM where 4 fit),
- * switch on or off. */
-static __device__ __noinline__ void ampr__addnorm_last(ampr__addnorm an, float *y, int32_t n,
-                                                   int32_t dim) {
+ * whole, by one block): the last block to finish, counted in t.cnt, does
+ * the tail and sets the count back to 0 (graph-safe). Every thread of every
+ * block must call it. Not inlined: inlined, the addition alone raised the
+ * INT8 one-token GEMV from 56 to 64-74 registers (3 blocks an SM where 4
+ * fit), switch on or off. */
+static __device__ __noinline__ void ampr__tail_last(ampr__tail t, float *y, int32_t n, int32_t dim) {
     __shared__ int last;
     __shared__ float red[32];
     __threadfence(); /* this block's rows of y, visible before it is counted */
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(an.cnt, 1) == (int)(gridDim.x * gridDim.y * gridDim.z) - 1;
+    if (threadIdx.x == 0) last = atomicAdd(t.cnt, 1) == (int)(gridDim.x * gridDim.y * gridDim.z) - 1;
     __syncthreads();
     if (!last) return;
     __threadfence();
-    for (int32_t t = 0; t < n; t++)
-        ampr__add_rmsnorm_row(an.r + (size_t)t * dim, y + (size_t)t * dim, an.w, y + (size_t)t * dim, dim,
-                              an.eps, red);
-    if (threadIdx.x == 0) *an.cnt = 0;
+    if (t.kind == AMPR__TAIL_ADDNORM) {
+        for (int32_t i = 0; i < n; i++)
+            ampr__add_rmsnorm_row(t.r + (size_t)i * dim, y + (size_t)i * dim, t.w, y + (size_t)i * dim, dim,
+                                  t.eps, red);
+    } else {
+        size_t total = (size_t)n * (size_t)(t.nq + 2 * t.nkv) * (size_t)(t.hd / 2);
+        for (size_t e = threadIdx.x; e < total; e += blockDim.x) {
+            if (t.kv_f16)
+                ampr__rope_kv_item<__half>(e, y, dim, t.nq, t.nkv, t.hd, t.pos, t.cs, t.sn, t.interleaved, 1,
+                                           (__half *)t.kc, (__half *)t.vc, t.blocks, t.n_layers, t.layer,
+                                           t.bs, t.row_seq, t.stride);
+            else
+                ampr__rope_kv_item<float>(e, y, dim, t.nq, t.nkv, t.hd, t.pos, t.cs, t.sn, t.interleaved, 1,
+                                          (float *)t.kc, (float *)t.vc, t.blocks, t.n_layers, t.layer, t.bs,
+                                          t.row_seq, t.stride);
+        }
+    }
+    if (threadIdx.x == 0) *t.cnt = 0;
 }
 
 /* v rounded to fp16, finite values saturated at +-65504 (no inf); a NaN

@@ -186,7 +186,7 @@ typedef struct pass_bufs {
     /* the residual add and RMSNorm that begin each half-layer (but layer 0's)
      * and the logits are done by the matmul that ends the half before
      * (ampr__cuda_matmul_addnorm): no all-reduce between them, every row's
-     * logits, and the AMPR__CUDA_FUSE_NORM switch on (pass_addnorm) */
+     * logits, and the AMPR__CUDA_FUSE_TAIL switch on (pass_addnorm) */
     int addnorm;
 } pass_bufs;
 
@@ -201,7 +201,7 @@ static const float *norm_w(const ampr__cuda_model *m, int32_t k) {
  * its half-layers' outputs are all-reduced (tensor parallelism, also one rank
  * a process) before the add */
 static int pass_addnorm(const ampr__cuda_model *m, int reduces, int32_t n, int32_t n_logits) {
-    return !reduces && n_logits == n && ampr__cuda_switch_on(m->c, AMPR__CUDA_FUSE_NORM);
+    return !reduces && n_logits == n && ampr__cuda_switch_on(m->c, AMPR__CUDA_FUSE_TAIL);
 }
 
 /* x = embd[tokens] */
@@ -230,9 +230,10 @@ static ampr_status layer_attention(const ampr__cuda_model *m, const pass_bufs *b
         AMPR__TRY(ampr__cuda_add_rmsnorm(c, b->x, l > 0 ? b->xb : NULL, norm_w(m, 2 * l), b->xb, n,
                                          dim, hp->norm_eps, err));
     AMPR__TRY(smooth_div(m, l, 0, b->xb, n, dim, err));
-    AMPR__TRY(ampr__cuda_matmul(c, &L[0], b->xb, n, b->qkv, qkv_dim, err));
-    AMPR__TRY(ampr__cuda_rope_kv(c, &view, b->qkv, qkv_dim, n, hp->n_heads, hp->n_kv_heads, hd,
-                                 b->pos, m->rope_cos, m->rope_sin, hp->rope_interleaved, err));
+    /* the matmul, then RoPE and the KV store (in its kernel with AMPR_CUDA_FUSE_TAIL) */
+    AMPR__TRY(ampr__cuda_matmul_rope_kv(c, &L[0], b->xb, n, b->qkv, &view, hp->n_heads,
+                                        hp->n_kv_heads, hd, b->pos, m->rope_cos, m->rope_sin,
+                                        hp->rope_interleaved, err));
     AMPR__TRY(ampr__cuda_attention(c, &view, b->qkv, qkv_dim, n, b->pos, hp->n_heads,
                                    hp->n_kv_heads, hd, b->att, err));
     AMPR__TRY(smooth_div(m, l, 1, b->att, n, q_dim, err));

@@ -286,8 +286,8 @@ gemv_nf4_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax,
  * INT8 quantizes the token itself, per block, into shared memory
  * (quant_act_kernel's rule), instead of a separate launch. pf
  * (AMPR__CUDA_PREFETCH): the block first prefetches its first rows' first
- * loads into L2; an.r: the last block adds y into the residual and
- * normalizes it (ampr__addnorm_last, AMPR__CUDA_FUSE_NORM). */
+ * loads into L2; tail.kind: the last block does the op after the matmul
+ * (ampr__tail_last, AMPR__CUDA_FUSE_TAIL). */
 
 /* INT8 quantizes into shared memory: up to the default 48 KiB less the
  * static arrays */
@@ -313,7 +313,7 @@ template <int FMT, int R, int U, int KS, bool FUSE = false>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t rows,
              int64_t cols, const float *__restrict__ x, float *__restrict__ y, int pf,
-             ampr__addnorm an) {
+             ampr__tail tail) {
     static_assert(!FUSE || R % 2 == 0, "a fused group holds whole gate/up pairs");
     auto phys = [rows](int64_t r) { return walk_row<FUSE>(r, rows); };
     const int E = gemv1_fmt<FMT>::per_chunk;
@@ -481,12 +481,12 @@ gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t r
         }
         __syncthreads(); /* the parts are rewritten by the next rows */
     }
-    if (!FUSE && an.r) ampr__addnorm_last(an, y, 1, (int32_t)rows);
+    if (!FUSE && tail.kind) ampr__tail_last(tail, y, 1, (int32_t)rows);
 }
 
 template <int FMT, int R, int U, int KS, bool FUSE>
 static void gemv1_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, float *y,
-                         ampr__addnorm an) {
+                         ampr__tail tail) {
     int64_t per_block = (int64_t)(GEMV_WARPS / KS) * R;
     int64_t blocks = (w->rows + per_block - 1) / per_block;
     int64_t cap = 4 * (int64_t)c->sm_count; /* the grid-stride loop takes the rest */
@@ -494,7 +494,7 @@ static void gemv1_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
     const char *name = FUSE ? "gemv1_kernel (SwiGLU)" : "gemv1_kernel";
     ampr__launch(c, name, gemv1_kernel<FMT, R, U, KS, FUSE>,
         (unsigned)(blocks < cap ? blocks : cap), GEMV_WARPS * 32, smem, w->data, w->scales,
-        w->rows, w->cols, x, y, c->sw[AMPR__CUDA_PREFETCH], an);
+        w->rows, w->cols, x, y, c->sw[AMPR__CUDA_PREFETCH], tail);
 }
 
 /* Warps per row: the fewest (1, 2, 4, 8) that give the GPU about 32 warps
@@ -503,16 +503,16 @@ static void gemv1_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
  * both split the rows alike and give the same sums). */
 template <int FMT, int R, int U, bool FUSE = false, int RK = R>
 static void gemv1(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, float *y,
-                  ampr__addnorm an) {
+                  ampr__tail tail) {
     int64_t want = 32 * (int64_t)c->sm_count, groups = (w->rows + RK - 1) / RK;
     int64_t chunks = w->cols / gemv1_fmt<FMT>::per_chunk;
     int ks = 1;
     while (ks < GEMV_WARPS && groups * ks < want && chunks / (2 * ks) >= 32) ks *= 2;
     switch (ks) {
-    case 1: gemv1_launch<FMT, R, U, 1, FUSE>(c, w, x, y, an); break;
-    case 2: gemv1_launch<FMT, R, U, 2, FUSE>(c, w, x, y, an); break;
-    case 4: gemv1_launch<FMT, R, U, 4, FUSE>(c, w, x, y, an); break;
-    default: gemv1_launch<FMT, R, U, 8, FUSE>(c, w, x, y, an); break;
+    case 1: gemv1_launch<FMT, R, U, 1, FUSE>(c, w, x, y, tail); break;
+    case 2: gemv1_launch<FMT, R, U, 2, FUSE>(c, w, x, y, tail); break;
+    case 4: gemv1_launch<FMT, R, U, 4, FUSE>(c, w, x, y, tail); break;
+    default: gemv1_launch<FMT, R, U, 8, FUSE>(c, w, x, y, tail); break;
     }
 }
 
@@ -575,7 +575,7 @@ template <int KS, bool FUSE = false>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax, int64_t rows,
                     int64_t cols, const float *__restrict__ x, int32_t n, float *__restrict__ y,
-                    int64_t ldy, int pf, ampr__addnorm an) {
+                    int64_t ldy, int pf, ampr__tail tail) {
     /* FUSE: as gemv1_kernel's, rows walked gate j, up j; a pair's two rows are
      * tile rows 2m, 2m + 1 (lanes 4 apart), y[tok][j] = silu(gate) * up */
     auto phys = [rows](int64_t r) { return walk_row<FUSE>(r, rows); };
@@ -673,7 +673,7 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
             __syncthreads(); /* the parts are rewritten by the next tiles */
         }
     }
-    if (!FUSE && an.r) ampr__addnorm_last(an, y, n, (int32_t)rows); /* ldy == rows */
+    if (!FUSE && tail.kind) ampr__tail_last(tail, y, n, (int32_t)rows); /* ldy == rows */
 }
 
 /* Warps a tile: the fewest (1, 2, 4, 8) that give the GPU about 32 warps per
@@ -681,7 +681,7 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
  * fused call, which walks the same rows in another order). */
 template <bool FUSE>
 static void gemv_nf4_mma(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
-                         float *y, int64_t ldy, ampr__addnorm an) {
+                         float *y, int64_t ldy, ampr__tail tail) {
     int64_t want = 32 * (int64_t)c->sm_count, tiles = (w->rows + 15) / 16, nblk = w->cols / 64;
     int ks = 1;
     while (ks < GEMV_WARPS && tiles * ks < want && nblk / (2 * ks) >= NF4MMA_U) ks *= 2;
@@ -692,13 +692,13 @@ static void gemv_nf4_mma(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
     const char *name = FUSE ? "gemv_nf4_mma_kernel (SwiGLU)" : "gemv_nf4_mma_kernel";
     switch (ks) {
     case 1: ampr__launch(c, name, gemv_nf4_mma_kernel<1, FUSE>, grid, GEMV_WARPS * 32, 0,
-        W, w->scales, w->rows, w->cols, x, n, y, ldy, c->sw[AMPR__CUDA_PREFETCH], an); break;
+        W, w->scales, w->rows, w->cols, x, n, y, ldy, c->sw[AMPR__CUDA_PREFETCH], tail); break;
     case 2: ampr__launch(c, name, gemv_nf4_mma_kernel<2, FUSE>, grid, GEMV_WARPS * 32, 0,
-        W, w->scales, w->rows, w->cols, x, n, y, ldy, c->sw[AMPR__CUDA_PREFETCH], an); break;
+        W, w->scales, w->rows, w->cols, x, n, y, ldy, c->sw[AMPR__CUDA_PREFETCH], tail); break;
     case 4: ampr__launch(c, name, gemv_nf4_mma_kernel<4, FUSE>, grid, GEMV_WARPS * 32, 0,
-        W, w->scales, w->rows, w->cols, x, n, y, ldy, c->sw[AMPR__CUDA_PREFETCH], an); break;
+        W, w->scales, w->rows, w->cols, x, n, y, ldy, c->sw[AMPR__CUDA_PREFETCH], tail); break;
     default: ampr__launch(c, name, gemv_nf4_mma_kernel<8, FUSE>, grid, GEMV_WARPS * 32, 0,
-        W, w->scales, w->rows, w->cols, x, n, y, ldy, c->sw[AMPR__CUDA_PREFETCH], an); break;
+        W, w->scales, w->rows, w->cols, x, n, y, ldy, c->sw[AMPR__CUDA_PREFETCH], tail); break;
     }
 }
 
@@ -1185,21 +1185,21 @@ static int lt_ok(const ampr__cuda *c, const ampr__cuda_mat *w, int32_t n, const 
 /* The decode GEMV (n <= gemv_max tokens, gemv_ok): the kernel for the format
  * and n. FUSE: w is the gate/up matrix and y gets silu(gate) * up
  * (ampr__cuda_matmul_swiglu), on the same paths with the same row splits,
- * so the same sums. an.r: the kernel's last block also does the residual add
- * and RMSNorm (ampr__cuda_matmul_addnorm; ldy == rows). Where no path fuses
+ * so the same sums. tail.kind: the kernel's last block also does the op
+ * after the matmul (ampr__tail_last; ldy == rows). Where no path fuses
  * (more tokens outside the tensor-core NF4 GEMV, INT8 rows too long for its
  * one-token kernel) nothing is launched and *done stays 0. */
 template <bool FUSE>
 static ampr_status gemv(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
-                        float *y, int64_t ldy, ampr__addnorm an, int *done, ampr__err *err) {
+                        float *y, int64_t ldy, ampr__tail tail, int *done, ampr__err *err) {
     int64_t rows = w->rows, cols = w->cols;
     unsigned gblocks = (unsigned)((rows + GEMV_WARPS - 1) / GEMV_WARPS);
     const int R1 = FUSE ? 2 : 1; /* rows a group of the F16 / INT8 one-token kernel */
-    const bool fused = FUSE || an.r; /* only the kernels below that take it */
+    const bool fused = FUSE || tail.kind; /* only the kernels below that take it */
     *done = 1;
     switch (w->type) {
     case AMPR__Q_F16:
-        if (n == 1) gemv1<AMPR__Q_F16, R1, 8, FUSE, 1>(c, w, x, y, an);
+        if (n == 1) gemv1<AMPR__Q_F16, R1, 8, FUSE, 1>(c, w, x, y, tail);
         else if (fused) *done = 0;
         else
             ampr__launch(c, "gemv_f16_kernel", gemv_f16_kernel, gblocks, GEMV_WARPS * 32, 0,
@@ -1207,7 +1207,7 @@ static ampr_status gemv(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, 
         break;
     case AMPR__Q_INT8:
         if (n == 1 && cols <= GEMV1_INT8_MAX_COLS) { /* quantizes x itself */
-            gemv1<AMPR__Q_INT8, R1, 8, FUSE, 1>(c, w, x, y, an);
+            gemv1<AMPR__Q_INT8, R1, 8, FUSE, 1>(c, w, x, y, tail);
         } else if (fused) {
             *done = 0;
         } else {
@@ -1219,11 +1219,11 @@ static ampr_status gemv(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, 
         break;
     default:
         if (c->sw[AMPR__CUDA_NF4_MMA] && cols % 64 == 0)
-            gemv_nf4_mma<FUSE>(c, w, x, n, y, ldy, an);
+            gemv_nf4_mma<FUSE>(c, w, x, n, y, ldy, tail);
         else if (n == 1 && rows >= 64 * (int64_t)c->sm_count) /* 4 rows a warp still fill it */
-            gemv1<AMPR__Q_NF4, 4, 2, FUSE>(c, w, x, y, an);
+            gemv1<AMPR__Q_NF4, 4, 2, FUSE>(c, w, x, y, tail);
         else if (n == 1)
-            gemv1<AMPR__Q_NF4, 2, 2, FUSE>(c, w, x, y, an);
+            gemv1<AMPR__Q_NF4, 2, 2, FUSE>(c, w, x, y, tail);
         else if (fused)
             *done = 0;
         else
@@ -1231,7 +1231,7 @@ static ampr_status gemv(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, 
                 (const uint8_t *)w->data, w->scales, rows, cols, x, n, y, ldy);
         break;
     }
-    if (*done) AMPR__CU_LAUNCHED(err, FUSE ? "gemv_swiglu" : an.r ? "gemv_addnorm" : "gemv");
+    if (*done) AMPR__CU_LAUNCHED(err, FUSE ? "gemv_swiglu" : tail.kind ? "gemv_tail" : "gemv");
     return AMPR_OK;
 }
 
@@ -1241,7 +1241,7 @@ ampr_status ampr__cuda_matmul_swiglu(ampr__cuda *c, const ampr__cuda_mat *w, con
     if (n <= 0) return AMPR_OK;
     if (c->sw[AMPR__CUDA_FUSE] && w->rows % 2 == 0) {
         int done = 0;
-        ampr__addnorm none = {NULL, NULL, 0.0f, NULL};
+        ampr__tail none = {};
         if (n <= c->gemv_max && gemv_ok(w, x)) AMPR__TRY(gemv<true>(c, w, x, n, out, hidden, none, &done, err));
         else if (nf4_batch_ok(c, w, x, n)) return gemm_nf4_mma<true>(c, w, x, n, out, hidden, err);
         if (done) return AMPR_OK;
@@ -1250,18 +1250,64 @@ ampr_status ampr__cuda_matmul_swiglu(ampr__cuda *c, const ampr__cuda_mat *w, con
     return ampr__cuda_swiglu(c, gu, out, n, (int32_t)hidden, err);
 }
 
+/* The decode GEMV with a tail, where one takes the matmul (*done) */
+static ampr_status gemv_tail(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
+                             float *y, ampr__tail tail, int *done, ampr__err *err) {
+    *done = 0;
+    if (!c->sw[AMPR__CUDA_FUSE_TAIL] || n > c->gemv_max || !gemv_ok(w, x)) return AMPR_OK;
+    tail.cnt = c->tail_cnt;
+    return gemv<false>(c, w, x, n, y, w->rows, tail, done, err);
+}
+
 ampr_status ampr__cuda_matmul_addnorm(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
                                       int32_t n, float *y, float *r, const float *nw, float eps,
                                       ampr__err *err) {
     if (n <= 0) return AMPR_OK;
-    if (c->sw[AMPR__CUDA_FUSE_NORM] && n <= c->gemv_max && gemv_ok(w, x)) {
-        int done = 0;
-        ampr__addnorm an = {r, nw, eps, c->norm_cnt};
-        AMPR__TRY(gemv<false>(c, w, x, n, y, w->rows, an, &done, err));
-        if (done) return AMPR_OK;
-    }
+    ampr__tail tail = {};
+    tail.kind = AMPR__TAIL_ADDNORM;
+    tail.r = r;
+    tail.w = nw;
+    tail.eps = eps;
+    int done;
+    AMPR__TRY(gemv_tail(c, w, x, n, y, tail, &done, err));
+    if (done) return AMPR_OK;
     AMPR__TRY(ampr__cuda_matmul(c, w, x, n, y, w->rows, err));
     return ampr__cuda_add_rmsnorm(c, r, y, nw, y, n, (int32_t)w->rows, eps, err);
+}
+
+ampr_status ampr__cuda_matmul_rope_kv(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
+                                      int32_t n, float *qkv, const ampr__cuda_kv_view *kv,
+                                      int32_t n_heads, int32_t n_kv_heads, int32_t head_dim,
+                                      const int32_t *d_pos, const float *cos_tab,
+                                      const float *sin_tab, int interleaved, ampr__err *err) {
+    if (n <= 0) return AMPR_OK;
+    if (w->rows == ((int64_t)n_heads + 2 * (int64_t)n_kv_heads) * head_dim &&
+        kv->kv_dim == n_kv_heads * head_dim) { /* else ampr__cuda_rope_kv says why */
+        ampr__tail tail = {};
+        tail.kind = AMPR__TAIL_ROPE_KV;
+        tail.nq = n_heads;
+        tail.nkv = n_kv_heads;
+        tail.hd = head_dim;
+        tail.pos = d_pos;
+        tail.cs = cos_tab;
+        tail.sn = sin_tab;
+        tail.interleaved = interleaved;
+        tail.kv_f16 = kv->dtype == AMPR__CUDA_F16;
+        tail.kc = kv->k;
+        tail.vc = kv->v;
+        tail.blocks = kv->d_blocks;
+        tail.row_seq = kv->d_row_seq;
+        tail.n_layers = kv->n_layers;
+        tail.layer = kv->layer;
+        tail.bs = kv->block_size;
+        tail.stride = kv->blocks_stride;
+        int done;
+        AMPR__TRY(gemv_tail(c, w, x, n, qkv, tail, &done, err));
+        if (done) return AMPR_OK;
+    }
+    AMPR__TRY(ampr__cuda_matmul(c, w, x, n, qkv, w->rows, err));
+    return ampr__cuda_rope_kv(c, kv, qkv, w->rows, n, n_heads, n_kv_heads, head_dim, d_pos, cos_tab,
+                              sin_tab, interleaved, err);
 }
 
 ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
@@ -1275,7 +1321,7 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
     if (w->type != AMPR__Q_F16 && w->type != AMPR__Q_INT8 && w->type != AMPR__Q_NF4)
         return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "no CUDA matmul for format %d", (int)w->type);
     int done;
-    ampr__addnorm none = {NULL, NULL, 0.0f, NULL};
+    ampr__tail none = {};
     if (n <= c->gemv_max && gemv_ok(w, x)) return gemv<false>(c, w, x, n, y, ldy, none, &done, err);
     if (nf4_batch_ok(c, w, x, n)) return gemm_nf4_mma<false>(c, w, x, n, y, ldy, err);
     /* cuBLASLt where lt_ok() says so and it has a plan for the shape (made

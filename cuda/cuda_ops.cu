@@ -122,35 +122,11 @@ ampr_status ampr__cuda_add(ampr__cuda *c, float *x, const float *y, int64_t coun
 
 /* ---- paged KV ---------------------------------------------------------------- */
 
-/* Element offset of (layer, position, element 0) in a K or V arena. */
-__device__ __forceinline__ size_t kv_off(const int32_t *blocks, int32_t n_layers, int32_t layer,
-                                         int32_t bs, int32_t kv_dim, int32_t p) {
-    size_t page = (size_t)blocks[p / bs];
-    return ((page * (size_t)n_layers + (size_t)layer) * (size_t)bs + (size_t)(p % bs)) *
-           (size_t)kv_dim;
-}
-
-/* The block table of query/token row i: row row_seq[i] of a [seqs][stride]
- * table, or the single table when row_seq is NULL. */
-__device__ __forceinline__ const int32_t *row_blocks(const int32_t *blocks, const int32_t *row_seq,
-                                                     int32_t stride, int32_t i) {
-    return row_seq ? blocks + (size_t)row_seq[i] * (size_t)stride : blocks;
-}
-
-template <typename T> __device__ __forceinline__ T to_kv(float v);
-template <> __device__ __forceinline__ float to_kv<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half to_kv<__half>(float v) { return __float2half_rn(v); }
 __device__ __forceinline__ float from_kv(float v) { return v; }
 __device__ __forceinline__ float from_kv(__half v) { return __half2float(v); }
 
-/* RoPE and the KV store in one pass. A row of x holds nq query heads, then
- * nkv key heads, then nkv value heads (head_dim values each; the fused QKV
- * layout). Work item (row i, head h, pair k) covers the pair (a, b) -- (2k,
- * 2k+1) interleaved, (k, k + hd/2) half-split:
- *   rope:  Q and K heads rotate in place by position pos[i];
- *   store: K (after the rotation) and V go to the row's page at pos[i].
- * Rotation: x0*c - x1*s, x0*s + x1*c, each product rounded (no FMA), as the
- * CPU's forward computes it. */
+/* RoPE and the KV store in one pass (ampr__rope_kv_item, cuda_err.h: the
+ * same body as the QKV matmuls that do it themselves, AMPR_CUDA_FUSE_TAIL). */
 template <typename T>
 __global__ void rope_kv_kernel(float *x, int64_t ld, int32_t n, int32_t nq, int32_t nkv,
                                int32_t hd, const int32_t *__restrict__ pos,
@@ -160,33 +136,11 @@ __global__ void rope_kv_kernel(float *x, int64_t ld, int32_t n, int32_t nq, int3
                                int32_t layer, int32_t bs, const int32_t *__restrict__ row_seq,
                                int32_t stride) {
     AMPR__PDL_ENTER();
-    int32_t half = hd / 2, heads = nq + 2 * nkv, kv_dim = nkv * hd;
-    size_t per_row = (size_t)heads * (size_t)half, total = (size_t)n * per_row;
+    size_t total = (size_t)n * (size_t)(nq + 2 * nkv) * (size_t)(hd / 2);
     for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-         e += (size_t)gridDim.x * blockDim.x) {
-        int32_t i = (int32_t)(e / per_row), r = (int32_t)(e % per_row);
-        int32_t h = r / half, k = r % half;
-        int32_t a = interleaved ? 2 * k : k, b = interleaved ? 2 * k + 1 : k + half;
-        float *xh = x + (int64_t)i * ld + (int64_t)h * hd;
-        float y0 = xh[a], y1 = xh[b];
-        if (rope && h < nq + nkv) {
-            size_t t = (size_t)pos[i] * (size_t)half + (size_t)k;
-            float c0 = cs[t], s0 = sn[t];
-            float x0 = y0, x1 = y1;
-            y0 = __fsub_rn(__fmul_rn(x0, c0), __fmul_rn(x1, s0));
-            y1 = __fadd_rn(__fmul_rn(x0, s0), __fmul_rn(x1, c0));
-            xh[a] = y0;
-            xh[b] = y1;
-        }
-        if (kc && h >= nq) {
-            const int32_t *bt = row_blocks(blocks, row_seq, stride, i);
-            size_t o = kv_off(bt, n_layers, layer, bs, kv_dim, pos[i]);
-            T *dst = h < nq + nkv ? kc + o + (size_t)(h - nq) * hd
-                                  : vc + o + (size_t)(h - nq - nkv) * hd;
-            dst[a] = to_kv<T>(y0);
-            dst[b] = to_kv<T>(y1);
-        }
-    }
+         e += (size_t)gridDim.x * blockDim.x)
+        ampr__rope_kv_item<T>(e, x, ld, nq, nkv, hd, pos, cs, sn, interleaved, rope, kc, vc, blocks,
+                              n_layers, layer, bs, row_seq, stride);
 }
 
 static ampr_status rope_kv(ampr__cuda *c, const ampr__cuda_kv_view *kv, float *x, int64_t ld,
@@ -400,7 +354,7 @@ attention_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
     int32_t chunk = max((len + splits - 1) / splits, 32 * ATT_WARPS);
     chunk = (chunk + 31) & ~31;
     int32_t t_begin = sp * chunk, t_end = min(len, t_begin + chunk);
-    const int32_t *bt = row_blocks(blocks, row_seq, stride, i);
+    const int32_t *bt = ampr__row_blocks(blocks, row_seq, stride, i);
     const float *qr = q + (int64_t)i * ldq + (int64_t)h * hd;
     for (int32_t d = threadIdx.x; d < hd; d += blockDim.x) sq[d] = qr[d];
     __syncthreads();
@@ -417,7 +371,7 @@ attention_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
     for (int32_t t0 = t_begin + 32 * warp; t0 < t_end; t0 += 32 * ATT_WARPS) {
         int32_t t = t0 + lane;
         bool valid = t < t_end;
-        int64_t base = valid ? (int64_t)kv_off(bt, n_layers, layer, bs, kv_dim, t) +
+        int64_t base = valid ? (int64_t)ampr__kv_off(bt, n_layers, layer, bs, kv_dim, t) +
                                    (int64_t)kvh * hd
                              : 0;
         float s = valid ? dot_q(sq, kc + base, hd) * scale : -INFINITY;
@@ -473,7 +427,7 @@ attention_kernel(const T *__restrict__ kc, const T *__restrict__ vc,
 #pragma unroll
                 for (int j = 0; j < PL; j++) {
                     int d = lane + 32 * j;
-                    vv[k][j] = u0 + k < cnt && d < hd ? vc[bu + d] : to_kv<T>(0.0f);
+                    vv[k][j] = u0 + k < cnt && d < hd ? vc[bu + d] : ampr__to_kv<T>(0.0f);
                 }
             }
 #pragma unroll
@@ -609,7 +563,7 @@ __device__ __forceinline__ void kv_tile_load(const T *__restrict__ kc, const T *
                                              int32_t tmax, size_t col, float *kf, float *vf) {
     const int VEC = 16 / (int)sizeof(T);
     if (p <= tmax) {
-        size_t off = kv_off(blocks, n_layers, layer, bs, kv_dim, p) + col;
+        size_t off = ampr__kv_off(blocks, n_layers, layer, bs, kv_dim, p) + col;
         kv_to_f32(kc + off, kf);
         kv_to_f32(vc + off, vf);
     } else {

@@ -865,7 +865,14 @@ static void check_nf4_chunks(void) {
  * and on INT8, whose token then has scale NaN (lib/quant/quant.h; the one-
  * token GEMV quantizes in its prologue, the others in quant_act_kernel), so
  * that the fallback's check can flag the row; the other tokens stay finite. */
-/* ampr__cuda_matmul_addnorm with AMPR_CUDA_FUSE_NORM (the matmul kernel's
+/* Where a fused kernel takes a matmul with a tail (gemv_ok, and one token or
+ * NF4 on tensor cores) */
+static bool tail_fusable(ampr__qtype t, int64_t cols, int32_t n, int mma) {
+    return cols % (t == AMPR__Q_F16 ? 8 : t == AMPR__Q_INT8 ? 16 : 32) == 0 &&
+           (n == 1 || (mma && cols % 64 == 0));
+}
+
+/* ampr__cuda_matmul_addnorm with AMPR_CUDA_FUSE_TAIL (the matmul kernel's
  * last block adds y into the residual and normalizes) against it without
  * (the matmul, then ampr__cuda_add_rmsnorm): y and the residual bit for bit,
  * twice in a row (the block count is set back for the next call). One token
@@ -897,7 +904,7 @@ static void check_addnorm(void) {
 #endif
                     SwitchScope sw_mma(AMPR__CUDA_NF4_MMA, mma);
                     for (int v = 0; v < 3; v++) {
-                        SwitchScope sw(AMPR__CUDA_FUSE_NORM, v > 0);
+                        SwitchScope sw(AMPR__CUDA_FUSE_TAIL, v > 0);
                         float *dr = (float *)dev_put(r0.data(), ny * 4);
                         float *dy = (float *)dev_put(NULL, ny * 4);
 #ifdef AMPR_CUDA_EMU
@@ -917,9 +924,7 @@ static void check_addnorm(void) {
                     for (int v = 1; v < 3; v++)
                         for (int k = 0; k < 2; k++)
                             for (size_t e = 0; e < ny; e++) mism += memcmp(&got[0][k][e], &got[v][k][e], 4) != 0;
-                    /* where a fused kernel takes the call (ampr__cuda_matmul_addnorm) */
-                    bool fusable = cols % (t == AMPR__Q_F16 ? 8 : t == AMPR__Q_INT8 ? 16 : 32) == 0 &&
-                                   (n == 1 || (mma && cols % 64 == 0));
+                    bool fusable = tail_fusable(t, cols, n, mma);
 #ifdef AMPR_CUDA_EMU
                     if (fusable && !one_kernel) mism++;
 #endif
@@ -931,6 +936,93 @@ static void check_addnorm(void) {
                     ampr__cuda_free(g_c, dw);
                     ampr__cuda_mat_free(g_c, &dm);
                 }
+}
+
+/* ampr__cuda_matmul_rope_kv with AMPR_CUDA_FUSE_TAIL (the QKV matmul's last
+ * block rotates Q and K and stores K and V in the pages) against it without
+ * (the matmul, then ampr__cuda_rope_kv): the rows and both caches bit for
+ * bit, twice in a row; f16 and f32 caches, both rotations, GQA, rows of
+ * several sequences (row_seq) at several positions; on the emulation the
+ * fused calls run one kernel. */
+static void check_rope_tail(void) {
+    char name[160];
+    const int32_t nq = 8, nkv = 2, hd = 64, bs = 16, n_layers = 2, layer = 1, pages = 12, stride = 6;
+    const int32_t kv_dim = nkv * hd, rows = (nq + 2 * nkv) * hd, cols = 256, max_pos = pages / 2 * bs;
+    /* two sequences' block tables (6 pages each, shuffled) and the rope tables */
+    std::vector<int32_t> blocks = {7, 2, 9, 0, 5, 1, 3, 8, 11, 4, 10, 6};
+    int32_t *dblk = (int32_t *)dev_put(blocks.data(), blocks.size() * 4);
+    std::vector<float> cs((size_t)max_pos * hd / 2), sn(cs.size());
+    for (int32_t p = 0; p < max_pos; p++)
+        for (int32_t k = 0; k < hd / 2; k++) {
+            double f = p * pow(10000.0, -2.0 * k / hd);
+            cs[(size_t)p * hd / 2 + k] = (float)cos(f);
+            sn[(size_t)p * hd / 2 + k] = (float)sin(f);
+        }
+    float *dcs = (float *)dev_put(cs.data(), cs.size() * 4), *dsn = (float *)dev_put(sn.data(), sn.size() * 4);
+    size_t cache = (size_t)pages * n_layers * bs * kv_dim;
+    for (ampr__qtype t : k_fmts)
+        for (int f16 = 0; f16 < 2; f16++)
+            for (int mma = 0; mma < (t == AMPR__Q_NF4 ? 2 : 1); mma++)
+                for (int32_t n : {1, 3})
+                for (int inter = 0; inter < 2; inter++) {
+                    HostMat hm;
+                    ampr__cuda_mat dm;
+                    random_mat(hm, dm, t, rows, cols, 0.3f);
+                    auto x = rnd_vec((size_t)n * cols, -1, 1);
+                    float *dx = (float *)dev_put(x.data(), x.size() * 4);
+                    std::vector<int32_t> pos((size_t)n), seq((size_t)n);
+                    int32_t p0 = (int32_t)(rnd_u64() % (uint64_t)max_pos);
+                    for (int32_t i = 0; i < n; i++) { /* rows of one sequence at distinct positions */
+                        pos[(size_t)i] = (p0 + 37 * i) % max_pos;
+                        seq[(size_t)i] = i % 2;
+                    }
+                    int32_t *dpos = (int32_t *)dev_put(pos.data(), pos.size() * 4);
+                    int32_t *dseq = (int32_t *)dev_put(seq.data(), seq.size() * 4);
+                    size_t es = f16 ? 2 : 4, ny = (size_t)n * rows;
+                    std::vector<uint8_t> got[3][3]; /* [unfused, fused, fused again][qkv, K, V] */
+#ifdef AMPR_CUDA_EMU
+                    bool one_kernel = true;
+#endif
+                    SwitchScope sw_mma(AMPR__CUDA_NF4_MMA, mma);
+                    for (int v = 0; v < 3; v++) {
+                        SwitchScope sw(AMPR__CUDA_FUSE_TAIL, v > 0);
+                        std::vector<uint8_t> zero(cache * es, 0);
+                        void *dk = dev_put(zero.data(), zero.size()), *dv = dev_put(zero.data(), zero.size());
+                        float *dy = (float *)dev_put(NULL, ny * 4);
+                        ampr__cuda_kv_view kv = {dk, dv, f16 ? AMPR__CUDA_F16 : AMPR__CUDA_F32, n_layers, bs,
+                                                 kv_dim, layer, dblk, dseq, stride};
+#ifdef AMPR_CUDA_EMU
+                        unsigned long k0 = ampr_emu::kernels_run();
+#endif
+                        OK(ampr__cuda_matmul_rope_kv(g_c, &dm, dx, n, dy, &kv, nq, nkv, hd, dpos, dcs, dsn,
+                                                     inter, &g_err));
+                        OK(ampr__cuda_sync(g_c, &g_err));
+#ifdef AMPR_CUDA_EMU
+                        if (v > 0) one_kernel = one_kernel && ampr_emu::kernels_run() - k0 == 1;
+#endif
+                        got[v][0] = dev_get<uint8_t>(dy, ny * 4);
+                        got[v][1] = dev_get<uint8_t>(dk, cache * es);
+                        got[v][2] = dev_get<uint8_t>(dv, cache * es);
+                        for (void *b : {(void *)dy, dk, dv}) ampr__cuda_free(g_c, b);
+                    }
+                    long mism = 0, total = 0;
+                    for (int v = 1; v < 3; v++)
+                        for (int k = 0; k < 3; k++) {
+                            total += (long)got[0][k].size();
+                            for (size_t e = 0; e < got[0][k].size(); e++) mism += got[0][k][e] != got[v][k][e];
+                        }
+                    bool fusable = tail_fusable(t, cols, n, mma);
+#ifdef AMPR_CUDA_EMU
+                    if (fusable && !one_kernel) mism++;
+#endif
+                    snprintf(name, sizeof name, "matmul+rope+kv %s n=%d%s %s cache %s%s", fmt_name(t), n,
+                             mma ? " mma" : "", f16 ? "f16" : "f32", inter ? "interleaved" : "half-split",
+                             fusable ? " fused" : " (not fused)");
+                    report_exact(name, mism, total);
+                    for (void *b : {(void *)dx, (void *)dpos, (void *)dseq}) ampr__cuda_free(g_c, b);
+                    ampr__cuda_mat_free(g_c, &dm);
+                }
+    for (void *b : {(void *)dblk, (void *)dcs, (void *)dsn}) ampr__cuda_free(g_c, b);
 }
 
 /* AMPR_CUDA_PREFETCH: a hint, so every decode GEMV gives the same floats
@@ -1889,12 +1981,12 @@ static void bench_ops(ampr__qtype t, HostModel &hm, double copy, double peak) {
                    (double)ampr__cuda_mat_bytes(&mats[k]) / (u * 1e-6) / 1e9, k < 4 ? "," : "\n");
         }
     }
-    { /* wo and down at decode, then add+RMSNorm: two kernels, or one (AMPR_CUDA_FUSE_NORM) */
+    { /* wo and down at decode, then add+RMSNorm: two kernels, or one (AMPR_CUDA_FUSE_TAIL) */
         printf("  decode, matmul then add+norm vs in one kernel:");
         for (int k : {1, 3}) {
             double u[2];
             for (int f = 0; f < 2; f++) {
-                SwitchScope sw(AMPR__CUDA_FUSE_NORM, f);
+                SwitchScope sw(AMPR__CUDA_FUSE_TAIL, f);
                 u[f] = 1e3 * time_ms([&] { OK(ampr__cuda_matmul_addnorm(g_c, &mats[k], dx, 1, dy, dz, dw, 1e-5f, &g_err)); }, g_op_reps);
             }
             printf(" %s %.1f vs %.1f us%s", mname[k], u[0], u[1], k == 1 ? "," : "\n");
@@ -1990,25 +2082,25 @@ static void bench(void) {
         { /* the decode step with every new kernel on (or off, if the environment
            * turned them on), side by side */
             int on = !(ampr__cuda_switch_on(g_c, AMPR__CUDA_NF4_MMA) && ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_DEC) &&
-                       ampr__cuda_switch_on(g_c, AMPR__CUDA_FUSE) && ampr__cuda_switch_on(g_c, AMPR__CUDA_FUSE_NORM) &&
+                       ampr__cuda_switch_on(g_c, AMPR__CUDA_FUSE) && ampr__cuda_switch_on(g_c, AMPR__CUDA_FUSE_TAIL) &&
                        ampr__cuda_switch_on(g_c, AMPR__CUDA_PREFETCH));
             double alt_ms;
             {
                 SwitchScope a(AMPR__CUDA_NF4_MMA, on), b(AMPR__CUDA_ATT_DEC, on), f(AMPR__CUDA_FUSE, on),
-                    fn(AMPR__CUDA_FUSE_NORM, on), pf(AMPR__CUDA_PREFETCH, on);
+                    fn(AMPR__CUDA_FUSE_TAIL, on), pf(AMPR__CUDA_PREFETCH, on);
                 alt_ms = decode_ms(1);
             }
             double new_ms = on ? alt_ms : dec_ms, old_ms = on ? dec_ms : alt_ms;
-            printf("%s decode step, the new kernels (AMPR_CUDA_NF4_MMA, _ATT_DEC, _FUSE, _FUSE_NORM, _PREFETCH%s) "
+            printf("%s decode step, the new kernels (AMPR_CUDA_NF4_MMA, _ATT_DEC, _FUSE, _FUSE_TAIL, _PREFETCH%s) "
                    "%.3f ms vs %s %.3f ms: %.2fx\n", fmt_name(t),
                    ampr__cuda_switch_on(g_c, AMPR__CUDA_PDL) ? "; PDL on in both" : "", new_ms / steps,
                    on ? "as opened" : "without", old_ms / steps, old_ms / new_ms);
         }
-        { /* the residual adds and norms in the matmuls before them, side by side */
-            SwitchScope sw(AMPR__CUDA_FUSE_NORM, flipped(AMPR__CUDA_FUSE_NORM));
+        { /* the norms and RoPE in the matmuls before them, side by side */
+            SwitchScope sw(AMPR__CUDA_FUSE_TAIL, flipped(AMPR__CUDA_FUSE_TAIL));
             double alt_ms = decode_ms(1);
             double f_ms = sw.was ? dec_ms : alt_ms, u_ms = sw.was ? alt_ms : dec_ms;
-            printf("%s decode step, add+RMSNorm done by the matmul before it (AMPR_CUDA_FUSE_NORM%s) "
+            printf("%s decode step, add+RMSNorm and RoPE+KV done by the matmul before them (AMPR_CUDA_FUSE_TAIL%s) "
                    "%.3f ms vs without %.3f ms: %.2fx\n", fmt_name(t),
                    ampr__cuda_switch_on(g_c, AMPR__CUDA_PDL) ? ", PDL on" : "", f_ms / steps, u_ms / steps,
                    u_ms / f_ms);
@@ -2108,6 +2200,7 @@ int main(int argc, char **argv) {
         check_gemv_swiglu();
         check_prefetch();
         check_addnorm();
+        check_rope_tail();
         check_nan_matmul();
         check_nf4_chunks();
         check_kv_attention(64);

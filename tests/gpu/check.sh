@@ -35,7 +35,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 # The kernel switches that are off by default (cuda/ampr_cuda.h, ampr__cuda_switch)
-all_switches="AMPR_CUDA_PDL=1 AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1 AMPR_CUDA_TP_GRAPHS=1 AMPR_CUDA_PREFETCH=1 AMPR_CUDA_FUSE_NORM=1"
+all_switches="AMPR_CUDA_PDL=1 AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1 AMPR_CUDA_TP_GRAPHS=1 AMPR_CUDA_PREFETCH=1 AMPR_CUDA_FUSE_TAIL=1"
 build_only=0
 prebuild=0
 emu=0
@@ -302,9 +302,10 @@ for tier in fp16 int8 nf4; do
     done
 done
 # SwiGLU fused into the gate/up GEMV (AMPR_CUDA_FUSE=1), and the residual add
-# and RMSNorm into the matmul before them (AMPR_CUDA_FUSE_NORM=1), give the
-# same floats as the kernels they replace, so the same text on every tier
-for fz in AMPR_CUDA_FUSE=1 AMPR_CUDA_FUSE_NORM=1; do
+# and RMSNorm, and RoPE and the KV store, into the matmul before them
+# (AMPR_CUDA_FUSE_TAIL=1), give the same floats as the kernels they replace,
+# so the same text on every tier
+for fz in AMPR_CUDA_FUSE=1 AMPR_CUDA_FUSE_TAIL=1; do
     for tier in fp16 int8 nf4; do
         [ "$cuda_hung" = 1 ] && break
         [ -n "${gpu60[$tier]:-}" ] || continue
@@ -584,6 +585,24 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ] && [ "${AMPR_CUDA_PDL:-0}" != 1 ]; then
         echo "== the kernel benchmark with programmatic dependent launch (AMPR_CUDA_PDL=1; timeout $t s) =="
         AMPR_CUDA_PDL=1 timeout -k 10 "$t" stdbuf -oL "$OUT/check" --bench 2>&1 | tee "$OUT/check-pdl.out" ||
             echo "check --bench with PDL: exit $? (not a failure of the check)"
+    fi
+fi
+# The 8B shape in the same call when everything passed and the deadline
+# leaves it time (a device call starts a machine: minutes of a session's
+# device time; after a FAIL the time is kept for a rerun): what
+# `check.sh --bench-8b` runs, bounded by what is left (AMPR_GPU_NO_8B=1: not)
+if [ "$emu" = 0 ] && [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ] && [ "${AMPR_GPU_NO_8B:-0}" != 1 ]; then
+    t=$(left 400)
+    if [ "$rc" != 0 ] || [ "$e2e_fail" != 0 ]; then
+        echo "(the 8b bench is skipped: a check failed)"
+    elif [ "$t" -lt 150 ]; then
+        echo "(the 8b bench is skipped: $SECONDS s used so far; check.sh --bench-8b runs it alone)"
+    else
+        echo
+        echo "== ampr bench --shape 8b --device cuda (timeout $t s) =="
+        TMPDIR=${TMPDIR:-/tmp} timeout -k 10 "$t" stdbuf -oL "$AMPR" bench --shape 8b --device cuda \
+            --tiers fp16,int8,nf4 --prompt 128 --gen 32 --concurrent 4 2>&1 | tee "$OUT/bench-8b.txt" ||
+            echo "8b bench: exit $? (not a failure of the check)"
     fi
 fi
 summary
