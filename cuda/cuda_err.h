@@ -219,7 +219,7 @@ __device__ __forceinline__ void ampr__rope_kv_item(size_t e, float *x, int64_t l
     int32_t h = r / half, k = r % half;
     int32_t a = interleaved ? 2 * k : k, b = interleaved ? 2 * k + 1 : k + half;
     float *xh = x + (int64_t)i * ld + (int64_t)h * hd;
-    float y0 = xh[a], y1 = xh[b];
+    float y0 = __ldcg(xh + a), y1 = __ldcg(xh + b); /* through L2: in a tail, other blocks wrote x */
     if (rope && h < nq + nkv) {
         size_t t = (size_t)pos[i] * (size_t)half + (size_t)k;
         float c0 = cs[t], s0 = sn[t];
