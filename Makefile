@@ -10,7 +10,8 @@
 #                     op checks, the end-to-end runs of tests/gpu/check.sh, device
 #                     failure injection, the unit tests with the emulated GPU present,
 #                     and the op checks again with each block's threads run in the
-#                     other order and every off-by-default kernel switch on
+#                     other order and every off-by-default kernel switch on, and
+#                     the GPU check's benchmark code on a small model
 #                     (build-emu/); check-emu-asan: the device tests and
 #                     the failure injection on it under ASan + UBSan (build-emu-asan/)
 #   make run          install missing packages, build, generate from the default model
@@ -155,6 +156,7 @@ check-emu:
 	@$(call emu_inject,build-emu)
 	$(MAKE) CUDA=1 CUDA_EMU=1 B=build-emu test
 	AMPR_EMU_ORDER=reverse bash tests/gpu/check.sh --emu --quick --switches
+	AMPR_CHECK_BENCH_SMALL=1 build-emu/tests/emu/check --bench
 
 # The same emulation under ASan + UBSan (+ LSan): test_device with its device
 # allocation failures, and the failure injection (not in CI; the op checks,

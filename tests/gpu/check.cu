@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "ampr_cuda.h"
@@ -2021,10 +2022,15 @@ static void bench_ops(ampr__qtype t, HostModel &hm, double copy, double peak) {
 }
 
 static void bench(void) {
-    double copy = bench_copy_gbs(), peak = bench_lt_peak();
+    /* AMPR_CHECK_BENCH_SMALL=1: a 2-layer model of dim 256 and no ceilings,
+     * so that the benchmark's code runs on the CPU emulation (its numbers
+     * mean nothing there) */
+    bool small = getenv("AMPR_CHECK_BENCH_SMALL") != NULL;
+    double copy = small ? 0 : bench_copy_gbs(), peak = small ? 0 : bench_lt_peak();
     printf("\nD2D copy bandwidth: %.0f GB/s (read+write)   cuBLASLt fp16 peak: %.0f TFLOP/s\n",
            copy, peak);
     ampr__cuda_hparams hp = {16, 2048, 8192, 32, 8, 64, 32000, 2048, 1e-5f, 0};
+    if (small) hp = {2, 256, 512, 8, 2, 32, 1000, 2048, 1e-5f, 0};
     /* TinyLlama's real ffn is 5632: AMPR_CHECK_FFN=5632 measures that */
     const char *ffn = getenv("AMPR_CHECK_FFN");
     if (ffn) hp.hidden_dim = atoi(ffn);
@@ -2032,53 +2038,82 @@ static void bench(void) {
            hp.n_layers, hp.n_heads, hp.n_kv_heads, hp.vocab_size);
     printf("%-6s %14s %10s %9s %16s %10s %12s %12s\n", "tier", "weights MB", "gemv ms", "GB/s",
            "% of copy bw", "prefill ms", "TFLOP/s", "decode tok/s");
+    /* 1: each tier's decode step and prefill as opened, before any switch is
+     * flipped (a kernel that faults leaves the context unusable: the
+     * baselines come first); 2: the switches side by side; 3: with
+     * AMPR_CHECK_OPS, each op alone */
+    const int32_t np = 512;
+    const int steps = 64;
+    bool ops = getenv("AMPR_CHECK_OPS") != NULL;
+    struct TierBench {
+        ampr__qtype t;
+        HostModel hm; /* kept for 3 */
+        ampr__cuda_model *dm;
+        ampr__cuda_seq *s;
+        std::vector<int32_t> toks;
+        double pre_ms, dec_ms, step_bytes;
+    };
+    std::vector<std::unique_ptr<TierBench>> tiers;
+    /* steps decode steps from position np (graph: replayed, captured again
+     * after a switch changed), the position set back after */
+    auto decode_ms = [&](ampr__cuda_seq *s, int graph) {
+        OK(ampr__cuda_decode_set(s, 1, np, &g_err));
+        double ms = time_ms([&] {
+            for (int k = 0; k < steps; k++) OK(ampr__cuda_decode(s, 1, graph, &g_err));
+        }, 1);
+        OK(ampr__cuda_decode_set(s, 1, np, &g_err));
+        return ms;
+    };
     for (ampr__qtype t : k_fmts) {
-        HostModel hm;
+        tiers.emplace_back(new TierBench());
+        TierBench &tb = *tiers.back();
+        tb.t = t;
+        HostModel &hm = tb.hm;
         model_make(hm, t, hp, true);
-        if (getenv("AMPR_CHECK_OPS")) bench_ops(t, hm, copy, peak);
         ampr__cuda_model *dm = NULL;
         OK(ampr__cuda_model_new(g_c, &hp, &hm.embd.q, &hm.output.q, hm.qlayers.data(),
                                 hm.norms.data(), hm.cs.data(), hm.sn.data(), &dm, &g_err));
-        hm = HostModel(); /* free host copies */
-        int32_t np = 512;
+        if (!ops) hm = HostModel(); /* free host copies */
         ampr__cuda_seq *s = NULL;
         OK(ampr__cuda_seq_new(dm, np, 16, 2048 / 16, AMPR__CUDA_F16, &s, &g_err));
+        tb.dm = dm;
+        tb.s = s;
         std::vector<int32_t> blocks(128);
         for (int32_t i = 0; i < 128; i++) blocks[(size_t)i] = i;
         OK(ampr__cuda_seq_set_blocks(s, blocks.data(), 128, &g_err));
         uint64_t wbytes = ampr__cuda_model_bytes(dm);
-        std::vector<int32_t> toks((size_t)np);
-        for (auto &x : toks) x = (int32_t)(rnd_u64() % 32000);
+        std::vector<int32_t> &toks = tb.toks;
+        toks.resize((size_t)np);
+        for (auto &x : toks) x = (int32_t)(rnd_u64() % (uint64_t)hp.vocab_size);
         double pre_ms = time_ms([&] { OK(ampr__cuda_forward(s, toks.data(), np, 0, 0, &g_err)); }, 3);
         double params = 0;
-        int64_t q = 2048, kv = 512;
+        int64_t q = (int64_t)hp.n_heads * hp.head_dim, kv = (int64_t)hp.n_kv_heads * hp.head_dim;
         params = (double)hp.n_layers * ((double)(q + 2 * kv) * hp.dim + (double)hp.dim * q +
                                         2.0 * hp.hidden_dim * hp.dim + (double)hp.dim * hp.hidden_dim) +
-                 32000.0 * hp.dim / np; /* logits for the last token only */
+                 (double)hp.vocab_size * hp.dim / np; /* logits for the last token only */
         double tflops = 2.0 * params * np / (pre_ms * 1e-3) / 1e12;
         /* decode: graph replay, greedy, 64 steps */
         OK(ampr__cuda_decode_set(s, 1, np, &g_err));
         OK(ampr__cuda_decode(s, 1, 1, &g_err)); /* capture */
         OK(ampr__cuda_sync(g_c, &g_err));
-        int steps = 64;
-        /* steps decode steps from position np (graph: replayed, captured
-         * again after a switch changed), the position set back after */
-        auto decode_ms = [&](int graph) {
-            OK(ampr__cuda_decode_set(s, 1, np, &g_err));
-            double ms = time_ms([&] {
-                for (int k = 0; k < steps; k++) OK(ampr__cuda_decode(s, 1, graph, &g_err));
-            }, 1);
-            OK(ampr__cuda_decode_set(s, 1, np, &g_err));
-            return ms;
-        };
-        double dec_ms = decode_ms(1), eager_ms = decode_ms(0);
+        double dec_ms = decode_ms(s, 1), eager_ms = decode_ms(s, 0);
         /* per-step weight bytes (embedding reads one row only) */
-        double step_bytes = (double)wbytes - (double)(t == AMPR__Q_F16 ? 2 : t == AMPR__Q_INT8 ? 1 : 0.5) * 32000 * 2048;
+        double step_bytes = (double)wbytes - (double)(t == AMPR__Q_F16 ? 2 : t == AMPR__Q_INT8 ? 1 : 0.5) *
+                                                 hp.vocab_size * hp.dim;
         double gbs = step_bytes / (dec_ms / steps * 1e-3) / 1e9;
         printf("%-6s %14.0f %10.3f %9.0f %15.1f%% %10.2f %6.1f (%2.0f%%) %12.0f  (eager %.0f tok/s)\n",
                fmt_name(t), wbytes / 1e6, dec_ms / steps, gbs, 100 * gbs / copy, pre_ms, tflops,
                peak > 0 ? 100 * tflops / peak : 0.0, steps / (dec_ms * 1e-3),
                steps / (eager_ms * 1e-3));
+        tb.pre_ms = pre_ms;
+        tb.dec_ms = dec_ms;
+        tb.step_bytes = step_bytes;
+    }
+    for (auto &tp : tiers) {
+        ampr__qtype t = tp->t;
+        ampr__cuda_seq *s = tp->s;
+        const std::vector<int32_t> &toks = tp->toks;
+        double pre_ms = tp->pre_ms, dec_ms = tp->dec_ms, step_bytes = tp->step_bytes;
         { /* the decode step with every new kernel on (or off, if the environment
            * turned them on), side by side */
             int on = !(ampr__cuda_switch_on(g_c, AMPR__CUDA_NF4_MMA) && ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_DEC) &&
@@ -2088,7 +2123,7 @@ static void bench(void) {
             {
                 SwitchScope a(AMPR__CUDA_NF4_MMA, on), b(AMPR__CUDA_ATT_DEC, on), f(AMPR__CUDA_FUSE, on),
                     fn(AMPR__CUDA_FUSE_TAIL, on), pf(AMPR__CUDA_PREFETCH, on);
-                alt_ms = decode_ms(1);
+                alt_ms = decode_ms(s, 1);
             }
             double new_ms = on ? alt_ms : dec_ms, old_ms = on ? dec_ms : alt_ms;
             printf("%s decode step, the new kernels (AMPR_CUDA_NF4_MMA, _ATT_DEC, _FUSE, _FUSE_TAIL, _PREFETCH%s) "
@@ -2098,7 +2133,7 @@ static void bench(void) {
         }
         { /* the norms and RoPE in the matmuls before them, side by side */
             SwitchScope sw(AMPR__CUDA_FUSE_TAIL, flipped(AMPR__CUDA_FUSE_TAIL));
-            double alt_ms = decode_ms(1);
+            double alt_ms = decode_ms(s, 1);
             double f_ms = sw.was ? dec_ms : alt_ms, u_ms = sw.was ? alt_ms : dec_ms;
             printf("%s decode step, add+RMSNorm and RoPE+KV done by the matmul before them (AMPR_CUDA_FUSE_TAIL%s) "
                    "%.3f ms vs without %.3f ms: %.2fx\n", fmt_name(t),
@@ -2107,7 +2142,7 @@ static void bench(void) {
         }
         { /* the GEMVs' weights prefetched before their wait, side by side */
             SwitchScope sw(AMPR__CUDA_PREFETCH, flipped(AMPR__CUDA_PREFETCH));
-            double alt_ms = decode_ms(1);
+            double alt_ms = decode_ms(s, 1);
             double pf_ms = sw.was ? dec_ms : alt_ms, no_ms = sw.was ? alt_ms : dec_ms;
             printf("%s decode step, weights prefetched into L2 before each GEMV's wait (AMPR_CUDA_PREFETCH%s) "
                    "%.3f ms vs without %.3f ms: %.2fx\n", fmt_name(t),
@@ -2123,14 +2158,14 @@ static void bench(void) {
         }
         if (t == AMPR__Q_F16) { /* and the decode attention's V loop */
             SwitchScope sw(AMPR__CUDA_ATT_DEC, flipped(AMPR__CUDA_ATT_DEC));
-            double alt_ms = decode_ms(1);
+            double alt_ms = decode_ms(s, 1);
             double v16 = sw.was ? dec_ms : alt_ms, v2 = sw.was ? alt_ms : dec_ms;
             printf("fp16 decode step, attention with 16-byte V loads and its merge in the kernel %.3f ms "
                    "vs default %.3f ms: %.2fx\n", v16 / steps, v2 / steps, v2 / v16);
         }
         if (t == AMPR__Q_NF4) { /* the other NF4 decode GEMV, side by side */
             SwitchScope sw(AMPR__CUDA_NF4_MMA, flipped(AMPR__CUDA_NF4_MMA));
-            double alt_ms = decode_ms(1);
+            double alt_ms = decode_ms(s, 1);
             double mma_ms = sw.was ? dec_ms : alt_ms, f32_ms = sw.was ? alt_ms : dec_ms;
             printf("nf4 decode step, GEMV on tensor cores %.3f ms vs fp32 %.3f ms: %.2fx "
                    "(%.0f vs %.0f GB/s)\n", mma_ms / steps, f32_ms / steps, f32_ms / mma_ms,
@@ -2145,8 +2180,11 @@ static void bench(void) {
             printf("nf4 pass of 32 tokens, batch matmuls on tensor cores %.3f ms vs dequantize + "
                    "cuBLASLt %.3f ms: %.2fx\n", b_ms, d_ms, d_ms / b_ms);
         }
-        ampr__cuda_seq_free(s);
-        ampr__cuda_model_free(dm);
+    }
+    for (auto &tp : tiers) {
+        if (ops) bench_ops(tp->t, tp->hm, copy, peak);
+        ampr__cuda_seq_free(tp->s);
+        ampr__cuda_model_free(tp->dm);
     }
     printf("gemv ms / GB/s: one whole greedy decode step (graph), all weight bytes except the "
            "embedding table; prefill: 512 tokens, logits of the last\n");
