@@ -114,7 +114,7 @@ void ampr__cuda_set_dequant_rows(ampr__cuda *c, int64_t rows);
  *            quantization of x and NF4's table fill; a hint, the same
  *            values;
  *   FUSE_TAIL ampr__cuda_matmul_addnorm and ampr__cuda_matmul_rope_kv in
- *            one kernel where the one-token GEMV or the tensor-core NF4 GEMV
+ *            one kernel where a decode GEMV (up to 8 tokens, gemv_max)
  *            takes the matmul: its last block does the residual add and
  *            RMSNorm, or RoPE and the KV store (the same floats as the
  *            kernels they replace), so decode passes launch no norm kernel
@@ -225,8 +225,8 @@ ampr_status ampr__cuda_matmul_swiglu(ampr__cuda *c, const ampr__cuda_mat *w, con
 /* y = W x [n][rows], then the residual add and RMSNorm that follow it:
  * r [n][rows] += y, y = rmsnorm(r) * nw (ampr__cuda_add_rmsnorm(c, r, y, nw,
  * y, n, rows, eps)). In the matmul's own kernel, by its last block, where
- * the AMPR__CUDA_FUSE_TAIL switch allows it and the one-token GEMV or the
- * tensor-core NF4 GEMV takes the matmul; else the matmul, then
+ * the AMPR__CUDA_FUSE_TAIL switch allows it and a decode GEMV (up to 8
+ * tokens) takes the matmul; else the matmul, then
  * ampr__cuda_add_rmsnorm. The same floats either way. */
 ampr_status ampr__cuda_matmul_addnorm(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
                                       int32_t n, float *y, float *r, const float *nw, float eps,
@@ -266,8 +266,8 @@ ampr_status ampr__cuda_rope_kv(ampr__cuda *c, const ampr__cuda_kv_view *kv, floa
                                const float *sin_tab, int interleaved, ampr__err *err);
 /* qkv [n][rows] = W x (W the QKV matrix: rows = (n_heads + 2 n_kv_heads)
  * head_dim), then ampr__cuda_rope_kv on it: in the matmul's own kernel, by
- * its last block, where the AMPR__CUDA_FUSE_TAIL switch allows it and the
- * one-token GEMV or the tensor-core NF4 GEMV takes the matmul; else the
+ * its last block, where the AMPR__CUDA_FUSE_TAIL switch allows it and a
+ * decode GEMV (up to 8 tokens) takes the matmul; else the
  * matmul, then ampr__cuda_rope_kv. The same values either way. */
 ampr_status ampr__cuda_matmul_rope_kv(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
                                       int32_t n, float *qkv, const ampr__cuda_kv_view *kv,

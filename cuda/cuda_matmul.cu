@@ -144,14 +144,10 @@ __device__ __forceinline__ int warp_sum_i(int v) {
     return v;
 }
 
-/* acc[t] += dot(w8[0..8), x[t][c0..c0+8)) */
-__global__ void __launch_bounds__(GEMV_WARPS * 32)
-gemv_f16_kernel(const __half *__restrict__ W, int64_t rows, int64_t cols,
-                const float *__restrict__ x, int32_t n, float *__restrict__ y, int64_t ldy) {
-    AMPR__PDL_ENTER();
-    int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (r >= rows) return;
+/* Row r of the FP16 GEMV of up to 8 tokens: one warp's work */
+__device__ __forceinline__ void gemv_f16_row(const __half *__restrict__ W, int64_t r, int64_t cols,
+                                             const float *__restrict__ x, int32_t n,
+                                             float *__restrict__ y, int64_t ldy, int lane) {
     const uint4 *wr = (const uint4 *)(W + r * cols);
     int64_t chunks = cols / 8;
     float acc[AMPR__CUDA_GEMV_MAX];
@@ -182,14 +178,24 @@ gemv_f16_kernel(const __half *__restrict__ W, int64_t rows, int64_t cols,
     }
 }
 
+/* The FP16 GEMV of 2..8 tokens (one token: gemv1_kernel), a warp a row;
+ * tail.kind: the last block does the op after it (ampr__tail_last) */
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
-gemv_int8_kernel(const int8_t *__restrict__ W, const float *__restrict__ ws, int64_t rows,
-                 int64_t cols, const int8_t *__restrict__ xq, const float *__restrict__ xs,
-                 int32_t n, float *__restrict__ y, int64_t ldy) {
+gemv_f16_kernel(const __half *__restrict__ W, int64_t rows, int64_t cols,
+                const float *__restrict__ x, int32_t n, float *__restrict__ y, int64_t ldy,
+                ampr__tail tail) {
     AMPR__PDL_ENTER();
     int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
-    if (r >= rows) return;
+    if (r < rows) gemv_f16_row(W, r, cols, x, n, y, ldy, lane);
+    if (tail.kind) ampr__tail_last(tail, y, n, (int32_t)rows); /* ldy == rows */
+}
+
+/* Row r of the INT8 GEMV of up to 8 tokens: one warp's work */
+__device__ __forceinline__ void gemv_int8_row(const int8_t *__restrict__ W, const float *__restrict__ ws,
+                                              int64_t r, int64_t cols, const int8_t *__restrict__ xq,
+                                              const float *__restrict__ xs, int32_t n,
+                                              float *__restrict__ y, int64_t ldy, int lane) {
     const int4 *wr = (const int4 *)(W + r * cols);
     int64_t chunks = cols / 16;
     int acc[AMPR__CUDA_GEMV_MAX];
@@ -221,16 +227,21 @@ gemv_int8_kernel(const int8_t *__restrict__ W, const float *__restrict__ ws, int
 }
 
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
-gemv_nf4_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax, int64_t rows,
-                int64_t cols, const float *__restrict__ x, int32_t n, float *__restrict__ y,
-                int64_t ldy) {
+gemv_int8_kernel(const int8_t *__restrict__ W, const float *__restrict__ ws, int64_t rows,
+                 int64_t cols, const int8_t *__restrict__ xq, const float *__restrict__ xs,
+                 int32_t n, float *__restrict__ y, int64_t ldy, ampr__tail tail) {
     AMPR__PDL_ENTER();
-    __shared__ float code[16];
-    if (threadIdx.x < 16) code[threadIdx.x] = k_nf4[threadIdx.x];
-    __syncthreads();
     int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
-    if (r >= rows) return;
+    if (r < rows) gemv_int8_row(W, ws, r, cols, xq, xs, n, y, ldy, lane);
+    if (tail.kind) ampr__tail_last(tail, y, n, (int32_t)rows); /* ldy == rows */
+}
+
+/* Row r of the NF4 GEMV of up to 8 tokens: one warp's work (code: the
+ * table in shared memory) */
+__device__ __forceinline__ void gemv_nf4_row(const uint8_t *__restrict__ W, const float *__restrict__ absmax,
+                                             int64_t r, int64_t cols, const float *__restrict__ x, int32_t n,
+                                             float *__restrict__ y, int64_t ldy, int lane, const float *code) {
     const uint4 *wr = (const uint4 *)(W + r * cols / 2);
     int64_t chunks = cols / 32;
     float acc[AMPR__CUDA_GEMV_MAX];
@@ -270,6 +281,20 @@ gemv_nf4_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax,
             if (lane == 0) y[(int64_t)t * ldy + r] = s;
         }
     }
+}
+
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+gemv_nf4_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax, int64_t rows,
+                int64_t cols, const float *__restrict__ x, int32_t n, float *__restrict__ y,
+                int64_t ldy, ampr__tail tail) {
+    AMPR__PDL_ENTER();
+    __shared__ float code[16];
+    if (threadIdx.x < 16) code[threadIdx.x] = k_nf4[threadIdx.x];
+    __syncthreads();
+    int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (r < rows) gemv_nf4_row(W, absmax, r, cols, x, n, y, ldy, lane, code);
+    if (tail.kind) ampr__tail_last(tail, y, n, (int32_t)rows); /* ldy == rows */
 }
 
 /* ---- one token (batch-1 decode) ------------------------------------------
@@ -1185,36 +1210,36 @@ static int lt_ok(const ampr__cuda *c, const ampr__cuda_mat *w, int32_t n, const 
 /* The decode GEMV (n <= gemv_max tokens, gemv_ok): the kernel for the format
  * and n. FUSE: w is the gate/up matrix and y gets silu(gate) * up
  * (ampr__cuda_matmul_swiglu), on the same paths with the same row splits,
- * so the same sums. tail.kind: the kernel's last block also does the op
- * after the matmul (ampr__tail_last; ldy == rows). Where no path fuses
- * (more tokens outside the tensor-core NF4 GEMV, INT8 rows too long for its
- * one-token kernel) nothing is launched and *done stays 0. */
+ * so the same sums; where no path fuses SwiGLU (more tokens outside the
+ * tensor-core NF4 GEMV, INT8 rows too long for its one-token kernel)
+ * nothing is launched and *done stays 0. tail.kind: the kernel's last
+ * block also does the op after the matmul (ampr__tail_last; ldy == rows),
+ * which every path here takes. */
 template <bool FUSE>
 static ampr_status gemv(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
                         float *y, int64_t ldy, ampr__tail tail, int *done, ampr__err *err) {
     int64_t rows = w->rows, cols = w->cols;
     unsigned gblocks = (unsigned)((rows + GEMV_WARPS - 1) / GEMV_WARPS);
     const int R1 = FUSE ? 2 : 1; /* rows a group of the F16 / INT8 one-token kernel */
-    const bool fused = FUSE || tail.kind; /* only the kernels below that take it */
     *done = 1;
     switch (w->type) {
     case AMPR__Q_F16:
         if (n == 1) gemv1<AMPR__Q_F16, R1, 8, FUSE, 1>(c, w, x, y, tail);
-        else if (fused) *done = 0;
+        else if (FUSE) *done = 0;
         else
             ampr__launch(c, "gemv_f16_kernel", gemv_f16_kernel, gblocks, GEMV_WARPS * 32, 0,
-                (const __half *)w->data, rows, cols, x, n, y, ldy);
+                (const __half *)w->data, rows, cols, x, n, y, ldy, tail);
         break;
     case AMPR__Q_INT8:
         if (n == 1 && cols <= GEMV1_INT8_MAX_COLS) { /* quantizes x itself */
             gemv1<AMPR__Q_INT8, R1, 8, FUSE, 1>(c, w, x, y, tail);
-        } else if (fused) {
+        } else if (FUSE) {
             *done = 0;
         } else {
             AMPR__TRY(ampr__cuda_reserve(c, n, 0, cols, 0, err));
             AMPR__TRY(ampr__cuda_quant_act(c, x, n, (int32_t)cols, c->xq, c->xs, err));
             ampr__launch(c, "gemv_int8_kernel", gemv_int8_kernel, gblocks, GEMV_WARPS * 32, 0,
-                (const int8_t *)w->data, w->scales, rows, cols, c->xq, c->xs, n, y, ldy);
+                (const int8_t *)w->data, w->scales, rows, cols, c->xq, c->xs, n, y, ldy, tail);
         }
         break;
     default:
@@ -1224,11 +1249,11 @@ static ampr_status gemv(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, 
             gemv1<AMPR__Q_NF4, 4, 2, FUSE>(c, w, x, y, tail);
         else if (n == 1)
             gemv1<AMPR__Q_NF4, 2, 2, FUSE>(c, w, x, y, tail);
-        else if (fused)
+        else if (FUSE)
             *done = 0;
         else
             ampr__launch(c, "gemv_nf4_kernel", gemv_nf4_kernel, gblocks, GEMV_WARPS * 32, 0,
-                (const uint8_t *)w->data, w->scales, rows, cols, x, n, y, ldy);
+                (const uint8_t *)w->data, w->scales, rows, cols, x, n, y, ldy, tail);
         break;
     }
     if (*done) AMPR__CU_LAUNCHED(err, FUSE ? "gemv_swiglu" : tail.kind ? "gemv_tail" : "gemv");

@@ -861,26 +861,23 @@ static void check_nf4_chunks(void) {
     ampr__cuda_mat_free(g_c, &dm);
 }
 
-/* A NaN activation gives NaN outputs on the fp16 and NF4 paths that round
- * activations to half (the tensor-core GEMV, cuBLASLt) as on the fp32 ones,
- * and on INT8, whose token then has scale NaN (lib/quant/quant.h; the one-
- * token GEMV quantizes in its prologue, the others in quant_act_kernel), so
- * that the fallback's check can flag the row; the other tokens stay finite. */
-/* Where a fused kernel takes a matmul with a tail (gemv_ok, and one token or
- * NF4 on tensor cores) */
-static bool tail_fusable(ampr__qtype t, int64_t cols, int32_t n, int mma) {
-    return cols % (t == AMPR__Q_F16 ? 8 : t == AMPR__Q_INT8 ? 16 : 32) == 0 &&
-           (n == 1 || (mma && cols % 64 == 0));
+/* Kernels a matmul with a tail runs where a fused kernel takes it (gemv_ok,
+ * up to 8 tokens: INT8 of more than one token quantizes x in a kernel of its
+ * own first), or 0 where none does */
+static unsigned long tail_kernels(ampr__qtype t, int64_t cols, int32_t n) {
+    if (cols % (t == AMPR__Q_F16 ? 8 : t == AMPR__Q_INT8 ? 16 : 32) || n > 8) return 0; /* gemv_max */
+    return t == AMPR__Q_INT8 && n > 1 ? 2 : 1;
 }
 
 /* ampr__cuda_matmul_addnorm with AMPR_CUDA_FUSE_TAIL (the matmul kernel's
  * last block adds y into the residual and normalizes) against it without
  * (the matmul, then ampr__cuda_add_rmsnorm): y and the residual bit for bit,
- * twice in a row (the block count is set back for the next call). One token
- * on each format's one-token GEMV, NF4 on tensor cores at 1, 3 and 8 tokens;
- * and shapes no fused kernel takes (NF4 with cols % 32 != 0, several tokens
- * outside the tensor-core GEMV), which must give the same by the other path.
- * On the CPU emulation the fused calls are also seen to run one kernel. */
+ * twice in a row (the block count is set back for the next call). 1 and 3
+ * tokens on each format's GEMV kernels (one-token, 2-8 tokens), NF4 on
+ * tensor cores at 1, 3 and 8; and shapes no fused kernel takes (cols not a
+ * multiple of the format's chunk), which must give the same by the other
+ * path. On the CPU emulation the fused calls are also seen to run their
+ * kernels only (tail_kernels). */
 static void check_addnorm(void) {
     char name[160];
     struct Shape { int64_t rows, cols; } shapes[] = {{300, 512}, {1000, 4096}, {64, 172}, {2048, 256}};
@@ -901,7 +898,7 @@ static void check_addnorm(void) {
                     size_t ny = (size_t)n * (size_t)rows;
                     std::vector<float> got[3][2]; /* [unfused, fused, fused again][y, r] */
 #ifdef AMPR_CUDA_EMU
-                    bool one_kernel = true; /* each fused call ran one kernel */
+                    bool one_kernel = true; /* each fused call ran its kernels (tail_kernels) */
 #endif
                     SwitchScope sw_mma(AMPR__CUDA_NF4_MMA, mma);
                     for (int v = 0; v < 3; v++) {
@@ -914,7 +911,7 @@ static void check_addnorm(void) {
                         OK(ampr__cuda_matmul_addnorm(g_c, &dm, dx, n, dy, dr, dw, 1e-5f, &g_err));
                         OK(ampr__cuda_sync(g_c, &g_err));
 #ifdef AMPR_CUDA_EMU
-                        if (v > 0) one_kernel = one_kernel && ampr_emu::kernels_run() - k0 == 1;
+                        if (v > 0) one_kernel = one_kernel && ampr_emu::kernels_run() - k0 == tail_kernels(t, cols, n);
 #endif
                         got[v][0] = dev_get<float>(dy, ny);
                         got[v][1] = dev_get<float>(dr, ny);
@@ -925,7 +922,7 @@ static void check_addnorm(void) {
                     for (int v = 1; v < 3; v++)
                         for (int k = 0; k < 2; k++)
                             for (size_t e = 0; e < ny; e++) mism += memcmp(&got[0][k][e], &got[v][k][e], 4) != 0;
-                    bool fusable = tail_fusable(t, cols, n, mma);
+                    bool fusable = tail_kernels(t, cols, n) > 0;
 #ifdef AMPR_CUDA_EMU
                     if (fusable && !one_kernel) mism++;
 #endif
@@ -944,7 +941,7 @@ static void check_addnorm(void) {
  * (the matmul, then ampr__cuda_rope_kv): the rows and both caches bit for
  * bit, twice in a row; f16 and f32 caches, both rotations, GQA, rows of
  * several sequences (row_seq) at several positions; on the emulation the
- * fused calls run one kernel. */
+ * fused calls run their kernels only (tail_kernels). */
 static void check_rope_tail(void) {
     char name[160];
     const int32_t nq = 8, nkv = 2, hd = 64, bs = 16, n_layers = 2, layer = 1, pages = 12, stride = 6;
@@ -999,7 +996,7 @@ static void check_rope_tail(void) {
                                                      inter, &g_err));
                         OK(ampr__cuda_sync(g_c, &g_err));
 #ifdef AMPR_CUDA_EMU
-                        if (v > 0) one_kernel = one_kernel && ampr_emu::kernels_run() - k0 == 1;
+                        if (v > 0) one_kernel = one_kernel && ampr_emu::kernels_run() - k0 == tail_kernels(t, cols, n);
 #endif
                         got[v][0] = dev_get<uint8_t>(dy, ny * 4);
                         got[v][1] = dev_get<uint8_t>(dk, cache * es);
@@ -1012,7 +1009,7 @@ static void check_rope_tail(void) {
                             total += (long)got[0][k].size();
                             for (size_t e = 0; e < got[0][k].size(); e++) mism += got[0][k][e] != got[v][k][e];
                         }
-                    bool fusable = tail_fusable(t, cols, n, mma);
+                    bool fusable = tail_kernels(t, cols, n) > 0;
 #ifdef AMPR_CUDA_EMU
                     if (fusable && !one_kernel) mism++;
 #endif
@@ -1081,6 +1078,11 @@ static void check_prefetch(void) {
                 }
 }
 
+/* A NaN activation gives NaN outputs on the fp16 and NF4 paths that round
+ * activations to half (the tensor-core GEMV, cuBLASLt) as on the fp32 ones,
+ * and on INT8, whose token then has scale NaN (lib/quant/quant.h; the one-
+ * token GEMV quantizes in its prologue, the others in quant_act_kernel), so
+ * that the fallback's check can flag the row; the other tokens stay finite. */
 static void check_nan_matmul(void) {
     char name[128];
     int64_t rows = 1024, cols = 1024;
