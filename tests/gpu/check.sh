@@ -533,6 +533,19 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
         else
             echo "host memory after open: not printed (the bench failed before it)"
         fi
+        # the same through the library with every decode switch on: the
+        # numbers the README's table would get if they became the default
+        dec_sw="AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1 AMPR_CUDA_FUSE_TAIL=1 AMPR_CUDA_PREFETCH=1 AMPR_CUDA_PDL=1"
+        t=$(left 100)
+        if [ "$t" -lt 45 ]; then
+            echo "(the 1b bench with the decode switches is skipped: $SECONDS s used so far)"
+        else
+            echo
+            echo "== the same with $dec_sw (timeout $t s) =="
+            # shellcheck disable=SC2086 # the assignments are words
+            env $dec_sw timeout -k 10 "$t" stdbuf -oL "$AMPR" bench --shape 1b --device cuda --tiers fp16,int8,nf4 \
+                --prompt 128 --gen 32 --concurrent 4 || echo "bench: exit $? (not a failure of the check)"
+        fi
         # a bench as it is, then with switches that are off by default (the
         # assignments in $2), side by side: label, assignments, bench args...
         bench_ab() {
