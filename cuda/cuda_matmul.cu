@@ -596,6 +596,20 @@ __device__ __forceinline__ void nf4_a_frag(const uint32_t *pairs, int lane, uint
     a[3] = pairs[((wC >> 8) & 0xffu) * 32 + lane];
 }
 
+/* AMPR__CUDA_PREFETCH in the NF4 tensor-core kernels: of nr rows from rb (as
+ * walk_row maps them), the 64-column blocks [j0, j0 + nb): their codes (32
+ * bytes a block) and their scales (4 bytes) */
+template <bool FUSE>
+__device__ __forceinline__ void nf4_prefetch_blocks(const uint8_t *W, const float *absmax, int64_t rows,
+                                                    int64_t cols, int64_t rb, int64_t nr, int64_t j0,
+                                                    int64_t nb) {
+    int64_t nblk = cols / 64;
+    ampr__prefetch_rows(nr, (size_t)nb * 32, [&](int64_t i) {
+        return W + (size_t)walk_row<FUSE>(rb + i, rows) * (size_t)(cols / 2) + (size_t)j0 * 32; });
+    ampr__prefetch_rows(nr, (size_t)nb * 4, [&](int64_t i) {
+        return absmax + walk_row<FUSE>(rb + i, rows) * nblk + j0; });
+}
+
 template <int KS, bool FUSE = false>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax, int64_t rows,
@@ -607,12 +621,10 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
     const int GROUPS = GEMV_WARPS / KS; /* 16-row tiles per block */
     int64_t nblk = cols / 64;
     const int64_t per_block = (int64_t)GROUPS * 16;
-    if (pf) { /* the block's first tiles' first blocks of each row, and their scales */
+    if (pf) { /* the block's first tiles' first blocks of each row */
         int64_t rb = (int64_t)blockIdx.x * per_block, nr = rows - rb < per_block ? rows - rb : per_block;
         int64_t first = (int64_t)KS * NF4MMA_U < nblk ? (int64_t)KS * NF4MMA_U : nblk;
-        ampr__prefetch_rows(nr, (size_t)first * 32, [&](int64_t i) {
-            return W + (size_t)phys(rb + i) * (size_t)(cols / 2); });
-        ampr__prefetch_rows(nr, (size_t)first * 4, [&](int64_t i) { return absmax + phys(rb + i) * nblk; });
+        nf4_prefetch_blocks<FUSE>(W, absmax, rows, cols, rb, nr, 0, first);
     }
     __shared__ uint32_t pairs[256 * 32];
     __shared__ float part[GEMV_WARPS][16][8];
@@ -774,13 +786,10 @@ gemm_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
     int32_t splits = (int32_t)gridDim.y, sp = (int32_t)blockIdx.y;
     int64_t j_begin = (int64_t)sp * per_split;
     int64_t j_end = j_begin + per_split < nblk ? j_begin + per_split : nblk;
-    if (pf) { /* the split's first 8 stages of the block's rows, and their scales */
+    if (pf) { /* the split's first 8 stages of the block's rows */
         int64_t nr = rows - rb < NF4B_ROWS ? rows - rb : NF4B_ROWS;
         int64_t first = j_end - j_begin < 8 * NF4B_SB ? j_end - j_begin : 8 * NF4B_SB;
-        ampr__prefetch_rows(nr, (size_t)first * 32, [&](int64_t i) {
-            return W + (size_t)phys(rb + i) * (size_t)(cols / 2) + (size_t)j_begin * 32; });
-        ampr__prefetch_rows(nr, (size_t)first * 4, [&](int64_t i) {
-            return absmax + phys(rb + i) * nblk + j_begin; });
+        nf4_prefetch_blocks<FUSE>(W, absmax, rows, cols, rb, nr, j_begin, first);
     }
     __shared__ uint32_t pairs[256 * 32];
     __shared__ uint2 bfrag[NF4B_SB][4][NT][32];

@@ -242,21 +242,17 @@ rc=0
 # A whole run is two processes, the op checks (--quick) and then the kernel
 # benchmark (--bench): a kernel that faults in an op check leaves the CUDA
 # context unusable, and would otherwise take the benchmark's lines with it
-if [ "${#args[@]}" = 0 ]; then
-    timeout -k 10 "${AMPR_GPU_CHECK_TIMEOUT:-240}" stdbuf -oL "$OUT/check" --quick 2>&1 |
-        tee "$OUT/check.out" || rc=${PIPESTATUS[0]}
-    [ "$rc" = 124 ] && echo "FAIL: the op checks timed out (${AMPR_GPU_CHECK_TIMEOUT:-240} s)"
-    if [ "$rc" != 2 ]; then
-        brc=0
-        timeout -k 10 "${AMPR_GPU_CHECK_TIMEOUT:-240}" stdbuf -oL "$OUT/check" --bench 2>&1 |
-            tee -a "$OUT/check.out" || brc=${PIPESTATUS[0]}
-        [ "$brc" = 124 ] && echo "FAIL: the kernel benchmark timed out (${AMPR_GPU_CHECK_TIMEOUT:-240} s)"
-        [ "$rc" != 0 ] || rc=$brc
-    fi
-else
-    timeout -k 10 "${AMPR_GPU_CHECK_TIMEOUT:-240}" stdbuf -oL "$OUT/check" "${args[@]}" 2>&1 |
-        tee "$OUT/check.out" || rc=${PIPESTATUS[0]}
-    [ "$rc" = 124 ] && echo "FAIL: the op checks timed out (${AMPR_GPU_CHECK_TIMEOUT:-240} s)"
+whole=0
+if [ "${#args[@]}" = 0 ]; then whole=1; args=(--quick); fi
+timeout -k 10 "${AMPR_GPU_CHECK_TIMEOUT:-240}" stdbuf -oL "$OUT/check" "${args[@]}" 2>&1 |
+    tee "$OUT/check.out" || rc=${PIPESTATUS[0]}
+[ "$rc" = 124 ] && echo "FAIL: the op checks timed out (${AMPR_GPU_CHECK_TIMEOUT:-240} s)"
+if [ "$whole" = 1 ] && [ "$rc" != 2 ]; then
+    brc=0
+    timeout -k 10 "${AMPR_GPU_CHECK_TIMEOUT:-240}" stdbuf -oL "$OUT/check" --bench 2>&1 |
+        tee -a "$OUT/check.out" || brc=${PIPESTATUS[0]}
+    [ "$brc" = 124 ] && echo "FAIL: the kernel benchmark timed out (${AMPR_GPU_CHECK_TIMEOUT:-240} s)"
+    [ "$rc" != 0 ] || rc=$brc
 fi
 summary() {
     echo
