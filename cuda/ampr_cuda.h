@@ -71,6 +71,11 @@ int ampr__cuda_cc(const ampr__cuda *c); /* major*10 + minor */
 /* Decode paths: matmuls with n <= this many tokens use the fused GEMV kernels,
  * larger ones cuBLASLt (default 8, at most 8; 0 forces cuBLASLt always). */
 void ampr__cuda_set_gemv_max(ampr__cuda *c, int n);
+/* The one-token fp32 NF4 GEMV's shape, for the GPU check's side-by-side
+ * timing (check --gemv): R * 10 + U (rows a warp, loads a lane before the
+ * arithmetic) of 21, 22, 24, 41, 42 or 44; 0 (the default): 42 on matrices
+ * of 64 rows an SM or more, else 22. */
+void ampr__cuda_set_nf4_gemv1(ampr__cuda *c, int ru);
 /* NF4 on cuBLASLt (prefill) dequantizes a chunk of rows at a time: the
  * scratch elements a rows x cols matrix needs (ampr__cuda_reserve's
  * nf4_elems), and the rows of a chunk (0: by size, 16 MB of fp16; the GPU
@@ -78,47 +83,52 @@ void ampr__cuda_set_gemv_max(ampr__cuda *c, int n);
  * multiple of 64). */
 int64_t ampr__cuda_dequant_elems(const ampr__cuda *c, int64_t rows, int64_t cols);
 void ampr__cuda_set_dequant_rows(ampr__cuda *c, int64_t rows);
-/* most tokens of NF4's tensor-core batch matmul (AMPR__CUDA_NF4_MMA) */
+/* most tokens of NF4's tensor-core batch matmul (AMPR__CUDA_NF4_BATCH) */
 #define AMPR__CUDA_NF4_BATCH_MAX 32
-/* Kernel paths that are off by default until a GPU has measured them
- * (cuda/NOTES.md, "Where the next gains are"); each is turned on at open by
- * its environment variable set to 1 (ampr__cuda_switch_env), and by
- * ampr__cuda_set_switch (the GPU check compares both ways):
+/* Kernel paths chosen at open, each by its switch: its environment variable
+ * (ampr__cuda_switch_env) set to 1 turns it on, set to 0 off, unset leaves
+ * the default (ampr__cuda_switch_default: on where the GPU check measured it
+ * faster and its checks pass, cuda/NOTES.md "Measured history"); the GPU
+ * check flips them with ampr__cuda_set_switch to compare both ways.
  *   NF4_MMA  NF4 decode matmuls (n <= gemv_max, cols % 64 == 0) on tensor
  *            cores (gemv_nf4_mma_kernel: codes and activations rounded to
- *            fp16, fp32 sums) instead of the fp32 GEMV kernels, and decode
- *            batches of 9..32 tokens (gemm_nf4_mma_kernel, the same
- *            rounding) instead of dequantizing the matrix for cuBLASLt;
+ *            fp16, fp32 sums) instead of the fp32 GEMV kernels (off: slower
+ *            for one token on the H200);
+ *   NF4_BATCH NF4 matmuls of gemv_max + 1 .. 32 tokens (decode batches, short
+ *            prompts) in gemm_nf4_mma_kernel (the same rounding) instead of
+ *            dequantizing the matrix for cuBLASLt (on);
  *   ATT_MMA  prefill attention (the query-tile path, head_dim 64 or 128) on
  *            tensor cores (attention_mma_kernel: Q, K, V and the probabilities
- *            rounded to fp16, fp32 sums) instead of the fp32 tile kernel;
+ *            rounded to fp16, fp32 sums) instead of the fp32 tile kernel
+ *            (on);
  *   ATT_DEC  decode attention (the position-split kernel, head_dim 64 or 128)
  *            with its V loop on 16-byte loads (a lane takes 8 positions x
  *            head_dim / 8 dims, 4 or 8 positions' loads in flight) and the
  *            splits merged by the last of them to finish instead of a second
- *            kernel; same math, another summation order;
+ *            kernel; same math, another summation order (on);
  *   FUSE     ampr__cuda_matmul_swiglu in one kernel where a decode GEMV
  *            applies (one token; NF4 on tensor cores: up to 32): the
- *            same floats as the matmul and swiglu it replaces;
+ *            same floats as the matmul and swiglu it replaces (off);
  *   PDL      programmatic dependent launch for every kernel (sm_90 and newer;
- *            ignored before): cuda_err.h, ampr__launch;
+ *            ignored before): cuda_err.h, ampr__launch (off);
  *   TP_GRAPHS CUDA graphs for the decode-like passes of tensor-parallel ranks
  *            (read from rank 0's context): each rank's part of each segment
  *            between two all-reduces is captured and replayed, the
  *            all-reduces run between them as before (one-rank passes are
- *            one graph whatever this says).;
+ *            one graph whatever this says) (on);
  *   PREFETCH the decode GEMVs (one-token, tensor-core NF4 and its batch
  *            kernel) prefetch their blocks' first weights into L2 before
  *            anything else: before the PDL wait, so that with PDL the loads
  *            overlap the previous kernel's tail, and before INT8's
  *            quantization of x and NF4's table fill; a hint, the same
- *            values;
+ *            values (off: no faster on the H200);
  *   FUSE_TAIL ampr__cuda_matmul_addnorm and ampr__cuda_matmul_rope_kv in
  *            one kernel where a decode GEMV (up to 8 tokens, gemv_max)
  *            takes the matmul: its last block does the residual add and
  *            RMSNorm, or RoPE and the KV store (the same floats as the
  *            kernels they replace), so decode passes launch no norm kernel
- *            (without all-reduces; cuda_forward.cu) and no RoPE kernel. */
+ *            (without all-reduces; cuda_forward.cu) and no RoPE kernel
+ *            (off: slower on the H200). */
 typedef enum {
     AMPR__CUDA_NF4_MMA,
     AMPR__CUDA_ATT_MMA,
@@ -128,9 +138,11 @@ typedef enum {
     AMPR__CUDA_TP_GRAPHS,
     AMPR__CUDA_PREFETCH,
     AMPR__CUDA_FUSE_TAIL,
+    AMPR__CUDA_NF4_BATCH,
     AMPR__CUDA_N_SWITCHES
 } ampr__cuda_switch;
 void ampr__cuda_set_switch(ampr__cuda *c, ampr__cuda_switch s, int on);
+int ampr__cuda_switch_default(ampr__cuda_switch s); /* 1 on, 0 off at open */
 int ampr__cuda_switch_on(const ampr__cuda *c, ampr__cuda_switch s);
 const char *ampr__cuda_switch_env(ampr__cuda_switch s); /* "AMPR_CUDA_NF4_MMA", ... */
 /* Bytes in use on c's GPU (cudaMemGetInfo: total - free, every process's

@@ -58,8 +58,10 @@ static ampr_status ctx_init(ampr__cuda *c, int device, ampr__err *err) {
     c->cc = p.major * 10 + p.minor;
     c->sm_count = p.multiProcessorCount;
     for (int i = 0; i < AMPR__CUDA_N_SWITCHES; i++) { /* after cc: PDL needs 9.0 */
-        const char *e = getenv(ampr__cuda_switch_env((ampr__cuda_switch)i));
-        ampr__cuda_set_switch(c, (ampr__cuda_switch)i, e && !strcmp(e, "1"));
+        ampr__cuda_switch s = (ampr__cuda_switch)i;
+        const char *e = getenv(ampr__cuda_switch_env(s));
+        int on = e && !strcmp(e, "1") ? 1 : e && !strcmp(e, "0") ? 0 : ampr__cuda_switch_default(s);
+        ampr__cuda_set_switch(c, s, on);
     }
     snprintf(c->name, sizeof c->name, "%s", p.name);
     if (c->cc < 80)
@@ -145,12 +147,23 @@ void ampr__cuda_set_gemv_max(ampr__cuda *c, int n) {
     c->gemv_max = n < 0 ? 0 : (n > AMPR__CUDA_GEMV_MAX ? AMPR__CUDA_GEMV_MAX : n);
 }
 
+void ampr__cuda_set_nf4_gemv1(ampr__cuda *c, int ru) {
+    c->scratch_gen++; /* captured graphs chose their kernels by the old value */
+    c->nf4_gemv1 = ru;
+}
+
 const char *ampr__cuda_switch_env(ampr__cuda_switch s) {
     static const char *const names[AMPR__CUDA_N_SWITCHES] = {
         "AMPR_CUDA_NF4_MMA", "AMPR_CUDA_ATT_MMA", "AMPR_CUDA_ATT_DEC", "AMPR_CUDA_FUSE",
         "AMPR_CUDA_PDL", "AMPR_CUDA_TP_GRAPHS", "AMPR_CUDA_PREFETCH",
-        "AMPR_CUDA_FUSE_TAIL"};
+        "AMPR_CUDA_FUSE_TAIL", "AMPR_CUDA_NF4_BATCH"};
     return (unsigned)s < AMPR__CUDA_N_SWITCHES ? names[s] : "?";
+}
+/* On at open unless the environment says 0: the paths the H200 measured
+ * faster (2026-11-28, cuda/NOTES.md), each of whose checks passed there */
+int ampr__cuda_switch_default(ampr__cuda_switch s) {
+    return s == AMPR__CUDA_ATT_MMA || s == AMPR__CUDA_ATT_DEC || s == AMPR__CUDA_NF4_BATCH ||
+           s == AMPR__CUDA_TP_GRAPHS;
 }
 void ampr__cuda_set_switch(ampr__cuda *c, ampr__cuda_switch s, int on) {
     if ((unsigned)s >= AMPR__CUDA_N_SWITCHES) return;

@@ -86,6 +86,8 @@ struct ampr__cuda {
     int gemv_max;
     int64_t dq_rows;          /* NF4 prefill: rows dequantized a GEMM (0: by size, cuda_matmul.cu) */
     int sw[AMPR__CUDA_N_SWITCHES]; /* the kernel switches (ampr_cuda.h), 0 or 1 */
+    int nf4_gemv1;            /* ampr__cuda_set_nf4_gemv1: R * 10 + U, 0 by shape */
+    int big_pass;             /* in a pass of more than gemv_max tokens: no PDL (ampr__launch) */
     /* matmul scratch, grown by ensure_scratch() */
     __half *xh;               /* activations as half [n][cols] */
     size_t xh_bytes;
@@ -322,7 +324,9 @@ __device__ __forceinline__ uint32_t ampr__half2_bits(float lo, float hi) {
  * before it (shared-memory tables from constants) overlaps the previous
  * kernel's tail; ampr__pdl_trigger() then lets the next kernel start its own
  * such prologue. The CPU emulation faults on a kernel launched this way whose
- * threads end without waiting. */
+ * threads end without waiting. Passes of more than gemv_max tokens launch
+ * without it (c->big_pass, cuda_forward.cu): on the H200 their kernels, early
+ * resident and waiting, slowed prefill's large grids (by up to 20%). */
 __device__ __forceinline__ void ampr__pdl_wait(void) {
 #ifdef AMPR_CUDA_EMU
     ampr_emu_pdl_wait();
@@ -367,7 +371,7 @@ static inline void ampr__launch(const ampr__cuda *c, const char *name, void (*k)
                                 dim3 block, size_t smem, A... a) {
 #ifdef AMPR_CUDA_EMU
     ::ampr_emu::config cfg = ampr_emu_cfg(grid, block, smem, c->stream);
-    cfg.pdl = c->sw[AMPR__CUDA_PDL] != 0;
+    cfg.pdl = c->sw[AMPR__CUDA_PDL] && !c->big_pass;
     ampr_emu_launch(k, name, cfg, a...);
 #else
     (void)name;
@@ -380,7 +384,7 @@ static inline void ampr__launch(const ampr__cuda *c, const char *name, void (*k)
     cfg.dynamicSmemBytes = smem;
     cfg.stream = c->stream;
     cfg.attrs = at;
-    cfg.numAttrs = c->sw[AMPR__CUDA_PDL] ? 1 : 0;
+    cfg.numAttrs = c->sw[AMPR__CUDA_PDL] && !c->big_pass ? 1 : 0;
     (void)cudaLaunchKernelEx(&cfg, k, static_cast<P>(a)...); /* AMPR__CU_LAUNCHED reads the error */
 #endif
 }

@@ -376,9 +376,14 @@ int32_t *ampr__cuda_seq_argmax(const ampr__cuda_seq *s) { return s->argmax; }
 
 /* ---- the pass ---------------------------------------------------------------- */
 
+/* Programmatic dependent launch (AMPR__CUDA_PDL) for passes of up to 32
+ * tokens (decode, decode batches) only: c->big_pass set for the others'
+ * launches (cuda_err.h, ampr__launch) and cleared after. */
+static void big_pass(ampr__cuda *c, int32_t n) { c->big_pass = n > AMPR__CUDA_NF4_BATCH_MAX; }
+
 /* n tokens at s->tokens[0..n), positions s->pos[0..n); everything enqueued,
  * nothing synchronized (so it can be captured). */
-static ampr_status run(ampr__cuda_seq *s, int32_t n, int all_logits, ampr__err *err) {
+static ampr_status run_layers(ampr__cuda_seq *s, int32_t n, int all_logits, ampr__err *err) {
     const ampr__cuda_model *m = s->m;
     const ampr__cuda_hparams *hp = &m->hp;
     int32_t kv_dim = hp->n_kv_heads * hp->head_dim, n_out = all_logits ? n : 1;
@@ -393,6 +398,12 @@ static ampr_status run(ampr__cuda_seq *s, int32_t n, int all_logits, ampr__err *
     AMPR__TRY(layer_logits(m, &b, n, n_out, err));
     return ampr__cuda_argmax(m->c, s->logits + (size_t)(n_out - 1) * hp->vocab_size, 1,
                              hp->vocab_size, s->argmax, err);
+}
+static ampr_status run(ampr__cuda_seq *s, int32_t n, int all_logits, ampr__err *err) {
+    big_pass(s->m->c, n);
+    ampr_status st = run_layers(s, n, all_logits, err);
+    big_pass(s->m->c, 0);
+    return st;
 }
 
 ampr_status ampr__cuda_forward(ampr__cuda_seq *s, const int32_t *tokens, int32_t n, int32_t p0,
@@ -871,10 +882,10 @@ static ampr_status pass_segment(const ampr__cuda_model *m, const pass_bufs *b, i
  * Each segment is enqueued on every rank before the next: the ranks' streams
  * run side by side, meeting only in the all-reduces. g: a slot whose
  * segment graphs replace the eager segments (NULL: none). */
-static ampr_status pass_body(ampr__cuda_model *const *m, ampr__cuda_kvpool *const *kv,
-                             ampr__cuda_work *const *w, int n_ranks, ampr__cuda_reduce *red,
-                             int32_t n, int has_row_seq, int32_t stride, int32_t n_logits,
-                             const pass_graph *g, ampr__err *err) {
+static ampr_status pass_layers(ampr__cuda_model *const *m, ampr__cuda_kvpool *const *kv,
+                               ampr__cuda_work *const *w, int n_ranks, ampr__cuda_reduce *red,
+                               int32_t n, int has_row_seq, int32_t stride, int32_t n_logits,
+                               const pass_graph *g, ampr__err *err) {
     pass_bufs b[AMPR__TP_MAX];
     for (int r = 0; r < n_ranks; r++) {
         b[r] = rank_bufs(m[r], kv[r], w[r], has_row_seq, stride);
@@ -894,6 +905,15 @@ static ampr_status pass_body(ampr__cuda_model *const *m, ampr__cuda_kvpool *cons
         if (k + 1 < segs) AMPR__TRY(reduce_parts(w, n_ranks, red, n, err));
     }
     return AMPR_OK;
+}
+static ampr_status pass_body(ampr__cuda_model *const *m, ampr__cuda_kvpool *const *kv,
+                             ampr__cuda_work *const *w, int n_ranks, ampr__cuda_reduce *red,
+                             int32_t n, int has_row_seq, int32_t stride, int32_t n_logits,
+                             const pass_graph *g, ampr__err *err) {
+    for (int r = 0; r < n_ranks; r++) big_pass(m[r]->c, n);
+    ampr_status st = pass_layers(m, kv, w, n_ranks, red, n, has_row_seq, stride, n_logits, g, err);
+    for (int r = 0; r < n_ranks; r++) big_pass(m[r]->c, 0);
+    return st;
 }
 
 /* Whether every rank's buffers are where they were at the slot's capture */
@@ -976,7 +996,10 @@ static ampr_status capture_segment(void *p, ampr__err *err) {
     const capture_arg *a = (const capture_arg *)p;
     int r = a->rank;
     pass_bufs b = rank_bufs(a->m[r], a->kv[r], a->w[r], a->has_row_seq, a->stride);
-    return pass_segment(a->m[r], &b, r, a->k, a->n, a->n, err);
+    big_pass(a->m[r]->c, a->n);
+    ampr_status st = pass_segment(a->m[r], &b, r, a->k, a->n, a->n, err);
+    big_pass(a->m[r]->c, 0);
+    return st;
 }
 
 /* Capture the slot's pass: one graph for a single rank without all-reduces,

@@ -10,8 +10,9 @@
  *         int32 sums, then ((float)acc * wscale[r]) * xscale[i].
  *   NF4:  the 16-entry code table lives in shared memory; one absmax per
  *         16-byte load (cols % 32 == 0, so 32 codes never straddle a block).
- * NF4 with AMPR_CUDA_NF4_MMA: 1..8 tokens on tensor cores (gemv_nf4_mma_kernel)
- * and 9..32 (gemm_nf4_mma_kernel), reading the 4-bit weights themselves.
+ * NF4 of 9..32 tokens (AMPR_CUDA_NF4_BATCH, on) on tensor cores
+ * (gemm_nf4_mma_kernel), reading the 4-bit weights themselves; with
+ * AMPR_CUDA_NF4_MMA=1 also 1..8 (gemv_nf4_mma_kernel).
  * Prefill (larger n): cuBLASLt. F16 rounds activations to half and
  * accumulates in fp32; NF4 first dequantizes the weights to half in scratch;
  * INT8 runs int8 x int8 -> int32 (IMMA, "TN" layout, tokens padded to a
@@ -962,11 +963,11 @@ void ampr__cuda_set_dequant_rows(ampr__cuda *c, int64_t rows) {
     c->dq_rows = rows > 0 ? (rows + 63) / 64 * 64 : 0;
 }
 
-/* The batch kernel takes this matmul (AMPR__CUDA_NF4_MMA on, more tokens
+/* The batch kernel takes this matmul (AMPR__CUDA_NF4_BATCH on, more tokens
  * than the GEMV, at most AMPR__CUDA_NF4_BATCH_MAX; gemv_max = 0 still
  * forces cuBLASLt) */
 static int nf4_batch_ok(const ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n) {
-    return w->type == AMPR__Q_NF4 && c->sw[AMPR__CUDA_NF4_MMA] && c->gemv_max > 0 &&
+    return w->type == AMPR__Q_NF4 && c->sw[AMPR__CUDA_NF4_BATCH] && c->gemv_max > 0 &&
            n > AMPR__CUDA_GEMV_MAX && n <= AMPR__CUDA_NF4_BATCH_MAX && w->cols % 64 == 0 &&
            (uintptr_t)x % 16 == 0;
 }
@@ -1254,10 +1255,17 @@ static ampr_status gemv(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, 
     default:
         if (c->sw[AMPR__CUDA_NF4_MMA] && cols % 64 == 0)
             gemv_nf4_mma<FUSE>(c, w, x, n, y, ldy, tail);
-        else if (n == 1 && rows >= 64 * (int64_t)c->sm_count) /* 4 rows a warp still fill it */
-            gemv1<AMPR__Q_NF4, 4, 2, FUSE>(c, w, x, y, tail);
-        else if (n == 1)
-            gemv1<AMPR__Q_NF4, 2, 2, FUSE>(c, w, x, y, tail);
+        else if (n == 1) {
+            int ru = c->nf4_gemv1 ? c->nf4_gemv1 : rows >= 64 * (int64_t)c->sm_count ? 42 : 22;
+            switch (ru) { /* 42: 4 rows a warp where they still fill the GPU */
+            case 21: gemv1<AMPR__Q_NF4, 2, 1, FUSE>(c, w, x, y, tail); break;
+            case 24: gemv1<AMPR__Q_NF4, 2, 4, FUSE>(c, w, x, y, tail); break;
+            case 41: gemv1<AMPR__Q_NF4, 4, 1, FUSE>(c, w, x, y, tail); break;
+            case 42: gemv1<AMPR__Q_NF4, 4, 2, FUSE>(c, w, x, y, tail); break;
+            case 44: gemv1<AMPR__Q_NF4, 4, 4, FUSE>(c, w, x, y, tail); break;
+            default: gemv1<AMPR__Q_NF4, 2, 2, FUSE>(c, w, x, y, tail); break;
+            }
+        }
         else if (FUSE)
             *done = 0;
         else

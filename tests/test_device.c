@@ -6,7 +6,7 @@
  * - device and CPU contexts give the same greedy text on each tier;
  * - requests on four threads at once (batched decode steps on the device) give
  *   the texts they give one at a time, also with two ranks on GPU 0 whose
- *   passes replay CUDA graphs (AMPR_CUDA_TP_GRAPHS);
+ *   passes replay CUDA graphs (AMPR_CUDA_TP_GRAPHS) and without them;
  * - a device allocation that fails inside a request (injected through the
  *   emulation's hook, so only under check-emu) fails that request with
  *   AMPR_ERR_NOMEM and a message naming cudaMalloc, and nothing else: the
@@ -140,12 +140,14 @@ static void test_concurrent_requests(void **state) {
     concurrent_case("{" TIERS ", \"device\": \"cuda\"}");
 }
 
-/* Two ranks on GPU 0 with their segments replayed from CUDA graphs
- * (AMPR_CUDA_TP_GRAPHS, read when the contexts open): decode batches of
- * several sequences (a row map) and single ones, captured and replayed */
+/* Two ranks on GPU 0 with their segments replayed from CUDA graphs (the
+ * default, AMPR_CUDA_TP_GRAPHS): decode batches of several sequences (a row
+ * map) and single ones, captured and replayed; then eager
+ * (AMPR_CUDA_TP_GRAPHS=0, read when the contexts open) */
 static void test_concurrent_requests_tp_graphs(void **state) {
     (void)state;
-    assert_int_equal(setenv("AMPR_CUDA_TP_GRAPHS", "1", 1), 0);
+    concurrent_case("{" TIERS ", \"device\": \"cuda\", \"tp_size\": 2, \"gpus\": [0, 0]}");
+    assert_int_equal(setenv("AMPR_CUDA_TP_GRAPHS", "0", 1), 0);
     concurrent_case("{" TIERS ", \"device\": \"cuda\", \"tp_size\": 2, \"gpus\": [0, 0]}");
     unsetenv("AMPR_CUDA_TP_GRAPHS");
 }

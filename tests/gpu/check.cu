@@ -12,6 +12,8 @@
  *        check --bench       (the benchmarks only, no correctness checks)
  *        check --ops fp16|int8|nf4   (one tier's per-op profile only, each op
  *                                     run twice: a target for ncu)
+ *        check --gemv [fp16|int8|nf4]  (each format's matmuls of 1..32 tokens
+ *                             on the 8B shape's matrices, every NF4 path)
  */
 #include <cublasLt.h>
 #include <cuda_fp16.h>
@@ -121,6 +123,12 @@ struct SwitchScope {
     SwitchScope &operator=(const SwitchScope &) = delete;
 };
 static int flipped(ampr__cuda_switch s) { return !ampr__cuda_switch_on(g_c, s); }
+/* NF4 on tensor cores (on) or not: the GEMV of 1..8 tokens (AMPR__CUDA_NF4_MMA)
+ * and the batch kernel of 9..32 (AMPR__CUDA_NF4_BATCH) together */
+struct MmaScope {
+    SwitchScope gemv, batch;
+    explicit MmaScope(int on) : gemv(AMPR__CUDA_NF4_MMA, on), batch(AMPR__CUDA_NF4_BATCH, on) {}
+};
 
 static void *dev_put(const void *src, size_t bytes) {
     void *p = NULL;
@@ -714,7 +722,7 @@ static void check_gemv_swiglu(void) {
                     float *d0 = (float *)dev_put(NULL, (size_t)(n * sh.hidden) * 4);
                     float *d1 = (float *)dev_put(NULL, (size_t)(n * sh.hidden) * 4);
                     {
-                        SwitchScope sw_mma(AMPR__CUDA_NF4_MMA, mma);
+                        MmaScope sw_mma(mma);
                         {
                             SwitchScope sw(AMPR__CUDA_FUSE, 0);
                             OK(ampr__cuda_matmul_swiglu(g_c, &dm, dx, n, dgu, d0, &g_err));
@@ -787,7 +795,7 @@ static void check_embed_matmul(void) {
             random_mat(hm, dm, t, sh.rows, sh.cols, 0.2f);
             for (const Case &cs : cases)
             for (int mma = 0; mma < 2; mma++) {
-                /* NF4's tensor-core GEMV and batch kernel (AMPR__CUDA_NF4_MMA),
+                /* NF4's tensor-core GEMV and batch kernel (MmaScope),
                  * where they apply */
                 bool batch = cs.gemv_max > 0 && cs.n > 8 /* the GEMV's most */ &&
                              cs.n <= AMPR__CUDA_NF4_BATCH_MAX;
@@ -800,7 +808,7 @@ static void check_embed_matmul(void) {
                 float *dy = (float *)dev_put(NULL, (size_t)(cs.n * ldy) * 4);
                 ampr__cuda_set_gemv_max(g_c, cs.gemv_max);
                 {
-                    SwitchScope sw(AMPR__CUDA_NF4_MMA, mma);
+                    MmaScope sw(mma);
                     OK(ampr__cuda_matmul(g_c, &dm, dx, cs.n, dy, ldy, &g_err));
                 }
                 ampr__cuda_set_gemv_max(g_c, 8);
@@ -900,7 +908,7 @@ static void check_addnorm(void) {
 #ifdef AMPR_CUDA_EMU
                     bool one_kernel = true; /* each fused call ran its kernels (tail_kernels) */
 #endif
-                    SwitchScope sw_mma(AMPR__CUDA_NF4_MMA, mma);
+                    MmaScope sw_mma(mma);
                     for (int v = 0; v < 3; v++) {
                         SwitchScope sw(AMPR__CUDA_FUSE_TAIL, v > 0);
                         float *dr = (float *)dev_put(r0.data(), ny * 4);
@@ -981,7 +989,7 @@ static void check_rope_tail(void) {
 #ifdef AMPR_CUDA_EMU
                     bool one_kernel = true;
 #endif
-                    SwitchScope sw_mma(AMPR__CUDA_NF4_MMA, mma);
+                    MmaScope sw_mma(mma);
                     for (int v = 0; v < 3; v++) {
                         SwitchScope sw(AMPR__CUDA_FUSE_TAIL, v > 0);
                         std::vector<uint8_t> zero(cache * es, 0);
@@ -1048,7 +1056,7 @@ static void check_prefetch(void) {
 #ifdef AMPR_CUDA_EMU
                     unsigned long pf[2] = {0, 0}; /* lines prefetched without, with */
 #endif
-                    SwitchScope sw_mma(AMPR__CUDA_NF4_MMA, mma);
+                    MmaScope sw_mma(mma);
                     for (int on = 0; on < 2; on++) {
                         SwitchScope sw(AMPR__CUDA_PREFETCH, on);
 #ifdef AMPR_CUDA_EMU
@@ -1099,7 +1107,7 @@ static void check_nan_matmul(void) {
             float *dx = (float *)dev_put(x.data(), x.size() * 4);
             float *dy = (float *)dev_put(NULL, (size_t)(cs.n * rows) * 4);
             {
-                SwitchScope sw(AMPR__CUDA_NF4_MMA, cs.mma);
+                MmaScope sw(cs.mma);
                 OK(ampr__cuda_matmul(g_c, &dm, dx, cs.n, dy, rows, &g_err));
             }
             auto y = dev_get<float>(dy, (size_t)(cs.n * rows));
@@ -1995,22 +2003,18 @@ static void bench_ops(ampr__qtype t, HostModel &hm, double copy, double peak) {
             printf(" %s %.1f vs %.1f us%s", mname[k], u[0], u[1], k == 1 ? "," : "\n");
         }
     }
-    if (t == AMPR__Q_NF4) { /* decode GEMVs again with the other kernel */
-        SwitchScope sw(AMPR__CUDA_NF4_MMA, flipped(AMPR__CUDA_NF4_MMA));
-        printf("  %s GEMV, decode:", sw.was ? "fp32" : "tensor-core");
-        for (int k = 0; k < 5; k++) {
-            double u = 1e3 * time_ms([&] { OK(ampr__cuda_matmul(g_c, &mats[k], dx, 1, dy, mats[k].rows, &g_err)); }, g_op_reps);
-            printf(" %s %.1f us (%.0f GB/s)%s", mname[k], u,
-                   (double)ampr__cuda_mat_bytes(&mats[k]) / (u * 1e-6) / 1e9, k < 4 ? "," : "\n");
-        }
-        /* decode batches: the tensor-core batch kernel against the prefill path
-         * (the matrix dequantized to fp16, then cuBLASLt) that they took before */
-        for (int32_t nb : {16, 32}) {
-            printf("  batch of %d, tensor cores vs dequantize + cuBLASLt:", nb);
+    if (t == AMPR__Q_NF4) {
+        /* each NF4 matmul of a decode batch's size on tensor cores and not:
+         * up to 8 tokens the GEMVs (AMPR__CUDA_NF4_MMA), 16 and 32 the batch
+         * kernel against the prefill path (the matrix dequantized to fp16,
+         * then cuBLASLt; AMPR__CUDA_NF4_BATCH) */
+        for (int32_t nb : {1, 4, 8, 16, 32}) {
+            ampr__cuda_switch sw_id = nb <= 8 ? AMPR__CUDA_NF4_MMA : AMPR__CUDA_NF4_BATCH;
+            printf("  %d token(s), tensor cores vs %s:", nb, nb <= 8 ? "fp32 GEMV" : "dequantize + cuBLASLt");
             for (int k = 0; k < 5; k++) {
                 double u[2];
                 for (int mma = 0; mma < 2; mma++) {
-                    SwitchScope on(AMPR__CUDA_NF4_MMA, mma);
+                    SwitchScope on(sw_id, mma);
                     u[mma] = 1e3 * time_ms([&] { OK(ampr__cuda_matmul(g_c, &mats[k], dx, nb, dy, mats[k].rows, &g_err)); }, g_op_reps);
                 }
                 printf(" %s %.1f vs %.1f us (%.0f GB/s)%s", mname[k], u[1], u[0],
@@ -2115,42 +2119,33 @@ static void bench(void) {
         ampr__qtype t = tp->t;
         ampr__cuda_seq *s = tp->s;
         const std::vector<int32_t> &toks = tp->toks;
-        double pre_ms = tp->pre_ms, dec_ms = tp->dec_ms, step_bytes = tp->step_bytes;
-        { /* the decode step with every new kernel on (or off, if the environment
-           * turned them on), side by side */
-            int on = !(ampr__cuda_switch_on(g_c, AMPR__CUDA_NF4_MMA) && ampr__cuda_switch_on(g_c, AMPR__CUDA_ATT_DEC) &&
-                       ampr__cuda_switch_on(g_c, AMPR__CUDA_FUSE) && ampr__cuda_switch_on(g_c, AMPR__CUDA_FUSE_TAIL) &&
-                       ampr__cuda_switch_on(g_c, AMPR__CUDA_PREFETCH));
-            double alt_ms;
-            {
-                SwitchScope a(AMPR__CUDA_NF4_MMA, on), b(AMPR__CUDA_ATT_DEC, on), f(AMPR__CUDA_FUSE, on),
-                    fn(AMPR__CUDA_FUSE_TAIL, on), pf(AMPR__CUDA_PREFETCH, on);
-                alt_ms = decode_ms(s, 1);
-            }
-            double new_ms = on ? alt_ms : dec_ms, old_ms = on ? dec_ms : alt_ms;
-            printf("%s decode step, the new kernels (AMPR_CUDA_NF4_MMA, _ATT_DEC, _FUSE, _FUSE_TAIL, _PREFETCH%s) "
-                   "%.3f ms vs %s %.3f ms: %.2fx\n", fmt_name(t),
-                   ampr__cuda_switch_on(g_c, AMPR__CUDA_PDL) ? "; PDL on in both" : "", new_ms / steps,
-                   on ? "as opened" : "without", old_ms / steps, old_ms / new_ms);
-        }
-        { /* the norms and RoPE in the matmuls before them, side by side */
-            SwitchScope sw(AMPR__CUDA_FUSE_TAIL, flipped(AMPR__CUDA_FUSE_TAIL));
+        double pre_ms = tp->pre_ms, dec_ms = tp->dec_ms;
+        const char *pdl = ampr__cuda_switch_on(g_c, AMPR__CUDA_PDL) ? ", PDL on in both" : "";
+        /* the decode step with one switch flipped, side by side: "on" and
+         * "off" whichever the default is */
+        auto ab = [&](ampr__cuda_switch sw_id, const char *what) {
+            SwitchScope sw(sw_id, flipped(sw_id));
             double alt_ms = decode_ms(s, 1);
-            double f_ms = sw.was ? dec_ms : alt_ms, u_ms = sw.was ? alt_ms : dec_ms;
-            printf("%s decode step, add+RMSNorm and RoPE+KV done by the matmul before them (AMPR_CUDA_FUSE_TAIL%s) "
-                   "%.3f ms vs without %.3f ms: %.2fx\n", fmt_name(t),
-                   ampr__cuda_switch_on(g_c, AMPR__CUDA_PDL) ? ", PDL on" : "", f_ms / steps, u_ms / steps,
-                   u_ms / f_ms);
-        }
-        { /* the GEMVs' weights prefetched before their wait, side by side */
-            SwitchScope sw(AMPR__CUDA_PREFETCH, flipped(AMPR__CUDA_PREFETCH));
+            double on_ms = sw.was ? dec_ms : alt_ms, off_ms = sw.was ? alt_ms : dec_ms;
+            printf("%s decode step, %s (%s=1%s, %s by default) %.3f ms vs off %.3f ms: %.2fx\n",
+                   fmt_name(t), what, ampr__cuda_switch_env(sw_id), pdl, sw.was ? "on" : "off",
+                   on_ms / steps, off_ms / steps, off_ms / on_ms);
+        };
+        { /* every decode switch that is off by default, on together */
+            const ampr__cuda_switch off_sw[] = {AMPR__CUDA_NF4_MMA, AMPR__CUDA_FUSE, AMPR__CUDA_FUSE_TAIL,
+                                                AMPR__CUDA_PREFETCH};
+            std::vector<std::unique_ptr<SwitchScope>> on;
+            for (ampr__cuda_switch w : off_sw) on.emplace_back(new SwitchScope(w, 1));
             double alt_ms = decode_ms(s, 1);
-            double pf_ms = sw.was ? dec_ms : alt_ms, no_ms = sw.was ? alt_ms : dec_ms;
-            printf("%s decode step, weights prefetched into L2 before each GEMV's wait (AMPR_CUDA_PREFETCH%s) "
-                   "%.3f ms vs without %.3f ms: %.2fx\n", fmt_name(t),
-                   ampr__cuda_switch_on(g_c, AMPR__CUDA_PDL) ? ", PDL on" : "", pf_ms / steps,
-                   no_ms / steps, no_ms / pf_ms);
+            printf("%s decode step, with AMPR_CUDA_NF4_MMA, _FUSE, _FUSE_TAIL and _PREFETCH on%s %.3f ms "
+                   "vs as opened %.3f ms: %.2fx\n", fmt_name(t), pdl, alt_ms / steps, dec_ms / steps,
+                   dec_ms / alt_ms);
         }
+        ab(AMPR__CUDA_ATT_DEC, "attention with 16-byte V loads and its merge in the kernel");
+        ab(AMPR__CUDA_FUSE, "SwiGLU in the gate/up GEMV");
+        ab(AMPR__CUDA_FUSE_TAIL, "add+RMSNorm and RoPE+KV done by the matmul before them");
+        ab(AMPR__CUDA_PREFETCH, "weights prefetched into L2 before each GEMV's wait");
+        if (t == AMPR__Q_NF4) ab(AMPR__CUDA_NF4_MMA, "GEMV on tensor cores");
         if (t == AMPR__Q_F16) { /* the other prefill attention kernel, side by side */
             SwitchScope sw(AMPR__CUDA_ATT_MMA, flipped(AMPR__CUDA_ATT_MMA));
             double alt_ms = time_ms([&] { OK(ampr__cuda_forward(s, toks.data(), np, 0, 0, &g_err)); }, 3);
@@ -2158,27 +2153,17 @@ static void bench(void) {
             printf("fp16 prefill of %d tokens, attention on tensor cores %.2f ms vs fp32 tiles %.2f ms: "
                    "%.2fx\n", np, mma_ms, f32_ms, f32_ms / mma_ms);
         }
-        if (t == AMPR__Q_F16) { /* and the decode attention's V loop */
-            SwitchScope sw(AMPR__CUDA_ATT_DEC, flipped(AMPR__CUDA_ATT_DEC));
-            double alt_ms = decode_ms(s, 1);
-            double v16 = sw.was ? dec_ms : alt_ms, v2 = sw.was ? alt_ms : dec_ms;
-            printf("fp16 decode step, attention with 16-byte V loads and its merge in the kernel %.3f ms "
-                   "vs default %.3f ms: %.2fx\n", v16 / steps, v2 / steps, v2 / v16);
-        }
-        if (t == AMPR__Q_NF4) { /* the other NF4 decode GEMV, side by side */
-            SwitchScope sw(AMPR__CUDA_NF4_MMA, flipped(AMPR__CUDA_NF4_MMA));
-            double alt_ms = decode_ms(s, 1);
-            double mma_ms = sw.was ? dec_ms : alt_ms, f32_ms = sw.was ? alt_ms : dec_ms;
-            printf("nf4 decode step, GEMV on tensor cores %.3f ms vs fp32 %.3f ms: %.2fx "
-                   "(%.0f vs %.0f GB/s)\n", mma_ms / steps, f32_ms / steps, f32_ms / mma_ms,
-                   step_bytes / (mma_ms / steps * 1e-3) / 1e9, step_bytes / (f32_ms / steps * 1e-3) / 1e9);
-        }
-        if (t == AMPR__Q_NF4) { /* a pass of 32 tokens: a decode batch's matmuls */
-            auto pass_ms = [&](int mma) {
-                SwitchScope on(AMPR__CUDA_NF4_MMA, mma);
-                return time_ms([&] { OK(ampr__cuda_forward(s, toks.data(), 32, 0, 0, &g_err)); }, 5);
+        if (t == AMPR__Q_NF4) { /* passes of a few tokens: a decode batch's matmuls */
+            auto pass_ms = [&](ampr__cuda_switch sw_id, int on, int32_t n) {
+                SwitchScope sw(sw_id, on);
+                return time_ms([&] { OK(ampr__cuda_forward(s, toks.data(), n, 0, 0, &g_err)); }, 5);
             };
-            double b_ms = pass_ms(1), d_ms = pass_ms(0);
+            for (int32_t n : {2, 4, 8}) {
+                double m_ms = pass_ms(AMPR__CUDA_NF4_MMA, 1, n), f_ms = pass_ms(AMPR__CUDA_NF4_MMA, 0, n);
+                printf("nf4 pass of %d tokens, GEMV on tensor cores %.3f ms vs fp32 %.3f ms: %.2fx\n", n,
+                       m_ms, f_ms, f_ms / m_ms);
+            }
+            double b_ms = pass_ms(AMPR__CUDA_NF4_BATCH, 1, 32), d_ms = pass_ms(AMPR__CUDA_NF4_BATCH, 0, 32);
             printf("nf4 pass of 32 tokens, batch matmuls on tensor cores %.3f ms vs dequantize + "
                    "cuBLASLt %.3f ms: %.2fx\n", b_ms, d_ms, d_ms / b_ms);
         }
@@ -2190,6 +2175,88 @@ static void bench(void) {
     }
     printf("gemv ms / GB/s: one whole greedy decode step (graph), all weight bytes except the "
            "embedding table; prefill: 512 tokens, logits of the last\n");
+}
+
+/* check --gemv: each format's matmul of 1..32 tokens (a decode batch's size)
+ * on the matrices of an 8B model (Llama-3-8B: dim 4096, ffn 14336, 32/8
+ * heads, vocab 128256), where the weights, not the launches, set the time;
+ * NF4 on each of its paths. Per call: 10 calls between two events, median of
+ * 5; GB/s counts the matrix's bytes once a call. only: a format's name (the
+ * others are skipped); AMPR_CHECK_GEMV_PROFILE=1: for a profiler, 1 and 4
+ * tokens only, each matmul run twice (tests/gpu/profile.sh). */
+static void bench_gemv(const char *only) {
+    struct Shape { const char *name; int64_t rows, cols; } shapes[] = {
+        {"wqkv", 6144, 4096}, {"wo", 4096, 4096}, {"w_gu", 28672, 4096}, {"w_down", 4096, 14336},
+        {"output", 128256, 4096}};
+    if (getenv("AMPR_CHECK_BENCH_SMALL")) /* the code path on the emulation */
+        shapes[0] = {"wqkv", 384, 256}, shapes[1] = {"wo", 256, 256}, shapes[2] = {"w_gu", 1024, 256},
+        shapes[3] = {"w_down", 256, 512}, shapes[4] = {"output", 1000, 256};
+    const bool prof = getenv("AMPR_CHECK_GEMV_PROFILE") != NULL;
+    const int32_t ns[] = {1, 2, 4, 8, 16, 32}, ns_prof[] = {1, 4};
+    const int NS = prof ? 2 : 6, NM = 5, calls = prof ? 1 : 10, reps = prof ? 1 : 5;
+    printf("\nmatmuls on the 8B shape: us a call (GB/s of the matrix's bytes); copy bw %.0f GB/s\n",
+           bench_copy_gbs());
+    printf("%-5s %-22s %3s", "fmt", "path", "n");
+    for (const Shape &sh : shapes) printf(" %17s", sh.name);
+    printf(" %17s\n", "sum (GB/s)");
+    float *dx = (float *)dev_put(NULL, (size_t)32 * 14336 * 4);
+    {
+        auto x = rnd_vec((size_t)32 * 14336, -1, 1);
+        CU(cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+    }
+    float *dy = (float *)dev_put(NULL, (size_t)32 * 128256 * 4);
+    ampr__cuda_mat mats[3][5];
+    for (int k = 0; k < NM; k++) { /* one fp32 matrix at a time, in each format */
+        auto w = rnd_vec((size_t)(shapes[k].rows * shapes[k].cols), -0.05f, 0.05f);
+        for (int f = 0; f < 3; f++) {
+            mats[f][k] = ampr__cuda_mat();
+            if (only && strcmp(only, fmt_name(k_fmts[f]))) continue;
+            HostMat hm;
+            host_quantize(hm, k_fmts[f], w.data(), shapes[k].rows, shapes[k].cols, false);
+            OK(ampr__cuda_mat_upload(g_c, &hm.q, &mats[f][k], &g_err));
+        }
+    }
+    /* one line: format f's matrices at n tokens, each alone, then their sum */
+    auto time_row = [&](int f, const char *path, int32_t n) {
+        double sum_us = 0, sum_bytes = 0;
+        printf("%-5s %-22s %3d", fmt_name(k_fmts[f]), path, n);
+        for (int k = 0; k < NM; k++) {
+            ampr__cuda_mat *w = &mats[f][k];
+            double us = 1e3 / calls * time_ms([&] {
+                for (int r = 0; r < calls; r++) OK(ampr__cuda_matmul(g_c, w, dx, n, dy, w->rows, &g_err));
+            }, reps);
+            double bytes = (double)ampr__cuda_mat_bytes(w);
+            sum_us += us;
+            sum_bytes += bytes;
+            printf(" %8.1f (%6.0f)", us, bytes / (us * 1e-6) / 1e9);
+        }
+        printf(" %8.1f (%6.0f)\n", sum_us, sum_bytes / (sum_us * 1e-6) / 1e9);
+    };
+    struct Path { int f; const char *name; int mma, batch; } paths[] = {
+        {0, "as opened", -1, -1}, {1, "as opened", -1, -1}, {2, "fp32 GEMV / cuBLASLt", 0, 0},
+        {2, "tensor cores", 1, 1}, {2, "as opened", -1, -1}};
+    for (const Path &pa : paths) {
+        if ((only && strcmp(only, fmt_name(k_fmts[pa.f]))) || (prof && pa.mma < 0 && pa.f == 2)) continue;
+        std::unique_ptr<SwitchScope> m, b;
+        if (pa.mma >= 0) m.reset(new SwitchScope(AMPR__CUDA_NF4_MMA, pa.mma));
+        if (pa.batch >= 0) b.reset(new SwitchScope(AMPR__CUDA_NF4_BATCH, pa.batch));
+        for (int i = 0; i < NS; i++) time_row(pa.f, pa.name, prof ? ns_prof[i] : ns[i]);
+    }
+    /* the one-token fp32 NF4 GEMV in each of its shapes (ampr__cuda_set_nf4_gemv1) */
+    for (int ru : {21, 22, 24, 41, 42, 44}) {
+        if (prof || (only && strcmp(only, "nf4"))) break;
+        SwitchScope m(AMPR__CUDA_NF4_MMA, 0);
+        ampr__cuda_set_nf4_gemv1(g_c, ru);
+        char name[32];
+        snprintf(name, sizeof name, "fp32 GEMV R %d U %d", ru / 10, ru % 10);
+        time_row(2, name, 1);
+    }
+    ampr__cuda_set_nf4_gemv1(g_c, 0);
+    for (auto &row : mats)
+        for (auto &m : row)
+            if (m.data) ampr__cuda_mat_free(g_c, &m);
+    ampr__cuda_free(g_c, dx);
+    ampr__cuda_free(g_c, dy);
 }
 
 /* check --ops TIER: only bench_ops for one tier, each op run twice (a
@@ -2209,6 +2276,7 @@ int main(int argc, char **argv) {
     bool quick = argc > 1 && !strcmp(argv[1], "--quick");
     bool bench_only = argc > 1 && !strcmp(argv[1], "--bench");
     bool ops = argc > 2 && !strcmp(argv[1], "--ops");
+    bool gemv_only = argc > 1 && !strcmp(argv[1], "--gemv");
     int n = 0;
     OK(ampr__cuda_device_count(&n, &g_err));
     if (n == 0) {
@@ -2225,6 +2293,11 @@ int main(int argc, char **argv) {
     g_s = (cudaStream_t)ampr__cuda_stream(g_c);
     printf("device: %s (cc %d.%d), NCCL %s\n", ampr__cuda_device_name(g_c), ampr__cuda_cc(g_c) / 10,
            ampr__cuda_cc(g_c) % 10, ampr__cuda_have_nccl() ? "yes" : "no");
+    if (gemv_only) {
+        bench_gemv(argc > 2 ? argv[2] : NULL);
+        ampr__cuda_close(g_c);
+        return 0;
+    }
     if (ops) {
         ops_only(argv[2]);
         ampr__cuda_close(g_c);

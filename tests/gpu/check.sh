@@ -34,8 +34,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-# The kernel switches that are off by default (cuda/ampr_cuda.h, ampr__cuda_switch)
-all_switches="AMPR_CUDA_PDL=1 AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1 AMPR_CUDA_TP_GRAPHS=1 AMPR_CUDA_PREFETCH=1 AMPR_CUDA_FUSE_TAIL=1"
+# The kernel switches that are off by default (cuda/ampr_cuda.h, ampr__cuda_switch;
+# ATT_MMA, ATT_DEC, NF4_BATCH and TP_GRAPHS are on unless set to 0)
+all_switches="AMPR_CUDA_PDL=1 AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_FUSE=1 AMPR_CUDA_PREFETCH=1 AMPR_CUDA_FUSE_TAIL=1"
 build_only=0
 prebuild=0
 emu=0
@@ -478,10 +479,11 @@ for case in "${tp_cases[@]}"; do
         cpu=$(run_tp cpu "$tp" "" "$tier" 20 "cpu$tp") || { echo "FAIL: cpu tp $tp $tier: $(tail -2 "$OUT/e2e-tp-cpu$tp-$tier.err")"; e2e_fail=1; continue; }
         gpu=$(run_tp cuda "$tp" "$extra" "$tier" 20 "$tag") || { tail -1 "$OUT/e2e-tp-$tag-$tier.err" | grep -q 'timed out' && cuda_hung=1; echo "FAIL: cuda $tag $tier: $(tail -2 "$OUT/e2e-tp-$tag-$tier.err")"; e2e_fail=1; continue; }
         compare_tp "$tag" "$tier" "$cpu" "$gpu"
-        # the ranks' segments replayed from CUDA graphs (AMPR_CUDA_TP_GRAPHS,
-        # off by default): the same kernels, so the same text as eager
-        tpg=$(AMPR_CUDA_TP_GRAPHS=1 run_tp cuda "$tp" "$extra" "$tier" 20 "$tag-graphs") ||
-            { echo "FAIL: cuda $tag $tier with AMPR_CUDA_TP_GRAPHS=1: $(tail -2 "$OUT/e2e-tp-$tag-graphs-$tier.err")"; e2e_fail=1; continue; }
+        # eager (AMPR_CUDA_TP_GRAPHS=0) against the ranks' segments replayed
+        # from CUDA graphs (the default): the same kernels, so the same text
+        tpg=$gpu
+        gpu=$(AMPR_CUDA_TP_GRAPHS=0 run_tp cuda "$tp" "$extra" "$tier" 20 "$tag-eager") ||
+            { echo "FAIL: cuda $tag $tier with AMPR_CUDA_TP_GRAPHS=0: $(tail -2 "$OUT/e2e-tp-$tag-eager-$tier.err")"; e2e_fail=1; continue; }
         if [ "$tpg" = "$gpu" ]; then echo "e2e $tag $tier -n 20: TP graphs == eager (${#gpu} chars)  PASS"
         else echo "e2e $tag $tier -n 20: TP graphs != eager  FAIL"; printf '  graphs: %s\n  eager : %s\n' "$tpg" "$gpu"; e2e_fail=1; fi
     done
@@ -529,9 +531,10 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
         else
             echo "host memory after open: not printed (the bench failed before it)"
         fi
-        # the same through the library with every decode switch on: the
-        # numbers the README's table would get if they became the default
-        dec_sw="AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1 AMPR_CUDA_FUSE_TAIL=1 AMPR_CUDA_PREFETCH=1 AMPR_CUDA_PDL=1"
+        # the same through the library with the decode switches that are off
+        # and not measured slower on: the numbers the README's table would
+        # get if they became the default
+        dec_sw="AMPR_CUDA_FUSE=1 AMPR_CUDA_PDL=1"
         t=$(left 100)
         if [ "$t" -lt 45 ]; then
             echo "(the 1b bench with the decode switches is skipped: $SECONDS s used so far)"
@@ -542,7 +545,7 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
             env $dec_sw timeout -k 10 "$t" stdbuf -oL "$AMPR" bench --shape 1b --device cuda --tiers fp16,int8,nf4 \
                 --prompt 128 --gen 32 --concurrent 4 || echo "bench: exit $? (not a failure of the check)"
         fi
-        # a bench as it is, then with switches that are off by default (the
+        # a bench as it is, then with switches flipped (the
         # assignments in $2), side by side: label, assignments, bench args...
         bench_ab() {
             local label=$1 sw=$2 run t
@@ -561,14 +564,14 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
                     echo "bench: exit $? (not a failure of the check)"
             done
         }
-        # 16 concurrent requests: decode batches of 16 tokens, which the
-        # tensor-core batch kernel takes (AMPR_CUDA_NF4_MMA) where they used
-        # to dequantize every matrix for cuBLASLt
-        bench_ab "NF4, 16 concurrent requests" \
-            "AMPR_CUDA_NF4_MMA=1 AMPR_CUDA_ATT_MMA=1 AMPR_CUDA_ATT_DEC=1 AMPR_CUDA_FUSE=1" \
-            --shape 1b --device cuda --tiers nf4 --prompt 128 --gen 32 --concurrent 16
+        # 8 concurrent requests: decode batches of up to 8 tokens, on the fp32
+        # GEMV or (AMPR_CUDA_NF4_MMA) on tensor cores, where a token more
+        # costs next to nothing
+        bench_ab "NF4, 8 concurrent requests" "AMPR_CUDA_NF4_MMA=1" \
+            --shape 1b --device cuda --tiers nf4 --prompt 128 --gen 32 --concurrent 8
         # two ranks on GPU 0 (copy all-reduce): their segments from graphs
-        bench_ab "NF4, TP 2 on GPU 0" "AMPR_CUDA_TP_GRAPHS=1" \
+        # (on) or not
+        bench_ab "NF4, TP 2 on GPU 0" "AMPR_CUDA_TP_GRAPHS=0" \
             --shape 1b --device cuda --tiers nf4 --tp 2 --gpus 0,0 --prompt 128 --gen 32
         t=$(left 100)
         if [ "$t" -lt 45 ]; then
@@ -610,6 +613,20 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ] && [ "${AMPR_CUDA_PDL:-0}" != 1 ]; then
         echo "== the kernel benchmark with programmatic dependent launch (AMPR_CUDA_PDL=1; timeout $t s) =="
         AMPR_CUDA_PDL=1 timeout -k 10 "$t" stdbuf -oL "$OUT/check" --bench 2>&1 | tee "$OUT/check-pdl.out" ||
             echo "check --bench with PDL: exit $? (not a failure of the check)"
+    fi
+fi
+# Each format's matmuls of 1..32 tokens on the 8B shape's matrices, every NF4
+# path side by side (check --gemv): where the weights, not the launches, set
+# the time
+if [ "$emu" = 0 ] && [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
+    t=$(left 90)
+    if [ "$t" -lt 45 ]; then
+        echo "(check --gemv is skipped: $SECONDS s used so far)"
+    else
+        echo
+        echo "== the matmuls of the 8B shape (check --gemv; timeout $t s) =="
+        timeout -k 10 "$t" stdbuf -oL "$OUT/check" --gemv 2>&1 | tee "$OUT/check-gemv.out" ||
+            echo "check --gemv: exit $? (not a failure of the check)"
     fi
 fi
 # The 8B shape in the same call when everything passed and the deadline
