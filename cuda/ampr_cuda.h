@@ -74,7 +74,7 @@ void ampr__cuda_set_gemv_max(ampr__cuda *c, int n);
 /* The one-token fp32 NF4 GEMV's shape, for the GPU check's side-by-side
  * timing (check --gemv): R * 10 + U (rows a warp, loads a lane before the
  * arithmetic) of 21, 22, 24, 41, 42 or 44; 0 (the default): 42 on matrices
- * of 64 rows an SM or more, else 22. */
+ * of 24 rows an SM or more, else 22. */
 void ampr__cuda_set_nf4_gemv1(ampr__cuda *c, int ru);
 /* NF4 on cuBLASLt (prefill) dequantizes a chunk of rows at a time: the
  * scratch elements a rows x cols matrix needs (ampr__cuda_reserve's
@@ -90,13 +90,16 @@ void ampr__cuda_set_dequant_rows(ampr__cuda *c, int64_t rows);
  * the default (ampr__cuda_switch_default: on where the GPU check measured it
  * faster and its checks pass, cuda/NOTES.md "Measured history"); the GPU
  * check flips them with ampr__cuda_set_switch to compare both ways.
- *   NF4_MMA  NF4 decode matmuls (n <= gemv_max, cols % 64 == 0) on tensor
- *            cores (gemv_nf4_mma_kernel: codes and activations rounded to
- *            fp16, fp32 sums) instead of the fp32 GEMV kernels (off: slower
- *            for one token on the H200);
- *   NF4_BATCH NF4 matmuls of gemv_max + 1 .. 32 tokens (decode batches, short
- *            prompts) in gemm_nf4_mma_kernel (the same rounding) instead of
- *            dequantizing the matrix for cuBLASLt (on);
+ *   NF4_BATCH NF4 matmuls of 2 .. 32 tokens (decode batches, short prompts;
+ *            cols % 64 == 0) on tensor cores, codes and activations rounded
+ *            to fp16 with fp32 sums: up to gemv_max tokens in
+ *            gemv_nf4_mma_kernel instead of the fp32 GEMV, which multiplies
+ *            each weight once a token (1.8-6.5x faster on the H200), more in
+ *            gemm_nf4_mma_kernel instead of dequantizing the matrix for
+ *            cuBLASLt (1.2-5x) (on);
+ *   NF4_MMA  also NF4's one-token matmuls on tensor cores
+ *            (gemv_nf4_mma_kernel) instead of the fp32 GEMV (off: 0.87x on
+ *            the H200);
  *   ATT_MMA  prefill attention (the query-tile path, head_dim 64 or 128) on
  *            tensor cores (attention_mma_kernel: Q, K, V and the probabilities
  *            rounded to fp16, fp32 sums) instead of the fp32 tile kernel
@@ -110,7 +113,9 @@ void ampr__cuda_set_dequant_rows(ampr__cuda *c, int64_t rows);
  *            applies (one token; NF4 on tensor cores: up to 32): the
  *            same floats as the matmul and swiglu it replaces (off);
  *   PDL      programmatic dependent launch for every kernel (sm_90 and newer;
- *            ignored before): cuda_err.h, ampr__launch (off);
+ *            ignored before) in passes of up to 32 tokens: cuda_err.h,
+ *            ampr__launch (on: 1-4% faster decode on the H200; without the
+ *            32-token limit prefill was up to 20% slower);
  *   TP_GRAPHS CUDA graphs for the decode-like passes of tensor-parallel ranks
  *            (read from rank 0's context): each rank's part of each segment
  *            between two all-reduces is captured and replayed, the

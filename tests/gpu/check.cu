@@ -2005,11 +2005,11 @@ static void bench_ops(ampr__qtype t, HostModel &hm, double copy, double peak) {
     }
     if (t == AMPR__Q_NF4) {
         /* each NF4 matmul of a decode batch's size on tensor cores and not:
-         * up to 8 tokens the GEMVs (AMPR__CUDA_NF4_MMA), 16 and 32 the batch
-         * kernel against the prefill path (the matrix dequantized to fp16,
-         * then cuBLASLt; AMPR__CUDA_NF4_BATCH) */
+         * up to 8 tokens the GEMVs (one token: AMPR__CUDA_NF4_MMA, more
+         * AMPR__CUDA_NF4_BATCH), 16 and 32 the batch kernel against the
+         * prefill path (the matrix dequantized to fp16, then cuBLASLt) */
         for (int32_t nb : {1, 4, 8, 16, 32}) {
-            ampr__cuda_switch sw_id = nb <= 8 ? AMPR__CUDA_NF4_MMA : AMPR__CUDA_NF4_BATCH;
+            ampr__cuda_switch sw_id = nb == 1 ? AMPR__CUDA_NF4_MMA : AMPR__CUDA_NF4_BATCH;
             printf("  %d token(s), tensor cores vs %s:", nb, nb <= 8 ? "fp32 GEMV" : "dequantize + cuBLASLt");
             for (int k = 0; k < 5; k++) {
                 double u[2];
@@ -2042,6 +2042,10 @@ static void bench(void) {
     if (ffn) hp.hidden_dim = atoi(ffn);
     printf("shape: dim %d ffn %d layers %d heads %d kv heads %d vocab %d\n", hp.dim, hp.hidden_dim,
            hp.n_layers, hp.n_heads, hp.n_kv_heads, hp.vocab_size);
+    printf("switches on as opened:");
+    for (int i = 0; i < AMPR__CUDA_N_SWITCHES; i++)
+        if (ampr__cuda_switch_on(g_c, (ampr__cuda_switch)i)) printf(" %s", ampr__cuda_switch_env((ampr__cuda_switch)i));
+    printf("\n");
     printf("%-6s %14s %10s %9s %16s %10s %12s %12s\n", "tier", "weights MB", "gemv ms", "GB/s",
            "% of copy bw", "prefill ms", "TFLOP/s", "decode tok/s");
     /* 1: each tier's decode step and prefill as opened, before any switch is
@@ -2120,7 +2124,7 @@ static void bench(void) {
         ampr__cuda_seq *s = tp->s;
         const std::vector<int32_t> &toks = tp->toks;
         double pre_ms = tp->pre_ms, dec_ms = tp->dec_ms;
-        const char *pdl = ampr__cuda_switch_on(g_c, AMPR__CUDA_PDL) ? ", PDL on in both" : "";
+        const char *pdl = ampr__cuda_switch_on(g_c, AMPR__CUDA_PDL) ? "" : ", PDL off in both";
         /* the decode step with one switch flipped, side by side: "on" and
          * "off" whichever the default is */
         auto ab = [&](ampr__cuda_switch sw_id, const char *what) {
@@ -2159,7 +2163,7 @@ static void bench(void) {
                 return time_ms([&] { OK(ampr__cuda_forward(s, toks.data(), n, 0, 0, &g_err)); }, 5);
             };
             for (int32_t n : {2, 4, 8}) {
-                double m_ms = pass_ms(AMPR__CUDA_NF4_MMA, 1, n), f_ms = pass_ms(AMPR__CUDA_NF4_MMA, 0, n);
+                double m_ms = pass_ms(AMPR__CUDA_NF4_BATCH, 1, n), f_ms = pass_ms(AMPR__CUDA_NF4_BATCH, 0, n);
                 printf("nf4 pass of %d tokens, GEMV on tensor cores %.3f ms vs fp32 %.3f ms: %.2fx\n", n,
                        m_ms, f_ms, f_ms / m_ms);
             }
@@ -2232,15 +2236,20 @@ static void bench_gemv(const char *only) {
         }
         printf(" %8.1f (%6.0f)\n", sum_us, sum_bytes / (sum_us * 1e-6) / 1e9);
     };
-    struct Path { int f; const char *name; int mma, batch; } paths[] = {
-        {0, "as opened", -1, -1}, {1, "as opened", -1, -1}, {2, "fp32 GEMV / cuBLASLt", 0, 0},
-        {2, "tensor cores", 1, 1}, {2, "as opened", -1, -1}};
+    /* lt: every n on cuBLASLt (gemv_max 0), the GEMVs' alternative */
+    struct Path { int f; const char *name; int mma, batch, lt; } paths[] = {
+        {0, "as opened", -1, -1, 0}, {0, "cuBLASLt", -1, -1, 1}, {1, "as opened", -1, -1, 0},
+        {1, "cuBLASLt", -1, -1, 1}, {2, "fp32 GEMV / cuBLASLt", 0, 0, 0}, {2, "tensor cores", 1, 1, 0},
+        {2, "as opened", -1, -1, 0}};
     for (const Path &pa : paths) {
-        if ((only && strcmp(only, fmt_name(k_fmts[pa.f]))) || (prof && pa.mma < 0 && pa.f == 2)) continue;
+        if ((only && strcmp(only, fmt_name(k_fmts[pa.f]))) || (prof && (pa.lt || (pa.mma < 0 && pa.f == 2))))
+            continue;
         std::unique_ptr<SwitchScope> m, b;
         if (pa.mma >= 0) m.reset(new SwitchScope(AMPR__CUDA_NF4_MMA, pa.mma));
         if (pa.batch >= 0) b.reset(new SwitchScope(AMPR__CUDA_NF4_BATCH, pa.batch));
+        if (pa.lt) ampr__cuda_set_gemv_max(g_c, 0);
         for (int i = 0; i < NS; i++) time_row(pa.f, pa.name, prof ? ns_prof[i] : ns[i]);
+        ampr__cuda_set_gemv_max(g_c, 8); /* the default */
     }
     /* the one-token fp32 NF4 GEMV in each of its shapes (ampr__cuda_set_nf4_gemv1) */
     for (int ru : {21, 22, 24, 41, 42, 44}) {

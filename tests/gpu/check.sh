@@ -531,19 +531,16 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
         else
             echo "host memory after open: not printed (the bench failed before it)"
         fi
-        # the same through the library with the decode switches that are off
-        # and not measured slower on: the numbers the README's table would
-        # get if they became the default
-        dec_sw="AMPR_CUDA_FUSE=1 AMPR_CUDA_PDL=1"
+        # decode batches of up to 8 requests on the FP16 and INT8 GEMVs of
+        # several tokens (gemvn_kernel)
         t=$(left 100)
         if [ "$t" -lt 45 ]; then
-            echo "(the 1b bench with the decode switches is skipped: $SECONDS s used so far)"
+            echo "(the 1b bench with 8 concurrent requests is skipped: $SECONDS s used so far)"
         else
             echo
-            echo "== the same with $dec_sw (timeout $t s) =="
-            # shellcheck disable=SC2086 # the assignments are words
-            env $dec_sw timeout -k 10 "$t" stdbuf -oL "$AMPR" bench --shape 1b --device cuda --tiers fp16,int8,nf4 \
-                --prompt 128 --gen 32 --concurrent 4 || echo "bench: exit $? (not a failure of the check)"
+            echo "== the same, fp16 and int8 with 8 concurrent requests (timeout $t s) =="
+            timeout -k 10 "$t" stdbuf -oL "$AMPR" bench --shape 1b --device cuda --tiers fp16,int8 \
+                --prompt 128 --gen 32 --concurrent 8 || echo "bench: exit $? (not a failure of the check)"
         fi
         # a bench as it is, then with switches flipped (the
         # assignments in $2), side by side: label, assignments, bench args...
@@ -564,10 +561,10 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
                     echo "bench: exit $? (not a failure of the check)"
             done
         }
-        # 8 concurrent requests: decode batches of up to 8 tokens, on the fp32
-        # GEMV or (AMPR_CUDA_NF4_MMA) on tensor cores, where a token more
-        # costs next to nothing
-        bench_ab "NF4, 8 concurrent requests" "AMPR_CUDA_NF4_MMA=1" \
+        # 8 concurrent requests: decode batches of up to 8 tokens, on tensor
+        # cores, where a token more costs next to nothing, or
+        # (AMPR_CUDA_NF4_BATCH=0) on the fp32 GEMV
+        bench_ab "NF4, 8 concurrent requests" "AMPR_CUDA_NF4_BATCH=0" \
             --shape 1b --device cuda --tiers nf4 --prompt 128 --gen 32 --concurrent 8
         # two ranks on GPU 0 (copy all-reduce): their segments from graphs
         # (on) or not
@@ -586,9 +583,9 @@ if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ]; then
 fi
 # The switches that are off by default: every op check again with all on
 # (on a GPU, where a kernel reading before its PDL wait could race), then the
-# kernel benchmark with programmatic dependent launch, to set beside the
-# default's above
-if [ "$emu" = 0 ] && [ "${AMPR_CUDA_PDL:-0}" != 1 ]; then
+# kernel benchmark without programmatic dependent launch (on by default since
+# 2026-11-28), to set beside the default's above
+if [ "$emu" = 0 ]; then
     t=$(left 150)
     if [ "$t" -lt 60 ]; then
         echo "(the op checks with the switches on are skipped: $SECONDS s used so far)"
@@ -604,15 +601,15 @@ if [ "$emu" = 0 ] && [ "${AMPR_CUDA_PDL:-0}" != 1 ]; then
         [ "$sw_rc" = 0 ] || e2e_fail=1
     fi
 fi
-if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ] && [ "${AMPR_CUDA_PDL:-0}" != 1 ]; then
+if [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ] && [ "${AMPR_CUDA_PDL:-}" != 0 ]; then
     t=$(left 120)
     if [ "$t" -lt 60 ]; then
-        echo "(the kernel benchmark with AMPR_CUDA_PDL=1 is skipped: $SECONDS s used so far)"
+        echo "(the kernel benchmark with AMPR_CUDA_PDL=0 is skipped: $SECONDS s used so far)"
     else
         echo
-        echo "== the kernel benchmark with programmatic dependent launch (AMPR_CUDA_PDL=1; timeout $t s) =="
-        AMPR_CUDA_PDL=1 timeout -k 10 "$t" stdbuf -oL "$OUT/check" --bench 2>&1 | tee "$OUT/check-pdl.out" ||
-            echo "check --bench with PDL: exit $? (not a failure of the check)"
+        echo "== the kernel benchmark without programmatic dependent launch (AMPR_CUDA_PDL=0; timeout $t s) =="
+        AMPR_CUDA_PDL=0 timeout -k 10 "$t" stdbuf -oL "$OUT/check" --bench 2>&1 | tee "$OUT/check-pdl.out" ||
+            echo "check --bench without PDL: exit $? (not a failure of the check)"
     fi
 fi
 # Each format's matmuls of 1..32 tokens on the 8B shape's matrices, every NF4
