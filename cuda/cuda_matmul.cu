@@ -588,18 +588,26 @@ __device__ __forceinline__ void nf4_pairs_fill(uint32_t *pairs) {
     __syncthreads();
 }
 
+/* The pair of the byte at bit sh (0, 8, 16 or 24; a constant) of w from the
+ * table: pairs[byte * 32 + lane] as a byte offset, byte * 128 | lane * 4
+ * (lane4), which is one shift and one three-input logic op */
+__device__ __forceinline__ uint32_t nf4_pair(const uint32_t *pairs, uint32_t w, int sh, uint32_t lane4) {
+    uint32_t off = (sh < 7 ? w << (7 - sh) : w >> (sh - 7)) & 0x7f80u;
+    return *(const uint32_t *)((const char *)pairs + (off | lane4));
+}
+
 /* A's fragment for mma step s (0..3) of a 64-column block, from the lane's
  * 8-byte loads of its rows g (va) and g + 8 (vc): slots 2t, 2t+1 <- byte 2s,
  * slots 2t+8, 2t+9 <- byte 2s + 1 (a0, a1: rows g, g + 8 at the low slots;
- * a2, a3: at the high ones) */
-__device__ __forceinline__ void nf4_a_frag(const uint32_t *pairs, int lane, uint2 va, uint2 vc,
+ * a2, a3: at the high ones). lane4: the lane times 4. */
+__device__ __forceinline__ void nf4_a_frag(const uint32_t *pairs, uint32_t lane4, uint2 va, uint2 vc,
                                            int s, uint32_t (&a)[4]) {
-    uint32_t wA = (s < 2 ? va.x : va.y) >> (16 * (s & 1));
-    uint32_t wC = (s < 2 ? vc.x : vc.y) >> (16 * (s & 1));
-    a[0] = pairs[(wA & 0xffu) * 32 + lane];
-    a[2] = pairs[((wA >> 8) & 0xffu) * 32 + lane];
-    a[1] = pairs[(wC & 0xffu) * 32 + lane];
-    a[3] = pairs[((wC >> 8) & 0xffu) * 32 + lane];
+    uint32_t wA = s < 2 ? va.x : va.y, wC = s < 2 ? vc.x : vc.y;
+    int sh = 16 * (s & 1);
+    a[0] = nf4_pair(pairs, wA, sh, lane4);
+    a[2] = nf4_pair(pairs, wA, sh + 8, lane4);
+    a[1] = nf4_pair(pairs, wC, sh, lane4);
+    a[3] = nf4_pair(pairs, wC, sh + 8, lane4);
 }
 
 /* AMPR__CUDA_PREFETCH in the NF4 tensor-core kernels: of nr rows from rb (as
@@ -616,7 +624,7 @@ __device__ __forceinline__ void nf4_prefetch_blocks(const uint8_t *W, const floa
         return absmax + walk_row<FUSE>(rb + i, rows) * nblk + j0; });
 }
 
-template <int KS, bool FUSE = false>
+template <int KS, bool FUSE = false, bool XS = false>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax, int64_t rows,
                     int64_t cols, const float *__restrict__ x, int32_t n, float *__restrict__ y,
@@ -634,11 +642,27 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
     }
     __shared__ uint32_t pairs[256 * 32];
     __shared__ float part[GEMV_WARPS][16][8];
+    extern __shared__ uint2 xs_smem[]; /* XS: the tokens as fp16 pairs [n][xstride] */
     nf4_pairs_fill(pairs);
     AMPR__PDL_ENTER(); /* the table overlaps the previous kernel's tail */
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int g = lane >> 2, t = lane & 3;
     int group = warp / KS, kp = warp % KS;
+    /* XS: x rounded to fp16 once a block (not once a tile and step); a
+     * token's row padded by 8 bytes, so that the lanes of different tokens
+     * (g) reading the same columns hit different banks. Lanes of tokens past
+     * n read token 0: their B columns only reach outputs never stored. */
+    const int32_t xstride = (int32_t)(cols / 2) + 2;
+    uint32_t *xh = (uint32_t *)xs_smem;
+    if (XS) {
+        for (int32_t i = 0; i < n; i++)
+            for (int32_t p = (int32_t)threadIdx.x; p < (int32_t)(cols / 2); p += (int32_t)blockDim.x) {
+                float2 v = __ldg((const float2 *)(x + (int64_t)i * cols) + p);
+                xh[i * xstride + p] = ampr__half2_bits(v.x, v.y);
+            }
+        __syncthreads();
+    }
+    const uint32_t *xr = xh + (g < n ? g : 0) * xstride + 8 * t;
     for (int64_t rb = (int64_t)blockIdx.x * per_block; rb < rows; rb += (int64_t)gridDim.x * per_block) {
         int64_t r0 = rb + (int64_t)group * 16;
         int64_t ra = phys(r0 + g < rows ? r0 + g : rows - 1);
@@ -667,9 +691,13 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
 #pragma unroll
                 for (int s = 0; s < 4; s++) {
                     uint32_t a[4];
-                    nf4_a_frag(pairs, lane, va[u], vc[u], s, a);
+                    nf4_a_frag(pairs, 4u * lane, va[u], vc[u], s, a);
                     uint32_t b0 = 0, b1 = 0;
-                    if (g < n) {
+                    if (XS) {
+                        uint2 bv = *(const uint2 *)(xr + 32 * j + 2 * s);
+                        b0 = bv.x;
+                        b1 = bv.y;
+                    } else if (g < n) {
                         float4 xv = __ldg((const float4 *)(xg + 64 * j + 4 * s));
                         b0 = ampr__half2_bits(xv.x, xv.y);
                         b1 = ampr__half2_bits(xv.z, xv.w);
@@ -719,6 +747,31 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
     if (!FUSE && tail.kind) ampr__tail_last(tail, y, n, (int32_t)rows); /* ldy == rows */
 }
 
+/* x staged in shared memory (XS) up to this many bytes: with the table and
+ * the parts (36 KB) three blocks an SM; larger (more tokens of long rows)
+ * each step rounds its own x from global memory */
+#define NF4MMA_XS_MAX (48 * 1024)
+
+template <int KS, bool FUSE, bool XS>
+static void gemv_nf4_mma_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
+                                float *y, int64_t ldy, ampr__tail tail, unsigned grid, size_t smem) {
+    if (smem + sizeof(uint32_t) * 256 * 32 + sizeof(float) * GEMV_WARPS * 16 * 8 > 48 * 1024)
+        (void)cudaFuncSetAttribute(gemv_nf4_mma_kernel<KS, FUSE, XS>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    /* (a refusal fails the launch, which AMPR__CU_LAUNCHED reports) */
+    ampr__launch(c, FUSE ? "gemv_nf4_mma_kernel (SwiGLU)" : "gemv_nf4_mma_kernel",
+        gemv_nf4_mma_kernel<KS, FUSE, XS>, grid, GEMV_WARPS * 32, smem, (const uint8_t *)w->data,
+        w->scales, w->rows, w->cols, x, n, y, ldy, c->sw[AMPR__CUDA_PREFETCH], tail);
+}
+
+template <int KS, bool FUSE>
+static void gemv_nf4_mma_xs(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
+                            float *y, int64_t ldy, ampr__tail tail, unsigned grid) {
+    size_t xs = (size_t)n * (size_t)(w->cols * 2 + 8);
+    if (xs <= NF4MMA_XS_MAX) gemv_nf4_mma_launch<KS, FUSE, true>(c, w, x, n, y, ldy, tail, grid, xs);
+    else gemv_nf4_mma_launch<KS, FUSE, false>(c, w, x, n, y, ldy, tail, grid, 0);
+}
+
 /* Warps a tile: the fewest (1, 2, 4, 8) that give the GPU about 32 warps per
  * SM while each warp keeps at least NF4MMA_U blocks of a row (the same for a
  * fused call, which walks the same rows in another order). */
@@ -731,17 +784,11 @@ static void gemv_nf4_mma(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
     int64_t per_block = (int64_t)(GEMV_WARPS / ks) * 16;
     int64_t blocks = (w->rows + per_block - 1) / per_block, cap = 4 * (int64_t)c->sm_count;
     unsigned grid = (unsigned)(blocks < cap ? blocks : cap);
-    const uint8_t *W = (const uint8_t *)w->data;
-    const char *name = FUSE ? "gemv_nf4_mma_kernel (SwiGLU)" : "gemv_nf4_mma_kernel";
     switch (ks) {
-    case 1: ampr__launch(c, name, gemv_nf4_mma_kernel<1, FUSE>, grid, GEMV_WARPS * 32, 0,
-        W, w->scales, w->rows, w->cols, x, n, y, ldy, c->sw[AMPR__CUDA_PREFETCH], tail); break;
-    case 2: ampr__launch(c, name, gemv_nf4_mma_kernel<2, FUSE>, grid, GEMV_WARPS * 32, 0,
-        W, w->scales, w->rows, w->cols, x, n, y, ldy, c->sw[AMPR__CUDA_PREFETCH], tail); break;
-    case 4: ampr__launch(c, name, gemv_nf4_mma_kernel<4, FUSE>, grid, GEMV_WARPS * 32, 0,
-        W, w->scales, w->rows, w->cols, x, n, y, ldy, c->sw[AMPR__CUDA_PREFETCH], tail); break;
-    default: ampr__launch(c, name, gemv_nf4_mma_kernel<8, FUSE>, grid, GEMV_WARPS * 32, 0,
-        W, w->scales, w->rows, w->cols, x, n, y, ldy, c->sw[AMPR__CUDA_PREFETCH], tail); break;
+    case 1: gemv_nf4_mma_xs<1, FUSE>(c, w, x, n, y, ldy, tail, grid); break;
+    case 2: gemv_nf4_mma_xs<2, FUSE>(c, w, x, n, y, ldy, tail, grid); break;
+    case 4: gemv_nf4_mma_xs<4, FUSE>(c, w, x, n, y, ldy, tail, grid); break;
+    default: gemv_nf4_mma_xs<8, FUSE>(c, w, x, n, y, ldy, tail, grid); break;
     }
 }
 
@@ -853,7 +900,7 @@ gemm_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
             for (int s = 0; s < 4; s++) {
                 uint32_t a[2][4];
 #pragma unroll
-                for (int mt = 0; mt < 2; mt++) nf4_a_frag(pairs, lane, va[mt][sb], vc[mt][sb], s, a[mt]);
+                for (int mt = 0; mt < 2; mt++) nf4_a_frag(pairs, 4u * lane, va[mt][sb], vc[mt][sb], s, a[mt]);
 #pragma unroll
                 for (int q = 0; q < NT; q++) {
                     uint2 b = bfrag[sb][s][q][lane];
