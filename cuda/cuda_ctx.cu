@@ -163,7 +163,7 @@ const char *ampr__cuda_switch_env(ampr__cuda_switch s) {
  * faster (2026-11-28, cuda/NOTES.md), each of whose checks passed there */
 int ampr__cuda_switch_default(ampr__cuda_switch s) {
     return s == AMPR__CUDA_ATT_MMA || s == AMPR__CUDA_ATT_DEC || s == AMPR__CUDA_NF4_BATCH ||
-           s == AMPR__CUDA_TP_GRAPHS || s == AMPR__CUDA_PDL;
+           s == AMPR__CUDA_TP_GRAPHS || s == AMPR__CUDA_PDL || s == AMPR__CUDA_NF4_MMA;
 }
 void ampr__cuda_set_switch(ampr__cuda *c, ampr__cuda_switch s, int on) {
     if ((unsigned)s >= AMPR__CUDA_N_SWITCHES) return;

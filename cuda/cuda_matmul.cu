@@ -10,9 +10,10 @@
  *         int32 sums, then ((float)acc * wscale[r]) * xscale[i].
  *   NF4:  the 16-entry code table lives in shared memory; one absmax per
  *         16-byte load (cols % 32 == 0, so 32 codes never straddle a block).
- * NF4 of 2..32 tokens (AMPR_CUDA_NF4_BATCH, on) on tensor cores
- * (gemv_nf4_mma_kernel up to 8, gemm_nf4_mma_kernel up to 32), reading the
- * 4-bit weights themselves; with AMPR_CUDA_NF4_MMA=1 one token too.
+ * NF4 of 1..32 tokens on tensor cores (AMPR_CUDA_NF4_MMA and _NF4_BATCH,
+ * on: gemv_nf4_mma_kernel up to 8, gemm_nf4_mma_kernel up to 32), reading
+ * the 4-bit weights themselves. FP16 batches from 2 tokens and INT8 from 4
+ * on large matrices (lt_batch): cuBLASLt, which was faster there.
  * Prefill (larger n): cuBLASLt. F16 rounds activations to half and
  * accumulates in fp32; NF4 first dequantizes the weights to half in scratch;
  * INT8 runs int8 x int8 -> int32 (IMMA, "TN" layout, tokens padded to a
@@ -1269,6 +1270,19 @@ static int lt_ok(const ampr__cuda *c, const ampr__cuda_mat *w, int32_t n, const 
     return n > c->gemv_max && w->rows >= 1024 && w->cols >= 1024;
 }
 
+/* Decode batches that cuBLASLt takes instead of the GEMV of several tokens,
+ * where the H200 measured it faster (check --gemv on the 8B shape's
+ * matrices, 2026-11-28: at 8 tokens 1.5-3.3x): FP16 from 2 tokens, INT8
+ * from 4 (2: the GEMV was faster), once n x rows x cols >= 2^26 (below, the
+ * GEMV is as fast). INT8 gives the same integer sums either way, so the same
+ * floats; FP16 on cuBLASLt rounds the activations to half, as prefill does. */
+static int lt_batch(const ampr__cuda *c, const ampr__cuda_mat *w, int32_t n, const float *y) {
+    if (w->type == AMPR__Q_NF4 || n < (w->type == AMPR__Q_INT8 ? 4 : 2) || c->gemv_max == 0) return 0;
+    if ((double)n * (double)w->rows * (double)w->cols < 67108864.0) return 0;
+    return w->rows % 64 == 0 && w->cols % 64 == 0 && (uintptr_t)y % 256 == 0 &&
+           (uintptr_t)w->data % 256 == 0;
+}
+
 /* The decode GEMV (n <= gemv_max tokens, gemv_ok): the kernel for the format
  * and n. FUSE: w is the gate/up matrix and y gets silu(gate) * up
  * (ampr__cuda_matmul_swiglu), on the same paths with the same row splits,
@@ -1416,14 +1430,15 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
         return ampr__fail(err, AMPR_ERR_UNSUPPORTED, "no CUDA matmul for format %d", (int)w->type);
     int done;
     ampr__tail none = {};
-    if (n <= c->gemv_max && gemv_ok(w, x)) return gemv<false>(c, w, x, n, y, ldy, none, &done, err);
+    int small = n <= c->gemv_max && gemv_ok(w, x), batch_lt = small && lt_batch(c, w, n, y);
+    if (small && !batch_lt) return gemv<false>(c, w, x, n, y, ldy, none, &done, err);
     if (nf4_batch_ok(c, w, x, n)) return gemm_nf4_mma<false>(c, w, x, n, y, ldy, err);
     /* cuBLASLt where lt_ok() says so and it has a plan for the shape (made
      * before anything is launched; cached); else the simple kernel, which
      * takes any shape: odd shapes, small matrices, gemv_max = 0, or a shape
      * without a cuBLASLt algorithm on this GPU (not while a graph is being
      * captured: there a missing plan is an error, as a scratch growth is) */
-    int use_lt = lt_ok(c, w, n, y);
+    int use_lt = batch_lt || lt_ok(c, w, n, y);
     int64_t ch = w->type == AMPR__Q_NF4 ? dq_rows(c, rows, cols) : rows; /* rows a GEMM */
     if (use_lt) {
         int i8 = w->type == AMPR__Q_INT8;
@@ -1433,6 +1448,7 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
         if (plan_get(c, i8 ? AMPR__Q_INT8 : AMPR__Q_F16, ch, i8 ? pad4(n) : n, cols,
                      i8 ? rows : ldy, &plan, &perr) != AMPR_OK ||
             (last != ch && plan_get(c, AMPR__Q_F16, last, n, cols, ldy, &plan, &perr) != AMPR_OK)) {
+            if (batch_lt) return gemv<false>(c, w, x, n, y, ldy, none, &done, err); /* no plan */
             if (ampr__cuda_capturing(c)) return ampr__fail(err, perr.status, "%s", perr.msg);
             use_lt = 0;
         }

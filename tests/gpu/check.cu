@@ -840,6 +840,36 @@ static void check_embed_matmul(void) {
         }
 }
 
+/* Decode batches that cuBLASLt takes instead of the GEMV (lt_batch in
+ * cuda_matmul.cu: FP16 from 2 tokens, INT8 from 4, once n x rows x cols >=
+ * 2^26), on a matrix where 2 tokens stay on the GEMV and 4 and 8 do not,
+ * against the host reference (INT8: the same integer sums either way) */
+static void check_batch_lt(void) {
+    char name[128];
+    const int64_t rows = 4096, cols = 4096;
+    for (ampr__qtype t : {AMPR__Q_F16, AMPR__Q_INT8}) {
+        HostMat hm;
+        ampr__cuda_mat dm;
+        random_mat(hm, dm, t, rows, cols, 0.2f);
+        for (int32_t n : {2, 4, 8}) {
+            bool lt = n >= (t == AMPR__Q_INT8 ? 4 : 2) && (double)n * rows * cols >= 67108864.0;
+            auto x = rnd_vec((size_t)(n * cols), -1, 1);
+            float *dx = (float *)dev_put(x.data(), x.size() * 4);
+            float *dy = (float *)dev_put(NULL, (size_t)(n * rows) * 4);
+            OK(ampr__cuda_matmul(g_c, &dm, dx, n, dy, rows, &g_err));
+            auto gy = dev_get<float>(dy, (size_t)(n * rows));
+            std::vector<double> ref((size_t)(n * rows));
+            host_matmul(hm, x.data(), n, ref.data(), rows);
+            snprintf(name, sizeof name, "matmul %s %lldx%lld n=%d %s", fmt_name(t), (long long)rows,
+                     (long long)cols, n, lt ? "cuBLASLt (batch)" : "GEMV");
+            report(name, gy.data(), ref.data(), ref.size(), t == AMPR__Q_F16 && lt ? 3e-3 : 1e-5);
+            ampr__cuda_free(g_c, dx);
+            ampr__cuda_free(g_c, dy);
+        }
+        ampr__cuda_mat_free(g_c, &dm);
+    }
+}
+
 /* NF4 on cuBLASLt (prefill) dequantizes a chunk of rows at a time: one
  * chunk (the default at this size), chunks of 256 rows with a last one of 64,
  * and of 64 rows, each against the host reference */
@@ -2136,12 +2166,11 @@ static void bench(void) {
                    on_ms / steps, off_ms / steps, off_ms / on_ms);
         };
         { /* every decode switch that is off by default, on together */
-            const ampr__cuda_switch off_sw[] = {AMPR__CUDA_NF4_MMA, AMPR__CUDA_FUSE, AMPR__CUDA_FUSE_TAIL,
-                                                AMPR__CUDA_PREFETCH};
+            const ampr__cuda_switch off_sw[] = {AMPR__CUDA_FUSE, AMPR__CUDA_FUSE_TAIL, AMPR__CUDA_PREFETCH};
             std::vector<std::unique_ptr<SwitchScope>> on;
             for (ampr__cuda_switch w : off_sw) on.emplace_back(new SwitchScope(w, 1));
             double alt_ms = decode_ms(s, 1);
-            printf("%s decode step, with AMPR_CUDA_NF4_MMA, _FUSE, _FUSE_TAIL and _PREFETCH on%s %.3f ms "
+            printf("%s decode step, with AMPR_CUDA_FUSE, _FUSE_TAIL and _PREFETCH on%s %.3f ms "
                    "vs as opened %.3f ms: %.2fx\n", fmt_name(t), pdl, alt_ms / steps, dec_ms / steps,
                    dec_ms / alt_ms);
         }
@@ -2325,6 +2354,7 @@ int main(int argc, char **argv) {
         check_rope_tail();
         check_nan_matmul();
         check_nf4_chunks();
+        check_batch_lt();
         check_kv_attention(64);
         check_kv_attention(128);
         check_nccl();
