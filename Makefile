@@ -11,7 +11,7 @@
 #                     failure injection, the unit tests with the emulated GPU present,
 #                     and the op checks again with each block's threads run in the
 #                     other order and every off-by-default kernel switch on, and
-#                     the GPU check's benchmark code on a small model
+#                     the GPU check's benchmarks (--bench, --gemv) on small shapes
 #                     (build-emu/); check-emu-asan: the device tests and
 #                     the failure injection on it under ASan + UBSan (build-emu-asan/)
 #   make run          install missing packages, build, generate from the default model
@@ -157,6 +157,7 @@ check-emu:
 	$(MAKE) CUDA=1 CUDA_EMU=1 B=build-emu test
 	AMPR_EMU_ORDER=reverse bash tests/gpu/check.sh --emu --quick --switches
 	AMPR_CHECK_BENCH_SMALL=1 build-emu/tests/emu/check --bench
+	AMPR_CHECK_BENCH_SMALL=1 build-emu/tests/emu/check --gemv
 
 # The same emulation under ASan + UBSan (+ LSan): test_device with its device
 # allocation failures, and the failure injection (not in CI; the op checks,
