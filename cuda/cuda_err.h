@@ -87,6 +87,7 @@ struct ampr__cuda {
     int64_t dq_rows;          /* NF4 prefill: rows dequantized a GEMM (0: by size, cuda_matmul.cu) */
     int sw[AMPR__CUDA_N_SWITCHES]; /* the kernel switches (ampr_cuda.h), 0 or 1 */
     int nf4_gemv1;            /* ampr__cuda_set_nf4_gemv1: R * 10 + U, 0 by shape */
+    unsigned nf4_xs_attr;     /* gemv_nf4_mma_kernel<KS, FUSE, x staged> allowed its shared memory */
     int big_pass;             /* in a pass of more than gemv_max tokens: no PDL (ampr__launch) */
     /* matmul scratch, grown by ensure_scratch() */
     __half *xh;               /* activations as half [n][cols] */

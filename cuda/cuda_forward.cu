@@ -376,10 +376,11 @@ int32_t *ampr__cuda_seq_argmax(const ampr__cuda_seq *s) { return s->argmax; }
 
 /* ---- the pass ---------------------------------------------------------------- */
 
-/* Programmatic dependent launch (AMPR__CUDA_PDL) for passes of up to 32
- * tokens (decode, decode batches) only: c->big_pass set for the others'
- * launches (cuda_err.h, ampr__launch) and cleared after. */
-static void big_pass(ampr__cuda *c, int32_t n) { c->big_pass = n > AMPR__CUDA_NF4_BATCH_MAX; }
+/* Programmatic dependent launch (AMPR__CUDA_PDL) for passes of up to
+ * PDL_MAX_TOKENS tokens (decode, decode batches) only: c->big_pass set for
+ * the others' launches (cuda_err.h, ampr__launch) and cleared after. */
+#define PDL_MAX_TOKENS 32
+static void big_pass(ampr__cuda *c, int32_t n) { c->big_pass = n > PDL_MAX_TOKENS; }
 
 /* n tokens at s->tokens[0..n), positions s->pos[0..n); everything enqueued,
  * nothing synchronized (so it can be captured). */

@@ -147,7 +147,7 @@ __device__ __forceinline__ int warp_sum_i(int v) {
 }
 
 /* ---- 2..8 tokens (decode batches), FP16 and INT8 ------------------------------
- * gemvn_kernel<FMT, NT, U>: a warp a row; each lane first issues U 16-byte
+ * gemvn_kernel<FMT, NT>: a warp a row; each lane first issues GEMVN_U 16-byte
  * loads of its row (chunks j, j + 32, ..., as many bytes in flight as the
  * one-token kernel's), then multiplies each chunk with the tokens' (NT: n
  * rounded up to 2, 4 or 8; tokens from n on skipped). A lane sums its chunks
@@ -157,13 +157,14 @@ __device__ __forceinline__ int warp_sum_i(int v) {
  * ((float)acc * wscale[r]) * xscale[t]. A warp a row with rows / 8 blocks (no
  * grid stride: the 8B shape's 4096-row matrices fill the GPU that way).
  * tail.kind: the last block does the op after the matmul (ampr__tail_last). */
-template <int FMT, int NT, int U>
+#define GEMVN_U 4
+template <int FMT, int NT>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemvn_kernel(const void *__restrict__ W, const float *__restrict__ ws, int64_t rows, int64_t cols,
              const float *__restrict__ x, const int8_t *__restrict__ xq, const float *__restrict__ xs,
              int32_t n, float *__restrict__ y, int64_t ldy, ampr__tail tail) {
     AMPR__PDL_ENTER();
-    const int E = FMT == AMPR__Q_F16 ? 8 : 16; /* elements a 16-byte chunk */
+    const int E = FMT == AMPR__Q_F16 ? 8 : 16, U = GEMVN_U; /* elements a 16-byte chunk */
     int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (r < rows) {
@@ -229,18 +230,18 @@ gemvn_kernel(const void *__restrict__ W, const float *__restrict__ ws, int64_t r
     if (tail.kind) ampr__tail_last(tail, y, n, (int32_t)rows); /* ldy == rows */
 }
 
-template <int FMT, int U>
+template <int FMT>
 static void gemvn(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, const int8_t *xq,
                   const float *xs, int32_t n, float *y, int64_t ldy, ampr__tail tail) {
     unsigned blocks = (unsigned)((w->rows + GEMV_WARPS - 1) / GEMV_WARPS);
     if (n <= 2)
-        ampr__launch(c, "gemvn_kernel", gemvn_kernel<FMT, 2, U>, blocks, GEMV_WARPS * 32, 0, w->data,
+        ampr__launch(c, "gemvn_kernel", gemvn_kernel<FMT, 2>, blocks, GEMV_WARPS * 32, 0, w->data,
             w->scales, w->rows, w->cols, x, xq, xs, n, y, ldy, tail);
     else if (n <= 4)
-        ampr__launch(c, "gemvn_kernel", gemvn_kernel<FMT, 4, U>, blocks, GEMV_WARPS * 32, 0, w->data,
+        ampr__launch(c, "gemvn_kernel", gemvn_kernel<FMT, 4>, blocks, GEMV_WARPS * 32, 0, w->data,
             w->scales, w->rows, w->cols, x, xq, xs, n, y, ldy, tail);
     else
-        ampr__launch(c, "gemvn_kernel", gemvn_kernel<FMT, 8, U>, blocks, GEMV_WARPS * 32, 0, w->data,
+        ampr__launch(c, "gemvn_kernel", gemvn_kernel<FMT, 8>, blocks, GEMV_WARPS * 32, 0, w->data,
             w->scales, w->rows, w->cols, x, xq, xs, n, y, ldy, tail);
 }
 
@@ -748,18 +749,22 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
     if (!FUSE && tail.kind) ampr__tail_last(tail, y, n, (int32_t)rows); /* ldy == rows */
 }
 
-/* x staged in shared memory (XS) up to this many bytes: with the table and
- * the parts (36 KB) three blocks an SM; larger (more tokens of long rows)
- * each step rounds its own x from global memory */
+/* x staged in shared memory (XS) up to this many bytes: with the table, the
+ * parts and the tail's (37 KB) three blocks an SM; larger (more tokens of
+ * long rows) each step rounds its own x from global memory */
 #define NF4MMA_XS_MAX (48 * 1024)
 
 template <int KS, bool FUSE, bool XS>
 static void gemv_nf4_mma_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
                                 float *y, int64_t ldy, ampr__tail tail, unsigned grid, size_t smem) {
-    if (smem + sizeof(uint32_t) * 256 * 32 + sizeof(float) * GEMV_WARPS * 16 * 8 > 48 * 1024)
-        (void)cudaFuncSetAttribute(gemv_nf4_mma_kernel<KS, FUSE, XS>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    /* (a refusal fails the launch, which AMPR__CU_LAUNCHED reports) */
+    /* XS takes the block past the default 48 KB: each staging kernel is
+     * allowed NF4MMA_XS_MAX once a context (a refusal fails the launch, which
+     * AMPR__CU_LAUNCHED reports, and is asked again next time) */
+    unsigned bit = 1u << (2 * (KS == 1 ? 0 : KS == 2 ? 1 : KS == 4 ? 2 : 3) + FUSE);
+    if (XS && !(c->nf4_xs_attr & bit) &&
+        cudaFuncSetAttribute(gemv_nf4_mma_kernel<KS, FUSE, XS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             NF4MMA_XS_MAX) == cudaSuccess)
+        c->nf4_xs_attr |= bit;
     ampr__launch(c, FUSE ? "gemv_nf4_mma_kernel (SwiGLU)" : "gemv_nf4_mma_kernel",
         gemv_nf4_mma_kernel<KS, FUSE, XS>, grid, GEMV_WARPS * 32, smem, (const uint8_t *)w->data,
         w->scales, w->rows, w->cols, x, n, y, ldy, c->sw[AMPR__CUDA_PREFETCH], tail);
@@ -1263,9 +1268,12 @@ static int gemv_ok(const ampr__cuda_mat *w, const float *x) {
  * both dimensions multiples of 64 (IMMA and 16-byte rows), large matrices
  * (small ones gain nothing and the fp32 kernel matches the CPU more
  * closely), 256-byte aligned W and y. gemv_max = 0 forces it where allowed. */
+static int lt_fits(const ampr__cuda_mat *w, const float *y) {
+    return w->rows % 64 == 0 && w->cols % 64 == 0 && (uintptr_t)y % 256 == 0 &&
+           (uintptr_t)w->data % 256 == 0;
+}
 static int lt_ok(const ampr__cuda *c, const ampr__cuda_mat *w, int32_t n, const float *y) {
-    if (w->rows % 64 || w->cols % 64) return 0;
-    if ((uintptr_t)y % 256 || (uintptr_t)w->data % 256) return 0;
+    if (!lt_fits(w, y)) return 0;
     if (c->gemv_max == 0) return 1;
     return n > c->gemv_max && w->rows >= 1024 && w->cols >= 1024;
 }
@@ -1278,9 +1286,7 @@ static int lt_ok(const ampr__cuda *c, const ampr__cuda_mat *w, int32_t n, const 
  * floats; FP16 on cuBLASLt rounds the activations to half, as prefill does. */
 static int lt_batch(const ampr__cuda *c, const ampr__cuda_mat *w, int32_t n, const float *y) {
     if (w->type == AMPR__Q_NF4 || n < (w->type == AMPR__Q_INT8 ? 4 : 2) || c->gemv_max == 0) return 0;
-    if ((double)n * (double)w->rows * (double)w->cols < 67108864.0) return 0;
-    return w->rows % 64 == 0 && w->cols % 64 == 0 && (uintptr_t)y % 256 == 0 &&
-           (uintptr_t)w->data % 256 == 0;
+    return (double)n * (double)w->rows * (double)w->cols >= 67108864.0 && lt_fits(w, y);
 }
 
 /* The decode GEMV (n <= gemv_max tokens, gemv_ok): the kernel for the format
@@ -1302,7 +1308,7 @@ static ampr_status gemv(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, 
     case AMPR__Q_F16:
         if (n == 1) gemv1<AMPR__Q_F16, R1, 8, FUSE, 1>(c, w, x, y, tail);
         else if (FUSE) *done = 0;
-        else gemvn<AMPR__Q_F16, 4>(c, w, x, NULL, NULL, n, y, ldy, tail);
+        else gemvn<AMPR__Q_F16>(c, w, x, NULL, NULL, n, y, ldy, tail);
         break;
     case AMPR__Q_INT8:
         if (n == 1 && cols <= GEMV1_INT8_MAX_COLS) { /* quantizes x itself */
@@ -1312,13 +1318,13 @@ static ampr_status gemv(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, 
         } else {
             AMPR__TRY(ampr__cuda_reserve(c, n, 0, cols, 0, err));
             AMPR__TRY(ampr__cuda_quant_act(c, x, n, (int32_t)cols, c->xq, c->xs, err));
-            gemvn<AMPR__Q_INT8, 4>(c, w, NULL, c->xq, c->xs, n, y, ldy, tail);
+            gemvn<AMPR__Q_INT8>(c, w, NULL, c->xq, c->xs, n, y, ldy, tail);
         }
         break;
     default:
         /* 2..8 tokens on tensor cores (a token more costs next to nothing
          * there; the fp32 kernel multiplies each weight once a token): 1.8-6.5x
-         * faster on the H200; one token: the fp32 kernel, 1.1-1.15x faster */
+         * faster on the H200; one token too (AMPR__CUDA_NF4_MMA): 1.13-1.4x */
         if ((c->sw[AMPR__CUDA_NF4_MMA] || (n > 1 && c->sw[AMPR__CUDA_NF4_BATCH])) && cols % 64 == 0)
             gemv_nf4_mma<FUSE>(c, w, x, n, y, ldy, tail);
         else if (n == 1) {
