@@ -76,6 +76,10 @@ void ampr__cuda_set_gemv_max(ampr__cuda *c, int n);
  * arithmetic) of 21, 22, 24, 41, 42 or 44; 0 (the default): 42 on matrices
  * of 24 rows an SM or more, else 22. */
 void ampr__cuda_set_nf4_gemv1(ampr__cuda *c, int ru);
+/* The NF4 ring GEMV's stages (AMPR__CUDA_NF4_RING), for the same timing: 4
+ * or 8; 0 (the default, and any other value): 8 while the ring and the
+ * staged x take at most 64 KB of shared memory, else 4. */
+void ampr__cuda_set_nf4_ring(ampr__cuda *c, int stages);
 /* NF4 on cuBLASLt (prefill) dequantizes a chunk of rows at a time: the
  * scratch elements a rows x cols matrix needs (ampr__cuda_reserve's
  * nf4_elems), and the rows of a chunk (0: by size, 16 MB of fp16; the GPU
@@ -123,7 +127,8 @@ void ampr__cuda_set_dequant_rows(ampr__cuda *c, int64_t rows);
  *            all-reduces run between them as before (one-rank passes are
  *            one graph whatever this says) (on);
  *   PREFETCH the decode GEMVs (one-token, tensor-core NF4 and its batch
- *            kernel) prefetch their blocks' first weights into L2 before
+ *            kernel; not the NF4 ring, which copies its first blocks before
+ *            the PDL wait anyway) prefetch their blocks' first weights into L2 before
  *            anything else: before the PDL wait, so that with PDL the loads
  *            overlap the previous kernel's tail, and before INT8's
  *            quantization of x and NF4's table fill; a hint, the same
@@ -134,7 +139,13 @@ void ampr__cuda_set_dequant_rows(ampr__cuda *c, int64_t rows);
  *            RMSNorm, or RoPE and the KV store (the same floats as the
  *            kernels they replace), so decode passes launch no norm kernel
  *            (without all-reduces; cuda_forward.cu) and no RoPE kernel
- *            (off: slower on the H200). */
+ *            (off: slower on the H200);
+ *   NF4_RING the tensor-core GEMV (NF4_MMA, NF4_BATCH up to gemv_max tokens)
+ *            with its weights copied by cp.async through a ring of 4 or 8
+ *            stages a warp in shared memory (gemv_nf4_ring_kernel: S - 1
+ *            blocks in flight a warp at every step, the first issued before
+ *            the PDL wait) where x fits in shared memory; the same floats
+ *            (off: not yet measured on a GPU). */
 typedef enum {
     AMPR__CUDA_NF4_MMA,
     AMPR__CUDA_ATT_MMA,
@@ -145,6 +156,7 @@ typedef enum {
     AMPR__CUDA_PREFETCH,
     AMPR__CUDA_FUSE_TAIL,
     AMPR__CUDA_NF4_BATCH,
+    AMPR__CUDA_NF4_RING,
     AMPR__CUDA_N_SWITCHES
 } ampr__cuda_switch;
 void ampr__cuda_set_switch(ampr__cuda *c, ampr__cuda_switch s, int on);

@@ -152,11 +152,16 @@ void ampr__cuda_set_nf4_gemv1(ampr__cuda *c, int ru) {
     c->nf4_gemv1 = ru;
 }
 
+void ampr__cuda_set_nf4_ring(ampr__cuda *c, int stages) {
+    c->scratch_gen++; /* captured graphs chose their kernels by the old value */
+    c->nf4_ring = stages == 4 || stages == 8 ? stages : 0;
+}
+
 const char *ampr__cuda_switch_env(ampr__cuda_switch s) {
     static const char *const names[AMPR__CUDA_N_SWITCHES] = {
         "AMPR_CUDA_NF4_MMA", "AMPR_CUDA_ATT_MMA", "AMPR_CUDA_ATT_DEC", "AMPR_CUDA_FUSE",
         "AMPR_CUDA_PDL", "AMPR_CUDA_TP_GRAPHS", "AMPR_CUDA_PREFETCH",
-        "AMPR_CUDA_FUSE_TAIL", "AMPR_CUDA_NF4_BATCH"};
+        "AMPR_CUDA_FUSE_TAIL", "AMPR_CUDA_NF4_BATCH", "AMPR_CUDA_NF4_RING"};
     return (unsigned)s < AMPR__CUDA_N_SWITCHES ? names[s] : "?";
 }
 /* On at open unless the environment says 0: the paths the H200 measured

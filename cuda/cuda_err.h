@@ -88,6 +88,8 @@ struct ampr__cuda {
     int sw[AMPR__CUDA_N_SWITCHES]; /* the kernel switches (ampr_cuda.h), 0 or 1 */
     int nf4_gemv1;            /* ampr__cuda_set_nf4_gemv1: R * 10 + U, 0 by shape */
     unsigned nf4_xs_attr;     /* gemv_nf4_mma_kernel<KS, FUSE, x staged> allowed its shared memory */
+    int nf4_ring;             /* ampr__cuda_set_nf4_ring: the ring's stages (4 or 8), 0 by size */
+    unsigned nf4_ring_attr;   /* gemv_nf4_ring_kernel<KS, FUSE, S> allowed its shared memory */
     int big_pass;             /* in a pass of more than gemv_max tokens: no PDL (ampr__launch) */
     /* matmul scratch, grown by ensure_scratch() */
     __half *xh;               /* activations as half [n][cols] */
@@ -353,6 +355,38 @@ __device__ __forceinline__ void ampr__prefetch_l2(const void *p) {
     ampr_emu_prefetch_l2(p);
 #else
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#endif
+}
+
+/* cp.async (sm_80 and newer): BYTES (4, 8 or 16; dst and src aligned to it)
+ * from global src to shared dst without passing through registers, cached in
+ * L1 and with L2 asked to fetch the whole 128-byte line (the next blocks of a
+ * weight row are read soon after). ampr__cp_commit() closes the thread's
+ * copies issued so far into a group, ampr__cp_wait<N>() returns once at most
+ * the newest N groups are still in flight: the copies of the older ones are
+ * then visible to this thread (to others after a barrier). The emulation
+ * queues the copies and does them at that wait. */
+template <int BYTES> __device__ __forceinline__ void ampr__cp_async(void *dst, const void *src) {
+#ifdef AMPR_CUDA_EMU
+    ampr_emu_cp_async(dst, src, BYTES);
+#else
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global.L2::128B [%0], [%1], %2;\n" ::"r"(d), "l"(src), "n"(BYTES)
+                 : "memory");
+#endif
+}
+__device__ __forceinline__ void ampr__cp_commit(void) {
+#ifdef AMPR_CUDA_EMU
+    ampr_emu_cp_commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void ampr__cp_wait(void) {
+#ifdef AMPR_CUDA_EMU
+    ampr_emu_cp_wait(N);
+#else
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }
 

@@ -591,25 +591,35 @@ __device__ __forceinline__ void nf4_pairs_fill(uint32_t *pairs) {
 }
 
 /* The pair of the byte at bit sh (0, 8, 16 or 24; a constant) of w from the
- * table: pairs[byte * 32 + lane] as a byte offset, byte * 128 | lane * 4
- * (lane4), which is one shift and one three-input logic op */
-__device__ __forceinline__ uint32_t nf4_pair(const uint32_t *pairs, uint32_t w, int sh, uint32_t lane4) {
-    uint32_t off = (sh < 7 ? w << (7 - sh) : w >> (sh - 7)) & 0x7f80u;
-    return *(const uint32_t *)((const char *)pairs + (off | lane4));
+ * table: pl[byte * 32], pl = pairs + lane (the lane's column). The byte by
+ * one byte permute (the other three bytes zero), its address by one shift-add
+ * onto the column's shared-memory address: two integer instructions a lookup.
+ * (Written as pl[byte * 32], nvcc rebuilt the address from the lane each
+ * time, (byte * 32 + lane) * 4 + table, three or four; the load is ours, so
+ * the column's address is computed once.) No volatile: the table is constant
+ * once filled, and the bytes come from loads after the fill's barrier. */
+__device__ __forceinline__ uint32_t nf4_pair(const uint32_t *pl, uint32_t w, int sh) {
+    uint32_t b = __byte_perm(w, 0u, 0x4440u | (uint32_t)(sh >> 3));
+#ifdef AMPR_CUDA_EMU
+    return pl[b * 32u];
+#else
+    uint32_t v, a = (uint32_t)__cvta_generic_to_shared(pl) + (b << 7);
+    asm("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(a));
+    return v;
+#endif
 }
 
 /* A's fragment for mma step s (0..3) of a 64-column block, from the lane's
  * 8-byte loads of its rows g (va) and g + 8 (vc): slots 2t, 2t+1 <- byte 2s,
  * slots 2t+8, 2t+9 <- byte 2s + 1 (a0, a1: rows g, g + 8 at the low slots;
- * a2, a3: at the high ones). lane4: the lane times 4. */
-__device__ __forceinline__ void nf4_a_frag(const uint32_t *pairs, uint32_t lane4, uint2 va, uint2 vc,
-                                           int s, uint32_t (&a)[4]) {
+ * a2, a3: at the high ones). pl: the table's column of this lane, pairs + lane. */
+__device__ __forceinline__ void nf4_a_frag(const uint32_t *pl, uint2 va, uint2 vc, int s, uint32_t (&a)[4]) {
     uint32_t wA = s < 2 ? va.x : va.y, wC = s < 2 ? vc.x : vc.y;
     int sh = 16 * (s & 1);
-    a[0] = nf4_pair(pairs, wA, sh, lane4);
-    a[2] = nf4_pair(pairs, wA, sh + 8, lane4);
-    a[1] = nf4_pair(pairs, wC, sh, lane4);
-    a[3] = nf4_pair(pairs, wC, sh + 8, lane4);
+    a[0] = nf4_pair(pl, wA, sh);
+    a[2] = nf4_pair(pl, wA, sh + 8);
+    a[1] = nf4_pair(pl, wC, sh);
+    a[3] = nf4_pair(pl, wC, sh + 8);
 }
 
 /* AMPR__CUDA_PREFETCH in the NF4 tensor-core kernels: of nr rows from rb (as
@@ -624,6 +634,87 @@ __device__ __forceinline__ void nf4_prefetch_blocks(const uint8_t *W, const floa
         return W + (size_t)walk_row<FUSE>(rb + i, rows) * (size_t)(cols / 2) + (size_t)j0 * 32; });
     ampr__prefetch_rows(nr, (size_t)nb * 4, [&](int64_t i) {
         return absmax + walk_row<FUSE>(rb + i, rows) * nblk + j0; });
+}
+
+/* One 64-column block of a tile into acc: its 4 mma steps from zero (B's
+ * fragment of step s from bfrag(s, b0, b1), which leaves zeros for tokens
+ * past n), then acc += the sums times the absmax of rows g (sa) and g + 8 (sc) */
+template <typename BFrag>
+__device__ __forceinline__ void nf4_block_acc(const uint32_t *pl, uint2 va, uint2 vc,
+                                              float sa, float sc, float (&acc)[4], BFrag bfrag) {
+    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int s = 0; s < 4; s++) {
+        uint32_t a[4];
+        nf4_a_frag(pl, va, vc, s, a);
+        uint32_t b0 = 0, b1 = 0;
+        bfrag(s, b0, b1);
+        ampr__mma_16816(d, a[0], a[1], a[2], a[3], b0, b1);
+    }
+    acc[0] += d[0] * sa;
+    acc[1] += d[1] * sa;
+    acc[2] += d[2] * sc;
+    acc[3] += d[3] * sc;
+}
+
+/* XS: the n tokens' x [n][cols] rounded to fp16 pairs into shared memory,
+ * [n][cols / 2 + 2] (a token's row padded by 8 bytes, so that the lanes of
+ * different tokens reading the same columns hit different banks), then a
+ * barrier */
+__device__ __forceinline__ void nf4_stage_x(uint32_t *xh, const float *__restrict__ x, int32_t n,
+                                            int64_t cols) {
+    const int32_t xstride = (int32_t)(cols / 2) + 2;
+    for (int32_t i = 0; i < n; i++)
+        for (int32_t p = (int32_t)threadIdx.x; p < (int32_t)(cols / 2); p += (int32_t)blockDim.x) {
+            float2 v = __ldg((const float2 *)(x + (int64_t)i * cols) + p);
+            xh[i * xstride + p] = ampr__half2_bits(v.x, v.y);
+        }
+    __syncthreads();
+}
+
+/* The tensor-core GEMV's sums to y, by every thread of the block (it has a
+ * barrier): lane (g, t) of the warp holds its tile's rows g, g + 8 for
+ * tokens 2t, 2t + 1; KS > 1 warps a tile add their parts in warp order.
+ * rb: the block's first row, of GEMV_WARPS / KS tiles. */
+template <int KS, bool FUSE>
+__device__ __forceinline__ void nf4_tile_store(const float (&acc)[4], float (*part)[16][8], int64_t rb,
+                                               int64_t rows, int32_t n, float *__restrict__ y, int64_t ldy) {
+    const int GROUPS = GEMV_WARPS / KS;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int g = lane >> 2, t = lane & 3;
+    if (KS == 1) {
+        int64_t r0 = rb + (int64_t)warp * 16;
+        float up[4]; /* FUSE: the up row's sums, from the lanes of g + 1 */
+#pragma unroll
+        for (int q = 0; q < 4; q++) up[q] = FUSE ? __shfl_down_sync(0xffffffffu, acc[q], 4) : 0.0f;
+        if (r0 < rows && (!FUSE || g % 2 == 0)) {
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                int64_t r = r0 + g + 8 * (q >> 1);
+                int tok = 2 * t + (q & 1);
+                if (r >= rows || tok >= n) continue;
+                if (FUSE) y[(int64_t)tok * ldy + r / 2] = ampr__silu_mul(acc[q], up[q]);
+                else y[(int64_t)tok * ldy + r] = acc[q];
+            }
+        }
+    } else {
+#pragma unroll
+        for (int q = 0; q < 4; q++) part[warp][g + 8 * (q >> 1)][2 * t + (q & 1)] = acc[q];
+        __syncthreads();
+        for (int e = threadIdx.x; e < GROUPS * 16 * 8; e += blockDim.x) {
+            int gr = e / 128, m = (e / 8) % 16, tok = e % 8;
+            int64_t r = rb + (int64_t)gr * 16 + m;
+            if (r < rows && tok < n && (!FUSE || m % 2 == 0)) {
+                float s = 0.0f, su = 0.0f;
+                for (int w = 0; w < KS; w++) s += part[gr * KS + w][m][tok];
+                if (FUSE)
+                    for (int w = 0; w < KS; w++) su += part[gr * KS + w][m + 1][tok];
+                if (FUSE) y[(int64_t)tok * ldy + r / 2] = ampr__silu_mul(s, su);
+                else y[(int64_t)tok * ldy + r] = s;
+            }
+        }
+        __syncthreads(); /* the parts are rewritten by the next tiles */
+    }
 }
 
 template <int KS, bool FUSE = false, bool XS = false>
@@ -650,20 +741,14 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int g = lane >> 2, t = lane & 3;
     int group = warp / KS, kp = warp % KS;
+    const uint32_t *pl = pairs + lane;
     /* XS: x rounded to fp16 once a block (not once a tile and step); a
      * token's row padded by 8 bytes, so that the lanes of different tokens
      * (g) reading the same columns hit different banks. Lanes of tokens past
      * n read token 0: their B columns only reach outputs never stored. */
     const int32_t xstride = (int32_t)(cols / 2) + 2;
     uint32_t *xh = (uint32_t *)xs_smem;
-    if (XS) {
-        for (int32_t i = 0; i < n; i++)
-            for (int32_t p = (int32_t)threadIdx.x; p < (int32_t)(cols / 2); p += (int32_t)blockDim.x) {
-                float2 v = __ldg((const float2 *)(x + (int64_t)i * cols) + p);
-                xh[i * xstride + p] = ampr__half2_bits(v.x, v.y);
-            }
-        __syncthreads();
-    }
+    if (XS) nf4_stage_x(xh, x, n, cols);
     const uint32_t *xr = xh + (g < n ? g : 0) * xstride + 8 * t;
     for (int64_t rb = (int64_t)blockIdx.x * per_block; rb < rows; rb += (int64_t)gridDim.x * per_block) {
         int64_t r0 = rb + (int64_t)group * 16;
@@ -689,12 +774,7 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
             for (int u = 0; u < NF4MMA_U; u++) {
                 int64_t j = j0 + KS * u;
                 if (j >= nblk) break; /* the same for the whole warp */
-                float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-                for (int s = 0; s < 4; s++) {
-                    uint32_t a[4];
-                    nf4_a_frag(pairs, 4u * lane, va[u], vc[u], s, a);
-                    uint32_t b0 = 0, b1 = 0;
+                nf4_block_acc(pl, va[u], vc[u], sa[u], sc[u], acc, [&](int s, uint32_t &b0, uint32_t &b1) {
                     if (XS) {
                         uint2 bv = *(const uint2 *)(xr + 32 * j + 2 * s);
                         b0 = bv.x;
@@ -704,47 +784,10 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
                         b0 = ampr__half2_bits(xv.x, xv.y);
                         b1 = ampr__half2_bits(xv.z, xv.w);
                     }
-                    ampr__mma_16816(d, a[0], a[1], a[2], a[3], b0, b1);
-                }
-                acc[0] += d[0] * sa[u];
-                acc[1] += d[1] * sa[u];
-                acc[2] += d[2] * sc[u];
-                acc[3] += d[3] * sc[u];
+                });
             }
         }
-        /* lane (g, t) holds rows g, g + 8 for tokens 2t, 2t + 1 */
-        if (KS == 1) {
-            float up[4]; /* FUSE: the up row's sums, from the lanes of g + 1 */
-#pragma unroll
-            for (int q = 0; q < 4; q++) up[q] = FUSE ? __shfl_down_sync(0xffffffffu, acc[q], 4) : 0.0f;
-            if (r0 < rows && (!FUSE || g % 2 == 0)) {
-#pragma unroll
-                for (int q = 0; q < 4; q++) {
-                    int64_t r = r0 + g + 8 * (q >> 1);
-                    int tok = 2 * t + (q & 1);
-                    if (r >= rows || tok >= n) continue;
-                    if (FUSE) y[(int64_t)tok * ldy + r / 2] = ampr__silu_mul(acc[q], up[q]);
-                    else y[(int64_t)tok * ldy + r] = acc[q];
-                }
-            }
-        } else {
-#pragma unroll
-            for (int q = 0; q < 4; q++) part[warp][g + 8 * (q >> 1)][2 * t + (q & 1)] = acc[q];
-            __syncthreads();
-            for (int e = threadIdx.x; e < GROUPS * 16 * 8; e += blockDim.x) {
-                int gr = e / 128, m = (e / 8) % 16, tok = e % 8;
-                int64_t r = rb + (int64_t)gr * 16 + m;
-                if (r < rows && tok < n && (!FUSE || m % 2 == 0)) {
-                    float s = 0.0f, su = 0.0f;
-                    for (int w = 0; w < KS; w++) s += part[gr * KS + w][m][tok];
-                    if (FUSE)
-                        for (int w = 0; w < KS; w++) su += part[gr * KS + w][m + 1][tok];
-                    if (FUSE) y[(int64_t)tok * ldy + r / 2] = ampr__silu_mul(s, su);
-                    else y[(int64_t)tok * ldy + r] = s;
-                }
-            }
-            __syncthreads(); /* the parts are rewritten by the next tiles */
-        }
+        nf4_tile_store<KS, FUSE>(acc, part, rb, rows, n, y, ldy);
     }
     if (!FUSE && tail.kind) ampr__tail_last(tail, y, n, (int32_t)rows); /* ldy == rows */
 }
@@ -778,12 +821,147 @@ static void gemv_nf4_mma_xs(ampr__cuda *c, const ampr__cuda_mat *w, const float 
     else gemv_nf4_mma_launch<KS, FUSE, false>(c, w, x, n, y, ldy, tail, grid, 0);
 }
 
+/* ---- NF4 on tensor cores: the weights through a ring (AMPR__CUDA_NF4_RING) ----
+ * gemv_nf4_ring_kernel<KS, FUSE, S>: gemv_nf4_mma_kernel with x staged (XS)
+ * whose weights reach registers through a ring of S stages a warp in shared
+ * memory, filled by cp.async. The register kernel loads NF4MMA_U blocks,
+ * waits for all of them, multiplies, and only then loads the next ones, so
+ * that on average a warp has about half of them in flight (Nsight Compute on
+ * the H200, 2026-11-28: it waits on its loads, with 13-38% of DRAM's
+ * bandwidth in use); here a warp keeps S - 1 blocks in flight at every step,
+ * and the first S - 1 are issued before the PDL wait (weights are never
+ * written by a kernel), overlapping the kernel before.
+ * A lane copies only what it reads: its 8 bytes of rows g and g + 8 of the
+ * block and their two absmax, 24 bytes a stage (codes[stage][lane] as one
+ * 16-byte load, am[stage][lane] one 8-byte), so no lane waits for another's
+ * copies and a stage is refilled by the lane that just read it.
+ * The warps take the same blocks in the same order and sum them as
+ * gemv_nf4_mma_kernel does (nf4_block_acc, nf4_tile_store): the same floats.
+ * One tile a warp group (the grid covers every row block), so that each
+ * warp's ring runs once through its part of the tile's row. */
+#define NF4RING_STAGE_BYTES (GEMV_WARPS * 32 * (16 + 8)) /* a stage of the block's warps */
+
+template <int KS, bool FUSE, int S>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+gemv_nf4_ring_kernel(const uint8_t *__restrict__ W, const float *__restrict__ absmax, int64_t rows,
+                     int64_t cols, const float *__restrict__ x, int32_t n, float *__restrict__ y,
+                     int64_t ldy, ampr__tail tail) {
+    auto phys = [rows](int64_t r) { return walk_row<FUSE>(r, rows); };
+    const int GROUPS = GEMV_WARPS / KS;
+    const int64_t nblk = cols / 64, rb = (int64_t)blockIdx.x * GROUPS * 16;
+    __shared__ uint32_t pairs[256 * 32];
+    __shared__ float part[GEMV_WARPS][16][8];
+    /* [ring codes: warps][S][32] uint4, [ring absmax: warps][S][32] float2, x [n][cols / 2 + 2] */
+    extern __shared__ uint4 ring_smem[];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int g = lane >> 2, t = lane & 3;
+    int group = warp / KS, kp = warp % KS;
+    uint4 *codes = ring_smem + warp * S * 32 + lane;
+    float2 *am = (float2 *)(ring_smem + GEMV_WARPS * S * 32) + warp * S * 32 + lane;
+    uint32_t *xh = (uint32_t *)(ring_smem + GEMV_WARPS * S * 32 * 3 / 2);
+    int64_t r0 = rb + (int64_t)group * 16;
+    int64_t ra = phys(r0 + g < rows ? r0 + g : rows - 1);
+    int64_t rc = phys(r0 + g + 8 < rows ? r0 + g + 8 : rows - 1);
+    const uint2 *wa = (const uint2 *)(W + (size_t)ra * (size_t)(cols / 2)) + t;
+    const uint2 *wc = (const uint2 *)(W + (size_t)rc * (size_t)(cols / 2)) + t;
+    const float *sa = absmax + ra * nblk, *sc = absmax + rc * nblk;
+    /* this warp's blocks: j = kp + KS i, i < cnt (the same for its lanes) */
+    int32_t cnt = r0 < rows && kp < nblk ? (int32_t)((nblk - kp + KS - 1) / KS) : 0;
+    auto issue = [&](int32_t i) {
+        int64_t j = kp + (int64_t)KS * i;
+        int slot = (i % S) * 32;
+        ampr__cp_async<8>(&codes[slot].x, wa + 4 * j);
+        ampr__cp_async<8>(&codes[slot].z, wc + 4 * j);
+        ampr__cp_async<4>(&am[slot].x, sa + j);
+        ampr__cp_async<4>(&am[slot].y, sc + j);
+    };
+    /* a group per block, empty past cnt, so that "group i is done" is
+     * always "at most S - 2 newer ones pending" */
+    for (int32_t i = 0; i < S - 1; i++) {
+        if (i < cnt) issue(i);
+        ampr__cp_commit();
+    }
+    nf4_pairs_fill(pairs);
+    AMPR__PDL_ENTER();
+    nf4_stage_x(xh, x, n, cols);
+    const uint32_t *xr = xh + (g < n ? g : 0) * ((int32_t)(cols / 2) + 2) + 8 * t;
+    const uint32_t *pl = pairs + lane;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int32_t i = 0; i < cnt; i++) {
+        ampr__cp_wait<S - 2>(); /* block i is in shared memory */
+        int slot = (i % S) * 32;
+        uint4 v = codes[slot];
+        float2 s2 = am[slot];
+        /* the stage read at i - 1 (this lane's own, read into registers
+         * above in program order) takes block i + S - 1 */
+        if (i + S - 1 < cnt) issue(i + S - 1);
+        ampr__cp_commit();
+        const uint32_t *xj = xr + 32 * (kp + (int64_t)KS * i);
+        nf4_block_acc(pl, make_uint2(v.x, v.y), make_uint2(v.z, v.w), s2.x, s2.y, acc,
+                      [&](int s, uint32_t &b0, uint32_t &b1) {
+                          uint2 bv = *(const uint2 *)(xj + 2 * s);
+                          b0 = bv.x;
+                          b1 = bv.y;
+                      });
+    }
+    ampr__cp_wait<0>(); /* only empty groups are left; none stays in flight past the kernel */
+    nf4_tile_store<KS, FUSE>(acc, part, rb, rows, n, y, ldy);
+    if (!FUSE && tail.kind) ampr__tail_last(tail, y, n, (int32_t)rows); /* ldy == rows */
+}
+
+/* The ring kernel's dynamic shared memory at most: 8 stages and x up to
+ * NF4MMA_XS_MAX (with the table and the parts, 132 KB: one block an SM) */
+#define NF4RING_SMEM_MAX (8 * NF4RING_STAGE_BYTES + NF4MMA_XS_MAX)
+
+template <int KS, bool FUSE, int S>
+static void gemv_nf4_ring_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
+                                 float *y, int64_t ldy, ampr__tail tail, size_t xs) {
+    unsigned bit = 1u << (2 * (KS == 1 ? 0 : KS == 2 ? 1 : KS == 4 ? 2 : 3) + FUSE + 8 * (S == 8));
+    if (!(c->nf4_ring_attr & bit) &&
+        cudaFuncSetAttribute(gemv_nf4_ring_kernel<KS, FUSE, S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             NF4RING_SMEM_MAX) == cudaSuccess)
+        c->nf4_ring_attr |= bit;
+    int64_t per_block = (int64_t)(GEMV_WARPS / KS) * 16;
+    unsigned grid = (unsigned)((w->rows + per_block - 1) / per_block);
+    ampr__launch(c, FUSE ? "gemv_nf4_ring_kernel (SwiGLU)" : "gemv_nf4_ring_kernel",
+        gemv_nf4_ring_kernel<KS, FUSE, S>, grid, GEMV_WARPS * 32, (size_t)S * NF4RING_STAGE_BYTES + xs,
+        (const uint8_t *)w->data, w->scales, w->rows, w->cols, x, n, y, ldy, tail);
+}
+
+/* Stages: c->nf4_ring when set (ampr__cuda_set_nf4_ring), else 8 while the
+ * ring and x take at most 64 KB (with the table and parts, two blocks fit an
+ * SM of 228 KB), 4 beyond (the 8B shape's w_down, 28 KB of x a token). Warps
+ * a tile: the fewest that give every SM two blocks of 8 warps, each warp at
+ * least 2 blocks of its row. */
+template <bool FUSE>
+static void gemv_nf4_ring(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
+                          float *y, int64_t ldy, ampr__tail tail, size_t xs) {
+    int stages = c->nf4_ring ? c->nf4_ring : (8 * (size_t)NF4RING_STAGE_BYTES + xs <= 64 * 1024 ? 8 : 4);
+    int64_t want = 16 * (int64_t)c->sm_count, tiles = (w->rows + 15) / 16, nblk = w->cols / 64;
+    int ks = 1;
+    while (ks < GEMV_WARPS && tiles * ks < want && nblk / (2 * ks) >= 2) ks *= 2;
+#define RING(KS) (stages == 8 ? gemv_nf4_ring_launch<KS, FUSE, 8>(c, w, x, n, y, ldy, tail, xs) \
+                              : gemv_nf4_ring_launch<KS, FUSE, 4>(c, w, x, n, y, ldy, tail, xs))
+    switch (ks) {
+    case 1: RING(1); break;
+    case 2: RING(2); break;
+    case 4: RING(4); break;
+    default: RING(8); break;
+    }
+#undef RING
+}
+
 /* Warps a tile: the fewest (1, 2, 4, 8) that give the GPU about 32 warps per
  * SM while each warp keeps at least NF4MMA_U blocks of a row (the same for a
  * fused call, which walks the same rows in another order). */
 template <bool FUSE>
 static void gemv_nf4_mma(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
                          float *y, int64_t ldy, ampr__tail tail) {
+    size_t xs = (size_t)n * (size_t)(w->cols * 2 + 8);
+    if (c->sw[AMPR__CUDA_NF4_RING] && xs <= NF4MMA_XS_MAX) {
+        gemv_nf4_ring<FUSE>(c, w, x, n, y, ldy, tail, xs);
+        return;
+    }
     int64_t want = 32 * (int64_t)c->sm_count, tiles = (w->rows + 15) / 16, nblk = w->cols / 64;
     int ks = 1;
     while (ks < GEMV_WARPS && tiles * ks < want && nblk / (2 * ks) >= NF4MMA_U) ks *= 2;
@@ -856,6 +1034,7 @@ gemm_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
     AMPR__PDL_ENTER();
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int g = lane >> 2, t = lane & 3;
+    const uint32_t *pl = pairs + lane;
     const uint2 *wa[2], *wc[2];
     int64_t ra[2], rc[2];
 #pragma unroll
@@ -906,7 +1085,7 @@ gemm_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
             for (int s = 0; s < 4; s++) {
                 uint32_t a[2][4];
 #pragma unroll
-                for (int mt = 0; mt < 2; mt++) nf4_a_frag(pairs, 4u * lane, va[mt][sb], vc[mt][sb], s, a[mt]);
+                for (int mt = 0; mt < 2; mt++) nf4_a_frag(pl, va[mt][sb], vc[mt][sb], s, a[mt]);
 #pragma unroll
                 for (int q = 0; q < NT; q++) {
                     uint2 b = bfrag[sb][s][q][lane];

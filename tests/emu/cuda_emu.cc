@@ -317,6 +317,8 @@ static void fiber_exit(block_run *b, fiber *f) {
     if (g_launch && g_launch->pdl && !f->pdl_waited)
         fault("thread %u ends without ampr__pdl_wait (griddepcontrol.wait), launched with programmatic "
               "dependent launch: it may have run before the previous kernel finished", f->lin);
+    if (f->cp_n)
+        fault("thread %u ends with %u cp.async copies not waited for (cp.async.wait_group)", f->lin, f->cp_n);
     f->state = 2;
     b->live--;
     b->exited[w] |= 1u << lane;
@@ -398,6 +400,7 @@ static bool run_block(const std::function<void()> &body, unsigned n, const dim3 
         t.tid = uint3{i % bd.x, (i / bd.x) % bd.y, i / (bd.x * bd.y)};
         t.state = 0;
         t.pdl_waited = false;
+        t.cp_n = t.cp_groups = 0;
         t.out[3] = 0;
         void **sp = (void **)g_stacks.top(i);
         *--sp = nullptr;               /* the entry's return address slot: keeps the ABI alignment */
@@ -634,6 +637,29 @@ void prefetch(const void *p) {
     g_prefetches++;
 }
 unsigned long prefetches(void) { return g_prefetches.load(); }
+
+void cp_async(void *dst, const void *src, unsigned bytes) {
+    fiber *f = g_cur;
+    if (bytes != 4 && bytes != 8 && bytes != 16) fault("cp.async of %u bytes (4, 8 or 16)", bytes);
+    if ((uintptr_t)dst % bytes || (uintptr_t)src % bytes)
+        fault("cp.async of %u bytes from %p to %p: not aligned to its size", bytes, src, dst);
+    const alloc *a = find_alloc(src, bytes, nullptr);
+    if (!a || a->host) fault("cp.async from %p (%u bytes), which is not in one device allocation", src, bytes);
+    if (f->cp_n == sizeof f->cp / sizeof f->cp[0]) fault("thread %u: more than %zu cp.async copies pending", f->lin,
+                                                         sizeof f->cp / sizeof f->cp[0]);
+    f->cp[f->cp_n++] = fiber::cp_op{dst, src, bytes, f->cp_groups};
+}
+void cp_commit(void) { g_cur->cp_groups++; }
+void cp_wait(unsigned n) {
+    fiber *f = g_cur;
+    unsigned keep = 0;
+    for (unsigned i = 0; i < f->cp_n; i++) {
+        fiber::cp_op &op = f->cp[i];
+        if (op.group + n < f->cp_groups) memcpy(op.dst, op.src, op.bytes); /* complete */
+        else f->cp[keep++] = op; /* one of the newest n groups, or not committed */
+    }
+    f->cp_n = keep;
+}
 
 /* a copy's pointers: each that the kind names device memory must lie in one
  * device allocation, with all its bytes */

@@ -106,6 +106,16 @@ struct fiber {
     unsigned lin = 0;        /* linear index in the block */
     int state = 0;           /* 0 ready, 1 waiting, 2 exited */
     bool pdl_waited = false; /* called ampr_emu_pdl_wait (griddepcontrol.wait) */
+    /* cp.async copies issued and not yet complete (ampr_emu_cp_async), each
+     * with the group it is committed to: they are done at the
+     * cp.async.wait_group that covers their group, so a read of the
+     * destination before that sees the old bytes */
+    struct cp_op {
+        void *dst;
+        const void *src;
+        unsigned bytes, group;
+    } cp[64];
+    unsigned cp_n = 0, cp_groups = 0; /* copies pending, groups committed */
     uint64_t in[12];         /* a collective's inputs */
     uint64_t out[4];         /* and outputs */
 };
@@ -131,6 +141,13 @@ void fault(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn))
  * counts it (prefetches()) */
 void prefetch(const void *p);
 unsigned long prefetches(void);
+/* cp.async of bytes (4, 8 or 16) from src (device memory, the whole range in
+ * one allocation, aligned to bytes) to dst (aligned to bytes): queued on the
+ * thread; cp_commit closes the group; cp_wait(n) does the copies of all but
+ * the newest n groups (cuda_emu.cc) */
+void cp_async(void *dst, const void *src, unsigned bytes);
+void cp_commit(void);
+void cp_wait(unsigned n);
 /* kernels run so far (launches and graph replays; a test's way to see that a
  * fused path launched one kernel where the other launches two) */
 unsigned long kernels_run(void);
@@ -250,6 +267,12 @@ static inline void ampr_emu_pdl_wait(void) { ::ampr_emu::g_cur->pdl_waited = tru
  * checked (on a GPU a prefetch of unmapped memory is not promised to be
  * harmless) and counted */
 static inline void ampr_emu_prefetch_l2(const void *p) { ::ampr_emu::prefetch(p); }
+/* cp.async.ca.shared.global, cp.async.commit_group, cp.async.wait_group */
+static inline void ampr_emu_cp_async(void *dst, const void *src, unsigned bytes) {
+    ::ampr_emu::cp_async(dst, src, bytes);
+}
+static inline void ampr_emu_cp_commit(void) { ::ampr_emu::cp_commit(); }
+static inline void ampr_emu_cp_wait(unsigned n) { ::ampr_emu::cp_wait(n); }
 
 /* mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 as the PTX ISA lays its
  * fragments out (a: 4 registers of fp16 pairs, b: 2, c/d: 4 floats a lane) */

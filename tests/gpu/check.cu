@@ -743,6 +743,56 @@ static void check_gemv_swiglu(void) {
                 }
 }
 
+/* NF4's tensor-core GEMV with its weights through the cp.async ring
+ * (AMPR__CUDA_NF4_RING; 4 and 8 stages, and as chosen by size) against the
+ * register kernel it replaces: the same blocks in the same order, so the
+ * same floats, bit for bit; matmul and fused SwiGLU, on shapes whose warps
+ * run fewer blocks than the ring's stages, more (the ring wraps), one
+ * block a row (cols 64) and a last tile of fewer than 16 rows */
+static void check_nf4_ring(void) {
+    char name[128];
+    struct Shape { int64_t rows, cols; } shapes[] = {{1004, 512}, {96, 2048}, {8453, 64}, {40, 4096}, {2048, 256}};
+    for (const Shape &sh : shapes)
+        for (int32_t n : {1, 3, 8}) {
+            if ((size_t)n * (size_t)(sh.cols * 2 + 8) > 48 * 1024) continue; /* x not staged: no ring */
+            HostMat hm;
+            ampr__cuda_mat dm;
+            random_mat(hm, dm, AMPR__Q_NF4, sh.rows, sh.cols, 0.2f);
+            auto x = rnd_vec((size_t)(n * sh.cols), -1, 1);
+            float *dx = (float *)dev_put(x.data(), x.size() * 4);
+            size_t ny = (size_t)(n * sh.rows);
+            float *dy = (float *)dev_put(NULL, ny * 4), *dgu = (float *)dev_put(NULL, ny * 4);
+            float *dh = (float *)dev_put(NULL, ny / 2 * 4);
+            MmaScope mma(1);
+            SwitchScope fuse(AMPR__CUDA_FUSE, 1);
+            /* out[0]: the matmul, out[1]: SwiGLU fused (rows as gate/up pairs) */
+            auto run = [&](int ring, int stages, std::vector<float> (&out)[2]) {
+                SwitchScope sw(AMPR__CUDA_NF4_RING, ring);
+                ampr__cuda_set_nf4_ring(g_c, stages);
+                OK(ampr__cuda_matmul(g_c, &dm, dx, n, dy, sh.rows, &g_err));
+                out[0] = dev_get<float>(dy, ny);
+                OK(ampr__cuda_matmul_swiglu(g_c, &dm, dx, n, dgu, dh, &g_err));
+                out[1] = dev_get<float>(dh, ny / 2);
+                ampr__cuda_set_nf4_ring(g_c, 0);
+            };
+            std::vector<float> ref[2], got[2];
+            run(0, 0, ref);
+            for (int stages : {0, 4, 8}) {
+                run(1, stages, got);
+                for (int f = 0; f < 2; f++) {
+                    long mism = 0;
+                    for (size_t e = 0; e < ref[f].size(); e++) mism += memcmp(&ref[f][e], &got[f][e], 4) != 0;
+                    snprintf(name, sizeof name, "nf4 ring%s S %s %lldx%lld n=%d == registers", f ? "+swiglu" : "",
+                             stages == 4 ? "4" : stages == 8 ? "8" : "auto", (long long)sh.rows, (long long)sh.cols, n);
+                    report_exact(name, mism, (long)ref[f].size());
+                }
+            }
+            void *bufs[] = {dx, dy, dgu, dh};
+            for (void *b : bufs) ampr__cuda_free(g_c, b);
+            ampr__cuda_mat_free(g_c, &dm);
+        }
+}
+
 static void check_embed_matmul(void) {
     char name[128];
     int64_t vocab = 300, dim = 256;
@@ -1087,6 +1137,9 @@ static void check_prefetch(void) {
                     unsigned long pf[2] = {0, 0}; /* lines prefetched without, with */
 #endif
                     MmaScope sw_mma(mma);
+                    /* the ring kernel has no prefetch: its first copies are
+                     * issued before its PDL wait whatever the switch says */
+                    SwitchScope no_ring(AMPR__CUDA_NF4_RING, 0);
                     for (int on = 0; on < 2; on++) {
                         SwitchScope sw(AMPR__CUDA_PREFETCH, on);
 #ifdef AMPR_CUDA_EMU
@@ -2166,11 +2219,12 @@ static void bench(void) {
                    on_ms / steps, off_ms / steps, off_ms / on_ms);
         };
         { /* every decode switch that is off by default, on together */
-            const ampr__cuda_switch off_sw[] = {AMPR__CUDA_FUSE, AMPR__CUDA_FUSE_TAIL, AMPR__CUDA_PREFETCH};
+            const ampr__cuda_switch off_sw[] = {AMPR__CUDA_FUSE, AMPR__CUDA_FUSE_TAIL, AMPR__CUDA_PREFETCH,
+                                                AMPR__CUDA_NF4_RING};
             std::vector<std::unique_ptr<SwitchScope>> on;
             for (ampr__cuda_switch w : off_sw) on.emplace_back(new SwitchScope(w, 1));
             double alt_ms = decode_ms(s, 1);
-            printf("%s decode step, with AMPR_CUDA_FUSE, _FUSE_TAIL and _PREFETCH on%s %.3f ms "
+            printf("%s decode step, with AMPR_CUDA_FUSE, _FUSE_TAIL, _PREFETCH and _NF4_RING on%s %.3f ms "
                    "vs as opened %.3f ms: %.2fx\n", fmt_name(t), pdl, alt_ms / steps, dec_ms / steps,
                    dec_ms / alt_ms);
         }
@@ -2179,6 +2233,7 @@ static void bench(void) {
         ab(AMPR__CUDA_FUSE_TAIL, "add+RMSNorm and RoPE+KV done by the matmul before them");
         ab(AMPR__CUDA_PREFETCH, "weights prefetched into L2 before each GEMV's wait");
         if (t == AMPR__Q_NF4) ab(AMPR__CUDA_NF4_MMA, "GEMV on tensor cores");
+        if (t == AMPR__Q_NF4) ab(AMPR__CUDA_NF4_RING, "tensor-core GEMV's weights through a cp.async ring");
         if (t == AMPR__Q_F16) { /* the other prefill attention kernel, side by side */
             SwitchScope sw(AMPR__CUDA_ATT_MMA, flipped(AMPR__CUDA_ATT_MMA));
             double alt_ms = time_ms([&] { OK(ampr__cuda_forward(s, toks.data(), np, 0, 0, &g_err)); }, 3);
@@ -2266,19 +2321,26 @@ static void bench_gemv(const char *only) {
         printf(" %8.1f (%6.0f)\n", sum_us, sum_bytes / (sum_us * 1e-6) / 1e9);
     };
     /* lt: every n on cuBLASLt (gemv_max 0), the GEMVs' alternative */
-    struct Path { int f; const char *name; int mma, batch, lt; } paths[] = {
-        {0, "as opened", -1, -1, 0}, {0, "cuBLASLt", -1, -1, 1}, {1, "as opened", -1, -1, 0},
-        {1, "cuBLASLt", -1, -1, 1}, {2, "fp32 GEMV / cuBLASLt", 0, 0, 0}, {2, "tensor cores", 1, 1, 0},
-        {2, "as opened", -1, -1, 0}};
+    /* ring: -1 as opened, else AMPR__CUDA_NF4_RING on with that many stages (0: by size) */
+    struct Path { int f; const char *name; int mma, batch, lt, ring; } paths[] = {
+        {0, "as opened", -1, -1, 0, -1}, {0, "cuBLASLt", -1, -1, 1, -1}, {1, "as opened", -1, -1, 0, -1},
+        {1, "cuBLASLt", -1, -1, 1, -1}, {2, "fp32 GEMV / cuBLASLt", 0, 0, 0, -1},
+        {2, "tensor cores", 1, 1, 0, -1}, {2, "tensor cores, ring", 1, 1, 0, 0},
+        {2, "tensor cores, ring S 4", 1, 1, 0, 4}, {2, "tensor cores, ring S 8", 1, 1, 0, 8},
+        {2, "as opened", -1, -1, 0, -1}};
     for (const Path &pa : paths) {
-        if ((only && strcmp(only, fmt_name(k_fmts[pa.f]))) || (prof && (pa.lt || (pa.mma < 0 && pa.f == 2))))
+        if ((only && strcmp(only, fmt_name(k_fmts[pa.f]))) ||
+            (prof && (pa.lt || (pa.mma < 0 && pa.f == 2) || pa.ring > 0)))
             continue;
-        std::unique_ptr<SwitchScope> m, b;
+        std::unique_ptr<SwitchScope> m, b, r;
         if (pa.mma >= 0) m.reset(new SwitchScope(AMPR__CUDA_NF4_MMA, pa.mma));
         if (pa.batch >= 0) b.reset(new SwitchScope(AMPR__CUDA_NF4_BATCH, pa.batch));
+        if (pa.ring >= 0) r.reset(new SwitchScope(AMPR__CUDA_NF4_RING, 1));
+        ampr__cuda_set_nf4_ring(g_c, pa.ring > 0 ? pa.ring : 0);
         if (pa.lt) ampr__cuda_set_gemv_max(g_c, 0);
         for (int i = 0; i < NS; i++) time_row(pa.f, pa.name, prof ? ns_prof[i] : ns[i]);
         ampr__cuda_set_gemv_max(g_c, 8); /* the default */
+        ampr__cuda_set_nf4_ring(g_c, 0);
     }
     /* the one-token fp32 NF4 GEMV in each of its shapes (ampr__cuda_set_nf4_gemv1) */
     for (int ru : {21, 22, 24, 41, 42, 44}) {
@@ -2349,6 +2411,7 @@ int main(int argc, char **argv) {
         check_temp_draw();
         check_embed_matmul();
         check_gemv_swiglu();
+        check_nf4_ring();
         check_prefetch();
         check_addnorm();
         check_rope_tail();

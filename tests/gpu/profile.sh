@@ -24,9 +24,11 @@ if [ "${2:-}" = 8b ]; then
     # check --gemv nf4 with AMPR_CHECK_GEMV_PROFILE=1 runs each matrix (wqkv, wo,
     # w_gu, w_down, output) twice at 1 and 4 tokens: on the fp32 GEMVs
     # (gemv1_kernel, 1 token; gemv_nf4_kernel, 4), then on tensor cores
-    # (gemv_nf4_mma_kernel, both). Every launch: its own line, the stall reasons
-    # that take the most of a warp's cycles between two issues.
-    for spec in "gemv1_kernel 10" "gemv_nf4_kernel 10" "gemv_nf4_mma_kernel 20"; do
+    # (gemv_nf4_mma_kernel, both), then the same with the weights through the
+    # cp.async ring (gemv_nf4_ring_kernel, AMPR_CUDA_NF4_RING). Every launch: its
+    # own line, the stall reasons that take the most of a warp's cycles between
+    # two issues.
+    for spec in "gemv1_kernel 10" "gemv_nf4_kernel 10" "gemv_nf4_mma_kernel 20" "gemv_nf4_ring_kernel 20"; do
         # shellcheck disable=SC2086 # two words
         set -- $spec
         rep="$out/ncu-8b-nf4-$1"
