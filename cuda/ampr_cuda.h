@@ -80,6 +80,15 @@ void ampr__cuda_set_nf4_gemv1(ampr__cuda *c, int ru);
  * or 8; 0 (the default, and any other value): 8 while the ring and the
  * staged x take at most 64 KB of shared memory, else 4. */
 void ampr__cuda_set_nf4_ring(ampr__cuda *c, int stages);
+/* A probe for the GPU check: every kernel whose launch name contains `name`
+ * (e.g. "rmsnorm_kernel", "attention") is launched twice from now on, so that
+ * a decode step's time with it, less the time without, is that kernel's cost
+ * inside the step (its run and its boundary with the next kernel, as the
+ * graph replays them). The second launch sees the first one's output as its
+ * input where the kernel writes in place, so the values are not meant to be
+ * used. NULL or "" stops it. Returns the launches that matched since the
+ * previous call. */
+unsigned long ampr__cuda_set_twice(ampr__cuda *c, const char *name);
 /* NF4 on cuBLASLt (prefill) dequantizes a chunk of rows at a time: the
  * scratch elements a rows x cols matrix needs (ampr__cuda_reserve's
  * nf4_elems), and the rows of a chunk (0: by size, 16 MB of fp16; the GPU

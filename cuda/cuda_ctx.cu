@@ -157,6 +157,14 @@ void ampr__cuda_set_nf4_ring(ampr__cuda *c, int stages) {
     c->nf4_ring = stages == 4 || stages == 8 ? stages : 0;
 }
 
+unsigned long ampr__cuda_set_twice(ampr__cuda *c, const char *name) {
+    c->scratch_gen++; /* captured graphs launched each kernel as the old name said */
+    unsigned long n = c->twice_launches;
+    c->twice_launches = 0;
+    snprintf(c->twice, sizeof c->twice, "%s", name ? name : "");
+    return n;
+}
+
 const char *ampr__cuda_switch_env(ampr__cuda_switch s) {
     static const char *const names[AMPR__CUDA_N_SWITCHES] = {
         "AMPR_CUDA_NF4_MMA", "AMPR_CUDA_ATT_MMA", "AMPR_CUDA_ATT_DEC", "AMPR_CUDA_FUSE",

@@ -2234,6 +2234,30 @@ static void bench(void) {
         ab(AMPR__CUDA_PREFETCH, "weights prefetched into L2 before each GEMV's wait");
         if (t == AMPR__Q_NF4) ab(AMPR__CUDA_NF4_MMA, "GEMV on tensor cores");
         if (t == AMPR__Q_NF4) ab(AMPR__CUDA_NF4_RING, "tensor-core GEMV's weights through a cp.async ring");
+        { /* where the step's time goes: each kind of kernel launched twice
+           * (ampr__cuda_set_twice), the step's time less the default's is
+           * what that kernel costs inside the replayed graph, its boundary
+           * with the next kernel included; the launches a step counted on
+           * one eager step */
+            const char *probes[] = {"gemv", "rmsnorm_kernel", "rope_kv_kernel", "attention", "swiglu_kernel",
+                                    "add_kernel", "embed_kernel", "argmax_kernel"};
+            printf("%s decode step %.3f ms; each kernel's cost in it (launched twice, less the step):", fmt_name(t),
+                   dec_ms / steps);
+            double sum_us = 0;
+            for (const char *pr : probes) {
+                ampr__cuda_set_twice(g_c, pr);
+                OK(ampr__cuda_decode_set(s, 1, np, &g_err));
+                OK(ampr__cuda_decode(s, 1, 0, &g_err));
+                OK(ampr__cuda_sync(g_c, &g_err));
+                unsigned long k = ampr__cuda_set_twice(g_c, pr); /* the count; probing goes on */
+                double us = 1e3 * (decode_ms(s, 1) - dec_ms) / steps;
+                ampr__cuda_set_twice(g_c, NULL);
+                if (!k) continue;
+                sum_us += us;
+                printf(" %s x%lu %+.1f us,", pr, k, us);
+            }
+            printf(" together %.1f us of %.1f\n", sum_us, 1e3 * dec_ms / steps);
+        }
         if (t == AMPR__Q_F16) { /* the other prefill attention kernel, side by side */
             SwitchScope sw(AMPR__CUDA_ATT_MMA, flipped(AMPR__CUDA_ATT_MMA));
             double alt_ms = time_ms([&] { OK(ampr__cuda_forward(s, toks.data(), np, 0, 0, &g_err)); }, 3);
