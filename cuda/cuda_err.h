@@ -166,24 +166,73 @@ __device__ __forceinline__ float ampr__block_sum(float v, float *red) {
  * rmsnorm(x) * w. One body for rmsnorm_kernel and the matmuls that end with
  * the norm (AMPR_CUDA_FUSE_TAIL), so that both give the same floats with the
  * same block size. y is read through L2 (__ldcg): in the fused case other
- * blocks of the same kernel wrote it. y and out may be the same row. */
+ * blocks of the same kernel wrote it. y and out may be the same row.
+ * BD > 0 (rmsnorm_kernel, launched with BD threads): rows of up to BD x
+ * AMPR__NORM_REG elements are held in registers, and a thread issues all its
+ * loads of x, y and w before any store, so they are in flight together (one
+ * trip to memory; BD a constant, so their addresses are one base and
+ * constant offsets).
+ * Written as one loop (load, add, store, next element), each element waits
+ * for the one before it, because the store might alias the next loads: 2 x
+ * dim / blockDim trips a row, 32 at dim 4096 with 256 threads. The fused
+ * tails (BD 0: a __noinline__ function the GEMVs call) take that loop: held in
+ * registers there, the row would raise every GEMV's register count to the
+ * tail's. Both visit a thread's elements in the same order: the same floats. */
+#define AMPR__NORM_REG 16
+/* rmsnorm_kernel's threads; the GEMVs whose last block does the norm
+ * (ampr__tail_last) run this many too, so both reduce alike */
+#define AMPR__NORM_THREADS 256
+template <int BD>
 __device__ __forceinline__ void ampr__add_rmsnorm_row(float *xr, const float *yr,
                                                       const float *__restrict__ w, float *o,
                                                       int32_t dim, float eps, float *red) {
+    const int32_t bd = BD > 0 ? BD : (int32_t)blockDim.x, tid = (int32_t)threadIdx.x;
     float ss = 0.0f;
+    if (BD > 0 && dim <= BD * AMPR__NORM_REG) {
+        float v[AMPR__NORM_REG], wv[AMPR__NORM_REG];
+#pragma unroll
+        for (int k = 0; k < AMPR__NORM_REG; k++) {
+            int32_t j = tid + k * bd;
+            v[k] = j < dim ? xr[j] : 0.0f;
+            wv[k] = j < dim ? w[j] : 0.0f;
+        }
+        if (yr) {
+#pragma unroll
+            for (int k = 0; k < AMPR__NORM_REG; k++) {
+                int32_t j = tid + k * bd;
+                if (j < dim) v[k] += __ldcg(yr + j);
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < AMPR__NORM_REG; k++) {
+            int32_t j = tid + k * bd;
+            if (j >= dim) continue;
+            if (yr) xr[j] = v[k];
+            ss += v[k] * v[k];
+        }
+        ss = ampr__block_sum(ss, red);
+        ss = ss / (float)dim + eps;
+        float inv = 1.0f / sqrtf(ss);
+#pragma unroll
+        for (int k = 0; k < AMPR__NORM_REG; k++) {
+            int32_t j = tid + k * bd;
+            if (j < dim) o[j] = wv[k] * (inv * v[k]);
+        }
+        return;
+    }
     if (yr) {
-        for (int32_t j = threadIdx.x; j < dim; j += blockDim.x) {
+        for (int32_t j = tid; j < dim; j += bd) {
             float v = xr[j] + __ldcg(yr + j);
             xr[j] = v;
             ss += v * v;
         }
     } else {
-        for (int32_t j = threadIdx.x; j < dim; j += blockDim.x) ss += xr[j] * xr[j];
+        for (int32_t j = tid; j < dim; j += bd) ss += xr[j] * xr[j];
     }
     ss = ampr__block_sum(ss, red);
     ss = ss / (float)dim + eps;
     float inv = 1.0f / sqrtf(ss);
-    for (int32_t j = threadIdx.x; j < dim; j += blockDim.x) o[j] = w[j] * (inv * xr[j]);
+    for (int32_t j = tid; j < dim; j += bd) o[j] = w[j] * (inv * xr[j]);
 }
 
 /* ---- paged KV ---------------------------------------------------------------- */
@@ -288,7 +337,7 @@ static __device__ __noinline__ void ampr__tail_last(ampr__tail t, float *y, int3
     __threadfence();
     if (t.kind == AMPR__TAIL_ADDNORM) {
         for (int32_t i = 0; i < n; i++)
-            ampr__add_rmsnorm_row(t.r + (size_t)i * dim, y + (size_t)i * dim, t.w, y + (size_t)i * dim, dim,
+            ampr__add_rmsnorm_row<0>(t.r + (size_t)i * dim, y + (size_t)i * dim, t.w, y + (size_t)i * dim, dim,
                                   t.eps, red);
     } else {
         size_t total = (size_t)n * (size_t)(t.nq + 2 * t.nkv) * (size_t)(t.hd / 2);

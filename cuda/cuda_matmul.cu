@@ -36,6 +36,7 @@ __constant__ float k_nf4[16] = {
     0.44070982251167297f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
 
 #define GEMV_WARPS 8
+static_assert(GEMV_WARPS * 32 == AMPR__NORM_THREADS, "a fused norm tail (ampr__tail_last) reduces as rmsnorm_kernel does");
 
 /* ---- small kernels ------------------------------------------------------- */
 

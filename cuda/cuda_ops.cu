@@ -64,13 +64,14 @@ __global__ void rmsnorm_kernel(float *x, const float *y, const float *__restrict
     AMPR__PDL_ENTER();
     __shared__ float red[32];
     size_t o = (size_t)blockIdx.x * dim;
-    ampr__add_rmsnorm_row(x + o, y ? y + o : NULL, w, out + o, dim, eps, red);
+    ampr__add_rmsnorm_row<AMPR__NORM_THREADS>(x + o, y ? y + o : NULL, w, out + o, dim, eps, red);
 }
 
 ampr_status ampr__cuda_add_rmsnorm(ampr__cuda *c, float *x, const float *y, const float *w,
                                    float *out, int32_t n, int32_t dim, float eps, ampr__err *err) {
     if (n <= 0) return AMPR_OK;
-    ampr__launch(c, "rmsnorm_kernel", rmsnorm_kernel, (unsigned)n, 256, 0, x, y, w, out, dim, eps);
+    ampr__launch(c, "rmsnorm_kernel", rmsnorm_kernel, (unsigned)n, AMPR__NORM_THREADS, 0, x, y, w, out, dim,
+                 eps);
     AMPR__CU_LAUNCHED(err, "rmsnorm");
     return AMPR_OK;
 }
@@ -1269,17 +1270,33 @@ ampr_status ampr__cuda_penalize(ampr__cuda *c, float *x, int32_t cols, const amp
 
 /* ---- argmax ------------------------------------------------------------------- */
 
-__global__ void argmax_kernel(const float *__restrict__ x, int32_t cols, int32_t *out) {
+/* One block a row (the greedy token of a decode step: the row is 128 K
+ * logits at the 8B shape). A thread loads ARGMAX_U of its elements at once
+ * and then compares them: as a loop of one load and one compare, each
+ * element waited for the one before it (a row of 128256 over 256 threads:
+ * 501 trips to memory in a row). The largest value with the smallest index
+ * wins whatever the order or the block size. */
+#define ARGMAX_THREADS 1024
+#define ARGMAX_U 8
+__global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(const float *__restrict__ x, int32_t cols,
+                                                                int32_t *out) {
     AMPR__PDL_ENTER();
     __shared__ float sv[32];
     __shared__ int32_t si[32];
     const float *xr = x + (size_t)blockIdx.x * cols;
+    const int32_t bd = ARGMAX_THREADS;
     float best = -INFINITY;
     int32_t bi = cols; /* "none yet": loses every tie below */
-    for (int32_t j = threadIdx.x; j < cols; j += blockDim.x) {
-        float v = xr[j];
-        if (v != v) v = -INFINITY; /* a NaN never wins (ampr__argmax's rule) */
-        if (v > best || (bi == cols && !(v < best))) { best = v; bi = j; }
+    for (int32_t j0 = (int32_t)threadIdx.x; j0 < cols; j0 += ARGMAX_U * bd) {
+        float v[ARGMAX_U];
+#pragma unroll
+        for (int u = 0; u < ARGMAX_U; u++) v[u] = j0 + u * bd < cols ? xr[j0 + u * bd] : -INFINITY;
+#pragma unroll
+        for (int u = 0; u < ARGMAX_U; u++) { /* this thread's elements in ascending order */
+            int32_t j = j0 + u * bd;
+            float a = v[u] != v[u] ? -INFINITY : v[u]; /* a NaN never wins (ampr__argmax's rule) */
+            if (j < cols && (a > best || (bi == cols && !(a < best)))) { best = a; bi = j; }
+        }
     }
     for (int off = 16; off > 0; off >>= 1) {
         float ov = __shfl_xor_sync(0xffffffffu, best, off);
@@ -1304,7 +1321,7 @@ __global__ void argmax_kernel(const float *__restrict__ x, int32_t cols, int32_t
 ampr_status ampr__cuda_argmax(ampr__cuda *c, const float *x, int32_t n, int32_t cols,
                               int32_t *d_out, ampr__err *err) {
     if (n <= 0) return AMPR_OK;
-    ampr__launch(c, "argmax_kernel", argmax_kernel, (unsigned)n, 256, 0, x, cols, d_out);
+    ampr__launch(c, "argmax_kernel", argmax_kernel, (unsigned)n, ARGMAX_THREADS, 0, x, cols, d_out);
     AMPR__CU_LAUNCHED(err, "argmax");
     return AMPR_OK;
 }

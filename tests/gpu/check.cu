@@ -340,6 +340,50 @@ static void check_elementwise(void) {
     for (void *b : bufs) ampr__cuda_free(g_c, b);
 }
 
+/* The greedy token (ampr__cuda_argmax) against the host's rule (NaN as
+ * -inf, the largest value, the lowest index among equals; a row of NaN
+ * gives 0) on 128k-wide rows whose ties sit within one thread's elements
+ * (8 x 1024 apart) and across threads, with NaN, +-inf, and a 5-wide row */
+static void check_argmax(void) {
+    for (int32_t cols : {128256, 5}) {
+        const int32_t rows = cols > 5 ? 6 : 1;
+        auto lg = rnd_vec((size_t)rows * cols, -5, 5);
+        auto at = [&](int32_t r, int32_t j) -> float & { return lg[(size_t)r * cols + j]; };
+        const float nan = NAN, inf = INFINITY;
+        if (cols > 5) {
+            at(0, 131 + 8192) = 9.0f, at(0, 131) = 9.0f;
+            at(1, 1024) = 9.0f, at(1, 1023) = 9.0f;
+            for (int32_t j = 0; j < cols; j++) at(2, j) = nan;
+            for (int32_t j = 0; j < cols; j++) at(3, j) = j % 3 ? nan : -inf;
+            at(3, 100000) = -1e30f;
+            at(4, 90000) = inf, at(4, 70000) = inf, at(4, 5) = nan;
+            at(5, cols - 1) = 6.0f;
+        } else {
+            float row[5] = {nan, 1.0f, 3.0f, 3.0f, nan};
+            for (int32_t j = 0; j < 5; j++) at(0, j) = row[j];
+        }
+        float *dl = (float *)dev_put(lg.data(), lg.size() * 4);
+        int32_t *dam = (int32_t *)dev_put(NULL, (size_t)rows * 4);
+        OK(ampr__cuda_argmax(g_c, dl, rows, cols, dam, &g_err));
+        auto am = dev_get<int32_t>(dam, (size_t)rows);
+        long bad = 0;
+        for (int32_t r = 0; r < rows; r++) {
+            int32_t bi = 0;
+            float best = -INFINITY;
+            for (int32_t j = 0; j < cols; j++) {
+                float a = at(r, j) != at(r, j) ? -INFINITY : at(r, j);
+                if (a > best) best = a, bi = j;
+            }
+            bad += am[(size_t)r] != bi;
+        }
+        char name[96];
+        snprintf(name, sizeof name, "argmax [%d][%d] (ties, NaN, inf)", rows, cols);
+        report_exact(name, bad, rows);
+        ampr__cuda_free(g_c, dl);
+        ampr__cuda_free(g_c, dam);
+    }
+}
+
 /* ampr__cuda_topk_cands on the rows x (cols wide) for req, lists m_max
  * long: the lists, the verdicts and a nucleus's masses, on the host. */
 struct cand_lists {
@@ -369,6 +413,48 @@ static cand_lists device_cands(int32_t cols, const std::vector<float> &x,
  * masks, a NaN, +inf, k = 1 at a low temperature, a row where 2000 values
  * tie at the m-th (the device gives up: 0), m = cols. Lists must match id
  * for id and bit for bit, and the verdicts too. */
+/* The residual add and norm of each row (ampr__cuda_add_rmsnorm: x += y,
+ * written back, then out = rmsnorm(x) * w), as decode calls it (out is y's
+ * rows) and without y, on rows held in registers (up to 4096: 16 a thread)
+ * and longer ones (the loop), against the host in double */
+static void check_add_rmsnorm(void) {
+    char name[96];
+    const int32_t n = 3;
+    for (int32_t dim : {1000, 4096, 4100, 8192})
+        for (int add = 0; add < 2; add++) {
+            auto x = rnd_vec((size_t)n * dim, -2, 2), y = rnd_vec((size_t)n * dim, -1, 1);
+            auto w = rnd_vec((size_t)dim, 0.5f, 1.5f);
+            float *dx = (float *)dev_put(x.data(), x.size() * 4), *dw = (float *)dev_put(w.data(), w.size() * 4);
+            float *dy = (float *)dev_put(y.data(), y.size() * 4);
+            float *dout = add ? dy : (float *)dev_put(NULL, x.size() * 4);
+            OK(ampr__cuda_add_rmsnorm(g_c, dx, add ? dy : NULL, dw, dout, n, dim, 1e-5f, &g_err));
+            auto got = dev_get<float>(dout, x.size()), gx = dev_get<float>(dx, x.size());
+            std::vector<double> ref(x.size());
+            long xbad = 0;
+            for (int32_t i = 0; i < n; i++) {
+                double ss = 0;
+                for (int32_t j = 0; j < dim; j++) {
+                    size_t e = (size_t)i * dim + j;
+                    float v = add ? x[e] + y[e] : x[e];
+                    xbad += memcmp(&v, &gx[e], 4) != 0;
+                    ss += (double)v * v;
+                }
+                double inv = 1.0 / sqrt(ss / dim + 1e-5);
+                for (int32_t j = 0; j < dim; j++) {
+                    size_t e = (size_t)i * dim + j;
+                    ref[e] = w[j] * inv * (double)(add ? x[e] + y[e] : x[e]);
+                }
+            }
+            snprintf(name, sizeof name, "%s [%d][%d]", add ? "add+rmsnorm, out = y" : "rmsnorm", n, dim);
+            report(name, got.data(), ref.data(), ref.size(), 1e-5);
+            snprintf(name, sizeof name, "%s [%d][%d]: x", add ? "add+rmsnorm, out = y" : "rmsnorm", n, dim);
+            report_exact(name, xbad, (long)x.size());
+            void *bufs[] = {dx, dw, dy, add ? NULL : dout};
+            for (void *b : bufs)
+                if (b) ampr__cuda_free(g_c, b);
+        }
+}
+
 static void check_topk_cands(void) {
     const int32_t cols = 32000, rows = 7;
     std::vector<float> x((size_t)rows * cols);
@@ -2429,6 +2515,8 @@ int main(int argc, char **argv) {
     }
     if (!bench_only) {
         check_elementwise();
+        check_add_rmsnorm();
+        check_argmax();
         check_topk_cands();
         check_nucleus_cands();
         check_row_monitor();
