@@ -981,6 +981,21 @@ __device__ __forceinline__ float exp_det(float d) {
 
 #define CAND_THREADS 1024
 #define CAND_EQ_MAX 1024 /* more values equal to the m-th: the row is needed */
+/* Elements a thread loads before it counts, gathers or sums them: one trip to
+ * memory for CAND_U (each pass over a 128k row: 16 trips, not 125); a
+ * thread's elements are taken in the same order either way */
+#define CAND_U 8
+
+/* The CAND_U elements of this thread's batch at j0: j0 + u * CAND_THREADS
+ * (0 past the row, whose index says so) */
+__device__ __forceinline__ void cand_load(const float *__restrict__ xr, int32_t cols, int32_t j0,
+                                          float (&v)[CAND_U]) {
+#pragma unroll
+    for (int u = 0; u < CAND_U; u++) {
+        int32_t j = j0 + u * CAND_THREADS;
+        v[u] = j < cols ? xr[j] : 0.0f;
+    }
+}
 
 __device__ __forceinline__ uint32_t cand_key(float v) {
     if (v != v) v = -INFINITY;
@@ -989,7 +1004,7 @@ __device__ __forceinline__ uint32_t cand_key(float v) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-__global__ void __launch_bounds__(CAND_THREADS)
+__global__ void __launch_bounds__(CAND_THREADS, 1) /* up to 64 registers: one row a block, few rows */
 topk_cands_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_cand_req *__restrict__ req,
                   int32_t m_max, float *__restrict__ vals, int32_t *__restrict__ ids,
                   int32_t *__restrict__ n_out, double *__restrict__ mass) {
@@ -1018,16 +1033,22 @@ topk_cands_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_ca
         for (int b = tid; b < 256; b += (int)blockDim.x) hist[b] = 0;
         __syncthreads();
         const uint32_t prefix = s_prefix, mask = s_mask;
-        /* whole warps per step, so that every lane takes part in the match */
-        for (int32_t j0 = tid - lane; j0 < cols; j0 += (int32_t)blockDim.x) {
-            int32_t j = j0 + lane;
-            uint32_t bin = 256; /* none */
-            if (j < cols) {
-                uint32_t key = cand_key(xr[j]);
-                if ((key & mask) == prefix) bin = (key >> shift) & 255u;
+        /* whole warps per step (j0 - tid the same for a warp's lanes), so
+         * that every lane takes part in the match */
+        for (int32_t j0 = tid; j0 - lane < cols; j0 += CAND_U * CAND_THREADS) {
+            float v[CAND_U];
+            cand_load(xr, cols, j0, v);
+#pragma unroll
+            for (int u = 0; u < CAND_U; u++) {
+                int32_t j = j0 + u * CAND_THREADS;
+                uint32_t bin = 256; /* none */
+                if (j < cols) {
+                    uint32_t key = cand_key(v[u]);
+                    if ((key & mask) == prefix) bin = (key >> shift) & 255u;
+                }
+                unsigned peers = __match_any_sync(0xffffffffu, bin);
+                if (bin < 256 && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (uint32_t)__popc(peers));
             }
-            unsigned peers = __match_any_sync(0xffffffffu, bin);
-            if (bin < 256 && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (uint32_t)__popc(peers));
         }
         __syncthreads();
         if (tid == 0) { /* the bin holding the need-th largest, from the top */
@@ -1042,17 +1063,24 @@ topk_cands_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_ca
     }
     const uint32_t T = s_prefix;
     const int32_t take_eq = s_need; /* >= 1: how many of the keys equal to T */
-    for (int32_t j = tid; j < cols; j += (int32_t)blockDim.x) {
-        float v = xr[j];
-        uint32_t key = cand_key(v);
-        if (key > T) {
-            int32_t p = atomicAdd(&s_above, 1);
-            cv[p] = v;
-            ci[p] = j;
-            ck[p] = key;
-        } else if (key == T) {
-            int32_t p = atomicAdd(&s_eq, 1);
-            if (p < CAND_EQ_MAX) eq[p] = j;
+    for (int32_t j0 = tid; j0 < cols; j0 += CAND_U * CAND_THREADS) {
+        float vb[CAND_U];
+        cand_load(xr, cols, j0, vb);
+#pragma unroll
+        for (int u = 0; u < CAND_U; u++) {
+            int32_t j = j0 + u * CAND_THREADS;
+            if (j >= cols) break;
+            float v = vb[u];
+            uint32_t key = cand_key(v);
+            if (key > T) {
+                int32_t p = atomicAdd(&s_above, 1);
+                cv[p] = v;
+                ci[p] = j;
+                ck[p] = key;
+            } else if (key == T) {
+                int32_t p = atomicAdd(&s_eq, 1);
+                if (p < CAND_EQ_MAX) eq[p] = j;
+            }
         }
     }
     __syncthreads();
@@ -1109,10 +1137,16 @@ topk_cands_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_ca
     const float mx = sv[0]; /* the row's largest x / T (a NaN row is undecided below) */
     double z = 0;
     int nan = 0;
-    for (int32_t j = tid; j < cols; j += (int32_t)blockDim.x) {
-        float v = __fdiv_rn(xr[j], q.t);
-        nan |= v != v;
-        z += (double)exp_det(__fsub_rn(v, mx));
+    for (int32_t j0 = tid; j0 < cols; j0 += CAND_U * CAND_THREADS) {
+        float vb[CAND_U];
+        cand_load(xr, cols, j0, vb);
+#pragma unroll
+        for (int u = 0; u < CAND_U; u++) { /* in j order, as one element a step */
+            if (j0 + u * CAND_THREADS >= cols) break;
+            float v = __fdiv_rn(vb[u], q.t);
+            nan |= v != v;
+            z += (double)exp_det(__fsub_rn(v, mx));
+        }
     }
     nan = __syncthreads_or(nan);
     for (int o = 16; o > 0; o >>= 1) z += __shfl_down_sync(0xffffffffu, z, o);
