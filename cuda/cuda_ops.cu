@@ -1199,6 +1199,24 @@ ampr_status ampr__cuda_topk_cands(ampr__cuda *c, const float *x, int32_t cols,
  * AMPR__DRAW_MARGIN * total away from a token's edge. */
 
 #define DRAW_THREADS 1024
+/* Elements of its chunk a thread loads before it divides, compares or adds
+ * them (in order): one trip to memory for DRAW_U (the division's slow-path
+ * branch had kept each load waiting for the one before it) */
+#define DRAW_U 8
+
+/* x[j .. j + DRAW_U) as far as j1, then fn(j, x[j]) for each in order; fn
+ * returns false to stop (the walk found its token) */
+template <typename Fn>
+__device__ __forceinline__ void draw_chunk(const float *__restrict__ xr, int32_t j0, int32_t j1, Fn fn) {
+    for (int32_t j = j0; j < j1; j += DRAW_U) {
+        float v[DRAW_U];
+#pragma unroll
+        for (int u = 0; u < DRAW_U; u++) v[u] = j + u < j1 ? xr[j + u] : 0.0f;
+#pragma unroll
+        for (int u = 0; u < DRAW_U; u++)
+            if (j + u >= j1 || !fn(j + u, v[u])) return;
+    }
+}
 
 __global__ void __launch_bounds__(DRAW_THREADS)
 temp_draw_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_draw_req *__restrict__ req,
@@ -1212,11 +1230,12 @@ temp_draw_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_dra
     const int32_t j0 = min(cols, tid * chunk), j1 = min(cols, j0 + chunk);
     float mx = -INFINITY;
     int nan = 0;
-    for (int32_t j = j0; j < j1; j++) {
-        float v = __fdiv_rn(xr[j], q.t); /* as the host's x / T */
+    draw_chunk(xr, j0, j1, [&](int32_t, float xv) {
+        float v = __fdiv_rn(xv, q.t); /* as the host's x / T */
         nan |= v != v;
         mx = fmaxf(mx, v);
-    }
+        return true;
+    });
     nan = __syncthreads_or(nan);
     mx = block_max(mx, red);
     if (nan || !isfinite(mx)) {
@@ -1224,7 +1243,10 @@ temp_draw_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_dra
         return;
     }
     double z = 0;
-    for (int32_t j = j0; j < j1; j++) z += (double)exp_det(__fsub_rn(__fdiv_rn(xr[j], q.t), mx));
+    draw_chunk(xr, j0, j1, [&](int32_t, float xv) {
+        z += (double)exp_det(__fsub_rn(__fdiv_rn(xv, q.t), mx));
+        return true;
+    });
     edge[tid + 1] = z;
     if (tid == 0) edge[0] = 0;
     __syncthreads();
@@ -1241,14 +1263,13 @@ temp_draw_kernel(const float *__restrict__ x, int32_t cols, const ampr__cuda_dra
     const double r = (double)q.u * total, eps = AMPR__DRAW_MARGIN * total;
     if (!(edge[tid] <= r && r < edge[tid + 1])) return;
     double acc = edge[tid];
-    for (int32_t j = j0; j < j1; j++) {
+    draw_chunk(xr, j0, j1, [&](int32_t j, float xv) {
         double prev = acc;
-        acc += (double)exp_det(__fsub_rn(__fdiv_rn(xr[j], q.t), mx));
-        if (r < acc) {
-            out[blockIdx.x] = r - prev > eps && acc - r > eps ? j : -1;
-            return;
-        }
-    }
+        acc += (double)exp_det(__fsub_rn(__fdiv_rn(xv, q.t), mx));
+        if (!(r < acc)) return true;
+        out[blockIdx.x] = r - prev > eps && acc - r > eps ? j : -1;
+        return false;
+    });
 }
 
 __global__ void exp_det_kernel(const float *__restrict__ d, int32_t n, float *__restrict__ out) {
