@@ -658,13 +658,17 @@ __device__ __forceinline__ void nf4_block_acc(const uint32_t *pl, uint2 va, uint
     acc[3] += d[3] * sc;
 }
 
+/* A staged token's row in shared memory, in fp16 pairs: cols / 2 of them,
+ * padded by 8 bytes so that the lanes of different tokens reading the same
+ * columns hit different banks. The launches size x's shared memory by it
+ * (n x this x 4 bytes), the kernels index it. */
+__host__ __device__ __forceinline__ int32_t nf4_xs_stride(int64_t cols) { return (int32_t)(cols / 2) + 2; }
+
 /* XS: the n tokens' x [n][cols] rounded to fp16 pairs into shared memory,
- * [n][cols / 2 + 2] (a token's row padded by 8 bytes, so that the lanes of
- * different tokens reading the same columns hit different banks), then a
- * barrier */
+ * [n][nf4_xs_stride(cols)], then a barrier */
 __device__ __forceinline__ void nf4_stage_x(uint32_t *xh, const float *__restrict__ x, int32_t n,
                                             int64_t cols) {
-    const int32_t xstride = (int32_t)(cols / 2) + 2;
+    const int32_t xstride = nf4_xs_stride(cols);
     for (int32_t i = 0; i < n; i++)
         for (int32_t p = (int32_t)threadIdx.x; p < (int32_t)(cols / 2); p += (int32_t)blockDim.x) {
             float2 v = __ldg((const float2 *)(x + (int64_t)i * cols) + p);
@@ -747,7 +751,7 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
      * token's row padded by 8 bytes, so that the lanes of different tokens
      * (g) reading the same columns hit different banks. Lanes of tokens past
      * n read token 0: their B columns only reach outputs never stored. */
-    const int32_t xstride = (int32_t)(cols / 2) + 2;
+    const int32_t xstride = nf4_xs_stride(cols);
     uint32_t *xh = (uint32_t *)xs_smem;
     if (XS) nf4_stage_x(xh, x, n, cols);
     const uint32_t *xr = xh + (g < n ? g : 0) * xstride + 8 * t;
@@ -798,13 +802,17 @@ gemv_nf4_mma_kernel(const uint8_t *__restrict__ W, const float *__restrict__ abs
  * long rows) each step rounds its own x from global memory */
 #define NF4MMA_XS_MAX (48 * 1024)
 
+/* 0..3 for KS 1, 2, 4, 8: a kernel's place in the "allowed its shared
+ * memory" bit masks of the context (nf4_xs_attr, nf4_ring_attr) */
+static constexpr int nf4_ks_index(int ks) { return ks == 1 ? 0 : ks == 2 ? 1 : ks == 4 ? 2 : 3; }
+
 template <int KS, bool FUSE, bool XS>
 static void gemv_nf4_mma_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
                                 float *y, int64_t ldy, ampr__tail tail, unsigned grid, size_t smem) {
     /* XS takes the block past the default 48 KB: each staging kernel is
      * allowed NF4MMA_XS_MAX once a context (a refusal fails the launch, which
      * AMPR__CU_LAUNCHED reports, and is asked again next time) */
-    unsigned bit = 1u << (2 * (KS == 1 ? 0 : KS == 2 ? 1 : KS == 4 ? 2 : 3) + FUSE);
+    unsigned bit = 1u << (2 * nf4_ks_index(KS) + FUSE);
     if (XS && !(c->nf4_xs_attr & bit) &&
         cudaFuncSetAttribute(gemv_nf4_mma_kernel<KS, FUSE, XS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              NF4MMA_XS_MAX) == cudaSuccess)
@@ -814,10 +822,10 @@ static void gemv_nf4_mma_launch(ampr__cuda *c, const ampr__cuda_mat *w, const fl
         w->scales, w->rows, w->cols, x, n, y, ldy, c->sw[AMPR__CUDA_PREFETCH], tail);
 }
 
+/* xs: the staged x's bytes (gemv_nf4_mma) */
 template <int KS, bool FUSE>
 static void gemv_nf4_mma_xs(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
-                            float *y, int64_t ldy, ampr__tail tail, unsigned grid) {
-    size_t xs = (size_t)n * (size_t)(w->cols * 2 + 8);
+                            float *y, int64_t ldy, ampr__tail tail, unsigned grid, size_t xs) {
     if (xs <= NF4MMA_XS_MAX) gemv_nf4_mma_launch<KS, FUSE, true>(c, w, x, n, y, ldy, tail, grid, xs);
     else gemv_nf4_mma_launch<KS, FUSE, false>(c, w, x, n, y, ldy, tail, grid, 0);
 }
@@ -885,7 +893,7 @@ gemv_nf4_ring_kernel(const uint8_t *__restrict__ W, const float *__restrict__ ab
     nf4_pairs_fill(pairs);
     AMPR__PDL_ENTER();
     nf4_stage_x(xh, x, n, cols);
-    const uint32_t *xr = xh + (g < n ? g : 0) * ((int32_t)(cols / 2) + 2) + 8 * t;
+    const uint32_t *xr = xh + (g < n ? g : 0) * nf4_xs_stride(cols) + 8 * t;
     const uint32_t *pl = pairs + lane;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int32_t i = 0; i < cnt; i++) {
@@ -917,7 +925,7 @@ gemv_nf4_ring_kernel(const uint8_t *__restrict__ W, const float *__restrict__ ab
 template <int KS, bool FUSE, int S>
 static void gemv_nf4_ring_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
                                  float *y, int64_t ldy, ampr__tail tail, size_t xs) {
-    unsigned bit = 1u << (2 * (KS == 1 ? 0 : KS == 2 ? 1 : KS == 4 ? 2 : 3) + FUSE + 8 * (S == 8));
+    unsigned bit = 1u << (2 * nf4_ks_index(KS) + FUSE + 8 * (S == 8));
     if (!(c->nf4_ring_attr & bit) &&
         cudaFuncSetAttribute(gemv_nf4_ring_kernel<KS, FUSE, S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              NF4RING_SMEM_MAX) == cudaSuccess)
@@ -958,7 +966,7 @@ static void gemv_nf4_ring(ampr__cuda *c, const ampr__cuda_mat *w, const float *x
 template <bool FUSE>
 static void gemv_nf4_mma(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
                          float *y, int64_t ldy, ampr__tail tail) {
-    size_t xs = (size_t)n * (size_t)(w->cols * 2 + 8);
+    size_t xs = (size_t)n * (size_t)nf4_xs_stride(w->cols) * 4; /* x staged, if it fits */
     if (c->sw[AMPR__CUDA_NF4_RING] && xs <= NF4MMA_XS_MAX) {
         gemv_nf4_ring<FUSE>(c, w, x, n, y, ldy, tail, xs);
         return;
@@ -970,10 +978,10 @@ static void gemv_nf4_mma(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
     int64_t blocks = (w->rows + per_block - 1) / per_block, cap = 4 * (int64_t)c->sm_count;
     unsigned grid = (unsigned)(blocks < cap ? blocks : cap);
     switch (ks) {
-    case 1: gemv_nf4_mma_xs<1, FUSE>(c, w, x, n, y, ldy, tail, grid); break;
-    case 2: gemv_nf4_mma_xs<2, FUSE>(c, w, x, n, y, ldy, tail, grid); break;
-    case 4: gemv_nf4_mma_xs<4, FUSE>(c, w, x, n, y, ldy, tail, grid); break;
-    default: gemv_nf4_mma_xs<8, FUSE>(c, w, x, n, y, ldy, tail, grid); break;
+    case 1: gemv_nf4_mma_xs<1, FUSE>(c, w, x, n, y, ldy, tail, grid, xs); break;
+    case 2: gemv_nf4_mma_xs<2, FUSE>(c, w, x, n, y, ldy, tail, grid, xs); break;
+    case 4: gemv_nf4_mma_xs<4, FUSE>(c, w, x, n, y, ldy, tail, grid, xs); break;
+    default: gemv_nf4_mma_xs<8, FUSE>(c, w, x, n, y, ldy, tail, grid, xs); break;
     }
 }
 
