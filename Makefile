@@ -147,13 +147,14 @@ check-valgrind:
 	AMPR_TEST_SERIALIZED=1 $(MAKE) CUDA=0 B=build-vg OPT=-O1 TEST_RUNNER="valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect -q" test
 
 EMU_MODEL := $(AMPR_SHARED)/models/stories260K/stories260K.gguf
-# $(call emu_inject,BUILD): tests/emu/oom.sh's four runs on BUILD/ampr
-emu_inject = if [ -f $(EMU_MODEL) ]; then for m in "alloc" "handle" "alloc tp" "handle tp"; do \
+# $(call emu_inject,BUILD,MODES): tests/emu/oom.sh's runs on BUILD/ampr
+EMU_INJECT := "alloc" "handle" "alloc tp" "handle tp"
+emu_inject = if [ -f $(EMU_MODEL) ]; then for m in $(2); do \
 	   bash tests/emu/oom.sh $(1)/ampr $(EMU_MODEL) $$m || exit 1; done; \
 	 else echo "no $(EMU_MODEL): device failure injection skipped"; fi
 check-emu:
 	bash tests/gpu/check.sh --emu
-	@$(call emu_inject,build-emu)
+	@$(call emu_inject,build-emu,$(EMU_INJECT) "alloc procs" "handle procs")
 	$(MAKE) CUDA=1 CUDA_EMU=1 B=build-emu test
 	AMPR_EMU_ORDER=reverse bash tests/gpu/check.sh --emu --quick --switches
 	AMPR_CHECK_BENCH_SMALL=1 build-emu/tests/emu/check --bench
@@ -166,7 +167,7 @@ EMU_SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 check-emu-asan:
 	$(MAKE) CUDA=1 CUDA_EMU=1 B=build-emu-asan OPT=-O1 SAN="$(EMU_SAN)" all build-emu-asan/tests/test_device
 	AMPR_SHARED=$(AMPR_SHARED) build-emu-asan/tests/test_device
-	@$(call emu_inject,build-emu-asan)
+	@$(call emu_inject,build-emu-asan,$(EMU_INJECT)) # not "procs": its python loads the library
 
 run:
 	@tools/install-deps.sh

@@ -89,6 +89,11 @@ static ampr_status settle(ampr__cuda_comm *cm, ncclResult_t r, const char *what,
     }
     if (r != ncclSuccess) {
         comm_abort(cm);
+        if (r == ncclRemoteError)
+            return ampr__fail(err, AMPR_ERR_BACKEND,
+                              "NCCL: %s failed: another rank of the group failed or was lost (%s); "
+                              "the group was aborted: open the context again", what,
+                              ncclGetErrorString(r));
         return ampr__nccl_fail(err, r, what, __FILE__, __LINE__);
     }
     return AMPR_OK;
@@ -221,9 +226,11 @@ void ampr__cuda_comm_free(ampr__cuda_comm *comm) {
         /* finalize (flushes outstanding work; in progress for a while on a
          * nonblocking communicator), then destroy; a failure aborts */
         ampr__err e = {AMPR_OK, {0}};
-        if (comm->comm && settle(comm, ncclCommFinalize(comm->comm), "ncclCommFinalize", &e) == AMPR_OK)
+        if (comm->comm && settle(comm, ncclCommFinalize(comm->comm), "ncclCommFinalize", &e) == AMPR_OK) {
             ncclCommDestroy(comm->comm);
-        comm_abort(comm); /* (NULL after a destroy or an abort: nothing) */
+            comm->comm = NULL;
+        }
+        comm_abort(comm); /* only if finalizing failed without aborting (settle aborts) */
         ampr__free(comm);
         return;
     }

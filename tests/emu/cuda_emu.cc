@@ -2,7 +2,8 @@
  * cuda_emu.cc -- the CPU emulation of the CUDA runtime, cuBLASLt and NCCL that
  * tests/emu/cuda_emu.h describes: fibers for a block's threads, barriers and
  * warp collectives between them, device memory with guard pages, streams,
- * events and graphs in issue order, a loop matmul and an in-process all-reduce.
+ * events and graphs in issue order, a loop matmul, and an all-reduce between one
+ * process's communicators or, through shared memory, between processes.
  *
  * Environment:
  *   AMPR_EMU_DEVICES=N   emulated GPUs (default 1; 0: none, as without a driver)
@@ -17,6 +18,8 @@
  *   AMPR_EMU_FAIL_HANDLE=N  the Nth creation of a stream, event, graph (instantiated),
  *                        cuBLASLt handle, descriptor, layout or preference, or NCCL
  *                        communicator fails, once
+ *   AMPR_EMU_NCCL_EXIT_AT=N  the process ends (_exit(7)) at its Nth all-reduce over a
+ *                        communicator across processes: a rank lost mid-run
  *   AMPR_EMU_REPORT=1    at exit, to stderr: how many cudaMalloc calls and handle
  *                        creations there were, and the device allocations and handles
  *                        still live (a leak once contexts are closed)
@@ -28,6 +31,9 @@
 #include "include/cuda_runtime.h"
 #include "include/nccl.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -1325,10 +1331,38 @@ struct ampr_emu_clique {
     };
     std::vector<op> pending;
 };
+/* Communicators across processes (ncclCommInitRank with n > 1): the ranks meet
+ * in a POSIX shared-memory object named by the unique id. Its header holds
+ * the group's size, each rank's pid and how many barriers it has reached;
+ * after it, a slot of XP_SLOT floats a rank. An all-reduce goes through the
+ * slots a chunk at a time: each rank copies its chunk in, waits for all,
+ * sums the slots in rank order (as the one-process all-reduce), waits for
+ * all again (so no slot is rewritten while a rank still reads it). A wait
+ * ends early when a rank aborts the group or a rank's process is gone, and
+ * that rank's peers get ncclRemoteError, as NCCL reports a peer lost. */
+enum { XP_MAX = 64, XP_SLOT = 1 << 16 };
+struct xp_shm {
+    int n;          /* 0 until the first rank sets it */
+    int joined;     /* ranks that have joined */
+    int aborted;    /* a rank aborted the group */
+    int pid[XP_MAX];
+    uint64_t bars[XP_MAX];   /* barriers each rank has reached */
+    uint64_t count[XP_MAX];  /* each rank's all-reduce: count, type, operation */
+    int type[XP_MAX], red[XP_MAX];
+};
+static const size_t k_xp_head = (sizeof(xp_shm) + 4095) & ~(size_t)4095;
+static const size_t k_xp_len = k_xp_head + (size_t)XP_MAX * XP_SLOT * sizeof(float);
+static const char k_xp_prefix[] = "/ampr-emu-nccl-";
+
 struct ampr_emu_comm {
     ampr_emu_clique *q;
     int rank;
     int device;
+    /* across processes (q == nullptr): */
+    xp_shm *xp;
+    char name[64]; /* the shared-memory object's; "" once unlinked */
+    uint64_t bars; /* barriers this rank has reached */
+    ncclResult_t async;
 };
 static thread_local int g_group = 0;
 static thread_local std::vector<ampr_emu_clique *> g_group_cliques;
@@ -1356,8 +1390,170 @@ static ncclResult_t clique_run(ampr_emu_clique *q) {
     return ncclSuccess;
 }
 
+/* ---- across processes ---- */
+
+template <class T> static T xp_load(const T *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+template <class T> static void xp_store(T *p, T v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+
+/* whether the process pid has ended (gone, or a zombie nobody has reaped) */
+static bool xp_pid_gone(int pid) {
+    if (pid <= 0) return false;
+    if (kill(pid, 0) != 0) return errno == ESRCH;
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *rp = strrchr(buf, ')'); /* "pid (comm) S ..." */
+    return rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X');
+}
+
+/* the group's state as GetAsyncError sees it: aborted or a peer gone is a remote error */
+static ncclResult_t xp_state(ampr_emu_comm *c) {
+    if (c->async != ncclSuccess) return c->async;
+    xp_shm *h = c->xp;
+    if (xp_load(&h->aborted)) return c->async = ncclRemoteError;
+    for (int r = 0; r < h->n; r++)
+        if (r != c->rank && xp_pid_gone(xp_load(&h->pid[r]))) return c->async = ncclRemoteError;
+    if (xp_load(&h->joined) < h->n) return ncclInProgress;
+    if (c->name[0]) shm_unlink(c->name); /* every rank has it mapped: the name is not needed again */
+    c->name[0] = '\0';
+    return ncclSuccess;
+}
+
+static void xp_nap(long polls) {
+    if (polls < 1000) {
+        sched_yield();
+        return;
+    }
+    struct timespec ts = {0, 200000};
+    nanosleep(&ts, nullptr);
+}
+
+/* every rank of the group reaches this barrier; false (c->async set) when one never will */
+static bool xp_barrier(ampr_emu_comm *c) {
+    xp_shm *h = c->xp;
+    xp_store(&h->bars[c->rank], ++c->bars);
+    for (long polls = 0;; polls++) {
+        int r = 0;
+        while (r < h->n && xp_load(&h->bars[r]) >= c->bars) r++;
+        if (r == h->n) return true;
+        if ((polls & 63) == 0 && xp_state(c) == ncclRemoteError) return false;
+        xp_nap(polls);
+    }
+}
+
+static ncclResult_t xp_init(ncclComm_t *comm, int n, const ncclUniqueId &id, int rank, bool blocking) {
+    char name[64];
+    memcpy(name, id.internal, sizeof name);
+    name[sizeof name - 1] = '\0';
+    if (strncmp(name, k_xp_prefix, sizeof k_xp_prefix - 1) != 0) {
+        report("ncclCommInitRank: the id was not made by ncclGetUniqueId");
+        return ncclInvalidArgument;
+    }
+    if (n > XP_MAX) {
+        report("ncclCommInitRank: %d ranks (the emulation has room for %d)", n, XP_MAX);
+        return ncclInvalidArgument;
+    }
+    if (!handle_new(H_COMM)) return ncclSystemError;
+    int fd = shm_open(name, O_RDWR | O_CREAT, 0600);
+    void *map = MAP_FAILED;
+    if (fd >= 0) {
+        if (ftruncate(fd, (off_t)k_xp_len) == 0) /* sparse: slots take memory once written */
+            map = mmap(nullptr, k_xp_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        close(fd);
+    }
+    if (map == MAP_FAILED) {
+        handle_gone(H_COMM);
+        return ncclSystemError;
+    }
+    xp_shm *h = (xp_shm *)map;
+    int zero = 0, mine = getpid();
+    if (!__atomic_compare_exchange_n(&h->n, &zero, n, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE) && zero != n) {
+        report("ncclCommInitRank: rank %d says the group has %d ranks, another rank said %d", rank, n, zero);
+        munmap(map, k_xp_len);
+        handle_gone(H_COMM);
+        return ncclInvalidUsage;
+    }
+    zero = 0;
+    if (!__atomic_compare_exchange_n(&h->pid[rank], &zero, mine, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        report("ncclCommInitRank: rank %d joined the group twice", rank);
+        munmap(map, k_xp_len);
+        handle_gone(H_COMM);
+        return ncclInvalidUsage;
+    }
+    ampr_emu_comm *c = new ampr_emu_comm{nullptr, rank, g_device, h, {0}, 0, ncclSuccess};
+    memcpy(c->name, name, sizeof name);
+    __atomic_add_fetch(&h->joined, 1, __ATOMIC_ACQ_REL);
+    *comm = c;
+    if (!blocking) return ncclInProgress; /* GetAsyncError says when all have joined */
+    for (long polls = 0;; polls++) { /* NCCL's blocking init waits for every rank, for ever */
+        ncclResult_t r = xp_state(c);
+        if (r != ncclInProgress) return r;
+        xp_nap(polls);
+    }
+}
+
+static ncclResult_t xp_all_reduce(ampr_emu_comm *c, const float *send, float *recv, size_t count,
+                                  ncclDataType_t t, ncclRedOp_t red) {
+    xp_shm *h = c->xp;
+    if (c->async != ncclSuccess) return c->async;
+    static std::atomic<long> calls{0};
+    static const long exit_at = env_int("AMPR_EMU_NCCL_EXIT_AT", 0);
+    if (++calls == exit_at) _exit(7); /* a rank lost mid-run, as a crash or a killed process */
+    if (xp_load(&h->joined) < h->n) {
+        report("ncclAllReduce: rank %d issued it before every rank had joined (the init is in progress)",
+               c->rank);
+        return ncclInvalidUsage;
+    }
+    if (t != ncclFloat32 || red != ncclSum) {
+        report("ncclAllReduce: only the float sum is emulated");
+        return ncclInvalidUsage;
+    }
+    h->count[c->rank] = count;
+    h->type[c->rank] = (int)t;
+    h->red[c->rank] = (int)red;
+    float *slots = (float *)((char *)h + k_xp_head);
+    std::vector<float> sum;
+    size_t done = 0;
+    do { /* one chunk a round; a count of 0 still meets the others once */
+        size_t k = std::min(count - done, (size_t)XP_SLOT);
+        memcpy(slots + (size_t)c->rank * XP_SLOT, send + done, k * sizeof(float));
+        if (!xp_barrier(c)) return c->async;
+        if (done == 0) {
+            for (int r = 0; r < h->n; r++)
+                if (h->count[r] != count || h->type[r] != (int)t || h->red[r] != (int)red) {
+                    report("ncclAllReduce: the ranks disagree on count, type or operation");
+                    return c->async = ncclInvalidUsage;
+                }
+        }
+        sum.assign(k, 0.0f);
+        for (int r = 0; r < h->n; r++)
+            for (size_t i = 0; i < k; i++) sum[i] += slots[(size_t)r * XP_SLOT + i];
+        if (!xp_barrier(c)) return c->async;
+        memcpy(recv + done, sum.data(), k * sizeof(float));
+        done += k;
+    } while (done < count);
+    return ncclSuccess;
+}
+
+static void xp_leave(ampr_emu_comm *c, bool abort) {
+    if (abort) xp_store(&c->xp->aborted, 1);
+    if (c->name[0]) shm_unlink(c->name); /* a group that never completed: nobody else will come */
+    munmap(c->xp, k_xp_len);
+}
+
+/* ---- the API ---- */
+
 ncclResult_t ncclGetUniqueId(ncclUniqueId *id) {
-    for (size_t i = 0; i < sizeof id->internal; i++) id->internal[i] = (char)(rand() & 0xff);
+    static std::atomic<unsigned> seq{0};
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    memset(id->internal, 0, sizeof id->internal);
+    snprintf(id->internal, sizeof id->internal, "%s%d-%u-%llx", k_xp_prefix, (int)getpid(), seq++,
+             (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec);
     return ncclSuccess;
 }
 ncclResult_t ncclCommInitAll(ncclComm_t *comms, int n, const int *devs) {
@@ -1369,34 +1565,36 @@ ncclResult_t ncclCommInitAll(ncclComm_t *comms, int n, const int *devs) {
         if ((devs ? devs[i] : i) < 0 || (devs ? devs[i] : i) >= g_devices) return ncclInvalidArgument;
     auto *q = new ampr_emu_clique{n, n, std::vector<ampr_emu_clique::op>((size_t)n)};
     for (int i = 0; i < n; i++) {
-        comms[i] = new ampr_emu_comm{q, i, devs ? devs[i] : i};
+        comms[i] = new ampr_emu_comm{q, i, devs ? devs[i] : i, nullptr, {0}, 0, ncclSuccess};
         std::lock_guard<std::mutex> l(g_mu);
         g_live[H_COMM]++;
     }
     return ncclSuccess;
 }
-ncclResult_t ncclCommInitRankConfig(ncclComm_t *comm, int n, ncclUniqueId, int rank, ncclConfig_t *) {
+ncclResult_t ncclCommInitRankConfig(ncclComm_t *comm, int n, ncclUniqueId id, int rank, ncclConfig_t *config) {
+    init();
     *comm = nullptr;
-    if (n != 1 || rank != 0) {
-        report("ncclCommInitRank with %d ranks: communicators across processes are not emulated", n);
-        return ncclInvalidUsage;
-    }
-    return ncclCommInitAll(comm, 1, &g_device);
+    if (n < 1 || rank < 0 || rank >= n) return ncclInvalidArgument;
+    if (n == 1) return ncclCommInitAll(comm, 1, &g_device);
+    return xp_init(comm, n, id, rank, !config || config->blocking);
 }
 ncclResult_t ncclCommInitRank(ncclComm_t *comm, int n, ncclUniqueId id, int rank) {
     return ncclCommInitRankConfig(comm, n, id, rank, nullptr);
 }
 ncclResult_t ncclCommFinalize(ncclComm_t) { return ncclSuccess; }
-ncclResult_t ncclCommDestroy(ncclComm_t c) {
+static ncclResult_t comm_end(ncclComm_t c, bool abort) {
     if (!c) return ncclInvalidArgument;
-    if (--c->q->alive == 0) delete c->q;
+    if (c->xp) xp_leave(c, abort);
+    else if (--c->q->alive == 0) delete c->q;
     handle_gone(H_COMM);
     delete c;
     return ncclSuccess;
 }
-ncclResult_t ncclCommAbort(ncclComm_t c) { return ncclCommDestroy(c); }
-ncclResult_t ncclCommGetAsyncError(ncclComm_t, ncclResult_t *r) {
-    *r = ncclSuccess;
+ncclResult_t ncclCommDestroy(ncclComm_t c) { return comm_end(c, false); }
+ncclResult_t ncclCommAbort(ncclComm_t c) { return comm_end(c, true); }
+ncclResult_t ncclCommGetAsyncError(ncclComm_t c, ncclResult_t *r) {
+    if (!c) return ncclInvalidArgument;
+    *r = c->xp ? xp_state(c) : ncclSuccess;
     return ncclSuccess;
 }
 ncclResult_t ncclGroupStart(void) {
@@ -1432,6 +1630,13 @@ ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataT
         report("ncclAllReduce: a buffer of %zu elements is not inside one device allocation", count);
         return ncclInvalidArgument;
     }
+    if (comm->xp) {
+        if (g_group > 0) {
+            report("ncclAllReduce: a communicator across processes inside a group: not emulated");
+            return ncclInvalidUsage;
+        }
+        return xp_all_reduce(comm, (const float *)send, (float *)recv, count, t, red);
+    }
     ampr_emu_clique *q = comm->q;
     if (q->pending[(size_t)comm->rank].set) {
         report("ncclAllReduce: rank %d issued a second all-reduce before every rank issued the first", comm->rank);
@@ -1453,6 +1658,7 @@ const char *ncclGetErrorString(ncclResult_t r) {
     case ncclInvalidUsage: return "invalid usage (emulated NCCL: see stderr)";
     case ncclInvalidArgument: return "invalid argument";
     case ncclInProgress: return "operation in progress";
+    case ncclRemoteError: return "remote process exited or there was a network error";
     default: return "an emulated NCCL call failed";
     }
 }

@@ -492,8 +492,9 @@ for case in "${tp_cases[@]}"; do
     done
 done
 timeout -k 5 60 "$AMPR" info -m "$MODEL" --config '{"device":"cuda","tp_size":2,"gpus":[0,0],"tiers":["fp16"]}' 2>&1 | grep -i device || true
-# (one rank per process: not in the emulation, whose NCCL lives in one process)
-if [ "${n_gpu:-0}" -ge 2 ] && [ "$have_nccl" = 1 ] && [ "$emu" = 0 ]; then
+# One rank per process (tests/gpu/tp_procs.py; in the emulation, its NCCL's
+# communicators across processes meet in shared memory: tests/emu/README.md)
+if [ "${n_gpu:-0}" -ge 2 ] && [ "$have_nccl" = 1 ]; then
     cpu=$(run_tp cpu 2 "" fp16 20 cpu2) || cpu="(cpu run failed)"
     if AMPR_LIBRARY="$OUT/lib/libampr.so" timeout 180 python3 tests/gpu/tp_procs.py "$AMPR" "$OUT/lib" \
         "$MODEL" "$PROMPT" 2 "$OUT" 2>"$OUT/e2e-tp-procs.err"; then
@@ -502,13 +503,32 @@ if [ "${n_gpu:-0}" -ge 2 ] && [ "$have_nccl" = 1 ] && [ "$emu" = 0 ]; then
         echo "FAIL: one rank per process: $(tail -3 "$OUT/e2e-tp-procs.err")"; e2e_fail=1
     fi
 fi
-if [ "$have_nccl" = 1 ] && [ "$emu" = 0 ]; then # one GPU is enough: the missing rank never starts
+if [ "$have_nccl" = 1 ]; then # one GPU is enough: the missing rank never starts
     if msg=$(AMPR_LIBRARY="$OUT/lib/libampr.so" timeout 90 python3 tests/gpu/tp_procs.py "$AMPR" "$OUT/lib" \
         "$MODEL" "$PROMPT" 2 "$OUT" --alone 2>"$OUT/e2e-tp-alone.err"); then
         echo "tp_rank 0 of 2 alone gives up: $msg  PASS"
     else
         echo "FAIL: tp_rank 0 of 2 alone: $(tail -3 "$OUT/e2e-tp-alone.err")"; e2e_fail=1
     fi
+fi
+# A rank that fails its open after the group met (its 20th device allocation),
+# or whose process ends in the middle of generating (at its 40th all-reduce):
+# every rank must end by itself with an error, the others' naming the group.
+# The emulation's hooks (tests/emu/README.md); a GPU has none.
+if [ "$emu" = 1 ] && [ "$have_nccl" = 1 ]; then
+    for case in "1|AMPR_EMU_FAIL_ALLOC=20|0|another rank of the tensor-parallel group failed to open" \
+                "0|AMPR_EMU_FAIL_ALLOC=20|1|another rank of the tensor-parallel group failed to open" \
+                "1|AMPR_EMU_NCCL_EXIT_AT=40|0|another rank of the group failed or was lost" \
+                "0|AMPR_EMU_NCCL_EXIT_AT=40|1|another rank of the group failed or was lost"; do
+        IFS='|' read -r bad hook other msg <<<"$case"
+        if AMPR_LIBRARY="$OUT/lib/libampr.so" AMPR_TP_PROCS_TIMEOUT=60 timeout 90 python3 tests/gpu/tp_procs.py \
+            "$AMPR" "$OUT/lib" "$MODEL" "$PROMPT" 2 "$OUT" --env "$bad" "$hook" --expect-fail "$other" "$msg" \
+            >"$OUT/e2e-tp-procs-fail.out" 2>&1; then
+            echo "tp2 one rank per process, rank $bad with $hook: every rank ends; rank $other: \"$msg\"  PASS"
+        else
+            echo "FAIL: tp2 one rank per process, rank $bad with $hook: $(tail -4 "$OUT/e2e-tp-procs-fail.out")"; e2e_fail=1
+        fi
+    done
 fi
 
 left() { # seconds left before the deadline, at most $1

@@ -1,7 +1,7 @@
 /* nccl.h for the CPU emulation (tests/emu/cuda_emu.h): communicators of one
- * process's emulated GPUs (ncclCommInitAll, or ncclCommInitRank with one
- * rank) and the sum all-reduce, in cuda_emu.cc. A communicator across
- * processes fails ncclInvalidUsage. */
+ * process's emulated GPUs (ncclCommInitAll), or of one rank a process
+ * (ncclCommInitRank: the ranks meet in shared memory), and the float sum
+ * all-reduce, in cuda_emu.cc. */
 #ifndef AMPR_EMU_NCCL_H
 #define AMPR_EMU_NCCL_H
 
