@@ -90,12 +90,16 @@ void ampr__cuda_set_nf4_ring(ampr__cuda *c, int stages);
  * previous call. */
 unsigned long ampr__cuda_set_twice(ampr__cuda *c, const char *name);
 /* NF4 on cuBLASLt (prefill) dequantizes a chunk of rows at a time: the
- * scratch elements a rows x cols matrix needs (ampr__cuda_reserve's
- * nf4_elems), and the rows of a chunk (0: by size, 16 MB of fp16; the GPU
- * check sets fewer to run several chunks on small matrices; rounded up to a
- * multiple of 64). */
+ * scratch elements a rows x cols matrix needs at any number of tokens
+ * (ampr__cuda_reserve's nf4_elems), and the rows of a chunk (0: by size,
+ * 16 MB of fp16, or with DQ_WIDE by the tokens; the GPU check sets fewer to
+ * run several chunks on small matrices; rounded up to a multiple of 64). */
 int64_t ampr__cuda_dequant_elems(const ampr__cuda *c, int64_t rows, int64_t cols);
+int64_t ampr__cuda_dequant_rows(const ampr__cuda *c, int64_t rows, int64_t cols, int32_t n);
 void ampr__cuda_set_dequant_rows(ampr__cuda *c, int64_t rows);
+/* DQ_WIDE's waves of 128 x 128 tiles a chunk (0: the default, 4), for the
+ * GPU check's comparison */
+void ampr__cuda_set_dequant_waves(ampr__cuda *c, int waves);
 /* most tokens of NF4's tensor-core batch matmul (AMPR__CUDA_NF4_BATCH) */
 #define AMPR__CUDA_NF4_BATCH_MAX 32
 /* Kernel paths chosen at open, each by its switch: its environment variable
@@ -154,7 +158,17 @@ void ampr__cuda_set_dequant_rows(ampr__cuda *c, int64_t rows);
  *            stages a warp in shared memory (gemv_nf4_ring_kernel: S - 1
  *            blocks in flight a warp at every step, the first issued before
  *            the PDL wait) where x fits in shared memory; the same floats
- *            (off: not yet measured on a GPU). */
+ *            (off: not yet measured on a GPU);
+ *   DQ_WIDE  NF4 on cuBLASLt (passes of more tokens than NF4_BATCH takes)
+ *            dequantizes chunks of rows large enough for cuBLASLt to fill
+ *            the GPU (as few as chunks of rows x tokens = 4 waves x SMs x
+ *            128 x 128 would be, those at least the 16 MB chunks' rows and
+ *            at most 128M elements; a matrix's chunks of one size;
+ *            cuda_matmul.cu dq_rows) instead of 16 MB ones that may stay
+ *            in L2: at the 8B shape a 16 MB chunk is 2048 rows, 16 tiles of
+ *            128 x 128 at 128 tokens for 132 SMs. Another summation order
+ *            only where cuBLASLt picks another algorithm for the other row
+ *            count (off: not yet measured on a GPU). */
 typedef enum {
     AMPR__CUDA_NF4_MMA,
     AMPR__CUDA_ATT_MMA,
@@ -166,6 +180,7 @@ typedef enum {
     AMPR__CUDA_FUSE_TAIL,
     AMPR__CUDA_NF4_BATCH,
     AMPR__CUDA_NF4_RING,
+    AMPR__CUDA_DQ_WIDE,
     AMPR__CUDA_N_SWITCHES
 } ampr__cuda_switch;
 void ampr__cuda_set_switch(ampr__cuda *c, ampr__cuda_switch s, int on);

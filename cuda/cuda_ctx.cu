@@ -169,7 +169,7 @@ const char *ampr__cuda_switch_env(ampr__cuda_switch s) {
     static const char *const names[AMPR__CUDA_N_SWITCHES] = {
         "AMPR_CUDA_NF4_MMA", "AMPR_CUDA_ATT_MMA", "AMPR_CUDA_ATT_DEC", "AMPR_CUDA_FUSE",
         "AMPR_CUDA_PDL", "AMPR_CUDA_TP_GRAPHS", "AMPR_CUDA_PREFETCH",
-        "AMPR_CUDA_FUSE_TAIL", "AMPR_CUDA_NF4_BATCH", "AMPR_CUDA_NF4_RING"};
+        "AMPR_CUDA_FUSE_TAIL", "AMPR_CUDA_NF4_BATCH", "AMPR_CUDA_NF4_RING", "AMPR_CUDA_DQ_WIDE"};
     return (unsigned)s < AMPR__CUDA_N_SWITCHES ? names[s] : "?";
 }
 /* On at open unless the environment says 0: the paths the H200 measured

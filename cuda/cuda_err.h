@@ -85,6 +85,7 @@ struct ampr__cuda {
     int plan_next;            /* round-robin victim when the cache is full */
     int gemv_max;
     int64_t dq_rows;          /* NF4 prefill: rows dequantized a GEMM (0: by size, cuda_matmul.cu) */
+    int dq_waves;             /* DQ_WIDE's waves of tiles a chunk (0: AMPR__CUDA_DQ_WAVES) */
     int sw[AMPR__CUDA_N_SWITCHES]; /* the kernel switches (ampr_cuda.h), 0 or 1 */
     int nf4_gemv1;            /* ampr__cuda_set_nf4_gemv1: R * 10 + U, 0 by shape */
     unsigned nf4_xs_attr;     /* gemv_nf4_mma_kernel<KS, FUSE, x staged> allowed its shared memory */

@@ -1192,22 +1192,43 @@ static ampr_status nf4b_scratch(ampr__cuda *c, ampr__err *err) {
 /* NF4 prefill dequantizes the matrix to fp16 for cuBLASLt a chunk of rows at
  * a time: the scratch stays at 16 MB whatever the matrix (the 8B shape's
  * output matrix whole would be 1 GB), and a chunk that was just written may
- * still be in L2 when cuBLASLt reads it (H100 / H200: 50 MB). Rows a chunk: a
- * multiple of 64 (cuBLASLt's rows are), c->dq_rows when set (the GPU check). */
+ * still be in L2 when cuBLASLt reads it (H100 / H200: 50 MB). But a chunk's
+ * GEMM has rows x n / (128 x 128) tiles: at the 8B shape (cols 4096, 2048
+ * rows a chunk) and 128 tokens 16 for 132 SMs. With AMPR__CUDA_DQ_WIDE a
+ * chunk has rows enough for DQ_WAVES tiles an SM, up to DQ_WIDE_MAX
+ * elements, and a matrix's chunks are of one size. Rows a chunk: a multiple
+ * of 64 (cuBLASLt's rows are), c->dq_rows when set (the GPU check). */
 #define AMPR__CUDA_DQ_ELEMS ((int64_t)8 << 20)
-static int64_t dq_rows(const ampr__cuda *c, int64_t rows, int64_t cols) {
+#define AMPR__CUDA_DQ_WAVES 4
+#define AMPR__CUDA_DQ_WIDE_MAX ((int64_t)128 << 20)
+static int64_t dq_rows(const ampr__cuda *c, int64_t rows, int64_t cols, int32_t n) {
     int64_t ch = c->dq_rows > 0 ? c->dq_rows : AMPR__CUDA_DQ_ELEMS / cols / 64 * 64;
     if (ch < 64) ch = 64;
+    if (c->dq_rows <= 0 && c->sw[AMPR__CUDA_DQ_WIDE]) {
+        /* as few chunks as chunks of `want` rows would be (at least the 16 MB
+         * ones, at most the cap), all of one size */
+        int64_t tiles = (int64_t)(c->dq_waves > 0 ? c->dq_waves : AMPR__CUDA_DQ_WAVES) * c->sm_count * 128 * 128;
+        int64_t want = (tiles / (n > 0 ? n : 1) + 63) / 64 * 64, most = AMPR__CUDA_DQ_WIDE_MAX / cols / 64 * 64;
+        want = AMPR__MAX(ch, AMPR__MIN(want, most));
+        int64_t k = (rows + want - 1) / want;
+        ch = ((rows + k - 1) / k + 63) / 64 * 64;
+    }
     return ch < rows ? ch : rows;
 }
 
 int64_t ampr__cuda_dequant_elems(const ampr__cuda *c, int64_t rows, int64_t cols) {
-    return dq_rows(c, rows, cols) * cols;
+    return dq_rows(c, rows, cols, 1) * cols; /* the fewest tokens take the most rows */
+}
+
+int64_t ampr__cuda_dequant_rows(const ampr__cuda *c, int64_t rows, int64_t cols, int32_t n) {
+    return dq_rows(c, rows, cols, n);
 }
 
 void ampr__cuda_set_dequant_rows(ampr__cuda *c, int64_t rows) {
     c->dq_rows = rows > 0 ? (rows + 63) / 64 * 64 : 0;
 }
+
+void ampr__cuda_set_dequant_waves(ampr__cuda *c, int waves) { c->dq_waves = waves > 0 ? waves : 0; }
 
 /* The batch kernel takes this matmul (AMPR__CUDA_NF4_BATCH on, more tokens
  * than the GEMV, at most AMPR__CUDA_NF4_BATCH_MAX; gemv_max = 0 still
@@ -1633,7 +1654,7 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
      * without a cuBLASLt algorithm on this GPU (not while a graph is being
      * captured: there a missing plan is an error, as a scratch growth is) */
     int use_lt = batch_lt || lt_ok(c, w, n, y);
-    int64_t ch = w->type == AMPR__Q_NF4 ? dq_rows(c, rows, cols) : rows; /* rows a GEMM */
+    int64_t ch = w->type == AMPR__Q_NF4 ? dq_rows(c, rows, cols, n) : rows; /* rows a GEMM */
     if (use_lt) {
         int i8 = w->type == AMPR__Q_INT8;
         ampr__cuda_plan *plan = NULL;

@@ -12,8 +12,10 @@
  *        check --bench       (the benchmarks only, no correctness checks)
  *        check --ops fp16|int8|nf4   (one tier's per-op profile only, each op
  *                                     run twice: a target for ncu)
+ *        check --only NAME[,NAME]  (those op checks alone: names in main's table)
  *        check --gemv [fp16|int8|nf4]  (each format's matmuls of 1..32 tokens
- *                             on the 8B shape's matrices, every NF4 path)
+ *                             on the 8B shape's matrices, every NF4 path; then
+ *                             of 128 and 512, prefill's)
  */
 #include <cublasLt.h>
 #include <cuda_fp16.h>
@@ -1006,9 +1008,53 @@ static void check_batch_lt(void) {
     }
 }
 
+/* The chunks' sizes: by default 16 MB of fp16 (8M elements) or 64 rows;
+ * with AMPR__CUDA_DQ_WIDE no more chunks than chunks of W rows would make,
+ * W being rows enough for 4 tiles of 128 x 128 an SM at n tokens, but at
+ * least the default's and at most 128M elements, and all of one size (the
+ * last within 64 rows a chunk of the others); always multiples of 64 rows
+ * or the whole matrix, and within what ampr__cuda_dequant_elems reserves.
+ * Written here from the rule, not from the code. */
+static void check_nf4_chunk_sizes(void) {
+    cudaDeviceProp p;
+    CU(cudaGetDeviceProperties(&p, 0));
+    const int64_t tiles = 4 * (int64_t)p.multiProcessorCount * 128 * 128, cap = (int64_t)128 << 20;
+    const int64_t shapes[][2] = {{28672, 4096}, {128256, 4096}, {4096, 14336}, {6144, 4096}, {1088, 1024},
+                                 {100, 64}};
+    for (int wide : {0, 1}) {
+        SwitchScope sw(AMPR__CUDA_DQ_WIDE, wide);
+        int bad = 0, cases = 0;
+        for (auto &sh : shapes)
+            for (int32_t n : {1, 33, 128, 512, 4096}) {
+                int64_t r = sh[0], cl = sh[1], ch = ampr__cuda_dequant_rows(g_c, r, cl, n), k = (r + ch - 1) / ch;
+                int64_t last = r - (k - 1) * ch, elems = wide ? cap : (int64_t)8 << 20;
+                int64_t def = std::max<int64_t>(64, ((int64_t)8 << 20) / cl / 64 * 64);
+                int64_t w = std::max(def, std::min((tiles / n + 63) / 64 * 64, cap / cl / 64 * 64));
+                bool ok = ch > 0 && ch <= r && (ch == r || ch % 64 == 0) &&
+                          (ch * cl <= elems || ch == 64);
+                if (wide) /* no more chunks than W rows each would make; of one size */
+                    ok = ok && k <= (r + w - 1) / w && last > ch - 64 * k;
+                else
+                    ok = ok && (ch == r || ch == def);
+                if (ampr__cuda_dequant_elems(g_c, r, cl) < ch * cl) ok = false; /* the reservation covers it */
+                cases++;
+                if (!ok) {
+                    bad++;
+                    printf("  %lld x %lld, %d tokens: %lld-row chunks (%s)\n", (long long)r, (long long)cl, n,
+                           (long long)ch, wide ? "wide" : "default");
+                }
+            }
+        char name[128];
+        snprintf(name, sizeof name, "NF4 dequant chunk sizes, %s (%d SMs)", wide ? "AMPR_CUDA_DQ_WIDE" : "default",
+                 p.multiProcessorCount);
+        report_exact(name, bad, cases);
+    }
+}
+
 /* NF4 on cuBLASLt (prefill) dequantizes a chunk of rows at a time: one
  * chunk (the default at this size), chunks of 256 rows with a last one of 64,
- * and of 64 rows, each against the host reference */
+ * and of 64 rows, each against the host reference; then with DQ_WIDE at 512
+ * tokens (one chunk here too: the chunking itself is the same code) */
 static void check_nf4_chunks(void) {
     char name[128];
     int64_t rows = 1088, cols = 1024;
@@ -1032,6 +1078,22 @@ static void check_nf4_chunks(void) {
     ampr__cuda_set_dequant_rows(g_c, 0);
     ampr__cuda_free(g_c, dx);
     ampr__cuda_free(g_c, dy);
+    { /* DQ_WIDE at 512 tokens */
+        SwitchScope wide(AMPR__CUDA_DQ_WIDE, 1);
+        n = 512;
+        x = rnd_vec((size_t)(n * cols), -1, 1);
+        ref.assign((size_t)(n * rows), 0.0);
+        host_matmul(hm, x.data(), n, ref.data(), rows);
+        dx = (float *)dev_put(x.data(), x.size() * 4);
+        dy = (float *)dev_put(NULL, ref.size() * 4);
+        OK(ampr__cuda_matmul(g_c, &dm, dx, n, dy, rows, &g_err));
+        auto gy = dev_get<float>(dy, ref.size());
+        snprintf(name, sizeof name, "matmul nf4 %lldx%lld n=%d cuBLASLt, DQ_WIDE %lld-row chunks", (long long)rows,
+                 (long long)cols, n, (long long)ampr__cuda_dequant_rows(g_c, rows, cols, n));
+        report(name, gy.data(), ref.data(), ref.size(), 3e-3);
+        ampr__cuda_free(g_c, dx);
+        ampr__cuda_free(g_c, dy);
+    }
     ampr__cuda_mat_free(g_c, &dm);
 }
 
@@ -2351,6 +2413,17 @@ static void bench(void) {
             printf("fp16 prefill of %d tokens, attention on tensor cores %.2f ms vs fp32 tiles %.2f ms: "
                    "%.2fx\n", np, mma_ms, f32_ms, f32_ms / mma_ms);
         }
+        if (t == AMPR__Q_NF4) /* prefill's dequantization chunks, side by side */
+            for (int32_t n : {128, np}) {
+                auto pre = [&](int on) {
+                    SwitchScope sw(AMPR__CUDA_DQ_WIDE, on);
+                    return time_ms([&] { OK(ampr__cuda_forward(s, toks.data(), n, 0, 0, &g_err)); }, 3);
+                };
+                double w_ms = pre(1), d_ms = pre(0);
+                printf("nf4 prefill of %d tokens, dequantized in chunks for 4 waves of cuBLASLt tiles "
+                       "(AMPR_CUDA_DQ_WIDE=1, off by default) %.2f ms vs 16 MB chunks %.2f ms: %.2fx\n", n, w_ms,
+                       d_ms, d_ms / w_ms);
+            }
         if (t == AMPR__Q_NF4) { /* passes of a few tokens: a decode batch's matmuls */
             auto pass_ms = [&](ampr__cuda_switch sw_id, int on, int32_t n) {
                 SwitchScope sw(sw_id, on);
@@ -2383,10 +2456,11 @@ static void bench(void) {
  * others are skipped); AMPR_CHECK_GEMV_PROFILE=1: for a profiler, 1 and 4
  * tokens only, each matmul run twice (tests/gpu/profile.sh). */
 static void bench_gemv(const char *only) {
+    const bool small = getenv("AMPR_CHECK_BENCH_SMALL") != NULL;
     struct Shape { const char *name; int64_t rows, cols; } shapes[] = {
         {"wqkv", 6144, 4096}, {"wo", 4096, 4096}, {"w_gu", 28672, 4096}, {"w_down", 4096, 14336},
         {"output", 128256, 4096}};
-    if (getenv("AMPR_CHECK_BENCH_SMALL")) /* the code path on the emulation */
+    if (small) /* the code path on the emulation */
         shapes[0] = {"wqkv", 384, 256}, shapes[1] = {"wo", 256, 256}, shapes[2] = {"w_gu", 1024, 256},
         shapes[3] = {"w_down", 256, 512}, shapes[4] = {"output", 1000, 256};
     const bool prof = getenv("AMPR_CHECK_GEMV_PROFILE") != NULL;
@@ -2462,6 +2536,49 @@ static void bench_gemv(const char *only) {
         time_row(2, name, 1);
     }
     ampr__cuda_set_nf4_gemv1(g_c, 0);
+    /* prefill's matmuls: fp16 and int8 on cuBLASLt, nf4 dequantized in 16 MB
+     * chunks and in AMPR_CUDA_DQ_WIDE's (TFLOP/s instead of GB/s); small: one
+     * call of 40 tokens (the emulation's matmuls are loops) */
+    const int32_t pre_ns[] = {128, 512};
+    const int pre_calls = small ? 1 : calls, pre_reps = small ? 1 : reps;
+    float *px = NULL, *py = NULL;
+    if (!prof) {
+        const int32_t most = small ? 40 : 512;
+        px = (float *)dev_put(NULL, (size_t)most * 14336 * 4);
+        auto x = rnd_vec((size_t)most * 14336, -1, 1);
+        CU(cudaMemcpy(px, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+        py = (float *)dev_put(NULL, (size_t)most * 128256 * 4);
+        printf("\nprefill matmuls on the 8B shape: us a call (TFLOP/s)\n");
+    }
+    struct PrePath { int f; const char *name; int waves; } pre_paths[] = {
+        {0, "cuBLASLt", 0}, {1, "cuBLASLt", 0}, {2, "16 MB chunks", 0}, {2, "DQ_WIDE, 1 wave", 1},
+        {2, "DQ_WIDE, 2 waves", 2}, {2, "DQ_WIDE, 4 waves", 4}};
+    for (const PrePath &pp : pre_paths) {
+        if (prof || (only && strcmp(only, fmt_name(k_fmts[pp.f])))) continue;
+        SwitchScope wide(AMPR__CUDA_DQ_WIDE, pp.waves > 0);
+        ampr__cuda_set_dequant_waves(g_c, pp.waves);
+        for (int32_t n : pre_ns) {
+            if (small && n != pre_ns[0]) break;
+            if (small) n = 40;
+            double sum_us = 0, sum_flop = 0;
+            printf("%-5s %-22s %3d", fmt_name(k_fmts[pp.f]), pp.name, n);
+            for (int k = 0; k < NM; k++) {
+                ampr__cuda_mat *w = &mats[pp.f][k];
+                OK(ampr__cuda_matmul(g_c, w, px, n, py, w->rows, &g_err)); /* scratch, plans */
+                double us = 1e3 / pre_calls * time_ms([&] {
+                    for (int r = 0; r < pre_calls; r++) OK(ampr__cuda_matmul(g_c, w, px, n, py, w->rows, &g_err));
+                }, pre_reps);
+                double flop = 2.0 * (double)w->rows * (double)w->cols * n;
+                sum_us += us;
+                sum_flop += flop;
+                printf(" %8.1f (%6.1f)", us, flop / (us * 1e-6) / 1e12);
+            }
+            printf(" %8.1f (%6.1f)\n", sum_us, sum_flop / (sum_us * 1e-6) / 1e12);
+        }
+        ampr__cuda_set_dequant_waves(g_c, 0);
+    }
+    if (px) ampr__cuda_free(g_c, px);
+    if (py) ampr__cuda_free(g_c, py);
     for (auto &row : mats)
         for (auto &m : row)
             if (m.data) ampr__cuda_mat_free(g_c, &m);
@@ -2480,6 +2597,18 @@ static void ops_only(const char *tier) {
         model_make(hm, t, hp, true);
         bench_ops(t, hm, 0, 0);
     }
+}
+
+/* whether name is one of the comma-separated names in list */
+static bool listed(const char *list, const char *name) {
+    size_t len = strlen(name);
+    for (const char *p = list; *p;) {
+        const char *end = strchr(p, ',');
+        size_t k = end ? (size_t)(end - p) : strlen(p);
+        if (k == len && !strncmp(p, name, len)) return true;
+        p += k + (end ? 1 : 0);
+    }
+    return false;
 }
 
 int main(int argc, char **argv) {
@@ -2513,31 +2642,35 @@ int main(int argc, char **argv) {
         ampr__cuda_close(g_c);
         return 0;
     }
-    if (!bench_only) {
-        check_elementwise();
-        check_add_rmsnorm();
-        check_argmax();
-        check_topk_cands();
-        check_nucleus_cands();
-        check_row_monitor();
-        check_temp_draw();
-        check_embed_matmul();
-        check_gemv_swiglu();
-        check_nf4_ring();
-        check_prefetch();
-        check_addnorm();
-        check_rope_tail();
-        check_nan_matmul();
-        check_nf4_chunks();
-        check_batch_lt();
-        check_kv_attention(64);
-        check_kv_attention(128);
-        check_nccl();
-        check_copy_reduce();
-        check_forward();
-        check_paged_graphs();
+    static const struct {
+        const char *name;
+        void (*fn)(void);
+    } checks[] = {
+        {"elementwise", check_elementwise}, {"add_rmsnorm", check_add_rmsnorm}, {"argmax", check_argmax},
+        {"topk_cands", check_topk_cands}, {"nucleus_cands", check_nucleus_cands},
+        {"row_monitor", check_row_monitor}, {"temp_draw", check_temp_draw},
+        {"embed_matmul", check_embed_matmul}, {"gemv_swiglu", check_gemv_swiglu}, {"nf4_ring", check_nf4_ring},
+        {"prefetch", check_prefetch}, {"addnorm", check_addnorm}, {"rope_tail", check_rope_tail},
+        {"nan_matmul", check_nan_matmul}, {"nf4_chunk_sizes", check_nf4_chunk_sizes},
+        {"nf4_chunks", check_nf4_chunks}, {"batch_lt", check_batch_lt},
+        {"kv_attention_64", [] { check_kv_attention(64); }}, {"kv_attention_128", [] { check_kv_attention(128); }},
+        {"nccl", check_nccl}, {"copy_reduce", check_copy_reduce}, {"forward", check_forward},
+        {"paged_graphs", check_paged_graphs}};
+    /* check --only NAME[,NAME...]: those checks alone (names as in the table) */
+    const char *only = argc > 2 && !strcmp(argv[1], "--only") ? argv[2] : NULL;
+    if (only || !bench_only) {
+        int ran = 0;
+        for (const auto &ck : checks) {
+            if (only && !listed(only, ck.name)) continue;
+            ck.fn();
+            ran++;
+        }
+        if (only && !ran) {
+            printf("check --only %s: no such check\n", only);
+            g_fail++;
+        }
     }
-    if (!quick) bench();
+    if (!quick && !only) bench();
     ampr__cuda_close(g_c);
     printf("\n%s: %d failure(s)\n", g_fail ? "FAIL" : "PASS", g_fail);
     return g_fail ? 1 : 0;

@@ -36,7 +36,7 @@ cd "$(dirname "$0")/../.."
 
 # The kernel switches that are off by default (cuda/ampr_cuda.h, ampr__cuda_switch;
 # NF4_MMA, NF4_BATCH, ATT_MMA, ATT_DEC, PDL and TP_GRAPHS are on unless set to 0)
-all_switches="AMPR_CUDA_FUSE=1 AMPR_CUDA_PREFETCH=1 AMPR_CUDA_FUSE_TAIL=1 AMPR_CUDA_NF4_RING=1"
+all_switches="AMPR_CUDA_FUSE=1 AMPR_CUDA_PREFETCH=1 AMPR_CUDA_FUSE_TAIL=1 AMPR_CUDA_NF4_RING=1 AMPR_CUDA_DQ_WIDE=1"
 build_only=0
 prebuild=0
 emu=0
@@ -666,16 +666,18 @@ if [ "$emu" = 0 ] && [ "${AMPR_GPU_NO_BENCH:-0}" != 1 ] && [ "${AMPR_GPU_NO_8B:-
             --tiers fp16,int8,nf4 --prompt 128 --gen 32 --concurrent 4 2>&1 | tee "$OUT/bench-8b.txt" ||
             echo "8b bench: exit $? (not a failure of the check)"
         # NF4 again with its tensor-core GEMV's weights through the cp.async
-        # ring (AMPR_CUDA_NF4_RING=1, off until measured), beside the above
+        # ring (AMPR_CUDA_NF4_RING=1: decode) and prefill's dequantization in
+        # chunks for 4 waves of cuBLASLt tiles (AMPR_CUDA_DQ_WIDE=1: prefill),
+        # both off until measured, beside the above
         t=$(left 150)
         if [ "$t" -lt 90 ]; then
-            echo "(the 8b NF4 bench with AMPR_CUDA_NF4_RING=1 is skipped: $SECONDS s used so far)"
+            echo "(the 8b NF4 bench with AMPR_CUDA_NF4_RING=1 AMPR_CUDA_DQ_WIDE=1 is skipped: $SECONDS s used so far)"
         else
             echo
-            echo "== the same, NF4 only, with AMPR_CUDA_NF4_RING=1 (timeout $t s) =="
-            AMPR_CUDA_NF4_RING=1 TMPDIR=${TMPDIR:-/tmp} timeout -k 10 "$t" stdbuf -oL "$AMPR" bench --shape 8b \
-                --device cuda --tiers nf4 --prompt 128 --gen 32 2>&1 | tee "$OUT/bench-8b-ring.txt" ||
-                echo "8b bench with the ring: exit $? (not a failure of the check)"
+            echo "== the same, NF4 only, with AMPR_CUDA_NF4_RING=1 AMPR_CUDA_DQ_WIDE=1 (timeout $t s) =="
+            AMPR_CUDA_NF4_RING=1 AMPR_CUDA_DQ_WIDE=1 TMPDIR=${TMPDIR:-/tmp} timeout -k 10 "$t" stdbuf -oL "$AMPR" \
+                bench --shape 8b --device cuda --tiers nf4 --prompt 128 --gen 32 2>&1 | tee "$OUT/bench-8b-ring.txt" ||
+                echo "8b bench with the ring and wide chunks: exit $? (not a failure of the check)"
         fi
     fi
 fi
