@@ -168,7 +168,12 @@ void ampr__cuda_set_dequant_waves(ampr__cuda *c, int waves);
  *            in L2: at the 8B shape a 16 MB chunk is 2048 rows, 16 tiles of
  *            128 x 128 at 128 tokens for 132 SMs. Another summation order
  *            only where cuBLASLt picks another algorithm for the other row
- *            count (off: not yet measured on a GPU). */
+ *            count (off: not yet measured on a GPU);
+ *   DQ_PIPE  those chunks (more than one, prefill passes of more than 32
+ *            tokens, not in a graph) alternately on two streams of the
+ *            context's own, each with its scratch and cuBLASLt workspace, so
+ *            that a chunk's dequantization runs beside the GEMM before it;
+ *            the same values (off: not yet measured on a GPU). */
 typedef enum {
     AMPR__CUDA_NF4_MMA,
     AMPR__CUDA_ATT_MMA,
@@ -181,6 +186,7 @@ typedef enum {
     AMPR__CUDA_NF4_BATCH,
     AMPR__CUDA_NF4_RING,
     AMPR__CUDA_DQ_WIDE,
+    AMPR__CUDA_DQ_PIPE,
     AMPR__CUDA_N_SWITCHES
 } ampr__cuda_switch;
 void ampr__cuda_set_switch(ampr__cuda *c, ampr__cuda_switch s, int on);

@@ -116,6 +116,14 @@ void ampr__cuda_close(ampr__cuda *c) {
     cudaFree(c->xs);
     cudaFree(c->acc);
     cudaFree(c->wdq);
+    for (int s = 0; s < 2; s++) {
+        if (c->dq_side[s]) cudaStreamSynchronize(c->dq_side[s]);
+        cudaFree(c->dq_buf[s]);
+        cudaFree(c->dq_ws[s]);
+        if (c->dq_side[s]) cudaStreamDestroy(c->dq_side[s]);
+    }
+    for (int e = 0; e < 3; e++)
+        if (c->dq_ev[e]) cudaEventDestroy(c->dq_ev[e]);
     cudaFree(c->nf4b_part);
     cudaFree(c->nf4b_cnt);
     cudaFree(c->att_part);
@@ -169,7 +177,8 @@ const char *ampr__cuda_switch_env(ampr__cuda_switch s) {
     static const char *const names[AMPR__CUDA_N_SWITCHES] = {
         "AMPR_CUDA_NF4_MMA", "AMPR_CUDA_ATT_MMA", "AMPR_CUDA_ATT_DEC", "AMPR_CUDA_FUSE",
         "AMPR_CUDA_PDL", "AMPR_CUDA_TP_GRAPHS", "AMPR_CUDA_PREFETCH",
-        "AMPR_CUDA_FUSE_TAIL", "AMPR_CUDA_NF4_BATCH", "AMPR_CUDA_NF4_RING", "AMPR_CUDA_DQ_WIDE"};
+        "AMPR_CUDA_FUSE_TAIL", "AMPR_CUDA_NF4_BATCH", "AMPR_CUDA_NF4_RING", "AMPR_CUDA_DQ_WIDE",
+        "AMPR_CUDA_DQ_PIPE"};
     return (unsigned)s < AMPR__CUDA_N_SWITCHES ? names[s] : "?";
 }
 /* On at open unless the environment says 0: the paths the H200 measured

@@ -107,6 +107,18 @@ struct ampr__cuda {
     size_t acc_bytes;
     __half *wdq;              /* NF4 weights dequantized to half */
     size_t wdq_bytes;
+    /* NF4 prefill's chunks on two streams of their own (AMPR__CUDA_DQ_PIPE,
+     * cuda_matmul.cu nf4_pipe), made at first use (dq_pipe 1; -1: could
+     * not be, the chunks stay on the stream): chunk j on dq_side[j % 2]
+     * with that side's scratch and cuBLASLt workspace; dq_ev[0] holds the
+     * sides until the main stream is there, dq_ev[1 + s] the main stream
+     * until side s is done */
+    int dq_pipe;
+    cudaStream_t dq_side[2];
+    cudaEvent_t dq_ev[3];
+    __half *dq_buf[2];
+    size_t dq_buf_bytes[2];
+    void *dq_ws[2];
     float *nf4b_part;         /* NF4 batch matmul: each column split's sums */
     size_t nf4b_part_bytes;
     int32_t *nf4b_cnt;        /* ... and per row block the splits done (the last resets it) */

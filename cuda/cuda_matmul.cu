@@ -1440,8 +1440,9 @@ static ampr_status plan_get(ampr__cuda *c, int kind, int64_t m, int64_t n, int64
     return AMPR_OK;
 }
 
-static ampr_status lt_matmul(ampr__cuda *c, int kind, const void *A, const void *B, void *C,
-                             int64_t m, int64_t n, int64_t k, int64_t ldc, ampr__err *err) {
+/* C = A B on c->stream with workspace ws (lt_ws_bytes of it) */
+static ampr_status lt_matmul_ws(ampr__cuda *c, int kind, const void *A, const void *B, void *C,
+                                int64_t m, int64_t n, int64_t k, int64_t ldc, void *ws, ampr__err *err) {
     ampr__cuda_plan *p = NULL;
     AMPR__TRY(plan_get(c, kind, m, n, k, ldc, &p, err));
     float fone = 1.0f, fzero = 0.0f;
@@ -1449,8 +1450,13 @@ static ampr_status lt_matmul(ampr__cuda *c, int kind, const void *A, const void 
     const void *alpha = kind == AMPR__Q_INT8 ? (const void *)&ione : (const void *)&fone;
     const void *beta = kind == AMPR__Q_INT8 ? (const void *)&izero : (const void *)&fzero;
     AMPR__CUBLAS(err, cublasLtMatmul(c->lt, p->op, alpha, A, p->a, B, p->b, beta, C, p->cd, C,
-                                     p->cd, &p->algo, c->lt_ws, c->lt_ws_bytes, c->stream));
+                                     p->cd, &p->algo, ws, c->lt_ws_bytes, c->stream));
     return AMPR_OK;
+}
+
+static ampr_status lt_matmul(ampr__cuda *c, int kind, const void *A, const void *B, void *C,
+                             int64_t m, int64_t n, int64_t k, int64_t ldc, ampr__err *err) {
+    return lt_matmul_ws(c, kind, A, B, C, m, n, k, ldc, c->lt_ws, err);
 }
 
 /* ---- public entry points ------------------------------------------------------ */
@@ -1633,6 +1639,79 @@ ampr_status ampr__cuda_matmul_rope_kv(ampr__cuda *c, const ampr__cuda_mat *w, co
                               sin_tab, interleaved, err);
 }
 
+/* NF4 rows r0 .. r0 + m - 1 dequantized into buf, then their GEMM with
+ * c->xh into y's rows, on c->stream with cuBLASLt workspace ws */
+static ampr_status nf4_chunk(ampr__cuda *c, const ampr__cuda_mat *w, int64_t r0, int64_t m, int32_t n,
+                             float *y, int64_t ldy, __half *buf, void *ws, ampr__err *err) {
+    int64_t cols = w->cols;
+    size_t chunks = (size_t)(m * cols / 32); /* 32 codes, 16 bytes */
+    ampr__launch(c, "nf4_dequant32_kernel", nf4_dequant32_kernel, ampr__cuda_grid(chunks, 256), 256, 0,
+        (const uint4 *)w->data + (size_t)r0 * (size_t)cols / 32, w->scales + r0 * cols / 64, (uint4 *)buf,
+        chunks);
+    AMPR__CU_LAUNCHED(err, "nf4_dequant");
+    return lt_matmul_ws(c, AMPR__Q_F16, buf, c->xh, y + r0, m, n, cols, ldy, ws, err);
+}
+
+/* AMPR__CUDA_DQ_PIPE: the side streams, events, workspaces and chunk
+ * buffers of `bytes` each, made or grown; 0 (the chunks stay on the
+ * context's stream) when any cannot be: a pipeline is worth no failure.
+ * The sides are idle here: every pipelined matmul ends with the main stream
+ * waiting for them, and grow() synchronizes the main stream. */
+static int dq_pipe_ready(ampr__cuda *c, size_t bytes) {
+    if (c->dq_pipe < 0) return 0;
+    ampr__err e = {AMPR_OK, {0}};
+    if (!c->dq_pipe) {
+        c->dq_pipe = -1;
+        for (int s = 0; s < 2; s++)
+            if (cudaStreamCreateWithFlags(&c->dq_side[s], cudaStreamNonBlocking) != cudaSuccess ||
+                cudaMalloc(&c->dq_ws[s], c->lt_ws_bytes) != cudaSuccess) {
+                (void)cudaGetLastError();
+                return 0; /* what was made is freed at close */
+            }
+        for (int k = 0; k < 3; k++)
+            if (cudaEventCreateWithFlags(&c->dq_ev[k], cudaEventDisableTiming) != cudaSuccess) {
+                (void)cudaGetLastError();
+                return 0;
+            }
+        c->dq_pipe = 1;
+    }
+    for (int s = 0; s < 2; s++)
+        if (grow(c, (void **)&c->dq_buf[s], &c->dq_buf_bytes[s], bytes, "NF4 dequant (side stream)", &e) !=
+            AMPR_OK) {
+            (void)cudaGetLastError();
+            return 0; /* this matmul on one stream; a smaller one may fit later */
+        }
+    return 1;
+}
+
+/* The chunks of an NF4 prefill matmul alternately on the two side streams:
+ * chunk j + 1's dequantization (memory-bound) runs beside chunk j's GEMM
+ * (compute-bound; a chunk's GEMM alone may not fill the GPU), and each side's
+ * next chunk waits for its GEMM in stream order before reusing its buffer.
+ * The same chunks and GEMMs as on one stream, so the same values. */
+static ampr_status nf4_pipe(ampr__cuda *c, const ampr__cuda_mat *w, int32_t n, float *y, int64_t ldy,
+                            int64_t ch, ampr__err *err) {
+    cudaStream_t main = c->stream;
+    AMPR__CU(err, cudaEventRecord(c->dq_ev[0], main)); /* x is in c->xh */
+    for (int s = 0; s < 2; s++) AMPR__CU(err, cudaStreamWaitEvent(c->dq_side[s], c->dq_ev[0], 0));
+    ampr_status st = AMPR_OK;
+    int64_t rows = w->rows;
+    for (int64_t r0 = 0, j = 0; r0 < rows && st == AMPR_OK; r0 += ch, j++) {
+        int s = (int)(j & 1);
+        c->stream = c->dq_side[s]; /* ampr__launch and cuBLASLt take c->stream */
+        st = nf4_chunk(c, w, r0, rows - r0 < ch ? rows - r0 : ch, n, y, ldy, c->dq_buf[s], c->dq_ws[s], err);
+    }
+    c->stream = main;
+    /* join, also after a failure: nothing may go on on a side unseen */
+    for (int s = 0; s < 2; s++) {
+        cudaError_t e1 = cudaEventRecord(c->dq_ev[1 + s], c->dq_side[s]);
+        cudaError_t e2 = cudaStreamWaitEvent(main, c->dq_ev[1 + s], 0);
+        if (st == AMPR_OK && (e1 != cudaSuccess || e2 != cudaSuccess))
+            st = ampr__cuda_fail(err, e1 != cudaSuccess ? e1 : e2, "the NF4 pipeline's join", __FILE__, __LINE__);
+    }
+    return st;
+}
+
 ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, int32_t n,
                               float *y, int64_t ldy, ampr__err *err) {
     if (n <= 0) return AMPR_OK;
@@ -1696,14 +1775,10 @@ ampr_status ampr__cuda_matmul(ampr__cuda *c, const ampr__cuda_mat *w, const floa
     AMPR__CU_LAUNCHED(err, "f32_to_f16");
     if (w->type == AMPR__Q_F16) return lt_matmul(c, AMPR__Q_F16, w->data, c->xh, y, rows, n, cols, ldy, err);
     /* NF4: a chunk of rows dequantized, then its GEMM into y's rows */
-    for (int64_t r0 = 0; r0 < rows; r0 += ch) {
-        int64_t m = rows - r0 < ch ? rows - r0 : ch;
-        size_t chunks = (size_t)(m * cols / 32); /* 32 codes, 16 bytes */
-        ampr__launch(c, "nf4_dequant32_kernel", nf4_dequant32_kernel, ampr__cuda_grid(chunks, 256), 256, 0,
-            (const uint4 *)w->data + (size_t)r0 * (size_t)cols / 32, w->scales + r0 * cols / 64,
-            (uint4 *)c->wdq, chunks);
-        AMPR__CU_LAUNCHED(err, "nf4_dequant");
-        AMPR__TRY(lt_matmul(c, AMPR__Q_F16, c->wdq, c->xh, y + r0, m, n, cols, ldy, err));
-    }
+    if (c->sw[AMPR__CUDA_DQ_PIPE] && rows > ch && n > AMPR__CUDA_NF4_BATCH_MAX && !ampr__cuda_capturing(c) &&
+        dq_pipe_ready(c, (size_t)(ch * cols) * 2))
+        return nf4_pipe(c, w, n, y, ldy, ch, err);
+    for (int64_t r0 = 0; r0 < rows; r0 += ch)
+        AMPR__TRY(nf4_chunk(c, w, r0, rows - r0 < ch ? rows - r0 : ch, n, y, ldy, c->wdq, c->lt_ws, err));
     return AMPR_OK;
 }

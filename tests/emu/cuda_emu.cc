@@ -1332,7 +1332,9 @@ struct ampr_emu_clique {
     std::vector<op> pending;
 };
 /* Communicators across processes (ncclCommInitRank with n > 1): the ranks meet
- * in a POSIX shared-memory object named by the unique id. Its header holds
+ * in a file mapped shared, whose path is the unique id (in /dev/shm where
+ * there is one, else $TMPDIR or /tmp; unlinked once all have joined, or by
+ * the rank that gives up). Its header holds
  * the group's size, each rank's pid and how many barriers it has reached;
  * after it, a slot of XP_SLOT floats a rank. An all-reduce goes through the
  * slots a chunk at a time: each rank copies its chunk in, waits for all,
@@ -1360,7 +1362,7 @@ struct ampr_emu_comm {
     int device;
     /* across processes (q == nullptr): */
     xp_shm *xp;
-    char name[64]; /* the shared-memory object's; "" once unlinked */
+    char name[128]; /* the file's path; "" once unlinked */
     uint64_t bars; /* barriers this rank has reached */
     ncclResult_t async;
 };
@@ -1418,7 +1420,7 @@ static ncclResult_t xp_state(ampr_emu_comm *c) {
     for (int r = 0; r < h->n; r++)
         if (r != c->rank && xp_pid_gone(xp_load(&h->pid[r]))) return c->async = ncclRemoteError;
     if (xp_load(&h->joined) < h->n) return ncclInProgress;
-    if (c->name[0]) shm_unlink(c->name); /* every rank has it mapped: the name is not needed again */
+    if (c->name[0]) unlink(c->name); /* every rank has it mapped: the name is not needed again */
     c->name[0] = '\0';
     return ncclSuccess;
 }
@@ -1446,10 +1448,10 @@ static bool xp_barrier(ampr_emu_comm *c) {
 }
 
 static ncclResult_t xp_init(ncclComm_t *comm, int n, const ncclUniqueId &id, int rank, bool blocking) {
-    char name[64];
+    char name[128];
     memcpy(name, id.internal, sizeof name);
     name[sizeof name - 1] = '\0';
-    if (strncmp(name, k_xp_prefix, sizeof k_xp_prefix - 1) != 0) {
+    if (name[0] != '/' || !strstr(name, k_xp_prefix)) {
         report("ncclCommInitRank: the id was not made by ncclGetUniqueId");
         return ncclInvalidArgument;
     }
@@ -1458,7 +1460,7 @@ static ncclResult_t xp_init(ncclComm_t *comm, int n, const ncclUniqueId &id, int
         return ncclInvalidArgument;
     }
     if (!handle_new(H_COMM)) return ncclSystemError;
-    int fd = shm_open(name, O_RDWR | O_CREAT, 0600);
+    int fd = open(name, O_RDWR | O_CREAT, 0600);
     void *map = MAP_FAILED;
     if (fd >= 0) {
         if (ftruncate(fd, (off_t)k_xp_len) == 0) /* sparse: slots take memory once written */
@@ -1541,7 +1543,7 @@ static ncclResult_t xp_all_reduce(ampr_emu_comm *c, const float *send, float *re
 
 static void xp_leave(ampr_emu_comm *c, bool abort) {
     if (abort) xp_store(&c->xp->aborted, 1);
-    if (c->name[0]) shm_unlink(c->name); /* a group that never completed: nobody else will come */
+    if (c->name[0]) unlink(c->name); /* a group that never completed: nobody else will come */
     munmap(c->xp, k_xp_len);
 }
 
@@ -1552,7 +1554,10 @@ ncclResult_t ncclGetUniqueId(ncclUniqueId *id) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     memset(id->internal, 0, sizeof id->internal);
-    snprintf(id->internal, sizeof id->internal, "%s%d-%u-%llx", k_xp_prefix, (int)getpid(), seq++,
+    /* the file's path: in /dev/shm where there is one (memory), else $TMPDIR or /tmp */
+    const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR");
+    if (!dir || !*dir || strlen(dir) > 40) dir = "/tmp";
+    snprintf(id->internal, sizeof id->internal, "%s%s%d-%u-%llx", dir, k_xp_prefix, (int)getpid(), seq++,
              (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec);
     return ncclSuccess;
 }

@@ -1074,6 +1074,21 @@ static void check_nf4_chunks(void) {
         snprintf(name, sizeof name, "matmul nf4 %lldx%lld n=%d cuBLASLt, %lld-row chunks", (long long)rows,
                  (long long)cols, n, (long long)(ch ? ch : rows));
         report(name, gy.data(), ref.data(), ref.size(), 3e-3);
+        if (!ch) continue;
+        /* AMPR__CUDA_DQ_PIPE: the same chunks on two streams, the same floats;
+         * then the default's again on the context's stream after it */
+        for (int pipe : {1, 0}) {
+            SwitchScope sw(AMPR__CUDA_DQ_PIPE, pipe);
+            CU(cudaMemset(dy, 0xff, ref.size() * 4));
+            OK(ampr__cuda_matmul(g_c, &dm, dx, n, dy, rows, &g_err));
+            OK(ampr__cuda_sync(g_c, &g_err));
+            auto gp = dev_get<float>(dy, ref.size());
+            snprintf(name, sizeof name, "  %s, %lld-row chunks == one stream's", pipe ? "DQ_PIPE" : "after it",
+                     (long long)ch);
+            long bad = 0;
+            for (size_t e = 0; e < gy.size(); e++) bad += memcmp(&gp[e], &gy[e], 4) != 0;
+            report_exact(name, bad, (long)gy.size());
+        }
     }
     ampr__cuda_set_dequant_rows(g_c, 0);
     ampr__cuda_free(g_c, dx);
@@ -2415,14 +2430,16 @@ static void bench(void) {
         }
         if (t == AMPR__Q_NF4) /* prefill's dequantization chunks, side by side */
             for (int32_t n : {128, np}) {
-                auto pre = [&](int on) {
-                    SwitchScope sw(AMPR__CUDA_DQ_WIDE, on);
+                auto pre = [&](int wide, int pipe) {
+                    SwitchScope sw(AMPR__CUDA_DQ_WIDE, wide), sp(AMPR__CUDA_DQ_PIPE, pipe);
                     return time_ms([&] { OK(ampr__cuda_forward(s, toks.data(), n, 0, 0, &g_err)); }, 3);
                 };
-                double w_ms = pre(1), d_ms = pre(0);
+                double w_ms = pre(1, 0), p_ms = pre(0, 1), d_ms = pre(0, 0);
                 printf("nf4 prefill of %d tokens, dequantized in chunks for 4 waves of cuBLASLt tiles "
                        "(AMPR_CUDA_DQ_WIDE=1, off by default) %.2f ms vs 16 MB chunks %.2f ms: %.2fx\n", n, w_ms,
                        d_ms, d_ms / w_ms);
+                printf("nf4 prefill of %d tokens, 16 MB chunks on two streams (AMPR_CUDA_DQ_PIPE=1, off by "
+                       "default) %.2f ms vs on one %.2f ms: %.2fx\n", n, p_ms, d_ms, d_ms / p_ms);
             }
         if (t == AMPR__Q_NF4) { /* passes of a few tokens: a decode batch's matmuls */
             auto pass_ms = [&](ampr__cuda_switch sw_id, int on, int32_t n) {
@@ -2550,12 +2567,13 @@ static void bench_gemv(const char *only) {
         py = (float *)dev_put(NULL, (size_t)most * 128256 * 4);
         printf("\nprefill matmuls on the 8B shape: us a call (TFLOP/s)\n");
     }
-    struct PrePath { int f; const char *name; int waves; } pre_paths[] = {
-        {0, "cuBLASLt", 0}, {1, "cuBLASLt", 0}, {2, "16 MB chunks", 0}, {2, "DQ_WIDE, 1 wave", 1},
-        {2, "DQ_WIDE, 2 waves", 2}, {2, "DQ_WIDE, 4 waves", 4}};
+    struct PrePath { int f; const char *name; int waves, pipe; } pre_paths[] = {
+        {0, "cuBLASLt", 0, 0}, {1, "cuBLASLt", 0, 0}, {2, "16 MB chunks", 0, 0},
+        {2, "16 MB chunks, DQ_PIPE", 0, 1}, {2, "DQ_WIDE, 1 wave", 1, 0}, {2, "DQ_WIDE, 2 waves", 2, 0},
+        {2, "DQ_WIDE, 4 waves", 4, 0}, {2, "WIDE 1 wave, DQ_PIPE", 1, 1}};
     for (const PrePath &pp : pre_paths) {
         if (prof || (only && strcmp(only, fmt_name(k_fmts[pp.f])))) continue;
-        SwitchScope wide(AMPR__CUDA_DQ_WIDE, pp.waves > 0);
+        SwitchScope wide(AMPR__CUDA_DQ_WIDE, pp.waves > 0), pipe(AMPR__CUDA_DQ_PIPE, pp.pipe);
         ampr__cuda_set_dequant_waves(g_c, pp.waves);
         for (int32_t n : pre_ns) {
             if (small && n != pre_ns[0]) break;
