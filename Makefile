@@ -156,6 +156,7 @@ check-emu:
 	bash tests/gpu/check.sh --emu
 	@$(call emu_inject,build-emu,$(EMU_INJECT) "alloc procs" "handle procs")
 	$(MAKE) CUDA=1 CUDA_EMU=1 B=build-emu test
+	AMPR_EMU_DEVICES=2 AMPR_SHARED=$(AMPR_SHARED) build-emu/tests/test_device # one rank per process: 2 GPUs
 	AMPR_EMU_ORDER=reverse bash tests/gpu/check.sh --emu --quick --switches
 	AMPR_CHECK_BENCH_SMALL=1 build-emu/tests/emu/check --bench
 	AMPR_CHECK_BENCH_SMALL=1 build-emu/tests/emu/check --gemv
@@ -166,7 +167,7 @@ check-emu:
 EMU_SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 check-emu-asan:
 	$(MAKE) CUDA=1 CUDA_EMU=1 B=build-emu-asan OPT=-O1 SAN="$(EMU_SAN)" all build-emu-asan/tests/test_device
-	AMPR_SHARED=$(AMPR_SHARED) build-emu-asan/tests/test_device
+	AMPR_EMU_DEVICES=2 AMPR_SHARED=$(AMPR_SHARED) build-emu-asan/tests/test_device
 	@$(call emu_inject,build-emu-asan,$(EMU_INJECT)) # not "procs": its python loads the library
 
 run:

@@ -12,12 +12,19 @@
  *   AMPR_ERR_NOMEM and a message naming cudaMalloc, and nothing else: the
  *   same context then gives the text a fresh context gives, and closing it
  *   frees every device allocation. Each allocation a request makes is failed
- *   in turn, until the request makes no more.
+ *   in turn, until the request makes no more;
+ * - one rank per process ("tp_rank" / "tp_id"), here two ranks on two threads
+ *   (NCCL allows several in one process; the emulation's communicators meet
+ *   in a file whatever the process) with a GPU each: each rank's greedy text
+ *   is the CPU's tp 2 text, and closing both frees every device allocation;
+ *   a rank alone fails its open at its "tp_timeout_ms", and an open whose
+ *   progress callback stops it while it waits for the others is cancelled.
  */
 #include "testutil.h"
 
 #include <pthread.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -200,12 +207,155 @@ static void test_alloc_failure_in_request(void **state) {
     free(ref);
 }
 
+/* ---- one rank per process ---- */
+
+typedef struct {
+    const char *path;
+    char cfg[1024];
+    ampr_open_params *params; /* or NULL */
+    ampr_status open_st, gen_st;
+    char msg[512];
+    char *text;
+    double open_ms;
+} rank_job;
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* a rank's open and greedy fp16 text; no cmocka asserts off the main thread */
+static void *rank_main(void *arg) {
+    rank_job *j = (rank_job *)arg;
+    ampr_ctx *ctx = NULL;
+    double t0 = now_ms();
+    j->open_st = ampr_open_ex(j->path, j->cfg, j->params, &ctx);
+    j->open_ms = now_ms() - t0;
+    snprintf(j->msg, sizeof j->msg, "%s", ampr_errmsg(ctx));
+    if (j->open_st == AMPR_OK) {
+        ampr_gen_params p;
+        ampr_gen_params_init(&p);
+        p.tier = AMPR_TIER_FP16;
+        p.max_tokens = 20;
+        p.temperature = 0.0f;
+        p.ignore_eos = 1;
+        ampr_result *r = NULL;
+        j->gen_st = ampr_generate(ctx, "abc", 3, &p, &r); /* as tu_greedy_text */
+        j->text = j->gen_st == AMPR_OK ? strdup(r->text) : NULL;
+        if (j->gen_st != AMPR_OK) snprintf(j->msg, sizeof j->msg, "%s", ampr_errmsg(ctx));
+        ampr_result_free(r);
+    }
+    ampr_close(ctx);
+    return NULL;
+}
+
+/* Whether "device": "cuda" opens here at all. */
+static int open_device_ok(const char *path) {
+    ampr_ctx *ctx = open_device(path, "{\"tiers\": [\"fp16\"], \"device\": \"cuda\"}");
+    ampr_close(ctx);
+    return ctx != NULL;
+}
+
+/* A fresh group id, or NULL (skip) where this build has no NCCL. */
+static char *group_id(void) {
+    static char id[AMPR_TP_ID_LEN + 1];
+    return ampr_tp_id_new(id, sizeof id) == AMPR_OK ? id : NULL;
+}
+
+/* Whether two GPUs are there for two ranks (NCCL wants a GPU a rank). */
+static int two_gpus(const char *path) {
+    ampr_ctx *ctx = NULL;
+    ampr_status st = ampr_open(path, "{\"tiers\": [\"fp16\"], \"device\": \"cuda\", \"tp_size\": 2, "
+                                     "\"gpus\": [0, 1]}", &ctx);
+    ampr_close(ctx);
+    return st == AMPR_OK;
+}
+
+static long live_allocs(void) { return ampr_emu_live_allocs ? ampr_emu_live_allocs() : 0; }
+
+static void test_rank_per_process(void **state) {
+    (void)state;
+    const char *path = model();
+    char *id = group_id();
+    if (!path || !id || !two_gpus(path)) skip(); /* the emulation: AMPR_EMU_DEVICES=2 */
+    long live0 = live_allocs();
+    ampr_ctx *cpu = tu_open_ok(path, "{" TIERS ", \"device\": \"cpu\", \"tp_size\": 2}");
+    char *ref = tu_greedy_text(cpu, AMPR_TIER_FP16, 20);
+    ampr_close(cpu);
+    rank_job jobs[2];
+    pthread_t th[2];
+    for (int r = 0; r < 2; r++) {
+        memset(&jobs[r], 0, sizeof jobs[r]);
+        jobs[r].path = path;
+        snprintf(jobs[r].cfg, sizeof jobs[r].cfg,
+                 "{" TIERS ", \"device\": \"cuda\", \"tp_size\": 2, \"tp_rank\": %d, \"tp_id\": \"%s\", "
+                 "\"gpus\": [%d], \"tp_timeout_ms\": 60000}", r, id, r);
+        assert_int_equal(pthread_create(&th[r], NULL, rank_main, &jobs[r]), 0);
+    }
+    for (int r = 0; r < 2; r++) pthread_join(th[r], NULL);
+    for (int r = 0; r < 2; r++) {
+        if (jobs[r].open_st != AMPR_OK || jobs[r].gen_st != AMPR_OK) fail_msg("rank %d: %s", r, jobs[r].msg);
+        assert_string_equal(jobs[r].text, ref);
+        free(jobs[r].text);
+    }
+    free(ref);
+    assert_int_equal(live_allocs(), live0);
+}
+
+static int stop_at_join(void *user, const char *stage, float fraction) {
+    (void)fraction;
+    int *calls = (int *)user;
+    return !strcmp(stage, "tp join") && ++*calls >= 2; /* the second call: 100-200 ms in */
+}
+
+static void test_rank_alone(void **state) {
+    (void)state;
+    const char *path = model();
+    char *id = group_id();
+    if (!path || !id) skip();
+    if (!open_device_ok(path)) skip();
+    long live0 = live_allocs();
+    rank_job j;
+    memset(&j, 0, sizeof j);
+    j.path = path;
+    snprintf(j.cfg, sizeof j.cfg,
+             "{" TIERS ", \"device\": \"cuda\", \"tp_size\": 2, \"tp_rank\": 0, \"tp_id\": \"%s\", "
+             "\"tp_timeout_ms\": 500}", id);
+    rank_main(&j); /* nobody else comes: the timeout */
+    assert_int_equal(j.open_st, AMPR_ERR_BACKEND);
+    assert_non_null(strstr(j.msg, "did not all join within 500 ms"));
+    assert_true(j.open_ms >= 450 && j.open_ms < 30000);
+    assert_int_equal(live_allocs(), live0);
+
+    /* the progress callback stops it (a fresh id: one id serves one open) */
+    id = group_id();
+    assert_non_null(id);
+    int calls = 0;
+    ampr_open_params op;
+    ampr_open_params_init(&op);
+    op.progress = stop_at_join;
+    op.progress_user = &calls;
+    memset(&j, 0, sizeof j);
+    j.path = path;
+    j.params = &op;
+    snprintf(j.cfg, sizeof j.cfg,
+             "{" TIERS ", \"device\": \"cuda\", \"tp_size\": 2, \"tp_rank\": 1, \"tp_id\": \"%s\"}", id);
+    rank_main(&j);
+    assert_int_equal(j.open_st, AMPR_ERR_CANCELLED);
+    assert_int_equal(calls, 2);
+    assert_true(j.open_ms < 30000); /* not the default 300 s timeout */
+    assert_int_equal(live_allocs(), live0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_device_matches_cpu),
         cmocka_unit_test(test_concurrent_requests),
         cmocka_unit_test(test_concurrent_requests_tp_graphs),
         cmocka_unit_test(test_alloc_failure_in_request),
+        cmocka_unit_test(test_rank_per_process),
+        cmocka_unit_test(test_rank_alone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
