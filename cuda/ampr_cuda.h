@@ -549,6 +549,8 @@ ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
 ampr_status ampr__cuda_comm_init_all(ampr__cuda *const *ctxs, int n, ampr__cuda_comm **out,
                                      ampr__err *err);
 void ampr__cuda_comm_free(ampr__cuda_comm *comm); /* NULL-safe */
+/* Abort it: its collectives stop, every later call on it fails (BACKEND). */
+void ampr__cuda_comm_abort(ampr__cuda_comm *comm);
 /* Wait for the comm's stream: for a process-per-rank communicator by
  * polling, so that a rank that fails or stops answering (past timeout_ms)
  * aborts the group with AMPR_ERR_BACKEND instead of a wait for ever. */
@@ -589,6 +591,11 @@ ampr_status ampr__cuda_reduce_wait(ampr__cuda_reduce *r, ampr__err *err);
  * collective: each rank calls it once, e.g. at the end of its open). Other
  * groups (NULL r included): *all_ok = ok. */
 ampr_status ampr__cuda_reduce_agree(ampr__cuda_reduce *r, int ok, int *all_ok, ampr__err *err);
+/* A process-per-rank group: abort this rank's communicator, so that the other
+ * ranks' collectives fail (NCCL reports the lost peer, or their wait reaches
+ * "tp_timeout_ms") and this rank's later ones fail at once. Nothing for a
+ * group of one process's ranks, or NULL. */
+void ampr__cuda_reduce_abort(ampr__cuda_reduce *r);
 /* bufs[i]: count fp32 values on local rank i's device; each becomes the sum
  * over every rank of the group. Enqueued on the ranks' streams. */
 ampr_status ampr__cuda_reduce_sum(ampr__cuda_reduce *r, float *const *bufs, size_t count,

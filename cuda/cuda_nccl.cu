@@ -45,6 +45,17 @@ ampr_status ampr__cuda_comm_id_new(unsigned char id[AMPR__CUDA_COMM_ID_BYTES], a
     return AMPR_OK;
 }
 
+void ampr__cuda_comm_abort(ampr__cuda_comm *comm) {
+    if (comm->comm) ncclCommAbort(comm->comm);
+    comm->comm = NULL; /* every later call on it: aborted() */
+}
+
+static ampr_status aborted(ampr__err *err) {
+    return ampr__fail(err, AMPR_ERR_BACKEND,
+                      "NCCL: this tensor-parallel group was aborted (a rank failed or stopped "
+                      "answering); open the context again");
+}
+
 /* One rank per process joins with a nonblocking communicator (NCCL 2.14+),
  * so that a rank that never arrives, or stops answering, costs a timeout
  * instead of a process stuck for ever: init runs in NCCL's own thread while
@@ -62,23 +73,13 @@ static void nap_1ms(void) {
     nanosleep(&nap, NULL);
 }
 
-static void comm_abort(ampr__cuda_comm *cm) {
-    if (cm->comm) ncclCommAbort(cm->comm);
-    cm->comm = NULL;
-}
-
-static ampr_status aborted(ampr__err *err) {
-    return ampr__fail(err, AMPR_ERR_BACKEND,
-                      "NCCL: this tensor-parallel group was aborted (a rank failed or stopped "
-                      "answering); open the context again");
-}
 
 /* r from a call on cm: wait while it is in progress; the deadline aborts. */
 static ampr_status settle(ampr__cuda_comm *cm, ncclResult_t r, const char *what, ampr__err *err) {
     double t0 = ampr__now_ms();
     while (r == ncclInProgress) {
         if (cm->timeout_ms > 0 && ampr__now_ms() - t0 > (double)cm->timeout_ms) {
-            comm_abort(cm);
+            ampr__cuda_comm_abort(cm);
             return ampr__fail(err, AMPR_ERR_BACKEND,
                               "NCCL: %s did not complete within %lld ms (\"tp_timeout_ms\"): "
                               "another rank stopped answering; the group was aborted",
@@ -88,7 +89,7 @@ static ampr_status settle(ampr__cuda_comm *cm, ncclResult_t r, const char *what,
         if (ncclCommGetAsyncError(cm->comm, &r) != ncclSuccess) r = ncclInternalError;
     }
     if (r != ncclSuccess) {
-        comm_abort(cm);
+        ampr__cuda_comm_abort(cm);
         if (r == ncclRemoteError)
             return ampr__fail(err, AMPR_ERR_BACKEND,
                               "NCCL: %s failed: another rank of the group failed or was lost (%s); "
@@ -111,14 +112,14 @@ static ampr_status comm_wait(ampr__cuda_comm *cm, ampr__err *err) {
         if (q != cudaErrorNotReady) return ampr__cuda_fail(err, q, "cudaStreamQuery", __FILE__, __LINE__);
         ncclResult_t a = ncclSuccess;
         if (ncclCommGetAsyncError(cm->comm, &a) != ncclSuccess || (a != ncclSuccess && a != ncclInProgress)) {
-            comm_abort(cm);
+            ampr__cuda_comm_abort(cm);
             return ampr__fail(err, AMPR_ERR_BACKEND,
                               "NCCL: a collective failed (%s): another rank of the group failed; "
                               "the group was aborted", ncclGetErrorString(a));
         }
         double waited = ampr__now_ms() - t0;
         if (cm->timeout_ms > 0 && waited > (double)cm->timeout_ms) {
-            comm_abort(cm);
+            ampr__cuda_comm_abort(cm);
             return ampr__fail(err, AMPR_ERR_BACKEND,
                               "NCCL: the group's work did not finish within %lld ms "
                               "(\"tp_timeout_ms\"): another rank stopped answering; the group was "
@@ -158,7 +159,7 @@ ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
         if (cancel && ampr__now_ms() - asked >= 100.0) {
             asked = ampr__now_ms();
             if (cancel(cancel_user)) {
-                comm_abort(cm);
+                ampr__cuda_comm_abort(cm);
                 ampr__free(cm);
                 return ampr__fail(err, AMPR_ERR_CANCELLED,
                                   "open cancelled while rank %d of %d waited for the others",
@@ -166,7 +167,7 @@ ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
             }
         }
         if (timeout_ms > 0 && ampr__now_ms() - t0 > (double)timeout_ms) {
-            comm_abort(cm);
+            ampr__cuda_comm_abort(cm);
             ampr__free(cm);
             return ampr__fail(err, AMPR_ERR_BACKEND,
                               "NCCL: rank %d of %d: the other ranks did not all join within "
@@ -177,7 +178,7 @@ ampr_status ampr__cuda_comm_init_rank(ampr__cuda *c, int n_ranks, int rank,
         if (ncclCommGetAsyncError(cm->comm, &r) != ncclSuccess) r = ncclInternalError;
     }
     if (r != ncclSuccess) {
-        comm_abort(cm);
+        ampr__cuda_comm_abort(cm);
         ampr__free(cm);
         return ampr__nccl_fail(err, r, "ncclCommInitRankConfig", __FILE__, __LINE__);
     }
@@ -230,7 +231,7 @@ void ampr__cuda_comm_free(ampr__cuda_comm *comm) {
             ncclCommDestroy(comm->comm);
             comm->comm = NULL;
         }
-        comm_abort(comm); /* only if finalizing failed without aborting (settle aborts) */
+        ampr__cuda_comm_abort(comm); /* only if finalizing failed without aborting (settle aborts) */
         ampr__free(comm);
         return;
     }
@@ -243,9 +244,9 @@ void ampr__cuda_comm_free(ampr__cuda_comm *comm) {
 
 ampr_status ampr__cuda_allreduce_sum(ampr__cuda_comm *comm, float *buf, size_t count,
                                      ampr__err *err) {
+    if (!comm->comm) return aborted(err);
 #if AMPR__NCCL_NONBLOCKING
     if (comm->nonblocking) {
-        if (!comm->comm) return aborted(err);
         return settle(comm, ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, comm->comm, comm->c->stream),
                       "ncclAllReduce", err);
     }
@@ -304,6 +305,7 @@ ampr_status ampr__cuda_comm_init_all(ampr__cuda *const *ctxs, int n, ampr__cuda_
     return no_nccl(err);
 }
 void ampr__cuda_comm_free(ampr__cuda_comm *comm) { ampr__free(comm); }
+void ampr__cuda_comm_abort(ampr__cuda_comm *comm) { (void)comm; }
 ampr_status ampr__cuda_allreduce_sum(ampr__cuda_comm *comm, float *buf, size_t count,
                                      ampr__err *err) {
     (void)comm; (void)buf; (void)count;
@@ -361,6 +363,10 @@ void ampr__cuda_reduce_free(ampr__cuda_reduce *r) {
 ampr_status ampr__cuda_reduce_wait(ampr__cuda_reduce *r, ampr__err *err) {
     if (r && r->nccl && r->n == 1) return ampr__cuda_comm_wait(r->comm[0], err);
     return AMPR_OK;
+}
+
+void ampr__cuda_reduce_abort(ampr__cuda_reduce *r) {
+    if (r && r->nccl && r->n == 1 && r->n_group > 1 && r->comm[0]) ampr__cuda_comm_abort(r->comm[0]);
 }
 
 ampr_status ampr__cuda_reduce_agree(ampr__cuda_reduce *r, int ok, int *all_ok, ampr__err *err) {

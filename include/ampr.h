@@ -240,7 +240,14 @@ AMPR_API void ampr_open_params_init_sized(ampr_open_params *p, size_t size);
  *                at most "tp_timeout_ms" (default 300000; 0 = no limit;
  *                NCCL 2.14 or later). A rank that stops answering later
  *                aborts the group at the others' next pass after the same
- *                time (those contexts then fail every pass). Every forward
+ *                time (those contexts then fail every pass). A call that
+ *                fails on one rank for a reason of that rank's own
+ *                (AMPR_ERR_NOMEM, _BACKEND, _INTERNAL) once it has begun a
+ *                pass aborts the group at once, so that no rank's next call
+ *                pairs its collectives with another's unfinished ones: the
+ *                others' pending pass fails (NCCL reports the lost peer, or
+ *                "tp_timeout_ms" ends the wait) and every later pass on
+ *                every rank fails with AMPR_ERR_BACKEND. Every forward
  *                pass is a collective: every rank must
  *                make the same ampr_generate() / ampr_logits() calls, with
  *                the same arguments (and seed), in the same order, one at a

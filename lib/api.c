@@ -540,7 +540,9 @@ AMPR_API ampr_status ampr_generate(ampr_ctx *ctx, const char *prompt, size_t len
         memcpy(&p, params, AMPR__MIN((size_t)params->struct_size, sizeof p));
         p.struct_size = sizeof p;
     }
+    uint64_t passes = ampr__backend_cuda_passes(ctx);
     st = ampr__generate(ctx, prompt, len, &p, out, &err);
+    if (st != AMPR_OK) ampr__backend_cuda_call_failed(ctx, st, passes);
     return generate_record(ctx, &err, st);
 }
 
@@ -563,7 +565,9 @@ AMPR_API ampr_status ampr_logits(ampr_ctx *ctx, ampr_tier tier, const int32_t *i
         return record(ctx, &err, ampr__fail(&err, AMPR_ERR_BUFFER_TOO_SMALL,
                                             "logits needs %zu floats, room for %zu",
                                             n * (size_t)ctx->hp.vocab_size, cap));
+    uint64_t passes = ampr__backend_cuda_passes(ctx);
     st = ampr__logits(ctx, t, ids, (int32_t)n, logits, &err);
+    if (st != AMPR_OK) ampr__backend_cuda_call_failed(ctx, st, passes);
     return record(ctx, &err, st);
 }
 

@@ -17,8 +17,11 @@
  *   (NCCL allows several in one process; the emulation's communicators meet
  *   in a file whatever the process) with a GPU each: each rank's greedy text
  *   is the CPU's tp 2 text, and closing both frees every device allocation;
- *   a rank alone fails its open at its "tp_timeout_ms", and an open whose
- *   progress callback stops it while it waits for the others is cancelled.
+ *   a rank whose request fails on its own (an injected device allocation)
+ *   aborts the group, so the other's request fails too rather than waiting,
+ *   and both ranks' next requests fail at once; a rank alone fails its open
+ *   at its "tp_timeout_ms", and an open whose progress callback stops it
+ *   while it waits for the others is cancelled.
  */
 #include "testutil.h"
 
@@ -213,7 +216,8 @@ typedef struct {
     const char *path;
     char cfg[1024];
     ampr_open_params *params; /* or NULL */
-    ampr_status open_st, gen_st;
+    ampr_ctx *ctx;            /* rank_open's, for rank_gen */
+    ampr_status open_st, gen_st, first_st; /* first_st: rank_gen_retry's first request */
     char msg[512];
     char *text;
     double open_ms;
@@ -225,29 +229,73 @@ static double now_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-/* a rank's open and greedy fp16 text; no cmocka asserts off the main thread */
+/* A rank's open (j->ctx; NULL after a failure), its greedy fp16 text (as
+ * tu_greedy_text's: j->text, or j->msg), both, all three with the close. No
+ * cmocka asserts: they run off the main thread. */
+static void *rank_open(void *arg) {
+    rank_job *j = (rank_job *)arg;
+    double t0 = now_ms();
+    j->open_st = ampr_open_ex(j->path, j->cfg, j->params, &j->ctx);
+    j->open_ms = now_ms() - t0;
+    snprintf(j->msg, sizeof j->msg, "%s", ampr_errmsg(j->ctx));
+    if (j->open_st != AMPR_OK) {
+        ampr_close(j->ctx);
+        j->ctx = NULL;
+    }
+    return NULL;
+}
+
+static void *rank_gen(void *arg) {
+    rank_job *j = (rank_job *)arg;
+    ampr_gen_params p;
+    ampr_gen_params_init(&p);
+    p.tier = AMPR_TIER_FP16;
+    p.max_tokens = 20;
+    p.temperature = 0.0f;
+    p.ignore_eos = 1;
+    ampr_result *r = NULL;
+    free(j->text);
+    j->gen_st = ampr_generate(j->ctx, "abc", 3, &p, &r);
+    j->text = j->gen_st == AMPR_OK ? strdup(r->text) : NULL;
+    snprintf(j->msg, sizeof j->msg, "%s", ampr_errmsg(j->ctx));
+    ampr_result_free(r);
+    return NULL;
+}
+
+/* rank_gen; after an out-of-memory failure, at once again (a server's retry) */
+static void *rank_gen_retry(void *arg) {
+    rank_job *j = (rank_job *)arg;
+    rank_gen(j);
+    j->first_st = j->gen_st;
+    if (j->gen_st == AMPR_ERR_NOMEM) rank_gen(j);
+    return NULL;
+}
+
 static void *rank_main(void *arg) {
     rank_job *j = (rank_job *)arg;
-    ampr_ctx *ctx = NULL;
-    double t0 = now_ms();
-    j->open_st = ampr_open_ex(j->path, j->cfg, j->params, &ctx);
-    j->open_ms = now_ms() - t0;
-    snprintf(j->msg, sizeof j->msg, "%s", ampr_errmsg(ctx));
-    if (j->open_st == AMPR_OK) {
-        ampr_gen_params p;
-        ampr_gen_params_init(&p);
-        p.tier = AMPR_TIER_FP16;
-        p.max_tokens = 20;
-        p.temperature = 0.0f;
-        p.ignore_eos = 1;
-        ampr_result *r = NULL;
-        j->gen_st = ampr_generate(ctx, "abc", 3, &p, &r); /* as tu_greedy_text */
-        j->text = j->gen_st == AMPR_OK ? strdup(r->text) : NULL;
-        if (j->gen_st != AMPR_OK) snprintf(j->msg, sizeof j->msg, "%s", ampr_errmsg(ctx));
-        ampr_result_free(r);
-    }
-    ampr_close(ctx);
+    rank_open(j);
+    if (j->ctx) rank_gen(j);
+    ampr_close(j->ctx);
+    j->ctx = NULL;
     return NULL;
+}
+
+/* fn on both ranks at once (the passes are collectives) */
+static void both(rank_job *jobs, void *(*fn)(void *)) {
+    pthread_t th[2];
+    for (int r = 0; r < 2; r++) assert_int_equal(pthread_create(&th[r], NULL, fn, &jobs[r]), 0);
+    for (int r = 0; r < 2; r++) pthread_join(th[r], NULL);
+}
+
+/* the two ranks' configs, with a fresh group id */
+static void rank_jobs(rank_job *jobs, const char *path, const char *id) {
+    for (int r = 0; r < 2; r++) {
+        memset(&jobs[r], 0, sizeof jobs[r]);
+        jobs[r].path = path;
+        snprintf(jobs[r].cfg, sizeof jobs[r].cfg,
+                 "{" TIERS ", \"device\": \"cuda\", \"tp_size\": 2, \"tp_rank\": %d, \"tp_id\": \"%s\", "
+                 "\"gpus\": [%d], \"tp_timeout_ms\": 60000}", r, id, r);
+    }
 }
 
 /* Whether "device": "cuda" opens here at all. */
@@ -284,22 +332,59 @@ static void test_rank_per_process(void **state) {
     char *ref = tu_greedy_text(cpu, AMPR_TIER_FP16, 20);
     ampr_close(cpu);
     rank_job jobs[2];
-    pthread_t th[2];
-    for (int r = 0; r < 2; r++) {
-        memset(&jobs[r], 0, sizeof jobs[r]);
-        jobs[r].path = path;
-        snprintf(jobs[r].cfg, sizeof jobs[r].cfg,
-                 "{" TIERS ", \"device\": \"cuda\", \"tp_size\": 2, \"tp_rank\": %d, \"tp_id\": \"%s\", "
-                 "\"gpus\": [%d], \"tp_timeout_ms\": 60000}", r, id, r);
-        assert_int_equal(pthread_create(&th[r], NULL, rank_main, &jobs[r]), 0);
-    }
-    for (int r = 0; r < 2; r++) pthread_join(th[r], NULL);
+    rank_jobs(jobs, path, id);
+    both(jobs, rank_main);
     for (int r = 0; r < 2; r++) {
         if (jobs[r].open_st != AMPR_OK || jobs[r].gen_st != AMPR_OK) fail_msg("rank %d: %s", r, jobs[r].msg);
         assert_string_equal(jobs[r].text, ref);
         free(jobs[r].text);
     }
     free(ref);
+    assert_int_equal(live_allocs(), live0);
+}
+
+/* A rank whose request fails on its own (a device allocation, injected: the
+ * first of either rank's) aborts the group. Its retry, made at once while the
+ * other rank still waits in the failed request's pass, must not pair its
+ * collectives with that pass's: it fails, saying the group was aborted. The
+ * other rank's request fails too, without waiting out a timeout (here the
+ * abort reaches it at once; on a GPU NCCL reports the lost peer, or
+ * tp_timeout_ms ends the wait); later requests of both fail at once. */
+static void test_rank_fails_request(void **state) {
+    (void)state;
+    const char *path = model();
+    char *id = group_id();
+    if (!path || !id || !ampr_emu_fail_alloc_in || !two_gpus(path)) skip();
+    long live0 = live_allocs();
+    rank_job jobs[2];
+    rank_jobs(jobs, path, id);
+    both(jobs, rank_open);
+    for (int r = 0; r < 2; r++)
+        if (jobs[r].open_st != AMPR_OK) fail_msg("rank %d: %s", r, jobs[r].msg);
+    ampr_emu_fail_alloc_in(1);
+    double t0 = now_ms();
+    both(jobs, rank_gen_retry);
+    ampr_emu_fail_alloc_in(0);
+    assert_true(now_ms() - t0 < 20000); /* not AMPR_EMU_NCCL_WAIT_MS's 60 s */
+    int nomem = 0;
+    for (int r = 0; r < 2; r++) {
+        assert_int_equal(jobs[r].gen_st, AMPR_ERR_BACKEND);
+        if (jobs[r].first_st == AMPR_ERR_NOMEM) { /* the retry */
+            nomem++;
+            assert_non_null(strstr(jobs[r].msg, "this tensor-parallel group was aborted"));
+        } else {
+            assert_non_null(strstr(jobs[r].msg, "another rank of the group failed or was lost"));
+        }
+    }
+    assert_int_equal(nomem, 1);
+    t0 = now_ms();
+    both(jobs, rank_gen);
+    for (int r = 0; r < 2; r++) {
+        assert_int_equal(jobs[r].gen_st, AMPR_ERR_BACKEND);
+        assert_non_null(strstr(jobs[r].msg, "group was aborted"));
+    }
+    assert_true(now_ms() - t0 < 10000);
+    for (int r = 0; r < 2; r++) ampr_close(jobs[r].ctx);
     assert_int_equal(live_allocs(), live0);
 }
 
@@ -349,12 +434,16 @@ static void test_rank_alone(void **state) {
 }
 
 int main(void) {
+    /* a rank that never comes to a collective fails it after 60 s rather than
+     * hanging the test (the emulation's NCCL; on a GPU tp_timeout_ms does) */
+    setenv("AMPR_EMU_NCCL_WAIT_MS", "60000", 0);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_device_matches_cpu),
         cmocka_unit_test(test_concurrent_requests),
         cmocka_unit_test(test_concurrent_requests_tp_graphs),
         cmocka_unit_test(test_alloc_failure_in_request),
         cmocka_unit_test(test_rank_per_process),
+        cmocka_unit_test(test_rank_fails_request),
         cmocka_unit_test(test_rank_alone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

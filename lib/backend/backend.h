@@ -121,6 +121,24 @@ ampr_status ampr__backend_cuda_open(ampr_ctx *c, ampr__backend **out, char *name
  * rank whose open failed after joining does not leave the others' first
  * pass waiting for it. Otherwise *all_ok = ok. */
 ampr_status ampr__backend_cuda_group_ok(ampr_ctx *c, int ok, int *all_ok, ampr__err *err);
+/* One rank per process: a call that fails on one rank with a failure of its
+ * own (NOMEM, BACKEND, INTERNAL) after it began a pass leaves the ranks at
+ * different passes: the next call's collectives would pair with the others'
+ * unfinished ones. So it aborts the group (ampr__cuda_reduce_abort): the
+ * others' pending and later passes fail, and this rank's later ones too.
+ * passes: ampr__backend_cuda_passes() before the call. Else nothing. */
+uint64_t ampr__backend_cuda_passes(ampr_ctx *c);
+void ampr__backend_cuda_call_failed(ampr_ctx *c, ampr_status st, uint64_t passes);
+#else
+static inline uint64_t ampr__backend_cuda_passes(ampr_ctx *c) {
+    (void)c;
+    return 0;
+}
+static inline void ampr__backend_cuda_call_failed(ampr_ctx *c, ampr_status st, uint64_t passes) {
+    (void)c;
+    (void)st;
+    (void)passes;
+}
 #endif
 
 #endif

@@ -46,6 +46,7 @@ typedef struct cuda_backend {
     int32_t stride;                   /* block-table row: pages of a full context */
     int32_t *blocks;                  /* host [AMPR__BATCH_MAX][stride] */
     int32_t *pos, *row_seq;           /* host, grown with the pass */
+    uint64_t passes;                  /* passes begun (under compute_lock) */
     int32_t cap;
     /* requests' logits rings (sampler.h) on rank 0's GPU, where the logits
      * are: those given back wait here for the next request (a cudaFree
@@ -211,6 +212,7 @@ static ampr_status cuda_forward(ampr__backend *b, ampr_ctx *c, ampr__tier *t, am
     if (st == AMPR_OK) st = put_table(cb, t, 0, seq, seq->n_tokens + n - 1, err);
     if (st == AMPR_OK) {
         for (int32_t i = 0; i < n; i++) cb->pos[i] = seq->n_tokens + i;
+        cb->passes++;
         st = ampr__cuda_forward_paged(ct->model, ct->kv, cb->work, cb->n, cb->red, tokens, cb->pos,
                                       NULL, n, cb->blocks, 1, cb->stride, n_logits, s->logits, want,
                                       err);
@@ -244,10 +246,12 @@ static ampr_status cuda_decode_batch(ampr__backend *b, ampr_ctx *c, ampr__tier *
         cb->row_seq[i] = i;
         st = put_table(cb, t, i, seqs[i], seqs[i]->n_tokens, err);
     }
-    if (st == AMPR_OK)
+    if (st == AMPR_OK) {
+        cb->passes++;
         st = ampr__cuda_forward_paged(ct->model, ct->kv, cb->work, cb->n, cb->red, tokens, cb->pos,
                                       cb->row_seq, n, cb->blocks, n, cb->stride, n, s->logits,
                                       want, err);
+    }
     pthread_mutex_unlock(&c->compute_lock);
     if (st == AMPR_OK)
         for (int32_t i = 0; i < n; i++) seqs[i]->n_tokens += 1;
@@ -388,6 +392,27 @@ static void backend_name(const cuda_backend *cb, char *name, size_t name_len) {
     else
         snprintf(name, name_len, "cuda:%s %s (tp rank %d of %d, %s)", ids, dn, cb->rank0, cb->tp,
                  ampr__cuda_reduce_kind(cb->red));
+}
+
+static cuda_backend *group_backend(const ampr_ctx *c) {
+    return c && c->backend && c->backend->ops == &cuda_ops && c->cfg.tp_rank >= 0 ? c->backend->impl : NULL;
+}
+
+uint64_t ampr__backend_cuda_passes(ampr_ctx *c) {
+    cuda_backend *cb = group_backend(c);
+    if (!cb) return 0;
+    pthread_mutex_lock(&c->compute_lock);
+    uint64_t n = cb->passes;
+    pthread_mutex_unlock(&c->compute_lock);
+    return n;
+}
+
+void ampr__backend_cuda_call_failed(ampr_ctx *c, ampr_status st, uint64_t passes) {
+    cuda_backend *cb = group_backend(c);
+    if (!cb || (st != AMPR_ERR_NOMEM && st != AMPR_ERR_BACKEND && st != AMPR_ERR_INTERNAL)) return;
+    pthread_mutex_lock(&c->compute_lock);
+    if (cb->passes != passes) ampr__cuda_reduce_abort(cb->red);
+    pthread_mutex_unlock(&c->compute_lock);
 }
 
 ampr_status ampr__backend_cuda_group_ok(ampr_ctx *c, int ok, int *all_ok, ampr__err *err) {

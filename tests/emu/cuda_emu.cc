@@ -20,6 +20,9 @@
  *                        communicator fails, once
  *   AMPR_EMU_NCCL_EXIT_AT=N  the process ends (_exit(7)) at its Nth all-reduce over a
  *                        communicator across processes: a rank lost mid-run
+ *   AMPR_EMU_NCCL_WAIT_MS=N  such an all-reduce gives up (ncclRemoteError, reported)
+ *                        after waiting N ms for a rank (default: waits for ever, as
+ *                        NCCL does; the library's tp_timeout_ms cannot run meanwhile)
  *   AMPR_EMU_REPORT=1    at exit, to stderr: how many cudaMalloc calls and handle
  *                        creations there were, and the device allocations and handles
  *                        still live (a leak once contexts are closed)
@@ -1434,15 +1437,29 @@ static void xp_nap(long polls) {
     nanosleep(&ts, nullptr);
 }
 
-/* every rank of the group reaches this barrier; false (c->async set) when one never will */
+/* every rank of the group reaches this barrier; false (c->async set) when one never will:
+ * it aborted or its process ended, or (AMPR_EMU_NCCL_WAIT_MS) it did not come in time */
 static bool xp_barrier(ampr_emu_comm *c) {
+    static const long wait_ms = env_int("AMPR_EMU_NCCL_WAIT_MS", 0);
     xp_shm *h = c->xp;
     xp_store(&h->bars[c->rank], ++c->bars);
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     for (long polls = 0;; polls++) {
         int r = 0;
         while (r < h->n && xp_load(&h->bars[r]) >= c->bars) r++;
         if (r == h->n) return true;
         if ((polls & 63) == 0 && xp_state(c) == ncclRemoteError) return false;
+        if ((polls & 63) == 0 && wait_ms > 0) {
+            struct timespec t;
+            clock_gettime(CLOCK_MONOTONIC, &t);
+            if ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 > wait_ms) {
+                report("ncclAllReduce: rank %d waited %ld ms for rank %d (AMPR_EMU_NCCL_WAIT_MS; on a GPU the "
+                       "library's tp_timeout_ms ends such a wait)", c->rank, wait_ms, r);
+                c->async = ncclRemoteError;
+                return false;
+            }
+        }
         xp_nap(polls);
     }
 }
