@@ -73,7 +73,6 @@ static void nap_1ms(void) {
     nanosleep(&nap, NULL);
 }
 
-
 /* r from a call on cm: wait while it is in progress; the deadline aborts. */
 static ampr_status settle(ampr__cuda_comm *cm, ncclResult_t r, const char *what, ampr__err *err) {
     double t0 = ampr__now_ms();
@@ -360,18 +359,22 @@ void ampr__cuda_reduce_free(ampr__cuda_reduce *r) {
     ampr__free(r);
 }
 
+/* One rank per process (ampr__cuda_reduce_rank): a group whose other ranks
+ * are elsewhere */
+static int per_process(const ampr__cuda_reduce *r) { return r && r->nccl && r->n == 1; }
+
 ampr_status ampr__cuda_reduce_wait(ampr__cuda_reduce *r, ampr__err *err) {
-    if (r && r->nccl && r->n == 1) return ampr__cuda_comm_wait(r->comm[0], err);
+    if (per_process(r)) return ampr__cuda_comm_wait(r->comm[0], err);
     return AMPR_OK;
 }
 
 void ampr__cuda_reduce_abort(ampr__cuda_reduce *r) {
-    if (r && r->nccl && r->n == 1 && r->n_group > 1 && r->comm[0]) ampr__cuda_comm_abort(r->comm[0]);
+    if (per_process(r) && r->comm[0]) ampr__cuda_comm_abort(r->comm[0]);
 }
 
 ampr_status ampr__cuda_reduce_agree(ampr__cuda_reduce *r, int ok, int *all_ok, ampr__err *err) {
     *all_ok = ok;
-    if (!r || !r->nccl || r->n != 1) return AMPR_OK; /* one process: nobody else to ask */
+    if (!per_process(r)) return AMPR_OK; /* one process: nobody else to ask */
     ampr__cuda *c = r->ctx[0];
     if (!r->flag) {
         void *p = NULL;
