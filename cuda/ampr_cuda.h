@@ -81,14 +81,16 @@ void ampr__cuda_set_nf4_gemv1(ampr__cuda *c, int ru);
  * staged x take at most 64 KB of shared memory, else 4. */
 void ampr__cuda_set_nf4_ring(ampr__cuda *c, int stages);
 /* A probe for the GPU check: every kernel whose launch name contains `name`
- * (e.g. "rmsnorm_kernel", "attention") is launched twice from now on, so that
- * a decode step's time with it, less the time without, is that kernel's cost
- * inside the step (its run and its boundary with the next kernel, as the
- * graph replays them). The second launch sees the first one's output as its
- * input where the kernel writes in place, so the values are not meant to be
- * used. NULL or "" stops it. Returns the launches that matched since the
- * previous call. */
-unsigned long ampr__cuda_set_twice(ampr__cuda *c, const char *name);
+ * (e.g. "rmsnorm_kernel", "attention") is launched `times` times from now on,
+ * 2 (twice) or 0 (left out), so that a decode step's time with the probe less
+ * the time without it (twice), or the time without it less the time with it
+ * (left out), is that kernel's cost inside the step: its run and its boundary
+ * with the next kernel, as the graph replays them. Twice, the second launch
+ * finds the first one's weights in L2 where they fit there and its output as
+ * its input where it writes in place; left out, the kernels after it read what
+ * it wrote at an earlier step: the values are not meant to be used. NULL or
+ * "" stops it. Returns the launches that matched since the previous call. */
+unsigned long ampr__cuda_set_probe(ampr__cuda *c, const char *name, int times);
 /* NF4 on cuBLASLt (prefill) dequantizes a chunk of rows at a time: the
  * scratch elements a rows x cols matrix needs at any number of tokens
  * (ampr__cuda_reserve's nf4_elems), and the rows of a chunk (0: by size,
@@ -173,7 +175,12 @@ void ampr__cuda_set_dequant_waves(ampr__cuda *c, int waves);
  *            tokens, not in a graph) alternately on two streams of the
  *            context's own, each with its scratch and cuBLASLt workspace, so
  *            that a chunk's dequantization runs beside the GEMM before it;
- *            the same values (off: not yet measured on a GPU). */
+ *            the same values (off: not yet measured on a GPU);
+ *   I8_ONCE  INT8's one-token GEMV takes x quantized once by
+ *            quant_act_kernel instead of every block quantizing it into
+ *            shared memory before its first weight (at the 8B shape 528
+ *            blocks each read the token twice, 56 KB at 14336 columns): one
+ *            launch more, the same bytes and scale (off: not yet measured). */
 typedef enum {
     AMPR__CUDA_NF4_MMA,
     AMPR__CUDA_ATT_MMA,
@@ -187,6 +194,7 @@ typedef enum {
     AMPR__CUDA_NF4_RING,
     AMPR__CUDA_DQ_WIDE,
     AMPR__CUDA_DQ_PIPE,
+    AMPR__CUDA_I8_ONCE,
     AMPR__CUDA_N_SWITCHES
 } ampr__cuda_switch;
 void ampr__cuda_set_switch(ampr__cuda *c, ampr__cuda_switch s, int on);

@@ -116,12 +116,12 @@ void ampr__cuda_close(ampr__cuda *c) {
     cudaFree(c->xs);
     cudaFree(c->acc);
     cudaFree(c->wdq);
-    for (int s = 0; s < 2; s++) {
+    for (int s = 0; s < 2; s++)
         if (c->dq_side[s]) cudaStreamSynchronize(c->dq_side[s]);
-        cudaFree(c->dq_buf[s]);
-        cudaFree(c->dq_ws[s]);
+    cudaFree(c->dq_buf);
+    cudaFree(c->dq_ws);
+    for (int s = 0; s < 2; s++)
         if (c->dq_side[s]) cudaStreamDestroy(c->dq_side[s]);
-    }
     for (int e = 0; e < 3; e++)
         if (c->dq_ev[e]) cudaEventDestroy(c->dq_ev[e]);
     cudaFree(c->nf4b_part);
@@ -165,11 +165,12 @@ void ampr__cuda_set_nf4_ring(ampr__cuda *c, int stages) {
     c->nf4_ring = stages == 4 || stages == 8 ? stages : 0;
 }
 
-unsigned long ampr__cuda_set_twice(ampr__cuda *c, const char *name) {
-    c->scratch_gen++; /* captured graphs launched each kernel as the old name said */
-    unsigned long n = c->twice_launches;
-    c->twice_launches = 0;
-    snprintf(c->twice, sizeof c->twice, "%s", name ? name : "");
+unsigned long ampr__cuda_set_probe(ampr__cuda *c, const char *name, int times) {
+    c->scratch_gen++; /* captured graphs launched each kernel as the old probe said */
+    unsigned long n = c->probe_launches;
+    c->probe_launches = 0;
+    c->probe_times = times == 2 ? 2 : 0;
+    snprintf(c->probe, sizeof c->probe, "%s", name ? name : "");
     return n;
 }
 
@@ -178,7 +179,7 @@ const char *ampr__cuda_switch_env(ampr__cuda_switch s) {
         "AMPR_CUDA_NF4_MMA", "AMPR_CUDA_ATT_MMA", "AMPR_CUDA_ATT_DEC", "AMPR_CUDA_FUSE",
         "AMPR_CUDA_PDL", "AMPR_CUDA_TP_GRAPHS", "AMPR_CUDA_PREFETCH",
         "AMPR_CUDA_FUSE_TAIL", "AMPR_CUDA_NF4_BATCH", "AMPR_CUDA_NF4_RING", "AMPR_CUDA_DQ_WIDE",
-        "AMPR_CUDA_DQ_PIPE"};
+        "AMPR_CUDA_DQ_PIPE", "AMPR_CUDA_I8_ONCE"};
     return (unsigned)s < AMPR__CUDA_N_SWITCHES ? names[s] : "?";
 }
 /* On at open unless the environment says 0: the paths the H200 measured

@@ -92,10 +92,12 @@ struct ampr__cuda {
     int nf4_ring;             /* ampr__cuda_set_nf4_ring: the ring's stages (4 or 8), 0 by size */
     unsigned nf4_ring_attr;   /* gemv_nf4_ring_kernel<KS, FUSE, S> allowed its shared memory */
     int big_pass;             /* in a pass of more than gemv_max tokens: no PDL (ampr__launch) */
-    /* ampr__cuda_set_twice: kernels whose launch name contains this are
-     * launched twice (the GPU check's in-step cost of a kernel); "" none */
-    char twice[48];
-    unsigned long twice_launches; /* launches that matched it (each counted once) */
+    /* ampr__cuda_set_probe: kernels whose launch name contains this are
+     * launched probe_times times, 0 or 2 (the GPU check's in-step cost of a
+     * kernel); "" none */
+    char probe[48];
+    int probe_times;
+    unsigned long probe_launches; /* launches that matched it (each counted once) */
     /* matmul scratch, grown by ensure_scratch() */
     __half *xh;               /* activations as half [n][cols] */
     size_t xh_bytes;
@@ -109,16 +111,16 @@ struct ampr__cuda {
     size_t wdq_bytes;
     /* NF4 prefill's chunks on two streams of their own (AMPR__CUDA_DQ_PIPE,
      * cuda_matmul.cu nf4_pipe), made at first use (dq_pipe 1; -1: could
-     * not be, the chunks stay on the stream): chunk j on dq_side[j % 2]
-     * with that side's scratch and cuBLASLt workspace; dq_ev[0] holds the
-     * sides until the main stream is there, dq_ev[1 + s] the main stream
-     * until side s is done */
+     * not be, the chunks stay on the stream): chunk j on dq_side[j % 2],
+     * side 0 with wdq and lt_ws (the main stream waits meanwhile), side 1
+     * with dq_buf and dq_ws; dq_ev[0] holds the sides until the main stream
+     * is there, dq_ev[1 + s] the main stream until side s is done */
     int dq_pipe;
     cudaStream_t dq_side[2];
     cudaEvent_t dq_ev[3];
-    __half *dq_buf[2];
-    size_t dq_buf_bytes[2];
-    void *dq_ws[2];
+    __half *dq_buf;
+    size_t dq_buf_bytes;
+    void *dq_ws;
     float *nf4b_part;         /* NF4 batch matmul: each column split's sums */
     size_t nf4b_part_bytes;
     int32_t *nf4b_cnt;        /* ... and per row block the splits done (the last resets it) */
@@ -470,12 +472,13 @@ __device__ __forceinline__ void ampr__prefetch_rows(int64_t nrows, size_t bytes,
 template <typename... P, typename... A>
 static inline void ampr__launch(ampr__cuda *c, const char *name, void (*k)(P...), dim3 grid,
                                 dim3 block, size_t smem, A... a) {
-    if (c->twice[0] && strstr(name, c->twice)) { /* the GPU check's probe: once more first */
-        c->twice_launches++;
-        char keep = c->twice[0];
-        c->twice[0] = 0;
+    if (c->probe[0] && strstr(name, c->probe)) { /* the GPU check's probe: left out, or once more first */
+        c->probe_launches++;
+        if (!c->probe_times) return;
+        char keep = c->probe[0];
+        c->probe[0] = 0;
         ampr__launch(c, name, k, grid, block, smem, a...);
-        c->twice[0] = keep;
+        c->probe[0] = keep;
     }
 #ifdef AMPR_CUDA_EMU
     ::ampr_emu::config cfg = ampr_emu_cfg(grid, block, smem, c->stream);

@@ -42,14 +42,26 @@ static_assert(GEMV_WARPS * 32 == AMPR__NORM_THREADS, "a fused norm tail (ampr__t
 
 /* The INT8 activation rule of lib/quant/quant.h for one token, by a whole
  * block: absmax (exact: the order of a max does not matter), or NaN when
- * the token holds an inf or a NaN; then x -> q and the token's scale. */
+ * the token holds an inf or a NaN; then x -> q and the token's scale. A
+ * thread loads I8_U of its elements before it compares them (as a loop of
+ * one load and one compare, each load waited for the one before: at 14336
+ * columns and 256 threads, 56 trips to L2 in a row, while every block of
+ * the one-token GEMV waits for them before its first weight). */
+#define I8_U 8
 __device__ float int8_token_absmax(const float *__restrict__ x, int64_t cols, float *red) {
     float m = 0.0f;
     int bad = 0;
-    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-        float a = fabsf(x[c]);
-        bad |= !(a <= FLT_MAX);
-        m = fmaxf(m, a);
+    const int64_t bd = blockDim.x;
+    for (int64_t c0 = threadIdx.x; c0 < cols; c0 += I8_U * bd) {
+        float v[I8_U];
+#pragma unroll
+        for (int u = 0; u < I8_U; u++) v[u] = c0 + u * bd < cols ? x[c0 + u * bd] : 0.0f;
+#pragma unroll
+        for (int u = 0; u < I8_U; u++) { /* 0 for a column past the end: changes neither */
+            float a = fabsf(v[u]);
+            bad |= !(a <= FLT_MAX);
+            m = fmaxf(m, a);
+        }
     }
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
@@ -72,6 +84,21 @@ __device__ __forceinline__ float int8_inv(float absmax) {
     return absmax > 0.0f ? __fdiv_rn(127.0f, absmax) : 0.0f;
 }
 
+/* q[c] = int8_quant(x[c]) for a token's cols, by a whole block, I8_U loads
+ * in flight a thread (q: global or shared memory) */
+__device__ __forceinline__ void int8_quant_row(const float *__restrict__ x, int64_t cols, float absmax,
+                                               float inv, int8_t *q) {
+    const int64_t bd = blockDim.x;
+    for (int64_t c0 = threadIdx.x; c0 < cols; c0 += I8_U * bd) {
+        float v[I8_U];
+#pragma unroll
+        for (int u = 0; u < I8_U; u++) v[u] = c0 + u * bd < cols ? x[c0 + u * bd] : 0.0f;
+#pragma unroll
+        for (int u = 0; u < I8_U; u++)
+            if (c0 + u * bd < cols) q[c0 + u * bd] = int8_quant(v[u], absmax, inv);
+    }
+}
+
 /* One block per token, the CPU rule (lib/quant/quant.h) bit for bit:
  * s = absmax / 127 (NaN for a token with an inf or NaN, whose q are 0). */
 __global__ void quant_act_kernel(const float *__restrict__ x, int32_t cols, int8_t *__restrict__ q,
@@ -80,9 +107,7 @@ __global__ void quant_act_kernel(const float *__restrict__ x, int32_t cols, int8
     __shared__ float red[32];
     const float *xr = x + (size_t)blockIdx.x * cols;
     float absmax = int8_token_absmax(xr, cols, red);
-    float inv = int8_inv(absmax);
-    int8_t *qr = q + (size_t)blockIdx.x * cols;
-    for (int32_t c = threadIdx.x; c < cols; c += blockDim.x) qr[c] = int8_quant(xr[c], absmax, inv);
+    int8_quant_row(xr, cols, absmax, int8_inv(absmax), q + (size_t)blockIdx.x * cols);
     if (threadIdx.x == 0) s[blockIdx.x] = __fdiv_rn(absmax, 127.0f);
 }
 
@@ -342,12 +367,16 @@ template <bool FUSE> __device__ __forceinline__ int64_t walk_row(int64_t r, int6
  * kernel walks the rows interleaved, gate j then up j, so that each pair sits
  * in one group (R even), and writes y[j] = silu(gate j) * up j
  * (ampr__silu_mul, as swiglu_kernel) instead of both. Each row's sum is the
- * same as unfused with the same KS. */
-template <int FMT, int R, int U, int KS, bool FUSE = false>
+ * same as unfused with the same KS.
+ * XG (INT8, AMPR__CUDA_I8_ONCE): x was quantized once, by quant_act_kernel
+ * (xqg, xsg: the same rule, so the same bytes and scale), and the blocks
+ * read it from global memory instead of each quantizing it first. */
+template <int FMT, int R, int U, int KS, bool FUSE = false, bool XG = false>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t rows,
-             int64_t cols, const float *__restrict__ x, float *__restrict__ y, int pf,
-             ampr__tail tail) {
+             int64_t cols, const float *__restrict__ x, const int8_t *__restrict__ xqg,
+             const float *__restrict__ xsg, float *__restrict__ y, int pf, ampr__tail tail) {
+    static_assert(!XG || FMT == AMPR__Q_INT8, "only INT8 quantizes x");
     static_assert(!FUSE || R % 2 == 0, "a fused group holds whole gate/up pairs");
     auto phys = [rows](int64_t r) { return walk_row<FUSE>(r, rows); };
     const int E = gemv1_fmt<FMT>::per_chunk;
@@ -369,16 +398,16 @@ gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t r
     __shared__ float part_f[GEMV_WARPS][R];
     __shared__ int part_i[GEMV_WARPS][R];
     extern __shared__ int4 xq_smem[]; /* INT8: the quantized activations [cols] */
-    const int8_t *xq = (const int8_t *)xq_smem;
+    const int8_t *xq = XG ? xqg : (const int8_t *)xq_smem;
     float xscale = 0.0f;
     if (FMT == AMPR__Q_NF4) {
         if (threadIdx.x < 16) code[threadIdx.x] = k_nf4[threadIdx.x];
         __syncthreads();
     }
-    if (FMT == AMPR__Q_INT8) {
-        float m = int8_token_absmax(x, cols, red), inv = int8_inv(m);
-        int8_t *q = (int8_t *)xq_smem;
-        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) q[c] = int8_quant(x[c], m, inv);
+    if (FMT == AMPR__Q_INT8 && XG) xscale = __ldg(xsg);
+    if (FMT == AMPR__Q_INT8 && !XG) {
+        float m = int8_token_absmax(x, cols, red);
+        int8_quant_row(x, cols, m, int8_inv(m), (int8_t *)xq_smem);
         xscale = __fdiv_rn(m, 127.0f);
         __syncthreads();
     }
@@ -425,7 +454,7 @@ gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t r
                                   w2.y * b.y + w3.x * b.z + w3.y * b.w;
                     }
                 } else if (FMT == AMPR__Q_INT8) {
-                    int4 xv = ((const int4 *)xq)[j];
+                    int4 xv = XG ? __ldg((const int4 *)xq + j) : ((const int4 *)xq)[j];
 #pragma unroll
                     for (int k = 0; k < R; k++) {
                         int a = iacc[k];
@@ -518,24 +547,25 @@ gemv1_kernel(const void *__restrict__ W, const float *__restrict__ sc, int64_t r
     if (!FUSE && tail.kind) ampr__tail_last(tail, y, 1, (int32_t)rows);
 }
 
-template <int FMT, int R, int U, int KS, bool FUSE>
+template <int FMT, int R, int U, int KS, bool FUSE, bool XG>
 static void gemv1_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, float *y,
                          ampr__tail tail) {
     int64_t per_block = (int64_t)(GEMV_WARPS / KS) * R;
     int64_t blocks = (w->rows + per_block - 1) / per_block;
     int64_t cap = 4 * (int64_t)c->sm_count; /* the grid-stride loop takes the rest */
-    size_t smem = FMT == AMPR__Q_INT8 ? (size_t)(w->cols + 15) / 16 * 16 : 0;
+    size_t smem = FMT == AMPR__Q_INT8 && !XG ? (size_t)(w->cols + 15) / 16 * 16 : 0;
     const char *name = FUSE ? "gemv1_kernel (SwiGLU)" : "gemv1_kernel";
-    ampr__launch(c, name, gemv1_kernel<FMT, R, U, KS, FUSE>,
+    ampr__launch(c, name, gemv1_kernel<FMT, R, U, KS, FUSE, XG>,
         (unsigned)(blocks < cap ? blocks : cap), GEMV_WARPS * 32, smem, w->data, w->scales,
-        w->rows, w->cols, x, y, c->sw[AMPR__CUDA_PREFETCH], tail);
+        w->rows, w->cols, x, (const int8_t *)c->xq, (const float *)c->xs, y, c->sw[AMPR__CUDA_PREFETCH], tail);
 }
 
 /* Warps per row: the fewest (1, 2, 4, 8) that give the GPU about 32 warps
  * per SM, as long as each warp keeps at least one chunk per lane. RK: the R
  * the rule counts groups with (a fused call passes its unfused R, so that
- * both split the rows alike and give the same sums). */
-template <int FMT, int R, int U, bool FUSE = false, int RK = R>
+ * both split the rows alike and give the same sums). XG: INT8 with x
+ * quantized into c->xq / c->xs before (gemv1_kernel). */
+template <int FMT, int R, int U, bool FUSE = false, int RK = R, bool XG = false>
 static void gemv1(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, float *y,
                   ampr__tail tail) {
     int64_t want = 32 * (int64_t)c->sm_count, groups = (w->rows + RK - 1) / RK;
@@ -543,10 +573,10 @@ static void gemv1(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, float 
     int ks = 1;
     while (ks < GEMV_WARPS && groups * ks < want && chunks / (2 * ks) >= 32) ks *= 2;
     switch (ks) {
-    case 1: gemv1_launch<FMT, R, U, 1, FUSE>(c, w, x, y, tail); break;
-    case 2: gemv1_launch<FMT, R, U, 2, FUSE>(c, w, x, y, tail); break;
-    case 4: gemv1_launch<FMT, R, U, 4, FUSE>(c, w, x, y, tail); break;
-    default: gemv1_launch<FMT, R, U, 8, FUSE>(c, w, x, y, tail); break;
+    case 1: gemv1_launch<FMT, R, U, 1, FUSE, XG>(c, w, x, y, tail); break;
+    case 2: gemv1_launch<FMT, R, U, 2, FUSE, XG>(c, w, x, y, tail); break;
+    case 4: gemv1_launch<FMT, R, U, 4, FUSE, XG>(c, w, x, y, tail); break;
+    default: gemv1_launch<FMT, R, U, 8, FUSE, XG>(c, w, x, y, tail); break;
     }
 }
 
@@ -665,15 +695,27 @@ __device__ __forceinline__ void nf4_block_acc(const uint32_t *pl, uint2 va, uint
 __host__ __device__ __forceinline__ int32_t nf4_xs_stride(int64_t cols) { return (int32_t)(cols / 2) + 2; }
 
 /* XS: the n tokens' x [n][cols] rounded to fp16 pairs into shared memory,
- * [n][nf4_xs_stride(cols)], then a barrier */
+ * [n][nf4_xs_stride(cols)], then a barrier. A thread loads NF4_XS_U pairs
+ * before it stores them (as a loop of one load and one store, each load
+ * waited for the one before: 28 trips to L2 in a row at 14336 columns, in
+ * every block before its first multiply). */
+#define NF4_XS_U 8
 __device__ __forceinline__ void nf4_stage_x(uint32_t *xh, const float *__restrict__ x, int32_t n,
                                             int64_t cols) {
-    const int32_t xstride = nf4_xs_stride(cols);
-    for (int32_t i = 0; i < n; i++)
-        for (int32_t p = (int32_t)threadIdx.x; p < (int32_t)(cols / 2); p += (int32_t)blockDim.x) {
-            float2 v = __ldg((const float2 *)(x + (int64_t)i * cols) + p);
-            xh[i * xstride + p] = ampr__half2_bits(v.x, v.y);
+    const int32_t xstride = nf4_xs_stride(cols), half = (int32_t)(cols / 2), total = n * half;
+    const int32_t bd = (int32_t)blockDim.x;
+    const float2 *x2 = (const float2 *)x; /* token i's pair p: x2[i * half + p] */
+    for (int32_t e0 = (int32_t)threadIdx.x; e0 < total; e0 += NF4_XS_U * bd) {
+        float2 v[NF4_XS_U];
+#pragma unroll
+        for (int u = 0; u < NF4_XS_U; u++)
+            v[u] = e0 + u * bd < total ? __ldg(x2 + e0 + u * bd) : make_float2(0.0f, 0.0f);
+#pragma unroll
+        for (int u = 0; u < NF4_XS_U; u++) {
+            int32_t e = e0 + u * bd;
+            if (e < total) xh[e / half * xstride + e % half] = ampr__half2_bits(v[u].x, v[u].y);
         }
+    }
     __syncthreads();
 }
 
@@ -1464,7 +1506,10 @@ static ampr_status lt_matmul(ampr__cuda *c, int kind, const void *A, const void 
 ampr_status ampr__cuda_quant_act(ampr__cuda *c, const float *x, int32_t n, int32_t cols,
                                  int8_t *q, float *s, ampr__err *err) {
     if (n <= 0) return AMPR_OK;
-    ampr__launch(c, "quant_act_kernel", quant_act_kernel, (unsigned)n, 256, 0, x, cols, q, s);
+    /* a few tokens (decode): a block each of 1024 threads, so that a row
+     * takes few trips to memory; more: 256 (the same values either way) */
+    unsigned threads = n < c->sm_count ? 1024 : 256;
+    ampr__launch(c, "quant_act_kernel", quant_act_kernel, (unsigned)n, threads, 0, x, cols, q, s);
     AMPR__CU_LAUNCHED(err, "quant_act");
     return AMPR_OK;
 }
@@ -1526,7 +1571,11 @@ static ampr_status gemv(ampr__cuda *c, const ampr__cuda_mat *w, const float *x, 
         else gemvn<AMPR__Q_F16>(c, w, x, NULL, NULL, n, y, ldy, tail);
         break;
     case AMPR__Q_INT8:
-        if (n == 1 && cols <= GEMV1_INT8_MAX_COLS) { /* quantizes x itself */
+        if (n == 1 && cols <= GEMV1_INT8_MAX_COLS && c->sw[AMPR__CUDA_I8_ONCE]) { /* x quantized once */
+            AMPR__TRY(ampr__cuda_reserve(c, 1, 0, cols, 0, err));
+            AMPR__TRY(ampr__cuda_quant_act(c, x, 1, (int32_t)cols, c->xq, c->xs, err));
+            gemv1<AMPR__Q_INT8, R1, 8, FUSE, 1, true>(c, w, x, y, tail);
+        } else if (n == 1 && cols <= GEMV1_INT8_MAX_COLS) { /* each block quantizes x itself */
             gemv1<AMPR__Q_INT8, R1, 8, FUSE, 1>(c, w, x, y, tail);
         } else if (FUSE) {
             *done = 0;
@@ -1652,22 +1701,27 @@ static ampr_status nf4_chunk(ampr__cuda *c, const ampr__cuda_mat *w, int64_t r0,
     return lt_matmul_ws(c, AMPR__Q_F16, buf, c->xh, y + r0, m, n, cols, ldy, ws, err);
 }
 
-/* AMPR__CUDA_DQ_PIPE: the side streams, events, workspaces and chunk
- * buffers of `bytes` each, made or grown; 0 (the chunks stay on the
- * context's stream) when any cannot be: a pipeline is worth no failure.
- * The sides are idle here: every pipelined matmul ends with the main stream
- * waiting for them, and grow() synchronizes the main stream. */
+/* AMPR__CUDA_DQ_PIPE: the side streams, events, and side 1's cuBLASLt
+ * workspace and chunk buffer of `bytes`, made or grown (side 0 takes the
+ * context's own, c->wdq and c->lt_ws, which the caller has reserved); 0
+ * (the chunks stay on the context's stream) when any cannot be: a pipeline
+ * is worth no failure. The sides are idle here: every pipelined matmul ends
+ * with the main stream waiting for them, and grow() synchronizes the main
+ * stream. */
 static int dq_pipe_ready(ampr__cuda *c, size_t bytes) {
     if (c->dq_pipe < 0) return 0;
     ampr__err e = {AMPR_OK, {0}};
     if (!c->dq_pipe) {
         c->dq_pipe = -1;
         for (int s = 0; s < 2; s++)
-            if (cudaStreamCreateWithFlags(&c->dq_side[s], cudaStreamNonBlocking) != cudaSuccess ||
-                cudaMalloc(&c->dq_ws[s], c->lt_ws_bytes) != cudaSuccess) {
+            if (cudaStreamCreateWithFlags(&c->dq_side[s], cudaStreamNonBlocking) != cudaSuccess) {
                 (void)cudaGetLastError();
                 return 0; /* what was made is freed at close */
             }
+        if (cudaMalloc(&c->dq_ws, c->lt_ws_bytes) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return 0;
+        }
         for (int k = 0; k < 3; k++)
             if (cudaEventCreateWithFlags(&c->dq_ev[k], cudaEventDisableTiming) != cudaSuccess) {
                 (void)cudaGetLastError();
@@ -1675,12 +1729,10 @@ static int dq_pipe_ready(ampr__cuda *c, size_t bytes) {
             }
         c->dq_pipe = 1;
     }
-    for (int s = 0; s < 2; s++)
-        if (grow(c, (void **)&c->dq_buf[s], &c->dq_buf_bytes[s], bytes, "NF4 dequant (side stream)", &e) !=
-            AMPR_OK) {
-            (void)cudaGetLastError();
-            return 0; /* this matmul on one stream; a smaller one may fit later */
-        }
+    if (grow(c, (void **)&c->dq_buf, &c->dq_buf_bytes, bytes, "NF4 dequant (side stream)", &e) != AMPR_OK) {
+        (void)cudaGetLastError();
+        return 0; /* this matmul on one stream; a smaller one may fit later */
+    }
     return 1;
 }
 
@@ -1688,7 +1740,10 @@ static int dq_pipe_ready(ampr__cuda *c, size_t bytes) {
  * chunk j + 1's dequantization (memory-bound) runs beside chunk j's GEMM
  * (compute-bound; a chunk's GEMM alone may not fill the GPU), and each side's
  * next chunk waits for its GEMM in stream order before reusing its buffer.
- * The same chunks and GEMMs as on one stream, so the same values. */
+ * Side 0 borrows the main stream's buffer and workspace: the main stream
+ * has finished with them at dq_ev[0] and waits for side 0 before it uses
+ * them again. The same chunks and GEMMs as on one stream, so the same
+ * values. */
 static ampr_status nf4_pipe(ampr__cuda *c, const ampr__cuda_mat *w, int32_t n, float *y, int64_t ldy,
                             int64_t ch, ampr__err *err) {
     cudaStream_t main = c->stream;
@@ -1699,7 +1754,8 @@ static ampr_status nf4_pipe(ampr__cuda *c, const ampr__cuda_mat *w, int32_t n, f
     for (int64_t r0 = 0, j = 0; r0 < rows && st == AMPR_OK; r0 += ch, j++) {
         int s = (int)(j & 1);
         c->stream = c->dq_side[s]; /* ampr__launch and cuBLASLt take c->stream */
-        st = nf4_chunk(c, w, r0, rows - r0 < ch ? rows - r0 : ch, n, y, ldy, c->dq_buf[s], c->dq_ws[s], err);
+        st = nf4_chunk(c, w, r0, rows - r0 < ch ? rows - r0 : ch, n, y, ldy, s ? c->dq_buf : c->wdq,
+                       s ? c->dq_ws : c->lt_ws, err);
     }
     c->stream = main;
     /* join, also after a failure: nothing may go on on a side unseen */

@@ -20,26 +20,39 @@ __device__ __forceinline__ float nf4_value(unsigned code) {
     return t[code & 15u];
 }
 
+/* Element e of the table (row * cols + column) as a float */
+__device__ __forceinline__ float embed_value(int fmt, const void *__restrict__ data, const float *__restrict__ sc,
+                                             int64_t row, int64_t e) {
+    if (fmt == AMPR__Q_F16) return __half2float(((const __half *)data)[e]);
+    if (fmt == AMPR__Q_INT8) return (float)((const int8_t *)data)[e] * sc[row];
+    uint8_t b = ((const uint8_t *)data)[e / 2];
+    unsigned code = (e & 1) ? (b & 15u) : (unsigned)(b >> 4);
+    return nf4_value(code) * sc[e / 64];
+}
+
+/* A block a token. A thread reads EMBED_U of its elements before it stores
+ * them (as a loop of one load and one store, each load waited for the one
+ * before: 16 trips at dim 4096). */
+#define EMBED_U 8
 __global__ void embed_kernel(int fmt, const void *__restrict__ data, const float *__restrict__ sc,
                              int64_t cols, const int32_t *__restrict__ tokens, void *out,
                              int out_f16) {
     AMPR__PDL_ENTER();
     int64_t row = tokens[blockIdx.x];
-    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-        int64_t e = row * cols + c;
-        float v;
-        if (fmt == AMPR__Q_F16) {
-            v = __half2float(((const __half *)data)[e]);
-        } else if (fmt == AMPR__Q_INT8) {
-            v = (float)((const int8_t *)data)[e] * sc[row];
-        } else {
-            uint8_t b = ((const uint8_t *)data)[e / 2];
-            unsigned code = (e & 1) ? (b & 15u) : (unsigned)(b >> 4);
-            v = nf4_value(code) * sc[e / 64];
+    const int64_t bd = blockDim.x;
+    for (int64_t c0 = threadIdx.x; c0 < cols; c0 += EMBED_U * bd) {
+        float v[EMBED_U];
+#pragma unroll
+        for (int u = 0; u < EMBED_U; u++)
+            v[u] = c0 + u * bd < cols ? embed_value(fmt, data, sc, row, row * cols + c0 + u * bd) : 0.0f;
+#pragma unroll
+        for (int u = 0; u < EMBED_U; u++) {
+            int64_t c = c0 + u * bd;
+            if (c >= cols) break;
+            size_t o = (size_t)blockIdx.x * (size_t)cols + (size_t)c;
+            if (out_f16) ((__half *)out)[o] = __float2half_rn(v[u]);
+            else ((float *)out)[o] = v[u];
         }
-        size_t o = (size_t)blockIdx.x * (size_t)cols + (size_t)c;
-        if (out_f16) ((__half *)out)[o] = __float2half_rn(v);
-        else ((float *)out)[o] = v;
     }
 }
 

@@ -304,25 +304,35 @@ static void check_elementwise(void) {
         ampr__cuda_free(g_c, dv);
     }
 
-    /* per-token int8 quantization, bit-exact */
-    int32_t cols = 2048;
-    auto a = rnd_vec((size_t)n * cols, -3, 3);
-    for (int32_t c = 0; c < cols; c++) a[(size_t)2 * cols + c] = 0.0f; /* an all-zero token */
-    float *da = (float *)dev_put(a.data(), a.size() * 4);
-    int8_t *dq = (int8_t *)dev_put(NULL, a.size());
-    float *ds = (float *)dev_put(NULL, (size_t)n * 4);
-    OK(ampr__cuda_quant_act(g_c, da, n, cols, dq, ds, &g_err));
-    auto gq = dev_get<int8_t>(dq, a.size());
-    auto gs = dev_get<float>(ds, (size_t)n);
-    long mism = 0;
-    std::vector<int8_t> hq((size_t)cols);
-    for (int32_t i = 0; i < n; i++) {
-        float s;
-        host_quant_act(a.data() + (size_t)i * cols, cols, hq.data(), &s);
-        if (s != gs[(size_t)i]) mism++;
-        for (int32_t c = 0; c < cols; c++) mism += hq[(size_t)c] != gq[(size_t)i * cols + c];
+    /* per-token int8 quantization, bit-exact: tokens fewer than the SMs
+     * take blocks of 1024 threads, more 256 (ampr__cuda_quant_act); rows
+     * of whole and partial batches of 8 loads a thread */
+    struct QCase { int32_t n, cols; } qcases[] = {{5, 2048}, {1, 14344}, {2, 1000}, {300, 520}};
+    for (const QCase &qc : qcases) {
+        int32_t qn = qc.n, cols = qc.cols;
+        auto a = rnd_vec((size_t)qn * cols, -3, 3);
+        if (qn > 2)
+            for (int32_t c = 0; c < cols; c++) a[(size_t)2 * cols + c] = 0.0f; /* an all-zero token */
+        float *da = (float *)dev_put(a.data(), a.size() * 4);
+        int8_t *dq = (int8_t *)dev_put(NULL, a.size());
+        float *ds = (float *)dev_put(NULL, (size_t)qn * 4);
+        OK(ampr__cuda_quant_act(g_c, da, qn, cols, dq, ds, &g_err));
+        auto gq = dev_get<int8_t>(dq, a.size());
+        auto gs = dev_get<float>(ds, (size_t)qn);
+        long mism = 0;
+        std::vector<int8_t> hq((size_t)cols);
+        for (int32_t i = 0; i < qn; i++) {
+            float s;
+            host_quant_act(a.data() + (size_t)i * cols, cols, hq.data(), &s);
+            if (s != gs[(size_t)i]) mism++;
+            for (int32_t c = 0; c < cols; c++) mism += hq[(size_t)c] != gq[(size_t)i * cols + c];
+        }
+        snprintf(name, sizeof name, "quant_act int8 [%d][%d] (q and scales)", qn, cols);
+        report_exact(name, mism, (long)a.size() + qn);
+        ampr__cuda_free(g_c, da);
+        ampr__cuda_free(g_c, dq);
+        ampr__cuda_free(g_c, ds);
     }
-    report_exact("quant_act int8 [5][2048] (q and scales)", mism, (long)a.size() + n);
 
     /* argmax with planted ties: lowest index wins */
     int32_t vocab = 32000, rows = 3;
@@ -338,7 +348,7 @@ static void check_elementwise(void) {
     auto am = dev_get<int32_t>(dam, (size_t)rows);
     report_exact("argmax [3][32000] (ties -> lowest)",
                  (am[0] != 31999) + (am[1] != 77) + (am[2] != 0), rows);
-    void *bufs[] = {dx, dw, dout, dgu, dh, dy, dcs, dsn, dpos, da, dq, ds, dl, dam};
+    void *bufs[] = {dx, dw, dout, dgu, dh, dy, dcs, dsn, dpos, dl, dam};
     for (void *b : bufs) ampr__cuda_free(g_c, b);
 }
 
@@ -883,9 +893,12 @@ static void check_nf4_ring(void) {
 
 static void check_embed_matmul(void) {
     char name[128];
-    int64_t vocab = 300, dim = 256;
+    int64_t vocab = 300;
     std::vector<int32_t> toks = {0, 299, 17, 17, 150};
     int32_t *dt = (int32_t *)dev_put(toks.data(), toks.size() * 4);
+    /* rows of one element a thread and of a whole and a part batch of 8
+     * (embed_kernel's 256 threads) */
+    for (int64_t dim : {256, 2112})
     for (ampr__qtype t : k_fmts) {
         HostMat hm;
         ampr__cuda_mat dm;
@@ -905,7 +918,7 @@ static void check_embed_matmul(void) {
             for (size_t i = 0; i < toks.size(); i++)
                 for (int64_t c = 0; c < dim; c++)
                     ref[i * dim + c] = hm.deq[(size_t)(toks[i] * dim + c)];
-            snprintf(name, sizeof name, "embed %s -> %s", fmt_name(t), f16 ? "f16" : "f32");
+            snprintf(name, sizeof name, "embed %s dim %lld -> %s", fmt_name(t), (long long)dim, f16 ? "f16" : "f32");
             report(name, got.data(), ref.data(), ref.size(), f16 ? 1e-3 : 1e-7);
             ampr__cuda_free(g_c, dout);
         }
@@ -1113,11 +1126,12 @@ static void check_nf4_chunks(void) {
 }
 
 /* Kernels a matmul with a tail runs where a fused kernel takes it (gemv_ok,
- * up to 8 tokens: INT8 of more than one token quantizes x in a kernel of its
- * own first), or 0 where none does */
+ * up to 8 tokens: INT8 of more than one token, or of one with
+ * AMPR_CUDA_I8_ONCE, quantizes x in a kernel of its own first), or 0 where
+ * none does */
 static unsigned long tail_kernels(ampr__qtype t, int64_t cols, int32_t n) {
     if (cols % (t == AMPR__Q_F16 ? 8 : t == AMPR__Q_INT8 ? 16 : 32) || n > 8) return 0; /* gemv_max */
-    return t == AMPR__Q_INT8 && n > 1 ? 2 : 1;
+    return t == AMPR__Q_INT8 && (n > 1 || ampr__cuda_switch_on(g_c, AMPR__CUDA_I8_ONCE)) ? 2 : 1;
 }
 
 /* ampr__cuda_matmul_addnorm with AMPR_CUDA_FUSE_TAIL (the matmul kernel's
@@ -1330,6 +1344,54 @@ static void check_prefetch(void) {
                     for (float *b : d) ampr__cuda_free(g_c, b);
                     ampr__cuda_mat_free(g_c, &dm);
                 }
+}
+
+/* AMPR__CUDA_I8_ONCE: INT8's one-token GEMV with x quantized once by
+ * quant_act_kernel gives the bytes of the GEMV that quantizes x in each
+ * block (the same rule, the same int32 sums and scaling), on the plain and
+ * the SwiGLU-fused kernel, for tokens with an inf, a NaN or only zeros too;
+ * and it launches one quant_act_kernel (counted by the launch probe) where
+ * the default launches none. */
+static void check_i8_once(void) {
+    char name[160];
+    struct Shape { int64_t rows, cols; } shapes[] = {{300, 512}, {33, 8192}, {4099, 2048}, {72, 96}, {64, 14336}};
+    for (const Shape &sh : shapes)
+        for (int fuse = 0; fuse < 2; fuse++)
+            for (int kind = 0; kind < 4; kind++) { /* x: random, an inf, a NaN, zeros */
+                if (kind && (sh.rows != 300 || fuse)) continue;
+                HostMat hm;
+                ampr__cuda_mat dm;
+                random_mat(hm, dm, AMPR__Q_INT8, sh.rows, sh.cols, 0.3f);
+                auto x = rnd_vec((size_t)sh.cols, -1, 1);
+                if (kind == 1) x[7] = INFINITY;
+                if (kind == 2) x[5] = NAN;
+                if (kind == 3) std::fill(x.begin(), x.end(), 0.0f);
+                float *dx = (float *)dev_put(x.data(), x.size() * 4);
+                size_t ny = (size_t)(fuse ? sh.rows / 2 : sh.rows);
+                float *gu = (float *)dev_put(NULL, (size_t)sh.rows * 4);
+                float *d[2] = {(float *)dev_put(NULL, ny * 4), (float *)dev_put(NULL, ny * 4)};
+                unsigned long quants[2] = {0, 0};
+                for (int on = 0; on < 2; on++) {
+                    SwitchScope sw(AMPR__CUDA_I8_ONCE, on);
+                    SwitchScope fs(AMPR__CUDA_FUSE, fuse);
+                    ampr__cuda_set_probe(g_c, "quant_act_kernel", 2); /* twice: the same bytes again */
+                    if (fuse) OK(ampr__cuda_matmul_swiglu(g_c, &dm, dx, 1, gu, d[on], &g_err));
+                    else OK(ampr__cuda_matmul(g_c, &dm, dx, 1, d[on], sh.rows, &g_err));
+                    OK(ampr__cuda_sync(g_c, &g_err));
+                    quants[on] = ampr__cuda_set_probe(g_c, NULL, 0);
+                }
+                auto g0 = dev_get<float>(d[0], ny), g1 = dev_get<float>(d[1], ny);
+                long mism = quants[0] != 0 || quants[1] != 1; /* the path each took */
+                for (size_t e = 0; e < ny; e++) mism += memcmp(&g0[e], &g1[e], 4) != 0;
+                static const char *const kinds[] = {"", ", an inf", ", a NaN", ", zeros"};
+                snprintf(name, sizeof name, "int8 %lldx%lld n=1%s%s, x quantized once == in each block",
+                         (long long)sh.rows, (long long)sh.cols, fuse ? " SwiGLU" : "", kinds[kind]);
+                report_exact(name, mism, (long)ny + 1);
+                ampr__cuda_free(g_c, dx);
+                ampr__cuda_free(g_c, gu);
+                for (float *b : d) ampr__cuda_free(g_c, b);
+                ampr__cuda_mat_free(g_c, &dm);
+            }
 }
 
 /* A NaN activation gives NaN outputs on the fp16 and NF4 paths that round
@@ -2383,11 +2445,11 @@ static void bench(void) {
         };
         { /* every decode switch that is off by default, on together */
             const ampr__cuda_switch off_sw[] = {AMPR__CUDA_FUSE, AMPR__CUDA_FUSE_TAIL, AMPR__CUDA_PREFETCH,
-                                                AMPR__CUDA_NF4_RING};
+                                                AMPR__CUDA_NF4_RING, AMPR__CUDA_I8_ONCE};
             std::vector<std::unique_ptr<SwitchScope>> on;
             for (ampr__cuda_switch w : off_sw) on.emplace_back(new SwitchScope(w, 1));
             double alt_ms = decode_ms(s, 1);
-            printf("%s decode step, with AMPR_CUDA_FUSE, _FUSE_TAIL, _PREFETCH and _NF4_RING on%s %.3f ms "
+            printf("%s decode step, with AMPR_CUDA_FUSE, _FUSE_TAIL, _PREFETCH, _NF4_RING and _I8_ONCE on%s %.3f ms "
                    "vs as opened %.3f ms: %.2fx\n", fmt_name(t), pdl, alt_ms / steps, dec_ms / steps,
                    dec_ms / alt_ms);
         }
@@ -2397,29 +2459,45 @@ static void bench(void) {
         ab(AMPR__CUDA_PREFETCH, "weights prefetched into L2 before each GEMV's wait");
         if (t == AMPR__Q_NF4) ab(AMPR__CUDA_NF4_MMA, "GEMV on tensor cores");
         if (t == AMPR__Q_NF4) ab(AMPR__CUDA_NF4_RING, "tensor-core GEMV's weights through a cp.async ring");
+        if (t == AMPR__Q_INT8) ab(AMPR__CUDA_I8_ONCE, "one-token GEMV's x quantized once, not by every block");
+        if (t == AMPR__Q_INT8) { /* both with the first weights prefetched before the wait */
+            SwitchScope pf(AMPR__CUDA_PREFETCH, 1);
+            double ms[2];
+            for (int on = 0; on < 2; on++) {
+                SwitchScope sw(AMPR__CUDA_I8_ONCE, on);
+                ms[on] = decode_ms(s, 1);
+            }
+            printf("int8 decode step, with AMPR_CUDA_PREFETCH=1: x quantized once (AMPR_CUDA_I8_ONCE=1%s) "
+                   "%.3f ms vs off %.3f ms: %.2fx\n", pdl, ms[1] / steps, ms[0] / steps, ms[0] / ms[1]);
+        }
         { /* where the step's time goes: each kind of kernel launched twice
-           * (ampr__cuda_set_twice), the step's time less the default's is
-           * what that kernel costs inside the replayed graph, its boundary
-           * with the next kernel included; the launches a step counted on
-           * one eager step */
+           * and left out (ampr__cuda_set_probe), the difference with the
+           * default's step is what that kernel costs inside the replayed
+           * graph, its boundary with the next kernel included. Twice
+           * understates a matmul whose weights fit in L2 (the second launch
+           * finds them there); left out does not. The launches a step are
+           * counted on one eager step. */
             const char *probes[] = {"gemv", "rmsnorm_kernel", "rope_kv_kernel", "attention", "swiglu_kernel",
                                     "add_kernel", "embed_kernel", "argmax_kernel"};
-            printf("%s decode step %.3f ms; each kernel's cost in it (launched twice, less the step):", fmt_name(t),
-                   dec_ms / steps);
-            double sum_us = 0;
-            for (const char *pr : probes) {
-                ampr__cuda_set_twice(g_c, pr);
-                OK(ampr__cuda_decode_set(s, 1, np, &g_err));
-                OK(ampr__cuda_decode(s, 1, 0, &g_err));
-                OK(ampr__cuda_sync(g_c, &g_err));
-                unsigned long k = ampr__cuda_set_twice(g_c, pr); /* the count; probing goes on */
-                double us = 1e3 * (decode_ms(s, 1) - dec_ms) / steps;
-                ampr__cuda_set_twice(g_c, NULL);
-                if (!k) continue;
-                sum_us += us;
-                printf(" %s x%lu %+.1f us,", pr, k, us);
+            for (int times : {2, 0}) {
+                printf("%s decode step %.3f ms; each kernel's cost in it (%s):", fmt_name(t), dec_ms / steps,
+                       times ? "launched twice, less the step" : "the step less the step without it");
+                double sum_us = 0;
+                for (const char *pr : probes) {
+                    ampr__cuda_set_probe(g_c, pr, times);
+                    OK(ampr__cuda_decode_set(s, 1, np, &g_err));
+                    OK(ampr__cuda_decode(s, 1, 0, &g_err));
+                    OK(ampr__cuda_sync(g_c, &g_err));
+                    unsigned long k = ampr__cuda_set_probe(g_c, pr, times); /* the count; probing goes on */
+                    double ms = decode_ms(s, 1);
+                    double us = 1e3 * (times ? ms - dec_ms : dec_ms - ms) / steps;
+                    ampr__cuda_set_probe(g_c, NULL, 0);
+                    if (!k) continue;
+                    sum_us += us;
+                    printf(" %s x%lu %+.1f us,", pr, k, us);
+                }
+                printf(" together %.1f us of %.1f\n", sum_us, 1e3 * dec_ms / steps);
             }
-            printf(" together %.1f us of %.1f\n", sum_us, 1e3 * dec_ms / steps);
         }
         if (t == AMPR__Q_F16) { /* the other prefill attention kernel, side by side */
             SwitchScope sw(AMPR__CUDA_ATT_MMA, flipped(AMPR__CUDA_ATT_MMA));
@@ -2469,9 +2547,15 @@ static void bench(void) {
  * on the matrices of an 8B model (Llama-3-8B: dim 4096, ffn 14336, 32/8
  * heads, vocab 128256), where the weights, not the launches, set the time;
  * NF4 on each of its paths. Per call: 10 calls between two events, median of
- * 5; GB/s counts the matrix's bytes once a call. only: a format's name (the
- * others are skipped); AMPR_CHECK_GEMV_PROFILE=1: for a profiler, 1 and 4
- * tokens only, each matmul run twice (tests/gpu/profile.sh). */
+ * 5; GB/s counts the matrix's bytes once a call. Each call reads another
+ * copy of the matrix, in turn over as many copies as take 4 x the GPU's L2
+ * (up to 64): in a decode step a matrix's weights come from DRAM, and a
+ * matrix that fits in L2 (NF4's wqkv, wo and w_down; INT8's wqkv and wo;
+ * FP16's wo) read again at once would come from L2, faster, the more so for
+ * a kernel that waits on latency. One row a format ("warm L2") calls one
+ * copy, for the difference. only: a format's name (the others are skipped);
+ * AMPR_CHECK_GEMV_PROFILE=1: for a profiler, 1 and 4 tokens only, each
+ * matmul run twice (tests/gpu/profile.sh). */
 static void bench_gemv(const char *only) {
     const bool small = getenv("AMPR_CHECK_BENCH_SMALL") != NULL;
     struct Shape { const char *name; int64_t rows, cols; } shapes[] = {
@@ -2483,8 +2567,14 @@ static void bench_gemv(const char *only) {
     const bool prof = getenv("AMPR_CHECK_GEMV_PROFILE") != NULL;
     const int32_t ns[] = {1, 2, 4, 8, 16, 32}, ns_prof[] = {1, 4};
     const int NS = prof ? 2 : 6, NM = 5, calls = prof ? 1 : 10, reps = prof ? 1 : 5;
-    printf("\nmatmuls on the 8B shape: us a call (GB/s of the matrix's bytes); copy bw %.0f GB/s\n",
-           bench_copy_gbs());
+    int dev = 0;
+    cudaDeviceProp prop;
+    CU(cudaGetDevice(&dev));
+    CU(cudaGetDeviceProperties(&prop, dev));
+    const double cold_bytes = 4.0 * prop.l2CacheSize; /* a turn over the copies */
+    printf("\nmatmuls on the 8B shape: us a call (GB/s of the matrix's bytes); copy bw %.0f GB/s; "
+           "each call another copy of the matrix, %.0f MB of copies (4 x L2) unless said\n",
+           bench_copy_gbs(), cold_bytes / 1e6);
     printf("%-5s %-22s %3s", "fmt", "path", "n");
     for (const Shape &sh : shapes) printf(" %17s", sh.name);
     printf(" %17s\n", "sum (GB/s)");
@@ -2494,27 +2584,35 @@ static void bench_gemv(const char *only) {
         CU(cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
     }
     float *dy = (float *)dev_put(NULL, (size_t)32 * 128256 * 4);
-    ampr__cuda_mat mats[3][5];
+    std::vector<ampr__cuda_mat> mats[3][5]; /* each matrix's copies */
     for (int k = 0; k < NM; k++) { /* one fp32 matrix at a time, in each format */
         auto w = rnd_vec((size_t)(shapes[k].rows * shapes[k].cols), -0.05f, 0.05f);
         for (int f = 0; f < 3; f++) {
-            mats[f][k] = ampr__cuda_mat();
             if (only && strcmp(only, fmt_name(k_fmts[f]))) continue;
             HostMat hm;
             host_quantize(hm, k_fmts[f], w.data(), shapes[k].rows, shapes[k].cols, false);
-            OK(ampr__cuda_mat_upload(g_c, &hm.q, &mats[f][k], &g_err));
+            std::vector<ampr__cuda_mat> &cp = mats[f][k];
+            do {
+                cp.push_back(ampr__cuda_mat());
+                OK(ampr__cuda_mat_upload(g_c, &hm.q, &cp.back(), &g_err));
+            } while (cp.size() < 64 && (double)ampr__cuda_mat_bytes(&cp[0]) * (double)cp.size() < cold_bytes);
         }
     }
-    /* one line: format f's matrices at n tokens, each alone, then their sum */
-    auto time_row = [&](int f, const char *path, int32_t n) {
+    /* one line: format f's matrices at n tokens, each alone, then their sum;
+     * warm: every call on the first copy */
+    size_t turn = 0; /* the next copy: no copy twice in a row, also across timings */
+    auto time_row = [&](int f, const char *path, int32_t n, bool warm) {
         double sum_us = 0, sum_bytes = 0;
         printf("%-5s %-22s %3d", fmt_name(k_fmts[f]), path, n);
         for (int k = 0; k < NM; k++) {
-            ampr__cuda_mat *w = &mats[f][k];
+            std::vector<ampr__cuda_mat> &cp = mats[f][k];
             double us = 1e3 / calls * time_ms([&] {
-                for (int r = 0; r < calls; r++) OK(ampr__cuda_matmul(g_c, w, dx, n, dy, w->rows, &g_err));
+                for (int r = 0; r < calls; r++) {
+                    ampr__cuda_mat *w = &cp[warm ? 0 : turn++ % cp.size()];
+                    OK(ampr__cuda_matmul(g_c, w, dx, n, dy, w->rows, &g_err));
+                }
             }, reps);
-            double bytes = (double)ampr__cuda_mat_bytes(w);
+            double bytes = (double)ampr__cuda_mat_bytes(&cp[0]);
             sum_us += us;
             sum_bytes += bytes;
             printf(" %8.1f (%6.0f)", us, bytes / (us * 1e-6) / 1e9);
@@ -2523,23 +2621,29 @@ static void bench_gemv(const char *only) {
     };
     /* lt: every n on cuBLASLt (gemv_max 0), the GEMVs' alternative */
     /* ring: -1 as opened, else AMPR__CUDA_NF4_RING on with that many stages (0: by size) */
-    struct Path { int f; const char *name; int mma, batch, lt, ring; } paths[] = {
-        {0, "as opened", -1, -1, 0, -1}, {0, "cuBLASLt", -1, -1, 1, -1}, {1, "as opened", -1, -1, 0, -1},
-        {1, "cuBLASLt", -1, -1, 1, -1}, {2, "fp32 GEMV / cuBLASLt", 0, 0, 0, -1},
-        {2, "tensor cores", 1, 1, 0, -1}, {2, "tensor cores, ring", 1, 1, 0, 0},
-        {2, "tensor cores, ring S 4", 1, 1, 0, 4}, {2, "tensor cores, ring S 8", 1, 1, 0, 8},
-        {2, "as opened", -1, -1, 0, -1}};
+    /* warm: one token, every call on one copy; on: a switch turned on (-1 none) */
+    const int I8_ONCE = AMPR__CUDA_I8_ONCE;
+    struct Path { int f; const char *name; int mma, batch, lt, ring, warm, on = -1; } paths[] = {
+        {0, "as opened", -1, -1, 0, -1, 0}, {0, "as opened, warm L2", -1, -1, 0, -1, 1},
+        {0, "cuBLASLt", -1, -1, 1, -1, 0}, {1, "as opened", -1, -1, 0, -1, 0},
+        {1, "as opened, warm L2", -1, -1, 0, -1, 1}, {1, "x quantized once", -1, -1, 0, -1, 0, I8_ONCE},
+        {1, "cuBLASLt", -1, -1, 1, -1, 0},
+        {2, "fp32 GEMV / cuBLASLt", 0, 0, 0, -1, 0}, {2, "tensor cores", 1, 1, 0, -1, 0},
+        {2, "tensor cores, ring", 1, 1, 0, 0, 0}, {2, "tensor cores, ring S 4", 1, 1, 0, 4, 0},
+        {2, "tensor cores, ring S 8", 1, 1, 0, 8, 0}, {2, "as opened", -1, -1, 0, -1, 0},
+        {2, "as opened, warm L2", -1, -1, 0, -1, 1}, {2, "ring, warm L2", 1, 1, 0, 0, 1}};
     for (const Path &pa : paths) {
         if ((only && strcmp(only, fmt_name(k_fmts[pa.f]))) ||
-            (prof && (pa.lt || (pa.mma < 0 && pa.f == 2) || pa.ring > 0)))
+            (prof && (pa.lt || (pa.mma < 0 && pa.f == 2) || pa.ring > 0 || pa.warm)))
             continue;
-        std::unique_ptr<SwitchScope> m, b, r;
+        std::unique_ptr<SwitchScope> m, b, r, o;
+        if (pa.on >= 0) o.reset(new SwitchScope((ampr__cuda_switch)pa.on, 1));
         if (pa.mma >= 0) m.reset(new SwitchScope(AMPR__CUDA_NF4_MMA, pa.mma));
         if (pa.batch >= 0) b.reset(new SwitchScope(AMPR__CUDA_NF4_BATCH, pa.batch));
         if (pa.ring >= 0) r.reset(new SwitchScope(AMPR__CUDA_NF4_RING, 1));
         ampr__cuda_set_nf4_ring(g_c, pa.ring > 0 ? pa.ring : 0);
         if (pa.lt) ampr__cuda_set_gemv_max(g_c, 0);
-        for (int i = 0; i < NS; i++) time_row(pa.f, pa.name, prof ? ns_prof[i] : ns[i]);
+        for (int i = 0; i < (pa.warm ? 1 : NS); i++) time_row(pa.f, pa.name, prof ? ns_prof[i] : ns[i], pa.warm);
         ampr__cuda_set_gemv_max(g_c, 8); /* the default */
         ampr__cuda_set_nf4_ring(g_c, 0);
     }
@@ -2550,7 +2654,7 @@ static void bench_gemv(const char *only) {
         ampr__cuda_set_nf4_gemv1(g_c, ru);
         char name[32];
         snprintf(name, sizeof name, "fp32 GEMV R %d U %d", ru / 10, ru % 10);
-        time_row(2, name, 1);
+        time_row(2, name, 1, false);
     }
     ampr__cuda_set_nf4_gemv1(g_c, 0);
     /* prefill's matmuls: fp16 and int8 on cuBLASLt, nf4 dequantized in 16 MB
@@ -2581,7 +2685,7 @@ static void bench_gemv(const char *only) {
             double sum_us = 0, sum_flop = 0;
             printf("%-5s %-22s %3d", fmt_name(k_fmts[pp.f]), pp.name, n);
             for (int k = 0; k < NM; k++) {
-                ampr__cuda_mat *w = &mats[pp.f][k];
+                ampr__cuda_mat *w = &mats[pp.f][k][0]; /* compute sets the time: one copy */
                 OK(ampr__cuda_matmul(g_c, w, px, n, py, w->rows, &g_err)); /* scratch, plans */
                 double us = 1e3 / pre_calls * time_ms([&] {
                     for (int r = 0; r < pre_calls; r++) OK(ampr__cuda_matmul(g_c, w, px, n, py, w->rows, &g_err));
@@ -2598,8 +2702,8 @@ static void bench_gemv(const char *only) {
     if (px) ampr__cuda_free(g_c, px);
     if (py) ampr__cuda_free(g_c, py);
     for (auto &row : mats)
-        for (auto &m : row)
-            if (m.data) ampr__cuda_mat_free(g_c, &m);
+        for (auto &cp : row)
+            for (ampr__cuda_mat &m : cp) ampr__cuda_mat_free(g_c, &m);
     ampr__cuda_free(g_c, dx);
     ampr__cuda_free(g_c, dy);
 }
@@ -2668,7 +2772,7 @@ int main(int argc, char **argv) {
         {"topk_cands", check_topk_cands}, {"nucleus_cands", check_nucleus_cands},
         {"row_monitor", check_row_monitor}, {"temp_draw", check_temp_draw},
         {"embed_matmul", check_embed_matmul}, {"gemv_swiglu", check_gemv_swiglu}, {"nf4_ring", check_nf4_ring},
-        {"prefetch", check_prefetch}, {"addnorm", check_addnorm}, {"rope_tail", check_rope_tail},
+        {"i8_once", check_i8_once}, {"prefetch", check_prefetch}, {"addnorm", check_addnorm}, {"rope_tail", check_rope_tail},
         {"nan_matmul", check_nan_matmul}, {"nf4_chunk_sizes", check_nf4_chunk_sizes},
         {"nf4_chunks", check_nf4_chunks}, {"batch_lt", check_batch_lt},
         {"kv_attention_64", [] { check_kv_attention(64); }}, {"kv_attention_128", [] { check_kv_attention(128); }},
