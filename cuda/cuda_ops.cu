@@ -292,39 +292,47 @@ __device__ __forceinline__ float dot_q(const float *sq, const __half *k, int32_t
 
 /* out[i][h] = the splits' outputs, each weighted by exp(m_s - M), over the
  * sum of their l_s * exp(m_s - M): pr the (row, head)'s parts, the whole block
- * calls it. Each split's weight is computed once, by one thread, into shared
- * memory; then every thread sums its dims in split order, skipping empty
- * splits (l_s = 0). The parts are read through L2 (__ldcg): with the merge in
- * the attention kernel they were written by other blocks of the same launch.
+ * calls it. Thread s loads split s's (m_s, l_s) into shared memory (one trip
+ * to L2 for all of them) and computes its weight from there; then every
+ * thread sums its dims in split order, skipping empty splits (l_s = 0). The
+ * l_s were loaded in each loop before (each load waited for before the next:
+ * three loops of as many trips to L2 as splits, 17 at 32 heads on 132 SMs, on
+ * the critical path of every decode attention); with them in shared memory
+ * nvcc issues the dims' loads 4 splits at a time (SASS, sm_90a). The parts
+ * are read through L2 (__ldcg): with the merge in the attention kernel they
+ * were written by other blocks of the same launch.
  * part: [rows][n_heads][splits][hd + 2]; out: [rows][n_heads][hd]. */
 __device__ void merge_splits(const float *part, int32_t i, int32_t h, int32_t n_heads,
                              int32_t splits, int32_t hd, float *out) {
     const float *pr = part + ((size_t)i * n_heads + h) * splits * (size_t)(hd + 2);
     float *orow = out + (int64_t)i * n_heads * hd + (int64_t)h * hd;
-    __shared__ float wgt[AMPR__CUDA_ATT_SPLITS];
+    __shared__ float wgt[AMPR__CUDA_ATT_SPLITS], sm[AMPR__CUDA_ATT_SPLITS], sl[AMPR__CUDA_ATT_SPLITS];
     __shared__ float L;
+    if ((int32_t)threadIdx.x < splits) {
+        const float *ps = pr + (size_t)threadIdx.x * (hd + 2);
+        float m = __ldcg(ps), l = __ldcg(ps + 1);
+        sm[threadIdx.x] = m;
+        sl[threadIdx.x] = l;
+    }
+    __syncthreads();
     if ((int32_t)threadIdx.x < splits) {
         float M = -INFINITY;
         for (int32_t s = 0; s < splits; s++)
-            if (__ldcg(pr + (size_t)s * (hd + 2) + 1) > 0.0f) M = fmaxf(M, __ldcg(pr + (size_t)s * (hd + 2)));
-        const float *ps = pr + (size_t)threadIdx.x * (hd + 2);
-        wgt[threadIdx.x] = __ldcg(ps + 1) > 0.0f ? expf(__ldcg(ps) - M) : 0.0f;
+            if (sl[s] > 0.0f) M = fmaxf(M, sm[s]);
+        wgt[threadIdx.x] = sl[threadIdx.x] > 0.0f ? expf(sm[threadIdx.x] - M) : 0.0f;
     }
     __syncthreads();
     if (threadIdx.x == 0) {
         float l = 0.0f;
-        for (int32_t s = 0; s < splits; s++) {
-            float ls = __ldcg(pr + (size_t)s * (hd + 2) + 1);
-            if (ls > 0.0f) l += ls * wgt[s];
-        }
+        for (int32_t s = 0; s < splits; s++)
+            if (sl[s] > 0.0f) l += sl[s] * wgt[s];
         L = l;
     }
     __syncthreads();
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float acc = 0.0f;
         for (int32_t s = 0; s < splits; s++)
-            if (__ldcg(pr + (size_t)s * (hd + 2) + 1) > 0.0f)
-                acc += __ldcg(pr + (size_t)s * (hd + 2) + 2 + d) * wgt[s];
+            if (sl[s] > 0.0f) acc += __ldcg(pr + (size_t)s * (hd + 2) + 2 + d) * wgt[s];
         orow[d] = acc / L;
     }
 }
@@ -1404,6 +1412,7 @@ ampr_status ampr__cuda_argmax(ampr__cuda *c, const float *x, int32_t n, int32_t 
  * compared with the slot it replaces. */
 
 #define MON_THREADS 256
+#define MON_U 8
 
 
 __global__ void __launch_bounds__(MON_THREADS)
@@ -1418,28 +1427,54 @@ row_monitor_kernel(const float *__restrict__ x, int32_t cols, int32_t len,
     const int32_t j0 = (int32_t)blockIdx.y * len, j1 = min(cols, j0 + len);
     float mp = -INFINITY, mq = -INFINITY; /* fmaxf passes a NaN over, as the host's max */
     int bad = 0;                          /* a NaN or +inf in p: a broken tier */
-    for (int32_t j = j0 + (int32_t)threadIdx.x; j < j1; j += MON_THREADS) {
-        float v = p[j];
-        bad |= (v != v) | (v == INFINITY);
-        mp = fmaxf(mp, v);
-        if (q) mq = fmaxf(mq, q[j]);
+    /* both loops: a thread's MON_U elements loaded, then used in order (as a
+     * loop of one element, each load waited for the one before: 16 trips a
+     * loop for a slice of 4096) */
+    for (int32_t jb = j0 + (int32_t)threadIdx.x; jb < j1; jb += MON_U * MON_THREADS) {
+        float pv[MON_U], qv[MON_U];
+#pragma unroll
+        for (int u = 0; u < MON_U; u++) {
+            int32_t j = jb + u * MON_THREADS;
+            pv[u] = j < j1 ? p[j] : -INFINITY;
+            qv[u] = q && j < j1 ? q[j] : -INFINITY;
+        }
+#pragma unroll
+        for (int u = 0; u < MON_U; u++) {
+            if (jb + u * MON_THREADS >= j1) break;
+            float v = pv[u];
+            bad |= (v != v) | (v == INFINITY);
+            mp = fmaxf(mp, v);
+            if (q) mq = fmaxf(mq, qv[u]);
+        }
     }
     bad = __syncthreads_or(bad);
     mp = block_max(mp, red);
     mq = q ? block_max(mq, red) : 0.0f;
     const bool has_p = mp > -INFINITY, has_q = q && mq > -INFINITY;
     float zp = 0.0f, sp = 0.0f, zq = 0.0f, a = 0.0f;
-    for (int32_t j = j0 + (int32_t)threadIdx.x; j < j1; j += MON_THREADS) {
-        float v = p[j];
-        float d = has_p ? v - mp : -INFINITY, e = expf(d);
-        zp += e;
-        if (e > 0.0f) sp += e * d;
-        if (q) {
-            float dq = has_q ? q[j] - mq : -INFINITY;
-            zq += expf(dq);
-            if (e > 0.0f) a += e * (d - dq); /* q's -inf under p's mass: +inf */
+    for (int32_t jb = j0 + (int32_t)threadIdx.x; jb < j1; jb += MON_U * MON_THREADS) {
+        float pv[MON_U], qv[MON_U];
+#pragma unroll
+        for (int u = 0; u < MON_U; u++) {
+            int32_t j = jb + u * MON_THREADS;
+            pv[u] = j < j1 ? p[j] : 0.0f;
+            qv[u] = q && j < j1 ? q[j] : 0.0f;
         }
-        if (keep) keep[j] = v;
+#pragma unroll
+        for (int u = 0; u < MON_U; u++) {
+            int32_t j = jb + u * MON_THREADS;
+            if (j >= j1) break;
+            float v = pv[u];
+            float d = has_p ? v - mp : -INFINITY, e = expf(d);
+            zp += e;
+            if (e > 0.0f) sp += e * d;
+            if (q) {
+                float dq = has_q ? qv[u] - mq : -INFINITY;
+                zq += expf(dq);
+                if (e > 0.0f) a += e * (d - dq); /* q's -inf under p's mass: +inf */
+            }
+            if (keep) keep[j] = v;
+        }
     }
     zp = ampr__block_sum(zp, red);
     sp = ampr__block_sum(sp, red);
