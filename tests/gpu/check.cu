@@ -1394,6 +1394,56 @@ static void check_i8_once(void) {
             }
 }
 
+/* AMPR__CUDA_GRID_EVEN: the one-token fp32 GEMV (every format) on the even
+ * grid gives the bytes of the capped one, on matrices with more row groups
+ * than the cap (4 x SMs blocks) and fewer. On the CPU emulation also the
+ * grids: never more blocks than capped, and fewer where FP16's and INT8's
+ * 1.5 x the cap's row groups would leave half the blocks a second group. */
+static void check_grid_even(void) {
+    char name[160];
+    cudaDeviceProp p;
+    CU(cudaGetDeviceProperties(&p, 0));
+    int64_t cap_rows = 4 * 8 * (int64_t)p.multiProcessorCount; /* 4 x SMs blocks of 8 one-row groups */
+    struct Shape { int64_t rows, cols; } shapes[] = {{cap_rows * 3 / 2, 512}, {cap_rows * 2 + 40, 256},
+                                                     {300, 512}, {cap_rows * 5 + 3, 64}};
+    for (ampr__qtype t : k_fmts)
+        for (const Shape &sh : shapes) {
+            HostMat hm;
+            ampr__cuda_mat dm;
+            random_mat(hm, dm, t, sh.rows, sh.cols, 0.3f);
+            auto x = rnd_vec((size_t)sh.cols, -1, 1);
+            float *dx = (float *)dev_put(x.data(), x.size() * 4);
+            size_t ny = (size_t)sh.rows;
+            float *d[2] = {(float *)dev_put(NULL, ny * 4), (float *)dev_put(NULL, ny * 4)};
+            MmaScope no_mma(0); /* NF4 on the fp32 GEMV */
+            unsigned long blocks[2] = {0, 0};
+            for (int on = 0; on < 2; on++) {
+                SwitchScope sw(AMPR__CUDA_GRID_EVEN, on);
+#ifdef AMPR_CUDA_EMU
+                unsigned long b0 = ampr_emu::blocks_run();
+#endif
+                OK(ampr__cuda_matmul(g_c, &dm, dx, 1, d[on], sh.rows, &g_err));
+                OK(ampr__cuda_sync(g_c, &g_err));
+#ifdef AMPR_CUDA_EMU
+                blocks[on] = ampr_emu::blocks_run() - b0;
+#endif
+            }
+            auto g0 = dev_get<float>(d[0], ny), g1 = dev_get<float>(d[1], ny);
+            long mism = 0;
+            for (size_t e = 0; e < ny; e++) mism += memcmp(&g0[e], &g1[e], 4) != 0;
+#ifdef AMPR_CUDA_EMU
+            mism += blocks[1] > blocks[0];
+            if (&sh == &shapes[0] && t != AMPR__Q_NF4) mism += blocks[1] >= blocks[0];
+#endif
+            snprintf(name, sizeof name, "%s %lldx%lld n=1, blocks even == capped grid (%lu / %lu blocks)",
+                     fmt_name(t), (long long)sh.rows, (long long)sh.cols, blocks[1], blocks[0]);
+            report_exact(name, mism, (long)ny);
+            ampr__cuda_free(g_c, dx);
+            for (float *b : d) ampr__cuda_free(g_c, b);
+            ampr__cuda_mat_free(g_c, &dm);
+        }
+}
+
 /* A NaN activation gives NaN outputs on the fp16 and NF4 paths that round
  * activations to half (the tensor-core GEMV, cuBLASLt) as on the fp32 ones,
  * and on INT8, whose token then has scale NaN (lib/quant/quant.h; the one-
@@ -2445,11 +2495,12 @@ static void bench(void) {
         };
         { /* every decode switch that is off by default, on together */
             const ampr__cuda_switch off_sw[] = {AMPR__CUDA_FUSE, AMPR__CUDA_FUSE_TAIL, AMPR__CUDA_PREFETCH,
-                                                AMPR__CUDA_NF4_RING, AMPR__CUDA_I8_ONCE};
+                                                AMPR__CUDA_NF4_RING, AMPR__CUDA_I8_ONCE, AMPR__CUDA_GRID_EVEN};
             std::vector<std::unique_ptr<SwitchScope>> on;
             for (ampr__cuda_switch w : off_sw) on.emplace_back(new SwitchScope(w, 1));
             double alt_ms = decode_ms(s, 1);
-            printf("%s decode step, with AMPR_CUDA_FUSE, _FUSE_TAIL, _PREFETCH, _NF4_RING and _I8_ONCE on%s %.3f ms "
+            printf("%s decode step, with AMPR_CUDA_FUSE, _FUSE_TAIL, _PREFETCH, _NF4_RING, _I8_ONCE and _GRID_EVEN "
+                   "on%s %.3f ms "
                    "vs as opened %.3f ms: %.2fx\n", fmt_name(t), pdl, alt_ms / steps, dec_ms / steps,
                    dec_ms / alt_ms);
         }
@@ -2460,6 +2511,7 @@ static void bench(void) {
         if (t == AMPR__Q_NF4) ab(AMPR__CUDA_NF4_MMA, "GEMV on tensor cores");
         if (t == AMPR__Q_NF4) ab(AMPR__CUDA_NF4_RING, "tensor-core GEMV's weights through a cp.async ring");
         if (t == AMPR__Q_INT8) ab(AMPR__CUDA_I8_ONCE, "one-token GEMV's x quantized once, not by every block");
+        if (t != AMPR__Q_NF4) ab(AMPR__CUDA_GRID_EVEN, "one-token GEMV's blocks each as many row groups");
         if (t == AMPR__Q_INT8) { /* both with the first weights prefetched before the wait */
             SwitchScope pf(AMPR__CUDA_PREFETCH, 1);
             double ms[2];
@@ -2621,12 +2673,14 @@ static void bench_gemv(const char *only) {
     };
     /* lt: every n on cuBLASLt (gemv_max 0), the GEMVs' alternative */
     /* ring: -1 as opened, else AMPR__CUDA_NF4_RING on with that many stages (0: by size) */
-    /* warm: one token, every call on one copy; on: a switch turned on (-1 none) */
-    const int I8_ONCE = AMPR__CUDA_I8_ONCE;
+    /* warm: one token, every call on one copy; on: a switch of the one-token
+     * GEMV turned on (-1 none), one token only */
+    const int I8_ONCE = AMPR__CUDA_I8_ONCE, GRID_EVEN = AMPR__CUDA_GRID_EVEN;
     struct Path { int f; const char *name; int mma, batch, lt, ring, warm, on = -1; } paths[] = {
         {0, "as opened", -1, -1, 0, -1, 0}, {0, "as opened, warm L2", -1, -1, 0, -1, 1},
-        {0, "cuBLASLt", -1, -1, 1, -1, 0}, {1, "as opened", -1, -1, 0, -1, 0},
-        {1, "as opened, warm L2", -1, -1, 0, -1, 1}, {1, "x quantized once", -1, -1, 0, -1, 0, I8_ONCE},
+        {0, "blocks even", -1, -1, 0, -1, 0, GRID_EVEN}, {0, "cuBLASLt", -1, -1, 1, -1, 0},
+        {1, "as opened", -1, -1, 0, -1, 0}, {1, "as opened, warm L2", -1, -1, 0, -1, 1},
+        {1, "x quantized once", -1, -1, 0, -1, 0, I8_ONCE}, {1, "blocks even", -1, -1, 0, -1, 0, GRID_EVEN},
         {1, "cuBLASLt", -1, -1, 1, -1, 0},
         {2, "fp32 GEMV / cuBLASLt", 0, 0, 0, -1, 0}, {2, "tensor cores", 1, 1, 0, -1, 0},
         {2, "tensor cores, ring", 1, 1, 0, 0, 0}, {2, "tensor cores, ring S 4", 1, 1, 0, 4, 0},
@@ -2634,7 +2688,7 @@ static void bench_gemv(const char *only) {
         {2, "as opened, warm L2", -1, -1, 0, -1, 1}, {2, "ring, warm L2", 1, 1, 0, 0, 1}};
     for (const Path &pa : paths) {
         if ((only && strcmp(only, fmt_name(k_fmts[pa.f]))) ||
-            (prof && (pa.lt || (pa.mma < 0 && pa.f == 2) || pa.ring > 0 || pa.warm)))
+            (prof && (pa.lt || (pa.mma < 0 && pa.f == 2) || pa.ring > 0 || pa.warm || pa.on >= 0)))
             continue;
         std::unique_ptr<SwitchScope> m, b, r, o;
         if (pa.on >= 0) o.reset(new SwitchScope((ampr__cuda_switch)pa.on, 1));
@@ -2643,7 +2697,8 @@ static void bench_gemv(const char *only) {
         if (pa.ring >= 0) r.reset(new SwitchScope(AMPR__CUDA_NF4_RING, 1));
         ampr__cuda_set_nf4_ring(g_c, pa.ring > 0 ? pa.ring : 0);
         if (pa.lt) ampr__cuda_set_gemv_max(g_c, 0);
-        for (int i = 0; i < (pa.warm ? 1 : NS); i++) time_row(pa.f, pa.name, prof ? ns_prof[i] : ns[i], pa.warm);
+        for (int i = 0; i < (pa.warm || pa.on >= 0 ? 1 : NS); i++)
+            time_row(pa.f, pa.name, prof ? ns_prof[i] : ns[i], pa.warm);
         ampr__cuda_set_gemv_max(g_c, 8); /* the default */
         ampr__cuda_set_nf4_ring(g_c, 0);
     }
@@ -2772,7 +2827,7 @@ int main(int argc, char **argv) {
         {"topk_cands", check_topk_cands}, {"nucleus_cands", check_nucleus_cands},
         {"row_monitor", check_row_monitor}, {"temp_draw", check_temp_draw},
         {"embed_matmul", check_embed_matmul}, {"gemv_swiglu", check_gemv_swiglu}, {"nf4_ring", check_nf4_ring},
-        {"i8_once", check_i8_once}, {"prefetch", check_prefetch}, {"addnorm", check_addnorm}, {"rope_tail", check_rope_tail},
+        {"i8_once", check_i8_once}, {"grid_even", check_grid_even}, {"prefetch", check_prefetch}, {"addnorm", check_addnorm}, {"rope_tail", check_rope_tail},
         {"nan_matmul", check_nan_matmul}, {"nf4_chunk_sizes", check_nf4_chunk_sizes},
         {"nf4_chunks", check_nf4_chunks}, {"batch_lt", check_batch_lt},
         {"kv_attention_64", [] { check_kv_attention(64); }}, {"kv_attention_128", [] { check_kv_attention(128); }},
