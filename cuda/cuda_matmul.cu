@@ -48,14 +48,20 @@ static_assert(GEMV_WARPS * 32 == AMPR__NORM_THREADS, "a fused norm tail (ampr__t
  * columns and 256 threads, 56 trips to L2 in a row, while every block of
  * the one-token GEMV waits for them before its first weight). */
 #define I8_U 8
+/* v = a thread's batch of a token's elements: x[c0 + u * bd], 0 past cols */
+__device__ __forceinline__ void int8_batch(const float *__restrict__ x, int64_t c0, int64_t bd, int64_t cols,
+                                           float (&v)[I8_U]) {
+#pragma unroll
+    for (int u = 0; u < I8_U; u++) v[u] = c0 + u * bd < cols ? x[c0 + u * bd] : 0.0f;
+}
+
 __device__ float int8_token_absmax(const float *__restrict__ x, int64_t cols, float *red) {
     float m = 0.0f;
     int bad = 0;
     const int64_t bd = blockDim.x;
     for (int64_t c0 = threadIdx.x; c0 < cols; c0 += I8_U * bd) {
         float v[I8_U];
-#pragma unroll
-        for (int u = 0; u < I8_U; u++) v[u] = c0 + u * bd < cols ? x[c0 + u * bd] : 0.0f;
+        int8_batch(x, c0, bd, cols, v);
 #pragma unroll
         for (int u = 0; u < I8_U; u++) { /* 0 for a column past the end: changes neither */
             float a = fabsf(v[u]);
@@ -91,8 +97,7 @@ __device__ __forceinline__ void int8_quant_row(const float *__restrict__ x, int6
     const int64_t bd = blockDim.x;
     for (int64_t c0 = threadIdx.x; c0 < cols; c0 += I8_U * bd) {
         float v[I8_U];
-#pragma unroll
-        for (int u = 0; u < I8_U; u++) v[u] = c0 + u * bd < cols ? x[c0 + u * bd] : 0.0f;
+        int8_batch(x, c0, bd, cols, v);
 #pragma unroll
         for (int u = 0; u < I8_U; u++)
             if (c0 + u * bd < cols) q[c0 + u * bd] = int8_quant(v[u], absmax, inv);

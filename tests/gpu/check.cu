@@ -1288,6 +1288,35 @@ static void check_rope_tail(void) {
     for (void *b : {(void *)dblk, (void *)dcs, (void *)dsn}) ampr__cuda_free(g_c, b);
 }
 
+/* A switch's two settings on the same work, bit for bit: run(out) enqueues
+ * ny floats into out, with sw off and then on; count() is a counter (the
+ * emulation's prefetches or blocks, a probe's launches; 0 on a GPU) read
+ * around each run into counted[off / on]. Returns the floats that differ. */
+template <typename Run, typename Count>
+static long both_ways(ampr__cuda_switch sw, size_t ny, Run run, Count count, unsigned long (&counted)[2]) {
+    float *d[2] = {(float *)dev_put(NULL, ny * 4), (float *)dev_put(NULL, ny * 4)};
+    for (int on = 0; on < 2; on++) {
+        SwitchScope scope(sw, on);
+        unsigned long before = count();
+        run(d[on]);
+        OK(ampr__cuda_sync(g_c, &g_err));
+        counted[on] = count() - before;
+    }
+    auto g0 = dev_get<float>(d[0], ny), g1 = dev_get<float>(d[1], ny);
+    long mism = 0;
+    for (size_t e = 0; e < ny; e++) mism += memcmp(&g0[e], &g1[e], 4) != 0;
+    for (float *b : d) ampr__cuda_free(g_c, b);
+    return mism;
+}
+
+#ifdef AMPR_CUDA_EMU
+static unsigned long count_prefetches(void) { return ampr_emu::prefetches(); }
+static unsigned long count_blocks(void) { return ampr_emu::blocks_run(); }
+#else
+static unsigned long count_prefetches(void) { return 0; }
+static unsigned long count_blocks(void) { return 0; }
+#endif
+
 /* AMPR_CUDA_PREFETCH: a hint, so every decode GEMV gives the same floats
  * with it as without (one token: gemv1_kernel of each format; NF4 on tensor
  * cores: its GEMV at 4 tokens and its batch kernel at 16; a matrix longer than
@@ -1309,28 +1338,13 @@ static void check_prefetch(void) {
                     auto x = rnd_vec((size_t)n * (size_t)sh.cols, -1, 1);
                     float *dx = (float *)dev_put(x.data(), x.size() * 4);
                     size_t ny = (size_t)n * (size_t)sh.rows;
-                    float *d[2] = {(float *)dev_put(NULL, ny * 4), (float *)dev_put(NULL, ny * 4)};
-#ifdef AMPR_CUDA_EMU
                     unsigned long pf[2] = {0, 0}; /* lines prefetched without, with */
-#endif
                     MmaScope sw_mma(mma);
                     /* the ring kernel has no prefetch: its first copies are
                      * issued before its PDL wait whatever the switch says */
                     SwitchScope no_ring(AMPR__CUDA_NF4_RING, 0);
-                    for (int on = 0; on < 2; on++) {
-                        SwitchScope sw(AMPR__CUDA_PREFETCH, on);
-#ifdef AMPR_CUDA_EMU
-                        unsigned long before = ampr_emu::prefetches();
-#endif
-                        OK(ampr__cuda_matmul(g_c, &dm, dx, n, d[on], sh.rows, &g_err));
-                        OK(ampr__cuda_sync(g_c, &g_err));
-#ifdef AMPR_CUDA_EMU
-                        pf[on] = ampr_emu::prefetches() - before;
-#endif
-                    }
-                    auto g0 = dev_get<float>(d[0], ny), g1 = dev_get<float>(d[1], ny);
-                    long mism = 0;
-                    for (size_t e = 0; e < ny; e++) mism += memcmp(&g0[e], &g1[e], 4) != 0;
+                    long mism = both_ways(AMPR__CUDA_PREFETCH, ny, [&](float *out) {
+                        OK(ampr__cuda_matmul(g_c, &dm, dx, n, out, sh.rows, &g_err)); }, count_prefetches, pf);
 #ifdef AMPR_CUDA_EMU
                     if (pf[0] != 0 || pf[1] == 0) mism++; /* none without the switch, some with it */
                     snprintf(name, sizeof name, "prefetch %s %lldx%lld n=%d%s (%lu lines)", fmt_name(t),
@@ -1341,7 +1355,6 @@ static void check_prefetch(void) {
 #endif
                     report_exact(name, mism, (long)ny);
                     ampr__cuda_free(g_c, dx);
-                    for (float *b : d) ampr__cuda_free(g_c, b);
                     ampr__cuda_mat_free(g_c, &dm);
                 }
 }
@@ -1369,27 +1382,24 @@ static void check_i8_once(void) {
                 float *dx = (float *)dev_put(x.data(), x.size() * 4);
                 size_t ny = (size_t)(fuse ? sh.rows / 2 : sh.rows);
                 float *gu = (float *)dev_put(NULL, (size_t)sh.rows * 4);
-                float *d[2] = {(float *)dev_put(NULL, ny * 4), (float *)dev_put(NULL, ny * 4)};
                 unsigned long quants[2] = {0, 0};
-                for (int on = 0; on < 2; on++) {
-                    SwitchScope sw(AMPR__CUDA_I8_ONCE, on);
-                    SwitchScope fs(AMPR__CUDA_FUSE, fuse);
-                    ampr__cuda_set_probe(g_c, "quant_act_kernel", 2); /* twice: the same bytes again */
-                    if (fuse) OK(ampr__cuda_matmul_swiglu(g_c, &dm, dx, 1, gu, d[on], &g_err));
-                    else OK(ampr__cuda_matmul(g_c, &dm, dx, 1, d[on], sh.rows, &g_err));
-                    OK(ampr__cuda_sync(g_c, &g_err));
-                    quants[on] = ampr__cuda_set_probe(g_c, NULL, 0);
-                }
-                auto g0 = dev_get<float>(d[0], ny), g1 = dev_get<float>(d[1], ny);
-                long mism = quants[0] != 0 || quants[1] != 1; /* the path each took */
-                for (size_t e = 0; e < ny; e++) mism += memcmp(&g0[e], &g1[e], 4) != 0;
+                SwitchScope fs(AMPR__CUDA_FUSE, fuse);
+                ampr__cuda_set_probe(g_c, "quant_act_kernel", 2); /* twice: the same bytes again */
+                long mism = both_ways(AMPR__CUDA_I8_ONCE, ny, [&](float *out) {
+                    if (fuse) OK(ampr__cuda_matmul_swiglu(g_c, &dm, dx, 1, gu, out, &g_err));
+                    else OK(ampr__cuda_matmul(g_c, &dm, dx, 1, out, sh.rows, &g_err));
+                }, [] {
+                    static unsigned long launches = 0; /* the probe's count since its last call */
+                    return launches += ampr__cuda_set_probe(g_c, "quant_act_kernel", 2);
+                }, quants);
+                ampr__cuda_set_probe(g_c, NULL, 0);
+                mism += quants[0] != 0 || quants[1] != 1; /* the path each took */
                 static const char *const kinds[] = {"", ", an inf", ", a NaN", ", zeros"};
                 snprintf(name, sizeof name, "int8 %lldx%lld n=1%s%s, x quantized once == in each block",
                          (long long)sh.rows, (long long)sh.cols, fuse ? " SwiGLU" : "", kinds[kind]);
                 report_exact(name, mism, (long)ny + 1);
                 ampr__cuda_free(g_c, dx);
                 ampr__cuda_free(g_c, gu);
-                for (float *b : d) ampr__cuda_free(g_c, b);
                 ampr__cuda_mat_free(g_c, &dm);
             }
 }
@@ -1414,23 +1424,10 @@ static void check_grid_even(void) {
             auto x = rnd_vec((size_t)sh.cols, -1, 1);
             float *dx = (float *)dev_put(x.data(), x.size() * 4);
             size_t ny = (size_t)sh.rows;
-            float *d[2] = {(float *)dev_put(NULL, ny * 4), (float *)dev_put(NULL, ny * 4)};
             MmaScope no_mma(0); /* NF4 on the fp32 GEMV */
             unsigned long blocks[2] = {0, 0};
-            for (int on = 0; on < 2; on++) {
-                SwitchScope sw(AMPR__CUDA_GRID_EVEN, on);
-#ifdef AMPR_CUDA_EMU
-                unsigned long b0 = ampr_emu::blocks_run();
-#endif
-                OK(ampr__cuda_matmul(g_c, &dm, dx, 1, d[on], sh.rows, &g_err));
-                OK(ampr__cuda_sync(g_c, &g_err));
-#ifdef AMPR_CUDA_EMU
-                blocks[on] = ampr_emu::blocks_run() - b0;
-#endif
-            }
-            auto g0 = dev_get<float>(d[0], ny), g1 = dev_get<float>(d[1], ny);
-            long mism = 0;
-            for (size_t e = 0; e < ny; e++) mism += memcmp(&g0[e], &g1[e], 4) != 0;
+            long mism = both_ways(AMPR__CUDA_GRID_EVEN, ny, [&](float *out) {
+                OK(ampr__cuda_matmul(g_c, &dm, dx, 1, out, sh.rows, &g_err)); }, count_blocks, blocks);
 #ifdef AMPR_CUDA_EMU
             mism += blocks[1] > blocks[0];
             if (&sh == &shapes[0] && t != AMPR__Q_NF4) mism += blocks[1] >= blocks[0];
@@ -1439,7 +1436,6 @@ static void check_grid_even(void) {
                      fmt_name(t), (long long)sh.rows, (long long)sh.cols, blocks[1], blocks[0]);
             report_exact(name, mism, (long)ny);
             ampr__cuda_free(g_c, dx);
-            for (float *b : d) ampr__cuda_free(g_c, b);
             ampr__cuda_mat_free(g_c, &dm);
         }
 }
