@@ -180,17 +180,7 @@ void ampr__cuda_set_dequant_waves(ampr__cuda *c, int waves);
  *            quant_act_kernel instead of every block quantizing it into
  *            shared memory before its first weight (at the 8B shape 528
  *            blocks each read the token twice, 56 KB at 14336 columns): one
- *            launch more, the same bytes and scale (off: not yet measured);
- *   GRID_EVEN the one-token GEMV of the fp32 kernel (gemv1_kernel: FP16,
- *            INT8, NF4 without tensor cores) on a grid whose blocks all take
- *            the same number of row groups: where a matrix has more groups of
- *            blocks than the 4 x SMs the grid is capped at, as few blocks as
- *            give each ceil(blocks / cap) of them, instead of 4 x SMs blocks
- *            of which some take one more than the others (wqkv at the 8B
- *            shape: 768 groups on 528 blocks, 240 of them taking two: the
- *            GPU waits for those; it read 3.2 TB/s where the larger matrices
- *            read 4.0-4.2). Rows are summed as before: the same values (off:
- *            not yet measured). */
+ *            launch more, the same bytes and scale (off: not yet measured). */
 typedef enum {
     AMPR__CUDA_NF4_MMA,
     AMPR__CUDA_ATT_MMA,
@@ -205,7 +195,6 @@ typedef enum {
     AMPR__CUDA_DQ_WIDE,
     AMPR__CUDA_DQ_PIPE,
     AMPR__CUDA_I8_ONCE,
-    AMPR__CUDA_GRID_EVEN,
     AMPR__CUDA_N_SWITCHES
 } ampr__cuda_switch;
 void ampr__cuda_set_switch(ampr__cuda *c, ampr__cuda_switch s, int on);

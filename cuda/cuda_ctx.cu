@@ -179,7 +179,7 @@ const char *ampr__cuda_switch_env(ampr__cuda_switch s) {
         "AMPR_CUDA_NF4_MMA", "AMPR_CUDA_ATT_MMA", "AMPR_CUDA_ATT_DEC", "AMPR_CUDA_FUSE",
         "AMPR_CUDA_PDL", "AMPR_CUDA_TP_GRAPHS", "AMPR_CUDA_PREFETCH",
         "AMPR_CUDA_FUSE_TAIL", "AMPR_CUDA_NF4_BATCH", "AMPR_CUDA_NF4_RING", "AMPR_CUDA_DQ_WIDE",
-        "AMPR_CUDA_DQ_PIPE", "AMPR_CUDA_I8_ONCE", "AMPR_CUDA_GRID_EVEN"};
+        "AMPR_CUDA_DQ_PIPE", "AMPR_CUDA_I8_ONCE"};
     return (unsigned)s < AMPR__CUDA_N_SWITCHES ? names[s] : "?";
 }
 /* On at open unless the environment says 0: the paths the H200 measured

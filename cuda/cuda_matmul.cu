@@ -577,10 +577,6 @@ static void gemv1_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
     int64_t blocks = (w->rows + per_block - 1) / per_block;
     int64_t cap = 4 * (int64_t)c->sm_count; /* the grid-stride loop takes the rest */
     int64_t grid = blocks < cap ? blocks : cap;
-    if (c->sw[AMPR__CUDA_GRID_EVEN] && blocks > cap) { /* every block as many groups */
-        int64_t each = (blocks + cap - 1) / cap;
-        grid = (blocks + each - 1) / each;
-    }
     size_t smem = FMT == AMPR__Q_INT8 && !XG ? (size_t)(w->cols + 15) / 16 * 16 : 0;
     const char *name = FUSE ? "gemv1_kernel (SwiGLU)" : "gemv1_kernel";
     ampr__launch(c, name, gemv1_kernel<FMT, R, U, KS, FUSE, XG>,

@@ -782,9 +782,8 @@ static const char *smem_over(const void *fn, size_t st, size_t dyn, char *buf, s
     return buf;
 }
 
-static std::atomic<unsigned long> g_kernels_run{0}, g_blocks_run{0};
+static std::atomic<unsigned long> g_kernels_run{0};
 unsigned long kernels_run(void) { return g_kernels_run.load(); }
-unsigned long blocks_run(void) { return g_blocks_run.load(); }
 
 static cudaError_t run_launch(const char *name, const void *fn, const config &c,
                               const std::function<void()> &body) {
@@ -799,7 +798,6 @@ static cudaError_t run_launch(const char *name, const void *fn, const config &c,
     gridDim = c.grid;
     blockDim = c.block;
     uint64_t blocks = (uint64_t)c.grid.x * c.grid.y * c.grid.z;
-    g_blocks_run += (unsigned long)blocks;
     std::string msg;
     double t0 = g_profiling ? now_ms() : 0;
     std::vector<uint64_t> perm; /* random order: a shuffle of the blocks */

@@ -151,8 +151,6 @@ void cp_wait(unsigned n);
 /* kernels run so far (launches and graph replays; a test's way to see that a
  * fused path launched one kernel where the other launches two) */
 unsigned long kernels_run(void);
-/* blocks of those kernels (a test's way to see the grid a path chose) */
-unsigned long blocks_run(void);
 
 struct config {
     dim3 grid, block;

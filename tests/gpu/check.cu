@@ -1290,7 +1290,7 @@ static void check_rope_tail(void) {
 
 /* A switch's two settings on the same work, bit for bit: run(out) enqueues
  * ny floats into out, with sw off and then on; count() is a counter (the
- * emulation's prefetches or blocks, a probe's launches; 0 on a GPU) read
+ * emulation's prefetches, a probe's launches; 0 on a GPU) read
  * around each run into counted[off / on]. Returns the floats that differ. */
 template <typename Run, typename Count>
 static long both_ways(ampr__cuda_switch sw, size_t ny, Run run, Count count, unsigned long (&counted)[2]) {
@@ -1311,10 +1311,8 @@ static long both_ways(ampr__cuda_switch sw, size_t ny, Run run, Count count, uns
 
 #ifdef AMPR_CUDA_EMU
 static unsigned long count_prefetches(void) { return ampr_emu::prefetches(); }
-static unsigned long count_blocks(void) { return ampr_emu::blocks_run(); }
 #else
 static unsigned long count_prefetches(void) { return 0; }
-static unsigned long count_blocks(void) { return 0; }
 #endif
 
 /* AMPR_CUDA_PREFETCH: a hint, so every decode GEMV gives the same floats
@@ -1402,42 +1400,6 @@ static void check_i8_once(void) {
                 ampr__cuda_free(g_c, gu);
                 ampr__cuda_mat_free(g_c, &dm);
             }
-}
-
-/* AMPR__CUDA_GRID_EVEN: the one-token fp32 GEMV (every format) on the even
- * grid gives the bytes of the capped one, on matrices with more row groups
- * than the cap (4 x SMs blocks) and fewer. On the CPU emulation also the
- * grids: never more blocks than capped, and fewer where FP16's and INT8's
- * 1.5 x the cap's row groups would leave half the blocks a second group. */
-static void check_grid_even(void) {
-    char name[160];
-    cudaDeviceProp p;
-    CU(cudaGetDeviceProperties(&p, 0));
-    int64_t cap_rows = 4 * 8 * (int64_t)p.multiProcessorCount; /* 4 x SMs blocks of 8 one-row groups */
-    struct Shape { int64_t rows, cols; } shapes[] = {{cap_rows * 3 / 2, 512}, {cap_rows * 2 + 40, 256},
-                                                     {300, 512}, {cap_rows * 5 + 3, 64}};
-    for (ampr__qtype t : k_fmts)
-        for (const Shape &sh : shapes) {
-            HostMat hm;
-            ampr__cuda_mat dm;
-            random_mat(hm, dm, t, sh.rows, sh.cols, 0.3f);
-            auto x = rnd_vec((size_t)sh.cols, -1, 1);
-            float *dx = (float *)dev_put(x.data(), x.size() * 4);
-            size_t ny = (size_t)sh.rows;
-            MmaScope no_mma(0); /* NF4 on the fp32 GEMV */
-            unsigned long blocks[2] = {0, 0};
-            long mism = both_ways(AMPR__CUDA_GRID_EVEN, ny, [&](float *out) {
-                OK(ampr__cuda_matmul(g_c, &dm, dx, 1, out, sh.rows, &g_err)); }, count_blocks, blocks);
-#ifdef AMPR_CUDA_EMU
-            mism += blocks[1] > blocks[0];
-            if (&sh == &shapes[0] && t != AMPR__Q_NF4) mism += blocks[1] >= blocks[0];
-#endif
-            snprintf(name, sizeof name, "%s %lldx%lld n=1, blocks even == capped grid (%lu / %lu blocks)",
-                     fmt_name(t), (long long)sh.rows, (long long)sh.cols, blocks[1], blocks[0]);
-            report_exact(name, mism, (long)ny);
-            ampr__cuda_free(g_c, dx);
-            ampr__cuda_mat_free(g_c, &dm);
-        }
 }
 
 /* A NaN activation gives NaN outputs on the fp16 and NF4 paths that round
@@ -2491,12 +2453,11 @@ static void bench(void) {
         };
         { /* every decode switch that is off by default, on together */
             const ampr__cuda_switch off_sw[] = {AMPR__CUDA_FUSE, AMPR__CUDA_FUSE_TAIL, AMPR__CUDA_PREFETCH,
-                                                AMPR__CUDA_NF4_RING, AMPR__CUDA_I8_ONCE, AMPR__CUDA_GRID_EVEN};
+                                                AMPR__CUDA_NF4_RING, AMPR__CUDA_I8_ONCE};
             std::vector<std::unique_ptr<SwitchScope>> on;
             for (ampr__cuda_switch w : off_sw) on.emplace_back(new SwitchScope(w, 1));
             double alt_ms = decode_ms(s, 1);
-            printf("%s decode step, with AMPR_CUDA_FUSE, _FUSE_TAIL, _PREFETCH, _NF4_RING, _I8_ONCE and _GRID_EVEN "
-                   "on%s %.3f ms "
+            printf("%s decode step, with AMPR_CUDA_FUSE, _FUSE_TAIL, _PREFETCH, _NF4_RING and _I8_ONCE on%s %.3f ms "
                    "vs as opened %.3f ms: %.2fx\n", fmt_name(t), pdl, alt_ms / steps, dec_ms / steps,
                    dec_ms / alt_ms);
         }
@@ -2507,7 +2468,6 @@ static void bench(void) {
         if (t == AMPR__Q_NF4) ab(AMPR__CUDA_NF4_MMA, "GEMV on tensor cores");
         if (t == AMPR__Q_NF4) ab(AMPR__CUDA_NF4_RING, "tensor-core GEMV's weights through a cp.async ring");
         if (t == AMPR__Q_INT8) ab(AMPR__CUDA_I8_ONCE, "one-token GEMV's x quantized once, not by every block");
-        if (t != AMPR__Q_NF4) ab(AMPR__CUDA_GRID_EVEN, "one-token GEMV's blocks each as many row groups");
         if (t == AMPR__Q_INT8) { /* both with the first weights prefetched before the wait */
             SwitchScope pf(AMPR__CUDA_PREFETCH, 1);
             double ms[2];
@@ -2671,12 +2631,12 @@ static void bench_gemv(const char *only) {
     /* ring: -1 as opened, else AMPR__CUDA_NF4_RING on with that many stages (0: by size) */
     /* warm: one token, every call on one copy; on: a switch of the one-token
      * GEMV turned on (-1 none), one token only */
-    const int I8_ONCE = AMPR__CUDA_I8_ONCE, GRID_EVEN = AMPR__CUDA_GRID_EVEN;
+    const int I8_ONCE = AMPR__CUDA_I8_ONCE;
     struct Path { int f; const char *name; int mma, batch, lt, ring, warm, on = -1; } paths[] = {
         {0, "as opened", -1, -1, 0, -1, 0}, {0, "as opened, warm L2", -1, -1, 0, -1, 1},
-        {0, "blocks even", -1, -1, 0, -1, 0, GRID_EVEN}, {0, "cuBLASLt", -1, -1, 1, -1, 0},
+        {0, "cuBLASLt", -1, -1, 1, -1, 0},
         {1, "as opened", -1, -1, 0, -1, 0}, {1, "as opened, warm L2", -1, -1, 0, -1, 1},
-        {1, "x quantized once", -1, -1, 0, -1, 0, I8_ONCE}, {1, "blocks even", -1, -1, 0, -1, 0, GRID_EVEN},
+        {1, "x quantized once", -1, -1, 0, -1, 0, I8_ONCE},
         {1, "cuBLASLt", -1, -1, 1, -1, 0},
         {2, "fp32 GEMV / cuBLASLt", 0, 0, 0, -1, 0}, {2, "tensor cores", 1, 1, 0, -1, 0},
         {2, "tensor cores, ring", 1, 1, 0, 0, 0}, {2, "tensor cores, ring S 4", 1, 1, 0, 4, 0},
@@ -2823,7 +2783,7 @@ int main(int argc, char **argv) {
         {"topk_cands", check_topk_cands}, {"nucleus_cands", check_nucleus_cands},
         {"row_monitor", check_row_monitor}, {"temp_draw", check_temp_draw},
         {"embed_matmul", check_embed_matmul}, {"gemv_swiglu", check_gemv_swiglu}, {"nf4_ring", check_nf4_ring},
-        {"i8_once", check_i8_once}, {"grid_even", check_grid_even}, {"prefetch", check_prefetch}, {"addnorm", check_addnorm}, {"rope_tail", check_rope_tail},
+        {"i8_once", check_i8_once}, {"prefetch", check_prefetch}, {"addnorm", check_addnorm}, {"rope_tail", check_rope_tail},
         {"nan_matmul", check_nan_matmul}, {"nf4_chunk_sizes", check_nf4_chunk_sizes},
         {"nf4_chunks", check_nf4_chunks}, {"batch_lt", check_batch_lt},
         {"kv_attention_64", [] { check_kv_attention(64); }}, {"kv_attention_128", [] { check_kv_attention(128); }},

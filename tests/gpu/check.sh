@@ -37,7 +37,7 @@ cd "$(dirname "$0")/../.."
 # The kernel switches that are off by default (cuda/ampr_cuda.h, ampr__cuda_switch;
 # NF4_MMA, NF4_BATCH, ATT_MMA, ATT_DEC, PDL and TP_GRAPHS are on unless set to 0)
 all_switches="AMPR_CUDA_FUSE=1 AMPR_CUDA_PREFETCH=1 AMPR_CUDA_FUSE_TAIL=1 AMPR_CUDA_NF4_RING=1"
-all_switches="$all_switches AMPR_CUDA_DQ_WIDE=1 AMPR_CUDA_DQ_PIPE=1 AMPR_CUDA_I8_ONCE=1 AMPR_CUDA_GRID_EVEN=1"
+all_switches="$all_switches AMPR_CUDA_DQ_WIDE=1 AMPR_CUDA_DQ_PIPE=1 AMPR_CUDA_I8_ONCE=1"
 build_only=0
 prebuild=0
 emu=0
