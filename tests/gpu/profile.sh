@@ -25,18 +25,20 @@ if [ "${2:-}" = 8b ]; then
     # w_gu, w_down, output) twice at 1 and 4 tokens: on the fp32 GEMVs
     # (gemv1_kernel, 1 token; gemv_nf4_kernel, 4), then on tensor cores
     # (gemv_nf4_mma_kernel, both), then the same with the weights through the
-    # cp.async ring (gemv_nf4_ring_kernel, AMPR_CUDA_NF4_RING). Every launch: its
-    # own line, the stall reasons that take the most of a warp's cycles between
-    # two issues.
-    for spec in "gemv1_kernel 10" "gemv_nf4_kernel 10" "gemv_nf4_mma_kernel 20" "gemv_nf4_ring_kernel 20"; do
-        # shellcheck disable=SC2086 # two words
+    # cp.async ring (gemv_nf4_ring_kernel, AMPR_CUDA_NF4_RING); and INT8's
+    # one-token GEMV (gemv1_kernel of check --gemv int8, whose prologue quantizes
+    # the token). Every launch: its own line, the stall reasons that take the
+    # most of a warp's cycles between two issues.
+    for spec in "nf4 gemv1_kernel 10" "nf4 gemv_nf4_kernel 10" "nf4 gemv_nf4_mma_kernel 20" \
+                "nf4 gemv_nf4_ring_kernel 20" "int8 gemv1_kernel 10"; do
+        # shellcheck disable=SC2086 # three words
         set -- $spec
-        rep="$out/ncu-8b-nf4-$1"
-        AMPR_CHECK_GEMV_PROFILE=1 timeout -k 5 120 "$NCU" --clock-control none --kernel-name "regex:$1" \
-            --launch-count "$2" --section SpeedOfLight --section Occupancy --section WarpStateStats \
+        rep="$out/ncu-8b-$1-$2"
+        AMPR_CHECK_GEMV_PROFILE=1 timeout -k 5 120 "$NCU" --clock-control none --kernel-name "regex:$2" \
+            --launch-count "$3" --section SpeedOfLight --section Occupancy --section WarpStateStats \
             --section LaunchStats --section MemoryWorkloadAnalysis --section SchedulerStats -f -o "$rep" \
-            tests/gpu/build/check --gemv nf4 >"$rep.log" 2>&1
-        echo "== 8b nf4 $1 (rc $?) =="
+            tests/gpu/build/check --gemv "$1" >"$rep.log" 2>&1
+        echo "== 8b $1 $2 (rc $?) =="
         "$NCU" -i "$rep.ncu-rep" --page raw --csv >"$rep.csv" 2>/dev/null
         python3 - "$rep.csv" <<'PY'
 import csv, sys
