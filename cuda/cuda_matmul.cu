@@ -581,7 +581,7 @@ static void gemv1_launch(ampr__cuda *c, const ampr__cuda_mat *w, const float *x,
     const char *name = FUSE ? "gemv1_kernel (SwiGLU)" : "gemv1_kernel";
     ampr__launch(c, name, gemv1_kernel<FMT, R, U, KS, FUSE, XG>,
         (unsigned)grid, GEMV_WARPS * 32, smem, w->data, w->scales,
-        w->rows, w->cols, x, (const int8_t *)c->xq, (const float *)c->xs, y, c->sw[AMPR__CUDA_PREFETCH], tail);
+        w->rows, w->cols, x, c->xq, c->xs, y, c->sw[AMPR__CUDA_PREFETCH], tail);
 }
 
 /* Warps per row: the fewest (1, 2, 4, 8) that give the GPU about 32 warps

@@ -2631,12 +2631,11 @@ static void bench_gemv(const char *only) {
     /* ring: -1 as opened, else AMPR__CUDA_NF4_RING on with that many stages (0: by size) */
     /* warm: one token, every call on one copy; on: a switch of the one-token
      * GEMV turned on (-1 none), one token only */
-    const int I8_ONCE = AMPR__CUDA_I8_ONCE;
     struct Path { int f; const char *name; int mma, batch, lt, ring, warm, on = -1; } paths[] = {
         {0, "as opened", -1, -1, 0, -1, 0}, {0, "as opened, warm L2", -1, -1, 0, -1, 1},
         {0, "cuBLASLt", -1, -1, 1, -1, 0},
         {1, "as opened", -1, -1, 0, -1, 0}, {1, "as opened, warm L2", -1, -1, 0, -1, 1},
-        {1, "x quantized once", -1, -1, 0, -1, 0, I8_ONCE},
+        {1, "x quantized once", -1, -1, 0, -1, 0, AMPR__CUDA_I8_ONCE},
         {1, "cuBLASLt", -1, -1, 1, -1, 0},
         {2, "fp32 GEMV / cuBLASLt", 0, 0, 0, -1, 0}, {2, "tensor cores", 1, 1, 0, -1, 0},
         {2, "tensor cores, ring", 1, 1, 0, 0, 0}, {2, "tensor cores, ring S 4", 1, 1, 0, 4, 0},

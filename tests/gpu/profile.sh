@@ -5,9 +5,10 @@
 # tests/gpu/check.sh has built tests/gpu/build/check:
 #
 #   bash tests/gpu/profile.sh [OUTDIR]      (default tests/gpu/build)
-#   bash tests/gpu/profile.sh OUTDIR 8b     the NF4 decode matmuls on the 8B
-#                                           shape's matrices instead (check --gemv
-#                                           nf4), with every warp stall reason
+#   bash tests/gpu/profile.sh OUTDIR 8b     the NF4 decode matmuls and INT8's
+#                                           one-token GEMV on the 8B shape's
+#                                           matrices instead (check --gemv nf4 /
+#                                           int8), with every warp stall reason
 #
 # Writes OUTDIR/ncu-TIER-KERNEL.txt per target and prints each profiled
 # kernel's duration, DRAM throughput, issue activity and occupancy. Clocks
